@@ -1,0 +1,380 @@
+"""Public convolution functions: validate once, normalise, dispatch.
+
+``conv1d``/``conv2d`` follow ``torch.nn.functional.conv1d/conv2d`` (plus
+``padding_mode`` of ``torch.nn.Conv2d``); ``correlate``/``convolve``
+follow ``scipy.signal.correlate/convolve`` for 1-D and 2-D inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _dispatch
+from ._choose import choose_algorithm
+from ._validation import (PADDING_MODES, UnsupportedConfiguration,
+                          as_float_array, check_algorithm, check_backend,
+                          check_choice, check_ndim, check_same_dtype,
+                          int_tuple)
+from .geometry import effective_kernel_size, same_padding
+
+# Algorithms whose arithmetic mixes every input of a tile into every output
+# of it (Inf * 0 = NaN): with non-finite input they would spread NaN beyond
+# the outputs whose window holds it, so such inputs go to "direct".
+_MIXING_ALGORITHMS = ("winograd", "fft")
+
+_NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """A validated, normalised 2-D convolution problem (1-D has H = 1)."""
+
+    x_shape: tuple      # (N, C, H, W)
+    w_shape: tuple      # (K, C // groups, kH, kW)
+    stride: tuple       # (sh, sw)
+    padding: tuple      # (top, bottom, left, right) of zeros, after padding_mode
+    dilation: tuple     # (dh, dw)
+    groups: int
+    dtype: np.dtype
+
+    @property
+    def out_shape(self):
+        n, _, h, w = self.x_shape
+        k, _, kh, kw = self.w_shape
+        pt, pb, pl, pr = self.padding
+        ho = (h + pt + pb - effective_kernel_size(kh, self.dilation[0])) // self.stride[0] + 1
+        wo = (w + pl + pr - effective_kernel_size(kw, self.dilation[1])) // self.stride[1] + 1
+        return (n, k, ho, wo)
+
+    def config(self):
+        """Arguments of ``unsupported_reason`` / ``choose_algorithm``."""
+        return (self.x_shape, self.w_shape, self.stride, self.padding,
+                self.dilation, self.groups)
+
+
+def _normalise_padding(padding, nsp, kernel, dilation, stride):
+    """Per-axis (lo, hi) pairs from an int, a tuple, 'valid' or 'same'."""
+    if isinstance(padding, str):
+        check_choice("padding", padding, ("valid", "same"))
+        if padding == "valid":
+            return [(0, 0)] * nsp
+        if any(s != 1 for s in stride):
+            raise ValueError(
+                f"padding='same' is not supported for strided convolutions "
+                f"(stride={stride}); pass explicit padding instead")
+        return [same_padding(k, d) for k, d in zip(kernel, dilation)]
+    pads = int_tuple("padding", padding, nsp, 0)
+    return [(p, p) for p in pads]
+
+
+def _apply_padding_mode(x, pads, padding_mode):
+    """Pad x's spatial axes for reflect/replicate/circular, as torch does."""
+    spatial = x.shape[2:]
+    for axis, ((lo, hi), n) in enumerate(zip(pads, spatial)):
+        if padding_mode == "reflect" and max(lo, hi) >= n:
+            raise ValueError(
+                f"padding_mode='reflect' needs padding ({max(lo, hi)}) smaller "
+                f"than the input size ({n}) along spatial axis {axis}")
+        if padding_mode == "circular" and max(lo, hi) > n:
+            raise ValueError(
+                f"padding_mode='circular' needs padding ({max(lo, hi)}) at most "
+                f"the input size ({n}) along spatial axis {axis}")
+        if padding_mode == "replicate" and n == 0 and max(lo, hi) > 0:
+            raise ValueError("padding_mode='replicate' needs a non-empty input")
+    width = [(0, 0), (0, 0)] + [tuple(p) for p in pads]
+    return np.pad(x, width, mode=_NUMPY_PAD_MODE[padding_mode])
+
+
+def _conv(nsp, x, w, bias, stride, padding, dilation, groups, padding_mode,
+          algorithm, backend):
+    layout = "(N, C, L)" if nsp == 1 else "(N, C, H, W)"
+    wlayout = "(K, C // groups, k)" if nsp == 1 else "(K, C // groups, kH, kW)"
+    x = as_float_array("x", x)
+    w = as_float_array("w", w)
+    if bias is not None:
+        bias = as_float_array("bias", bias)
+    dtype = check_same_dtype(x=x, w=w, bias=bias)
+    check_ndim("x", x, (nsp + 1, nsp + 2), layout)
+    check_ndim("w", w, (nsp + 2,), wlayout)
+    check_choice("padding_mode", padding_mode, PADDING_MODES)
+    algorithm = check_algorithm(algorithm)
+    backend = check_backend(backend)
+    if isinstance(groups, (bool, np.bool_)) or not isinstance(groups, (int, np.integer)):
+        raise TypeError(f"groups must be an int, got {groups!r}")
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    groups = int(groups)
+
+    unbatched = x.ndim == nsp + 1
+    if unbatched:
+        x = x[None]
+    n, c = x.shape[:2]
+    k, c_per_group = w.shape[:2]
+    kernel = w.shape[2:]
+    if c % groups:
+        raise ValueError(f"groups ({groups}) must divide the input channels "
+                         f"x.shape[1] ({c})")
+    if k % groups:
+        raise ValueError(f"groups ({groups}) must divide the output channels "
+                         f"w.shape[0] ({k})")
+    if c_per_group * groups != c:
+        raise ValueError(
+            f"w.shape[1] ({c_per_group}) times groups ({groups}) must equal the "
+            f"input channels x.shape[1] ({c}); expected w.shape[1] == "
+            f"{c // groups}")
+    if min(kernel) < 1:
+        raise ValueError(f"kernel sizes must be >= 1, got w.shape {w.shape}")
+    if bias is not None and bias.shape != (k,):
+        raise ValueError(f"bias must have shape ({k},) (one per output channel), "
+                         f"got {bias.shape}")
+    stride = int_tuple("stride", stride, nsp, 1)
+    dilation = int_tuple("dilation", dilation, nsp, 1)
+    pads = _normalise_padding(padding, nsp, kernel, dilation, stride)
+
+    for axis, (size, kk, d, (lo, hi)) in enumerate(zip(x.shape[2:], kernel, dilation, pads)):
+        k_eff = effective_kernel_size(kk, d)
+        if k_eff > size + lo + hi:
+            raise ValueError(
+                f"kernel size along spatial axis {axis} (dilated: {k_eff}) is "
+                f"larger than the padded input ({size} + {lo} + {hi} = "
+                f"{size + lo + hi}); use a smaller kernel or more padding")
+
+    if padding_mode != "zeros" and any(lo or hi for lo, hi in pads):
+        x = _apply_padding_mode(x, pads, padding_mode)
+        pads = [(0, 0)] * nsp
+
+    # 1-D is 2-D with a height of one.
+    if nsp == 1:
+        x4 = x[:, :, None, :]
+        w4 = w[:, :, None, :]
+        stride2, dilation2 = (1,) + stride, (1,) + dilation
+        padding4 = (0, 0) + pads[0]
+    else:
+        x4, w4, stride2, dilation2 = x, w, stride, dilation
+        padding4 = pads[0] + pads[1]
+    spec = ConvSpec(tuple(x4.shape), tuple(w4.shape), stride2, padding4,
+                    dilation2, groups, dtype)
+    y = run_conv2d(spec, x4, w4, bias, algorithm, backend)
+    if nsp == 1:
+        y = y[:, :, 0, :]
+    return y[0] if unbatched else y
+
+
+def run_conv2d(spec, x, w, bias, algorithm, backend):
+    """Dispatch a validated problem; x and w may be any views."""
+    if algorithm == "auto":
+        algorithm = choose_algorithm(*spec.config(), dtype=spec.dtype,
+                                     backend=backend)
+    else:
+        _dispatch.require_supported(algorithm, backend, *spec.config())
+    module = _dispatch.load(algorithm, backend)
+    out_shape = spec.out_shape
+    if spec.x_shape[0] == 0 or 0 in out_shape or spec.x_shape[1] == 0:
+        y = np.zeros(out_shape, dtype=spec.dtype)
+        if bias is not None and y.size:
+            y += bias[None, :, None, None]
+        return y
+    x = np.ascontiguousarray(x)
+    w = np.ascontiguousarray(w)
+    if bias is not None:
+        bias = np.ascontiguousarray(bias)
+    if algorithm in _MIXING_ALGORITHMS and not (
+            np.isfinite(x).all() and np.isfinite(w).all()):
+        module = _dispatch.load("direct", backend)
+    return module.conv2d(x, w, bias, spec.stride, spec.padding, spec.dilation,
+                         spec.groups)
+
+
+_CONV_DOC = """{dim}-D convolution (cross-correlation) of a batch, as ``torch.nn.functional.conv{nd}``.
+
+    Parameters
+    ----------
+    x : ndarray, shape {xshape}
+        Input, float32 or float64; an unbatched {xunb} is accepted too.
+    w : ndarray, shape {wshape}
+        Filters, same dtype as ``x``.
+    bias : ndarray, shape (K,), optional
+    stride, dilation : int or tuple of {nd} ints, >= 1
+    padding : int, tuple of {nd} ints, ``"valid"`` or ``"same"``
+        Zero padding on both sides of each spatial axis. ``"same"`` (stride
+        1 only) pads ``d (k - 1)`` in total, the extra element of an even
+        kernel on the high side, as PyTorch.
+    groups : int
+        Divides C and K; input channels ``g C/groups ... (g+1) C/groups - 1``
+        feed output channels ``g K/groups ... (g+1) K/groups - 1``.
+    padding_mode : {{"zeros", "reflect", "replicate", "circular"}}
+        As ``torch.nn.Conv{nd}d``: how the padding is filled.
+    algorithm : {{"auto", "direct", "im2col", "winograd", "fft"}}
+        ``"auto"`` resolves through :func:`kernels.choose_algorithm`.
+    backend : {{"cpu", "cuda"}}
+
+    Returns
+    -------
+    y : ndarray, shape {yshape}, dtype of ``x``
+
+    Raises
+    ------
+    TypeError
+        Integer, complex or mixed dtypes; non-integer stride/padding/dilation.
+    ValueError
+        Wrong ndim, channel/groups mismatch, kernel larger than the padded
+        input, stride/dilation < 1, negative padding, ``"same"`` with stride.
+    UnsupportedConfiguration
+        ``algorithm`` cannot do this configuration (e.g. Winograd with stride 2).
+
+    Notes
+    -----
+    ``y[n, k, i] = bias[k] + sum_{{c, j}} x_pad[n, g C/groups + c, s i + d j] w[k, c, j]``
+    along each spatial axis, with ``g = k // (K / groups)``; output size
+    ``floor((L + p_lo + p_hi - d (k - 1) - 1) / s) + 1``
+    (:func:`kernels.geometry.conv_output_size`).
+
+    Examples
+    --------
+    >>> import numpy as np, kernels
+    >>> x = np.ones({ex_x}, dtype=np.float32)
+    >>> w = np.ones({ex_w}, dtype=np.float32)
+    >>> kernels.conv{nd}(x, w, padding=1).shape
+    {ex_y}
+"""
+
+
+def conv1d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1,
+           padding_mode="zeros", algorithm="auto", backend="cpu"):
+    return _conv(1, x, w, bias, stride, padding, dilation, groups,
+                 padding_mode, algorithm, backend)
+
+
+def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1,
+           padding_mode="zeros", algorithm="auto", backend="cpu"):
+    return _conv(2, x, w, bias, stride, padding, dilation, groups,
+                 padding_mode, algorithm, backend)
+
+
+conv1d.__doc__ = _CONV_DOC.format(
+    dim="1", nd=1, xshape="(N, C, L)", xunb="(C, L)",
+    wshape="(K, C // groups, k)", yshape="(N, K, L_out)",
+    ex_x="(1, 2, 8)", ex_w="(4, 2, 3)", ex_y="(1, 4, 8)")
+conv2d.__doc__ = _CONV_DOC.format(
+    dim="2", nd=2, xshape="(N, C, H, W)", xunb="(C, H, W)",
+    wshape="(K, C // groups, kH, kW)", yshape="(N, K, H_out, W_out)",
+    ex_x="(1, 2, 8, 8)", ex_w="(4, 2, 3, 3)", ex_y="(1, 4, 8, 8)")
+
+
+# --------------------------------------------------------------------------
+# SciPy-compatible correlate / convolve
+# --------------------------------------------------------------------------
+
+def _valid_swap_needed(shape1, shape2):
+    """scipy's rule: in 'valid' mode one input must dominate in every axis."""
+    ok1 = all(a >= b for a, b in zip(shape1, shape2))
+    ok2 = all(b >= a for a, b in zip(shape1, shape2))
+    if not (ok1 or ok2):
+        raise ValueError(
+            f"for mode='valid', in1 {shape1} must be at least as large as in2 "
+            f"{shape2} in every dimension, or in2 at least as large as in1")
+    return not ok1
+
+
+def _prepare_scipy_args(in1, in2, mode, method, backend):
+    in1 = as_float_array("in1", in1)
+    in2 = as_float_array("in2", in2)
+    check_same_dtype(in1=in1, in2=in2)
+    if in1.ndim != in2.ndim:
+        raise ValueError(f"in1 and in2 must have the same number of dimensions, "
+                         f"got {in1.ndim} and {in2.ndim}")
+    if in1.ndim not in (1, 2):
+        raise ValueError(f"in1 and in2 must be 1-D or 2-D, got {in1.ndim}-D")
+    check_choice("mode", mode, ("full", "valid", "same"))
+    method = check_choice("method", method, ("auto",) + _dispatch.ALGORITHMS)
+    check_backend(backend)
+    if in1.size == 0 or in2.size == 0:
+        raise ValueError("in1 and in2 must not be empty")
+    return in1, in2, method
+
+
+def _correlate2d(in1, in2, mode, method, backend):
+    """scipy.signal.correlate of two 2-D arrays (no swap)."""
+    pads = []
+    for n2 in in2.shape:
+        if mode == "full":
+            pads += [n2 - 1, n2 - 1]
+        elif mode == "valid":
+            pads += [0, 0]
+        else:  # same: the centre of the full output, scipy's _centered
+            hi = (n2 - 1) // 2
+            pads += [n2 - 1 - hi, hi]
+    x = in1[None, None]
+    w = in2[None, None]
+    spec = ConvSpec(tuple(x.shape), tuple(w.shape), (1, 1), tuple(pads),
+                    (1, 1), 1, in1.dtype)
+    return run_conv2d(spec, x, w, None, method, backend)[0, 0]
+
+
+def correlate(in1, in2, mode="full", method="auto", backend="cpu"):
+    """Cross-correlate two 1-D or 2-D arrays, as ``scipy.signal.correlate``.
+
+    Parameters
+    ----------
+    in1, in2 : ndarray
+        Same number of dimensions (1 or 2), same float dtype.
+    mode : {"full", "valid", "same"}
+        ``full``: every overlap (size ``n1 + n2 - 1``); ``valid``: only full
+        overlaps (one input must be at least as large as the other in every
+        axis; if ``in2`` is the larger the result is scipy's, reversed);
+        ``same``: the centre of ``full`` with ``in1``'s shape.
+    method : {"auto", "direct", "im2col", "winograd", "fft"}
+    backend : {"cpu", "cuda"}
+
+    Returns
+    -------
+    z : ndarray, dtype of the inputs
+
+    Notes
+    -----
+    ``z[k] = sum_l in1[l + k - (n2 - 1)] in2[l]`` in full mode (1-D).
+
+    Examples
+    --------
+    >>> import numpy as np, kernels
+    >>> kernels.correlate(np.array([1., 2, 3]), np.array([0., 1, 0.5]))
+    array([0.5, 2. , 3.5, 3. , 0. ])
+    """
+    in1, in2, method = _prepare_scipy_args(in1, in2, mode, method, backend)
+    one_d = in1.ndim == 1
+    a, b = (in1[None], in2[None]) if one_d else (in1, in2)
+    swapped = mode == "valid" and _valid_swap_needed(a.shape, b.shape)
+    if swapped:
+        a, b = b, a
+    z = _correlate2d(a, b, mode, method, backend)
+    if swapped:
+        z = z[::-1, ::-1].copy()
+    return z[0] if one_d else z
+
+
+def convolve(in1, in2, mode="full", method="auto", backend="cpu"):
+    """Convolve two 1-D or 2-D arrays, as ``scipy.signal.convolve``.
+
+    Parameters and modes as :func:`correlate`; ``convolve(a, b)`` equals
+    ``correlate(a, b[::-1, ::-1])``, and in ``valid`` mode the inputs are
+    swapped when ``in2`` is the larger (convolution commutes).
+
+    Examples
+    --------
+    >>> import numpy as np, kernels
+    >>> kernels.convolve(np.array([1., 2, 3]), np.array([0., 1, 0.5]))
+    array([0. , 1. , 2.5, 4. , 1.5])
+    """
+    in1, in2, method = _prepare_scipy_args(in1, in2, mode, method, backend)
+    one_d = in1.ndim == 1
+    a, b = (in1[None], in2[None]) if one_d else (in1, in2)
+    if mode == "valid" and _valid_swap_needed(a.shape, b.shape):
+        a, b = b, a
+    z = _correlate2d(a, b[::-1, ::-1], mode, method, backend)
+    return z[0] if one_d else z
+
+
+__all__ = ["conv1d", "conv2d", "correlate", "convolve", "ConvSpec",
+           "UnsupportedConfiguration"]

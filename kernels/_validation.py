@@ -1,0 +1,98 @@
+"""Argument checks shared by every public function.
+
+Each check raises ``TypeError`` (wrong kind of value) or ``ValueError``
+(right kind, wrong value) with a message that names the argument, quotes
+the offending value and says what is allowed.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+ALGORITHMS = ("direct", "im2col", "winograd", "fft")
+BACKENDS = ("cpu", "cuda")
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class UnsupportedConfiguration(ValueError):
+    """A valid configuration that the requested algorithm cannot compute.
+
+    ``algorithm="auto"`` never picks an algorithm that would raise this.
+    """
+
+
+def as_float_array(name, a):
+    """Return ``a`` as an ndarray of float32/float64, or raise TypeError."""
+    if not isinstance(a, np.ndarray):
+        if np.isscalar(a) or isinstance(a, (list, tuple)):
+            a = np.asarray(a)
+        else:
+            try:
+                a = np.asarray(a)
+            except Exception as exc:  # pragma: no cover - exotic objects
+                raise TypeError(f"{name} must be a NumPy array, got "
+                                f"{type(a).__name__}") from exc
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must have dtype float32 or float64, got {a.dtype}; "
+            f"convert with {name}.astype(np.float32) or np.float64")
+    return a
+
+
+def check_same_dtype(**arrays):
+    """All given arrays (None skipped) must share one dtype."""
+    items = [(k, v) for k, v in arrays.items() if v is not None]
+    first_name, first = items[0]
+    for name, a in items[1:]:
+        if a.dtype != first.dtype:
+            raise TypeError(
+                f"{name} has dtype {a.dtype} but {first_name} has dtype "
+                f"{first.dtype}; cast them to one dtype (float32 or float64)")
+    return first.dtype
+
+
+def check_ndim(name, a, ndims, layout):
+    if a.ndim not in ndims:
+        want = " or ".join(str(n) for n in ndims)
+        raise ValueError(
+            f"{name} must be {want}-dimensional ({layout}), got shape "
+            f"{a.shape} with {a.ndim} dimensions")
+
+
+def int_tuple(name, value, n, minimum):
+    """Normalise an int or a length-``n`` sequence of ints to a tuple."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != n:
+            raise ValueError(
+                f"{name} must be an int or a tuple of {n} ints, got {value!r}")
+        values = tuple(value)
+    else:
+        values = (value,) * n
+    out = []
+    for v in values:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{name} must be an int or a tuple of {n} ints, "
+                            f"got {value!r}")
+        if v < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+        out.append(int(v))
+    return tuple(out)
+
+
+def check_choice(name, value, choices):
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(
+            f"{name} must be one of {', '.join(repr(c) for c in choices)}; "
+            f"got {value!r}")
+    return value
+
+
+def check_algorithm(algorithm):
+    return check_choice("algorithm", algorithm, ("auto",) + ALGORITHMS)
+
+
+def check_backend(backend):
+    return check_choice("backend", backend, BACKENDS)
