@@ -1,5 +1,200 @@
-"""Convolution backward pass (issue 4): name reserved until built."""
+"""Backward pass of the 2-D convolution, built from the forward algorithms.
+
+For ``y = conv2d(x, w, bias, stride=s, padding=p, dilation=d,
+groups=G)`` and a gradient ``gy = dL/dy``:
+
+* ``dL/dx`` is the adjoint of the convolution applied to ``gy``: a
+  transposed convolution with the same ``w``, stride, padding, dilation and
+  groups, whose output size is pinned to ``x``'s (what ``output_padding``
+  does; rows/columns of ``x`` that no window reaches get zero).
+* ``dL/dw[k, c, i, j] = sum_{n, u, v} gy[n, k, u, v] x_pad[n, g C/G + c,
+  u s + i d, v s + j d]``: a correlation of ``x`` with ``gy`` in which the
+  batch axis is summed over like a channel axis, the forward stride
+  becomes the dilation and the forward dilation becomes the stride.  With
+  ``x`` viewed as a batch of ``C/G`` images of ``G N`` channels and ``gy``
+  as ``K`` filters of ``N`` channels and size ``(Ho, Wo)``, it is one
+  grouped forward convolution whose ``(C/G, K, kH, kW)`` output is
+  ``dL/dw`` transposed.
+* ``dL/dbias[k] = sum_{n, u, v} gy[n, k, u, v]`` (float64 sum).
+
+Both products run through the public machinery (:mod:`kernels._transposed`
+and :func:`kernels._conv.run_conv2d`), so every forward algorithm, its
+``"auto"`` choice and its error bound carry over.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._conv import ConvSpec, _normalise_padding, run_conv2d
+from ._transposed import TransposeSpec, run_conv_transpose2d
+from ._validation import (as_float_array, check_algorithm, check_backend,
+                          check_ndim, check_same_dtype, int_tuple)
+from .geometry import effective_kernel_size
+
+__all__ = ["conv2d_backward", "weight_gradient_problem"]
 
 
-def conv2d_backward(*args, **kwargs):
-    raise NotImplementedError("kernels.conv2d_backward is not built yet (issue 4)")
+def _algorithms(algorithm):
+    """(grad_x algorithm, grad_w algorithm) from a name or a pair."""
+    if isinstance(algorithm, (tuple, list)):
+        if len(algorithm) != 2:
+            raise ValueError(
+                f"algorithm must be a name or a (grad_x, grad_w) pair of "
+                f"names, got {algorithm!r}")
+        return check_algorithm(algorithm[0]), check_algorithm(algorithm[1])
+    algorithm = check_algorithm(algorithm)
+    return algorithm, algorithm
+
+
+def weight_gradient_problem(x_shape, w_shape, out_hw, stride, padding,
+                            dilation, groups):
+    """The forward problem that computes the weight gradient.
+
+    Parameters are those of the forward convolution (``padding`` as
+    ``(top, bottom, left, right)``).  Returns ``(crop, spec_args)``:
+    ``crop = (bottom rows, right columns)`` of ``x`` no window reaches
+    (dropped before the call), and ``(x_shape, w_shape, stride, padding,
+    dilation, groups)`` of the forward problem on
+    ``x' = (C/G, G N, H', W')`` and ``gy' = (K, N, Ho, Wo)``.
+    """
+    n, c, h, w = x_shape
+    k, c_g, kh, kw = w_shape
+    pads, crop, sizes = [], [], []
+    for size, kk, s, d, out, (lo, hi) in zip(
+            (h, w), (kh, kw), stride, dilation, out_hw,
+            (padding[:2], padding[2:])):
+        # Pad (or crop) the high side so that exactly k taps come out.
+        hi_needed = effective_kernel_size(kk, d) - 1 + s * (out - 1) + 1 - size - lo
+        crop.append(max(0, -hi_needed))
+        pads += [lo, max(0, hi_needed)]
+        sizes.append(size - crop[-1])
+    args = ((c_g, groups * n, sizes[0], sizes[1]), (k, n) + tuple(out_hw),
+            tuple(dilation), tuple(pads), tuple(stride), groups)
+    return tuple(crop), args
+
+
+def _weight_gradient(grad_out, x, spec, algorithm, backend):
+    n, c, h, w = spec.x_shape
+    k, c_g, kh, kw = spec.w_shape
+    g = spec.groups
+    (crop_h, crop_w), args = weight_gradient_problem(
+        spec.x_shape, spec.w_shape, grad_out.shape[2:], spec.stride,
+        spec.padding, spec.dilation, g)
+    # x'[c, gi N + b] = x[b, gi C/G + c]; gy'[k, b] = gy[b, k].
+    x_t = (x[:, :, :h - crop_h, :w - crop_w]
+           .reshape(n, g, c_g, h - crop_h, w - crop_w)
+           .transpose(2, 1, 0, 3, 4)
+           .reshape(args[0]))
+    gy_t = grad_out.transpose(1, 0, 2, 3)
+    fspec = ConvSpec(*args, spec.dtype)
+    gw_t = run_conv2d(fspec, x_t, gy_t, None, algorithm, backend)
+    if gw_t.shape[2:] != (kh, kw):  # pragma: no cover - geometry guarantees it
+        raise AssertionError(f"weight gradient of shape {gw_t.shape}")
+    return np.ascontiguousarray(gw_t.transpose(1, 0, 2, 3))
+
+
+def conv2d_backward(grad_out, x, w, stride=1, padding=0, dilation=1, groups=1,
+                    algorithm="auto", backend="cpu"):
+    """Gradients of :func:`kernels.conv2d` with respect to x, w and bias.
+
+    Parameters
+    ----------
+    grad_out : ndarray, shape (N, K, H_out, W_out) or unbatched (K, H_out, W_out)
+        Gradient of the loss with respect to ``conv2d(x, w, ...)``; same
+        dtype as ``x``.
+    x : ndarray, shape (N, C, H, W) or (C, H, W)
+        The forward input.
+    w : ndarray, shape (K, C // groups, kH, kW)
+        The forward filters.
+    stride, padding, dilation, groups
+        As in the forward call (``padding`` int, pair, ``"valid"`` or
+        ``"same"``; zero padding).
+    algorithm : str or (str, str)
+        ``"auto"`` or one of :data:`kernels.ALGORITHMS`, for both products,
+        or a ``(grad_x, grad_w)`` pair.  ``grad_x`` runs as a transposed
+        convolution (:func:`kernels.conv_transpose2d`), ``grad_w`` as a
+        forward convolution with a ``(H_out, W_out)`` kernel, so e.g.
+        ``"winograd"`` rarely applies to ``grad_w``.
+    backend : {"cpu", "cuda"}
+
+    Returns
+    -------
+    grad_x : ndarray, shape and dtype of ``x``
+    grad_w : ndarray, shape and dtype of ``w``
+    grad_bias : ndarray, shape (K,)
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`kernels.conv2d`; ``grad_out`` not of the forward output's
+        shape or dtype.
+    UnsupportedConfiguration
+        The requested algorithm cannot compute one of the two products.
+
+    Examples
+    --------
+    >>> import numpy as np, kernels
+    >>> x = np.ones((1, 2, 5, 5)); w = np.ones((3, 2, 3, 3))
+    >>> gy = np.ones((1, 3, 3, 3))
+    >>> gx, gw, gb = kernels.conv2d_backward(gy, x, w)
+    >>> gx.shape, gw.shape, gb
+    ((1, 2, 5, 5), (3, 2, 3, 3), array([9., 9., 9.]))
+    """
+    x = as_float_array("x", x)
+    w = as_float_array("w", w)
+    grad_out = as_float_array("grad_out", grad_out)
+    dtype = check_same_dtype(x=x, w=w, grad_out=grad_out)
+    check_ndim("x", x, (3, 4), "(N, C, H, W) or (C, H, W)")
+    check_ndim("w", w, (4,), "(K, C // groups, kH, kW)")
+    alg_x, alg_w = _algorithms(algorithm)
+    check_backend(backend)
+    if isinstance(groups, (bool, np.bool_)) or not isinstance(groups, (int, np.integer)):
+        raise TypeError(f"groups must be an int, got {groups!r}")
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    groups = int(groups)
+    unbatched = x.ndim == 3
+    if grad_out.ndim != x.ndim:
+        raise ValueError(f"grad_out must have x's number of dimensions "
+                         f"({x.ndim}), got shape {grad_out.shape}")
+    if unbatched:
+        x, grad_out = x[None], grad_out[None]
+    n, c, h, wd = x.shape
+    k, c_g, kh, kw = w.shape
+    if c % groups or k % groups or c_g * groups != c:
+        raise ValueError(
+            f"x.shape[1] ({c}) must equal w.shape[1] ({c_g}) * groups "
+            f"({groups}) and groups must divide w.shape[0] ({k})")
+    if min(kh, kw, h, wd) < 1:
+        raise ValueError(f"x and w must have non-empty spatial axes, got "
+                         f"{x.shape} and {w.shape}")
+    stride = int_tuple("stride", stride, 2, 1)
+    dilation = int_tuple("dilation", dilation, 2, 1)
+    pads = _normalise_padding(padding, 2, (kh, kw), dilation, stride)
+    for axis, (size, kk, d, (lo, hi)) in enumerate(zip((h, wd), (kh, kw),
+                                                        dilation, pads)):
+        if effective_kernel_size(kk, d) > size + lo + hi:
+            raise ValueError(
+                f"kernel size along spatial axis {axis} (dilated: "
+                f"{effective_kernel_size(kk, d)}) is larger than the padded "
+                f"input ({size + lo + hi})")
+    spec = ConvSpec(tuple(x.shape), tuple(w.shape), stride,
+                    pads[0] + pads[1], dilation, groups, dtype)
+    if grad_out.shape != spec.out_shape:
+        want = spec.out_shape[1:] if unbatched else spec.out_shape
+        got = grad_out.shape[1:] if unbatched else grad_out.shape
+        raise ValueError(f"grad_out must have the shape of the forward output "
+                         f"{want}, got {got}")
+
+    grad_bias = grad_out.sum(axis=(0, 2, 3), dtype=np.float64).astype(dtype)
+    if n == 0 or 0 in grad_out.shape[2:]:
+        grad_x = np.zeros(x.shape, dtype)
+        grad_w = np.zeros(w.shape, dtype)
+    else:
+        tspec = TransposeSpec(tuple(grad_out.shape), tuple(w.shape), stride,
+                              (pads[0][0], pads[1][0]), (h, wd), dilation,
+                              groups, dtype)
+        grad_x = run_conv_transpose2d(tspec, grad_out, w, None, alg_x, backend)
+        grad_w = _weight_gradient(grad_out, x, spec, alg_w, backend)
+    return (grad_x[0] if unbatched else grad_x), grad_w, grad_bias

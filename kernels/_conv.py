@@ -187,7 +187,7 @@ def run_conv2d(spec, x, w, bias, algorithm, backend):
                          spec.groups)
 
 
-_CONV_DOC = """{dim}-D convolution (cross-correlation) of a batch, as ``torch.nn.functional.conv{nd}``.
+_CONV_DOC = """{dim}-D convolution (cross-correlation) of a batch, as ``torch.nn.functional.conv{nd}d``.
 
     Parameters
     ----------
@@ -236,7 +236,7 @@ _CONV_DOC = """{dim}-D convolution (cross-correlation) of a batch, as ``torch.nn
     >>> import numpy as np, kernels
     >>> x = np.ones({ex_x}, dtype=np.float32)
     >>> w = np.ones({ex_w}, dtype=np.float32)
-    >>> kernels.conv{nd}(x, w, padding=1).shape
+    >>> kernels.conv{nd}d(x, w, padding=1).shape
     {ex_y}
 """
 

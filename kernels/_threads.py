@@ -1,23 +1,140 @@
 """Keep Numba's and OpenBLAS's thread pools from fighting.
 
-Numba's OpenMP threading layer and OpenBLAS both keep their worker threads
-spinning for a while after a parallel region.  When a ``prange`` kernel and
-a BLAS call alternate (im2col, Winograd, FFT contraction), each pool's
-spinning threads steal the cores the other needs: one im2col step was
-measured 10x slower (8.0 ms instead of 0.84 ms) on the 2-core development
-machine.  Asking OpenMP to sleep instead of spin removes the clash.
+Numba's OpenMP threading layer (GNU libgomp on Linux) and OpenBLAS both
+keep their worker threads spinning for a while after a parallel region.
+When a ``prange`` kernel and a BLAS call alternate (im2col, Winograd, FFT
+contraction), each pool's spinning threads steal the cores the other needs.
+Measured on the 2-core development machine (im2col, 64 channels at 56x56,
+batch 1, float32; fresh processes): 2.6 ms with OpenMP sleeping
+(``OMP_WAIT_POLICY=PASSIVE``), 8 to 48 ms when it spins (policy unset or
+``ACTIVE``).
 
-``OMP_WAIT_POLICY`` is read once, when the OpenMP runtime loads, which
-Numba does lazily at the first parallel kernel launch; importing ``kernels``
-sets it (unless the user already chose a value) before that can happen.
+Two layers of defence, so that a user never has to know:
+
+1. :func:`configure`, run by ``import kernels``, sets
+   ``OMP_WAIT_POLICY=PASSIVE`` (unless the user chose a value).  libgomp
+   reads it once, when it is loaded, which Numba does lazily at its first
+   parallel launch, so this works whenever ``kernels`` is imported before
+   any OpenMP runtime is loaded.
+2. That is too late when an OpenMP runtime was loaded first: a Numba
+   parallel function run before ``import kernels``, or ``import torch``
+   (which loads its own ``libgomp.so.1``; Numba then shares it), or an
+   explicit ``OMP_WAIT_POLICY=ACTIVE``.  :func:`prange_beside_blas_is_safe`
+   detects those cases and the kernels that alternate ``prange`` with BLAS
+   then run their (cheap, memory-bound) ``prange`` step on the calling
+   thread only, leaving the cores to BLAS: results are identical (the
+   kernels parallelise over outputs), the step is a bit slower, and the
+   10x clash is gone.
+
+The detection is a heuristic for Linux (it reads ``/proc/self/maps``); on
+other systems only the "Numba launched its pool before ``import kernels``"
+case is seen.  ``GOMP_SPINCOUNT`` is not consulted.
 """
 
 from __future__ import annotations
 
 import os
+import re
+
+_POLICY = "OMP_WAIT_POLICY"
+
+# Filled in by configure() at ``import kernels``.
+_policy_before_import = None     # the user's value, None when unset
+_runtime_loaded_before_import = False
+
+_forced = None                   # test/benchmark override, see force_...()
+
+# A loaded GNU OpenMP runtime that Numba's omppool would bind to: the
+# dynamic linker resolves its dependency ``libgomp.so.1`` to any already
+# loaded library of that soname (system libgomp, torch/lib/libgomp.so.1),
+# whereas renamed copies (``libgomp-a34b3233.so.1`` in scikit-learn wheels)
+# are separate runtimes that Numba does not use.
+_SHARED_GOMP = re.compile(r"/libgomp\.so(\.\d+)*\s*$", re.MULTILINE)
 
 
 def configure():
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    """Ask OpenMP to sleep, not spin, between parallel regions.
+
+    Called once by ``import kernels``, before this package launches any
+    Numba parallel kernel.  Records whether an OpenMP runtime was already
+    loaded (then the variable comes too late; see the module docstring).
+    """
+    global _policy_before_import, _runtime_loaded_before_import
+    _policy_before_import = os.environ.get(_POLICY)
+    _runtime_loaded_before_import = _openmp_runtime_loaded()
+    os.environ.setdefault(_POLICY, "PASSIVE")
     # GNU OpenMP honours OMP_WAIT_POLICY; Intel's runtime reads this one.
     os.environ.setdefault("KMP_BLOCKTIME", "0")
+
+
+def _openmp_runtime_loaded():
+    """True when Numba would use an OpenMP runtime that is already loaded."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return _SHARED_GOMP.search(maps.read()) is not None
+    except OSError:
+        pass
+    try:  # not Linux: the case we can still see is Numba's own pool
+        from numba.np.ufunc import parallel
+        return bool(parallel._is_initialized)
+    except (ImportError, AttributeError):
+        return False
+
+
+def numba_threading_layer():
+    """Numba's threading layer ('omp', 'tbb' or 'workqueue'), launching it."""
+    from numba.np.ufunc import parallel
+    parallel._launch_threads()
+    return parallel.threading_layer()
+
+
+def effective_wait_policy():
+    """The ``OMP_WAIT_POLICY`` the loaded libgomp read (best knowledge).
+
+    Returns the upper-cased value, or None when the runtime saw none
+    (GNU's default: spin about 300000 iterations, milliseconds, then sleep).
+    """
+    if _runtime_loaded_before_import:
+        value = _policy_before_import
+    else:
+        value = os.environ.get(_POLICY)
+    return None if value is None else value.strip().upper()
+
+
+def prange_beside_blas_is_safe():
+    """Whether a ``prange`` kernel may alternate with BLAS calls.
+
+    True when Numba's workers sleep between parallel regions: the
+    threading layer is not OpenMP (``workqueue`` workers block on a
+    semaphore; TBB yields), or it is OpenMP with a PASSIVE wait policy in
+    force.  Kernels that alternate ``prange`` and BLAS run the ``prange``
+    step serially when this is False.
+    """
+    if _forced is not None:
+        return _forced
+    if numba_threading_layer() != "omp":
+        return True
+    return effective_wait_policy() == "PASSIVE"
+
+
+def force_prange_beside_blas(value):
+    """Override :func:`prange_beside_blas_is_safe` (None restores detection).
+
+    For tests and benchmarks that must exercise one path; returns the
+    previous override.
+    """
+    global _forced
+    if value not in (None, True, False):
+        raise ValueError(f"value must be None, True or False, got {value!r}")
+    previous, _forced = _forced, value
+    return previous
+
+
+def describe():
+    """What was detected, for benchmark reports."""
+    return {
+        "threading_layer": numba_threading_layer(),
+        "omp_wait_policy_seen_by_runtime": effective_wait_policy(),
+        "openmp_loaded_before_kernels": _runtime_loaded_before_import,
+        "prange_beside_blas_is_safe": prange_beside_blas_is_safe(),
+    }

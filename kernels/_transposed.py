@@ -1,9 +1,366 @@
-"""Transposed convolution (issue 4): names reserved until built."""
+"""Public transposed convolution: validate once, normalise, dispatch.
+
+``conv_transpose1d``/``conv_transpose2d`` follow
+``torch.nn.functional.conv_transpose1d/2d`` on NumPy arrays.  A transposed
+convolution is the adjoint (the gradient with respect to the input) of
+the convolution with the same ``w``, stride, padding, dilation and
+groups: for every ``x`` and ``y`` of matching shapes
+``<conv2d(x, w), y> = <x, conv_transpose2d(y, w)>``.
+
+Algorithms (``algorithm=``):
+
+* ``"direct"``, ``"im2col"``: own kernels, :mod:`kernels.cpu.transposed`
+  (gather form; GEMM + col2im).  Every configuration.
+* ``"winograd"``, ``"fft"``: through the forward convolution of the same
+  name.  The transposed convolution equals a stride-1 correlation of the
+  zero-upsampled input (``s - 1`` zeros between samples) with the
+  spatially flipped, channel-swapped kernel ``w'[g Co + o, c] =
+  w[g Ci + c, o, ::-1, ::-1]`` (dilation ``d``), padded by
+  ``d (k - 1) - p`` at the low end (negative padding crops).  Available
+  when the forward algorithm is built and accepts the upsampled problem
+  (Winograd: 3x3 undilated kernels).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _dispatch
+from ._validation import (ALGORITHMS, UnsupportedConfiguration,
+                          as_float_array, check_algorithm, check_backend,
+                          check_ndim, check_same_dtype, int_tuple)
+from .geometry import conv_transpose_output_size, effective_kernel_size
+
+__all__ = ["conv_transpose1d", "conv_transpose2d", "TransposeSpec",
+           "transposed_algorithms", "choose_transposed_algorithm",
+           "run_conv_transpose2d"]
+
+# Algorithms computed through the forward convolution of the same name.
+_VIA_FORWARD = ("winograd", "fft")
 
 
-def conv_transpose1d(*args, **kwargs):
-    raise NotImplementedError("kernels.conv_transpose1d is not built yet (issue 4)")
+@dataclass(frozen=True)
+class TransposeSpec:
+    """A validated transposed-convolution problem in 2-D form."""
+
+    x_shape: tuple      # (N, C_in, H, W)
+    w_shape: tuple      # (C_in, C_out // groups, kH, kW)
+    stride: tuple       # (sh, sw)
+    pad_lo: tuple       # (ph, pw): crop at the top / left of the full output
+    out_hw: tuple       # (Ho, Wo)
+    dilation: tuple     # (dh, dw)
+    groups: int
+    dtype: np.dtype
+
+    @property
+    def out_shape(self):
+        return (self.x_shape[0], self.w_shape[1] * self.groups) + self.out_hw
+
+    def macs(self):
+        n, c_in, h, w = self.x_shape
+        return n * c_in * self.w_shape[1] * self.w_shape[2] * self.w_shape[3] * h * w
+
+    def forward_problem(self):
+        """The stride-1 forward correlation this problem equals.
+
+        Returns ``(upsampled_hw, crop, spec_args)``: the size of the
+        zero-upsampled input, the ``(top, bottom, left, right)`` rows and
+        columns to drop from it (where the equivalent padding is
+        negative), and ``(x_shape, w_shape, stride, padding, dilation,
+        groups)`` of the forward problem.
+        """
+        n, c_in, h, w = self.x_shape
+        _, c_out_g, kh, kw = self.w_shape
+        crop, pads, sizes = [], [], []
+        for size, k, s, lo, out, d in zip((h, w), (kh, kw), self.stride,
+                                          self.pad_lo, self.out_hw,
+                                          self.dilation):
+            up = (size - 1) * s + 1
+            k_eff = effective_kernel_size(k, d)
+            pad_lo = k_eff - 1 - lo
+            pad_hi = out - up - pad_lo + k_eff - 1
+            crop_lo, crop_hi = max(0, -pad_lo), max(0, -pad_hi)
+            crop += [crop_lo, crop_hi]
+            pads += [max(0, pad_lo), max(0, pad_hi)]
+            sizes.append(up - crop_lo - crop_hi)
+        x_shape = (n, c_in, sizes[0], sizes[1])
+        w_shape = (c_out_g * self.groups, c_in // self.groups, kh, kw)
+        return ((h - 1) * self.stride[0] + 1, (w - 1) * self.stride[1] + 1), \
+            tuple(crop), (x_shape, w_shape, (1, 1), tuple(pads),
+                          tuple(self.dilation), self.groups)
 
 
-def conv_transpose2d(*args, **kwargs):
-    raise NotImplementedError("kernels.conv_transpose2d is not built yet (issue 4)")
+def _backend_module(backend):
+    check_backend(backend)
+    name = f"kernels.{backend}.transposed"
+    if importlib.util.find_spec(name) is None:
+        raise NotImplementedError(
+            f"transposed convolution is not built for backend {backend!r} "
+            f"yet; use backend='cpu'")
+    return importlib.import_module(name)
+
+
+def _unsupported_reason(algorithm, spec, backend):
+    """None when ``algorithm`` can compute ``spec``, else a sentence."""
+    module = _backend_module(backend)
+    if algorithm in module.ALGORITHMS:
+        return module.unsupported_reason(algorithm, spec.x_shape, spec.w_shape,
+                                         spec.stride, spec.pad_lo, spec.out_hw,
+                                         spec.dilation, spec.groups)
+    if algorithm not in _VIA_FORWARD:
+        return f"no transposed {algorithm!r} kernel"
+    if not _dispatch.is_built(algorithm, backend):
+        return (f"it runs through the forward {algorithm!r} convolution, "
+                f"which is not built for backend {backend!r}")
+    _, _, forward = spec.forward_problem()
+    if min(forward[0][2:]) < 1:
+        return "the equivalent forward problem has an empty input"
+    reason = _dispatch.unsupported_reason(algorithm, backend, *forward)
+    if reason is not None:
+        return f"the equivalent stride-1 forward problem is unsupported: {reason}"
+    return None
+
+
+def transposed_algorithms(backend="cpu"):
+    """Algorithms that can compute a transposed convolution on ``backend``.
+
+    ``direct`` and ``im2col`` always; ``winograd``/``fft`` when their
+    forward module is built (each still has its own applicability rule).
+    """
+    module = _backend_module(backend)
+    return tuple(a for a in ALGORITHMS
+                 if a in module.ALGORITHMS
+                 or (a in _VIA_FORWARD and _dispatch.is_built(a, backend)))
+
+
+def _thresholds():
+    try:
+        from ._choose import _thresholds as load
+        return load()
+    except ImportError:  # pragma: no cover
+        return {"direct_max_macs": 2.0e6, "fft_min_area_single": 81,
+                "fft_min_area_multi": 121}
+
+
+def choose_transposed_algorithm(spec, backend="cpu"):
+    """``algorithm="auto"``: an applicable algorithm by a cost model.
+
+    Small problems (fewer multiply-adds than the forward
+    ``direct_max_macs`` threshold) go to ``direct``; large kernels to
+    ``fft`` (the forward's FFT area thresholds) when it applies; the rest
+    to ``im2col`` (a BLAS GEMM, PyTorch's CPU order).
+    """
+    t = _thresholds()
+    area = spec.w_shape[2] * spec.w_shape[3]
+    single = spec.x_shape[1] == 1 and spec.w_shape[1] * spec.groups == 1
+    fft_area = t["fft_min_area_single"] if single else t["fft_min_area_multi"]
+    if area >= fft_area and _unsupported_reason("fft", spec, backend) is None:
+        return "fft"
+    if spec.macs() <= t["direct_max_macs"]:
+        return "direct"
+    return "im2col"
+
+
+def _via_forward(spec, x, w, bias, algorithm, backend):
+    """Transposed convolution as a stride-1 forward correlation."""
+    from ._conv import ConvSpec, run_conv2d
+    (up_h, up_w), (ct, cb, cl, cr), forward = spec.forward_problem()
+    n, c_in, h, wd = spec.x_shape
+    sh, sw = spec.stride
+    z = np.zeros((n, c_in, up_h, up_w), dtype=x.dtype)
+    z[:, :, ::sh, ::sw] = x
+    z = z[:, :, ct:up_h - cb, cl:up_w - cr]
+    c_in_g = c_in // spec.groups
+    _, c_out_g, kh, kw = spec.w_shape
+    # w'[g Co + o, c] = w[g Ci + c, o] flipped in both spatial axes.
+    w_f = (w.reshape(spec.groups, c_in_g, c_out_g, kh, kw)
+           .transpose(0, 2, 1, 3, 4)
+           .reshape(spec.groups * c_out_g, c_in_g, kh, kw)[:, :, ::-1, ::-1])
+    fspec = ConvSpec(*forward, spec.dtype)
+    return run_conv2d(fspec, z, np.ascontiguousarray(w_f), bias, algorithm,
+                      backend)
+
+
+def run_conv_transpose2d(spec, x, w, bias, algorithm="auto", backend="cpu"):
+    """Dispatch a validated problem (used by conv2d_backward as well)."""
+    algorithm = check_algorithm(algorithm)
+    module = _backend_module(backend)
+    if algorithm == "auto":
+        algorithm = choose_transposed_algorithm(spec, backend)
+    else:
+        reason = _unsupported_reason(algorithm, spec, backend)
+        if reason is not None:
+            raise UnsupportedConfiguration(
+                f"algorithm={algorithm!r} cannot compute this transposed "
+                f"convolution: {reason}; use algorithm='auto' or one of "
+                f"{', '.join(repr(a) for a in transposed_algorithms(backend))}")
+    if spec.x_shape[0] == 0 or spec.x_shape[1] == 0:
+        y = np.zeros(spec.out_shape, dtype=spec.dtype)
+        if bias is not None and y.size:
+            y += bias[None, :, None, None]
+        return y
+    x = np.ascontiguousarray(x)
+    w = np.ascontiguousarray(w)
+    if bias is not None:
+        bias = np.ascontiguousarray(bias)
+    if algorithm in module.ALGORITHMS:
+        return module.conv_transpose2d(x, w, bias, spec.stride, spec.pad_lo,
+                                       spec.out_hw, spec.dilation, spec.groups,
+                                       algorithm)
+    return _via_forward(spec, x, w, bias, algorithm, backend)
+
+
+def _conv_transpose(nsp, x, w, bias, stride, padding, output_padding, groups,
+                    dilation, algorithm, backend):
+    layout = "(N, C_in, L)" if nsp == 1 else "(N, C_in, H, W)"
+    wlayout = ("(C_in, C_out // groups, k)" if nsp == 1
+               else "(C_in, C_out // groups, kH, kW)")
+    x = as_float_array("x", x)
+    w = as_float_array("w", w)
+    if bias is not None:
+        bias = as_float_array("bias", bias)
+    dtype = check_same_dtype(x=x, w=w, bias=bias)
+    check_ndim("x", x, (nsp + 1, nsp + 2), layout)
+    check_ndim("w", w, (nsp + 2,), wlayout)
+    algorithm = check_algorithm(algorithm)
+    check_backend(backend)
+    if isinstance(groups, (bool, np.bool_)) or not isinstance(groups, (int, np.integer)):
+        raise TypeError(f"groups must be an int, got {groups!r}")
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    groups = int(groups)
+
+    unbatched = x.ndim == nsp + 1
+    if unbatched:
+        x = x[None]
+    if 0 in x.shape[2:]:
+        raise ValueError(f"x must have non-empty spatial axes, got shape "
+                         f"{x.shape}")
+    c_in = x.shape[1]
+    if w.shape[0] != c_in:
+        raise ValueError(
+            f"w.shape[0] ({w.shape[0]}) must equal the input channels "
+            f"x.shape[1] ({c_in}); the weight of a transposed convolution is "
+            f"{wlayout}")
+    if c_in % groups:
+        raise ValueError(f"groups ({groups}) must divide the input channels "
+                         f"x.shape[1] ({c_in})")
+    kernel = w.shape[2:]
+    if min(kernel) < 1 or w.shape[1] < 1:
+        raise ValueError(f"w must have non-empty output-channel and kernel "
+                         f"axes, got shape {w.shape}")
+    c_out = w.shape[1] * groups
+    if bias is not None and bias.shape != (c_out,):
+        raise ValueError(f"bias must have shape ({c_out},) (w.shape[1] * "
+                         f"groups output channels), got {bias.shape}")
+    stride = int_tuple("stride", stride, nsp, 1)
+    padding = int_tuple("padding", padding, nsp, 0)
+    output_padding = int_tuple("output_padding", output_padding, nsp, 0)
+    dilation = int_tuple("dilation", dilation, nsp, 1)
+    out = []
+    for axis in range(nsp):
+        try:
+            out.append(conv_transpose_output_size(
+                x.shape[2 + axis], kernel[axis], stride[axis], padding[axis],
+                output_padding[axis], dilation[axis]))
+        except ValueError as exc:
+            raise ValueError(f"along spatial axis {axis}: {exc}") from None
+
+    if nsp == 1:
+        x4, w4 = x[:, :, None, :], w[:, :, None, :]
+        one = (1,)
+        spec = TransposeSpec(tuple(x4.shape), tuple(w4.shape), one + stride,
+                             (0,) + padding, one + tuple(out), one + dilation,
+                             groups, dtype)
+    else:
+        x4, w4 = x, w
+        spec = TransposeSpec(tuple(x.shape), tuple(w.shape), stride, padding,
+                             tuple(out), dilation, groups, dtype)
+    y = run_conv_transpose2d(spec, x4, w4, bias, algorithm, backend)
+    if nsp == 1:
+        y = y[:, :, 0, :]
+    return y[0] if unbatched else y
+
+
+_DOC = """{dim}-D transposed convolution, as ``torch.nn.functional.conv_transpose{nd}d``.
+
+    Parameters
+    ----------
+    x : ndarray, shape {xshape}
+        Input, float32 or float64; an unbatched {xunb} is accepted too.
+    w : ndarray, shape {wshape}
+        Filters (note: input channels first), same dtype as ``x``.
+    bias : ndarray, shape (C_out,), optional
+    stride, dilation : int or tuple of {nd} ints, >= 1
+    padding : int or tuple of {nd} ints, >= 0
+        ``dilation (k - 1) - padding`` zeros of implicit padding; equivalently
+        ``padding`` rows/columns cropped from each side of the full result.
+    output_padding : int or tuple of {nd} ints
+        Extra size added at the high end of each axis (to pick one of the
+        ``stride`` input sizes a strided convolution maps to the same size);
+        must be smaller than the stride or the dilation.
+    groups : int
+        Divides C_in; output channels are ``w.shape[1] * groups``.
+    algorithm : {{"auto", "direct", "im2col", "winograd", "fft"}}
+        ``"winograd"``/``"fft"`` run the forward algorithm on the
+        zero-upsampled input (see :mod:`kernels._transposed`).
+    backend : {{"cpu", "cuda"}}
+
+    Returns
+    -------
+    y : ndarray, shape {yshape}, dtype of ``x``
+
+    Raises
+    ------
+    TypeError
+        Integer, complex or mixed dtypes; non-integer sizes.
+    ValueError
+        Wrong ndim, channel/groups mismatch, stride/dilation < 1, negative
+        padding, output_padding not smaller than stride or dilation,
+        non-positive output size.
+    UnsupportedConfiguration
+        ``algorithm`` cannot do this configuration.
+    NotImplementedError
+        ``backend`` has no transposed kernels yet.
+
+    Notes
+    -----
+    Output size per axis ``(n - 1) s - 2 p + d (k - 1) + output_padding + 1``
+    (:func:`kernels.geometry.conv_transpose_output_size`).  The result is
+    the adjoint of ``conv{nd}d`` with the same ``w``, stride, padding,
+    dilation and groups.
+
+    Examples
+    --------
+    >>> import numpy as np, kernels
+    >>> x = np.ones({ex_x}, dtype=np.float32)
+    >>> w = np.ones({ex_w}, dtype=np.float32)
+    >>> kernels.conv_transpose{nd}d(x, w, stride=2).shape
+    {ex_y}
+"""
+
+
+def conv_transpose1d(x, w, bias=None, stride=1, padding=0, output_padding=0,
+                     groups=1, dilation=1, algorithm="auto", backend="cpu"):
+    return _conv_transpose(1, x, w, bias, stride, padding, output_padding,
+                           groups, dilation, algorithm, backend)
+
+
+def conv_transpose2d(x, w, bias=None, stride=1, padding=0, output_padding=0,
+                     groups=1, dilation=1, algorithm="auto", backend="cpu"):
+    return _conv_transpose(2, x, w, bias, stride, padding, output_padding,
+                           groups, dilation, algorithm, backend)
+
+
+conv_transpose1d.__doc__ = _DOC.format(
+    dim="1", nd=1, xshape="(N, C_in, L)", xunb="(C_in, L)",
+    wshape="(C_in, C_out // groups, k)", yshape="(N, C_out, L_out)",
+    ex_x="(1, 2, 8)", ex_w="(2, 4, 2)", ex_y="(1, 4, 16)")
+conv_transpose2d.__doc__ = _DOC.format(
+    dim="2", nd=2, xshape="(N, C_in, H, W)", xunb="(C_in, H, W)",
+    wshape="(C_in, C_out // groups, kH, kW)", yshape="(N, C_out, H_out, W_out)",
+    ex_x="(1, 2, 8, 8)", ex_w="(2, 4, 2, 2)", ex_y="(1, 4, 16, 16)")

@@ -121,7 +121,7 @@ def pool_output_size(n: int, k: int, stride: int | None = None, padding: int = 0
     padding.  ``stride`` defaults to ``k``.  ``padding`` must be at most
     half the kernel size, as in PyTorch.
     """
-    n = _check_int("n", n, 0)
+    n = _check_int("n", n, 1)
     k = _check_int("kernel_size", k, 1)
     stride = k if stride is None else _check_int("stride", stride, 1)
     padding = _check_int("padding", padding, 0)
@@ -132,17 +132,20 @@ def pool_output_size(n: int, k: int, stride: int | None = None, padding: int = 0
             f"({k} // 2 = {k // 2})")
     k_eff = effective_kernel_size(k, dilation)
     span = n + 2 * padding - k_eff
-    if span < 0:
-        raise ValueError(
-            f"pooling window (dilated size {k_eff}) is larger than the padded "
-            f"input (size {n + 2 * padding})")
     if ceil_mode:
-        out = -(-span // stride) + 1
+        # Floor division rounds towards -inf, as PyTorch's div_rtn: a
+        # window up to stride - 1 elements longer than the padded input
+        # still gives one (clipped) output.
+        out = (span + stride - 1) // stride + 1
         # The last window must start inside the input or the left padding.
         if (out - 1) * stride >= n + padding:
             out -= 1
     else:
         out = span // stride + 1
+    if out < 1:
+        raise ValueError(
+            f"pooling window (dilated size {k_eff}) is larger than the padded "
+            f"input (size {n + 2 * padding}); output size would be {out}")
     return out
 
 

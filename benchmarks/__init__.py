@@ -1,0 +1,1 @@
+"""asv benchmarks of convbench's kernels (``asv run``, ``asv dev``)."""

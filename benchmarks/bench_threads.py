@@ -1,0 +1,108 @@
+"""Regression benchmark for the Numba/OpenBLAS thread-pool clash.
+
+A ``prange`` kernel (the im2col gather) alternating with a BLAS GEMM is the
+pattern that ran 3x to 18x slower when Numba's OpenMP workers spun beside
+OpenBLAS's (see ``kernels/_threads.py``).  ``time_gather_then_gemm`` runs
+exactly that pattern with the *parallel* gather, bypassing the package's
+serial fallback, so it measures whether the OMP_WAIT_POLICY fix is in
+force; compare it with ``time_gather_only + time_gemm_only`` (same
+process).  ``track_clash_ratio`` reports that comparison directly: about
+1 when the pools cooperate, 3 or more when the clash is back.
+
+``kernels`` is imported before anything that could load an OpenMP runtime
+(asv imports each benchmark module in a fresh process).
+"""
+
+import statistics
+import time
+
+import numpy as np
+
+import kernels  # noqa: F401  (first: sets OMP_WAIT_POLICY before OpenMP loads)
+from kernels import _threads
+from kernels.cpu import im2col
+
+# ResNet-50 3x3 layers, batch 1, one image per GEMM: "channels@size".
+LAYERS = ["64@56", "128@28", "512@7"]
+
+
+def _layer(name):
+    channels, size = (int(v) for v in name.split("@"))
+    return channels, size
+
+
+class TimePrangeBesideBlas:
+    """Alternate a parallel gather and an sgemm, as im2col does per chunk."""
+
+    params = [LAYERS]
+    param_names = ["layer"]
+    repeat = (3, 10, 20.0)
+
+    def setup(self, layer):
+        c, s = _layer(layer)
+        rng = np.random.default_rng(0)
+        self.x = rng.standard_normal((1, c, s, s)).astype(np.float32)
+        self.w = rng.standard_normal((c, c, 3, 3)).astype(np.float32)
+        self.s = s
+        self.patches = np.empty((c * 9, s * s), np.float32)
+        self.w2 = self.w.reshape(c, c * 9)
+        self.out = np.empty((c, s * s), np.float32)
+        for _ in range(3):  # compile and wake both pools
+            self.gather()
+            self.gemm()
+            kernels.conv2d(self.x, self.w, padding=1, algorithm="im2col")
+
+    def gather(self):
+        s = self.s
+        im2col.fill_patches(self.x, 0, 1, 0, s * s, 3, 3, 1, 1, 1, 1, 1, 1, s,
+                            self.patches)
+
+    def gemm(self):
+        np.matmul(self.w2, self.patches, out=self.out)
+
+    def time_gather_then_gemm(self, layer):
+        for _ in range(4):
+            self.gather()
+            self.gemm()
+
+    def time_gather_only(self, layer):
+        for _ in range(4):
+            self.gather()
+
+    def time_gemm_only(self, layer):
+        for _ in range(4):
+            self.gemm()
+
+    def time_conv2d_im2col(self, layer):
+        kernels.conv2d(self.x, self.w, padding=1, algorithm="im2col")
+
+    def track_clash_ratio(self, layer):
+        """median(gather; gemm) / (median(gather) + median(gemm))."""
+        def median_time(fn, repeats=15):
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            return statistics.median(times)
+
+        def both():
+            self.gather()
+            self.gemm()
+
+        alternating = median_time(both)
+        separate = median_time(self.gather) + median_time(self.gemm)
+        return alternating / separate
+
+    track_clash_ratio.unit = "ratio"
+
+
+class TrackThreadGuard:
+    """1 when the package considers prange beside BLAS safe (PASSIVE OpenMP
+    or a non-OpenMP threading layer), 0 when it falls back to serial
+    gathers; in asv's fresh processes this must stay 1."""
+
+    def track_prange_beside_blas_is_safe(self):
+        return int(_threads.prange_beside_blas_is_safe())
+
+    track_prange_beside_blas_is_safe.unit = "bool"

@@ -1,0 +1,13 @@
+"""convbench: the benchmark harness of the ``kernels`` package.
+
+* :mod:`convbench.workloads`: layer shapes of LeNet-5, VGG-16, ResNet-18/50
+  and the named benchmark workloads;
+* :mod:`convbench.sweep`: interleaved timing, GFLOP/s and error (in bound
+  units) of every algorithm and peer, and the result table;
+* :mod:`convbench.crossover`: where one algorithm overtakes another;
+* :mod:`convbench.machine`: CPU, threads, BLAS and the sgemm rate;
+* :mod:`convbench.calibrate`: measure the thresholds of ``algorithm="auto"``;
+* :mod:`convbench.cli`: the ``convbench`` command (``python -m convbench``).
+"""
+
+__version__ = "0.1.0"

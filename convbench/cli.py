@@ -1,0 +1,357 @@
+"""Command line: ``convbench sweep | machine | calibrate``.
+
+Examples
+--------
+Kernel-size sweep of one image, every built algorithm next to SciPy::
+
+    convbench sweep --shape 1,1,512,512,1 --kernels 3:31:4
+
+The distinct convolution layers of ResNet-50 at batch 4::
+
+    convbench sweep --network resnet50 --batch 4 --peers torch
+
+A named workload (see ``convbench sweep --list-workloads``)::
+
+    convbench sweep --workload resnet50-3x3 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+__all__ = ["main", "build_parser", "parse_kernels", "parse_shape"]
+
+
+# --------------------------------------------------------------------------
+# Argument types (raise ArgumentTypeError: argparse turns it into a usage
+# error naming the option)
+# --------------------------------------------------------------------------
+
+def _positive_int(text, what):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{what} must be an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{what} must be >= 1, got {value}")
+    return value
+
+
+def _kernel_token(token):
+    """'7' -> (7, 7); '1x31' -> (1, 31)."""
+    if "x" in token.lower():
+        parts = token.lower().split("x")
+        if len(parts) != 2 or not all(p.strip() for p in parts):
+            raise argparse.ArgumentTypeError(
+                f"kernel size {token!r} must be K or KHxKW, e.g. 7 or 1x31")
+        return (_positive_int(parts[0], "kernel height"),
+                _positive_int(parts[1], "kernel width"))
+    k = _positive_int(token, "kernel size")
+    return (k, k)
+
+
+def parse_kernels(text):
+    """Kernel sizes from ``START:STOP[:STEP]`` (STOP included) or a comma
+    list of sizes ``K`` / ``KHxKW``.
+
+    >>> parse_kernels("3:7:2")
+    [(3, 3), (5, 5), (7, 7)]
+    >>> parse_kernels("3,1x7")
+    [(3, 3), (1, 7)]
+    """
+    text = text.strip()
+    if not text:
+        raise argparse.ArgumentTypeError("kernel sizes must not be empty")
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) not in (2, 3):
+            raise argparse.ArgumentTypeError(
+                f"kernel range {text!r} must be START:STOP or START:STOP:STEP, "
+                f"e.g. 3:31:2")
+        start = _positive_int(parts[0], "kernel range start")
+        stop = _positive_int(parts[1], "kernel range stop")
+        step = _positive_int(parts[2], "kernel range step") if len(parts) == 3 else 1
+        if stop < start:
+            raise argparse.ArgumentTypeError(
+                f"kernel range {text!r}: stop ({stop}) is smaller than start "
+                f"({start})")
+        return [(k, k) for k in range(start, stop + 1, step)]
+    return [_kernel_token(t.strip()) for t in text.split(",")]
+
+
+def parse_shape(text):
+    """``N,C,H,W,K`` -> tuple of five positive ints."""
+    parts = text.split(",")
+    if len(parts) != 5:
+        raise argparse.ArgumentTypeError(
+            f"shape {text!r} must be N,C,H,W,K (batch, input channels, height, "
+            f"width, output channels), e.g. 1,1,256,256,1")
+    names = ("N", "C", "H", "W", "K")
+    return tuple(_positive_int(p.strip(), f"shape {n}") for p, n in zip(parts, names))
+
+
+def parse_padding(text):
+    if text in ("same", "valid"):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"padding must be 'same', 'valid' or an integer >= 0, got {text!r}"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"padding must be >= 0, got {value}")
+    return value
+
+
+def _name_list(text):
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+# --------------------------------------------------------------------------
+# Parser
+# --------------------------------------------------------------------------
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="convbench",
+        description="Benchmark and verify convolution algorithms (kernels) "
+                    "against SciPy and PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{sweep,machine,calibrate}")
+
+    sw = sub.add_parser(
+        "sweep", help="time every algorithm and peer over kernel sizes or "
+                      "network layers",
+        description="Median time, GFLOP/s and error (in units of the "
+                    "documented forward error bound) of every algorithm "
+                    "and peer, interleaved, with the crossovers.")
+    what = sw.add_mutually_exclusive_group(required=True)
+    what.add_argument("--shape", type=parse_shape, metavar="N,C,H,W,K",
+                      help="input batch, channels, height, width and output "
+                           "channels of a kernel-size sweep")
+    what.add_argument("--network", metavar="NAME",
+                      help="sweep the distinct conv layers of a network "
+                           "(lenet5, vgg16, resnet18, resnet50)")
+    what.add_argument("--workload", metavar="NAME",
+                      help="a named workload (--list-workloads)")
+    what.add_argument("--list-workloads", action="store_true",
+                      help="list the named workloads and networks, and exit")
+    sw.add_argument("--kernels", type=parse_kernels, default=None,
+                    metavar="START:STOP[:STEP]|K,K,...",
+                    help="kernel sizes for --shape (STOP included; "
+                         "KHxKW for rectangles); default 3:31:2")
+    sw.add_argument("--batch", type=lambda t: _positive_int(t, "batch"),
+                    default=1, help="batch size for --network (default 1)")
+    sw.add_argument("--algorithms", type=_name_list, default=None,
+                    metavar="A,B,...",
+                    help="algorithms to run (default: every built one; "
+                         "'auto' allowed)")
+    sw.add_argument("--peers", type=_name_list, default=None, metavar="P,Q,...",
+                    help="peers: scipy-direct, scipy-fft, torch, or 'none' "
+                         "(default: all three; torch only if importable)")
+    sw.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    sw.add_argument("--padding", type=parse_padding, default="same",
+                    help="'same' (default), 'valid' or an int, for --shape")
+    sw.add_argument("--stride", type=lambda t: _positive_int(t, "stride"),
+                    default=1, help="stride for --shape (default 1)")
+    sw.add_argument("--groups", type=lambda t: _positive_int(t, "groups"),
+                    default=1, help="groups for --shape (default 1)")
+    sw.add_argument("--repeats", type=lambda t: _positive_int(t, "repeats"),
+                    default=5, help="timed calls per contender (default 5)")
+    sw.add_argument("--no-check", action="store_true",
+                    help="skip the accuracy check against the float64 reference")
+    sw.add_argument("--check-batch", type=int, default=1, metavar="B",
+                    help="images of the batch to check (default 1; 0: all)")
+    sw.add_argument("--check-macs", type=float, default=1.5e8,
+                    help="multiply-adds the reference may spend per case; the "
+                         "check is cropped to the first output rows/columns "
+                         "that fit (default 1.5e8, about 2 s)")
+    sw.add_argument("--peer-time-limit", type=float, default=2.0, metavar="S",
+                    help="skip a SciPy peer whose estimated time per call is "
+                         "above S seconds (default 2)")
+    sw.add_argument("--seed", type=int, default=0)
+    sw.add_argument("--json", metavar="PATH",
+                    help="write results, crossovers and machine info as JSON")
+    sw.add_argument("--no-progress", action="store_true",
+                    help="no progress bar on stderr")
+
+    mach = sub.add_parser("machine", help="print what timings depend on (CPU, "
+                                          "threads, BLAS, versions, sgemm rate)")
+    mach.add_argument("--json", action="store_true", help="print it as JSON")
+
+    cal = sub.add_parser(
+        "calibrate", help="measure the crossovers used by algorithm='auto' "
+                          "and save them",
+        description="Quick sweeps (< 1 min) that measure the thresholds of "
+                    "kernels._choose and write them to the calibration file.")
+    cal.add_argument("--output", metavar="PATH", default=None,
+                     help="calibration file (default: $CONVBENCH_CALIBRATION "
+                          "or ~/.cache/convbench/calibration.json)")
+    cal.add_argument("--dry-run", action="store_true",
+                     help="measure and print, do not write")
+    cal.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+# --------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------
+
+def _contenders(args, parser):
+    import kernels
+    from .sweep import PEERS
+    built = kernels.built_algorithms()
+    if args.algorithms is None:
+        algorithms = list(built)
+    else:
+        algorithms = args.algorithms
+        known = set(kernels.ALGORITHMS) | {"auto"}
+        for a in algorithms:
+            if a not in known:
+                parser.error(f"argument --algorithms: unknown algorithm {a!r}; "
+                             f"choose from {', '.join(sorted(known))}")
+        missing = [a for a in algorithms if a != "auto" and a not in built]
+        if missing:
+            parser.error(f"argument --algorithms: not built yet: "
+                         f"{', '.join(missing)} (built: {', '.join(built)})")
+    if args.peers is None:
+        peers = ["scipy-direct", "scipy-fft"]
+        try:
+            import torch  # noqa: F401
+            peers.append("torch")
+        except ImportError:
+            pass
+    elif args.peers == ["none"]:
+        peers = []
+    else:
+        peers = args.peers
+        for p in peers:
+            if p not in PEERS:
+                parser.error(f"argument --peers: unknown peer {p!r}; choose "
+                             f"from {', '.join(PEERS)} or 'none'")
+    if not algorithms and not peers:
+        parser.error("nothing to run: no algorithms and no peers")
+    return algorithms, peers
+
+
+def _cases(args, parser):
+    from . import workloads
+    if args.shape is not None:
+        n, c, h, w, k = args.shape
+        if c % args.groups or k % args.groups:
+            parser.error(f"argument --groups: {args.groups} must divide C ({c}) "
+                         f"and K ({k})")
+        if args.padding == "same" and args.stride != 1:
+            parser.error("argument --padding: 'same' needs --stride 1; give an "
+                         "integer padding for strided sweeps")
+        kernels = args.kernels or [(k_, k_) for k_ in range(3, 32, 2)]
+        cases = []
+        for kh, kw in kernels:
+            label = f"k={kh}" if kh == kw else f"k={kh}x{kw}"
+            cases.append(workloads.ConvCase(label, (n, c, h, w),
+                                            (k, c // args.groups, kh, kw),
+                                            args.stride, args.padding,
+                                            args.groups))
+        return cases
+    if args.kernels is not None:
+        parser.error("argument --kernels: only with --shape")
+    if args.network is not None:
+        if args.network not in workloads.NETWORKS:
+            parser.error(f"argument --network: unknown network {args.network!r}; "
+                         f"choose from {', '.join(workloads.NETWORKS)}")
+        return workloads.conv_layers(args.network, batch=args.batch)
+    if args.workload not in workloads.WORKLOADS:
+        parser.error(f"argument --workload: unknown workload {args.workload!r}; "
+                     f"choose from {', '.join(workloads.WORKLOADS)}")
+    return workloads.workload(args.workload)
+
+
+def _list_workloads():
+    from . import workloads
+    print("workloads (--workload NAME):")
+    for name, (description, _) in workloads.WORKLOADS.items():
+        print(f"  {name:<22} {description}")
+    print("networks (--network NAME --batch N):")
+    for name in workloads.NETWORKS:
+        print(f"  {name:<22} {len(workloads.conv_layers(name))} distinct conv "
+              f"layers, {workloads.param_count(name):,} parameters")
+
+
+def _header(cases, config):
+    first = cases[0]
+    return (f"# convbench sweep: {len(cases)} case(s), first x={first.x_shape} "
+            f"w={first.w_shape}, {config.dtype}, stride {first.stride}, padding "
+            f"{first.padding!r}, {config.repeats} repeats (median), contenders "
+            f"interleaved; algorithms: {', '.join(config.algorithms) or '-'}; "
+            f"peers: {', '.join(config.peers) or '-'}")
+
+
+def cmd_sweep(args, parser):
+    from . import sweep
+    from .machine import blas_summary, machine_info
+    if args.list_workloads:
+        _list_workloads()
+        return 0
+    algorithms, peers = _contenders(args, parser)
+    cases = _cases(args, parser)
+    config = sweep.SweepConfig(
+        algorithms=tuple(algorithms), peers=tuple(peers), dtype=args.dtype,
+        repeats=args.repeats, check=not args.no_check,
+        check_batch=args.check_batch, check_macs=args.check_macs,
+        peer_time_limit=args.peer_time_limit, seed=args.seed,
+        progress=not args.no_progress)
+    print(_header(cases, config), flush=True)
+    result = sweep.run_sweep(cases, config)
+    try:
+        import numba
+        threads = f"numba {numba.get_num_threads()} threads"
+    except ImportError:  # pragma: no cover - a dependency
+        threads = ""
+    print(f"# {threads}; BLAS: {blas_summary()}")
+    print(sweep.format_table(result))
+    crossovers = sweep.format_crossovers(result)
+    if crossovers:
+        print()
+        print(crossovers)
+    if args.json:
+        result.machine = machine_info(measure=True)
+        data = result.to_dict()
+        data["argv"] = list(sys.argv)
+        with open(args.json, "w") as f:
+            json.dump(data, f, indent=1, default=str)
+        print(f"\nwrote {args.json}")
+    if result.interrupted:
+        print("interrupted by Ctrl-C: the results above are partial",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_machine(args, parser):
+    from .machine import format_machine_info, machine_info
+    info = machine_info(measure=True)
+    if args.json:
+        print(json.dumps(info, indent=1, default=str))
+    else:
+        print(format_machine_info(info))
+    return 0
+
+
+def cmd_calibrate(args, parser):
+    from .calibrate import calibrate
+    calibrate(path=args.output, write=not args.dry_run,
+              progress=not args.no_progress)
+    return 0
+
+
+def main(argv=None):
+    """Entry point of the ``convbench`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = {"sweep": cmd_sweep, "machine": cmd_machine,
+               "calibrate": cmd_calibrate}
+    return command[args.command](args, parser)

@@ -1,0 +1,180 @@
+"""What a timing depends on: CPU, threads, BLAS, environment, versions.
+
+:func:`machine_info` gathers it as a JSON-ready dict (stored with every
+sweep's results), :func:`format_machine_info` prints it.  The measured
+single-precision GEMM rate (a 1024^3 float32 matmul) is the machine's
+practical peak for the GEMM-based algorithms, so GFLOP/s figures can be
+read as a fraction of it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from importlib import metadata
+
+import numpy as np
+
+__all__ = ["machine_info", "format_machine_info", "sgemm_gflops",
+           "blas_summary"]
+
+#: Environment variables that change the speed of the kernels or of BLAS.
+ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
+            "OMP_WAIT_POLICY", "OMP_NUM_THREADS", "KMP_BLOCKTIME",
+            "MKL_NUM_THREADS", "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER",
+            "CONVBENCH_CALIBRATION")
+
+_PACKAGES = ("numpy", "scipy", "numba", "llvmlite", "pyfftw", "threadpoolctl",
+             "torch", "convbench")
+
+
+def cpu_model():
+    """The CPU's marketing name, from /proc/cpuinfo where there is one."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _usable_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count()
+
+
+def numba_info():
+    """Numba's thread count and threading layer (if already chosen)."""
+    import numba
+    info = {"num_threads": numba.get_num_threads(),
+            "threading_layer_config": numba.config.THREADING_LAYER}
+    try:
+        info["threading_layer"] = numba.threading_layer()
+    except ValueError:
+        # Chosen lazily at the first parallel launch.
+        info["threading_layer"] = None
+    return info
+
+
+def blas_info():
+    """threadpoolctl's view of the loaded BLAS and OpenMP libraries."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:  # pragma: no cover - a declared dependency
+        return []
+    keys = ("user_api", "internal_api", "prefix", "version", "num_threads",
+            "threading_layer", "architecture", "filepath")
+    return [{k: lib.get(k) for k in keys if k in lib} for lib in threadpool_info()]
+
+
+def _owner(filepath):
+    """'numpy' for .../site-packages/numpy.libs/libopenblas...so."""
+    parts = filepath.replace("\\", "/").split("/")
+    for part in reversed(parts[:-1]):
+        if part.endswith(".libs") or part.endswith("_libs"):
+            return part[:-5]
+    return ""
+
+
+def blas_summary(blas=None):
+    """One line: 'openblas 0.3.31 SkylakeX, 2 threads (pthreads)'."""
+    blas = blas_info() if blas is None else blas
+    parts = []
+    for lib in blas:
+        if lib.get("user_api") != "blas":
+            continue
+        text = f"{lib.get('internal_api')} {lib.get('version') or ''}".strip()
+        owner = _owner(lib.get("filepath") or "")
+        if owner:
+            text = f"{owner}: {text}"
+        if lib.get("architecture"):
+            text += f" core={lib['architecture']}"
+        text += f", {lib.get('num_threads')} threads"
+        if lib.get("threading_layer"):
+            text += f" ({lib['threading_layer']})"
+        parts.append(text)
+    return "; ".join(parts) or "no BLAS found by threadpoolctl"
+
+
+def package_versions():
+    out = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def sgemm_gflops(n=1024, repeats=5):
+    """GFLOP/s of an n^3 float32 matmul (median of ``repeats``, warmed up)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.empty((n, n), dtype=np.float32)
+    np.matmul(a, b, out=c)  # warm-up: thread pool start, page faults
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=c)
+        times.append(time.perf_counter() - t0)
+    return 2.0 * n ** 3 / statistics.median(times) / 1e9
+
+
+def machine_info(measure=True):
+    """Everything a timing depends on, as a JSON-ready dict.
+
+    ``measure=False`` skips the GEMM measurement (about 0.1-1 s).
+    """
+    import kernels  # noqa: F401  (sets OMP_WAIT_POLICY before numba runs)
+    info = {
+        "cpu_model": cpu_model(),
+        "machine": platform.machine(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu_count": os.cpu_count(),
+        "usable_cores": _usable_cores(),
+        "numba": numba_info(),
+        "blas": blas_info(),
+        "blas_summary": blas_summary(),
+        "env": {name: os.environ.get(name) for name in ENV_VARS},
+        "versions": package_versions(),
+    }
+    if "torch" in sys.modules:
+        info["torch_num_threads"] = sys.modules["torch"].get_num_threads()
+    if measure:
+        info["sgemm_1024_gflops"] = round(sgemm_gflops(), 2)
+    return info
+
+
+def format_machine_info(info):
+    """Aligned 'key: value' lines for the terminal."""
+    numba = info["numba"]
+    env = ", ".join(f"{k}={v}" for k, v in info["env"].items() if v is not None)
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items()
+                         if v is not None)
+    rows = [
+        ("CPU", f"{info['cpu_model']} ({info['machine']})"),
+        ("cores", f"{info['usable_cores']} usable of {info['cpu_count']}"),
+        ("numba", f"{numba['num_threads']} threads, threading layer "
+                  f"{numba['threading_layer'] or 'not chosen yet'}"
+                  f" (config: {numba['threading_layer_config']})"),
+        ("BLAS", info["blas_summary"]),
+        ("env", env or "(none of the tracked variables set)"),
+        ("versions", versions),
+        ("python", f"{info['python']} on {info['platform']}"),
+    ]
+    if "torch_num_threads" in info:
+        rows.append(("torch threads", str(info["torch_num_threads"])))
+    if "sgemm_1024_gflops" in info:
+        rows.append(("sgemm 1024^3", f"{info['sgemm_1024_gflops']:.1f} GFLOP/s "
+                                     "(float32 matmul, median of 5)"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

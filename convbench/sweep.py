@@ -1,0 +1,704 @@
+"""Time every algorithm and peer on a list of convolution problems.
+
+For each problem (a :class:`convbench.workloads.ConvCase`) the sweep
+
+1. builds seeded random data;
+2. warms every contender up with one untimed call (Numba compilation,
+   FFT planning, thread-pool start) and measures that call's error against
+   :func:`reference.conv2d` in units of the documented forward error bound
+   (:func:`kernels.accuracy.error_in_bound_units`);
+3. times the contenders round-robin, ``repeats`` rounds with the order
+   rotated each round, so that a burst of noise on a shared machine hits
+   every contender alike; the median is reported.
+
+Contenders are the algorithms of ``kernels`` (called through the public
+``kernels.conv2d``, so validation is included, as a user would see it) and
+peers: ``scipy-direct`` / ``scipy-fft`` (``scipy.signal.correlate`` summed
+over channel planes, the obvious SciPy way to do a multi-channel layer)
+and ``torch`` (``torch.nn.functional.conv2d``).  A configuration an
+algorithm cannot do is reported as ``n/a``; a SciPy peer whose estimated
+time per call is above ``peer_time_limit`` is ``skipped``.
+
+The float64 reference is slow (SciPy's direct correlation, about 0.1 G
+multiply-adds per second), so the check covers ``check_batch`` images and,
+when that is still too slow, the first output rows (and columns) that fit
+in ``check_macs``; the checked region is recorded with the result.
+
+A KeyboardInterrupt stops the sweep; what was measured is kept (contenders
+timed fewer than ``repeats`` times are marked ``partial``).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import re
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+import kernels
+from kernels import accuracy
+from kernels._dispatch import unsupported_reason
+from kernels.geometry import same_padding
+
+from .crossover import find_crossovers
+from .workloads import ConvCase
+
+__all__ = ["PEERS", "SweepConfig", "Measurement", "SweepResult", "run_sweep",
+           "make_runner", "NotApplicable", "Skipped", "ReferenceCheck", "bound_kind",
+           "make_data", "time_call", "format_table", "format_crossovers", "flops",
+           "kernel_series"]
+
+PEERS = ("scipy-direct", "scipy-fft", "torch")
+
+#: Accuracy model used to express a peer's error in bound units.
+_PEER_BOUND_KIND = {"scipy-direct": "direct", "scipy-fft": "fft",
+                    "torch": "direct"}
+
+
+class NotApplicable(Exception):
+    """The contender cannot run this case (status ``n/a``)."""
+
+
+class Skipped(Exception):
+    """The contender could run this case but would take too long."""
+
+
+@dataclass
+class SweepConfig:
+    """Options of a sweep (see ``convbench sweep --help``)."""
+
+    algorithms: tuple = ()
+    peers: tuple = ("scipy-direct", "scipy-fft", "torch")
+    dtype: str = "float32"
+    repeats: int = 5
+    check: bool = True
+    check_batch: int = 1          # images checked; 0 = all
+    check_macs: float = 1.5e8     # reference budget per case (multiply-adds)
+    peer_time_limit: float = 2.0  # seconds per call, estimated, SciPy peers
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class Measurement:
+    """One contender on one case."""
+
+    case: str
+    x_shape: tuple
+    w_shape: tuple
+    stride: int
+    padding: object
+    groups: int
+    contender: str
+    peer: bool
+    status: str                      # "ok", "n/a", "skipped", "error"
+    reason: str | None = None
+    times_s: list = field(default_factory=list)
+    median_s: float | None = None
+    gflops: float | None = None
+    error_units: float | None = None
+    error_constant: float | None = None
+    checked: dict | None = None      # region of the output that was checked
+    partial: bool = False
+    chose: str | None = None         # algorithm picked by "auto"
+
+    @property
+    def kernel_size(self):
+        kh, kw = self.w_shape[2:]
+        return kh if kh == kw else (kh, kw)
+
+
+@dataclass
+class SweepResult:
+    config: dict
+    cases: list
+    measurements: list
+    interrupted: bool = False
+    machine: dict | None = None
+
+    def crossovers(self):
+        """Crossovers along each kernel-size series of the cases."""
+        out = []
+        for key, sizes, times in kernel_series(self.measurements):
+            for c in find_crossovers(sizes, times):
+                out.append({"series": key, "slower": c.slower,
+                            "faster": c.faster, "kernel_size": c.size})
+        return out
+
+    def to_dict(self):
+        return {
+            "schema": "convbench.sweep/1",
+            "config": self.config,
+            "interrupted": self.interrupted,
+            "cases": [c._asdict() for c in self.cases],
+            "results": [asdict(m) for m in self.measurements],
+            "crossovers": self.crossovers(),
+            "machine": self.machine,
+        }
+
+
+# --------------------------------------------------------------------------
+# Problem geometry
+# --------------------------------------------------------------------------
+
+def zero_padding(case):
+    """(top, bottom, left, right) zero padding of a case."""
+    kh, kw = case.w_shape[2:]
+    if case.padding == "valid":
+        return (0, 0, 0, 0)
+    if case.padding == "same":
+        return same_padding(kh) + same_padding(kw)
+    p = int(case.padding)
+    return (p, p, p, p)
+
+
+def output_shape(case):
+    n, _, h, w = case.x_shape
+    k, _, kh, kw = case.w_shape
+    pt, pb, pl, pr = zero_padding(case)
+    s = case.stride
+    return (n, k, (h + pt + pb - kh) // s + 1, (w + pl + pr - kw) // s + 1)
+
+
+def flops(case):
+    """2 N K (C/g) kH kW Ho Wo: the multiply-adds of a direct convolution."""
+    n, k, ho, wo = output_shape(case)
+    _, cg, kh, kw = case.w_shape
+    return 2.0 * n * k * cg * kh * kw * ho * wo
+
+
+def _stride1_macs(case, batch, rows=None, cols=None):
+    """Multiply-adds of the stride-1 'valid' correlation that SciPy (and the
+    reference) compute before subsampling, over ``batch`` images."""
+    _, _, h, w = case.x_shape
+    k, cg, kh, kw = case.w_shape
+    pt, pb, pl, pr = zero_padding(case)
+    full_rows = h + pt + pb - kh + 1
+    full_cols = w + pl + pr - kw + 1
+    r = full_rows if rows is None else min(full_rows, (rows - 1) * case.stride + 1)
+    c = full_cols if cols is None else min(full_cols, (cols - 1) * case.stride + 1)
+    return float(batch) * k * cg * kh * kw * r * c
+
+
+def _fits(case):
+    """None, or why the kernel does not fit in the padded input."""
+    _, _, h, w = case.x_shape
+    _, _, kh, kw = case.w_shape
+    pt, pb, pl, pr = zero_padding(case)
+    if kh > h + pt + pb or kw > w + pl + pr:
+        return (f"kernel {kh}x{kw} is larger than the padded input "
+                f"{h + pt + pb}x{w + pl + pr}")
+    return None
+
+
+# --------------------------------------------------------------------------
+# Contenders
+# --------------------------------------------------------------------------
+
+def _algorithm_runner(name, case, x, w, dtype):
+    """Zero-argument callable running ``kernels.conv2d`` with ``name``."""
+    stride2 = (case.stride, case.stride)
+    pads = zero_padding(case)
+    chose = None
+    if name == "auto":
+        chose = kernels.choose_algorithm(case.x_shape, case.w_shape, stride2,
+                                         pads, (1, 1), case.groups, dtype=dtype)
+    else:
+        reason = unsupported_reason(name, "cpu", case.x_shape, case.w_shape,
+                                    stride2, pads, (1, 1), case.groups)
+        if reason is not None:
+            raise NotApplicable(reason)
+
+    def run():
+        return kernels.conv2d(x, w, stride=case.stride, padding=case.padding,
+                              groups=case.groups, algorithm=name)
+    return run, chose
+
+
+_DIRECT_RATE = {}
+
+
+def scipy_direct_rate(dtype):
+    """Multiply-adds per second of scipy.signal.correlate(method='direct')
+    on this machine (measured once per dtype and process)."""
+    key = np.dtype(dtype).name
+    if key not in _DIRECT_RATE:
+        import scipy.signal
+        rng = np.random.default_rng(1)
+        a = rng.standard_normal((96, 96)).astype(dtype)
+        b = rng.standard_normal((7, 7)).astype(dtype)
+        scipy.signal.correlate(a, b, mode="valid", method="direct")
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            scipy.signal.correlate(a, b, mode="valid", method="direct")
+            times.append(time.perf_counter() - t0)
+        _DIRECT_RATE[key] = 90 * 90 * 49 / max(min(times), 1e-9)
+    return _DIRECT_RATE[key]
+
+
+def _scipy_runner(method, case, x, w, limit):
+    """scipy.signal.correlate over every (n, k, c) plane, summed over c."""
+    import scipy.signal
+    n, k, ho, wo = output_shape(case)
+    _, cg, _, _ = case.w_shape
+    pt, pb, pl, pr = zero_padding(case)
+    s = case.stride
+    k_per_group = k // case.groups
+    planes = n * k * cg
+
+    def plane_sum(xp, i, j):
+        g = j // k_per_group
+        acc = None
+        for c in range(cg):
+            z = scipy.signal.correlate(xp[i, g * cg + c], w[j, c], mode="valid",
+                                       method=method)
+            if acc is None:
+                acc = z
+            else:
+                acc += z
+        return acc[::s, ::s]
+
+    def pad(x):
+        if any((pt, pb, pl, pr)):
+            return np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+        return x
+
+    def run():
+        xp = pad(x)
+        y = np.empty((n, k, ho, wo), dtype=x.dtype)
+        for i in range(n):
+            for j in range(k):
+                y[i, j] = plane_sum(xp, i, j)
+        return y
+
+    if method == "direct":
+        estimate = _stride1_macs(case, n) / scipy_direct_rate(x.dtype)
+    else:
+        xp = pad(x[:1])
+        plane = xp[0, 0]
+        scipy.signal.correlate(plane, w[0, 0], mode="valid", method="fft")
+        t0 = time.perf_counter()
+        scipy.signal.correlate(plane, w[0, 0], mode="valid", method="fft")
+        estimate = planes * (time.perf_counter() - t0)
+    if estimate > limit:
+        raise Skipped(f"estimated {estimate:.3g} s per call > peer time "
+                      f"limit {limit:g} s ({planes} plane{'s' if planes > 1 else ''})")
+    return run
+
+
+def _torch_runner(case, x, w):
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        raise NotApplicable("torch is not installed (pip install torch)") from None
+    pt, pb, pl, pr = zero_padding(case)
+    xt = torch.from_numpy(x)
+    wt = torch.from_numpy(w)
+    symmetric = pt == pb and pl == pr
+
+    def run():
+        with torch.no_grad():
+            if symmetric:
+                y = F.conv2d(xt, wt, stride=case.stride, padding=(pt, pl),
+                             groups=case.groups)
+            else:
+                y = F.conv2d(F.pad(xt, (pl, pr, pt, pb)), wt, stride=case.stride,
+                             groups=case.groups)
+        return y.numpy()
+    return run
+
+
+def make_runner(name, case, x, w, peer_time_limit=math.inf):
+    """A zero-argument callable computing ``case`` on ``(x, w)`` with ``name``.
+
+    Parameters
+    ----------
+    name : str
+        An algorithm of ``kernels`` (or ``"auto"``) or one of :data:`PEERS`.
+    case : :class:`convbench.workloads.ConvCase`
+    x, w : ndarray
+        C-contiguous data of the case's shapes, one float dtype.
+    peer_time_limit : float
+        Seconds: a SciPy peer estimated to take longer per call is skipped.
+
+    Returns
+    -------
+    run : callable
+        ``run()`` returns the (N, K, Ho, Wo) output; not yet called (the
+        first call compiles / plans).
+    chose : str or None
+        For ``"auto"``, the algorithm it picks.
+
+    Raises
+    ------
+    NotApplicable
+        The contender cannot compute the case (unsupported configuration,
+        torch missing).
+    Skipped
+        A SciPy peer would take longer than ``peer_time_limit``.
+    """
+    case = ConvCase(*case)
+    if name == "scipy-direct":
+        return _scipy_runner("direct", case, x, w, peer_time_limit), None
+    if name == "scipy-fft":
+        return _scipy_runner("fft", case, x, w, peer_time_limit), None
+    if name == "torch":
+        return _torch_runner(case, x, w), None
+    return _algorithm_runner(name, case, x, w, x.dtype)
+
+
+# --------------------------------------------------------------------------
+# Checking
+# --------------------------------------------------------------------------
+
+def _check_region(case, check_batch, check_macs):
+    """(batch, rows, cols) of the output checked within the budget."""
+    n, _, ho, wo = output_shape(case)
+    batch = n if check_batch <= 0 else min(n, check_batch)
+    rows, cols = ho, wo
+    while rows > 1 and _stride1_macs(case, batch, rows, cols) > check_macs:
+        rows = max(1, rows // 2)
+    while cols > 1 and _stride1_macs(case, batch, rows, cols) > check_macs:
+        cols = max(1, cols // 2)
+    return batch, rows, cols
+
+
+class ReferenceCheck:
+    """The float64 reference (and ``|x| * |w|``) of a case, on a region.
+
+    The region is the first ``check_batch`` images (0: all) and, if the
+    reference would cost more than ``check_macs`` multiply-adds, the first
+    output rows (then columns) that fit; ``region`` describes it.
+    :meth:`error_units` measures an output against it.
+    """
+
+    def __init__(self, case, x, w, check_batch=1, check_macs=1.5e8):
+        import reference
+        case = ConvCase(*case)
+        self.batch, self.rows, self.cols = _check_region(case, check_batch,
+                                                         check_macs)
+        _, _, ho, wo = output_shape(case)
+        kh, kw = case.w_shape[2:]
+        s = case.stride
+        pt, pb, pl, pr = zero_padding(case)
+        # The outputs [:rows, :cols] read x_pad[:(rows-1)s+kh, :(cols-1)s+kw].
+        xp = np.pad(x[:self.batch].astype(np.float64),
+                    ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+        xp = xp[:, :, :(self.rows - 1) * s + kh, :(self.cols - 1) * s + kw]
+        w64 = w.astype(np.float64)
+        self.y = reference.conv2d(xp, w64, stride=s, groups=case.groups)
+        self.abs = reference.conv2d(np.abs(xp), np.abs(w64), stride=s,
+                                    groups=case.groups)
+        self.region = {"batch": self.batch, "rows": self.rows, "cols": self.cols,
+                       "fraction": self.batch * self.rows * self.cols
+                       / (case.x_shape[0] * ho * wo)}
+
+    def error_units(self, bound_kind, dtype, y):
+        """max |y - y_ref| / (u |x|*|w|) on the region, with the accuracy
+        model of algorithm ``bound_kind`` (see :func:`bound_kind`)."""
+        y = y[:self.batch, :, :self.rows, :self.cols]
+        return accuracy.error_in_bound_units(bound_kind, dtype, y, self.y,
+                                             self.abs)
+
+
+# --------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------
+
+def time_call(fn):
+    """Seconds taken by one call of ``fn()`` (the sweep's only clock)."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def make_data(case, dtype=np.float32, seed=0):
+    """Seeded standard-normal (x, w) of a case's shapes."""
+    case = ConvCase(*case)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(case.x_shape).astype(dtype)
+    w = rng.standard_normal(case.w_shape).astype(dtype)
+    return x, w
+
+
+def bound_kind(name, chose=None):
+    """The algorithm whose accuracy model measures contender ``name``
+    (a peer: the algorithm it resembles; "auto": the one it chose)."""
+    if name in _PEER_BOUND_KIND:
+        return _PEER_BOUND_KIND[name]
+    return chose if name == "auto" else name
+
+
+def _finish(m, case, repeats):
+    if m.times_s:
+        m.median_s = statistics.median(m.times_s)
+        m.gflops = flops(case) / m.median_s / 1e9 if m.median_s > 0 else None
+        m.partial = len(m.times_s) < repeats
+        m.status = "ok"
+
+
+def _prepare(case, x, w, contenders, config, ref, progress):
+    """Warm up and check every contender.
+
+    Returns ``({name: runner}, {name: Measurement})``: runners of the
+    contenders that ran, measurements of all (n/a, skipped, error included).
+    """
+    runners = {}
+    measurements = {}
+    for name in contenders:
+        peer = name in PEERS
+        m = Measurement(case.label, tuple(case.x_shape), tuple(case.w_shape),
+                        case.stride, case.padding, case.groups, name, peer,
+                        status="pending")
+        measurements[name] = m
+        progress.set_postfix_str(f"{case.label} {name} warm-up")
+        try:
+            run, m.chose = make_runner(name, case, x, w, config.peer_time_limit)
+            y = run()  # warm-up: compilation, planning, thread start
+        except (NotApplicable, kernels.UnsupportedConfiguration) as exc:
+            m.status, m.reason = "n/a", str(exc)
+        except Skipped as exc:
+            m.status, m.reason = "skipped", str(exc)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - report and go on
+            m.status, m.reason = "error", f"{type(exc).__name__}: {exc}"
+        else:
+            runners[name] = run
+            kind = bound_kind(name, m.chose)
+            if ref is not None:
+                m.error_units = ref.error_units(kind, x.dtype, y)
+                m.checked = ref.region
+            if not peer:
+                m.error_constant = accuracy.error_constant(kind, x.dtype)
+        progress.update(1)
+    return runners, measurements
+
+
+def _time_round_robin(runners, measurements, repeats, progress, label):
+    names = list(runners)
+    for r in range(repeats):
+        order = names[r % len(names):] + names[:r % len(names)]
+        gc.collect()
+        gc.disable()
+        try:
+            for name in order:
+                progress.set_postfix_str(f"{label} {name} {r + 1}/{repeats}")
+                measurements[name].times_s.append(time_call(runners[name]))
+                progress.update(1)
+        finally:
+            gc.enable()
+
+
+def run_sweep(cases, config):
+    """Run ``config``'s contenders on ``cases``.
+
+    Parameters
+    ----------
+    cases : list of :class:`convbench.workloads.ConvCase`
+    config : :class:`SweepConfig`
+
+    Returns
+    -------
+    SweepResult
+        ``interrupted`` is True when a KeyboardInterrupt stopped the sweep;
+        measurements taken until then are kept.
+    """
+    from tqdm import tqdm
+
+    contenders = list(config.algorithms) + list(config.peers)
+    if not contenders:
+        raise ValueError("nothing to run: no algorithms and no peers")
+    dtype = np.dtype(config.dtype)
+    result = SweepResult(config=_config_dict(config), cases=list(cases),
+                         measurements=[])
+    total = len(cases) * len(contenders) * (1 + config.repeats)
+    progress = tqdm(total=total, file=sys.stderr, disable=not config.progress,
+                    unit="call", leave=False, dynamic_ncols=True)
+    current = {}
+    try:
+        for index, case in enumerate(cases):
+            case = ConvCase(*case)
+            current = {}
+            misfit = _fits(case)
+            if misfit:
+                for name in contenders:
+                    result.measurements.append(Measurement(
+                        case.label, tuple(case.x_shape), tuple(case.w_shape),
+                        case.stride, case.padding, case.groups, name,
+                        name in PEERS, "n/a", misfit))
+                progress.update(len(contenders) * (1 + config.repeats))
+                continue
+            x, w = make_data(case, dtype, config.seed + index)
+            progress.set_postfix_str(f"{case.label} reference")
+            ref = (ReferenceCheck(case, x, w, config.check_batch,
+                                  config.check_macs) if config.check else None)
+            runners, current = _prepare(case, x, w, contenders, config, ref,
+                                        progress)
+            progress.update((len(contenders) - len(runners)) * config.repeats)
+            _time_round_robin(runners, current, config.repeats, progress,
+                              case.label)
+            for m in current.values():
+                _finish(m, case, config.repeats)
+            result.measurements.extend(current.values())
+            current = {}
+    except KeyboardInterrupt:
+        result.interrupted = True
+        # Keep what the interrupted case measured: contenders timed at least once.
+        for m in current.values():
+            if m.times_s:
+                _finish(m, ConvCase(m.case, m.x_shape, m.w_shape, m.stride,
+                                    m.padding, m.groups), config.repeats)
+                result.measurements.append(m)
+    finally:
+        progress.close()
+    return result
+
+
+def _config_dict(config):
+    d = asdict(config)
+    d["algorithms"] = list(config.algorithms)
+    d["peers"] = list(config.peers)
+    return d
+
+
+# --------------------------------------------------------------------------
+# Reports
+# --------------------------------------------------------------------------
+
+def kernel_series(measurements):
+    """Group measurements into kernel-size sweeps.
+
+    Yields ``(key, sizes, times)`` for each set of cases that differ only in
+    a square kernel size (same input shape, K, stride, groups, padding
+    rule), with at least two sizes; ``times`` maps contender -> list of
+    median seconds (None where not measured).  "auto" is left out.
+    """
+    groups = {}
+    for m in measurements:
+        kh, kw = m.w_shape[2:]
+        if kh != kw or m.contender == "auto":
+            continue
+        pad_rule = m.padding if isinstance(m.padding, str) else "int"
+        key = (tuple(m.x_shape), m.w_shape[0], m.stride, m.groups, pad_rule)
+        groups.setdefault(key, {}).setdefault(m.contender, {})[kh] = (
+            m.median_s if m.status == "ok" else None)
+    for key, by_contender in groups.items():
+        sizes = sorted({k for times in by_contender.values() for k in times})
+        if len(sizes) < 2:
+            continue
+        times = {name: [t.get(k) for k in sizes] for name, t in by_contender.items()}
+        label = "x{} K={} stride={} groups={}".format(
+            "x".join(map(str, key[0])), key[1], key[2], key[3])
+        yield label, sizes, times
+
+
+def _fmt(value, spec):
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) \
+        else format(value, spec)
+
+
+def _reason_template(reason):
+    """A reason with its numbers blanked: the same rule at every size."""
+    return re.sub(r"\d+(\.\d+)?", "#", reason or "")
+
+
+def format_table(result):
+    """Aligned plain-text table of a sweep, grouped by case.
+
+    A contender that did not run shows its status and a note number; the
+    notes under the table give the reason once per rule, with the cases it
+    applied to.  An error above the documented bound is marked with ``!``.
+    """
+    header = ("case", "contender", "time ms", "GFLOP/s", "err units",
+              "bound c", "speedup")
+    rows = []
+    notes = {}            # (contender, status, template) -> [reason, cases]
+    over_bound = False
+    by_case = {}
+    for m in result.measurements:
+        by_case.setdefault(m.case, []).append(m)
+    for label, ms in by_case.items():
+        peer_times = [m.median_s for m in ms if m.peer and m.status == "ok"]
+        best_peer = min(peer_times) if peer_times else None
+        first = True
+        for m in ms:
+            name = m.contender + (f"->{m.chose}" if m.chose else "")
+            if m.status != "ok":
+                key = (m.contender, m.status, _reason_template(m.reason))
+                note = notes.setdefault(key, [m.reason, []])
+                note[1].append(label)
+                number = list(notes).index(key) + 1
+                cells = (f"{m.status} [{number}]", "", "", "", "")
+            else:
+                speed = best_peer / m.median_s if best_peer else None
+                ms_txt = _fmt(m.median_s * 1e3, ".4g")
+                if m.partial:
+                    ms_txt += f" ({len(m.times_s)}x)"
+                err_txt = _fmt(m.error_units, ".3g")
+                if (m.error_units is not None and m.error_constant is not None
+                        and m.error_units > m.error_constant):
+                    err_txt += " !"
+                    over_bound = True
+                cells = (ms_txt, _fmt(m.gflops, ".3g"), err_txt,
+                         _fmt(m.error_constant, "g"),
+                         "-" if speed is None else f"{speed:.2f}x")
+            rows.append((label if first else "", name) + cells)
+            first = False
+    if not rows:
+        return "no measurements"
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    left = {0, 1}
+
+    def line(cells):
+        return "  ".join(str(c).ljust(wd) if i in left else str(c).rjust(wd)
+                         for i, (c, wd) in enumerate(zip(cells, widths))).rstrip()
+
+    out = [line(header), line(["-" * wd for wd in widths])]
+    previous = None
+    for r in rows:
+        if r[0] and previous is not None:
+            out.append("")
+        out.append(line(r))
+        previous = r
+    out.append("")
+    out.append("time: median of the timed repeats after a warm-up; speedup: "
+               "time of the fastest peer / time (above 1: faster than every "
+               "peer); err units: max |y - y_ref| / (u |x|*|w|), to be <= "
+               "bound c")
+    if over_bound:
+        out.append("! error above the documented bound of kernels.accuracy")
+    for number, ((name, status, _), (reason, labels)) in enumerate(notes.items(), 1):
+        where = labels[0] if len(labels) == 1 else (
+            f"{len(labels)} cases: {', '.join(labels)}")
+        out.append(f"[{number}] {name} {status} ({where}): {reason}")
+    if result.interrupted:
+        out.append("interrupted: partial results (a count in brackets after "
+                   "a time is the number of repeats it is the median of)")
+    return "\n".join(out)
+
+
+def format_crossovers(result):
+    lines = []
+    for series, sizes, times in kernel_series(result.measurements):
+        found = find_crossovers(sizes, times)
+        lines.append(f"crossovers ({series}, kernel sizes "
+                     f"{sizes[0]}..{sizes[-1]}):")
+        if not found:
+            lines.append("  none: the order of the contenders does not change")
+        for c in found:
+            lines.append(f"  {c.describe()}")
+        fastest = []
+        for i, k in enumerate(sizes):
+            ran = {n: t[i] for n, t in times.items() if t[i] is not None}
+            if ran:
+                fastest.append(f"k={k} {min(ran, key=ran.get)}")
+        lines.append("  fastest: " + ", ".join(fastest))
+    return "\n".join(lines)

@@ -1,0 +1,382 @@
+"""im2col convolution: gather patches into a matrix, then one BLAS GEMM.
+
+For each group ``g`` the convolution is a matrix product::
+
+    y[n, g K/G : (g+1) K/G, :] = W_g @ P_g[n]
+
+with ``W_g = w[g K/G : (g+1) K/G].reshape(K/G, C/G kH kW)`` and the patch
+matrix ``P_g[n]`` of shape ``(C/G kH kW, Ho Wo)`` whose column ``p`` holds
+the (zero-padded, strided, dilated) input window of output position ``p``.
+Row ``(c, i, j)`` of ``P`` is the input plane ``c`` shifted by the kernel
+tap ``(i, j)``, so building it is a strided copy, done by a Numba
+``prange`` kernel; the product is NumPy's ``matmul`` (OpenBLAS/MKL).
+
+Layout choices, each to avoid a copy:
+
+* The patch matrices of all groups are stacked as ``(G, C/G kH kW, cols)``,
+  which is ``(C kH kW, cols)`` in memory: one gather kernel fills every
+  group, and one stacked ``matmul`` multiplies them all.
+* The GEMM writes straight into ``y``: ``y[n]`` viewed as
+  ``(G, K/G, Ho Wo)`` has a column slice ``[:, :, p0:p1]`` that BLAS can
+  write through its leading dimension.
+* A 1x1, stride-1, unpadded convolution needs no patch matrix at all:
+  ``x[n]`` viewed as ``(G, C/G, H W)`` *is* it.
+
+Bounded memory: the patch matrix is built in chunks of output positions
+(a contiguous range of the flattened ``(ho, wo)`` index, so a 1-D signal
+with ``Ho = 1`` is chunked too) small enough that the scratch never exceeds
+:func:`get_scratch_limit` (64 MiB by default; environment variable
+``CONVBENCH_IM2COL_SCRATCH`` or :func:`set_scratch_limit`).  When whole
+images are small (deep layers, 7x7 maps) several images share one chunk
+and one GEMM, whose result is then copied into ``y``: one wide GEMM is
+much faster than many skinny ones.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit, prange
+
+from .. import _threads
+
+__all__ = ["conv2d", "set_scratch_limit", "get_scratch_limit", "plan_chunks",
+           "fill_patches", "fill_patches_serial"]
+
+DEFAULT_SCRATCH_LIMIT = 64 * 2**20
+SCRATCH_ENV_VAR = "CONVBENCH_IM2COL_SCRATCH"
+
+# Images with fewer output positions than this are merged into one GEMM
+# (when several fit in the scratch): below it the GEMM of one image is too
+# skinny for BLAS to reach its speed (measured: 7x7 and 14x14 maps of
+# ResNet-50 gain, 28x28 and up are unchanged or slightly slower because of
+# the extra copy of the output).
+MERGE_BELOW_POSITIONS = 512
+
+# Parallel tasks of the gather: at least _MIN_TASKS (so every thread gets
+# several, whatever the core count), none shorter than
+# _MIN_POSITIONS_PER_TASK output positions (to amortise the loop set-up).
+_MIN_TASKS = 64
+_MIN_POSITIONS_PER_TASK = 1024
+
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
+
+
+def _parse_nbytes(text):
+    """Bytes from '67108864', '64M', '64MiB', '1G' (binary units)."""
+    s = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = s[-1:] if s[-1:] in ("K", "M", "G") else ""
+    number = s[: len(s) - len(unit)].strip()
+    try:
+        value = int(float(number) * _UNITS[unit])
+    except ValueError:
+        raise ValueError(
+            f"{SCRATCH_ENV_VAR}={text!r} is not a size in bytes; use e.g. "
+            f"67108864, 64M or 1G") from None
+    return value
+
+
+def _check_limit(nbytes):
+    if isinstance(nbytes, (bool, np.bool_)) or not isinstance(nbytes, (int, np.integer)):
+        raise TypeError(f"scratch limit must be an int number of bytes, got {nbytes!r}")
+    if nbytes < 1:
+        raise ValueError(f"scratch limit must be >= 1 byte, got {nbytes}")
+    return int(nbytes)
+
+
+_scratch_limit = _check_limit(
+    _parse_nbytes(os.environ[SCRATCH_ENV_VAR]) if os.environ.get(SCRATCH_ENV_VAR)
+    else DEFAULT_SCRATCH_LIMIT)
+
+
+def set_scratch_limit(nbytes):
+    """Set the most scratch memory (bytes) one ``conv2d`` call may allocate.
+
+    The scratch is the patch matrix of one chunk (plus, when images are
+    merged, that chunk's GEMM result).  A chunk holds at least one output
+    position, so the scratch is at most ``max(nbytes, one patch column)``
+    where one column is ``C kH kW`` elements (plus ``K`` when merging).
+    Returns the previous limit, so a caller can restore it.
+    """
+    global _scratch_limit
+    previous = _scratch_limit
+    _scratch_limit = _check_limit(nbytes)
+    return previous
+
+
+def get_scratch_limit():
+    """The scratch limit in bytes (default 64 MiB, see :func:`set_scratch_limit`)."""
+    return _scratch_limit
+
+
+class Chunk(NamedTuple):
+    """Images ``n0:n1`` and flattened output positions ``p0:p1`` of each."""
+
+    n0: int
+    n1: int
+    p0: int
+    p1: int
+
+
+def plan_chunks(n_images, positions, column_bytes, merged_column_bytes,
+                limit, merge_below=MERGE_BELOW_POSITIONS):
+    """Split the output of a convolution into chunks that fit in ``limit``.
+
+    Parameters
+    ----------
+    n_images, positions : int
+        Batch size and output positions per image (``Ho * Wo``).
+    column_bytes : int
+        Scratch bytes per output position when the GEMM writes into ``y``
+        (one patch column).
+    merged_column_bytes : int
+        The same when images are merged (patch column plus GEMM result).
+    limit : int
+        Scratch limit in bytes.
+    merge_below : int
+        Merge whole images only when ``positions`` is below this.
+
+    Returns
+    -------
+    list of Chunk
+        Covering every ``(image, position)`` exactly once, in order.  A
+        chunk either spans several whole images (``p0 = 0, p1 =
+        positions``) or lies inside one image.
+    """
+    whole_images = limit // max(1, merged_column_bytes * positions)
+    if positions < merge_below and n_images > 1 and whole_images >= 2:
+        per_chunk = min(n_images, whole_images)
+        # Equal chunks: the last one is not a sliver.
+        n_chunks = -(-n_images // per_chunk)
+        per_chunk = -(-n_images // n_chunks)
+        return [Chunk(n0, min(n_images, n0 + per_chunk), 0, positions)
+                for n0 in range(0, n_images, per_chunk)]
+    cols = max(1, min(positions, limit // max(1, column_bytes)))
+    n_chunks = -(-positions // cols)
+    cols = -(-positions // n_chunks)
+    return [Chunk(n, n + 1, p0, min(positions, p0 + cols))
+            for n in range(n_images) for p0 in range(0, positions, cols)]
+
+
+@njit(cache=True, inline="always")
+def _ceil_div(a, b):
+    return -((-a) // b)
+
+
+@njit(cache=True)
+def _fill_segment(plane, dst, p_start, p_end, p_base, row_offset, col_offset,
+                  sh, sw, wo_count):
+    """dst[p - p_base] = plane[ho sh + row_offset, wo sw + col_offset] for
+    flattened output positions p = ho Wo + wo in [p_start, p_end); zero
+    where the tap falls in the padding."""
+    h, w = plane.shape
+    flat = plane.ravel()
+    # Output columns whose tap lands inside the row: 0 <= wo sw + off < W.
+    valid_lo = max(0, _ceil_div(-col_offset, sw))
+    valid_hi = min(wo_count, _ceil_div(w - col_offset, sw))
+    p = p_start
+    while p < p_end:
+        ho = p // wo_count
+        wo0 = p - ho * wo_count
+        wo1 = min(wo_count, wo0 + (p_end - p))
+        base = p - p_base - wo0          # dst index of column wo = 0
+        hi = ho * sh + row_offset
+        if hi < 0 or hi >= h:
+            lo = up = wo1                # the whole row is padding
+        else:
+            lo = min(max(wo0, valid_lo), wo1)
+            up = max(min(wo1, valid_hi), lo)
+        for q in range(base + wo0, base + lo):
+            dst[q] = 0
+        # Copy through views that start at the first element, indexed from
+        # 0: Numba then drops its negative-index check and vectorises the
+        # loop (measured 3x faster than indexing dst[base + wo]).
+        if up > lo:
+            src = flat[hi * w + lo * sw + col_offset:]
+            out = dst[base + lo:base + up]
+            if sw == 1:
+                for q in range(up - lo):
+                    out[q] = src[q]
+            else:
+                for q in range(up - lo):
+                    out[q] = src[q * sw]
+        for q in range(base + up, base + wo1):
+            dst[q] = 0
+        p += wo1 - wo0
+
+
+@njit(cache=True)
+def _task_blocks(rows, npos):
+    """(blocks per row, positions per block) of the gather's tasks.
+
+    Positions are split only when there are too few rows to keep every
+    thread busy (1-D signals with few channels): splitting a row costs
+    speed otherwise.
+    """
+    n_blocks = max(1, min(_ceil_div(npos, _MIN_POSITIONS_PER_TASK),
+                          _ceil_div(_MIN_TASKS, rows)))
+    return n_blocks, _ceil_div(npos, n_blocks)
+
+
+@njit(cache=True)
+def _fill_task(task, n_blocks, block_len, x, n0, n1, p0, p1, kh, kw, sh, sw,
+               pad_top, pad_left, dh, dw, wo_count, patches):
+    """One (patch row, image, block of positions) of :func:`fill_patches`."""
+    taps = kh * kw
+    n_img = n1 - n0
+    npos = p1 - p0
+    block = task % n_blocks
+    rest = task // n_blocks
+    m = rest % n_img
+    row = rest // n_img
+    c = row // taps
+    i = (row % taps) // kw
+    j = row % kw
+    a = p0 + block * block_len
+    b = min(p1, a + block_len)
+    # Whole rows keep Numba's contiguous layout (a 2-D slice would not).
+    plane = x[n0 + m, c]
+    dst = patches[row]
+    if sw == 1:
+        # A literal unit stride lets LLVM specialise the copy loop
+        # (measured 25% faster than passing sw through).
+        _fill_segment(plane, dst, a, b, p0 - m * npos, i * dh - pad_top,
+                      j * dw - pad_left, sh, 1, wo_count)
+    else:
+        _fill_segment(plane, dst, a, b, p0 - m * npos, i * dh - pad_top,
+                      j * dw - pad_left, sh, sw, wo_count)
+
+
+@njit(parallel=True, cache=True)
+def fill_patches(x, n0, n1, p0, p1, kh, kw, sh, sw, pad_top, pad_left,
+                 dh, dw, wo_count, patches):
+    """Gather the patch matrix of images ``n0:n1``, positions ``p0:p1``.
+
+    ``patches`` has shape ``(C kH kW, (n1 - n0) (p1 - p0))``; row
+    ``(c, i, j)``, column ``m (p1 - p0) + (p - p0)`` receives the input
+    value under kernel tap ``(i, j)`` of channel ``c`` for output position
+    ``p`` (flattened ``ho Wo + wo``) of image ``n0 + m``, zero in the
+    padding.  Parallel over (row, image, block of positions): every output
+    element is written by exactly one task.
+    """
+    rows = patches.shape[0] * (n1 - n0)
+    n_blocks, block_len = _task_blocks(rows, p1 - p0)
+    for task in prange(rows * n_blocks):
+        _fill_task(task, n_blocks, block_len, x, n0, n1, p0, p1, kh, kw,
+                   sh, sw, pad_top, pad_left, dh, dw, wo_count, patches)
+
+
+@njit(cache=True)
+def fill_patches_serial(x, n0, n1, p0, p1, kh, kw, sh, sw, pad_top, pad_left,
+                        dh, dw, wo_count, patches):
+    """:func:`fill_patches` on the calling thread only (same result).
+
+    Used when Numba's OpenMP workers would spin-wait beside BLAS's threads
+    (see :mod:`kernels._threads`): a serial gather leaves BLAS the cores.
+    """
+    rows = patches.shape[0] * (n1 - n0)
+    n_blocks, block_len = _task_blocks(rows, p1 - p0)
+    for task in range(rows * n_blocks):
+        _fill_task(task, n_blocks, block_len, x, n0, n1, p0, p1, kh, kw,
+                   sh, sw, pad_top, pad_left, dh, dw, wo_count, patches)
+
+
+def _output_size(n, k, s, p_lo, p_hi, d):
+    return (n + p_lo + p_hi - d * (k - 1) - 1) // s + 1
+
+
+def _is_pointwise(w_shape, stride, padding):
+    """1x1 kernel, stride 1, no padding: x itself is the patch matrix."""
+    return (w_shape[2] == 1 and w_shape[3] == 1 and tuple(stride) == (1, 1)
+            and not any(padding))
+
+
+def _pointwise(x, w_stack, bias_stack, y, groups):
+    """y[n] = W_g @ x[n] per group, without any scratch."""
+    n, c, h, wd = x.shape
+    x_stack = x.reshape(n, groups, c // groups, h * wd)
+    y_stack = y.reshape(n, groups, y.shape[1] // groups, h * wd)
+    for i in range(n):
+        np.matmul(w_stack, x_stack[i], out=y_stack[i])
+        if bias_stack is not None:
+            y_stack[i] += bias_stack
+
+
+def conv2d(x, w, bias, stride, padding, dilation, groups):
+    """im2col + GEMM convolution (module contract of ``kernels._dispatch``).
+
+    Parameters
+    ----------
+    x : ndarray, (N, C, H, W), C-contiguous float32/float64
+    w : ndarray, (K, C // groups, kH, kW), same dtype
+    bias : ndarray (K,) or None
+    stride, dilation : (int, int)
+    padding : (top, bottom, left, right) zero padding
+    groups : int
+
+    Returns
+    -------
+    y : ndarray, (N, K, Ho, Wo), new and C-contiguous, dtype of x
+
+    Notes
+    -----
+    Each output is one dot product of length ``C/G kH kW`` computed by the
+    BLAS GEMM, so the error is that of a (blocked) dot product; the
+    documented bound is ``kernels.accuracy.error_bound("im2col", ...)``.
+    The scratch memory is bounded by :func:`get_scratch_limit`.
+    """
+    x = np.ascontiguousarray(x)
+    w = np.ascontiguousarray(w)
+    n, c, h, wd = x.shape
+    k, cg, kh, kw = w.shape
+    sh, sw = stride
+    pt, pb, pl, pr = padding
+    dh, dw = dilation
+    ho = _output_size(h, kh, sh, pt, pb, dh)
+    wo = _output_size(wd, kw, sw, pl, pr, dw)
+    kg = k // groups
+    depth = cg * kh * kw                       # GEMM reduction length
+    y = np.empty((n, k, ho, wo), dtype=x.dtype)
+    w_stack = w.reshape(groups, kg, depth)
+    bias_stack = None if bias is None else bias.reshape(groups, kg, 1)
+
+    if _is_pointwise(w.shape, stride, padding):
+        _pointwise(x, w_stack, bias_stack, y, groups)
+        return y
+
+    positions = ho * wo
+    item = x.dtype.itemsize
+    chunks = plan_chunks(n, positions, c * kh * kw * item,
+                         (c * kh * kw + k) * item, _scratch_limit,
+                         MERGE_BELOW_POSITIONS)
+    max_cols = max((ch.n1 - ch.n0) * (ch.p1 - ch.p0) for ch in chunks)
+    patch_buffer = np.empty(c * kh * kw * max_cols, dtype=x.dtype)
+    merged = chunks[0].n1 - chunks[0].n0 > 1
+    result_buffer = np.empty(k * max_cols if merged else 0, dtype=x.dtype)
+    y_stack = y.reshape(n, groups, kg, positions)
+    # The gather alternates with BLAS: run it serially where Numba's OpenMP
+    # workers would spin beside OpenBLAS's (kernels._threads).
+    gather = (fill_patches if _threads.prange_beside_blas_is_safe()
+              else fill_patches_serial)
+
+    for n0, n1, p0, p1 in chunks:
+        cols = (n1 - n0) * (p1 - p0)
+        patches = patch_buffer[:c * kh * kw * cols].reshape(c * kh * kw, cols)
+        gather(x, n0, n1, p0, p1, kh, kw, sh, sw, pt, pl, dh, dw, wo, patches)
+        patch_stack = patches.reshape(groups, depth, cols)
+        if n1 - n0 == 1:
+            out = y_stack[n0, :, :, p0:p1]
+            np.matmul(w_stack, patch_stack, out=out)
+            if bias_stack is not None:
+                out += bias_stack
+        else:
+            result = result_buffer[:k * cols].reshape(groups, kg, cols)
+            np.matmul(w_stack, patch_stack, out=result)
+            if bias_stack is not None:
+                result += bias_stack
+            # (K, images, positions) -> y[images, K, positions]
+            y_stack[n0:n1].reshape(n1 - n0, k, positions)[...] = (
+                result.reshape(k, n1 - n0, positions).transpose(1, 0, 2))
+    return y

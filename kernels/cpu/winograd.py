@@ -1,0 +1,1040 @@
+"""Winograd minimal-filtering convolution F(m x m, r x r) on the CPU.
+
+Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (CVPR
+2016).  A stride-1 correlation of an ``alpha = m + r - 1`` input tile
+``d`` with an ``r``-tap filter ``g`` gives ``m`` outputs
+
+    y = A^T [ (G g) * (B^T d) ]                         (1-D)
+    Y = A_h^T [ (G_h g G_w^T) * (B_h^T d B_w) ] A_w     (2-D, nested)
+
+with ``alpha`` multiplications per axis instead of ``m r``.  Over C input
+channels the elementwise products become sums over C, so a layer is
+``alpha_h * alpha_w`` independent (tiles x C) @ (C x K) matrix products.
+
+The transforms are *generated*, not typed in: :func:`cook_toom` builds
+(A^T, G, B^T) for any (m, r) from the ``alpha - 1`` interpolation points of
+:data:`INTERPOLATION_POINTS` plus the point at infinity, in exact rational
+arithmetic, and :func:`transform_matrices` casts them to a dtype.
+
+The computation runs as separate stages, NNPACK style (each is a public
+function with its own test):
+
+1. :func:`transform_kernel`  ``U[p, c, k]``  (once per weight array; cached)
+2. :func:`transform_input`   ``V[p, t, c]``  tiles -> GEMM layout (Numba)
+3. :func:`tuple_gemm`        ``M[p] = V[p] @ U[p]``  (BLAS, batched)
+4. :func:`transform_output`  ``y`` from ``M``, partial edge tiles clipped
+
+where ``p`` indexes the ``alpha_h * alpha_w`` transformed coefficients and
+``t`` the tiles of the whole batch.  Stages 2 and 4 work on strips of tiles
+so that the patch being transformed stays in cache, keep channels innermost
+so that the transforms vectorise, and write straight into the layout the
+next stage reads.
+
+Only stride 1 and dilation 1 are supported; each kernel axis may have any
+size in :data:`SUPPORTED_KERNEL_SIZES` (an axis of size 1 uses the identity
+transform, so 1-D convolutions, H = kH = 1, run as 1-D F(m, r)).  Groups
+run one after another, each as its own set of GEMMs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import threading
+from collections import OrderedDict, namedtuple
+from fractions import Fraction
+from functools import lru_cache
+
+import numpy as np
+from numba import njit, prange
+
+# --------------------------------------------------------------------------
+# Interpolation points and tiles
+# --------------------------------------------------------------------------
+
+_H = Fraction(1, 2)
+_TQ = Fraction(3, 4)
+
+# The finite interpolation points of a transform with alpha = m + r - 1
+# (alpha - 1 of them; the point at infinity is always added).  Small points
+# keep the Vandermonde-like transforms well conditioned.  0, +-1, +-2, +-1/2
+# is the usual choice for F(4, 3) and F(6, 3) (Lavin & Gray; wincnn); for
+# alpha = 9, 10 we measured the float32 error of every F(m, r) with the
+# candidate pairs +-3, +-4, +-1/4, +-3/2, +-5/4, +-2/3, +-3/4 (and
+# combinations): +-3/4 was best, 2-3x more accurate than +-3/2 and 5-15x
+# more than +-3 or +-4.  Each row extends the previous one, so all tiles
+# share one point sequence.
+INTERPOLATION_POINTS = {
+    1: (),
+    2: (0,),
+    3: (0, 1),
+    4: (0, 1, -1),
+    5: (0, 1, -1, 2),
+    6: (0, 1, -1, 2, -2),
+    7: (0, 1, -1, 2, -2, _H),
+    8: (0, 1, -1, 2, -2, _H, -_H),
+    9: (0, 1, -1, 2, -2, _H, -_H, _TQ),
+    10: (0, 1, -1, 2, -2, _H, -_H, _TQ, -_TQ),
+}
+INTERPOLATION_POINTS = {alpha: tuple(Fraction(p) for p in pts)
+                        for alpha, pts in INTERPOLATION_POINTS.items()}
+MAX_ALPHA = max(INTERPOLATION_POINTS)
+
+# Kernel sizes (per axis) this module computes, and the output tile m it
+# uses for each by default.  An axis of size 1 needs no transform (m = 1,
+# alpha = 1).  For r >= 2 the default is the largest tile with
+# alpha = m + r - 1 <= 8 whose measured error constant (below) is at most
+# 64 in both dtypes: beyond that the error grows fast (F(6, 3): 128,
+# F(7, 2): 196; alpha = 9, 10: 350-1300) while the arithmetic saved grows
+# slowly.  It keeps >= 18 bits in float32.  F(4, 3) is also the fastest
+# r = 3 tile on ResNet layers here (benchmarks/bench_winograd.py).
+SUPPORTED_KERNEL_SIZES = (1, 2, 3, 4, 5, 6, 7)
+DEFAULT_TILE_BY_KERNEL = {1: 1, 2: 4, 3: 4, 4: 4, 5: 4, 6: 3, 7: 2}
+
+# Observed error constant per square tile F(m x m, r x r), float32 and
+# float64: max over random standard-normal problems (wide layers
+# C = 32 and narrow ones, C = 1..3, 2-D and 1-D, random zero padding) of
+#     max |y - y_ref| / (u * max (|x| * |w|))
+# i.e. kernels.accuracy.error_in_bound_units with the *normwise* scale
+# (as for "fft").  Measured by benchmarks/bench_winograd.py
+# (`python -m benchmarks.bench_winograd accuracy`).  The elementwise scale
+# does not bound Winograd: an output whose own window holds only small
+# (or zero) inputs gets rounding errors from the large inputs elsewhere in
+# its tile, so error / (u * (|x| * |w|)) is unbounded there.
+_OBSERVED_CONSTANTS = {
+    (1, 1): (1.4, 2.0),
+    (1, 2): (1.6, 2.8),
+    (2, 2): (4.5, 4.3),
+    (3, 2): (3.3, 3.6),
+    (4, 2): (17.2, 16.5),
+    (5, 2): (143.7, 55.8),
+    (6, 2): (68.6, 74.6),
+    (7, 2): (196.1, 113.2),
+    (8, 2): (1322.4, 1683.1),
+    (9, 2): (1264.9, 2018.0),
+    (1, 3): (4.0, 3.8),
+    (2, 3): (2.1, 3.2),
+    (3, 3): (8.3, 15.8),
+    (4, 3): (37.1, 30.8),
+    (5, 3): (64.4, 44.2),
+    (6, 3): (127.8, 90.7),
+    (7, 3): (683.7, 814.3),
+    (8, 3): (979.9, 1239.1),
+    (1, 4): (2.7, 3.5),
+    (2, 4): (8.6, 10.5),
+    (3, 4): (22.5, 22.9),
+    (4, 4): (37.1, 43.4),
+    (5, 4): (106.6, 119.4),
+    (6, 4): (552.7, 703.9),
+    (7, 4): (868.2, 971.9),
+    (1, 5): (9.7, 9.7),
+    (2, 5): (20.9, 25.3),
+    (3, 5): (24.7, 43.6),
+    (4, 5): (59.7, 55.4),
+    (5, 5): (368.0, 391.6),
+    (6, 5): (671.6, 765.2),
+    (1, 6): (18.3, 23.7),
+    (2, 6): (39.9, 29.2),
+    (3, 6): (45.2, 36.2),
+    (4, 6): (392.3, 949.7),
+    (5, 6): (520.0, 579.7),
+    (1, 7): (31.5, 39.3),
+    (2, 7): (41.0, 42.8),
+    (3, 7): (356.0, 936.1),
+    (4, 7): (380.9, 747.1),
+}
+
+
+def _with_headroom(c):
+    """2x the observed value, rounded up to two significant digits."""
+    v = 2.0 * c
+    step = 10.0 ** (np.floor(np.log10(v)) - 1)
+    return round(float(np.ceil(v / step) * step), 6)
+
+
+ERROR_CONSTANTS_BY_TILE = {
+    tile: {"float32": _with_headroom(c32), "float64": _with_headroom(c64)}
+    for tile, (c32, c64) in _OBSERVED_CONSTANTS.items()}
+
+Tile = namedtuple("Tile", "m_h m_w r_h r_w")
+Tile.alpha_h = property(lambda t: t.m_h + t.r_h - 1)
+Tile.alpha_w = property(lambda t: t.m_w + t.r_w - 1)
+Tile.__doc__ = ("Output tile m_h x m_w of a r_h x r_w kernel: the 2-D "
+                "transform F(m_h x m_w, r_h x r_w).")
+
+
+# --------------------------------------------------------------------------
+# Exact construction of the transforms (Cook-Toom / Lagrange)
+# --------------------------------------------------------------------------
+
+def _poly_from_roots(roots):
+    """Coefficients (lowest degree first) of prod (x - a) over ``roots``."""
+    coeffs = [Fraction(1)]
+    for a in roots:
+        shifted = [Fraction(0)] + coeffs          # x * p(x)
+        for i, c in enumerate(coeffs):
+            shifted[i] -= a * c                   # - a * p(x)
+        coeffs = shifted
+    return coeffs
+
+
+def _evaluation_matrix(points, n):
+    """alpha x n matrix evaluating a degree < n polynomial at the points
+    and at infinity (where it is its coefficient of x^(n-1))."""
+    rows = [[a ** j for j in range(n)] for a in points]
+    rows.append([Fraction(0)] * (n - 1) + [Fraction(1)])
+    return rows
+
+
+@lru_cache(maxsize=None)
+def cook_toom(m, r, points=None):
+    """Exact Winograd transforms (A^T, G, B^T) of the 1-D F(m, r).
+
+    Parameters
+    ----------
+    m, r : int >= 1
+        Outputs per tile and filter taps; the tile has ``alpha = m + r - 1``
+        inputs.
+    points : tuple of Fraction, optional
+        ``alpha - 1`` distinct finite interpolation points; default
+        ``INTERPOLATION_POINTS[alpha]``.
+
+    Returns
+    -------
+    AT, G, BT : tuple of tuple of Fraction
+        Shapes (m, alpha), (alpha, r), (alpha, alpha), with
+        ``sum_i g[i] d[t + i] == (AT @ ((G @ g) * (BT @ d)))[t]`` exactly.
+
+    Notes
+    -----
+    The product ``u(x) = g(x) h(x)`` of polynomials of degree r-1 and m-1
+    (a linear convolution) is fixed by its values at the alpha - 1 points
+    ``a_i`` and its leading coefficient ("the value at infinity"):
+    ``u(x) = sum_i u(a_i) L_i(x) + u_inf prod_i (x - a_i)`` with Lagrange
+    polynomials ``L_i``.  With ``E_n`` evaluating degree < n polynomials at
+    those alpha points and ``Cmat`` the interpolation above,
+    ``u = Cmat ((E_r g) * (E_m h))``.  Correlation is the transpose of
+    convolution with respect to ``h`` (the transformation principle), so
+    ``A^T = E_m^T``, ``G = E_r``, ``B^T = Cmat^T``.  The Lagrange
+    denominators ``prod_{k != i} (a_i - a_k)`` are moved from B^T into G:
+    G is applied once per weight array in float64, and B^T keeps small
+    entries (integers for integer points).
+    """
+    alpha = m + r - 1
+    if m < 1 or r < 1:
+        raise ValueError(f"m and r must be >= 1, got m={m}, r={r}")
+    if points is None:
+        if alpha not in INTERPOLATION_POINTS:
+            raise ValueError(
+                f"F({m}, {r}) needs alpha = m + r - 1 = {alpha} <= {MAX_ALPHA}")
+        points = INTERPOLATION_POINTS[alpha]
+    points = tuple(Fraction(p) for p in points)
+    if len(points) != alpha - 1 or len(set(points)) != len(points):
+        raise ValueError(f"F({m}, {r}) needs {alpha - 1} distinct points, "
+                         f"got {points}")
+    G = _evaluation_matrix(points, r)
+    BT = []
+    for i, a in enumerate(points):
+        others = points[:i] + points[i + 1:]
+        denominator = Fraction(1)
+        for b in others:
+            denominator *= a - b
+        sign = 1 if denominator > 0 else -1
+        # Row i of B^T: L_i(x) times its denominator (padded to alpha coeffs).
+        BT.append([sign * c for c in _poly_from_roots(others)] + [Fraction(0)])
+        G[i] = [g * sign / denominator for g in G[i]]
+    BT.append(_poly_from_roots(points))
+    AT = [list(col) for col in zip(*_evaluation_matrix(points, m))]
+    as_tuple = lambda rows: tuple(tuple(row) for row in rows)  # noqa: E731
+    return as_tuple(AT), as_tuple(G), as_tuple(BT)
+
+
+@lru_cache(maxsize=None)
+def _float_matrices(m, r, dtype_name):
+    AT, G, BT = cook_toom(m, r)
+    to = lambda rows, dt: np.array([[float(v) for v in row] for row in rows], dt)  # noqa: E731
+    out = (to(AT, dtype_name), to(G, np.float64), to(BT, dtype_name))
+    for a in out:
+        a.setflags(write=False)
+    return out
+
+
+def transform_matrices(m, r, dtype=np.float64):
+    """(A^T, G, B^T) of F(m, r) as arrays: A^T and B^T in ``dtype`` (their
+    entries are exact in float32 for the points used up to alpha = 8),
+    G in float64 since the kernel transform runs in float64."""
+    return _float_matrices(int(m), int(r), np.dtype(dtype).name)
+
+
+def tile_for(kernel_hw, m=None):
+    """The :class:`Tile` used for a kernel of size ``kernel_hw = (kH, kW)``.
+
+    ``m`` is None (default per kernel size, :data:`DEFAULT_TILE_BY_KERNEL`),
+    an int (both axes; an axis with a 1-tap kernel always uses m = 1) or a
+    pair ``(m_h, m_w)``.  Raises ValueError for tiles outside the table.
+    """
+    r_h, r_w = (int(k) for k in kernel_hw)
+    for r in (r_h, r_w):
+        if r not in SUPPORTED_KERNEL_SIZES:
+            raise ValueError(_kernel_size_rule(kernel_hw))
+    if m is None:
+        m_h, m_w = DEFAULT_TILE_BY_KERNEL[r_h], DEFAULT_TILE_BY_KERNEL[r_w]
+    elif np.ndim(m) == 0:
+        m_h = m_w = int(m)
+    else:
+        m_h, m_w = (int(v) for v in m)
+    # A 1-tap axis needs no transform at all: F(1, 1) is the identity.
+    m_h = 1 if r_h == 1 else m_h
+    m_w = 1 if r_w == 1 else m_w
+    for mm, r in ((m_h, r_h), (m_w, r_w)):
+        if mm < 1 or mm + r - 1 > MAX_ALPHA:
+            raise ValueError(
+                f"tile m={mm} for a {r}-tap kernel axis needs m + r - 1 = "
+                f"{mm + r - 1} interpolation points; allowed 1 <= m <= "
+                f"{MAX_ALPHA + 1 - r}")
+    return Tile(m_h, m_w, r_h, r_w)
+
+
+def _kernel_size_rule(kernel_hw):
+    return (f"Winograd supports kernel sizes {SUPPORTED_KERNEL_SIZES[0]} to "
+            f"{SUPPORTED_KERNEL_SIZES[-1]} along each axis (transforms with "
+            f"at most {MAX_ALPHA} interpolation points), got "
+            f"{kernel_hw[0]}x{kernel_hw[1]}")
+
+
+def error_constant(tile, dtype):
+    """Documented normwise error constant c of a 2-D tile.
+
+    ``|y - y_ref| <= c * u * max(|x| * |w|)``; for F(m_h x m_w, r_h x r_w)
+    the larger of the constants of the square tiles of its two axes.
+    """
+    name = np.dtype(dtype).name
+    return max(ERROR_CONSTANTS_BY_TILE[(tile.m_h, tile.r_h)][name],
+               ERROR_CONSTANTS_BY_TILE[(tile.m_w, tile.r_w)][name])
+
+
+# --------------------------------------------------------------------------
+# Which tile a call uses: default, or requested by the caller
+# --------------------------------------------------------------------------
+
+_requested_tile = contextvars.ContextVar("winograd_tile", default=None)
+
+
+@contextlib.contextmanager
+def use_tile(m):
+    """Within the block, Winograd convolutions use output tile ``m`` (int or
+    (m_h, m_w)) instead of the default; ``None`` restores the default.
+
+    >>> import numpy as np, kernels
+    >>> from kernels.winograd import use_tile
+    >>> x = np.ones((1, 2, 9, 9)); w = np.ones((3, 2, 3, 3))
+    >>> with use_tile(6):
+    ...     y = kernels.conv2d(x, w, padding=1, algorithm="winograd")
+    >>> float(y[0, 0, 4, 4])
+    18.0
+    """
+    token = _requested_tile.set(m)
+    try:
+        yield
+    finally:
+        _requested_tile.reset(token)
+
+
+def requested_tile():
+    """The tile requested by the innermost :func:`use_tile`, or None."""
+    return _requested_tile.get()
+
+
+# --------------------------------------------------------------------------
+# Stage 1: kernel transform   U[p, c, k] = (G_h w[k, c] G_w^T)[a, b], p = a alpha_w + b
+# --------------------------------------------------------------------------
+
+def transform_kernel(w, tile):
+    """Transform filters ``w`` (K, C, r_h, r_w) into the GEMM operand U.
+
+    Returns a C-contiguous (alpha_h * alpha_w, C, K) array of ``w.dtype``,
+    computed in float64 and rounded once.
+    """
+    K, C, r_h, r_w = w.shape
+    _, G_h, _ = transform_matrices(tile.m_h, r_h)
+    _, G_w, _ = transform_matrices(tile.m_w, r_w)
+    a_h, a_w = G_h.shape[0], G_w.shape[0]
+    w64 = np.asarray(w, dtype=np.float64)
+    # Two large matrix products instead of K*C tiny ones.
+    t = w64.reshape(K * C * r_h, r_w) @ G_w.T                  # (K C r_h, a_w)
+    t = t.reshape(K * C, r_h, a_w).transpose(1, 0, 2).reshape(r_h, -1)
+    u = (G_h @ t).reshape(a_h, K, C, a_w)                      # (a_h, K, C, a_w)
+    u = u.transpose(0, 3, 2, 1).reshape(a_h * a_w, C, K)
+    return np.ascontiguousarray(u, dtype=w.dtype)
+
+
+# --------------------------------------------------------------------------
+# Stage 2: input transform   V[p, t, c] = (B_h^T d_{t,c} B_w)[a, b]
+# --------------------------------------------------------------------------
+
+def tile_counts(out_hw, tile):
+    """(tiles_h, tiles_w): tiles covering an output of size ``out_hw``."""
+    return (-(-out_hw[0] // tile.m_h), -(-out_hw[1] // tile.m_w))
+
+
+class _Workspace(threading.local):
+    """Scratch arrays reused across calls, one set per Python thread.
+
+    Fresh multi-megabyte arrays cost a page fault per 4 KiB on first touch
+    (about a third of the staged path's time for a ResNet layer); reusing
+    them avoids that.  A buffer larger than ``max_bytes`` is not kept.
+    """
+
+    max_bytes = 256 * 2**20
+
+    def __init__(self):
+        self.buffers = {}
+
+    def get(self, name, shape, dtype):
+        dtype = np.dtype(dtype)
+        size = int(np.prod(shape)) * dtype.itemsize
+        buf = self.buffers.get(name)
+        if buf is None or buf.nbytes < size:
+            buf = np.empty(max(size, 1), np.uint8)
+            if size <= self.max_bytes:
+                self.buffers[name] = buf
+        return buf[:size].view(dtype).reshape(shape)
+
+    def clear(self):
+        self.buffers.clear()
+
+
+_workspace = _Workspace()
+
+
+def _padded_channels_last(x, channels, top, left, rows, cols):
+    """Channels ``c0 .. c0 + nc - 1`` of x as (N, rows, cols, nc), x placed
+    at (top, left) and zeros around it: the zero padding plus the overhang
+    of partial edge tiles.  Channels innermost let the transforms run as
+    unit-stride vector loops (NumPy's transposing copy is faster than a
+    Numba loop for this step).  The result lives in the thread's workspace
+    until the next call."""
+    c0, nc = channels
+    n_img, _, H, W = x.shape
+    xp = _workspace.get("xp", (n_img, rows, cols, nc), x.dtype)
+    xp[:, :top] = 0
+    xp[:, top + H:] = 0
+    xp[:, top:top + H, :left] = 0
+    xp[:, top:top + H, left + W:] = 0
+    xp[:, top:top + H, left:left + W] = x[:, c0:c0 + nc].transpose(0, 2, 3, 1)
+    return xp
+
+
+@njit(cache=True)
+def _block_of_job(job, tiles_h, tiles_w, rows, cols):
+    """(n, ti0, nr, tj0, ns): the block of tiles of one job.
+
+    The tiles of every image are cut into blocks of ``rows`` tile rows by
+    ``cols`` tiles (``rows > 1`` only when ``cols == tiles_w``, so the
+    tiles of a block are consecutive in the tile order (n, ti, tj)).
+    """
+    row_blocks = (tiles_h + rows - 1) // rows
+    col_blocks = (tiles_w + cols - 1) // cols
+    n = job // (row_blocks * col_blocks)
+    ti0 = ((job // col_blocks) % row_blocks) * rows
+    tj0 = (job % col_blocks) * cols
+    return n, ti0, min(rows, tiles_h - ti0), tj0, min(cols, tiles_w - tj0)
+
+
+@njit(cache=True)
+def _input_block(xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w, half, v, t0,
+                 row_stride):
+    """Input transform of a block of nr x ns tiles of image n.
+
+    Writes ``v[p, t0 + r * row_stride + s, :]`` for tile (ti0 + r, tj0 + s).
+    ``xp`` is the padded input, channels last; ``half`` is scratch of at
+    least (alpha_h, alpha_w, ns * C).  The ns tiles of a tile row are
+    consecutive in v, so both passes are unit-stride loops of length
+    ns * C over (tile, channel), and the second writes v directly.
+    """
+    nc = xp.shape[3]
+    a_h = bt_h.shape[0]
+    a_w = bt_w.shape[0]
+    length = ns * nc
+    for r in range(nr):
+        ti = ti0 + r
+        # half[i, b, s*C + c] = sum_l B_w^T[b, l] d_s[i, l, c]   (along rows)
+        for i in range(a_h):
+            xrow = xp[n, ti * m_h + i]
+            for b in range(a_w):
+                acc = half[i, b, :length]
+                acc[:] = 0
+                for l in range(a_w):
+                    coef = bt_w[b, l]
+                    if coef != 0:
+                        for s in range(ns):
+                            src = xrow[(tj0 + s) * m_w + l]
+                            for c in range(nc):
+                                acc[s * nc + c] += coef * src[c]
+        # v[a, b] = sum_k B_h^T[a, k] half[k, b]   (along columns)
+        first = t0 + r * row_stride
+        for a in range(a_h):
+            for b in range(a_w):
+                out = v[a * a_w + b, first:first + ns].reshape(length)
+                out[:] = 0
+                for k in range(a_h):
+                    coef = bt_h[a, k]
+                    if coef != 0:
+                        src = half[k, b, :length]
+                        for e in range(length):
+                            out[e] += coef * src[e]
+
+
+@njit(cache=True)
+def _output_block(mm, t0, row_stride, n, ti0, nr, tj0, ns, at_h, at_w, bias,
+                  k0, half, line, y):
+    """Output transform of a block of nr x ns tiles into y[n, k0 + k].
+
+    Reads ``mm[p, t0 + r * row_stride + s, :]`` for tile (ti0 + r, tj0 + s).
+    Both passes are vector loops over (tile, channel); each output row is
+    assembled channels-last in ``line`` (ns * m_w, K) and written to NCHW y
+    in blocks of 16 channels.  Rows and columns past (Ho, Wo), the
+    overhang of partial edge tiles, are not written.  Scratch ``half`` has
+    at least (alpha_h + 1, m_w, ns * K) elements (the last plane holds one
+    finished row of tiles).
+    """
+    _, _, Ho, Wo = y.shape
+    nk = mm.shape[2]
+    m_h, a_h = at_h.shape
+    m_w, a_w = at_w.shape
+    has_bias = bias.shape[0] > 0
+    length = ns * nk
+    col0 = tj0 * m_w
+    cols = min(ns * m_w, Wo - col0)
+    for r in range(nr):
+        ti = ti0 + r
+        first = t0 + r * row_stride
+        # half[i, b, s*K + k] = sum_j A_w^T[b, j] M_s[i, j, k]
+        for i in range(a_h):
+            for b in range(m_w):
+                acc = half[i, b, :length]
+                acc[:] = 0
+                for j in range(a_w):
+                    coef = at_w[b, j]
+                    if coef != 0:
+                        src = mm[i * a_w + j, first:first + ns].reshape(length)
+                        for e in range(length):
+                            acc[e] += coef * src[e]
+        rows = min(m_h, Ho - ti * m_h)
+        out = half[a_h, 0, :length]
+        for a in range(rows):
+            # out[s*K + k] = sum_i A_h^T[a, i] half[i, b, s*K + k]
+            for b in range(m_w):
+                out[:] = 0
+                for i in range(a_h):
+                    coef = at_h[a, i]
+                    if coef != 0:
+                        src = half[i, b, :length]
+                        for e in range(length):
+                            out[e] += coef * src[e]
+                for s in range(ns):
+                    dst = line[s * m_w + b]
+                    for k in range(nk):
+                        dst[k] = out[s * nk + k]
+            row = ti * m_h + a
+            for kb in range(0, nk, 16):
+                for j in range(cols):
+                    src = line[j]
+                    for k in range(kb, min(nk, kb + 16)):
+                        value = src[k]
+                        if has_bias:
+                            value += bias[k0 + k]
+                        y[n, k0 + k, row, col0 + j] = value
+
+
+@njit(parallel=True, cache=True)
+def _transform_input_kernel(xp, bt_h, bt_w, m_h, m_w, tiles_h, tiles_w,
+                            rows, cols, v):
+    n_img, _, _, nc = xp.shape
+    tiles = tiles_h * tiles_w
+    n_jobs = n_img * ((tiles_h + rows - 1) // rows) * ((tiles_w + cols - 1) // cols)
+    for job in prange(n_jobs):
+        n, ti0, nr, tj0, ns = _block_of_job(job, tiles_h, tiles_w, rows, cols)
+        half = np.empty((bt_h.shape[0], bt_w.shape[0], ns * nc), xp.dtype)
+        _input_block(xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w, half, v,
+                     n * tiles + ti0 * tiles_w + tj0, tiles_w)
+
+
+@njit(parallel=True, cache=True)
+def _tuple_gemm_kernel(v, u, mm, chunk):
+    """mm[p, t0:t1] = v[p, t0:t1] @ u[p], one BLAS call per (p, chunk) job.
+
+    Calls BLAS from the Numba threads (run single-threaded, see
+    ``_serial_blas``) instead of NumPy's multithreaded matmul: OpenBLAS's
+    own thread pool and Numba's OpenMP pool, used one after the other,
+    fight for the cores (up to 20x slower on a busy 2-core machine).
+    """
+    n_planes, n_tiles, _ = v.shape
+    chunks = (n_tiles + chunk - 1) // chunk
+    for job in prange(n_planes * chunks):
+        p = job // chunks
+        t0 = (job % chunks) * chunk
+        t1 = min(n_tiles, t0 + chunk)
+        np.dot(v[p, t0:t1], u[p], mm[p, t0:t1])
+
+
+@njit(parallel=True, cache=True)
+def _transform_output_kernel(mm, at_h, at_w, bias, k0, tiles_h, tiles_w,
+                             rows, cols, y):
+    n_img = y.shape[0]
+    nk = mm.shape[2]
+    tiles = tiles_h * tiles_w
+    n_jobs = n_img * ((tiles_h + rows - 1) // rows) * ((tiles_w + cols - 1) // cols)
+    for job in prange(n_jobs):
+        n, ti0, nr, tj0, ns = _block_of_job(job, tiles_h, tiles_w, rows, cols)
+        m_w = at_w.shape[0]
+        half = np.empty((at_h.shape[1] + 1, m_w, ns * nk), mm.dtype)
+        line = np.empty((ns * m_w, nk), mm.dtype)
+        _output_block(mm, n * tiles + ti0 * tiles_w + tj0, tiles_w, n, ti0, nr,
+                      tj0, ns, at_h, at_w, bias, k0, half, line, y)
+
+
+@njit(parallel=True, cache=True)
+def _fused_kernel(xp, u, bt_h, bt_w, at_h, at_w, bias, k0, tiles_h, tiles_w,
+                  rows, cols, y):
+    """All three stages per block of tiles, one prange job per block.
+
+    The block's V and M (alpha^2 x tiles x channels) stay in the core's
+    cache between the stages; only x, U and y travel through memory.
+    """
+    n_img, _, _, nc = xp.shape
+    n_planes, _, nk = u.shape
+    m_h, a_h = at_h.shape
+    m_w, a_w = at_w.shape
+    n_jobs = n_img * ((tiles_h + rows - 1) // rows) * ((tiles_w + cols - 1) // cols)
+    for job in prange(n_jobs):
+        n, ti0, nr, tj0, ns = _block_of_job(job, tiles_h, tiles_w, rows, cols)
+        nt = nr * ns
+        v = np.empty((n_planes, nt, nc), xp.dtype)
+        mm = np.empty((n_planes, nt, nk), xp.dtype)
+        half = np.empty((a_h, a_w, ns * nc), xp.dtype)
+        _input_block(xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w, half, v, 0,
+                     ns)
+        for p in range(n_planes):
+            np.dot(v[p], u[p], mm[p])
+        half_out = np.empty((a_h + 1, m_w, ns * nk), xp.dtype)
+        line = np.empty((ns * m_w, nk), xp.dtype)
+        _output_block(mm, 0, ns, n, ti0, nr, tj0, ns, at_h, at_w, bias, k0,
+                      half_out, line, y)
+
+
+class _SerialBlas:
+    """Context: BLAS libraries run single-threaded (re-entrant, thread-safe).
+
+    The Winograd kernels call BLAS from inside Numba's parallel jobs; each
+    call must then stay on its own thread.  The thread counts are restored
+    when the outermost user leaves.  Other threads calling BLAS meanwhile
+    run single-threaded too (slower, never wrong).
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved = []
+        self._libs = None
+
+    def _controllers(self):
+        if self._libs is None:
+            import scipy.linalg.cython_blas  # noqa: F401  (the BLAS Numba calls)
+            from threadpoolctl import ThreadpoolController
+            self._libs = [lib for lib in ThreadpoolController().lib_controllers
+                          if lib.user_api == "blas"]
+        return self._libs
+
+    def __enter__(self):
+        with self._lock:
+            if self._depth == 0:
+                libs = self._controllers()
+                self._saved = [lib.num_threads for lib in libs]
+                for lib in libs:
+                    lib.set_num_threads(1)
+            self._depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                for lib, n in zip(self._libs, self._saved):
+                    lib.set_num_threads(n)
+
+
+_serial_blas = _SerialBlas()
+
+# Scratch per parallel job, bytes: small enough for a core's L2 (1-2 MiB on
+# current x86) next to the packed GEMM operands.
+_BLOCK_BUDGET = 512 * 1024
+_FUSED_MAX_U_BYTES = 4 * 2**20
+_TRANSFORM_BUDGET = 256 * 1024
+
+
+def _threads():
+    import numba
+    return numba.get_num_threads()
+
+
+def _blocks(tiles_h, tiles_w, n_img, bytes_per_tile, budget, min_jobs, step=1):
+    """(rows, cols) of a block of tiles: as many tiles as fit ``budget``
+    bytes, while leaving at least ``min_jobs`` blocks when possible.
+    ``cols`` is a multiple of ``step`` unless it spans the whole row."""
+    fit = max(1, budget // max(1, bytes_per_tile))
+    if fit >= tiles_w:
+        rows = max(1, min(tiles_h, fit // tiles_w))
+        while rows > 1 and n_img * -(-tiles_h // rows) < min_jobs:
+            rows -= 1
+        if rows > 1 or n_img * tiles_h >= min_jobs:
+            return rows, tiles_w
+        fit = tiles_w
+    cols = min(tiles_w, fit)
+    while cols > step and n_img * tiles_h * -(-tiles_w // cols) < min_jobs:
+        cols = max(step, cols // 2)
+    if cols < tiles_w and cols > step:
+        cols -= cols % step
+    return 1, cols
+
+
+def transform_input(x, tile, padding, out_hw, channels=None, out=None):
+    """Input transform of every tile, in the GEMM layout.
+
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W)
+    tile : Tile
+    padding : (top, bottom, left, right) zero padding
+    out_hw : (Ho, Wo) output size
+    channels : (c0, nc), optional
+        Transform input channels ``c0 .. c0 + nc - 1`` only (one group).
+    out : ndarray, optional
+        Preallocated (alpha_h * alpha_w, T, nc) array of x's dtype.
+
+    Returns
+    -------
+    V : ndarray (alpha_h * alpha_w, T, nc)
+        ``V[a * alpha_w + b, t, c] = (B_h^T d B_w)[a, b]`` where ``d`` is the
+        alpha_h x alpha_w patch of the zero-padded channel c under tile
+        ``t = (n * tiles_h + i) * tiles_w + j``, whose top-left corner is at
+        padded row ``i m_h`` and column ``j m_w``.
+    """
+    channels = (0, x.shape[1]) if channels is None else channels
+    nc = channels[1]
+    _, _, BT_h = transform_matrices(tile.m_h, tile.r_h, x.dtype)
+    _, _, BT_w = transform_matrices(tile.m_w, tile.r_w, x.dtype)
+    tiles_h, tiles_w = tile_counts(out_hw, tile)
+    n_img = x.shape[0]
+    xp = _padded_channels_last(x, channels, padding[0], padding[2],
+                               tiles_h * tile.m_h + tile.r_h - 1,
+                               tiles_w * tile.m_w + tile.r_w - 1)
+    if out is None:
+        out = np.empty((tile.alpha_h * tile.alpha_w, n_img * tiles_h * tiles_w,
+                        nc), x.dtype)
+    rows, cols = _blocks(tiles_h, tiles_w, n_img,
+                         tile.alpha_h * tile.alpha_w * nc * x.itemsize,
+                         _TRANSFORM_BUDGET, 4 * _threads())
+    _transform_input_kernel(xp, BT_h, BT_w, tile.m_h, tile.m_w, tiles_h,
+                            tiles_w, rows, cols, out)
+    return out
+
+
+# --------------------------------------------------------------------------
+# Stage 3: tuple GEMMs   M[p] = V[p] @ U[p]
+# --------------------------------------------------------------------------
+
+def tuple_gemm(V, U, out=None):
+    """``alpha_h * alpha_w`` independent products (T, C) @ (C, K), batched
+    over all tiles of the batch so each is a sizeable BLAS call; the
+    products (split into tile chunks when there are few) run in parallel,
+    each on one thread."""
+    n_planes, n_tiles, _ = V.shape
+    if out is None:
+        out = np.empty((n_planes, n_tiles, U.shape[2]), V.dtype)
+    min_jobs = 4 * _threads()
+    chunks = max(1, -(-min_jobs // n_planes))
+    chunk = max(16, -(-n_tiles // chunks))
+    with _serial_blas:
+        _tuple_gemm_kernel(V, U, out, chunk)
+    return out
+
+
+# --------------------------------------------------------------------------
+# Stage 4: output transform   y[tile] = A_h^T M A_w (+ bias), clipped
+# --------------------------------------------------------------------------
+
+def _output_step(m_w):
+    """Tiles spanning a multiple of 16 output columns (one 64-byte line of
+    float32), so that blocks of one row never share a cache line of y."""
+    return 16 // int(np.gcd(16, m_w))
+
+
+def transform_output(M, tile, out_shape, bias=None, channels=None, out=None):
+    """Output transform of every tile, with partial tiles clipped.
+
+    Parameters
+    ----------
+    M : ndarray (alpha_h * alpha_w, T, nk), tuple-GEMM result
+    tile : Tile
+    out_shape : (N, K, Ho, Wo) of the whole output
+    bias : ndarray (K,), optional
+    channels : (k0, nk), optional
+        Write output channels ``k0 .. k0 + nk - 1`` (one group) of ``out``.
+    out : ndarray (N, K, Ho, Wo), optional (allocated when None)
+
+    Returns
+    -------
+    y : ndarray (N, K, Ho, Wo), with
+        ``y[n, k, i m_h + a, j m_w + b] = (A_h^T M_t A_w)[a, b] + bias[k]``
+        for tile ``t = (n * tiles_h + i) * tiles_w + j`` and
+        ``M_t[a', b'] = M[a' alpha_w + b', t, k]``.
+    """
+    if out is None:
+        out = np.empty(out_shape, M.dtype)
+    k0 = 0 if channels is None else channels[0]
+    AT_h, _, _ = transform_matrices(tile.m_h, tile.r_h, M.dtype)
+    AT_w, _, _ = transform_matrices(tile.m_w, tile.r_w, M.dtype)
+    tiles_h, tiles_w = tile_counts(out_shape[2:], tile)
+    bias_arr = np.zeros(0, M.dtype) if bias is None else bias
+    rows, cols = _blocks(tiles_h, tiles_w, out_shape[0],
+                         (tile.alpha_h + 2) * tile.m_w * M.shape[2] * M.itemsize,
+                         _TRANSFORM_BUDGET, 4 * _threads(),
+                         _output_step(tile.m_w))
+    _transform_output_kernel(M, AT_h, AT_w, bias_arr, k0, tiles_h, tiles_w,
+                             rows, cols, out)
+    return out
+
+
+# --------------------------------------------------------------------------
+# Transformed weights, explicit and cached
+# --------------------------------------------------------------------------
+
+class TransformedWeights:
+    """Filters already through the kernel transform, for reuse across calls.
+
+    Build with :func:`kernels.winograd.transform_weights`; pass in place of
+    ``w`` to :func:`kernels.winograd.conv2d`.
+
+    Attributes
+    ----------
+    U : ndarray (groups, alpha_h * alpha_w, C // groups, K // groups)
+        Read-only.
+    weights : ndarray (K, C // groups, kH, kW)
+        The filters (read-only; for inputs that must go to another
+        algorithm, e.g. non-finite ones).
+    tile : Tile
+    groups : int
+    """
+
+    def __init__(self, U, weights, tile, groups):
+        self.U = U
+        self.weights = weights
+        self.tile = tile
+        self.groups = int(groups)
+
+    @property
+    def w_shape(self):
+        return self.weights.shape
+
+    @property
+    def dtype(self):
+        return self.weights.dtype
+
+    def __repr__(self):
+        t = self.tile
+        return (f"TransformedWeights(F({t.m_h}x{t.m_w}, {t.r_h}x{t.r_w}), "
+                f"w_shape={self.w_shape}, groups={self.groups}, "
+                f"dtype={self.dtype.name})")
+
+
+def transform_weights(w, tile, groups=1):
+    """Kernel transform of every group of ``w`` (K, C // groups, kH, kW).
+
+    Keeps a read-only reference to ``w``: pass a private copy if the caller
+    may modify it."""
+    w = np.ascontiguousarray(w)
+    K = w.shape[0]
+    kg = K // groups
+    U = np.stack([transform_kernel(w[g * kg:(g + 1) * kg], tile)
+                  for g in range(groups)])
+    U.setflags(write=False)
+    return TransformedWeights(U, w, tile, groups)
+
+
+class _WeightCache:
+    """Transformed weights of recently used filter arrays.
+
+    A hit needs the same memory address, shape, dtype, tile and groups AND
+    equal contents (compared against a private copy, so filters modified in
+    place are transformed again); comparing is ~100x cheaper than the
+    transform.  Bounded by entries and bytes; least recently used go first.
+    """
+
+    def __init__(self, max_entries=16, max_bytes=256 * 2**20):
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._entries = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _size(transformed):
+        return transformed.weights.nbytes + transformed.U.nbytes
+
+    def get(self, w, tile, groups):
+        key = (w.__array_interface__["data"][0], w.shape, w.dtype.str,
+               tile, groups)
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None and np.array_equal(hit.weights, w):
+                self._entries.move_to_end(key)
+                return hit
+        own = w.copy()
+        own.setflags(write=False)
+        transformed = transform_weights(own, tile, groups)
+        if self._size(transformed) <= self.max_bytes:
+            with self._lock:
+                self._entries[key] = transformed
+                self._evict()
+        return transformed
+
+    def _evict(self):
+        total = sum(self._size(t) for t in self._entries.values())
+        while self._entries and (len(self._entries) > self.max_entries
+                                 or total > self.max_bytes):
+            _, old = self._entries.popitem(last=False)
+            total -= self._size(old)
+
+    def clear(self):
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self):
+        return len(self._entries)
+
+
+weight_cache = _WeightCache()
+
+
+# --------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------
+
+def unsupported_reason(x_shape, w_shape, stride, padding, dilation, groups):
+    """None when Winograd can compute the configuration, else the rule."""
+    if tuple(stride) != (1, 1):
+        return (f"Winograd computes stride-1 convolutions only, got "
+                f"stride={tuple(stride)}")
+    if tuple(dilation) != (1, 1):
+        return (f"Winograd computes undilated convolutions only (dilation 1), "
+                f"got dilation={tuple(dilation)}")
+    kernel_hw = tuple(w_shape[2:])
+    if any(k not in SUPPORTED_KERNEL_SIZES for k in kernel_hw):
+        return _kernel_size_rule(kernel_hw)
+    try:
+        tile_for(kernel_hw, requested_tile())
+    except ValueError as exc:
+        return f"the tile requested with use_tile() does not fit: {exc}"
+    return None
+
+
+def _fused_blocks(tile, tiles_hw, n_img, nc, nk, itemsize):
+    """Blocks for the fused kernel, or None when the staged path is better.
+
+    Every block streams all of U through the core's cache, so the fused
+    path needs blocks of >= 8 tiles and a U of at most a few MiB (it then
+    wins by 10-50%: ResNet's 64@56^2, 128@28^2); deep layers with few
+    tiles and large U (256@14^2, 512@7^2) run staged, where each tuple
+    GEMM reads its U[p] once.  And >= 2 blocks per thread."""
+    n_planes = tile.alpha_h * tile.alpha_w
+    per_tile = n_planes * (nc + nk) * itemsize
+    threads = _threads()
+    rows, cols = _blocks(tiles_hw[0], tiles_hw[1], n_img, per_tile,
+                         _BLOCK_BUDGET, 4 * threads, _output_step(tile.m_w))
+    n_blocks = n_img * -(-tiles_hw[0] // rows) * -(-tiles_hw[1] // cols)
+    if (rows * cols < 8 or n_blocks < 2 * threads
+            or n_planes * nc * nk * itemsize > _FUSED_MAX_U_BYTES):
+        return None
+    return rows, cols
+
+
+def conv2d_transformed(x, transformed, bias, padding, path=None):
+    """Stride-1 convolution of x with already transformed weights.
+
+    ``path`` is ``"fused"`` (all stages per cache-sized block of tiles),
+    ``"staged"`` (each stage over the whole batch: input transform, tuple
+    GEMMs, output transform) or None (fused when the blocks are big enough,
+    see ``_fused_blocks``).  Groups run one after another.
+    Returns (N, K, Ho, Wo) of x's dtype.
+    """
+    tile = transformed.tile
+    n_img, C, H, W = x.shape
+    K, cg = transformed.w_shape[:2]
+    groups = transformed.groups
+    kg = K // groups
+    Ho = H + padding[0] + padding[1] - tile.r_h + 1
+    Wo = W + padding[2] + padding[3] - tile.r_w + 1
+    tiles_h, tiles_w = tile_counts((Ho, Wo), tile)
+    y = np.empty((n_img, K, Ho, Wo), x.dtype)
+    blocks = _fused_blocks(tile, (tiles_h, tiles_w), n_img, cg, kg, x.itemsize)
+    if path == "fused" and blocks is None:
+        blocks = _blocks(tiles_h, tiles_w, n_img,
+                         tile.alpha_h * tile.alpha_w * (cg + kg) * x.itemsize,
+                         _BLOCK_BUDGET, 1, _output_step(tile.m_w))
+    elif path == "staged":
+        blocks = None
+    bias_arr = np.zeros(0, x.dtype) if bias is None else bias
+    AT_h, _, BT_h = transform_matrices(tile.m_h, tile.r_h, x.dtype)
+    AT_w, _, BT_w = transform_matrices(tile.m_w, tile.r_w, x.dtype)
+    for g in range(groups):
+        if blocks is None:
+            n_planes, n_tiles = tile.alpha_h * tile.alpha_w, n_img * tiles_h * tiles_w
+            V = transform_input(x, tile, padding, (Ho, Wo), channels=(g * cg, cg),
+                                out=_workspace.get("V", (n_planes, n_tiles, cg), x.dtype))
+            M = tuple_gemm(V, transformed.U[g],
+                           out=_workspace.get("M", (n_planes, n_tiles, kg), x.dtype))
+            transform_output(M, tile, y.shape, bias, channels=(g * kg, kg),
+                             out=y)
+            continue
+        xp = _padded_channels_last(x, (g * cg, cg), padding[0], padding[2],
+                                   tiles_h * tile.m_h + tile.r_h - 1,
+                                   tiles_w * tile.m_w + tile.r_w - 1)
+        with _serial_blas:
+            _fused_kernel(xp, transformed.U[g], BT_h, BT_w, AT_h, AT_w,
+                          bias_arr, g * kg, tiles_h, tiles_w, blocks[0],
+                          blocks[1], y)
+    _set_padding_only_outputs(y, bias, (H, W), padding, (tile.r_h, tile.r_w))
+    return y
+
+
+def _set_padding_only_outputs(y, bias, in_hw, padding, kernel_hw):
+    """Outputs whose window lies wholly in the zero padding are exactly the
+    bias.  Winograd computes them from the other inputs of their tile,
+    as a sum that cancels only up to rounding; set them exactly."""
+    value = 0 if bias is None else bias[None, :, None, None]
+    for axis, (size, lo, r) in enumerate(zip(in_hw, padding[::2], kernel_hw)):
+        # Output i sees padded positions i .. i + r - 1; real ones lo .. lo + size - 1.
+        first_seeing = max(0, lo - r + 1)
+        last_seeing = lo + size - 1
+        index = [slice(None)] * 4
+        if first_seeing > 0:
+            index[2 + axis] = slice(0, first_seeing)
+            y[tuple(index)] = value
+        if last_seeing + 1 < y.shape[2 + axis]:
+            index[2 + axis] = slice(last_seeing + 1, None)
+            y[tuple(index)] = value
+
+
+def conv2d(x, w, bias, stride, padding, dilation, groups):
+    """Winograd convolution; the per-algorithm contract of ``_dispatch``.
+
+    The tile is the default for the kernel size, or the one requested with
+    :func:`use_tile`.  Transformed weights are cached (see ``_WeightCache``).
+    """
+    reason = unsupported_reason(x.shape, w.shape, stride, padding, dilation,
+                                groups)
+    if reason is not None:
+        raise ValueError(reason)
+    tile = tile_for(w.shape[2:], requested_tile())
+    transformed = weight_cache.get(w, tile, groups)
+    return conv2d_transformed(x, transformed, bias, padding)

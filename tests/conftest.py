@@ -1,0 +1,102 @@
+"""Shared test set-up: the ``kernels`` import guard and hypothesis profiles.
+
+Profiles (chosen by the environment variable ``HYPOTHESIS_PROFILE``):
+
+``ci`` (default)
+    derandomised, few examples, no deadline: the same bounded run on every
+    machine, fast enough for a 2-core CI runner.
+``thorough``
+    many random examples, for a long local run.
+
+Tests parametrised over ``algorithm`` (any name in ``kernels.ALGORITHMS``)
+are skipped, not failed, while that algorithm is not built, so a new
+algorithm joins every such test as soon as its module exists.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.register_profile(
+    "thorough",
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+_SHADOWED = """\
+`import kernels` did not find this project's package ({found}).
+
+An unrelated PyPI distribution is also named `kernels`; if it is installed
+it shadows this project (so does a non-editable install of this project,
+whose copy is not the working tree under test). Fix:
+
+    pip uninstall kernels
+    pip install -e .        # from {root}
+
+then run the tests again with `python -m pytest` from {root}."""
+
+
+def _check_kernels_is_this_project():
+    spec = importlib.util.find_spec("kernels")
+    origin = Path(spec.origin).resolve() if spec and spec.origin else None
+    try:
+        import kernels
+    except Exception as exc:
+        if origin is not None and REPO_ROOT in origin.parents:
+            raise             # this project's own import error: show it
+        pytest.exit(_SHADOWED.format(found=f"importing {origin} failed: {exc!r}",
+                                     root=REPO_ROOT), returncode=4)
+    location = Path(getattr(kernels, "__file__", "") or "").resolve()
+    if not getattr(kernels, "__convbench__", False) or REPO_ROOT not in location.parents:
+        pytest.exit(_SHADOWED.format(found=f"found {location}", root=REPO_ROOT),
+                    returncode=4)
+
+
+def pytest_configure(config):
+    # Before any test module imports kernels (pytest.exit is clean here).
+    _check_kernels_is_this_project()
+
+
+def pytest_report_header(config):
+    import kernels
+    return (f"kernels: {Path(kernels.__file__).parent}; built (cpu): "
+            f"{', '.join(kernels.built_algorithms()) or 'none'}; hypothesis "
+            f"profile: {settings.get_current_profile_name()}")
+
+
+def pytest_runtest_setup(item):
+    """Skip a test parametrised with an algorithm that is not built yet."""
+    import kernels
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return
+    algorithm = callspec.params.get("algorithm")
+    if algorithm in kernels.ALGORITHMS and algorithm not in kernels.built_algorithms():
+        pytest.skip(f"algorithm {algorithm!r} is not built "
+                    f"(no kernels/cpu/{algorithm}.py)")
+
+
+@pytest.fixture
+def built_algorithms():
+    """The algorithms built for the CPU backend."""
+    import kernels
+    return kernels.built_algorithms()

@@ -1,0 +1,481 @@
+"""The benchmark harness: crossovers, CLI, sweeps, reports, workloads.
+
+Timings are never asserted (they depend on the machine); what is tested is
+the bookkeeping around them, with the clock replaced where it matters, and
+the correctness of every output (the algorithms' and the peers') against
+the float64 reference in units of the documented error bound.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kernels
+from kernels import accuracy
+from convbench import cli, crossover as xo, sweep, workloads
+from convbench.workloads import ConvCase
+
+
+# --------------------------------------------------------------------------
+# Crossover detection on synthetic curves
+# --------------------------------------------------------------------------
+
+SIZES = list(range(3, 32, 2))          # 3, 5, ..., 31
+
+
+def test_crossover_of_quadratic_against_constant():
+    # A costs k^2, B a constant 200: B is faster exactly when k^2 > 200,
+    # i.e. from k = 15 (15^2 = 225; 13^2 = 169).
+    times_a = [k * k for k in SIZES]
+    times_b = [200.0] * len(SIZES)
+    assert xo.crossover(SIZES, times_a, times_b) == 15
+
+
+def test_crossover_is_none_when_b_never_takes_over():
+    times_a = [1.0] * len(SIZES)
+    times_b = [2.0 + k for k in SIZES]
+    assert xo.crossover(SIZES, times_a, times_b) is None
+
+
+def test_crossover_is_first_size_when_b_is_always_faster():
+    times_a = [10.0 + k for k in SIZES]
+    times_b = [1.0] * len(SIZES)
+    assert xo.crossover(SIZES, times_a, times_b) == SIZES[0]
+
+
+def test_crossover_between_first_two_sizes_is_found():
+    # B slower only at the first size: the crossover is the second size.
+    times_a = [1.0] * 6
+    times_b = [1.5, 0.4, 0.2, 0.2, 0.2, 0.2]
+    assert xo.crossover(SIZES[:6], times_a, times_b) == SIZES[1]
+
+
+def test_noisy_point_after_the_crossover_does_not_move_it():
+    times_a = [k * k for k in SIZES]
+    times_b = [200.0] * len(SIZES)
+    clean = xo.crossover(SIZES, times_a, times_b)
+    noisy = list(times_b)
+    noisy[SIZES.index(23)] = 1e6         # one spike, B "slower" at k = 23
+    assert xo.crossover(SIZES, times_a, noisy) == clean == 15
+
+
+def test_noisy_point_before_the_crossover_does_not_create_one_early():
+    times_a = [k * k for k in SIZES]
+    times_b = [200.0] * len(SIZES)
+    noisy = list(times_b)
+    noisy[SIZES.index(7)] = 1e-6         # one dip, B "faster" at k = 7
+    assert xo.crossover(SIZES, times_a, noisy) == 15
+
+
+def test_noisy_last_point_does_not_hide_the_crossover():
+    times_a = [k * k for k in SIZES]
+    times_b = [200.0] * len(SIZES)
+    times_b[-1] = 1e6
+    assert xo.crossover(SIZES, times_a, times_b) == 15
+
+
+def test_noisy_last_point_does_not_fake_a_crossover():
+    times_a = [1.0] * len(SIZES)
+    times_b = [2.0] * len(SIZES)
+    times_b[-1] = 0.1
+    assert xo.crossover(SIZES, times_a, times_b) is None
+
+
+def test_missing_points_are_ignored():
+    times_a = [k * k for k in SIZES]
+    times_b = [200.0] * len(SIZES)
+    times_b[SIZES.index(17)] = None
+    times_a[SIZES.index(21)] = math.nan
+    assert xo.crossover(SIZES, times_a, times_b) == 15
+
+
+def test_crossover_rejects_unequal_lengths():
+    with pytest.raises(ValueError, match="equal lengths"):
+        xo.crossover([3, 5], [1.0], [1.0, 2.0])
+
+
+@settings(deadline=None)
+@given(data=st.data())
+def test_one_outlier_away_from_the_crossover_never_moves_it(data):
+    n = data.draw(st.integers(6, 14), label="n")
+    c = data.draw(st.integers(1, n - 3), label="crossover index")
+    slow_ratio = data.draw(st.floats(1.05, 10.0), label="ratio before")
+    fast_ratio = data.draw(st.floats(0.05, 0.95), label="ratio after")
+    ratios = [slow_ratio if i < c else fast_ratio for i in range(n)]
+    far = [j for j in range(n) if j not in (c - 2, c - 1, c, c + 1)]
+    j = data.draw(st.sampled_from(far), label="outlier index")
+    # The outlier lands on the other side of 1.
+    ratios[j] = data.draw(st.floats(0.01, 0.99) if ratios[j] > 1
+                          else st.floats(1.01, 100.0), label="outlier")
+    sizes = list(range(1, 2 * n, 2))
+    times_a = [1.0] * n
+    assert xo.crossover(sizes, times_a, ratios) == sizes[c]
+
+
+def test_find_crossovers_reports_each_overtaking_once():
+    times = {
+        "direct": [k * k for k in SIZES],        # cheap for small kernels
+        "fft": [200.0] * len(SIZES),             # flat
+        "im2col": [5.0 * k for k in SIZES],      # linear
+    }
+    found = {(c.slower, c.faster): c.size for c in xo.find_crossovers(SIZES, times)}
+    # direct (k^2) vs im2col (5k): im2col faster when k > 5 -> from 7.
+    # im2col (5k) vs fft (200): fft faster when 5k > 200, k > 40: never.
+    assert found == {("direct", "fft"): 15, ("direct", "im2col"): 7}
+
+
+# --------------------------------------------------------------------------
+# Command-line parsing
+# --------------------------------------------------------------------------
+
+def test_kernel_range_includes_stop():
+    assert cli.parse_kernels("3:31:2") == [(k, k) for k in range(3, 32, 2)]
+    assert cli.parse_kernels("3:6") == [(3, 3), (4, 4), (5, 5), (6, 6)]
+
+
+def test_kernel_list_and_rectangles():
+    assert cli.parse_kernels("3, 5,1x7") == [(3, 3), (5, 5), (1, 7)]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("31:3:2", "stop (3) is smaller than start (31)"),
+    ("0:5", "kernel range start must be >= 1"),
+    ("3:9:0", "kernel range step must be >= 1"),
+    ("a:9", "kernel range start must be an integer, got 'a'"),
+    ("3:5:7:9", "START:STOP or START:STOP:STEP"),
+    ("3,x", "kernel size 'x' must be K or KHxKW"),
+    ("3x", "kernel size '3x' must be K or KHxKW"),
+    ("3,2.5", "kernel size must be an integer, got '2.5'"),
+    ("3xa", "kernel width must be an integer, got 'a'"),
+])
+def test_bad_kernel_specs_are_argparse_errors(spec, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["sweep", "--shape", "1,1,16,16,1", "--kernels", spec])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--kernels" in err and message in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--shape", "1,1,16,16"], "must be N,C,H,W,K"),
+    (["--shape", "1,0,16,16,1"], "shape C must be >= 1"),
+    (["--shape", "1,1,16,16,1", "--padding", "full"], "padding must be 'same'"),
+    (["--shape", "1,1,16,16,1", "--stride", "2"], "'same' needs --stride 1"),
+    (["--shape", "1,3,16,16,1", "--groups", "2"], "must divide C"),
+    (["--shape", "1,1,16,16,1", "--algorithms", "magic"], "unknown algorithm"),
+    (["--shape", "1,1,16,16,1", "--peers", "matlab"], "unknown peer"),
+    (["--network", "alexnet"], "unknown network"),
+    (["--workload", "nope"], "unknown workload"),
+    (["--network", "lenet5", "--kernels", "3"], "only with --shape"),
+    ([], "one of the arguments"),
+])
+def test_bad_sweep_arguments_are_argparse_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["sweep"] + argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------
+# End-to-end sweep
+# --------------------------------------------------------------------------
+
+def _run_main(argv):
+    return cli.main(argv)
+
+
+def test_tiny_sweep_writes_complete_json(tmp_path, capsys):
+    out = tmp_path / "sweep.json"
+    code = _run_main(["sweep", "--shape", "1,1,16,16,1", "--kernels", "3:5:2",
+                      "--repeats", "1", "--peers", "scipy-direct,scipy-fft",
+                      "--no-progress", "--json", str(out)])
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert {"schema", "config", "cases", "results", "crossovers", "machine",
+            "interrupted"} <= set(data)
+    assert data["interrupted"] is False
+    machine = data["machine"]
+    assert {"cpu_model", "numba", "blas", "env", "versions",
+            "sgemm_1024_gflops"} <= set(machine)
+    assert machine["sgemm_1024_gflops"] > 0
+    assert "OPENBLAS_CORETYPE" in machine["env"]
+
+    contenders = list(kernels.built_algorithms()) + ["scipy-direct", "scipy-fft"]
+    by_key = {(r["case"], r["contender"]): r for r in data["results"]}
+    assert set(by_key) == {(f"k={k}", c) for k in (3, 5) for c in contenders}
+    for (case, name), r in by_key.items():
+        if r["status"] == "n/a":
+            assert r["reason"]
+            continue
+        assert r["status"] == "ok", r
+        k = int(case[2:])
+        # 'same' padding on 16x16: 16x16 outputs, k*k multiply-adds each.
+        assert r["gflops"] == pytest.approx(2 * k * k * 16 * 16 / r["median_s"] / 1e9)
+        assert len(r["times_s"]) == 1 and not r["partial"]
+        # Every contender, peers included, within the documented bound of
+        # the algorithm it resembles.
+        constant = accuracy.error_constant(sweep.bound_kind(name), np.float32)
+        assert 0 <= r["error_units"] <= constant, r
+        if not r["peer"]:
+            assert r["error_constant"] == constant
+    stdout = capsys.readouterr().out
+    assert "k=3" in stdout and "k=5" in stdout and "speedup" in stdout
+
+
+def test_network_sweep_runs_every_distinct_lenet_layer(capsys):
+    code = _run_main(["sweep", "--network", "lenet5", "--batch", "2",
+                      "--repeats", "1", "--peers", "scipy-fft",
+                      "--no-progress"])
+    assert code == 0
+    out = capsys.readouterr().out
+    for label in ("C1", "C3", "C5"):
+        assert f"\n{label} " in out
+
+
+@pytest.mark.parametrize("stride, padding, groups", [(2, 1, 1), (1, 0, 2),
+                                                     (2, 2, 2)])
+@pytest.mark.parametrize("peer", ["scipy-direct", "scipy-fft", "torch"])
+def test_peers_match_the_reference(peer, stride, padding, groups):
+    if peer == "torch":
+        pytest.importorskip("torch")
+    case = ConvCase("t", (2, 4, 11, 9), (6, 4 // groups, 3, 2), stride, padding,
+                    groups)
+    x, w = sweep.make_data(case, np.float64, seed=3)
+    run, _ = sweep.make_runner(peer, case, x, w)
+    y = run()
+    assert y.shape == sweep.output_shape(case)
+    check = sweep.ReferenceCheck(case, x, w, check_batch=0)
+    assert check.region["fraction"] == 1.0
+    units = check.error_units(sweep.bound_kind(peer), np.float64, y)
+    assert units <= accuracy.error_constant(sweep.bound_kind(peer), np.float64)
+
+
+def test_reference_check_crops_to_its_budget():
+    case = ConvCase("big", (3, 2, 64, 64), (2, 2, 5, 5), 1, "same", 1)
+    x, w = sweep.make_data(case, np.float32)
+    check = sweep.ReferenceCheck(case, x, w, check_batch=1, check_macs=2e4)
+    assert check.batch == 1
+    assert check.rows < 64
+    # The cropped reference equals the same region of the full one.
+    import reference
+    full = reference.conv2d(x[:1].astype(np.float64), w.astype(np.float64),
+                            padding="same")
+    np.testing.assert_allclose(check.y, full[:, :, :check.rows, :check.cols],
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_slow_scipy_peer_is_skipped_with_a_reason():
+    case = ConvCase("k=31", (1, 1, 512, 512), (1, 1, 31, 31), 1, "same", 1)
+    x, w = sweep.make_data(case)
+    with pytest.raises(sweep.Skipped, match="estimated .* s per call"):
+        sweep.make_runner("scipy-direct", case, x, w, peer_time_limit=0.01)
+
+
+def test_unsupported_algorithm_is_not_applicable():
+    if "winograd" not in kernels.built_algorithms():
+        pytest.skip("winograd not built")
+    case = ConvCase("s2", (1, 2, 16, 16), (2, 2, 3, 3), 2, 1, 1)
+    x, w = sweep.make_data(case)
+    with pytest.raises(sweep.NotApplicable):
+        sweep.make_runner("winograd", case, x, w)
+
+
+# --------------------------------------------------------------------------
+# Interruption
+# --------------------------------------------------------------------------
+
+def test_keyboard_interrupt_keeps_partial_results(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def fake_time_call(fn):
+        calls.append(fn)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        fn()
+        return 0.001
+
+    monkeypatch.setattr(sweep, "time_call", fake_time_call)
+    out = tmp_path / "partial.json"
+    code = _run_main(["sweep", "--shape", "1,1,16,16,1", "--kernels", "3:7:2",
+                      "--repeats", "3", "--peers", "scipy-fft", "--no-check",
+                      "--no-progress", "--json", str(out)])
+    assert code == 130
+    assert len(calls) == 2
+    data = json.loads(out.read_text())
+    assert data["interrupted"] is True
+    timed = [r for r in data["results"] if r["times_s"]]
+    assert len(timed) == 1
+    assert timed[0]["times_s"] == [0.001]
+    assert timed[0]["partial"] is True and timed[0]["median_s"] == 0.001
+    assert all(r["case"] == "k=3" for r in data["results"])
+    assert "interrupted" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------
+# Table
+# --------------------------------------------------------------------------
+
+def _measurement(case, name, peer, median=None, status="ok", reason=None):
+    m = sweep.Measurement(case, (1, 1, 8, 8), (1, 1, 3, 3), 1, "same", 1, name,
+                          peer, status, reason)
+    if median is not None:
+        m.times_s = [median]
+        m.median_s = median
+        m.gflops = 1.0
+        m.error_units = 1.5
+        m.error_constant = None if peer else 64.0
+    return m
+
+
+def test_table_shows_speedup_against_fastest_peer_and_reasons():
+    ms = [_measurement("k=3", "im2col", False, 0.001),
+          _measurement("k=3", "winograd", False, status="n/a",
+                       reason="needs stride 1"),
+          _measurement("k=3", "scipy-fft", True, 0.002),
+          _measurement("k=3", "scipy-direct", True, 0.004)]
+    result = sweep.SweepResult(config={}, cases=[], measurements=ms)
+    lines = sweep.format_table(result).splitlines()
+    header = lines[0].split()
+    assert header[:3] == ["case", "contender", "time"]
+    # The case label is printed on its first row only.
+    row = {(line.split()[1] if line.startswith("k=3") else line.split()[0]): line
+           for line in lines[2:6]}
+    assert row["im2col"].endswith("2.00x")       # 0.002 / 0.001
+    assert row["scipy-fft"].endswith("1.00x")
+    assert row["scipy-direct"].endswith("0.50x")
+    assert "n/a [1]" in row["winograd"]
+    assert any(line.startswith("[1] winograd n/a (k=3): needs stride 1")
+               for line in lines)
+    # Right-aligned numeric columns end at the same position.
+    ends = {len(row[n]) for n in ("im2col", "scipy-fft", "scipy-direct")}
+    assert len(ends) == 1
+
+
+def test_crossovers_are_printed_under_the_table():
+    ms = []
+    for k in (3, 5, 7, 9, 11):
+        for name, t in (("im2col", k * k), ("fft", 40.0)):
+            m = _measurement(f"k={k}", name, False, t)
+            m.w_shape = (1, 1, k, k)
+            ms.append(m)
+    result = sweep.SweepResult(config={}, cases=[], measurements=ms)
+    text = sweep.format_crossovers(result)
+    assert "fft beats im2col from k=7 on" in text       # 7^2 = 49 > 40
+    assert result.crossovers()[0]["kernel_size"] == 7
+
+
+# --------------------------------------------------------------------------
+# Workloads
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("network, published", [
+    ("lenet5", 61_706), ("vgg16", 138_357_544), ("resnet18", 11_689_512),
+    ("resnet50", 25_557_032)])
+def test_param_counts_are_the_published_ones(network, published):
+    assert workloads.param_count(network) == published
+
+
+@pytest.mark.parametrize("network, convs", [("resnet18", 17 + 3),
+                                            ("resnet50", 49 + 4),
+                                            ("vgg16", 13), ("lenet5", 3)])
+def test_networks_have_their_published_number_of_conv_layers(network, convs):
+    # ResNet-n has n - 1 convolutions on the main path plus one downsample
+    # projection per stage after the first (ResNet-50: one per stage).
+    layers = workloads.NETWORKS[network]
+    assert sum(layer.kind == "conv" for layer in layers) == convs
+
+
+def test_spatial_sizes_follow_the_published_architectures():
+    vgg = {layer.name: layer for layer in workloads.NETWORKS["vgg16"]}
+    assert vgg["conv5_3"].in_hw == (14, 14)
+    assert vgg["fc6"].c_in == 512 * 7 * 7
+    lenet = {layer.name: layer for layer in workloads.NETWORKS["lenet5"]}
+    assert lenet["C5"].in_hw == (5, 5) and lenet["C5"].out_hw == (1, 1)
+    for net in ("resnet18", "resnet50"):
+        convs = [layer for layer in workloads.NETWORKS[net] if layer.kind == "conv"]
+        assert convs[0].out_hw == (112, 112)
+        assert convs[-1].out_hw == (7, 7)          # 224 / 32
+
+
+def test_conv_layers_are_distinct_and_batched():
+    cases = workloads.conv_layers("resnet50", batch=4)
+    keys = [c[1:] for c in cases]
+    assert len(keys) == len(set(keys))
+    assert all(c.x_shape[0] == 4 for c in cases)
+    # Every conv layer is one of the cases.
+    convs = [layer for layer in workloads.NETWORKS["resnet50"] if layer.kind == "conv"]
+    assert {((4, layer.c_in) + layer.in_hw, layer.stride) for layer in convs} == \
+        {(c.x_shape, c.stride) for c in cases}
+    # The named 3x3 workload is made of ResNet-50's own layers.
+    problems = {c[1:] for c in cases}
+    for c in workloads.workload("resnet50-3x3"):
+        assert c[1:] in problems
+
+
+def test_named_workloads_build():
+    for name in workloads.WORKLOADS:
+        cases = workloads.workload(name)
+        assert cases
+        for c in cases:
+            assert len(c.x_shape) == 4 and len(c.w_shape) == 4
+    labels = [c.label for c in workloads.workload("resnet50-3x3")]
+    assert labels == ["64@56x56", "128@28x28", "256@14x14", "512@7x7"]
+
+
+# --------------------------------------------------------------------------
+# Machine info, calibration, entry points
+# --------------------------------------------------------------------------
+
+def test_machine_info_without_measurement():
+    from convbench.machine import format_machine_info, machine_info
+    info = machine_info(measure=False)
+    assert info["numba"]["num_threads"] >= 1
+    assert "sgemm_1024_gflops" not in info
+    assert "BLAS" in format_machine_info(info)
+
+
+def test_calibrate_writes_thresholds_that_auto_reads(tmp_path, monkeypatch):
+    from convbench import calibrate as cal
+    from kernels._calibration import load_thresholds
+    from kernels._choose import DEFAULT_THRESHOLDS
+
+    built = kernels.built_algorithms()
+
+    def synthetic_times(cases, algorithms, progress):
+        # fft flat; every other algorithm grows with kernel area and
+        # channels: crossovers are known from the formulas.
+        out = {}
+        for a in algorithms:
+            row = []
+            for c in cases:
+                k_out, cg, kh, kw = c.w_shape
+                area = kh * kw * cg * k_out
+                row.append(50.0 if a == "fft" else float(area))
+            out[a] = row
+        return out
+
+    monkeypatch.setattr(cal, "_times", synthetic_times)
+    path = tmp_path / "cal.json"
+    thresholds = cal.calibrate(path=path, progress=False, log=lambda *a: None)
+    if "fft" in built and len(built) > 1:
+        # single channel: area k^2 > 50 from k = 9 (7^2 = 49).
+        assert thresholds["fft_min_area_single"] == 81
+    monkeypatch.setenv("CONVBENCH_CALIBRATION", str(path))
+    assert load_thresholds(DEFAULT_THRESHOLDS) == thresholds
+    assert set(thresholds) == set(DEFAULT_THRESHOLDS)
+
+
+def test_python_dash_m_lists_workloads():
+    proc = subprocess.run([sys.executable, "-m", "convbench", "sweep",
+                           "--list-workloads"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "resnet50-3x3" in proc.stdout and "25,557,032" in proc.stdout

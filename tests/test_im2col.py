@@ -1,0 +1,458 @@
+"""im2col + GEMM convolution (kernels/cpu/im2col.py) and the thread-pool guard.
+
+Every result is compared with ``reference.conv2d`` (float64) under the
+documented bound ``kernels.accuracy.error_bound("im2col", ...)``.  Asymmetric
+zero padding is checked through the identity "zero-padding x then a valid
+convolution", with the padding done by ``np.pad``.  The chunking plan is
+checked for its defining property (every output position computed exactly
+once within the scratch limit), the gather stage against a patch matrix
+built with ``np.pad`` and slicing, and the memory bound with ``tracemalloc``
+(which sees NumPy's allocations).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import textwrap
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kernels
+import reference
+from kernels import _threads
+from kernels.accuracy import error_bound
+from kernels.cpu import im2col
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DTYPES = (np.float32, np.float64)
+over_dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+
+
+# --------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def scratch_limit(nbytes):
+    previous = im2col.set_scratch_limit(nbytes)
+    try:
+        yield
+    finally:
+        im2col.set_scratch_limit(previous)
+
+
+@contextlib.contextmanager
+def gather_path(parallel):
+    """Force the parallel (True) or serial (False) gather."""
+    previous = _threads.force_prange_beside_blas(parallel)
+    try:
+        yield
+    finally:
+        _threads.force_prange_beside_blas(previous)
+
+
+def random_problem(rng, x_shape, w_shape, dtype, bias=True):
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype) if bias else None
+    return x, w, b
+
+
+def reference_and_scale(x, w, bias, stride, padding, dilation, groups):
+    """(y_ref, |x| * |w| + |bias|) in float64 for (top, bottom, left, right)
+    zero padding, via np.pad and a valid reference convolution."""
+    top, bottom, left, right = padding
+    width = [(0, 0), (0, 0), (top, bottom), (left, right)]
+    xp = np.pad(x.astype(np.float64), width)
+    kw = dict(stride=stride, padding=0, dilation=dilation, groups=groups)
+    y_ref = reference.conv2d(xp, w.astype(np.float64),
+                             None if bias is None else bias.astype(np.float64), **kw)
+    scale = reference.conv2d(np.abs(xp), np.abs(w.astype(np.float64)),
+                             None if bias is None else np.abs(bias.astype(np.float64)),
+                             **kw)
+    return y_ref, scale
+
+
+def check_conv(x, w, bias, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1),
+               groups=1):
+    """im2col.conv2d within the documented bound of the reference; contract."""
+    x_before, w_before = x.copy(), w.copy()
+    y = im2col.conv2d(x, w, bias, stride, padding, dilation, groups)
+    np.testing.assert_array_equal(x, x_before)   # inputs never modified
+    np.testing.assert_array_equal(w, w_before)
+    y_ref, scale = reference_and_scale(x, w, bias, stride, padding, dilation, groups)
+    assert y.shape == y_ref.shape
+    assert y.dtype == x.dtype
+    assert y.flags.c_contiguous
+    err = np.abs(y.astype(np.float64) - y_ref)
+    allowed = error_bound("im2col", x.dtype, scale)
+    worst = np.unravel_index(np.argmax(err - allowed), err.shape)
+    assert (err <= allowed).all(), (
+        f"error {err[worst]:.3g} > bound {allowed[worst]:.3g} at {worst}; "
+        f"x {x.shape} w {w.shape} stride {stride} padding {padding} "
+        f"dilation {dilation} groups {groups} dtype {x.dtype}")
+    return y
+
+
+def naive_patches(x, n0, n1, p0, p1, kh, kw, stride, padding, dilation, wo):
+    """The patch matrix from np.pad and slicing (independent of the kernel)."""
+    sh, sw = stride
+    top, bottom, left, right = padding
+    dh, dw = dilation
+    xp = np.pad(x, [(0, 0), (0, 0), (top, bottom), (left, right)])
+    c = x.shape[1]
+    ho = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    rows = []
+    for ch in range(c):
+        for i in range(kh):
+            for j in range(kw):
+                tap = xp[n0:n1, ch, i * dh::sh, j * dw::sw][:, :ho, :wo]
+                rows.append(tap.reshape(n1 - n0, ho * wo)[:, p0:p1].ravel())
+    return np.array(rows)
+
+
+# --------------------------------------------------------------------------
+# Configurations against the reference
+# --------------------------------------------------------------------------
+
+CASES = {
+    # name: (x_shape, w_shape, stride, padding, dilation, groups)
+    "3x3 pad 1": ((2, 3, 9, 10), (4, 3, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "groups 2": ((2, 4, 8, 7), (6, 2, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2),
+    "depthwise": ((2, 5, 8, 8), (10, 1, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 5),
+    "stride 2": ((2, 3, 11, 9), (4, 3, 3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),
+    "stride (3, 2)": ((1, 2, 13, 12), (3, 2, 4, 3), (3, 2), (0, 0, 0, 0), (1, 1), 1),
+    "dilation (2, 3)": ((2, 2, 12, 13), (3, 2, 3, 3), (1, 1), (2, 2, 3, 3), (2, 3), 1),
+    "stride and dilation": ((1, 3, 15, 14), (2, 3, 3, 2), (2, 3), (1, 0, 2, 1), (2, 2), 1),
+    "asymmetric padding": ((2, 3, 7, 8), (4, 3, 3, 4), (1, 1), (0, 2, 3, 1), (1, 1), 1),
+    "padding wider than kernel": ((1, 2, 4, 5), (3, 2, 2, 2), (1, 1), (3, 1, 0, 4), (1, 1), 1),
+    "kernel covers input": ((2, 2, 5, 4), (3, 2, 5, 4), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    "7x7 stride 2 pad 3": ((1, 3, 16, 16), (4, 3, 7, 7), (2, 2), (3, 3, 3, 3), (1, 1), 1),
+    "1x1 pointwise": ((3, 6, 5, 7), (4, 6, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    "1x1 pointwise groups": ((2, 6, 5, 4), (9, 2, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 3),
+    "1x1 stride 2": ((2, 4, 7, 6), (3, 4, 1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1),
+    "1x1 padded": ((2, 4, 5, 6), (3, 4, 1, 1), (1, 1), (1, 0, 0, 2), (1, 1), 1),
+    "1-D (H=1)": ((2, 3, 1, 301), (4, 3, 1, 17), (1, 1), (0, 0, 8, 8), (1, 1), 1),
+    "1-D strided dilated": ((1, 2, 1, 400), (3, 2, 1, 9), (1, 3), (0, 0, 5, 2), (1, 4), 1),
+    "1-D single channel long kernel": ((1, 1, 1, 2000), (2, 1, 1, 63), (1, 1), (0, 0, 31, 31), (1, 1), 1),
+}
+
+
+@over_dtypes
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_matches_reference(case, bias, dtype):
+    x_shape, w_shape, stride, padding, dilation, groups = CASES[case]
+    x, w, b = random_problem(np.random.default_rng(len(case)), x_shape, w_shape,
+                             dtype, bias)
+    check_conv(x, w, b, stride, padding, dilation, groups)
+
+
+@pytest.mark.parametrize("parallel", [True, False], ids=["parallel", "serial"])
+def test_both_gather_paths(parallel):
+    """The serial gather (used when the pools would clash) is correct too."""
+    x, w, b = random_problem(np.random.default_rng(5), (2, 3, 9, 8), (4, 3, 3, 3),
+                             np.float64)
+    with gather_path(parallel), scratch_limit(3 * 9 * 8 * 20):
+        check_conv(x, w, b, (1, 2), (1, 0, 2, 1), (2, 1), 1)
+
+
+def test_gather_paths_identical():
+    """Parallel and serial gathers compute each output the same way."""
+    x, w, b = random_problem(np.random.default_rng(6), (3, 4, 10, 9), (5, 4, 3, 3),
+                             np.float32)
+    args = (x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    with gather_path(True):
+        y_parallel = im2col.conv2d(*args)
+    with gather_path(False):
+        y_serial = im2col.conv2d(*args)
+    np.testing.assert_array_equal(y_parallel, y_serial)
+
+
+@settings(deadline=None)
+@given(data=st.data())
+def test_random_configurations(data):
+    """Random shapes, strides, dilations, asymmetric padding, groups and
+    scratch limits (down to a single output column per chunk)."""
+    draw = data.draw
+    groups = draw(st.integers(1, 3), label="groups")
+    c = groups * draw(st.integers(1, 3), label="C/groups")
+    k = groups * draw(st.integers(1, 3), label="K/groups")
+    kh, kw = draw(st.integers(1, 4), label="kH"), draw(st.integers(1, 4), label="kW")
+    dh, dw = draw(st.integers(1, 3), label="dh"), draw(st.integers(1, 3), label="dw")
+    sh, sw = draw(st.integers(1, 3), label="sh"), draw(st.integers(1, 3), label="sw")
+    pads = tuple(draw(st.integers(0, 4), label=f"pad{i}") for i in range(4))
+    h = draw(st.integers(max(1, dh * (kh - 1) + 1 - pads[0] - pads[1]), 12), label="H")
+    wd = draw(st.integers(max(1, dw * (kw - 1) + 1 - pads[2] - pads[3]), 12), label="W")
+    n = draw(st.integers(1, 4), label="N")
+    dtype = draw(st.sampled_from(DTYPES), label="dtype")
+    limit = draw(st.integers(1, 64 * 1024), label="scratch limit")
+    parallel = draw(st.booleans(), label="parallel gather")
+    seed = draw(st.integers(0, 2**32 - 1), label="seed")
+    x, w, b = random_problem(np.random.default_rng(seed), (n, c, h, wd),
+                             (k, c // groups, kh, kw), dtype, draw(st.booleans()))
+    with scratch_limit(limit), gather_path(parallel):
+        check_conv(x, w, b, (sh, sw), pads, (dh, dw), groups)
+
+
+# --------------------------------------------------------------------------
+# Chunking
+# --------------------------------------------------------------------------
+
+def chunk_positions(chunks, n_images, positions):
+    """Count how often each (image, position) is covered."""
+    hits = np.zeros((n_images, positions), dtype=int)
+    for n0, n1, p0, p1 in chunks:
+        hits[n0:n1, p0:p1] += 1
+    return hits
+
+
+@settings(deadline=None)
+@given(n=st.integers(1, 9), positions=st.integers(1, 300),
+       column_bytes=st.integers(1, 4000), extra=st.integers(0, 4000),
+       limit=st.integers(1, 10**6), merge_below=st.integers(1, 400))
+def test_plan_covers_every_output_once_within_limit(n, positions, column_bytes,
+                                                     extra, limit, merge_below):
+    merged_bytes = column_bytes + extra
+    chunks = im2col.plan_chunks(n, positions, column_bytes, merged_bytes, limit,
+                                merge_below)
+    assert (chunk_positions(chunks, n, positions) == 1).all()
+    for n0, n1, p0, p1 in chunks:
+        if n1 - n0 > 1:   # merged: whole images, patch + GEMM result in limit
+            assert (p0, p1) == (0, positions)
+            assert positions < merge_below
+            assert (n1 - n0) * positions * merged_bytes <= limit
+        else:             # at least one column, else within the limit
+            assert (p1 - p0) == 1 or (p1 - p0) * column_bytes <= limit
+
+
+@over_dtypes
+def test_chunks_not_aligned_to_rows(dtype):
+    """Chunk boundaries fall inside output rows and do not divide Ho."""
+    x, w, b = random_problem(np.random.default_rng(1), (2, 3, 9, 11), (4, 3, 3, 3), dtype)
+    column = 3 * 9 * np.dtype(dtype).itemsize
+    limit = 7 * column                  # 7 positions a chunk; Wo = 11, Ho*Wo = 99
+    chunks = im2col.plan_chunks(2, 99, column, column + 4 * x.itemsize, limit)
+    assert len(chunks) > 20
+    assert any(p0 % 11 for _, _, p0, _ in chunks)
+    with scratch_limit(limit):
+        check_conv(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+
+
+@over_dtypes
+def test_merged_image_chunks(dtype):
+    """Several small images per GEMM, with a last chunk of fewer images."""
+    n, c, k = 5, 4, 6
+    x, w, b = random_problem(np.random.default_rng(2), (n, c, 5, 6), (k, 2, 3, 3), dtype)
+    item = np.dtype(dtype).itemsize
+    merged_column = (c * 9 + k) * item
+    limit = 2 * 30 * merged_column      # two whole images (30 positions) a chunk
+    chunks = im2col.plan_chunks(n, 30, c * 9 * item, merged_column, limit)
+    assert max(n1 - n0 for n0, n1, _, _ in chunks) == 2
+    assert min(n1 - n0 for n0, n1, _, _ in chunks) == 1
+    with scratch_limit(limit):
+        check_conv(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 2)
+
+
+def test_one_column_per_chunk():
+    """A limit below one patch column still works (one column a chunk)."""
+    x, w, b = random_problem(np.random.default_rng(3), (2, 2, 4, 5), (3, 2, 2, 3),
+                             np.float64)
+    with scratch_limit(1):
+        check_conv(x, w, b, (1, 2), (1, 0, 1, 1), (1, 1), 1)
+
+
+def test_1d_long_signal_is_chunked():
+    """Ho = 1: chunks run along the row, so the scratch stays bounded."""
+    x, w, b = random_problem(np.random.default_rng(4), (1, 2, 1, 5000), (3, 2, 1, 31),
+                             np.float32)
+    limit = 2 * 31 * 4 * 500
+    chunks = im2col.plan_chunks(1, 5000, 2 * 31 * 4, 2 * 31 * 4 + 12, limit)
+    assert len(chunks) >= 10
+    with scratch_limit(limit):
+        check_conv(x, w, b, (1, 1), (0, 0, 15, 15), (1, 1), 1)
+
+
+@over_dtypes
+@pytest.mark.parametrize("stride,padding,dilation", [
+    ((1, 1), (1, 1, 1, 1), (1, 1)),
+    ((2, 3), (0, 2, 3, 1), (2, 1)),
+    ((1, 2), (4, 0, 0, 5), (1, 3)),
+])
+def test_gather_matches_padded_slices(stride, padding, dilation, dtype):
+    """The gather stage alone, on a range of positions of a range of images."""
+    x = np.random.default_rng(7).standard_normal((3, 2, 9, 10)).astype(dtype)
+    kh, kw = 3, 2
+    ho = (9 + padding[0] + padding[1] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (10 + padding[2] + padding[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    for n0, n1, p0, p1 in [(0, 3, 0, ho * wo), (1, 2, 3, ho * wo - 2), (2, 3, 0, 1)]:
+        expected = naive_patches(x, n0, n1, p0, p1, kh, kw, stride, padding,
+                                 dilation, wo)
+        for gather in (im2col.fill_patches, im2col.fill_patches_serial):
+            got = np.full(expected.shape, np.nan, dtype=dtype)
+            gather(x, n0, n1, p0, p1, kh, kw, *stride, padding[0], padding[2],
+                   *dilation, wo, got)
+            np.testing.assert_array_equal(got, expected)
+
+
+# --------------------------------------------------------------------------
+# Memory bound
+# --------------------------------------------------------------------------
+
+def test_scratch_memory_is_bounded():
+    """Peak NumPy allocation stays below limit + output + slack, where the
+    whole patch matrix would be 38x the limit."""
+    x = np.random.default_rng(8).standard_normal((1, 3, 256, 256)).astype(np.float32)
+    w = np.random.default_rng(9).standard_normal((4, 3, 7, 7)).astype(np.float32)
+    limit = 1 << 20
+    full_patch_matrix = 3 * 49 * 256 * 256 * 4
+    assert full_patch_matrix > 30 * limit
+    output = 4 * 256 * 256 * 4
+    slack = 256 * 1024
+    im2col.conv2d(x, w, None, (1, 1), (3, 3, 3, 3), (1, 1), 1)   # compile
+    with scratch_limit(limit):
+        tracemalloc.start()
+        try:
+            y = im2col.conv2d(x, w, None, (1, 1), (3, 3, 3, 3), (1, 1), 1)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert y.shape == (1, 4, 256, 256)
+    assert peak < limit + output + slack, f"peak {peak} bytes"
+
+
+# --------------------------------------------------------------------------
+# Non-finite values and the scratch-limit settings
+# --------------------------------------------------------------------------
+
+@over_dtypes
+def test_nan_and_inf_propagate_like_the_reference(dtype):
+    x, w, b = random_problem(np.random.default_rng(10), (1, 2, 8, 9), (3, 2, 3, 3), dtype)
+    x[0, 0, 2, 3] = np.nan
+    x[0, 1, 6, 7] = np.inf
+    args = ((1, 1), (1, 1, 1, 1), (1, 1), 1)
+    y = im2col.conv2d(x, w, b, *args)
+    y_ref, _ = reference_and_scale(x, w, b, *args)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(y_ref))
+    np.testing.assert_array_equal(np.isinf(y), np.isinf(y_ref))
+    assert np.isnan(y).any() and np.isfinite(y).any()
+
+
+def test_scratch_limit_setting():
+    previous = im2col.get_scratch_limit()
+    assert im2col.set_scratch_limit(12345) == previous
+    assert im2col.get_scratch_limit() == 12345
+    im2col.set_scratch_limit(previous)
+    for bad, error in [(0, ValueError), (-5, ValueError), (1.5, TypeError),
+                       (True, TypeError), ("64M", TypeError)]:
+        with pytest.raises(error):
+            im2col.set_scratch_limit(bad)
+    assert im2col.get_scratch_limit() == previous
+
+
+@pytest.mark.parametrize("text,nbytes", [
+    ("67108864", 67108864), ("64M", 64 << 20), ("64MiB", 64 << 20),
+    ("2k", 2048), ("1G", 1 << 30), (" 512 ", 512)])
+def test_parse_scratch_env(text, nbytes):
+    assert im2col._parse_nbytes(text) == nbytes
+
+
+def test_parse_scratch_env_rejects_garbage():
+    with pytest.raises(ValueError, match=im2col.SCRATCH_ENV_VAR):
+        im2col._parse_nbytes("lots")
+
+
+def run_fresh_python(code, env_changes):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "KMP_BLOCKTIME")}
+    env.update(env_changes)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
+                            capture_output=True, text=True, env=env, cwd=REPO_ROOT,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_scratch_env_var_read_at_import():
+    out = run_fresh_python("""
+        from kernels.cpu import im2col
+        print(im2col.get_scratch_limit())
+        """, {im2col.SCRATCH_ENV_VAR: "3M"})
+    assert int(out) == 3 << 20
+
+
+# --------------------------------------------------------------------------
+# Thread-pool guard (kernels/_threads.py), in fresh processes
+# --------------------------------------------------------------------------
+
+_NUMBA_FIRST = """
+    import numpy as np
+    from numba import njit, prange
+    @njit(parallel=True)
+    def touch(a):
+        for i in prange(a.size):
+            a[i] += 1
+    touch(np.zeros(8))
+"""
+
+_TORCH_FIRST = """
+    import torch
+    torch.ones(2) + 1
+"""
+
+_REPORT = """
+    import os
+    import kernels
+    from kernels import _threads
+    d = _threads.describe()
+    print(os.environ.get("OMP_WAIT_POLICY"), d["threading_layer"],
+          d["prange_beside_blas_is_safe"])
+"""
+
+
+def _has_torch():
+    try:
+        import importlib.util
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@pytest.mark.parametrize("prelude,env,safe", [
+    ("", {}, True),                                        # package default
+    ("", {"OMP_WAIT_POLICY": "ACTIVE"}, False),            # user asked to spin
+    ("", {"OMP_WAIT_POLICY": "passive"}, True),
+    (_NUMBA_FIRST, {}, False),                             # runtime loaded first
+    (_NUMBA_FIRST, {"OMP_WAIT_POLICY": "PASSIVE"}, True),
+    pytest.param(_TORCH_FIRST, {}, False, marks=pytest.mark.skipif(
+        not _has_torch(), reason="torch not installed")),
+], ids=["default", "active", "passive-lowercase", "numba-first",
+        "numba-first-passive", "torch-first"])
+def test_thread_guard_detects_spinning_openmp(prelude, env, safe):
+    out = run_fresh_python(textwrap.dedent(prelude) + textwrap.dedent(_REPORT), env)
+    policy, layer, is_safe = out.split()
+    if layer != "omp":
+        pytest.skip(f"Numba threading layer is {layer!r}: no OpenMP wait policy")
+    assert is_safe == str(safe)
+    if not prelude and not env:
+        assert policy == "PASSIVE"
+
+
+def test_force_override_validates():
+    with pytest.raises(ValueError):
+        _threads.force_prange_beside_blas("yes")
+    previous = _threads.force_prange_beside_blas(False)
+    try:
+        assert _threads.prange_beside_blas_is_safe() is False
+    finally:
+        _threads.force_prange_beside_blas(previous)
