@@ -484,17 +484,19 @@ def _prepare(case, x, w, contenders, config, ref, progress):
 
 def _time_round_robin(runners, measurements, repeats, progress, label):
     names = list(runners)
-    for r in range(repeats):
-        order = names[r % len(names):] + names[:r % len(names)]
-        gc.collect()
-        gc.disable()
-        try:
+    if not names:
+        return
+    gc.collect()        # once per case: a collection must not land in a call
+    gc.disable()
+    try:
+        for r in range(repeats):
+            order = names[r % len(names):] + names[:r % len(names)]
             for name in order:
                 progress.set_postfix_str(f"{label} {name} {r + 1}/{repeats}")
                 measurements[name].times_s.append(time_call(runners[name]))
                 progress.update(1)
-        finally:
-            gc.enable()
+    finally:
+        gc.enable()
 
 
 def run_sweep(cases, config):

@@ -43,6 +43,7 @@ _policy_before_import = None     # the user's value, None when unset
 _runtime_loaded_before_import = False
 
 _forced = None                   # test/benchmark override, see force_...()
+_detected = None                 # cached answer of prange_beside_blas_is_safe
 
 # A loaded GNU OpenMP runtime that Numba's omppool would bind to: the
 # dynamic linker resolves its dependency ``libgomp.so.1`` to any already
@@ -110,11 +111,13 @@ def prange_beside_blas_is_safe():
     force.  Kernels that alternate ``prange`` and BLAS run the ``prange``
     step serially when this is False.
     """
+    global _detected
     if _forced is not None:
         return _forced
-    if numba_threading_layer() != "omp":
-        return True
-    return effective_wait_policy() == "PASSIVE"
+    if _detected is None:  # fixed once Numba's pool is up: detect once
+        _detected = (numba_threading_layer() != "omp"
+                     or effective_wait_policy() == "PASSIVE")
+    return _detected
 
 
 def force_prange_beside_blas(value):

@@ -207,6 +207,12 @@ def run_conv_transpose2d(spec, x, w, bias, algorithm="auto", backend="cpu"):
     w = np.ascontiguousarray(w)
     if bias is not None:
         bias = np.ascontiguousarray(bias)
+    if algorithm in _VIA_FORWARD and not (np.isfinite(x).all()
+                                          and np.isfinite(w).all()):
+        # Transform algorithms mix every input of a tile into every output
+        # (Inf * 0 = NaN): non-finite inputs go to the gather kernel, so
+        # that NaN/Inf reach exactly the outputs whose patches hold them.
+        algorithm = "direct"
     if algorithm in module.ALGORITHMS:
         return module.conv_transpose2d(x, w, bias, spec.stride, spec.pad_lo,
                                        spec.out_hw, spec.dilation, spec.groups,

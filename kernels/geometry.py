@@ -118,8 +118,10 @@ def pool_output_size(n: int, k: int, stride: int | None = None, padding: int = 0
 
     ``floor_or_ceil((n + 2p - d (k - 1) - 1) / s) + 1``; with
     ``ceil_mode`` the last window is dropped if it would start in the right
-    padding.  ``stride`` defaults to ``k``.  ``padding`` must be at most
-    half the kernel size, as in PyTorch.
+    padding, and a window up to ``s - 1`` elements longer than the padded
+    input still gives one (clipped) output, as in PyTorch.  ``stride``
+    defaults to ``k``.  ``padding`` must be at most half the kernel size,
+    and ``n >= 1``, as in PyTorch.
     """
     n = _check_int("n", n, 1)
     k = _check_int("kernel_size", k, 1)

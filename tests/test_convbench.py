@@ -231,9 +231,10 @@ def test_tiny_sweep_writes_complete_json(tmp_path, capsys):
 
 
 def test_network_sweep_runs_every_distinct_lenet_layer(capsys):
+    first_built = kernels.built_algorithms()[:1]
     code = _run_main(["sweep", "--network", "lenet5", "--batch", "2",
-                      "--repeats", "1", "--peers", "scipy-fft",
-                      "--no-progress"])
+                      "--repeats", "1", "--peers", "scipy-fft", "--no-check",
+                      "--algorithms", ",".join(first_built), "--no-progress"])
     assert code == 0
     out = capsys.readouterr().out
     for label in ("C1", "C3", "C5"):
@@ -359,6 +360,23 @@ def test_table_shows_speedup_against_fastest_peer_and_reasons():
     assert len(ends) == 1
 
 
+def test_table_groups_one_rule_over_cases_and_flags_errors_over_bound():
+    ms = []
+    for k in (9, 11):
+        ms.append(_measurement(f"k={k}", "winograd", False, status="n/a",
+                               reason=f"kernel sizes 1 to 7, got {k}x{k}"))
+        bad = _measurement(f"k={k}", "fft", False, 0.001)
+        bad.error_units = 300.0 if k == 11 else 2.0
+        bad.error_constant = 256.0
+        ms.append(bad)
+    result = sweep.SweepResult(config={}, cases=[], measurements=ms)
+    text = sweep.format_table(result)
+    assert "[1] winograd n/a (2 cases: k=9, k=11): kernel sizes 1 to 7, got 9x9" in text
+    assert "[2]" not in text
+    flagged = [line for line in text.splitlines() if " ! " in line or line.endswith("!")]
+    assert len(flagged) == 1 and "300 !" in flagged[0]
+
+
 def test_crossovers_are_printed_under_the_table():
     ms = []
     for k in (3, 5, 7, 9, 11):
@@ -369,6 +387,7 @@ def test_crossovers_are_printed_under_the_table():
     result = sweep.SweepResult(config={}, cases=[], measurements=ms)
     text = sweep.format_crossovers(result)
     assert "fft beats im2col from k=7 on" in text       # 7^2 = 49 > 40
+    assert "fastest: k=3 im2col, k=5 im2col, k=7 fft" in text
     assert result.crossovers()[0]["kernel_size"] == 7
 
 

@@ -4,64 +4,82 @@ A convolution layer (cross-correlation, as ``torch.nn.functional.conv2d``)
 is computed in four stages, each its own function so that it can be tested
 against the ``numpy.fft`` definitions:
 
-1. :func:`input_spectra`  gathers zero-padded, possibly overlapping input
-   tiles and real-to-complex transforms them (pyFFTW): ``X[f, m, c]``.
-2. :func:`weight_spectra` transforms the filters once: ``W[f, c, k]``
-   (cached across calls, see below).
-3. :func:`contract` multiplies per frequency, ``Y[f] = X[f] @ W[f]`` (one
-   small complex GEMM per frequency ``f``, block-diagonal with groups).
+1. :func:`input_spectra`  real-to-complex transforms (pyFFTW) of the
+   zero-padded, overlapping input tiles: ``X[m, c, f]``.
+2. :func:`weight_spectra` transforms the filters: ``W[c, k, f]`` (cached
+   across calls, see below).
+3. :func:`contract` multiplies per frequency, ``Y[:, :, f] = X[:, :, f] @
+   W[:, :, f]``: one small complex GEMM per frequency ``f``, block-diagonal
+   when there are groups.
 4. :func:`inverse` transforms ``Y`` back and scatters the valid part of
    every tile into the output, adding the bias.
 
-Correlation by circular correlation.  Along one axis, for an input window
+Correlation as circular correlation.  Along one axis, for an input window
 ``x[0 : t]`` and a kernel ``w[0 : q]``, the circular correlation of length
 ``t`` equals the linear one at the ``b = t - q + 1`` positions ``0 .. b-1``
-(none of them wraps around), so a transform of length ``t`` suffices for
-``b`` outputs.  The kernel is stored circularly reversed
-(``w_rev[-a mod t] = w[a]``), whose spectrum is ``conj(W)``, so the
-frequency-domain product is a plain product (no conjugation pass), and the
-``1 / (t0 t1)`` of the inverse transform is folded into the weights.
+(none of them wraps around), so a transform of length ``t`` gives ``b``
+outputs.  The kernel is stored circularly reversed (``w_rev[-a mod t] =
+w[a]``), whose spectrum is ``conj(W)``: the frequency-domain product is a
+plain product (no conjugation pass), and the ``1 / (t0 t1)`` of the inverse
+transform is folded into the weights.
 
-Tiling is overlap-save: the (stride-1) output is cut into blocks of
-``b0 x b1``; tile ``(i, j)`` reads the input window starting at
-``(i b0, j b1)`` of size ``t0 x t1`` (windows overlap by ``q - 1``, outputs
-do not).  One tile covering the whole image is the untiled FFT
-convolution.  :func:`choose_tile` picks ``(t0, t1)`` with a cost model.
+Tiling is overlap-save: the output is cut into blocks of ``b0 x b1``; tile
+``(i, j)`` reads the ``t0 x t1`` input window starting at ``(i b0, j b1)``
+(windows overlap by ``q - 1``, outputs do not).  FFTW reads the
+overlapping windows straight out of the padded input through a strided
+view (out-of-place real-to-complex transforms never write their input).
+One tile covering the whole image is the untiled FFT convolution.
+:func:`choose_tile` picks ``(t0, t1)`` with a cost model.
 
 Stride by polyphase decomposition, dilation by zero insertion.  A
 stride-``s`` correlation with the (dilated) kernel ``wd`` of extent
-``e = d (k - 1) + 1`` splits into ``s`` stride-1 correlations of the phase
-signals ``x_r[j] = x[j s + r]`` with the phase kernels
-``w_r[q] = wd[q s + r]``, summed over ``r``.  The phases become extra input
-channels (channel ``c`` turns into ``(c, r0, r1)``), so the contraction sums
-them for free and only the needed outputs are ever transformed back.
-Phases whose kernel is all zero (dilation a multiple of a stride factor)
-are dropped.
+``e = d (k - 1) + 1`` is the sum over ``r < s`` of the stride-1
+correlations of the phase signals ``x_r[j] = x[j s + r]`` with the phase
+kernels ``w_r[q] = wd[q s + r]``.  The phases become extra input channels
+(channel ``c`` turns into ``(c, r0, r1)``), so the contraction sums them
+for free and only the outputs needed are ever transformed back.  Phases
+whose kernel is all zero (dilation a multiple of a stride factor) are
+dropped.
+
+Spectrum layouts.  Stage results have fixed logical shapes (``X``:
+``(M, C', F0, F1h)``, ``W``: ``(C'/G, K, F0, F1h)``, ``Y``: ``(M, K, F0,
+F1h)``) but one of two memory layouts, chosen per problem
+(``FFTGeometry.freq_major``):
+
+* batch-major (C-contiguous): FFTW's natural layout, and frequencies are
+  contiguous, so the contraction is a Numba loop with the frequency as the
+  SIMD lane (as NNPACK's "tuple GEMM"); used for few channels, where
+  per-frequency GEMMs are too small for BLAS;
+* frequency-major (``(F0, F1h, M, C')`` in memory): FFTW writes/reads it
+  directly, and the contraction is one stacked ``numpy.matmul`` (a BLAS
+  GEMM per frequency); used when ``C'/G * K/G`` is large.
 
 Weight-spectrum cache: :func:`conv2d` keeps the spectra of recently used
 filters, keyed on the filter array's data pointer, shape, strides, dtype
-and the transform geometry.  A hit is only accepted when a stored copy of
-the filter is bit-for-bit equal to the array passed now, so modifying the
+and the transform geometry.  A hit is accepted only when a stored copy of
+the filter equals the array passed now bit for bit, so modifying the
 filter in place, or passing another array that happens to reuse the same
-memory, can never return stale spectra (the comparison costs one pass over
-``w``, negligible next to the transforms).  :func:`clear_caches` empties it.
+memory, can never return stale spectra (the comparison is one pass over
+``w``).  :func:`clear_caches` empties it; ``conv2d(..., cache_weights=False)``
+bypasses it.
 
 FFT lengths: :func:`fast_length` returns the smallest ``2**a * m >= n``
 with odd part ``m`` in ``{1, 3, 5, 7, 9}``.  Measured with pyFFTW (2-D
-real transforms, FFTW_MEASURE, 120 random sizes 40..1500) against the
-fastest length >= n: this rule is on average 1.08x slower than the best
-(worst 1.44x), while 2^a 3^b gives 1.30x (worst 3.8x, odd parts 27, 81,
+real transforms, FFTW_MEASURE, 120 random sizes 40..1500, each against the
+fastest length >= n): this rule is 1.08x slower than the best on average
+(worst 1.44x), while 2^a 3^b gives 1.30x (worst 3.8x: odd parts 27, 81,
 243 are slow), 7-smooth 1.33x and 5-smooth (``scipy.fft.next_fast_len``)
-1.27x (worst 2.9x: 1125 = 3^2 5^3, 1215 = 3^5 5 are slow).
+1.27x (worst 2.9x: 1125 = 3^2 5^3 and 1215 = 3^5 5 are slow).
 
-Threads: pyFFTW transforms use ``numba.get_num_threads()`` threads when
-a transform batch is large enough to pay for waking them (see
-``_MIN_WORK_PER_THREAD``), else one; the contraction uses BLAS (its own
-threads) or a Numba ``prange`` over frequencies.
+Plans and threads: pyFFTW plans are cached (keyed on array layouts, axes,
+direction, threads and effort); FFTW_MEASURE by default (see
+``PLANNER_EFFORT``).  Transforms use ``numba.get_num_threads()`` threads
+when large enough to pay for waking them (``_MIN_POINTS_PER_THREAD``).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from typing import NamedTuple
@@ -69,14 +87,15 @@ from typing import NamedTuple
 import numba
 import numpy as np
 import pyfftw
-from numpy.lib.stride_tricks import as_strided
 from numba import njit, prange
+from numpy.lib.stride_tricks import as_strided
 
 __all__ = [
     "conv2d", "unsupported_reason", "fast_length", "FFTGeometry",
-    "plan_geometry", "choose_tile", "input_spectra", "weight_spectra",
+    "AxisGeometry", "Chunk", "plan_geometry", "choose_tile", "chunks",
+    "padded_input", "input_spectra", "weight_spectra",
     "cached_weight_spectra", "contract", "inverse", "clear_caches",
-    "cache_info", "PLANNER_EFFORT", "Chunk", "chunks", "padded_input",
+    "cache_info", "set_planner_effort", "get_planner_effort",
 ]
 
 # --------------------------------------------------------------------------
@@ -89,7 +108,7 @@ FAST_ODD_PARTS = (1, 3, 5, 7, 9)
 
 
 def fast_length(n):
-    """Smallest ``L >= n`` of the form ``2**a * m`` with ``m`` in {1,3,5,7,9}.
+    """Smallest ``L >= n`` of the form ``2**a * m``, ``m`` in {1, 3, 5, 7, 9}.
 
     Parameters
     ----------
@@ -125,7 +144,7 @@ def _fast_lengths_between(lo, hi):
 
 
 # --------------------------------------------------------------------------
-# Geometry: polyphase split, tiles
+# Geometry: polyphase split, tiles, layout
 # --------------------------------------------------------------------------
 
 class AxisGeometry(NamedTuple):
@@ -143,6 +162,11 @@ class AxisGeometry(NamedTuple):
     b: int             # outputs per tile
     tiles: int         # number of tiles
 
+    @property
+    def padded(self):
+        """Length of the padded phase signal that every tile reads from."""
+        return (self.tiles - 1) * self.b + self.t
+
 
 def _axis_phases(k, dilation, stride):
     """Residues of the dilated taps mod stride, and each tap's (phase, q)."""
@@ -151,8 +175,7 @@ def _axis_phases(k, dilation, stride):
     where = {r: i for i, r in enumerate(residues)}
     taps_phase = tuple(where[e % stride] for e in offsets)
     taps_q = tuple(e // stride for e in offsets)
-    kq = max(taps_q) + 1
-    return residues, taps_phase, taps_q, kq
+    return residues, taps_phase, taps_q, max(taps_q) + 1
 
 
 def _axis_geometry(size, pad_lo, pad_hi, k, dilation, stride, t=None):
@@ -164,8 +187,8 @@ def _axis_geometry(size, pad_lo, pad_hi, k, dilation, stride, t=None):
         t, b = single, out
     else:
         if t < kq:
-            raise ValueError(f"tile length {t} is shorter than the phase "
-                             f"kernel ({kq})")
+            raise ValueError(f"transform length {t} is shorter than the "
+                             f"(phase) kernel ({kq})")
         b = t - kq + 1
     tiles = -(-out // b)
     return AxisGeometry(size, pad_lo, stride, out, residues, taps_phase,
@@ -183,6 +206,7 @@ class FFTGeometry(NamedTuple):
     rows: AxisGeometry  # H axis
     cols: AxisGeometry  # W axis
     dtype: np.dtype
+    freq_major: bool    # spectra laid out frequency-major (BLAS contraction)
 
     @property
     def phases(self):
@@ -228,11 +252,26 @@ class FFTGeometry(NamedTuple):
         """What the weight spectra depend on, besides the weights."""
         return (self.rows.t, self.cols.t, self.rows.residues,
                 self.cols.residues, self.rows.taps_phase, self.rows.taps_q,
-                self.cols.taps_phase, self.cols.taps_q, self.groups)
+                self.cols.taps_phase, self.cols.taps_q, self.groups,
+                self.freq_major, self.dtype.str)
+
+
+# Per-frequency GEMMs with at least this many multiply-adds per row
+# (C'/G * K/G), and at least _BLAS_MIN_ROWS rows, go to BLAS through the
+# frequency-major layout; smaller ones to the frequency-lane Numba loop.
+# Measured (float32, 144 frequencies x 49 tiles): loop/BLAS time 0.9 at
+# C = K = 4, 1.7 at 8, 2 at 16, 9 at 32; with one row (untiled, N = 1)
+# numpy.matmul's per-frequency GEMV is 2x slower than the loop.
+_BLAS_MIN_CK = 64
+_BLAS_MIN_ROWS = 4
+
+
+def _use_freq_major(m, cgp, kg):
+    return cgp * kg >= _BLAS_MIN_CK and m >= _BLAS_MIN_ROWS
 
 
 def plan_geometry(x_shape, w_shape, stride, padding, dilation, groups,
-                  dtype=np.float32, tile=None):
+                  dtype=np.float32, tile=None, freq_major=None):
     """Cut a normalised problem into transform tiles.
 
     Parameters
@@ -243,8 +282,10 @@ def plan_geometry(x_shape, w_shape, stride, padding, dilation, groups,
     groups : int
     dtype : float32 or float64
     tile : (t0, t1), optional
-        Transform lengths; a length at least the whole (padded) axis means
-        one tile along it.  Default: :func:`choose_tile`.
+        Transform lengths; a length at least that of the whole (padded)
+        axis means one tile along it.  Default: :func:`choose_tile`.
+    freq_major : bool, optional
+        Force the spectrum layout (tests); default by channel counts.
 
     Returns
     -------
@@ -252,26 +293,33 @@ def plan_geometry(x_shape, w_shape, stride, padding, dilation, groups,
     """
     n, c, h, w = x_shape
     k, cg, kh, kw = w_shape
+    dtype = np.dtype(dtype)
     if tile is None:
-        tile = choose_tile(x_shape, w_shape, stride, padding, dilation, groups)
+        tile = choose_tile(x_shape, w_shape, stride, padding, dilation,
+                           groups, dtype.itemsize)
     rows = _axis_geometry(h, padding[0], padding[1], kh, dilation[0],
                           stride[0], tile[0])
     cols = _axis_geometry(w, padding[2], padding[3], kw, dilation[1],
                           stride[1], tile[1])
-    return FFTGeometry(n, c, k, groups, cg, rows, cols, np.dtype(dtype))
+    phases = len(rows.residues) * len(cols.residues)
+    if freq_major is None:
+        freq_major = _use_freq_major(n * rows.tiles * cols.tiles,
+                                     cg * phases, k // groups)
+    return FFTGeometry(n, c, k, groups, cg, rows, cols, dtype,
+                       bool(freq_major))
 
 
 # --------------------------------------------------------------------------
 # Cost model for the tile size
 # --------------------------------------------------------------------------
 
-# Seconds per unit, measured on the development machine (AMD EPYC, AVX-512,
-# float32); only their ratios matter for the choice.
+# Seconds per unit on the development machine (AMD EPYC, AVX-512, float32,
+# one thread); only their ratios matter for the choice.
 _SEC_PER_FFT_FLOP = 0.15e-9   # per n log2 n of a real transform of n points
-_SEC_PER_CMAC_BLAS = 0.25e-9  # complex multiply-add inside a BLAS GEMM
-_SEC_PER_CMAC_LOOP = 1.0e-9   # complex multiply-add in the small-GEMM loop
-_SEC_PER_BYTE = 0.08e-9       # streaming a spectrum or a tile buffer once
-_SEC_PER_TILE = 0.3e-6        # per tile and channel: loop set-up, gathers
+_SEC_PER_CMAC_BLAS = 0.15e-9  # complex multiply-add in a BLAS GEMM
+_SEC_PER_CMAC_LANE = 0.35e-9  # complex multiply-add in the frequency-lane loop
+_SEC_PER_BYTE = 0.1e-9        # streaming a spectrum or real buffer once
+_SEC_PER_TRANSFORM = 0.2e-6   # per transform: FFTW loop and tile overheads
 
 
 def _fft_cost(t0, t1):
@@ -279,59 +327,53 @@ def _fft_cost(t0, t1):
     return points * np.log2(np.maximum(points, 2))
 
 
-def _model_time(n, c_in, cg_in, k, t0, t1, kq0, kq1, out0, out1, itemsize):
+def _model_time(n, c_in, cg_in, k, groups, t0, t1, kq0, kq1, out0, out1,
+                itemsize):
     """Modelled seconds of the FFT convolution with tiles t0 x t1 (arrays)."""
-    single0 = t0 >= out0 + kq0 - 1
-    single1 = t1 >= out1 + kq1 - 1
-    b0 = np.where(single0, out0, t0 - kq0 + 1)
-    b1 = np.where(single1, out1, t1 - kq1 + 1)
-    tiles = np.ceil(out0 / b0) * np.ceil(out1 / b1)
-    m = n * tiles
+    b0 = np.where(t0 >= out0 + kq0 - 1, out0, t0 - kq0 + 1)
+    b1 = np.where(t1 >= out1 + kq1 - 1, out1, t1 - kq1 + 1)
+    m = n * np.ceil(out0 / b0) * np.ceil(out1 / b1)
     freqs = t0 * (t1 // 2 + 1)
-    fft = _fft_cost(t0, t1) * _SEC_PER_FFT_FLOP
-    transforms = (m * c_in + k * cg_in + m * k) * fft
-    cmacs = freqs * m * cg_in * k
-    per_cmac = np.where(cg_in * k >= 64, _SEC_PER_CMAC_BLAS, _SEC_PER_CMAC_LOOP)
-    contraction = cmacs * per_cmac
+    kg = k // groups
+    transforms = m * c_in + 0.6 * k * cg_in + m * k
+    fft = transforms * (_fft_cost(t0, t1) * _SEC_PER_FFT_FLOP
+                        + _SEC_PER_TRANSFORM)
+    blas = (cg_in * kg >= _BLAS_MIN_CK) & (m >= _BLAS_MIN_ROWS)
+    per_cmac = np.where(blas, _SEC_PER_CMAC_BLAS, _SEC_PER_CMAC_LANE)
+    contraction = freqs * m * cg_in * k * per_cmac
     csize = 2 * itemsize
     spectra = freqs * (m * c_in + cg_in * k + m * k) * csize
-    real = t0 * t1 * (m * c_in + m * k) * itemsize
-    traffic = (2 * spectra + real) * _SEC_PER_BYTE
-    overhead = m * (c_in + k) * _SEC_PER_TILE
-    return transforms + contraction + traffic + overhead
+    real = t0 * t1 * m * k * itemsize + n * c_in * (out0 + kq0) * (
+        out1 + kq1) * itemsize
+    traffic = (2 * spectra + 2 * real) * _SEC_PER_BYTE
+    return fft + contraction + traffic
 
 
 def _tile_candidates(out, kq):
     single = fast_length(out + kq - 1)
-    lo = max(kq, 2) if single > 1 else 1
-    cands = [t for t in _fast_lengths_between(lo, single) if t - kq + 1 >= 1]
+    cands = [t for t in _fast_lengths_between(max(kq, 2), single)]
     return np.array(cands or [single])
+
+
+_TILE_CACHE = OrderedDict()
 
 
 def choose_tile(x_shape, w_shape, stride, padding, dilation, groups,
                 itemsize=4):
     """Transform lengths ``(t0, t1)`` minimising the cost model.
 
-    The model adds the FFT flops (``t log t`` per tile and channel, for the
-    input, weight and inverse transforms), the contraction's complex
-    multiply-adds, a memory-traffic term (spectra written and read once,
-    tiles gathered and scattered), and a per-tile overhead, each with a
-    constant measured on the development machine.  Many channels favour
-    small tiles (the contraction and the spectra grow with the tile area
-    per output, the weight transforms with the tile area); one channel
-    favours large tiles (fewer redundant overlaps).
+    The model adds the FFT work (``t log t`` per transform, for the input,
+    weight and inverse transforms, plus a per-transform overhead), the
+    contraction's complex multiply-adds (BLAS or Numba rate), and a
+    memory-traffic term (spectra written and read once, input and output
+    tiles streamed), each with a constant measured on the development
+    machine.  Many channels favour small tiles (the contraction and the
+    spectra grow with the tile overlap and the weight spectra with the
+    tile area); one channel favours large tiles (less overlap), but not
+    the whole image when the kernel is small (``log t`` grows).
     """
-    return _choose_tile_cached(tuple(x_shape), tuple(w_shape), tuple(stride),
-                               tuple(padding), tuple(dilation), int(groups),
-                               int(itemsize))
-
-
-_TILE_CACHE = OrderedDict()
-
-
-def _choose_tile_cached(x_shape, w_shape, stride, padding, dilation, groups,
-                        itemsize):
-    key = (x_shape, w_shape, stride, padding, dilation, groups, itemsize)
+    key = (tuple(x_shape), tuple(w_shape), tuple(stride), tuple(padding),
+           tuple(dilation), int(groups), int(itemsize))
     hit = _TILE_CACHE.get(key)
     if hit is not None:
         return hit
@@ -344,11 +386,11 @@ def _choose_tile_cached(x_shape, w_shape, stride, padding, dilation, groups,
     ph = len(g_rows.residues) * len(g_cols.residues)
     t0 = _tile_candidates(g_rows.out, g_rows.kq)[:, None]
     t1 = _tile_candidates(g_cols.out, g_cols.kq)[None, :]
-    cost = _model_time(n, c * ph, cg * ph, k, t0, t1, g_rows.kq, g_cols.kq,
-                       g_rows.out, g_cols.out, itemsize)
+    cost = _model_time(n, c * ph, cg * ph, k, groups, t0, t1, g_rows.kq,
+                       g_cols.kq, g_rows.out, g_cols.out, itemsize)
     i, j = np.unravel_index(np.argmin(cost), cost.shape)
     result = (int(t0[i, 0]), int(t1[0, j]))
-    if len(_TILE_CACHE) > 1024:
+    if len(_TILE_CACHE) >= 4096:
         _TILE_CACHE.popitem(last=False)
     _TILE_CACHE[key] = result
     return result
@@ -358,14 +400,33 @@ def _choose_tile_cached(x_shape, w_shape, stride, padding, dilation, groups,
 # pyFFTW plans
 # --------------------------------------------------------------------------
 
-# "FFTW_MEASURE" or "FFTW_ESTIMATE"; see the README for the measurement.
-PLANNER_EFFORT = "FFTW_ESTIMATE"
+# FFTW_MEASURE plans ran 1.0-3x faster than FFTW_ESTIMATE ones here (the
+# estimated inverse transforms were the slowest), at a one-off planning cost
+# of about 0.2-3 s per new shape (FFTW keeps the wisdom for the process).
+# CONVBENCH_FFTW_EFFORT=FFTW_ESTIMATE trades that for instant planning.
+_EFFORTS = ("FFTW_ESTIMATE", "FFTW_MEASURE", "FFTW_PATIENT")
+_planner_effort = os.environ.get("CONVBENCH_FFTW_EFFORT", "FFTW_MEASURE")
+if _planner_effort not in _EFFORTS:
+    _planner_effort = "FFTW_MEASURE"
+
+
+def set_planner_effort(effort):
+    """Planner effort of new plans: one of FFTW_ESTIMATE/MEASURE/PATIENT."""
+    global _planner_effort
+    if effort not in _EFFORTS:
+        raise ValueError(f"effort must be one of {_EFFORTS}, got {effort!r}")
+    _planner_effort = effort
+
+
+def get_planner_effort():
+    return _planner_effort
+
 
 # Below this many real points per thread a transform runs on one thread:
 # waking a sleeping thread (OMP_WAIT_POLICY=PASSIVE) costs more.
 _MIN_POINTS_PER_THREAD = 1 << 16
 
-_PLAN_CACHE_SIZE = 64
+_PLAN_CACHE_SIZE = 128
 _plans = OrderedDict()
 _plans_lock = threading.Lock()
 
@@ -409,17 +470,17 @@ def _plan(src, dst, axes, direction, scratch=None):
     real = src if src.dtype.kind == "f" else dst
     threads = _threads_for(real.size)
     key = (_layout(src), _layout(dst), tuple(axes), direction, threads,
-           PLANNER_EFFORT)
+           _planner_effort)
     with _plans_lock:
         plan = _plans.get(key)
         if plan is not None:
             _plans.move_to_end(key)
             return plan
-    flags = (PLANNER_EFFORT, "FFTW_DESTROY_INPUT")
     if scratch is not None:
         src, dst = scratch()
     fftw = pyfftw.FFTW(src, dst, axes=tuple(axes), direction=direction,
-                       flags=flags, threads=threads)
+                       flags=(_planner_effort, "FFTW_DESTROY_INPUT"),
+                       threads=threads)
     plan = _Plan(fftw)
     with _plans_lock:
         _plans[key] = plan
@@ -428,96 +489,92 @@ def _plan(src, dst, axes, direction, scratch=None):
     return plan
 
 
-def _spectrum_buffer(batch, tile, cdtype):
-    """Complex buffer laid out (F0, F1h, *batch), and its (*batch, F0, F1h) view."""
-    t0, t1 = tile
-    buf = _empty((t0, t1 // 2 + 1) + tuple(batch), cdtype)
+def _spectrum_buffer(batch, tile, cdtype, freq_major):
+    """A complex buffer and its logical ``(*batch, F0, F1h)`` view.
+
+    Memory order is ``(*batch, F0, F1h)`` (batch-major) or
+    ``(F0, F1h, *batch)`` (frequency-major).
+    """
+    spec = (tile[0], tile[1] // 2 + 1)
+    batch = tuple(batch)
+    if not freq_major:
+        buf = _empty(batch + spec, cdtype)
+        return buf, buf
+    buf = _empty(spec + batch, cdtype)
     nb = len(batch)
     return buf, buf.transpose(tuple(range(2, 2 + nb)) + (0, 1))
 
 
-def _transform_axes(nbatch, tile):
-    """Axes of a (*batch, t0, t1) array to transform (1-D when t0 == 1)."""
-    return (nbatch + 1,) if tile[0] == 1 else (nbatch, nbatch + 1)
+def _transform_axes(ndim, tile):
+    """The last two axes of an ndim array (only the last when t0 == 1)."""
+    return (ndim - 1,) if tile[0] == 1 else (ndim - 2, ndim - 1)
 
 
 # --------------------------------------------------------------------------
-# Numba kernels: gather tiles, scatter tiles, small per-frequency GEMMs
+# Numba kernels: padding, scatter, frequency-lane contraction
 # --------------------------------------------------------------------------
 
-# Rows of a tile handled by one parallel task: enough to amortise the
-# index arithmetic (integer divisions) of a task, few enough that one big
-# tile still gives every thread work.
+# Rows handled by one parallel task: enough to amortise a task's index
+# arithmetic, few enough that one image still gives every thread work.
 _ROWS_PER_TASK = 32
 
 
 @njit(parallel=True, cache=True)
-def _gather_tiles(x, out, m0, tiles0, tiles1, b0, b1, s0, s1, lo0, lo1,
-                  res0, res1):
-    """out[mm, (c, p0, p1), u, v] = xpad[n, c, (i b0 + u) s0 + r0, (j b1 + v) s1 + r1].
+def _pad_phases(x, out, s0, s1, lo0, lo1, res0, res1):
+    """out[n, (c, p0, p1), u, v] = x[n, c, u s0 + r0 - lo0, v s1 + r1 - lo1].
 
-    Tile m = m0 + mm is (n, i, j) in C order over (N, tiles0, tiles1);
-    positions outside the input read zero (the padding).  One parallel task
-    fills a block of rows of one tile in every channel.
+    Zero where the index falls outside x (the padding).
     """
-    nm, cp, t0, t1 = out.shape
+    nb, cp, hq, wq = out.shape
     h, w = x.shape[2], x.shape[3]
     p0n, p1n = res0.size, res1.size
-    blocks = (t0 + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
-    for task in prange(nm * blocks):
+    blocks = (hq + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
+    for task in prange(nb * cp * blocks):
         blk = task % blocks
-        mm = task // blocks
-        m = m0 + mm
-        n = m // (tiles0 * tiles1)
-        i = (m // tiles1) % tiles0
-        j = m % tiles1
-        u_begin = blk * _ROWS_PER_TASK
-        u_end = min(t0, u_begin + _ROWS_PER_TASK)
-        for ch in range(cp):
-            p1 = ch % p1n
-            p0 = (ch // p1n) % p0n
-            c = ch // (p1n * p0n)
-            # Columns: valid v satisfy 0 <= base + v s1 <= w - 1.
-            base = j * b1 * s1 + res1[p1] - lo1
-            v_lo = 0
-            if base < 0:
-                v_lo = min(t1, (-base + s1 - 1) // s1)
-            v_hi = t1
-            if base + (t1 - 1) * s1 > w - 1:
-                v_hi = (w - 1 - base) // s1 + 1 if w - 1 - base >= 0 else 0
-            v_hi = max(v_hi, v_lo)
-            row0 = (i * b0) * s0 + res0[p0] - lo0
-            for u in range(u_begin, u_end):
-                src_row = row0 + u * s0
-                # Loops over 1-D views indexed by the loop counter: slice
-                # assignment and 4-D indexing with computed offsets
-                # measured several times slower.
-                dst = out[mm, ch, u]
-                if src_row < 0 or src_row >= h:
-                    for v in range(t1):
-                        dst[v] = 0
-                    continue
-                for v in range(v_lo):
+        ch = (task // blocks) % cp
+        n = task // (blocks * cp)
+        p1 = ch % p1n
+        p0 = (ch // p1n) % p0n
+        c = ch // (p1n * p0n)
+        # Columns: valid v satisfy 0 <= base + v s1 <= w - 1.
+        base = res1[p1] - lo1
+        v_lo = 0
+        if base < 0:
+            v_lo = min(wq, (-base + s1 - 1) // s1)
+        v_hi = wq
+        if base + (wq - 1) * s1 > w - 1:
+            v_hi = (w - 1 - base) // s1 + 1 if w - 1 - base >= 0 else 0
+        v_hi = max(v_hi, v_lo)
+        for u in range(blk * _ROWS_PER_TASK, min(hq, (blk + 1) * _ROWS_PER_TASK)):
+            src_row = u * s0 + res0[p0] - lo0
+            # Loops over 1-D views indexed by the loop counter: slice
+            # assignment and 4-D indexing with computed offsets measured
+            # several times slower.
+            dst = out[n, ch, u]
+            if src_row < 0 or src_row >= h:
+                for v in range(wq):
                     dst[v] = 0
-                part = dst[v_lo:v_hi]
-                if s1 == 1:
-                    src = x[n, c, src_row, base + v_lo:base + v_hi]
-                    for v in range(v_hi - v_lo):
-                        part[v] = src[v]
-                else:
-                    src = x[n, c, src_row, base + v_lo * s1::s1]
-                    for v in range(v_hi - v_lo):
-                        part[v] = src[v]
-                tail = dst[v_hi:]
-                for v in range(t1 - v_hi):
-                    tail[v] = 0
+                continue
+            for v in range(v_lo):
+                dst[v] = 0
+            part = dst[v_lo:v_hi]
+            if s1 == 1:
+                src = x[n, c, src_row, base + v_lo:base + v_hi]
+            else:
+                src = x[n, c, src_row, base + v_lo * s1::s1]
+            for v in range(v_hi - v_lo):
+                part[v] = src[v]
+            tail = dst[v_hi:]
+            for v in range(wq - v_hi):
+                tail[v] = 0
 
 
 @njit(parallel=True, cache=True)
 def _scatter_tiles(z, y, bias, m0, tiles0, tiles1, b0, b1):
     """y[n, k, i b0 + u, j b1 + v] = z[mm, k, u, v] + bias[k] (valid part).
 
-    One parallel task writes a block of rows of one tile in every channel.
+    Tile m = m0 + mm is (n, i, j) in C order over (N, tiles0, tiles1).  One
+    parallel task writes a block of rows of one tile in every channel.
     """
     nm, k_out = z.shape[0], z.shape[1]
     ho, wo = y.shape[2], y.shape[3]
@@ -536,76 +593,81 @@ def _scatter_tiles(z, y, bias, m0, tiles0, tiles1, b0, b1):
         for k in range(k_out):
             bk = bias[k]
             for u in range(u_begin, u_end):
-                # 1-D views indexed by the loop counter (see _gather_tiles).
+                # 1-D views indexed by the loop counter (see _pad_phases).
                 src = z[mm, k, u]
                 dst = y[n, k, i * b0 + u, ox:ox + width]
                 for v in range(width):
                     dst[v] = src[v] + bk
 
 
-# Complex multiply-adds per parallel task of the contraction loops: a
-# prange over single frequencies of tiny GEMMs measured 5x slower than
-# blocks of frequencies.
-_CMACS_PER_TASK = 4096
+# Frequencies per task of the frequency-lane loops: the accumulator row
+# (2 KiB in complex64) stays in L1 while the channels stream past.
+_LANE_BLOCK = 256
 
 
 @njit(parallel=True, cache=True)
-def _contract_loops(x, w, y, nm, cp, cgp, k_out, groups, per_task):
-    """y[f, m, g Kg + kk] = sum_c x[f, m, g Cg + c] w[f, c, g Kg + kk].
+def _contract_lanes(x, w, y, groups, fb):
+    """y[m, k, f] = sum_c x[m, g Cg + c, f] w[c, k, f], g = k // Kg.
 
-    x (F M C'), w (F Cg' K), y (F M K) are flat complex arrays viewed as
-    float pairs (Numba's complex arithmetic in these loops measured 3x
-    slower).  Parallel over blocks of ``per_task`` frequencies, each task
-    writing its own y[f]; the innermost loop runs along k, contiguous in w
-    and y.
+    Arrays are complex viewed as float pairs, frequencies last:
+    x (M, C', 2F), w (Cg', K, 2F), y (M, K, 2F).  One task per (m, k,
+    block of fb frequencies), each writing its own part of y; the inner
+    loop runs along the frequencies, so it vectorises.
     """
+    nm = x.shape[0]
+    nf = x.shape[2] // 2
+    cgp, k_out = w.shape[0], w.shape[1]
     kg = k_out // groups
-    nf = x.size // (2 * nm * cp)
-    for blk in prange((nf + per_task - 1) // per_task):
-        for f in range(blk * per_task, min(nf, (blk + 1) * per_task)):
-            xo = 2 * f * nm * cp
-            wo = 2 * f * cgp * k_out
-            yo = 2 * f * nm * k_out
-            for m in range(nm):
-                ym = y[yo + 2 * m * k_out:yo + 2 * (m + 1) * k_out]
-                for k in range(2 * k_out):
-                    ym[k] = 0
-                for g in range(groups):
-                    yg = ym[2 * g * kg:2 * (g + 1) * kg]
-                    for c in range(cgp):
-                        xc = xo + 2 * (m * cp + g * cgp + c)
-                        ar = x[xc]
-                        ai = x[xc + 1]
-                        wc0 = wo + 2 * (c * k_out + g * kg)
-                        wc = w[wc0:wc0 + 2 * kg]
-                        for kk in range(kg):
-                            br = wc[2 * kk]
-                            bi = wc[2 * kk + 1]
-                            yg[2 * kk] += ar * br - ai * bi
-                            yg[2 * kk + 1] += ar * bi + ai * br
+    nfb = (nf + fb - 1) // fb
+    for task in prange(nm * k_out * nfb):
+        b = task % nfb
+        k = (task // nfb) % k_out
+        m = task // (nfb * k_out)
+        g = k // kg
+        lo = 2 * b * fb
+        hi = 2 * min(nf, (b + 1) * fb)
+        n = (hi - lo) // 2
+        acc = y[m, k, lo:hi]
+        for i in range(2 * n):
+            acc[i] = 0
+        for c in range(cgp):
+            xr = x[m, g * cgp + c, lo:hi]
+            wr = w[c, k, lo:hi]
+            for i in range(n):
+                a = xr[2 * i]
+                bb = xr[2 * i + 1]
+                p = wr[2 * i]
+                q = wr[2 * i + 1]
+                acc[2 * i] += a * p - bb * q
+                acc[2 * i + 1] += a * q + bb * p
 
 
 @njit(parallel=True, cache=True)
-def _multiply(x, w, y, per_task):
-    """y = x * w, flat complex arrays of one length."""
-    n = x.size
-    for blk in prange((n + per_task - 1) // per_task):
-        for i in range(blk * per_task, min(n, (blk + 1) * per_task)):
-            y[i] = x[i] * w[i]
+def _multiply_lanes(x, w, y, fb):
+    """y[m, g, f] = x[m, g, f] w[0, g, f]: one channel per group in and out.
 
-
-@njit(parallel=True, cache=True)
-def _multiply_broadcast(x, w, y, nm, groups, per_task):
-    """y[f, m, g] = x[f, m, g] w[f, g]: one channel in and out per group."""
-    nf = w.size // groups
-    for blk in prange((nf + per_task - 1) // per_task):
-        for f in range(blk * per_task, min(nf, (blk + 1) * per_task)):
-            wf = w[f * groups:(f + 1) * groups]
-            xf = x[f * nm * groups:(f + 1) * nm * groups]
-            yf = y[f * nm * groups:(f + 1) * nm * groups]
-            for m in range(nm):
-                for g in range(groups):
-                    yf[m * groups + g] = xf[m * groups + g] * wf[g]
+    Complex as float pairs: x, y (M, G, 2F), w (1, G, 2F).
+    """
+    nm, ng = x.shape[0], x.shape[1]
+    nf = x.shape[2] // 2
+    nfb = (nf + fb - 1) // fb
+    for task in prange(nm * ng * nfb):
+        b = task % nfb
+        g = (task // nfb) % ng
+        m = task // (nfb * ng)
+        lo = 2 * b * fb
+        hi = 2 * min(nf, (b + 1) * fb)
+        n = (hi - lo) // 2
+        xr = x[m, g, lo:hi]
+        wr = w[0, g, lo:hi]
+        yr = y[m, g, lo:hi]
+        for i in range(n):
+            a = xr[2 * i]
+            bb = xr[2 * i + 1]
+            p = wr[2 * i]
+            q = wr[2 * i + 1]
+            yr[2 * i] = a * p - bb * q
+            yr[2 * i + 1] = a * q + bb * p
 
 
 # --------------------------------------------------------------------------
@@ -621,7 +683,7 @@ class Chunk(NamedTuple):
     rows: int     # rows of tiles per image
 
     def m0(self, geom):
-        """Index of the chunk's first tile in (N, tiles_rows, tiles_cols) order."""
+        """Index of the first tile, in (N, tiles_rows, tiles_cols) order."""
         return (self.n0 * geom.rows.tiles + self.i0) * geom.cols.tiles
 
     def tiles(self, geom):
@@ -643,19 +705,17 @@ def padded_input(x, geom):
     Returns
     -------
     xpad : ndarray (N, C * phases, Hq, Wq)
-        ``xpad[n, (c, p0, p1), u, v] = x[n, c, u s0 + r0 - top, v s1 + r1 - left]``
-        (zero outside ``x``), with ``Hq >= (tiles_rows - 1) b0 + t0`` and
-        ``Wq`` that plus alignment slack.
+        ``xpad[n, (c, p0, p1), u, v] = x[n, c, u s0 + r0 - top, v s1 + r1 -
+        left]`` (zero outside ``x``), ``Hq = (tiles_rows - 1) b0 + t0`` and
+        ``Wq`` the same along columns, rounded up for alignment.
     """
     rows, cols = geom.rows, geom.cols
-    hq = (rows.tiles - 1) * rows.b + rows.t
-    wq = (cols.tiles - 1) * cols.b + cols.t
     per_row = _ROW_ALIGN_BYTES // geom.dtype.itemsize
-    wq = -(-wq // per_row) * per_row
-    xpad = _empty((geom.n, geom.channels, hq, wq), geom.dtype)
-    _gather_tiles(x, xpad, 0, 1, 1, 0, 0, rows.stride, cols.stride,
-                  rows.pad_lo, cols.pad_lo, np.array(rows.residues, np.int64),
-                  np.array(cols.residues, np.int64))
+    wq = -(-cols.padded // per_row) * per_row
+    xpad = _empty((geom.n, geom.channels, rows.padded, wq), geom.dtype)
+    _pad_phases(x, xpad, rows.stride, cols.stride, rows.pad_lo, cols.pad_lo,
+                np.array(rows.residues, np.int64),
+                np.array(cols.residues, np.int64))
     return xpad
 
 
@@ -671,7 +731,7 @@ def _tile_view(xpad, geom, chunk):
 
 
 def input_spectra(x, geom, chunk=None, xpad=None):
-    """Spectra of the input tiles of ``chunk`` (default: all).
+    """Spectra of the input tiles of ``chunk`` (default: all tiles).
 
     Parameters
     ----------
@@ -683,33 +743,41 @@ def input_spectra(x, geom, chunk=None, xpad=None):
 
     Returns
     -------
-    X : complex ndarray (F0, F1h, Mc, C * phases)
-        ``X[:, :, mm, (c, p0, p1)]`` is ``numpy.fft.rfft2`` of the ``t0 x t1``
-        window of the padded, phase-split input read by tile
-        ``m0 + mm`` (tile ``(n, i, j)`` starts at row ``i b0``, column
-        ``j b1``), with ``F0 = t0`` and ``F1h = t1 // 2 + 1``.
+    X : complex ndarray, logical shape (Mc, C * phases, F0, F1h)
+        ``X[mm, (c, p0, p1)]`` is ``numpy.fft.rfft2`` of the ``t0 x t1``
+        window of the padded, phase-split input that tile ``m0 + mm`` reads
+        (tile ``(n, i, j)`` starts at row ``i b0`` and column ``j b1``);
+        ``F0 = t0``, ``F1h = t1 // 2 + 1``.  Memory layout per
+        ``geom.freq_major``.
     """
     if chunk is None:
         chunk = whole_batch(geom)
-    batch = (chunk.images, chunk.rows, geom.cols.tiles, geom.channels)
-    buf, spec = _spectrum_buffer(batch, geom.tile_shape, geom.complex_dtype)
     if xpad is None:
         xpad = padded_input(x, geom)
+    batch = (chunk.images, chunk.rows, geom.cols.tiles, geom.channels)
+    buf, spec = _spectrum_buffer(batch, geom.tile_shape, geom.complex_dtype,
+                                 geom.freq_major)
     tiles = _tile_view(xpad, geom, chunk)
 
     def scratch():
         return (_tile_view(_empty(xpad.shape, xpad.dtype), geom, chunk),
-                _spectrum_buffer(batch, geom.tile_shape,
-                                 geom.complex_dtype)[1])
+                _spectrum_buffer(batch, geom.tile_shape, geom.complex_dtype,
+                                 geom.freq_major)[1])
 
-    # FFTW reads the overlapping tiles in place: its out-of-place
-    # real-to-complex transforms never write their input (FFTW docs,
-    # "Planner Flags": DESTROY_INPUT only affects c2r).
-    plan = _plan(tiles, spec, _transform_axes(4, geom.tile_shape),
+    # Out-of-place real-to-complex transforms never write their input (FFTW
+    # manual, "Planner Flags"), so the overlapping tiles are read in place.
+    plan = _plan(tiles, spec, _transform_axes(6, geom.tile_shape),
                  "FFTW_FORWARD", scratch)
     plan(tiles, spec)
-    mc = chunk.tiles(geom)
-    return buf.reshape(geom.spectrum_shape + (mc, geom.channels))
+    return _logical(buf, chunk.tiles(geom), geom.channels, geom)
+
+
+def _logical(buf, rows, cols, geom):
+    """The (rows, cols, F0, F1h) view of a spectrum buffer."""
+    spec = geom.spectrum_shape
+    if geom.freq_major:
+        return buf.reshape(spec + (rows, cols)).transpose(2, 3, 0, 1)
+    return buf.reshape((rows, cols) + spec)
 
 
 def _phase_kernels(w, geom):
@@ -736,39 +804,42 @@ def weight_spectra(w, geom):
 
     Returns
     -------
-    W : complex ndarray (F0, F1h, Cg * phases, K)
+    W : complex ndarray, logical shape (Cg * phases, K, F0, F1h)
         ``conj(rfft2(w_phase, (t0, t1))) / (t0 t1)`` of every phase-split
         filter: the factor that turns the product with an input spectrum
         into the spectrum of the circular cross-correlation, the inverse
-        transform's normalisation included.
+        transform's normalisation included.  Memory layout per
+        ``geom.freq_major``.
 
     Notes
     -----
     Only ``kq0`` of the ``t0`` rows of a padded filter are non-zero, so the
-    row transforms run on those rows only, and the column transforms
-    (complex, along axis 0) on the result: about half the work of a full
-    2-D transform when the filter is much smaller than the tile.
+    row transforms run on those rows only, then the column transforms
+    (complex, along F0) on the result: about half the work of a full 2-D
+    transform when the filter is much smaller than the tile.
     """
     t0, t1 = geom.tile_shape
-    f1 = t1 // 2 + 1
     wp = _phase_kernels(w, geom) * (1.0 / (t0 * t1))
     k, cgp, kq0, kq1 = wp.shape
     cdtype = geom.complex_dtype
     rows = _empty((cgp, k, kq0, t1), geom.dtype)
-    row_buf, row_spec = _spectrum_buffer((cgp, k), (kq0, t1), cdtype)
+    full_buf, full = _spectrum_buffer((cgp, k), (t0, t1), cdtype,
+                                      geom.freq_major)
+    # Plans first: planning overwrites the arrays.
+    if t0 == 1:
+        row_spec = full
+    else:
+        _, row_spec = _spectrum_buffer((cgp, k), (kq0, t1), cdtype, False)
+        col_plan = _plan(full, full, (2,), "FFTW_FORWARD")
     row_plan = _plan(rows, row_spec, (3,), "FFTW_FORWARD")
-    if t0 > 1:
-        full = _empty((t0, f1, cgp, k), cdtype)
-        col_plan = _plan(full, full, (0,), "FFTW_FORWARD")
     # Circular reversal: tap q goes to -q mod t, whose spectrum is conj(W).
     rows[...] = 0
-    r1 = (-np.arange(kq1)) % t1
-    rows[:, :, :, r1] = wp.transpose(1, 0, 2, 3)
+    rows[:, :, :, (-np.arange(kq1)) % t1] = wp.transpose(1, 0, 2, 3)
     row_plan(rows, row_spec)
     if t0 == 1:
-        return row_buf
-    full[...] = 0
-    full[(-np.arange(kq0)) % t0] = row_buf
+        return full
+    full_buf[...] = 0
+    full[:, :, (-np.arange(kq0)) % t0] = row_spec
     col_plan(full, full)
     return full
 
@@ -788,14 +859,14 @@ def _same_bits(a, b):
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
     view = np.uint32 if a.dtype.itemsize == 4 else np.uint64
-    return np.array_equal(a.view(view), b.view(view))
+    return bool(np.array_equal(a.view(view), b.view(view)))
 
 
 def cached_weight_spectra(w, geom):
     """:func:`weight_spectra`, reusing the spectra of an identical filter.
 
-    A cached entry is used only if the stored copy of the filter equals
-    ``w`` bit for bit, so in-place changes are always seen.
+    An entry is used only if its stored copy of the filter equals ``w`` bit
+    for bit, so in-place changes of ``w`` are always seen.
     """
     key = _weight_cache_key(w, geom)
     with _weights_lock:
@@ -824,6 +895,7 @@ def clear_caches(plans=False):
     if plans:
         with _plans_lock:
             _plans.clear()
+        _TILE_CACHE.clear()
 
 
 def cache_info():
@@ -835,58 +907,122 @@ def cache_info():
             "plans": len(_plans)}
 
 
-# Per-frequency GEMMs with fewer multiply-adds than this go to the Numba
-# loop (BLAS call overhead dominates), bigger ones to numpy.matmul.
-_BLAS_MIN_CMACS = 2048
-# GEMMs with fewer rows are matrix-vector products, memory-bound on W:
-# numpy.matmul calls BLAS once per frequency and was measured 4x slower.
-_BLAS_MIN_ROWS = 4
+def _is_freq_major(a):
+    """True when a logical (rows, cols, F0, F1h) array is (F0, F1h, rows, cols) in memory."""
+    return a.transpose(2, 3, 0, 1).flags.c_contiguous
 
 
-def contract(x_spec, w_spec, groups=1, out=None):
-    """Per-frequency GEMM ``Y[f] = X[f] @ W[f]``, block-diagonal in groups.
+def contract(x_spec, w_spec, groups=1):
+    """Per-frequency GEMM ``Y[:, :, f] = X[:, :, f] @ W[:, :, f]`` by group.
 
     Parameters
     ----------
-    x_spec : complex ndarray (F0, F1h, M, C')
-    w_spec : complex ndarray (F0, F1h, C' // groups, K)
+    x_spec : complex ndarray, logical (M, C', F0, F1h)
+    w_spec : complex ndarray, logical (C' // groups, K, F0, F1h)
     groups : int
         Input channel block ``g`` meets output channel block ``g`` only.
-    out : complex ndarray (F0, F1h, M, K), optional
 
     Returns
     -------
-    Y : complex ndarray (F0, F1h, M, K)
+    Y : complex ndarray, logical (M, K, F0, F1h)
+        ``Y[m, g Kg + kk, f] = sum_c X[m, g Cg' + c, f] W[c, g Kg + kk, f]``;
+        frequency-major (BLAS) when both inputs are, else batch-major
+        (frequency-lane loops; other layouts are copied to it first).
     """
-    f0, f1, m, cp = x_spec.shape
-    cgp, k = w_spec.shape[2:]
+    m, cp, f0, f1 = x_spec.shape
+    cgp, k = w_spec.shape[:2]
+    kg = k // groups
+    if _is_freq_major(x_spec) and _is_freq_major(w_spec) and not (
+            x_spec.flags.c_contiguous and w_spec.flags.c_contiguous):
+        return _contract_blas(x_spec, w_spec, groups)
+    x_spec = np.ascontiguousarray(x_spec)
+    w_spec = np.ascontiguousarray(w_spec)
+    out = _empty((m, k, f0, f1), x_spec.dtype)
+    real = x_spec.real.dtype
+    x3 = x_spec.reshape(m, cp, -1).view(real)
+    w3 = w_spec.reshape(cgp, k, -1).view(real)
+    y3 = out.reshape(m, k, -1).view(real)
+    if cgp == 1 and kg == 1:
+        _multiply_lanes(x3, w3, y3, _LANE_BLOCK)
+    else:
+        _contract_lanes(x3, w3, y3, groups, _LANE_BLOCK)
+    return out
+
+
+def _contract_blas(x_spec, w_spec, groups):
+    """:func:`contract` on frequency-major spectra: a BLAS GEMM per frequency."""
+    m, cp, f0, f1 = x_spec.shape
+    cgp, k = w_spec.shape[:2]
     kg = k // groups
     nf = f0 * f1
-    if out is None:
-        out = _empty((f0, f1, m, k), x_spec.dtype)
-    per_f = max(1, m * cgp * kg)
-    per_task = max(1, _CMACS_PER_TASK // per_f)
-    if cgp == 1 and kg == 1 and m == 1:
-        _multiply(x_spec.reshape(-1), w_spec.reshape(-1), out.reshape(-1),
-                  _CMACS_PER_TASK)
-    elif cgp == 1 and kg == 1:
-        _multiply_broadcast(x_spec.reshape(-1), w_spec.reshape(-1),
-                            out.reshape(-1), m, groups, per_task)
-    elif per_f < _BLAS_MIN_CMACS or m < _BLAS_MIN_ROWS:
-        real = x_spec.real.dtype
-        _contract_loops(x_spec.reshape(-1).view(real),
-                        w_spec.reshape(-1).view(real),
-                        out.reshape(-1).view(real), m, cp, cgp, k, groups,
-                        per_task)
-    elif groups == 1:
-        np.matmul(x_spec.reshape(nf, m, cp), w_spec.reshape(nf, cgp, k),
-                  out=out.reshape(nf, m, k))
-    else:
-        xg = x_spec.reshape(nf, m, groups, cgp).transpose(0, 2, 1, 3)
-        wg = w_spec.reshape(nf, cgp, groups, kg).transpose(0, 2, 1, 3)
-        yg = out.reshape(nf, m, groups, kg).transpose(0, 2, 1, 3)
-        np.matmul(xg, wg, out=yg)
-    return out
+    buf = _empty((f0, f1, m, k), x_spec.dtype)
+    x3 = x_spec.transpose(2, 3, 0, 1).reshape(nf, m, cp)
+    w3 = w_spec.transpose(2, 3, 0, 1).reshape(nf, cgp, k)
+    y3 = buf.reshape(nf, m, k)
+    if groups > 1:
+        x3 = x3.reshape(nf, m, groups, cgp).transpose(0, 2, 1, 3)
+        w3 = w3.reshape(nf, cgp, groups, kg).transpose(0, 2, 1, 3)
+        y3 = y3.reshape(nf, m, groups, kg).transpose(0, 2, 1, 3)
+    _stacked_matmul(x3, w3, y3)
+    return buf.transpose(2, 3, 0, 1)
+
+
+_blas_controller = None
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def _single_threaded_blas():
+    """Context limiting BLAS to one thread (threadpoolctl)."""
+    global _blas_controller
+    if _blas_controller is None:
+        from threadpoolctl import ThreadpoolController
+        _blas_controller = ThreadpoolController()
+    return _blas_controller.limit(limits=1, user_api="blas")
+
+
+def _thread_pool(workers):
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < workers:
+            from concurrent.futures import ThreadPoolExecutor
+            _pool = ThreadPoolExecutor(workers,
+                                       thread_name_prefix="convbench-fft")
+        return _pool
+
+
+def _stacked_matmul(x, w, y):
+    """y[f] = x[f] @ w[f] for every f (leading axis), in parallel over f.
+
+    numpy.matmul makes one BLAS call per frequency; letting each of those
+    small GEMMs fork BLAS threads was measured 1.5x slower on an idle
+    machine and 10x slower under CPU contention (every call waits for all
+    its threads).  So BLAS runs single-threaded, and the frequencies are
+    split across ``numba.get_num_threads()`` Python threads (numpy releases
+    the GIL).
+    """
+    nf = x.shape[0]
+    workers = max(1, min(numba.get_num_threads(), nf))
+    with _single_threaded_blas():
+        if workers == 1:
+            np.matmul(x, w, out=y)
+            return
+        bounds = np.linspace(0, nf, workers + 1).astype(int)
+        pool = _thread_pool(workers)
+        futures = [pool.submit(np.matmul, x[a:b], w[a:b], out=y[a:b])
+                   for a, b in zip(bounds[1:-1], bounds[2:])]
+        np.matmul(x[:bounds[1]], w[:bounds[1]], out=y[:bounds[1]])
+        for f in futures:
+            f.result()
+
+
+def _like(a):
+    """An aligned, uninitialised array with a's shape and strides."""
+    if any(st < 0 for st in a.strides):
+        raise ValueError("negative strides")
+    span = sum((n - 1) * st for n, st in zip(a.shape, a.strides)) + a.itemsize
+    base = _empty(span // a.itemsize + 1, a.dtype)
+    return as_strided(base, a.shape, a.strides)
 
 
 def inverse(y_spec, geom, bias, out, m0=0):
@@ -894,26 +1030,25 @@ def inverse(y_spec, geom, bias, out, m0=0):
 
     Parameters
     ----------
-    y_spec : complex ndarray (F0, F1h, Mc, K), C-contiguous; destroyed
-        Spectra of the tiles ``m0 .. m0 + Mc - 1``.
+    y_spec : complex ndarray, logical (Mc, K, F0, F1h); destroyed
+        Spectra of the tiles ``m0 .. m0 + Mc - 1``, as :func:`contract`
+        returns them.
     geom : FFTGeometry
     bias : ndarray (K,) or None
     out : ndarray (N, K, Ho, Wo)
         Receives ``out[n, k, i b0 + u, j b1 + v] = irfft2(Y)[u, v] + bias[k]``
         for ``u < b0``, ``v < b1`` inside the output; returned.
     """
-    mc, k = y_spec.shape[2:]
+    mc, k = y_spec.shape[:2]
     batch = (mc, k)
-    spec = y_spec.transpose(2, 3, 0, 1)
     tiles = _empty(batch + geom.tile_shape, geom.dtype)
 
     def scratch():
-        return (_spectrum_buffer(batch, geom.tile_shape, y_spec.dtype)[1],
-                _empty(batch + geom.tile_shape, geom.dtype))
+        return _like(y_spec), _empty(batch + geom.tile_shape, geom.dtype)
 
-    plan = _plan(spec, tiles, _transform_axes(2, geom.tile_shape),
+    plan = _plan(y_spec, tiles, _transform_axes(4, geom.tile_shape),
                  "FFTW_BACKWARD", scratch)
-    plan(spec, tiles)
+    plan(y_spec, tiles)
     if bias is None:
         bias = np.zeros(k, geom.dtype)
     rows, cols = geom.rows, geom.cols
@@ -936,10 +1071,9 @@ def chunks(geom):
     """Split the tiles into chunks of whole images or of rows of tiles."""
     f = geom.spectrum_shape[0] * geom.spectrum_shape[1]
     per_tile = f * (geom.channels + geom.k) * geom.complex_dtype.itemsize
-    budget = max(1, CHUNK_BYTES // max(per_tile, 1))
-    per_image = geom.tiles
-    if budget >= per_image:
-        step = min(geom.n, budget // per_image)
+    budget = max(1, CHUNK_BYTES // per_tile)
+    if budget >= geom.tiles:
+        step = min(geom.n, budget // geom.tiles)
         return [Chunk(n0, min(step, geom.n - n0), 0, geom.rows.tiles)
                 for n0 in range(0, geom.n, step)]
     step = max(1, budget // geom.cols.tiles)
@@ -948,7 +1082,7 @@ def chunks(geom):
 
 
 def conv2d(x, w, bias, stride, padding, dilation, groups, *, tile=None,
-           cache_weights=True):
+           freq_major=None, cache_weights=True):
     """FFT convolution; the contract of :mod:`kernels._dispatch`.
 
     Parameters
@@ -961,6 +1095,8 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, *, tile=None,
     groups : int
     tile : (t0, t1), optional
         Force the transform lengths (tests); default :func:`choose_tile`.
+    freq_major : bool, optional
+        Force the spectrum layout (tests).
     cache_weights : bool
         Use the weight-spectrum cache.
 
@@ -969,19 +1105,20 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, *, tile=None,
     y : ndarray (N, K, Ho, Wo) of x's dtype
     """
     geom = plan_geometry(x.shape, w.shape, tuple(stride), tuple(padding),
-                         tuple(dilation), int(groups), x.dtype, tile)
+                         tuple(dilation), int(groups), x.dtype, tile,
+                         freq_major)
     w_spec = (cached_weight_spectra(w, geom) if cache_weights
               else weight_spectra(w, geom))
     y = np.empty(geom.out_shape, dtype=x.dtype)
     xpad = padded_input(x, geom)
     for chunk in chunks(geom):
         x_spec = input_spectra(x, geom, chunk, xpad)
-        y_spec = contract(x_spec, w_spec, groups)
+        y_spec = contract(x_spec, w_spec, geom.groups)
         del x_spec
         inverse(y_spec, geom, bias, y, chunk.m0(geom))
     return y
 
 
 def unsupported_reason(x_shape, w_shape, stride, padding, dilation, groups):
-    """FFT convolution computes every configuration."""
+    """None: the FFT algorithm computes every configuration."""
     return None

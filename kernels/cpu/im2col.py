@@ -329,30 +329,42 @@ def conv2d(x, w, bias, stride, padding, dilation, groups):
     """
     x = np.ascontiguousarray(x)
     w = np.ascontiguousarray(w)
-    n, c, h, wd = x.shape
+    n, _, h, wd = x.shape
     k, cg, kh, kw = w.shape
-    sh, sw = stride
     pt, pb, pl, pr = padding
-    dh, dw = dilation
-    ho = _output_size(h, kh, sh, pt, pb, dh)
-    wo = _output_size(wd, kw, sw, pl, pr, dw)
-    kg = k // groups
-    depth = cg * kh * kw                       # GEMM reduction length
+    ho = _output_size(h, kh, stride[0], pt, pb, dilation[0])
+    wo = _output_size(wd, kw, stride[1], pl, pr, dilation[1])
     y = np.empty((n, k, ho, wo), dtype=x.dtype)
-    w_stack = w.reshape(groups, kg, depth)
-    bias_stack = None if bias is None else bias.reshape(groups, kg, 1)
+    # (G, K/G, C/G kH kW): the GEMM's left factor of every group.
+    w_stack = w.reshape(groups, k // groups, cg * kh * kw)
+    bias_stack = None if bias is None else bias.reshape(groups, k // groups, 1)
 
-    if _is_pointwise(w.shape, stride, padding):
-        _pointwise(x, w_stack, bias_stack, y, groups)
-        return y
+    # Inf - Inf and overflow give NaN/Inf in y, as in torch: no warnings.
+    with np.errstate(all="ignore"):
+        if _is_pointwise(w.shape, stride, padding):
+            _pointwise(x, w_stack, bias_stack, y, groups)
+        else:
+            _chunked_gemm(x, w.shape, w_stack, bias_stack, y, stride, padding,
+                          dilation)
+    return y
 
+
+def _chunked_gemm(x, w_shape, w_stack, bias_stack, y, stride, padding, dilation):
+    """Gather the patches of one chunk at a time and GEMM each into y."""
+    n, c, _, _ = x.shape
+    k, _, kh, kw = w_shape
+    groups, kg, depth = w_stack.shape
+    _, _, ho, wo = y.shape
+    sh, sw = stride
+    pt, _, pl, _ = padding
+    dh, dw = dilation
+    rows = c * kh * kw                  # patch rows of all groups together
     positions = ho * wo
     item = x.dtype.itemsize
-    chunks = plan_chunks(n, positions, c * kh * kw * item,
-                         (c * kh * kw + k) * item, _scratch_limit,
-                         MERGE_BELOW_POSITIONS)
+    chunks = plan_chunks(n, positions, rows * item, (rows + k) * item,
+                         _scratch_limit, MERGE_BELOW_POSITIONS)
     max_cols = max((ch.n1 - ch.n0) * (ch.p1 - ch.p0) for ch in chunks)
-    patch_buffer = np.empty(c * kh * kw * max_cols, dtype=x.dtype)
+    patch_buffer = np.empty(rows * max_cols, dtype=x.dtype)
     merged = chunks[0].n1 - chunks[0].n0 > 1
     result_buffer = np.empty(k * max_cols if merged else 0, dtype=x.dtype)
     y_stack = y.reshape(n, groups, kg, positions)
@@ -363,7 +375,7 @@ def conv2d(x, w, bias, stride, padding, dilation, groups):
 
     for n0, n1, p0, p1 in chunks:
         cols = (n1 - n0) * (p1 - p0)
-        patches = patch_buffer[:c * kh * kw * cols].reshape(c * kh * kw, cols)
+        patches = patch_buffer[:rows * cols].reshape(rows, cols)
         gather(x, n0, n1, p0, p1, kh, kw, sh, sw, pt, pl, dh, dw, wo, patches)
         patch_stack = patches.reshape(groups, depth, cols)
         if n1 - n0 == 1:
@@ -379,4 +391,3 @@ def conv2d(x, w, bias, stride, padding, dilation, groups):
             # (K, images, positions) -> y[images, K, positions]
             y_stack[n0:n1].reshape(n1 - n0, k, positions)[...] = (
                 result.reshape(k, n1 - n0, positions).transpose(1, 0, 2))
-    return y

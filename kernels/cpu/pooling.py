@@ -344,29 +344,45 @@ def avg_divisors(n, k, s, p, n_out, count_include_pad):
 def _sum_columns(src, out_row, scratch, sw, kw, div):
     """out_row[ow] = (sum over t < kw of src[ow sw + t]) / div[ow]."""
     wo = out_row.size
-    if sw == 1:
+    if kw == 1:
         for ow in range(wo):
-            scratch[ow] = src[ow]
-        for t in range(1, kw):
+            out_row[ow] = src[ow * sw] / div[ow]
+        return
+    s1 = src[1:]
+    last = src[kw - 1:]
+    if sw == 1:
+        if kw == 2:
+            for ow in range(wo):
+                out_row[ow] = (src[ow] + s1[ow]) / div[ow]
+            return
+        for ow in range(wo):
+            scratch[ow] = src[ow] + s1[ow]
+        for t in range(2, kw - 1):
             st = src[t:]
             for ow in range(wo):
                 scratch[ow] += st[ow]
-    elif sw == 2:
         for ow in range(wo):
-            scratch[ow] = src[2 * ow]
-        for t in range(1, kw):
+            out_row[ow] = (scratch[ow] + last[ow]) / div[ow]
+    elif sw == 2:
+        if kw == 2:
+            for ow in range(wo):
+                out_row[ow] = (src[2 * ow] + s1[2 * ow]) / div[ow]
+            return
+        for ow in range(wo):
+            scratch[ow] = src[2 * ow] + s1[2 * ow]
+        for t in range(2, kw - 1):
             st = src[t:]
             for ow in range(wo):
                 scratch[ow] += st[2 * ow]
+        for ow in range(wo):
+            out_row[ow] = (scratch[ow] + last[2 * ow]) / div[ow]
     else:
         for ow in range(wo):
             base = ow * sw
             acc = src[base]
             for t in range(1, kw):
                 acc += src[base + t]
-            scratch[ow] = acc
-    for ow in range(wo):
-        out_row[ow] = scratch[ow] / div[ow]
+            out_row[ow] = acc / div[ow]
 
 
 @njit(parallel=True, cache=True)
@@ -395,11 +411,16 @@ def avg_pool(x, kh, kw, sh, sw, ph, pw, ho, wo, div_h, div_w):
             t0, t1 = _valid_taps(ih0, kh, 1, height)
             if t1 - t0 == 0:
                 inner[:] = 0.0
-            else:
+            elif t1 - t0 == 1:
                 first = x[p, ih0 + t0, :cols]
                 for j in range(cols):
                     inner[j] = first[j]
-                for t in range(t0 + 1, t1):
+            else:
+                first = x[p, ih0 + t0, :cols]
+                second = x[p, ih0 + t0 + 1, :cols]
+                for j in range(cols):
+                    inner[j] = np.float64(first[j]) + np.float64(second[j])
+                for t in range(t0 + 2, t1):
                     row = x[p, ih0 + t, :cols]
                     for j in range(cols):
                         inner[j] += row[j]

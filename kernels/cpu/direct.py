@@ -1,0 +1,465 @@
+"""Direct convolution on the CPU: register-tiled SIMD micro-kernel (Numba).
+
+``conv2d`` follows the per-algorithm contract of :mod:`kernels._dispatch`
+and supports every configuration: any stride, asymmetric zero padding,
+dilation, groups, bias, float32/float64, and 1-D as ``H = kH = 1``.
+
+How it works
+------------
+1. **Pack the input** (:func:`pack_input`) once into a zero-padded
+   *polyphase* layout::
+
+       xq[n, c, ph, pw, i, j] = x_pad[n, c, i*sh + ph, j*sw + pw]
+
+   made of ``Hq x Wq`` planes with ``Wq = Wo + dw*(kW - 1) // sw`` and
+   ``Hq = Ho + dh*(kH - 1) // sh`` (``x_pad`` is the zero-padded input).
+   Tap ``(c, i, j)`` of the filter then reads, for output pixel
+   ``(oh, ow)``, element ``tap_offsets[(c*kH + i)*kW + j] + oh*Wq + ow``
+   of the image's packed block (:func:`tap_offsets`): a constant plus a
+   position that is contiguous in ``ow`` for *every* stride and dilation.
+   Padding is plain zeros, so the inner loop has no edge cases, and
+   strided layers vectorise like stride-1 ones.
+2. **Virtual output grid.**  The outputs of one image and channel are
+   enumerated as ``v = oh*Wq + ow``, ``0 <= v < Ho*Wq``; the ``Wq - Wo``
+   extra columns of each row are computed and dropped when stored.
+   Tiling this flattened grid rather than single rows keeps 7x7 and 14x14
+   layers efficient.
+3. **Register tile** (:func:`_fma_tile`).  A tile is up to 4 output
+   channels x ``TILE_VECTORS`` SIMD vectors of consecutive virtual outputs;
+   its accumulators stay in registers for all ``R = C/groups*kH*kW`` taps.
+   Per tap the tile loads its input vectors once and updates every
+   accumulator with a fused multiply-add by the broadcast weight of its
+   channel (an outer product).  The tile is written out once, at the end.
+   This loop is emitted as LLVM vector IR by a Numba ``intrinsic``, so the
+   register allocation does not depend on LLVM unrolling heuristics.
+4. **Parallel tasks.**  One task is one tile; tasks are ``prange``-d over
+   (image, group, column tile, channel block), channel block fastest so
+   that a thread reuses the same input rows for all filters.  Each output
+   is computed by one thread, in a fixed order: results do not depend on
+   the number of threads.  Problems of at most ``SERIAL_MAX_MACS``
+   multiply-adds run on one thread, where waking the pool costs more than
+   it saves.
+
+Accuracy: each output is ``bias + sum_r w_r x_r`` accumulated in the input
+dtype, in the order ``r = (c, i, j)``, with ``llvm.fmuladd`` (fused where
+the CPU has FMA).  No fast-math flags are used, so NaN and Inf propagate
+as in IEEE arithmetic to exactly the outputs whose window holds them.
+Padding zeros are multiplied like data (``0 * inf = nan`` for an infinite
+weight), as the float64 reference does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import carray, njit, prange, types
+from numba.core import cgutils, config
+from numba.extending import intrinsic, overload
+
+__all__ = ["conv2d", "pack_input", "tap_offsets", "pack_weights",
+           "output_geometry", "tile_columns", "SERIAL_MAX_MACS",
+           "MAX_BLOCK"]
+
+
+def _host_vector_bits():
+    """512 on AVX-512 machines, else 256 (AVX2; LLVM splits as needed)."""
+    features = config.CPU_FEATURES
+    if features is None:
+        try:
+            import llvmlite.binding as llvm
+            return 512 if llvm.get_host_cpu_features().get("avx512f") else 256
+        except Exception:  # pragma: no cover - exotic LLVM builds
+            return 256
+    return 512 if "+avx512f" in features else 256
+
+
+# SIMD width and vectors per channel in a tile: 4 channels x 4 vectors is
+# 16 accumulators (half the 32 AVX-512 registers); AVX2 has 16 registers,
+# so 4 x 2 there.
+VECTOR_BITS = _host_vector_bits()
+TILE_VECTORS = 4 if VECTOR_BITS == 512 else 2
+# Output channels per tile; a group's last tile takes the 1-3 left over.
+MAX_BLOCK = 4
+
+# Multiply-adds up to which the whole convolution runs on one thread.
+SERIAL_MAX_MACS = 200_000
+
+# Packed input rows are filled in pieces of at most this many elements, so
+# that a long 1-D signal is packed by all threads.
+_PACK_PIECE = 16384
+
+
+def tile_columns(dtype):
+    """Virtual outputs per tile (and per task) for ``dtype``."""
+    return TILE_VECTORS * VECTOR_BITS // (8 * np.dtype(dtype).itemsize)
+
+
+# --------------------------------------------------------------------------
+# Stage 1: geometry and packing
+# --------------------------------------------------------------------------
+
+@njit(cache=True)
+def output_geometry(h, w, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr):
+    """``(Ho, Wo, Hq, Wq)``: output size and packed-plane size."""
+    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    return ho, wo, ho + (dh * (kh - 1)) // sh, wo + (dw * (kw - 1)) // sw
+
+
+@njit(cache=True)
+def tap_offsets(cg, kh, kw, sh, sw, dh, dw, hq, wq):
+    """Offset of each tap ``(c, i, j)`` (C order) in a packed image.
+
+    Tap ``(c, i, j)`` of output ``(oh, ow)`` reads packed element
+    ``offsets[(c*kh + i)*kw + j] + oh*wq + ow``.
+    """
+    offsets = np.empty(cg * kh * kw, np.int64)
+    plane = hq * wq
+    for c in range(cg):
+        for i in range(kh):
+            for j in range(kw):
+                phase = (c * sh + (i * dh) % sh) * sw + (j * dw) % sw
+                offsets[(c * kh + i) * kw + j] = (
+                    phase * plane + ((i * dh) // sh) * wq + (j * dw) // sw)
+    return offsets
+
+
+@njit(cache=True, inline="always")
+def _pack_row(x_flat, h, w, out, row, j_lo, j_hi, pad_top, pad_left, sh, sw,
+              hq, wq):
+    """Fill columns j_lo .. j_hi of packed row ``row`` (see pack_input).
+
+    ``x_flat`` is the input, flattened; ``h`` and ``w`` its height and width.
+    """
+    i = row % hq
+    rest = row // hq
+    pw = rest % sw
+    rest //= sw
+    ph = rest % sh
+    nc = rest // sh
+    base = np.uint64(row * wq)
+    src_row = i * sh + ph - pad_top
+    # Packed column j holds input column j*sw + pw - pad_left: inside the
+    # input for first <= j < stop.
+    first = -((pw - pad_left) // sw) if pw < pad_left else 0
+    stop = (w - 1 - pw + pad_left) // sw + 1
+    if src_row < 0 or src_row >= h:
+        first = stop = j_hi
+    first = min(max(first, j_lo), j_hi)
+    stop = min(max(stop, first), j_hi)
+    # (unsigned indices: no negative-index wraparound, so loops vectorise)
+    for j in range(np.uint64(j_lo), np.uint64(first)):
+        out[base + j] = 0
+    for j in range(np.uint64(stop), np.uint64(j_hi)):
+        out[base + j] = 0
+    if stop > first:
+        src = np.uint64((nc * h + src_row) * w + first * sw + pw - pad_left)
+        dst = base + np.uint64(first)
+        if sw == 1:
+            for j in range(np.uint64(stop - first)):
+                out[dst + j] = x_flat[src + j]
+        else:
+            step = np.uint64(sw)
+            for j in range(np.uint64(stop - first)):
+                out[dst + j] = x_flat[src + j * step]
+
+
+@njit(cache=True, inline="always")
+def _pack(x, pad_top, pad_left, sh, sw, hq, wq, tail):
+    n_rows = x.shape[0] * x.shape[1] * sh * sw * hq
+    h, w = x.shape[2], x.shape[3]
+    x_flat = x.reshape(x.size)
+    out = np.empty(n_rows * wq + tail, x.dtype)
+    out[n_rows * wq:] = 0
+    if wq >= _PACK_PIECE:
+        # long rows (1-D signals): tasks are pieces of a row
+        pieces = (wq + _PACK_PIECE - 1) // _PACK_PIECE
+        for task in prange(n_rows * pieces):
+            j_lo = (task % pieces) * _PACK_PIECE
+            _pack_row(x_flat, h, w, out, task // pieces, j_lo,
+                      min(wq, j_lo + _PACK_PIECE), pad_top, pad_left, sh, sw,
+                      hq, wq)
+    else:
+        # short rows: tasks are runs of whole rows
+        rows_per_task = _PACK_PIECE // wq
+        for task in prange((n_rows + rows_per_task - 1) // rows_per_task):
+            for row in range(task * rows_per_task,
+                             min(n_rows, (task + 1) * rows_per_task)):
+                _pack_row(x_flat, h, w, out, row, 0, wq, pad_top, pad_left,
+                          sh, sw, hq, wq)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def pack_input(x, pad_top, pad_left, sh, sw, hq, wq, tail):
+    """Zero-padded polyphase copy of ``x`` (N, C, H, W), flat.
+
+    ``out[(((n*C + c)*sh + ph)*sw + pw)*hq*wq + i*wq + j]`` is
+    ``x[n, c, i*sh + ph - pad_top, j*sw + pw - pad_left]``, or zero where
+    that is outside ``x``; ``tail`` zeros follow so that a tile may read
+    past the last plane (into outputs it drops).
+    """
+    return _pack(x, pad_top, pad_left, sh, sw, hq, wq, tail)
+
+
+@njit(cache=True)
+def pack_weights(w2, groups):
+    """Filters (K, R) regrouped so that each tile's weights of a tap are adjacent.
+
+    Within each group, filters go in blocks of ``MAX_BLOCK`` (the last
+    block of a group takes the rest); block of ``kb`` filters starting at
+    ``k0`` occupies ``out[k0*R : (k0 + kb)*R]`` as an (R, kb) array:
+    ``out[k0*R + r*kb + q] = w2[k0 + q, r]``.
+    """
+    k_total, r_len = w2.shape
+    kg = k_total // groups
+    out = np.empty(k_total * r_len, w2.dtype)
+    for g in range(groups):
+        for k0 in range(g * kg, (g + 1) * kg, MAX_BLOCK):
+            kb = min(MAX_BLOCK, (g + 1) * kg - k0)
+            for r in range(r_len):
+                for q in range(kb):
+                    out[k0 * r_len + r * kb + q] = w2[k0 + q, r]
+    return out
+
+
+# --------------------------------------------------------------------------
+# Stage 2: the register-tiled micro-kernel
+# --------------------------------------------------------------------------
+
+def _lanes(dtype):
+    """Elements of a Numba float type per SIMD vector."""
+    return VECTOR_BITS // dtype.bitwidth
+
+
+@intrinsic
+def _tile_buffer(typingctx, x):
+    """Pointer to a stack buffer for one tile (MAX_BLOCK x tile columns)."""
+    dtype = x.dtype
+    size = MAX_BLOCK * TILE_VECTORS * _lanes(dtype)
+
+    def codegen(context, builder, signature, args):
+        return cgutils.alloca_once(builder, context.get_value_type(dtype),
+                                   size=size)
+
+    return types.CPointer(dtype)(x), codegen
+
+
+@intrinsic
+def _fma_tile(typingctx, kb, xq, x0, offs, wp, wb, acc):
+    """``acc[q, l] += sum_r wp[wb + r*kb + q] * xq[x0 + offs[r] + l]``.
+
+    ``kb`` (a literal, 1..MAX_BLOCK) channels by ``tile_columns`` outputs;
+    ``acc`` points to the (kb, tile columns) accumulators, row-major.  The
+    accumulators are loaded into ``kb * TILE_VECTORS`` vector registers,
+    updated for every tap ``r`` with ``llvm.fmuladd`` and stored back.
+    """
+    if not isinstance(kb, types.IntegerLiteral):
+        return None
+    n_ch = kb.literal_value
+    n_lanes = _lanes(xq.dtype)
+    width = TILE_VECTORS * n_lanes
+
+    def codegen(context, builder, signature, args):
+        _, xq_v, x0_v, offs_v, wp_v, wb_v, acc_ptr = args
+        elem = context.get_value_type(xq.dtype)
+        align = context.get_abi_sizeof(elem)
+        vec = ir.VectorType(elem, n_lanes)
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        x_data = context.make_array(xq)(context, builder, xq_v).data
+        w_data = context.make_array(wp)(context, builder, wp_v).data
+        offs_arr = context.make_array(offs)(context, builder, offs_v)
+        n_taps = builder.extract_value(offs_arr.shape, 0)
+        fmuladd = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [vec, vec, vec]),
+            "llvm.fmuladd.v%d%s" % (n_lanes, "f32" if align == 4 else "f64"))
+        broadcast_mask = ir.Constant(ir.VectorType(i32, n_lanes), [0] * n_lanes)
+        undef = ir.Constant(vec, ir.Undefined)
+
+        def vector_at(base, index):
+            ptr = builder.gep(base, [index], inbounds=True)
+            return builder.bitcast(ptr, vec.as_pointer())
+
+        def acc_at(q, v):
+            return vector_at(acc_ptr, ir.Constant(i64, q * width + v * n_lanes))
+
+        # Accumulators in single-value slots: mem2reg turns them into
+        # registers (phi nodes of the tap loop).
+        slots = {}
+        for q in range(n_ch):
+            for v in range(TILE_VECTORS):
+                slots[q, v] = cgutils.alloca_once(builder, vec)
+                builder.store(builder.load(acc_at(q, v), align=align),
+                              slots[q, v])
+        with cgutils.for_range(builder, n_taps) as loop:
+            r = loop.index
+            offset = builder.load(builder.gep(offs_arr.data, [r], inbounds=True))
+            x_base = builder.add(x0_v, offset)
+            xs = [builder.load(vector_at(x_data, builder.add(
+                      x_base, ir.Constant(i64, v * n_lanes))), align=align)
+                  for v in range(TILE_VECTORS)]
+            w_base = builder.add(wb_v, builder.mul(r, ir.Constant(i64, n_ch)))
+            for q in range(n_ch):
+                w_q = builder.load(builder.gep(
+                    w_data, [builder.add(w_base, ir.Constant(i64, q))],
+                    inbounds=True))
+                w_vec = builder.shuffle_vector(
+                    builder.insert_element(undef, w_q, ir.Constant(i32, 0)),
+                    undef, broadcast_mask)
+                for v in range(TILE_VECTORS):
+                    builder.store(builder.call(
+                        fmuladd, [w_vec, xs[v], builder.load(slots[q, v])]),
+                        slots[q, v])
+        for q in range(n_ch):
+            for v in range(TILE_VECTORS):
+                builder.store(builder.load(slots[q, v]), acc_at(q, v),
+                              align=align)
+        return context.get_dummy_value()
+
+    return types.void(kb, xq, x0, offs, wp, wb, acc), codegen
+
+
+def _tile_width(xq):  # pragma: no cover
+    raise NotImplementedError("only callable from jitted code")
+
+
+@overload(_tile_width, inline="always")
+def _tile_width_impl(xq):
+    width = TILE_VECTORS * _lanes(xq.dtype)
+    return lambda xq: width
+
+
+@njit(cache=True, inline="always")
+def _run_tile(kb, xq, x0, offs, wp, wb, acc_ptr):
+    """``_fma_tile`` with a run-time ``kb`` (each size is its own code)."""
+    if kb == 4:
+        _fma_tile(4, xq, x0, offs, wp, wb, acc_ptr)
+    elif kb == 3:
+        _fma_tile(3, xq, x0, offs, wp, wb, acc_ptr)
+    elif kb == 2:
+        _fma_tile(2, xq, x0, offs, wp, wb, acc_ptr)
+    else:
+        _fma_tile(1, xq, x0, offs, wp, wb, acc_ptr)
+
+
+@njit(cache=True, inline="always")
+def _store_tile(acc, kb, width, y, y0, hw, v0, nv, wq, wo):
+    """Write the tile's virtual outputs that are real pixels to ``y``.
+
+    Virtual output ``v = oh*wq + ow`` is pixel ``(oh, ow)`` when
+    ``ow < wo``; channel ``q`` of the tile goes to
+    ``y[y0 + q*hw + oh*wo + ow]``.
+    """
+    v = v0
+    v_end = min(v0 + width, nv)
+    while v < v_end:
+        oh = v // wq
+        ow = v - oh * wq
+        run = min(v_end - v, wo - ow)
+        if run > 0:
+            s = v - v0
+            for q in range(kb):
+                dst = y0 + q * hw + oh * wo + ow
+                y[dst:dst + run] = acc[q, s:s + run]
+        v = (oh + 1) * wq
+
+
+# --------------------------------------------------------------------------
+# Stage 3: the whole convolution, in parallel tasks
+# --------------------------------------------------------------------------
+
+@njit(cache=True, inline="always")
+def _direct_body(x, w, bias, has_bias, sh, sw, dh, dw, pt, pb, pl, pr,
+                 groups):
+    n_img, c_total, h, wd = x.shape
+    k_total, cg, kh, kw = w.shape
+    ho, wo, hq, wq = output_geometry(h, wd, kh, kw, sh, sw, dh, dw,
+                                     pt, pb, pl, pr)
+    width = _tile_width(x)
+    # A tile reads up to width - 1 outputs past the last, and dropped
+    # columns up to wq - wo elements past the last packed plane.
+    xq = _pack(x, pt, pl, sh, sw, hq, wq, width + wq)
+    offs = tap_offsets(cg, kh, kw, sh, sw, dh, dw, hq, wq)
+    r_len = offs.shape[0]
+    wp = pack_weights(w.reshape(k_total, r_len), groups)
+
+    kg = k_total // groups
+    blocks = (kg + MAX_BLOCK - 1) // MAX_BLOCK
+    chan_size = sh * sw * hq * wq          # one packed input channel
+    nv = ho * wq
+    hw = ho * wo
+    n_cols = (nv + width - 1) // width
+    y = np.empty(n_img * k_total * hw, x.dtype)
+    for task in prange(n_img * groups * n_cols * blocks):
+        blk = task % blocks
+        rest = task // blocks
+        col = rest % n_cols
+        rest //= n_cols
+        g = rest % groups
+        n = rest // groups
+        k0 = g * kg + blk * MAX_BLOCK
+        kb = min(MAX_BLOCK, (g + 1) * kg - k0)
+        v0 = col * width
+        acc_ptr = _tile_buffer(x)
+        acc = carray(acc_ptr, (MAX_BLOCK, width))
+        for q in range(kb):
+            acc[q, :] = bias[k0 + q] if has_bias else 0
+        _run_tile(kb, xq, (n * c_total + g * cg) * chan_size + v0, offs, wp,
+                  k0 * r_len, acc_ptr)
+        _store_tile(acc, kb, width, y, (n * k_total + k0) * hw, hw, v0, nv,
+                    wq, wo)
+    return y.reshape(n_img, k_total, ho, wo)
+
+
+@njit(cache=True, parallel=True)
+def _direct_parallel(x, w, bias, has_bias, sh, sw, dh, dw, pt, pb, pl, pr,
+                     groups):
+    return _direct_body(x, w, bias, has_bias, sh, sw, dh, dw, pt, pb, pl, pr,
+                        groups)
+
+
+@njit(cache=True)
+def _direct_serial(x, w, bias, has_bias, sh, sw, dh, dw, pt, pb, pl, pr,
+                   groups):
+    return _direct_body(x, w, bias, has_bias, sh, sw, dh, dw, pt, pb, pl, pr,
+                        groups)
+
+
+# --------------------------------------------------------------------------
+# Public entry point (the kernels/_dispatch.py contract)
+# --------------------------------------------------------------------------
+
+def conv2d(x, w, bias, stride, padding, dilation, groups):
+    """Direct 2-D convolution (cross-correlation), ``torch`` semantics.
+
+    Parameters
+    ----------
+    x : ndarray, (N, C, H, W), C-contiguous float32 or float64
+    w : ndarray, (K, C // groups, kH, kW), C-contiguous, x's dtype
+    bias : ndarray (K,) or None
+    stride, dilation : (int, int)
+    padding : (top, bottom, left, right) zero padding
+    groups : int
+
+    Returns
+    -------
+    y : ndarray, (N, K, Ho, Wo), new and C-contiguous, x's dtype
+    """
+    if w.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
+        raise TypeError(f"x, w and bias must have the same dtype, got "
+                        f"{x.dtype}, {w.dtype} and "
+                        f"{None if bias is None else bias.dtype}")
+    x = np.ascontiguousarray(x)
+    w = np.ascontiguousarray(w)
+    has_bias = bias is not None
+    b = np.ascontiguousarray(bias) if has_bias else np.zeros(1, x.dtype)
+    n_img, _, h, wd = x.shape
+    k_total, cg, kh, kw = w.shape
+    pt, pb, pl, pr = (int(p) for p in padding)
+    sh, sw = (int(s) for s in stride)
+    dh, dw = (int(d) for d in dilation)
+    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    wo = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    macs = n_img * k_total * cg * kh * kw * ho * wo
+    run = _direct_serial if macs <= SERIAL_MAX_MACS else _direct_parallel
+    return run(x, w, b, has_bias, sh, sw, dh, dw, pt, pb, pl, pr, int(groups))

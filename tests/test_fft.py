@@ -1,0 +1,581 @@
+"""FFT convolution (kernels/cpu/fft.py).
+
+* The FFT-length rule is checked against its definition by brute force
+  (``2**a * m``, odd part ``m`` in {1, 3, 5, 7, 9}, ``>= n``, minimal).
+* Each stage is checked against its definition in float64 NumPy: the
+  padded, phase-split input against ``np.pad`` and slicing, the input and
+  weight spectra against ``numpy.fft.rfft2`` of windows / phase kernels
+  built here, the contraction against ``np.einsum``, and the inverse
+  against ``numpy.fft.irfft2`` followed by the overlap-save scatter (output
+  pre-filled with NaN so an unwritten element shows).  Both spectrum
+  layouts (batch-major, frequency-major) and chunked tiles are covered.
+* End to end, results are held to ``kernels.accuracy.error_bound("fft",
+  ...)`` (normwise) against ``reference.conv2d`` in both dtypes, with
+  stride, dilation, groups, asymmetric padding, H = 1 and forced tilings
+  whose blocks straddle the image border; tiled and untiled results are
+  compared with each other.
+* The weight-spectrum cache never returns spectra of a filter that was
+  modified in place, or of another filter of the same shape.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import kernels
+import reference
+from kernels.accuracy import error_bound
+from kernels.cpu import fft
+
+DTYPES = (np.float32, np.float64)
+over_dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+over_layouts = pytest.mark.parametrize("freq_major", [False, True],
+                                       ids=["batch-major", "freq-major"])
+
+
+# --------------------------------------------------------------------------
+# Helpers: definitions in float64 NumPy
+# --------------------------------------------------------------------------
+
+def odd_part(n):
+    while n % 2 == 0:
+        n //= 2
+    return n
+
+
+def dilate(w, dilation):
+    """Zero-inserted kernel: taps at multiples of the dilation."""
+    dh, dw = dilation
+    k, c, kh, kw = w.shape
+    out = np.zeros((k, c, dh * (kh - 1) + 1, dw * (kw - 1) + 1), w.dtype)
+    out[:, :, ::dh, ::dw] = w
+    return out
+
+
+def zero_pad(x, padding):
+    top, bottom, left, right = padding
+    return np.pad(x, [(0, 0), (0, 0), (top, bottom), (left, right)])
+
+
+def reference_conv(x, w, bias, stride, padding, dilation, groups):
+    """reference.conv2d with asymmetric zero padding (np.pad, then valid)."""
+    xp = zero_pad(np.asarray(x, np.float64), padding)
+    b = None if bias is None else np.asarray(bias, np.float64)
+    return reference.conv2d(xp, np.asarray(w, np.float64), b, stride, 0,
+                            dilation, groups)
+
+
+def fft_bound(dtype, x, w, bias, stride, padding, dilation, groups):
+    """The documented bound: c u max(|x| * |w| + |bias|)."""
+    scale = reference_conv(np.abs(x), np.abs(w),
+                           None if bias is None else np.abs(bias),
+                           stride, padding, dilation, groups)
+    return error_bound("fft", dtype, scale)
+
+
+def assert_within(y, y_ref, tol, what):
+    assert y.shape == y_ref.shape, f"{what}: shape {y.shape} != {y_ref.shape}"
+    err = np.abs(np.asarray(y, np.float64) - y_ref)
+    assert np.isfinite(y).all(), f"{what}: non-finite output"
+    worst = np.unravel_index(np.argmax(err - tol), err.shape) if err.size else ()
+    assert (err <= tol).all(), (
+        f"{what}: |diff| {err[worst]:.3e} > tolerance "
+        f"{np.broadcast_to(tol, err.shape)[worst]:.3e} at {worst}")
+
+
+def phase_signals(x, geom, padding):
+    """xpad[n, (c, p0, p1), u, v] = zero_pad(x)[n, c, u s0 + r0, v s1 + r1]."""
+    rows, cols = geom.rows, geom.cols
+    xp = zero_pad(np.asarray(x, np.float64), padding)
+    # Enough zeros after the input for every tile window.
+    need_h = rows.padded * rows.stride + rows.stride
+    need_w = cols.padded * cols.stride + cols.stride
+    xp = np.pad(xp, [(0, 0), (0, 0), (0, max(0, need_h - xp.shape[2])),
+                     (0, max(0, need_w - xp.shape[3]))])
+    parts = []
+    n, c = x.shape[:2]
+    for ch in range(c):
+        for r0 in rows.residues:
+            for r1 in cols.residues:
+                parts.append(xp[:, ch, r0::rows.stride, r1::cols.stride]
+                             [:, :rows.padded, :cols.padded])
+    return np.stack(parts, axis=1)
+
+
+def tile_windows(xphase, geom):
+    """(N * tiles, C', t0, t1): the window tile (n, i, j) reads."""
+    rows, cols = geom.rows, geom.cols
+    out = []
+    for n in range(xphase.shape[0]):
+        for i in range(rows.tiles):
+            for j in range(cols.tiles):
+                out.append(xphase[n, :, i * rows.b:i * rows.b + rows.t,
+                                  j * cols.b:j * cols.b + cols.t])
+    return np.stack(out)
+
+
+def phase_kernels(w, geom, dilation):
+    """(K, Cg * phases, kq0, kq1): wd[q s + r] of the dilated kernel."""
+    rows, cols = geom.rows, geom.cols
+    wd = dilate(np.asarray(w, np.float64), dilation)
+    k, cg = w.shape[:2]
+    out = np.zeros((k, cg, len(rows.residues), len(cols.residues), rows.kq,
+                    cols.kq))
+    for a in range(wd.shape[2]):
+        for b in range(wd.shape[3]):
+            if a % rows.stride in rows.residues and b % cols.stride in cols.residues:
+                p0 = rows.residues.index(a % rows.stride)
+                p1 = cols.residues.index(b % cols.stride)
+                out[:, :, p0, p1, a // rows.stride, b // cols.stride] = wd[:, :, a, b]
+            else:
+                assert (wd[:, :, a, b] == 0).all(), "a dropped phase has taps"
+    return out.reshape(k, -1, rows.kq, cols.kq)
+
+
+def random_problem(rng, dtype, n=1, c=2, k=3, hw=(9, 11), khw=(3, 2),
+                   groups=1, bias=True):
+    x = rng.standard_normal((n, c) + hw).astype(dtype)
+    w = rng.standard_normal((k, c // groups) + khw).astype(dtype)
+    b = rng.standard_normal(k).astype(dtype) if bias else None
+    return x, w, b
+
+
+# --------------------------------------------------------------------------
+# FFT lengths and geometry
+# --------------------------------------------------------------------------
+
+def test_fast_length_is_the_smallest_allowed_length():
+    allowed = [m for m in range(1, 5000) if odd_part(m) in (1, 3, 5, 7, 9)]
+    for n in range(1, 4500):
+        expected = next(m for m in allowed if m >= n)
+        assert fft.fast_length(n) == expected, n
+
+
+def test_fast_length_rejects_nonpositive():
+    with pytest.raises(ValueError):
+        fft.fast_length(0)
+
+
+@settings(deadline=None)
+@given(size=st.integers(1, 60), lo=st.integers(0, 4), hi=st.integers(0, 4),
+       k=st.integers(1, 7), d=st.integers(1, 3), s=st.integers(1, 4),
+       t=st.one_of(st.none(), st.integers(1, 40)))
+def test_axis_geometry_tiles_cover_the_output(size, lo, hi, k, d, s, t):
+    extent = d * (k - 1) + 1
+    assume(extent <= size + lo + hi)
+    try:
+        g = fft._axis_geometry(size, lo, hi, k, d, s, t)
+    except ValueError:
+        residues, _, taps_q, _ = fft._axis_phases(k, d, s)
+        assert t is not None and t < max(taps_q) + 1
+        return
+    assert g.out == (size + lo + hi - extent) // s + 1
+    assert g.b >= 1 and (g.tiles - 1) * g.b < g.out <= g.tiles * g.b
+    # every output's window fits its tile without wrapping around
+    assert g.b + g.kq - 1 <= g.t
+    single = fft.fast_length(g.out + g.kq - 1)
+    if t is None or t >= single:
+        # one tile: the fast length of the whole padded phase signal
+        assert g.t == single and g.tiles == 1
+    else:
+        assert g.t == t                      # a forced length is kept
+
+
+def test_choose_tile_returns_fast_lengths_and_prefers_small_tiles_for_many_channels():
+    one = fft.choose_tile((1, 1, 1024, 1024), (1, 1, 9, 9), (1, 1), (4,) * 4,
+                          (1, 1), 1)
+    many = fft.choose_tile((1, 64, 1024, 1024), (64, 64, 9, 9), (1, 1),
+                           (4,) * 4, (1, 1), 1)
+    for t in one + many:
+        assert odd_part(t) in fft.FAST_ODD_PARTS and t >= 9
+    assert many[0] * many[1] <= one[0] * one[1]
+
+
+# --------------------------------------------------------------------------
+# Stages against their definitions
+# --------------------------------------------------------------------------
+
+STAGE_CASES = [
+    # x_shape, w_shape, stride, padding, dilation, groups, tile
+    ((2, 3, 13, 11), (4, 3, 3, 4), (1, 1), (1, 2, 0, 3), (1, 1), 1, (8, 7)),
+    ((1, 4, 12, 15), (4, 2, 3, 3), (2, 3), (1, 1, 2, 0), (1, 2), 2, (5, 6)),
+    ((2, 2, 1, 40), (3, 2, 1, 5), (1, 2), (0, 0, 3, 1), (1, 3), 1, (1, 16)),
+    ((1, 2, 10, 10), (2, 2, 3, 3), (2, 2), (1, 1, 1, 1), (2, 2), 1, None),
+]
+STAGE_IDS = ["tiled", "stride-dilation-groups", "H=1", "single-tile-stride=dilation"]
+over_stage_cases = pytest.mark.parametrize(
+    "x_shape, w_shape, stride, padding, dilation, groups, tile", STAGE_CASES,
+    ids=STAGE_IDS)
+
+
+@over_stage_cases
+@over_dtypes
+def test_padded_input_matches_numpy(x_shape, w_shape, stride, padding,
+                                    dilation, groups, tile, dtype):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    geom = fft.plan_geometry(x_shape, w_shape, stride, padding, dilation,
+                             groups, dtype, tile)
+    xpad = fft.padded_input(x, geom)
+    expected = phase_signals(x, geom, padding)
+    got = xpad[:, :, :, :geom.cols.padded]
+    np.testing.assert_array_equal(got, expected.astype(dtype))
+
+
+@over_stage_cases
+@over_layouts
+@over_dtypes
+def test_input_spectra_are_rfft2_of_the_tile_windows(
+        x_shape, w_shape, stride, padding, dilation, groups, tile, freq_major,
+        dtype):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    geom = fft.plan_geometry(x_shape, w_shape, stride, padding, dilation,
+                             groups, dtype, tile, freq_major)
+    windows = tile_windows(phase_signals(x.astype(np.float64), geom, padding),
+                           geom)
+    expected = np.fft.rfft2(windows, axes=(-2, -1))
+    spec = fft.input_spectra(x, geom)
+    scale = np.abs(windows).sum(axis=(-2, -1), keepdims=True)
+    tol = 8 * np.finfo(dtype).eps * np.log2(windows[0, 0].size + 1) * scale
+    assert_within(spec.real, expected.real, tol, "real part")
+    assert_within(spec.imag, expected.imag, tol, "imaginary part")
+
+
+@over_layouts
+def test_input_spectra_of_chunks_are_the_matching_slices(freq_major):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 2, 30, 20)).astype(np.float64)
+    geom = fft.plan_geometry(x.shape, (2, 2, 3, 3), (1, 1), (1, 1, 1, 1),
+                             (1, 1), 1, np.float64, (8, 8), freq_major)
+    whole = fft.input_spectra(x, geom)
+    xpad = fft.padded_input(x, geom)
+    # Rows of tiles within one image, and whole images.
+    for chunk in (fft.Chunk(1, 1, 2, 2), fft.Chunk(0, 2, 0, geom.rows.tiles)):
+        part = fft.input_spectra(x, geom, chunk, xpad)
+        m0 = chunk.m0(geom)
+        np.testing.assert_allclose(part, whole[m0:m0 + chunk.tiles(geom)],
+                                   rtol=1e-13, atol=1e-12)
+
+
+@over_stage_cases
+@over_layouts
+@over_dtypes
+def test_weight_spectra_are_conjugate_rfft2_of_the_phase_kernels(
+        x_shape, w_shape, stride, padding, dilation, groups, tile, freq_major,
+        dtype):
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    geom = fft.plan_geometry(x_shape, w_shape, stride, padding, dilation,
+                             groups, dtype, tile, freq_major)
+    t0, t1 = geom.tile_shape
+    wp = phase_kernels(w, geom, dilation)                 # (K, Cg', q0, q1)
+    expected = np.conj(np.fft.rfft2(wp, s=(t0, t1))) / (t0 * t1)
+    expected = expected.transpose(1, 0, 2, 3)             # (Cg', K, F0, F1h)
+    spec = fft.weight_spectra(w, geom)
+    scale = np.abs(wp).sum(axis=(-2, -1)).T[:, :, None, None] / (t0 * t1)
+    tol = 8 * np.finfo(dtype).eps * np.log2(t0 * t1 + 1) * scale
+    assert_within(spec.real, expected.real, tol, "real part")
+    assert_within(spec.imag, expected.imag, tol, "imaginary part")
+
+
+@pytest.mark.parametrize("m, cp, k, groups", [(3, 1, 1, 1), (5, 4, 6, 1),
+                                              (4, 6, 4, 2), (6, 4, 4, 4),
+                                              (8, 16, 8, 1), (1, 5, 7, 1)])
+@over_layouts
+@over_dtypes
+def test_contract_is_a_gemm_per_frequency(m, cp, k, groups, freq_major, dtype):
+    rng = np.random.default_rng(5)
+    cdtype = np.complex64 if dtype == np.float32 else np.complex128
+    f0, f1 = 6, 4
+    cgp, kg = cp // groups, k // groups
+
+    def spectrum(rows, cols):
+        buf, view = fft._spectrum_buffer((rows, cols), (f0, 2 * (f1 - 1)),
+                                         cdtype, freq_major)
+        view[...] = (rng.standard_normal(view.shape)
+                     + 1j * rng.standard_normal(view.shape))
+        return view
+
+    x = spectrum(m, cp)
+    w = spectrum(cgp, k)
+    expected = np.einsum("mgcf,cgkf->mgkf",
+                         x.reshape(m, groups, cgp, -1).astype(np.complex128),
+                         w.reshape(cgp, groups, kg, -1).astype(np.complex128))
+    expected = expected.reshape(m, k, f0, f1)
+    y = fft.contract(x, w, groups)
+    assert y.shape == (m, k, f0, f1)
+    tol = 4 * cgp * np.finfo(dtype).eps * (
+        np.abs(x).max() * np.abs(w).max())
+    np.testing.assert_allclose(y, expected, rtol=0, atol=tol)
+
+
+@over_stage_cases
+@over_layouts
+@over_dtypes
+def test_inverse_is_irfft2_then_overlap_save_scatter(
+        x_shape, w_shape, stride, padding, dilation, groups, tile, freq_major,
+        dtype):
+    rng = np.random.default_rng(6)
+    geom = fft.plan_geometry(x_shape, w_shape, stride, padding, dilation,
+                             groups, dtype, tile, freq_major)
+    t0, t1 = geom.tile_shape
+    k = geom.k
+    bias = rng.standard_normal(k).astype(dtype)
+    # Spectra of random real tiles (so that irfft2 returns them).
+    tiles = rng.standard_normal((geom.m, k, t0, t1))
+    cdtype = geom.complex_dtype
+    buf, spec = fft._spectrum_buffer((geom.m, k), (t0, t1), cdtype, freq_major)
+    spec[...] = np.fft.rfft2(tiles)
+    expected = np.full(geom.out_shape, np.nan)
+    rows, cols = geom.rows, geom.cols
+    for mm in range(geom.m):
+        n, rest = divmod(mm, geom.tiles)
+        i, j = divmod(rest, cols.tiles)
+        hs = min(rows.b, rows.out - i * rows.b)
+        ws = min(cols.b, cols.out - j * cols.b)
+        expected[n, :, i * rows.b:i * rows.b + hs, j * cols.b:j * cols.b + ws] = (
+            tiles[mm, :, :hs, :ws] * (t0 * t1) + bias[:, None, None])
+    assert not np.isnan(expected).any(), "the tiles must cover the output"
+    out = np.full(geom.out_shape, np.nan, dtype=dtype)
+    fft.inverse(spec, geom, bias, out)
+    tol = 64 * np.finfo(dtype).eps * np.log2(t0 * t1 + 1) * (
+        np.abs(tiles).max() * t0 * t1 + np.abs(bias).max())
+    assert_within(out, expected, tol, "inverse")
+
+
+def test_inverse_of_a_chunk_writes_only_its_tiles():
+    geom = fft.plan_geometry((2, 1, 20, 20), (2, 1, 3, 3), (1, 1),
+                             (1, 1, 1, 1), (1, 1), 1, np.float64, (8, 8))
+    chunk = fft.Chunk(1, 1, 1, 1)           # image 1, second row of tiles
+    mc = chunk.tiles(geom)
+    buf, spec = fft._spectrum_buffer((mc, 2), geom.tile_shape,
+                                     np.complex128, False)
+    spec[...] = np.fft.rfft2(np.ones((mc, 2) + geom.tile_shape))
+    out = np.full(geom.out_shape, np.nan)
+    fft.inverse(spec, geom, None, out, chunk.m0(geom))
+    written = ~np.isnan(out)
+    expected = np.zeros(geom.out_shape, bool)
+    b0 = geom.rows.b
+    expected[1, :, b0:2 * b0, :] = True
+    np.testing.assert_array_equal(written, expected)
+
+
+# --------------------------------------------------------------------------
+# End to end against the reference
+# --------------------------------------------------------------------------
+
+def check_against_reference(x, w, b, stride, padding, dilation, groups,
+                            **options):
+    y = fft.conv2d(x, w, b, stride, padding, dilation, groups, **options)
+    assert y.dtype == x.dtype and y.flags.c_contiguous
+    y_ref = reference_conv(x, w, b, stride, padding, dilation, groups)
+    tol = fft_bound(x.dtype, x, w, b, stride, padding, dilation, groups)
+    assert_within(y, y_ref, tol, f"fft {options}")
+    return y
+
+
+@st.composite
+def problems(draw):
+    groups = draw(st.integers(1, 3))
+    c = groups * draw(st.integers(1, 3))
+    k = groups * draw(st.integers(1, 3))
+    one_d = draw(st.booleans())
+    kh = 1 if one_d else draw(st.integers(1, 5))
+    kw = draw(st.integers(1, 6))
+    dh = 1 if one_d else draw(st.integers(1, 3))
+    dw = draw(st.integers(1, 3))
+    sh = 1 if one_d else draw(st.integers(1, 3))
+    sw = draw(st.integers(1, 3))
+    pad = tuple(draw(st.integers(0, 3)) for _ in range(4))
+    if one_d:
+        pad = (0, 0) + pad[2:]
+    h = 1 if one_d else draw(st.integers(max(1, dh * (kh - 1) + 1 - pad[0] - pad[1]), 20))
+    w_ = draw(st.integers(max(1, dw * (kw - 1) + 1 - pad[2] - pad[3]), 40))
+    n = draw(st.integers(1, 2))
+    tile = draw(st.one_of(st.none(), st.tuples(st.integers(1, 24),
+                                               st.integers(1, 24))))
+    layout = draw(st.sampled_from([None, False, True]))
+    return dict(x_shape=(n, c, h, w_), w_shape=(k, c // groups, kh, kw),
+                stride=(sh, sw), padding=pad, dilation=(dh, dw),
+                groups=groups, tile=tile, freq_major=layout)
+
+
+@settings(deadline=None)
+@given(p=problems(), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**16))
+def test_conv2d_matches_reference(p, dtype, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(p["x_shape"]).astype(dtype)
+    w = rng.standard_normal(p["w_shape"]).astype(dtype)
+    b = rng.standard_normal(p["w_shape"][0]).astype(dtype)
+    tile = p["tile"]
+    if tile is not None:
+        geom = fft.plan_geometry(p["x_shape"], p["w_shape"], p["stride"],
+                                 p["padding"], p["dilation"], p["groups"],
+                                 dtype)
+        assume(tile[0] >= geom.rows.kq and tile[1] >= geom.cols.kq)
+    check_against_reference(x, w, b, p["stride"], p["padding"], p["dilation"],
+                            p["groups"], tile=tile,
+                            freq_major=p["freq_major"])
+
+
+@pytest.mark.parametrize("tile", [(8, 8), (9, 10), (16, 12), (14, 32)])
+@over_dtypes
+def test_tiled_equals_untiled_across_tile_boundaries(tile, dtype):
+    # 37 x 29 outputs with 5 x 4 kernels: no tile size divides the output,
+    # so the last row and column of tiles straddle the border.
+    rng = np.random.default_rng(7)
+    x, w, b = random_problem(rng, dtype, n=2, c=3, k=2, hw=(39, 30),
+                             khw=(5, 4))
+    args = (b, (1, 1), (1, 1, 1, 2), (1, 1), 1)
+    tiled = check_against_reference(x, w, *args, tile=tile)
+    untiled = check_against_reference(x, w, *args, tile=(10**6, 10**6))
+    geom = fft.plan_geometry(x.shape, w.shape, (1, 1), (1, 1, 1, 2), (1, 1),
+                             1, dtype, tile)
+    assert geom.tiles > 1 and geom.rows.out % geom.rows.b != 0
+    tol = 2 * fft_bound(dtype, x, w, b, *args[1:])
+    assert_within(tiled, untiled.astype(np.float64), tol, "tiled vs untiled")
+
+
+@over_dtypes
+def test_chunked_equals_whole(dtype, monkeypatch):
+    rng = np.random.default_rng(8)
+    x, w, b = random_problem(rng, dtype, n=3, c=4, k=5, hw=(30, 26),
+                             khw=(3, 3))
+    args = (b, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    whole = fft.conv2d(x, w, *args, tile=(8, 8))
+    monkeypatch.setattr(fft, "CHUNK_BYTES", 1)     # one row of tiles each
+    geom = fft.plan_geometry(x.shape, w.shape, (1, 1), (1, 1, 1, 1), (1, 1),
+                             1, dtype, (8, 8))
+    assert len(fft.chunks(geom)) == x.shape[0] * geom.rows.tiles
+    chunked = check_against_reference(x, w, *args, tile=(8, 8))
+    tol = 2 * fft_bound(dtype, x, w, *args)
+    assert_within(chunked, whole.astype(np.float64), tol, "chunked vs whole")
+
+
+@pytest.mark.parametrize("kernel", [1, 9, 63])
+@over_dtypes
+def test_long_1d_signal_through_conv1d(kernel, dtype):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((1, 2, 20000)).astype(dtype)
+    w = rng.standard_normal((3, 2, kernel)).astype(dtype)
+    b = rng.standard_normal(3).astype(dtype)
+    y = kernels.conv1d(x, w, b, padding="same", algorithm="fft")
+    y_ref = reference.conv1d(x, w, b, padding="same")
+    scale = reference.conv1d(np.abs(x), np.abs(w), np.abs(b), padding="same")
+    assert_within(y, y_ref, error_bound("fft", dtype, scale), "conv1d")
+    geom = fft.plan_geometry((1, 2, 1, 20000), w.shape[:2] + (1, kernel),
+                             (1, 1), (0, 0, kernel // 2, kernel // 2), (1, 1),
+                             1, dtype)
+    assert geom.rows.t == 1, "H = 1 must use 1-D transforms"
+
+
+@over_dtypes
+def test_public_api_dispatches_to_fft(dtype):
+    rng = np.random.default_rng(10)
+    x, w, b = random_problem(rng, dtype, n=2, c=4, k=4, hw=(17, 13),
+                             khw=(3, 5), groups=2)
+    y = kernels.conv2d(x, w, b, stride=(2, 1), padding=(2, 1), dilation=(1, 2),
+                       groups=2, algorithm="fft")
+    y_ref = reference.conv2d(x, w, b, stride=(2, 1), padding=(2, 1),
+                             dilation=(1, 2), groups=2)
+    scale = reference.conv2d(np.abs(x), np.abs(w), np.abs(b), stride=(2, 1),
+                             padding=(2, 1), dilation=(1, 2), groups=2)
+    assert_within(y, y_ref, error_bound("fft", dtype, scale), "kernels.conv2d")
+
+
+def test_inputs_are_not_modified():
+    rng = np.random.default_rng(11)
+    x, w, b = random_problem(rng, np.float32, n=2, c=2, k=2, hw=(20, 20),
+                             khw=(3, 3))
+    copies = [a.copy() for a in (x, w, b)]
+    fft.conv2d(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 1, tile=(8, 8))
+    fft.conv2d(x, w, b, (2, 2), (0, 1, 0, 1), (1, 1), 1)
+    for a, c in zip((x, w, b), copies):
+        np.testing.assert_array_equal(a, c)
+
+
+def test_planner_effort_estimate_gives_the_same_result():
+    rng = np.random.default_rng(12)
+    x, w, b = random_problem(rng, np.float64, n=1, c=2, k=2, hw=(21, 19),
+                             khw=(4, 3))
+    args = (b, (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    before = fft.get_planner_effort()
+    try:
+        fft.set_planner_effort("FFTW_ESTIMATE")
+        fft.clear_caches(plans=True)
+        estimate = check_against_reference(x, w, *args, tile=(11, 9))
+    finally:
+        fft.set_planner_effort(before)
+    measure = check_against_reference(x, w, *args, tile=(11, 9))
+    np.testing.assert_allclose(estimate, measure, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError):
+        fft.set_planner_effort("FFTW_FAST")
+
+
+# --------------------------------------------------------------------------
+# Weight-spectrum cache
+# --------------------------------------------------------------------------
+
+def test_cache_is_used_for_the_same_unchanged_filter():
+    fft.clear_caches()
+    rng = np.random.default_rng(13)
+    x, w, b = random_problem(rng, np.float64, hw=(16, 16), khw=(3, 3))
+    args = (b, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    first = fft.conv2d(x, w, *args)
+    assert fft.cache_info()["weight_entries"] == 1
+    again = fft.conv2d(x, w, *args)
+    assert fft.cache_info()["weight_entries"] == 1
+    np.testing.assert_array_equal(first, again)
+
+
+@over_dtypes
+def test_cache_sees_a_filter_modified_in_place(dtype):
+    fft.clear_caches()
+    rng = np.random.default_rng(14)
+    x, w, b = random_problem(rng, dtype, hw=(16, 16), khw=(3, 3))
+    args = (b, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    fft.conv2d(x, w, *args)
+    # A change to a single tap, and one by the smallest possible amount.
+    w[1, 0, 2, 1] += 1
+    check_against_reference(x, w, *args)
+    w[0, 1, 0, 0] = np.nextafter(w[0, 1, 0, 0], np.inf)
+    check_against_reference(x, w, *args)
+    w *= -1
+    check_against_reference(x, w, *args)
+
+
+def test_cache_distinguishes_filters_of_the_same_shape():
+    fft.clear_caches()
+    rng = np.random.default_rng(15)
+    x, w, b = random_problem(rng, np.float64, hw=(16, 16), khw=(3, 3))
+    args = (b, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    for _ in range(3):
+        w = rng.standard_normal(w.shape)         # new array each time
+        check_against_reference(x, w, *args)
+    # A view of a different filter at the same address (same buffer).
+    buf = rng.standard_normal((2,) + w.shape)
+    check_against_reference(x, buf[0], *args)
+    buf[0] = buf[1]
+    check_against_reference(x, buf[0], *args)
+
+
+def test_cache_is_keyed_on_the_geometry():
+    fft.clear_caches()
+    rng = np.random.default_rng(16)
+    x, w, b = random_problem(rng, np.float64, hw=(24, 24), khw=(3, 3))
+    for tile, stride in [((8, 8), (1, 1)), ((16, 16), (1, 1)), (None, (2, 2)),
+                         (None, (1, 1))]:
+        check_against_reference(x, w, b, stride, (1, 1, 1, 1), (1, 1), 1,
+                                tile=tile)
+    check_against_reference(x.astype(np.float32), w.astype(np.float32),
+                            b.astype(np.float32), (1, 1), (1, 1, 1, 1), (1, 1),
+                            1)
+
+
+def test_unsupported_reason_is_none():
+    assert fft.unsupported_reason((1, 1, 5, 5), (1, 1, 3, 3), (2, 2),
+                                  (0, 0, 0, 0), (2, 2), 1) is None

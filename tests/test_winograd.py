@@ -1,0 +1,532 @@
+"""Winograd F(m x m, r x r) convolution (kernels/cpu/winograd.py, kernels/winograd.py).
+
+* Every generated transform triple (A^T, G, B^T) is checked EXACTLY, in
+  rational arithmetic, against direct correlation of random integer
+  signals and tiles (1-D, and the 2-D nesting, square and not).
+* Each stage is checked against its mathematical definition, computed in
+  float64 NumPy from the exact matrices: kernel transform G g G^T, input
+  transform B^T d B of every tile of the zero-padded input, the tuple
+  GEMMs, and the output transform A^T M A (+ bias) with partial edge tiles
+  clipped (outputs pre-filled with NaN, as NNPACK's testers do, so an
+  unwritten element shows).
+* End to end, every tile in both dtypes is held to its documented error
+  constant against ``reference.conv2d``, with the *normwise* scale
+  ``max(|x| * |w| + |bias|)`` (see ERROR_CONSTANTS_BY_TILE for why).
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kernels
+import reference
+from kernels import winograd
+from kernels.accuracy import unit_roundoff
+from kernels.cpu import winograd as impl
+
+DTYPES = (np.float32, np.float64)
+over_dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+
+# Every 1-D tile the module can build: r = 1..7, alpha = m + r - 1 <= MAX_ALPHA
+# (an r = 1 axis always uses m = 1).
+ALL_TILES = sorted(winograd.ERROR_CONSTANTS_BY_TILE)
+TILE_IDS = [f"F({m},{r})" for m, r in ALL_TILES]
+over_tiles = pytest.mark.parametrize("m, r", ALL_TILES, ids=TILE_IDS)
+
+
+# --------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------
+
+def exact(rows):
+    return [[Fraction(v) for v in row] for row in rows]
+
+
+def matvec(A, v):
+    return [sum((a * b for a, b in zip(row, v)), Fraction(0)) for row in A]
+
+
+def matmul(A, B):
+    return [[sum((A[i][k] * B[k][j] for k in range(len(B))), Fraction(0))
+             for j in range(len(B[0]))] for i in range(len(A))]
+
+
+def transpose(A):
+    return [list(col) for col in zip(*A)]
+
+
+def random_integers(rng, shape):
+    return rng.integers(-9, 10, shape).tolist()
+
+
+def floats(rows):
+    return np.array([[float(v) for v in row] for row in rows])
+
+
+def normwise_check(y, x, w, bias, tile, padding, what):
+    """|y - y_ref| <= c u max(|x| * |w| + |bias|) + tiny, c of the tile."""
+    dtype = x.dtype
+    y_ref = reference.conv2d(x.astype(np.float64), w.astype(np.float64),
+                             None if bias is None else bias.astype(np.float64),
+                             padding=padding)
+    scale = reference.conv2d(np.abs(x).astype(np.float64), np.abs(w).astype(np.float64),
+                             None if bias is None else np.abs(bias).astype(np.float64),
+                             padding=padding)
+    assert y.shape == y_ref.shape and y.dtype == dtype, (what, y.shape, y_ref.shape)
+    c = winograd.error_constant(tile, dtype)
+    bound = c * unit_roundoff(dtype) * scale.max() + 8 * np.finfo(dtype).tiny
+    err = np.abs(y.astype(np.float64) - y_ref)
+    assert err.max() <= bound, (
+        f"{what}: max error {err.max():.3e} > bound {bound:.3e} (c = {c}); "
+        f"observed c = {err.max() / (unit_roundoff(dtype) * scale.max()):.1f}")
+
+
+def padded(x, padding):
+    """x zero-padded by (top, bottom, left, right): reference.conv2d takes
+    only symmetric padding, so asymmetric cases compare as valid convs."""
+    top, bottom, left, right = padding
+    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+
+
+def random_problem(rng, dtype, n=2, c=3, k=4, hw=(9, 11), kernel=(3, 3),
+                   bias=True):
+    x = rng.standard_normal((n, c) + tuple(hw)).astype(dtype)
+    w = rng.standard_normal((k, c) + tuple(kernel)).astype(dtype)
+    b = rng.standard_normal(k).astype(dtype) if bias else None
+    return x, w, b
+
+
+# --------------------------------------------------------------------------
+# Generated transforms: exact
+# --------------------------------------------------------------------------
+
+def test_interpolation_points_are_distinct_and_extend_each_other():
+    """One point sequence: alpha - 1 distinct points, each row a prefix of
+    the next (so every tile of a given alpha uses the same points)."""
+    rows = winograd.INTERPOLATION_POINTS
+    for alpha, points in rows.items():
+        assert len(points) == alpha - 1 and len(set(points)) == len(points), alpha
+        if alpha + 1 in rows:
+            assert rows[alpha + 1][:alpha - 1] == points, alpha
+
+
+@over_tiles
+def test_generated_transforms_compute_1d_correlation_exactly(m, r):
+    """A^T ((G g) * (B^T d)) == sum_i g[i] d[t + i] in rational arithmetic."""
+    AT, G, BT = (exact(M) for M in winograd.cook_toom(m, r))
+    alpha = m + r - 1
+    assert (len(AT), len(AT[0]), len(G), len(G[0]), len(BT), len(BT[0])) == (
+        m, alpha, alpha, r, alpha, alpha)
+    rng = np.random.default_rng(1000 * m + r)
+    for _ in range(4):
+        d = [Fraction(v) for v in random_integers(rng, alpha)]
+        g = [Fraction(v) for v in random_integers(rng, r)]
+        products = [u * v for u, v in zip(matvec(G, g), matvec(BT, d))]
+        y = matvec(AT, products)
+        direct = [sum(g[i] * d[t + i] for i in range(r)) for t in range(m)]
+        assert y == direct, f"F({m}, {r}): {y} != {direct} for d={d}, g={g}"
+
+
+@pytest.mark.parametrize("tile_h, tile_w", [((2, 3), (2, 3)), ((4, 3), (4, 3)),
+                                            ((6, 3), (6, 3)), ((4, 5), (4, 5)),
+                                            ((2, 7), (2, 7)), ((4, 3), (2, 5)),
+                                            ((1, 1), (4, 7)), ((3, 4), (5, 2))],
+                         ids=lambda t: f"F{t}")
+def test_generated_transforms_nest_into_exact_2d_correlation(tile_h, tile_w):
+    """A_h^T [(G_h g G_w^T) * (B_h^T d B_w)] A_w == 2-D correlation, exactly."""
+    (m_h, r_h), (m_w, r_w) = tile_h, tile_w
+    ATh, Gh, BTh = (exact(M) for M in winograd.cook_toom(m_h, r_h))
+    ATw, Gw, BTw = (exact(M) for M in winograd.cook_toom(m_w, r_w))
+    rng = np.random.default_rng(7)
+    d = exact(random_integers(rng, (m_h + r_h - 1, m_w + r_w - 1)))
+    g = exact(random_integers(rng, (r_h, r_w)))
+    U = matmul(matmul(Gh, g), transpose(Gw))
+    V = matmul(matmul(BTh, d), transpose(BTw))
+    M = [[u * v for u, v in zip(ur, vr)] for ur, vr in zip(U, V)]
+    Y = matmul(matmul(ATh, M), transpose(ATw))
+    direct = [[sum(g[i][j] * d[a + i][b + j] for i in range(r_h) for j in range(r_w))
+               for b in range(m_w)] for a in range(m_h)]
+    assert Y == direct
+
+
+def test_cook_toom_rejects_bad_point_sets():
+    with pytest.raises(ValueError, match="distinct"):
+        winograd.cook_toom(2, 3, (0, 1, 1))
+    with pytest.raises(ValueError, match="distinct"):
+        winograd.cook_toom(2, 3, (0, 1))
+    with pytest.raises(ValueError, match="alpha"):
+        winograd.cook_toom(9, 3)
+
+
+def test_float_transforms_of_the_data_are_exact_in_float32():
+    """A^T and B^T (applied to the data in its own dtype) round nothing:
+    every entry is a dyadic rational that float32 holds exactly; G (applied
+    in float64) is the exact G rounded once."""
+    for m, r in ALL_TILES:
+        AT_exact, G_exact, BT_exact = winograd.cook_toom(m, r)
+        AT, G, BT = winograd.transform_matrices(m, r, np.float32)
+        for computed, exact_rows in ((AT, AT_exact), (BT, BT_exact)):
+            assert computed.dtype == np.float32
+            assert [[Fraction(float(v)) for v in row] for row in computed] == \
+                [list(row) for row in exact_rows], f"F({m},{r})"
+        assert G.dtype == np.float64
+        np.testing.assert_array_equal(G, floats(G_exact))
+
+
+# --------------------------------------------------------------------------
+# Stages against their definitions
+# --------------------------------------------------------------------------
+
+STAGE_TILES = [(2, 3, 2, 3), (4, 4, 3, 3), (6, 6, 3, 3), (4, 2, 5, 3), (1, 4, 1, 7),
+               (3, 2, 6, 4)]
+over_stage_tiles = pytest.mark.parametrize(
+    "tile", [impl.Tile(*t) for t in STAGE_TILES],
+    ids=[f"F({a}x{b},{c}x{d})" for a, b, c, d in STAGE_TILES])
+
+
+def exact_float_matrices(tile):
+    ATh, Gh, BTh = (floats(M) for M in winograd.cook_toom(tile.m_h, tile.r_h))
+    ATw, Gw, BTw = (floats(M) for M in winograd.cook_toom(tile.m_w, tile.r_w))
+    return (ATh, Gh, BTh), (ATw, Gw, BTw)
+
+
+@over_stage_tiles
+def test_kernel_transform_is_g_w_gt(tile):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((5, 3, tile.r_h, tile.r_w))
+    (_, Gh, _), (_, Gw, _) = exact_float_matrices(tile)
+    U = impl.transform_kernel(w, tile)
+    expected = np.einsum("ai,kcij,bj->abck", Gh, w, Gw).reshape(-1, 3, 5)
+    np.testing.assert_allclose(U, expected, rtol=1e-13, atol=1e-13)
+
+
+@over_stage_tiles
+@pytest.mark.parametrize("padding", [(0, 0, 0, 0), (1, 2, 0, 3)])
+def test_input_transform_is_bt_d_b_of_every_tile(tile, padding):
+    """V[a alpha_w + b, t, c] = (B_h^T d B_w)[a, b], d the tile's patch of
+    the zero-padded input (zeros also past its end, for partial tiles)."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 10, 13))
+    ho = 10 + padding[0] + padding[1] - tile.r_h + 1
+    wo = 13 + padding[2] + padding[3] - tile.r_w + 1
+    V = impl.transform_input(x, tile, padding, (ho, wo))
+    th, tw = impl.tile_counts((ho, wo), tile)
+    (_, _, BTh), (_, _, BTw) = exact_float_matrices(tile)
+    xp = np.zeros((2, 3, th * tile.m_h + tile.alpha_h, tw * tile.m_w + tile.alpha_w))
+    p = padded(x, padding)
+    xp[:, :, :p.shape[2], :p.shape[3]] = p
+    assert V.shape == (tile.alpha_h * tile.alpha_w, 2 * th * tw, 3)
+    for n in range(2):
+        for i in range(th):
+            for j in range(tw):
+                d = xp[n, :, i * tile.m_h:i * tile.m_h + tile.alpha_h,
+                       j * tile.m_w:j * tile.m_w + tile.alpha_w]
+                expected = np.einsum("ak,ckl,bl->abc", BTh, d, BTw)
+                t = (n * th + i) * tw + j
+                np.testing.assert_allclose(V[:, t, :], expected.reshape(-1, 3),
+                                           rtol=1e-12, atol=1e-12)
+
+
+@over_dtypes
+def test_tuple_gemm_is_one_matrix_product_per_coefficient(dtype):
+    rng = np.random.default_rng(2)
+    for planes, tiles, c, k in [(36, 50, 7, 5), (1, 300, 3, 4), (16, 1, 2, 9)]:
+        V = rng.standard_normal((planes, tiles, c)).astype(dtype)
+        U = rng.standard_normal((planes, c, k)).astype(dtype)
+        M = impl.tuple_gemm(V, U)
+        expected = np.einsum("ptc,pck->ptk", V.astype(np.float64), U.astype(np.float64))
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(M, expected, rtol=tol, atol=tol)
+
+
+@over_stage_tiles
+def test_output_transform_is_at_m_a_plus_bias_clipped(tile):
+    """Every output element written exactly once: (A_h^T M_t A_w)[a, b] + bias
+    inside (Ho, Wo); the overhang of partial edge tiles dropped."""
+    rng = np.random.default_rng(3)
+    ho, wo = 2 * tile.m_h + 1, 3 * tile.m_w - 1 if tile.m_w > 1 else 5
+    th, tw = impl.tile_counts((ho, wo), tile)
+    n, k = 2, 4
+    M = rng.standard_normal((tile.alpha_h * tile.alpha_w, n * th * tw, k))
+    bias = rng.standard_normal(k)
+    y = np.full((n, k, ho, wo), np.nan)
+    impl.transform_output(M, tile, y.shape, bias, out=y)
+    assert not np.isnan(y).any(), "unwritten outputs"
+    (ATh, _, _), (ATw, _, _) = exact_float_matrices(tile)
+    full = np.empty((n, k, th * tile.m_h, tw * tile.m_w))
+    for nn in range(n):
+        for i in range(th):
+            for j in range(tw):
+                t = (nn * th + i) * tw + j
+                Mt = M[:, t, :].reshape(tile.alpha_h, tile.alpha_w, k)
+                block = np.einsum("ai,ijk,bj->kab", ATh, Mt, ATw)
+                full[nn, :, i * tile.m_h:(i + 1) * tile.m_h,
+                     j * tile.m_w:(j + 1) * tile.m_w] = block
+    expected = full[:, :, :ho, :wo] + bias[None, :, None, None]
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_output_transform_writes_only_its_group_channels():
+    tile = impl.tile_for((3, 3), 4)
+    rng = np.random.default_rng(4)
+    M = rng.standard_normal((36, 2 * 2 * 2, 3))
+    y = np.full((2, 9, 7, 8), np.nan)
+    impl.transform_output(M, tile, y.shape, channels=(3, 3), out=y)
+    assert not np.isnan(y[:, 3:6]).any()
+    assert np.isnan(y[:, :3]).all() and np.isnan(y[:, 6:]).all()
+
+
+# --------------------------------------------------------------------------
+# End to end: every tile within its documented constant
+# --------------------------------------------------------------------------
+
+@over_tiles
+@over_dtypes
+def test_each_tile_matches_reference_within_its_constant(m, r, dtype):
+    """Square F(m x m, r x r) on H, W that are not multiples of m (partial
+    edge tiles), asymmetric padding, bias."""
+    rng = np.random.default_rng(10 * m + r)
+    x, w, b = random_problem(rng, dtype, c=5, hw=(2 * m + r + 1, 3 * m + r - 1),
+                             kernel=(r, r))
+    padding = (r // 2, (r - 1) // 2 + 1, r - 1, 0)
+    with winograd.use_tile(m):
+        y = impl.conv2d(x, w, b, (1, 1), padding, (1, 1), 1)
+    normwise_check(y, padded(x, padding), w, b, impl.tile_for((r, r), m), 0,
+                   f"F({m},{r})")
+
+
+@over_dtypes
+@pytest.mark.parametrize("path", ["fused", "staged"])
+@pytest.mark.parametrize("shape", [((2, 8, 20, 21), (6, 8, 3, 3)),
+                                   ((3, 5, 9, 30), (4, 5, 5, 3)),
+                                   ((1, 4, 1, 200), (3, 4, 1, 7))],
+                         ids=["3x3", "5x3", "1x7"])
+def test_fused_and_staged_paths_match_reference(dtype, path, shape):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape[0]).astype(dtype)
+    w = rng.standard_normal(shape[1]).astype(dtype)
+    b = rng.standard_normal(shape[1][0]).astype(dtype)
+    padding = (shape[1][2] // 2, shape[1][2] // 2, shape[1][3] // 2, shape[1][3] // 2)
+    tw = winograd.transform_weights(w)
+    y = impl.conv2d_transformed(x, tw, b, padding, path=path)
+    normwise_check(y, padded(x, padding), w, b, tw.tile, 0, path)
+
+
+@over_dtypes
+@pytest.mark.parametrize("kernel", [(3, 5), (5, 3), (1, 7), (7, 1), (2, 4), (6, 6),
+                                    (1, 1), (4, 1)])
+def test_non_square_kernels_use_a_tile_per_axis(dtype, kernel):
+    rng = np.random.default_rng(sum(kernel))
+    x, w, b = random_problem(rng, dtype, hw=(11, 12), kernel=kernel)
+    y = kernels.conv2d(x, w, b, padding=(kernel[0] // 2, kernel[1] // 2),
+                       algorithm="winograd")
+    tile = winograd.tile_for(kernel)
+    assert tile == (winograd.DEFAULT_TILE_BY_KERNEL[kernel[0]],
+                    winograd.DEFAULT_TILE_BY_KERNEL[kernel[1]]) + kernel
+    normwise_check(y, x, w, b, tile, (kernel[0] // 2, kernel[1] // 2), f"{kernel}")
+
+
+@over_dtypes
+@pytest.mark.parametrize("groups, c, k", [(2, 6, 4), (3, 3, 3), (4, 8, 8)],
+                         ids=["groups2", "depthwise", "groups4"])
+def test_groups_run_as_separate_gemms(dtype, groups, c, k):
+    rng = np.random.default_rng(groups)
+    x = rng.standard_normal((2, c, 10, 9)).astype(dtype)
+    w = rng.standard_normal((k, c // groups, 3, 3)).astype(dtype)
+    b = rng.standard_normal(k).astype(dtype)
+    y = kernels.conv2d(x, w, b, padding=1, groups=groups, algorithm="winograd")
+    y_ref = reference.conv2d(x.astype(np.float64), w.astype(np.float64),
+                             b.astype(np.float64), padding=1, groups=groups)
+    scale = reference.conv2d(np.abs(x).astype(np.float64), np.abs(w).astype(np.float64),
+                             np.abs(b).astype(np.float64), padding=1, groups=groups)
+    c_tile = winograd.error_constant(winograd.tile_for((3, 3)), dtype)
+    assert np.abs(y - y_ref).max() <= c_tile * unit_roundoff(dtype) * scale.max()
+
+
+@over_dtypes
+def test_conv1d_runs_as_1d_transforms(dtype):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 3, 257)).astype(dtype)
+    w = rng.standard_normal((4, 3, 5)).astype(dtype)
+    y = kernels.conv1d(x, w, padding=2, algorithm="winograd")
+    y_ref = reference.conv1d(x.astype(np.float64), w.astype(np.float64), padding=2)
+    scale = reference.conv1d(np.abs(x).astype(np.float64), np.abs(w).astype(np.float64),
+                             padding=2)
+    c_tile = winograd.error_constant(winograd.tile_for((1, 5)), dtype)
+    assert winograd.tile_for((1, 5)).alpha_h == 1       # no transform along H
+    assert np.abs(y - y_ref).max() <= c_tile * unit_roundoff(dtype) * scale.max()
+
+
+@st.composite
+def stride_one_problems(draw):
+    kh, kw = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    pads = tuple(draw(st.integers(0, k - 1)) for k in (kh, kh, kw, kw))
+    h = draw(st.integers(max(1, kh - pads[0] - pads[1]), 14))
+    w = draw(st.integers(max(1, kw - pads[2] - pads[3]), 14))
+    groups = draw(st.sampled_from([1, 1, 2]))
+    c, k = groups * draw(st.integers(1, 4)), groups * draw(st.integers(1, 3))
+    m = draw(st.sampled_from([None, 1, 2, 3, 4]))
+    return dict(x_shape=(draw(st.integers(1, 2)), c, h, w), w_shape=(k, c // groups, kh, kw),
+                padding=pads, groups=groups, m=m, bias=draw(st.booleans()),
+                seed=draw(st.integers(0, 2**31)))
+
+
+@over_dtypes
+@settings(deadline=None)
+@given(problem=stride_one_problems())
+def test_random_stride_one_problems_match_reference(dtype, problem):
+    """Any kernel up to 7x7, asymmetric padding, groups, any allowed tile."""
+    rng = np.random.default_rng(problem["seed"])
+    x = rng.standard_normal(problem["x_shape"]).astype(dtype)
+    w = rng.standard_normal(problem["w_shape"]).astype(dtype)
+    b = rng.standard_normal(problem["w_shape"][0]).astype(dtype) if problem["bias"] else None
+    m = problem["m"]
+    tile = winograd.tile_for(problem["w_shape"][2:], m)
+    with winograd.use_tile(m):
+        y = impl.conv2d(x, w, b, (1, 1), problem["padding"], (1, 1), problem["groups"])
+    xp = padded(x, problem["padding"])
+    y_ref = reference.conv2d(xp.astype(np.float64), w.astype(np.float64),
+                             None if b is None else b.astype(np.float64),
+                             groups=problem["groups"])
+    scale = reference.conv2d(np.abs(xp).astype(np.float64), np.abs(w).astype(np.float64),
+                             None if b is None else np.abs(b).astype(np.float64),
+                             groups=problem["groups"])
+    bound = (winograd.error_constant(tile, dtype) * unit_roundoff(dtype) * scale.max()
+             + 8 * np.finfo(dtype).tiny)
+    assert y.shape == y_ref.shape
+    assert np.abs(y - y_ref).max() <= bound, (problem, tile)
+
+
+def test_small_batches_of_tiles_use_the_smaller_tile():
+    """Fewer than 32 tiles: m = 2 (cheaper U); otherwise the default."""
+    assert impl.tile_for_problem((3, 3), (7, 7), 4) == impl.Tile(2, 2, 3, 3)
+    assert impl.tile_for_problem((3, 3), (56, 56), 4) == winograd.tile_for((3, 3))
+    assert impl.tile_for_problem((1, 7), (1, 9), 1) == impl.Tile(1, 2, 1, 7)
+    for m, r in ALL_TILES:                      # never a less accurate tile
+        small = impl.tile_for_problem((r, r), (3, 3), 1)
+        assert (winograd.error_constant(small, np.float32)
+                <= winograd.error_constant(winograd.tile_for((r, r)), np.float32))
+
+
+def test_outputs_that_see_only_padding_are_exactly_the_bias():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((1, 2, 3, 4))
+    w = rng.standard_normal((3, 2, 2, 3))
+    b = rng.standard_normal(3)
+    y = kernels.conv2d(x, w, b, padding=(3, 4), algorithm="winograd")
+    expected = reference.conv2d(x, w, b, padding=(3, 4))
+    only_padding = np.ones(y.shape[2:], bool)
+    only_padding[2:2 + 3 + 2 - 1, 2:2 + 4 + 3 - 1] = False   # windows touching x
+    for k in range(3):
+        assert (y[0, k][only_padding] == b[k]).all()
+    np.testing.assert_allclose(y, expected, atol=1e-12)
+
+
+# --------------------------------------------------------------------------
+# Contract: inputs untouched, thread-count independence, caching
+# --------------------------------------------------------------------------
+
+def test_inputs_are_not_modified():
+    rng = np.random.default_rng(9)
+    x, w, b = random_problem(rng, np.float32)
+    copies = [a.copy() for a in (x, w, b)]
+    kernels.conv2d(x, w, b, padding=1, algorithm="winograd")
+    for a, c in zip((x, w, b), copies):
+        np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("path", ["fused", "staged"])
+def test_result_does_not_depend_on_the_thread_count(path):
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 Numba threads")
+    rng = np.random.default_rng(10)
+    x, w, b = random_problem(rng, np.float32, n=2, c=16, k=16, hw=(30, 29))
+    tw = winograd.transform_weights(w)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = impl.conv2d_transformed(x, tw, b, (1, 1, 1, 1), path)
+        numba.set_num_threads(2)
+        two = impl.conv2d_transformed(x, tw, b, (1, 1, 1, 1), path)
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(one, two)
+
+
+def test_weight_cache_reuses_and_notices_in_place_changes():
+    rng = np.random.default_rng(11)
+    x, w, _ = random_problem(rng, np.float64, bias=False)
+    tile = winograd.tile_for((3, 3))
+    first = impl.weight_cache.get(w, tile, 1)
+    assert impl.weight_cache.get(w, tile, 1) is first        # hit
+    w[0, 0, 1, 1] += 1.0                                      # modified in place
+    again = impl.weight_cache.get(w, tile, 1)
+    assert again is not first
+    y = kernels.conv2d(x, w, padding=1, algorithm="winograd")
+    np.testing.assert_allclose(y, reference.conv2d(x, w, padding=1), atol=1e-11)
+
+
+def test_transformed_weights_are_a_snapshot_and_reproduce_the_array_path():
+    rng = np.random.default_rng(12)
+    x, w, b = random_problem(rng, np.float32)
+    tw = winograd.transform_weights(w, m=2)
+    y_array = winograd.conv2d(x, w, b, padding=1, m=2)
+    w[:] = 0                                    # the snapshot is unaffected
+    y_transformed = winograd.conv2d(x, tw, b, padding=1)
+    np.testing.assert_array_equal(y_transformed, y_array)
+    assert winograd.conv2d(x[0], tw, b, padding=1).shape == y_array.shape[1:]
+
+
+def test_transformed_weights_validate_their_use():
+    rng = np.random.default_rng(13)
+    x, w, _ = random_problem(rng, np.float32)
+    tw = winograd.transform_weights(w)
+    with pytest.raises(ValueError, match="channels"):
+        winograd.conv2d(x[:, :2], tw)
+    with pytest.raises(ValueError, match="m must be None"):
+        winograd.conv2d(x, tw, m=4)
+    with pytest.raises(kernels.UnsupportedConfiguration, match="stride"):
+        winograd.conv2d(x, tw, stride=2)
+    with pytest.raises(TypeError):
+        winograd.conv2d(x.astype(np.float64), tw)
+    with pytest.raises(kernels.UnsupportedConfiguration, match="kernel sizes"):
+        winograd.transform_weights(np.ones((1, 1, 9, 9)))
+
+
+# --------------------------------------------------------------------------
+# Unsupported configurations
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, w_shape, match", [
+    (dict(stride=2), (2, 3, 3, 3), "stride"),
+    (dict(stride=(1, 2)), (2, 3, 3, 3), "stride"),
+    (dict(dilation=2), (2, 3, 3, 3), "dilation"),
+    (dict(), (2, 3, 9, 3), "kernel sizes 1 to 7"),
+    (dict(), (2, 3, 3, 8), "kernel sizes 1 to 7"),
+])
+def test_unsupported_configurations_raise_through_the_front_end(kwargs, w_shape, match):
+    x = np.ones((1, 3, 12, 12))
+    with pytest.raises(kernels.UnsupportedConfiguration, match=match):
+        kernels.conv2d(x, np.ones(w_shape), algorithm="winograd", **kwargs)
+
+
+def test_a_requested_tile_that_needs_too_many_points_is_unsupported():
+    x, w = np.ones((1, 1, 12, 12)), np.ones((1, 1, 5, 5))
+    with winograd.use_tile(7):                  # alpha = 11 > MAX_ALPHA
+        with pytest.raises(kernels.UnsupportedConfiguration, match="use_tile"):
+            kernels.conv2d(x, w, algorithm="winograd")
+    with pytest.raises(ValueError, match="interpolation points"):
+        winograd.tile_for((5, 5), 7)
+    assert winograd.requested_tile() is None    # the context was left
+
+
+def test_supported_configurations_have_no_reason():
+    for kernel in [(1, 1), (3, 3), (7, 7), (2, 5)]:
+        assert impl.unsupported_reason((1, 2, 9, 9), (1, 2) + kernel, (1, 1),
+                                       (0, 0, 0, 0), (1, 1), 1) is None
