@@ -40,15 +40,21 @@ def torch_available():
     return importlib.util.find_spec("torch") is not None
 
 
-def interleaved_medians(functions, repeats=7):
-    """Median seconds of each zero-argument callable, calls interleaved."""
+def interleaved_times(functions, repeats=7):
+    """Seconds of each call of each zero-argument callable, interleaved."""
     times = {name: [] for name in functions}
     for _ in range(repeats):
         for name, fn in functions.items():
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
+
+
+def interleaved_medians(functions, repeats=7, statistic=statistics.median):
+    """Median (or ``statistic``) seconds of each callable, calls interleaved."""
+    return {name: statistic(ts)
+            for name, ts in interleaved_times(functions, repeats).items()}
 
 
 class CopyBandwidth:
@@ -85,8 +91,12 @@ def pool_callables(op, window, x):
     return out
 
 
-def measure(op, window, repeats=7, copy=None):
-    """Median times, speed-up over torch and fraction of copy bandwidth."""
+def measure(op, window, repeats=7, copy=None, statistic=statistics.median):
+    """Median times, speed-up over torch and fraction of copy bandwidth.
+
+    ``statistic=min`` gives the best case of the repeats instead (closer to
+    an idle machine when other processes compete for the cores).
+    """
     x = np.random.default_rng(SEED).standard_normal(SHAPE, np.float32)
     fns = pool_callables(op, window, x)
     copy = copy or CopyBandwidth()
@@ -94,7 +104,7 @@ def measure(op, window, repeats=7, copy=None):
     for fn in fns.values():           # compile, warm caches and thread pools
         fn()
         fn()
-    t = interleaved_medians(fns, repeats)
+    t = interleaved_medians(fns, repeats, statistic)
     y = fns["kernels"]()
     moved = x.nbytes + y.nbytes
     bandwidth = copy.bytes_moved / t["copy"]
@@ -158,18 +168,22 @@ class AvgPool2d(_Pool2d):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--statistic", choices=("median", "min"),
+                        default="median")
     args = parser.parse_args(argv)
+    statistic = statistics.median if args.statistic == "median" else min
     from threadpoolctl import threadpool_info
     blas = [(i.get("internal_api"), i.get("architecture"), i.get("num_threads"))
             for i in threadpool_info() if i.get("user_api") == "blas"]
-    print(f"shape {SHAPE} float32, median of {args.repeats} interleaved repeats; "
+    print(f"shape {SHAPE} float32, {args.statistic} of {args.repeats} "
+          f"interleaved repeats; "
           f"BLAS {blas}")
     copy = CopyBandwidth()
     print(f"{'op':4} {'window':12} {'kernels ms':>10} {'torch ms':>9} "
           f"{'x torch':>8} {'bw frac':>8} {'torch bw':>8} {'copy GB/s':>9}")
     for op in ("max", "avg"):
         for window in WINDOWS:
-            r = measure(op, window, args.repeats, copy)
+            r = measure(op, window, args.repeats, copy, statistic)
             print(f"{op:4} {window:12} {r['time_kernels'] * 1e3:10.2f} "
                   f"{r.get('time_torch', float('nan')) * 1e3:9.2f} "
                   f"{r.get('speedup_vs_torch', float('nan')):8.2f} "

@@ -243,9 +243,10 @@ def _speed(layers=tuple(LAYERS), repeats=15):
         for layer in layers:
             x, w = _layer_data(layer)
             fns = _contenders(x, w)
-            tile = winograd.tile_for((3, 3))
-            tw = winograd.transform_weights(w)
             hw = x.shape[2:]
+            tile = impl.tile_for_problem((3, 3), hw, BATCH, (x.shape[1], w.shape[0]),
+                                         x.itemsize)
+            tw = winograd.transform_weights(w, (tile.m_h, tile.m_w))
             V = impl.transform_input(x, tile, PADDING, hw)
             M = impl.tuple_gemm(V, tw.U[0])
             y = np.empty_like(x)
@@ -254,7 +255,7 @@ def _speed(layers=tuple(LAYERS), repeats=15):
             fns["  output transform"] = lambda: impl.transform_output(M, tile, y.shape, out=y)
             fns["  fused path"] = lambda: impl.conv2d_transformed(x, tw, None, PADDING, "fused")
             fns["  staged path"] = lambda: impl.conv2d_transformed(x, tw, None, PADDING, "staged")
-            for m in (2, 6):
+            for m in (2, 4, 6):
                 def run(m=m):
                     with winograd.use_tile(m):
                         kernels.conv2d(x, w, padding=1, algorithm="winograd")
@@ -282,7 +283,8 @@ def _speed(layers=tuple(LAYERS), repeats=15):
                                for peer in ("im2col", "torch") if peer in t)
             fused = impl._fused_blocks(tile, impl.tile_counts(hw, tile), BATCH,
                                        x.shape[1], w.shape[0], x.itemsize)
-            print(f"{layer} (default F(4,3), {'fused' if fused else 'staged'}): {ratios}")
+            print(f"{layer} (default tile F({tile.m_h},3), {'fused' if fused else 'staged'}"
+                  f" path; stages below are of that tile): {ratios}")
             for name, seconds in t.items():
                 print(f"  {name:22s} {seconds * 1e3:8.2f}")
 

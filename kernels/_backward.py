@@ -17,15 +17,21 @@ groups=G)`` and a gradient ``gy = dL/dy``:
   ``dL/dw`` transposed.
 * ``dL/dbias[k] = sum_{n, u, v} gy[n, k, u, v]`` (float64 sum).
 
-Both products run through the public machinery (:mod:`kernels._transposed`
-and :func:`kernels._conv.run_conv2d`), so every forward algorithm, its
-``"auto"`` choice and its error bound carry over.
+Both products reuse the forward machinery: ``dL/dx`` runs through
+:func:`kernels._transposed.run_conv_transpose2d` (at stride 1 with
+``"auto"``, the forward convolution and its chooser), ``dL/dw`` through
+:func:`kernels._conv.run_conv2d` on the swapped problem, except for
+``"auto"``/``"im2col"``, where the forward im2col patch gather feeds one
+GEMM per chunk, ``gy (K, N Ho Wo) @ patches^T`` (PyTorch's order; the
+swapped problem would be many skinny GEMMs).  Each algorithm's error
+bound carries over.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from . import _dispatch
 from ._conv import ConvSpec, _normalise_padding, run_conv2d
 from ._transposed import TransposeSpec, run_conv_transpose2d
 from ._validation import (as_float_array, check_algorithm, check_backend,
@@ -74,7 +80,60 @@ def weight_gradient_problem(x_shape, w_shape, out_hw, stride, padding,
     return tuple(crop), args
 
 
+def _weight_gradient_im2col(grad_out, x, spec):
+    """dL/dw as one GEMM per chunk: ``gy_g (Kg, cols) @ P_g^T (cols, C/G kH kW)``.
+
+    ``P`` is the forward im2col patch matrix of ``x``, gathered by
+    :func:`kernels.cpu.im2col.fill_patches` in the chunks planned by
+    :func:`kernels.cpu.im2col.plan_chunks` (bounded scratch); this is
+    PyTorch's order, and it keeps the long ``N Ho Wo`` sum inside BLAS.
+    (The swapped forward problem of :func:`weight_gradient_problem` has
+    a ``(Ho, Wo)`` kernel and a ``(kH, kW)`` output: many skinny GEMMs for
+    im2col.)
+    """
+    from . import _threads
+    from .cpu import im2col as im2col_module
+    n, c, _, _ = spec.x_shape
+    k, c_g, kh, kw = spec.w_shape
+    g = spec.groups
+    sh, sw = spec.stride
+    pt, _, pl, _ = spec.padding
+    dh, dw = spec.dilation
+    ho, wo = grad_out.shape[2:]
+    positions = ho * wo
+    rows = c * kh * kw
+    item = x.dtype.itemsize
+    chunks = im2col_module.plan_chunks(n, positions, rows * item,
+                                       (rows + k) * item,
+                                       im2col_module.get_scratch_limit())
+    gather = (im2col_module.fill_patches
+              if _threads.prange_beside_blas_is_safe()
+              else im2col_module.fill_patches_serial)
+    x = np.ascontiguousarray(x)
+    gy = grad_out.reshape(n, k, positions)
+    grad_w = np.zeros((g, k // g, c_g * kh * kw), dtype=x.dtype)
+    for n0, n1, p0, p1 in chunks:
+        cols = (n1 - n0) * (p1 - p0)
+        patches = np.empty((rows, cols), dtype=x.dtype)
+        gather(x, n0, n1, p0, p1, kh, kw, sh, sw, pt, pl, dh, dw, wo, patches)
+        if n1 - n0 == 1:
+            gy_chunk = gy[n0, :, p0:p1]
+        else:  # columns ordered (image, position), as the patches
+            gy_chunk = gy[n0:n1].transpose(1, 0, 2).reshape(k, cols)
+        grad_w += np.matmul(gy_chunk.reshape(g, k // g, cols),
+                            patches.reshape(g, c_g * kh * kw, cols)
+                            .transpose(0, 2, 1))
+    return grad_w.reshape(spec.w_shape)
+
+
 def _weight_gradient(grad_out, x, spec, algorithm, backend):
+    if backend == "cpu" and algorithm in ("auto", "im2col") and \
+            _dispatch.is_built("im2col", backend):
+        return _weight_gradient_im2col(grad_out, x, spec)
+    return _weight_gradient_swapped(grad_out, x, spec, algorithm, backend)
+
+
+def _weight_gradient_swapped(grad_out, x, spec, algorithm, backend):
     n, c, h, w = spec.x_shape
     k, c_g, kh, kw = spec.w_shape
     g = spec.groups

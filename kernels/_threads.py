@@ -84,9 +84,25 @@ def _openmp_runtime_loaded():
 
 def numba_threading_layer():
     """Numba's threading layer ('omp', 'tbb' or 'workqueue'), launching it."""
-    from numba.np.ufunc import parallel
-    parallel._launch_threads()
-    return parallel.threading_layer()
+    import numba
+    try:
+        from numba.np.ufunc import parallel
+        parallel._launch_threads()          # what a first prange call does
+    except (ImportError, AttributeError):   # private API moved: launch it
+        _launch_with_a_parallel_kernel()    # the public way
+    return numba.threading_layer()
+
+
+def _launch_with_a_parallel_kernel():
+    import numpy as np
+    from numba import njit, prange
+
+    @njit(parallel=True)
+    def touch(a):
+        for i in prange(a.size):
+            a[i] = i
+
+    touch(np.empty(4))
 
 
 def effective_wait_policy():

@@ -18,7 +18,7 @@ Algorithms (``algorithm=``):
   w[g Ci + c, o, ::-1, ::-1]`` (dilation ``d``), padded by
   ``d (k - 1) - p`` at the low end (negative padding crops).  Available
   when the forward algorithm is built and accepts the upsampled problem
-  (Winograd: 3x3 undilated kernels).
+  (Winograd: stride 1, undilated kernels of the sizes it supports).
 """
 
 from __future__ import annotations
@@ -116,6 +116,12 @@ def _unsupported_reason(algorithm, spec, backend):
     if not _dispatch.is_built(algorithm, backend):
         return (f"it runs through the forward {algorithm!r} convolution, "
                 f"which is not built for backend {backend!r}")
+    if algorithm == "winograd" and tuple(spec.stride) != (1, 1):
+        # The upsampled input would be mostly zeros: s^2 times the work,
+        # and Winograd's tile-wide rounding would land on outputs that are
+        # exactly zero, breaking its elementwise error bound.
+        return (f"Winograd runs transposed convolutions of stride 1 only "
+                f"(through the forward one), got stride={tuple(spec.stride)}")
     _, _, forward = spec.forward_problem()
     if min(forward[0][2:]) < 1:
         return "the equivalent forward problem has an empty input"
@@ -146,23 +152,36 @@ def _thresholds():
                 "fft_min_area_multi": 121}
 
 
-def choose_transposed_algorithm(spec, backend="cpu"):
-    """``algorithm="auto"``: an applicable algorithm by a cost model.
+def choose_transposed_algorithm(spec, backend="cpu", dtype=None):
+    """``algorithm="auto"``: ``(algorithm, through_forward)``.
 
-    Small problems (fewer multiply-adds than the forward
-    ``direct_max_macs`` threshold) go to ``direct``; large kernels to
-    ``fft`` (the forward's FFT area thresholds) when it applies; the rest
-    to ``im2col`` (a BLAS GEMM, PyTorch's CPU order).
+    * Stride 1: the equivalent forward problem (flipped, channel-swapped
+      kernel) has the same size as the transposed one, so the forward
+      chooser (:func:`kernels.choose_algorithm`) picks, and the problem
+      runs through the forward convolution (``through_forward=True``),
+      Winograd included.
+    * Larger strides: the upsampled forward problem would do ``s^2``
+      times the work, so the transposed kernels run: ``direct`` for small
+      problems (fewer multiply-adds than the forward ``direct_max_macs``
+      threshold), ``fft`` for large kernels (the forward's FFT area
+      thresholds) when it applies, else ``im2col`` (a BLAS GEMM and
+      col2im, PyTorch's CPU order).
     """
+    if tuple(spec.stride) == (1, 1):
+        from ._choose import choose_algorithm
+        _, _, forward = spec.forward_problem()
+        if min(forward[0][2:]) >= 1:
+            return choose_algorithm(*forward, dtype=dtype or spec.dtype,
+                                    backend=backend), True
     t = _thresholds()
     area = spec.w_shape[2] * spec.w_shape[3]
     single = spec.x_shape[1] == 1 and spec.w_shape[1] * spec.groups == 1
     fft_area = t["fft_min_area_single"] if single else t["fft_min_area_multi"]
     if area >= fft_area and _unsupported_reason("fft", spec, backend) is None:
-        return "fft"
+        return "fft", True
     if spec.macs() <= t["direct_max_macs"]:
-        return "direct"
-    return "im2col"
+        return "direct", False
+    return "im2col", False
 
 
 def _via_forward(spec, x, w, bias, algorithm, backend):
@@ -189,8 +208,9 @@ def run_conv_transpose2d(spec, x, w, bias, algorithm="auto", backend="cpu"):
     """Dispatch a validated problem (used by conv2d_backward as well)."""
     algorithm = check_algorithm(algorithm)
     module = _backend_module(backend)
+    through_forward = algorithm in _VIA_FORWARD
     if algorithm == "auto":
-        algorithm = choose_transposed_algorithm(spec, backend)
+        algorithm, through_forward = choose_transposed_algorithm(spec, backend)
     else:
         reason = _unsupported_reason(algorithm, spec, backend)
         if reason is not None:
@@ -212,8 +232,8 @@ def run_conv_transpose2d(spec, x, w, bias, algorithm="auto", backend="cpu"):
         # Transform algorithms mix every input of a tile into every output
         # (Inf * 0 = NaN): non-finite inputs go to the gather kernel, so
         # that NaN/Inf reach exactly the outputs whose patches hold them.
-        algorithm = "direct"
-    if algorithm in module.ALGORITHMS:
+        algorithm, through_forward = "direct", False
+    if not through_forward:
         return module.conv_transpose2d(x, w, bias, spec.stride, spec.pad_lo,
                                        spec.out_hw, spec.dilation, spec.groups,
                                        algorithm)

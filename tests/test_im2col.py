@@ -218,12 +218,14 @@ def chunk_positions(chunks, n_images, positions):
 @settings(deadline=None)
 @given(n=st.integers(1, 9), positions=st.integers(1, 300),
        column_bytes=st.integers(1, 4000), extra=st.integers(0, 4000),
-       limit=st.integers(1, 10**6), merge_below=st.integers(1, 400))
+       limit=st.integers(1, 10**6), merge_below=st.integers(1, 400),
+       target=st.integers(1, 10**6), min_columns=st.integers(1, 600))
 def test_plan_covers_every_output_once_within_limit(n, positions, column_bytes,
-                                                     extra, limit, merge_below):
+                                                     extra, limit, merge_below,
+                                                     target, min_columns):
     merged_bytes = column_bytes + extra
     chunks = im2col.plan_chunks(n, positions, column_bytes, merged_bytes, limit,
-                                merge_below)
+                                merge_below, target, min_columns)
     assert (chunk_positions(chunks, n, positions) == 1).all()
     for n0, n1, p0, p1 in chunks:
         if n1 - n0 > 1:   # merged: whole images, patch + GEMM result in limit
@@ -260,6 +262,21 @@ def test_merged_image_chunks(dtype):
     assert min(n1 - n0 for n0, n1, _, _ in chunks) == 1
     with scratch_limit(limit):
         check_conv(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 2)
+
+
+@over_dtypes
+def test_cache_sized_chunks(dtype, monkeypatch):
+    """The preferred (cache-sized) chunk, not the limit, splits the work."""
+    monkeypatch.setattr(im2col, "CACHE_TARGET_BYTES", 2000)
+    monkeypatch.setattr(im2col, "MIN_GEMM_COLUMNS", 5)
+    x, w, b = random_problem(np.random.default_rng(11), (3, 4, 8, 9), (5, 4, 3, 2),
+                             dtype)
+    item = np.dtype(dtype).itemsize
+    chunks = im2col.plan_chunks(3, 8 * 9, 4 * 6 * item, (4 * 6 + 5) * item,
+                                im2col.get_scratch_limit(), im2col.MERGE_BELOW_POSITIONS,
+                                2000, 5)
+    assert len(chunks) > 6
+    check_conv(x, w, b, (1, 1), (1, 1, 0, 1), (1, 1), 1)
 
 
 def test_one_column_per_chunk():

@@ -49,6 +49,8 @@ def scipy_pairs(draw, ndim, mode):
     """Shapes of (in1, in2) that scipy accepts for ``mode``."""
     shape1 = tuple(draw(st.integers(1, 12)) for _ in range(ndim))
     shape2 = tuple(draw(st.integers(1, 8)) for _ in range(ndim))
+    if mode != "valid" and draw(st.booleans()):
+        shape1 = tuple(max(a, b) for a, b in zip(shape1, shape2))   # in1 dominates
     if mode == "valid":
         if draw(st.booleans()):       # in1 dominates
             shape2 = tuple(min(a, b) for a, b in zip(shape1, shape2))

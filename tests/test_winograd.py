@@ -367,8 +367,8 @@ def test_conv1d_runs_as_1d_transforms(dtype):
 def stride_one_problems(draw):
     kh, kw = draw(st.integers(1, 7)), draw(st.integers(1, 7))
     pads = tuple(draw(st.integers(0, k - 1)) for k in (kh, kh, kw, kw))
-    h = draw(st.integers(max(1, kh - pads[0] - pads[1]), 14))
-    w = draw(st.integers(max(1, kw - pads[2] - pads[3]), 14))
+    h = draw(st.integers(kh, 14))             # inputs at least as large as the kernel
+    w = draw(st.integers(kw, 14))
     groups = draw(st.sampled_from([1, 1, 2]))
     c, k = groups * draw(st.integers(1, 4)), groups * draw(st.integers(1, 3))
     m = draw(st.sampled_from([None, 1, 2, 3, 4]))
@@ -404,9 +404,12 @@ def test_random_stride_one_problems_match_reference(dtype, problem):
 
 
 def test_small_batches_of_tiles_use_the_smaller_tile():
-    """Fewer than 32 tiles: m = 2 (cheaper U); otherwise the default."""
+    """Short tuple GEMMs: m = 2 (smaller U, more rows); else the default."""
     assert impl.tile_for_problem((3, 3), (7, 7), 4) == impl.Tile(2, 2, 3, 3)
     assert impl.tile_for_problem((3, 3), (56, 56), 4) == winograd.tile_for((3, 3))
+    # 64 tiles: enough for a small U, too few for a large one.
+    assert impl.tile_for_problem((3, 3), (14, 14), 4, (64, 64)) == winograd.tile_for((3, 3))
+    assert impl.tile_for_problem((3, 3), (14, 14), 4, (256, 256)) == impl.Tile(2, 2, 3, 3)
     assert impl.tile_for_problem((1, 7), (1, 9), 1) == impl.Tile(1, 2, 1, 7)
     for m, r in ALL_TILES:                      # never a less accurate tile
         small = impl.tile_for_problem((r, r), (3, 3), 1)
@@ -503,15 +506,17 @@ def test_transformed_weights_validate_their_use():
 # Unsupported configurations
 # --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kwargs, w_shape, match", [
-    (dict(stride=2), (2, 3, 3, 3), "stride"),
-    (dict(stride=(1, 2)), (2, 3, 3, 3), "stride"),
-    (dict(dilation=2), (2, 3, 3, 3), "dilation"),
-    (dict(), (2, 3, 9, 3), "kernel sizes 1 to 7"),
-    (dict(), (2, 3, 3, 8), "kernel sizes 1 to 7"),
+@pytest.mark.parametrize("kwargs, x_hw, w_shape, match", [
+    (dict(stride=2), (12, 12), (2, 3, 3, 3), "stride"),
+    (dict(stride=(1, 2)), (12, 12), (2, 3, 3, 3), "stride"),
+    (dict(dilation=2), (12, 12), (2, 3, 3, 3), "dilation"),
+    (dict(), (12, 12), (2, 3, 9, 3), "kernel sizes 1 to 7"),
+    (dict(), (12, 12), (2, 3, 3, 8), "kernel sizes 1 to 7"),
+    (dict(padding=3), (12, 5), (2, 3, 3, 7), "at least as large as the kernel"),
 ])
-def test_unsupported_configurations_raise_through_the_front_end(kwargs, w_shape, match):
-    x = np.ones((1, 3, 12, 12))
+def test_unsupported_configurations_raise_through_the_front_end(kwargs, x_hw, w_shape,
+                                                                match):
+    x = np.ones((1, 3) + x_hw)
     with pytest.raises(kernels.UnsupportedConfiguration, match=match):
         kernels.conv2d(x, np.ones(w_shape), algorithm="winograd", **kwargs)
 

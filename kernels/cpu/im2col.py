@@ -55,6 +55,13 @@ SCRATCH_ENV_VAR = "CONVBENCH_IM2COL_SCRATCH"
 # the extra copy of the output).
 MERGE_BELOW_POSITIONS = 512
 
+# Preferred size of one chunk's scratch: small enough that the patches are
+# still in cache (L2/L3) when the GEMM reads them, which halved the time of
+# small-K problems (1-D signals); the GEMM keeps at least MIN_GEMM_COLUMNS
+# columns so that BLAS stays efficient.
+CACHE_TARGET_BYTES = 2 * 2**20
+MIN_GEMM_COLUMNS = 256
+
 # Parallel tasks of the gather: at least _MIN_TASKS (so every thread gets
 # several, whatever the core count), none shorter than
 # _MIN_POSITIONS_PER_TASK output positions (to amortise the loop set-up).
@@ -121,7 +128,8 @@ class Chunk(NamedTuple):
 
 
 def plan_chunks(n_images, positions, column_bytes, merged_column_bytes,
-                limit, merge_below=MERGE_BELOW_POSITIONS):
+                limit, merge_below=MERGE_BELOW_POSITIONS,
+                target=CACHE_TARGET_BYTES, min_columns=MIN_GEMM_COLUMNS):
     """Split the output of a convolution into chunks that fit in ``limit``.
 
     Parameters
@@ -134,9 +142,15 @@ def plan_chunks(n_images, positions, column_bytes, merged_column_bytes,
     merged_column_bytes : int
         The same when images are merged (patch column plus GEMM result).
     limit : int
-        Scratch limit in bytes.
+        Scratch limit in bytes: never exceeded, except that a chunk holds
+        at least one output position.
     merge_below : int
         Merge whole images only when ``positions`` is below this.
+    target : int
+        Preferred scratch bytes of a chunk, so that the patches the gather
+        writes are still in cache when the GEMM reads them ...
+    min_columns : int
+        ... unless that makes the GEMM narrower than this many columns.
 
     Returns
     -------
@@ -145,15 +159,18 @@ def plan_chunks(n_images, positions, column_bytes, merged_column_bytes,
         chunk either spans several whole images (``p0 = 0, p1 =
         positions``) or lies inside one image.
     """
-    whole_images = limit // max(1, merged_column_bytes * positions)
-    if positions < merge_below and n_images > 1 and whole_images >= 2:
-        per_chunk = min(n_images, whole_images)
-        # Equal chunks: the last one is not a sliver.
-        n_chunks = -(-n_images // per_chunk)
-        per_chunk = -(-n_images // n_chunks)
-        return [Chunk(n0, min(n_images, n0 + per_chunk), 0, positions)
-                for n0 in range(0, n_images, per_chunk)]
-    cols = max(1, min(positions, limit // max(1, column_bytes)))
+    if positions < merge_below and n_images > 1:
+        wanted_columns = max(min_columns, target // max(1, merged_column_bytes))
+        per_chunk = min(n_images, -(-wanted_columns // positions),
+                        limit // max(1, merged_column_bytes * positions))
+        if per_chunk >= 2:
+            # Equal chunks: the last one is not a sliver.
+            n_chunks = -(-n_images // per_chunk)
+            per_chunk = -(-n_images // n_chunks)
+            return [Chunk(n0, min(n_images, n0 + per_chunk), 0, positions)
+                    for n0 in range(0, n_images, per_chunk)]
+    wanted_columns = max(min_columns, target // max(1, column_bytes))
+    cols = max(1, min(positions, wanted_columns, limit // max(1, column_bytes)))
     n_chunks = -(-positions // cols)
     cols = -(-positions // n_chunks)
     return [Chunk(n, n + 1, p0, min(positions, p0 + cols))
@@ -362,7 +379,8 @@ def _chunked_gemm(x, w_shape, w_stack, bias_stack, y, stride, padding, dilation)
     positions = ho * wo
     item = x.dtype.itemsize
     chunks = plan_chunks(n, positions, rows * item, (rows + k) * item,
-                         _scratch_limit, MERGE_BELOW_POSITIONS)
+                         _scratch_limit, MERGE_BELOW_POSITIONS,
+                         CACHE_TARGET_BYTES, MIN_GEMM_COLUMNS)
     max_cols = max((ch.n1 - ch.n0) * (ch.p1 - ch.p0) for ch in chunks)
     patch_buffer = np.empty(rows * max_cols, dtype=x.dtype)
     merged = chunks[0].n1 - chunks[0].n0 > 1

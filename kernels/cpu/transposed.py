@@ -38,11 +38,15 @@ C-contiguous ``(N, C_in, H, W)``, w C-contiguous ``(C_in, Co, kH, kW)``,
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from numba import njit, prange
 
+from .. import _threads
+
 __all__ = ["ALGORITHMS", "conv_transpose2d", "direct", "im2col",
-           "unsupported_reason"]
+           "col2im_add", "col2im_add_serial", "unsupported_reason"]
 
 ALGORITHMS = ("direct", "im2col")
 
@@ -162,47 +166,76 @@ def _direct(x, w, bias, sh, sw, ph, pw, dh, dw, ho, wo, groups):
     return y
 
 
-@njit(parallel=True, cache=True)
-def _col2im_add(cols, y, ih_start, ih_stop, kh_size, kw_size, sh, sw, ph, pw,
-                dh, dw):
-    """y += col2im(cols) for the input rows [ih_start, ih_stop).
-
-    ``cols[b, g, (o kH + kh) kW + kw, (ih - ih_start) W + iw]`` is the
-    contribution of input pixel ``(ih, iw)`` to tap ``(kh, kw)`` of output
-    channel ``g Co + o`` of image ``b``.
-    """
+@njit(cache=True, inline="always")
+def _col2im_chunk(chunk, n_chunks, acc, cols, y, ih_start, ih_stop, kh_size,
+                  kw_size, sh, sw, ph, pw, dh, dw, bias, first):
+    """The output rows of one chunk of :func:`col2im_add`."""
     nb, groups, _, band = cols.shape
     _, c_out, ho, wo = y.shape
     c_out_g = c_out // groups
     width = band // (ih_stop - ih_start)
-    tasks = nb * c_out * ho
+    t0, t1 = _chunk_bounds(chunk, n_chunks, nb * c_out * ho)
+    for task in range(t0, t1):
+        b = task // (c_out * ho)
+        rest = task - b * c_out * ho
+        co = rest // ho
+        oh = rest - co * ho
+        g = co // c_out_g
+        o = co - g * c_out_g
+        touched = first
+        if first:
+            acc[:, :] = bias[co]
+        for kh in range(kh_size):
+            ih = _input_row(oh, kh, sh, ph, dh, ih_stop)
+            if ih < ih_start:
+                continue
+            if not touched:
+                _load_row(acc, y[b, co, oh], sw)
+                touched = True
+            base = (ih - ih_start) * width
+            for kw in range(kw_size):
+                row = cols[b, g, (o * kh_size + kh) * kw_size + kw,
+                           base:base + width]
+                _add_row_unscaled(acc, row, kw * dw - pw, sw, wo)
+        if touched:
+            _store_row(acc, y[b, co, oh], sw)
+
+
+@njit(parallel=True, cache=True)
+def col2im_add(cols, y, ih_start, ih_stop, kh_size, kw_size, sh, sw, ph, pw,
+               dh, dw, bias, first):
+    """y += col2im(cols) for the input rows [ih_start, ih_stop).
+
+    ``cols[b, g, (o kH + kh) kW + kw, (ih - ih_start) W + iw]`` is the
+    contribution of input pixel ``(ih, iw)`` to tap ``(kh, kw)`` of output
+    channel ``g Co + o`` of image ``b``.  With ``first`` the previous
+    content of ``y`` is ignored and every row starts from ``bias`` (so
+    ``y`` needs no initialisation pass).  Parallel over output rows.
+    """
+    tasks = y.shape[0] * y.shape[1] * y.shape[2]
     n_chunks = max(1, min(tasks, _MAX_CHUNKS))
-    n_phase = (wo + sw - 1) // sw
+    n_phase = (y.shape[3] + sw - 1) // sw
     for chunk in prange(n_chunks):
         acc = np.empty((sw, n_phase), dtype=y.dtype)
-        t0, t1 = _chunk_bounds(chunk, n_chunks, tasks)
-        for task in range(t0, t1):
-            b = task // (c_out * ho)
-            rest = task - b * c_out * ho
-            co = rest // ho
-            oh = rest - co * ho
-            g = co // c_out_g
-            o = co - g * c_out_g
-            touched = False
-            for kh in range(kh_size):
-                ih = _input_row(oh, kh, sh, ph, dh, ih_stop)
-                if ih < ih_start:
-                    continue
-                if not touched:
-                    _load_row(acc, y[b, co, oh], sw)
-                    touched = True
-                base = (ih - ih_start) * width
-                for kw in range(kw_size):
-                    row = cols[b, g, (o * kh_size + kh) * kw_size + kw,
-                               base:base + width]
-                    _add_row_unscaled(acc, row, kw * dw - pw, sw, wo)
-            if touched:
-                _store_row(acc, y[b, co, oh], sw)
+        _col2im_chunk(chunk, n_chunks, acc, cols, y, ih_start, ih_stop,
+                      kh_size, kw_size, sh, sw, ph, pw, dh, dw, bias, first)
+    return y
+
+
+@njit(cache=True)
+def col2im_add_serial(cols, y, ih_start, ih_stop, kh_size, kw_size, sh, sw,
+                      ph, pw, dh, dw, bias, first):
+    """:func:`col2im_add` on the calling thread (same result).
+
+    Used when Numba's OpenMP workers would spin beside BLAS's threads
+    (:func:`kernels._threads.prange_beside_blas_is_safe`).
+    """
+    tasks = y.shape[0] * y.shape[1] * y.shape[2]
+    n_chunks = max(1, min(tasks, _MAX_CHUNKS))
+    acc = np.empty((sw, (y.shape[3] + sw - 1) // sw), dtype=y.dtype)
+    for chunk in range(n_chunks):
+        _col2im_chunk(chunk, n_chunks, acc, cols, y, ih_start, ih_stop,
+                      kh_size, kw_size, sh, sw, ph, pw, dh, dw, bias, first)
     return y
 
 
@@ -227,6 +260,25 @@ def _scratch_limit():
     return get_scratch_limit()
 
 
+_SCRATCH = threading.local()
+
+
+def _scratch(shape, dtype):
+    """A reusable per-thread buffer for the column matrix.
+
+    Allocating tens of MiB afresh on every call costs a page fault per
+    4 KiB (the kernel zeroes each page): measured 30-60 % on top of the
+    GEMM for the U-Net decoder layers.  The buffer grows to the largest
+    column matrix used so far, at most the im2col scratch limit.
+    """
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buf = getattr(_SCRATCH, "buffer", None)
+    if buf is None or buf.nbytes < size:
+        buf = np.empty(size, dtype=np.uint8)
+        _SCRATCH.buffer = buf
+    return buf[:size].view(dtype).reshape(shape)
+
+
 def _bands(n, height, row_bytes, limit):
     """(images per step, input rows per step) keeping cols under limit."""
     image_bytes = row_bytes * height
@@ -244,21 +296,26 @@ def im2col(x, w, bias, stride, pad_lo, out_hw, dilation, groups):
     m = c_out_g * kh_size * kw_size
     ho, wo = out_hw
     y = np.empty((n, c_out, ho, wo), dtype=x.dtype)
-    y[...] = _bias_or_zeros(bias, c_out, x.dtype)[None, :, None, None]
+    bias = _bias_or_zeros(bias, c_out, x.dtype)
     # W_g^T: (G, Co kH kW, Ci), a transposed view (BLAS reads it as is).
     w_t = w.reshape(groups, c_in_g, m).transpose(0, 2, 1)
     x_g = x.reshape(n, groups, c_in_g, height, width)
     row_bytes = groups * m * width * x.itemsize
     images, rows = _bands(n, height, row_bytes, _scratch_limit())
+    # col2im alternates with BLAS: serial where OpenMP workers would spin.
+    col2im = (col2im_add if _threads.prange_beside_blas_is_safe()
+              else col2im_add_serial)
     for b0 in range(0, n, images):
         b1 = min(n, b0 + images)
         for ih0 in range(0, height, rows):
             ih1 = min(height, ih0 + rows)
             xb = x_g[b0:b1, :, :, ih0:ih1].reshape(b1 - b0, groups, c_in_g,
                                                    (ih1 - ih0) * width)
-            cols = np.matmul(w_t, xb)        # (images, G, Co kH kW, band)
-            _col2im_add(cols, y[b0:b1], ih0, ih1, kh_size, kw_size,
-                        *stride, *pad_lo, *dilation)
+            # (images, G, Co kH kW, band)
+            cols = _scratch((b1 - b0, groups, m, xb.shape[-1]), x.dtype)
+            np.matmul(w_t, xb, out=cols)
+            col2im(cols, y[b0:b1], ih0, ih1, kh_size, kw_size, *stride,
+                   *pad_lo, *dilation, bias, ih0 == 0)
     return y
 
 

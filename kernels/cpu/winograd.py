@@ -939,6 +939,14 @@ def unsupported_reason(x_shape, w_shape, stride, padding, dilation, groups):
     kernel_hw = tuple(w_shape[2:])
     if any(k not in SUPPORTED_KERNEL_SIZES for k in kernel_hw):
         return _kernel_size_rule(kernel_hw)
+    if x_shape[2] < kernel_hw[0] or x_shape[3] < kernel_hw[1]:
+        # Then every window is partly padding: the taps that meet only
+        # zeros still enter the transformed products, and the error can
+        # exceed the bound scale max(|x| * |w|) by any factor.
+        return (f"Winograd needs an input at least as large as the kernel along "
+                f"each axis (input {x_shape[2]}x{x_shape[3]}, kernel "
+                f"{kernel_hw[0]}x{kernel_hw[1]}); smaller ones are all padding "
+                f"at every output, where its error bound does not hold")
     try:
         tile_for(kernel_hw, requested_tile())
     except ValueError as exc:
@@ -1033,23 +1041,30 @@ def _set_padding_only_outputs(y, bias, in_hw, padding, kernel_hw):
             y[tuple(index)] = value
 
 
-# Fewer tiles than this in the whole batch and the tuple GEMMs have too few
-# rows to pay for streaming U (alpha^2 C K numbers) through the cache.
+# Below these tile counts the tuple GEMMs have too few rows to pay for
+# reading U (alpha^2 C K numbers); a smaller tile shrinks U and adds rows.
 _MIN_GEMM_ROWS = 32
+_MIN_GEMM_ROWS_LARGE_U = 128
 
 
-def tile_for_problem(kernel_hw, out_hw, n_img):
+def tile_for_problem(kernel_hw, out_hw, n_img, channels=(0, 0), itemsize=4):
     """The default tile for a problem: :func:`tile_for`'s per-kernel default,
-    or m = 2 (where that is smaller) when the batch would have fewer than
-    32 tiles.
+    or m = 2 (where that is smaller) when the tuple GEMMs would be short.
 
-    Deep layers with tiny outputs (ResNet's 512@7^2 at batch 4: 16 tiles of
-    F(4, 3)) are bound by reading U, whose size alpha^2 C K shrinks with m;
-    there F(2, 3) was 1.4x faster than F(4, 3) (one thread, CPU time).
+    Short means fewer than 32 tiles in the batch, or fewer than 128 with a
+    U of more than 4 MiB (``channels = (C, K)`` per group).  Measured with
+    one thread, CPU time, F(2, 3) against F(4, 3): 256@14^2 at batch 1, 2,
+    4 (16-64 tiles, U 9.4 MiB) 1.5x faster; 512@7^2 at batch 4 (16 tiles)
+    1.4x; but 128@28^2 at batch 1 (49 tiles, U 2.4 MiB) 1.2x slower and
+    512@7^2 at batch 16 (64 tiles) 1.1x slower.
     """
     tile = tile_for(kernel_hw)
     tiles_h, tiles_w = tile_counts(out_hw, tile)
-    if n_img * tiles_h * tiles_w >= _MIN_GEMM_ROWS:
+    n_tiles = n_img * tiles_h * tiles_w
+    u_bytes = tile.alpha_h * tile.alpha_w * channels[0] * channels[1] * itemsize
+    short = n_tiles < (_MIN_GEMM_ROWS_LARGE_U if u_bytes > _FUSED_MAX_U_BYTES
+                       else _MIN_GEMM_ROWS)
+    if not short:
         return tile
     return tile._replace(m_h=min(tile.m_h, 2), m_w=min(tile.m_w, 2))
 
@@ -1068,7 +1083,8 @@ def conv2d(x, w, bias, stride, padding, dilation, groups):
     if requested_tile() is None:
         out_hw = (x.shape[2] + padding[0] + padding[1] - w.shape[2] + 1,
                   x.shape[3] + padding[2] + padding[3] - w.shape[3] + 1)
-        tile = tile_for_problem(w.shape[2:], out_hw, x.shape[0])
+        tile = tile_for_problem(w.shape[2:], out_hw, x.shape[0],
+                                (w.shape[1], w.shape[0] // groups), x.itemsize)
     else:
         tile = tile_for(w.shape[2:], requested_tile())
     transformed = weight_cache.get(w, tile, groups)
