@@ -25,10 +25,10 @@ ERROR_CONSTANTS = {
     "direct": {"float32": 128.0, "float64": 128.0},
     "im2col": {"float32": 160.0, "float64": 160.0},
     "winograd": {"float32": 128.0, "float64": 128.0},
-    "fft": {"float32": 256.0, "float64": 256.0},
+    "fft": {"float32": 40.0, "float64": 40.0},
 }
 
-NORMWISE = frozenset({"fft"})
+NORMWISE = frozenset({"fft", "winograd"})
 
 
 def unit_roundoff(dtype):
