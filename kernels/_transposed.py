@@ -19,6 +19,11 @@ Algorithms (``algorithm=``):
   ``d (k - 1) - p`` at the low end (negative padding crops).  Available
   when the forward algorithm is built and accepts the upsampled problem
   (Winograd: stride 1, undilated kernels of the sizes it supports).
+* ``"auto"``: at stride 1 the forward problem is no larger than the
+  transposed one, so it runs through the forward convolution with the
+  forward chooser's pick; at larger strides ``direct`` (small problems),
+  ``fft`` (large kernels) or ``im2col``
+  (:func:`choose_transposed_algorithm`).
 """
 
 from __future__ import annotations

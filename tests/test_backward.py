@@ -145,6 +145,28 @@ def test_conv2d_backward_is_within_the_error_bounds(algorithm, dtype):
     assert gx.dtype == gw.dtype == gb.dtype == dtype
 
 
+@pytest.mark.parametrize("limit", [1, 2000, 30000])
+def test_weight_gradient_in_chunks_matches_finite_differences(limit):
+    """The im2col weight gradient with its patches built in small chunks
+    (single positions, parts of an image, several whole images)."""
+    from kernels.cpu import im2col
+    rng = np.random.default_rng(12)
+    kw = dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2)
+    x = rng.standard_normal((3, 4, 7, 6))
+    w = rng.standard_normal((6, 2, 3, 2))
+    gy = rng.standard_normal(reference.conv2d(x, w, **kw).shape)
+    previous = im2col.set_scratch_limit(limit)
+    try:
+        _, gw, _ = kernels.conv2d_backward(gy, x, w, algorithm="im2col", **kw)
+    finally:
+        im2col.set_scratch_limit(previous)
+    scale = np.vdot(reference.conv2d(np.abs(x), np.abs(w), **kw), np.abs(gy))
+    for v in coordinate_directions(w.shape):
+        fd = central_difference(
+            lambda a: np.vdot(reference.conv2d(x, a, **kw), gy), w, v, 1.0)
+        assert abs(np.vdot(gw, v) - fd) <= 1e-12 * scale
+
+
 def test_conv2d_backward_accepts_same_padding_and_unbatched_input():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((3, 6, 7))

@@ -314,12 +314,21 @@ def plan_geometry(x_shape, w_shape, stride, padding, dilation, groups,
 # --------------------------------------------------------------------------
 
 # Seconds per unit on the development machine (AMD EPYC, AVX-512, float32,
-# one thread); only their ratios matter for the choice.
+# one thread, measured under CPU contention); only their ratios matter.
 _SEC_PER_FFT_FLOP = 0.15e-9   # per n log2 n of a real transform of n points
+_SEC_PER_TRANSFORM = 0.2e-6   # per transform: FFTW loop and tile overheads
 _SEC_PER_CMAC_BLAS = 0.15e-9  # complex multiply-add in a BLAS GEMM
 _SEC_PER_CMAC_LANE = 0.35e-9  # complex multiply-add in the frequency-lane loop
+_SEC_PER_GEMM_CALL = 1.5e-6   # numpy.matmul's BLAS call per frequency
 _SEC_PER_BYTE = 0.1e-9        # streaming a spectrum or real buffer once
-_SEC_PER_TRANSFORM = 0.2e-6   # per transform: FFTW loop and tile overheads
+# Reading the weight spectra in the per-frequency GEMMs.  With few rows
+# (tiles) per GEMM, each frequency's C' x K block is used for little work,
+# so the contraction streams the weight spectra from memory (and BLAS packs
+# them): 16x16 tiles of VGG-16's 256-channel 56x56 layer ran 2.3x slower
+# than 10x9 tiles for the same multiply-adds, 24x24 tiles 6.5x.  This
+# term is what favours small tiles for many channels (the memory-traffic
+# argument of Zlateski et al., ICS 2019).
+_SEC_PER_WEIGHT_BYTE = 0.4e-9
 
 
 def _fft_cost(t0, t1):
@@ -328,31 +337,56 @@ def _fft_cost(t0, t1):
 
 
 def _model_time(n, c_in, cg_in, k, groups, t0, t1, kq0, kq1, out0, out1,
-                itemsize):
-    """Modelled seconds of the FFT convolution with tiles t0 x t1 (arrays)."""
+                itemsize, chunk_bytes=None):
+    """Modelled seconds of the FFT convolution with tiles t0 x t1 (arrays).
+
+    c_in and cg_in count the input channels after the phase split.
+    """
     b0 = np.where(t0 >= out0 + kq0 - 1, out0, t0 - kq0 + 1)
     b1 = np.where(t1 >= out1 + kq1 - 1, out1, t1 - kq1 + 1)
-    m = n * np.ceil(out0 / b0) * np.ceil(out1 / b1)
+    tiles = np.ceil(out0 / b0) * np.ceil(out1 / b1)
+    m = n * tiles
     freqs = t0 * (t1 // 2 + 1)
     kg = k // groups
+    csize = 2 * itemsize
+    # The weight transforms only run over the kq0 non-zero rows first.
     transforms = m * c_in + 0.6 * k * cg_in + m * k
     fft = transforms * (_fft_cost(t0, t1) * _SEC_PER_FFT_FLOP
                         + _SEC_PER_TRANSFORM)
     blas = (cg_in * kg >= _BLAS_MIN_CK) & (m >= _BLAS_MIN_ROWS)
-    per_cmac = np.where(blas, _SEC_PER_CMAC_BLAS, _SEC_PER_CMAC_LANE)
-    contraction = freqs * m * cg_in * k * per_cmac
-    csize = 2 * itemsize
-    spectra = freqs * (m * c_in + cg_in * k + m * k) * csize
-    real = t0 * t1 * m * k * itemsize + n * c_in * (out0 + kq0) * (
-        out1 + kq1) * itemsize
+    cmacs = freqs * m * cg_in * k
+    weight_bytes = freqs * cg_in * k * csize
+    if chunk_bytes is None:
+        chunk_bytes = CHUNK_BYTES
+    passes = np.maximum(1, np.ceil(freqs * m * (c_in + k) * csize / chunk_bytes))
+    contraction = np.where(
+        blas,
+        cmacs * _SEC_PER_CMAC_BLAS + freqs * groups * _SEC_PER_GEMM_CALL
+        + passes * weight_bytes * _SEC_PER_WEIGHT_BYTE,
+        cmacs * _SEC_PER_CMAC_LANE)
+    spectra = freqs * m * (c_in + k) * csize
+    real = (t0 * t1 * m * k + n * c_in * (out0 + kq0) * (out1 + kq1)) * itemsize
     traffic = (2 * spectra + 2 * real) * _SEC_PER_BYTE
     return fft + contraction + traffic
 
 
-def _tile_candidates(out, kq):
+def _tile_candidates(out, kq, many_channels):
+    """Transform lengths to consider along one axis.
+
+    Every fast length from the kernel up to one tile for the whole axis;
+    with many channels (BLAS contraction) only powers of two from 8 on
+    and the one-tile length: the measured optimum was 8 or 16 (as
+    NNPACK's ft8x8/ft16x16) on every VGG-16/AlexNet layer, while the model
+    alone, with its noisy constants, sometimes picked odd shapes such as
+    16x40 that ran 1.7x slower.
+    """
     single = fast_length(out + kq - 1)
-    cands = [t for t in _fast_lengths_between(max(kq, 2), single)]
-    return np.array(cands or [single])
+    if many_channels:
+        cands = [t for t in (2 ** e for e in range(3, 13))
+                 if kq < t < single]
+    else:
+        cands = _fast_lengths_between(max(kq, 2), single - 1)
+    return np.array(cands + [single])
 
 
 _TILE_CACHE = OrderedDict()
@@ -384,8 +418,9 @@ def choose_tile(x_shape, w_shape, stride, padding, dilation, groups,
     g_cols = _axis_geometry(w, padding[2], padding[3], kw, dilation[1],
                             stride[1])
     ph = len(g_rows.residues) * len(g_cols.residues)
-    t0 = _tile_candidates(g_rows.out, g_rows.kq)[:, None]
-    t1 = _tile_candidates(g_cols.out, g_cols.kq)[None, :]
+    many = cg * ph * (k // groups) >= _BLAS_MIN_CK
+    t0 = _tile_candidates(g_rows.out, g_rows.kq, many)[:, None]
+    t1 = _tile_candidates(g_cols.out, g_cols.kq, many)[None, :]
     cost = _model_time(n, c * ph, cg * ph, k, groups, t0, t1, g_rows.kq,
                        g_cols.kq, g_rows.out, g_cols.out, itemsize)
     i, j = np.unravel_index(np.argmin(cost), cost.shape)

@@ -340,20 +340,31 @@ def avg_divisors(n, k, s, p, n_out, count_include_pad):
     return (np.minimum(end, n) - np.maximum(start, 0)).astype(np.float64)
 
 
+@njit(cache=True, inline="always")
+def _finish(total, d, recip):
+    return total * d if recip else total / d
+
+
 @njit(cache=True)
-def _sum_columns(src, out_row, scratch, sw, kw, div):
-    """out_row[ow] = (sum over t < kw of src[ow sw + t]) / div[ow]."""
+def _sum_columns(src, out_row, scratch, sw, kw, div, recip):
+    """out_row[ow] = (sum over t < kw of src[ow sw + t]) / div[ow].
+
+    With ``recip`` ``div`` holds reciprocals and is multiplied (float32
+    outputs: the float64 product differs from the quotient by at most
+    2 ulps of float64, invisible after rounding to float32, and a
+    vector division costs as much as the rest of the row).
+    """
     wo = out_row.size
     if kw == 1:
         for ow in range(wo):
-            out_row[ow] = src[ow * sw] / div[ow]
+            out_row[ow] = _finish(src[ow * sw], div[ow], recip)
         return
     s1 = src[1:]
     last = src[kw - 1:]
     if sw == 1:
         if kw == 2:
             for ow in range(wo):
-                out_row[ow] = (src[ow] + s1[ow]) / div[ow]
+                out_row[ow] = _finish((src[ow] + s1[ow]), div[ow], recip)
             return
         for ow in range(wo):
             scratch[ow] = src[ow] + s1[ow]
@@ -362,11 +373,11 @@ def _sum_columns(src, out_row, scratch, sw, kw, div):
             for ow in range(wo):
                 scratch[ow] += st[ow]
         for ow in range(wo):
-            out_row[ow] = (scratch[ow] + last[ow]) / div[ow]
+            out_row[ow] = _finish((scratch[ow] + last[ow]), div[ow], recip)
     elif sw == 2:
         if kw == 2:
             for ow in range(wo):
-                out_row[ow] = (src[2 * ow] + s1[2 * ow]) / div[ow]
+                out_row[ow] = _finish((src[2 * ow] + s1[2 * ow]), div[ow], recip)
             return
         for ow in range(wo):
             scratch[ow] = src[2 * ow] + s1[2 * ow]
@@ -375,14 +386,14 @@ def _sum_columns(src, out_row, scratch, sw, kw, div):
             for ow in range(wo):
                 scratch[ow] += st[2 * ow]
         for ow in range(wo):
-            out_row[ow] = (scratch[ow] + last[2 * ow]) / div[ow]
+            out_row[ow] = _finish((scratch[ow] + last[2 * ow]), div[ow], recip)
     else:
         for ow in range(wo):
             base = ow * sw
             acc = src[base]
             for t in range(1, kw):
                 acc += src[base + t]
-            out_row[ow] = acc / div[ow]
+            out_row[ow] = _finish(acc, div[ow], recip)
 
 
 @njit(parallel=True, cache=True)
@@ -394,6 +405,7 @@ def avg_pool(x, kh, kw, sh, sw, ph, pw, ho, wo, div_h, div_w):
     """
     n_planes, height, width = x.shape
     out = np.empty((n_planes, ho, wo), dtype=x.dtype)
+    recip = out.itemsize == 4       # float32 output: multiply by 1 / div
     buf_len = (wo - 1) * sw + kw
     cols = min(width, buf_len - pw)
     rows = n_planes * ho
@@ -426,7 +438,10 @@ def avg_pool(x, kh, kw, sh, sw, ph, pw, ho, wo, div_h, div_w):
                         inner[j] += row[j]
             for ow in range(wo):
                 div[ow] = div_h[oh] * div_w[ow]
-            _sum_columns(buf, out[p, oh], scratch, sw, kw, div)
+            if recip:
+                for ow in range(wo):
+                    div[ow] = 1.0 / div[ow]
+            _sum_columns(buf, out[p, oh], scratch, sw, kw, div, recip)
     return out
 
 
