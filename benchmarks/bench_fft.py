@@ -385,11 +385,21 @@ def speed(mode="same", repeats=9, kernel_sizes=ODD_KERNELS):
     print(f"# 1024² float32, mode={mode!r}, interleaved, median of {repeats}; "
           f"numba threads {numba.get_num_threads()}; BLAS: {_blas_note()}")
     print("| k | tile | fft ms | fftconvolve(1) ms | fftconvolve(2) ms | "
-          "ratio vs 1 worker | ratio vs 2 workers |")
-    print("|---|---|---|---|---|---|---|")
+          "fftconvolve(1) / fft | fftconvolve(2) / fft | "
+          "fftconvolve(1) / fft on 1 thread |")
+    print("|---|---|---|---|---|---|---|---|")
+    threads = numba.get_num_threads()
     for k in kernel_sizes:
         x, w = make_data(IMAGE, (1, 1, k, k), seed=k)
-        fns = {"fft": fft_fresh_weights(x, w, mode),
+        default = fft_fresh_weights(x, w, mode)
+
+        def one_thread(default=default):
+            numba.set_num_threads(1)
+            try:
+                return default()
+            finally:
+                numba.set_num_threads(threads)
+        fns = {"fft": default, "fft1": one_thread,
                "sp1": fftconvolve(x, w, mode, 1),
                "sp2": fftconvolve(x, w, mode, 2)}
         for fn in fns.values():
@@ -399,9 +409,10 @@ def speed(mode="same", repeats=9, kernel_sizes=ODD_KERNELS):
         tile = fft.choose_tile(IMAGE, (1, 1, k, k), (1, 1), pad, (1, 1), 1)
         r1 = np.median(t["sp1"] / t["fft"])
         r2 = np.median(t["sp2"] / t["fft"])
+        r11 = np.median(t["sp1"] / t["fft1"])
         print(f"| {k} | {tile[0]}x{tile[1]} | {np.median(t['fft']) * 1e3:.2f} | "
               f"{np.median(t['sp1']) * 1e3:.2f} | {np.median(t['sp2']) * 1e3:.2f} "
-              f"| {r1:.2f} | {r2:.2f} |", flush=True)
+              f"| {r1:.2f} | {r2:.2f} | {r11:.2f} |", flush=True)
 
 
 def crossover(repeats=5):
