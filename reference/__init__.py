@@ -6,5 +6,10 @@ scale of :mod:`kernels.accuracy` is ``conv2d(abs(x), abs(w), ...)``.
 """
 
 from .conv import conv1d, conv2d, correlate, convolve
+from .pooling import (max_pool1d, max_pool2d, avg_pool1d, avg_pool2d,
+                      global_avg_pool2d)
+from .transposed import conv_transpose1d, conv_transpose2d
 
-__all__ = ["conv1d", "conv2d", "correlate", "convolve"]
+__all__ = ["conv1d", "conv2d", "correlate", "convolve",
+           "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
+           "global_avg_pool2d", "conv_transpose1d", "conv_transpose2d"]
