@@ -171,21 +171,27 @@ def assert_within_bound(algorithm, y, x, w, bias=None, y_ref=None, **conv_kwargs
         f"{np.argwhere(np.isinf(y) != inf_ref)[:5].tolist()} (first five)")
     finite = np.isfinite(y_ref)
     scale = abs_scale(x, w, bias, **conv_kwargs)
-    bound = error_bound(algorithm, x_dtype, np.where(finite, scale, 0.0))
+    normwise = kernels.accuracy.normwise_scale(x, w)
+    bound = error_bound(algorithm, x_dtype, np.where(finite, scale, 0.0), normwise)
     try:
         assert_close_within(np.where(finite, y, 0), np.where(finite, y_ref, 0),
                             bound, context)
     except AssertionError as exc:
         c = error_in_bound_units(algorithm, x_dtype, np.where(finite, y, 0),
-                                 np.where(finite, y_ref, 0), np.where(finite, scale, 0))
+                                 np.where(finite, y_ref, 0), np.where(finite, scale, 0),
+                                 normwise)
         raise AssertionError(f"{exc}\nobserved error constant c = {c:.1f} "
                              f"(documented: {kernels.accuracy.error_constant(algorithm, x_dtype)})"
                              ) from None
 
 
-def bound(algorithm, dtype, scale):
-    """The documented bound for a float64 scale array."""
-    return error_bound(algorithm, dtype, scale)
+def bound(algorithm, dtype, scale, normwise=None):
+    """The documented bound for a float64 scale array.
+
+    ``normwise``: scale of the whole computed correlation for FFT/Winograd
+    (see ``kernels.accuracy.normwise_scale``).
+    """
+    return error_bound(algorithm, dtype, scale, normwise)
 
 
 def u(dtype):

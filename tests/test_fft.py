@@ -487,6 +487,40 @@ def test_public_api_dispatches_to_fft(dtype):
     assert_within(y, y_ref, error_bound("fft", dtype, scale), "kernels.conv2d")
 
 
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding, dilation", [
+    # every tap falls on the padding: the exact result is zero
+    ((1, 2, 6, 1), (3, 2, 2, 2), (1, 1), (0, 0, 1, 1), (1, 2)),
+    # the last columns and rows are past the last strided window
+    ((2, 1, 23, 30), (2, 1, 3, 4), (4, 5), (0, 0, 0, 0), (1, 1)),
+    # one output row: the input between the dilated taps is never read
+    ((1, 1, 5, 40), (1, 1, 3, 3), (1, 1), (0, 0, 1, 1), (2, 1)),
+], ids=["all-padding", "stride-remainder", "dilation-gap"])
+@over_dtypes
+def test_inputs_no_output_reads_do_not_add_error(x_shape, w_shape, stride,
+                                                 padding, dilation, dtype):
+    # An FFT spreads the rounding error of every value in a tile over all
+    # of its outputs; values that no output reads must not be in the tile,
+    # or they can exceed a bound that (rightly) does not see them.
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    geom = fft.plan_geometry(x_shape, w_shape, stride, padding, dilation, 1,
+                             dtype)
+    read = np.zeros(zero_pad(x, padding).shape[2:], bool)
+    extent = [d * (k - 1) + 1 for k, d in zip(w_shape[2:], dilation)]
+    for i in range(geom.rows.out):
+        for j in range(geom.cols.out):
+            read[i * stride[0]:i * stride[0] + extent[0]:dilation[0],
+                 j * stride[1]:j * stride[1] + extent[1]:dilation[1]] = True
+    top, left = padding[0], padding[2]
+    unread = ~read[top:top + x_shape[2], left:left + x_shape[3]]
+    assert unread.any()
+    x[:, :, unread] = 1e6 * np.sign(x[:, :, unread])
+    for tile in (None, (geom.rows.kq + 2, geom.cols.kq + 3)):
+        check_against_reference(x, w, None, stride, padding, dilation, 1,
+                                tile=tile)
+
+
 def test_inputs_are_not_modified():
     rng = np.random.default_rng(11)
     x, w, b = random_problem(rng, np.float32, n=2, c=2, k=2, hw=(20, 20),

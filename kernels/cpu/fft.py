@@ -72,9 +72,15 @@ fastest length >= n): this rule is 1.08x slower than the best on average
 1.27x (worst 2.9x: 1125 = 3^2 5^3 and 1215 = 3^5 5 are slow).
 
 Plans and threads: pyFFTW plans are cached (keyed on array layouts, axes,
-direction, threads and effort); FFTW_MEASURE by default (see
-``PLANNER_EFFORT``).  Transforms use ``numba.get_num_threads()`` threads
-when large enough to pay for waking them (``_MIN_POINTS_PER_THREAD``).
+direction, threads and effort); FFTW_MEASURE for large transforms and
+FFTW_ESTIMATE for small ones by default (:func:`set_planner_effort`,
+environment variable ``CONVBENCH_FFTW_EFFORT``).  Transforms use ``numba.get_num_threads()``
+threads when large enough to pay for waking them
+(``_MIN_POINTS_PER_THREAD``); the per-frequency BLAS GEMMs run
+single-threaded, split over that many Python threads.
+
+Not thread-safe to call concurrently with different planner efforts;
+concurrent calls are otherwise safe (each plan executes under its lock).
 """
 
 from __future__ import annotations
@@ -436,18 +442,30 @@ def choose_tile(x_shape, w_shape, stride, padding, dilation, groups,
 # pyFFTW plans
 # --------------------------------------------------------------------------
 
-# FFTW_MEASURE plans ran 1.0-3x faster than FFTW_ESTIMATE ones here (the
-# estimated inverse transforms were the slowest), at a one-off planning cost
-# of about 0.2-3 s per new shape (FFTW keeps the wisdom for the process).
-# CONVBENCH_FFTW_EFFORT=FFTW_ESTIMATE trades that for instant planning.
-_EFFORTS = ("FFTW_ESTIMATE", "FFTW_MEASURE", "FFTW_PATIENT")
-_planner_effort = os.environ.get("CONVBENCH_FFTW_EFFORT", "FFTW_MEASURE")
+# Planner effort.  Measured on the development machine (float32, steady
+# state, interleaved): FFTW_MEASURE plans ran 10-25% faster than
+# FFTW_ESTIMATE ones for the large single-channel tiles (1024² image,
+# tiles 112² to 576²; CPU time on one thread 6.8 vs 9.5 ms at k = 9, 8.8
+# vs 11.1 ms at k = 51) and the same for the small tiles of CNN layers
+# (16x16 and below: 3.1 vs 3.1 ms, 1.2 vs 1.2 ms), while MEASURE's one-off
+# planning took 0.2-1.9 s for the former and 1-7 s for the latter (many
+# batched shapes).  "auto" therefore measures transforms of at least
+# _MEASURE_MIN_POINTS points and estimates smaller ones.  FFTW keeps the
+# wisdom for the process: a shape is only planned once.
+_EFFORTS = ("auto", "FFTW_ESTIMATE", "FFTW_MEASURE", "FFTW_PATIENT")
+_MEASURE_MIN_POINTS = 1 << 12
+_planner_effort = os.environ.get("CONVBENCH_FFTW_EFFORT", "auto")
 if _planner_effort not in _EFFORTS:
-    _planner_effort = "FFTW_MEASURE"
+    _planner_effort = "auto"
 
 
 def set_planner_effort(effort):
-    """Planner effort of new plans: one of FFTW_ESTIMATE/MEASURE/PATIENT."""
+    """Planner effort of new plans: "auto" (default) or an FFTW flag.
+
+    "auto" uses FFTW_MEASURE for transforms of at least 2**12 points and
+    FFTW_ESTIMATE for smaller ones; "FFTW_ESTIMATE", "FFTW_MEASURE" and
+    "FFTW_PATIENT" apply to every transform.
+    """
     global _planner_effort
     if effort not in _EFFORTS:
         raise ValueError(f"effort must be one of {_EFFORTS}, got {effort!r}")
@@ -456,6 +474,12 @@ def set_planner_effort(effort):
 
 def get_planner_effort():
     return _planner_effort
+
+
+def _effort_for(points):
+    if _planner_effort != "auto":
+        return _planner_effort
+    return "FFTW_MEASURE" if points >= _MEASURE_MIN_POINTS else "FFTW_ESTIMATE"
 
 
 # Below this many real points per thread a transform runs on one thread:
@@ -505,8 +529,9 @@ def _plan(src, dst, axes, direction, scratch=None):
     """
     real = src if src.dtype.kind == "f" else dst
     threads = _threads_for(real.size)
+    effort = _effort_for(int(np.prod([real.shape[a] for a in axes])))
     key = (_layout(src), _layout(dst), tuple(axes), direction, threads,
-           _planner_effort)
+           effort)
     with _plans_lock:
         plan = _plans.get(key)
         if plan is not None:
@@ -515,7 +540,7 @@ def _plan(src, dst, axes, direction, scratch=None):
     if scratch is not None:
         src, dst = scratch()
     fftw = pyfftw.FFTW(src, dst, axes=tuple(axes), direction=direction,
-                       flags=(_planner_effort, "FFTW_DESTROY_INPUT"),
+                       flags=(effort, "FFTW_DESTROY_INPUT"),
                        threads=threads)
     plan = _Plan(fftw)
     with _plans_lock:
@@ -752,7 +777,40 @@ def padded_input(x, geom):
     _pad_phases(x, xpad, rows.stride, cols.stride, rows.pad_lo, cols.pad_lo,
                 np.array(rows.residues, np.int64),
                 np.array(cols.residues, np.int64))
+    pass
     return xpad
+
+
+def _untouched(axis, phase):
+    """Positions of a padded phase signal that no output reads.
+
+    Position p of phase ``phase`` is read when some tap q of that phase and
+    some output o < out have o + q = p.  The rest (inputs past the last
+    window, or between the taps of a dilated kernel when there are fewer
+    outputs than the gap) would add nothing to the result, but an FFT
+    spreads the rounding errors of every value in a tile over all its
+    outputs: such a value, however large, must not be there.
+    """
+    touched = np.zeros(axis.padded, dtype=bool)
+    for q in {q for ph, q in zip(axis.taps_phase, axis.taps_q) if ph == phase}:
+        touched[q:q + axis.out] = True
+    return np.flatnonzero(~touched)
+
+
+def _zero_untouched(xpad, geom):
+    """Zero the inputs that no output reads (see :func:`_untouched`)."""
+    rows, cols = geom.rows, geom.cols
+    p0n, p1n = len(rows.residues), len(cols.residues)
+    n, _, hq, wq = xpad.shape
+    six = xpad.reshape(n, geom.c, p0n, p1n, hq, wq)
+    for p0 in range(p0n):
+        idx = _untouched(rows, p0)
+        if idx.size:
+            six[:, :, p0, :, idx, :] = 0
+    for p1 in range(p1n):
+        idx = _untouched(cols, p1)
+        if idx.size:
+            six[:, :, :, p1, :, idx] = 0
 
 
 def _tile_view(xpad, geom, chunk):
