@@ -86,8 +86,24 @@ def assert_within(y, y_ref, tol, what):
         f"{np.broadcast_to(tol, err.shape)[worst]:.3e} at {worst}")
 
 
-def phase_signals(x, geom, padding):
-    """xpad[n, (c, p0, p1), u, v] = zero_pad(x)[n, c, u s0 + r0, v s1 + r1]."""
+def read_mask(axis, kernel, dilation, residue):
+    """Phase positions u (padded index u s + r) that some output reads."""
+    s = axis.stride
+    read = np.zeros(axis.padded, bool)
+    for o in range(axis.out):
+        for a in range(kernel):
+            e = o * s + a * dilation - residue
+            if e % s == 0 and 0 <= e // s < axis.padded:
+                read[e // s] = True
+    return read
+
+
+def phase_signals(x, geom, padding, kernel=None, dilation=None):
+    """xpad[n, (c, p0, p1), u, v] = zero_pad(x)[n, c, u s0 + r0, v s1 + r1].
+
+    With ``kernel`` and ``dilation``, positions that no output reads are
+    zero (what the FFT module must do, see test_inputs_no_output_reads...).
+    """
     rows, cols = geom.rows, geom.cols
     xp = zero_pad(np.asarray(x, np.float64), padding)
     # Enough zeros after the input for every tile window.
@@ -100,8 +116,12 @@ def phase_signals(x, geom, padding):
     for ch in range(c):
         for r0 in rows.residues:
             for r1 in cols.residues:
-                parts.append(xp[:, ch, r0::rows.stride, r1::cols.stride]
-                             [:, :rows.padded, :cols.padded])
+                part = xp[:, ch, r0::rows.stride, r1::cols.stride][
+                    :, :rows.padded, :cols.padded].copy()
+                if kernel is not None:
+                    part[:, ~read_mask(rows, kernel[0], dilation[0], r0)] = 0
+                    part[:, :, ~read_mask(cols, kernel[1], dilation[1], r1)] = 0
+                parts.append(part)
     return np.stack(parts, axis=1)
 
 
@@ -220,7 +240,7 @@ def test_padded_input_matches_numpy(x_shape, w_shape, stride, padding,
     geom = fft.plan_geometry(x_shape, w_shape, stride, padding, dilation,
                              groups, dtype, tile)
     xpad = fft.padded_input(x, geom)
-    expected = phase_signals(x, geom, padding)
+    expected = phase_signals(x, geom, padding, w_shape[2:], dilation)
     got = xpad[:, :, :, :geom.cols.padded]
     np.testing.assert_array_equal(got, expected.astype(dtype))
 
@@ -235,8 +255,8 @@ def test_input_spectra_are_rfft2_of_the_tile_windows(
     x = rng.standard_normal(x_shape).astype(dtype)
     geom = fft.plan_geometry(x_shape, w_shape, stride, padding, dilation,
                              groups, dtype, tile, freq_major)
-    windows = tile_windows(phase_signals(x.astype(np.float64), geom, padding),
-                           geom)
+    windows = tile_windows(phase_signals(x.astype(np.float64), geom, padding,
+                                         w_shape[2:], dilation), geom)
     expected = np.fft.rfft2(windows, axes=(-2, -1))
     spec = fft.input_spectra(x, geom)
     scale = np.abs(windows).sum(axis=(-2, -1), keepdims=True)

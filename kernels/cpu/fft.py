@@ -777,7 +777,7 @@ def padded_input(x, geom):
     _pad_phases(x, xpad, rows.stride, cols.stride, rows.pad_lo, cols.pad_lo,
                 np.array(rows.residues, np.int64),
                 np.array(cols.residues, np.int64))
-    pass
+    _zero_untouched(xpad, geom)
     return xpad
 
 

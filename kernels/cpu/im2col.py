@@ -26,10 +26,16 @@ Bounded memory: the patch matrix is built in chunks of output positions
 (a contiguous range of the flattened ``(ho, wo)`` index, so a 1-D signal
 with ``Ho = 1`` is chunked too) small enough that the scratch never exceeds
 :func:`get_scratch_limit` (64 MiB by default; environment variable
-``CONVBENCH_IM2COL_SCRATCH`` or :func:`set_scratch_limit`).  When whole
-images are small (deep layers, 7x7 maps) several images share one chunk
-and one GEMM, whose result is then copied into ``y``: one wide GEMM is
-much faster than many skinny ones.
+``CONVBENCH_IM2COL_SCRATCH`` or :func:`set_scratch_limit`).  Within the
+limit a chunk is preferably cache-sized (``CACHE_TARGET_BYTES``, but at
+least ``MIN_GEMM_COLUMNS`` GEMM columns), so the GEMM reads patches the
+gather has just written.  When whole images are small (deep layers, 7x7
+maps) several images share one chunk and one GEMM, whose result is then
+copied into ``y``: one wide GEMM is faster than many skinny ones.
+
+The gather is a Numba ``prange`` kernel and the GEMM runs on OpenBLAS's
+threads; :mod:`kernels._threads` keeps the two pools from fighting (the
+gather runs serially where they would).
 """
 
 from __future__ import annotations
