@@ -25,10 +25,15 @@ DEFAULT_THRESHOLDS = {
     "direct_max_macs": 2.0e6,
     # Smallest kernel area (kH * kW) from which FFT beats the GEMM-based
     # algorithms for single-channel (C = K = 1) and multi-channel problems.
-    "fft_min_area_single": 81,
-    "fft_min_area_multi": 121,
+    # Single channel 1024^2 (convbench sweep, 2 cores): fft beats direct
+    # from k = 23 on.
+    "fft_min_area_single": 529,
+    # C = K = 64 at 56^2: fft beats direct and torch from k = 7 on.
+    "fft_min_area_multi": 49,
     # Winograd for 3x3 stride-1 layers with at least this many channels.
     "winograd_min_channels": 16,
+    # im2col only when each group has at least this many output channels.
+    "im2col_min_out_channels": 8,
 }
 
 
@@ -66,7 +71,11 @@ def _model_choice(cands, x_shape, w_shape, stride, groups, t):
     if ("winograd" in cands and kh == kw == 3 and groups == 1
             and min(c, k) >= t["winograd_min_channels"]):
         return "winograd"
-    if "im2col" in cands and cg * area >= 8:
+    # With few output channels the GEMM degenerates to matrix-vector
+    # products, which the direct kernel's register tiles beat by 10x or more
+    # (single-channel 1024^2 sweep: direct 3-35 ms, im2col 100-7000 ms).
+    if "im2col" in cands and k // groups >= t["im2col_min_out_channels"] \
+            and cg * area >= 8:
         return "im2col"
     return "direct" if "direct" in cands else cands[0]
 
