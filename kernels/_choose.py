@@ -26,8 +26,8 @@ DEFAULT_THRESHOLDS = {
     # Smallest kernel area (kH * kW) from which FFT beats the GEMM-based
     # algorithms for single-channel (C = K = 1) and multi-channel problems.
     # Single channel 1024^2 (convbench sweep, 2 cores): fft beats direct
-    # from k = 23 on.
-    "fft_min_area_single": 529,
+    # from k = 21 (quiet machine) or 23 (loaded) on.
+    "fft_min_area_single": 441,
     # C = K = 64 at 56^2: fft beats direct and torch from k = 7 on.
     "fft_min_area_multi": 49,
     # Winograd for 3x3 stride-1 layers with at least this many channels.
