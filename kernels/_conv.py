@@ -13,7 +13,7 @@ import numpy as np
 
 from . import _dispatch
 from ._choose import choose_algorithm
-from ._validation import (PADDING_MODES, UnsupportedConfiguration,
+from ._validation import (check_groups, PADDING_MODES, UnsupportedConfiguration,
                           as_float_array, check_algorithm, check_backend,
                           check_choice, check_ndim, check_same_dtype,
                           int_tuple)
@@ -101,11 +101,7 @@ def _conv(nsp, x, w, bias, stride, padding, dilation, groups, padding_mode,
     check_choice("padding_mode", padding_mode, PADDING_MODES)
     algorithm = check_algorithm(algorithm)
     backend = check_backend(backend)
-    if isinstance(groups, (bool, np.bool_)) or not isinstance(groups, (int, np.integer)):
-        raise TypeError(f"groups must be an int, got {groups!r}")
-    if groups < 1:
-        raise ValueError(f"groups must be >= 1, got {groups}")
-    groups = int(groups)
+    groups = check_groups(groups)
 
     unbatched = x.ndim == nsp + 1
     if unbatched:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _dispatch
-from ._validation import (ALGORITHMS, UnsupportedConfiguration,
+from ._validation import (check_groups, ALGORITHMS, UnsupportedConfiguration,
                           as_float_array, check_algorithm, check_backend,
                           check_ndim, check_same_dtype, int_tuple)
 from .geometry import conv_transpose_output_size, effective_kernel_size
@@ -259,11 +259,7 @@ def _conv_transpose(nsp, x, w, bias, stride, padding, output_padding, groups,
     check_ndim("w", w, (nsp + 2,), wlayout)
     algorithm = check_algorithm(algorithm)
     check_backend(backend)
-    if isinstance(groups, (bool, np.bool_)) or not isinstance(groups, (int, np.integer)):
-        raise TypeError(f"groups must be an int, got {groups!r}")
-    if groups < 1:
-        raise ValueError(f"groups must be >= 1, got {groups}")
-    groups = int(groups)
+    groups = check_groups(groups)
 
     unbatched = x.ndim == nsp + 1
     if unbatched:

@@ -82,6 +82,15 @@ def int_tuple(name, value, n, minimum):
     return tuple(out)
 
 
+def check_groups(groups):
+    """``groups`` as a positive int, or TypeError/ValueError."""
+    if isinstance(groups, (bool, np.bool_)) or not isinstance(groups, numbers.Integral):
+        raise TypeError(f"groups must be an int, got {groups!r}")
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    return int(groups)
+
+
 def check_choice(name, value, choices):
     if not isinstance(value, str) or value not in choices:
         raise ValueError(
