@@ -22,7 +22,9 @@ Script (interleaved medians; the tables of the README)::
 
     python -m benchmarks.bench_fft speed [same|valid]   # vs fftconvolve
     python -m benchmarks.bench_fft crossover            # vs direct/im2col
+    python -m benchmarks.bench_fft crossover-cpu        # same, CPU time, 1 thread
     python -m benchmarks.bench_fft layers               # VGG/AlexNet
+    python -m benchmarks.bench_fft layers-cpu           # same, CPU time, 1 thread
     python -m benchmarks.bench_fft oned                 # 1-D signals
     python -m benchmarks.bench_fft accuracy             # error constants
     python -m benchmarks.bench_fft effort               # MEASURE vs ESTIMATE
@@ -441,22 +443,97 @@ def crossover(repeats=5):
                   + " | ".join(f"{r:.2f}" for r in ratios) + " |", flush=True)
 
 
-def layers(repeats=5):
-    print(f"# batch 1, float32, weights cached, median of {repeats} (ms); "
-          f"BLAS: {_blas_note()}")
+def _cpu_interleaved(fns, repeats):
+    """name -> median CPU seconds (time.process_time), interleaved."""
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.process_time()
+            fn()
+            times[name].append(time.process_time() - t0)
+    return {name: float(np.median(v)) for name, v in times.items()}
+
+
+def crossover_cpu(repeats=5):
+    """The crossover table in CPU time with every pool on one thread.
+
+    Robust on a shared machine: a descheduled thread does not count, and
+    no parallel region waits for one.
+    """
+    import numba
+    from threadpoolctl import threadpool_limits
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    others = [a for a in ("direct", "im2col") if a in kernels.built_algorithms()]
+    if torch_available():
+        import torch
+        torch.set_num_threads(1)
+        others.append("torch")
+    print(f"# 56² batch 1, 'same', float32, weights cached, CPU time on one "
+          f"thread, median of {repeats}; ratio = other / fft")
+    print("| C = K | k | fft ms | " + " | ".join(f"{o} ms" for o in others)
+          + " | " + " | ".join(f"{o}/fft" for o in others) + " |")
+    print("|---" * (3 + 2 * len(others)) + "|")
+    try:
+        with threadpool_limits(1):
+            for c in (1, 16, 64):
+                for k in CROSSOVER_KERNELS:
+                    x, w = make_data((1, c, 56, 56), (c, c, k, k))
+                    fns = {"fft": algorithm("fft", x, w, padding=k // 2)}
+                    for o in others:
+                        fns[o] = (torch_conv(x, w, padding=k // 2)
+                                  if o == "torch"
+                                  else algorithm(o, x, w, padding=k // 2))
+                    for fn in fns.values():
+                        warm_up(fn, 2)
+                    t = _cpu_interleaved(fns, repeats)
+                    print(f"| {c} | {k} | {t['fft'] * 1e3:.2f} | "
+                          + " | ".join(f"{t[o] * 1e3:.2f}" for o in others)
+                          + " | " + " | ".join(f"{t[o] / t['fft']:.2f}"
+                                               for o in others) + " |",
+                          flush=True)
+    finally:
+        numba.set_num_threads(threads)
+
+
+def layers(repeats=5, cpu=False):
+    """VGG-16 / AlexNet layers; ``cpu``: CPU time with every pool on one
+    thread (robust on a shared machine) instead of wall clock."""
+    import contextlib
+
+    import numba
+    from threadpoolctl import threadpool_limits
+    threads = numba.get_num_threads()
+    clock = "CPU time on one thread" if cpu else "wall clock"
+    blas = "limited to 1 thread" if cpu else _blas_note()
+    print(f"# batch 1, float32, weights cached, {clock}, median of {repeats} "
+          f"(ms); BLAS: {blas}")
     names = ["fft", "fft-16x16", "fft-8x8", "im2col", "winograd", "direct",
              "torch"]
     print("| layer | fft tile | " + " | ".join(names) + " |")
     print("|---" * (2 + len(names)) + "|")
-    for layer, (x_shape, w_shape, stride, padding) in LAYERS.items():
-        runs = layer_contenders(layer)
-        t = interleaved(runs, repeats)
-        tile = fft.choose_tile(x_shape, w_shape, (stride,) * 2,
-                               (padding,) * 4, (1, 1), 1)
-        cells = [f"{np.median(t[n]) * 1e3:.1f}" if n in t else "-"
-                 for n in names]
-        print(f"| {layer} | {tile[0]}x{tile[1]} | " + " | ".join(cells) + " |",
-              flush=True)
+    limit = threadpool_limits(1) if cpu else contextlib.nullcontext()
+    if cpu:
+        numba.set_num_threads(1)
+        if torch_available():
+            import torch
+            torch.set_num_threads(1)
+    try:
+        with limit:
+            for layer, (x_shape, w_shape, stride, padding) in LAYERS.items():
+                runs = layer_contenders(layer)
+                if cpu:
+                    t = _cpu_interleaved(runs, repeats)
+                else:
+                    t = {n: float(np.median(v))
+                         for n, v in interleaved(runs, repeats).items()}
+                tile = fft.choose_tile(x_shape, w_shape, (stride,) * 2,
+                                       (padding,) * 4, (1, 1), 1)
+                cells = [f"{t[n] * 1e3:.1f}" if n in t else "-" for n in names]
+                print(f"| {layer} | {tile[0]}x{tile[1]} | "
+                      + " | ".join(cells) + " |", flush=True)
+    finally:
+        numba.set_num_threads(threads)
 
 
 def oned(repeats=7):
@@ -542,6 +619,10 @@ def main(argv):
         speed(argv[1] if len(argv) > 1 else "same")
     elif what in ("crossover", "layers", "oned", "accuracy", "effort"):
         globals()[what]()
+    elif what == "crossover-cpu":
+        crossover_cpu()
+    elif what == "layers-cpu":
+        layers(cpu=True)
     else:
         raise SystemExit(f"unknown mode {what!r}; see the module docstring")
 

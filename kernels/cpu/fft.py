@@ -39,7 +39,11 @@ kernels ``w_r[q] = wd[q s + r]``.  The phases become extra input channels
 (channel ``c`` turns into ``(c, r0, r1)``), so the contraction sums them
 for free and only the outputs needed are ever transformed back.  Phases
 whose kernel is all zero (dilation a multiple of a stride factor) are
-dropped.
+dropped, and so are inputs that no output reads (past the last strided
+window, or between dilated taps when there are fewer outputs than the
+gap): an FFT spreads the rounding error of every value in a tile over all
+of its outputs, so such values could exceed an error bound that rightly
+does not see them.
 
 Spectrum layouts.  Stage results have fixed logical shapes (``X``:
 ``(M, C', F0, F1h)``, ``W``: ``(C'/G, K, F0, F1h)``, ``Y``: ``(M, K, F0,
