@@ -70,16 +70,25 @@ def _phase_len(wo, sw, r):
 
 
 @njit(cache=True, inline="always")
+def _phase_span(off, sw, wo, n):
+    """Phase r, shift q and source range [lo, hi) of a row landing at ``off``.
+
+    ``src[iw]`` lands on output column ``iw sw + off``, i.e. on entry
+    ``iw + q`` of phase ``r``; only entries inside the phase's length count.
+    """
+    r = off % sw                 # Python semantics: 0 <= r < sw
+    q = (off - r) // sw
+    nj = _phase_len(wo, sw, r)
+    return r, q, max(0, -q), min(n, nj - q)
+
+
+@njit(cache=True, inline="always")
 def _add_row(acc, src, scale, off, sw, wo):
     """acc[phase of off] += scale * src, for the columns that land in [0, wo).
 
     ``src[iw]`` lands on output column ``iw sw + off``.
     """
-    r = off % sw                 # Python semantics: 0 <= r < sw
-    q = (off - r) // sw
-    nj = _phase_len(wo, sw, r)
-    lo = max(0, -q)
-    hi = min(src.size, nj - q)
+    r, q, lo, hi = _phase_span(off, sw, wo, src.size)
     if hi > lo:
         dst = acc[r, lo + q:hi + q]
         s = src[lo:hi]
@@ -90,11 +99,7 @@ def _add_row(acc, src, scale, off, sw, wo):
 @njit(cache=True, inline="always")
 def _add_row_unscaled(acc, src, off, sw, wo):
     """As _add_row with scale 1 (no multiply, no type promotion)."""
-    r = off % sw
-    q = (off - r) // sw
-    nj = _phase_len(wo, sw, r)
-    lo = max(0, -q)
-    hi = min(src.size, nj - q)
+    r, q, lo, hi = _phase_span(off, sw, wo, src.size)
     if hi > lo:
         dst = acc[r, lo + q:hi + q]
         s = src[lo:hi]
