@@ -1,0 +1,87 @@
+"""Software prefetch for Numba kernels: ``prefetch_row(a, i, j, n)``.
+
+Memory-bound kernels that do a little arithmetic on short rows (pooling
+on 112-wide feature maps) keep too few cache misses in flight for the
+hardware prefetcher to hide memory latency: a 3x3/2 max pool over
+(8, 64, 112, 112) float32 ran at 2.0 ms with its input out of cache and
+1.2 ms in cache, while a plain streaming kernel over the same bytes took
+1.2 ms and 0.7 ms.  Asking for the rows that a later iteration will read
+(LLVM's ``llvm.prefetch``) brought the out-of-cache time to 1.7 ms.
+
+The intrinsic is compiled into the calling function (``cache=True`` still
+works).  If this llvmlite cannot emit it, :data:`AVAILABLE` is False and
+``prefetch_row`` compiles to nothing.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+__all__ = ["prefetch_row", "AVAILABLE"]
+
+# Bytes per cache line: one prefetch per line.
+LINE_BYTES = 64
+
+
+@intrinsic
+def _prefetch(typingctx, arr, i, j, k):
+    """Prefetch a[i, j, k] (a 3-D array) for reading into all cache levels."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 3):
+        return None
+    sig = types.void(arr, i, j, k)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        idx = [context.cast(builder, v, t, types.intp)
+               for v, t in zip(args[1:], signature.args[1:])]
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, idx,
+                                       wraparound=False)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty,
+                                            "llvm.prefetch.p0")
+        # (address, rw = read, locality = keep in all levels, data cache)
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0),
+                          ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def _prefetch_row(a, i, j, n):
+    """Prefetch a[i, j, :n], one request per cache line."""
+    step = max(1, LINE_BYTES // a.itemsize)
+    for k in range(0, n, step):
+        _prefetch(a, i, j, k)
+
+
+def _probe():
+    """Compile and run the intrinsic once; False when this llvmlite can't."""
+    import numpy as np
+
+    @njit
+    def probe(a):
+        _prefetch(a, 0, 0, 0)
+
+    try:
+        probe(np.zeros((1, 1, 1), np.float32))
+    except Exception:  # noqa: BLE001 - any compile failure means "no"
+        return False
+    return True
+
+
+AVAILABLE = _probe()
+
+if AVAILABLE:
+    prefetch_row = _prefetch_row
+else:
+    @njit(cache=True, inline="always")
+    def prefetch_row(a, i, j, n):
+        """No-op: llvm.prefetch could not be compiled here."""
+        return None
