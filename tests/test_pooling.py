@@ -30,10 +30,18 @@ DTYPES = (np.float32, np.float64)
 # --------------------------------------------------------------------------
 
 @st.composite
-def pool_cases(draw, nsp=2, avg=False, max_size=9):
-    """A valid pooling problem: shape and keyword arguments."""
+def pool_cases(draw, nsp=2, avg=False, max_size=9, max_width=None):
+    """A valid pooling problem: shape and keyword arguments.
+
+    ``max_width`` bounds the last axis separately: rows of up to ~100
+    elements reach the vectorised main loops of the kernels (16 float32
+    lanes) and their remainders, which 9-wide rows never do.
+    """
     lead = (draw(st.integers(1, 2)), draw(st.integers(1, 3)))
-    spatial = tuple(draw(st.integers(1, max_size)) for _ in range(nsp))
+    sizes = [max_size] * nsp
+    if max_width is not None:
+        sizes[-1] = max_width
+    spatial = tuple(draw(st.integers(1, n)) for n in sizes)
     kernel = tuple(draw(st.integers(1, 4)) for _ in range(nsp))
     stride = draw(st.none() | st.tuples(*[st.integers(1, 3)] * nsp))
     padding = tuple(draw(st.integers(0, k // 2)) for k in kernel)
@@ -96,6 +104,49 @@ def test_max_pool1d_equals_the_reference_exactly(case, dtype, nan, seed):
     np.testing.assert_array_equal(idx[has_input], idx_ref[has_input])
 
 
+@settings(deadline=None)
+@given(case=pool_cases(max_size=5, max_width=100), dtype=st.sampled_from(DTYPES),
+       nan=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_max_pool2d_on_wide_rows_equals_the_reference_exactly(case, dtype, nan,
+                                                              seed):
+    shape, kwargs = case
+    x = make_input(seed, shape, dtype, nan=nan)
+    np.testing.assert_array_equal(kernels.max_pool2d(x, **kwargs),
+                                  ref.max_pool2d(x, **kwargs).astype(dtype))
+
+
+# The windows of real networks (ResNet/VGG/Inception stems and blocks),
+# each with its own literal-offset loop in the kernels, plus dilated and
+# wide-stride windows that take the generic loops; widths around one and
+# several 16-lane vectors.
+COMMON_WINDOWS = [
+    dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=3, stride=2),
+    dict(kernel_size=2, stride=2), dict(kernel_size=3, stride=1, padding=1),
+    dict(kernel_size=2, stride=1), dict(kernel_size=1, stride=2),
+    dict(kernel_size=4, stride=2, padding=1), dict(kernel_size=5, stride=3,
+                                                   padding=2),
+    dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", [15, 56, 113])
+@pytest.mark.parametrize("window", COMMON_WINDOWS, ids=str)
+def test_common_windows_on_wide_rows_match_the_reference(window, width, dtype):
+    x = make_input(width, (2, 3, 9, width), dtype, nan=True)
+    np.testing.assert_array_equal(kernels.max_pool2d(x, **window),
+                                  ref.max_pool2d(x, **window).astype(dtype))
+    for dilation in (2, 3):
+        if window["kernel_size"] > 1 and not window.get("ceil_mode"):
+            kw = dict(window, dilation=dilation)
+            np.testing.assert_array_equal(kernels.max_pool2d(x, **kw),
+                                          ref.max_pool2d(x, **kw).astype(dtype))
+    x = make_input(width, (2, 3, 9, width), dtype)
+    for count_include_pad in (True, False):
+        kw = dict(window, count_include_pad=count_include_pad)
+        assert_avg_within_bound(kernels.avg_pool2d(x, **kw), x, kw, 2)
+
+
 def assert_avg_within_bound(y, x, kwargs, nsp):
     pool = ref.avg_pool1d if nsp == 1 else ref.avg_pool2d
     y_ref = pool(x, **kwargs)
@@ -120,6 +171,18 @@ def test_avg_pool2d_within_a_few_ulps_of_the_reference(case, dtype,
     shape, kwargs = case
     kwargs.update(count_include_pad=count_include_pad,
                   divisor_override=divisor_override)
+    x = make_input(seed, shape, dtype)
+    assert_avg_within_bound(kernels.avg_pool2d(x, **kwargs), x, kwargs, 2)
+
+
+@settings(deadline=None)
+@given(case=pool_cases(avg=True, max_size=5, max_width=100),
+       dtype=st.sampled_from(DTYPES), count_include_pad=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_avg_pool2d_on_wide_rows_within_a_few_ulps_of_the_reference(
+        case, dtype, count_include_pad, seed):
+    shape, kwargs = case
+    kwargs.update(count_include_pad=count_include_pad)
     x = make_input(seed, shape, dtype)
     assert_avg_within_bound(kernels.avg_pool2d(x, **kwargs), x, kwargs, 2)
 
