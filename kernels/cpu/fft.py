@@ -466,9 +466,10 @@ if _planner_effort not in _EFFORTS:
 def set_planner_effort(effort):
     """Planner effort of new plans: "auto" (default) or an FFTW flag.
 
-    "auto" uses FFTW_MEASURE for transforms of at least 2**12 points and
-    FFTW_ESTIMATE for smaller ones; "FFTW_ESTIMATE", "FFTW_MEASURE" and
-    "FFTW_PATIENT" apply to every transform.
+    "auto" uses FFTW_MEASURE for transforms of at least 2**12 points (or
+    1-D transforms of at least 256) and FFTW_ESTIMATE for smaller ones;
+    "FFTW_ESTIMATE", "FFTW_MEASURE" and "FFTW_PATIENT" apply to every
+    transform.
     """
     global _planner_effort
     if effort not in _EFFORTS:
@@ -480,10 +481,22 @@ def get_planner_effort():
     return _planner_effort
 
 
-def _effort_for(points):
+# One-dimensional transforms (the column pass of the weight transform, 1-D
+# signals) of at least this length are measured too: the 576-point column
+# transforms of a 576x576 weight tile ran 0.31 ms measured, 0.60 ms
+# estimated (289 columns, float32).
+_MEASURE_MIN_LENGTH_1D = 256
+
+
+def _effort_for(lengths):
+    """Planner effort for transforms of the given lengths (one per axis)."""
     if _planner_effort != "auto":
         return _planner_effort
-    return "FFTW_MEASURE" if points >= _MEASURE_MIN_POINTS else "FFTW_ESTIMATE"
+    points = int(np.prod(lengths))
+    if points >= _MEASURE_MIN_POINTS or (
+            len(lengths) == 1 and points >= _MEASURE_MIN_LENGTH_1D):
+        return "FFTW_MEASURE"
+    return "FFTW_ESTIMATE"
 
 
 # Below this many real points per thread a transform runs on one thread:
@@ -533,7 +546,7 @@ def _plan(src, dst, axes, direction, scratch=None):
     """
     real = src if src.dtype.kind == "f" else dst
     threads = _threads_for(real.size)
-    effort = _effort_for(int(np.prod([real.shape[a] for a in axes])))
+    effort = _effort_for([real.shape[a] for a in axes])
     key = (_layout(src), _layout(dst), tuple(axes), direction, threads,
            effort)
     with _plans_lock:
