@@ -21,9 +21,10 @@ Both products reuse the forward machinery: ``dL/dx`` runs through
 :func:`kernels._transposed.run_conv_transpose2d` (at stride 1 with
 ``"auto"``, the forward convolution and its chooser), ``dL/dw`` through
 :func:`kernels._conv.run_conv2d` on the swapped problem, except for
-``"auto"``/``"im2col"``, where the forward im2col patch gather feeds one
-GEMM per chunk, ``gy (K, N Ho Wo) @ patches^T`` (PyTorch's order; the
-swapped problem would be many skinny GEMMs).  Each algorithm's error
+``"auto"``/``"im2col"`` on the CPU, where the forward im2col patch gather
+feeds one GEMM per chunk, ``gy (K, N Ho Wo) @ patches^T`` (PyTorch's
+order; the swapped problem would be many skinny GEMMs):
+:func:`kernels.cpu.backward.weight_gradient_im2col`.  Each algorithm's error
 bound carries over.
 """
 
@@ -80,71 +81,13 @@ def weight_gradient_problem(x_shape, w_shape, out_hw, stride, padding,
     return tuple(crop), args
 
 
-def _weight_gradient_im2col(grad_out, x, spec):
-    """dL/dw as one GEMM per chunk: ``(P_g (C/G kH kW, cols) @ gy_g^T)^T``.
-
-    ``P`` is the forward im2col patch matrix of ``x``, gathered by
-    :func:`kernels.cpu.im2col.fill_patches` in the chunks planned by
-    :func:`kernels.cpu.im2col.plan_chunks` (bounded scratch); this is
-    PyTorch's order, and it keeps the long ``N Ho Wo`` sum inside BLAS.
-    (The swapped forward problem of :func:`weight_gradient_problem` has
-    a ``(Ho, Wo)`` kernel and a ``(kH, kW)`` output: many skinny GEMMs for
-    im2col.)
-    """
-    from . import _threads
-    from .cpu import im2col as im2col_module
-    n, c, _, _ = spec.x_shape
-    k, c_g, kh, kw = spec.w_shape
-    g = spec.groups
-    sh, sw = spec.stride
-    pt, _, pl, _ = spec.padding
-    dh, dw = spec.dilation
-    ho, wo = grad_out.shape[2:]
-    positions = ho * wo
-    rows = c * kh * kw
-    item = x.dtype.itemsize
-    # As many columns per GEMM as the scratch allows (whole images merged):
-    # the GEMM's output is only (K, C/G kH kW), its inner dimension is the
-    # chunk, and few large BLAS calls avoid waking BLAS's threads per call
-    # (each wake-up cost a 4 ms scheduler tick on the loaded 2-core
-    # machine: 40 ms per small GEMM instead of 0.4 ms).
-    limit = im2col_module.get_scratch_limit()
-    chunks = im2col_module.plan_chunks(n, positions, rows * item,
-                                       (rows + k) * item, limit,
-                                       merge_below=positions + 1,
-                                       target=limit)
-    gather = (im2col_module.fill_patches
-              if _threads.prange_beside_blas_is_safe()
-              else im2col_module.fill_patches_serial)
-    x = np.ascontiguousarray(x)
-    gy = grad_out.reshape(n, k, positions)
-    grad_w_t = np.zeros((g, c_g * kh * kw, k // g), dtype=x.dtype)
-    max_cols = max((ch.n1 - ch.n0) * (ch.p1 - ch.p0) for ch in chunks)
-    buffer = np.empty(rows * max_cols, dtype=x.dtype)
-    for n0, n1, p0, p1 in chunks:
-        cols = (n1 - n0) * (p1 - p0)
-        patches = buffer[:rows * cols].reshape(rows, cols)
-        gather(x, n0, n1, p0, p1, kh, kw, sh, sw, pt, pl, dh, dw, wo, patches)
-        # A contiguous copy: NumPy's matmul of the strided view (leading
-        # dimension Ho Wo) with patches^T was measured 60x slower.
-        if n1 - n0 == 1:
-            gy_chunk = np.ascontiguousarray(gy[n0, :, p0:p1])
-        else:  # columns ordered (image, position), as the patches
-            gy_chunk = gy[n0:n1].transpose(1, 0, 2).reshape(k, cols)
-        # Computed as P_g @ gy_g^T, (C/G kH kW, Kg): OpenBLAS ran this
-        # orientation ~10x faster than gy_g @ P_g^T for the long inner
-        # dimension (measured 32 ms vs 456 ms CPU, 64 ch at 56x56, N=8).
-        grad_w_t += np.matmul(patches.reshape(g, c_g * kh * kw, cols),
-                              gy_chunk.reshape(g, k // g, cols)
-                              .transpose(0, 2, 1))
-    return np.ascontiguousarray(
-        grad_w_t.transpose(0, 2, 1)).reshape(spec.w_shape)
-
-
 def _weight_gradient(grad_out, x, spec, algorithm, backend):
     if backend == "cpu" and algorithm in ("auto", "im2col") and \
             _dispatch.is_built("im2col", backend):
-        return _weight_gradient_im2col(grad_out, x, spec)
+        from .cpu import backward as cpu_backward
+        return cpu_backward.weight_gradient_im2col(
+            grad_out, x, spec.w_shape, spec.stride, spec.padding,
+            spec.dilation, spec.groups)
     return _weight_gradient_swapped(grad_out, x, spec, algorithm, backend)
 
 
