@@ -12,10 +12,16 @@ thresholds (``kernels._choose.DEFAULT_THRESHOLDS``) are crossovers:
     multiply-adds per image up to which direct beats the rest: 3 x 3, C = K
     = 16, growing images;
 ``winograd_min_channels``
-    channel count from which Winograd beats the rest on 3 x 3 stride-1
-    layers: C = K growing at 28 x 28.
+    channel count from which Winograd beats im2col on 3 x 3 stride-1
+    layers: C = K growing at 56 x 56, batch 4;
+``winograd_min_pixels``
+    image size (H * W) from which it does so with many channels: C = K =
+    128, batch 4, sides 7 to 56 (ResNet-50's 3x3 layers).
 
-Each is a few quick interleaved sweeps (three repeats, no accuracy check,
+The Winograd thresholds are measured against im2col alone, the algorithm
+the cost model falls back to (see ``_winograd_rivals``).
+
+Each is a few quick interleaved sweeps (five repeats, no accuracy check,
 no peers); the whole calibration takes well under a minute once the
 kernels are compiled.  A threshold whose algorithms are not built keeps
 its default.  The result is written with
@@ -34,7 +40,7 @@ from .workloads import ConvCase, kernel_sweep
 
 __all__ = ["calibrate", "measure_thresholds"]
 
-_REPEATS = 3
+_REPEATS = 5
 
 
 def _times(cases, algorithms, progress):
@@ -104,18 +110,47 @@ def _direct_macs(built, progress, report):
     return math.sqrt(macs[i - 1] * macs[i])   # between the two sizes
 
 
+def _winograd_rivals(built):
+    """What "auto" would run instead of Winograd: im2col.
+
+    The cost model consults the Winograd thresholds only after FFT (by
+    kernel area) and direct (by multiply-adds) have declined, so im2col
+    is the algorithm it falls back to; comparing against direct too would
+    let direct's wins on layers it is never chosen for veto Winograd.
+    """
+    rivals = [a for a in built if a == "im2col"]
+    return rivals or [a for a in built if a not in ("winograd", "fft")]
+
+
 def _winograd_channels(built, progress, report):
-    channels = (4, 8, 16, 32, 64)
-    cases = [ConvCase(f"C=K={c}", (1, c, 28, 28), (c, c, 3, 3), 1, 1, 1)
+    # Batch 4 at 56 x 56, as ResNet-50's first 3x3 layers: at 28 x 28 with
+    # one image (49 tiles of F(4,3)) Winograd never caught up with im2col
+    # below 128 channels, while it wins on the real 64@56^2 layer.
+    channels = (8, 16, 32, 64, 128)
+    cases = [ConvCase(f"C=K={c}", (4, c, 56, 56), (c, c, 3, 3), 1, 1, 1)
              for c in channels]
     times = _times(cases, built, progress)
-    others = [a for a in built if a not in ("winograd", "fft")]
-    best_other = _best_of(times, others)
+    best_other = _best_of(times, _winograd_rivals(built))
     value, at = _crossover_or_edges(list(channels), best_other,
                                     times["winograd"], below=channels[0],
                                     beyond=2 * channels[-1])
-    report.append({"x_shape": [1, "C", 28, 28], "channels": list(channels),
+    report.append({"x_shape": [4, "C", 56, 56], "channels": list(channels),
                    "times_s": times, "crossover_channels": at})
+    return value
+
+
+def _winograd_pixels(built, progress, report):
+    c, batch = 128, 4
+    sides = (7, 14, 21, 28, 42, 56)
+    cases = [ConvCase(f"{s}x{s}", (batch, c, s, s), (c, c, 3, 3), 1, 1, 1)
+             for s in sides]
+    times = _times(cases, built, progress)
+    best_other = _best_of(times, _winograd_rivals(built))
+    pixels = [s * s for s in sides]
+    value, at = _crossover_or_edges(pixels, best_other, times["winograd"],
+                                    below=pixels[0], beyond=4 * pixels[-1])
+    report.append({"x_shape": [batch, c, "s", "s"], "sides": list(sides),
+                   "times_s": times, "crossover_pixels": at})
     return value
 
 
@@ -156,6 +191,9 @@ def measure_thresholds(progress=True, log=print):
          rivals=["im2col", "winograd"])
     step("winograd_min_channels", ["winograd"],
          lambda r: _winograd_channels(built, progress, r),
+         rivals=["direct", "im2col"])
+    step("winograd_min_pixels", ["winograd"],
+         lambda r: _winograd_pixels(built, progress, r),
          rivals=["direct", "im2col"])
     return thresholds, report
 

@@ -30,8 +30,13 @@ DEFAULT_THRESHOLDS = {
     "fft_min_area_single": 441,
     # C = K = 64 at 56^2: fft beats direct and torch from k = 7 on.
     "fft_min_area_multi": 49,
-    # Winograd for 3x3 stride-1 layers with at least this many channels.
+    # Winograd for 3x3 stride-1 layers with at least this many channels ...
     "winograd_min_channels": 16,
+    # ... on images of at least this many pixels (H * W).  ResNet-50's 3x3
+    # layers at batch 4 (two machines): Winograd beat im2col at 56^2 and
+    # 28^2 and lost at 14^2 (0.84x) and 7^2 (0.42x), where a few tiles per
+    # image meet a large transformed filter.
+    "winograd_min_pixels": 400,
     # im2col only when each group has at least this many output channels.
     "im2col_min_out_channels": 8,
 }
@@ -69,7 +74,8 @@ def _model_choice(cands, x_shape, w_shape, stride, groups, t):
     if macs <= t["direct_max_macs"] and "direct" in cands:
         return "direct"
     if ("winograd" in cands and kh == kw == 3 and groups == 1
-            and min(c, k) >= t["winograd_min_channels"]):
+            and min(c, k) >= t["winograd_min_channels"]
+            and h * w >= t["winograd_min_pixels"]):
         return "winograd"
     # With few output channels the GEMM degenerates to matrix-vector
     # products, which the direct kernel's register tiles beat by 10x or more

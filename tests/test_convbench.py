@@ -492,6 +492,39 @@ def test_calibrate_writes_thresholds_that_auto_reads(tmp_path, monkeypatch):
     assert set(thresholds) == set(DEFAULT_THRESHOLDS)
 
 
+def test_calibrated_winograd_pixels_is_the_measured_crossover(monkeypatch):
+    from convbench import calibrate as cal
+
+    def synthetic_times(cases, algorithms, progress):
+        # im2col costs H*W; winograd a set-up of 500 plus half of that:
+        # winograd is faster from H*W > 1000 on, i.e. from 42^2 = 1764.
+        out = {}
+        for a in algorithms:
+            pixels = [c.x_shape[2] * c.x_shape[3] for c in cases]
+            out[a] = [500 + p / 2 if a == "winograd" else float(p)
+                      for p in pixels]
+        return out
+
+    monkeypatch.setattr(cal, "_times", synthetic_times)
+    report = []
+    assert cal._winograd_pixels(["im2col", "winograd"], False, report) == 42 * 42
+    assert report[0]["crossover_pixels"] == 42 * 42
+
+
+def test_auto_leaves_winograd_to_large_images(monkeypatch, tmp_path):
+    from kernels._choose import DEFAULT_THRESHOLDS
+    monkeypatch.setenv("CONVBENCH_CALIBRATION", str(tmp_path / "none.json"))
+    if not {"winograd", "im2col"} <= set(kernels.built_algorithms()):
+        pytest.skip("needs winograd and im2col")
+    pad = (1, 1, 1, 1)
+    side = int(DEFAULT_THRESHOLDS["winograd_min_pixels"] ** 0.5)
+    big, small = side + 2, side - 2
+    assert kernels.choose_algorithm((4, 128, big, big), (128, 128, 3, 3),
+                                    padding=pad) == "winograd"
+    assert kernels.choose_algorithm((4, 128, small, small), (128, 128, 3, 3),
+                                    padding=pad) == "im2col"
+
+
 def test_python_dash_m_lists_workloads():
     proc = subprocess.run([sys.executable, "-m", "convbench", "sweep",
                            "--list-workloads"], capture_output=True, text=True,
