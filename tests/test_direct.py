@@ -278,7 +278,7 @@ def test_serial_and_parallel_drivers_agree_bitwise(dtype):
 def test_small_problems_take_the_serial_driver_and_large_the_parallel():
     rng = np.random.default_rng(7)
     small = random_problem(rng, (1, 1, 8, 8), (2, 1, 3, 3), np.float32)
-    large = random_problem(rng, (2, 16, 20, 20), (16, 16, 3, 3), np.float32)
+    large = random_problem(rng, (2, 16, 40, 40), (16, 16, 3, 3), np.float32)
     for (x, w, b), serial in ((small, True), (large, False)):
         macs = np.prod(w.shape) * x.shape[0] * (x.shape[2] - 2) * (x.shape[3] - 2)
         assert (macs <= direct.SERIAL_MAX_MACS) == serial
