@@ -285,6 +285,23 @@ def test_small_problems_take_the_serial_driver_and_large_the_parallel():
         check_direct(x, w, b)
 
 
+@over_dtypes
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding, groups", [
+    ((1, 16, 5, 5), (120, 16, 5, 5), (1, 1), (0, 0, 0, 0), 1),   # LeNet C5
+    ((2, 6, 4, 5), (6, 3, 3, 3), (1, 1), (1, 0, 0, 1), 2),
+    ((3, 4, 6, 6), (9, 4, 3, 2), (2, 3), (0, 1, 1, 0), 1),
+    ((1, 2, 1, 9), (5, 2, 1, 3), (1, 2), (0, 0, 2, 2), 1),
+])
+def test_tiny_output_planes_take_narrow_tiles_and_match(dtype, x_shape,
+                                                        w_shape, stride,
+                                                        padding, groups):
+    # Virtual outputs per image (Ho x packed width) fit in one vector: the
+    # kernel runs one-vector tiles.
+    rng = np.random.default_rng(11)
+    x, w, b = random_problem(rng, x_shape, w_shape, dtype)
+    check_direct(x, w, b, stride=stride, padding=padding, groups=groups)
+
+
 def test_result_does_not_depend_on_the_thread_count():
     rng = np.random.default_rng(8)
     x, w, b = random_problem(rng, (2, 8, 30, 30), (12, 8, 3, 3), np.float32)

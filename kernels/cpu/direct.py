@@ -250,22 +250,25 @@ def _tile_buffer(typingctx, x):
 
 
 @intrinsic
-def _fma_tile(typingctx, kb, xq, x0, offs, wp, wb, acc):
+def _fma_tile(typingctx, kb, nvec, xq, x0, offs, wp, wb, acc):
     """``acc[q, l] += sum_r wp[wb + r*kb + q] * xq[x0 + offs[r] + l]``.
 
-    ``kb`` (a literal, 1..MAX_BLOCK) channels by ``tile_columns`` outputs;
-    ``acc`` points to the (kb, tile columns) accumulators, row-major.  The
-    accumulators are loaded into ``kb * TILE_VECTORS`` vector registers,
-    updated for every tap ``r`` with ``llvm.fmuladd`` and stored back.
+    ``kb`` (a literal, 1..MAX_BLOCK) channels by ``nvec`` (a literal,
+    1..TILE_VECTORS) vectors of outputs; ``acc`` points to the (kb, tile
+    columns) accumulators, row-major.  The accumulators are loaded into
+    ``kb * nvec`` vector registers, updated for every tap ``r`` with
+    ``llvm.fmuladd`` and stored back.
     """
-    if not isinstance(kb, types.IntegerLiteral):
+    if not (isinstance(kb, types.IntegerLiteral)
+            and isinstance(nvec, types.IntegerLiteral)):
         return None
     n_ch = kb.literal_value
+    n_vec = nvec.literal_value
     n_lanes = _lanes(xq.dtype)
     width = TILE_VECTORS * n_lanes
 
     def codegen(context, builder, signature, args):
-        _, xq_v, x0_v, offs_v, wp_v, wb_v, acc_ptr = args
+        _, _, xq_v, x0_v, offs_v, wp_v, wb_v, acc_ptr = args
         elem = context.get_value_type(xq.dtype)
         align = context.get_abi_sizeof(elem)
         vec = ir.VectorType(elem, n_lanes)
@@ -291,7 +294,7 @@ def _fma_tile(typingctx, kb, xq, x0, offs, wp, wb, acc):
         # registers (phi nodes of the tap loop).
         slots = {}
         for q in range(n_ch):
-            for v in range(TILE_VECTORS):
+            for v in range(n_vec):
                 slots[q, v] = cgutils.alloca_once(builder, vec)
                 builder.store(builder.load(acc_at(q, v), align=align),
                               slots[q, v])
@@ -301,7 +304,7 @@ def _fma_tile(typingctx, kb, xq, x0, offs, wp, wb, acc):
             x_base = builder.add(x0_v, offset)
             xs = [builder.load(vector_at(x_data, builder.add(
                       x_base, ir.Constant(i64, v * n_lanes))), align=align)
-                  for v in range(TILE_VECTORS)]
+                  for v in range(n_vec)]
             w_base = builder.add(wb_v, builder.mul(r, ir.Constant(i64, n_ch)))
             for q in range(n_ch):
                 w_q = builder.load(builder.gep(
@@ -310,17 +313,17 @@ def _fma_tile(typingctx, kb, xq, x0, offs, wp, wb, acc):
                 w_vec = builder.shuffle_vector(
                     builder.insert_element(undef, w_q, ir.Constant(i32, 0)),
                     undef, broadcast_mask)
-                for v in range(TILE_VECTORS):
+                for v in range(n_vec):
                     builder.store(builder.call(
                         fmuladd, [w_vec, xs[v], builder.load(slots[q, v])]),
                         slots[q, v])
         for q in range(n_ch):
-            for v in range(TILE_VECTORS):
+            for v in range(n_vec):
                 builder.store(builder.load(slots[q, v]), acc_at(q, v),
                               align=align)
         return context.get_dummy_value()
 
-    return types.void(kb, xq, x0, offs, wp, wb, acc), codegen
+    return types.void(kb, nvec, xq, x0, offs, wp, wb, acc), codegen
 
 
 def _tile_width(xq):  # pragma: no cover
@@ -337,13 +340,26 @@ def _tile_width_impl(xq):
 def _run_tile(kb, xq, x0, offs, wp, wb, acc_ptr):
     """``_fma_tile`` with a run-time ``kb`` (each size is its own code)."""
     if kb == 4:
-        _fma_tile(4, xq, x0, offs, wp, wb, acc_ptr)
+        _fma_tile(4, TILE_VECTORS, xq, x0, offs, wp, wb, acc_ptr)
     elif kb == 3:
-        _fma_tile(3, xq, x0, offs, wp, wb, acc_ptr)
+        _fma_tile(3, TILE_VECTORS, xq, x0, offs, wp, wb, acc_ptr)
     elif kb == 2:
-        _fma_tile(2, xq, x0, offs, wp, wb, acc_ptr)
+        _fma_tile(2, TILE_VECTORS, xq, x0, offs, wp, wb, acc_ptr)
     else:
-        _fma_tile(1, xq, x0, offs, wp, wb, acc_ptr)
+        _fma_tile(1, TILE_VECTORS, xq, x0, offs, wp, wb, acc_ptr)
+
+
+@njit(cache=True, inline="always")
+def _run_narrow_tile(kb, xq, x0, offs, wp, wb, acc_ptr):
+    """:func:`_run_tile` with one vector of outputs (tiny output planes)."""
+    if kb == 4:
+        _fma_tile(4, 1, xq, x0, offs, wp, wb, acc_ptr)
+    elif kb == 3:
+        _fma_tile(3, 1, xq, x0, offs, wp, wb, acc_ptr)
+    elif kb == 2:
+        _fma_tile(2, 1, xq, x0, offs, wp, wb, acc_ptr)
+    else:
+        _fma_tile(1, 1, xq, x0, offs, wp, wb, acc_ptr)
 
 
 @njit(cache=True, inline="always")
@@ -379,10 +395,10 @@ def _direct_body(x, w, bias, has_bias, sh, sw, dh, dw, pt, pb, pl, pr,
     k_total, cg, kh, kw = w.shape
     ho, wo, hq, wq = output_geometry(h, wd, kh, kw, sh, sw, dh, dw,
                                      pt, pb, pl, pr)
-    width = _tile_width(x)
+    full_width = _tile_width(x)
     # A tile reads up to width - 1 outputs past the last, and dropped
     # columns up to wq - wo elements past the last packed plane.
-    xq = _pack(x, pt, pl, sh, sw, hq, wq, width + wq)
+    xq = _pack(x, pt, pl, sh, sw, hq, wq, full_width + wq)
     offs = tap_offsets(cg, kh, kw, sh, sw, dh, dw, hq, wq)
     r_len = offs.shape[0]
     wp = pack_weights(w.reshape(k_total, r_len), groups)
@@ -392,6 +408,12 @@ def _direct_body(x, w, bias, has_bias, sh, sw, dh, dw, pt, pb, pl, pr,
     chan_size = sh * sw * hq * wq          # one packed input channel
     nv = ho * wq
     hw = ho * wo
+    # Output planes of at most one vector (LeNet-5's C5: 1x1, packed 5
+    # wide) use one-vector tiles: the full tile would spend 3/4 of its
+    # multiply-adds on columns that are dropped.
+    lanes = full_width // TILE_VECTORS
+    narrow = nv <= lanes
+    width = lanes if narrow else full_width
     n_cols = (nv + width - 1) // width
     y = np.empty(n_img * k_total * hw, x.dtype)
     for task in prange(n_img * groups * n_cols * blocks):
@@ -405,11 +427,14 @@ def _direct_body(x, w, bias, has_bias, sh, sw, dh, dw, pt, pb, pl, pr,
         kb = min(MAX_BLOCK, (g + 1) * kg - k0)
         v0 = col * width
         acc_ptr = _tile_buffer(x)
-        acc = carray(acc_ptr, (MAX_BLOCK, width))
+        acc = carray(acc_ptr, (MAX_BLOCK, full_width))
         for q in range(kb):
             acc[q, :] = bias[k0 + q] if has_bias else 0
-        _run_tile(kb, xq, (n * c_total + g * cg) * chan_size + v0, offs, wp,
-                  k0 * r_len, acc_ptr)
+        x0 = (n * c_total + g * cg) * chan_size + v0
+        if narrow:
+            _run_narrow_tile(kb, xq, x0, offs, wp, k0 * r_len, acc_ptr)
+        else:
+            _run_tile(kb, xq, x0, offs, wp, k0 * r_len, acc_ptr)
         _store_tile(acc, kb, width, y, (n * k_total + k0) * hw, hw, v0, nv,
                     wq, wo)
     return y.reshape(n_img, k_total, ho, wo)
