@@ -23,9 +23,9 @@ __all__ = ["machine_info", "format_machine_info", "sgemm_gflops",
 
 #: Environment variables that change the speed of the kernels or of BLAS.
 ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
-            "OMP_WAIT_POLICY", "OMP_NUM_THREADS", "KMP_BLOCKTIME",
-            "MKL_NUM_THREADS", "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER",
-            "CONVBENCH_CALIBRATION")
+            "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS",
+            "KMP_BLOCKTIME", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
+            "NUMBA_THREADING_LAYER", "CONVBENCH_CALIBRATION")
 
 _PACKAGES = ("numpy", "scipy", "numba", "llvmlite", "pyfftw", "threadpoolctl",
              "torch", "convbench")
