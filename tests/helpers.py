@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from hypothesis import assume
 from hypothesis import strategies as st
 
 import kernels
@@ -300,3 +301,28 @@ def conv_problems(draw, nsp, *, max_batch=2, max_kernel=5, max_extra=7,
         has_bias=bias and draw(st.booleans()), stride=stride, padding=padding,
         dilation=dilation, groups=n_groups, padding_mode=mode,
         seed=draw(st.integers(0, 2**32 - 1)))
+
+
+@st.composite
+def grouped_conv2d_problems(draw, max_size, max_channels, max_kernel,
+                            max_stride, max_padding):
+    """(x_shape, w_shape, conv2d kwargs) of a small zero-padded problem.
+
+    ``max_stride`` and ``max_padding`` are (rows, columns) bounds; groups
+    1-2, dilation 1-2, batch 1-2, and the dilated kernel fits the padded
+    input.  Shared by the transposed-convolution and backward tests.
+    """
+    groups = draw(st.integers(1, 2))
+    c_g = draw(st.integers(1, max_channels))
+    k_g = draw(st.integers(1, max_channels))
+    kernel = (draw(st.integers(1, max_kernel)), draw(st.integers(1, max_kernel)))
+    stride = tuple(draw(st.integers(1, m)) for m in max_stride)
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = tuple(draw(st.integers(0, m)) for m in max_padding)
+    size = (draw(st.integers(1, max_size)), draw(st.integers(1, max_size)))
+    for n, k, d, p in zip(size, kernel, dilation, padding):
+        assume(d * (k - 1) + 1 <= n + 2 * p)
+    x_shape = (draw(st.integers(1, 2)), groups * c_g) + size
+    w_shape = (groups * k_g, c_g) + kernel
+    return x_shape, w_shape, dict(stride=stride, padding=padding,
+                                  dilation=dilation, groups=groups)

@@ -28,6 +28,8 @@ import reference.pooling as ref_pool
 import reference.transposed as ref_t
 from kernels.accuracy import error_bound
 
+from helpers import grouped_conv2d_problems
+
 # The forward convolution algorithms are built by other modules; grad_w
 # runs through them, so the algorithm-parametrised tests only use those
 # that are built (conftest skips the others by the parameter "algorithm").
@@ -49,21 +51,9 @@ def coordinate_directions(shape):
 # convolution
 # --------------------------------------------------------------------------
 
-@st.composite
-def conv_problems(draw, max_size=6):
-    groups = draw(st.integers(1, 2))
-    c_g, k_g = draw(st.integers(1, 2)), draw(st.integers(1, 2))
-    kernel = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 2)))
-    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
-    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 1)))
-    size = (draw(st.integers(1, max_size)), draw(st.integers(1, max_size)))
-    for n, k, d, p in zip(size, kernel, dilation, padding):
-        assume(d * (k - 1) + 1 <= n + 2 * p)
-    x_shape = (draw(st.integers(1, 2)), groups * c_g) + size
-    w_shape = (groups * k_g, c_g) + kernel
-    return x_shape, w_shape, dict(stride=stride, padding=padding,
-                                  dilation=dilation, groups=groups)
+def conv_problems(max_size=6):
+    return grouped_conv2d_problems(max_size, max_channels=2, max_kernel=3,
+                                   max_stride=(3, 2), max_padding=(2, 1))
 
 
 def _backward_or_skip(gy, x, w, algorithm, **kw):

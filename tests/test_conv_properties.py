@@ -313,28 +313,49 @@ def _scalars(data, dtype):
     return (float(np.asarray(data.draw(values), dtype)) for _ in range(2))
 
 
+def _assert_linear(algorithm, nsp, dtype, data, in_kernel):
+    """conv(a v1 + b v2) = a conv(v1) + b conv(v2), v the input or the kernel.
+
+    The combination is rounded to dtype (within 2 u (|a v1| + |b v2|) of
+    exact); each side may err by the algorithm's bound on its own scale.
+    """
+    problem = data.draw(conv_problems(nsp, bias=False), label="problem")
+    assume(problem.supported_by(algorithm))
+    x, w, _ = problem.arrays(dtype)
+    v1 = w if in_kernel else x
+    v2 = random_array(np.random.default_rng(problem.seed + 1), v1.shape, dtype)
+    a, b = _scalars(data, dtype)
+    kw = problem.kwargs
+
+    def operands(v):
+        return (x, v) if in_kernel else (v, w)
+
+    def run(v):
+        return problem.run(algorithm, *operands(v), None)
+
+    def scale(v):
+        return abs_scale(*operands(v), **kw)
+
+    combination = a * v1 + b * v2
+    lhs = run(combination)
+    y1, y2 = run(v1), run(v2)
+    rhs = a * y1 + b * y2
+    rounding = 2 * u(dtype) * (abs(a) * np.abs(v1.astype(np.float64))
+                               + abs(b) * np.abs(v2.astype(np.float64)))
+    e_lhs = bound(algorithm, dtype, scale(combination)) + scale(rounding)
+    e_rhs = (abs(a) * bound(algorithm, dtype, scale(v1))
+             + abs(b) * bound(algorithm, dtype, scale(v2))
+             + 2 * u(dtype) * (np.abs(a * y1.astype(np.float64))
+                               + np.abs(b * y2.astype(np.float64))))
+    assert_close_within(lhs, rhs, e_lhs + e_rhs, f"{problem}, a={a}, b={b}")
+
+
 @over_dtypes
 @over_nsp
 @over_algorithms
 @given(data=st.data())
 def test_conv_is_linear_in_the_input(algorithm, nsp, dtype, data):
-    problem = data.draw(conv_problems(nsp, bias=False), label="problem")
-    assume(problem.supported_by(algorithm))
-    x1, w, _ = problem.arrays(dtype)
-    x2 = random_array(np.random.default_rng(problem.seed + 1), x1.shape, dtype)
-    a, b = _scalars(data, dtype)
-    run = lambda x: problem.run(algorithm, x, w, None)  # noqa: E731
-    kw = problem.kwargs
-    z = a * x1 + b * x2   # rounded to dtype: within 2 u (|a x1| + |b x2|) of exact
-    lhs = run(z)
-    y1, y2 = run(x1), run(x2)
-    rhs = a * y1 + b * y2
-    s1, s2 = abs_scale(x1, w, **kw), abs_scale(x2, w, **kw)
-    z_err = 2 * u(dtype) * (abs(a) * np.abs(x1.astype(np.float64)) + abs(b) * np.abs(x2.astype(np.float64)))
-    e_lhs = bound(algorithm, dtype, abs_scale(z, w, **kw)) + abs_scale(z_err, w, **kw)
-    e_rhs = (abs(a) * bound(algorithm, dtype, s1) + abs(b) * bound(algorithm, dtype, s2)
-             + 2 * u(dtype) * (np.abs(a * y1.astype(np.float64)) + np.abs(b * y2.astype(np.float64))))
-    assert_close_within(lhs, rhs, e_lhs + e_rhs, f"{problem}, a={a}, b={b}")
+    _assert_linear(algorithm, nsp, dtype, data, in_kernel=False)
 
 
 @over_dtypes
@@ -342,23 +363,7 @@ def test_conv_is_linear_in_the_input(algorithm, nsp, dtype, data):
 @over_algorithms
 @given(data=st.data())
 def test_conv_is_linear_in_the_kernel(algorithm, nsp, dtype, data):
-    problem = data.draw(conv_problems(nsp, bias=False), label="problem")
-    assume(problem.supported_by(algorithm))
-    x, w1, _ = problem.arrays(dtype)
-    w2 = random_array(np.random.default_rng(problem.seed + 1), w1.shape, dtype)
-    a, b = _scalars(data, dtype)
-    run = lambda w: problem.run(algorithm, x, w, None)  # noqa: E731
-    kw = problem.kwargs
-    v = a * w1 + b * w2
-    lhs = run(v)
-    y1, y2 = run(w1), run(w2)
-    rhs = a * y1 + b * y2
-    v_err = 2 * u(dtype) * (abs(a) * np.abs(w1.astype(np.float64)) + abs(b) * np.abs(w2.astype(np.float64)))
-    e_lhs = bound(algorithm, dtype, abs_scale(x, v, **kw)) + abs_scale(x, v_err, **kw)
-    e_rhs = (abs(a) * bound(algorithm, dtype, abs_scale(x, w1, **kw))
-             + abs(b) * bound(algorithm, dtype, abs_scale(x, w2, **kw))
-             + 2 * u(dtype) * (np.abs(a * y1.astype(np.float64)) + np.abs(b * y2.astype(np.float64))))
-    assert_close_within(lhs, rhs, e_lhs + e_rhs, f"{problem}, a={a}, b={b}")
+    _assert_linear(algorithm, nsp, dtype, data, in_kernel=True)
 
 
 # --------------------------------------------------------------------------

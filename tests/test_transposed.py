@@ -22,6 +22,8 @@ from kernels import geometry
 from kernels._transposed import transposed_algorithms
 from kernels.accuracy import NORMWISE, error_bound
 
+from helpers import grouped_conv2d_problems
+
 DTYPES = (np.float32, np.float64)
 ALGORITHMS = kernels.ALGORITHMS
 
@@ -59,23 +61,10 @@ def _run(algorithm, *args, **kwargs):
 # strategies
 # --------------------------------------------------------------------------
 
-@st.composite
-def forward_problems(draw, max_size=7):
+def forward_problems(max_size=7):
     """A forward conv2d problem (shapes and arguments) with groups."""
-    groups = draw(st.integers(1, 2))
-    c_g = draw(st.integers(1, 3))
-    k_g = draw(st.integers(1, 3))
-    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
-    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
-    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
-    size = (draw(st.integers(1, max_size)), draw(st.integers(1, max_size)))
-    for n, k, d, p in zip(size, kernel, dilation, padding):
-        assume(d * (k - 1) + 1 <= n + 2 * p)
-    x_shape = (draw(st.integers(1, 2)), groups * c_g) + size
-    w_shape = (groups * k_g, c_g) + kernel
-    return x_shape, w_shape, dict(stride=stride, padding=padding,
-                                  dilation=dilation, groups=groups)
+    return grouped_conv2d_problems(max_size, max_channels=3, max_kernel=4,
+                                   max_stride=(3, 3), max_padding=(2, 2))
 
 
 # --------------------------------------------------------------------------
