@@ -147,6 +147,16 @@ def test_common_windows_on_wide_rows_match_the_reference(window, width, dtype):
         assert_avg_within_bound(kernels.avg_pool2d(x, **kw), x, kw, 2)
 
 
+@pytest.mark.parametrize("divisor_override", [-1, 1, -3])
+def test_every_divisor_override_value_is_applied(divisor_override):
+    # The kernel caches a row's divisors; no value may pass for "not yet
+    # computed" (-1 once did).
+    x = make_input(5, (2, 3, 7, 40), np.float32)
+    kw = dict(kernel_size=3, stride=2, padding=1,
+              divisor_override=divisor_override)
+    assert_avg_within_bound(kernels.avg_pool2d(x, **kw), x, kw, 2)
+
+
 def assert_avg_within_bound(y, x, kwargs, nsp):
     pool = ref.avg_pool1d if nsp == 1 else ref.avg_pool2d
     y_ref = pool(x, **kwargs)

@@ -491,7 +491,7 @@ def avg_pool(x, kh, kw, sh, sw, ph, pw, ho, wo, div_h, div_w):
         odd = np.empty(half, dtype=np.float64)
         sums = np.empty(wo, dtype=np.float64)
         div = np.empty(wo, dtype=np.float64)
-        div_row = -1.0              # div_h of the row that div holds
+        div_row = np.nan            # div_h of the row div holds (none yet)
         inner = buf[pw:pw + cols]
         r0, r1 = _chunk_bounds(chunk, n_chunks, rows)
         for r in range(r0, r1):
