@@ -35,7 +35,7 @@ core.
 
 The detection is a heuristic for Linux (it reads ``/proc/self/maps``); on
 other systems only the "Numba launched its pool before ``import kernels``"
-case is seen.  ``GOMP_SPINCOUNT`` is not consulted.
+case is seen.  The detection does not look at ``GOMP_SPINCOUNT``.
 """
 
 from __future__ import annotations
