@@ -704,8 +704,14 @@ _TRANSFORM_BUDGET = 256 * 1024
 
 
 def _threads():
+    """The thread count the block shapes are sized for: the process's
+    maximum (``NUMBA_NUM_THREADS``), not ``numba.get_num_threads()``.  The
+    tile count of a block sets the M of its BLAS calls, and OpenBLAS sums
+    small and large products in different orders, so blocks that followed
+    ``set_num_threads`` made the result depend on it (seen on a 1 MiB-L2
+    Zen 4: 38 % of outputs differed in the last digits)."""
     import numba
-    return numba.get_num_threads()
+    return numba.config.NUMBA_NUM_THREADS
 
 
 def _blocks(tiles_h, tiles_w, n_img, bytes_per_tile, budget, min_jobs, step=1):
