@@ -143,19 +143,6 @@ def test_pack_input_long_rows_are_packed_in_pieces():
                                           xp[pw::sw][:wq])
 
 
-def test_pack_weights_puts_a_tiles_weights_of_a_tap_together():
-    rng = np.random.default_rng(2)
-    for k_total, groups in ((11, 1), (14, 2), (9, 3), (4, 4), (3, 1)):
-        w2 = rng.standard_normal((k_total, 7))
-        packed = direct.pack_weights(w2, groups)
-        kg = k_total // groups
-        for g in range(groups):
-            for k0 in range(g * kg, (g + 1) * kg, direct.MAX_BLOCK):
-                kb = min(direct.MAX_BLOCK, (g + 1) * kg - k0)
-                block = packed[k0 * 7:(k0 + kb) * 7].reshape(7, kb)
-                np.testing.assert_array_equal(block, w2[k0:k0 + kb].T)
-
-
 # --------------------------------------------------------------------------
 # Whole convolution: the kernel's paths
 # --------------------------------------------------------------------------
