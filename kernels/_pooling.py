@@ -10,9 +10,9 @@ with respect to ``x``.  The kernels live in ``kernels/<backend>/pooling.py``
 
 Accuracy: max pooling is exact.  Average pooling satisfies
 ``|y - y_ref| <= c u avg_pool(|x|)`` with ``u`` the unit roundoff of the
-dtype and ``c = AVG_POOL_ERROR_CONSTANT[dtype]`` (float32: sums in float64,
-one rounding; float64: ``kh kw`` additions and a division), see
-:func:`avg_pool_error_constant`.
+dtype and ``c = kh kw + 1`` (sums in the input's dtype, as PyTorch's),
+see :func:`avg_pool_error_constant`; global average pooling sums float32
+in float64 (``c = 2``, :func:`global_avg_pool_error_constant`).
 """
 
 from __future__ import annotations
@@ -29,15 +29,27 @@ from .geometry import pool_output_size
 
 __all__ = ["max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
            "global_avg_pool2d", "max_pool2d_backward", "avg_pool2d_backward",
-           "avg_pool_error_constant"]
+           "avg_pool_error_constant", "global_avg_pool_error_constant"]
 
 
 def avg_pool_error_constant(dtype, kernel_area):
     """Constant ``c`` of ``|y - y_ref| <= c u avg_pool(|x|)``.
 
-    float32 sums in float64 (error ``kernel_area * 2**-53``, far below
-    float32's ``u``) and rounds once: ``c = 2``.  float64 sums
-    ``kernel_area`` terms and divides: ``c = kernel_area + 1``.
+    A ``kh x kw`` window is summed in the input's dtype, rows then columns
+    (``kh + kw - 2`` additions on any term's path), then divided (float64)
+    or multiplied by a rounded reciprocal (float32): at most ``kh + kw``
+    roundings, which ``kernel_area + 1`` bounds for every window shape.
+    """
+    del dtype                           # the same rule for both dtypes
+    return float(kernel_area) + 1.0
+
+
+def global_avg_pool_error_constant(dtype, kernel_area):
+    """Constant ``c`` of global average pooling's bound.
+
+    float32 planes are summed in float64 (error ``kernel_area * 2**-53``,
+    far below float32's ``u``) and rounded once: ``c = 2``; float64 as
+    :func:`avg_pool_error_constant`.
     """
     if np.dtype(dtype) == np.float32:
         return 2.0
@@ -384,7 +396,7 @@ _AVG_DOC = """{dim}-D average pooling, as ``torch.nn.functional.avg_pool{nd}d``.
     ``ceil_mode`` window that reaches past the right padding is shortened),
     further clipped to the input when ``count_include_pad`` is False.
     Error: ``|y - y_ref| <= c u avg_pool(|x|)`` with ``c`` from
-    :func:`kernels._pooling.avg_pool_error_constant` (2 for float32).
+    :func:`kernels._pooling.avg_pool_error_constant` (``kh kw + 1``).
 
     Examples
     --------

@@ -4,8 +4,7 @@ Max pooling is exact (a maximum of the inputs is one of the inputs), so
 values and argmax indices must equal the float64 reference bit for bit.
 Average pooling must satisfy ``|y - y_ref| <= c u avg_pool(|x|) + tiny``
 with ``c = kernels._pooling.avg_pool_error_constant(dtype, kh kw)``
-(2 for float32, whose sums are taken in float64; ``kh kw + 1`` for
-float64).  Gradients are checked against finite differences in
+(``kh kw + 1``; global average pooling: 2 for float32, summed in float64).  Gradients are checked against finite differences in
 ``tests/test_backward.py``.
 """
 
@@ -19,7 +18,8 @@ from hypothesis import strategies as st
 import kernels
 import reference.pooling as ref
 from kernels import geometry
-from kernels._pooling import avg_pool_error_constant
+from kernels._pooling import (avg_pool_error_constant,
+                              global_avg_pool_error_constant)
 from kernels.cpu import pooling as cpu_pooling
 
 DTYPES = (np.float32, np.float64)
@@ -215,7 +215,7 @@ def test_global_avg_pool2d_within_a_few_ulps_of_the_reference(dtype):
     y_ref = ref.global_avg_pool2d(x)
     scale = ref.global_avg_pool2d(np.abs(x.astype(np.float64)))
     u = np.finfo(dtype).eps / 2
-    c = avg_pool_error_constant(dtype, 7 * 9)
+    c = global_avg_pool_error_constant(dtype, 7 * 9)
     assert y.shape == (2, 5, 1, 1) and y.dtype == dtype
     assert np.all(np.abs(y - y_ref) <= c * u * scale)
     assert kernels.global_avg_pool2d(x[0]).shape == (5, 1, 1)
