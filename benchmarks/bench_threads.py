@@ -18,6 +18,8 @@ as well), so watch the absolute history of ``time_gather_then_gemm`` and
 (asv imports each benchmark module in a fresh process).
 """
 
+import time
+
 import numpy as np
 
 import kernels  # noqa: F401  (first: sets OMP_WAIT_POLICY before OpenMP loads)
@@ -88,3 +90,54 @@ class TrackThreadGuard:
         return int(_threads.prange_beside_blas_is_safe())
 
     track_prange_beside_blas_is_safe.unit = "bool"
+
+
+class TrackKernelAfterBlas:
+    """How much a Numba parallel kernel slows down right after im2col.
+
+    OpenBLAS's workers spin for a long time after a multithreaded call
+    (longer than 0.5 s on the 2-core development machine), and a ``prange``
+    kernel started meanwhile runs on the cores they leave.  The package
+    never wakes them (``kernels/cpu/_blas.py``): the direct kernel right
+    after an im2col call must run as fast as right after another direct
+    call (ratio ~1; 2.1-2.6 when im2col still used OpenBLAS's threads).
+    The direct-after-direct times are taken first, and ``setup`` compiles
+    im2col on a problem too small for BLAS to go multithreaded, so that
+    no woken worker is left over to slow both down and hide a regression.
+    (The same slowdown follows the user's own large ``numpy.matmul``,
+    which the package cannot prevent: 2.1x here, unless
+    ``OPENBLAS_THREAD_TIMEOUT=4`` is set before NumPy loads.)
+    """
+
+    number = 1
+    repeat = 1
+
+    def setup(self):
+        rng = np.random.default_rng(0)
+        self.x = rng.standard_normal((4, 64, 56, 56)).astype(np.float32)
+        self.w = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
+        self.direct()
+        kernels.conv2d(self.x[:1, :, :3, :3], self.w, padding=1,
+                       algorithm="im2col")          # compile, BLAS tiny
+
+    def direct(self):
+        kernels.conv2d(self.x, self.w, padding=1, algorithm="direct")
+
+    def im2col(self):
+        kernels.conv2d(self.x, self.w, padding=1, algorithm="im2col")
+
+    def _median_direct_after(self, first, repeats=9):
+        times = []
+        for _ in range(repeats):
+            first()
+            t0 = time.perf_counter()
+            self.direct()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
+    def track_direct_after_im2col_vs_after_direct(self):
+        after_direct = self._median_direct_after(self.direct)
+        after_im2col = self._median_direct_after(self.im2col)
+        return after_im2col / after_direct
+
+    track_direct_after_im2col_vs_after_direct.unit = "ratio"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _threads
-from . import im2col
+from . import _blas, im2col
 
 __all__ = ["weight_gradient_im2col"]
 
@@ -65,6 +65,7 @@ def weight_gradient_im2col(grad_out, x, w_shape, stride, padding, dilation,
     x = np.ascontiguousarray(x)
     gy = grad_out.reshape(n, k, positions)
     grad_w_t = np.zeros((g, c_g * kh * kw, k // g), dtype=x.dtype)
+    product = np.empty_like(grad_w_t)
     max_cols = max((ch.n1 - ch.n0) * (ch.p1 - ch.p0) for ch in chunks)
     buffer = np.empty(rows * max_cols, dtype=x.dtype)
     for n0, n1, p0, p1 in chunks:
@@ -80,8 +81,9 @@ def weight_gradient_im2col(grad_out, x, w_shape, stride, padding, dilation,
         # Computed as P_g @ gy_g^T, (C/G kH kW, Kg): OpenBLAS ran this
         # orientation ~10x faster than gy_g @ P_g^T for the long inner
         # dimension (measured 32 ms vs 456 ms CPU, 64 ch at 56x56, N=8).
-        grad_w_t += np.matmul(patches.reshape(g, c_g * kh * kw, cols),
-                              gy_chunk.reshape(g, k // g, cols)
-                              .transpose(0, 2, 1))
+        grad_w_t += _blas.matmul(patches.reshape(g, c_g * kh * kw, cols),
+                                 gy_chunk.reshape(g, k // g, cols)
+                                 .transpose(0, 2, 1),
+                                 product, split="rows")
     return np.ascontiguousarray(
         grad_w_t.transpose(0, 2, 1)).reshape(w_shape)

@@ -100,6 +100,8 @@ import pyfftw
 from numba import njit, prange
 from numpy.lib.stride_tricks import as_strided
 
+from . import _blas
+
 __all__ = [
     "conv2d", "unsupported_reason", "fast_length", "FFTGeometry",
     "AxisGeometry", "Chunk", "plan_geometry", "choose_tile", "chunks",
@@ -1078,30 +1080,6 @@ def _contract_blas(x_spec, w_spec, groups):
     return buf.transpose(2, 3, 0, 1)
 
 
-_blas_controller = None
-_pool = None
-_pool_lock = threading.Lock()
-
-
-def _single_threaded_blas():
-    """Context limiting BLAS to one thread (threadpoolctl)."""
-    global _blas_controller
-    if _blas_controller is None:
-        from threadpoolctl import ThreadpoolController
-        _blas_controller = ThreadpoolController()
-    return _blas_controller.limit(limits=1, user_api="blas")
-
-
-def _thread_pool(workers):
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool._max_workers < workers:
-            from concurrent.futures import ThreadPoolExecutor
-            _pool = ThreadPoolExecutor(workers,
-                                       thread_name_prefix="convbench-fft")
-        return _pool
-
-
 def _stacked_matmul(x, w, y):
     """y[f] = x[f] @ w[f] for every f (leading axis), in parallel over f.
 
@@ -1114,12 +1092,12 @@ def _stacked_matmul(x, w, y):
     """
     nf = x.shape[0]
     workers = max(1, min(numba.get_num_threads(), nf))
-    with _single_threaded_blas():
+    with _blas.serial_blas:
         if workers == 1:
             np.matmul(x, w, out=y)
             return
         bounds = np.linspace(0, nf, workers + 1).astype(int)
-        pool = _thread_pool(workers)
+        pool = _blas.thread_pool(workers)
         futures = [pool.submit(np.matmul, x[a:b], w[a:b], out=y[a:b])
                    for a, b in zip(bounds[1:-1], bounds[2:])]
         np.matmul(x[:bounds[1]], w[:bounds[1]], out=y[:bounds[1]])

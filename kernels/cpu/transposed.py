@@ -44,6 +44,7 @@ import numpy as np
 from numba import njit, prange
 
 from .. import _threads
+from . import _blas
 
 __all__ = ["ALGORITHMS", "conv_transpose2d", "direct", "im2col",
            "col2im_add", "col2im_add_serial", "unsupported_reason"]
@@ -318,7 +319,7 @@ def im2col(x, w, bias, stride, pad_lo, out_hw, dilation, groups):
                                                    (ih1 - ih0) * width)
             # (images, G, Co kH kW, band)
             cols = _scratch((b1 - b0, groups, m, xb.shape[-1]), x.dtype)
-            np.matmul(w_t, xb, out=cols)
+            _blas.matmul(w_t, xb, cols)
             col2im(cols, y[b0:b1], ih0, ih1, kh_size, kw_size, *stride,
                    *pad_lo, *dilation, bias, ih0 == 0)
     return y

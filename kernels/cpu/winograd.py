@@ -59,6 +59,8 @@ from functools import lru_cache
 import numpy as np
 from numba import njit, prange
 
+from . import _blas
+
 # --------------------------------------------------------------------------
 # Interpolation points and tiles
 # --------------------------------------------------------------------------
@@ -371,10 +373,12 @@ def transform_kernel(w, tile):
     _, G_w, _ = transform_matrices(tile.m_w, r_w)
     a_h, a_w = G_h.shape[0], G_w.shape[0]
     w64 = np.asarray(w, dtype=np.float64)
-    # Two large matrix products instead of K*C tiny ones.
-    t = w64.reshape(K * C * r_h, r_w) @ G_w.T                  # (K C r_h, a_w)
-    t = t.reshape(K * C, r_h, a_w).transpose(1, 0, 2).reshape(r_h, -1)
-    u = (G_h @ t).reshape(a_h, K, C, a_w)                      # (a_h, K, C, a_w)
+    # Two large matrix products instead of K*C tiny ones (BLAS kept
+    # single-threaded: its woken workers would spin beside the next kernel).
+    with _blas.serial_blas:
+        t = w64.reshape(K * C * r_h, r_w) @ G_w.T              # (K C r_h, a_w)
+        t = t.reshape(K * C, r_h, a_w).transpose(1, 0, 2).reshape(r_h, -1)
+        u = (G_h @ t).reshape(a_h, K, C, a_w)                  # (a_h, K, C, a_w)
     u = u.transpose(0, 3, 2, 1).reshape(a_h * a_w, C, K)
     return np.ascontiguousarray(u, dtype=w.dtype)
 
@@ -574,7 +578,7 @@ def _tuple_gemm_kernel(v, u, mm, chunk):
     """mm[p, t0:t1] = v[p, t0:t1] @ u[p], one BLAS call per (p, chunk) job.
 
     Calls BLAS from the Numba threads (run single-threaded, see
-    ``_serial_blas``) instead of NumPy's multithreaded matmul: OpenBLAS's
+    :data:`kernels.cpu._blas.serial_blas`) instead of NumPy's multithreaded matmul: OpenBLAS's
     own thread pool and Numba's OpenMP pool, used one after the other,
     fight for the cores (up to 20x slower on a busy 2-core machine).
     """
@@ -632,48 +636,6 @@ def _fused_kernel(xp, u, bt_h, bt_w, at_h, at_w, bias, k0, tiles_h, tiles_w,
                       half_out, line, y)
 
 
-class _SerialBlas:
-    """Context: BLAS libraries run single-threaded (re-entrant, thread-safe).
-
-    The Winograd kernels call BLAS from inside Numba's parallel jobs; each
-    call must then stay on its own thread.  The thread counts are restored
-    when the outermost user leaves.  Other threads calling BLAS meanwhile
-    run single-threaded too (slower, never wrong).
-    """
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._depth = 0
-        self._saved = []
-        self._libs = None
-
-    def _controllers(self):
-        if self._libs is None:
-            import scipy.linalg.cython_blas  # noqa: F401  (the BLAS Numba calls)
-            from threadpoolctl import ThreadpoolController
-            self._libs = [lib for lib in ThreadpoolController().lib_controllers
-                          if lib.user_api == "blas"]
-        return self._libs
-
-    def __enter__(self):
-        with self._lock:
-            if self._depth == 0:
-                libs = self._controllers()
-                self._saved = [lib.num_threads for lib in libs]
-                for lib in libs:
-                    lib.set_num_threads(1)
-            self._depth += 1
-        return self
-
-    def __exit__(self, *exc):
-        with self._lock:
-            self._depth -= 1
-            if self._depth == 0:
-                for lib, n in zip(self._libs, self._saved):
-                    lib.set_num_threads(n)
-
-
-_serial_blas = _SerialBlas()
 
 def _l2_bytes(default=1 << 20):
     """Per-core L2 cache size from Linux's sysfs, or ``default``."""
@@ -791,7 +753,7 @@ def tuple_gemm(V, U, out=None):
     min_jobs = 4 * _threads()
     chunks = max(1, -(-min_jobs // n_planes))
     chunk = max(16, -(-n_tiles // chunks))
-    with _serial_blas:
+    with _blas.serial_blas:
         _tuple_gemm_kernel(V, U, out, chunk)
     return out
 
@@ -1043,7 +1005,7 @@ def conv2d_transformed(x, transformed, bias, padding, path=None):
         xp = _padded_channels_last(x, (g * cg, cg), padding[0], padding[2],
                                    tiles_h * tile.m_h + tile.r_h - 1,
                                    tiles_w * tile.m_w + tile.r_w - 1)
-        with _serial_blas:
+        with _blas.serial_blas:
             _fused_kernel(xp, transformed.U[g], BT_h, BT_w, AT_h, AT_w,
                           bias_arr, g * kg, tiles_h, tiles_w, blocks[0],
                           blocks[1], y)
