@@ -68,11 +68,15 @@ SCRATCH_ENV_VAR = "CONVBENCH_IM2COL_SCRATCH"
 MERGE_BELOW_POSITIONS = 512
 
 # Preferred size of one chunk's scratch: small enough that the patches are
-# still in cache (L2/L3) when the GEMM reads them, which made small-K
-# problems (1-D signals of 10^5..10^6 samples) 2x faster than one 64 MiB
-# chunk, with ResNet-50 layers within +-5%; the GEMM keeps at least
-# MIN_GEMM_COLUMNS columns so that BLAS stays efficient.
-CACHE_TARGET_BYTES = 4 * 2**20
+# still in cache (L3) when the GEMM reads them, large enough that the
+# per-chunk synchronisation (a prange launch, the GEMM threads) does not
+# count.  Measured on the 2-core Zen 4 (32 MiB L3), medians, ms, for 4 /
+# 8 / 16 / 64 MiB: ResNet-50 64@56^2 batch 4 4.41 / 3.53 / 3.51 / 3.50
+# (other 3x3 layers within 5 %); 1-D signals of 10^6 samples, C = K = 16,
+# k = 9: 63 / 35 / 38 / 58 and C = K = 8: 18.5 / 13.4 / 17.9 / 27.
+# The GEMM keeps at least MIN_GEMM_COLUMNS columns so that BLAS stays
+# efficient.
+CACHE_TARGET_BYTES = 8 * 2**20
 MIN_GEMM_COLUMNS = 256
 
 # Parallel tasks of the gather: at least _MIN_TASKS (so every thread gets
