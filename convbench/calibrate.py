@@ -11,15 +11,19 @@ thresholds (``kernels._choose.DEFAULT_THRESHOLDS``) are crossovers:
 ``direct_max_macs``
     multiply-adds per image up to which direct beats the rest: 3 x 3, C = K
     = 16, growing images;
+``im2col_max_area``
+    the largest kernel area (kH * kW) at which im2col still beats direct:
+    C = K = 64 at 28 x 28, kernels 1, 3, 5, 7;
 ``winograd_min_channels``
-    channel count from which Winograd beats im2col on 3 x 3 stride-1
-    layers: C = K growing at 56 x 56, batch 4;
+    channel count from which Winograd beats the fallback on 3 x 3
+    stride-1 layers: C = K growing at 56 x 56, batch 4;
 ``winograd_min_pixels``
     image size (H * W) from which it does so with many channels: C = K =
     128, batch 4, sides 7 to 56 (ResNet-50's 3x3 layers).
 
-The Winograd thresholds are measured against im2col alone, the algorithm
-the cost model falls back to (see ``_winograd_rivals``).
+The Winograd thresholds are measured against the algorithm the cost model
+would otherwise run on a 3 x 3 layer: im2col or direct, as
+``im2col_max_area`` says (see ``_winograd_rivals``).
 
 Each is a few quick interleaved sweeps (five repeats, no accuracy check,
 no peers); the whole calibration takes well under a minute once the
@@ -110,19 +114,35 @@ def _direct_macs(built, progress, report):
     return math.sqrt(macs[i - 1] * macs[i])   # between the two sizes
 
 
-def _winograd_rivals(built):
-    """What "auto" would run instead of Winograd: im2col.
+def _im2col_area(built, progress, report):
+    sizes = (1, 3, 5, 7)
+    cases = kernel_sweep((1, 64, 28, 28), 64, sizes)
+    times = _times(cases, ["direct", "im2col"], progress)
+    at = crossover(list(sizes), times["im2col"], times["direct"])
+    report.append({"x_shape": [1, 64, 28, 28], "K": 64,
+                   "kernel_sizes": list(sizes), "times_s": times,
+                   "crossover_kernel": at})
+    if at is None:                  # im2col wins up to the largest kernel
+        return 4 * sizes[-1] ** 2
+    i = sizes.index(at)
+    return sizes[i - 1] ** 2 if i > 0 else 0
+
+
+def _winograd_rivals(built, im2col_max_area):
+    """What "auto" would run instead of Winograd on a 3 x 3 layer.
 
     The cost model consults the Winograd thresholds only after FFT (by
-    kernel area) and direct (by multiply-adds) have declined, so im2col
-    is the algorithm it falls back to; comparing against direct too would
-    let direct's wins on layers it is never chosen for veto Winograd.
+    kernel area) and direct (by multiply-adds) have declined, and then
+    falls back to im2col (kernels of at most ``im2col_max_area``) or
+    direct; comparing against both would let an algorithm's wins on
+    layers it is never chosen for veto Winograd.
     """
-    rivals = [a for a in built if a == "im2col"]
+    fallback = "im2col" if im2col_max_area >= 9 else "direct"
+    rivals = [a for a in built if a == fallback]
     return rivals or [a for a in built if a not in ("winograd", "fft")]
 
 
-def _winograd_channels(built, progress, report):
+def _winograd_channels(built, im2col_max_area, progress, report):
     # Batch 4 at 56 x 56, as ResNet-50's first 3x3 layers: at 28 x 28 with
     # one image (49 tiles of F(4,3)) Winograd never caught up with im2col
     # below 128 channels, while it wins on the real 64@56^2 layer.
@@ -130,7 +150,7 @@ def _winograd_channels(built, progress, report):
     cases = [ConvCase(f"C=K={c}", (4, c, 56, 56), (c, c, 3, 3), 1, 1, 1)
              for c in channels]
     times = _times(cases, built, progress)
-    best_other = _best_of(times, _winograd_rivals(built))
+    best_other = _best_of(times, _winograd_rivals(built, im2col_max_area))
     value, at = _crossover_or_edges(list(channels), best_other,
                                     times["winograd"], below=channels[0],
                                     beyond=2 * channels[-1])
@@ -139,13 +159,13 @@ def _winograd_channels(built, progress, report):
     return value
 
 
-def _winograd_pixels(built, progress, report):
+def _winograd_pixels(built, im2col_max_area, progress, report):
     c, batch = 128, 4
     sides = (7, 14, 21, 28, 42, 56)
     cases = [ConvCase(f"{s}x{s}", (batch, c, s, s), (c, c, 3, 3), 1, 1, 1)
              for s in sides]
     times = _times(cases, built, progress)
-    best_other = _best_of(times, _winograd_rivals(built))
+    best_other = _best_of(times, _winograd_rivals(built, im2col_max_area))
     pixels = [s * s for s in sides]
     value, at = _crossover_or_edges(pixels, best_other, times["winograd"],
                                     below=pixels[0], beyond=4 * pixels[-1])
@@ -189,11 +209,16 @@ def measure_thresholds(progress=True, log=print):
                              progress, r))
     step("direct_max_macs", ["direct"], lambda r: _direct_macs(built, progress, r),
          rivals=["im2col", "winograd"])
+    step("im2col_max_area", ["im2col"],
+         lambda r: _im2col_area(built, progress, r), rivals=["direct"])
+    from kernels._choose import DEFAULT_THRESHOLDS
+    area = thresholds.get("im2col_max_area",
+                          DEFAULT_THRESHOLDS["im2col_max_area"])
     step("winograd_min_channels", ["winograd"],
-         lambda r: _winograd_channels(built, progress, r),
+         lambda r: _winograd_channels(built, area, progress, r),
          rivals=["direct", "im2col"])
     step("winograd_min_pixels", ["winograd"],
-         lambda r: _winograd_pixels(built, progress, r),
+         lambda r: _winograd_pixels(built, area, progress, r),
          rivals=["direct", "im2col"])
     return thresholds, report
 

@@ -37,8 +37,15 @@ DEFAULT_THRESHOLDS = {
     # 28^2 and lost at 14^2 (0.84x) and 7^2 (0.42x), where a few tiles per
     # image meet a large transformed filter.
     "winograd_min_pixels": 400,
-    # im2col only when each group has at least this many output channels.
+    # im2col only when each group has at least this many output channels ...
     "im2col_min_out_channels": 8,
+    # ... and kernels of at most this area (kH * kW); larger ones run
+    # direct.  Zen 4, 2 threads, once im2col no longer let OpenBLAS spin
+    # and direct read its weights in place: direct beat im2col at every
+    # k >= 3 (C = K = 16..256 at 14^2..64^2, 1.2-4.7x; ResNet-50's 3x3
+    # layers 1.2-2.1x, conv1 7x7/2 1.8x), im2col won the 1x1 layers (a
+    # plain GEMM, 1.1-1.5x).
+    "im2col_max_area": 1,
 }
 
 
@@ -68,8 +75,12 @@ def _model_choice(cands, x_shape, w_shape, stride, groups, t):
     area = kh * kw
     macs = float(k) * cg * area * (h // stride[0]) * (w // stride[1])
     single = c == 1 and k == 1
-    if "fft" in cands and area >= (t["fft_min_area_single"] if single
-                                   else t["fft_min_area_multi"]):
+    # FFT splits a strided convolution into sh*sw stride-1 ones whose
+    # kernels are that much smaller: judge it by that phase kernel (ResNet
+    # conv1, 7x7/2: fft 2.1 ms against direct's 0.78).
+    phase_area = area / (stride[0] * stride[1])
+    if "fft" in cands and phase_area >= (t["fft_min_area_single"] if single
+                                         else t["fft_min_area_multi"]):
         return "fft"
     if macs <= t["direct_max_macs"] and "direct" in cands:
         return "direct"
@@ -80,8 +91,8 @@ def _model_choice(cands, x_shape, w_shape, stride, groups, t):
     # With few output channels the GEMM degenerates to matrix-vector
     # products, which the direct kernel's register tiles beat by 10x or more
     # (single-channel 1024^2 sweep: direct 3-35 ms, im2col 100-7000 ms).
-    if "im2col" in cands and k // groups >= t["im2col_min_out_channels"] \
-            and cg * area >= 8:
+    if ("im2col" in cands and k // groups >= t["im2col_min_out_channels"]
+            and cg * area >= 8 and area <= t["im2col_max_area"]):
         return "im2col"
     return "direct" if "direct" in cands else cands[0]
 

@@ -507,8 +507,41 @@ def test_calibrated_winograd_pixels_is_the_measured_crossover(monkeypatch):
 
     monkeypatch.setattr(cal, "_times", synthetic_times)
     report = []
-    assert cal._winograd_pixels(["im2col", "winograd"], False, report) == 42 * 42
+    assert cal._winograd_pixels(["im2col", "winograd"], 9, False,
+                                report) == 42 * 42
     assert report[0]["crossover_pixels"] == 42 * 42
+
+
+def test_winograd_is_calibrated_against_the_fallback_auto_would_use():
+    from convbench import calibrate as cal
+    built = ["direct", "im2col", "winograd", "fft"]
+    assert cal._winograd_rivals(built, im2col_max_area=9) == ["im2col"]
+    assert cal._winograd_rivals(built, im2col_max_area=1) == ["direct"]
+    assert cal._winograd_rivals(["im2col", "winograd"], 1) == ["im2col"]
+
+
+@pytest.mark.parametrize("direct_from, expected", [(3, 1), (5, 9), (1, 0),
+                                                   (None, 196)])
+def test_calibrated_im2col_area_is_the_last_kernel_im2col_wins(
+        monkeypatch, direct_from, expected):
+    from convbench import calibrate as cal
+
+    def synthetic_times(cases, algorithms, progress):
+        # direct takes over from kernel size direct_from (never if None).
+        out = {}
+        for a in algorithms:
+            row = []
+            for c in cases:
+                k = c.w_shape[2]
+                faster = direct_from is not None and k >= direct_from
+                row.append(1.0 if (a == "direct") == faster else 2.0)
+            out[a] = row
+        return out
+
+    monkeypatch.setattr(cal, "_times", synthetic_times)
+    report = []
+    assert cal._im2col_area(["direct", "im2col"], False, report) == expected
+    assert report[0]["crossover_kernel"] == direct_from
 
 
 def test_auto_leaves_winograd_to_large_images(monkeypatch, tmp_path):
@@ -521,8 +554,43 @@ def test_auto_leaves_winograd_to_large_images(monkeypatch, tmp_path):
     big, small = side + 2, side - 2
     assert kernels.choose_algorithm((4, 128, big, big), (128, 128, 3, 3),
                                     padding=pad) == "winograd"
+    fallback = ("im2col" if DEFAULT_THRESHOLDS["im2col_max_area"] >= 9
+                else "direct")
     assert kernels.choose_algorithm((4, 128, small, small), (128, 128, 3, 3),
-                                    padding=pad) == "im2col"
+                                    padding=pad) == fallback
+
+
+def test_auto_gives_im2col_the_kernels_up_to_its_area(monkeypatch, tmp_path):
+    from kernels._choose import DEFAULT_THRESHOLDS
+    monkeypatch.setenv("CONVBENCH_CALIBRATION", str(tmp_path / "none.json"))
+    if not {"direct", "im2col"} <= set(kernels.built_algorithms()):
+        pytest.skip("needs direct and im2col")
+    limit = DEFAULT_THRESHOLDS["im2col_max_area"]
+    for k in (1, 3, 5):
+        pad = (k // 2,) * 4
+        choice = kernels.choose_algorithm((1, 256, 14, 14), (256, 256, k, k),
+                                          padding=pad)
+        if k * k <= limit:
+            assert choice == "im2col"
+        else:
+            assert choice in ("direct", "winograd", "fft") and choice != "im2col"
+
+
+def test_auto_judges_fft_on_a_strided_problem_by_its_phase_kernel(
+        monkeypatch, tmp_path):
+    from kernels._choose import DEFAULT_THRESHOLDS
+    monkeypatch.setenv("CONVBENCH_CALIBRATION", str(tmp_path / "none.json"))
+    if "fft" not in kernels.built_algorithms():
+        pytest.skip("needs fft")
+    k = int(np.ceil(DEFAULT_THRESHOLDS["fft_min_area_multi"] ** 0.5)) | 1
+    x, w = (1, 64, 56, 56), (64, 64, k, k)
+    pad = (k // 2,) * 4
+    assert kernels.choose_algorithm(x, w, padding=pad) == "fft"
+    # Stride 2: four phases with kernels of a quarter of the area.
+    assert kernels.choose_algorithm(x, w, stride=(2, 2), padding=pad) != "fft"
+    big = 2 * k + 1
+    assert kernels.choose_algorithm(x, (64, 64, big, big), stride=(2, 2),
+                                    padding=(big // 2,) * 4) == "fft"
 
 
 def test_python_dash_m_lists_workloads():
