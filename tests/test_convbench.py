@@ -599,3 +599,13 @@ def test_python_dash_m_lists_workloads():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "resnet50-3x3" in proc.stdout and "25,557,032" in proc.stdout
+
+
+def test_repeat_orders_are_permutations_that_vary_the_predecessors():
+    from convbench.sweep import _repeat_order
+    names = ["direct", "im2col", "winograd", "fft", "auto", "torch"]
+    orders = [_repeat_order(names, r) for r in range(9)]
+    assert all(sorted(o) == sorted(names) for o in orders)
+    assert orders == [_repeat_order(names, r) for r in range(9)]   # seeded
+    predecessors = {o[o.index("auto") - 1] for o in orders if o[0] != "auto"}
+    assert len(predecessors) > 1
