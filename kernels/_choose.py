@@ -11,6 +11,7 @@ the backend and supports the configuration.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -142,16 +143,33 @@ def choose_algorithm(x_shape, w_shape, stride=(1, 1), padding=(0, 0, 0, 0),
         Always built for ``backend`` and able to compute the problem.
     """
     check_backend(backend)
-    stride, dilation = tuple(stride), tuple(dilation)
-    padding = tuple(padding)
+    problem = (tuple(int(v) for v in x_shape), tuple(int(v) for v in w_shape),
+               tuple(stride), tuple(padding), tuple(dilation), int(groups),
+               backend)
+    if measure:
+        cands = _candidates_or_raise(*problem)
+        times = _time_candidates(cands, *problem[:6], dtype, backend)
+        return min(times, key=times.get), times
+    thresholds = tuple(sorted(_thresholds().items()))
+    return _cached_choice(problem, thresholds)
+
+
+def _candidates_or_raise(x_shape, w_shape, stride, padding, dilation, groups,
+                         backend):
     cands = candidates(x_shape, w_shape, stride, padding, dilation, groups,
                        backend)
     if not cands:
         raise NotImplementedError(
             f"no algorithm built for backend {backend!r} supports this "
             f"configuration (built: {_dispatch.built_algorithms(backend)})")
-    if measure:
-        times = _time_candidates(cands, x_shape, w_shape, stride, padding,
-                                 dilation, groups, dtype, backend)
-        return min(times, key=times.get), times
-    return _model_choice(cands, x_shape, w_shape, stride, groups, _thresholds())
+    return cands
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_choice(problem, thresholds):
+    """The model's choice for a problem under given thresholds, memoised:
+    "auto" asks on every call, and a layer's shapes repeat."""
+    x_shape, w_shape, stride, _, _, groups, _ = problem
+    cands = _candidates_or_raise(*problem)
+    return _model_choice(cands, x_shape, w_shape, stride, groups,
+                         dict(thresholds))

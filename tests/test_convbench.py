@@ -609,3 +609,19 @@ def test_repeat_orders_are_permutations_that_vary_the_predecessors():
     assert orders == [_repeat_order(names, r) for r in range(9)]   # seeded
     predecessors = {o[o.index("auto") - 1] for o in orders if o[0] != "auto"}
     assert len(predecessors) > 1
+
+
+def test_auto_follows_a_rewritten_calibration_file(monkeypatch, tmp_path):
+    # Thresholds and choices are cached; a new file must still be seen.
+    from kernels._calibration import save_thresholds
+    if not {"direct", "im2col"} <= set(kernels.built_algorithms()):
+        pytest.skip("needs direct and im2col")
+    path = tmp_path / "cal.json"
+    monkeypatch.setenv("CONVBENCH_CALIBRATION", str(path))
+    problem = ((1, 64, 28, 28), (64, 64, 3, 3), (1, 1), (1, 1, 1, 1))
+    big = {"direct_max_macs": 0, "winograd_min_channels": 10**6}
+    save_thresholds({**big, "im2col_max_area": 9}, path=path)
+    assert kernels.choose_algorithm(*problem) == "im2col"
+    save_thresholds({**big, "im2col_max_area": 1, "fft_min_area_multi": 10**6},
+                    path=path)
+    assert kernels.choose_algorithm(*problem) == "direct"
