@@ -27,8 +27,8 @@ import threading
 import numba
 import numpy as np
 
-__all__ = ["serial_blas", "thread_pool", "matmul", "MIN_PIECE_COLUMNS",
-           "MIN_PARALLEL_MACS"]
+__all__ = ["serial_blas", "thread_pool", "matmul", "in_parallel",
+           "MIN_PIECE_COLUMNS", "MIN_PARALLEL_MACS"]
 
 # A product is split into column pieces of at least this many columns
 # (and a multiple of 16, one 64-byte line of float32) ...
@@ -144,19 +144,28 @@ def matmul(a, b, out, split="columns"):
     cols = b.shape[-1]
     stack = out.size // max(1, rows * cols)
     bounds = _pieces(rows if by_rows else cols, stack * rows * depth * cols)
+    in_parallel(lambda run: _run_pieces(a, b, out, run, by_rows), bounds)
+    return out
+
+
+def in_parallel(run, bounds):
+    """``run(piece_bounds)`` on contiguous runs of the pieces
+    ``[bounds[i], bounds[i + 1])``, one run per thread (the caller's
+    included, at most ``numba.get_num_threads()``), BLAS single-threaded.
+
+    ``run`` gets a list of boundaries, as ``bounds`` itself, and must
+    release the GIL for the runs to overlap (NumPy's BLAS calls do).
+    """
     n_pieces = len(bounds) - 1
     workers = max(1, min(numba.get_num_threads(), n_pieces))
     with serial_blas:
         if workers == 1:
-            _run_pieces(a, b, out, bounds, by_rows)
-            return out
-        # Contiguous runs of pieces, one per thread (the caller's included).
+            run(list(bounds))
+            return
         per = -(-n_pieces // workers)
-        runs = [bounds[i:i + per + 1] for i in range(0, n_pieces, per)]
+        runs = [list(bounds[i:i + per + 1]) for i in range(0, n_pieces, per)]
         pool = thread_pool(len(runs) - 1)
-        futures = [pool.submit(_run_pieces, a, b, out, run, by_rows)
-                   for run in runs[1:]]
-        _run_pieces(a, b, out, runs[0], by_rows)
+        futures = [pool.submit(run, r) for r in runs[1:]]
+        run(runs[0])
         for future in futures:
             future.result()
-    return out

@@ -1092,17 +1092,13 @@ def _stacked_matmul(x, w, y):
     """
     nf = x.shape[0]
     workers = max(1, min(numba.get_num_threads(), nf))
-    with _blas.serial_blas:
-        if workers == 1:
-            np.matmul(x, w, out=y)
-            return
-        bounds = np.linspace(0, nf, workers + 1).astype(int)
-        pool = _blas.thread_pool(workers)
-        futures = [pool.submit(np.matmul, x[a:b], w[a:b], out=y[a:b])
-                   for a, b in zip(bounds[1:-1], bounds[2:])]
-        np.matmul(x[:bounds[1]], w[:bounds[1]], out=y[:bounds[1]])
-        for f in futures:
-            f.result()
+    bounds = np.linspace(0, nf, workers + 1).astype(int)
+
+    def run(piece_bounds):
+        a, b = piece_bounds[0], piece_bounds[-1]
+        np.matmul(x[a:b], w[a:b], out=y[a:b])
+
+    _blas.in_parallel(run, bounds)
 
 
 def _like(a):

@@ -578,9 +578,10 @@ def _tuple_gemm_kernel(v, u, mm, chunk):
     """mm[p, t0:t1] = v[p, t0:t1] @ u[p], one BLAS call per (p, chunk) job.
 
     Calls BLAS from the Numba threads (run single-threaded, see
-    :data:`kernels.cpu._blas.serial_blas`) instead of NumPy's multithreaded matmul: OpenBLAS's
-    own thread pool and Numba's OpenMP pool, used one after the other,
-    fight for the cores (up to 20x slower on a busy 2-core machine).
+    :data:`kernels.cpu._blas.serial_blas`) instead of NumPy's multithreaded
+    matmul: OpenBLAS's own thread pool and Numba's OpenMP pool, used one
+    after the other, fight for the cores (up to 20x slower on a busy 2-core
+    machine).
     """
     n_planes, n_tiles, _ = v.shape
     chunks = (n_tiles + chunk - 1) // chunk
@@ -634,7 +635,6 @@ def _fused_kernel(xp, u, bt_h, bt_w, at_h, at_w, bias, k0, tiles_h, tiles_w,
         line = np.empty((nk, ns * m_w), xp.dtype)
         _output_block(mm, 0, ns, n, ti0, nr, tj0, ns, at_h, at_w, bias, k0,
                       half_out, line, y)
-
 
 
 def _l2_bytes(default=1 << 20):
