@@ -476,6 +476,128 @@ def test_chunked_equals_whole(dtype, monkeypatch):
     assert_within(chunked, whole.astype(np.float64), tol, "chunked vs whole")
 
 
+# --------------------------------------------------------------------------
+# Task-parallel path (few channels)
+# --------------------------------------------------------------------------
+
+def covered_tiles(geom, blocks):
+    """How many blocks cover each tile (n, i, j)."""
+    count = np.zeros((geom.n, geom.rows.tiles, geom.cols.tiles), int)
+    for b in blocks:
+        count[b.n0:b.n0 + b.images, b.i0:b.i0 + b.rows,
+              b.j0:b.j0 + b.cols] += 1
+    return count
+
+
+@settings(deadline=None)
+@given(n=st.integers(1, 4), h=st.integers(1, 70), w_=st.integers(1, 70),
+       kh=st.integers(1, 6), kw=st.integers(1, 6),
+       tile=st.tuples(st.integers(6, 40), st.integers(6, 40)),
+       task_bytes=st.sampled_from([1, 10**4, 10**5, 2**20, 2**30]),
+       per_thread=st.integers(1, 6))
+def test_task_blocks_partition_the_tiles(n, h, w_, kh, kw, tile, task_bytes,
+                                         per_thread):
+    import numba
+    assume(h >= kh and w_ >= kw)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fft, "TASK_BYTES", task_bytes)
+        mp.setattr(fft, "TASKS_PER_THREAD", per_thread)
+        geom = fft.plan_geometry((n, 1, h, w_), (1, 1, kh, kw), (1, 1),
+                                 (0, 0, 0, 0), (1, 1), 1, np.float32, tile)
+        blocks = fft.task_blocks(geom)
+        assert (covered_tiles(geom, blocks) == 1).all()
+        for b in blocks:
+            # whole images, or a rectangle inside one image
+            assert b.images == 1 or (b.rows, b.cols) == (geom.rows.tiles,
+                                                          geom.cols.tiles)
+            assert b.rows == 1 or b.cols == geom.cols.tiles
+        previous = numba.get_num_threads()
+        try:
+            numba.set_num_threads(1)
+            assert fft.task_blocks(geom) == blocks, \
+                "the cut depends on the thread count"
+        finally:
+            numba.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("kind", ["images", "rows", "tiles"])
+@over_dtypes
+def test_each_block_kind_matches_reference(kind, dtype, monkeypatch):
+    # Stride, dilation and groups with few channels: the task path, whose
+    # blocks pad their own input windows (the untouched inputs included).
+    rng = np.random.default_rng(21)
+    x, w, b = random_problem(rng, dtype, n=3, c=2, k=2, hw=(41, 37),
+                             khw=(4, 3), groups=2)
+    args = ((2, 1), (1, 2, 3, 0), (2, 3), 2)
+    geom = fft.plan_geometry(x.shape, w.shape, *args, dtype, (9, 12))
+    assert fft.use_tasks(geom) and geom.rows.tiles > 2 and geom.cols.tiles > 2
+    per_tile = fft._per_tile_bytes(geom)
+    budget = {"images": 2 * geom.tiles, "rows": 2 * geom.cols.tiles,
+              "tiles": 2}[kind]
+    monkeypatch.setattr(fft, "TASK_BYTES", budget * per_tile)
+    monkeypatch.setattr(fft, "TASKS_PER_THREAD", 0)   # the budget decides
+    blocks = fft.task_blocks(geom)
+    assert len(blocks) >= 2 and all(b.tiles == budget for b in blocks[:-1])
+    if kind == "images":
+        assert blocks[0].images == 2
+    elif kind == "rows":
+        assert blocks[0].images == 1 and blocks[0].rows == 2
+    else:
+        assert blocks[0].rows == 1 and blocks[0].cols == 2
+    check_against_reference(x, w, b, *args, tile=(9, 12))
+
+
+@over_dtypes
+def test_task_and_staged_paths_agree(dtype, monkeypatch):
+    rng = np.random.default_rng(22)
+    x, w, b = random_problem(rng, dtype, n=2, c=1, k=1, hw=(90, 70),
+                             khw=(7, 5))
+    args = (b, (1, 1), (3, 3, 2, 2), (1, 1), 1)
+    tasks = check_against_reference(x, w, *args, tile=(24, 16))
+    monkeypatch.setattr(fft, "use_tasks", lambda geom: False)
+    staged = check_against_reference(x, w, *args, tile=(24, 16))
+    tol = 2 * fft_bound(dtype, x, w, *args)
+    assert_within(tasks, staged.astype(np.float64), tol, "tasks vs staged")
+
+
+def test_task_path_result_does_not_depend_on_the_thread_count():
+    import numba
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs NUMBA_NUM_THREADS >= 2")
+    rng = np.random.default_rng(23)
+    x, w, b = random_problem(rng, np.float32, n=1, c=1, k=1, hw=(300, 260),
+                             khw=(9, 9))
+    args = (b, (1, 1), (4, 4, 4, 4), (1, 1), 1)
+    geom = fft.plan_geometry(x.shape, w.shape, *args[1:], np.float32)
+    assert fft.use_tasks(geom) and len(fft.task_blocks(geom)) > 2
+    previous = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = fft.conv2d(x, w, *args)
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        many = fft.conv2d(x, w, *args)
+    finally:
+        numba.set_num_threads(previous)
+    np.testing.assert_array_equal(one, many)
+
+
+def test_concurrent_calls_from_python_threads():
+    # Calls from several threads share plans (per worker slot, each under
+    # its lock) and the weight cache; every result must be its own.
+    from concurrent.futures import ThreadPoolExecutor
+    rng = np.random.default_rng(24)
+    problems = [random_problem(rng, np.float32, n=1, c=1, k=1,
+                               hw=(120, 100), khw=(7, 7)) for _ in range(6)]
+    args = ((1, 1), (3, 3, 3, 3), (1, 1), 1)
+    alone = [fft.conv2d(x, w, b, *args, tile=(32, 32)) for x, w, b in problems]
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(
+            lambda p: fft.conv2d(p[0], p[1], p[2], *args, tile=(32, 32)),
+            problems * 3))
+    for i, y in enumerate(together):
+        np.testing.assert_array_equal(y, alone[i % len(problems)])
+
+
 @pytest.mark.parametrize("kernel", [1, 9, 63])
 @over_dtypes
 def test_long_1d_signal_through_conv1d(kernel, dtype):
