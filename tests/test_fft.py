@@ -494,14 +494,16 @@ def covered_tiles(geom, blocks):
        kh=st.integers(1, 6), kw=st.integers(1, 6),
        tile=st.tuples(st.integers(6, 40), st.integers(6, 40)),
        task_bytes=st.sampled_from([1, 10**4, 10**5, 2**20, 2**30]),
-       per_thread=st.integers(1, 6))
+       per_thread=st.integers(0, 6),
+       least=st.sampled_from([0, 1e-6, 1e-4, 1e-2]))
 def test_task_blocks_partition_the_tiles(n, h, w_, kh, kw, tile, task_bytes,
-                                         per_thread):
+                                         per_thread, least):
     import numba
     assume(h >= kh and w_ >= kw)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(fft, "TASK_BYTES", task_bytes)
         mp.setattr(fft, "TASKS_PER_THREAD", per_thread)
+        mp.setattr(fft, "MIN_TASK_SECONDS", least)
         geom = fft.plan_geometry((n, 1, h, w_), (1, 1, kh, kw), (1, 1),
                                  (0, 0, 0, 0), (1, 1), 1, np.float32, tile)
         blocks = fft.task_blocks(geom)
@@ -536,6 +538,7 @@ def test_each_block_kind_matches_reference(kind, dtype, monkeypatch):
               "tiles": 2}[kind]
     monkeypatch.setattr(fft, "TASK_BYTES", budget * per_tile)
     monkeypatch.setattr(fft, "TASKS_PER_THREAD", 0)   # the budget decides
+    monkeypatch.setattr(fft, "MIN_TASK_SECONDS", 0)
     blocks = fft.task_blocks(geom)
     assert len(blocks) >= 2 and all(b.tiles == budget for b in blocks[:-1])
     if kind == "images":
@@ -755,3 +758,19 @@ def test_cache_is_keyed_on_the_geometry():
 def test_unsupported_reason_is_none():
     assert fft.unsupported_reason((1, 1, 5, 5), (1, 1, 3, 3), (2, 2),
                                   (0, 0, 0, 0), (2, 2), 1) is None
+
+
+def test_task_path_reraises_a_failed_weight_transform(monkeypatch):
+    # Worker 0 transforms the filters while the others start on their
+    # blocks: its failure must reach the caller, not leave them waiting.
+    rng = np.random.default_rng(25)
+    x, w, b = random_problem(rng, np.float32, n=1, c=1, k=1, hw=(200, 180),
+                             khw=(5, 5))
+
+    def broken(*args, **kwargs):
+        raise MemoryError("no room for the spectra")
+
+    monkeypatch.setattr(fft, "weight_spectra", broken)
+    with pytest.raises(MemoryError, match="no room"):
+        fft.conv2d(x, w, b, (1, 1), (2, 2, 2, 2), (1, 1), 1, tile=(24, 24),
+                   cache_weights=False)

@@ -89,6 +89,7 @@ concurrent calls are otherwise safe (each plan executes under its lock).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
@@ -961,13 +962,16 @@ def _phase_kernels(w, geom):
     return wp.reshape(k, cg * p0n * p1n, rows.kq, cols.kq)
 
 
-def weight_spectra(w, geom):
+def weight_spectra(w, geom, slot=None):
     """Spectra of the circularly reversed, scaled filters.
 
     Parameters
     ----------
     w : ndarray (K, C // groups, kH, kW)
     geom : FFTGeometry
+    slot : int, optional
+        Use the single-threaded plans of this task worker (see
+        :func:`_plan`); default: plans with FFTW's own threads.
 
     Returns
     -------
@@ -997,8 +1001,8 @@ def weight_spectra(w, geom):
         row_spec = full
     else:
         _, row_spec = _spectrum_buffer((cgp, k), (kq0, t1), cdtype, False)
-        col_plan = _plan(full, full, (2,), "FFTW_FORWARD")
-    row_plan = _plan(rows, row_spec, (3,), "FFTW_FORWARD")
+        col_plan = _plan(full, full, (2,), "FFTW_FORWARD", slot=slot)
+    row_plan = _plan(rows, row_spec, (3,), "FFTW_FORWARD", slot=slot)
     # Circular reversal: tap q goes to -q mod t, whose spectrum is conj(W).
     rows[...] = 0
     rows[:, :, :, (-np.arange(kq1)) % t1] = wp.transpose(1, 0, 2, 3)
@@ -1035,6 +1039,15 @@ def cached_weight_spectra(w, geom):
     An entry is used only if its stored copy of the filter equals ``w`` bit
     for bit, so in-place changes of ``w`` are always seen.
     """
+    spectra = _cached_weights(w, geom)
+    if spectra is None:
+        spectra = weight_spectra(w, geom)
+        _store_weights(w, geom, spectra)
+    return spectra
+
+
+def _cached_weights(w, geom):
+    """The cached spectra of a filter equal to ``w``, or None."""
     key = _weight_cache_key(w, geom)
     with _weights_lock:
         hit = _weights.get(key)
@@ -1043,7 +1056,11 @@ def cached_weight_spectra(w, geom):
             if key in _weights:
                 _weights.move_to_end(key)
         return hit[1]
-    spectra = weight_spectra(w, geom)
+    return None
+
+
+def _store_weights(w, geom, spectra):
+    key = _weight_cache_key(w, geom)
     size = spectra.nbytes + w.nbytes
     if size <= WEIGHT_CACHE_BYTES:
         with _weights_lock:
@@ -1241,8 +1258,11 @@ def chunks(geom):
 TASK_BYTES = 1 << 20
 # ... and a problem is cut into at least this many blocks per thread
 # (NUMBA_NUM_THREADS), when it has enough tiles, so that a slow thread
-# holds up the call by a fraction of a block.
+# holds up the call by a fraction of a block ...
 TASKS_PER_THREAD = 4
+# ... unless that leaves a block less than this much work (cost model,
+# seconds): a block costs ~20 us of Python (with the GIL held) on top.
+MIN_TASK_SECONDS = 100e-6
 
 
 class Block(NamedTuple):
@@ -1259,6 +1279,10 @@ class Block(NamedTuple):
     def tiles(self):
         return self.images * self.rows * self.cols
 
+    @property
+    def shape(self):
+        return (self.images, self.rows, self.cols)
+
 
 def _per_tile_bytes(geom):
     t0, t1 = geom.tile_shape
@@ -1267,6 +1291,14 @@ def _per_tile_bytes(geom):
     in_place = c == 1 and k == 1
     spectra = f * (c + (0 if in_place else k)) * geom.complex_dtype.itemsize
     return spectra + t0 * t1 * (c + k) * geom.dtype.itemsize
+
+
+def _per_tile_seconds(geom):
+    """Modelled single-thread time of one tile's transforms."""
+    t0, t1 = geom.tile_shape
+    transforms = geom.channels + geom.k
+    return transforms * (float(_fft_cost(t0, t1)) * _SEC_PER_FFT_FLOP
+                         + _SEC_PER_TRANSFORM)
 
 
 def task_blocks(geom):
@@ -1281,7 +1313,9 @@ def task_blocks(geom):
     per_image = geom.tiles
     total = geom.n * per_image
     want = max(1, TASKS_PER_THREAD * numba.config.NUMBA_NUM_THREADS)
-    size = max(1, min(TASK_BYTES // _per_tile_bytes(geom), total // want))
+    least = int(np.ceil(MIN_TASK_SECONDS / _per_tile_seconds(geom)))
+    size = max(1, min(TASK_BYTES // _per_tile_bytes(geom), total // want),
+               least)
     rows, cols = geom.rows.tiles, geom.cols.tiles
     if size >= per_image:
         step = size // per_image
@@ -1318,23 +1352,27 @@ class _Scratch:
                        else _empty(m * k * f0 * f1h, geom.complex_dtype))
         self.tiles = _empty(m * k * t0 * t1, geom.dtype)
 
-    def views(self, geom, block):
-        """(window, tile view, X, Y, output tiles) for ``block``."""
+    def views(self, geom, shape):
+        """(window, tile view, X, Y, output tiles) for blocks of ``shape``.
+
+        ``shape`` is a block's (images, rows, cols); the views of every
+        block of one shape are the same memory.
+        """
+        images, n_rows, n_cols = shape
         t0, t1 = geom.tile_shape
         f0, f1h = geom.spectrum_shape
-        m, c, k = block.tiles, geom.channels, geom.k
-        rows = _window(geom, block)[0]
-        window = self.window[:block.images * c * rows * self.width].reshape(
-            block.images, c, rows, self.width)
+        m, c, k = images * n_rows * n_cols, geom.channels, geom.k
+        rows = (n_rows - 1) * geom.rows.b + t0
+        window = self.window[:images * c * rows * self.width].reshape(
+            images, c, rows, self.width)
         sn, sc, sh, sw = window.strides
-        tiles = as_strided(window, (block.images, block.rows, block.cols, c,
-                                    t0, t1),
+        tiles = as_strided(window, (images, n_rows, n_cols, c, t0, t1),
                            (sn, geom.rows.b * sh, geom.cols.b * sw, sc, sh,
                             sw), writeable=False)
-        x_spec = self.x_spec[:m * c * f0 * f1h].reshape(m, c, f0, f1h)
+        x_spec = self.x_spec[:m * c * f0 * f1h].reshape(
+            (images, n_rows, n_cols, c, f0, f1h))
         y_spec = self.y_spec[:m * k * f0 * f1h].reshape(m, k, f0, f1h)
         z = self.tiles[:m * k * t0 * t1].reshape(m, k, t0, t1)
-        x_spec = x_spec.reshape(tiles.shape[:4] + (f0, f1h))
         return window, tiles, x_spec, y_spec, z
 
 
@@ -1345,60 +1383,89 @@ def _window(geom, block):
             (block.cols - 1) * cols.b + cols.t)
 
 
-def _block_plans(geom, scratch, block, slot):
-    """The forward and inverse plans of ``block``'s layout for ``slot``."""
-    _, tiles, x_spec, y_spec, z = scratch.views(geom, block)
+class _Worker:
+    """One task thread's buffers, plans and views for one call.
 
-    # Planning overwrites its arrays: plan on a twin of the scratch.
-    def fwd_scratch():
-        return _Scratch(geom, scratch.block).views(geom, block)[1:3]
-
-    def inv_scratch():
-        _, _, _, y, zz = _Scratch(geom, scratch.block).views(geom, block)
-        return y, zz
-
-    fwd = _plan(tiles, x_spec, _transform_axes(6, geom.tile_shape),
-                "FFTW_FORWARD", fwd_scratch, slot)
-    inv = _plan(y_spec, z, _transform_axes(4, geom.tile_shape),
-                "FFTW_BACKWARD", inv_scratch, slot)
-    return fwd, inv
-
-
-def _run_block(x, w_spec, bias, y, geom, block, scratch, plans, phase_info):
-    """All four stages for the tiles of ``block`` (single-threaded).
-
-    ``phase_info``: the kept residues along each axis (int64 arrays) and
-    :func:`_untouched_lists`.
+    Each block shape gets the views of this worker's scratch and the
+    worker slot's forward and inverse plans; :meth:`bound` holds the plans
+    (their locks) with these arrays bound, so that a block only runs
+    ``execute``: no per-block array checks.
     """
-    rows, cols = geom.rows, geom.cols
-    window, tiles, x_spec, y_spec, z = scratch.views(geom, block)
-    r0, c0 = block.i0 * rows.b, block.j0 * cols.b
-    _pad_phases_serial(x[block.n0:block.n0 + block.images], window,
-                       rows.stride, cols.stride,
-                       rows.pad_lo - r0 * rows.stride,
-                       cols.pad_lo - c0 * cols.stride,
-                       phase_info[0], phase_info[1])
-    _zero_untouched_window(window, geom, r0, c0, phase_info[2])
-    fwd, inv = plans
-    fwd(tiles, x_spec)
-    real = geom.dtype
-    m, c = block.tiles, geom.channels
-    x3 = x_spec.reshape(m, c, -1).view(real)
-    w3 = w_spec.reshape(w_spec.shape[0], geom.k, -1).view(real)
-    y3 = y_spec.reshape(m, geom.k, -1).view(real)
-    if w_spec.shape[0] == 1 and geom.k // geom.groups == 1:
-        _multiply_lanes_serial(x3, w3, y3, _LANE_BLOCK)
-    else:
-        _contract_lanes_serial(x3, w3, y3, geom.groups, _LANE_BLOCK)
-    inv(y_spec, z)
-    _scatter_block(z, y, bias, block.n0, block.i0, block.j0, block.rows,
-                   block.cols, rows.b, cols.b)
+
+    def __init__(self, geom, blocks, slot):
+        self.geom = geom
+        self.scratch = _Scratch(geom, blocks[0])
+        real = geom.dtype
+        self.shapes = {}
+        for shape in dict.fromkeys(b.shape for b in blocks):
+            window, tiles, x_spec, y_spec, z = self.scratch.views(geom, shape)
+            fwd, inv = self._plans(shape, tiles, x_spec, y_spec, z, slot)
+            m = z.shape[0]
+            self.shapes[shape] = dict(
+                window=window, tiles=tiles, x_spec=x_spec, y_spec=y_spec, z=z,
+                fwd=fwd, inv=inv,
+                x3=x_spec.reshape(m, geom.channels, -1).view(real),
+                y3=y_spec.reshape(m, geom.k, -1).view(real))
+
+    def _plans(self, shape, tiles, x_spec, y_spec, z, slot):
+        geom = self.geom
+
+        # Planning overwrites its arrays: plan on a twin of the scratch.
+        def twin():
+            return _Scratch(geom, self.scratch.block).views(geom, shape)
+
+        fwd = _plan(tiles, x_spec, _transform_axes(6, geom.tile_shape),
+                    "FFTW_FORWARD", lambda: twin()[1:3], slot)
+        inv = _plan(y_spec, z, _transform_axes(4, geom.tile_shape),
+                    "FFTW_BACKWARD", lambda: twin()[3:5], slot)
+        return fwd, inv
+
+    @contextlib.contextmanager
+    def bound(self):
+        """Hold this worker's plans, bound to its arrays."""
+        views = self.shapes.values()
+        pairs = [(v["fwd"], v["tiles"], v["x_spec"]) for v in views]
+        pairs += [(v["inv"], v["y_spec"], v["z"]) for v in views]
+        with contextlib.ExitStack() as stack:
+            # One global order (by identity), so concurrent calls whose
+            # workers share plans cannot deadlock.
+            for plan, src, dst in sorted(pairs, key=lambda p: id(p[0])):
+                stack.enter_context(plan.lock)
+                plan.fftw.update_arrays(src, dst)
+            yield
+
+    def run(self, x, weights, bias, y, block, phase_info):
+        """All four stages for the tiles of ``block`` (single-threaded).
+
+        Call inside :meth:`bound`.  ``weights``: a :class:`_WeightSpectra`;
+        ``phase_info``: the kept residues along each axis (int64 arrays)
+        and :func:`_untouched_lists`.
+        """
+        geom = self.geom
+        rows, cols = geom.rows, geom.cols
+        v = self.shapes[block.shape]
+        r0, c0 = block.i0 * rows.b, block.j0 * cols.b
+        _pad_phases_serial(x[block.n0:block.n0 + block.images], v["window"],
+                           rows.stride, cols.stride,
+                           rows.pad_lo - r0 * rows.stride,
+                           cols.pad_lo - c0 * cols.stride,
+                           phase_info[0], phase_info[1])
+        if phase_info[2]:
+            _zero_untouched_window(v["window"], geom, r0, c0, phase_info[2])
+        v["fwd"].fftw.execute()
+        w3 = weights.get()
+        if w3.shape[0] == 1 and geom.k // geom.groups == 1:
+            _multiply_lanes_serial(v["x3"], w3, v["y3"], _LANE_BLOCK)
+        else:
+            _contract_lanes_serial(v["x3"], w3, v["y3"], geom.groups,
+                                   _LANE_BLOCK)
+        v["inv"].fftw.execute()
+        _scatter_block(v["z"], y, bias, block.n0, block.i0, block.j0,
+                       block.rows, block.cols, rows.b, cols.b)
 
 
 def _zero_untouched_window(window, geom, r0, c0, untouched):
     """:func:`_zero_untouched` on the window starting at padded (r0, c0)."""
-    if not untouched:
-        return
     rows, cols = geom.rows, geom.cols
     p0n, p1n = len(rows.residues), len(cols.residues)
     n, _, hq, wq = window.shape
@@ -1426,40 +1493,89 @@ def _untouched_lists(geom):
     return out
 
 
-def _conv2d_tasks(x, w_spec, bias, geom):
-    """The FFT convolution as tasks over blocks of tiles (few channels)."""
+class _WeightSpectra:
+    """Filter spectra that one task worker computes while the others start.
+
+    With a cache miss, worker 0 transforms the filters (single-threaded)
+    before its first block, while the other workers pad and transform
+    their first blocks' inputs; every worker waits only when it reaches
+    its first contraction.  The 576^2 tiles of a 1024^2 image with a 63^2
+    kernel spent 0.3 ms (of 4.5) in the filter transform before any block
+    could start.
+    """
+
+    def __init__(self, w, geom, spectra=None, cache=True):
+        self.w, self.geom, self.cache = w, geom, cache
+        self.spectra = spectra
+        self.error = None
+        self.ready = threading.Event()
+        if spectra is not None:
+            self._publish(spectra)
+
+    def _publish(self, spectra):
+        spectra = np.ascontiguousarray(spectra)
+        self.spectra = spectra
+        self.w3 = spectra.reshape(spectra.shape[0], self.geom.k, -1).view(
+            self.geom.dtype)
+        self.ready.set()
+
+    def compute(self, slot):
+        """Compute them (worker ``slot``), unless given; never raises."""
+        if self.ready.is_set():
+            return
+        try:
+            spectra = weight_spectra(self.w, self.geom, slot)
+            if self.cache:
+                _store_weights(self.w, self.geom, spectra)
+            self._publish(spectra)
+        except BaseException as exc:   # re-raised by every waiting worker
+            self.error = exc
+            self.ready.set()
+
+    def get(self):
+        """The (Cg', K, 2F) real view, waiting for it if needed."""
+        self.ready.wait()
+        if self.error is not None:
+            raise self.error
+        return self.w3
+
+
+def _conv2d_tasks(x, weights, bias, geom):
+    """The FFT convolution as tasks over blocks of tiles (few channels).
+
+    ``weights`` is a :class:`_WeightSpectra`.
+    """
     blocks = task_blocks(geom)
-    workers = max(1, min(numba.get_num_threads(), len(blocks)))
+    n_workers = max(1, min(numba.get_num_threads(), len(blocks)))
     y = np.empty(geom.out_shape, dtype=geom.dtype)
     if bias is None:
         bias = np.zeros(geom.k, geom.dtype)
-    rows, cols = geom.rows, geom.cols
-    phase_info = (np.array(rows.residues, np.int64),
-                  np.array(cols.residues, np.int64), _untouched_lists(geom))
-    w_spec = np.ascontiguousarray(w_spec)
-    scratch = [_Scratch(geom, blocks[0]) for _ in range(workers)]
-    shapes = {(b.images, b.rows, b.cols): b for b in blocks}
-    plans = {(slot, key): _block_plans(geom, scratch[slot], b, slot)
-             for slot in range(workers) for key, b in shapes.items()}
+    phase_info = (np.array(geom.rows.residues, np.int64),
+                  np.array(geom.cols.residues, np.int64),
+                  _untouched_lists(geom))
+    workers = [_Worker(geom, blocks, slot) for slot in range(n_workers)]
     counter = itertools.count()
 
     def work(slot):
-        while True:
-            t = next(counter)
-            if t >= len(blocks):
-                return
-            b = blocks[t]
-            _run_block(x, w_spec, bias, y, geom, b, scratch[slot],
-                       plans[slot, (b.images, b.rows, b.cols)], phase_info)
+        if slot == 0:
+            weights.compute(slot)
+        worker = workers[slot]
+        with worker.bound():
+            for t in iter(counter.__next__, None):
+                if t >= len(blocks):
+                    return
+                worker.run(x, weights, bias, y, blocks[t], phase_info)
 
-    if workers == 1:
+    if n_workers == 1:
         work(0)
         return y
-    pool = _blas.thread_pool(workers - 1)
-    futures = [pool.submit(work, slot) for slot in range(1, workers)]
-    work(0)
-    for future in futures:
-        future.result()
+    pool = _blas.thread_pool(n_workers - 1)
+    futures = [pool.submit(work, slot) for slot in range(1, n_workers)]
+    try:
+        work(0)
+    finally:
+        for future in futures:
+            future.result()
     return y
 
 
@@ -1489,10 +1605,12 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, *, tile=None,
     geom = plan_geometry(x.shape, w.shape, tuple(stride), tuple(padding),
                          tuple(dilation), int(groups), x.dtype, tile,
                          freq_major)
+    if use_tasks(geom):
+        hit = _cached_weights(w, geom) if cache_weights else None
+        return _conv2d_tasks(x, _WeightSpectra(w, geom, hit, cache_weights),
+                             bias, geom)
     w_spec = (cached_weight_spectra(w, geom) if cache_weights
               else weight_spectra(w, geom))
-    if use_tasks(geom):
-        return _conv2d_tasks(x, w_spec, bias, geom)
     y = np.empty(geom.out_shape, dtype=x.dtype)
     xpad = padded_input(x, geom)
     for chunk in chunks(geom):
