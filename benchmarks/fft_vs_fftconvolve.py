@@ -1,45 +1,149 @@
 """FFT (weight transform included) vs scipy.signal.fftconvolve, 1024^2, odd k 9..63.
 
 Run: ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/fft_vs_fftconvolve.py``.
-A script, not an asv class: it prints issue 3's table from one process,
-contenders interleaved, median of 7 repeats.
+A script, not an asv class: it prints issue 3's table, contenders
+interleaved, median of ``--repeats`` repeats per kernel size.
+
+Where SciPy runs.  Whether ``fftconvolve``'s ~10 MB of temporaries per
+call (1024^2 image) are mapped afresh on every call depends on the
+process's heap history under glibc's malloc: after importing llvmlite
+(which Numba, so this package, loads) or torch, or after loading the
+arrays from an ``.npz``, every call took 2500-3600 minor page faults and
+ran 1.4-1.6x slower (13-16 ms instead of 9-10 ms on the Zen 4 VM); with
+only NumPy and SciPy imported and the arrays made in place, none.  So by
+default SciPy runs in a child process that imports only NumPy and SciPy,
+with ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` set so that
+freed memory is kept (0 faults per call, 9.6-9.9 ms): SciPy at its best.
+The child is driven over a pipe call by call and times its own calls, so
+the contenders stay interleaved.  ``--inline`` times SciPy in this process
+instead, as a user who imports both may see it.  This package's own calls
+took 0-100 faults each.
 """
-import time, numpy as np, scipy.signal, scipy.fft
-import kernels, threadpoolctl
-from kernels.cpu import fft as kfft
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+KERNELS = range(9, 64, 2)
+
+_CHILD = r"""
+import sys, time, numpy as np, scipy.signal, scipy.fft
+data = np.load(sys.argv[1])
+x = data["x"]
+def run(k, workers):
+    wf = data[f"wf{k}"]
+    with scipy.fft.set_workers(workers):
+        t0 = time.perf_counter()
+        scipy.signal.fftconvolve(x, wf, mode="same")
+        return time.perf_counter() - t0
+for line in sys.stdin:
+    k, workers = map(int, line.split())
+    print(repr(run(k, workers)), flush=True)
+"""
 
 
+class ChildPeer:
+    """fftconvolve in a child process: NumPy and SciPy only, memory kept."""
 
-def main():
+    def __init__(self, x, flipped):
+        self.dir = tempfile.TemporaryDirectory()
+        path = os.path.join(self.dir.name, "data.npz")
+        np.savez(path, x=x, **{f"wf{k}": w for k, w in flipped.items()})
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(2**27),
+                   MALLOC_TRIM_THRESHOLD_=str(2**28))
+        self.proc = subprocess.Popen([sys.executable, "-c", _CHILD, path],
+                                     stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True,
+                                     env=env)
+
+    def time(self, k, workers):
+        self.proc.stdin.write(f"{k} {workers}\n")
+        self.proc.stdin.flush()
+        return float(self.proc.stdout.readline())
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+        self.dir.cleanup()
+
+
+class InlinePeer:
+    """fftconvolve in this process."""
+
+    def __init__(self, x, flipped):
+        import scipy.fft
+        import scipy.signal
+        self.x, self.flipped = x, flipped
+        self.fft, self.signal = scipy.fft, scipy.signal
+
+    def time(self, k, workers):
+        with self.fft.set_workers(workers):
+            t0 = time.perf_counter()
+            self.signal.fftconvolve(self.x, self.flipped[k], mode="same")
+            return time.perf_counter() - t0
+
+    def close(self):
+        pass
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--inline", action="store_true",
+                        help="time SciPy in this process, not in a clean child")
+    args = parser.parse_args(argv)
+
+    import kernels
+    import threadpoolctl
+    from kernels.cpu import fft as kfft
+
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1024, 1024)).astype(np.float32)
-    x4 = x[None, None]
-    print("BLAS", [(d["internal_api"], d.get("architecture"), d["num_threads"]) for d in threadpoolctl.threadpool_info()])
+    weights = {k: rng.standard_normal((k, k)).astype(np.float32)
+               for k in KERNELS}
+    # convolve(x, w[::-1, ::-1]) == correlate(x, w), which conv2d computes.
+    flipped = {k: w[::-1, ::-1].copy() for k, w in weights.items()}
+    peer = (InlinePeer if args.inline else ChildPeer)(x, flipped)
+    print("BLAS", [(d["internal_api"], d.get("architecture"), d["num_threads"])
+                   for d in threadpoolctl.threadpool_info()])
+    print("SciPy runs", "in this process" if args.inline
+          else "in a child process (NumPy and SciPy only, freed memory kept)")
     ratios1, ratios2 = [], []
-    print(f"{'k':>3} {'ours ms':>8} {'scipy1 ms':>9} {'scipy2 ms':>9} {'x1':>6} {'x2':>6}")
-    for k in range(9, 64, 2):
-        w = rng.standard_normal((k, k)).astype(np.float32)
-        wf = w[::-1, ::-1].copy()          # convolve(x, wf) == correlate(x, w)
-        w4 = w[None, None]
-        pad = (k - 1) // 2
-        def ours():
-            kfft.clear_caches()            # the kernel transform is timed too
-            return kernels.conv2d(x4, w4, padding=pad, algorithm="fft")
-        def sc1():
-            return scipy.signal.fftconvolve(x, wf, mode="same")
-        def sc2():
-            with scipy.fft.set_workers(2):
-                return scipy.signal.fftconvolve(x, wf, mode="same")
-        fs = [ours, sc1, sc2]
-        for f in fs: f()                   # plans, compilation
-        times = {f: [] for f in fs}
-        for r in range(7):
-            for f in fs[r % 3:] + fs[:r % 3]:
-                t0 = time.perf_counter(); f(); times[f].append(time.perf_counter() - t0)
-        t = [np.median(times[f]) * 1e3 for f in fs]
-        ratios1.append(t[1] / t[0]); ratios2.append(t[2] / t[0])
-        print(f"{k:3d} {t[0]:8.2f} {t[1]:9.2f} {t[2]:9.2f} {t[1]/t[0]:6.2f} {t[2]/t[0]:6.2f}")
-    print(f"min ratio vs fftconvolve 1 worker {min(ratios1):.2f}, 2 workers {min(ratios2):.2f}; "
+    print(f"{'k':>3} {'ours ms':>8} {'scipy1 ms':>9} {'scipy2 ms':>9} "
+          f"{'x1':>6} {'x2':>6}")
+    x4 = x[None, None]
+    try:
+        for k in KERNELS:
+            w4 = weights[k][None, None]
+            pad = (k - 1) // 2
+
+            def ours():
+                kfft.clear_caches()        # the kernel transform is timed too
+                t0 = time.perf_counter()
+                kernels.conv2d(x4, w4, padding=pad, algorithm="fft")
+                return time.perf_counter() - t0
+
+            contenders = [ours, lambda: peer.time(k, 1),
+                          lambda: peer.time(k, 2)]
+            for f in contenders:           # plans, compilation
+                f()
+            times = [[] for _ in contenders]
+            for r in range(args.repeats):
+                for i in rng.permutation(len(contenders)):
+                    times[i].append(contenders[i]())
+            t = [np.median(ts) * 1e3 for ts in times]
+            ratios1.append(t[1] / t[0])
+            ratios2.append(t[2] / t[0])
+            print(f"{k:3d} {t[0]:8.2f} {t[1]:9.2f} {t[2]:9.2f} "
+                  f"{t[1] / t[0]:6.2f} {t[2] / t[0]:6.2f}", flush=True)
+    finally:
+        peer.close()
+    print(f"min ratio vs fftconvolve 1 worker {min(ratios1):.2f}, "
+          f"2 workers {min(ratios2):.2f}; "
           f"median {np.median(ratios1):.2f} / {np.median(ratios2):.2f}")
 
 

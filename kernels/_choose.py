@@ -27,8 +27,9 @@ DEFAULT_THRESHOLDS = {
     # Smallest kernel area (kH * kW) from which FFT beats the GEMM-based
     # algorithms for single-channel (C = K = 1) and multi-channel problems.
     # Single channel 1024^2 (convbench sweep, 2 cores): fft beats direct
-    # from k = 21 (quiet machine) or 23 (loaded) on.
-    "fft_min_area_single": 441,
+    # from k = 17 on (Zen 4, since fft runs few-channel problems as tasks;
+    # k = 15 a tie, 3.8 vs 3.9 ms; k = 21 before).
+    "fft_min_area_single": 289,
     # C = K = 64 at 56^2: fft beats direct and torch from k = 7 on.
     "fft_min_area_multi": 49,
     # Winograd for 3x3 stride-1 layers with at least this many channels ...

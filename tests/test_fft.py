@@ -774,3 +774,22 @@ def test_task_path_reraises_a_failed_weight_transform(monkeypatch):
     with pytest.raises(MemoryError, match="no room"):
         fft.conv2d(x, w, b, (1, 1), (2, 2, 2, 2), (1, 1), 1, tile=(24, 24),
                    cache_weights=False)
+
+
+def test_task_plans_are_reused_and_bounded(monkeypatch):
+    rng = np.random.default_rng(26)
+    fft.clear_caches(plans=True)
+    x, w, b = random_problem(rng, np.float32, n=1, c=1, k=1, hw=(64, 60),
+                             khw=(5, 5))
+    args = (b, (1, 1), (2, 2, 2, 2), (1, 1), 1)
+    first = fft.conv2d(x, w, *args, tile=(16, 16))
+    again = fft.conv2d(x, w, *args, tile=(16, 16))
+    np.testing.assert_array_equal(first, again)
+    info = fft.cache_info()
+    assert info["task_plans"] == 1 and info["task_plan_bytes"] > 0
+    monkeypatch.setattr(fft, "TASK_PLAN_BYTES", 1)
+    for tile in ((12, 12), (20, 20), (24, 16)):
+        check_against_reference(x, w, *args, tile=tile)
+    assert fft.cache_info()["task_plans"] == 1
+    fft.clear_caches(plans=True)
+    assert fft.cache_info()["task_plans"] == 0

@@ -405,6 +405,27 @@ def _tile_candidates(out, kq, many_channels):
     return np.array(cands + [single])
 
 
+def _task_tail_factor(n, t0, t1, g_rows, g_cols):
+    """Makespan of the task-parallel path relative to its work / threads.
+
+    With P threads pulling B blocks, the last block ends on average half a
+    block after the others, and a thread slowed down (this development VM
+    slows an idle vCPU for milliseconds) holds up the call by up to a
+    block: time ~ work/P + (work/B)(1 - 1/P), B ~ min(tiles, blocks per
+    thread x P).  Four 576^2 tiles of a 1024^2 image (k = 45..63) ran
+    1.07-1.2x slower than sixteen 320^2 ones, though the model's work is
+    10 % lower.
+    """
+    p = max(1, numba.config.NUMBA_NUM_THREADS)
+    b0 = np.where(t0 >= g_rows.out + g_rows.kq - 1, g_rows.out,
+                  t0 - g_rows.kq + 1)
+    b1 = np.where(t1 >= g_cols.out + g_cols.kq - 1, g_cols.out,
+                  t1 - g_cols.kq + 1)
+    tiles = n * np.ceil(g_rows.out / b0) * np.ceil(g_cols.out / b1)
+    blocks = np.minimum(tiles, max(1, TASKS_PER_THREAD * p))
+    return 1 + (p - 1) / blocks
+
+
 _TILE_CACHE = OrderedDict()
 
 
@@ -439,6 +460,8 @@ def choose_tile(x_shape, w_shape, stride, padding, dilation, groups,
     t1 = _tile_candidates(g_cols.out, g_cols.kq, many)[None, :]
     cost = _model_time(n, c * ph, cg * ph, k, groups, t0, t1, g_rows.kq,
                        g_cols.kq, g_rows.out, g_cols.out, itemsize)
+    if not many:
+        cost = cost * _task_tail_factor(n, t0, t1, g_rows, g_cols)
     i, j = np.unravel_index(np.argmin(cost), cost.shape)
     result = (int(t0[i, 0]), int(t1[0, j]))
     if len(_TILE_CACHE) >= 4096:
@@ -1079,16 +1102,22 @@ def clear_caches(plans=False):
     if plans:
         with _plans_lock:
             _plans.clear()
+        with _task_plans_lock:
+            _task_plans.clear()
         _TILE_CACHE.clear()
 
 
 def cache_info():
-    """Entries and bytes held by the weight-spectrum and plan caches."""
+    """Entries and bytes held by the weight-spectrum, plan and task caches."""
     with _weights_lock:
         nbytes = sum(a.nbytes + s.nbytes for a, s in _weights.values())
         entries = len(_weights)
+    with _task_plans_lock:
+        task_bytes = sum(p.nbytes for p in _task_plans.values())
+        tasks = len(_task_plans)
     return {"weight_entries": entries, "weight_bytes": nbytes,
-            "plans": len(_plans)}
+            "plans": len(_plans), "task_plans": tasks,
+            "task_plan_bytes": task_bytes}
 
 
 def _is_freq_major(a):
@@ -1540,26 +1569,75 @@ class _WeightSpectra:
         return self.w3
 
 
+class _TaskPlan:
+    """What the task path needs for one geometry, kept across calls.
+
+    The blocks, the phase tables and each worker slot's buffers and bound
+    plans: building them took ~0.15 ms per call (two workers), 4 % of a
+    1024^2 convolution.  A worker is only used inside its ``bound()``
+    (which holds its plans' locks), so concurrent calls of one geometry
+    take turns per slot.
+    """
+
+    def __init__(self, geom):
+        self.geom = geom
+        self.blocks = task_blocks(geom)
+        self.phase_info = (np.array(geom.rows.residues, np.int64),
+                           np.array(geom.cols.residues, np.int64),
+                           _untouched_lists(geom))
+        self._workers = {}
+        self._lock = threading.Lock()
+        self.nbytes = 0
+
+    def worker(self, slot):
+        with self._lock:
+            w = self._workers.get(slot)
+            if w is None:
+                w = self._workers[slot] = _Worker(self.geom, self.blocks, slot)
+                s = w.scratch
+                self.nbytes += sum(a.nbytes for a in {id(a): a for a in (
+                    s.window, s.x_spec, s.y_spec, s.tiles)}.values())
+            return w
+
+
+# Task plans kept (least recently used first out) while their buffers
+# total at most this many bytes.
+TASK_PLAN_BYTES = 64 * 2**20
+_task_plans = OrderedDict()
+_task_plans_lock = threading.Lock()
+
+
+def _task_plan(geom):
+    key = (geom, TASK_BYTES, TASKS_PER_THREAD, MIN_TASK_SECONDS)
+    with _task_plans_lock:
+        plan = _task_plans.get(key)
+        if plan is None:
+            plan = _task_plans[key] = _TaskPlan(geom)
+        _task_plans.move_to_end(key)
+        total = sum(p.nbytes for p in _task_plans.values())
+        while total > TASK_PLAN_BYTES and len(_task_plans) > 1:
+            _, old = _task_plans.popitem(last=False)
+            total -= old.nbytes
+    return plan
+
+
 def _conv2d_tasks(x, weights, bias, geom):
     """The FFT convolution as tasks over blocks of tiles (few channels).
 
     ``weights`` is a :class:`_WeightSpectra`.
     """
-    blocks = task_blocks(geom)
+    plan = _task_plan(geom)
+    blocks, phase_info = plan.blocks, plan.phase_info
     n_workers = max(1, min(numba.get_num_threads(), len(blocks)))
     y = np.empty(geom.out_shape, dtype=geom.dtype)
     if bias is None:
         bias = np.zeros(geom.k, geom.dtype)
-    phase_info = (np.array(geom.rows.residues, np.int64),
-                  np.array(geom.cols.residues, np.int64),
-                  _untouched_lists(geom))
-    workers = [_Worker(geom, blocks, slot) for slot in range(n_workers)]
     counter = itertools.count()
 
     def work(slot):
         if slot == 0:
             weights.compute(slot)
-        worker = workers[slot]
+        worker = plan.worker(slot)
         with worker.bound():
             for t in iter(counter.__next__, None):
                 if t >= len(blocks):
