@@ -4,22 +4,26 @@ Run: ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/fft_vs_fft
 A script, not an asv class: it prints issue 3's table, contenders
 interleaved, median of ``--repeats`` repeats per kernel size.
 
-Where SciPy runs.  Whether ``fftconvolve``'s ~10 MB of temporaries per
-call (1024^2 image) are mapped afresh on every call depends on the
-process's heap history under glibc's malloc: after importing llvmlite
-(which Numba, so this package, loads) or torch, or after loading the
-arrays from an ``.npz``, every call took 2500-3600 minor page faults and
-ran 1.4-1.6x slower (13-16 ms instead of 9-10 ms on the Zen 4 VM); with
-only NumPy and SciPy imported and the arrays made in place, none.  So by
-default SciPy runs in a child process that imports only NumPy and SciPy,
-with ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` set so that
-freed memory is kept (0 faults per call, 9.6-9.9 ms): SciPy at its best.
-The child is driven over a pipe call by call and times its own calls, so
-the contenders stay interleaved.  ``--inline`` times SciPy in this process
-instead, as a user who imports both may see it.  This package's own calls
-took 0-100 faults each.
+Where SciPy runs, and its memory.  Whether ``fftconvolve``'s ~10 MB of
+temporaries per call (1024^2 image) are mapped afresh on every call
+depends on the process's heap history under glibc's malloc: after
+importing llvmlite (which Numba, so this package, loads) or torch before
+the arrays were made, or after loading them from an ``.npz``, every call
+took 2500-3600 minor page faults and ran 1.4-1.6x slower (13-16 ms instead
+of 9-10 ms on the Zen 4 VM); in other processes none.  So, by default,
+the script first tells malloc to keep freed memory (``mallopt``
+M_MMAP_THRESHOLD 128 MiB, M_TRIM_THRESHOLD 256 MiB), which gave 0 faults
+per call: SciPy at its best, timed in this process, interleaved with ours.
+``--plain`` skips that (SciPy as a user who imports both may see it);
+``--child`` runs SciPy in a child process that imports only NumPy and
+SciPy (same malloc settings), driven over a pipe call by call: there each
+contender's process sleeps while the other runs, which on the 2-vCPU VM
+made the next call of our two-thread code 1.5-2x slower (a process that
+spun instead of sleeping did not), so it measures both sides after idling.
+This package's own calls took 0-100 faults each.
 """
 import argparse
+import ctypes
 import os
 import subprocess
 import sys
@@ -29,6 +33,20 @@ import time
 import numpy as np
 
 KERNELS = range(9, 64, 2)
+
+# glibc mallopt parameters: keep freed blocks below these sizes in the heap.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**27),
+               "MALLOC_TRIM_THRESHOLD_": str(2**28)}
+
+
+def keep_freed_memory():
+    """Ask glibc's malloc to recycle large blocks (no fresh mappings)."""
+    libc = ctypes.CDLL(None)
+    ok = (libc.mallopt(_M_MMAP_THRESHOLD, 2**27) == 1
+          and libc.mallopt(_M_TRIM_THRESHOLD, 2**28) == 1)
+    if not ok:
+        raise RuntimeError("mallopt failed (not glibc?): use --plain")
 
 _CHILD = r"""
 import sys, time, numpy as np, scipy.signal, scipy.fft
@@ -47,14 +65,13 @@ for line in sys.stdin:
 
 
 class ChildPeer:
-    """fftconvolve in a child process: NumPy and SciPy only, memory kept."""
+    """fftconvolve in a child process with only NumPy and SciPy."""
 
-    def __init__(self, x, flipped):
+    def __init__(self, x, flipped, keep_memory=True):
         self.dir = tempfile.TemporaryDirectory()
         path = os.path.join(self.dir.name, "data.npz")
         np.savez(path, x=x, **{f"wf{k}": w for k, w in flipped.items()})
-        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(2**27),
-                   MALLOC_TRIM_THRESHOLD_=str(2**28))
+        env = dict(os.environ, **(_MALLOC_ENV if keep_memory else {}))
         self.proc = subprocess.Popen([sys.executable, "-c", _CHILD, path],
                                      stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True,
@@ -74,7 +91,7 @@ class ChildPeer:
 class InlinePeer:
     """fftconvolve in this process."""
 
-    def __init__(self, x, flipped):
+    def __init__(self, x, flipped, keep_memory=True):
         import scipy.fft
         import scipy.signal
         self.x, self.flipped = x, flipped
@@ -93,9 +110,13 @@ class InlinePeer:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--inline", action="store_true",
-                        help="time SciPy in this process, not in a clean child")
+    parser.add_argument("--plain", action="store_true",
+                        help="leave malloc's settings alone")
+    parser.add_argument("--child", action="store_true",
+                        help="time SciPy in a child process")
     args = parser.parse_args(argv)
+    if not args.plain:
+        keep_freed_memory()
 
     import kernels
     import threadpoolctl
@@ -107,11 +128,13 @@ def main(argv=None):
                for k in KERNELS}
     # convolve(x, w[::-1, ::-1]) == correlate(x, w), which conv2d computes.
     flipped = {k: w[::-1, ::-1].copy() for k, w in weights.items()}
-    peer = (InlinePeer if args.inline else ChildPeer)(x, flipped)
+    peer = (ChildPeer if args.child else InlinePeer)(
+        x, flipped, keep_memory=not args.plain)
     print("BLAS", [(d["internal_api"], d.get("architecture"), d["num_threads"])
                    for d in threadpoolctl.threadpool_info()])
-    print("SciPy runs", "in this process" if args.inline
-          else "in a child process (NumPy and SciPy only, freed memory kept)")
+    print("SciPy runs", "in a child process" if args.child
+          else "in this process", "with malloc's settings",
+          "untouched" if args.plain else "keeping freed memory")
     ratios1, ratios2 = [], []
     print(f"{'k':>3} {'ours ms':>8} {'scipy1 ms':>9} {'scipy2 ms':>9} "
           f"{'x1':>6} {'x2':>6}")
