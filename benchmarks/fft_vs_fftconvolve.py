@@ -23,7 +23,6 @@ spun instead of sleeping did not), so it measures both sides after idling.
 This package's own calls took 0-100 faults each.
 """
 import argparse
-import ctypes
 import os
 import subprocess
 import sys
@@ -32,21 +31,15 @@ import time
 
 import numpy as np
 
+from convbench.machine import (KEPT_MMAP_THRESHOLD, KEPT_TRIM_THRESHOLD,
+                               keep_freed_memory)
+
 KERNELS = range(9, 64, 2)
 
-# glibc mallopt parameters: keep freed blocks below these sizes in the heap.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**27),
-               "MALLOC_TRIM_THRESHOLD_": str(2**28)}
+# The same thresholds for a child process, through glibc's environment.
+_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(KEPT_MMAP_THRESHOLD),
+               "MALLOC_TRIM_THRESHOLD_": str(KEPT_TRIM_THRESHOLD)}
 
-
-def keep_freed_memory():
-    """Ask glibc's malloc to recycle large blocks (no fresh mappings)."""
-    libc = ctypes.CDLL(None)
-    ok = (libc.mallopt(_M_MMAP_THRESHOLD, 2**27) == 1
-          and libc.mallopt(_M_TRIM_THRESHOLD, 2**28) == 1)
-    if not ok:
-        raise RuntimeError("mallopt failed (not glibc?): use --plain")
 
 _CHILD = r"""
 import sys, time, numpy as np, scipy.signal, scipy.fft
@@ -115,8 +108,8 @@ def main(argv=None):
     parser.add_argument("--child", action="store_true",
                         help="time SciPy in a child process")
     args = parser.parse_args(argv)
-    if not args.plain:
-        keep_freed_memory()
+    if not args.plain and not keep_freed_memory():
+        raise SystemExit("mallopt failed (not glibc?): use --plain")
 
     import kernels
     import threadpoolctl

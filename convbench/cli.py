@@ -173,6 +173,10 @@ def build_parser():
     sw.add_argument("--peer-time-limit", type=float, default=2.0, metavar="S",
                     help="skip a SciPy peer whose estimated time per call is "
                          "above S seconds (default 2)")
+    sw.add_argument("--malloc-default", action="store_true",
+                    help="leave glibc malloc's thresholds alone (default: "
+                         "keep freed memory, so that no contender page-faults "
+                         "its temporaries afresh on every call)")
     sw.add_argument("--seed", type=int, default=0)
     sw.add_argument("--json", metavar="PATH",
                     help="write results, crossovers and machine info as JSON")
@@ -303,7 +307,8 @@ def cmd_sweep(args, parser):
         repeats=args.repeats, check=not args.no_check,
         check_batch=args.check_batch, check_macs=args.check_macs,
         peer_time_limit=args.peer_time_limit, seed=args.seed,
-        progress=not args.no_progress)
+        progress=not args.no_progress,
+        keep_freed_memory=not args.malloc_default)
     print(_header(cases, config), flush=True)
     result = sweep.run_sweep(cases, config)
     try:
@@ -311,7 +316,8 @@ def cmd_sweep(args, parser):
         threads = f"numba {numba.get_num_threads()} threads"
     except ImportError:  # pragma: no cover - a dependency
         threads = ""
-    print(f"# {threads}; BLAS: {blas_summary()}")
+    from .machine import malloc_state
+    print(f"# {threads}; BLAS: {blas_summary()}; malloc: {malloc_state()}")
     print(sweep.format_table(result))
     crossovers = sweep.format_crossovers(result)
     if crossovers:

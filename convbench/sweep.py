@@ -82,6 +82,9 @@ class SweepConfig:
     peer_time_limit: float = 2.0  # seconds per call, estimated, SciPy peers
     seed: int = 0
     progress: bool = True
+    # glibc malloc keeps freed memory (machine.keep_freed_memory): peers'
+    # large temporaries are not page-faulted afresh on every call.
+    keep_freed_memory: bool = True
 
 
 @dataclass
@@ -532,6 +535,9 @@ def run_sweep(cases, config):
     contenders = list(config.algorithms) + list(config.peers)
     if not contenders:
         raise ValueError("nothing to run: no algorithms and no peers")
+    if config.keep_freed_memory:
+        from .machine import keep_freed_memory
+        keep_freed_memory()
     dtype = np.dtype(config.dtype)
     result = SweepResult(config=_config_dict(config), cases=list(cases),
                          measurements=[])

@@ -625,3 +625,28 @@ def test_auto_follows_a_rewritten_calibration_file(monkeypatch, tmp_path):
     save_thresholds({**big, "im2col_max_area": 1, "fft_min_area_multi": 10**6},
                     path=path)
     assert kernels.choose_algorithm(*problem) == "direct"
+
+
+def test_keep_freed_memory_stops_fresh_mappings_of_large_temporaries():
+    # A 64 MiB temporary made and freed in a loop: above glibc's largest
+    # dynamic mmap threshold (32 MiB), so by default it is mapped and
+    # page-faulted afresh every time (544 faults with transparent huge
+    # pages on the development VM, 16384 without); with the fixed
+    # thresholds it is recycled.
+    resource = pytest.importorskip("resource")
+    from convbench import machine
+    if not machine.keep_freed_memory():
+        pytest.skip("no glibc mallopt")
+    assert machine.malloc_state().startswith("freed memory kept")
+    assert machine.machine_info(measure=False)["malloc"] == machine.malloc_state()
+
+    def churn():
+        a = np.ones(1 << 24, np.float32)      # 64 MiB, written
+        return float(a[-1])
+
+    churn()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        churn()
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10
+    assert faults < 50, f"{faults:.0f} page faults per 64 MiB temporary"
