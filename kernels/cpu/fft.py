@@ -75,12 +75,23 @@ fastest length >= n): this rule is 1.08x slower than the best on average
 243 are slow), 7-smooth 1.33x and 5-smooth (``scipy.fft.next_fast_len``)
 1.27x (worst 2.9x: 1125 = 3^2 5^3 and 1215 = 3^5 5 are slow).
 
+Two execution paths.  With many channels (the BLAS contraction) the four
+stages run one after the other over chunks of tiles, each stage spread
+over the threads (FFTW's threads, prange, BLAS GEMMs split over Python
+threads).  With few channels (the frequency-lane contraction),
+:func:`conv2d` cuts the tiles into blocks (:func:`task_blocks`) that
+Python threads pull from a shared counter, running every stage of a block
+single-threaded (see "Task-parallel path" below): on the 2-vCPU
+development VM that was 1.0-2x faster, chiefly because each staged step
+waited for the slower thread.
+
 Plans and threads: pyFFTW plans are cached (keyed on array layouts, axes,
-direction, threads and effort); FFTW_MEASURE for large transforms and
-FFTW_ESTIMATE for small ones by default (:func:`set_planner_effort`,
-environment variable ``CONVBENCH_FFTW_EFFORT``).  Transforms use ``numba.get_num_threads()``
-threads when large enough to pay for waking them
-(``_MIN_POINTS_PER_THREAD``); the per-frequency BLAS GEMMs run
+direction, threads, effort and task-worker slot); FFTW_MEASURE for large
+transforms and FFTW_ESTIMATE for small ones by default
+(:func:`set_planner_effort`, environment variable
+``CONVBENCH_FFTW_EFFORT``).  Staged transforms use
+``numba.get_num_threads()`` threads when large enough to pay for waking
+them (``_MIN_POINTS_PER_THREAD``); the per-frequency BLAS GEMMs run
 single-threaded, split over that many Python threads.
 
 Not thread-safe to call concurrently with different planner efforts;
@@ -107,7 +118,8 @@ from . import _blas
 
 __all__ = [
     "conv2d", "unsupported_reason", "fast_length", "FFTGeometry",
-    "AxisGeometry", "Chunk", "plan_geometry", "choose_tile", "chunks",
+    "AxisGeometry", "Chunk", "Block", "plan_geometry", "choose_tile",
+    "chunks", "task_blocks", "use_tasks",
     "padded_input", "input_spectra", "weight_spectra",
     "cached_weight_spectra", "contract", "inverse", "clear_caches",
     "cache_info", "set_planner_effort", "get_planner_effort",
