@@ -364,23 +364,31 @@ def _fft_cost(t0, t1):
     return points * np.log2(np.maximum(points, 2))
 
 
+def _tiles_per_image(t0, t1, kq0, kq1, out0, out1):
+    """Tiles of t0 x t1 (arrays) covering an out0 x out1 output."""
+    b0 = np.where(t0 >= out0 + kq0 - 1, out0, t0 - kq0 + 1)
+    b1 = np.where(t1 >= out1 + kq1 - 1, out1, t1 - kq1 + 1)
+    return np.ceil(out0 / b0) * np.ceil(out1 / b1)
+
+
+def _transform_seconds(t0, t1):
+    """Modelled single-thread seconds of one t0 x t1 real transform."""
+    return _fft_cost(t0, t1) * _SEC_PER_FFT_FLOP + _SEC_PER_TRANSFORM
+
+
 def _model_time(n, c_in, cg_in, k, groups, t0, t1, kq0, kq1, out0, out1,
                 itemsize, chunk_bytes=None):
     """Modelled seconds of the FFT convolution with tiles t0 x t1 (arrays).
 
     c_in and cg_in count the input channels after the phase split.
     """
-    b0 = np.where(t0 >= out0 + kq0 - 1, out0, t0 - kq0 + 1)
-    b1 = np.where(t1 >= out1 + kq1 - 1, out1, t1 - kq1 + 1)
-    tiles = np.ceil(out0 / b0) * np.ceil(out1 / b1)
-    m = n * tiles
+    m = n * _tiles_per_image(t0, t1, kq0, kq1, out0, out1)
     freqs = t0 * (t1 // 2 + 1)
     kg = k // groups
     csize = 2 * itemsize
     # The weight transforms only run over the kq0 non-zero rows first.
     transforms = m * c_in + 0.6 * k * cg_in + m * k
-    fft = transforms * (_fft_cost(t0, t1) * _SEC_PER_FFT_FLOP
-                        + _SEC_PER_TRANSFORM)
+    fft = transforms * _transform_seconds(t0, t1)
     blas = (cg_in * kg >= _BLAS_MIN_CK) & (m >= _BLAS_MIN_ROWS)
     cmacs = freqs * m * cg_in * k
     weight_bytes = freqs * cg_in * k * csize
@@ -429,11 +437,8 @@ def _task_tail_factor(n, t0, t1, g_rows, g_cols):
     10 % lower.
     """
     p = max(1, numba.config.NUMBA_NUM_THREADS)
-    b0 = np.where(t0 >= g_rows.out + g_rows.kq - 1, g_rows.out,
-                  t0 - g_rows.kq + 1)
-    b1 = np.where(t1 >= g_cols.out + g_cols.kq - 1, g_cols.out,
-                  t1 - g_cols.kq + 1)
-    tiles = n * np.ceil(g_rows.out / b0) * np.ceil(g_cols.out / b1)
+    tiles = n * _tiles_per_image(t0, t1, g_rows.kq, g_cols.kq, g_rows.out,
+                                 g_cols.out)
     blocks = np.minimum(tiles, max(1, TASKS_PER_THREAD * p))
     return 1 + (p - 1) / blocks
 
@@ -908,29 +913,26 @@ def _untouched(axis, phase):
 
 def _zero_untouched(xpad, geom):
     """Zero the inputs that no output reads (see :func:`_untouched`)."""
-    rows, cols = geom.rows, geom.cols
-    p0n, p1n = len(rows.residues), len(cols.residues)
-    n, _, hq, wq = xpad.shape
-    six = xpad.reshape(n, geom.c, p0n, p1n, hq, wq)
-    for p0 in range(p0n):
-        idx = _untouched(rows, p0)
-        if idx.size:
-            six[:, :, p0, :, idx, :] = 0
-    for p1 in range(p1n):
-        idx = _untouched(cols, p1)
-        if idx.size:
-            six[:, :, :, p1, :, idx] = 0
+    _zero_untouched_window(xpad, geom, 0, 0, _untouched_lists(geom))
+
+
+def _overlapping_tiles(base, geom, rows, cols):
+    """(images, rows, cols, C', t0, t1) read-only view of the tile windows.
+
+    ``base`` is padded input (images, C', H', W') whose element (0, 0) is
+    where the first tile starts; windows step by the outputs per tile.
+    """
+    sn, sc, sh, sw = base.strides
+    return as_strided(base, (base.shape[0], rows, cols, geom.channels,
+                             geom.rows.t, geom.cols.t),
+                      (sn, geom.rows.b * sh, geom.cols.b * sw, sc, sh, sw),
+                      writeable=False)
 
 
 def _tile_view(xpad, geom, chunk):
     """(images, rows, tiles_cols, C', t0, t1) overlapping view of xpad."""
-    rows, cols = geom.rows, geom.cols
-    sn, sc, sh, sw = xpad.strides
-    base = xpad[chunk.n0:chunk.n0 + chunk.images, :, chunk.i0 * rows.b:]
-    return as_strided(base, (chunk.images, chunk.rows, cols.tiles,
-                             geom.channels, rows.t, cols.t),
-                      (sn, rows.b * sh, cols.b * sw, sc, sh, sw),
-                      writeable=False)
+    base = xpad[chunk.n0:chunk.n0 + chunk.images, :, chunk.i0 * geom.rows.b:]
+    return _overlapping_tiles(base, geom, chunk.rows, geom.cols.tiles)
 
 
 def input_spectra(x, geom, chunk=None, xpad=None):
@@ -1336,10 +1338,7 @@ def _per_tile_bytes(geom):
 
 def _per_tile_seconds(geom):
     """Modelled single-thread time of one tile's transforms."""
-    t0, t1 = geom.tile_shape
-    transforms = geom.channels + geom.k
-    return transforms * (float(_fft_cost(t0, t1)) * _SEC_PER_FFT_FLOP
-                         + _SEC_PER_TRANSFORM)
+    return (geom.channels + geom.k) * float(_transform_seconds(*geom.tile_shape))
 
 
 def task_blocks(geom):
@@ -1384,7 +1383,7 @@ class _Scratch:
         t0, t1 = geom.tile_shape
         f0, f1h = geom.spectrum_shape
         m, c, k = block.tiles, geom.channels, geom.k
-        rows, cols = _window(geom, block)
+        rows, cols = _window(geom, block.rows, block.cols)
         per_row = _ROW_ALIGN_BYTES // geom.dtype.itemsize
         self.width = -(-cols // per_row) * per_row
         self.window = _empty(block.images * c * rows * self.width, geom.dtype)
@@ -1392,6 +1391,8 @@ class _Scratch:
         self.y_spec = (self.x_spec if c == 1 and k == 1
                        else _empty(m * k * f0 * f1h, geom.complex_dtype))
         self.tiles = _empty(m * k * t0 * t1, geom.dtype)
+        self.nbytes = sum(a.nbytes for a in {id(a): a for a in (
+            self.window, self.x_spec, self.y_spec, self.tiles)}.values())
 
     def views(self, geom, shape):
         """(window, tile view, X, Y, output tiles) for blocks of ``shape``.
@@ -1403,13 +1404,10 @@ class _Scratch:
         t0, t1 = geom.tile_shape
         f0, f1h = geom.spectrum_shape
         m, c, k = images * n_rows * n_cols, geom.channels, geom.k
-        rows = (n_rows - 1) * geom.rows.b + t0
+        rows = _window(geom, n_rows, n_cols)[0]
         window = self.window[:images * c * rows * self.width].reshape(
             images, c, rows, self.width)
-        sn, sc, sh, sw = window.strides
-        tiles = as_strided(window, (images, n_rows, n_cols, c, t0, t1),
-                           (sn, geom.rows.b * sh, geom.cols.b * sw, sc, sh,
-                            sw), writeable=False)
+        tiles = _overlapping_tiles(window, geom, n_rows, n_cols)
         x_spec = self.x_spec[:m * c * f0 * f1h].reshape(
             (images, n_rows, n_cols, c, f0, f1h))
         y_spec = self.y_spec[:m * k * f0 * f1h].reshape(m, k, f0, f1h)
@@ -1417,15 +1415,14 @@ class _Scratch:
         return window, tiles, x_spec, y_spec, z
 
 
-def _window(geom, block):
-    """Rows and columns of the padded input that ``block``'s tiles read."""
+def _window(geom, n_rows, n_cols):
+    """Rows and columns of padded input that n_rows x n_cols tiles read."""
     rows, cols = geom.rows, geom.cols
-    return ((block.rows - 1) * rows.b + rows.t,
-            (block.cols - 1) * cols.b + cols.t)
+    return ((n_rows - 1) * rows.b + rows.t, (n_cols - 1) * cols.b + cols.t)
 
 
 class _Worker:
-    """One task thread's buffers, plans and views for one call.
+    """One task worker slot's buffers, plans and views (kept per geometry).
 
     Each block shape gets the views of this worker's scratch and the
     worker slot's forward and inverse plans; :meth:`bound` holds the plans
@@ -1547,7 +1544,6 @@ class _WeightSpectra:
 
     def __init__(self, w, geom, spectra=None, cache=True):
         self.w, self.geom, self.cache = w, geom, cache
-        self.spectra = spectra
         self.error = None
         self.ready = threading.Event()
         if spectra is not None:
@@ -1555,7 +1551,6 @@ class _WeightSpectra:
 
     def _publish(self, spectra):
         spectra = np.ascontiguousarray(spectra)
-        self.spectra = spectra
         self.w3 = spectra.reshape(spectra.shape[0], self.geom.k, -1).view(
             self.geom.dtype)
         self.ready.set()
@@ -1606,9 +1601,7 @@ class _TaskPlan:
             w = self._workers.get(slot)
             if w is None:
                 w = self._workers[slot] = _Worker(self.geom, self.blocks, slot)
-                s = w.scratch
-                self.nbytes += sum(a.nbytes for a in {id(a): a for a in (
-                    s.window, s.x_spec, s.y_spec, s.tiles)}.values())
+                self.nbytes += w.scratch.nbytes
             return w
 
 
