@@ -1,0 +1,121 @@
+"""One bounded cache of transformed filters, shared by every algorithm.
+
+Winograd's kernel transform and FFT's filter spectra cost far more than
+comparing the filter with a stored copy (~100x), and a network calls each
+layer with the same filter again and again.  An entry is found by the
+filter array's address, shape, strides and dtype plus the algorithm's own
+key (tile, FFT geometry, groups, tuning), and used only if the stored copy
+equals the filter **bit for bit**: in-place changes are always seen, and
+``-0.0``/``0.0`` or two NaN payloads count as different filters (a
+by-value comparison would reuse a transform of other bits, and NaN never
+compares equal by value, so NaN filters were transformed on every call).
+
+The cache is bounded in entries and bytes; the least recently used go
+first.  It is thread-safe; two threads that miss at once both transform
+(the result is the same) and one entry is kept.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+__all__ = ["WeightTransformCache", "same_bits", "transformed_weights"]
+
+
+def same_bits(a, b):
+    """True when ``a`` and ``b`` have the same shape, dtype and bits."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    as_int = np.dtype(f"u{a.dtype.itemsize}")
+    return bool(np.array_equal(np.ascontiguousarray(a).view(as_int),
+                               np.ascontiguousarray(b).view(as_int)))
+
+
+class WeightTransformCache:
+    """Transforms of recently used filters, keyed by array and algorithm.
+
+    Parameters
+    ----------
+    max_entries : int
+    max_bytes : int
+        Bound on the stored copies plus the transforms' ``nbytes``; a
+        transform larger than this on its own is returned, not stored.
+    """
+
+    def __init__(self, max_entries=32, max_bytes=256 * 2**20):
+        self.max_entries = int(max_entries)
+        self.max_bytes = int(max_bytes)
+        self._entries = OrderedDict()       # key -> (copy of w, transform)
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(w, kind, key):
+        return (kind, w.__array_interface__["data"][0], w.shape, w.strides,
+                w.dtype.str, key)
+
+    @staticmethod
+    def _size(entry):
+        own, value = entry
+        return own.nbytes + int(value.nbytes)
+
+    def get(self, w, kind, key, transform):
+        """``transform(copy of w)``, or the stored result for these bits.
+
+        ``kind`` names the algorithm (``"winograd"``, ``"fft"``), ``key``
+        is hashable and holds everything else the transform depends on.
+        ``transform`` receives a private read-only copy of ``w`` (which it
+        may keep a reference to) and returns an object with ``nbytes``.
+        """
+        full_key = self._key(w, kind, key)
+        with self._lock:
+            hit = self._entries.get(full_key)
+        if hit is not None and same_bits(hit[0], w):
+            with self._lock:
+                if full_key in self._entries:
+                    self._entries.move_to_end(full_key)
+            return hit[1]
+        own = np.array(w, copy=True, order="C")
+        own.setflags(write=False)
+        value = transform(own)
+        entry = (own, value)
+        if self._size(entry) <= self.max_bytes:
+            with self._lock:
+                self._entries[full_key] = entry
+                self._evict()
+        return value
+
+    def _evict(self):
+        total = sum(self._size(e) for e in self._entries.values())
+        while self._entries and (len(self._entries) > self.max_entries
+                                 or total > self.max_bytes):
+            _, old = self._entries.popitem(last=False)
+            total -= self._size(old)
+
+    def clear(self, kind=None):
+        """Forget every entry, or only those of algorithm ``kind``."""
+        with self._lock:
+            if kind is None:
+                self._entries.clear()
+                return
+            for full_key in [k for k in self._entries if k[0] == kind]:
+                del self._entries[full_key]
+
+    def count(self, kind=None):
+        """Entries held, in all or of algorithm ``kind``."""
+        with self._lock:
+            return sum(1 for k in self._entries if kind is None or k[0] == kind)
+
+    def nbytes(self, kind=None):
+        with self._lock:
+            return sum(self._size(e) for k, e in self._entries.items()
+                       if kind is None or k[0] == kind)
+
+    def __len__(self):
+        return self.count()
+
+
+# The process's cache, used by every backend's Winograd and FFT.
+transformed_weights = WeightTransformCache()

@@ -1,0 +1,280 @@
+"""Tunables of the CPU backend, one frozen dataclass per algorithm.
+
+Every number here was measured; the comment beside it says where.  The
+kernels never read a module global for these: a public entry point takes
+:func:`current` once and passes the algorithm's record down explicitly,
+and every cache whose content depends on a tunable has the record in its
+key, so a change is always seen.  Tests and benchmarks change them with
+:func:`override`, not by patching module attributes::
+
+    from kernels.cpu import _tuning
+    with _tuning.override(fft=dict(chunk_bytes=1)):
+        kernels.conv2d(x, w, algorithm="fft")
+
+The setting is a :mod:`contextvars` variable: it holds in the calling
+thread (and asyncio task); worker threads receive the record from their
+caller.
+
+``AUTO_THRESHOLDS`` are ``algorithm="auto"``'s defaults on this backend
+(a calibration file for this backend and machine overrides them, see
+:mod:`kernels._calibration`).
+
+Measurements: a 2-vCPU AMD EPYC Zen 4 KVM guest (1 MiB L2 per core,
+32 MiB L3, AVX-512, OpenBLAS SkylakeX) unless a comment says otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import glob
+import os
+from dataclasses import dataclass
+
+__all__ = ["AUTO_THRESHOLDS", "BlasTuning", "DirectTuning", "Im2colTuning",
+           "WinogradTuning", "FFTTuning", "TransposedTuning", "CpuTuning",
+           "current", "defaults", "override", "set_defaults",
+           "block_shape_threads"]
+
+
+def block_shape_threads():
+    """The thread count that fixes block and piece shapes.
+
+    The process's maximum (``NUMBA_NUM_THREADS``), never the current
+    ``numba.get_num_threads()``: block shapes set the M of BLAS calls and
+    the order of sums, so shapes that followed ``set_num_threads`` made
+    results depend on it (Winograd on the Zen 4: 38 % of outputs differed
+    in the last digits).
+    """
+    import numba
+    return max(1, int(numba.config.NUMBA_NUM_THREADS))
+
+
+def _l2_bytes(default=1 << 20):
+    """Per-core L2 cache size from Linux's sysfs, or ``default``."""
+    for index in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
+        try:
+            with open(index + "/level") as f:
+                level = f.read().strip()
+            with open(index + "/type") as f:
+                kind = f.read().strip()
+            with open(index + "/size") as f:
+                size = f.read().strip()
+        except OSError:
+            continue
+        if level == "2" and kind in ("Unified", "Data") and size.endswith("K"):
+            return int(size[:-1]) * 1024
+    return default
+
+
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
+SCRATCH_ENV_VAR = "CONVBENCH_IM2COL_SCRATCH"
+
+
+def parse_nbytes(text, name=SCRATCH_ENV_VAR):
+    """Bytes from '67108864', '64M', '64MiB', '1G' (binary units)."""
+    s = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = s[-1:] if s[-1:] in ("K", "M", "G") else ""
+    number = s[: len(s) - len(unit)].strip()
+    try:
+        return int(float(number) * _UNITS[unit])
+    except ValueError:
+        raise ValueError(
+            f"{name}={text!r} is not a size in bytes; use e.g. 67108864, "
+            f"64M or 1G") from None
+
+
+def _default_scratch():
+    text = os.environ.get(SCRATCH_ENV_VAR)
+    return parse_nbytes(text) if text else 64 * 2**20
+
+
+# --------------------------------------------------------------------------
+# algorithm="auto"
+# --------------------------------------------------------------------------
+
+AUTO_THRESHOLDS = {
+    # Below this many multiply-adds per image the fast algorithms' set-up
+    # costs more than they save: use direct.
+    "direct_max_macs": 2.0e6,
+    # Smallest kernel area (kH * kW) from which FFT beats the GEMM-based
+    # algorithms for single-channel (C = K = 1) and multi-channel problems.
+    # Single channel 1024^2 (convbench sweep, 2 cores): fft beats direct
+    # from k = 17 on (since fft runs few-channel problems as tasks; k = 15
+    # a tie, 3.8 vs 3.9 ms; k = 21 before).
+    "fft_min_area_single": 289,
+    # C = K = 64 at 56^2: fft beats direct and torch from k = 7 on.
+    "fft_min_area_multi": 49,
+    # Winograd for 3x3 stride-1 layers with at least this many channels ...
+    "winograd_min_channels": 16,
+    # ... on images of at least this many pixels (H * W).  ResNet-50's 3x3
+    # layers at batch 4 (two machines): Winograd beat im2col at 56^2 and
+    # 28^2 and lost at 14^2 (0.84x) and 7^2 (0.42x), where a few tiles per
+    # image meet a large transformed filter.
+    "winograd_min_pixels": 400,
+    # im2col only when each group has at least this many output channels ...
+    "im2col_min_out_channels": 8,
+    # ... and kernels of at most this area (kH * kW); larger ones run
+    # direct.  With im2col's BLAS serial and direct reading its weights in
+    # place, direct beat im2col at every k >= 3 (C = K = 16..256 at
+    # 14^2..64^2, 1.2-4.7x; ResNet-50's 3x3 layers 1.2-2.1x, conv1 7x7/2
+    # 1.8x); im2col won the 1x1 layers (a plain GEMM, 1.1-1.5x).
+    "im2col_max_area": 1,
+}
+
+
+# --------------------------------------------------------------------------
+# Per-algorithm records
+# --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BlasTuning:
+    # A product is split into column pieces of at least this many columns
+    # (and a multiple of 16, one 64-byte line of float32) ...
+    min_piece_columns: int = 64
+    # ... when it has at least this many multiply-adds; below, handing a
+    # piece to another thread (~20 us) costs more than it saves.
+    min_parallel_macs: int = 1 << 21
+
+
+@dataclass(frozen=True)
+class DirectTuning:
+    # Multiply-adds up to which the whole convolution runs on one thread.
+    # C = K = 16 at 28^2 (1.8 M multiply-adds): serial 63 us; parallel
+    # 50 us right after another launch, 250-270 us when the other worker
+    # had gone to sleep (waking a halted virtual CPU), the usual case
+    # between the layers of a small network.
+    serial_max_macs: int = 2_000_000
+
+
+@dataclass(frozen=True)
+class Im2colTuning:
+    # Most scratch (patch matrix of one chunk, plus its GEMM result when
+    # images are merged) one call may allocate; $CONVBENCH_IM2COL_SCRATCH
+    # sets the default ('64M', '1G', bytes).
+    scratch_limit: int = dataclasses.field(default_factory=_default_scratch)
+    # Images with fewer output positions than this are merged into one
+    # GEMM (batch 4, ResNet-50 3x3 layers: 512 ch at 7x7 15 % faster
+    # merged, 256 ch at 14x14 4 %, larger maps unchanged).
+    merge_below_positions: int = 512
+    # Preferred scratch of one chunk: still in L3 when the GEMM reads it,
+    # large enough to amortise the chunk's synchronisation.  ms for 4 / 8
+    # / 16 / 64 MiB: ResNet-50 64@56^2 batch 4 4.41 / 3.53 / 3.51 / 3.50;
+    # 1-D 10^6 samples, C = K = 16, k = 9: 63 / 35 / 38 / 58.
+    cache_target_bytes: int = 8 * 2**20
+    # ... while the GEMM keeps at least this many columns.
+    min_gemm_columns: int = 256
+    # Parallel gather tasks: at least this many, none shorter than
+    # min_positions_per_task output positions.
+    min_tasks: int = 64
+    min_positions_per_task: int = 1024
+
+
+@dataclass(frozen=True)
+class WinogradTuning:
+    # Scratch per parallel job, bytes: half the core's L2, leaving the rest
+    # to the packed GEMM operands (ResNet-50 128@28^2, batch 4, F(4,3):
+    # 512 KiB best on the 1 MiB-L2 Zen 4; on a 2 MiB-L2 Xeon 1 MiB blocks
+    # ran 5.1-5.3 ms, 512 KiB 6.0-6.2 ms).
+    block_budget: int = dataclasses.field(
+        default_factory=lambda: max(256 * 1024, min(4 << 20, _l2_bytes() // 2)))
+    # Transformed filters up to this size run the fused path.
+    fused_max_u_bytes: int = 4 * 2**20
+    transform_budget: int = 256 * 1024
+    # Tuple GEMMs with fewer rows (tiles) than this fall back ...
+    min_gemm_rows: int = 32
+    min_gemm_rows_large_u: int = 128
+
+
+@dataclass(frozen=True)
+class FFTTuning:
+    # Tiles per chunk of the staged path keep the chunk's spectra (input
+    # and output) below this: bounded memory, spectra in the LLC between
+    # stages.
+    chunk_bytes: int = 16 * 2**20
+    # Task path (few channels): a block's buffers fit in this ...
+    task_bytes: int = 1 << 20
+    # ... at least this many blocks per thread (block_shape_threads()) ...
+    tasks_per_thread: int = 4
+    # ... unless a block would hold less modelled work than this
+    # (seconds; a block costs ~20 us of Python on top).
+    min_task_seconds: float = 100e-6
+    # Task plans (blocks, phase tables, worker buffers, bound FFTW plans)
+    # kept while their buffers total at most this.
+    task_plan_bytes: int = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class TransposedTuning:
+    # Bound on the im2col column matrix of one band; None: im2col's
+    # scratch limit.
+    scratch_limit: int | None = None
+
+
+@dataclass(frozen=True)
+class CpuTuning:
+    blas: BlasTuning = BlasTuning()
+    direct: DirectTuning = DirectTuning()
+    im2col: Im2colTuning = dataclasses.field(default_factory=Im2colTuning)
+    winograd: WinogradTuning = dataclasses.field(default_factory=WinogradTuning)
+    fft: FFTTuning = FFTTuning()
+    transposed: TransposedTuning = TransposedTuning()
+
+
+_DEFAULT = CpuTuning()
+_current = contextvars.ContextVar("convbench_cpu_tuning", default=None)
+
+
+def current():
+    """The :class:`CpuTuning` in force in this thread."""
+    override = _current.get()
+    return _DEFAULT if override is None else override
+
+
+def defaults():
+    """The process-wide tuning (what :func:`current` gives outside any
+    :func:`override`)."""
+    return _DEFAULT
+
+
+def _changed(tuning, changes):
+    names = [f.name for f in dataclasses.fields(CpuTuning)]
+    updates = {}
+    for name, value in changes.items():
+        if name not in names:
+            raise TypeError(f"no tunables named {name!r}; known: "
+                            f"{', '.join(names)}")
+        record = getattr(tuning, name)
+        updates[name] = (dataclasses.replace(record, **value)
+                         if isinstance(value, dict) else value)
+    return dataclasses.replace(tuning, **updates)
+
+
+@contextlib.contextmanager
+def override(**changes):
+    """Change tunables for the calls inside the ``with`` block.
+
+    Each keyword names an algorithm's record (``fft``, ``im2col``, ...) and
+    takes a dict of its fields or a whole record::
+
+        with override(fft=dict(chunk_bytes=1), im2col=dict(min_tasks=1)):
+            ...
+
+    Unknown algorithms or fields raise ``TypeError``.
+    """
+    token = _current.set(_changed(current(), changes))
+    try:
+        yield _current.get()
+    finally:
+        _current.reset(token)
+
+
+def set_defaults(**changes):
+    """Change the process-wide tunables (as :func:`override`, without a
+    block); returns the previous :class:`CpuTuning`, which
+    ``set_defaults(**vars(previous))`` restores."""
+    global _DEFAULT
+    previous = _DEFAULT
+    _DEFAULT = _changed(_DEFAULT, changes)
+    return previous
