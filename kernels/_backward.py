@@ -21,10 +21,10 @@ Both products reuse the forward machinery: ``dL/dx`` runs through
 :func:`kernels._transposed.run_conv_transpose2d` (at stride 1 with
 ``"auto"``, the forward convolution and its chooser), ``dL/dw`` through
 :func:`kernels._conv.run_conv2d` on the swapped problem, except for
-``"auto"``/``"im2col"`` on the CPU, where the forward im2col patch gather
-feeds one GEMM per chunk, ``gy (K, N Ho Wo) @ patches^T`` (PyTorch's
-order; the swapped problem would be many skinny GEMMs):
-:func:`kernels.cpu.backward.weight_gradient_im2col`.  Each algorithm's error
+``"auto"``/``"im2col"`` on a backend with a ``conv2d_weight_grad``
+kernel: on the CPU the forward im2col patch gather feeds one GEMM per
+chunk, ``gy (K, N Ho Wo) @ patches^T`` (PyTorch's order; the swapped
+problem would be many skinny GEMMs), :mod:`kernels.cpu.backward`.  Each algorithm's error
 bound carries over.
 """
 
@@ -33,10 +33,12 @@ from __future__ import annotations
 import numpy as np
 
 from . import _dispatch
-from ._conv import ConvSpec, _normalise_padding, run_conv2d
-from ._transposed import TransposeSpec, run_conv_transpose2d
-from ._validation import (as_float_array, check_algorithm, check_backend,
-                          check_ndim, check_same_dtype, int_tuple)
+from ._conv import run_conv2d
+from ._dispatch import ConvSpec, TransposeSpec, check_backend
+from ._transposed import run_conv_transpose2d
+from ._validation import (as_float_array, check_algorithm, check_groups,
+                          check_ndim, check_same_dtype, int_tuple,
+                          normalise_padding)
 from .geometry import effective_kernel_size
 
 __all__ = ["conv2d_backward", "weight_gradient_problem"]
@@ -54,40 +56,39 @@ def _algorithms(algorithm):
     return algorithm, algorithm
 
 
-def weight_gradient_problem(x_shape, w_shape, out_hw, stride, padding,
-                            dilation, groups):
-    """The forward problem that computes the weight gradient.
+def weight_gradient_problem(spec, out_hw):
+    """The forward problem that computes the weight gradient of ``spec``.
 
-    Parameters are those of the forward convolution (``padding`` as
-    ``(top, bottom, left, right)``).  Returns ``(crop, spec_args)``:
-    ``crop = (bottom rows, right columns)`` of ``x`` no window reaches
-    (dropped before the call), and ``(x_shape, w_shape, stride, padding,
-    dilation, groups)`` of the forward problem on
+    Returns ``(crop, wspec)``: ``crop = (bottom rows, right columns)`` of
+    ``x`` no window reaches (dropped before the call), and the
+    :class:`~kernels._dispatch.ConvSpec` of the forward problem on
     ``x' = (C/G, G N, H', W')`` and ``gy' = (K, N, Ho, Wo)``.
     """
-    n, c, h, w = x_shape
-    k, c_g, kh, kw = w_shape
+    n, c, h, w = spec.x_shape
+    k, c_g, kh, kw = spec.w_shape
     pads, crop, sizes = [], [], []
     for size, kk, s, d, out, (lo, hi) in zip(
-            (h, w), (kh, kw), stride, dilation, out_hw,
-            (padding[:2], padding[2:])):
+            (h, w), (kh, kw), spec.stride, spec.dilation, out_hw,
+            (spec.padding[:2], spec.padding[2:])):
         # Pad (or crop) the high side so that exactly k taps come out.
         hi_needed = effective_kernel_size(kk, d) - 1 + s * (out - 1) + 1 - size - lo
         crop.append(max(0, -hi_needed))
         pads += [lo, max(0, hi_needed)]
         sizes.append(size - crop[-1])
-    args = ((c_g, groups * n, sizes[0], sizes[1]), (k, n) + tuple(out_hw),
-            tuple(dilation), tuple(pads), tuple(stride), groups)
-    return tuple(crop), args
+    wspec = ConvSpec((c_g, spec.groups * n, sizes[0], sizes[1]),
+                     (k, n) + tuple(out_hw), tuple(spec.dilation), tuple(pads),
+                     tuple(spec.stride), spec.groups, spec.dtype)
+    return tuple(crop), wspec
 
 
 def _weight_gradient(grad_out, x, spec, algorithm, backend):
-    if backend == "cpu" and algorithm in ("auto", "im2col") and \
-            _dispatch.is_built("im2col", backend):
-        from .cpu import backward as cpu_backward
-        return cpu_backward.weight_gradient_im2col(
-            grad_out, x, spec.w_shape, spec.stride, spec.padding,
-            spec.dilation, spec.groups)
+    # A backend's own weight-gradient kernel (the CPU's: im2col's patch
+    # gather feeding one GEMM per chunk) serves "auto" and "im2col".
+    if algorithm in ("auto", "im2col") and _dispatch.is_built(
+            "conv2d_weight_grad", backend, "im2col"):
+        kernel = _dispatch.load("conv2d_weight_grad", backend, "im2col")
+        return kernel.run(spec, np.ascontiguousarray(grad_out),
+                          np.ascontiguousarray(x))
     return _weight_gradient_swapped(grad_out, x, spec, algorithm, backend)
 
 
@@ -95,17 +96,14 @@ def _weight_gradient_swapped(grad_out, x, spec, algorithm, backend):
     n, c, h, w = spec.x_shape
     k, c_g, kh, kw = spec.w_shape
     g = spec.groups
-    (crop_h, crop_w), args = weight_gradient_problem(
-        spec.x_shape, spec.w_shape, grad_out.shape[2:], spec.stride,
-        spec.padding, spec.dilation, g)
+    (crop_h, crop_w), wspec = weight_gradient_problem(spec, grad_out.shape[2:])
     # x'[c, gi N + b] = x[b, gi C/G + c]; gy'[k, b] = gy[b, k].
     x_t = (x[:, :, :h - crop_h, :w - crop_w]
            .reshape(n, g, c_g, h - crop_h, w - crop_w)
            .transpose(2, 1, 0, 3, 4)
-           .reshape(args[0]))
+           .reshape(wspec.x_shape))
     gy_t = grad_out.transpose(1, 0, 2, 3)
-    fspec = ConvSpec(*args, spec.dtype)
-    gw_t = run_conv2d(fspec, x_t, gy_t, None, algorithm, backend)
+    gw_t = run_conv2d(wspec, x_t, gy_t, None, algorithm, backend)
     if gw_t.shape[2:] != (kh, kw):  # pragma: no cover - geometry guarantees it
         raise AssertionError(f"weight gradient of shape {gw_t.shape}")
     return np.ascontiguousarray(gw_t.transpose(1, 0, 2, 3))
@@ -166,11 +164,7 @@ def conv2d_backward(grad_out, x, w, stride=1, padding=0, dilation=1, groups=1,
     check_ndim("w", w, (4,), "(K, C // groups, kH, kW)")
     alg_x, alg_w = _algorithms(algorithm)
     check_backend(backend)
-    if isinstance(groups, (bool, np.bool_)) or not isinstance(groups, (int, np.integer)):
-        raise TypeError(f"groups must be an int, got {groups!r}")
-    if groups < 1:
-        raise ValueError(f"groups must be >= 1, got {groups}")
-    groups = int(groups)
+    groups = check_groups(groups)
     unbatched = x.ndim == 3
     if grad_out.ndim != x.ndim:
         raise ValueError(f"grad_out must have x's number of dimensions "
@@ -188,7 +182,7 @@ def conv2d_backward(grad_out, x, w, stride=1, padding=0, dilation=1, groups=1,
                          f"{x.shape} and {w.shape}")
     stride = int_tuple("stride", stride, 2, 1)
     dilation = int_tuple("dilation", dilation, 2, 1)
-    pads = _normalise_padding(padding, 2, (kh, kw), dilation, stride)
+    pads = normalise_padding(padding, 2, (kh, kw), dilation, stride)
     for axis, (size, kk, d, (lo, hi)) in enumerate(zip((h, wd), (kh, kw),
                                                         dilation, pads)):
         if effective_kernel_size(kk, d) > size + lo + hi:

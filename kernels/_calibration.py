@@ -1,16 +1,38 @@
-"""Calibration file for ``algorithm="auto"``.
+"""Calibration file for ``algorithm="auto"``, keyed by backend and machine.
 
 ``convbench calibrate`` measures the crossovers on this machine and writes
 them as JSON to ``$CONVBENCH_CALIBRATION`` or
-``~/.cache/convbench/calibration.json``; :func:`load_thresholds` merges
-them over the defaults.  A missing or unreadable file means defaults.
+``~/.cache/convbench/calibration.json``::
+
+    {"format": 2,
+     "backends": {"cpu": {"machine": {...}, "thresholds": {...}, "meta": {...}}}}
+
+:func:`load_thresholds` merges a backend's thresholds over its defaults
+when the entry's ``machine`` equals this machine's key (the backend's
+``_tuning.machine_key()``: for the CPU its model, core count and the
+versions of NumPy, Numba and pyFFTW), so a file copied from another
+machine, or left from before an upgrade, is not trusted.  A missing file
+means defaults, silently; an unreadable, corrupt or incompatible file, or
+one from another machine, means defaults and one
+:class:`CalibrationWarning` per file state, never an exception inside
+``conv2d``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
+
+FORMAT = 2
+
+__all__ = ["CalibrationWarning", "FORMAT", "calibration_path",
+           "load_thresholds", "save_thresholds"]
+
+
+class CalibrationWarning(UserWarning):
+    """The calibration file was ignored (the message says why)."""
 
 
 def _path_text():
@@ -26,11 +48,11 @@ def calibration_path():
     return Path(_path_text())
 
 
-# (path, file state, defaults) -> thresholds: algorithm="auto" consults
-# them on every call, and reading the file each time cost 11 us of the
-# 21 us a choice took (enough for an idle worker's CPU to halt before the
-# kernel's launch on a 2-vCPU VM: +100-200 us per call).
+# (path, file state, backend, machine, defaults) -> thresholds:
+# algorithm="auto" consults them on every call, and reading the file each
+# time cost 11 us of the 21 us a choice took.
 _cache = {}
+_warned = set()
 
 
 def _file_state(path):
@@ -41,29 +63,82 @@ def _file_state(path):
     return st.st_mtime_ns, st.st_size
 
 
-def load_thresholds(defaults):
+def _warn_once(key, message):
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, CalibrationWarning, stacklevel=4)
+
+
+def _read(path):
+    """The file's backends table, or (None, why it was ignored)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        return None, f"cannot read it ({exc.strerror or exc})"
+    except ValueError as exc:
+        return None, f"it is not valid JSON ({exc})"
+    if not isinstance(data, dict) or data.get("format") != FORMAT \
+            or not isinstance(data.get("backends"), dict):
+        return None, (f"it is not a format-{FORMAT} calibration file "
+                      f"(written by another version of convbench)")
+    return data["backends"], None
+
+
+def _merged(entry, machine, defaults):
+    """Thresholds of one backend entry over the defaults, or (None, why)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("thresholds"), dict):
+        return None, "its entry has no thresholds table"
+    if entry.get("machine") != machine:
+        return None, ("it was measured on another machine or with other "
+                      "library versions")
+    thresholds = dict(defaults)
+    for name, value in entry["thresholds"].items():
+        if name in thresholds and isinstance(value, (int, float)) \
+                and not isinstance(value, bool):
+            thresholds[name] = value
+    return thresholds, None
+
+
+def load_thresholds(backend, defaults, machine):
+    """``defaults`` overridden by the file's entry for ``backend`` on
+    ``machine`` (a JSON-able dict), when there is one that applies."""
     path = _path_text()
-    key = (path, _file_state(path), tuple(sorted(defaults.items())))
+    state = _file_state(path)
+    machine_key = json.dumps(machine, sort_keys=True)
+    key = (path, state, backend, machine_key, tuple(sorted(defaults.items())))
     hit = _cache.get(key)
     if hit is not None:
         return dict(hit)
     thresholds = dict(defaults)
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        data = {}
-    for name, value in data.get("thresholds", {}).items():
-        if name in thresholds and isinstance(value, (int, float)):
-            thresholds[name] = value
+    if state is not None:
+        table, why = _read(path)
+        if table is not None and backend in table:
+            merged, why = _merged(table[backend], json.loads(machine_key),
+                                  defaults)
+            if merged is not None:
+                thresholds = merged
+        if why is not None:
+            _warn_once((path, state, backend, why),
+                       f"ignoring the calibration file {path} for backend "
+                       f"{backend!r}: {why}; algorithm='auto' uses its "
+                       f"defaults. Run `convbench calibrate` to measure "
+                       f"this machine.")
     if len(_cache) > 64:
         _cache.clear()
     _cache[key] = thresholds
     return dict(thresholds)
 
 
-def save_thresholds(thresholds, meta=None, path=None):
+def save_thresholds(backend, thresholds, machine, meta=None, path=None):
+    """Write ``backend``'s entry, keeping other backends' valid entries."""
     path = Path(path) if path else calibration_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"thresholds": thresholds, "meta": meta or {}},
-                               indent=2))
+    table = {}
+    if path.exists():
+        existing, _ = _read(path)
+        table = existing or {}
+    table[backend] = {"machine": machine, "thresholds": dict(thresholds),
+                      "meta": meta or {}}
+    path.write_text(json.dumps({"format": FORMAT, "backends": table},
+                               indent=2, sort_keys=True))
     return path

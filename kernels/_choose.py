@@ -2,11 +2,13 @@
 
 The choice is a public function, :func:`choose_algorithm`, so that it can
 be inspected and tested on its own (as ``scipy.signal.choose_conv_method``).
-Without ``measure`` it uses a cost model whose thresholds come from the
-calibration file written by ``convbench calibrate`` when one exists (see
-:mod:`kernels._calibration`), else from defaults measured on the
-development machine.  It only ever returns an algorithm that is built for
-the backend and supports the configuration.
+Without ``measure`` it uses a cost model whose thresholds are the
+backend's own (``kernels/<backend>/_tuning.py``, ``AUTO_THRESHOLDS``),
+overridden by a calibration file for this backend and machine when one
+exists (:mod:`kernels._calibration`).  It only ever returns an algorithm
+that is built for the backend and supports the problem.
+:func:`choose_transposed_algorithm` does the same for transposed
+convolution with the same thresholds.
 """
 
 from __future__ import annotations
@@ -17,63 +19,60 @@ import time
 import numpy as np
 
 from . import _dispatch
-from ._validation import check_backend
+from ._calibration import load_thresholds
+from ._dispatch import ConvSpec
 
-# Defaults, overridden by a calibration file (kernels/_calibration.py).
-DEFAULT_THRESHOLDS = {
-    # Below this many multiply-adds per image the fast algorithms' set-up
-    # costs more than they save: use direct.
-    "direct_max_macs": 2.0e6,
-    # Smallest kernel area (kH * kW) from which FFT beats the GEMM-based
-    # algorithms for single-channel (C = K = 1) and multi-channel problems.
-    # Single channel 1024^2 (convbench sweep, 2 cores): fft beats direct
-    # from k = 17 on (Zen 4, since fft runs few-channel problems as tasks;
-    # k = 15 a tie, 3.8 vs 3.9 ms; k = 21 before).
-    "fft_min_area_single": 289,
-    # C = K = 64 at 56^2: fft beats direct and torch from k = 7 on.
-    "fft_min_area_multi": 49,
-    # Winograd for 3x3 stride-1 layers with at least this many channels ...
-    "winograd_min_channels": 16,
-    # ... on images of at least this many pixels (H * W).  ResNet-50's 3x3
-    # layers at batch 4 (two machines): Winograd beat im2col at 56^2 and
-    # 28^2 and lost at 14^2 (0.84x) and 7^2 (0.42x), where a few tiles per
-    # image meet a large transformed filter.
-    "winograd_min_pixels": 400,
-    # im2col only when each group has at least this many output channels ...
-    "im2col_min_out_channels": 8,
-    # ... and kernels of at most this area (kH * kW); larger ones run
-    # direct.  Zen 4, 2 threads, once im2col no longer let OpenBLAS spin
-    # and direct read its weights in place: direct beat im2col at every
-    # k >= 3 (C = K = 16..256 at 14^2..64^2, 1.2-4.7x; ResNet-50's 3x3
-    # layers 1.2-2.1x, conv1 7x7/2 1.8x), im2col won the 1x1 layers (a
-    # plain GEMM, 1.1-1.5x).
-    "im2col_max_area": 1,
+__all__ = ["choose_algorithm", "choose_transposed_algorithm", "candidates",
+           "default_thresholds", "thresholds", "NEUTRAL_THRESHOLDS"]
+
+# For a backend without measured thresholds: direct whenever it is built
+# (the one algorithm every backend is expected to have), no fast
+# algorithm by size alone.
+NEUTRAL_THRESHOLDS = {
+    "direct_max_macs": float("inf"),
+    "fft_min_area_single": float("inf"),
+    "fft_min_area_multi": float("inf"),
+    "winograd_min_channels": float("inf"),
+    "winograd_min_pixels": float("inf"),
+    "im2col_min_out_channels": float("inf"),
+    "im2col_max_area": 0,
 }
 
 
-def _thresholds():
-    try:
-        from ._calibration import load_thresholds
-    except ImportError:  # pragma: no cover - module always present
-        return dict(DEFAULT_THRESHOLDS)
-    return load_thresholds(DEFAULT_THRESHOLDS)
+def _tuning_module(backend):
+    return _dispatch.backend_tuning(backend)
 
 
-def candidates(x_shape, w_shape, stride, padding, dilation, groups,
-               backend="cpu"):
-    """Built algorithms that support this configuration, in ALGORITHMS order."""
-    out = []
-    for algorithm in _dispatch.built_algorithms(backend):
-        if _dispatch.unsupported_reason(algorithm, backend, x_shape, w_shape,
-                                        stride, padding, dilation,
-                                        groups) is None:
-            out.append(algorithm)
-    return out
+def default_thresholds(backend="cpu"):
+    """The backend's measured defaults (``NEUTRAL_THRESHOLDS`` if none)."""
+    tuning = _tuning_module(backend)
+    table = getattr(tuning, "AUTO_THRESHOLDS", None)
+    return dict(NEUTRAL_THRESHOLDS if table is None else table)
 
 
-def _model_choice(cands, x_shape, w_shape, stride, groups, t):
-    n, c, h, w = x_shape
-    k, cg, kh, kw = w_shape
+def machine_key(backend="cpu"):
+    """The backend's machine fingerprint for calibration files."""
+    tuning = _tuning_module(backend)
+    key = getattr(tuning, "machine_key", None)
+    return {} if key is None else key()
+
+
+def thresholds(backend="cpu"):
+    """The thresholds in force: defaults, or this machine's calibration."""
+    return load_thresholds(backend, default_thresholds(backend),
+                           machine_key(backend))
+
+
+def candidates(spec, backend="cpu"):
+    """Built algorithms that support ``spec``, in ALGORITHMS order."""
+    return [a for a in _dispatch.built_algorithms(backend)
+            if _dispatch.unsupported_reason("conv2d", backend, a, spec) is None]
+
+
+def _model_choice(cands, spec, t):
+    _, c, h, w = spec.x_shape
+    k, cg, kh, kw = spec.w_shape
+    stride, groups = spec.stride, spec.groups
     area = kh * kw
     macs = float(k) * cg * area * (h // stride[0]) * (w // stride[1])
     single = c == 1 and k == 1
@@ -99,21 +98,21 @@ def _model_choice(cands, x_shape, w_shape, stride, groups, t):
     return "direct" if "direct" in cands else cands[0]
 
 
-def _time_candidates(cands, x_shape, w_shape, stride, padding, dilation,
-                     groups, dtype, backend, repeats=3):
-    from ._conv import ConvSpec, run_conv2d
+def _time_candidates(cands, spec, backend, repeats=3):
     rng = np.random.default_rng(0)
-    x = rng.standard_normal(x_shape).astype(dtype)
-    w = rng.standard_normal(w_shape).astype(dtype)
-    spec = ConvSpec(tuple(x_shape), tuple(w_shape), tuple(stride),
-                    tuple(padding), tuple(dilation), int(groups), np.dtype(dtype))
+    x = rng.standard_normal(spec.x_shape).astype(spec.dtype)
+    w = rng.standard_normal(spec.w_shape).astype(spec.dtype)
     times = {}
     for algorithm in cands:
-        run_conv2d(spec, x, w, None, algorithm, backend)  # compile, plan
+        run = _dispatch.load("conv2d", backend, algorithm).run
+        if spec.is_empty():
+            times[algorithm] = 0.0
+            continue
+        run(spec, x, w, None)  # compile, plan
         best = np.inf
         for _ in range(repeats):
             t0 = time.perf_counter()
-            run_conv2d(spec, x, w, None, algorithm, backend)
+            run(spec, x, w, None)
             best = min(best, time.perf_counter() - t0)
         times[algorithm] = best
     return times
@@ -132,7 +131,8 @@ def choose_algorithm(x_shape, w_shape, stride=(1, 1), padding=(0, 0, 0, 0),
     padding : (top, bottom, left, right) zero padding
     groups : int
     dtype : float32 or float64
-    backend : {"cpu", "cuda"}
+    backend : str
+        One of ``kernels.BACKENDS`` (or a registered backend).
     measure : bool
         If True, run every candidate on random data of these shapes and
         return ``(best, times)`` with ``times`` a dict of seconds (best of
@@ -142,23 +142,31 @@ def choose_algorithm(x_shape, w_shape, stride=(1, 1), padding=(0, 0, 0, 0),
     -------
     algorithm : str, or (str, dict) with ``measure=True``
         Always built for ``backend`` and able to compute the problem.
+
+    Examples
+    --------
+    >>> import kernels
+    >>> kernels.choose_algorithm((1, 1, 1024, 1024), (1, 1, 33, 33))
+    'fft'
     """
-    check_backend(backend)
-    problem = (tuple(int(v) for v in x_shape), tuple(int(v) for v in w_shape),
-               tuple(stride), tuple(padding), tuple(dilation), int(groups),
-               backend)
+    _dispatch.check_backend(backend)
+    spec = ConvSpec.from_config(x_shape, w_shape, stride, padding, dilation,
+                                groups, dtype)
     if measure:
-        cands = _candidates_or_raise(*problem)
-        times = _time_candidates(cands, *problem[:6], dtype, backend)
+        times = _time_candidates(_candidates_or_raise(spec, backend), spec,
+                                 backend)
         return min(times, key=times.get), times
-    thresholds = tuple(sorted(_thresholds().items()))
-    return _cached_choice(problem, thresholds)
+    return choose_for_spec(spec, backend)
 
 
-def _candidates_or_raise(x_shape, w_shape, stride, padding, dilation, groups,
-                         backend):
-    cands = candidates(x_shape, w_shape, stride, padding, dilation, groups,
-                       backend)
+def choose_for_spec(spec, backend):
+    """:func:`choose_algorithm` for a :class:`ConvSpec` (the front ends')."""
+    return _cached_choice(spec.config(), backend,
+                          tuple(sorted(thresholds(backend).items())))
+
+
+def _candidates_or_raise(spec, backend):
+    cands = candidates(spec, backend)
     if not cands:
         raise NotImplementedError(
             f"no algorithm built for backend {backend!r} supports this "
@@ -167,10 +175,81 @@ def _candidates_or_raise(x_shape, w_shape, stride, padding, dilation, groups,
 
 
 @functools.lru_cache(maxsize=4096)
-def _cached_choice(problem, thresholds):
+def _cached_choice(config, backend, frozen_thresholds):
     """The model's choice for a problem under given thresholds, memoised:
-    "auto" asks on every call, and a layer's shapes repeat."""
-    x_shape, w_shape, stride, _, _, groups, _ = problem
-    cands = _candidates_or_raise(*problem)
-    return _model_choice(cands, x_shape, w_shape, stride, groups,
-                         dict(thresholds))
+    "auto" asks on every call, and a layer's shapes repeat.  (The choice
+    does not depend on the dtype.)"""
+    spec = ConvSpec.from_config(*config)
+    return _model_choice(_candidates_or_raise(spec, backend), spec,
+                         dict(frozen_thresholds))
+
+
+# --------------------------------------------------------------------------
+# Transposed convolution
+# --------------------------------------------------------------------------
+
+# Algorithms that compute a transposed convolution through the forward
+# convolution of the same name (stride-1 equivalent problem).
+VIA_FORWARD = ("winograd", "fft")
+
+
+def transposed_unsupported_reason(algorithm, spec, backend):
+    """None when ``algorithm`` can compute the transposed ``spec``."""
+    if algorithm in VIA_FORWARD:
+        if not _dispatch.is_built("conv2d", backend, algorithm):
+            return f"{algorithm!r} is not built for backend {backend!r}"
+        _, _, forward = spec.forward_problem()
+        if min(forward.x_shape[2:]) < 1:
+            return "the equivalent forward problem is empty"
+        return _dispatch.unsupported_reason("conv2d", backend, algorithm,
+                                            forward)
+    if not _dispatch.is_built("conv_transpose2d", backend, algorithm):
+        return f"no transposed {algorithm!r} kernel on backend {backend!r}"
+    return _dispatch.unsupported_reason("conv_transpose2d", backend,
+                                        algorithm, spec)
+
+
+def transposed_algorithms(backend="cpu"):
+    """Algorithms that can compute a transposed convolution on ``backend``:
+    its transposed kernels, and ``winograd``/``fft`` through the forward
+    convolution when those are built (each still with its own rule)."""
+    from ._validation import ALGORITHMS
+    return tuple(a for a in ALGORITHMS
+                 if _dispatch.is_built("conv_transpose2d", backend, a)
+                 or (a in VIA_FORWARD
+                     and _dispatch.is_built("conv2d", backend, a)))
+
+
+def choose_transposed_algorithm(spec, backend="cpu"):
+    """``algorithm="auto"`` for a transposed problem: ``(algorithm,
+    through_forward)``.
+
+    * Stride 1: the equivalent forward problem (flipped, channel-swapped
+      kernel) has the same size as the transposed one, so
+      :func:`choose_algorithm` picks and the problem runs through the
+      forward convolution (``through_forward=True``), Winograd included.
+    * Larger strides: the upsampled forward problem would do ``s^2``
+      times the work, so the transposed kernels run: ``direct`` for small
+      problems (fewer multiply-adds than ``direct_max_macs``), ``fft`` for
+      large kernels (the FFT area thresholds) when it applies, else
+      ``im2col`` (a GEMM and col2im, PyTorch's CPU order) when built.
+    """
+    if tuple(spec.stride) == (1, 1):
+        _, _, forward = spec.forward_problem()
+        if min(forward.x_shape[2:]) >= 1:
+            return choose_for_spec(forward, backend), True
+    t = thresholds(backend)
+    area = spec.w_shape[2] * spec.w_shape[3]
+    single = spec.x_shape[1] == 1 and spec.w_shape[1] * spec.groups == 1
+    fft_area = t["fft_min_area_single"] if single else t["fft_min_area_multi"]
+    if area >= fft_area and transposed_unsupported_reason("fft", spec,
+                                                          backend) is None:
+        return "fft", True
+    native = [a for a in ("direct", "im2col")
+              if _dispatch.is_built("conv_transpose2d", backend, a)]
+    if not native:
+        raise NotImplementedError(
+            f"no transposed-convolution kernel is built for backend {backend!r}")
+    if spec.macs() <= t["direct_max_macs"] and "direct" in native:
+        return "direct", False
+    return ("im2col" if "im2col" in native else native[0]), False

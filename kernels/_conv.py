@@ -7,66 +7,18 @@ follow ``scipy.signal.correlate/convolve`` for 1-D and 2-D inputs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from . import _dispatch
-from ._choose import choose_algorithm
-from ._validation import (check_groups, PADDING_MODES, UnsupportedConfiguration,
-                          as_float_array, check_algorithm, check_backend,
-                          check_choice, check_ndim, check_same_dtype,
-                          int_tuple)
-from .geometry import effective_kernel_size, same_padding
-
-# Algorithms whose arithmetic mixes every input of a tile into every output
-# of it (Inf * 0 = NaN): with non-finite input they would spread NaN beyond
-# the outputs whose window holds it, so such inputs go to "direct".
-_MIXING_ALGORITHMS = ("winograd", "fft")
+from ._choose import choose_for_spec
+from ._dispatch import ConvSpec, check_backend
+from ._validation import (ALGORITHMS, MIXING_ALGORITHMS, PADDING_MODES, as_float_array,
+                          check_algorithm, check_choice, check_groups,
+                          check_ndim, check_same_dtype, int_tuple,
+                          normalise_padding)
+from .geometry import effective_kernel_size
 
 _NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
-
-
-@dataclass(frozen=True)
-class ConvSpec:
-    """A validated, normalised 2-D convolution problem (1-D has H = 1)."""
-
-    x_shape: tuple      # (N, C, H, W)
-    w_shape: tuple      # (K, C // groups, kH, kW)
-    stride: tuple       # (sh, sw)
-    padding: tuple      # (top, bottom, left, right) of zeros, after padding_mode
-    dilation: tuple     # (dh, dw)
-    groups: int
-    dtype: np.dtype
-
-    @property
-    def out_shape(self):
-        n, _, h, w = self.x_shape
-        k, _, kh, kw = self.w_shape
-        pt, pb, pl, pr = self.padding
-        ho = (h + pt + pb - effective_kernel_size(kh, self.dilation[0])) // self.stride[0] + 1
-        wo = (w + pl + pr - effective_kernel_size(kw, self.dilation[1])) // self.stride[1] + 1
-        return (n, k, ho, wo)
-
-    def config(self):
-        """Arguments of ``unsupported_reason`` / ``choose_algorithm``."""
-        return (self.x_shape, self.w_shape, self.stride, self.padding,
-                self.dilation, self.groups)
-
-
-def _normalise_padding(padding, nsp, kernel, dilation, stride):
-    """Per-axis (lo, hi) pairs from an int, a tuple, 'valid' or 'same'."""
-    if isinstance(padding, str):
-        check_choice("padding", padding, ("valid", "same"))
-        if padding == "valid":
-            return [(0, 0)] * nsp
-        if any(s != 1 for s in stride):
-            raise ValueError(
-                f"padding='same' is not supported for strided convolutions "
-                f"(stride={stride}); pass explicit padding instead")
-        return [same_padding(k, d) for k, d in zip(kernel, dilation)]
-    pads = int_tuple("padding", padding, nsp, 0)
-    return [(p, p) for p in pads]
 
 
 def _apply_padding_mode(x, pads, padding_mode):
@@ -127,7 +79,7 @@ def _conv(nsp, x, w, bias, stride, padding, dilation, groups, padding_mode,
                          f"got {bias.shape}")
     stride = int_tuple("stride", stride, nsp, 1)
     dilation = int_tuple("dilation", dilation, nsp, 1)
-    pads = _normalise_padding(padding, nsp, kernel, dilation, stride)
+    pads = normalise_padding(padding, nsp, kernel, dilation, stride)
 
     for axis, (size, kk, d, (lo, hi)) in enumerate(zip(x.shape[2:], kernel, dilation, pads)):
         k_eff = effective_kernel_size(kk, d)
@@ -159,16 +111,20 @@ def _conv(nsp, x, w, bias, stride, padding, dilation, groups, padding_mode,
 
 
 def run_conv2d(spec, x, w, bias, algorithm, backend):
-    """Dispatch a validated problem; x and w may be any views."""
+    """Dispatch a validated problem; x and w may be any views.
+
+    Resolves ``"auto"``, answers empty problems, makes the arrays
+    contiguous and sends non-finite input of the tile-mixing algorithms
+    to ``direct`` (their transforms would spread NaN to every output of a
+    tile).
+    """
     if algorithm == "auto":
-        algorithm = choose_algorithm(*spec.config(), dtype=spec.dtype,
-                                     backend=backend)
+        algorithm = choose_for_spec(spec, backend)
     else:
-        _dispatch.require_supported(algorithm, backend, *spec.config())
-    module = _dispatch.load(algorithm, backend)
-    out_shape = spec.out_shape
-    if spec.x_shape[0] == 0 or 0 in out_shape or spec.x_shape[1] == 0:
-        y = np.zeros(out_shape, dtype=spec.dtype)
+        _dispatch.require_supported("conv2d", backend, algorithm, spec)
+    kernel = _dispatch.load("conv2d", backend, algorithm)
+    if spec.is_empty():
+        y = np.zeros(spec.out_shape, dtype=spec.dtype)
         if bias is not None and y.size:
             y += bias[None, :, None, None]
         return y
@@ -176,11 +132,10 @@ def run_conv2d(spec, x, w, bias, algorithm, backend):
     w = np.ascontiguousarray(w)
     if bias is not None:
         bias = np.ascontiguousarray(bias)
-    if algorithm in _MIXING_ALGORITHMS and not (
+    if algorithm in MIXING_ALGORITHMS and not (
             np.isfinite(x).all() and np.isfinite(w).all()):
-        module = _dispatch.load("direct", backend)
-    return module.conv2d(x, w, bias, spec.stride, spec.padding, spec.dilation,
-                         spec.groups)
+        kernel = _dispatch.load("conv2d", backend, "direct")
+    return kernel.run(spec, x, w, bias)
 
 
 _CONV_DOC = """{dim}-D convolution (cross-correlation) of a batch, as ``torch.nn.functional.conv{nd}d``.
@@ -284,7 +239,7 @@ def _prepare_scipy_args(in1, in2, mode, method, backend):
     if in1.ndim not in (1, 2):
         raise ValueError(f"in1 and in2 must be 1-D or 2-D, got {in1.ndim}-D")
     check_choice("mode", mode, ("full", "valid", "same"))
-    method = check_choice("method", method, ("auto",) + _dispatch.ALGORITHMS)
+    method = check_choice("method", method, ("auto",) + ALGORITHMS)
     check_backend(backend)
     if in1.size == 0 or in2.size == 0:
         raise ValueError("in1 and in2 must not be empty")
@@ -372,5 +327,4 @@ def convolve(in1, in2, mode="full", method="auto", backend="cpu"):
     return z[0] if one_d else z
 
 
-__all__ = ["conv1d", "conv2d", "correlate", "convolve", "ConvSpec",
-           "UnsupportedConfiguration"]
+__all__ = ["conv1d", "conv2d", "correlate", "convolve", "run_conv2d"]

@@ -17,14 +17,11 @@ in float64 (``c = 2``, :func:`global_avg_pool_error_constant`).
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from dataclasses import dataclass
-
 import numpy as np
 
-from ._validation import (as_float_array, check_backend, check_ndim,
-                          check_same_dtype, int_tuple)
+from . import _dispatch
+from ._dispatch import PoolSpec
+from ._validation import as_float_array, check_ndim, check_same_dtype, int_tuple
 from .geometry import pool_output_size
 
 __all__ = ["max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
@@ -56,52 +53,15 @@ def global_avg_pool_error_constant(dtype, kernel_area):
     return float(kernel_area) + 1.0
 
 
-def _backend_module(backend):
-    """``kernels.<backend>.pooling``, or NotImplementedError if not built."""
-    check_backend(backend)
-    name = f"kernels.{backend}.pooling"
-    if importlib.util.find_spec(name) is None:
-        raise NotImplementedError(
-            f"pooling is not built for backend {backend!r} yet; use "
-            f"backend='cpu'")
-    return importlib.import_module(name)
+def _kernel(op, backend):
+    """The backend's kernel for a pooling op (validates ``backend``)."""
+    return _dispatch.load(op, _dispatch.check_backend(backend))
 
 
 def _check_flag(name, value):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return bool(value)
-
-
-@dataclass(frozen=True)
-class PoolSpec:
-    """A validated pooling problem as 2-D planes (1-D has H = 1)."""
-
-    nsp: int             # spatial dimensions of the public call (1 or 2)
-    lead_shape: tuple    # x.shape without the spatial axes: (N, C) or (C,)
-    in_hw: tuple         # (H, W)
-    kernel: tuple        # (kh, kw)
-    stride: tuple        # (sh, sw)
-    padding: tuple       # (ph, pw), each side
-    dilation: tuple      # (dh, dw)
-    out_hw: tuple        # (Ho, Wo)
-
-    @property
-    def n_planes(self):
-        return int(np.prod(self.lead_shape, dtype=np.int64))
-
-    @property
-    def out_shape(self):
-        """Shape of the public output (1-D: without the H axis)."""
-        return self.lead_shape + self.out_hw[2 - self.nsp:]
-
-    @property
-    def in_shape(self):
-        return self.lead_shape + self.in_hw[2 - self.nsp:]
-
-    def geometry(self):
-        """kh, kw, sh, sw, ph, pw, dh, dw for the kernels."""
-        return self.kernel + self.stride + self.padding + self.dilation
 
 
 def _normalise_stride(stride, kernel, nsp):
@@ -159,15 +119,15 @@ def _max_pool(nsp, x, kernel_size, stride, padding, dilation, ceil_mode,
     spec = _pool_spec(nsp, x, kernel_size, stride, padding, dilation,
                       ceil_mode)
     return_indices = _check_flag("return_indices", return_indices)
-    module = _backend_module(backend)
+    kernel = _kernel("max_pool2d_with_indices" if return_indices
+                     else "max_pool2d", backend)
     if spec.n_planes == 0:
         y = np.empty(spec.out_shape, dtype=x.dtype)
         return (y, np.empty(spec.out_shape, np.int64)) if return_indices else y
-    args = spec.geometry() + spec.out_hw
     if return_indices:
-        y, idx = module.max_pool_with_indices(_planes(x, spec), *args)
+        y, idx = kernel.run(spec, _planes(x, spec))
         return y.reshape(spec.out_shape), idx.reshape(spec.out_shape)
-    return module.max_pool(_planes(x, spec), *args).reshape(spec.out_shape)
+    return kernel.run(spec, _planes(x, spec)).reshape(spec.out_shape)
 
 
 _MAX_DOC = """{dim}-D max pooling, as ``torch.nn.functional.max_pool{nd}d``.
@@ -292,10 +252,9 @@ def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0,
     x = as_float_array("x", x)
     spec = _pool_spec(2, x, kernel_size, stride, padding, dilation, ceil_mode)
     g = _grad_out_planes(grad_out, x, spec)
-    module = _backend_module(backend)
+    _dispatch.check_backend(backend)
     if spec.n_planes == 0:
         return np.zeros(x.shape, dtype=x.dtype)
-    height, width = spec.in_hw
     if indices is not None:
         indices = np.asarray(indices)
         if not np.issubdtype(indices.dtype, np.integer):
@@ -305,10 +264,10 @@ def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0,
             raise ValueError(f"indices must have the shape of grad_out "
                              f"{spec.out_shape}, got {indices.shape}")
         idx = _out_planes(indices.astype(np.int64, copy=False), spec)
-        gx = module.max_pool_backward_indices(g, idx, height, width,
-                                              *spec.geometry())
+        gx = _kernel("max_pool2d_backward_indices", backend).run(spec, g, idx)
     else:
-        gx = module.max_pool_backward(g, _planes(x, spec), *spec.geometry())
+        gx = _kernel("max_pool2d_backward", backend).run(spec, g,
+                                                         _planes(x, spec))
     return gx.reshape(x.shape)
 
 
@@ -336,9 +295,23 @@ def _avg_spec(nsp, x, kernel_size, stride, padding, ceil_mode,
     return spec, _divisors(spec, count_include_pad, divisor)
 
 
+def avg_divisors(n, k, s, p, n_out, count_include_pad):
+    """Per-output divisor factor along one axis, PyTorch's rule.
+
+    The window ``[o s - p, o s - p + k)`` is clipped to the padded input
+    ``[-p, n + p)`` (only ceil_mode windows reach past it); with
+    ``count_include_pad`` that clipped length is the factor, else the
+    length of its intersection with the input ``[0, n)``.
+    """
+    start = np.arange(n_out, dtype=np.int64) * s - p
+    end = np.minimum(start + k, n + p)
+    if count_include_pad:
+        return (end - start).astype(np.float64)
+    return (np.minimum(end, n) - np.maximum(start, 0)).astype(np.float64)
+
+
 def _divisors(spec, count_include_pad, divisor):
     """Row and column factors of each output's divisor (float64)."""
-    from .cpu.pooling import avg_divisors  # pure NumPy, backend-independent
     (kh, kw), (sh, sw), (ph, pw) = spec.kernel, spec.stride, spec.padding
     (height, width), (ho, wo) = spec.in_hw, spec.out_hw
     if divisor is not None:
@@ -353,12 +326,10 @@ def _avg_pool(nsp, x, kernel_size, stride, padding, ceil_mode,
     spec, (div_h, div_w) = _avg_spec(nsp, x, kernel_size, stride, padding,
                                      ceil_mode, count_include_pad,
                                      divisor_override)
-    module = _backend_module(backend)
+    kernel = _kernel("avg_pool2d", backend)
     if spec.n_planes == 0:
         return np.empty(spec.out_shape, dtype=x.dtype)
-    kh, kw, sh, sw, ph, pw, _, _ = spec.geometry()
-    y = module.avg_pool(_planes(x, spec), kh, kw, sh, sw, ph, pw,
-                        *spec.out_hw, div_h, div_w)
+    y = kernel.run(spec, _planes(x, spec), div_h, div_w)
     return y.reshape(spec.out_shape)
 
 
@@ -453,12 +424,10 @@ def avg_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0,
                                      ceil_mode, count_include_pad,
                                      divisor_override)
     g = _grad_out_planes(grad_out, x, spec)
-    module = _backend_module(backend)
+    kernel = _kernel("avg_pool2d_backward", backend)
     if spec.n_planes == 0:
         return np.zeros(x.shape, dtype=x.dtype)
-    kh, kw, sh, sw, ph, pw, _, _ = spec.geometry()
-    gx = module.avg_pool_backward(g, *spec.in_hw, kh, kw, sh, sw, ph, pw,
-                                  div_h, div_w)
+    gx = kernel.run(spec, g, div_h, div_w)
     return gx.reshape(x.shape)
 
 
@@ -482,10 +451,9 @@ def global_avg_pool2d(x, backend="cpu"):
         raise ValueError(
             f"x must have non-zero channel and spatial sizes (only the batch "
             f"axis may be empty), got shape {x.shape}")
-    module = _backend_module(backend)
-    out_shape = x.shape[:-2] + (1, 1)
-    planes = int(np.prod(x.shape[:-2]))
-    if planes == 0:
-        return np.empty(out_shape, dtype=x.dtype)
-    flat = np.ascontiguousarray(x).reshape(planes, -1)
-    return module.global_avg_pool(flat).reshape(out_shape)
+    kernel = _kernel("global_avg_pool2d", backend)
+    hw = x.shape[-2:]
+    spec = PoolSpec(2, tuple(x.shape[:-2]), hw, hw, hw, (0, 0), (1, 1), (1, 1))
+    if spec.n_planes == 0:
+        return np.empty(spec.out_shape, dtype=x.dtype)
+    return kernel.run(spec, _planes(x, spec)).reshape(spec.out_shape)

@@ -28,171 +28,25 @@ Algorithms (``algorithm=``):
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from dataclasses import dataclass
-
 import numpy as np
 
 from . import _dispatch
-from ._validation import (check_groups, ALGORITHMS, UnsupportedConfiguration,
-                          as_float_array, check_algorithm, check_backend,
-                          check_ndim, check_same_dtype, int_tuple)
-from .geometry import conv_transpose_output_size, effective_kernel_size
+from ._choose import (VIA_FORWARD, choose_transposed_algorithm,
+                      transposed_algorithms, transposed_unsupported_reason)
+from ._conv import run_conv2d
+from ._dispatch import TransposeSpec, check_backend
+from ._validation import (UnsupportedConfiguration, as_float_array,
+                          check_algorithm, check_groups, check_ndim,
+                          check_same_dtype, int_tuple)
+from .geometry import conv_transpose_output_size
 
-__all__ = ["conv_transpose1d", "conv_transpose2d", "TransposeSpec",
-           "transposed_algorithms", "choose_transposed_algorithm",
-           "run_conv_transpose2d"]
-
-# Algorithms computed through the forward convolution of the same name.
-_VIA_FORWARD = ("winograd", "fft")
-
-
-@dataclass(frozen=True)
-class TransposeSpec:
-    """A validated transposed-convolution problem in 2-D form."""
-
-    x_shape: tuple      # (N, C_in, H, W)
-    w_shape: tuple      # (C_in, C_out // groups, kH, kW)
-    stride: tuple       # (sh, sw)
-    pad_lo: tuple       # (ph, pw): crop at the top / left of the full output
-    out_hw: tuple       # (Ho, Wo)
-    dilation: tuple     # (dh, dw)
-    groups: int
-    dtype: np.dtype
-
-    @property
-    def out_shape(self):
-        return (self.x_shape[0], self.w_shape[1] * self.groups) + self.out_hw
-
-    def macs(self):
-        n, c_in, h, w = self.x_shape
-        return n * c_in * self.w_shape[1] * self.w_shape[2] * self.w_shape[3] * h * w
-
-    def forward_problem(self):
-        """The stride-1 forward correlation this problem equals.
-
-        Returns ``(upsampled_hw, crop, spec_args)``: the size of the
-        zero-upsampled input, the ``(top, bottom, left, right)`` rows and
-        columns to drop from it (where the equivalent padding is
-        negative), and ``(x_shape, w_shape, stride, padding, dilation,
-        groups)`` of the forward problem.
-        """
-        n, c_in, h, w = self.x_shape
-        _, c_out_g, kh, kw = self.w_shape
-        crop, pads, sizes = [], [], []
-        for size, k, s, lo, out, d in zip((h, w), (kh, kw), self.stride,
-                                          self.pad_lo, self.out_hw,
-                                          self.dilation):
-            up = (size - 1) * s + 1
-            k_eff = effective_kernel_size(k, d)
-            pad_lo = k_eff - 1 - lo
-            pad_hi = out - up - pad_lo + k_eff - 1
-            crop_lo, crop_hi = max(0, -pad_lo), max(0, -pad_hi)
-            crop += [crop_lo, crop_hi]
-            pads += [max(0, pad_lo), max(0, pad_hi)]
-            sizes.append(up - crop_lo - crop_hi)
-        x_shape = (n, c_in, sizes[0], sizes[1])
-        w_shape = (c_out_g * self.groups, c_in // self.groups, kh, kw)
-        return ((h - 1) * self.stride[0] + 1, (w - 1) * self.stride[1] + 1), \
-            tuple(crop), (x_shape, w_shape, (1, 1), tuple(pads),
-                          tuple(self.dilation), self.groups)
-
-
-def _backend_module(backend):
-    check_backend(backend)
-    name = f"kernels.{backend}.transposed"
-    if importlib.util.find_spec(name) is None:
-        raise NotImplementedError(
-            f"transposed convolution is not built for backend {backend!r} "
-            f"yet; use backend='cpu'")
-    return importlib.import_module(name)
-
-
-def _unsupported_reason(algorithm, spec, backend):
-    """None when ``algorithm`` can compute ``spec``, else a sentence."""
-    module = _backend_module(backend)
-    if algorithm in module.ALGORITHMS:
-        return module.unsupported_reason(algorithm, spec.x_shape, spec.w_shape,
-                                         spec.stride, spec.pad_lo, spec.out_hw,
-                                         spec.dilation, spec.groups)
-    if algorithm not in _VIA_FORWARD:
-        return f"no transposed {algorithm!r} kernel"
-    if not _dispatch.is_built(algorithm, backend):
-        return (f"it runs through the forward {algorithm!r} convolution, "
-                f"which is not built for backend {backend!r}")
-    if algorithm == "winograd" and tuple(spec.stride) != (1, 1):
-        # The upsampled input would be mostly zeros: s^2 times the work,
-        # and Winograd's tile-wide rounding would land on outputs that are
-        # exactly zero, breaking its elementwise error bound.
-        return (f"Winograd runs transposed convolutions of stride 1 only "
-                f"(through the forward one), got stride={tuple(spec.stride)}")
-    _, _, forward = spec.forward_problem()
-    if min(forward[0][2:]) < 1:
-        return "the equivalent forward problem has an empty input"
-    reason = _dispatch.unsupported_reason(algorithm, backend, *forward)
-    if reason is not None:
-        return f"the equivalent stride-1 forward problem is unsupported: {reason}"
-    return None
-
-
-def transposed_algorithms(backend="cpu"):
-    """Algorithms that can compute a transposed convolution on ``backend``.
-
-    ``direct`` and ``im2col`` always; ``winograd``/``fft`` when their
-    forward module is built (each still has its own applicability rule).
-    """
-    module = _backend_module(backend)
-    return tuple(a for a in ALGORITHMS
-                 if a in module.ALGORITHMS
-                 or (a in _VIA_FORWARD and _dispatch.is_built(a, backend)))
-
-
-def _thresholds():
-    try:
-        from ._choose import _thresholds as load
-        return load()
-    except ImportError:  # pragma: no cover
-        return {"direct_max_macs": 2.0e6, "fft_min_area_single": 81,
-                "fft_min_area_multi": 121}
-
-
-def choose_transposed_algorithm(spec, backend="cpu", dtype=None):
-    """``algorithm="auto"``: ``(algorithm, through_forward)``.
-
-    * Stride 1: the equivalent forward problem (flipped, channel-swapped
-      kernel) has the same size as the transposed one, so the forward
-      chooser (:func:`kernels.choose_algorithm`) picks, and the problem
-      runs through the forward convolution (``through_forward=True``),
-      Winograd included.
-    * Larger strides: the upsampled forward problem would do ``s^2``
-      times the work, so the transposed kernels run: ``direct`` for small
-      problems (fewer multiply-adds than the forward ``direct_max_macs``
-      threshold), ``fft`` for large kernels (the forward's FFT area
-      thresholds) when it applies, else ``im2col`` (a BLAS GEMM and
-      col2im, PyTorch's CPU order).
-    """
-    if tuple(spec.stride) == (1, 1):
-        from ._choose import choose_algorithm
-        _, _, forward = spec.forward_problem()
-        if min(forward[0][2:]) >= 1:
-            return choose_algorithm(*forward, dtype=dtype or spec.dtype,
-                                    backend=backend), True
-    t = _thresholds()
-    area = spec.w_shape[2] * spec.w_shape[3]
-    single = spec.x_shape[1] == 1 and spec.w_shape[1] * spec.groups == 1
-    fft_area = t["fft_min_area_single"] if single else t["fft_min_area_multi"]
-    if area >= fft_area and _unsupported_reason("fft", spec, backend) is None:
-        return "fft", True
-    if spec.macs() <= t["direct_max_macs"]:
-        return "direct", False
-    return "im2col", False
+__all__ = ["conv_transpose1d", "conv_transpose2d", "transposed_algorithms",
+           "choose_transposed_algorithm", "run_conv_transpose2d"]
 
 
 def _via_forward(spec, x, w, bias, algorithm, backend):
     """Transposed convolution as a stride-1 forward correlation."""
-    from ._conv import ConvSpec, run_conv2d
-    (up_h, up_w), (ct, cb, cl, cr), forward = spec.forward_problem()
+    (up_h, up_w), (ct, cb, cl, cr), fspec = spec.forward_problem()
     n, c_in, h, wd = spec.x_shape
     sh, sw = spec.stride
     z = np.zeros((n, c_in, up_h, up_w), dtype=x.dtype)
@@ -204,7 +58,6 @@ def _via_forward(spec, x, w, bias, algorithm, backend):
     w_f = (w.reshape(spec.groups, c_in_g, c_out_g, kh, kw)
            .transpose(0, 2, 1, 3, 4)
            .reshape(spec.groups * c_out_g, c_in_g, kh, kw)[:, :, ::-1, ::-1])
-    fspec = ConvSpec(*forward, spec.dtype)
     return run_conv2d(fspec, z, np.ascontiguousarray(w_f), bias, algorithm,
                       backend)
 
@@ -212,18 +65,18 @@ def _via_forward(spec, x, w, bias, algorithm, backend):
 def run_conv_transpose2d(spec, x, w, bias, algorithm="auto", backend="cpu"):
     """Dispatch a validated problem (used by conv2d_backward as well)."""
     algorithm = check_algorithm(algorithm)
-    module = _backend_module(backend)
-    through_forward = algorithm in _VIA_FORWARD
+    check_backend(backend)
+    through_forward = algorithm in VIA_FORWARD
     if algorithm == "auto":
         algorithm, through_forward = choose_transposed_algorithm(spec, backend)
     else:
-        reason = _unsupported_reason(algorithm, spec, backend)
+        reason = transposed_unsupported_reason(algorithm, spec, backend)
         if reason is not None:
             raise UnsupportedConfiguration(
                 f"algorithm={algorithm!r} cannot compute this transposed "
                 f"convolution: {reason}; use algorithm='auto' or one of "
                 f"{', '.join(repr(a) for a in transposed_algorithms(backend))}")
-    if spec.x_shape[0] == 0 or spec.x_shape[1] == 0:
+    if spec.is_empty():
         y = np.zeros(spec.out_shape, dtype=spec.dtype)
         if bias is not None and y.size:
             y += bias[None, :, None, None]
@@ -232,16 +85,15 @@ def run_conv_transpose2d(spec, x, w, bias, algorithm="auto", backend="cpu"):
     w = np.ascontiguousarray(w)
     if bias is not None:
         bias = np.ascontiguousarray(bias)
-    if algorithm in _VIA_FORWARD and not (np.isfinite(x).all()
-                                          and np.isfinite(w).all()):
+    if algorithm in VIA_FORWARD and not (np.isfinite(x).all()
+                                         and np.isfinite(w).all()):
         # Transform algorithms mix every input of a tile into every output
         # (Inf * 0 = NaN): non-finite inputs go to the gather kernel, so
         # that NaN/Inf reach exactly the outputs whose patches hold them.
         algorithm, through_forward = "direct", False
     if not through_forward:
-        return module.conv_transpose2d(x, w, bias, spec.stride, spec.pad_lo,
-                                       spec.out_hw, spec.dilation, spec.groups,
-                                       algorithm)
+        kernel = _dispatch.load("conv_transpose2d", backend, algorithm)
+        return kernel.run(spec, x, w, bias)
     return _via_forward(spec, x, w, bias, algorithm, backend)
 
 

@@ -11,10 +11,19 @@ import numbers
 
 import numpy as np
 
+from .geometry import same_padding
+
 ALGORITHMS = ("direct", "im2col", "winograd", "fft")
 BACKENDS = ("cpu", "cuda")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# Algorithms whose arithmetic mixes every input of a tile into every output
+# of it (Inf * 0 = NaN): with non-finite input they would spread NaN beyond
+# the outputs whose window holds it, so such inputs go to "direct"; their
+# rounding error is spread likewise, so their error bound is normwise
+# (kernels.accuracy).
+MIXING_ALGORITHMS = ("winograd", "fft")
 
 
 class UnsupportedConfiguration(ValueError):
@@ -103,5 +112,16 @@ def check_algorithm(algorithm):
     return check_choice("algorithm", algorithm, ("auto",) + ALGORITHMS)
 
 
-def check_backend(backend):
-    return check_choice("backend", backend, BACKENDS)
+def normalise_padding(padding, nsp, kernel, dilation, stride):
+    """Per-axis (lo, hi) pairs from an int, a tuple, 'valid' or 'same'."""
+    if isinstance(padding, str):
+        check_choice("padding", padding, ("valid", "same"))
+        if padding == "valid":
+            return [(0, 0)] * nsp
+        if any(s != 1 for s in stride):
+            raise ValueError(
+                f"padding='same' is not supported for strided convolutions "
+                f"(stride={stride}); pass explicit padding instead")
+        return [same_padding(k, d) for k, d in zip(kernel, dilation)]
+    pads = int_tuple("padding", padding, nsp, 0)
+    return [(p, p) for p in pads]

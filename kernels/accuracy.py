@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._validation import MIXING_ALGORITHMS
+
 # c[algorithm][dtype name]; filled in from measurements (see README).
 ERROR_CONSTANTS = {
     "direct": {"float32": 128.0, "float64": 128.0},
@@ -29,7 +31,7 @@ ERROR_CONSTANTS = {
     "fft": {"float32": 40.0, "float64": 40.0},
 }
 
-NORMWISE = frozenset({"fft", "winograd"})
+NORMWISE = frozenset(MIXING_ALGORITHMS)
 
 
 def unit_roundoff(dtype):

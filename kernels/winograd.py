@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._conv import ConvSpec, _normalise_padding, run_conv2d
+from . import _dispatch
+from ._conv import run_conv2d
+from ._dispatch import ConvSpec
 from ._validation import (UnsupportedConfiguration, as_float_array,
-                          check_ndim, check_same_dtype)
+                          check_ndim, check_same_dtype, normalise_padding)
 from .cpu import winograd as _impl
 from .cpu.winograd import (DEFAULT_TILE_BY_KERNEL, ERROR_CONSTANTS_BY_TILE,
                            INTERPOLATION_POINTS, MAX_ALPHA,
@@ -66,7 +68,7 @@ def _tile_or_raise(kernel_hw, m):
     return tile_for(kernel_hw, m)
 
 
-def transform_weights(w, m=None, groups=1):
+def transform_weights(w, m=None, groups=1, backend="cpu"):
     """Run the Winograd kernel transform once, for reuse across calls.
 
     Parameters
@@ -78,6 +80,8 @@ def transform_weights(w, m=None, groups=1):
         Output tile; default :data:`DEFAULT_TILE_BY_KERNEL` per kernel size.
     groups : int
         As in :func:`kernels.conv2d`; must divide K.
+    backend : str
+        The backend whose kernels will use the transform.
 
     Returns
     -------
@@ -98,11 +102,12 @@ def transform_weights(w, m=None, groups=1):
     tile = _tile_or_raise(w.shape[2:], m)
     own = np.array(w, copy=True, order="C")
     own.setflags(write=False)
-    return _impl.transform_weights(own, tile, int(groups))
+    kernel = _dispatch.load("winograd_transform_weights", backend, "winograd")
+    return kernel.run(own, tile, int(groups))
 
 
 def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=None, *,
-           m=None):
+           m=None, backend="cpu"):
     """Winograd 2-D convolution with a chosen tile or pre-transformed filters.
 
     Parameters
@@ -138,7 +143,7 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=None, *,
         with use_tile(m):
             return front_end(x, w, bias, stride, padding, dilation,
                              1 if groups is None else groups,
-                             algorithm="winograd")
+                             algorithm="winograd", backend=backend)
     if m is not None:
         raise ValueError("m must be None with TransformedWeights: their tile "
                          f"is fixed ({w.tile})")
@@ -165,7 +170,7 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=None, *,
             raise UnsupportedConfiguration(
                 f"algorithm='winograd' cannot compute this configuration: "
                 f"Winograd computes {name} 1 only, got {name}={value!r}")
-    pads = _normalise_padding(padding, 2, (kh, kw), (1, 1), (1, 1))
+    pads = normalise_padding(padding, 2, (kh, kw), (1, 1), (1, 1))
     for axis, (size, k, (lo, hi)) in enumerate(zip(x.shape[2:], (kh, kw), pads)):
         if effective_kernel_size(k, 1) > size + lo + hi:
             raise ValueError(f"kernel size {k} along spatial axis {axis} is larger "
@@ -175,9 +180,10 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=None, *,
                     w.groups, x.dtype)
     if 0 in x.shape or not np.isfinite(x).all():
         # The front-end's handling: empty results, non-finite input to direct.
-        y = run_conv2d(spec, x, w.weights, bias, "winograd", "cpu")
+        y = run_conv2d(spec, x, w.weights, bias, "winograd", backend)
     else:
-        y = _impl.conv2d_transformed(np.ascontiguousarray(x), w, bias, padding4)
+        kernel = _dispatch.load("conv2d_pretransformed", backend, "winograd")
+        y = kernel.run(spec, np.ascontiguousarray(x), w, bias)
     return y[0] if unbatched else y
 
 

@@ -8,9 +8,14 @@ Profiles (chosen by the environment variable ``HYPOTHESIS_PROFILE``):
 ``thorough``
     many random examples, for a long local run.
 
-Tests parametrised over ``algorithm`` (any name in ``kernels.ALGORITHMS``)
-are skipped, not failed, while that algorithm is not built, so a new
-algorithm joins every such test as soon as its module exists.
+Tests that use the ``backend`` fixture (the property and operation tests,
+through ``pytestmark = pytest.mark.usefixtures("backend")``) run once per
+backend of ``kernels.BACKENDS`` that has an algorithm built
+(``helpers.backends_under_test``); they call ``helpers.api.<function>``,
+which passes that backend.  Tests parametrised over ``algorithm`` (any
+name in ``kernels.ALGORITHMS``) are skipped, not failed, while that
+algorithm is not built for the backend, so a new algorithm or backend
+joins every such test as soon as its module exists.
 """
 
 from __future__ import annotations
@@ -78,9 +83,29 @@ def pytest_configure(config):
 
 def pytest_report_header(config):
     import kernels
-    return (f"kernels: {Path(kernels.__file__).parent}; built (cpu): "
-            f"{', '.join(kernels.built_algorithms()) or 'none'}; hypothesis "
-            f"profile: {settings.get_current_profile_name()}")
+    from helpers import backends_under_test
+    built = "; ".join(f"{b}: {', '.join(kernels.built_algorithms(b)) or 'none'}"
+                      for b in kernels.BACKENDS)
+    return (f"kernels: {Path(kernels.__file__).parent}; built ({built}); "
+            f"backends under test: {', '.join(backends_under_test())}; "
+            f"hypothesis profile: {settings.get_current_profile_name()}")
+
+
+def pytest_generate_tests(metafunc):
+    """One run per backend under test for tests that use ``backend``."""
+    if "backend" in metafunc.fixturenames:
+        from helpers import backends_under_test
+        metafunc.parametrize("backend", backends_under_test(), indirect=True)
+
+
+@pytest.fixture
+def backend(request):
+    """The backend under test; ``helpers.api`` calls pass it."""
+    import helpers
+    previous = helpers.api.backend
+    helpers.api.backend = request.param
+    yield request.param
+    helpers.api.backend = previous
 
 
 def pytest_runtest_setup(item):
@@ -90,13 +115,16 @@ def pytest_runtest_setup(item):
     if callspec is None:
         return
     algorithm = callspec.params.get("algorithm")
-    if algorithm in kernels.ALGORITHMS and algorithm not in kernels.built_algorithms():
-        pytest.skip(f"algorithm {algorithm!r} is not built "
-                    f"(no kernels/cpu/{algorithm}.py)")
+    backend = callspec.params.get("backend", "cpu")
+    if algorithm in kernels.ALGORITHMS and \
+            algorithm not in kernels.built_algorithms(backend):
+        pytest.skip(f"algorithm {algorithm!r} is not built for backend "
+                    f"{backend!r} (no kernels/{backend}/{algorithm}.py)")
 
 
 @pytest.fixture
-def built_algorithms():
-    """The algorithms built for the CPU backend."""
+def built_algorithms(request):
+    """The algorithms built for the backend under test (cpu by default)."""
+    import helpers
     import kernels
-    return kernels.built_algorithms()
+    return kernels.built_algorithms(helpers.api.backend)

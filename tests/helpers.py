@@ -14,6 +14,8 @@ checked against the sum of the bounds of both sides.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 
 import numpy as np
 from hypothesis import assume
@@ -29,9 +31,35 @@ DTYPES = (np.float32, np.float64)
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
+def backends_under_test():
+    """Backends of ``kernels.BACKENDS`` with at least one algorithm built."""
+    return tuple(b for b in kernels.BACKENDS if kernels.built_algorithms(b))
+
+
+class BackendUnderTest:
+    """``kernels``' public functions with ``backend=`` bound to the backend
+    under test; the ``backend`` fixture (conftest.py) sets :attr:`backend`.
+
+    ``api.conv2d(x, w, ...)`` is ``kernels.conv2d(x, w, ...,
+    backend=api.backend)``; an explicit ``backend=`` in the call wins.
+    """
+
+    def __init__(self, backend="cpu"):
+        self.backend = backend
+
+    def __getattr__(self, name):
+        function = getattr(kernels, name)
+        if callable(function) and "backend" in inspect.signature(function).parameters:
+            return functools.partial(function, backend=self.backend)
+        return function
+
+
+api = BackendUnderTest()
+
+
 def conv_function(nsp):
-    """``kernels.conv1d`` or ``kernels.conv2d``."""
-    return {1: kernels.conv1d, 2: kernels.conv2d}[nsp]
+    """``kernels.conv1d`` or ``kernels.conv2d`` on the backend under test."""
+    return {1: api.conv1d, 2: api.conv2d}[nsp]
 
 
 def reference_function(nsp):
@@ -64,7 +92,7 @@ def normalised_config(nsp, x_shape, w_shape, stride=1, padding=0, dilation=1,
     """The 2-D problem the front-end hands to an algorithm (its contract).
 
     Returns ``(x_shape, w_shape, stride, padding, dilation, groups)`` as
-    ``kernels._dispatch.unsupported_reason`` takes them: batched NCHW
+    ``kernels._dispatch.ConvSpec.from_config`` takes them: batched NCHW
     shapes, ``(top, bottom, left, right)`` zero padding (reflect, replicate
     and circular padding already applied), 1-D as 2-D with a height of one.
     """
@@ -86,10 +114,9 @@ def normalised_config(nsp, x_shape, w_shape, stride=1, padding=0, dilation=1,
 def unsupported_reason(algorithm, nsp, x_shape, w_shape, stride=1, padding=0,
                        dilation=1, groups=1, padding_mode="zeros"):
     """None when ``algorithm`` computes this public-API problem, else why not."""
-    return _dispatch.unsupported_reason(
-        algorithm, "cpu", *normalised_config(nsp, x_shape, w_shape, stride,
-                                             padding, dilation, groups,
-                                             padding_mode))
+    spec = _dispatch.ConvSpec.from_config(*normalised_config(
+        nsp, x_shape, w_shape, stride, padding, dilation, groups, padding_mode))
+    return _dispatch.unsupported_reason("conv2d", api.backend, algorithm, spec)
 
 
 def supports(algorithm, nsp, x_shape, w_shape, **conv_kwargs):
@@ -107,8 +134,10 @@ def scipy_style_supported(algorithm, in1_shape, in2_shape, mode="full"):
         a, b = b, a
     pads = {"full": lambda n2: (n2 - 1, n2 - 1), "valid": lambda n2: (0, 0),
             "same": lambda n2: (n2 - 1 - (n2 - 1) // 2, (n2 - 1) // 2)}[mode]
-    return _dispatch.unsupported_reason(algorithm, "cpu", (1, 1) + a, (1, 1) + b, (1, 1),
-                                        pads(b[0]) + pads(b[1]), (1, 1), 1) is None
+    spec = _dispatch.ConvSpec.from_config((1, 1) + a, (1, 1) + b, (1, 1),
+                                          pads(b[0]) + pads(b[1]), (1, 1), 1)
+    return _dispatch.unsupported_reason("conv2d", api.backend, algorithm,
+                                        spec) is None
 
 
 # --------------------------------------------------------------------------

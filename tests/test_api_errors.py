@@ -14,13 +14,15 @@ from hypothesis import strategies as st
 import kernels
 import reference
 from kernels import _choose, _dispatch
-from helpers import (ALL_ALGORITHMS, DTYPES, assert_within_bound, conv_function,
+from helpers import (api, ALL_ALGORITHMS, DTYPES, assert_within_bound, conv_function,
                      conv_problems, normalised_config, random_array, supports)
 
 over_algorithms = pytest.mark.parametrize("algorithm", ALL_ALGORITHMS)
 over_dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 over_nsp = pytest.mark.parametrize("nsp", (1, 2))
 
+
+pytestmark = pytest.mark.usefixtures("backend")
 
 def _xw(nsp, c=2, k=3, size=6, ksize=3, dtype=np.float32):
     rng = np.random.default_rng(0)
@@ -74,13 +76,13 @@ def test_groups_not_dividing_the_channels_are_rejected(nsp):
 def test_groups_below_one_are_rejected(groups):
     x, w = _xw(2)
     with pytest.raises(ValueError, match=r"groups"):
-        kernels.conv2d(x, w, groups=groups)
+        api.conv2d(x, w, groups=groups)
 
 
 def test_non_integer_groups_are_rejected():
     x, w = _xw(2)
     with pytest.raises(TypeError, match=r"groups"):
-        kernels.conv2d(x, w, groups=1.0)
+        api.conv2d(x, w, groups=1.0)
 
 
 @over_nsp
@@ -136,14 +138,14 @@ def test_same_padding_with_stride_is_rejected(nsp):
 def test_unknown_choice_is_rejected(name, value):
     x, w = _xw(2)
     with pytest.raises(ValueError, match=rf"{name} must be one of .*{value}"):
-        kernels.conv2d(x, w, **{name: value})
+        api.conv2d(x, w, **{name: value})
 
 
 @pytest.mark.parametrize("mode", ("reflect", "circular"))
 def test_padding_larger_than_padding_mode_allows_is_rejected(mode):
     x, w = _xw(1, size=3, ksize=1)
     with pytest.raises(ValueError, match=rf"padding_mode='{mode}'"):
-        kernels.conv1d(x, w, padding=4, padding_mode=mode)
+        api.conv1d(x, w, padding=4, padding_mode=mode)
 
 
 @over_nsp
@@ -262,7 +264,7 @@ def test_batch_size_zero_returns_an_empty_array(algorithm, nsp, dtype):
 @over_algorithms
 @pytest.mark.parametrize("special", ("nan", "inf", "-inf", "inf and -inf", "nan and inf"))
 def test_nan_and_inf_in_x_propagate_as_in_the_reference(algorithm, nsp, dtype, special):
-    if algorithm in ("winograd", "fft") and "direct" not in kernels.built_algorithms():
+    if algorithm in ("winograd", "fft") and "direct" not in api.built_algorithms():
         pytest.skip("the front-end computes non-finite input of winograd/fft with "
                     "'direct', which is not built yet")
     rng = np.random.default_rng(2)
@@ -295,24 +297,28 @@ def test_output_dtype_is_the_input_dtype(algorithm, nsp, dtype):
 
 @over_algorithms
 def test_algorithm_not_built_raises_not_implemented_naming_it(algorithm, monkeypatch):
-    real = _dispatch.is_built
-    monkeypatch.setattr(_dispatch, "is_built",
-                        lambda a, backend="cpu": a != algorithm and real(a, backend))
-    x, w = _xw(2)
-    with pytest.raises(NotImplementedError, match=rf"algorithm '{algorithm}' is not built"):
-        kernels.conv2d(x, w, algorithm=algorithm)
-    assert algorithm not in kernels.built_algorithms()
+    monkeypatch.delitem(_dispatch.MODULES, ("conv2d", algorithm))
+    _dispatch.reload_registry()
+    try:
+        x, w = _xw(2)
+        with pytest.raises(NotImplementedError,
+                           match=rf"algorithm '{algorithm}' is not built"):
+            api.conv2d(x, w, algorithm=algorithm)
+        assert algorithm not in api.built_algorithms()
+    finally:
+        monkeypatch.undo()
+        _dispatch.reload_registry()
 
 
 @pytest.mark.parametrize("algorithm", ("auto",) + ALL_ALGORITHMS)
 def test_cuda_backend_raises_not_implemented_until_built(algorithm):
-    if algorithm != "auto" and _dispatch.is_built(algorithm, "cuda"):
+    if algorithm != "auto" and _dispatch.is_built("conv2d", "cuda", algorithm):
         pytest.skip(f"{algorithm} is built for CUDA")
     if algorithm == "auto" and kernels.built_algorithms("cuda"):
         pytest.skip("CUDA kernels are built")
     x, w = _xw(2)
     with pytest.raises(NotImplementedError, match=r"cuda"):
-        kernels.conv2d(x, w, algorithm=algorithm, backend="cuda")
+        api.conv2d(x, w, algorithm=algorithm, backend="cuda")
 
 
 @over_nsp
@@ -320,10 +326,11 @@ def test_cuda_backend_raises_not_implemented_until_built(algorithm):
 def test_auto_never_picks_an_algorithm_that_cannot_compute_the_problem(nsp, data):
     problem = data.draw(conv_problems(nsp), label="problem")
     config = normalised_config(nsp, problem.x_shape, problem.w_shape, **problem.kwargs)
-    candidates = _choose.candidates(*config)
-    choice = kernels.choose_algorithm(*config)
+    spec = _dispatch.ConvSpec.from_config(*config)
+    candidates = _choose.candidates(spec, api.backend)
+    choice = api.choose_algorithm(*config)
     assert choice in candidates
-    assert _dispatch.unsupported_reason(choice, "cpu", *config) is None
+    assert _dispatch.unsupported_reason("conv2d", api.backend, choice, spec) is None
     x, w, bias = problem.arrays(np.float32)
     y = problem.run("auto", x, w, bias)
     assert_within_bound(choice, y, x, w, bias, **problem.kwargs)

@@ -28,11 +28,13 @@ import reference.pooling as ref_pool
 import reference.transposed as ref_t
 from kernels.accuracy import error_bound
 
-from helpers import grouped_conv2d_problems
+from helpers import api, grouped_conv2d_problems
 
 # The forward convolution algorithms are built by other modules; grad_w
 # runs through them, so the algorithm-parametrised tests only use those
 # that are built (conftest skips the others by the parameter "algorithm").
+pytestmark = pytest.mark.usefixtures("backend")
+
 ALGORITHMS = ("auto",) + kernels.ALGORITHMS
 
 
@@ -58,7 +60,7 @@ def conv_problems(max_size=6):
 
 def _backward_or_skip(gy, x, w, algorithm, **kw):
     try:
-        return kernels.conv2d_backward(gy, x, w, algorithm=algorithm, **kw)
+        return api.conv2d_backward(gy, x, w, algorithm=algorithm, **kw)
     except kernels.UnsupportedConfiguration:
         return None
 
@@ -103,14 +105,14 @@ def test_conv2d_backward_matches_finite_differences(algorithm, problem, seed):
 @pytest.mark.parametrize("dtype", (np.float32, np.float64))
 def test_conv2d_backward_is_within_the_error_bounds(algorithm, dtype):
     """grad_x by the transposed reference, grad_w by the definition."""
-    if algorithm != "auto" and algorithm not in kernels.built_algorithms():
+    if algorithm != "auto" and algorithm not in api.built_algorithms():
         pytest.skip(f"forward {algorithm!r} not built")
     rng = np.random.default_rng(11)
     kw = dict(stride=2, padding=1, dilation=1, groups=2)
     x = rng.standard_normal((2, 4, 9, 8)).astype(dtype)
     w = rng.standard_normal((6, 2, 3, 3)).astype(dtype)
     gy = rng.standard_normal(reference.conv2d(x, w, **kw).shape).astype(dtype)
-    gx, gw, gb = kernels.conv2d_backward(gy, x, w, algorithm=algorithm, **kw)
+    gx, gw, gb = api.conv2d_backward(gy, x, w, algorithm=algorithm, **kw)
     out_pad = (9 - ((gy.shape[2] - 1) * 2 - 2 + 3), 8 - ((gy.shape[3] - 1) * 2 - 2 + 3))
     tkw = dict(kw, output_padding=out_pad)
     gx_ref = ref_t.conv_transpose2d(gy, w, **tkw)
@@ -147,7 +149,7 @@ def test_weight_gradient_in_chunks_matches_finite_differences(limit):
     gy = rng.standard_normal(reference.conv2d(x, w, **kw).shape)
     previous = im2col.set_scratch_limit(limit)
     try:
-        _, gw, _ = kernels.conv2d_backward(gy, x, w, algorithm="im2col", **kw)
+        _, gw, _ = api.conv2d_backward(gy, x, w, algorithm="im2col", **kw)
     finally:
         im2col.set_scratch_limit(previous)
     scale = np.vdot(reference.conv2d(np.abs(x), np.abs(w), **kw), np.abs(gy))
@@ -162,8 +164,8 @@ def test_conv2d_backward_accepts_same_padding_and_unbatched_input():
     x = rng.standard_normal((3, 6, 7))
     w = rng.standard_normal((2, 3, 4, 2))
     gy = rng.standard_normal((2, 6, 7))
-    gx, gw, gb = kernels.conv2d_backward(gy, x, w, padding="same")
-    gx_b, gw_b, gb_b = kernels.conv2d_backward(gy[None], x[None], w, padding="same")
+    gx, gw, gb = api.conv2d_backward(gy, x, w, padding="same")
+    gx_b, gw_b, gb_b = api.conv2d_backward(gy[None], x[None], w, padding="same")
     np.testing.assert_array_equal(gx, gx_b[0])
     np.testing.assert_array_equal(gw, gw_b)
     for v in coordinate_directions(w.shape):
@@ -177,23 +179,23 @@ def test_conv2d_backward_rejects_bad_input():
     w = np.zeros((4, 2, 3, 3))
     gy = np.zeros((1, 4, 4, 4))
     with pytest.raises(ValueError, match="shape of the forward output"):
-        kernels.conv2d_backward(gy[:, :, :3], x, w)
+        api.conv2d_backward(gy[:, :, :3], x, w)
     with pytest.raises(ValueError, match="shape of the forward output"):
-        kernels.conv2d_backward(gy, x, w, stride=2)
+        api.conv2d_backward(gy, x, w, stride=2)
     with pytest.raises(TypeError, match="dtype"):
-        kernels.conv2d_backward(gy.astype(np.float32), x, w)
+        api.conv2d_backward(gy.astype(np.float32), x, w)
     with pytest.raises(ValueError, match="dimensions"):
-        kernels.conv2d_backward(gy[0], x, w)
+        api.conv2d_backward(gy[0], x, w)
     with pytest.raises(ValueError, match="groups"):
-        kernels.conv2d_backward(gy, x, w, groups=3)
+        api.conv2d_backward(gy, x, w, groups=3)
     with pytest.raises(ValueError, match="algorithm"):
-        kernels.conv2d_backward(gy, x, w, algorithm=("direct",))
+        api.conv2d_backward(gy, x, w, algorithm=("direct",))
     with pytest.raises(ValueError, match="algorithm"):
-        kernels.conv2d_backward(gy, x, w, algorithm="best")
+        api.conv2d_backward(gy, x, w, algorithm="best")
     with pytest.raises(ValueError, match="larger than the padded input"):
-        kernels.conv2d_backward(gy, x, np.zeros((4, 2, 7, 7)))
+        api.conv2d_backward(gy, x, np.zeros((4, 2, 7, 7)))
     with pytest.raises(NotImplementedError):
-        kernels.conv2d_backward(gy, x, w, backend="cuda")
+        api.conv2d_backward(gy, x, w, backend="cuda")
 
 
 def test_conv2d_backward_matches_torch():
@@ -208,7 +210,7 @@ def test_conv2d_backward_matches_torch():
         ty = torch.nn.functional.conv2d(tx, tw, None, **kw)
         gy = rng.standard_normal(tuple(ty.shape))
         ty.backward(torch.from_numpy(gy))
-        gx, gw, gb = kernels.conv2d_backward(gy, x, w, **kw)
+        gx, gw, gb = api.conv2d_backward(gy, x, w, **kw)
         np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-9, atol=1e-9)
         np.testing.assert_allclose(gw, tw.grad.numpy(), rtol=1e-9, atol=1e-9)
         np.testing.assert_allclose(gb, gy.sum(axis=(0, 2, 3)), rtol=1e-12)
@@ -255,7 +257,7 @@ def test_max_pool2d_backward_matches_finite_differences(problem, seed):
     rng = np.random.default_rng(seed)
     x = spaced_values(rng, shape)
     gy = rng.standard_normal(ref_pool.max_pool2d(x, **kw).shape)
-    gx = kernels.max_pool2d_backward(gy, x, **kw)
+    gx = api.max_pool2d_backward(gy, x, **kw)
 
     def loss(a):
         # Windows of pure padding/gaps give -inf whatever a: drop them.
@@ -274,7 +276,7 @@ def test_avg_pool2d_backward_matches_finite_differences(problem, seed):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape)
     gy = rng.standard_normal(ref_pool.avg_pool2d(x, **kw).shape)
-    gx = kernels.avg_pool2d_backward(gy, x, **kw)
+    gx = api.avg_pool2d_backward(gy, x, **kw)
 
     def loss(a):
         return np.vdot(ref_pool.avg_pool2d(a, **kw), gy)
@@ -294,13 +296,13 @@ def test_pooling_backward_matches_torch(dtype):
         ty = torch.nn.functional.max_pool2d(tx, k, s, p, ceil_mode=c)
         gy = rng.standard_normal(tuple(ty.shape)).astype(dtype)
         ty.backward(torch.from_numpy(gy))
-        np.testing.assert_allclose(kernels.max_pool2d_backward(gy, x, k, s, p, ceil_mode=c),
+        np.testing.assert_allclose(api.max_pool2d_backward(gy, x, k, s, p, ceil_mode=c),
                                    tx.grad.numpy(), rtol=1e-6, atol=1e-6)
         tx = torch.from_numpy(x).requires_grad_()
         ty = torch.nn.functional.avg_pool2d(tx, k, s, p, ceil_mode=c,
                                             count_include_pad=False)
         ty.backward(torch.from_numpy(gy))
         np.testing.assert_allclose(
-            kernels.avg_pool2d_backward(gy, x, k, s, p, ceil_mode=c,
+            api.avg_pool2d_backward(gy, x, k, s, p, ceil_mode=c,
                                         count_include_pad=False),
             tx.grad.numpy(), rtol=1e-5, atol=1e-6)

@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 
 from helpers import assert_within_bound
 
-from kernels.cpu import direct
+from kernels.cpu import _tuning, direct
+from kernels.geometry import conv_output_size
 
 DTYPES = (np.float32, np.float64)
 over_dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
@@ -67,7 +68,10 @@ def check_direct(x, w, bias, stride=(1, 1), padding=(0, 0, 0, 0),
 def packed_geometry(x_shape, w_shape, stride, padding, dilation):
     _, _, h, wd = x_shape
     _, _, kh, kw = w_shape
-    return direct.output_geometry(h, wd, kh, kw, *stride, *dilation, *padding)
+    pt, pb, pl, pr = padding
+    ho = conv_output_size(h, kh, stride[0], (pt, pb), dilation[0])
+    wo = conv_output_size(wd, kw, stride[1], (pl, pr), dilation[1])
+    return (ho, wo) + direct.packed_geometry(ho, wo, kh, kw, *stride, *dilation)
 
 
 # --------------------------------------------------------------------------
@@ -134,8 +138,8 @@ def test_pack_input_long_rows_are_packed_in_pieces():
     n = 2 * direct._PACK_PIECE + 123
     x = np.arange(n, dtype=np.float64).reshape(1, 1, 1, n)
     for sw, left in ((1, 7), (2, 3), (3, 0)):
-        ho, wo, hq, wq = direct.output_geometry(1, n, 1, 5, 1, sw, 1, 2, 0, 0,
-                                                left, 2)
+        ho, wo, hq, wq = packed_geometry((1, 1, 1, n), (1, 1, 1, 5), (1, sw),
+                                         (0, 0, left, 2), (1, 2))
         packed = direct.pack_input(x, 0, left, 1, sw, hq, wq, 0)
         xp = np.pad(x[0, 0, 0], (left, 2 + sw * wq))
         for pw in range(sw):
@@ -247,7 +251,9 @@ def test_long_reduction(dtype):
 
 def _driver_args(x, w, b, stride, padding, dilation, groups):
     bias = b if b is not None else np.zeros(1, x.dtype)
-    return (x, w, bias, b is not None, *stride, *dilation, *padding, groups)
+    ho, wo, _, _ = packed_geometry(x.shape, w.shape, stride, padding, dilation)
+    return (x, w, bias, b is not None, *stride, *dilation, padding[0],
+            padding[2], ho, wo, groups)
 
 
 @over_dtypes
@@ -268,7 +274,7 @@ def test_small_problems_take_the_serial_driver_and_large_the_parallel():
     large = random_problem(rng, (2, 16, 40, 40), (16, 16, 3, 3), np.float32)
     for (x, w, b), serial in ((small, True), (large, False)):
         macs = np.prod(w.shape) * x.shape[0] * (x.shape[2] - 2) * (x.shape[3] - 2)
-        assert (macs <= direct.SERIAL_MAX_MACS) == serial
+        assert (macs <= _tuning.current().direct.serial_max_macs) == serial
         check_direct(x, w, b)
 
 

@@ -29,7 +29,7 @@ import kernels
 import reference
 from kernels import _threads
 from kernels.accuracy import error_bound
-from kernels.cpu import im2col
+from kernels.cpu import _tuning, im2col
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DTYPES = (np.float32, np.float64)
@@ -265,18 +265,17 @@ def test_merged_image_chunks(dtype):
 
 
 @over_dtypes
-def test_cache_sized_chunks(dtype, monkeypatch):
+def test_cache_sized_chunks(dtype):
     """The preferred (cache-sized) chunk, not the limit, splits the work."""
-    monkeypatch.setattr(im2col, "CACHE_TARGET_BYTES", 2000)
-    monkeypatch.setattr(im2col, "MIN_GEMM_COLUMNS", 5)
     x, w, b = random_problem(np.random.default_rng(11), (3, 4, 8, 9), (5, 4, 3, 2),
                              dtype)
     item = np.dtype(dtype).itemsize
-    chunks = im2col.plan_chunks(3, 8 * 9, 4 * 6 * item, (4 * 6 + 5) * item,
-                                im2col.get_scratch_limit(), im2col.MERGE_BELOW_POSITIONS,
-                                2000, 5)
-    assert len(chunks) > 6
-    check_conv(x, w, b, (1, 1), (1, 1, 0, 1), (1, 1), 1)
+    with _tuning.override(im2col=dict(cache_target_bytes=2000,
+                                      min_gemm_columns=5)):
+        chunks = im2col.plan_chunks(3, 8 * 9, 4 * 6 * item, (4 * 6 + 5) * item,
+                                    im2col.get_scratch_limit())
+        assert len(chunks) > 6
+        check_conv(x, w, b, (1, 1), (1, 1, 0, 1), (1, 1), 1)
 
 
 def test_one_column_per_chunk():
@@ -379,12 +378,12 @@ def test_scratch_limit_setting():
     ("67108864", 67108864), ("64M", 64 << 20), ("64MiB", 64 << 20),
     ("2k", 2048), ("1G", 1 << 30), (" 512 ", 512)])
 def test_parse_scratch_env(text, nbytes):
-    assert im2col._parse_nbytes(text) == nbytes
+    assert _tuning.parse_nbytes(text) == nbytes
 
 
 def test_parse_scratch_env_rejects_garbage():
     with pytest.raises(ValueError, match=im2col.SCRATCH_ENV_VAR):
-        im2col._parse_nbytes("lots")
+        _tuning.parse_nbytes("lots")
 
 
 def run_fresh_python(code, env_changes):

@@ -16,11 +16,14 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import kernels
+from helpers import api
 import reference.pooling as ref
 from kernels import geometry
 from kernels._pooling import (avg_pool_error_constant,
                               global_avg_pool_error_constant)
 from kernels.cpu import pooling as cpu_pooling
+
+pytestmark = pytest.mark.usefixtures("backend")
 
 DTYPES = (np.float32, np.float64)
 
@@ -81,14 +84,14 @@ def make_input(seed, shape, dtype, ties=False, nan=False):
 def test_max_pool2d_equals_the_reference_exactly(case, dtype, ties, nan, seed):
     shape, kwargs = case
     x = make_input(seed, shape, dtype, ties, nan)
-    y, idx = kernels.max_pool2d(x, return_indices=True, **kwargs)
+    y, idx = api.max_pool2d(x, return_indices=True, **kwargs)
     y_ref, idx_ref = ref.max_pool2d(x, return_indices=True, **kwargs)
     assert y.dtype == dtype and idx.dtype == np.int64
     np.testing.assert_array_equal(y, y_ref.astype(dtype))
     # Windows that hold no input element (dilation gaps) have no argmax.
     has_input = idx_ref >= 0
     np.testing.assert_array_equal(idx[has_input], idx_ref[has_input])
-    np.testing.assert_array_equal(kernels.max_pool2d(x, **kwargs), y)
+    np.testing.assert_array_equal(api.max_pool2d(x, **kwargs), y)
 
 
 @settings(deadline=None)
@@ -97,7 +100,7 @@ def test_max_pool2d_equals_the_reference_exactly(case, dtype, ties, nan, seed):
 def test_max_pool1d_equals_the_reference_exactly(case, dtype, nan, seed):
     shape, kwargs = case
     x = make_input(seed, shape, dtype, ties=True, nan=nan)
-    y, idx = kernels.max_pool1d(x, return_indices=True, **kwargs)
+    y, idx = api.max_pool1d(x, return_indices=True, **kwargs)
     y_ref, idx_ref = ref.max_pool1d(x, return_indices=True, **kwargs)
     np.testing.assert_array_equal(y, y_ref.astype(dtype))
     has_input = idx_ref >= 0
@@ -111,7 +114,7 @@ def test_max_pool2d_on_wide_rows_equals_the_reference_exactly(case, dtype, nan,
                                                               seed):
     shape, kwargs = case
     x = make_input(seed, shape, dtype, nan=nan)
-    np.testing.assert_array_equal(kernels.max_pool2d(x, **kwargs),
+    np.testing.assert_array_equal(api.max_pool2d(x, **kwargs),
                                   ref.max_pool2d(x, **kwargs).astype(dtype))
 
 
@@ -134,17 +137,17 @@ COMMON_WINDOWS = [
 @pytest.mark.parametrize("window", COMMON_WINDOWS, ids=str)
 def test_common_windows_on_wide_rows_match_the_reference(window, width, dtype):
     x = make_input(width, (2, 3, 9, width), dtype, nan=True)
-    np.testing.assert_array_equal(kernels.max_pool2d(x, **window),
+    np.testing.assert_array_equal(api.max_pool2d(x, **window),
                                   ref.max_pool2d(x, **window).astype(dtype))
     for dilation in (2, 3):
         if window["kernel_size"] > 1 and not window.get("ceil_mode"):
             kw = dict(window, dilation=dilation)
-            np.testing.assert_array_equal(kernels.max_pool2d(x, **kw),
+            np.testing.assert_array_equal(api.max_pool2d(x, **kw),
                                           ref.max_pool2d(x, **kw).astype(dtype))
     x = make_input(width, (2, 3, 9, width), dtype)
     for count_include_pad in (True, False):
         kw = dict(window, count_include_pad=count_include_pad)
-        assert_avg_within_bound(kernels.avg_pool2d(x, **kw), x, kw, 2)
+        assert_avg_within_bound(api.avg_pool2d(x, **kw), x, kw, 2)
 
 
 @pytest.mark.parametrize("divisor_override", [-1, 1, -3])
@@ -154,7 +157,7 @@ def test_every_divisor_override_value_is_applied(divisor_override):
     x = make_input(5, (2, 3, 7, 40), np.float32)
     kw = dict(kernel_size=3, stride=2, padding=1,
               divisor_override=divisor_override)
-    assert_avg_within_bound(kernels.avg_pool2d(x, **kw), x, kw, 2)
+    assert_avg_within_bound(api.avg_pool2d(x, **kw), x, kw, 2)
 
 
 def assert_avg_within_bound(y, x, kwargs, nsp):
@@ -182,7 +185,7 @@ def test_avg_pool2d_within_a_few_ulps_of_the_reference(case, dtype,
     kwargs.update(count_include_pad=count_include_pad,
                   divisor_override=divisor_override)
     x = make_input(seed, shape, dtype)
-    assert_avg_within_bound(kernels.avg_pool2d(x, **kwargs), x, kwargs, 2)
+    assert_avg_within_bound(api.avg_pool2d(x, **kwargs), x, kwargs, 2)
 
 
 @settings(deadline=None)
@@ -194,7 +197,7 @@ def test_avg_pool2d_on_wide_rows_within_a_few_ulps_of_the_reference(
     shape, kwargs = case
     kwargs.update(count_include_pad=count_include_pad)
     x = make_input(seed, shape, dtype)
-    assert_avg_within_bound(kernels.avg_pool2d(x, **kwargs), x, kwargs, 2)
+    assert_avg_within_bound(api.avg_pool2d(x, **kwargs), x, kwargs, 2)
 
 
 @settings(deadline=None)
@@ -205,35 +208,35 @@ def test_avg_pool1d_within_a_few_ulps_of_the_reference(case, dtype,
     shape, kwargs = case
     kwargs.update(count_include_pad=count_include_pad)
     x = make_input(seed, shape, dtype)
-    assert_avg_within_bound(kernels.avg_pool1d(x, **kwargs), x, kwargs, 1)
+    assert_avg_within_bound(api.avg_pool1d(x, **kwargs), x, kwargs, 1)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_global_avg_pool2d_within_a_few_ulps_of_the_reference(dtype):
     x = make_input(3, (2, 5, 7, 9), dtype)
-    y = kernels.global_avg_pool2d(x)
+    y = api.global_avg_pool2d(x)
     y_ref = ref.global_avg_pool2d(x)
     scale = ref.global_avg_pool2d(np.abs(x.astype(np.float64)))
     u = np.finfo(dtype).eps / 2
     c = global_avg_pool_error_constant(dtype, 7 * 9)
     assert y.shape == (2, 5, 1, 1) and y.dtype == dtype
     assert np.all(np.abs(y - y_ref) <= c * u * scale)
-    assert kernels.global_avg_pool2d(x[0]).shape == (5, 1, 1)
+    assert api.global_avg_pool2d(x[0]).shape == (5, 1, 1)
 
 
 def test_unbatched_input_gives_unbatched_output():
     x = make_input(0, (3, 6, 7), np.float64)
     for f in (kernels.max_pool2d, kernels.avg_pool2d):
         np.testing.assert_array_equal(f(x, 2), f(x[None], 2)[0])
-    np.testing.assert_array_equal(kernels.max_pool1d(x[0], 2),
-                                  kernels.max_pool1d(x[:1], 2)[0])
+    np.testing.assert_array_equal(api.max_pool1d(x[0], 2),
+                                  api.max_pool1d(x[:1], 2)[0])
 
 
 def test_batch_size_zero_gives_an_empty_result():
     x = np.zeros((0, 3, 6, 6), np.float32)
-    assert kernels.max_pool2d(x, 2).shape == (0, 3, 3, 3)
-    assert kernels.avg_pool2d(x, 3, 1, 1).shape == (0, 3, 6, 6)
-    y, idx = kernels.max_pool2d(x, 2, return_indices=True)
+    assert api.max_pool2d(x, 2).shape == (0, 3, 3, 3)
+    assert api.avg_pool2d(x, 3, 1, 1).shape == (0, 3, 6, 6)
+    y, idx = api.max_pool2d(x, 2, return_indices=True)
     assert idx.shape == (0, 3, 3, 3)
 
 
@@ -241,12 +244,12 @@ def test_inputs_are_not_modified_and_views_are_accepted():
     base = make_input(1, (2, 3, 9, 10), np.float64)
     x = base[:, ::-1, 1:, ::2]           # a non-contiguous view
     keep = x.copy()
-    y = kernels.max_pool2d(x, 3, 2, 1)
+    y = api.max_pool2d(x, 3, 2, 1)
     np.testing.assert_array_equal(x, keep)
     np.testing.assert_array_equal(y, ref.max_pool2d(keep, 3, 2, 1))
     g = np.ones_like(y)
-    kernels.max_pool2d_backward(g, x, 3, 2, 1)
-    kernels.avg_pool2d_backward(kernels.avg_pool2d(x, 3, 2, 1), x, 3, 2, 1)
+    api.max_pool2d_backward(g, x, 3, 2, 1)
+    api.avg_pool2d_backward(api.avg_pool2d(x, 3, 2, 1), x, 3, 2, 1)
     np.testing.assert_array_equal(x, keep)
 
 
@@ -267,16 +270,16 @@ def test_output_shape_is_the_geometry_formula(case):
     assert expected == tuple(ref.pool_output_size(n, *args, ceil_mode=kwargs["ceil_mode"])
                              for n, *args in zip(shape[2:], k, s, p, d))
     # ...and the output has that shape.
-    assert kernels.max_pool2d(x, **kwargs).shape == shape[:2] + expected
+    assert api.max_pool2d(x, **kwargs).shape == shape[:2] + expected
 
 
 def test_ceil_mode_window_past_the_padded_input_is_clipped_like_torch():
     # 3 + 2*0 - 4 = -1 < 0, yet ceil_mode gives one window (PyTorch's rule).
     x = make_input(0, (1, 1, 3, 3), np.float64)
     assert geometry.pool_output_size(3, 4, 2, 0, 1, ceil_mode=True) == 1
-    np.testing.assert_array_equal(kernels.max_pool2d(x, 4, 2, ceil_mode=True),
+    np.testing.assert_array_equal(api.max_pool2d(x, 4, 2, ceil_mode=True),
                                   x.max(keepdims=True))
-    np.testing.assert_allclose(kernels.avg_pool2d(x, 4, 2, ceil_mode=True),
+    np.testing.assert_allclose(api.avg_pool2d(x, 4, 2, ceil_mode=True),
                                x.mean(keepdims=True))
 
 
@@ -295,8 +298,8 @@ def test_global_avg_pool_is_exactly_invariant_to_circular_shifts(shape, shift,
     # the same correctly rounded mean for every shift.
     rng = np.random.default_rng(seed)
     x = (rng.integers(-2**16, 2**16, size=(2, 3) + shape) / 64).astype(dtype)
-    y = kernels.global_avg_pool2d(x)
-    y_shifted = kernels.global_avg_pool2d(np.roll(x, shift, axis=(2, 3)))
+    y = api.global_avg_pool2d(x)
+    y_shifted = api.global_avg_pool2d(np.roll(x, shift, axis=(2, 3)))
     np.testing.assert_array_equal(y_shifted, y)
     np.testing.assert_array_equal(y, ref.global_avg_pool2d(x).astype(dtype))
 
@@ -310,7 +313,7 @@ def test_max_pool_of_an_impulse_marks_exactly_the_windows_holding_it(k, s, size,
     i, j = min(pos[0], size - 1), min(pos[1], size - 1)
     x = np.full((1, 1, size, size), -1.0, dtype)
     x[0, 0, i, j] = 1.0
-    y = kernels.max_pool2d(x, k, s)
+    y = api.max_pool2d(x, k, s)
     ho, wo = y.shape[2:]
     rows = (np.arange(ho) * s <= i) & (i < np.arange(ho) * s + k)
     cols = (np.arange(wo) * s <= j) & (j < np.arange(wo) * s + k)
@@ -325,7 +328,7 @@ def test_max_pool_of_an_impulse_is_shift_invariant_within_a_window(k, s):
     def pooled(i, j):
         x = base.copy()
         x[0, 0, i, j] = 1.0
-        return kernels.max_pool2d(x, k, s)
+        return api.max_pool2d(x, k, s)
 
     i0 = j0 = s + (k - 1)
     y0 = pooled(i0, j0)
@@ -374,8 +377,8 @@ def test_max_pool_backward_routes_each_gradient_to_the_argmax(case, dtype, ties,
     g = rng.integers(-8, 9, size=idx_ref.shape).astype(dtype)
     extra = {}
     if use_indices:
-        extra["indices"] = kernels.max_pool2d(x, return_indices=True, **kwargs)[1]
-    gx = kernels.max_pool2d_backward(g, x, **kwargs, **extra)
+        extra["indices"] = api.max_pool2d(x, return_indices=True, **kwargs)[1]
+    gx = api.max_pool2d_backward(g, x, **kwargs, **extra)
     expected = scatter_to_argmax(g, idx_ref, x.shape)
     assert gx.dtype == dtype and gx.shape == x.shape
     np.testing.assert_array_equal(gx, expected.astype(dtype))
@@ -413,7 +416,7 @@ def test_avg_pool_backward_conserves_the_gradient_when_windows_tile(k, tiles,
     rng = np.random.default_rng(seed)
     area = k[0] * k[1]
     g = (rng.integers(-50, 50, size=shape[:2] + tiles) * area).astype(dtype)
-    gx = kernels.avg_pool2d_backward(g, x, k)
+    gx = api.avg_pool2d_backward(g, x, k)
     assert gx.sum(dtype=np.float64) == g.sum(dtype=np.float64)
     # and each input element gets its window's share.
     share = np.repeat(np.repeat(g / area, k[0], axis=2), k[1], axis=3)
@@ -445,45 +448,45 @@ def test_invalid_pooling_arguments_are_rejected(f, kwargs, error, match):
 
 def test_invalid_input_arrays_are_rejected():
     with pytest.raises(TypeError, match="float32 or float64"):
-        kernels.max_pool2d(X.astype(np.int32), 2)
+        api.max_pool2d(X.astype(np.int32), 2)
     with pytest.raises(TypeError, match="float32 or float64"):
-        kernels.avg_pool2d(X.astype(np.complex64), 2)
+        api.avg_pool2d(X.astype(np.complex64), 2)
     with pytest.raises(ValueError, match="dimensional"):
-        kernels.max_pool2d(X[0, 0], 2)
+        api.max_pool2d(X[0, 0], 2)
     with pytest.raises(ValueError, match="dimensional"):
-        kernels.max_pool1d(X, 2)
+        api.max_pool1d(X, 2)
     with pytest.raises(ValueError, match="non-zero"):
-        kernels.max_pool2d(np.zeros((1, 0, 4, 4)), 2)
+        api.max_pool2d(np.zeros((1, 0, 4, 4)), 2)
     with pytest.raises(ValueError, match="dimensional"):
-        kernels.global_avg_pool2d(X[0, 0])
+        api.global_avg_pool2d(X[0, 0])
 
 
 def test_invalid_divisor_override_is_rejected():
     with pytest.raises(ValueError, match="divisor_override"):
-        kernels.avg_pool2d(X, 2, divisor_override=0)
+        api.avg_pool2d(X, 2, divisor_override=0)
     with pytest.raises(TypeError, match="divisor_override"):
-        kernels.avg_pool2d(X, 2, divisor_override=1.5)
+        api.avg_pool2d(X, 2, divisor_override=1.5)
 
 
 def test_backward_rejects_a_grad_out_of_the_wrong_shape_or_dtype():
     g = np.zeros((1, 2, 4, 4), np.float32)
     with pytest.raises(ValueError, match="shape of the forward output"):
-        kernels.max_pool2d_backward(g[:, :, :3], X, 2)
+        api.max_pool2d_backward(g[:, :, :3], X, 2)
     with pytest.raises(ValueError, match="shape of the forward output"):
-        kernels.avg_pool2d_backward(g, X, 3)
+        api.avg_pool2d_backward(g, X, 3)
     with pytest.raises(TypeError, match="dtype"):
-        kernels.max_pool2d_backward(g.astype(np.float64), X, 2)
+        api.max_pool2d_backward(g.astype(np.float64), X, 2)
     with pytest.raises(ValueError, match="indices"):
-        kernels.max_pool2d_backward(g, X, 2, indices=np.zeros((1, 2, 3, 4), np.int64))
+        api.max_pool2d_backward(g, X, 2, indices=np.zeros((1, 2, 3, 4), np.int64))
     with pytest.raises(TypeError, match="indices"):
-        kernels.max_pool2d_backward(g, X, 2, indices=np.zeros(g.shape))
+        api.max_pool2d_backward(g, X, 2, indices=np.zeros(g.shape))
 
 
 @pytest.mark.parametrize("call", [
-    lambda b: kernels.max_pool2d(X, 2, backend=b),
-    lambda b: kernels.avg_pool1d(X[0], 2, backend=b),
-    lambda b: kernels.global_avg_pool2d(X, backend=b),
-    lambda b: kernels.max_pool2d_backward(np.zeros((1, 2, 4, 4), np.float32), X, 2, backend=b),
+    lambda b: api.max_pool2d(X, 2, backend=b),
+    lambda b: api.avg_pool1d(X[0], 2, backend=b),
+    lambda b: api.global_avg_pool2d(X, backend=b),
+    lambda b: api.max_pool2d_backward(np.zeros((1, 2, 4, 4), np.float32), X, 2, backend=b),
 ])
 def test_backends(call):
     with pytest.raises(NotImplementedError, match="cuda"):
@@ -504,11 +507,11 @@ def test_matches_torch_on_a_grid(dtype):
     tx = torch.from_numpy(x)
     for k, s, p, d, c in [(3, 2, 1, 1, False), (3, 2, 1, 1, True), (2, 2, 0, 1, True),
                           (3, 1, 1, 2, False), (4, 3, 2, 1, True)]:
-        y, i = kernels.max_pool2d(x, k, s, p, d, c, return_indices=True)
+        y, i = api.max_pool2d(x, k, s, p, d, c, return_indices=True)
         ty, ti = F.max_pool2d(tx, k, s, p, d, c, return_indices=True)
         np.testing.assert_array_equal(y, ty.numpy())
         np.testing.assert_array_equal(i, ti.numpy())
         for cip in (True, False):
-            np.testing.assert_allclose(kernels.avg_pool2d(x, k, s, p, c, cip),
+            np.testing.assert_allclose(api.avg_pool2d(x, k, s, p, c, cip),
                                        F.avg_pool2d(tx, k, s, p, c, cip).numpy(),
                                        rtol=1e-5 if dtype == np.float32 else 1e-12)

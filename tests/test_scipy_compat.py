@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import kernels
 import kernels._conv
 import reference
-from helpers import (ALL_ALGORITHMS, DTYPES, assert_close_within, bound, random_array,
+from helpers import (api, ALL_ALGORITHMS, DTYPES, assert_close_within, bound, random_array,
                      scipy_style_supported)
 
 over_algorithms = pytest.mark.parametrize("algorithm", ALL_ALGORITHMS)
@@ -28,6 +28,8 @@ over_dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"
 over_functions = pytest.mark.parametrize("function", ("correlate", "convolve"))
 over_modes = pytest.mark.parametrize("mode", ("full", "valid", "same"))
 
+
+pytestmark = pytest.mark.usefixtures("backend")
 
 def check_against_scipy(function, algorithm, in1, in2, mode):
     assume_ok = scipy_style_supported(algorithm, in1.shape, in2.shape, mode)

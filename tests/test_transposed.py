@@ -22,7 +22,9 @@ from kernels import geometry
 from kernels._transposed import transposed_algorithms
 from kernels.accuracy import NORMWISE, error_bound
 
-from helpers import grouped_conv2d_problems
+from helpers import api, grouped_conv2d_problems
+
+pytestmark = pytest.mark.usefixtures("backend")
 
 DTYPES = (np.float32, np.float64)
 ALGORITHMS = kernels.ALGORITHMS
@@ -52,7 +54,7 @@ def _full_abs_max(x, w, kw):
 def _run(algorithm, *args, **kwargs):
     """kernels.conv_transpose2d, or None where the algorithm does not apply."""
     try:
-        return kernels.conv_transpose2d(*args, algorithm=algorithm, **kwargs)
+        return api.conv_transpose2d(*args, algorithm=algorithm, **kwargs)
     except kernels.UnsupportedConfiguration:
         return None
 
@@ -162,7 +164,7 @@ def test_1d_matches_the_reference(alg, dtype):
     b = rng.standard_normal(6).astype(dtype)
     kw = dict(stride=2, padding=1, output_padding=1, groups=2, dilation=1)
     try:
-        y = kernels.conv_transpose1d(x, w, b, algorithm=alg, **kw)
+        y = api.conv_transpose1d(x, w, b, algorithm=alg, **kw)
     except kernels.UnsupportedConfiguration:
         pytest.skip("not applicable")
     y_ref = ref_t.conv_transpose1d(x, w, b, **kw)
@@ -170,20 +172,20 @@ def test_1d_matches_the_reference(alg, dtype):
     assert y.shape == (2, 6, 18)
     assert np.all(np.abs(y - y_ref) <= error_bound(alg, dtype, scale))
     np.testing.assert_array_equal(
-        kernels.conv_transpose1d(x[0], w, b, algorithm=alg, **kw), y[0])
+        api.conv_transpose1d(x[0], w, b, algorithm=alg, **kw), y[0])
 
 
 @pytest.mark.parametrize("limit", [1, 3000, 40000])
-def test_im2col_banding_gives_the_same_result(limit, monkeypatch):
+def test_im2col_banding_gives_the_same_result(limit):
     """Column matrices built a band of rows / a few images at a time."""
-    from kernels.cpu import transposed
+    from kernels.cpu import _tuning
     rng = np.random.default_rng(2)
     x = rng.standard_normal((3, 4, 7, 6))
     w = rng.standard_normal((4, 5, 3, 2))
     kw = dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2))
     y_ref = ref_t.conv_transpose2d(x, w, **kw)
-    monkeypatch.setattr(transposed, "_scratch_limit", lambda: limit)
-    y = kernels.conv_transpose2d(x, w, algorithm="im2col", **kw)
+    with _tuning.override(transposed=dict(scratch_limit=limit)):
+        y = api.conv_transpose2d(x, w, algorithm="im2col", **kw)
     scale = ref_t.conv_transpose2d(np.abs(x), np.abs(w), **kw)
     assert np.all(np.abs(y - y_ref) <= error_bound("im2col", np.float64, scale))
 
@@ -196,7 +198,7 @@ def test_auto_picks_an_applicable_algorithm_and_is_accurate():
                                  ((1, 1, 20, 20), (1, 1, 11, 11), {})]:
         x = rng.standard_normal(x_shape)
         w = rng.standard_normal(w_shape)
-        y = kernels.conv_transpose2d(x, w, **kw)
+        y = api.conv_transpose2d(x, w, **kw)
         y_ref = ref_t.conv_transpose2d(x, w, **kw)
         scale = ref_t.conv_transpose2d(np.abs(x), np.abs(w), **kw)
         assert np.all(np.abs(y - y_ref) <= error_bound("fft", np.float64, scale))
@@ -206,13 +208,13 @@ def test_batch_size_zero_and_non_contiguous_views():
     rng = np.random.default_rng(0)
     w = rng.standard_normal((3, 2, 3, 3))
     b = rng.standard_normal(2)
-    y = kernels.conv_transpose2d(np.zeros((0, 3, 4, 4)), w, b, stride=2)
+    y = api.conv_transpose2d(np.zeros((0, 3, 4, 4)), w, b, stride=2)
     assert y.shape == (0, 2, 9, 9)
     base = rng.standard_normal((2, 6, 9, 8))
     x = base[:, ::2, ::-1, 1:7]
     keep = x.copy()
     for algorithm in ("direct", "im2col"):
-        y = kernels.conv_transpose2d(x, w, b, stride=2, algorithm=algorithm)
+        y = api.conv_transpose2d(x, w, b, stride=2, algorithm=algorithm)
         np.testing.assert_allclose(y, ref_t.conv_transpose2d(keep, w, b, stride=2),
                                    rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(x, keep)
@@ -247,7 +249,7 @@ def test_nan_and_inf_reach_exactly_the_outputs_of_their_patch(alg, special):
 @given(problem=transposed_problems(max_size=9))
 def test_output_shape_is_the_geometry_formula(problem):
     x_shape, w_shape, kw = problem
-    y = kernels.conv_transpose2d(np.zeros(x_shape), np.zeros(w_shape),
+    y = api.conv_transpose2d(np.zeros(x_shape), np.zeros(w_shape),
                                  algorithm="direct", **kw)
     expected = tuple(
         geometry.conv_transpose_output_size(n, k, s, p, o, d)
@@ -288,27 +290,27 @@ WT = np.zeros((4, 3, 3, 3), np.float32)
 ])
 def test_invalid_arguments_are_rejected(kwargs, error, match):
     with pytest.raises(error, match=match):
-        kernels.conv_transpose2d(XT, WT, **kwargs)
+        api.conv_transpose2d(XT, WT, **kwargs)
 
 
 def test_invalid_arrays_are_rejected():
     with pytest.raises(ValueError, match=r"w.shape\[0\]"):
-        kernels.conv_transpose2d(XT, WT[:3])
+        api.conv_transpose2d(XT, WT[:3])
     with pytest.raises(TypeError, match="dtype"):
-        kernels.conv_transpose2d(XT, WT.astype(np.float64))
+        api.conv_transpose2d(XT, WT.astype(np.float64))
     with pytest.raises(TypeError, match="float32 or float64"):
-        kernels.conv_transpose2d(XT.astype(np.int64), WT)
+        api.conv_transpose2d(XT.astype(np.int64), WT)
     with pytest.raises(ValueError, match="bias"):
-        kernels.conv_transpose2d(XT, WT, np.zeros(4, np.float32))
+        api.conv_transpose2d(XT, WT, np.zeros(4, np.float32))
     with pytest.raises(ValueError, match="dimensional"):
-        kernels.conv_transpose2d(XT[0, 0], WT)
+        api.conv_transpose2d(XT[0, 0], WT)
     with pytest.raises(ValueError, match="dimensional"):
-        kernels.conv_transpose1d(XT, WT)
+        api.conv_transpose1d(XT, WT)
 
 
 def test_cuda_backend_is_not_built_yet():
     with pytest.raises(NotImplementedError, match="cuda"):
-        kernels.conv_transpose2d(XT, WT, backend="cuda")
+        api.conv_transpose2d(XT, WT, backend="cuda")
 
 
 def test_inapplicable_algorithm_raises_unsupported_configuration():
@@ -316,7 +318,7 @@ def test_inapplicable_algorithm_raises_unsupported_configuration():
         pytest.skip("winograd not built")
     # Winograd computes undilated convolutions only.
     with pytest.raises(kernels.UnsupportedConfiguration, match="winograd"):
-        kernels.conv_transpose2d(XT, WT, dilation=2, algorithm="winograd")
+        api.conv_transpose2d(XT, WT, dilation=2, algorithm="winograd")
 
 
 # --------------------------------------------------------------------------

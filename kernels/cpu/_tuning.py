@@ -28,14 +28,16 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import glob
 import os
+import platform
 from dataclasses import dataclass
 
 __all__ = ["AUTO_THRESHOLDS", "BlasTuning", "DirectTuning", "Im2colTuning",
            "WinogradTuning", "FFTTuning", "TransposedTuning", "CpuTuning",
            "current", "defaults", "override", "set_defaults",
-           "block_shape_threads"]
+           "block_shape_threads", "machine_key"]
 
 
 def block_shape_threads():
@@ -93,6 +95,31 @@ def _default_scratch():
 # --------------------------------------------------------------------------
 # algorithm="auto"
 # --------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def machine_key():
+    """What a calibration must have been measured on to apply here: the
+    CPU model, the core count and the versions of the libraries whose
+    speed the thresholds compare (JSON-able, cached per process)."""
+    import numba
+    import numpy
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        from importlib.metadata import version
+        fftw = version("pyFFTW")
+    except Exception:           # not installed as a distribution
+        fftw = None
+    return {"cpu": model, "cores": os.cpu_count(), "numpy": numpy.__version__,
+            "numba": numba.__version__, "pyfftw": fftw}
+
 
 AUTO_THRESHOLDS = {
     # Below this many multiply-adds per image the fast algorithms' set-up
@@ -165,10 +192,6 @@ class Im2colTuning:
     cache_target_bytes: int = 8 * 2**20
     # ... while the GEMM keeps at least this many columns.
     min_gemm_columns: int = 256
-    # Parallel gather tasks: at least this many, none shorter than
-    # min_positions_per_task output positions.
-    min_tasks: int = 64
-    min_positions_per_task: int = 1024
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _threads
+from .._dispatch import Kernel
 from . import _blas, im2col
 
-__all__ = ["weight_gradient_im2col"]
+__all__ = ["weight_gradient_im2col", "KERNELS"]
 
 
 def weight_gradient_im2col(grad_out, x, w_shape, stride, padding, dilation,
@@ -87,3 +88,12 @@ def weight_gradient_im2col(grad_out, x, w_shape, stride, padding, dilation,
                                  product, split="rows")
     return np.ascontiguousarray(
         grad_w_t.transpose(0, 2, 1)).reshape(w_shape)
+
+
+def _run_weight_gradient(spec, grad_out, x):
+    """The contract's ``run(spec, grad_out, x)`` of ``conv2d_weight_grad``."""
+    return weight_gradient_im2col(grad_out, x, spec.w_shape, spec.stride,
+                                  spec.padding, spec.dilation, spec.groups)
+
+
+KERNELS = {("conv2d_weight_grad", "im2col"): Kernel(_run_weight_gradient)}

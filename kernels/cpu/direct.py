@@ -39,7 +39,7 @@ How it works
    (image, group, column tile, channel block), channel block fastest so
    that a thread reuses the same input rows for all filters.  Each output
    is computed by one thread, in a fixed order: results do not depend on
-   the number of threads.  Problems of at most ``SERIAL_MAX_MACS``
+   the number of threads.  Problems of at most ``DirectTuning.serial_max_macs``
    multiply-adds run on one thread, where waking the pool costs more than
    it saves.
 
@@ -59,8 +59,11 @@ from numba import carray, njit, prange, types
 from numba.core import cgutils, config
 from numba.extending import intrinsic, overload
 
-__all__ = ["conv2d", "pack_input", "tap_offsets", "output_geometry",
-           "tile_columns", "SERIAL_MAX_MACS", "MAX_BLOCK"]
+from .._dispatch import ConvSpec, Kernel
+from . import _tuning
+
+__all__ = ["conv2d", "pack_input", "tap_offsets", "packed_geometry",
+           "tile_columns", "MAX_BLOCK", "KERNELS"]
 
 
 def _host_vector_bits():
@@ -83,13 +86,6 @@ TILE_VECTORS = 4 if VECTOR_BITS == 512 else 2
 # Output channels per tile; a group's last tile takes the 1-3 left over.
 MAX_BLOCK = 4
 
-# Multiply-adds up to which the whole convolution runs on one thread.
-# Measured on a 2-vCPU VM (C = K = 16 at 28^2, 1.8 M multiply-adds):
-# serial 63 us; parallel 50 us right after another launch, 250-270 us when
-# the other worker had gone to sleep (waking a halted virtual CPU), which
-# is the usual case between the layers of a small network.
-SERIAL_MAX_MACS = 2_000_000
-
 # Packed input rows are filled in pieces of at most this many elements, so
 # that a long 1-D signal is packed by all threads.
 _PACK_PIECE = 16384
@@ -105,11 +101,9 @@ def tile_columns(dtype):
 # --------------------------------------------------------------------------
 
 @njit(cache=True)
-def output_geometry(h, w, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr):
-    """``(Ho, Wo, Hq, Wq)``: output size and packed-plane size."""
-    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
-    return ho, wo, ho + (dh * (kh - 1)) // sh, wo + (dw * (kw - 1)) // sw
+def packed_geometry(ho, wo, kh, kw, sh, sw, dh, dw):
+    """``(Hq, Wq)``: the packed-plane size for an ``(Ho, Wo)`` output."""
+    return ho + (dh * (kh - 1)) // sh, wo + (dw * (kw - 1)) // sw
 
 
 @njit(cache=True)
@@ -370,12 +364,11 @@ def _store_tile(acc, kb, width, y, y0, hw, v0, nv, wq, wo):
 # --------------------------------------------------------------------------
 
 @njit(cache=True, inline="always")
-def _direct_body(x, w, bias, has_bias, sh, sw, dh, dw, pt, pb, pl, pr,
+def _direct_body(x, w, bias, has_bias, sh, sw, dh, dw, pt, pl, ho, wo,
                  groups):
     n_img, c_total, h, wd = x.shape
     k_total, cg, kh, kw = w.shape
-    ho, wo, hq, wq = output_geometry(h, wd, kh, kw, sh, sw, dh, dw,
-                                     pt, pb, pl, pr)
+    hq, wq = packed_geometry(ho, wo, kh, kw, sh, sw, dh, dw)
     full_width = _tile_width(x)
     # A tile reads up to width - 1 outputs past the last, and dropped
     # columns up to wq - wo elements past the last packed plane.
@@ -422,16 +415,16 @@ def _direct_body(x, w, bias, has_bias, sh, sw, dh, dw, pt, pb, pl, pr,
 
 
 @njit(cache=True, parallel=True)
-def _direct_parallel(x, w, bias, has_bias, sh, sw, dh, dw, pt, pb, pl, pr,
+def _direct_parallel(x, w, bias, has_bias, sh, sw, dh, dw, pt, pl, ho, wo,
                      groups):
-    return _direct_body(x, w, bias, has_bias, sh, sw, dh, dw, pt, pb, pl, pr,
+    return _direct_body(x, w, bias, has_bias, sh, sw, dh, dw, pt, pl, ho, wo,
                         groups)
 
 
 @njit(cache=True)
-def _direct_serial(x, w, bias, has_bias, sh, sw, dh, dw, pt, pb, pl, pr,
+def _direct_serial(x, w, bias, has_bias, sh, sw, dh, dw, pt, pl, ho, wo,
                    groups):
-    return _direct_body(x, w, bias, has_bias, sh, sw, dh, dw, pt, pb, pl, pr,
+    return _direct_body(x, w, bias, has_bias, sh, sw, dh, dw, pt, pl, ho, wo,
                         groups)
 
 
@@ -439,7 +432,7 @@ def _direct_serial(x, w, bias, has_bias, sh, sw, dh, dw, pt, pb, pl, pr,
 # Public entry point (the kernels/_dispatch.py contract)
 # --------------------------------------------------------------------------
 
-def conv2d(x, w, bias, stride, padding, dilation, groups):
+def conv2d(x, w, bias, stride, padding, dilation, groups, tuning=None):
     """Direct 2-D convolution (cross-correlation), ``torch`` semantics.
 
     Parameters
@@ -450,6 +443,8 @@ def conv2d(x, w, bias, stride, padding, dilation, groups):
     stride, dilation : (int, int)
     padding : (top, bottom, left, right) zero padding
     groups : int
+    tuning : DirectTuning, optional
+        Default ``kernels.cpu._tuning.current().direct``.
 
     Returns
     -------
@@ -459,17 +454,26 @@ def conv2d(x, w, bias, stride, padding, dilation, groups):
         raise TypeError(f"x, w and bias must have the same dtype, got "
                         f"{x.dtype}, {w.dtype} and "
                         f"{None if bias is None else bias.dtype}")
-    x = np.ascontiguousarray(x)
-    w = np.ascontiguousarray(w)
+    spec = ConvSpec(x.shape, w.shape, tuple(int(s) for s in stride),
+                    tuple(int(p) for p in padding),
+                    tuple(int(d) for d in dilation), int(groups), x.dtype)
+    return _run(spec, np.ascontiguousarray(x), np.ascontiguousarray(w), bias,
+                tuning)
+
+
+def _run(spec, x, w, bias, tuning=None):
+    """The contract's entry: ``run(spec, x, w, bias)``."""
+    tuning = tuning or _tuning.current().direct
     has_bias = bias is not None
     b = np.ascontiguousarray(bias) if has_bias else np.zeros(1, x.dtype)
-    n_img, _, h, wd = x.shape
-    k_total, cg, kh, kw = w.shape
-    pt, pb, pl, pr = (int(p) for p in padding)
-    sh, sw = (int(s) for s in stride)
-    dh, dw = (int(d) for d in dilation)
-    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    wo = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
-    macs = n_img * k_total * cg * kh * kw * ho * wo
-    run = _direct_serial if macs <= SERIAL_MAX_MACS else _direct_parallel
-    return run(x, w, b, has_bias, sh, sw, dh, dw, pt, pb, pl, pr, int(groups))
+    sh, sw = spec.stride
+    dh, dw = spec.dilation
+    pt, _, pl, _ = spec.padding
+    ho, wo = spec.out_hw
+    run = (_direct_serial if spec.macs <= tuning.serial_max_macs
+           else _direct_parallel)
+    return run(x, w, b, has_bias, sh, sw, dh, dw, pt, pl, ho, wo,
+               int(spec.groups))
+
+
+KERNELS = {("conv2d", "direct"): Kernel(_run)}

@@ -114,6 +114,7 @@ import pyfftw
 from numba import njit, prange
 from numpy.lib.stride_tricks import as_strided
 
+from .._dispatch import Kernel
 from . import _blas
 
 __all__ = [
@@ -1707,3 +1708,19 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, *, tile=None,
 def unsupported_reason(x_shape, w_shape, stride, padding, dilation, groups):
     """None: the FFT algorithm computes every configuration."""
     return None
+
+
+# --------------------------------------------------------------------------
+# The backend contract (kernels._dispatch)
+# --------------------------------------------------------------------------
+
+def _run(spec, x, w, bias):
+    return conv2d(x, w, bias, spec.stride, spec.padding, spec.dilation,
+                  spec.groups)
+
+
+def _unsupported(spec):
+    return unsupported_reason(*spec.config())
+
+
+KERNELS = {("conv2d", "fft"): Kernel(_run, _unsupported)}

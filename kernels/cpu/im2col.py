@@ -27,8 +27,8 @@ Bounded memory: the patch matrix is built in chunks of output positions
 with ``Ho = 1`` is chunked too) small enough that the scratch never exceeds
 :func:`get_scratch_limit` (64 MiB by default; environment variable
 ``CONVBENCH_IM2COL_SCRATCH`` or :func:`set_scratch_limit`).  Within the
-limit a chunk is preferably cache-sized (``CACHE_TARGET_BYTES``, but at
-least ``MIN_GEMM_COLUMNS`` GEMM columns), so the GEMM reads patches the
+limit a chunk is preferably cache-sized (``Im2colTuning.cache_target_bytes``,
+but at least ``min_gemm_columns`` GEMM columns), so the GEMM reads patches the
 gather has just written.  When whole images are small (deep layers, 7x7
 maps) several images share one chunk and one GEMM, whose result is then
 copied into ``y``: one wide GEMM is faster than many skinny ones.
@@ -45,61 +45,26 @@ would).
 
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
 
 from .. import _threads
-from . import _blas
+from .._dispatch import ConvSpec, Kernel
+from . import _blas, _tuning
 
 __all__ = ["conv2d", "set_scratch_limit", "get_scratch_limit", "plan_chunks",
            "fill_patches", "fill_patches_serial"]
 
-DEFAULT_SCRATCH_LIMIT = 64 * 2**20
-SCRATCH_ENV_VAR = "CONVBENCH_IM2COL_SCRATCH"
-
-# Images with fewer output positions than this are merged into one GEMM
-# (when several fit in the scratch): below it the GEMM of one image is too
-# skinny for BLAS.  Measured (2 cores, float32, batch 4, ResNet-50 3x3
-# layers): 512 ch at 7x7 15% faster merged, 256 ch at 14x14 4%, larger
-# maps unchanged.
-MERGE_BELOW_POSITIONS = 512
-
-# Preferred size of one chunk's scratch: small enough that the patches are
-# still in cache (L3) when the GEMM reads them, large enough that the
-# per-chunk synchronisation (a prange launch, the GEMM threads) does not
-# count.  Measured on the 2-core Zen 4 (32 MiB L3), medians, ms, for 4 /
-# 8 / 16 / 64 MiB: ResNet-50 64@56^2 batch 4 4.41 / 3.53 / 3.51 / 3.50
-# (other 3x3 layers within 5 %); 1-D signals of 10^6 samples, C = K = 16,
-# k = 9: 63 / 35 / 38 / 58 and C = K = 8: 18.5 / 13.4 / 17.9 / 27.
-# The GEMM keeps at least MIN_GEMM_COLUMNS columns so that BLAS stays
-# efficient.
-CACHE_TARGET_BYTES = 8 * 2**20
-MIN_GEMM_COLUMNS = 256
+SCRATCH_ENV_VAR = _tuning.SCRATCH_ENV_VAR
 
 # Parallel tasks of the gather: at least _MIN_TASKS (so every thread gets
 # several, whatever the core count), none shorter than
 # _MIN_POSITIONS_PER_TASK output positions (to amortise the loop set-up).
+# Compile-time constants of the gather kernel.
 _MIN_TASKS = 64
 _MIN_POSITIONS_PER_TASK = 1024
-
-_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
-
-
-def _parse_nbytes(text):
-    """Bytes from '67108864', '64M', '64MiB', '1G' (binary units)."""
-    s = text.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = s[-1:] if s[-1:] in ("K", "M", "G") else ""
-    number = s[: len(s) - len(unit)].strip()
-    try:
-        value = int(float(number) * _UNITS[unit])
-    except ValueError:
-        raise ValueError(
-            f"{SCRATCH_ENV_VAR}={text!r} is not a size in bytes; use e.g. "
-            f"67108864, 64M or 1G") from None
-    return value
 
 
 def _check_limit(nbytes):
@@ -110,11 +75,6 @@ def _check_limit(nbytes):
     return int(nbytes)
 
 
-_scratch_limit = _check_limit(
-    _parse_nbytes(os.environ[SCRATCH_ENV_VAR]) if os.environ.get(SCRATCH_ENV_VAR)
-    else DEFAULT_SCRATCH_LIMIT)
-
-
 def set_scratch_limit(nbytes):
     """Set the most scratch memory (bytes) one ``conv2d`` call may allocate.
 
@@ -122,17 +82,18 @@ def set_scratch_limit(nbytes):
     merged, that chunk's GEMM result).  A chunk holds at least one output
     position, so the scratch is at most ``max(nbytes, one patch column)``
     where one column is ``C kH kW`` elements (plus ``K`` when merging).
-    Returns the previous limit, so a caller can restore it.
+    Process-wide (``kernels.cpu._tuning.set_defaults``); returns the
+    previous limit, so a caller can restore it.
     """
-    global _scratch_limit
-    previous = _scratch_limit
-    _scratch_limit = _check_limit(nbytes)
+    previous = _tuning.defaults().im2col.scratch_limit
+    _tuning.set_defaults(im2col=dict(scratch_limit=_check_limit(nbytes)))
     return previous
 
 
 def get_scratch_limit():
-    """The scratch limit in bytes (default 64 MiB, see :func:`set_scratch_limit`)."""
-    return _scratch_limit
+    """The scratch limit in bytes in force (default 64 MiB or
+    ``$CONVBENCH_IM2COL_SCRATCH``, see :func:`set_scratch_limit`)."""
+    return _tuning.current().im2col.scratch_limit
 
 
 class Chunk(NamedTuple):
@@ -145,8 +106,7 @@ class Chunk(NamedTuple):
 
 
 def plan_chunks(n_images, positions, column_bytes, merged_column_bytes,
-                limit, merge_below=MERGE_BELOW_POSITIONS,
-                target=CACHE_TARGET_BYTES, min_columns=MIN_GEMM_COLUMNS):
+                limit, merge_below=None, target=None, min_columns=None):
     """Split the output of a convolution into chunks that fit in ``limit``.
 
     Parameters
@@ -161,6 +121,8 @@ def plan_chunks(n_images, positions, column_bytes, merged_column_bytes,
     limit : int
         Scratch limit in bytes: never exceeded, except that a chunk holds
         at least one output position.
+    merge_below, target, min_columns : int, optional
+        Default: the :class:`~kernels.cpu._tuning.Im2colTuning` in force.
     merge_below : int
         Merge whole images only when ``positions`` is below this.
     target : int
@@ -176,6 +138,10 @@ def plan_chunks(n_images, positions, column_bytes, merged_column_bytes,
         chunk either spans several whole images (``p0 = 0, p1 =
         positions``) or lies inside one image.
     """
+    tuning = _tuning.current().im2col
+    merge_below = tuning.merge_below_positions if merge_below is None else merge_below
+    target = tuning.cache_target_bytes if target is None else target
+    min_columns = tuning.min_gemm_columns if min_columns is None else min_columns
     if positions < merge_below and n_images > 1:
         wanted_columns = max(min_columns, target // max(1, merged_column_bytes))
         per_chunk = min(n_images, -(-wanted_columns // positions),
@@ -317,10 +283,6 @@ def fill_patches_serial(x, n0, n1, p0, p1, kh, kw, sh, sw, pad_top, pad_left,
                    sh, sw, pad_top, pad_left, dh, dw, wo_count, patches)
 
 
-def _output_size(n, k, s, p_lo, p_hi, d):
-    return (n + p_lo + p_hi - d * (k - 1) - 1) // s + 1
-
-
 def _is_pointwise(w_shape, stride, padding):
     """1x1 kernel, stride 1, no padding: x itself is the patch matrix."""
     return (w_shape[2] == 1 and w_shape[3] == 1 and tuple(stride) == (1, 1)
@@ -338,8 +300,8 @@ def _pointwise(x, w_stack, bias_stack, y, groups):
             y_stack[i] += bias_stack
 
 
-def conv2d(x, w, bias, stride, padding, dilation, groups):
-    """im2col + GEMM convolution (module contract of ``kernels._dispatch``).
+def conv2d(x, w, bias, stride, padding, dilation, groups, tuning=None):
+    """im2col + GEMM convolution.
 
     Parameters
     ----------
@@ -349,6 +311,8 @@ def conv2d(x, w, bias, stride, padding, dilation, groups):
     stride, dilation : (int, int)
     padding : (top, bottom, left, right) zero padding
     groups : int
+    tuning : Im2colTuning, optional
+        Default ``kernels.cpu._tuning.current().im2col``.
 
     Returns
     -------
@@ -361,14 +325,19 @@ def conv2d(x, w, bias, stride, padding, dilation, groups):
     documented bound is ``kernels.accuracy.error_bound("im2col", ...)``.
     The scratch memory is bounded by :func:`get_scratch_limit`.
     """
-    x = np.ascontiguousarray(x)
-    w = np.ascontiguousarray(w)
-    n, _, h, wd = x.shape
+    spec = ConvSpec(x.shape, w.shape, tuple(stride), tuple(padding),
+                    tuple(dilation), int(groups), x.dtype)
+    return _run(spec, np.ascontiguousarray(x), np.ascontiguousarray(w), bias,
+                tuning)
+
+
+def _run(spec, x, w, bias, tuning=None):
+    """The contract's entry: ``run(spec, x, w, bias)``."""
+    tuning = tuning or _tuning.current().im2col
+    stride, padding, dilation, groups = (spec.stride, spec.padding,
+                                         spec.dilation, spec.groups)
     k, cg, kh, kw = w.shape
-    pt, pb, pl, pr = padding
-    ho = _output_size(h, kh, stride[0], pt, pb, dilation[0])
-    wo = _output_size(wd, kw, stride[1], pl, pr, dilation[1])
-    y = np.empty((n, k, ho, wo), dtype=x.dtype)
+    y = np.empty(spec.out_shape, dtype=x.dtype)
     # (G, K/G, C/G kH kW): the GEMM's left factor of every group.
     w_stack = w.reshape(groups, k // groups, cg * kh * kw)
     bias_stack = None if bias is None else bias.reshape(groups, k // groups, 1)
@@ -379,11 +348,12 @@ def conv2d(x, w, bias, stride, padding, dilation, groups):
             _pointwise(x, w_stack, bias_stack, y, groups)
         else:
             _chunked_gemm(x, w.shape, w_stack, bias_stack, y, stride, padding,
-                          dilation)
+                          dilation, tuning)
     return y
 
 
-def _chunked_gemm(x, w_shape, w_stack, bias_stack, y, stride, padding, dilation):
+def _chunked_gemm(x, w_shape, w_stack, bias_stack, y, stride, padding, dilation,
+                  tuning):
     """Gather the patches of one chunk at a time and GEMM each into y."""
     n, c, _, _ = x.shape
     k, _, kh, kw = w_shape
@@ -396,8 +366,8 @@ def _chunked_gemm(x, w_shape, w_stack, bias_stack, y, stride, padding, dilation)
     positions = ho * wo
     item = x.dtype.itemsize
     chunks = plan_chunks(n, positions, rows * item, (rows + k) * item,
-                         _scratch_limit, MERGE_BELOW_POSITIONS,
-                         CACHE_TARGET_BYTES, MIN_GEMM_COLUMNS)
+                         tuning.scratch_limit, tuning.merge_below_positions,
+                         tuning.cache_target_bytes, tuning.min_gemm_columns)
     max_cols = max((ch.n1 - ch.n0) * (ch.p1 - ch.p0) for ch in chunks)
     patch_buffer = np.empty(rows * max_cols, dtype=x.dtype)
     merged = chunks[0].n1 - chunks[0].n0 > 1
@@ -426,3 +396,6 @@ def _chunked_gemm(x, w_shape, w_stack, bias_stack, y, stride, padding, dilation)
             # (K, images, positions) -> y[images, K, positions]
             y_stack[n0:n1].reshape(n1 - n0, k, positions)[...] = (
                 result.reshape(k, n1 - n0, positions).transpose(1, 0, 2))
+
+
+KERNELS = {("conv2d", "im2col"): Kernel(_run)}

@@ -26,7 +26,7 @@ Semantics follow PyTorch's CPU kernels exactly:
 * average: the divisor is ``kh' * kw'`` with the window clipped to the
   padded input (``count_include_pad``), to the input itself (otherwise),
   or ``divisor_override``.  It factors into a row part and a column part,
-  precomputed by :func:`avg_divisors`.
+  precomputed by :func:`kernels._pooling.avg_divisors`.
 
 Parallelism is over output rows of all planes (or over planes where a
 thread must own a whole plane), split into contiguous chunks so that each
@@ -43,10 +43,11 @@ from __future__ import annotations
 import numpy as np
 from numba import get_num_threads, njit, prange
 
+from .._dispatch import Kernel
 from ._prefetch import prefetch_row
 
 __all__ = [
-    "max_pool", "max_pool_with_indices", "avg_pool", "avg_divisors",
+    "max_pool", "max_pool_with_indices", "avg_pool",
     "global_avg_pool", "max_pool_backward", "max_pool_backward_fused",
     "max_pool_backward_indices",
     "avg_pool_backward",
@@ -402,21 +403,6 @@ def max_pool_backward_indices(grad_out, indices, height, width, kh, kw, sh,
 # average pooling
 # --------------------------------------------------------------------------
 
-def avg_divisors(n, k, s, p, n_out, count_include_pad):
-    """Per-output divisor factor along one axis, PyTorch's rule.
-
-    The window ``[o s - p, o s - p + k)`` is clipped to the padded input
-    ``[-p, n + p)`` (only ceil_mode windows reach past it); with
-    ``count_include_pad`` that clipped length is the factor, else the
-    length of its intersection with the input ``[0, n)``.
-    """
-    start = np.arange(n_out, dtype=np.int64) * s - p
-    end = np.minimum(start + k, n + p)
-    if count_include_pad:
-        return (end - start).astype(np.float64)
-    return (np.minimum(end, n) - np.maximum(start, 0)).astype(np.float64)
-
-
 @njit(cache=True, inline="always")
 def _sum_columns(buf, even, odd, out, p, oh, sw, kw, div, recip, sums):
     """out[p, oh, ow] = (sum over t < kw of buf[ow sw + t]) / div[ow].
@@ -594,3 +580,50 @@ def global_avg_pool(x):
             j += 1
         out[p] = ((s0 + s1) + (s2 + s3)) / size
     return out
+
+
+# --------------------------------------------------------------------------
+# The backend contract (kernels._dispatch): one entry per pooling op
+# --------------------------------------------------------------------------
+
+def _run_max_pool(spec, x):
+    return max_pool(x, *spec.geometry(), *spec.out_hw)
+
+
+def _run_max_pool_with_indices(spec, x):
+    return max_pool_with_indices(x, *spec.geometry(), *spec.out_hw)
+
+
+def _run_max_pool_backward(spec, grad_out, x):
+    return max_pool_backward(grad_out, x, *spec.geometry())
+
+
+def _run_max_pool_backward_indices(spec, grad_out, indices):
+    return max_pool_backward_indices(grad_out, indices, *spec.in_hw,
+                                     *spec.geometry())
+
+
+def _run_avg_pool(spec, x, div_h, div_w):
+    kh, kw, sh, sw, ph, pw, _, _ = spec.geometry()
+    return avg_pool(x, kh, kw, sh, sw, ph, pw, *spec.out_hw, div_h, div_w)
+
+
+def _run_avg_pool_backward(spec, grad_out, div_h, div_w):
+    kh, kw, sh, sw, ph, pw, _, _ = spec.geometry()
+    return avg_pool_backward(grad_out, *spec.in_hw, kh, kw, sh, sw, ph, pw,
+                             div_h, div_w)
+
+
+def _run_global_avg_pool(spec, x):
+    return global_avg_pool(x.reshape(x.shape[0], -1))
+
+
+KERNELS = {
+    ("max_pool2d", None): Kernel(_run_max_pool),
+    ("max_pool2d_with_indices", None): Kernel(_run_max_pool_with_indices),
+    ("max_pool2d_backward", None): Kernel(_run_max_pool_backward),
+    ("max_pool2d_backward_indices", None): Kernel(_run_max_pool_backward_indices),
+    ("avg_pool2d", None): Kernel(_run_avg_pool),
+    ("avg_pool2d_backward", None): Kernel(_run_avg_pool_backward),
+    ("global_avg_pool2d", None): Kernel(_run_global_avg_pool),
+}

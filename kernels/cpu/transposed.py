@@ -29,11 +29,12 @@ vectorises; the phases are interleaved into the output row at the end.
   is built for a band of input rows at a time so that it stays under
   :func:`kernels.cpu.im2col.get_scratch_limit` (64 MiB by default).
 
-Module contract (for :mod:`kernels._transposed`): ``conv_transpose2d(x,
-w, bias, stride, pad_lo, out_hw, dilation, groups, algorithm)`` with x
-C-contiguous ``(N, C_in, H, W)``, w C-contiguous ``(C_in, Co, kH, kW)``,
-``pad_lo = (ph, pw)`` the crop of the top/left, ``out_hw = (Ho, Wo)``
-(whatever output_padding and bottom/right crop give).
+Backend contract (:mod:`kernels._dispatch`): ``KERNELS`` entries
+``("conv_transpose2d", "direct")`` and ``("conv_transpose2d", "im2col")``,
+``run(spec, x, w, bias)`` with a :class:`~kernels._dispatch.TransposeSpec`
+(x C-contiguous ``(N, C_in, H, W)``, w ``(C_in, Co, kH, kW)``, ``pad_lo =
+(ph, pw)`` the crop of the top/left, ``out_hw = (Ho, Wo)`` whatever
+output_padding and the bottom/right crop give).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ import numpy as np
 from numba import njit, prange
 
 from .. import _threads
-from . import _blas
+from .._dispatch import Kernel
+from . import _blas, _tuning
 
 __all__ = ["ALGORITHMS", "conv_transpose2d", "direct", "im2col",
            "col2im_add", "col2im_add_serial", "unsupported_reason"]
@@ -56,7 +58,6 @@ ALGORITHMS = ("direct", "im2col")
 _MAX_CHUNKS = 512
 
 # Default column-matrix budget when kernels.cpu.im2col is not importable.
-_DEFAULT_SCRATCH = 64 * 2**20
 
 
 @njit(cache=True, inline="always")
@@ -259,11 +260,11 @@ def direct(x, w, bias, stride, pad_lo, out_hw, dilation, groups):
 
 
 def _scratch_limit():
-    try:
-        from .im2col import get_scratch_limit
-    except ImportError:  # pragma: no cover - im2col module always present
-        return _DEFAULT_SCRATCH
-    return get_scratch_limit()
+    """Bound on one band's column matrix: the transposed tuning's, else
+    im2col's scratch limit."""
+    tuning = _tuning.current()
+    limit = tuning.transposed.scratch_limit
+    return tuning.im2col.scratch_limit if limit is None else limit
 
 
 _SCRATCH = threading.local()
@@ -325,17 +326,22 @@ def im2col(x, w, bias, stride, pad_lo, out_hw, dilation, groups):
     return y
 
 
-_KERNELS = {"direct": direct, "im2col": im2col}
-
-
-def unsupported_reason(algorithm, x_shape, w_shape, stride, pad_lo, out_hw,
-                       dilation, groups):
-    """None: both kernels compute every valid configuration."""
-    return None
-
-
 def conv_transpose2d(x, w, bias, stride, pad_lo, out_hw, dilation, groups,
                      algorithm):
     """Run ``algorithm`` ("direct" or "im2col") on a validated problem."""
-    return _KERNELS[algorithm](x, w, bias, tuple(stride), tuple(pad_lo),
-                               tuple(out_hw), tuple(dilation), int(groups))
+    kernel = {"direct": direct, "im2col": im2col}[algorithm]
+    return kernel(x, w, bias, tuple(stride), tuple(pad_lo), tuple(out_hw),
+                  tuple(dilation), int(groups))
+
+
+def _entry(kernel):
+    """The contract's ``run(spec, x, w, bias)`` for one of the kernels."""
+    def run(spec, x, w, bias):
+        return kernel(x, w, bias, spec.stride, spec.pad_lo, spec.out_hw,
+                      spec.dilation, spec.groups)
+    return run
+
+
+# Both kernels compute every valid configuration.
+KERNELS = {("conv_transpose2d", "direct"): Kernel(_entry(direct)),
+           ("conv_transpose2d", "im2col"): Kernel(_entry(im2col))}

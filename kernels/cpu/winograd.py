@@ -59,6 +59,7 @@ from functools import lru_cache
 import numpy as np
 from numba import njit, prange
 
+from .._dispatch import Kernel
 from . import _blas
 
 # --------------------------------------------------------------------------
@@ -1079,3 +1080,27 @@ def conv2d(x, w, bias, stride, padding, dilation, groups):
         tile = tile_for(w.shape[2:], requested_tile())
     transformed = weight_cache.get(w, tile, groups)
     return conv2d_transformed(x, transformed, bias, padding)
+
+
+# --------------------------------------------------------------------------
+# The backend contract (kernels._dispatch)
+# --------------------------------------------------------------------------
+
+def _run(spec, x, w, bias):
+    return conv2d(x, w, bias, spec.stride, spec.padding, spec.dilation,
+                  spec.groups)
+
+
+def _unsupported(spec):
+    return unsupported_reason(*spec.config())
+
+
+def _run_pretransformed(spec, x, transformed, bias):
+    return conv2d_transformed(x, transformed, bias, spec.padding)
+
+
+KERNELS = {
+    ("conv2d", "winograd"): Kernel(_run, _unsupported),
+    ("winograd_transform_weights", "winograd"): Kernel(transform_weights),
+    ("conv2d_pretransformed", "winograd"): Kernel(_run_pretransformed),
+}
