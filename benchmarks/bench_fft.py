@@ -18,7 +18,8 @@ asv classes (plain classes: ``params``/``param_names``, a seeded
                       against scipy's oaconvolve and fftconvolve.
 ``FFTAccuracy``       observed error constants (kernels.accuracy units).
 
-Script (interleaved medians; the tables of the README)::
+Script (interleaved medians, each repeat in a new seeded order:
+``convbench.timing.interleaved_times``; the tables of the README)::
 
     python -m benchmarks.bench_fft speed [same|valid]   # vs fftconvolve
     python -m benchmarks.bench_fft crossover            # vs direct/im2col
@@ -52,6 +53,7 @@ from kernels.accuracy import error_in_bound_units
 from kernels.cpu import fft
 
 from convbench.machine import keep_freed_memory
+from convbench.timing import interleaved_times, summarize
 
 from .common import make_data, torch_available, warm_up
 
@@ -373,14 +375,11 @@ class FFTAccuracy:
 # Script
 # --------------------------------------------------------------------------
 
-def interleaved(fns, repeats):
-    """name -> array of wall times; the contenders alternate every round."""
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+def interleaved(fns, repeats, warmup=0):
+    """name -> array of wall times, index r from repeat r; every repeat
+    calls the contenders in a new seeded order (after ``warmup`` untimed
+    calls of each)."""
+    times = interleaved_times(fns, repeats, warmup=warmup)
     return {name: np.array(v) for name, v in times.items()}
 
 
@@ -414,16 +413,15 @@ def speed(mode="same", repeats=9, kernel_sizes=ODD_KERNELS):
         fns = {"fft": default, "fft1": one_thread,
                "sp1": fftconvolve(x, w, mode, 1),
                "sp2": fftconvolve(x, w, mode, 2)}
-        for fn in fns.values():
-            warm_up(fn, 2)
-        t = interleaved(fns, repeats)
+        t = interleaved(fns, repeats, warmup=2)
         pad = (k // 2,) * 4 if mode == "same" else (0,) * 4
         tile = fft.choose_tile(IMAGE, (1, 1, k, k), (1, 1), pad, (1, 1), 1)
         r1 = np.median(t["sp1"] / t["fft"])
         r2 = np.median(t["sp2"] / t["fft"])
         r11 = np.median(t["sp1"] / t["fft1"])
-        print(f"| {k} | {tile[0]}x{tile[1]} | {np.median(t['fft']) * 1e3:.2f} | "
-              f"{np.median(t['sp1']) * 1e3:.2f} | {np.median(t['sp2']) * 1e3:.2f} "
+        med = {n: summarize(v).median * 1e3 for n, v in t.items()}
+        print(f"| {k} | {tile[0]}x{tile[1]} | {med['fft']:.2f} | "
+              f"{med['sp1']:.2f} | {med['sp2']:.2f} "
               f"| {r1:.2f} | {r2:.2f} | {r11:.2f} |", flush=True)
 
 
@@ -443,25 +441,20 @@ def crossover(repeats=5):
             for o in others:
                 fns[o] = (torch_conv(x, w, padding=k // 2) if o == "torch"
                           else algorithm(o, x, w, padding=k // 2))
-            for fn in fns.values():
-                warm_up(fn, 2)
-            t = interleaved(fns, repeats)
-            med = {n: np.median(v) * 1e3 for n, v in t.items()}
+            t = interleaved(fns, repeats, warmup=2)
+            med = {n: summarize(v).median * 1e3 for n, v in t.items()}
             ratios = [np.median(t[o] / t["fft"]) for o in others]
             print(f"| {c} | {k} | {med['fft']:.2f} | "
                   + " | ".join(f"{med[o]:.2f}" for o in others) + " | "
                   + " | ".join(f"{r:.2f}" for r in ratios) + " |", flush=True)
 
 
-def _cpu_interleaved(fns, repeats):
-    """name -> median CPU seconds (time.process_time), interleaved."""
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.process_time()
-            fn()
-            times[name].append(time.process_time() - t0)
-    return {name: float(np.median(v)) for name, v in times.items()}
+def _cpu_interleaved(fns, repeats, warmup=0):
+    """name -> median CPU seconds (time.process_time), interleaved as
+    :func:`interleaved`."""
+    times = interleaved_times(fns, repeats, warmup=warmup,
+                              clock=time.process_time)
+    return {name: summarize(v).median for name, v in times.items()}
 
 
 def crossover_cpu(repeats=5):
@@ -494,9 +487,7 @@ def crossover_cpu(repeats=5):
                         fns[o] = (torch_conv(x, w, padding=k // 2)
                                   if o == "torch"
                                   else algorithm(o, x, w, padding=k // 2))
-                    for fn in fns.values():
-                        warm_up(fn, 2)
-                    t = _cpu_interleaved(fns, repeats)
+                    t = _cpu_interleaved(fns, repeats, warmup=2)
                     print(f"| {c} | {k} | {t['fft'] * 1e3:.2f} | "
                           + " | ".join(f"{t[o] * 1e3:.2f}" for o in others)
                           + " | " + " | ".join(f"{t[o] / t['fft']:.2f}"
@@ -535,7 +526,7 @@ def layers(repeats=5, cpu=False):
                 if cpu:
                     t = _cpu_interleaved(runs, repeats)
                 else:
-                    t = {n: float(np.median(v))
+                    t = {n: summarize(v).median
                          for n, v in interleaved(runs, repeats).items()}
                 tile = fft.choose_tile(x_shape, w_shape, (stride,) * 2,
                                        (padding,) * 4, (1, 1), 1)
@@ -561,13 +552,11 @@ def oned(repeats=7):
             fns = {"fft": ours,
                    "oa": lambda: scipy.signal.oaconvolve(sig, ker, mode="same"),
                    "fftc": lambda: scipy.signal.fftconvolve(sig, ker, mode="same")}
-            for fn in fns.values():
-                warm_up(fn, 2)
-            t = interleaved(fns, repeats)
+            t = interleaved(fns, repeats, warmup=2)
             tile = fft.choose_tile((1, 1, 1, length), (1, 1, 1, k), (1, 1),
                                    (0, 0, k // 2, k // 2), (1, 1), 1)
             print(f"| {length} | {k} | {tile[1]} | "
-                  + " | ".join(f"{np.median(t[n]) * 1e3:.2f}" for n in fns)
+                  + " | ".join(f"{summarize(t[n]).median * 1e3:.2f}" for n in fns)
                   + " |", flush=True)
 
 
@@ -617,7 +606,7 @@ def effort(repeats=7):
             t = interleaved(runs, repeats)
             for eff in runs:
                 print(f"| {x_shape} * {w_shape} | {eff} | "
-                      f"{first[eff] * 1e3:.0f} | {np.median(t[eff]) * 1e3:.2f} |",
+                      f"{first[eff] * 1e3:.0f} | {summarize(t[eff]).median * 1e3:.2f} |",
                       flush=True)
     finally:
         fft.set_planner_effort(before)

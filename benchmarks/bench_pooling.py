@@ -11,7 +11,8 @@ limit is memory bandwidth: ``track_fraction_of_copy_bandwidth`` is
 ``(x.nbytes + y.nbytes) / time / B`` with ``B`` the bandwidth of
 ``np.copyto`` of a 256 MiB array (bytes read + written per second),
 measured in the same process, interleaved with the pooling runs.  Every
-ratio is a median over interleaved repeats, so that load from other
+ratio is a median over interleaved repeats (each in a new seeded order,
+``convbench.timing.interleaved_times``), so that load from other
 processes hits both sides alike.
 
 Run as a script for a table: ``python -m benchmarks.bench_pooling``
@@ -23,11 +24,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import statistics
-import time
 
 import numpy as np
 
 import kernels
+from convbench.timing import interleaved_times, seeded_normal
 
 SHAPE = (8, 64, 112, 112)
 SEED = 1234
@@ -40,28 +41,25 @@ def torch_available():
     return importlib.util.find_spec("torch") is not None
 
 
-def interleaved_times(functions, repeats=7):
-    """Seconds of each call of each zero-argument callable, interleaved."""
-    times = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, fn in functions.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return times
+def interleaved_medians(functions, repeats=7, statistic=statistics.median,
+                        warmup=0):
+    """Median (or ``statistic``) seconds of each callable, calls interleaved
+    in a new seeded order each repeat, after ``warmup`` untimed calls."""
+    return {name: statistic(ts) for name, ts in
+            interleaved_times(functions, repeats, warmup=warmup).items()}
 
 
-def interleaved_medians(functions, repeats=7, statistic=statistics.median):
-    """Median (or ``statistic``) seconds of each callable, calls interleaved."""
-    return {name: statistic(ts)
-            for name, ts in interleaved_times(functions, repeats).items()}
+def pooling_input(shape=SHAPE):
+    """The seeded float32 input (drawn in float32, as it always was)."""
+    return seeded_normal(shape, dtype=np.float32, seed=SEED,
+                         draw_dtype=np.float32)[0]
 
 
 class CopyBandwidth:
     """``np.copyto`` of a large array: bytes read + written per second."""
 
     def __init__(self, n=COPY_ELEMENTS):
-        self.src = np.random.default_rng(SEED).standard_normal(n, np.float32)
+        self.src = pooling_input(n)
         self.dst = np.empty_like(self.src)
         np.copyto(self.dst, self.src)            # fault the pages in
 
@@ -97,14 +95,12 @@ def measure(op, window, repeats=7, copy=None, statistic=statistics.median):
     ``statistic=min`` gives the best case of the repeats instead (closer to
     an idle machine when other processes compete for the cores).
     """
-    x = np.random.default_rng(SEED).standard_normal(SHAPE, np.float32)
+    x = pooling_input()
     fns = pool_callables(op, window, x)
     copy = copy or CopyBandwidth()
     fns["copy"] = copy
-    for fn in fns.values():           # compile, warm caches and thread pools
-        fn()
-        fn()
-    t = interleaved_medians(fns, repeats, statistic)
+    # Two untimed calls each: compile, warm caches and thread pools.
+    t = interleaved_medians(fns, repeats, statistic, warmup=2)
     y = fns["kernels"]()
     moved = x.nbytes + y.nbytes
     bandwidth = copy.bytes_moved / t["copy"]
@@ -129,7 +125,7 @@ class _Pool2d:
     def setup(self, implementation, window):
         if implementation == "torch" and not torch_available():
             raise NotImplementedError("torch is not installed")
-        self.x = np.random.default_rng(SEED).standard_normal(SHAPE, np.float32)
+        self.x = pooling_input()
         self.run = pool_callables(self.op, window, self.x)[implementation]
         self.run()
         self.run()

@@ -26,6 +26,8 @@ import kernels  # noqa: F401  (first: sets OMP_WAIT_POLICY before OpenMP loads)
 from kernels import _threads
 from kernels.cpu import im2col
 
+from convbench.timing import make_inputs
+
 # ResNet-50 3x3 layers, batch 1, one image per GEMM: "channels@size".
 LAYERS = ["64@56", "128@28", "512@7"]
 
@@ -44,9 +46,8 @@ class TimePrangeBesideBlas:
 
     def setup(self, layer):
         c, s = _layer(layer)
-        rng = np.random.default_rng(0)
-        self.x = rng.standard_normal((1, c, s, s)).astype(np.float32)
-        self.w = rng.standard_normal((c, c, 3, 3)).astype(np.float32)
+        self.x, self.w = make_inputs((1, c, s, s), (c, c, 3, 3), np.float32,
+                                     seed=0)
         self.s = s
         self.patches = np.empty((c * 9, s * s), np.float32)
         self.w2 = self.w.reshape(c, c * 9)
@@ -113,9 +114,8 @@ class TrackKernelAfterBlas:
     repeat = 1
 
     def setup(self):
-        rng = np.random.default_rng(0)
-        self.x = rng.standard_normal((4, 64, 56, 56)).astype(np.float32)
-        self.w = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
+        self.x, self.w = make_inputs((4, 64, 56, 56), (64, 64, 3, 3),
+                                     np.float32, seed=0)
         self.direct()
         kernels.conv2d(self.x[:1, :, :3, :3], self.w, padding=1,
                        algorithm="im2col")          # compile, BLAS tiny

@@ -19,6 +19,8 @@ import numpy as np
 import kernels
 from kernels._transposed import transposed_algorithms
 
+from convbench.timing import seeded_normal
+
 from .bench_pooling import interleaved_medians, torch_available
 
 SEED = 1234
@@ -33,11 +35,10 @@ CONTENDERS = ["auto", "direct", "im2col", "winograd", "fft", "torch"]
 def make_data(layer, kernel):
     c_in, c_out, size = LAYERS[layer]
     k = KERNELS[kernel][0]
-    rng = np.random.default_rng(SEED)
-    x = rng.standard_normal((1, c_in, size, size)).astype(np.float32)
-    w = (rng.standard_normal((c_in, c_out, k, k)) / np.sqrt(c_in * k * k)).astype(np.float32)
-    b = rng.standard_normal(c_out).astype(np.float32)
-    return x, w, b
+    x, w, b = seeded_normal((1, c_in, size, size), (c_in, c_out, k, k), c_out,
+                            dtype=np.float64, seed=SEED)
+    w = w / np.sqrt(c_in * k * k)          # scaled in float64, then rounded
+    return tuple(a.astype(np.float32) for a in (x, w, b))
 
 
 def contender(name, layer, kernel, x, w, b):
@@ -118,9 +119,7 @@ def main(argv=None):
                     fns[name] = contender(name, layer, kernel, x, w, b)
                 except NotImplementedError:
                     pass
-            for fn in fns.values():
-                fn()
-            t = interleaved_medians(fns, args.repeats)
+            t = interleaved_medians(fns, args.repeats, warmup=1)
             cells = " ".join(f"{t[n] * 1e3:10.1f}" if n in t else f"{'-':>10}"
                              for n in names)
             ratios = ", ".join(f"{n} {t['torch'] / t[n]:.2f}" for n in t

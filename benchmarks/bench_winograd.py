@@ -14,9 +14,10 @@ Also a script::
     python -m benchmarks.bench_winograd accuracy   # table of ERROR_CONSTANTS_BY_TILE
     python -m benchmarks.bench_winograd speed      # stage split and ratios
 
-Timings of the script are interleaved medians, in two modes: wall clock
-with every thread pool at its default, and CPU time with everything on one
-thread (robust on a busy machine).
+Timings of the script are interleaved medians (each repeat in a new
+seeded order, ``convbench.timing.interleaved_times``), in two modes: wall
+clock with every thread pool at its default, and CPU time with everything
+on one thread (robust on a busy machine).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import reference
 from kernels import winograd
 from kernels.accuracy import error_in_bound_units, unit_roundoff
 from kernels.cpu import winograd as impl
+
+from convbench.timing import interleaved_times, summarize
 
 from .common import make_data, torch_available, warm_up
 
@@ -220,14 +223,10 @@ class WinogradAccuracy:
 # Script
 # --------------------------------------------------------------------------
 
-def _interleaved(fns, repeats, clock):
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = clock()
-            fn()
-            times[name].append(clock() - t0)
-    return {k: float(np.median(v)) for k, v in times.items()}
+def _interleaved(fns, repeats, clock, warmup=0):
+    """name -> median seconds of ``clock``, interleaved in seeded orders."""
+    times = interleaved_times(fns, repeats, warmup=warmup, clock=clock)
+    return {k: summarize(v).median for k, v in times.items()}
 
 
 def _speed(layers=tuple(LAYERS), repeats=15):
@@ -270,9 +269,7 @@ def _speed(layers=tuple(LAYERS), repeats=15):
             try:
                 if threads:
                     numba.set_num_threads(threads)
-                for fn in fns.values():
-                    fn()
-                t = _interleaved(fns, repeats, clock)
+                t = _interleaved(fns, repeats, clock, warmup=1)
             finally:
                 numba.set_num_threads(previous)
                 if context is not None:

@@ -19,6 +19,7 @@ from convbench import workloads  # noqa: F401  (re-exported for benchmarks)
 from convbench.crossover import crossover
 from convbench.sweep import (NotApplicable, ReferenceCheck, Skipped,
                              SweepConfig, bound_kind, make_runner, run_sweep)
+from convbench.timing import make_inputs
 from convbench.workloads import ConvCase, kernel_sweep
 
 __all__ = ["ALGORITHMS", "SCIPY_PEERS", "ConvCase", "make_data", "warm_up",
@@ -35,11 +36,9 @@ SEED = 1234
 
 
 def make_data(x_shape, w_shape, dtype=DTYPE, seed=SEED):
-    """Seeded standard-normal input and filters, C-contiguous."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(x_shape).astype(dtype)
-    w = rng.standard_normal(w_shape).astype(dtype)
-    return x, w
+    """Seeded standard-normal input and filters, C-contiguous
+    (:func:`convbench.timing.make_inputs` with the benchmarks' seed)."""
+    return make_inputs(x_shape, w_shape, dtype, seed)
 
 
 def warm_up(fn, calls=1):

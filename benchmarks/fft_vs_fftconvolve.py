@@ -2,7 +2,9 @@
 
 Run: ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/fft_vs_fftconvolve.py``.
 A script, not an asv class: it prints issue 3's table, contenders
-interleaved, median of ``--repeats`` repeats per kernel size.
+interleaved (each repeat in a new seeded order,
+``convbench.timing.interleaved_times``), median of ``--repeats`` repeats
+per kernel size.
 
 Where SciPy runs, and its memory.  Whether ``fftconvolve``'s ~10 MB of
 temporaries per call (1024^2 image) are mapped afresh on every call
@@ -33,6 +35,7 @@ import numpy as np
 
 from convbench.machine import (KEPT_MMAP_THRESHOLD, KEPT_TRIM_THRESHOLD,
                                keep_freed_memory)
+from convbench.timing import interleaved_times, seeded_normal, summarize
 
 KERNELS = range(9, 64, 2)
 
@@ -115,10 +118,9 @@ def main(argv=None):
     import threadpoolctl
     from kernels.cpu import fft as kfft
 
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((1024, 1024)).astype(np.float32)
-    weights = {k: rng.standard_normal((k, k)).astype(np.float32)
-               for k in KERNELS}
+    x, *ws = seeded_normal((1024, 1024), *((k, k) for k in KERNELS),
+                           dtype=np.float32, seed=0)
+    weights = dict(zip(KERNELS, ws))
     # convolve(x, w[::-1, ::-1]) == correlate(x, w), which conv2d computes.
     flipped = {k: w[::-1, ::-1].copy() for k, w in weights.items()}
     peer = (ChildPeer if args.child else InlinePeer)(
@@ -143,15 +145,13 @@ def main(argv=None):
                 kernels.conv2d(x4, w4, padding=pad, algorithm="fft")
                 return time.perf_counter() - t0
 
-            contenders = [ours, lambda: peer.time(k, 1),
-                          lambda: peer.time(k, 2)]
-            for f in contenders:           # plans, compilation
-                f()
-            times = [[] for _ in contenders]
-            for r in range(args.repeats):
-                for i in rng.permutation(len(contenders)):
-                    times[i].append(contenders[i]())
-            t = [np.median(ts) * 1e3 for ts in times]
+            # Each contender times itself (the peer maybe in its child);
+            # one untimed call each first: plans, compilation.
+            contenders = {"ours": ours, "scipy1": lambda: peer.time(k, 1),
+                          "scipy2": lambda: peer.time(k, 2)}
+            times = interleaved_times(contenders, args.repeats, warmup=1,
+                                      timer=lambda fn: fn())
+            t = [summarize(ts).median * 1e3 for ts in times.values()]
             ratios1.append(t[1] / t[0])
             ratios2.append(t[2] / t[0])
             print(f"{k:3d} {t[0]:8.2f} {t[1]:9.2f} {t[2]:9.2f} "

@@ -4,6 +4,8 @@
   and the named benchmark workloads;
 * :mod:`convbench.sweep`: interleaved timing, GFLOP/s and error (in bound
   units) of every algorithm and peer, and the result table;
+* :mod:`convbench.timing`: seeded data and interleaved, seeded-order
+  timing (the one helper of the sweep and the benchmark scripts);
 * :mod:`convbench.crossover`: where one algorithm overtakes another;
 * :mod:`convbench.machine`: CPU, threads, BLAS and the sgemm rate;
 * :mod:`convbench.calibrate`: measure the thresholds of ``algorithm="auto"``;

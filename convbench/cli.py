@@ -154,6 +154,9 @@ def build_parser():
                     help="peers: scipy-direct, scipy-fft, torch, or 'none' "
                          "(default: all three; torch only if importable)")
     sw.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    sw.add_argument("--backend", choices=("cpu", "cuda"), default="cpu",
+                    help="kernels' backend of the algorithms (default cpu; "
+                         "the default --algorithms are those built for it)")
     sw.add_argument("--padding", type=parse_padding, default="same",
                     help="'same' (default), 'valid' or an int, for --shape")
     sw.add_argument("--stride", type=lambda t: _positive_int(t, "stride"),
@@ -208,7 +211,7 @@ def build_parser():
 def _contenders(args, parser):
     import kernels
     from .sweep import PEERS
-    built = kernels.built_algorithms()
+    built = kernels.built_algorithms(args.backend)
     if args.algorithms is None:
         algorithms = list(built)
     else:
@@ -307,6 +310,7 @@ def cmd_sweep(args, parser):
         repeats=args.repeats, check=not args.no_check,
         check_batch=args.check_batch, check_macs=args.check_macs,
         peer_time_limit=args.peer_time_limit, seed=args.seed,
+        backend=args.backend,
         progress=not args.no_progress,
         keep_freed_memory=not args.malloc_default)
     print(_header(cases, config), flush=True)

@@ -18,6 +18,8 @@ from importlib import metadata
 
 import numpy as np
 
+from .timing import seeded_normal
+
 __all__ = ["machine_info", "format_machine_info", "sgemm_gflops",
            "blas_summary", "keep_freed_memory", "malloc_state"]
 
@@ -156,9 +158,8 @@ def package_versions():
 
 def sgemm_gflops(n=1024, repeats=5):
     """GFLOP/s of an n^3 float32 matmul (median of ``repeats``, warmed up)."""
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
+    a, b = seeded_normal((n, n), (n, n), dtype=np.float32, seed=0,
+                         draw_dtype=np.float32)
     c = np.empty((n, n), dtype=np.float32)
     np.matmul(a, b, out=c)  # warm-up: thread pool start, page faults
     times = []

@@ -7,9 +7,10 @@ For each problem (a :class:`convbench.workloads.ConvCase`) the sweep
    FFT planning, thread-pool start) and measures that call's error against
    :func:`reference.conv2d` in units of the documented forward error bound
    (:func:`kernels.accuracy.error_in_bound_units`);
-3. times the contenders round-robin, ``repeats`` rounds with the order
-   rotated each round, so that a burst of noise on a shared machine hits
-   every contender alike; the median is reported.
+3. times the contenders interleaved, ``repeats`` rounds, each round in
+   a new seeded order (:func:`convbench.timing.interleaved_times`), so
+   that a burst of noise on a shared machine hits every contender alike
+   and no contender always follows the same one; the median is reported.
 
 Contenders are the algorithms of ``kernels`` (called through the public
 ``kernels.conv2d``, so validation is included, as a user would see it) and
@@ -30,7 +31,6 @@ timed fewer than ``repeats`` times are marked ``partial``).
 
 from __future__ import annotations
 
-import gc
 import math
 import re
 import statistics
@@ -43,9 +43,10 @@ import numpy as np
 import kernels
 from kernels import accuracy
 from kernels._dispatch import unsupported_reason
-from kernels.geometry import same_padding
+from kernels.geometry import conv_output_size, same_padding
 
 from .crossover import find_crossovers
+from .timing import interleaved_times, make_inputs, time_call
 from .workloads import ConvCase
 
 __all__ = ["PEERS", "SweepConfig", "Measurement", "SweepResult", "run_sweep",
@@ -85,6 +86,7 @@ class SweepConfig:
     # glibc malloc keeps freed memory (machine.keep_freed_memory): peers'
     # large temporaries are not page-faulted afresh on every call.
     keep_freed_memory: bool = True
+    backend: str = "cpu"          # kernels' backend of the algorithms
 
 
 @dataclass
@@ -165,7 +167,8 @@ def output_shape(case):
     k, _, kh, kw = case.w_shape
     pt, pb, pl, pr = zero_padding(case)
     s = case.stride
-    return (n, k, (h + pt + pb - kh) // s + 1, (w + pl + pr - kw) // s + 1)
+    return (n, k, conv_output_size(h, kh, s, (pt, pb)),
+            conv_output_size(w, kw, s, (pl, pr)))
 
 
 def flops(case):
@@ -181,8 +184,8 @@ def _stride1_macs(case, batch, rows=None, cols=None):
     _, _, h, w = case.x_shape
     k, cg, kh, kw = case.w_shape
     pt, pb, pl, pr = zero_padding(case)
-    full_rows = h + pt + pb - kh + 1
-    full_cols = w + pl + pr - kw + 1
+    full_rows = conv_output_size(h, kh, 1, (pt, pb))
+    full_cols = conv_output_size(w, kw, 1, (pl, pr))
     r = full_rows if rows is None else min(full_rows, (rows - 1) * case.stride + 1)
     c = full_cols if cols is None else min(full_cols, (cols - 1) * case.stride + 1)
     return float(batch) * k * cg * kh * kw * r * c
@@ -203,23 +206,23 @@ def _fits(case):
 # Contenders
 # --------------------------------------------------------------------------
 
-def _algorithm_runner(name, case, x, w, dtype):
+def _algorithm_runner(name, case, x, w, dtype, backend):
     """Zero-argument callable running ``kernels.conv2d`` with ``name``."""
     stride2 = (case.stride, case.stride)
     pads = zero_padding(case)
+    config = (case.x_shape, case.w_shape, stride2, pads, (1, 1), case.groups)
     chose = None
     if name == "auto":
-        chose = kernels.choose_algorithm(case.x_shape, case.w_shape, stride2,
-                                         pads, (1, 1), case.groups, dtype=dtype)
+        chose = kernels.choose_algorithm(*config, dtype=dtype, backend=backend)
     else:
-        reason = unsupported_reason(name, "cpu", case.x_shape, case.w_shape,
-                                    stride2, pads, (1, 1), case.groups)
+        reason = unsupported_reason(name, backend, *config)
         if reason is not None:
             raise NotApplicable(reason)
 
     def run():
         return kernels.conv2d(x, w, stride=case.stride, padding=case.padding,
-                              groups=case.groups, algorithm=name)
+                              groups=case.groups, algorithm=name,
+                              backend=backend)
     return run, chose
 
 
@@ -232,9 +235,7 @@ def scipy_direct_rate(dtype):
     key = np.dtype(dtype).name
     if key not in _DIRECT_RATE:
         import scipy.signal
-        rng = np.random.default_rng(1)
-        a = rng.standard_normal((96, 96)).astype(dtype)
-        b = rng.standard_normal((7, 7)).astype(dtype)
+        a, b = make_inputs((96, 96), (7, 7), dtype, seed=1)
         scipy.signal.correlate(a, b, mode="valid", method="direct")
         times = []
         for _ in range(3):
@@ -318,7 +319,7 @@ def _torch_runner(case, x, w):
     return run
 
 
-def make_runner(name, case, x, w, peer_time_limit=math.inf):
+def make_runner(name, case, x, w, peer_time_limit=math.inf, backend="cpu"):
     """A zero-argument callable computing ``case`` on ``(x, w)`` with ``name``.
 
     Parameters
@@ -330,6 +331,8 @@ def make_runner(name, case, x, w, peer_time_limit=math.inf):
         C-contiguous data of the case's shapes, one float dtype.
     peer_time_limit : float
         Seconds: a SciPy peer estimated to take longer per call is skipped.
+    backend : {"cpu", "cuda"}
+        ``kernels``' backend of an algorithm (peers ignore it).
 
     Returns
     -------
@@ -354,7 +357,7 @@ def make_runner(name, case, x, w, peer_time_limit=math.inf):
         return _scipy_runner("fft", case, x, w, peer_time_limit), None
     if name == "torch":
         return _torch_runner(case, x, w), None
-    return _algorithm_runner(name, case, x, w, x.dtype)
+    return _algorithm_runner(name, case, x, w, x.dtype, backend)
 
 
 # --------------------------------------------------------------------------
@@ -415,20 +418,14 @@ class ReferenceCheck:
 # Timing
 # --------------------------------------------------------------------------
 
-def time_call(fn):
-    """Seconds taken by one call of ``fn()`` (the sweep's only clock)."""
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
+# time_call (convbench.timing) is the sweep's only clock; it is looked up
+# here at every use, so that a test can replace ``sweep.time_call``.
 
 def make_data(case, dtype=np.float32, seed=0):
-    """Seeded standard-normal (x, w) of a case's shapes."""
+    """Seeded standard-normal (x, w) of a case's shapes
+    (:func:`convbench.timing.make_inputs`)."""
     case = ConvCase(*case)
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(case.x_shape).astype(dtype)
-    w = rng.standard_normal(case.w_shape).astype(dtype)
-    return x, w
+    return make_inputs(case.x_shape, case.w_shape, dtype, seed)
 
 
 def bound_kind(name, chose=None):
@@ -463,7 +460,8 @@ def _prepare(case, x, w, contenders, config, ref, progress):
         measurements[name] = m
         progress.set_postfix_str(f"{case.label} {name} warm-up")
         try:
-            run, m.chose = make_runner(name, case, x, w, config.peer_time_limit)
+            run, m.chose = make_runner(name, case, x, w, config.peer_time_limit,
+                                       config.backend)
             y = run()  # warm-up: compilation, planning, thread start
         except (NotApplicable, kernels.UnsupportedConfiguration) as exc:
             m.status, m.reason = "n/a", str(exc)
@@ -485,35 +483,24 @@ def _prepare(case, x, w, contenders, config, ref, progress):
     return runners, measurements
 
 
-def _repeat_order(names, repeat):
-    """The order of the contenders in timed repeat ``repeat``: a
-    permutation drawn from a generator seeded with ``repeat``, so that runs
-    are reproducible and predecessors vary."""
-    order = list(names)
-    np.random.default_rng(repeat).shuffle(order)
-    return order
+#: Seed of the timing orders: repeat r of every case runs the contenders in
+#: ``timing.repeat_order(names, r, ORDER_SEED)`` (independent of the data
+#: seed, ``SweepConfig.seed``).
+ORDER_SEED = 0
 
 
 def _time_round_robin(runners, measurements, repeats, progress, label):
-    names = list(runners)
-    if not names:
-        return
-    gc.collect()        # once per case: a collection must not land in a call
-    gc.disable()
-    try:
-        for r in range(repeats):
-            # A new seeded order each repeat: a fixed cyclic order made each
-            # contender always follow the same one, and what a predecessor
-            # leaves behind (sleeping or spinning threads, caches) showed up
-            # as that contender's time ("auto" after "fft": 1.1-1.6x on
-            # ResNet-50's layers, 2-vCPU VM).
-            order = _repeat_order(names, r)
-            for name in order:
-                progress.set_postfix_str(f"{label} {name} {r + 1}/{repeats}")
-                measurements[name].times_s.append(time_call(runners[name]))
-                progress.update(1)
-    finally:
-        gc.enable()
+    """Time ``runners`` interleaved into ``measurements[name].times_s``
+    (appended call by call: an interrupt keeps what was measured)."""
+    def before(name, r):
+        progress.set_postfix_str(f"{label} {name} {r + 1}/{repeats}")
+
+    interleaved_times(
+        runners, repeats, seed=ORDER_SEED, warmup=0,   # _prepare warmed up
+        timer=time_call,                # looked up now: tests replace it
+        times={name: measurements[name].times_s for name in runners},
+        disable_gc=True,        # once per case: no collection in a call
+        before_call=before, after_call=lambda name, r, s: progress.update(1))
 
 
 def run_sweep(cases, config):

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import kernels
 from kernels import accuracy
-from convbench import cli, crossover as xo, sweep, workloads
+from convbench import cli, crossover as xo, sweep, timing, workloads
 from convbench.workloads import ConvCase
 
 
@@ -602,13 +602,191 @@ def test_python_dash_m_lists_workloads():
 
 
 def test_repeat_orders_are_permutations_that_vary_the_predecessors():
-    from convbench.sweep import _repeat_order
     names = ["direct", "im2col", "winograd", "fft", "auto", "torch"]
-    orders = [_repeat_order(names, r) for r in range(9)]
+    orders = [timing.repeat_order(names, r) for r in range(9)]
     assert all(sorted(o) == sorted(names) for o in orders)
-    assert orders == [_repeat_order(names, r) for r in range(9)]   # seeded
+    assert orders == [timing.repeat_order(names, r) for r in range(9)]  # seeded
     predecessors = {o[o.index("auto") - 1] for o in orders if o[0] != "auto"}
     assert len(predecessors) > 1
+
+
+# --------------------------------------------------------------------------
+# Timing helper and seeded data (convbench.timing)
+# --------------------------------------------------------------------------
+
+def _recording_contenders(names, log):
+    """Fake contenders: each appends its name to ``log`` and returns a
+    'time' that says which call of it this was (1.0, 2.0, ...)."""
+    def make(name):
+        def run():
+            log.append(name)
+            return float(log.count(name))
+        return run
+    return {name: make(name) for name in names}
+
+
+def _timed_orders(log, names, warmup, repeats):
+    timed = log[warmup * len(names):]
+    assert len(timed) == repeats * len(names)
+    return [tuple(timed[i:i + len(names)]) for i in range(0, len(timed), len(names))]
+
+
+def test_interleaved_times_visits_everyone_once_per_repeat_in_seeded_orders():
+    names = ["a", "b", "c", "d", "e"]
+    log = []
+    times = timing.interleaved_times(_recording_contenders(names, log), 8,
+                                     seed=3, warmup=2, timer=lambda fn: fn())
+    # Warm-up first: each contender twice in a row, in the dict's order.
+    assert log[:10] == [n for n in names for _ in range(2)]
+    orders = _timed_orders(log, names, 2, 8)
+    assert all(sorted(o) == names for o in orders)     # each once per repeat
+    assert orders == [tuple(timing.repeat_order(names, r, 3)) for r in range(8)]
+    assert len(set(orders)) > 1                          # orders vary
+    # Each contender's times, one per repeat, in repeat order (the two
+    # warm-up calls were not timed: its timed calls are its 3rd to 10th).
+    assert times == {n: [float(i) for i in range(3, 11)] for n in names}
+
+    # Reproducible from the seed; another seed, other orders.
+    again = []
+    timing.interleaved_times(_recording_contenders(names, again), 8, seed=3,
+                             warmup=2, timer=lambda fn: fn())
+    assert again == log
+    other = []
+    timing.interleaved_times(_recording_contenders(names, other), 8, seed=4,
+                             warmup=2, timer=lambda fn: fn())
+    assert _timed_orders(other, names, 2, 8) != orders
+
+
+def test_interleaved_times_uses_the_clock_and_keeps_times_of_an_interrupt():
+    ticks = iter(range(100))
+    calls = []
+
+    def clock():
+        return float(next(ticks))
+
+    def stop():
+        calls.append("stop")
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    kept = {}
+    with pytest.raises(KeyboardInterrupt):
+        timing.interleaved_times({"stop": stop, "go": lambda: None}, 5,
+                                 warmup=0, clock=clock, times=kept)
+    # One clock tick per clock() call: each completed call took 1 "second".
+    assert sum(len(v) for v in kept.values()) >= 1
+    assert all(t == 1.0 for v in kept.values() for t in v)
+    assert len(kept["stop"]) == 1
+    with pytest.raises(TypeError):
+        timing.interleaved_times({}, 1, clock=clock, timer=lambda fn: 0.0)
+
+
+def test_sweep_times_through_the_helper_in_its_former_orders():
+    # The sweep's orders before the shared helper: default_rng(repeat)'s
+    # permutation; the helper with the sweep's seed must give the same.
+    names = ["direct", "im2col", "winograd", "fft", "auto"]
+    log = []
+    runners = _recording_contenders(names, log)
+    measurements = {n: sweep.Measurement("k=3", (1, 1, 8, 8), (1, 1, 3, 3), 1,
+                                         "same", 1, n, False, "pending")
+                    for n in names}
+
+    class Progress:
+        updates = 0
+
+        def set_postfix_str(self, text):
+            pass
+
+        def update(self, n):
+            Progress.updates += n
+
+    sweep._time_round_robin(runners, measurements, 4, Progress(), "k=3")
+    expected = []
+    for r in range(4):
+        order = list(names)
+        np.random.default_rng(r).shuffle(order)
+        expected.append(tuple(order))
+    assert _timed_orders(log, names, 0, 4) == expected
+    assert Progress.updates == 4 * len(names)
+    assert all(len(m.times_s) == 4 and all(t >= 0 for t in m.times_s)
+               for m in measurements.values())
+
+
+def test_summary_median_and_spread_on_known_times():
+    s = timing.summarize([4.0, 1.0, 3.0, 2.0])
+    assert (s.n, s.median, s.min, s.max) == (4, 2.5, 1.0, 4.0)
+    assert s.q1 == pytest.approx(1.75) and s.q3 == pytest.approx(3.25)
+    assert s.spread == pytest.approx(3.0) and s.iqr == pytest.approx(1.5)
+    s = timing.summarize([5, 1, 3])
+    assert (s.median, s.q1, s.q3, s.spread, s.iqr) == (3, 2, 4, 4, 2)
+    one = timing.summarize([0.25])
+    assert (one.median, one.min, one.max, one.q1, one.q3) == (0.25,) * 5
+    data = np.random.default_rng(5).random(11)
+    s = timing.summarize(data)
+    assert [s.q1, s.median, s.q3] == pytest.approx(
+        np.percentile(data, [25, 50, 75]))
+    assert timing.summarize_all({"a": [1, 3]})["a"].median == 2
+    with pytest.raises(ValueError):
+        timing.summarize([])
+
+
+def test_seeded_inputs_keep_the_values_of_every_seed():
+    x_shape, w_shape = (2, 3, 5, 4), (4, 3, 2, 2)
+    for dtype in (np.float32, np.float64):
+        rng = np.random.default_rng(11)
+        x_old = rng.standard_normal(x_shape).astype(dtype)
+        w_old = rng.standard_normal(w_shape).astype(dtype)
+        x, w = timing.make_inputs(x_shape, w_shape, dtype, seed=11)
+        assert x.dtype == dtype and x.flags.c_contiguous
+        np.testing.assert_array_equal(x, x_old)
+        np.testing.assert_array_equal(w, w_old)
+        xs, ws = sweep.make_data(ConvCase("t", x_shape, w_shape, 1, 0, 1),
+                                 dtype, seed=11)
+        np.testing.assert_array_equal(xs, x_old)
+        np.testing.assert_array_equal(ws, w_old)
+    rng = np.random.default_rng(2)
+    a_old = rng.standard_normal(7, np.float32)
+    b_old = rng.standard_normal((2, 3), np.float32)
+    a, b = timing.seeded_normal(7, (2, 3), dtype=np.float32, seed=2,
+                                draw_dtype=np.float32)
+    np.testing.assert_array_equal(a, a_old)
+    np.testing.assert_array_equal(b, b_old)
+
+
+def test_sweep_backend_reaches_the_algorithm_check(monkeypatch):
+    seen = []
+
+    def fake_reason(name, backend, *config):
+        seen.append(backend)
+        return "not on this backend"
+
+    monkeypatch.setattr(sweep, "unsupported_reason", fake_reason)
+    case = ConvCase("t", (1, 1, 8, 8), (1, 1, 3, 3), 1, 1, 1)
+    x, w = sweep.make_data(case)
+    with pytest.raises(sweep.NotApplicable):
+        sweep.make_runner("direct", case, x, w, backend="cuda")
+    with pytest.raises(sweep.NotApplicable):
+        sweep.make_runner("direct", case, x, w)
+    assert seen == ["cuda", "cpu"]
+    assert sweep.SweepConfig().backend == "cpu"
+
+
+def test_cli_backend_goes_into_the_sweep_config(monkeypatch, capsys):
+    configs = []
+
+    def fake_run_sweep(cases, config):
+        configs.append(config)
+        return sweep.SweepResult(config={}, cases=list(cases), measurements=[])
+
+    monkeypatch.setattr(sweep, "run_sweep", fake_run_sweep)
+    base = ["sweep", "--shape", "1,1,8,8,1", "--kernels", "3", "--peers",
+            "scipy-fft", "--no-progress"]
+    assert _run_main(base) == 0
+    assert _run_main(base + ["--backend", "cuda"]) == 0
+    assert [c.backend for c in configs] == ["cpu", "cuda"]
+    # The default algorithms are those built for the backend (none on cuda).
+    assert configs[0].algorithms == tuple(kernels.built_algorithms())
+    assert configs[1].algorithms == tuple(kernels.built_algorithms("cuda"))
 
 
 def test_auto_follows_a_rewritten_calibration_file(monkeypatch, tmp_path):
