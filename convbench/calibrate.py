@@ -1,7 +1,8 @@
 """``convbench calibrate``: measure the thresholds of ``algorithm="auto"``.
 
 :mod:`kernels._choose` picks an algorithm with a cost model whose
-thresholds (``kernels._choose.DEFAULT_THRESHOLDS``) are crossovers:
+thresholds (``kernels._choose.default_thresholds("cpu")``, from
+``kernels/cpu/_tuning.py``) are crossovers:
 
 ``fft_min_area_single``
     kernel area from which FFT beats the other algorithms on one channel
@@ -180,7 +181,7 @@ def measure_thresholds(progress=True, log=print):
     Returns
     -------
     thresholds : dict
-        Measured values, keys of ``kernels._choose.DEFAULT_THRESHOLDS``.
+        Measured values, keys of ``kernels._choose.default_thresholds()``.
     report : dict
         The sweeps behind each value (times, crossovers), for the file's meta.
     """
@@ -211,9 +212,9 @@ def measure_thresholds(progress=True, log=print):
          rivals=["im2col", "winograd"])
     step("im2col_max_area", ["im2col"],
          lambda r: _im2col_area(built, progress, r), rivals=["direct"])
-    from kernels._choose import DEFAULT_THRESHOLDS
+    from kernels._choose import default_thresholds
     area = thresholds.get("im2col_max_area",
-                          DEFAULT_THRESHOLDS["im2col_max_area"])
+                          default_thresholds("cpu")["im2col_max_area"])
     step("winograd_min_channels", ["winograd"],
          lambda r: _winograd_channels(built, area, progress, r),
          rivals=["direct", "im2col"])
@@ -230,12 +231,12 @@ def calibrate(path=None, write=True, progress=True, log=print):
     them).
     """
     from kernels._calibration import calibration_path, save_thresholds
-    from kernels._choose import DEFAULT_THRESHOLDS
+    from kernels._choose import default_thresholds, machine_key
     from .machine import machine_info
 
     t0 = time.perf_counter()
     measured, report = measure_thresholds(progress=progress, log=log)
-    thresholds = dict(DEFAULT_THRESHOLDS)
+    thresholds = default_thresholds("cpu")
     thresholds.update(measured)
     meta = {"measured": sorted(measured), "sweeps": report,
             "seconds": round(time.perf_counter() - t0, 1),
@@ -243,7 +244,8 @@ def calibrate(path=None, write=True, progress=True, log=print):
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     log(f"calibration took {meta['seconds']} s")
     if write:
-        where = save_thresholds(thresholds, meta, path or calibration_path())
+        where = save_thresholds("cpu", thresholds, machine_key("cpu"), meta,
+                                path or calibration_path())
         log(f"wrote {where}")
     else:
         log("dry run: nothing written")

@@ -42,7 +42,8 @@ import numpy as np
 
 import kernels
 from kernels import accuracy
-from kernels._dispatch import unsupported_reason
+from kernels._dispatch import ConvSpec
+from kernels._dispatch import unsupported_reason as _kernel_unsupported
 from kernels.geometry import conv_output_size, same_padding
 
 from .crossover import find_crossovers
@@ -205,6 +206,13 @@ def _fits(case):
 # --------------------------------------------------------------------------
 # Contenders
 # --------------------------------------------------------------------------
+
+def unsupported_reason(name, backend, *config):
+    """None when ``kernels`` can run algorithm ``name`` on ``backend`` for
+    the normalised ``config``, else why not."""
+    return _kernel_unsupported("conv2d", backend, name,
+                               ConvSpec.from_config(*config))
+
 
 def _algorithm_runner(name, case, x, w, dtype, backend):
     """Zero-argument callable running ``kernels.conv2d`` with ``name``."""

@@ -31,8 +31,33 @@ DTYPES = (np.float32, np.float64)
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
+# "name:package:directory": a backend outside this package to test instead
+# of the built-in ones (tests/test_backend_contract.py writes one).
+EXTRA_BACKEND_VAR = "CONVBENCH_TEST_BACKEND"
+
+
+def _register_extra_backend():
+    import os
+    import sys
+    spec = os.environ.get(EXTRA_BACKEND_VAR)
+    if not spec:
+        return None
+    name, package, directory = spec.split(":", 2)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    if name not in _dispatch.backends():
+        _dispatch.register_backend(name, package)
+    return name
+
+
+_EXTRA_BACKEND = _register_extra_backend()
+
+
 def backends_under_test():
-    """Backends of ``kernels.BACKENDS`` with at least one algorithm built."""
+    """Backends of ``kernels.BACKENDS`` with at least one algorithm built,
+    or only the backend named by ``$CONVBENCH_TEST_BACKEND``."""
+    if _EXTRA_BACKEND is not None:
+        return (_EXTRA_BACKEND,)
     return tuple(b for b in kernels.BACKENDS if kernels.built_algorithms(b))
 
 

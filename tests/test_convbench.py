@@ -463,8 +463,8 @@ def test_machine_info_without_measurement():
 
 def test_calibrate_writes_thresholds_that_auto_reads(tmp_path, monkeypatch):
     from convbench import calibrate as cal
-    from kernels._calibration import load_thresholds
-    from kernels._choose import DEFAULT_THRESHOLDS
+    from kernels._choose import default_thresholds
+    from kernels._choose import thresholds as thresholds_in_force
 
     built = kernels.built_algorithms()
 
@@ -488,8 +488,8 @@ def test_calibrate_writes_thresholds_that_auto_reads(tmp_path, monkeypatch):
         # single channel: area k^2 > 50 from k = 9 (7^2 = 49).
         assert thresholds["fft_min_area_single"] == 81
     monkeypatch.setenv("CONVBENCH_CALIBRATION", str(path))
-    assert load_thresholds(DEFAULT_THRESHOLDS) == thresholds
-    assert set(thresholds) == set(DEFAULT_THRESHOLDS)
+    assert thresholds_in_force("cpu") == thresholds
+    assert set(thresholds) == set(default_thresholds("cpu"))
 
 
 def test_calibrated_winograd_pixels_is_the_measured_crossover(monkeypatch):
@@ -545,7 +545,8 @@ def test_calibrated_im2col_area_is_the_last_kernel_im2col_wins(
 
 
 def test_auto_leaves_winograd_to_large_images(monkeypatch, tmp_path):
-    from kernels._choose import DEFAULT_THRESHOLDS
+    from kernels._choose import default_thresholds
+    DEFAULT_THRESHOLDS = default_thresholds("cpu")
     monkeypatch.setenv("CONVBENCH_CALIBRATION", str(tmp_path / "none.json"))
     if not {"winograd", "im2col"} <= set(kernels.built_algorithms()):
         pytest.skip("needs winograd and im2col")
@@ -561,7 +562,8 @@ def test_auto_leaves_winograd_to_large_images(monkeypatch, tmp_path):
 
 
 def test_auto_gives_im2col_the_kernels_up_to_its_area(monkeypatch, tmp_path):
-    from kernels._choose import DEFAULT_THRESHOLDS
+    from kernels._choose import default_thresholds
+    DEFAULT_THRESHOLDS = default_thresholds("cpu")
     monkeypatch.setenv("CONVBENCH_CALIBRATION", str(tmp_path / "none.json"))
     if not {"direct", "im2col"} <= set(kernels.built_algorithms()):
         pytest.skip("needs direct and im2col")
@@ -578,7 +580,8 @@ def test_auto_gives_im2col_the_kernels_up_to_its_area(monkeypatch, tmp_path):
 
 def test_auto_judges_fft_on_a_strided_problem_by_its_phase_kernel(
         monkeypatch, tmp_path):
-    from kernels._choose import DEFAULT_THRESHOLDS
+    from kernels._choose import default_thresholds
+    DEFAULT_THRESHOLDS = default_thresholds("cpu")
     monkeypatch.setenv("CONVBENCH_CALIBRATION", str(tmp_path / "none.json"))
     if "fft" not in kernels.built_algorithms():
         pytest.skip("needs fft")
@@ -791,9 +794,14 @@ def test_cli_backend_goes_into_the_sweep_config(monkeypatch, capsys):
 
 def test_auto_follows_a_rewritten_calibration_file(monkeypatch, tmp_path):
     # Thresholds and choices are cached; a new file must still be seen.
-    from kernels._calibration import save_thresholds
+    from kernels._calibration import save_thresholds as save
+    from kernels._choose import machine_key
     if not {"direct", "im2col"} <= set(kernels.built_algorithms()):
         pytest.skip("needs direct and im2col")
+
+    def save_thresholds(thresholds, path):
+        save("cpu", thresholds, machine_key("cpu"), path=path)
+
     path = tmp_path / "cal.json"
     monkeypatch.setenv("CONVBENCH_CALIBRATION", str(path))
     problem = ((1, 64, 28, 28), (64, 64, 3, 3), (1, 1), (1, 1, 1, 1))
@@ -828,3 +836,65 @@ def test_keep_freed_memory_stops_fresh_mappings_of_large_temporaries():
         churn()
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10
     assert faults < 50, f"{faults:.0f} page faults per 64 MiB temporary"
+
+
+# --------------------------------------------------------------------------
+# The calibration file: keyed by backend and machine, never fatal
+# --------------------------------------------------------------------------
+
+def _calibrated(monkeypatch, tmp_path, text):
+    path = tmp_path / "cal.json"
+    path.write_text(text)
+    monkeypatch.setenv("CONVBENCH_CALIBRATION", str(path))
+    return path
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]",
+                                  '{"thresholds": {"direct_max_macs": 0}}',
+                                  '{"format": 2, "backends": {"cpu": 7}}'])
+def test_a_corrupt_or_old_calibration_file_warns_once_and_uses_defaults(
+        monkeypatch, tmp_path, text):
+    import warnings
+    from kernels._calibration import CalibrationWarning
+    from kernels._choose import default_thresholds, thresholds
+    _calibrated(monkeypatch, tmp_path, text)
+    x = np.ones((1, 2, 8, 8), np.float32)
+    w = np.ones((3, 2, 3, 3), np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert thresholds("cpu") == default_thresholds("cpu")
+        kernels.conv2d(x, w)                    # never raises
+        kernels.conv2d(x, w)
+    ours = [c for c in caught if issubclass(c.category, CalibrationWarning)]
+    assert len(ours) == 1, [str(c.message) for c in caught]
+    assert "convbench calibrate" in str(ours[0].message)
+
+
+def test_a_calibration_from_another_machine_is_ignored(monkeypatch, tmp_path):
+    import warnings
+    from kernels._calibration import CalibrationWarning, save_thresholds
+    from kernels._choose import default_thresholds, machine_key, thresholds
+    path = _calibrated(monkeypatch, tmp_path, "")
+    other = dict(machine_key("cpu"), cpu="some other CPU")
+    save_thresholds("cpu", {"direct_max_macs": 1.0}, other, path=path)
+    with pytest.warns(CalibrationWarning, match="another machine"):
+        assert thresholds("cpu") == default_thresholds("cpu")
+    save_thresholds("cpu", {"direct_max_macs": 1.0}, machine_key("cpu"),
+                    path=path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CalibrationWarning)
+        assert thresholds("cpu")["direct_max_macs"] == 1.0
+
+
+def test_calibration_entries_are_kept_per_backend(monkeypatch, tmp_path):
+    import json
+    from kernels._calibration import save_thresholds
+    from kernels._choose import machine_key, thresholds
+    path = _calibrated(monkeypatch, tmp_path, "")
+    path.unlink()
+    save_thresholds("cuda", {"direct_max_macs": 5.0}, {"gpu": "x"}, path=path)
+    save_thresholds("cpu", {"direct_max_macs": 7.0}, machine_key("cpu"),
+                    path=path)
+    table = json.loads(path.read_text())["backends"]
+    assert set(table) == {"cpu", "cuda"}
+    assert thresholds("cpu")["direct_max_macs"] == 7.0
