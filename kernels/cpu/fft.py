@@ -59,13 +59,20 @@ F1h)``) but one of two memory layouts, chosen per problem
   GEMM per frequency); used when ``C'/G * K/G`` is large.
 
 Weight-spectrum cache: :func:`conv2d` keeps the spectra of recently used
-filters, keyed on the filter array's data pointer, shape, strides, dtype
-and the transform geometry.  A hit is accepted only when a stored copy of
-the filter equals the array passed now bit for bit, so modifying the
-filter in place, or passing another array that happens to reuse the same
-memory, can never return stale spectra (the comparison is one pass over
-``w``).  :func:`clear_caches` empties it; ``conv2d(..., cache_weights=False)``
-bypasses it.
+filters in the cache all algorithms share,
+:data:`kernels._weight_cache.transformed_weights` (kind ``"fft"``), keyed
+on the filter array's data pointer, shape, strides, dtype and the
+transform geometry.  A hit is accepted only when a stored copy of the
+filter equals the array passed now bit for bit, so modifying the filter in
+place, or passing another array that happens to reuse the same memory,
+can never return stale spectra (the comparison is one pass over ``w``).
+:func:`clear_caches` empties its FFT entries; ``conv2d(...,
+cache_weights=False)`` bypasses it.
+
+Tunables (chunk and block budgets, task-plan cache bound) are
+:class:`kernels.cpu._tuning.FFTTuning`: :func:`conv2d` reads
+``_tuning.current().fft`` once and passes it down, and the caches whose
+content depends on it (chosen tiles, task plans) have it in their keys.
 
 FFT lengths: :func:`fast_length` returns the smallest ``2**a * m >= n``
 with odd part ``m`` in ``{1, 3, 5, 7, 9}``.  Measured with pyFFTW (2-D
@@ -114,7 +121,8 @@ import pyfftw
 from numba import njit, prange
 from numpy.lib.stride_tricks import as_strided
 
-from . import _blas
+from .._weight_cache import transformed_weights
+from . import _blas, _tuning
 
 __all__ = [
     "conv2d", "unsupported_reason", "fast_length", "FFTGeometry",
@@ -299,7 +307,7 @@ def _use_freq_major(m, cgp, kg):
 
 
 def plan_geometry(x_shape, w_shape, stride, padding, dilation, groups,
-                  dtype=np.float32, tile=None, freq_major=None):
+                  dtype=np.float32, tile=None, freq_major=None, tuning=None):
     """Cut a normalised problem into transform tiles.
 
     Parameters
@@ -314,6 +322,8 @@ def plan_geometry(x_shape, w_shape, stride, padding, dilation, groups,
         axis means one tile along it.  Default: :func:`choose_tile`.
     freq_major : bool, optional
         Force the spectrum layout (tests); default by channel counts.
+    tuning : FFTTuning, optional
+        Tunables for :func:`choose_tile`; default ``_tuning.current().fft``.
 
     Returns
     -------
@@ -324,7 +334,7 @@ def plan_geometry(x_shape, w_shape, stride, padding, dilation, groups,
     dtype = np.dtype(dtype)
     if tile is None:
         tile = choose_tile(x_shape, w_shape, stride, padding, dilation,
-                           groups, dtype.itemsize)
+                           groups, dtype.itemsize, tuning)
     rows = _axis_geometry(h, padding[0], padding[1], kh, dilation[0],
                           stride[0], tile[0])
     cols = _axis_geometry(w, padding[2], padding[3], kw, dilation[1],
@@ -377,10 +387,11 @@ def _transform_seconds(t0, t1):
 
 
 def _model_time(n, c_in, cg_in, k, groups, t0, t1, kq0, kq1, out0, out1,
-                itemsize, chunk_bytes=None):
+                itemsize, chunk_bytes):
     """Modelled seconds of the FFT convolution with tiles t0 x t1 (arrays).
 
-    c_in and cg_in count the input channels after the phase split.
+    c_in and cg_in count the input channels after the phase split;
+    chunk_bytes is the staged path's chunk budget (FFTTuning.chunk_bytes).
     """
     m = n * _tiles_per_image(t0, t1, kq0, kq1, out0, out1)
     freqs = t0 * (t1 // 2 + 1)
@@ -392,8 +403,6 @@ def _model_time(n, c_in, cg_in, k, groups, t0, t1, kq0, kq1, out0, out1,
     blas = (cg_in * kg >= _BLAS_MIN_CK) & (m >= _BLAS_MIN_ROWS)
     cmacs = freqs * m * cg_in * k
     weight_bytes = freqs * cg_in * k * csize
-    if chunk_bytes is None:
-        chunk_bytes = CHUNK_BYTES
     passes = np.maximum(1, np.ceil(freqs * m * (c_in + k) * csize / chunk_bytes))
     contraction = np.where(
         blas,
@@ -425,7 +434,7 @@ def _tile_candidates(out, kq, many_channels):
     return np.array(cands + [single])
 
 
-def _task_tail_factor(n, t0, t1, g_rows, g_cols):
+def _task_tail_factor(n, t0, t1, g_rows, g_cols, tasks_per_thread):
     """Makespan of the task-parallel path relative to its work / threads.
 
     With P threads pulling B blocks, the last block ends on average half a
@@ -434,20 +443,23 @@ def _task_tail_factor(n, t0, t1, g_rows, g_cols):
     block: time ~ work/P + (work/B)(1 - 1/P), B ~ min(tiles, blocks per
     thread x P).  Four 576^2 tiles of a 1024^2 image (k = 45..63) ran
     1.07-1.2x slower than sixteen 320^2 ones, though the model's work is
-    10 % lower.
+    10 % lower.  P is :func:`_tuning.block_shape_threads` (as for the
+    blocks themselves), the blocks per thread ``tasks_per_thread``.
     """
-    p = max(1, numba.config.NUMBA_NUM_THREADS)
+    p = _tuning.block_shape_threads()
     tiles = n * _tiles_per_image(t0, t1, g_rows.kq, g_cols.kq, g_rows.out,
                                  g_cols.out)
-    blocks = np.minimum(tiles, max(1, TASKS_PER_THREAD * p))
+    blocks = np.minimum(tiles, max(1, tasks_per_thread * p))
     return 1 + (p - 1) / blocks
 
 
+# (problem, itemsize, FFTTuning) -> (t0, t1); the tunables are in the key
+# because the model reads them (chunk_bytes, tasks_per_thread).
 _TILE_CACHE = OrderedDict()
 
 
 def choose_tile(x_shape, w_shape, stride, padding, dilation, groups,
-                itemsize=4):
+                itemsize=4, tuning=None):
     """Transform lengths ``(t0, t1)`` minimising the cost model.
 
     The model adds the FFT work (``t log t`` per transform, for the input,
@@ -459,9 +471,15 @@ def choose_tile(x_shape, w_shape, stride, padding, dilation, groups,
     spectra grow with the tile overlap and the weight spectra with the
     tile area); one channel favours large tiles (less overlap), but not
     the whole image when the kernel is small (``log t`` grows).
+
+    ``tuning`` (an :class:`~kernels.cpu._tuning.FFTTuning`, default
+    ``_tuning.current().fft``) gives the chunk budget and the blocks per
+    thread that the model reads.
     """
+    if tuning is None:
+        tuning = _tuning.current().fft
     key = (tuple(x_shape), tuple(w_shape), tuple(stride), tuple(padding),
-           tuple(dilation), int(groups), int(itemsize))
+           tuple(dilation), int(groups), int(itemsize), tuning)
     hit = _TILE_CACHE.get(key)
     if hit is not None:
         return hit
@@ -476,9 +494,11 @@ def choose_tile(x_shape, w_shape, stride, padding, dilation, groups,
     t0 = _tile_candidates(g_rows.out, g_rows.kq, many)[:, None]
     t1 = _tile_candidates(g_cols.out, g_cols.kq, many)[None, :]
     cost = _model_time(n, c * ph, cg * ph, k, groups, t0, t1, g_rows.kq,
-                       g_cols.kq, g_rows.out, g_cols.out, itemsize)
+                       g_cols.kq, g_rows.out, g_cols.out, itemsize,
+                       tuning.chunk_bytes)
     if not many:
-        cost = cost * _task_tail_factor(n, t0, t1, g_rows, g_cols)
+        cost = cost * _task_tail_factor(n, t0, t1, g_rows, g_cols,
+                                        tuning.tasks_per_thread)
     i, j = np.unravel_index(np.argmin(cost), cost.shape)
     result = (int(t0[i, 0]), int(t1[0, j]))
     if len(_TILE_CACHE) >= 4096:
@@ -1052,67 +1072,22 @@ def weight_spectra(w, geom, slot=None):
     return full
 
 
-# Weight-spectrum cache: key -> (copy of w, spectra); bounded in bytes.
-WEIGHT_CACHE_BYTES = 256 * 2**20
-_weights = OrderedDict()
-_weights_lock = threading.Lock()
-
-
-def _weight_cache_key(w, geom):
-    ptr = w.__array_interface__["data"][0]
-    return (ptr, w.shape, w.strides, w.dtype.str) + geom.weight_key()
-
-
-def _same_bits(a, b):
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    view = np.uint32 if a.dtype.itemsize == 4 else np.uint64
-    return bool(np.array_equal(a.view(view), b.view(view)))
-
-
 def cached_weight_spectra(w, geom):
     """:func:`weight_spectra`, reusing the spectra of an identical filter.
 
-    An entry is used only if its stored copy of the filter equals ``w`` bit
+    The spectra live in the shared :data:`kernels._weight_cache.
+    transformed_weights` (kind ``"fft"``, keyed on ``geom.weight_key()``);
+    an entry is used only if its stored copy of the filter equals ``w`` bit
     for bit, so in-place changes of ``w`` are always seen.
     """
-    spectra = _cached_weights(w, geom)
-    if spectra is None:
-        spectra = weight_spectra(w, geom)
-        _store_weights(w, geom, spectra)
-    return spectra
-
-
-def _cached_weights(w, geom):
-    """The cached spectra of a filter equal to ``w``, or None."""
-    key = _weight_cache_key(w, geom)
-    with _weights_lock:
-        hit = _weights.get(key)
-    if hit is not None and _same_bits(hit[0], w):
-        with _weights_lock:
-            if key in _weights:
-                _weights.move_to_end(key)
-        return hit[1]
-    return None
-
-
-def _store_weights(w, geom, spectra):
-    key = _weight_cache_key(w, geom)
-    size = spectra.nbytes + w.nbytes
-    if size <= WEIGHT_CACHE_BYTES:
-        with _weights_lock:
-            _weights[key] = (w.copy(), spectra)
-            total = sum(a.nbytes + s.nbytes for a, s in _weights.values())
-            while total > WEIGHT_CACHE_BYTES and len(_weights) > 1:
-                _, (a, s) = _weights.popitem(last=False)
-                total -= a.nbytes + s.nbytes
-    return spectra
+    return transformed_weights.get(w, "fft", geom.weight_key(),
+                                   lambda own: weight_spectra(own, geom))
 
 
 def clear_caches(plans=False):
-    """Forget cached weight spectra (and FFTW plans when ``plans``)."""
-    with _weights_lock:
-        _weights.clear()
+    """Forget cached weight spectra (and FFTW plans, task plans and chosen
+    tiles when ``plans``)."""
+    transformed_weights.clear("fft")
     if plans:
         with _plans_lock:
             _plans.clear()
@@ -1122,14 +1097,17 @@ def clear_caches(plans=False):
 
 
 def cache_info():
-    """Entries and bytes held by the weight-spectrum, plan and task caches."""
-    with _weights_lock:
-        nbytes = sum(a.nbytes + s.nbytes for a, s in _weights.values())
-        entries = len(_weights)
+    """Entries and bytes held by the weight-spectrum, plan and task caches.
+
+    The weight figures are the ``"fft"`` entries of the shared
+    :data:`kernels._weight_cache.transformed_weights`, whose bound
+    (``max_bytes``, ``max_entries``) all algorithms share.
+    """
     with _task_plans_lock:
         task_bytes = sum(p.nbytes for p in _task_plans.values())
         tasks = len(_task_plans)
-    return {"weight_entries": entries, "weight_bytes": nbytes,
+    return {"weight_entries": transformed_weights.count("fft"),
+            "weight_bytes": transformed_weights.nbytes("fft"),
             "plans": len(_plans), "task_plans": tasks,
             "task_plan_bytes": task_bytes}
 
@@ -1260,17 +1238,17 @@ def inverse(y_spec, geom, bias, out, m0=0):
 # Entry points
 # --------------------------------------------------------------------------
 
-# Tiles per chunk are chosen so the chunk's spectra (input + output) stay
-# below this: bounded memory, and the spectra stay in the last-level cache
-# between the stages.
-CHUNK_BYTES = 16 * 2**20
+def chunks(geom, tuning=None):
+    """Split the tiles into chunks of whole images or of rows of tiles.
 
-
-def chunks(geom):
-    """Split the tiles into chunks of whole images or of rows of tiles."""
+    A chunk's spectra (input and output) stay below ``tuning.chunk_bytes``
+    (default ``_tuning.current().fft``) where one row of tiles allows.
+    """
+    if tuning is None:
+        tuning = _tuning.current().fft
     f = geom.spectrum_shape[0] * geom.spectrum_shape[1]
     per_tile = f * (geom.channels + geom.k) * geom.complex_dtype.itemsize
-    budget = max(1, CHUNK_BYTES // per_tile)
+    budget = max(1, tuning.chunk_bytes // per_tile)
     if budget >= geom.tiles:
         step = min(geom.n, budget // geom.tiles)
         return [Chunk(n0, min(step, geom.n - n0), 0, geom.rows.tiles)
@@ -1296,16 +1274,14 @@ def chunks(geom):
 # runs slowly for milliseconds, and every stage waited for it.  Tasks let
 # the fast thread take more blocks, wake the pool once per call instead of
 # once per stage, and keep a block's buffers in L2 between its stages.
-
-# A block's buffers (input window, spectra, output tiles) fit in this ...
-TASK_BYTES = 1 << 20
-# ... and a problem is cut into at least this many blocks per thread
-# (NUMBA_NUM_THREADS), when it has enough tiles, so that a slow thread
-# holds up the call by a fraction of a block ...
-TASKS_PER_THREAD = 4
-# ... unless that leaves a block less than this much work (cost model,
-# seconds): a block costs ~20 us of Python (with the GIL held) on top.
-MIN_TASK_SECONDS = 100e-6
+#
+# The cut into blocks follows FFTTuning (kernels/cpu/_tuning.py): a block's
+# buffers (input window, spectra, output tiles) fit in task_bytes, and a
+# problem is cut into at least tasks_per_thread blocks per thread
+# (block_shape_threads()), when it has enough tiles, so that a slow thread
+# holds up the call by a fraction of a block, unless that leaves a block
+# less than min_task_seconds of work (cost model): a block costs ~20 us of
+# Python (with the GIL held) on top.
 
 
 class Block(NamedTuple):
@@ -1341,21 +1317,24 @@ def _per_tile_seconds(geom):
     return (geom.channels + geom.k) * float(_transform_seconds(*geom.tile_shape))
 
 
-def task_blocks(geom):
+def task_blocks(geom, tuning=None):
     """Cut the tiles of every image into blocks (the tasks).
 
     Blocks are whole images when several fit in a task, else rectangles of
     full rows of tiles, else runs of tiles within a row.  The cut depends
-    only on the problem and ``NUMBA_NUM_THREADS`` (fixed per process): a
-    block's shape decides how FFTW batches its transforms, and results must
-    not change with ``numba.set_num_threads``.
+    only on the problem, ``tuning`` (default ``_tuning.current().fft``) and
+    :func:`_tuning.block_shape_threads` (fixed per process): a block's
+    shape decides how FFTW batches its transforms, and results must not
+    change with ``numba.set_num_threads``.
     """
+    if tuning is None:
+        tuning = _tuning.current().fft
     per_image = geom.tiles
     total = geom.n * per_image
-    want = max(1, TASKS_PER_THREAD * numba.config.NUMBA_NUM_THREADS)
-    least = int(np.ceil(MIN_TASK_SECONDS / _per_tile_seconds(geom)))
-    size = max(1, min(TASK_BYTES // _per_tile_bytes(geom), total // want),
-               least)
+    want = max(1, tuning.tasks_per_thread * _tuning.block_shape_threads())
+    least = int(np.ceil(tuning.min_task_seconds / _per_tile_seconds(geom)))
+    size = max(1, min(tuning.task_bytes // _per_tile_bytes(geom),
+                      total // want), least)
     rows, cols = geom.rows.tiles, geom.cols.tiles
     if size >= per_image:
         step = size // per_image
@@ -1542,12 +1521,10 @@ class _WeightSpectra:
     could start.
     """
 
-    def __init__(self, w, geom, spectra=None, cache=True):
+    def __init__(self, w, geom, cache=True):
         self.w, self.geom, self.cache = w, geom, cache
         self.error = None
         self.ready = threading.Event()
-        if spectra is not None:
-            self._publish(spectra)
 
     def _publish(self, spectra):
         spectra = np.ascontiguousarray(spectra)
@@ -1556,13 +1533,19 @@ class _WeightSpectra:
         self.ready.set()
 
     def compute(self, slot):
-        """Compute them (worker ``slot``), unless given; never raises."""
-        if self.ready.is_set():
-            return
+        """Look them up or compute them (worker ``slot``); never raises.
+
+        With ``cache``, through the shared weight cache (a hit costs one
+        bitwise comparison of the filter).
+        """
+        geom = self.geom
         try:
-            spectra = weight_spectra(self.w, self.geom, slot)
             if self.cache:
-                _store_weights(self.w, self.geom, spectra)
+                spectra = transformed_weights.get(
+                    self.w, "fft", geom.weight_key(),
+                    lambda own: weight_spectra(own, geom, slot))
+            else:
+                spectra = weight_spectra(self.w, geom, slot)
             self._publish(spectra)
         except BaseException as exc:   # re-raised by every waiting worker
             self.error = exc
@@ -1586,9 +1569,9 @@ class _TaskPlan:
     take turns per slot.
     """
 
-    def __init__(self, geom):
+    def __init__(self, geom, tuning):
         self.geom = geom
-        self.blocks = task_blocks(geom)
+        self.blocks = task_blocks(geom, tuning)
         self.phase_info = (np.array(geom.rows.residues, np.int64),
                            np.array(geom.cols.residues, np.int64),
                            _untouched_lists(geom))
@@ -1605,33 +1588,36 @@ class _TaskPlan:
             return w
 
 
-# Task plans kept (least recently used first out) while their buffers
-# total at most this many bytes.
-TASK_PLAN_BYTES = 64 * 2**20
+# (geometry, tunables of the cut into blocks) -> _TaskPlan; kept (least
+# recently used first out) while their buffers total at most
+# FFTTuning.task_plan_bytes.
 _task_plans = OrderedDict()
 _task_plans_lock = threading.Lock()
 
 
-def _task_plan(geom):
-    key = (geom, TASK_BYTES, TASKS_PER_THREAD, MIN_TASK_SECONDS)
+def _task_plan(geom, tuning):
+    key = (geom, tuning.task_bytes, tuning.tasks_per_thread,
+           tuning.min_task_seconds)
     with _task_plans_lock:
         plan = _task_plans.get(key)
         if plan is None:
-            plan = _task_plans[key] = _TaskPlan(geom)
+            plan = _task_plans[key] = _TaskPlan(geom, tuning)
         _task_plans.move_to_end(key)
         total = sum(p.nbytes for p in _task_plans.values())
-        while total > TASK_PLAN_BYTES and len(_task_plans) > 1:
+        while total > tuning.task_plan_bytes and len(_task_plans) > 1:
             _, old = _task_plans.popitem(last=False)
             total -= old.nbytes
     return plan
 
 
-def _conv2d_tasks(x, weights, bias, geom):
+def _conv2d_tasks(x, weights, bias, geom, tuning):
     """The FFT convolution as tasks over blocks of tiles (few channels).
 
-    ``weights`` is a :class:`_WeightSpectra`.
+    ``weights`` is a :class:`_WeightSpectra`, ``tuning`` the call's
+    FFTTuning (the worker threads read no tunables: the blocks are cut
+    here).
     """
-    plan = _task_plan(geom)
+    plan = _task_plan(geom, tuning)
     blocks, phase_info = plan.blocks, plan.phase_info
     n_workers = max(1, min(numba.get_num_threads(), len(blocks)))
     y = np.empty(geom.out_shape, dtype=geom.dtype)
@@ -1684,19 +1670,22 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, *, tile=None,
     Returns
     -------
     y : ndarray (N, K, Ho, Wo) of x's dtype
+
+    The tunables (``_tuning.current().fft``) are read once, here, and
+    passed down.
     """
+    tuning = _tuning.current().fft
     geom = plan_geometry(x.shape, w.shape, tuple(stride), tuple(padding),
                          tuple(dilation), int(groups), x.dtype, tile,
-                         freq_major)
+                         freq_major, tuning)
     if use_tasks(geom):
-        hit = _cached_weights(w, geom) if cache_weights else None
-        return _conv2d_tasks(x, _WeightSpectra(w, geom, hit, cache_weights),
-                             bias, geom)
+        return _conv2d_tasks(x, _WeightSpectra(w, geom, cache_weights),
+                             bias, geom, tuning)
     w_spec = (cached_weight_spectra(w, geom) if cache_weights
               else weight_spectra(w, geom))
     y = np.empty(geom.out_shape, dtype=x.dtype)
     xpad = padded_input(x, geom)
-    for chunk in chunks(geom):
+    for chunk in chunks(geom, tuning):
         x_spec = input_spectra(x, geom, chunk, xpad)
         y_spec = contract(x_spec, w_spec, geom.groups)
         del x_spec
