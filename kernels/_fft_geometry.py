@@ -277,7 +277,11 @@ def _untouched_lists(geom):
 
 
 def _zero_untouched_window(window, geom, r0, c0, untouched):
-    """:func:`_zero_untouched` on the window starting at padded (r0, c0)."""
+    """Zero the inputs that no output reads (see :func:`_untouched`).
+
+    ``window`` (images, C', rows, cols) starts at padded position (r0, c0);
+    ``untouched`` is :func:`_untouched_lists`.
+    """
     rows, cols = geom.rows, geom.cols
     p0n, p1n = len(rows.residues), len(cols.residues)
     n, _, hq, wq = window.shape
@@ -292,11 +296,6 @@ def _zero_untouched_window(window, geom, r0, c0, untouched):
             six[:, :, phase, :, idx, :] = 0
         else:
             six[:, :, :, phase, :, idx] = 0
-
-
-def _zero_untouched(xpad, geom):
-    """Zero the inputs that no output reads (see :func:`_untouched`)."""
-    _zero_untouched_window(xpad, geom, 0, 0, _untouched_lists(geom))
 
 
 # --------------------------------------------------------------------------

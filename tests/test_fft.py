@@ -399,6 +399,73 @@ def test_inverse_of_a_chunk_writes_only_its_tiles():
     np.testing.assert_array_equal(written, expected)
 
 
+@over_dtypes
+def test_inverse_tiles_is_the_unscaled_irfft2(dtype):
+    rng = np.random.default_rng(27)
+    geom = fft.plan_geometry((2, 3, 21, 17), (2, 3, 4, 3), (1, 1),
+                             (1, 1, 1, 1), (1, 1), 1, dtype, (10, 8))
+    tiles = rng.standard_normal((geom.m, 2) + geom.tile_shape)
+    buf, spec = fft._spectrum_buffer((geom.m, 2), geom.tile_shape,
+                                     geom.complex_dtype, False)
+    spec[...] = np.fft.rfft2(tiles)
+    z = fft.inverse_tiles(spec, geom)
+    assert z.shape == tiles.shape and z.dtype == dtype
+    scale = np.prod(geom.tile_shape)
+    np.testing.assert_allclose(z, tiles * scale, rtol=0,
+                               atol=64 * np.finfo(dtype).eps * scale)
+
+
+@over_dtypes
+def test_scatter_of_blocks_equals_scatter_of_the_batch(dtype):
+    # One scatter kernel serves the staged path (tiles m0.. of the batch)
+    # and, compiled serially, the task path (a block's corner and shape).
+    from kernels.cpu import _fft_kernels
+    rng = np.random.default_rng(28)
+    geom = fft.plan_geometry((3, 1, 41, 37), (1, 1, 4, 3), (1, 1),
+                             (1, 2, 3, 0), (1, 1), 1, dtype, (9, 12))
+    k = geom.k
+    z = rng.standard_normal((geom.m, k) + geom.tile_shape).astype(dtype)
+    bias = rng.standard_normal(k).astype(dtype)
+    whole = fft.scatter(z, geom, bias, np.full(geom.out_shape, np.nan, dtype))
+    assert not np.isnan(whole).any()
+    expected = np.full(geom.out_shape, np.nan, dtype)
+    rows, cols = geom.rows, geom.cols
+    for mm in range(geom.m):
+        n, rest = divmod(mm, geom.tiles)
+        i, j = divmod(rest, cols.tiles)
+        part = expected[n, :, i * rows.b:(i + 1) * rows.b,
+                        j * cols.b:(j + 1) * cols.b]
+        part[...] = (z[mm, :, :part.shape[1], :part.shape[2]]
+                     + bias[:, None, None])
+    np.testing.assert_array_equal(whole, expected)
+    tile_index = np.arange(geom.m).reshape(geom.n, rows.tiles, cols.tiles)
+    per_tile = fft._per_tile_bytes(geom)
+    for budget in (geom.tiles, cols.tiles, 2):     # images, rows, tiles
+        with _tuning.override(fft=dict(task_bytes=budget * per_tile,
+                                       tasks_per_thread=0,
+                                       min_task_seconds=0)):
+            blocks = fft.task_blocks(geom)
+        out = np.full(geom.out_shape, np.nan, dtype)
+        for b in blocks:
+            mine = tile_index[b.n0:b.n0 + b.images, b.i0:b.i0 + b.rows,
+                              b.j0:b.j0 + b.cols].ravel()
+            _fft_kernels._scatter_tiles_serial(
+                np.ascontiguousarray(z[mine]), out, bias, 0, b.n0, b.i0,
+                b.j0, b.rows, b.cols, rows.b, cols.b)
+        np.testing.assert_array_equal(out, whole)
+
+
+def test_fft_geometry_is_backend_neutral():
+    import subprocess
+    import sys
+    code = ("import sys, kernels._fft_geometry; "
+            "print(sorted(m for m in ('numba', 'pyfftw', 'kernels.cpu') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 # --------------------------------------------------------------------------
 # End to end against the reference
 # --------------------------------------------------------------------------

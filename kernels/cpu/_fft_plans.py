@@ -39,6 +39,12 @@ def _empty(shape, dtype):
 _ROW_ALIGN_BYTES = 64
 
 
+def _aligned_width(n, dtype):
+    """``n`` rounded up to a whole number of ``_ROW_ALIGN_BYTES`` rows."""
+    per_row = _ROW_ALIGN_BYTES // np.dtype(dtype).itemsize
+    return -(-n // per_row) * per_row
+
+
 def _spectrum_buffer(batch, tile, cdtype, freq_major):
     """A complex buffer and its logical ``(*batch, F0, F1h)`` view.
 

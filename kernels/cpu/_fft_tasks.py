@@ -33,14 +33,12 @@ import numba
 import numpy as np
 
 from .. import _fft_geometry
-from .._fft_geometry import (_overlapping_tiles, _untouched_lists, _window,
-                             _zero_untouched_window)
+from .._fft_geometry import _overlapping_tiles, _window
 from . import _blas, _tuning
-from ._fft_kernels import (_LANE_BLOCK, _contract_lanes_serial,
-                           _multiply_lanes_serial, _pad_phases_serial,
-                           _scatter_block)
+from ._fft_kernels import (_scatter_tiles_serial, fill_window, lane_product,
+                           phase_info)
 from ._fft_model import _per_tile_seconds
-from ._fft_plans import _ROW_ALIGN_BYTES, _empty, _plan, _transform_axes
+from ._fft_plans import _aligned_width, _empty, _plan, _transform_axes
 
 __all__ = ["task_blocks"]
 
@@ -112,8 +110,7 @@ class _Scratch:
         f0, f1h = geom.spectrum_shape
         m, c, k = block.tiles, geom.channels, geom.k
         rows, cols = _window(geom, block.rows, block.cols)
-        per_row = _ROW_ALIGN_BYTES // geom.dtype.itemsize
-        self.width = -(-cols // per_row) * per_row
+        self.width = _aligned_width(cols, geom.dtype)
         self.window = _empty(block.images * c * rows * self.width, geom.dtype)
         self.x_spec = _empty(m * c * f0 * f1h, geom.complex_dtype)
         self.y_spec = (self.x_spec if c == 1 and k == 1
@@ -194,34 +191,24 @@ class _Worker:
                 plan.fftw.update_arrays(src, dst)
             yield
 
-    def run(self, x, weights, bias, y, block, phase_info):
+    def run(self, x, weights, bias, y, block, info):
         """All four stages for the tiles of ``block`` (single-threaded).
 
         Call inside :meth:`bound`.  ``weights``: a :class:`_WeightSpectra`;
-        ``phase_info``: the kept residues along each axis (int64 arrays)
-        and :func:`_untouched_lists`.
+        ``info``: :func:`~kernels.cpu._fft_kernels.phase_info`.
         """
         geom = self.geom
         rows, cols = geom.rows, geom.cols
         v = self.shapes[block.shape]
-        r0, c0 = block.i0 * rows.b, block.j0 * cols.b
-        _pad_phases_serial(x[block.n0:block.n0 + block.images], v["window"],
-                           rows.stride, cols.stride,
-                           rows.pad_lo - r0 * rows.stride,
-                           cols.pad_lo - c0 * cols.stride,
-                           phase_info[0], phase_info[1])
-        if phase_info[2]:
-            _zero_untouched_window(v["window"], geom, r0, c0, phase_info[2])
+        fill_window(x[block.n0:block.n0 + block.images], v["window"], geom,
+                    block.i0 * rows.b, block.j0 * cols.b, info, serial=True)
         v["fwd"].fftw.execute()
-        w3 = weights.get()
-        if w3.shape[0] == 1 and geom.k // geom.groups == 1:
-            _multiply_lanes_serial(v["x3"], w3, v["y3"], _LANE_BLOCK)
-        else:
-            _contract_lanes_serial(v["x3"], w3, v["y3"], geom.groups,
-                                   _LANE_BLOCK)
+        lane_product(v["x3"], weights.get(), v["y3"], geom.groups,
+                     serial=True)
         v["inv"].fftw.execute()
-        _scatter_block(v["z"], y, bias, block.n0, block.i0, block.j0,
-                       block.rows, block.cols, rows.b, cols.b)
+        _scatter_tiles_serial(v["z"], y, bias, 0, block.n0, block.i0,
+                              block.j0, block.rows, block.cols, rows.b,
+                              cols.b)
 
 
 class _TaskPlan:
@@ -237,9 +224,7 @@ class _TaskPlan:
     def __init__(self, geom, tuning):
         self.geom = geom
         self.blocks = task_blocks(geom, tuning)
-        self.phase_info = (np.array(geom.rows.residues, np.int64),
-                           np.array(geom.cols.residues, np.int64),
-                           _untouched_lists(geom))
+        self.phase_info = phase_info(geom)
         self._workers = {}
         self._lock = threading.Lock()
         self.nbytes = 0

@@ -84,17 +84,15 @@ import numpy as np
 from .. import _fft_geometry
 from .._fft_geometry import (  # noqa: F401  (re-exported)
     FAST_ODD_PARTS, AxisGeometry, Block, Chunk, FFTGeometry, _axis_geometry,
-    _axis_phases, _overlapping_tiles, _per_tile_bytes, _zero_untouched,
-    fast_length, whole_batch)
+    _axis_phases, _overlapping_tiles, _per_tile_bytes, fast_length,
+    whole_batch)
 from .._weight_cache import transformed_weights
 from . import _blas, _tuning
-from ._fft_kernels import (_LANE_BLOCK, _contract_lanes, _multiply_lanes,
-                           _pad_phases, _scatter_tiles)
+from ._fft_kernels import _scatter_tiles, fill_window, lane_product, phase_info
 from ._fft_model import _use_freq_major, choose_tile, clear_tile_cache
 from ._fft_plans import (  # noqa: F401  (re-exported)
-    _ROW_ALIGN_BYTES, _empty, _like, _plan, _spectrum_buffer,
-    _transform_axes, clear_plans, get_planner_effort, plan_count,
-    set_planner_effort)
+    _aligned_width, _empty, _like, _plan, _spectrum_buffer, _transform_axes,
+    clear_plans, get_planner_effort, plan_count, set_planner_effort)
 from ._fft_tasks import (_conv2d_tasks, _WeightSpectra, clear_task_plans,
                          task_blocks, task_plan_info)
 
@@ -103,8 +101,9 @@ __all__ = [
     "AxisGeometry", "Chunk", "Block", "plan_geometry", "choose_tile",
     "chunks", "task_blocks", "use_tasks",
     "padded_input", "input_spectra", "weight_spectra",
-    "cached_weight_spectra", "contract", "inverse", "clear_caches",
-    "cache_info", "set_planner_effort", "get_planner_effort",
+    "cached_weight_spectra", "contract", "inverse_tiles", "scatter",
+    "inverse", "clear_caches", "cache_info", "set_planner_effort",
+    "get_planner_effort",
 ]
 
 # --------------------------------------------------------------------------
@@ -113,30 +112,12 @@ __all__ = [
 
 def plan_geometry(x_shape, w_shape, stride, padding, dilation, groups,
                   dtype=np.float32, tile=None, freq_major=None, tuning=None):
-    """Cut a normalised problem into transform tiles (CPU choices).
+    """Cut a normalised problem into transform tiles, with the CPU's choices.
 
-    :func:`kernels._fft_geometry.plan_geometry` with the tile lengths of
-    :func:`choose_tile` and the spectrum layout of the channel counts,
-    unless given.
-
-    Parameters
-    ----------
-    x_shape, w_shape : (N, C, H, W), (K, C // groups, kH, kW)
-    stride, dilation : (sh, sw), (dh, dw)
-    padding : (top, bottom, left, right)
-    groups : int
-    dtype : float32 or float64
-    tile : (t0, t1), optional
-        Transform lengths; a length at least that of the whole (padded)
-        axis means one tile along it.  Default: :func:`choose_tile`.
-    freq_major : bool, optional
-        Force the spectrum layout (tests); default by channel counts.
-    tuning : FFTTuning, optional
-        Tunables for :func:`choose_tile`; default ``_tuning.current().fft``.
-
-    Returns
-    -------
-    FFTGeometry
+    :func:`kernels._fft_geometry.plan_geometry`, whose arguments these
+    are, except that ``tile`` defaults to :func:`choose_tile` (under
+    ``tuning``, default ``_tuning.current().fft``) and ``freq_major`` to
+    the layout the channel counts call for (tests force either).
     """
     dtype = np.dtype(dtype)
     if tile is None:
@@ -180,14 +161,9 @@ def padded_input(x, geom):
         left]`` (zero outside ``x``), ``Hq = (tiles_rows - 1) b0 + t0`` and
         ``Wq`` the same along columns, rounded up for alignment.
     """
-    rows, cols = geom.rows, geom.cols
-    per_row = _ROW_ALIGN_BYTES // geom.dtype.itemsize
-    wq = -(-cols.padded // per_row) * per_row
-    xpad = _empty((geom.n, geom.channels, rows.padded, wq), geom.dtype)
-    _pad_phases(x, xpad, rows.stride, cols.stride, rows.pad_lo, cols.pad_lo,
-                np.array(rows.residues, np.int64),
-                np.array(cols.residues, np.int64))
-    _zero_untouched(xpad, geom)
+    xpad = _empty((geom.n, geom.channels, geom.rows.padded,
+                   _aligned_width(geom.cols.padded, geom.dtype)), geom.dtype)
+    fill_window(x, xpad, geom, 0, 0, phase_info(geom))
     return xpad
 
 
@@ -390,7 +366,6 @@ def contract(x_spec, w_spec, groups=1):
     """
     m, cp, f0, f1 = x_spec.shape
     cgp, k = w_spec.shape[:2]
-    kg = k // groups
     if _is_freq_major(x_spec) and _is_freq_major(w_spec) and not (
             x_spec.flags.c_contiguous and w_spec.flags.c_contiguous):
         return _contract_blas(x_spec, w_spec, groups)
@@ -398,13 +373,52 @@ def contract(x_spec, w_spec, groups=1):
     w_spec = np.ascontiguousarray(w_spec)
     out = _empty((m, k, f0, f1), x_spec.dtype)
     real = x_spec.real.dtype
-    x3 = x_spec.reshape(m, cp, -1).view(real)
-    w3 = w_spec.reshape(cgp, k, -1).view(real)
-    y3 = out.reshape(m, k, -1).view(real)
-    if cgp == 1 and kg == 1:
-        _multiply_lanes(x3, w3, y3, _LANE_BLOCK)
-    else:
-        _contract_lanes(x3, w3, y3, groups, _LANE_BLOCK)
+    lane_product(x_spec.reshape(m, cp, -1).view(real),
+                 w_spec.reshape(cgp, k, -1).view(real),
+                 out.reshape(m, k, -1).view(real), groups)
+    return out
+
+
+def inverse_tiles(y_spec, geom):
+    """Inverse transforms of tile spectra.
+
+    Parameters
+    ----------
+    y_spec : complex ndarray, logical (Mc, K, F0, F1h); destroyed
+        As :func:`contract` returns them.
+    geom : FFTGeometry
+
+    Returns
+    -------
+    z : ndarray (Mc, K, t0, t1) of geom.dtype
+        ``numpy.fft.irfft2(Y, (t0, t1))`` of every spectrum (unscaled: the
+        ``1 / (t0 t1)`` is in the weight spectra).
+    """
+    batch = y_spec.shape[:2]
+    tiles = _empty(batch + geom.tile_shape, geom.dtype)
+
+    def scratch():
+        return _like(y_spec), _empty(batch + geom.tile_shape, geom.dtype)
+
+    plan = _plan(y_spec, tiles, _transform_axes(4, geom.tile_shape),
+                 "FFTW_BACKWARD", scratch)
+    plan(y_spec, tiles)
+    return tiles
+
+
+def scatter(z, geom, bias, out, m0=0):
+    """Write the valid part of every tile into the output, adding the bias.
+
+    ``out[n, k, i b0 + u, j b1 + v] = z[mm, k, u, v] + bias[k]`` for tile
+    ``m0 + mm = (n, i, j)`` (C order over (N, tiles_rows, tiles_cols)),
+    ``u < b0``, ``v < b1``, inside ``out``; returns ``out``.  ``bias``
+    may be None.
+    """
+    if bias is None:
+        bias = np.zeros(z.shape[1], geom.dtype)
+    rows, cols = geom.rows, geom.cols
+    _scatter_tiles(z, out, bias, m0, 0, 0, 0, rows.tiles, cols.tiles, rows.b,
+                   cols.b)
     return out
 
 
@@ -422,27 +436,26 @@ def inverse(y_spec, geom, bias, out, m0=0):
         Receives ``out[n, k, i b0 + u, j b1 + v] = irfft2(Y)[u, v] + bias[k]``
         for ``u < b0``, ``v < b1`` inside the output; returned.
     """
-    mc, k = y_spec.shape[:2]
-    batch = (mc, k)
-    tiles = _empty(batch + geom.tile_shape, geom.dtype)
-
-    def scratch():
-        return _like(y_spec), _empty(batch + geom.tile_shape, geom.dtype)
-
-    plan = _plan(y_spec, tiles, _transform_axes(4, geom.tile_shape),
-                 "FFTW_BACKWARD", scratch)
-    plan(y_spec, tiles)
-    if bias is None:
-        bias = np.zeros(k, geom.dtype)
-    rows, cols = geom.rows, geom.cols
-    _scatter_tiles(tiles, out, bias, m0, rows.tiles, cols.tiles, rows.b,
-                   cols.b)
-    return out
+    return scatter(inverse_tiles(y_spec, geom), geom, bias, out, m0)
 
 
 # --------------------------------------------------------------------------
-# Entry points
+# Driver and entry points
 # --------------------------------------------------------------------------
+
+def _conv2d_staged(x, w_spec, bias, geom, tuning):
+    """The FFT convolution stage by stage over chunks of tiles (many
+    channels; the task path is :func:`kernels.cpu._fft_tasks._conv2d_tasks`).
+    """
+    y = np.empty(geom.out_shape, dtype=geom.dtype)
+    xpad = padded_input(x, geom)
+    for chunk in chunks(geom, tuning):
+        x_spec = input_spectra(x, geom, chunk, xpad)
+        y_spec = contract(x_spec, w_spec, geom.groups)
+        del x_spec
+        inverse(y_spec, geom, bias, y, chunk.m0(geom))
+    return y
+
 
 def conv2d(x, w, bias, stride, padding, dilation, groups, *, tile=None,
            freq_major=None, cache_weights=True):
@@ -484,14 +497,7 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, *, tile=None,
                              tuning)
     w_spec = (cached_weight_spectra(w, geom) if cache_weights
               else weight_spectra(w, geom))
-    y = np.empty(geom.out_shape, dtype=x.dtype)
-    xpad = padded_input(x, geom)
-    for chunk in chunks(geom, tuning):
-        x_spec = input_spectra(x, geom, chunk, xpad)
-        y_spec = contract(x_spec, w_spec, geom.groups)
-        del x_spec
-        inverse(y_spec, geom, bias, y, chunk.m0(geom))
-    return y
+    return _conv2d_staged(x, w_spec, bias, geom, tuning)
 
 
 def unsupported_reason(x_shape, w_shape, stride, padding, dilation, groups):
