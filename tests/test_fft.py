@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 import kernels
 import reference
 from kernels.accuracy import error_bound
-from kernels.cpu import fft
+from kernels.cpu import _tuning, fft
 
 DTYPES = (np.float32, np.float64)
 over_dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
@@ -214,6 +214,21 @@ def test_choose_tile_returns_fast_lengths_and_prefers_small_tiles_for_many_chann
     assert many[0] * many[1] <= one[0] * one[1]
 
 
+def test_chosen_tiles_follow_the_tunables():
+    # The model reads chunk_bytes and tasks_per_thread: the tile cache must
+    # not return a tile chosen under other tunables.
+    many = ((4, 64, 56, 56), (64, 64, 3, 3), (1, 1), (1,) * 4, (1, 1), 1)
+    one = ((1, 1, 1024, 1024), (1, 1, 51, 51), (1, 1), (25,) * 4, (1, 1), 1)
+    default = fft.choose_tile(*many), fft.choose_tile(*one)
+    with _tuning.override(fft=dict(chunk_bytes=2**10)) as tuning:
+        assert fft.choose_tile(*many) != default[0]
+    assert fft.choose_tile(*many, tuning=tuning.fft) != default[0]
+    if _tuning.block_shape_threads() > 1:    # else blocks make no tail
+        with _tuning.override(fft=dict(tasks_per_thread=64)):
+            assert fft.choose_tile(*one) != default[1]
+    assert (fft.choose_tile(*many), fft.choose_tile(*one)) == default
+
+
 # --------------------------------------------------------------------------
 # Stages against their definitions
 # --------------------------------------------------------------------------
@@ -384,6 +399,73 @@ def test_inverse_of_a_chunk_writes_only_its_tiles():
     np.testing.assert_array_equal(written, expected)
 
 
+@over_dtypes
+def test_inverse_tiles_is_the_unscaled_irfft2(dtype):
+    rng = np.random.default_rng(27)
+    geom = fft.plan_geometry((2, 3, 21, 17), (2, 3, 4, 3), (1, 1),
+                             (1, 1, 1, 1), (1, 1), 1, dtype, (10, 8))
+    tiles = rng.standard_normal((geom.m, 2) + geom.tile_shape)
+    buf, spec = fft._spectrum_buffer((geom.m, 2), geom.tile_shape,
+                                     geom.complex_dtype, False)
+    spec[...] = np.fft.rfft2(tiles)
+    z = fft.inverse_tiles(spec, geom)
+    assert z.shape == tiles.shape and z.dtype == dtype
+    scale = np.prod(geom.tile_shape)
+    np.testing.assert_allclose(z, tiles * scale, rtol=0,
+                               atol=64 * np.finfo(dtype).eps * scale)
+
+
+@over_dtypes
+def test_scatter_of_blocks_equals_scatter_of_the_batch(dtype):
+    # One scatter kernel serves the staged path (tiles m0.. of the batch)
+    # and, compiled serially, the task path (a block's corner and shape).
+    from kernels.cpu import _fft_kernels
+    rng = np.random.default_rng(28)
+    geom = fft.plan_geometry((3, 1, 41, 37), (1, 1, 4, 3), (1, 1),
+                             (1, 2, 3, 0), (1, 1), 1, dtype, (9, 12))
+    k = geom.k
+    z = rng.standard_normal((geom.m, k) + geom.tile_shape).astype(dtype)
+    bias = rng.standard_normal(k).astype(dtype)
+    whole = fft.scatter(z, geom, bias, np.full(geom.out_shape, np.nan, dtype))
+    assert not np.isnan(whole).any()
+    expected = np.full(geom.out_shape, np.nan, dtype)
+    rows, cols = geom.rows, geom.cols
+    for mm in range(geom.m):
+        n, rest = divmod(mm, geom.tiles)
+        i, j = divmod(rest, cols.tiles)
+        part = expected[n, :, i * rows.b:(i + 1) * rows.b,
+                        j * cols.b:(j + 1) * cols.b]
+        part[...] = (z[mm, :, :part.shape[1], :part.shape[2]]
+                     + bias[:, None, None])
+    np.testing.assert_array_equal(whole, expected)
+    tile_index = np.arange(geom.m).reshape(geom.n, rows.tiles, cols.tiles)
+    per_tile = fft._per_tile_bytes(geom)
+    for budget in (geom.tiles, cols.tiles, 2):     # images, rows, tiles
+        with _tuning.override(fft=dict(task_bytes=budget * per_tile,
+                                       tasks_per_thread=0,
+                                       min_task_seconds=0)):
+            blocks = fft.task_blocks(geom)
+        out = np.full(geom.out_shape, np.nan, dtype)
+        for b in blocks:
+            mine = tile_index[b.n0:b.n0 + b.images, b.i0:b.i0 + b.rows,
+                              b.j0:b.j0 + b.cols].ravel()
+            _fft_kernels._scatter_tiles_serial(
+                np.ascontiguousarray(z[mine]), out, bias, 0, b.n0, b.i0,
+                b.j0, b.rows, b.cols, rows.b, cols.b)
+        np.testing.assert_array_equal(out, whole)
+
+
+def test_fft_geometry_is_backend_neutral():
+    import subprocess
+    import sys
+    code = ("import sys, kernels._fft_geometry; "
+            "print(sorted(m for m in ('numba', 'pyfftw', 'kernels.cpu') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 # --------------------------------------------------------------------------
 # End to end against the reference
 # --------------------------------------------------------------------------
@@ -461,17 +543,17 @@ def test_tiled_equals_untiled_across_tile_boundaries(tile, dtype):
 
 
 @over_dtypes
-def test_chunked_equals_whole(dtype, monkeypatch):
+def test_chunked_equals_whole(dtype):
     rng = np.random.default_rng(8)
     x, w, b = random_problem(rng, dtype, n=3, c=4, k=5, hw=(30, 26),
                              khw=(3, 3))
     args = (b, (1, 1), (1, 1, 1, 1), (1, 1), 1)
     whole = fft.conv2d(x, w, *args, tile=(8, 8))
-    monkeypatch.setattr(fft, "CHUNK_BYTES", 1)     # one row of tiles each
-    geom = fft.plan_geometry(x.shape, w.shape, (1, 1), (1, 1, 1, 1), (1, 1),
-                             1, dtype, (8, 8))
-    assert len(fft.chunks(geom)) == x.shape[0] * geom.rows.tiles
-    chunked = check_against_reference(x, w, *args, tile=(8, 8))
+    with _tuning.override(fft=dict(chunk_bytes=1)):  # one row of tiles each
+        geom = fft.plan_geometry(x.shape, w.shape, (1, 1), (1, 1, 1, 1),
+                                 (1, 1), 1, dtype, (8, 8))
+        assert len(fft.chunks(geom)) == x.shape[0] * geom.rows.tiles
+        chunked = check_against_reference(x, w, *args, tile=(8, 8))
     tol = 2 * fft_bound(dtype, x, w, *args)
     assert_within(chunked, whole.astype(np.float64), tol, "chunked vs whole")
 
@@ -500,10 +582,9 @@ def test_task_blocks_partition_the_tiles(n, h, w_, kh, kw, tile, task_bytes,
                                          per_thread, least):
     import numba
     assume(h >= kh and w_ >= kw)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(fft, "TASK_BYTES", task_bytes)
-        mp.setattr(fft, "TASKS_PER_THREAD", per_thread)
-        mp.setattr(fft, "MIN_TASK_SECONDS", least)
+    with _tuning.override(fft=dict(task_bytes=task_bytes,
+                                   tasks_per_thread=per_thread,
+                                   min_task_seconds=least)):
         geom = fft.plan_geometry((n, 1, h, w_), (1, 1, kh, kw), (1, 1),
                                  (0, 0, 0, 0), (1, 1), 1, np.float32, tile)
         blocks = fft.task_blocks(geom)
@@ -524,7 +605,7 @@ def test_task_blocks_partition_the_tiles(n, h, w_, kh, kw, tile, task_bytes,
 
 @pytest.mark.parametrize("kind", ["images", "rows", "tiles"])
 @over_dtypes
-def test_each_block_kind_matches_reference(kind, dtype, monkeypatch):
+def test_each_block_kind_matches_reference(kind, dtype):
     # Stride, dilation and groups with few channels: the task path, whose
     # blocks pad their own input windows (the untouched inputs included).
     rng = np.random.default_rng(21)
@@ -536,18 +617,19 @@ def test_each_block_kind_matches_reference(kind, dtype, monkeypatch):
     per_tile = fft._per_tile_bytes(geom)
     budget = {"images": 2 * geom.tiles, "rows": 2 * geom.cols.tiles,
               "tiles": 2}[kind]
-    monkeypatch.setattr(fft, "TASK_BYTES", budget * per_tile)
-    monkeypatch.setattr(fft, "TASKS_PER_THREAD", 0)   # the budget decides
-    monkeypatch.setattr(fft, "MIN_TASK_SECONDS", 0)
-    blocks = fft.task_blocks(geom)
-    assert len(blocks) >= 2 and all(b.tiles == budget for b in blocks[:-1])
-    if kind == "images":
-        assert blocks[0].images == 2
-    elif kind == "rows":
-        assert blocks[0].images == 1 and blocks[0].rows == 2
-    else:
-        assert blocks[0].rows == 1 and blocks[0].cols == 2
-    check_against_reference(x, w, b, *args, tile=(9, 12))
+    with _tuning.override(fft=dict(task_bytes=budget * per_tile,
+                                   tasks_per_thread=0,   # the budget decides
+                                   min_task_seconds=0)):
+        blocks = fft.task_blocks(geom)
+        assert len(blocks) >= 2 and all(b.tiles == budget
+                                        for b in blocks[:-1])
+        if kind == "images":
+            assert blocks[0].images == 2
+        elif kind == "rows":
+            assert blocks[0].images == 1 and blocks[0].rows == 2
+        else:
+            assert blocks[0].rows == 1 and blocks[0].cols == 2
+        check_against_reference(x, w, b, *args, tile=(9, 12))
 
 
 @over_dtypes
@@ -776,7 +858,7 @@ def test_task_path_reraises_a_failed_weight_transform(monkeypatch):
                    cache_weights=False)
 
 
-def test_task_plans_are_reused_and_bounded(monkeypatch):
+def test_task_plans_are_reused_and_bounded():
     rng = np.random.default_rng(26)
     fft.clear_caches(plans=True)
     x, w, b = random_problem(rng, np.float32, n=1, c=1, k=1, hw=(64, 60),
@@ -787,9 +869,9 @@ def test_task_plans_are_reused_and_bounded(monkeypatch):
     np.testing.assert_array_equal(first, again)
     info = fft.cache_info()
     assert info["task_plans"] == 1 and info["task_plan_bytes"] > 0
-    monkeypatch.setattr(fft, "TASK_PLAN_BYTES", 1)
-    for tile in ((12, 12), (20, 20), (24, 16)):
-        check_against_reference(x, w, *args, tile=tile)
-    assert fft.cache_info()["task_plans"] == 1
+    with _tuning.override(fft=dict(task_plan_bytes=1)):
+        for tile in ((12, 12), (20, 20), (24, 16)):
+            check_against_reference(x, w, *args, tile=tile)
+        assert fft.cache_info()["task_plans"] == 1
     fft.clear_caches(plans=True)
     assert fft.cache_info()["task_plans"] == 0
