@@ -37,12 +37,13 @@ import numpy as np
 from ._conv import ConvSpec, _normalise_padding, run_conv2d
 from ._validation import (UnsupportedConfiguration, as_float_array,
                           check_ndim, check_same_dtype)
+from ._winograd_math import (DEFAULT_TILE_BY_KERNEL, ERROR_CONSTANTS_BY_TILE,
+                             INTERPOLATION_POINTS, MAX_ALPHA,
+                             SUPPORTED_KERNEL_SIZES, Tile, TransformedWeights,
+                             cook_toom, error_constant, kernel_size_rule,
+                             requested_tile, tile_for, transform_matrices,
+                             use_tile)
 from .cpu import winograd as _impl
-from .cpu.winograd import (DEFAULT_TILE_BY_KERNEL, ERROR_CONSTANTS_BY_TILE,
-                           INTERPOLATION_POINTS, MAX_ALPHA,
-                           SUPPORTED_KERNEL_SIZES, Tile, TransformedWeights,
-                           cook_toom, error_constant, requested_tile,
-                           tile_for, transform_matrices, use_tile)
 from .geometry import effective_kernel_size
 
 __all__ = [
@@ -62,7 +63,7 @@ def _as_filters(w):
 
 def _tile_or_raise(kernel_hw, m):
     if any(k not in SUPPORTED_KERNEL_SIZES for k in kernel_hw):
-        raise UnsupportedConfiguration(_impl._kernel_size_rule(kernel_hw))
+        raise UnsupportedConfiguration(kernel_size_rule(kernel_hw))
     return tile_for(kernel_hw, m)
 
 
