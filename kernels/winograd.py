@@ -37,6 +37,7 @@ import numpy as np
 from ._conv import ConvSpec, _normalise_padding, run_conv2d
 from ._validation import (UnsupportedConfiguration, as_float_array,
                           check_ndim, check_same_dtype)
+from ._weight_cache import transformed_weights
 from ._winograd_math import (DEFAULT_TILE_BY_KERNEL, ERROR_CONSTANTS_BY_TILE,
                              INTERPOLATION_POINTS, MAX_ALPHA,
                              SUPPORTED_KERNEL_SIZES, Tile, TransformedWeights,
@@ -185,5 +186,5 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=None, *,
 def clear_cache():
     """Forget the transformed filters cached by ``kernels.conv2d`` and the
     scratch buffers of the calling thread."""
-    _impl.weight_cache.clear()
-    _impl._workspace.clear()
+    transformed_weights.clear("winograd")
+    _impl.clear_workspace()

@@ -50,23 +50,23 @@ run one after another, each as its own set of GEMMs.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 
 import numpy as np
 from numba import njit, prange
 
+from .._weight_cache import transformed_weights
 from .._winograd_math import (SUPPORTED_KERNEL_SIZES, Tile,
                               TransformedWeights, kernel_size_rule,
                               requested_tile, tile_counts, tile_for,
                               transform_matrices)
-from . import _blas
+from . import _blas, _tuning
 
 # Tile, tile_counts and tile_for are re-exported for the stage functions'
 # callers (tests, benchmarks).
 __all__ = ["Tile", "conv2d", "conv2d_transformed", "tile_counts", "tile_for",
            "tile_for_problem", "transform_input", "transform_kernel",
            "transform_output", "transform_weights", "tuple_gemm",
-           "unsupported_reason", "weight_cache"]
+           "unsupported_reason", "clear_workspace"]
 
 # --------------------------------------------------------------------------
 # Stage 1: kernel transform   U[p, c, k] = (G_h w[k, c] G_w^T)[a, b], p = a alpha_w + b
@@ -125,6 +125,11 @@ class _Workspace(threading.local):
 
 
 _workspace = _Workspace()
+
+
+def clear_workspace():
+    """Drop the scratch buffers kept for the calling thread."""
+    _workspace.clear()
 
 
 def _padded_channels_last(x, channels, top, left, rows, cols):
@@ -342,43 +347,10 @@ def _fused_kernel(xp, u, bt_h, bt_w, at_h, at_w, bias, k0, tiles_h, tiles_w,
                       half_out, line, y)
 
 
-def _l2_bytes(default=1 << 20):
-    """Per-core L2 cache size from Linux's sysfs, or ``default``."""
-    import glob
-    for index in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
-        try:
-            with open(index + "/level") as f:
-                level = f.read().strip()
-            with open(index + "/type") as f:
-                kind = f.read().strip()
-            with open(index + "/size") as f:
-                size = f.read().strip()
-        except OSError:
-            continue
-        if level == "2" and kind in ("Unified", "Data") and size.endswith("K"):
-            return int(size[:-1]) * 1024
-    return default
-
-
-# Scratch per parallel job, bytes: half the core's L2, leaving the rest to
-# the packed GEMM operands.  Measured (ResNet-50 128@28^2, batch 4, F(4,3),
-# interleaved with im2col and torch): 512 KiB was best on a Zen 4 with
-# 1 MiB of L2; on a Xeon with 2 MiB, 1 MiB blocks ran 5.1-5.3 ms and
-# 512 KiB blocks 6.0-6.2 ms.
-_BLOCK_BUDGET = max(256 * 1024, min(4 << 20, _l2_bytes() // 2))
-_FUSED_MAX_U_BYTES = 4 * 2**20
-_TRANSFORM_BUDGET = 256 * 1024
-
-
-def _threads():
-    """The thread count the block shapes are sized for: the process's
-    maximum (``NUMBA_NUM_THREADS``), not ``numba.get_num_threads()``.  The
-    tile count of a block sets the M of its BLAS calls, and OpenBLAS sums
-    small and large products in different orders, so blocks that followed
-    ``set_num_threads`` made the result depend on it (seen on a 1 MiB-L2
-    Zen 4: 38 % of outputs differed in the last digits)."""
-    import numba
-    return numba.config.NUMBA_NUM_THREADS
+def _winograd_tuning(tuning):
+    """``tuning``, or the Winograd record in force when it is None (for
+    the stage functions called on their own)."""
+    return _tuning.current().winograd if tuning is None else tuning
 
 
 def _blocks(tiles_h, tiles_w, n_img, bytes_per_tile, budget, min_jobs, step=1):
@@ -401,7 +373,8 @@ def _blocks(tiles_h, tiles_w, n_img, bytes_per_tile, budget, min_jobs, step=1):
     return 1, cols
 
 
-def transform_input(x, tile, padding, out_hw, channels=None, out=None):
+def transform_input(x, tile, padding, out_hw, channels=None, out=None,
+                    tuning=None):
     """Input transform of every tile, in the GEMM layout.
 
     Parameters
@@ -414,6 +387,8 @@ def transform_input(x, tile, padding, out_hw, channels=None, out=None):
         Transform input channels ``c0 .. c0 + nc - 1`` only (one group).
     out : ndarray, optional
         Preallocated (alpha_h * alpha_w, T, nc) array of x's dtype.
+    tuning : WinogradTuning, optional
+        Default ``_tuning.current().winograd``.
 
     Returns
     -------
@@ -435,9 +410,11 @@ def transform_input(x, tile, padding, out_hw, channels=None, out=None):
     if out is None:
         out = np.empty((tile.alpha_h * tile.alpha_w, n_img * tiles_h * tiles_w,
                         nc), x.dtype)
+    tuning = _winograd_tuning(tuning)
     rows, cols = _blocks(tiles_h, tiles_w, n_img,
                          tile.alpha_h * tile.alpha_w * nc * x.itemsize,
-                         _TRANSFORM_BUDGET, 4 * _threads())
+                         tuning.transform_budget,
+                         4 * _tuning.block_shape_threads())
     _transform_input_kernel(xp, BT_h, BT_w, tile.m_h, tile.m_w, tiles_h,
                             tiles_w, rows, cols, out)
     return out
@@ -455,7 +432,7 @@ def tuple_gemm(V, U, out=None):
     n_planes, n_tiles, _ = V.shape
     if out is None:
         out = np.empty((n_planes, n_tiles, U.shape[2]), V.dtype)
-    min_jobs = 4 * _threads()
+    min_jobs = 4 * _tuning.block_shape_threads()
     chunks = max(1, -(-min_jobs // n_planes))
     chunk = max(16, -(-n_tiles // chunks))
     with _blas.serial_blas:
@@ -473,7 +450,8 @@ def _output_step(m_w):
     return 16 // int(np.gcd(16, m_w))
 
 
-def transform_output(M, tile, out_shape, bias=None, channels=None, out=None):
+def transform_output(M, tile, out_shape, bias=None, channels=None, out=None,
+                     tuning=None):
     """Output transform of every tile, with partial tiles clipped.
 
     Parameters
@@ -485,6 +463,8 @@ def transform_output(M, tile, out_shape, bias=None, channels=None, out=None):
     channels : (k0, nk), optional
         Write output channels ``k0 .. k0 + nk - 1`` (one group) of ``out``.
     out : ndarray (N, K, Ho, Wo), optional (allocated when None)
+    tuning : WinogradTuning, optional
+        Default ``_tuning.current().winograd``.
 
     Returns
     -------
@@ -502,7 +482,8 @@ def transform_output(M, tile, out_shape, bias=None, channels=None, out=None):
     bias_arr = np.zeros(0, M.dtype) if bias is None else bias
     rows, cols = _blocks(tiles_h, tiles_w, out_shape[0],
                          (tile.alpha_h + 2) * tile.m_w * M.shape[2] * M.itemsize,
-                         _TRANSFORM_BUDGET, 4 * _threads(),
+                         _winograd_tuning(tuning).transform_budget,
+                         4 * _tuning.block_shape_threads(),
                          _output_step(tile.m_w))
     _transform_output_kernel(M, AT_h, AT_w, bias_arr, k0, tiles_h, tiles_w,
                              rows, cols, out)
@@ -510,7 +491,7 @@ def transform_output(M, tile, out_shape, bias=None, channels=None, out=None):
 
 
 # --------------------------------------------------------------------------
-# Transformed weights, explicit and cached
+# Transformed weights
 # --------------------------------------------------------------------------
 
 def transform_weights(w, tile, groups=1):
@@ -525,60 +506,6 @@ def transform_weights(w, tile, groups=1):
                   for g in range(groups)])
     U.setflags(write=False)
     return TransformedWeights(U, w, tile, groups)
-
-
-class _WeightCache:
-    """Transformed weights of recently used filter arrays.
-
-    A hit needs the same memory address, shape, dtype, tile and groups AND
-    equal contents (compared against a private copy, so filters modified in
-    place are transformed again); comparing is ~100x cheaper than the
-    transform.  Bounded by entries and bytes; least recently used go first.
-    """
-
-    def __init__(self, max_entries=16, max_bytes=256 * 2**20):
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-        self._entries = OrderedDict()
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def _size(transformed):
-        return transformed.weights.nbytes + transformed.U.nbytes
-
-    def get(self, w, tile, groups):
-        key = (w.__array_interface__["data"][0], w.shape, w.dtype.str,
-               tile, groups)
-        with self._lock:
-            hit = self._entries.get(key)
-            if hit is not None and np.array_equal(hit.weights, w):
-                self._entries.move_to_end(key)
-                return hit
-        own = w.copy()
-        own.setflags(write=False)
-        transformed = transform_weights(own, tile, groups)
-        if self._size(transformed) <= self.max_bytes:
-            with self._lock:
-                self._entries[key] = transformed
-                self._evict()
-        return transformed
-
-    def _evict(self):
-        total = sum(self._size(t) for t in self._entries.values())
-        while self._entries and (len(self._entries) > self.max_entries
-                                 or total > self.max_bytes):
-            _, old = self._entries.popitem(last=False)
-            total -= self._size(old)
-
-    def clear(self):
-        with self._lock:
-            self._entries.clear()
-
-    def __len__(self):
-        return len(self._entries)
-
-
-weight_cache = _WeightCache()
 
 
 # --------------------------------------------------------------------------
@@ -611,7 +538,7 @@ def unsupported_reason(x_shape, w_shape, stride, padding, dilation, groups):
     return None
 
 
-def _fused_blocks(tile, tiles_hw, n_img, nc, nk, itemsize):
+def _fused_blocks(tile, tiles_hw, n_img, nc, nk, itemsize, tuning):
     """Blocks for the fused kernel, or None when the staged path is better.
 
     Every block streams all of U through the core's cache, so the fused
@@ -621,25 +548,29 @@ def _fused_blocks(tile, tiles_hw, n_img, nc, nk, itemsize):
     GEMM reads its U[p] once.  And >= 2 blocks per thread."""
     n_planes = tile.alpha_h * tile.alpha_w
     per_tile = n_planes * (nc + nk) * itemsize
-    threads = _threads()
+    threads = _tuning.block_shape_threads()
     rows, cols = _blocks(tiles_hw[0], tiles_hw[1], n_img, per_tile,
-                         _BLOCK_BUDGET, 4 * threads, _output_step(tile.m_w))
+                         tuning.block_budget, 4 * threads,
+                         _output_step(tile.m_w))
     n_blocks = n_img * -(-tiles_hw[0] // rows) * -(-tiles_hw[1] // cols)
     if (rows * cols < 8 or n_blocks < 2 * threads
-            or n_planes * nc * nk * itemsize >= _FUSED_MAX_U_BYTES):
+            or n_planes * nc * nk * itemsize >= tuning.fused_max_u_bytes):
         return None
     return rows, cols
 
 
-def conv2d_transformed(x, transformed, bias, padding, path=None):
+def conv2d_transformed(x, transformed, bias, padding, path=None,
+                       tuning=None):
     """Stride-1 convolution of x with already transformed weights.
 
     ``path`` is ``"fused"`` (all stages per cache-sized block of tiles),
     ``"staged"`` (each stage over the whole batch: input transform, tuple
     GEMMs, output transform) or None (fused when the blocks are big enough,
-    see ``_fused_blocks``).  Groups run one after another.
+    see ``_fused_blocks``).  Groups run one after another.  ``tuning`` is
+    a WinogradTuning (default ``_tuning.current().winograd``).
     Returns (N, K, Ho, Wo) of x's dtype.
     """
+    tuning = _winograd_tuning(tuning)
     tile = transformed.tile
     n_img, C, H, W = x.shape
     K, cg = transformed.w_shape[:2]
@@ -649,11 +580,12 @@ def conv2d_transformed(x, transformed, bias, padding, path=None):
     Wo = W + padding[2] + padding[3] - tile.r_w + 1
     tiles_h, tiles_w = tile_counts((Ho, Wo), tile)
     y = np.empty((n_img, K, Ho, Wo), x.dtype)
-    blocks = _fused_blocks(tile, (tiles_h, tiles_w), n_img, cg, kg, x.itemsize)
+    blocks = _fused_blocks(tile, (tiles_h, tiles_w), n_img, cg, kg, x.itemsize,
+                           tuning)
     if path == "fused" and blocks is None:
         blocks = _blocks(tiles_h, tiles_w, n_img,
                          tile.alpha_h * tile.alpha_w * (cg + kg) * x.itemsize,
-                         _BLOCK_BUDGET, 1, _output_step(tile.m_w))
+                         tuning.block_budget, 1, _output_step(tile.m_w))
     elif path == "staged":
         blocks = None
     bias_arr = np.zeros(0, x.dtype) if bias is None else bias
@@ -663,11 +595,12 @@ def conv2d_transformed(x, transformed, bias, padding, path=None):
         if blocks is None:
             n_planes, n_tiles = tile.alpha_h * tile.alpha_w, n_img * tiles_h * tiles_w
             V = transform_input(x, tile, padding, (Ho, Wo), channels=(g * cg, cg),
-                                out=_workspace.get("V", (n_planes, n_tiles, cg), x.dtype))
+                                out=_workspace.get("V", (n_planes, n_tiles, cg), x.dtype),
+                                tuning=tuning)
             M = tuple_gemm(V, transformed.U[g],
                            out=_workspace.get("M", (n_planes, n_tiles, kg), x.dtype))
             transform_output(M, tile, y.shape, bias, channels=(g * kg, kg),
-                             out=y)
+                             out=y, tuning=tuning)
             continue
         xp = _padded_channels_last(x, (g * cg, cg), padding[0], padding[2],
                                    tiles_h * tile.m_h + tile.r_h - 1,
@@ -698,29 +631,29 @@ def _set_padding_only_outputs(y, bias, in_hw, padding, kernel_hw):
             y[tuple(index)] = value
 
 
-# Below these tile counts the tuple GEMMs have too few rows to pay for
-# reading U (alpha^2 C K numbers); a smaller tile shrinks U and adds rows.
-_MIN_GEMM_ROWS = 32
-_MIN_GEMM_ROWS_LARGE_U = 128
-
-
-def tile_for_problem(kernel_hw, out_hw, n_img, channels=(0, 0), itemsize=4):
+def tile_for_problem(kernel_hw, out_hw, n_img, channels=(0, 0), itemsize=4,
+                     tuning=None):
     """The default tile for a problem: :func:`tile_for`'s per-kernel default,
     or m = 2 (where that is smaller) when the tuple GEMMs would be short.
 
-    Short means fewer than 32 tiles in the batch, or fewer than 128 with a
-    U of more than 4 MiB (``channels = (C, K)`` per group).  Measured with
+    Short means fewer than ``tuning.min_gemm_rows`` (32) tiles in the
+    batch, or fewer than ``min_gemm_rows_large_u`` (128) with a U of more
+    than ``fused_max_u_bytes`` (4 MiB; ``channels = (C, K)`` per group):
+    such GEMMs have too few rows to pay for reading U (alpha^2 C K
+    numbers), and a smaller tile shrinks U and adds rows.  Measured with
     one thread, CPU time, F(2, 3) against F(4, 3): 256@14^2 at batch 1, 2,
     4 (16-64 tiles, U 9.4 MiB) 1.5x faster; 512@7^2 at batch 4 (16 tiles)
     1.4x; but 128@28^2 at batch 1 (49 tiles, U 2.4 MiB) 1.2x slower and
     512@7^2 at batch 16 (64 tiles) 1.1x slower.
     """
+    tuning = _winograd_tuning(tuning)
     tile = tile_for(kernel_hw)
     tiles_h, tiles_w = tile_counts(out_hw, tile)
     n_tiles = n_img * tiles_h * tiles_w
     u_bytes = tile.alpha_h * tile.alpha_w * channels[0] * channels[1] * itemsize
-    short = n_tiles < (_MIN_GEMM_ROWS_LARGE_U if u_bytes > _FUSED_MAX_U_BYTES
-                       else _MIN_GEMM_ROWS)
+    short = n_tiles < (tuning.min_gemm_rows_large_u
+                       if u_bytes > tuning.fused_max_u_bytes
+                       else tuning.min_gemm_rows)
     if not short:
         return tile
     return tile._replace(m_h=min(tile.m_h, 2), m_w=min(tile.m_w, 2))
@@ -730,19 +663,25 @@ def conv2d(x, w, bias, stride, padding, dilation, groups):
     """Winograd convolution; the per-algorithm contract of ``_dispatch``.
 
     The tile is the one requested with :func:`use_tile`, else
-    :func:`tile_for_problem`'s.  Transformed weights are cached (see
-    ``_WeightCache``).
+    :func:`tile_for_problem`'s.  Transformed weights are kept in the
+    shared :data:`kernels._weight_cache.transformed_weights` (kind
+    ``"winograd"``, key (tile, groups)).  The tunables in force are read
+    once, here.
     """
     reason = unsupported_reason(x.shape, w.shape, stride, padding, dilation,
                                 groups)
     if reason is not None:
         raise ValueError(reason)
+    tuning = _tuning.current().winograd
     if requested_tile() is None:
         out_hw = (x.shape[2] + padding[0] + padding[1] - w.shape[2] + 1,
                   x.shape[3] + padding[2] + padding[3] - w.shape[3] + 1)
         tile = tile_for_problem(w.shape[2:], out_hw, x.shape[0],
-                                (w.shape[1], w.shape[0] // groups), x.itemsize)
+                                (w.shape[1], w.shape[0] // groups), x.itemsize,
+                                tuning)
     else:
         tile = tile_for(w.shape[2:], requested_tile())
-    transformed = weight_cache.get(w, tile, groups)
-    return conv2d_transformed(x, transformed, bias, padding)
+    transformed = transformed_weights.get(
+        w, "winograd", (tile, groups),
+        lambda own: transform_weights(own, tile, groups))
+    return conv2d_transformed(x, transformed, bias, padding, tuning=tuning)
