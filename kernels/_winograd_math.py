@@ -15,9 +15,10 @@ The transforms are *generated*, not typed in: :func:`cook_toom` builds
 arithmetic, and :func:`transform_matrices` casts them to a dtype.
 
 This module also holds what every backend shares about tiles: which
-kernel sizes are supported and which tile each gets (:func:`tile_for`,
-:func:`use_tile`), the measured error constant of each tile, the tile
-counts of an output, and :class:`TransformedWeights`.  It imports no
+configurations and kernel sizes are supported (:func:`unsupported_reason`)
+and which tile each gets (:func:`tile_for`, :func:`use_tile`), the
+measured error constant of each tile, the tile counts of an output, and
+:class:`TransformedWeights`.  It imports no
 backend (no Numba): the CPU kernels live in :mod:`kernels.cpu.winograd`.
 """
 
@@ -35,7 +36,8 @@ __all__ = [
     "DEFAULT_TILE_BY_KERNEL", "ERROR_CONSTANTS_BY_TILE", "INTERPOLATION_POINTS",
     "MAX_ALPHA", "SUPPORTED_KERNEL_SIZES", "Tile", "TransformedWeights",
     "cook_toom", "error_constant", "kernel_size_rule", "requested_tile",
-    "tile_counts", "tile_for", "transform_matrices", "use_tile",
+    "tile_counts", "tile_for", "transform_matrices", "unsupported_reason",
+    "use_tile",
 ]
 
 
@@ -257,6 +259,19 @@ def transform_matrices(m, r, dtype=np.float64):
     return _float_matrices(int(m), int(r), np.dtype(dtype).name)
 
 
+# --------------------------------------------------------------------------
+# Tiles: the supported kernels, the tile of each, its accuracy
+# --------------------------------------------------------------------------
+
+def kernel_size_rule(kernel_hw):
+    """The sentence that states the supported kernel sizes, for a kernel of
+    size ``kernel_hw = (kH, kW)`` outside them."""
+    return (f"Winograd supports kernel sizes {SUPPORTED_KERNEL_SIZES[0]} to "
+            f"{SUPPORTED_KERNEL_SIZES[-1]} along each axis (transforms with "
+            f"at most {MAX_ALPHA} interpolation points), got "
+            f"{kernel_hw[0]}x{kernel_hw[1]}")
+
+
 def tile_for(kernel_hw, m=None):
     """The :class:`Tile` used for a kernel of size ``kernel_hw = (kH, kW)``.
 
@@ -286,15 +301,6 @@ def tile_for(kernel_hw, m=None):
     return Tile(m_h, m_w, r_h, r_w)
 
 
-def kernel_size_rule(kernel_hw):
-    """The sentence that states the supported kernel sizes, for a kernel of
-    size ``kernel_hw = (kH, kW)`` outside them."""
-    return (f"Winograd supports kernel sizes {SUPPORTED_KERNEL_SIZES[0]} to "
-            f"{SUPPORTED_KERNEL_SIZES[-1]} along each axis (transforms with "
-            f"at most {MAX_ALPHA} interpolation points), got "
-            f"{kernel_hw[0]}x{kernel_hw[1]}")
-
-
 def error_constant(tile, dtype):
     """Documented normwise error constant c of a 2-D tile.
 
@@ -304,6 +310,11 @@ def error_constant(tile, dtype):
     name = np.dtype(dtype).name
     return max(ERROR_CONSTANTS_BY_TILE[(tile.m_h, tile.r_h)][name],
                ERROR_CONSTANTS_BY_TILE[(tile.m_w, tile.r_w)][name])
+
+
+def tile_counts(out_hw, tile):
+    """(tiles_h, tiles_w): tiles covering an output of size ``out_hw``."""
+    return (-(-out_hw[0] // tile.m_h), -(-out_hw[1] // tile.m_w))
 
 
 # --------------------------------------------------------------------------
@@ -339,12 +350,37 @@ def requested_tile():
 
 
 # --------------------------------------------------------------------------
-# Tiles of an output
+# Which configurations Winograd computes
 # --------------------------------------------------------------------------
 
-def tile_counts(out_hw, tile):
-    """(tiles_h, tiles_w): tiles covering an output of size ``out_hw``."""
-    return (-(-out_hw[0] // tile.m_h), -(-out_hw[1] // tile.m_w))
+def unsupported_reason(x_shape, w_shape, stride, padding, dilation, groups):
+    """None when Winograd can compute the configuration, else the rule.
+
+    The per-algorithm check of :mod:`kernels._dispatch` (shapes as there:
+    padding (top, bottom, left, right)); the same on every backend.
+    """
+    if tuple(stride) != (1, 1):
+        return (f"Winograd computes stride-1 convolutions only, got "
+                f"stride={tuple(stride)}")
+    if tuple(dilation) != (1, 1):
+        return (f"Winograd computes undilated convolutions only (dilation 1), "
+                f"got dilation={tuple(dilation)}")
+    kernel_hw = tuple(w_shape[2:])
+    if any(k not in SUPPORTED_KERNEL_SIZES for k in kernel_hw):
+        return kernel_size_rule(kernel_hw)
+    if x_shape[2] < kernel_hw[0] or x_shape[3] < kernel_hw[1]:
+        # Then every window is partly padding: the taps that meet only
+        # zeros still enter the transformed products, and the error can
+        # exceed the bound scale max(|x| * |w|) by any factor.
+        return (f"Winograd needs an input at least as large as the kernel along "
+                f"each axis (input {x_shape[2]}x{x_shape[3]}, kernel "
+                f"{kernel_hw[0]}x{kernel_hw[1]}); smaller ones are all padding "
+                f"at every output, where its error bound does not hold")
+    try:
+        tile_for(kernel_hw, requested_tile())
+    except ValueError as exc:
+        return f"the tile requested with use_tile() does not fit: {exc}"
+    return None
 
 
 # --------------------------------------------------------------------------

@@ -1,20 +1,12 @@
 """Winograd minimal-filtering convolution F(m x m, r x r) on the CPU.
 
-Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (CVPR
-2016).  A stride-1 correlation of an ``alpha = m + r - 1`` input tile
-``d`` with an ``r``-tap filter ``g`` gives ``m`` outputs
-
-    y = A^T [ (G g) * (B^T d) ]                         (1-D)
-    Y = A_h^T [ (G_h g G_w^T) * (B_h^T d B_w) ] A_w     (2-D, nested)
-
-with ``alpha`` multiplications per axis instead of ``m r``.  Over C input
-channels the elementwise products become sums over C, so a layer is
-``alpha_h * alpha_w`` independent (tiles x C) @ (C x K) matrix products.
-
-The transforms (generated exactly by Cook-Toom), the tiles, the supported
-kernel sizes and the error constants are backend-neutral and live in
-:mod:`kernels._winograd_math`; this module holds the CPU kernels and
-drivers.
+The mathematics (Lavin & Gray's transforms y = A^T [(G g) * (B^T d)],
+generated exactly by Cook-Toom; tiles, supported kernel sizes, error
+constants) is backend-neutral and lives in :mod:`kernels._winograd_math`;
+this module holds the CPU kernels and drivers.  Over C input channels the
+elementwise products of transformed tiles and filters become sums over C,
+so a layer is ``alpha_h * alpha_w`` independent (tiles x C) @ (C x K)
+matrix products.
 
 The computation runs as separate stages, NNPACK style (each is a public
 function with its own test):
@@ -42,31 +34,111 @@ a busy 2-core machine.
 
 Only stride 1 and dilation 1 are supported, and inputs at least as large
 as the kernel; each kernel axis may have any size in
-:data:`SUPPORTED_KERNEL_SIZES` (an axis of size 1 uses the identity
-transform, so 1-D convolutions, H = kH = 1, run as 1-D F(m, r)).  Groups
-run one after another, each as its own set of GEMMs.
+:data:`~kernels._winograd_math.SUPPORTED_KERNEL_SIZES` (an axis of size 1
+uses the identity transform, so 1-D convolutions, H = kH = 1, run as 1-D
+F(m, r)).  Groups run one after another, each as its own set of GEMMs.
 """
 
 from __future__ import annotations
-
-import threading
 
 import numpy as np
 from numba import njit, prange
 
 from .._weight_cache import transformed_weights
-from .._winograd_math import (SUPPORTED_KERNEL_SIZES, Tile,
-                              TransformedWeights, kernel_size_rule,
-                              requested_tile, tile_counts, tile_for,
-                              transform_matrices)
+from .._winograd_math import (Tile, TransformedWeights, requested_tile,
+                              tile_counts, tile_for, transform_matrices,
+                              unsupported_reason)
+from ..geometry import conv_output_size
 from . import _blas, _tuning
+from ._workspace import Workspace
 
 # Tile, tile_counts and tile_for are re-exported for the stage functions'
-# callers (tests, benchmarks).
-__all__ = ["Tile", "conv2d", "conv2d_transformed", "tile_counts", "tile_for",
-           "tile_for_problem", "transform_input", "transform_kernel",
-           "transform_output", "transform_weights", "tuple_gemm",
-           "unsupported_reason", "clear_workspace"]
+# callers (tests, benchmarks); unsupported_reason for kernels._dispatch.
+__all__ = ["Tile", "clear_workspace", "conv2d", "conv2d_transformed",
+           "tile_counts", "tile_for", "tile_for_problem", "transform_input",
+           "transform_kernel", "transform_output", "transform_weights",
+           "tuple_gemm", "unsupported_reason"]
+
+
+# --------------------------------------------------------------------------
+# Scratch and blocks of tiles
+# --------------------------------------------------------------------------
+
+# The padded input, and V and M of the staged path.
+_workspace = Workspace()
+
+
+def clear_workspace():
+    """Drop the scratch buffers kept for the calling thread."""
+    _workspace.clear()
+
+
+def _winograd_tuning(tuning):
+    """``tuning``, or the Winograd record in force when it is None (for
+    the stage functions called on their own)."""
+    return _tuning.current().winograd if tuning is None else tuning
+
+
+def _blocks(tiles_h, tiles_w, n_img, bytes_per_tile, budget, min_jobs, step=1):
+    """(rows, cols) of a block of tiles: as many tiles as fit ``budget``
+    bytes, while leaving at least ``min_jobs`` blocks when possible.
+    ``cols`` is a multiple of ``step`` unless it spans the whole row."""
+    fit = max(1, budget // max(1, bytes_per_tile))
+    if fit >= tiles_w:
+        rows = max(1, min(tiles_h, fit // tiles_w))
+        while rows > 1 and n_img * -(-tiles_h // rows) < min_jobs:
+            rows -= 1
+        if rows > 1 or n_img * tiles_h >= min_jobs:
+            return rows, tiles_w
+        fit = tiles_w
+    cols = min(tiles_w, fit)
+    while cols > step and n_img * tiles_h * -(-tiles_w // cols) < min_jobs:
+        cols = max(step, cols // 2)
+    if cols < tiles_w and cols > step:
+        cols -= cols % step
+    return 1, cols
+
+
+def _output_step(m_w):
+    """Tiles spanning a multiple of 16 output columns (one 64-byte line of
+    float32), so that blocks of one row never share a cache line of y."""
+    return 16 // int(np.gcd(16, m_w))
+
+
+@njit(cache=True)
+def _block_of_job(job, tiles_h, tiles_w, rows, cols):
+    """(n, ti0, nr, tj0, ns): the block of tiles of one job.
+
+    The tiles of every image are cut into blocks of ``rows`` tile rows by
+    ``cols`` tiles (``rows > 1`` only when ``cols == tiles_w``, so the
+    tiles of a block are consecutive in the tile order (n, ti, tj)).
+    """
+    row_blocks = (tiles_h + rows - 1) // rows
+    col_blocks = (tiles_w + cols - 1) // cols
+    n = job // (row_blocks * col_blocks)
+    ti0 = ((job // col_blocks) % row_blocks) * rows
+    tj0 = (job % col_blocks) * cols
+    return n, ti0, min(rows, tiles_h - ti0), tj0, min(cols, tiles_w - tj0)
+
+
+@njit(cache=True)
+def _job_count(n_img, tiles_h, tiles_w, rows, cols):
+    """Jobs over a batch in blocks of ``rows`` x ``cols`` tiles (see
+    :func:`_block_of_job`)."""
+    return n_img * ((tiles_h + rows - 1) // rows) * ((tiles_w + cols - 1) // cols)
+
+
+@njit(cache=True)
+def _add_scaled(out, coef, src):
+    """``out += coef * src`` over the elements of 1-D ``out`` (``src``
+    contiguous, of any shape with as many elements); nothing when ``coef``
+    is 0 (most entries of the transforms).  The passes of both transforms
+    are sums of such unit-stride vector loops over (tile, channel)."""
+    if coef != 0:
+        flat = src.reshape(out.shape[0])
+        for e in range(out.shape[0]):
+            out[e] += coef * flat[e]
+
 
 # --------------------------------------------------------------------------
 # Stage 1: kernel transform   U[p, c, k] = (G_h w[k, c] G_w^T)[a, b], p = a alpha_w + b
@@ -93,44 +165,23 @@ def transform_kernel(w, tile):
     return np.ascontiguousarray(u, dtype=w.dtype)
 
 
+def transform_weights(w, tile, groups=1):
+    """Kernel transform of every group of ``w`` (K, C // groups, kH, kW).
+
+    Keeps a read-only reference to ``w``: pass a private copy if the caller
+    may modify it."""
+    w = np.ascontiguousarray(w)
+    K = w.shape[0]
+    kg = K // groups
+    U = np.stack([transform_kernel(w[g * kg:(g + 1) * kg], tile)
+                  for g in range(groups)])
+    U.setflags(write=False)
+    return TransformedWeights(U, w, tile, groups)
+
+
 # --------------------------------------------------------------------------
 # Stage 2: input transform   V[p, t, c] = (B_h^T d_{t,c} B_w)[a, b]
 # --------------------------------------------------------------------------
-
-class _Workspace(threading.local):
-    """Scratch arrays reused across calls, one set per Python thread.
-
-    Fresh multi-megabyte arrays cost a page fault per 4 KiB on first touch
-    (3 of 13 ms of the staged path on ResNet's 64@56^2, one thread); reusing
-    them avoids that.  A buffer larger than ``max_bytes`` is not kept.
-    """
-
-    max_bytes = 256 * 2**20
-
-    def __init__(self):
-        self.buffers = {}
-
-    def get(self, name, shape, dtype):
-        dtype = np.dtype(dtype)
-        size = int(np.prod(shape)) * dtype.itemsize
-        buf = self.buffers.get(name)
-        if buf is None or buf.nbytes < size:
-            buf = np.empty(max(size, 1), np.uint8)
-            if size <= self.max_bytes:
-                self.buffers[name] = buf
-        return buf[:size].view(dtype).reshape(shape)
-
-    def clear(self):
-        self.buffers.clear()
-
-
-_workspace = _Workspace()
-
-
-def clear_workspace():
-    """Drop the scratch buffers kept for the calling thread."""
-    _workspace.clear()
-
 
 def _padded_channels_last(x, channels, top, left, rows, cols):
     """Channels ``c0 .. c0 + nc - 1`` of x as (N, rows, cols, nc), x placed
@@ -148,22 +199,6 @@ def _padded_channels_last(x, channels, top, left, rows, cols):
     xp[:, top:top + H, left + W:] = 0
     xp[:, top:top + H, left:left + W] = x[:, c0:c0 + nc].transpose(0, 2, 3, 1)
     return xp
-
-
-@njit(cache=True)
-def _block_of_job(job, tiles_h, tiles_w, rows, cols):
-    """(n, ti0, nr, tj0, ns): the block of tiles of one job.
-
-    The tiles of every image are cut into blocks of ``rows`` tile rows by
-    ``cols`` tiles (``rows > 1`` only when ``cols == tiles_w``, so the
-    tiles of a block are consecutive in the tile order (n, ti, tj)).
-    """
-    row_blocks = (tiles_h + rows - 1) // rows
-    col_blocks = (tiles_w + cols - 1) // cols
-    n = job // (row_blocks * col_blocks)
-    ti0 = ((job // col_blocks) % row_blocks) * rows
-    tj0 = (job % col_blocks) * cols
-    return n, ti0, min(rows, tiles_h - ti0), tj0, min(cols, tiles_w - tj0)
 
 
 @njit(cache=True)
@@ -203,71 +238,7 @@ def _input_block(xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w, half, v, t0,
                 out = v[a * a_w + b, first:first + ns].reshape(length)
                 out[:] = 0
                 for k in range(a_h):
-                    coef = bt_h[a, k]
-                    if coef != 0:
-                        src = half[k, b, :length]
-                        for e in range(length):
-                            out[e] += coef * src[e]
-
-
-@njit(cache=True)
-def _output_block(mm, t0, row_stride, n, ti0, nr, tj0, ns, at_h, at_w, bias,
-                  k0, half, line, y):
-    """Output transform of a block of nr x ns tiles into y[n, k0 + k].
-
-    Reads ``mm[p, t0 + r * row_stride + s, :]`` for tile (ti0 + r, tj0 + s).
-    Both passes are vector loops over (tile, channel); each output row is
-    then transposed in the small (L1) buffer ``line`` (K, ns * m_w), so
-    that y (NCHW) is written in unit-stride runs.  Rows and columns past (Ho, Wo), the
-    overhang of partial edge tiles, are not written.  Scratch ``half`` has
-    at least (alpha_h + 1, m_w, ns * K) elements (the last plane holds one
-    finished row of tiles).
-    """
-    _, _, Ho, Wo = y.shape
-    nk = mm.shape[2]
-    m_h, a_h = at_h.shape
-    m_w, a_w = at_w.shape
-    has_bias = bias.shape[0] > 0
-    zero = np.zeros(1, mm.dtype)[0]      # keeps the sum in the data's dtype
-    length = ns * nk
-    col0 = tj0 * m_w
-    cols = min(ns * m_w, Wo - col0)
-    for r in range(nr):
-        ti = ti0 + r
-        first = t0 + r * row_stride
-        # half[i, b, s*K + k] = sum_j A_w^T[b, j] M_s[i, j, k]
-        for i in range(a_h):
-            for b in range(m_w):
-                acc = half[i, b, :length]
-                acc[:] = 0
-                for j in range(a_w):
-                    coef = at_w[b, j]
-                    if coef != 0:
-                        src = mm[i * a_w + j, first:first + ns].reshape(length)
-                        for e in range(length):
-                            acc[e] += coef * src[e]
-        rows = min(m_h, Ho - ti * m_h)
-        out = half[a_h, 0, :length]
-        for a in range(rows):
-            # out[s*K + k] = sum_i A_h^T[a, i] half[i, b, s*K + k]
-            for b in range(m_w):
-                out[:] = 0
-                for i in range(a_h):
-                    coef = at_h[a, i]
-                    if coef != 0:
-                        src = half[i, b, :length]
-                        for e in range(length):
-                            out[e] += coef * src[e]
-                for s in range(ns):
-                    for k in range(nk):
-                        line[k, s * m_w + b] = out[s * nk + k]
-            row = ti * m_h + a
-            for k in range(nk):
-                shift = bias[k0 + k] if has_bias else zero
-                dst = y[n, k0 + k, row]
-                src = line[k]
-                for j in range(cols):
-                    dst[col0 + j] = src[j] + shift
+                    _add_scaled(out, bt_h[a, k], half[k, b, :length])
 
 
 @njit(parallel=True, cache=True)
@@ -275,102 +246,11 @@ def _transform_input_kernel(xp, bt_h, bt_w, m_h, m_w, tiles_h, tiles_w,
                             rows, cols, v):
     n_img, _, _, nc = xp.shape
     tiles = tiles_h * tiles_w
-    n_jobs = n_img * ((tiles_h + rows - 1) // rows) * ((tiles_w + cols - 1) // cols)
-    for job in prange(n_jobs):
+    for job in prange(_job_count(n_img, tiles_h, tiles_w, rows, cols)):
         n, ti0, nr, tj0, ns = _block_of_job(job, tiles_h, tiles_w, rows, cols)
         half = np.empty((bt_h.shape[0], bt_w.shape[0], ns * nc), xp.dtype)
         _input_block(xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w, half, v,
                      n * tiles + ti0 * tiles_w + tj0, tiles_w)
-
-
-@njit(parallel=True, cache=True)
-def _tuple_gemm_kernel(v, u, mm, chunk):
-    """mm[p, t0:t1] = v[p, t0:t1] @ u[p], one BLAS call per (p, chunk) job.
-
-    Calls BLAS from the Numba threads (run single-threaded, see
-    :data:`kernels.cpu._blas.serial_blas`) instead of NumPy's multithreaded
-    matmul: OpenBLAS's own thread pool and Numba's OpenMP pool, used one
-    after the other, fight for the cores (up to 20x slower on a busy 2-core
-    machine).
-    """
-    n_planes, n_tiles, _ = v.shape
-    chunks = (n_tiles + chunk - 1) // chunk
-    for job in prange(n_planes * chunks):
-        p = job // chunks
-        t0 = (job % chunks) * chunk
-        t1 = min(n_tiles, t0 + chunk)
-        np.dot(v[p, t0:t1], u[p], mm[p, t0:t1])
-
-
-@njit(parallel=True, cache=True)
-def _transform_output_kernel(mm, at_h, at_w, bias, k0, tiles_h, tiles_w,
-                             rows, cols, y):
-    n_img = y.shape[0]
-    nk = mm.shape[2]
-    tiles = tiles_h * tiles_w
-    n_jobs = n_img * ((tiles_h + rows - 1) // rows) * ((tiles_w + cols - 1) // cols)
-    for job in prange(n_jobs):
-        n, ti0, nr, tj0, ns = _block_of_job(job, tiles_h, tiles_w, rows, cols)
-        m_w = at_w.shape[0]
-        half = np.empty((at_h.shape[1] + 1, m_w, ns * nk), mm.dtype)
-        line = np.empty((nk, ns * m_w), mm.dtype)
-        _output_block(mm, n * tiles + ti0 * tiles_w + tj0, tiles_w, n, ti0, nr,
-                      tj0, ns, at_h, at_w, bias, k0, half, line, y)
-
-
-@njit(parallel=True, cache=True)
-def _fused_kernel(xp, u, bt_h, bt_w, at_h, at_w, bias, k0, tiles_h, tiles_w,
-                  rows, cols, y):
-    """All three stages per block of tiles, one prange job per block.
-
-    The block's V and M (alpha^2 x tiles x channels) stay in the core's
-    cache between the stages; only x, U and y travel through memory.
-    """
-    n_img, _, _, nc = xp.shape
-    n_planes, _, nk = u.shape
-    m_h, a_h = at_h.shape
-    m_w, a_w = at_w.shape
-    n_jobs = n_img * ((tiles_h + rows - 1) // rows) * ((tiles_w + cols - 1) // cols)
-    for job in prange(n_jobs):
-        n, ti0, nr, tj0, ns = _block_of_job(job, tiles_h, tiles_w, rows, cols)
-        nt = nr * ns
-        v = np.empty((n_planes, nt, nc), xp.dtype)
-        mm = np.empty((n_planes, nt, nk), xp.dtype)
-        half = np.empty((a_h, a_w, ns * nc), xp.dtype)
-        _input_block(xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w, half, v, 0,
-                     ns)
-        for p in range(n_planes):
-            np.dot(v[p], u[p], mm[p])
-        half_out = np.empty((a_h + 1, m_w, ns * nk), xp.dtype)
-        line = np.empty((nk, ns * m_w), xp.dtype)
-        _output_block(mm, 0, ns, n, ti0, nr, tj0, ns, at_h, at_w, bias, k0,
-                      half_out, line, y)
-
-
-def _winograd_tuning(tuning):
-    """``tuning``, or the Winograd record in force when it is None (for
-    the stage functions called on their own)."""
-    return _tuning.current().winograd if tuning is None else tuning
-
-
-def _blocks(tiles_h, tiles_w, n_img, bytes_per_tile, budget, min_jobs, step=1):
-    """(rows, cols) of a block of tiles: as many tiles as fit ``budget``
-    bytes, while leaving at least ``min_jobs`` blocks when possible.
-    ``cols`` is a multiple of ``step`` unless it spans the whole row."""
-    fit = max(1, budget // max(1, bytes_per_tile))
-    if fit >= tiles_w:
-        rows = max(1, min(tiles_h, fit // tiles_w))
-        while rows > 1 and n_img * -(-tiles_h // rows) < min_jobs:
-            rows -= 1
-        if rows > 1 or n_img * tiles_h >= min_jobs:
-            return rows, tiles_w
-        fit = tiles_w
-    cols = min(tiles_w, fit)
-    while cols > step and n_img * tiles_h * -(-tiles_w // cols) < min_jobs:
-        cols = max(step, cols // 2)
-    if cols < tiles_w and cols > step:
-        cols -= cols % step
-    return 1, cols
 
 
 def transform_input(x, tile, padding, out_hw, channels=None, out=None,
@@ -424,6 +304,25 @@ def transform_input(x, tile, padding, out_hw, channels=None, out=None,
 # Stage 3: tuple GEMMs   M[p] = V[p] @ U[p]
 # --------------------------------------------------------------------------
 
+@njit(parallel=True, cache=True)
+def _tuple_gemm_kernel(v, u, mm, chunk):
+    """mm[p, t0:t1] = v[p, t0:t1] @ u[p], one BLAS call per (p, chunk) job.
+
+    Calls BLAS from the Numba threads (run single-threaded, see
+    :data:`kernels.cpu._blas.serial_blas`) instead of NumPy's multithreaded
+    matmul: OpenBLAS's own thread pool and Numba's OpenMP pool, used one
+    after the other, fight for the cores (up to 20x slower on a busy 2-core
+    machine).
+    """
+    n_planes, n_tiles, _ = v.shape
+    chunks = (n_tiles + chunk - 1) // chunk
+    for job in prange(n_planes * chunks):
+        p = job // chunks
+        t0 = (job % chunks) * chunk
+        t1 = min(n_tiles, t0 + chunk)
+        np.dot(v[p, t0:t1], u[p], mm[p, t0:t1])
+
+
 def tuple_gemm(V, U, out=None):
     """``alpha_h * alpha_w`` independent products (T, C) @ (C, K), batched
     over all tiles of the batch so each is a sizeable BLAS call; the
@@ -444,10 +343,71 @@ def tuple_gemm(V, U, out=None):
 # Stage 4: output transform   y[tile] = A_h^T M A_w (+ bias), clipped
 # --------------------------------------------------------------------------
 
-def _output_step(m_w):
-    """Tiles spanning a multiple of 16 output columns (one 64-byte line of
-    float32), so that blocks of one row never share a cache line of y."""
-    return 16 // int(np.gcd(16, m_w))
+@njit(cache=True)
+def _output_block(mm, t0, row_stride, n, ti0, nr, tj0, ns, at_h, at_w, bias,
+                  k0, half, line, y):
+    """Output transform of a block of nr x ns tiles into y[n, k0 + k].
+
+    Reads ``mm[p, t0 + r * row_stride + s, :]`` for tile (ti0 + r, tj0 + s).
+    Both passes are vector loops over (tile, channel); each output row is
+    then transposed in the small (L1) buffer ``line`` (K, ns * m_w), so
+    that y (NCHW) is written in unit-stride runs.  Rows and columns past (Ho, Wo), the
+    overhang of partial edge tiles, are not written.  Scratch ``half`` has
+    at least (alpha_h + 1, m_w, ns * K) elements (the last plane holds one
+    finished row of tiles).
+    """
+    _, _, Ho, Wo = y.shape
+    nk = mm.shape[2]
+    m_h, a_h = at_h.shape
+    m_w, a_w = at_w.shape
+    has_bias = bias.shape[0] > 0
+    zero = np.zeros(1, mm.dtype)[0]      # keeps the sum in the data's dtype
+    length = ns * nk
+    col0 = tj0 * m_w
+    cols = min(ns * m_w, Wo - col0)
+    for r in range(nr):
+        ti = ti0 + r
+        first = t0 + r * row_stride
+        # half[i, b, s*K + k] = sum_j A_w^T[b, j] M_s[i, j, k]
+        for i in range(a_h):
+            for b in range(m_w):
+                acc = half[i, b, :length]
+                acc[:] = 0
+                for j in range(a_w):
+                    _add_scaled(acc, at_w[b, j], mm[i * a_w + j, first:first + ns])
+        rows = min(m_h, Ho - ti * m_h)
+        out = half[a_h, 0, :length]
+        for a in range(rows):
+            # out[s*K + k] = sum_i A_h^T[a, i] half[i, b, s*K + k]
+            for b in range(m_w):
+                out[:] = 0
+                for i in range(a_h):
+                    _add_scaled(out, at_h[a, i], half[i, b, :length])
+                for s in range(ns):
+                    for k in range(nk):
+                        line[k, s * m_w + b] = out[s * nk + k]
+            row = ti * m_h + a
+            for k in range(nk):
+                shift = bias[k0 + k] if has_bias else zero
+                dst = y[n, k0 + k, row]
+                src = line[k]
+                for j in range(cols):
+                    dst[col0 + j] = src[j] + shift
+
+
+@njit(parallel=True, cache=True)
+def _transform_output_kernel(mm, at_h, at_w, bias, k0, tiles_h, tiles_w,
+                             rows, cols, y):
+    n_img = y.shape[0]
+    nk = mm.shape[2]
+    tiles = tiles_h * tiles_w
+    for job in prange(_job_count(n_img, tiles_h, tiles_w, rows, cols)):
+        n, ti0, nr, tj0, ns = _block_of_job(job, tiles_h, tiles_w, rows, cols)
+        m_w = at_w.shape[0]
+        half = np.empty((at_h.shape[1] + 1, m_w, ns * nk), mm.dtype)
+        line = np.empty((nk, ns * m_w), mm.dtype)
+        _output_block(mm, n * tiles + ti0 * tiles_w + tj0, tiles_w, n, ti0, nr,
+                      tj0, ns, at_h, at_w, bias, k0, half, line, y)
 
 
 def transform_output(M, tile, out_shape, bias=None, channels=None, out=None,
@@ -491,145 +451,67 @@ def transform_output(M, tile, out_shape, bias=None, channels=None, out=None,
 
 
 # --------------------------------------------------------------------------
-# Transformed weights
+# Fused path: stages 2-4 per cache-sized block of tiles
 # --------------------------------------------------------------------------
 
-def transform_weights(w, tile, groups=1):
-    """Kernel transform of every group of ``w`` (K, C // groups, kH, kW).
+@njit(parallel=True, cache=True)
+def _fused_kernel(xp, u, bt_h, bt_w, at_h, at_w, bias, k0, tiles_h, tiles_w,
+                  rows, cols, y):
+    """All three stages per block of tiles, one prange job per block.
 
-    Keeps a read-only reference to ``w``: pass a private copy if the caller
-    may modify it."""
-    w = np.ascontiguousarray(w)
-    K = w.shape[0]
-    kg = K // groups
-    U = np.stack([transform_kernel(w[g * kg:(g + 1) * kg], tile)
-                  for g in range(groups)])
-    U.setflags(write=False)
-    return TransformedWeights(U, w, tile, groups)
+    The block's V and M (alpha^2 x tiles x channels) stay in the core's
+    cache between the stages; only x, U and y travel through memory.
+    """
+    n_img, _, _, nc = xp.shape
+    n_planes, _, nk = u.shape
+    m_h, a_h = at_h.shape
+    m_w, a_w = at_w.shape
+    for job in prange(_job_count(n_img, tiles_h, tiles_w, rows, cols)):
+        n, ti0, nr, tj0, ns = _block_of_job(job, tiles_h, tiles_w, rows, cols)
+        nt = nr * ns
+        v = np.empty((n_planes, nt, nc), xp.dtype)
+        mm = np.empty((n_planes, nt, nk), xp.dtype)
+        half = np.empty((a_h, a_w, ns * nc), xp.dtype)
+        _input_block(xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w, half, v, 0,
+                     ns)
+        for p in range(n_planes):
+            np.dot(v[p], u[p], mm[p])
+        half_out = np.empty((a_h + 1, m_w, ns * nk), xp.dtype)
+        line = np.empty((nk, ns * m_w), xp.dtype)
+        _output_block(mm, 0, ns, n, ti0, nr, tj0, ns, at_h, at_w, bias, k0,
+                      half_out, line, y)
+
+
+def _fused_blocks(tile, tiles_hw, n_img, nc, nk, itemsize, tuning, path=None):
+    """Blocks of the fused kernel, or None for the staged path.
+
+    ``path`` "fused" or "staged" forces that path; None chooses.  Every
+    block streams all of U through the core's cache, so the fused path
+    needs blocks of >= 8 tiles and a U below ``tuning.fused_max_u_bytes``
+    (it then wins by 10-50%: ResNet's 64@56^2, 128@28^2); deep layers
+    with few tiles and large U (256@14^2, 512@7^2) run staged, where each
+    tuple GEMM reads its U[p] once.  And >= 2 blocks per thread."""
+    if path == "staged":
+        return None
+    n_planes = tile.alpha_h * tile.alpha_w
+    threads = _tuning.block_shape_threads()
+
+    def blocks(min_jobs):
+        return _blocks(tiles_hw[0], tiles_hw[1], n_img,
+                       n_planes * (nc + nk) * itemsize, tuning.block_budget,
+                       min_jobs, _output_step(tile.m_w))
+
+    rows, cols = blocks(4 * threads)
+    if (rows * cols >= 8
+            and _job_count(n_img, tiles_hw[0], tiles_hw[1], rows, cols) >= 2 * threads
+            and n_planes * nc * nk * itemsize < tuning.fused_max_u_bytes):
+        return rows, cols
+    return blocks(1) if path == "fused" else None
 
 
 # --------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------
-
-def unsupported_reason(x_shape, w_shape, stride, padding, dilation, groups):
-    """None when Winograd can compute the configuration, else the rule."""
-    if tuple(stride) != (1, 1):
-        return (f"Winograd computes stride-1 convolutions only, got "
-                f"stride={tuple(stride)}")
-    if tuple(dilation) != (1, 1):
-        return (f"Winograd computes undilated convolutions only (dilation 1), "
-                f"got dilation={tuple(dilation)}")
-    kernel_hw = tuple(w_shape[2:])
-    if any(k not in SUPPORTED_KERNEL_SIZES for k in kernel_hw):
-        return kernel_size_rule(kernel_hw)
-    if x_shape[2] < kernel_hw[0] or x_shape[3] < kernel_hw[1]:
-        # Then every window is partly padding: the taps that meet only
-        # zeros still enter the transformed products, and the error can
-        # exceed the bound scale max(|x| * |w|) by any factor.
-        return (f"Winograd needs an input at least as large as the kernel along "
-                f"each axis (input {x_shape[2]}x{x_shape[3]}, kernel "
-                f"{kernel_hw[0]}x{kernel_hw[1]}); smaller ones are all padding "
-                f"at every output, where its error bound does not hold")
-    try:
-        tile_for(kernel_hw, requested_tile())
-    except ValueError as exc:
-        return f"the tile requested with use_tile() does not fit: {exc}"
-    return None
-
-
-def _fused_blocks(tile, tiles_hw, n_img, nc, nk, itemsize, tuning):
-    """Blocks for the fused kernel, or None when the staged path is better.
-
-    Every block streams all of U through the core's cache, so the fused
-    path needs blocks of >= 8 tiles and a U below 4 MiB (it then
-    wins by 10-50%: ResNet's 64@56^2, 128@28^2); deep layers with few
-    tiles and large U (256@14^2, 512@7^2) run staged, where each tuple
-    GEMM reads its U[p] once.  And >= 2 blocks per thread."""
-    n_planes = tile.alpha_h * tile.alpha_w
-    per_tile = n_planes * (nc + nk) * itemsize
-    threads = _tuning.block_shape_threads()
-    rows, cols = _blocks(tiles_hw[0], tiles_hw[1], n_img, per_tile,
-                         tuning.block_budget, 4 * threads,
-                         _output_step(tile.m_w))
-    n_blocks = n_img * -(-tiles_hw[0] // rows) * -(-tiles_hw[1] // cols)
-    if (rows * cols < 8 or n_blocks < 2 * threads
-            or n_planes * nc * nk * itemsize >= tuning.fused_max_u_bytes):
-        return None
-    return rows, cols
-
-
-def conv2d_transformed(x, transformed, bias, padding, path=None,
-                       tuning=None):
-    """Stride-1 convolution of x with already transformed weights.
-
-    ``path`` is ``"fused"`` (all stages per cache-sized block of tiles),
-    ``"staged"`` (each stage over the whole batch: input transform, tuple
-    GEMMs, output transform) or None (fused when the blocks are big enough,
-    see ``_fused_blocks``).  Groups run one after another.  ``tuning`` is
-    a WinogradTuning (default ``_tuning.current().winograd``).
-    Returns (N, K, Ho, Wo) of x's dtype.
-    """
-    tuning = _winograd_tuning(tuning)
-    tile = transformed.tile
-    n_img, C, H, W = x.shape
-    K, cg = transformed.w_shape[:2]
-    groups = transformed.groups
-    kg = K // groups
-    Ho = H + padding[0] + padding[1] - tile.r_h + 1
-    Wo = W + padding[2] + padding[3] - tile.r_w + 1
-    tiles_h, tiles_w = tile_counts((Ho, Wo), tile)
-    y = np.empty((n_img, K, Ho, Wo), x.dtype)
-    blocks = _fused_blocks(tile, (tiles_h, tiles_w), n_img, cg, kg, x.itemsize,
-                           tuning)
-    if path == "fused" and blocks is None:
-        blocks = _blocks(tiles_h, tiles_w, n_img,
-                         tile.alpha_h * tile.alpha_w * (cg + kg) * x.itemsize,
-                         tuning.block_budget, 1, _output_step(tile.m_w))
-    elif path == "staged":
-        blocks = None
-    bias_arr = np.zeros(0, x.dtype) if bias is None else bias
-    AT_h, _, BT_h = transform_matrices(tile.m_h, tile.r_h, x.dtype)
-    AT_w, _, BT_w = transform_matrices(tile.m_w, tile.r_w, x.dtype)
-    for g in range(groups):
-        if blocks is None:
-            n_planes, n_tiles = tile.alpha_h * tile.alpha_w, n_img * tiles_h * tiles_w
-            V = transform_input(x, tile, padding, (Ho, Wo), channels=(g * cg, cg),
-                                out=_workspace.get("V", (n_planes, n_tiles, cg), x.dtype),
-                                tuning=tuning)
-            M = tuple_gemm(V, transformed.U[g],
-                           out=_workspace.get("M", (n_planes, n_tiles, kg), x.dtype))
-            transform_output(M, tile, y.shape, bias, channels=(g * kg, kg),
-                             out=y, tuning=tuning)
-            continue
-        xp = _padded_channels_last(x, (g * cg, cg), padding[0], padding[2],
-                                   tiles_h * tile.m_h + tile.r_h - 1,
-                                   tiles_w * tile.m_w + tile.r_w - 1)
-        with _blas.serial_blas:
-            _fused_kernel(xp, transformed.U[g], BT_h, BT_w, AT_h, AT_w,
-                          bias_arr, g * kg, tiles_h, tiles_w, blocks[0],
-                          blocks[1], y)
-    _set_padding_only_outputs(y, bias, (H, W), padding, (tile.r_h, tile.r_w))
-    return y
-
-
-def _set_padding_only_outputs(y, bias, in_hw, padding, kernel_hw):
-    """Outputs whose window lies wholly in the zero padding are exactly the
-    bias.  Winograd computes them from the other inputs of their tile,
-    as a sum that cancels only up to rounding; set them exactly."""
-    value = 0 if bias is None else bias[None, :, None, None]
-    for axis, (size, lo, r) in enumerate(zip(in_hw, padding[::2], kernel_hw)):
-        # Output i sees padded positions i .. i + r - 1; real ones lo .. lo + size - 1.
-        first_seeing = max(0, lo - r + 1)
-        last_seeing = lo + size - 1
-        index = [slice(None)] * 4
-        if first_seeing > 0:
-            index[2 + axis] = slice(0, first_seeing)
-            y[tuple(index)] = value
-        if last_seeing + 1 < y.shape[2 + axis]:
-            index[2 + axis] = slice(last_seeing + 1, None)
-            y[tuple(index)] = value
-
 
 def tile_for_problem(kernel_hw, out_hw, n_img, channels=(0, 0), itemsize=4,
                      tuning=None):
@@ -659,6 +541,79 @@ def tile_for_problem(kernel_hw, out_hw, n_img, channels=(0, 0), itemsize=4,
     return tile._replace(m_h=min(tile.m_h, 2), m_w=min(tile.m_w, 2))
 
 
+def _output_hw(in_hw, kernel_hw, padding):
+    """(Ho, Wo) of the stride-1 convolution; ``padding`` is (top, bottom,
+    left, right)."""
+    pads = (tuple(padding[:2]), tuple(padding[2:]))
+    return tuple(conv_output_size(n, k, padding=p)
+                 for n, k, p in zip(in_hw, kernel_hw, pads))
+
+
+def _set_padding_only_outputs(y, bias, in_hw, padding, kernel_hw):
+    """Outputs whose window lies wholly in the zero padding are exactly the
+    bias.  Winograd computes them from the other inputs of their tile,
+    as a sum that cancels only up to rounding; set them exactly."""
+    value = 0 if bias is None else bias[None, :, None, None]
+    for axis, (size, lo, r) in enumerate(zip(in_hw, padding[::2], kernel_hw)):
+        # Output i sees padded positions i .. i + r - 1; real ones lo .. lo + size - 1.
+        first_seeing = max(0, lo - r + 1)
+        last_seeing = lo + size - 1
+        index = [slice(None)] * 4
+        if first_seeing > 0:
+            index[2 + axis] = slice(0, first_seeing)
+            y[tuple(index)] = value
+        if last_seeing + 1 < y.shape[2 + axis]:
+            index[2 + axis] = slice(last_seeing + 1, None)
+            y[tuple(index)] = value
+
+
+def conv2d_transformed(x, transformed, bias, padding, path=None,
+                       tuning=None):
+    """Stride-1 convolution of x with already transformed weights.
+
+    ``path`` is ``"fused"`` (all stages per cache-sized block of tiles),
+    ``"staged"`` (each stage over the whole batch: input transform, tuple
+    GEMMs, output transform) or None (fused when the blocks are big enough,
+    see ``_fused_blocks``).  Groups run one after another.  ``tuning`` is
+    a WinogradTuning (default ``_tuning.current().winograd``).
+    Returns (N, K, Ho, Wo) of x's dtype.
+    """
+    tuning = _winograd_tuning(tuning)
+    tile = transformed.tile
+    n_img, C, H, W = x.shape
+    K, cg = transformed.w_shape[:2]
+    groups = transformed.groups
+    kg = K // groups
+    Ho, Wo = _output_hw((H, W), (tile.r_h, tile.r_w), padding)
+    tiles_h, tiles_w = tile_counts((Ho, Wo), tile)
+    y = np.empty((n_img, K, Ho, Wo), x.dtype)
+    blocks = _fused_blocks(tile, (tiles_h, tiles_w), n_img, cg, kg, x.itemsize,
+                           tuning, path)
+    bias_arr = np.zeros(0, x.dtype) if bias is None else bias
+    AT_h, _, BT_h = transform_matrices(tile.m_h, tile.r_h, x.dtype)
+    AT_w, _, BT_w = transform_matrices(tile.m_w, tile.r_w, x.dtype)
+    for g in range(groups):
+        if blocks is None:
+            n_planes, n_tiles = tile.alpha_h * tile.alpha_w, n_img * tiles_h * tiles_w
+            V = transform_input(x, tile, padding, (Ho, Wo), channels=(g * cg, cg),
+                                out=_workspace.get("V", (n_planes, n_tiles, cg), x.dtype),
+                                tuning=tuning)
+            M = tuple_gemm(V, transformed.U[g],
+                           out=_workspace.get("M", (n_planes, n_tiles, kg), x.dtype))
+            transform_output(M, tile, y.shape, bias, channels=(g * kg, kg),
+                             out=y, tuning=tuning)
+            continue
+        xp = _padded_channels_last(x, (g * cg, cg), padding[0], padding[2],
+                                   tiles_h * tile.m_h + tile.r_h - 1,
+                                   tiles_w * tile.m_w + tile.r_w - 1)
+        with _blas.serial_blas:
+            _fused_kernel(xp, transformed.U[g], BT_h, BT_w, AT_h, AT_w,
+                          bias_arr, g * kg, tiles_h, tiles_w, blocks[0],
+                          blocks[1], y)
+    _set_padding_only_outputs(y, bias, (H, W), padding, (tile.r_h, tile.r_w))
+    return y
+
+
 def conv2d(x, w, bias, stride, padding, dilation, groups):
     """Winograd convolution; the per-algorithm contract of ``_dispatch``.
 
@@ -674,8 +629,7 @@ def conv2d(x, w, bias, stride, padding, dilation, groups):
         raise ValueError(reason)
     tuning = _tuning.current().winograd
     if requested_tile() is None:
-        out_hw = (x.shape[2] + padding[0] + padding[1] - w.shape[2] + 1,
-                  x.shape[3] + padding[2] + padding[3] - w.shape[3] + 1)
+        out_hw = _output_hw(x.shape[2:], w.shape[2:], padding)
         tile = tile_for_problem(w.shape[2:], out_hw, x.shape[0],
                                 (w.shape[1], w.shape[0] // groups), x.itemsize,
                                 tuning)
