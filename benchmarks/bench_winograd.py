@@ -32,6 +32,7 @@ import kernels
 import reference
 from kernels import winograd
 from kernels.accuracy import error_in_bound_units, unit_roundoff
+from kernels.cpu import _tuning
 from kernels.cpu import winograd as impl
 
 from convbench.timing import interleaved_times, summarize
@@ -279,7 +280,8 @@ def _speed(layers=tuple(LAYERS), repeats=15):
             ratios = ", ".join(f"{peer} / winograd = {t[peer] / t['winograd']:.2f}"
                                for peer in ("im2col", "torch") if peer in t)
             fused = impl._fused_blocks(tile, impl.tile_counts(hw, tile), BATCH,
-                                       x.shape[1], w.shape[0], x.itemsize)
+                                       x.shape[1], w.shape[0], x.itemsize,
+                                       _tuning.current().winograd)
             print(f"{layer} (default tile F({tile.m_h},3), {'fused' if fused else 'staged'}"
                   f" path; stages below are of that tile): {ratios}")
             for name, seconds in t.items():

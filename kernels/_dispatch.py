@@ -43,7 +43,8 @@ ends answer empty problems themselves) and never modified::
 
 Winograd's own ops: ``winograd_transform_weights`` is ``run(w, tile,
 groups) -> TransformedWeights`` (no problem yet) and
-``conv2d_pretransformed`` ``run(spec, x, transformed, bias)``.
+``conv2d_pretransformed`` ``run(spec, x, transformed, bias)``;
+``winograd_clear_workspace`` ``run()`` frees the calling thread's scratch.
 
 ``bias`` may be None.  Pooling arrays are ``(P, H, W)`` planes (``P = N
 C``); ``div_h``/``div_w`` are float64 per-output-row/column divisor
@@ -295,6 +296,7 @@ MODULES = {
     **{(op, None): "pooling" for op in POOLING_OPS},
     ("winograd_transform_weights", "winograd"): "winograd",
     ("conv2d_pretransformed", "winograd"): "winograd",
+    ("winograd_clear_workspace", "winograd"): "winograd",
 }
 
 # (op, backend, algorithm) -> Kernel or None; "auto" asks on every call.

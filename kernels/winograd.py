@@ -2,9 +2,10 @@
 
 ``kernels.conv2d(..., algorithm="winograd")`` computes stride-1,
 undilated convolutions with kernels of 1 to 7 taps per axis by the
-minimal-filtering algorithm F(m x m, r x r) of Lavin & Gray (CVPR 2016),
-implemented in :mod:`kernels.cpu.winograd`.  This module is the public
-face of what is specific to Winograd:
+minimal-filtering algorithm F(m x m, r x r) of Lavin & Gray (CVPR 2016):
+the mathematics is backend-neutral (:mod:`kernels._winograd_math`), the
+kernels are each backend's ``winograd`` module (:mod:`kernels.cpu.winograd`).
+This module is the public face of what is specific to Winograd:
 
 * :func:`cook_toom` / :func:`transform_matrices`: the transforms
   (A^T, G, B^T), generated exactly from :data:`INTERPOLATION_POINTS`;
@@ -39,12 +40,13 @@ from ._conv import run_conv2d
 from ._dispatch import ConvSpec
 from ._validation import (UnsupportedConfiguration, as_float_array,
                           check_ndim, check_same_dtype, normalise_padding)
-from .cpu import winograd as _impl
-from .cpu.winograd import (DEFAULT_TILE_BY_KERNEL, ERROR_CONSTANTS_BY_TILE,
-                           INTERPOLATION_POINTS, MAX_ALPHA,
-                           SUPPORTED_KERNEL_SIZES, Tile, TransformedWeights,
-                           cook_toom, error_constant, requested_tile,
-                           tile_for, transform_matrices, use_tile)
+from ._weight_cache import transformed_weights
+from ._winograd_math import (DEFAULT_TILE_BY_KERNEL, ERROR_CONSTANTS_BY_TILE,
+                             INTERPOLATION_POINTS, MAX_ALPHA,
+                             SUPPORTED_KERNEL_SIZES, Tile, TransformedWeights,
+                             cook_toom, error_constant, kernel_size_rule,
+                             requested_tile, tile_for, transform_matrices,
+                             use_tile)
 from .geometry import effective_kernel_size
 
 __all__ = [
@@ -64,7 +66,7 @@ def _as_filters(w):
 
 def _tile_or_raise(kernel_hw, m):
     if any(k not in SUPPORTED_KERNEL_SIZES for k in kernel_hw):
-        raise UnsupportedConfiguration(_impl._kernel_size_rule(kernel_hw))
+        raise UnsupportedConfiguration(kernel_size_rule(kernel_hw))
     return tile_for(kernel_hw, m)
 
 
@@ -190,5 +192,7 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=None, *,
 def clear_cache():
     """Forget the transformed filters cached by ``kernels.conv2d`` and the
     scratch buffers of the calling thread."""
-    _impl.weight_cache.clear()
-    _impl._workspace.clear()
+    transformed_weights.clear("winograd")
+    for backend in _dispatch.backends():
+        if _dispatch.is_built("winograd_clear_workspace", backend, "winograd"):
+            _dispatch.load("winograd_clear_workspace", backend, "winograd").run()

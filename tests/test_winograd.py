@@ -27,7 +27,9 @@ from hypothesis import strategies as st
 import kernels
 import reference
 from kernels import winograd
+from kernels._weight_cache import transformed_weights
 from kernels.accuracy import unit_roundoff
+from kernels.cpu import _tuning
 from kernels.cpu import winograd as impl
 
 DTYPES = (np.float32, np.float64)
@@ -462,17 +464,87 @@ def test_result_does_not_depend_on_the_thread_count(path):
     np.testing.assert_array_equal(one, two)
 
 
+def _cached_winograd_entry(w, tile, groups=1):
+    """The shared cache's Winograd entry for ``w``; fails on a miss."""
+    def no_transform(own):
+        raise AssertionError("no cached transform for these filters")
+    return transformed_weights.get(w, "winograd", (tile, groups), no_transform)
+
+
 def test_weight_cache_reuses_and_notices_in_place_changes():
     rng = np.random.default_rng(11)
     x, w, _ = random_problem(rng, np.float64, bias=False)
-    tile = winograd.tile_for((3, 3))
-    first = impl.weight_cache.get(w, tile, 1)
-    assert impl.weight_cache.get(w, tile, 1) is first        # hit
+    tile = impl.tile_for_problem((3, 3), x.shape[2:], 2, (3, 4), x.itemsize)
+    winograd.clear_cache()
+    impl.conv2d(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    assert transformed_weights.count("winograd") == 1
+    first = _cached_winograd_entry(w, tile)
+    assert first.tile == tile and first.groups == 1
+    impl.conv2d(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    assert _cached_winograd_entry(w, tile) is first           # hit
     w[0, 0, 1, 1] += 1.0                                      # modified in place
-    again = impl.weight_cache.get(w, tile, 1)
+    y = impl.conv2d(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    again = _cached_winograd_entry(w, tile)
     assert again is not first
-    y = kernels.conv2d(x, w, padding=1, algorithm="winograd")
+    np.testing.assert_array_equal(again.weights, w)
+    assert transformed_weights.count("winograd") == 1         # replaced, not added
     np.testing.assert_allclose(y, reference.conv2d(x, w, padding=1), atol=1e-11)
+
+
+def test_weight_cache_compares_filters_bit_for_bit():
+    """-0.0 and 0.0 are different filters (a miss, the new bits are
+    transformed); a NaN filter is found again (NaN != NaN by value)."""
+    rng = np.random.default_rng(14)
+    x, w, _ = random_problem(rng, np.float32, bias=False)
+    tile = impl.tile_for_problem((3, 3), x.shape[2:], 2, (3, 4), x.itemsize)
+    args = (None, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    w[1, 2, 0, 0] = 0.0
+    winograd.clear_cache()
+    impl.conv2d(x, w, *args)
+    positive = _cached_winograd_entry(w, tile)
+    w[1, 2, 0, 0] = -0.0                                      # equal by value
+    y = impl.conv2d(x, w, *args)
+    negative = _cached_winograd_entry(w, tile)
+    assert negative is not positive
+    assert np.signbit(negative.weights[1, 2, 0, 0])
+    winograd.clear_cache()
+    np.testing.assert_array_equal(impl.conv2d(x, w, *args), y)   # as if uncached
+
+    w[0, 0, 1, 1] = np.nan
+    y = impl.conv2d(x, w, *args)
+    nan_entry = _cached_winograd_entry(w, tile)
+    assert np.isnan(nan_entry.weights[0, 0, 1, 1])
+    assert np.isnan(y[:, 0]).any() and not np.isnan(y[:, 1:]).any()
+    impl.conv2d(x, w, *args)
+    assert _cached_winograd_entry(w, tile) is nan_entry       # hit
+    assert transformed_weights.count("winograd") == 1
+
+
+def test_clear_cache_forgets_winograd_entries_and_scratch():
+    rng = np.random.default_rng(15)
+    x, w, _ = random_problem(rng, np.float32, bias=False)
+    kernels.conv2d(x, w, padding=1, algorithm="winograd")
+    assert transformed_weights.count("winograd") >= 1
+    winograd.clear_cache()
+    assert transformed_weights.count("winograd") == 0
+    assert impl._workspace.buffers == {}
+
+
+def test_tunables_are_read_from_the_tuning_in_force():
+    """A U above fused_max_u_bytes runs the staged path: the same bits as
+    asking for it."""
+    rng = np.random.default_rng(16)
+    x, w, b = random_problem(rng, np.float32, n=2, c=16, k=16, hw=(30, 29))
+    tw = winograd.transform_weights(w)
+    fused = impl.conv2d_transformed(x, tw, b, (1, 1, 1, 1), "fused")
+    staged = impl.conv2d_transformed(x, tw, b, (1, 1, 1, 1), "staged")
+    with _tuning.override(winograd=dict(fused_max_u_bytes=1)):
+        assert impl._fused_blocks(tw.tile, impl.tile_counts((30, 29), tw.tile),
+                                  2, 16, 16, 4, _tuning.current().winograd) is None
+        np.testing.assert_array_equal(winograd.conv2d(x, tw, b, padding=1), staged)
+    if impl._fused_blocks(tw.tile, impl.tile_counts((30, 29), tw.tile), 2, 16, 16, 4,
+                          _tuning.current().winograd) is not None:
+        np.testing.assert_array_equal(winograd.conv2d(x, tw, b, padding=1), fused)
 
 
 def test_transformed_weights_are_a_snapshot_and_reproduce_the_array_path():

@@ -1,20 +1,12 @@
 """Winograd minimal-filtering convolution F(m x m, r x r) on the CPU.
 
-Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (CVPR
-2016).  A stride-1 correlation of an ``alpha = m + r - 1`` input tile
-``d`` with an ``r``-tap filter ``g`` gives ``m`` outputs
-
-    y = A^T [ (G g) * (B^T d) ]                         (1-D)
-    Y = A_h^T [ (G_h g G_w^T) * (B_h^T d B_w) ] A_w     (2-D, nested)
-
-with ``alpha`` multiplications per axis instead of ``m r``.  Over C input
-channels the elementwise products become sums over C, so a layer is
-``alpha_h * alpha_w`` independent (tiles x C) @ (C x K) matrix products.
-
-The transforms are *generated*, not typed in: :func:`cook_toom` builds
-(A^T, G, B^T) for any (m, r) from the ``alpha - 1`` interpolation points of
-:data:`INTERPOLATION_POINTS` plus the point at infinity, in exact rational
-arithmetic, and :func:`transform_matrices` casts them to a dtype.
+The mathematics (Lavin & Gray's transforms y = A^T [(G g) * (B^T d)],
+generated exactly by Cook-Toom; tiles, supported kernel sizes, error
+constants) is backend-neutral and lives in :mod:`kernels._winograd_math`;
+this module holds the CPU kernels and drivers.  Over C input channels the
+elementwise products of transformed tiles and filters become sums over C,
+so a layer is ``alpha_h * alpha_w`` independent (tiles x C) @ (C x K)
+matrix products.
 
 The computation runs as separate stages, NNPACK style (each is a public
 function with its own test):
@@ -42,321 +34,111 @@ a busy 2-core machine.
 
 Only stride 1 and dilation 1 are supported, and inputs at least as large
 as the kernel; each kernel axis may have any size in
-:data:`SUPPORTED_KERNEL_SIZES` (an axis of size 1 uses the identity
-transform, so 1-D convolutions, H = kH = 1, run as 1-D F(m, r)).  Groups
-run one after another, each as its own set of GEMMs.
+:data:`~kernels._winograd_math.SUPPORTED_KERNEL_SIZES` (an axis of size 1
+uses the identity transform, so 1-D convolutions, H = kH = 1, run as 1-D
+F(m, r)).  Groups run one after another, each as its own set of GEMMs.
 """
 
 from __future__ import annotations
-
-import contextlib
-import contextvars
-import threading
-from collections import OrderedDict, namedtuple
-from fractions import Fraction
-from functools import lru_cache
 
 import numpy as np
 from numba import njit, prange
 
 from .._dispatch import Kernel
-from . import _blas
+from .._weight_cache import transformed_weights
+from .._winograd_math import (Tile, TransformedWeights, requested_tile,
+                              tile_counts, tile_for, transform_matrices,
+                              unsupported_reason)
+from ..geometry import conv_output_size
+from . import _blas, _tuning
+from ._workspace import Workspace
 
-# --------------------------------------------------------------------------
-# Interpolation points and tiles
-# --------------------------------------------------------------------------
-
-_H = Fraction(1, 2)
-_TQ = Fraction(3, 4)
-
-# The finite interpolation points of a transform with alpha = m + r - 1
-# (alpha - 1 of them; the point at infinity is always added).  Small points
-# keep the Vandermonde-like transforms well conditioned.  0, +-1, +-2, +-1/2
-# is the usual choice for F(4, 3) and F(6, 3) (Lavin & Gray; wincnn); for
-# alpha = 9, 10 we measured the float32 error of every F(m, r) with the
-# candidate pairs +-3, +-4, +-1/4, +-3/2, +-5/4, +-2/3, +-3/4 (and
-# combinations): +-3/4 was best, 2-3x more accurate than +-3/2 and 5-15x
-# more than +-3 or +-4.  Each row extends the previous one, so all tiles
-# share one point sequence.
-INTERPOLATION_POINTS = {
-    1: (),
-    2: (0,),
-    3: (0, 1),
-    4: (0, 1, -1),
-    5: (0, 1, -1, 2),
-    6: (0, 1, -1, 2, -2),
-    7: (0, 1, -1, 2, -2, _H),
-    8: (0, 1, -1, 2, -2, _H, -_H),
-    9: (0, 1, -1, 2, -2, _H, -_H, _TQ),
-    10: (0, 1, -1, 2, -2, _H, -_H, _TQ, -_TQ),
-}
-INTERPOLATION_POINTS = {alpha: tuple(Fraction(p) for p in pts)
-                        for alpha, pts in INTERPOLATION_POINTS.items()}
-MAX_ALPHA = max(INTERPOLATION_POINTS)
-
-# Kernel sizes (per axis) this module computes, and the output tile m it
-# uses for each by default.  An axis of size 1 needs no transform (m = 1,
-# alpha = 1).  For r >= 2 the default is the largest tile with
-# alpha = m + r - 1 <= 8 whose measured error constant (below) is at most
-# 64 in both dtypes: beyond that the error grows fast (F(6, 3): 128,
-# F(7, 2): 196; alpha = 9, 10: 350-1300) while the arithmetic saved grows
-# slowly.  It keeps >= 18 bits in float32.  F(4, 3) is also the fastest
-# r = 3 tile on ResNet layers here (benchmarks/bench_winograd.py).
-SUPPORTED_KERNEL_SIZES = (1, 2, 3, 4, 5, 6, 7)
-DEFAULT_TILE_BY_KERNEL = {1: 1, 2: 4, 3: 4, 4: 4, 5: 4, 6: 3, 7: 2}
-
-# Observed error constant per square tile F(m x m, r x r), float32 and
-# float64: max over random standard-normal problems (wide layers
-# C = 32 and narrow ones, C = 1..3, 2-D and 1-D, random zero padding) of
-#     max |y - y_ref| / (u * max (|x| * |w|))
-# i.e. kernels.accuracy.error_in_bound_units with the *normwise* scale
-# (as for "fft").  Measured by benchmarks/bench_winograd.py
-# (`python -m benchmarks.bench_winograd accuracy`).  The elementwise scale
-# does not bound Winograd: an output whose own window holds only small
-# (or zero) inputs gets rounding errors from the large inputs elsewhere in
-# its tile, so error / (u * (|x| * |w|)) is unbounded there.
-_OBSERVED_CONSTANTS = {
-    (1, 1): (1.4, 2.0),
-    (1, 2): (1.6, 2.8),
-    (2, 2): (4.5, 4.3),
-    (3, 2): (3.3, 3.6),
-    (4, 2): (17.2, 16.5),
-    (5, 2): (143.7, 55.8),
-    (6, 2): (68.6, 74.6),
-    (7, 2): (196.1, 113.2),
-    (8, 2): (1322.4, 1683.1),
-    (9, 2): (1264.9, 2018.0),
-    (1, 3): (4.0, 3.8),
-    (2, 3): (2.1, 3.2),
-    (3, 3): (8.3, 15.8),
-    (4, 3): (37.1, 30.8),
-    (5, 3): (64.4, 44.2),
-    (6, 3): (127.8, 90.7),
-    (7, 3): (683.7, 814.3),
-    (8, 3): (979.9, 1239.1),
-    (1, 4): (2.7, 3.5),
-    (2, 4): (8.6, 10.5),
-    (3, 4): (22.5, 22.9),
-    (4, 4): (37.1, 43.4),
-    (5, 4): (106.6, 119.4),
-    (6, 4): (552.7, 703.9),
-    (7, 4): (868.2, 971.9),
-    (1, 5): (9.7, 9.7),
-    (2, 5): (20.9, 25.3),
-    (3, 5): (24.7, 43.6),
-    (4, 5): (59.7, 55.4),
-    (5, 5): (368.0, 391.6),
-    (6, 5): (671.6, 765.2),
-    (1, 6): (18.3, 23.7),
-    (2, 6): (39.9, 29.2),
-    (3, 6): (45.2, 36.2),
-    (4, 6): (392.3, 949.7),
-    (5, 6): (520.0, 579.7),
-    (1, 7): (31.5, 39.3),
-    (2, 7): (41.0, 42.8),
-    (3, 7): (356.0, 936.1),
-    (4, 7): (380.9, 747.1),
-}
-
-
-def _with_headroom(c):
-    """2x the observed value, rounded up to two significant digits."""
-    v = 2.0 * c
-    step = 10.0 ** (np.floor(np.log10(v)) - 1)
-    return round(float(np.ceil(v / step) * step), 6)
-
-
-ERROR_CONSTANTS_BY_TILE = {
-    tile: {"float32": _with_headroom(c32), "float64": _with_headroom(c64)}
-    for tile, (c32, c64) in _OBSERVED_CONSTANTS.items()}
-
-Tile = namedtuple("Tile", "m_h m_w r_h r_w")
-Tile.alpha_h = property(lambda t: t.m_h + t.r_h - 1)
-Tile.alpha_w = property(lambda t: t.m_w + t.r_w - 1)
-Tile.__doc__ = ("Output tile m_h x m_w of a r_h x r_w kernel: the 2-D "
-                "transform F(m_h x m_w, r_h x r_w).")
+# Tile, tile_counts and tile_for are re-exported for the stage functions'
+# callers (tests, benchmarks); unsupported_reason for kernels._dispatch.
+__all__ = ["Tile", "clear_workspace", "conv2d", "conv2d_transformed",
+           "tile_counts", "tile_for", "tile_for_problem", "transform_input",
+           "transform_kernel", "transform_output", "transform_weights",
+           "tuple_gemm", "unsupported_reason"]
 
 
 # --------------------------------------------------------------------------
-# Exact construction of the transforms (Cook-Toom / Lagrange)
+# Scratch and blocks of tiles
 # --------------------------------------------------------------------------
 
-def _poly_from_roots(roots):
-    """Coefficients (lowest degree first) of prod (x - a) over ``roots``."""
-    coeffs = [Fraction(1)]
-    for a in roots:
-        shifted = [Fraction(0)] + coeffs          # x * p(x)
-        for i, c in enumerate(coeffs):
-            shifted[i] -= a * c                   # - a * p(x)
-        coeffs = shifted
-    return coeffs
+# The padded input, and V and M of the staged path.
+_workspace = Workspace()
 
 
-def _evaluation_matrix(points, n):
-    """alpha x n matrix evaluating a degree < n polynomial at the points
-    and at infinity (where it is its coefficient of x^(n-1))."""
-    rows = [[a ** j for j in range(n)] for a in points]
-    rows.append([Fraction(0)] * (n - 1) + [Fraction(1)])
-    return rows
+def clear_workspace():
+    """Drop the scratch buffers kept for the calling thread."""
+    _workspace.clear()
 
 
-@lru_cache(maxsize=None)
-def cook_toom(m, r, points=None):
-    """Exact Winograd transforms (A^T, G, B^T) of the 1-D F(m, r).
+def _winograd_tuning(tuning):
+    """``tuning``, or the Winograd record in force when it is None (for
+    the stage functions called on their own)."""
+    return _tuning.current().winograd if tuning is None else tuning
 
-    Parameters
-    ----------
-    m, r : int >= 1
-        Outputs per tile and filter taps; the tile has ``alpha = m + r - 1``
-        inputs.
-    points : tuple of Fraction, optional
-        ``alpha - 1`` distinct finite interpolation points; default
-        ``INTERPOLATION_POINTS[alpha]``.
 
-    Returns
-    -------
-    AT, G, BT : tuple of tuple of Fraction
-        Shapes (m, alpha), (alpha, r), (alpha, alpha), with
-        ``sum_i g[i] d[t + i] == (AT @ ((G @ g) * (BT @ d)))[t]`` exactly.
+def _blocks(tiles_h, tiles_w, n_img, bytes_per_tile, budget, min_jobs, step=1):
+    """(rows, cols) of a block of tiles: as many tiles as fit ``budget``
+    bytes, while leaving at least ``min_jobs`` blocks when possible.
+    ``cols`` is a multiple of ``step`` unless it spans the whole row."""
+    fit = max(1, budget // max(1, bytes_per_tile))
+    if fit >= tiles_w:
+        rows = max(1, min(tiles_h, fit // tiles_w))
+        while rows > 1 and n_img * -(-tiles_h // rows) < min_jobs:
+            rows -= 1
+        if rows > 1 or n_img * tiles_h >= min_jobs:
+            return rows, tiles_w
+        fit = tiles_w
+    cols = min(tiles_w, fit)
+    while cols > step and n_img * tiles_h * -(-tiles_w // cols) < min_jobs:
+        cols = max(step, cols // 2)
+    if cols < tiles_w and cols > step:
+        cols -= cols % step
+    return 1, cols
 
-    Notes
-    -----
-    The product ``u(x) = g(x) h(x)`` of polynomials of degree r-1 and m-1
-    (a linear convolution) is fixed by its values at the alpha - 1 points
-    ``a_i`` and its leading coefficient ("the value at infinity"):
-    ``u(x) = sum_i u(a_i) L_i(x) + u_inf prod_i (x - a_i)`` with Lagrange
-    polynomials ``L_i``.  With ``E_n`` evaluating degree < n polynomials at
-    those alpha points and ``Cmat`` the interpolation above,
-    ``u = Cmat ((E_r g) * (E_m h))``.  Correlation is the transpose of
-    convolution with respect to ``h`` (the transformation principle), so
-    ``A^T = E_m^T``, ``G = E_r``, ``B^T = Cmat^T``.  The Lagrange
-    denominators ``prod_{k != i} (a_i - a_k)`` are moved from B^T into G:
-    G is applied once per weight array in float64, and B^T keeps small
-    entries (integers for integer points).
+
+def _output_step(m_w):
+    """Tiles spanning a multiple of 16 output columns (one 64-byte line of
+    float32), so that blocks of one row never share a cache line of y."""
+    return 16 // int(np.gcd(16, m_w))
+
+
+@njit(cache=True)
+def _block_of_job(job, tiles_h, tiles_w, rows, cols):
+    """(n, ti0, nr, tj0, ns): the block of tiles of one job.
+
+    The tiles of every image are cut into blocks of ``rows`` tile rows by
+    ``cols`` tiles (``rows > 1`` only when ``cols == tiles_w``, so the
+    tiles of a block are consecutive in the tile order (n, ti, tj)).
     """
-    alpha = m + r - 1
-    if m < 1 or r < 1:
-        raise ValueError(f"m and r must be >= 1, got m={m}, r={r}")
-    if points is None:
-        if alpha not in INTERPOLATION_POINTS:
-            raise ValueError(
-                f"F({m}, {r}) needs alpha = m + r - 1 = {alpha} <= {MAX_ALPHA}")
-        points = INTERPOLATION_POINTS[alpha]
-    points = tuple(Fraction(p) for p in points)
-    if len(points) != alpha - 1 or len(set(points)) != len(points):
-        raise ValueError(f"F({m}, {r}) needs {alpha - 1} distinct points, "
-                         f"got {points}")
-    G = _evaluation_matrix(points, r)
-    BT = []
-    for i, a in enumerate(points):
-        others = points[:i] + points[i + 1:]
-        denominator = Fraction(1)
-        for b in others:
-            denominator *= a - b
-        sign = 1 if denominator > 0 else -1
-        # Row i of B^T: L_i(x) times its denominator (padded to alpha coeffs).
-        BT.append([sign * c for c in _poly_from_roots(others)] + [Fraction(0)])
-        G[i] = [g * sign / denominator for g in G[i]]
-    BT.append(_poly_from_roots(points))
-    AT = [list(col) for col in zip(*_evaluation_matrix(points, m))]
-    as_tuple = lambda rows: tuple(tuple(row) for row in rows)  # noqa: E731
-    return as_tuple(AT), as_tuple(G), as_tuple(BT)
+    row_blocks = (tiles_h + rows - 1) // rows
+    col_blocks = (tiles_w + cols - 1) // cols
+    n = job // (row_blocks * col_blocks)
+    ti0 = ((job // col_blocks) % row_blocks) * rows
+    tj0 = (job % col_blocks) * cols
+    return n, ti0, min(rows, tiles_h - ti0), tj0, min(cols, tiles_w - tj0)
 
 
-@lru_cache(maxsize=None)
-def _float_matrices(m, r, dtype_name):
-    AT, G, BT = cook_toom(m, r)
-    to = lambda rows, dt: np.array([[float(v) for v in row] for row in rows], dt)  # noqa: E731
-    out = (to(AT, dtype_name), to(G, np.float64), to(BT, dtype_name))
-    for a in out:
-        a.setflags(write=False)
-    return out
+@njit(cache=True)
+def _job_count(n_img, tiles_h, tiles_w, rows, cols):
+    """Jobs over a batch in blocks of ``rows`` x ``cols`` tiles (see
+    :func:`_block_of_job`)."""
+    return n_img * ((tiles_h + rows - 1) // rows) * ((tiles_w + cols - 1) // cols)
 
 
-def transform_matrices(m, r, dtype=np.float64):
-    """(A^T, G, B^T) of F(m, r) as arrays: A^T and B^T in ``dtype`` (all
-    points are dyadic rationals, and their entries are exact even in
-    float32), G in float64 since the kernel transform runs in float64."""
-    return _float_matrices(int(m), int(r), np.dtype(dtype).name)
-
-
-def tile_for(kernel_hw, m=None):
-    """The :class:`Tile` used for a kernel of size ``kernel_hw = (kH, kW)``.
-
-    ``m`` is None (default per kernel size, :data:`DEFAULT_TILE_BY_KERNEL`),
-    an int (both axes; an axis with a 1-tap kernel always uses m = 1) or a
-    pair ``(m_h, m_w)``.  Raises ValueError for tiles outside the table.
-    """
-    r_h, r_w = (int(k) for k in kernel_hw)
-    for r in (r_h, r_w):
-        if r not in SUPPORTED_KERNEL_SIZES:
-            raise ValueError(_kernel_size_rule(kernel_hw))
-    if m is None:
-        m_h, m_w = DEFAULT_TILE_BY_KERNEL[r_h], DEFAULT_TILE_BY_KERNEL[r_w]
-    elif np.ndim(m) == 0:
-        m_h = m_w = int(m)
-    else:
-        m_h, m_w = (int(v) for v in m)
-    # A 1-tap axis needs no transform at all: F(1, 1) is the identity.
-    m_h = 1 if r_h == 1 else m_h
-    m_w = 1 if r_w == 1 else m_w
-    for mm, r in ((m_h, r_h), (m_w, r_w)):
-        if mm < 1 or mm + r - 1 > MAX_ALPHA:
-            raise ValueError(
-                f"tile m={mm} for a {r}-tap kernel axis needs m + r - 1 = "
-                f"{mm + r - 1} interpolation points; allowed 1 <= m <= "
-                f"{MAX_ALPHA + 1 - r}")
-    return Tile(m_h, m_w, r_h, r_w)
-
-
-def _kernel_size_rule(kernel_hw):
-    return (f"Winograd supports kernel sizes {SUPPORTED_KERNEL_SIZES[0]} to "
-            f"{SUPPORTED_KERNEL_SIZES[-1]} along each axis (transforms with "
-            f"at most {MAX_ALPHA} interpolation points), got "
-            f"{kernel_hw[0]}x{kernel_hw[1]}")
-
-
-def error_constant(tile, dtype):
-    """Documented normwise error constant c of a 2-D tile.
-
-    ``|y - y_ref| <= c * u * max(|x| * |w|)``; for F(m_h x m_w, r_h x r_w)
-    the larger of the constants of the square tiles of its two axes.
-    """
-    name = np.dtype(dtype).name
-    return max(ERROR_CONSTANTS_BY_TILE[(tile.m_h, tile.r_h)][name],
-               ERROR_CONSTANTS_BY_TILE[(tile.m_w, tile.r_w)][name])
-
-
-# --------------------------------------------------------------------------
-# Which tile a call uses: default, or requested by the caller
-# --------------------------------------------------------------------------
-
-_requested_tile = contextvars.ContextVar("winograd_tile", default=None)
-
-
-@contextlib.contextmanager
-def use_tile(m):
-    """Within the block, Winograd convolutions use output tile ``m`` (int or
-    (m_h, m_w)) instead of the default; ``None`` restores the default.
-
-    >>> import numpy as np, kernels
-    >>> from kernels.winograd import use_tile
-    >>> x = np.ones((1, 2, 9, 9)); w = np.ones((3, 2, 3, 3))
-    >>> with use_tile(6):
-    ...     y = kernels.conv2d(x, w, padding=1, algorithm="winograd")
-    >>> float(y[0, 0, 4, 4])
-    18.0
-    """
-    token = _requested_tile.set(m)
-    try:
-        yield
-    finally:
-        _requested_tile.reset(token)
-
-
-def requested_tile():
-    """The tile requested by the innermost :func:`use_tile`, or None."""
-    return _requested_tile.get()
+@njit(cache=True)
+def _add_scaled(out, coef, src):
+    """``out += coef * src`` over the elements of 1-D ``out`` (``src``
+    contiguous, of any shape with as many elements); nothing when ``coef``
+    is 0 (most entries of the transforms).  The passes of both transforms
+    are sums of such unit-stride vector loops over (tile, channel)."""
+    if coef != 0:
+        flat = src.reshape(out.shape[0])
+        for e in range(out.shape[0]):
+            out[e] += coef * flat[e]
 
 
 # --------------------------------------------------------------------------
@@ -384,44 +166,23 @@ def transform_kernel(w, tile):
     return np.ascontiguousarray(u, dtype=w.dtype)
 
 
+def transform_weights(w, tile, groups=1):
+    """Kernel transform of every group of ``w`` (K, C // groups, kH, kW).
+
+    Keeps a read-only reference to ``w``: pass a private copy if the caller
+    may modify it."""
+    w = np.ascontiguousarray(w)
+    K = w.shape[0]
+    kg = K // groups
+    U = np.stack([transform_kernel(w[g * kg:(g + 1) * kg], tile)
+                  for g in range(groups)])
+    U.setflags(write=False)
+    return TransformedWeights(U, w, tile, groups)
+
+
 # --------------------------------------------------------------------------
 # Stage 2: input transform   V[p, t, c] = (B_h^T d_{t,c} B_w)[a, b]
 # --------------------------------------------------------------------------
-
-def tile_counts(out_hw, tile):
-    """(tiles_h, tiles_w): tiles covering an output of size ``out_hw``."""
-    return (-(-out_hw[0] // tile.m_h), -(-out_hw[1] // tile.m_w))
-
-
-class _Workspace(threading.local):
-    """Scratch arrays reused across calls, one set per Python thread.
-
-    Fresh multi-megabyte arrays cost a page fault per 4 KiB on first touch
-    (3 of 13 ms of the staged path on ResNet's 64@56^2, one thread); reusing
-    them avoids that.  A buffer larger than ``max_bytes`` is not kept.
-    """
-
-    max_bytes = 256 * 2**20
-
-    def __init__(self):
-        self.buffers = {}
-
-    def get(self, name, shape, dtype):
-        dtype = np.dtype(dtype)
-        size = int(np.prod(shape)) * dtype.itemsize
-        buf = self.buffers.get(name)
-        if buf is None or buf.nbytes < size:
-            buf = np.empty(max(size, 1), np.uint8)
-            if size <= self.max_bytes:
-                self.buffers[name] = buf
-        return buf[:size].view(dtype).reshape(shape)
-
-    def clear(self):
-        self.buffers.clear()
-
-
-_workspace = _Workspace()
-
 
 def _padded_channels_last(x, channels, top, left, rows, cols):
     """Channels ``c0 .. c0 + nc - 1`` of x as (N, rows, cols, nc), x placed
@@ -439,22 +200,6 @@ def _padded_channels_last(x, channels, top, left, rows, cols):
     xp[:, top:top + H, left + W:] = 0
     xp[:, top:top + H, left:left + W] = x[:, c0:c0 + nc].transpose(0, 2, 3, 1)
     return xp
-
-
-@njit(cache=True)
-def _block_of_job(job, tiles_h, tiles_w, rows, cols):
-    """(n, ti0, nr, tj0, ns): the block of tiles of one job.
-
-    The tiles of every image are cut into blocks of ``rows`` tile rows by
-    ``cols`` tiles (``rows > 1`` only when ``cols == tiles_w``, so the
-    tiles of a block are consecutive in the tile order (n, ti, tj)).
-    """
-    row_blocks = (tiles_h + rows - 1) // rows
-    col_blocks = (tiles_w + cols - 1) // cols
-    n = job // (row_blocks * col_blocks)
-    ti0 = ((job // col_blocks) % row_blocks) * rows
-    tj0 = (job % col_blocks) * cols
-    return n, ti0, min(rows, tiles_h - ti0), tj0, min(cols, tiles_w - tj0)
 
 
 @njit(cache=True)
@@ -494,12 +239,110 @@ def _input_block(xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w, half, v, t0,
                 out = v[a * a_w + b, first:first + ns].reshape(length)
                 out[:] = 0
                 for k in range(a_h):
-                    coef = bt_h[a, k]
-                    if coef != 0:
-                        src = half[k, b, :length]
-                        for e in range(length):
-                            out[e] += coef * src[e]
+                    _add_scaled(out, bt_h[a, k], half[k, b, :length])
 
+
+@njit(parallel=True, cache=True)
+def _transform_input_kernel(xp, bt_h, bt_w, m_h, m_w, tiles_h, tiles_w,
+                            rows, cols, v):
+    n_img, _, _, nc = xp.shape
+    tiles = tiles_h * tiles_w
+    for job in prange(_job_count(n_img, tiles_h, tiles_w, rows, cols)):
+        n, ti0, nr, tj0, ns = _block_of_job(job, tiles_h, tiles_w, rows, cols)
+        half = np.empty((bt_h.shape[0], bt_w.shape[0], ns * nc), xp.dtype)
+        _input_block(xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w, half, v,
+                     n * tiles + ti0 * tiles_w + tj0, tiles_w)
+
+
+def transform_input(x, tile, padding, out_hw, channels=None, out=None,
+                    tuning=None):
+    """Input transform of every tile, in the GEMM layout.
+
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W)
+    tile : Tile
+    padding : (top, bottom, left, right) zero padding
+    out_hw : (Ho, Wo) output size
+    channels : (c0, nc), optional
+        Transform input channels ``c0 .. c0 + nc - 1`` only (one group).
+    out : ndarray, optional
+        Preallocated (alpha_h * alpha_w, T, nc) array of x's dtype.
+    tuning : WinogradTuning, optional
+        Default ``_tuning.current().winograd``.
+
+    Returns
+    -------
+    V : ndarray (alpha_h * alpha_w, T, nc)
+        ``V[a * alpha_w + b, t, c] = (B_h^T d B_w)[a, b]`` where ``d`` is the
+        alpha_h x alpha_w patch of the zero-padded channel c under tile
+        ``t = (n * tiles_h + i) * tiles_w + j``, whose top-left corner is at
+        padded row ``i m_h`` and column ``j m_w``.
+    """
+    channels = (0, x.shape[1]) if channels is None else channels
+    nc = channels[1]
+    _, _, BT_h = transform_matrices(tile.m_h, tile.r_h, x.dtype)
+    _, _, BT_w = transform_matrices(tile.m_w, tile.r_w, x.dtype)
+    tiles_h, tiles_w = tile_counts(out_hw, tile)
+    n_img = x.shape[0]
+    xp = _padded_channels_last(x, channels, padding[0], padding[2],
+                               tiles_h * tile.m_h + tile.r_h - 1,
+                               tiles_w * tile.m_w + tile.r_w - 1)
+    if out is None:
+        out = np.empty((tile.alpha_h * tile.alpha_w, n_img * tiles_h * tiles_w,
+                        nc), x.dtype)
+    tuning = _winograd_tuning(tuning)
+    rows, cols = _blocks(tiles_h, tiles_w, n_img,
+                         tile.alpha_h * tile.alpha_w * nc * x.itemsize,
+                         tuning.transform_budget,
+                         4 * _tuning.block_shape_threads())
+    _transform_input_kernel(xp, BT_h, BT_w, tile.m_h, tile.m_w, tiles_h,
+                            tiles_w, rows, cols, out)
+    return out
+
+
+# --------------------------------------------------------------------------
+# Stage 3: tuple GEMMs   M[p] = V[p] @ U[p]
+# --------------------------------------------------------------------------
+
+@njit(parallel=True, cache=True)
+def _tuple_gemm_kernel(v, u, mm, chunk):
+    """mm[p, t0:t1] = v[p, t0:t1] @ u[p], one BLAS call per (p, chunk) job.
+
+    Calls BLAS from the Numba threads (run single-threaded, see
+    :data:`kernels.cpu._blas.serial_blas`) instead of NumPy's multithreaded
+    matmul: OpenBLAS's own thread pool and Numba's OpenMP pool, used one
+    after the other, fight for the cores (up to 20x slower on a busy 2-core
+    machine).
+    """
+    n_planes, n_tiles, _ = v.shape
+    chunks = (n_tiles + chunk - 1) // chunk
+    for job in prange(n_planes * chunks):
+        p = job // chunks
+        t0 = (job % chunks) * chunk
+        t1 = min(n_tiles, t0 + chunk)
+        np.dot(v[p, t0:t1], u[p], mm[p, t0:t1])
+
+
+def tuple_gemm(V, U, out=None):
+    """``alpha_h * alpha_w`` independent products (T, C) @ (C, K), batched
+    over all tiles of the batch so each is a sizeable BLAS call; the
+    products (split into tile chunks when there are few) run in parallel,
+    each on one thread."""
+    n_planes, n_tiles, _ = V.shape
+    if out is None:
+        out = np.empty((n_planes, n_tiles, U.shape[2]), V.dtype)
+    min_jobs = 4 * _tuning.block_shape_threads()
+    chunks = max(1, -(-min_jobs // n_planes))
+    chunk = max(16, -(-n_tiles // chunks))
+    with _blas.serial_blas:
+        _tuple_gemm_kernel(V, U, out, chunk)
+    return out
+
+
+# --------------------------------------------------------------------------
+# Stage 4: output transform   y[tile] = A_h^T M A_w (+ bias), clipped
+# --------------------------------------------------------------------------
 
 @njit(cache=True)
 def _output_block(mm, t0, row_stride, n, ti0, nr, tj0, ns, at_h, at_w, bias,
@@ -532,11 +375,7 @@ def _output_block(mm, t0, row_stride, n, ti0, nr, tj0, ns, at_h, at_w, bias,
                 acc = half[i, b, :length]
                 acc[:] = 0
                 for j in range(a_w):
-                    coef = at_w[b, j]
-                    if coef != 0:
-                        src = mm[i * a_w + j, first:first + ns].reshape(length)
-                        for e in range(length):
-                            acc[e] += coef * src[e]
+                    _add_scaled(acc, at_w[b, j], mm[i * a_w + j, first:first + ns])
         rows = min(m_h, Ho - ti * m_h)
         out = half[a_h, 0, :length]
         for a in range(rows):
@@ -544,11 +383,7 @@ def _output_block(mm, t0, row_stride, n, ti0, nr, tj0, ns, at_h, at_w, bias,
             for b in range(m_w):
                 out[:] = 0
                 for i in range(a_h):
-                    coef = at_h[a, i]
-                    if coef != 0:
-                        src = half[i, b, :length]
-                        for e in range(length):
-                            out[e] += coef * src[e]
+                    _add_scaled(out, at_h[a, i], half[i, b, :length])
                 for s in range(ns):
                     for k in range(nk):
                         line[k, s * m_w + b] = out[s * nk + k]
@@ -562,45 +397,12 @@ def _output_block(mm, t0, row_stride, n, ti0, nr, tj0, ns, at_h, at_w, bias,
 
 
 @njit(parallel=True, cache=True)
-def _transform_input_kernel(xp, bt_h, bt_w, m_h, m_w, tiles_h, tiles_w,
-                            rows, cols, v):
-    n_img, _, _, nc = xp.shape
-    tiles = tiles_h * tiles_w
-    n_jobs = n_img * ((tiles_h + rows - 1) // rows) * ((tiles_w + cols - 1) // cols)
-    for job in prange(n_jobs):
-        n, ti0, nr, tj0, ns = _block_of_job(job, tiles_h, tiles_w, rows, cols)
-        half = np.empty((bt_h.shape[0], bt_w.shape[0], ns * nc), xp.dtype)
-        _input_block(xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w, half, v,
-                     n * tiles + ti0 * tiles_w + tj0, tiles_w)
-
-
-@njit(parallel=True, cache=True)
-def _tuple_gemm_kernel(v, u, mm, chunk):
-    """mm[p, t0:t1] = v[p, t0:t1] @ u[p], one BLAS call per (p, chunk) job.
-
-    Calls BLAS from the Numba threads (run single-threaded, see
-    :data:`kernels.cpu._blas.serial_blas`) instead of NumPy's multithreaded
-    matmul: OpenBLAS's own thread pool and Numba's OpenMP pool, used one
-    after the other, fight for the cores (up to 20x slower on a busy 2-core
-    machine).
-    """
-    n_planes, n_tiles, _ = v.shape
-    chunks = (n_tiles + chunk - 1) // chunk
-    for job in prange(n_planes * chunks):
-        p = job // chunks
-        t0 = (job % chunks) * chunk
-        t1 = min(n_tiles, t0 + chunk)
-        np.dot(v[p, t0:t1], u[p], mm[p, t0:t1])
-
-
-@njit(parallel=True, cache=True)
 def _transform_output_kernel(mm, at_h, at_w, bias, k0, tiles_h, tiles_w,
                              rows, cols, y):
     n_img = y.shape[0]
     nk = mm.shape[2]
     tiles = tiles_h * tiles_w
-    n_jobs = n_img * ((tiles_h + rows - 1) // rows) * ((tiles_w + cols - 1) // cols)
-    for job in prange(n_jobs):
+    for job in prange(_job_count(n_img, tiles_h, tiles_w, rows, cols)):
         n, ti0, nr, tj0, ns = _block_of_job(job, tiles_h, tiles_w, rows, cols)
         m_w = at_w.shape[0]
         half = np.empty((at_h.shape[1] + 1, m_w, ns * nk), mm.dtype)
@@ -609,167 +411,8 @@ def _transform_output_kernel(mm, at_h, at_w, bias, k0, tiles_h, tiles_w,
                       tj0, ns, at_h, at_w, bias, k0, half, line, y)
 
 
-@njit(parallel=True, cache=True)
-def _fused_kernel(xp, u, bt_h, bt_w, at_h, at_w, bias, k0, tiles_h, tiles_w,
-                  rows, cols, y):
-    """All three stages per block of tiles, one prange job per block.
-
-    The block's V and M (alpha^2 x tiles x channels) stay in the core's
-    cache between the stages; only x, U and y travel through memory.
-    """
-    n_img, _, _, nc = xp.shape
-    n_planes, _, nk = u.shape
-    m_h, a_h = at_h.shape
-    m_w, a_w = at_w.shape
-    n_jobs = n_img * ((tiles_h + rows - 1) // rows) * ((tiles_w + cols - 1) // cols)
-    for job in prange(n_jobs):
-        n, ti0, nr, tj0, ns = _block_of_job(job, tiles_h, tiles_w, rows, cols)
-        nt = nr * ns
-        v = np.empty((n_planes, nt, nc), xp.dtype)
-        mm = np.empty((n_planes, nt, nk), xp.dtype)
-        half = np.empty((a_h, a_w, ns * nc), xp.dtype)
-        _input_block(xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w, half, v, 0,
-                     ns)
-        for p in range(n_planes):
-            np.dot(v[p], u[p], mm[p])
-        half_out = np.empty((a_h + 1, m_w, ns * nk), xp.dtype)
-        line = np.empty((nk, ns * m_w), xp.dtype)
-        _output_block(mm, 0, ns, n, ti0, nr, tj0, ns, at_h, at_w, bias, k0,
-                      half_out, line, y)
-
-
-def _l2_bytes(default=1 << 20):
-    """Per-core L2 cache size from Linux's sysfs, or ``default``."""
-    import glob
-    for index in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
-        try:
-            with open(index + "/level") as f:
-                level = f.read().strip()
-            with open(index + "/type") as f:
-                kind = f.read().strip()
-            with open(index + "/size") as f:
-                size = f.read().strip()
-        except OSError:
-            continue
-        if level == "2" and kind in ("Unified", "Data") and size.endswith("K"):
-            return int(size[:-1]) * 1024
-    return default
-
-
-# Scratch per parallel job, bytes: half the core's L2, leaving the rest to
-# the packed GEMM operands.  Measured (ResNet-50 128@28^2, batch 4, F(4,3),
-# interleaved with im2col and torch): 512 KiB was best on a Zen 4 with
-# 1 MiB of L2; on a Xeon with 2 MiB, 1 MiB blocks ran 5.1-5.3 ms and
-# 512 KiB blocks 6.0-6.2 ms.
-_BLOCK_BUDGET = max(256 * 1024, min(4 << 20, _l2_bytes() // 2))
-_FUSED_MAX_U_BYTES = 4 * 2**20
-_TRANSFORM_BUDGET = 256 * 1024
-
-
-def _threads():
-    """The thread count the block shapes are sized for: the process's
-    maximum (``NUMBA_NUM_THREADS``), not ``numba.get_num_threads()``.  The
-    tile count of a block sets the M of its BLAS calls, and OpenBLAS sums
-    small and large products in different orders, so blocks that followed
-    ``set_num_threads`` made the result depend on it (seen on a 1 MiB-L2
-    Zen 4: 38 % of outputs differed in the last digits)."""
-    import numba
-    return numba.config.NUMBA_NUM_THREADS
-
-
-def _blocks(tiles_h, tiles_w, n_img, bytes_per_tile, budget, min_jobs, step=1):
-    """(rows, cols) of a block of tiles: as many tiles as fit ``budget``
-    bytes, while leaving at least ``min_jobs`` blocks when possible.
-    ``cols`` is a multiple of ``step`` unless it spans the whole row."""
-    fit = max(1, budget // max(1, bytes_per_tile))
-    if fit >= tiles_w:
-        rows = max(1, min(tiles_h, fit // tiles_w))
-        while rows > 1 and n_img * -(-tiles_h // rows) < min_jobs:
-            rows -= 1
-        if rows > 1 or n_img * tiles_h >= min_jobs:
-            return rows, tiles_w
-        fit = tiles_w
-    cols = min(tiles_w, fit)
-    while cols > step and n_img * tiles_h * -(-tiles_w // cols) < min_jobs:
-        cols = max(step, cols // 2)
-    if cols < tiles_w and cols > step:
-        cols -= cols % step
-    return 1, cols
-
-
-def transform_input(x, tile, padding, out_hw, channels=None, out=None):
-    """Input transform of every tile, in the GEMM layout.
-
-    Parameters
-    ----------
-    x : ndarray (N, C, H, W)
-    tile : Tile
-    padding : (top, bottom, left, right) zero padding
-    out_hw : (Ho, Wo) output size
-    channels : (c0, nc), optional
-        Transform input channels ``c0 .. c0 + nc - 1`` only (one group).
-    out : ndarray, optional
-        Preallocated (alpha_h * alpha_w, T, nc) array of x's dtype.
-
-    Returns
-    -------
-    V : ndarray (alpha_h * alpha_w, T, nc)
-        ``V[a * alpha_w + b, t, c] = (B_h^T d B_w)[a, b]`` where ``d`` is the
-        alpha_h x alpha_w patch of the zero-padded channel c under tile
-        ``t = (n * tiles_h + i) * tiles_w + j``, whose top-left corner is at
-        padded row ``i m_h`` and column ``j m_w``.
-    """
-    channels = (0, x.shape[1]) if channels is None else channels
-    nc = channels[1]
-    _, _, BT_h = transform_matrices(tile.m_h, tile.r_h, x.dtype)
-    _, _, BT_w = transform_matrices(tile.m_w, tile.r_w, x.dtype)
-    tiles_h, tiles_w = tile_counts(out_hw, tile)
-    n_img = x.shape[0]
-    xp = _padded_channels_last(x, channels, padding[0], padding[2],
-                               tiles_h * tile.m_h + tile.r_h - 1,
-                               tiles_w * tile.m_w + tile.r_w - 1)
-    if out is None:
-        out = np.empty((tile.alpha_h * tile.alpha_w, n_img * tiles_h * tiles_w,
-                        nc), x.dtype)
-    rows, cols = _blocks(tiles_h, tiles_w, n_img,
-                         tile.alpha_h * tile.alpha_w * nc * x.itemsize,
-                         _TRANSFORM_BUDGET, 4 * _threads())
-    _transform_input_kernel(xp, BT_h, BT_w, tile.m_h, tile.m_w, tiles_h,
-                            tiles_w, rows, cols, out)
-    return out
-
-
-# --------------------------------------------------------------------------
-# Stage 3: tuple GEMMs   M[p] = V[p] @ U[p]
-# --------------------------------------------------------------------------
-
-def tuple_gemm(V, U, out=None):
-    """``alpha_h * alpha_w`` independent products (T, C) @ (C, K), batched
-    over all tiles of the batch so each is a sizeable BLAS call; the
-    products (split into tile chunks when there are few) run in parallel,
-    each on one thread."""
-    n_planes, n_tiles, _ = V.shape
-    if out is None:
-        out = np.empty((n_planes, n_tiles, U.shape[2]), V.dtype)
-    min_jobs = 4 * _threads()
-    chunks = max(1, -(-min_jobs // n_planes))
-    chunk = max(16, -(-n_tiles // chunks))
-    with _blas.serial_blas:
-        _tuple_gemm_kernel(V, U, out, chunk)
-    return out
-
-
-# --------------------------------------------------------------------------
-# Stage 4: output transform   y[tile] = A_h^T M A_w (+ bias), clipped
-# --------------------------------------------------------------------------
-
-def _output_step(m_w):
-    """Tiles spanning a multiple of 16 output columns (one 64-byte line of
-    float32), so that blocks of one row never share a cache line of y."""
-    return 16 // int(np.gcd(16, m_w))
-
-
-def transform_output(M, tile, out_shape, bias=None, channels=None, out=None):
+def transform_output(M, tile, out_shape, bias=None, channels=None, out=None,
+                     tuning=None):
     """Output transform of every tile, with partial tiles clipped.
 
     Parameters
@@ -781,6 +424,8 @@ def transform_output(M, tile, out_shape, bias=None, channels=None, out=None):
     channels : (k0, nk), optional
         Write output channels ``k0 .. k0 + nk - 1`` (one group) of ``out``.
     out : ndarray (N, K, Ho, Wo), optional (allocated when None)
+    tuning : WinogradTuning, optional
+        Default ``_tuning.current().winograd``.
 
     Returns
     -------
@@ -798,7 +443,8 @@ def transform_output(M, tile, out_shape, bias=None, channels=None, out=None):
     bias_arr = np.zeros(0, M.dtype) if bias is None else bias
     rows, cols = _blocks(tiles_h, tiles_w, out_shape[0],
                          (tile.alpha_h + 2) * tile.m_w * M.shape[2] * M.itemsize,
-                         _TRANSFORM_BUDGET, 4 * _threads(),
+                         _winograd_tuning(tuning).transform_budget,
+                         4 * _tuning.block_shape_threads(),
                          _output_step(tile.m_w))
     _transform_output_kernel(M, AT_h, AT_w, bias_arr, k0, tiles_h, tiles_w,
                              rows, cols, out)
@@ -806,212 +452,102 @@ def transform_output(M, tile, out_shape, bias=None, channels=None, out=None):
 
 
 # --------------------------------------------------------------------------
-# Transformed weights, explicit and cached
+# Fused path: stages 2-4 per cache-sized block of tiles
 # --------------------------------------------------------------------------
 
-class TransformedWeights:
-    """Filters already through the kernel transform, for reuse across calls.
+@njit(parallel=True, cache=True)
+def _fused_kernel(xp, u, bt_h, bt_w, at_h, at_w, bias, k0, tiles_h, tiles_w,
+                  rows, cols, y):
+    """All three stages per block of tiles, one prange job per block.
 
-    Build with :func:`kernels.winograd.transform_weights`; pass in place of
-    ``w`` to :func:`kernels.winograd.conv2d`.
-
-    Attributes
-    ----------
-    U : ndarray (groups, alpha_h * alpha_w, C // groups, K // groups)
-        Read-only.
-    weights : ndarray (K, C // groups, kH, kW)
-        The filters (read-only; for inputs that must go to another
-        algorithm, e.g. non-finite ones).
-    tile : Tile
-    groups : int
+    The block's V and M (alpha^2 x tiles x channels) stay in the core's
+    cache between the stages; only x, U and y travel through memory.
     """
-
-    def __init__(self, U, weights, tile, groups):
-        self.U = U
-        self.weights = weights
-        self.tile = tile
-        self.groups = int(groups)
-
-    @property
-    def w_shape(self):
-        return self.weights.shape
-
-    @property
-    def dtype(self):
-        return self.weights.dtype
-
-    def __repr__(self):
-        t = self.tile
-        return (f"TransformedWeights(F({t.m_h}x{t.m_w}, {t.r_h}x{t.r_w}), "
-                f"w_shape={self.w_shape}, groups={self.groups}, "
-                f"dtype={self.dtype.name})")
+    n_img, _, _, nc = xp.shape
+    n_planes, _, nk = u.shape
+    m_h, a_h = at_h.shape
+    m_w, a_w = at_w.shape
+    for job in prange(_job_count(n_img, tiles_h, tiles_w, rows, cols)):
+        n, ti0, nr, tj0, ns = _block_of_job(job, tiles_h, tiles_w, rows, cols)
+        nt = nr * ns
+        v = np.empty((n_planes, nt, nc), xp.dtype)
+        mm = np.empty((n_planes, nt, nk), xp.dtype)
+        half = np.empty((a_h, a_w, ns * nc), xp.dtype)
+        _input_block(xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w, half, v, 0,
+                     ns)
+        for p in range(n_planes):
+            np.dot(v[p], u[p], mm[p])
+        half_out = np.empty((a_h + 1, m_w, ns * nk), xp.dtype)
+        line = np.empty((nk, ns * m_w), xp.dtype)
+        _output_block(mm, 0, ns, n, ti0, nr, tj0, ns, at_h, at_w, bias, k0,
+                      half_out, line, y)
 
 
-def transform_weights(w, tile, groups=1):
-    """Kernel transform of every group of ``w`` (K, C // groups, kH, kW).
+def _fused_blocks(tile, tiles_hw, n_img, nc, nk, itemsize, tuning, path=None):
+    """Blocks of the fused kernel, or None for the staged path.
 
-    Keeps a read-only reference to ``w``: pass a private copy if the caller
-    may modify it."""
-    w = np.ascontiguousarray(w)
-    K = w.shape[0]
-    kg = K // groups
-    U = np.stack([transform_kernel(w[g * kg:(g + 1) * kg], tile)
-                  for g in range(groups)])
-    U.setflags(write=False)
-    return TransformedWeights(U, w, tile, groups)
+    ``path`` "fused" or "staged" forces that path; None chooses.  Every
+    block streams all of U through the core's cache, so the fused path
+    needs blocks of >= 8 tiles and a U below ``tuning.fused_max_u_bytes``
+    (it then wins by 10-50%: ResNet's 64@56^2, 128@28^2); deep layers
+    with few tiles and large U (256@14^2, 512@7^2) run staged, where each
+    tuple GEMM reads its U[p] once.  And >= 2 blocks per thread."""
+    if path == "staged":
+        return None
+    n_planes = tile.alpha_h * tile.alpha_w
+    threads = _tuning.block_shape_threads()
 
+    def blocks(min_jobs):
+        return _blocks(tiles_hw[0], tiles_hw[1], n_img,
+                       n_planes * (nc + nk) * itemsize, tuning.block_budget,
+                       min_jobs, _output_step(tile.m_w))
 
-class _WeightCache:
-    """Transformed weights of recently used filter arrays.
-
-    A hit needs the same memory address, shape, dtype, tile and groups AND
-    equal contents (compared against a private copy, so filters modified in
-    place are transformed again); comparing is ~100x cheaper than the
-    transform.  Bounded by entries and bytes; least recently used go first.
-    """
-
-    def __init__(self, max_entries=16, max_bytes=256 * 2**20):
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-        self._entries = OrderedDict()
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def _size(transformed):
-        return transformed.weights.nbytes + transformed.U.nbytes
-
-    def get(self, w, tile, groups):
-        key = (w.__array_interface__["data"][0], w.shape, w.dtype.str,
-               tile, groups)
-        with self._lock:
-            hit = self._entries.get(key)
-            if hit is not None and np.array_equal(hit.weights, w):
-                self._entries.move_to_end(key)
-                return hit
-        own = w.copy()
-        own.setflags(write=False)
-        transformed = transform_weights(own, tile, groups)
-        if self._size(transformed) <= self.max_bytes:
-            with self._lock:
-                self._entries[key] = transformed
-                self._evict()
-        return transformed
-
-    def _evict(self):
-        total = sum(self._size(t) for t in self._entries.values())
-        while self._entries and (len(self._entries) > self.max_entries
-                                 or total > self.max_bytes):
-            _, old = self._entries.popitem(last=False)
-            total -= self._size(old)
-
-    def clear(self):
-        with self._lock:
-            self._entries.clear()
-
-    def __len__(self):
-        return len(self._entries)
-
-
-weight_cache = _WeightCache()
+    rows, cols = blocks(4 * threads)
+    if (rows * cols >= 8
+            and _job_count(n_img, tiles_hw[0], tiles_hw[1], rows, cols) >= 2 * threads
+            and n_planes * nc * nk * itemsize < tuning.fused_max_u_bytes):
+        return rows, cols
+    return blocks(1) if path == "fused" else None
 
 
 # --------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------
 
-def unsupported_reason(x_shape, w_shape, stride, padding, dilation, groups):
-    """None when Winograd can compute the configuration, else the rule."""
-    if tuple(stride) != (1, 1):
-        return (f"Winograd computes stride-1 convolutions only, got "
-                f"stride={tuple(stride)}")
-    if tuple(dilation) != (1, 1):
-        return (f"Winograd computes undilated convolutions only (dilation 1), "
-                f"got dilation={tuple(dilation)}")
-    kernel_hw = tuple(w_shape[2:])
-    if any(k not in SUPPORTED_KERNEL_SIZES for k in kernel_hw):
-        return _kernel_size_rule(kernel_hw)
-    if x_shape[2] < kernel_hw[0] or x_shape[3] < kernel_hw[1]:
-        # Then every window is partly padding: the taps that meet only
-        # zeros still enter the transformed products, and the error can
-        # exceed the bound scale max(|x| * |w|) by any factor.
-        return (f"Winograd needs an input at least as large as the kernel along "
-                f"each axis (input {x_shape[2]}x{x_shape[3]}, kernel "
-                f"{kernel_hw[0]}x{kernel_hw[1]}); smaller ones are all padding "
-                f"at every output, where its error bound does not hold")
-    try:
-        tile_for(kernel_hw, requested_tile())
-    except ValueError as exc:
-        return f"the tile requested with use_tile() does not fit: {exc}"
-    return None
+def tile_for_problem(kernel_hw, out_hw, n_img, channels=(0, 0), itemsize=4,
+                     tuning=None):
+    """The default tile for a problem: :func:`tile_for`'s per-kernel default,
+    or m = 2 (where that is smaller) when the tuple GEMMs would be short.
 
-
-def _fused_blocks(tile, tiles_hw, n_img, nc, nk, itemsize):
-    """Blocks for the fused kernel, or None when the staged path is better.
-
-    Every block streams all of U through the core's cache, so the fused
-    path needs blocks of >= 8 tiles and a U below 4 MiB (it then
-    wins by 10-50%: ResNet's 64@56^2, 128@28^2); deep layers with few
-    tiles and large U (256@14^2, 512@7^2) run staged, where each tuple
-    GEMM reads its U[p] once.  And >= 2 blocks per thread."""
-    n_planes = tile.alpha_h * tile.alpha_w
-    per_tile = n_planes * (nc + nk) * itemsize
-    threads = _threads()
-    rows, cols = _blocks(tiles_hw[0], tiles_hw[1], n_img, per_tile,
-                         _BLOCK_BUDGET, 4 * threads, _output_step(tile.m_w))
-    n_blocks = n_img * -(-tiles_hw[0] // rows) * -(-tiles_hw[1] // cols)
-    if (rows * cols < 8 or n_blocks < 2 * threads
-            or n_planes * nc * nk * itemsize >= _FUSED_MAX_U_BYTES):
-        return None
-    return rows, cols
-
-
-def conv2d_transformed(x, transformed, bias, padding, path=None):
-    """Stride-1 convolution of x with already transformed weights.
-
-    ``path`` is ``"fused"`` (all stages per cache-sized block of tiles),
-    ``"staged"`` (each stage over the whole batch: input transform, tuple
-    GEMMs, output transform) or None (fused when the blocks are big enough,
-    see ``_fused_blocks``).  Groups run one after another.
-    Returns (N, K, Ho, Wo) of x's dtype.
+    Short means fewer than ``tuning.min_gemm_rows`` (32) tiles in the
+    batch, or fewer than ``min_gemm_rows_large_u`` (128) with a U of more
+    than ``fused_max_u_bytes`` (4 MiB; ``channels = (C, K)`` per group):
+    such GEMMs have too few rows to pay for reading U (alpha^2 C K
+    numbers), and a smaller tile shrinks U and adds rows.  Measured with
+    one thread, CPU time, F(2, 3) against F(4, 3): 256@14^2 at batch 1, 2,
+    4 (16-64 tiles, U 9.4 MiB) 1.5x faster; 512@7^2 at batch 4 (16 tiles)
+    1.4x; but 128@28^2 at batch 1 (49 tiles, U 2.4 MiB) 1.2x slower and
+    512@7^2 at batch 16 (64 tiles) 1.1x slower.
     """
-    tile = transformed.tile
-    n_img, C, H, W = x.shape
-    K, cg = transformed.w_shape[:2]
-    groups = transformed.groups
-    kg = K // groups
-    Ho = H + padding[0] + padding[1] - tile.r_h + 1
-    Wo = W + padding[2] + padding[3] - tile.r_w + 1
-    tiles_h, tiles_w = tile_counts((Ho, Wo), tile)
-    y = np.empty((n_img, K, Ho, Wo), x.dtype)
-    blocks = _fused_blocks(tile, (tiles_h, tiles_w), n_img, cg, kg, x.itemsize)
-    if path == "fused" and blocks is None:
-        blocks = _blocks(tiles_h, tiles_w, n_img,
-                         tile.alpha_h * tile.alpha_w * (cg + kg) * x.itemsize,
-                         _BLOCK_BUDGET, 1, _output_step(tile.m_w))
-    elif path == "staged":
-        blocks = None
-    bias_arr = np.zeros(0, x.dtype) if bias is None else bias
-    AT_h, _, BT_h = transform_matrices(tile.m_h, tile.r_h, x.dtype)
-    AT_w, _, BT_w = transform_matrices(tile.m_w, tile.r_w, x.dtype)
-    for g in range(groups):
-        if blocks is None:
-            n_planes, n_tiles = tile.alpha_h * tile.alpha_w, n_img * tiles_h * tiles_w
-            V = transform_input(x, tile, padding, (Ho, Wo), channels=(g * cg, cg),
-                                out=_workspace.get("V", (n_planes, n_tiles, cg), x.dtype))
-            M = tuple_gemm(V, transformed.U[g],
-                           out=_workspace.get("M", (n_planes, n_tiles, kg), x.dtype))
-            transform_output(M, tile, y.shape, bias, channels=(g * kg, kg),
-                             out=y)
-            continue
-        xp = _padded_channels_last(x, (g * cg, cg), padding[0], padding[2],
-                                   tiles_h * tile.m_h + tile.r_h - 1,
-                                   tiles_w * tile.m_w + tile.r_w - 1)
-        with _blas.serial_blas:
-            _fused_kernel(xp, transformed.U[g], BT_h, BT_w, AT_h, AT_w,
-                          bias_arr, g * kg, tiles_h, tiles_w, blocks[0],
-                          blocks[1], y)
-    _set_padding_only_outputs(y, bias, (H, W), padding, (tile.r_h, tile.r_w))
-    return y
+    tuning = _winograd_tuning(tuning)
+    tile = tile_for(kernel_hw)
+    tiles_h, tiles_w = tile_counts(out_hw, tile)
+    n_tiles = n_img * tiles_h * tiles_w
+    u_bytes = tile.alpha_h * tile.alpha_w * channels[0] * channels[1] * itemsize
+    short = n_tiles < (tuning.min_gemm_rows_large_u
+                       if u_bytes > tuning.fused_max_u_bytes
+                       else tuning.min_gemm_rows)
+    if not short:
+        return tile
+    return tile._replace(m_h=min(tile.m_h, 2), m_w=min(tile.m_w, 2))
+
+
+def _output_hw(in_hw, kernel_hw, padding):
+    """(Ho, Wo) of the stride-1 convolution; ``padding`` is (top, bottom,
+    left, right)."""
+    pads = (tuple(padding[:2]), tuple(padding[2:]))
+    return tuple(conv_output_size(n, k, padding=p)
+                 for n, k, p in zip(in_hw, kernel_hw, pads))
 
 
 def _set_padding_only_outputs(y, bias, in_hw, padding, kernel_hw):
@@ -1032,54 +568,78 @@ def _set_padding_only_outputs(y, bias, in_hw, padding, kernel_hw):
             y[tuple(index)] = value
 
 
-# Below these tile counts the tuple GEMMs have too few rows to pay for
-# reading U (alpha^2 C K numbers); a smaller tile shrinks U and adds rows.
-_MIN_GEMM_ROWS = 32
-_MIN_GEMM_ROWS_LARGE_U = 128
+def conv2d_transformed(x, transformed, bias, padding, path=None,
+                       tuning=None):
+    """Stride-1 convolution of x with already transformed weights.
 
-
-def tile_for_problem(kernel_hw, out_hw, n_img, channels=(0, 0), itemsize=4):
-    """The default tile for a problem: :func:`tile_for`'s per-kernel default,
-    or m = 2 (where that is smaller) when the tuple GEMMs would be short.
-
-    Short means fewer than 32 tiles in the batch, or fewer than 128 with a
-    U of more than 4 MiB (``channels = (C, K)`` per group).  Measured with
-    one thread, CPU time, F(2, 3) against F(4, 3): 256@14^2 at batch 1, 2,
-    4 (16-64 tiles, U 9.4 MiB) 1.5x faster; 512@7^2 at batch 4 (16 tiles)
-    1.4x; but 128@28^2 at batch 1 (49 tiles, U 2.4 MiB) 1.2x slower and
-    512@7^2 at batch 16 (64 tiles) 1.1x slower.
+    ``path`` is ``"fused"`` (all stages per cache-sized block of tiles),
+    ``"staged"`` (each stage over the whole batch: input transform, tuple
+    GEMMs, output transform) or None (fused when the blocks are big enough,
+    see ``_fused_blocks``).  Groups run one after another.  ``tuning`` is
+    a WinogradTuning (default ``_tuning.current().winograd``).
+    Returns (N, K, Ho, Wo) of x's dtype.
     """
-    tile = tile_for(kernel_hw)
-    tiles_h, tiles_w = tile_counts(out_hw, tile)
-    n_tiles = n_img * tiles_h * tiles_w
-    u_bytes = tile.alpha_h * tile.alpha_w * channels[0] * channels[1] * itemsize
-    short = n_tiles < (_MIN_GEMM_ROWS_LARGE_U if u_bytes > _FUSED_MAX_U_BYTES
-                       else _MIN_GEMM_ROWS)
-    if not short:
-        return tile
-    return tile._replace(m_h=min(tile.m_h, 2), m_w=min(tile.m_w, 2))
+    tuning = _winograd_tuning(tuning)
+    tile = transformed.tile
+    n_img, C, H, W = x.shape
+    K, cg = transformed.w_shape[:2]
+    groups = transformed.groups
+    kg = K // groups
+    Ho, Wo = _output_hw((H, W), (tile.r_h, tile.r_w), padding)
+    tiles_h, tiles_w = tile_counts((Ho, Wo), tile)
+    y = np.empty((n_img, K, Ho, Wo), x.dtype)
+    blocks = _fused_blocks(tile, (tiles_h, tiles_w), n_img, cg, kg, x.itemsize,
+                           tuning, path)
+    bias_arr = np.zeros(0, x.dtype) if bias is None else bias
+    AT_h, _, BT_h = transform_matrices(tile.m_h, tile.r_h, x.dtype)
+    AT_w, _, BT_w = transform_matrices(tile.m_w, tile.r_w, x.dtype)
+    for g in range(groups):
+        if blocks is None:
+            n_planes, n_tiles = tile.alpha_h * tile.alpha_w, n_img * tiles_h * tiles_w
+            V = transform_input(x, tile, padding, (Ho, Wo), channels=(g * cg, cg),
+                                out=_workspace.get("V", (n_planes, n_tiles, cg), x.dtype),
+                                tuning=tuning)
+            M = tuple_gemm(V, transformed.U[g],
+                           out=_workspace.get("M", (n_planes, n_tiles, kg), x.dtype))
+            transform_output(M, tile, y.shape, bias, channels=(g * kg, kg),
+                             out=y, tuning=tuning)
+            continue
+        xp = _padded_channels_last(x, (g * cg, cg), padding[0], padding[2],
+                                   tiles_h * tile.m_h + tile.r_h - 1,
+                                   tiles_w * tile.m_w + tile.r_w - 1)
+        with _blas.serial_blas:
+            _fused_kernel(xp, transformed.U[g], BT_h, BT_w, AT_h, AT_w,
+                          bias_arr, g * kg, tiles_h, tiles_w, blocks[0],
+                          blocks[1], y)
+    _set_padding_only_outputs(y, bias, (H, W), padding, (tile.r_h, tile.r_w))
+    return y
 
 
 def conv2d(x, w, bias, stride, padding, dilation, groups):
     """Winograd convolution; the per-algorithm contract of ``_dispatch``.
 
     The tile is the one requested with :func:`use_tile`, else
-    :func:`tile_for_problem`'s.  Transformed weights are cached (see
-    ``_WeightCache``).
+    :func:`tile_for_problem`'s.  Transformed weights are kept in the
+    shared :data:`kernels._weight_cache.transformed_weights` (kind
+    ``"winograd"``, key (tile, groups)).  The tunables in force are read
+    once, here.
     """
     reason = unsupported_reason(x.shape, w.shape, stride, padding, dilation,
                                 groups)
     if reason is not None:
         raise ValueError(reason)
+    tuning = _tuning.current().winograd
     if requested_tile() is None:
-        out_hw = (x.shape[2] + padding[0] + padding[1] - w.shape[2] + 1,
-                  x.shape[3] + padding[2] + padding[3] - w.shape[3] + 1)
+        out_hw = _output_hw(x.shape[2:], w.shape[2:], padding)
         tile = tile_for_problem(w.shape[2:], out_hw, x.shape[0],
-                                (w.shape[1], w.shape[0] // groups), x.itemsize)
+                                (w.shape[1], w.shape[0] // groups), x.itemsize,
+                                tuning)
     else:
         tile = tile_for(w.shape[2:], requested_tile())
-    transformed = weight_cache.get(w, tile, groups)
-    return conv2d_transformed(x, transformed, bias, padding)
+    transformed = transformed_weights.get(
+        w, "winograd", (tile, groups),
+        lambda own: transform_weights(own, tile, groups))
+    return conv2d_transformed(x, transformed, bias, padding, tuning=tuning)
 
 
 # --------------------------------------------------------------------------
@@ -1103,4 +663,5 @@ KERNELS = {
     ("conv2d", "winograd"): Kernel(_run, _unsupported),
     ("winograd_transform_weights", "winograd"): Kernel(transform_weights),
     ("conv2d_pretransformed", "winograd"): Kernel(_run_pretransformed),
+    ("winograd_clear_workspace", "winograd"): Kernel(clear_workspace),
 }
