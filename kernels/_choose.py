@@ -195,18 +195,27 @@ VIA_FORWARD = ("winograd", "fft")
 
 def transposed_unsupported_reason(algorithm, spec, backend):
     """None when ``algorithm`` can compute the transposed ``spec``."""
-    if algorithm in VIA_FORWARD:
-        if not _dispatch.is_built("conv2d", backend, algorithm):
-            return f"{algorithm!r} is not built for backend {backend!r}"
-        _, _, forward = spec.forward_problem()
-        if min(forward.x_shape[2:]) < 1:
-            return "the equivalent forward problem is empty"
-        return _dispatch.unsupported_reason("conv2d", backend, algorithm,
-                                            forward)
-    if not _dispatch.is_built("conv_transpose2d", backend, algorithm):
-        return f"no transposed {algorithm!r} kernel on backend {backend!r}"
-    return _dispatch.unsupported_reason("conv_transpose2d", backend,
-                                        algorithm, spec)
+    if algorithm not in VIA_FORWARD:
+        if not _dispatch.is_built("conv_transpose2d", backend, algorithm):
+            return f"no transposed {algorithm!r} kernel"
+        return _dispatch.unsupported_reason("conv_transpose2d", backend,
+                                            algorithm, spec)
+    if not _dispatch.is_built("conv2d", backend, algorithm):
+        return (f"it runs through the forward {algorithm!r} convolution, "
+                f"which is not built for backend {backend!r}")
+    if algorithm == "winograd" and tuple(spec.stride) != (1, 1):
+        # The upsampled input would be mostly zeros: s^2 times the work,
+        # and Winograd's tile-wide rounding would land on outputs that are
+        # exactly zero, breaking its elementwise error bound.
+        return (f"Winograd runs transposed convolutions of stride 1 only "
+                f"(through the forward one), got stride={tuple(spec.stride)}")
+    _, _, forward = spec.forward_problem()
+    if min(forward.x_shape[2:]) < 1:
+        return "the equivalent forward problem has an empty input"
+    reason = _dispatch.unsupported_reason("conv2d", backend, algorithm, forward)
+    if reason is not None:
+        return f"the equivalent stride-1 forward problem is unsupported: {reason}"
+    return None
 
 
 def transposed_algorithms(backend="cpu"):
