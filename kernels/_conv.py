@@ -12,7 +12,7 @@ import numpy as np
 from . import _dispatch
 from ._choose import choose_for_spec
 from ._dispatch import ConvSpec, check_backend
-from ._validation import (ALGORITHMS, MIXING_ALGORITHMS, PADDING_MODES, as_float_array,
+from ._validation import (ALGORITHMS, PADDING_MODES, as_float_array,
                           check_algorithm, check_choice, check_groups,
                           check_ndim, check_same_dtype, int_tuple,
                           normalise_padding)
@@ -124,16 +124,9 @@ def run_conv2d(spec, x, w, bias, algorithm, backend):
         _dispatch.require_supported("conv2d", backend, algorithm, spec)
     kernel = _dispatch.load("conv2d", backend, algorithm)
     if spec.is_empty():
-        y = np.zeros(spec.out_shape, dtype=spec.dtype)
-        if bias is not None and y.size:
-            y += bias[None, :, None, None]
-        return y
-    x = np.ascontiguousarray(x)
-    w = np.ascontiguousarray(w)
-    if bias is not None:
-        bias = np.ascontiguousarray(bias)
-    if algorithm in MIXING_ALGORITHMS and not (
-            np.isfinite(x).all() and np.isfinite(w).all()):
+        return _dispatch.empty_output(spec, bias)
+    x, w, bias = _dispatch.contiguous_operands(x, w, bias)
+    if _dispatch.spreads_non_finite(algorithm, x, w):
         kernel = _dispatch.load("conv2d", backend, "direct")
     return kernel.run(spec, x, w, bias)
 

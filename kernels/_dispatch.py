@@ -68,13 +68,15 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import geometry
-from ._validation import ALGORITHMS, BACKENDS, UnsupportedConfiguration
+from ._validation import (ALGORITHMS, BACKENDS, MIXING_ALGORITHMS,
+                          UnsupportedConfiguration)
 
 __all__ = ["ConvSpec", "TransposeSpec", "PoolSpec", "Kernel", "MODULES",
            "POOLING_OPS", "load", "is_built", "built_algorithms",
            "unsupported_reason", "require_supported", "backends",
            "register_backend", "unregister_backend", "check_backend",
-           "reload_registry",
+           "reload_registry", "empty_output", "contiguous_operands",
+           "spreads_non_finite",
            "backend_tuning"]
 
 
@@ -371,3 +373,31 @@ def require_supported(op, backend, algorithm, spec):
             f"algorithm={algorithm!r} cannot compute this configuration: "
             f"{reason}; use algorithm='auto' or one of "
             f"{', '.join(repr(a) for a in ALGORITHMS)}")
+
+
+# --------------------------------------------------------------------------
+# What every convolution front end does before calling a kernel
+# --------------------------------------------------------------------------
+
+def empty_output(spec, bias):
+    """The result of a problem without work (no image, no channel or an
+    empty output): zeros of ``spec.out_shape``, plus the bias."""
+    y = np.zeros(spec.out_shape, dtype=spec.dtype)
+    if bias is not None and y.size:
+        y += bias[None, :, None, None]
+    return y
+
+
+def contiguous_operands(x, w, bias):
+    """``x``, ``w`` and ``bias`` (None kept) as C-contiguous arrays."""
+    return (np.ascontiguousarray(x), np.ascontiguousarray(w),
+            None if bias is None else np.ascontiguousarray(bias))
+
+
+def spreads_non_finite(algorithm, x, w):
+    """True when ``algorithm`` mixes every input of a tile into every
+    output of it (Inf * 0 = NaN) and ``x`` or ``w`` holds NaN or Inf: the
+    front ends then run the gather kernel ("direct") instead, so that
+    NaN/Inf reach exactly the outputs whose window holds them."""
+    return algorithm in MIXING_ALGORITHMS and not (
+        np.isfinite(x).all() and np.isfinite(w).all())

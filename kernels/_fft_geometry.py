@@ -89,7 +89,7 @@ def fast_length(n):
     return best
 
 
-def _fast_lengths_between(lo, hi):
+def fast_lengths_between(lo, hi):
     """All fast lengths L with lo <= L <= hi, ascending."""
     out = set()
     for m in FAST_ODD_PARTS:
@@ -126,7 +126,7 @@ class AxisGeometry(NamedTuple):
         return (self.tiles - 1) * self.b + self.t
 
 
-def _axis_phases(k, dilation, stride):
+def axis_phases(k, dilation, stride):
     """Residues of the dilated taps mod stride, and each tap's (phase, q)."""
     offsets = [a * dilation for a in range(k)]
     residues = tuple(sorted({e % stride for e in offsets}))
@@ -136,9 +136,9 @@ def _axis_phases(k, dilation, stride):
     return residues, taps_phase, taps_q, max(taps_q) + 1
 
 
-def _axis_geometry(size, pad_lo, pad_hi, k, dilation, stride, t=None):
+def axis_geometry(size, pad_lo, pad_hi, k, dilation, stride, t=None):
     out = conv_output_size(size, k, stride, (pad_lo, pad_hi), dilation)
-    residues, taps_phase, taps_q, kq = _axis_phases(k, dilation, stride)
+    residues, taps_phase, taps_q, kq = axis_phases(k, dilation, stride)
     single = fast_length(out + kq - 1)
     if t is None or t >= single:
         t, b = single, out
@@ -237,9 +237,9 @@ def plan_geometry(x_shape, w_shape, stride, padding, dilation, groups,
     """
     n, c, h, w = x_shape
     k, cg, kh, kw = w_shape
-    rows = _axis_geometry(h, padding[0], padding[1], kh, dilation[0],
+    rows = axis_geometry(h, padding[0], padding[1], kh, dilation[0],
                           stride[0], tile[0])
-    cols = _axis_geometry(w, padding[2], padding[3], kw, dilation[1],
+    cols = axis_geometry(w, padding[2], padding[3], kw, dilation[1],
                           stride[1], tile[1])
     return FFTGeometry(n, c, k, groups, cg, rows, cols, np.dtype(dtype),
                        bool(freq_major))
@@ -265,7 +265,7 @@ def _untouched(axis, phase):
     return np.flatnonzero(~touched)
 
 
-def _untouched_lists(geom):
+def untouched_lists(geom):
     """(axis, phase, padded positions) no output reads, non-empty only."""
     out = []
     for axis, geo in ((0, geom.rows), (1, geom.cols)):
@@ -276,11 +276,11 @@ def _untouched_lists(geom):
     return out
 
 
-def _zero_untouched_window(window, geom, r0, c0, untouched):
+def zero_untouched_window(window, geom, r0, c0, untouched):
     """Zero the inputs that no output reads (see :func:`_untouched`).
 
     ``window`` (images, C', rows, cols) starts at padded position (r0, c0);
-    ``untouched`` is :func:`_untouched_lists`.
+    ``untouched`` is :func:`untouched_lists`.
     """
     rows, cols = geom.rows, geom.cols
     p0n, p1n = len(rows.residues), len(cols.residues)
@@ -302,13 +302,13 @@ def _zero_untouched_window(window, geom, r0, c0, untouched):
 # Tile windows
 # --------------------------------------------------------------------------
 
-def _window(geom, n_rows, n_cols):
+def input_window(geom, n_rows, n_cols):
     """Rows and columns of padded input that n_rows x n_cols tiles read."""
     rows, cols = geom.rows, geom.cols
     return ((n_rows - 1) * rows.b + rows.t, (n_cols - 1) * cols.b + cols.t)
 
 
-def _overlapping_tiles(base, geom, rows, cols):
+def overlapping_tiles(base, geom, rows, cols):
     """(images, rows, cols, C', t0, t1) read-only view of the tile windows.
 
     ``base`` is padded input (images, C', H', W') whose element (0, 0) is
@@ -382,7 +382,7 @@ class Block(NamedTuple):
         return (self.images, self.rows, self.cols)
 
 
-def _per_tile_bytes(geom):
+def per_tile_bytes(geom):
     """Bytes of a task block's buffers per tile: the input and output
     spectra (one buffer for both with one channel in and out) and a real
     ``t0 x t1`` tile per input and output channel."""
@@ -398,7 +398,7 @@ def task_blocks(geom, task_bytes, tasks_per_thread, min_task_seconds,
                 threads, tile_seconds):
     """Cut the tiles of every image into blocks (the tasks).
 
-    A block's buffers (:func:`_per_tile_bytes` per tile) fit in
+    A block's buffers (:func:`per_tile_bytes` per tile) fit in
     ``task_bytes``, and there are at least ``tasks_per_thread * threads``
     blocks when there are enough tiles, unless that leaves a block less
     than ``min_task_seconds`` of work at ``tile_seconds`` per tile.
@@ -413,7 +413,7 @@ def task_blocks(geom, task_bytes, tasks_per_thread, min_task_seconds,
     total = geom.n * per_image
     want = max(1, tasks_per_thread * threads)
     least = int(np.ceil(min_task_seconds / tile_seconds))
-    size = max(1, min(task_bytes // _per_tile_bytes(geom), total // want),
+    size = max(1, min(task_bytes // per_tile_bytes(geom), total // want),
                least)
     rows, cols = geom.rows.tiles, geom.cols.tiles
     if size >= per_image:

@@ -77,19 +77,9 @@ def run_conv_transpose2d(spec, x, w, bias, algorithm="auto", backend="cpu"):
                 f"convolution: {reason}; use algorithm='auto' or one of "
                 f"{', '.join(repr(a) for a in transposed_algorithms(backend))}")
     if spec.is_empty():
-        y = np.zeros(spec.out_shape, dtype=spec.dtype)
-        if bias is not None and y.size:
-            y += bias[None, :, None, None]
-        return y
-    x = np.ascontiguousarray(x)
-    w = np.ascontiguousarray(w)
-    if bias is not None:
-        bias = np.ascontiguousarray(bias)
-    if algorithm in VIA_FORWARD and not (np.isfinite(x).all()
-                                         and np.isfinite(w).all()):
-        # Transform algorithms mix every input of a tile into every output
-        # (Inf * 0 = NaN): non-finite inputs go to the gather kernel, so
-        # that NaN/Inf reach exactly the outputs whose patches hold them.
+        return _dispatch.empty_output(spec, bias)
+    x, w, bias = _dispatch.contiguous_operands(x, w, bias)
+    if through_forward and _dispatch.spreads_non_finite(algorithm, x, w):
         algorithm, through_forward = "direct", False
     if not through_forward:
         kernel = _dispatch.load("conv_transpose2d", backend, algorithm)

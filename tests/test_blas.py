@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
-from kernels.cpu import _blas
+from kernels.cpu import _blas, _tuning
+
+MIN_PARALLEL_MACS = _tuning.current().blas.min_parallel_macs
 
 
 def _blas_threads():
@@ -88,13 +90,13 @@ def test_pieces_cover_the_axis_and_ignore_the_current_thread_count():
             seen = []
             for threads in range(1, numba.config.NUMBA_NUM_THREADS + 1):
                 numba.set_num_threads(threads)
-                bounds = _blas._pieces(cols, _blas.MIN_PARALLEL_MACS)
+                bounds = _blas._pieces(cols, MIN_PARALLEL_MACS)
                 assert bounds[0] == 0 and bounds[-1] == cols
                 assert all(lo < hi for lo, hi in zip(bounds[:-1], bounds[1:]))
                 assert all(lo % 16 == 0 for lo in bounds[:-1])
                 seen.append(bounds)
             assert all(s == seen[0] for s in seen)
-            assert _blas._pieces(cols, _blas.MIN_PARALLEL_MACS - 1) == [0, cols]
+            assert _blas._pieces(cols, MIN_PARALLEL_MACS - 1) == [0, cols]
     finally:
         numba.set_num_threads(before)
 

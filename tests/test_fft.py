@@ -187,9 +187,9 @@ def test_axis_geometry_tiles_cover_the_output(size, lo, hi, k, d, s, t):
     extent = d * (k - 1) + 1
     assume(extent <= size + lo + hi)
     try:
-        g = fft._axis_geometry(size, lo, hi, k, d, s, t)
+        g = fft.axis_geometry(size, lo, hi, k, d, s, t)
     except ValueError:
-        residues, _, taps_q, _ = fft._axis_phases(k, d, s)
+        residues, _, taps_q, _ = fft.axis_phases(k, d, s)
         assert t is not None and t < max(taps_q) + 1
         return
     assert g.out == (size + lo + hi - extent) // s + 1
@@ -329,7 +329,7 @@ def test_contract_is_a_gemm_per_frequency(m, cp, k, groups, freq_major, dtype):
     cgp, kg = cp // groups, k // groups
 
     def spectrum(rows, cols):
-        buf, view = fft._spectrum_buffer((rows, cols), (f0, 2 * (f1 - 1)),
+        buf, view = fft.spectrum_buffer((rows, cols), (f0, 2 * (f1 - 1)),
                                          cdtype, freq_major)
         view[...] = (rng.standard_normal(view.shape)
                      + 1j * rng.standard_normal(view.shape))
@@ -363,7 +363,7 @@ def test_inverse_is_irfft2_then_overlap_save_scatter(
     # Spectra of random real tiles (so that irfft2 returns them).
     tiles = rng.standard_normal((geom.m, k, t0, t1))
     cdtype = geom.complex_dtype
-    buf, spec = fft._spectrum_buffer((geom.m, k), (t0, t1), cdtype, freq_major)
+    buf, spec = fft.spectrum_buffer((geom.m, k), (t0, t1), cdtype, freq_major)
     spec[...] = np.fft.rfft2(tiles)
     expected = np.full(geom.out_shape, np.nan)
     rows, cols = geom.rows, geom.cols
@@ -387,7 +387,7 @@ def test_inverse_of_a_chunk_writes_only_its_tiles():
                              (1, 1, 1, 1), (1, 1), 1, np.float64, (8, 8))
     chunk = fft.Chunk(1, 1, 1, 1)           # image 1, second row of tiles
     mc = chunk.tiles(geom)
-    buf, spec = fft._spectrum_buffer((mc, 2), geom.tile_shape,
+    buf, spec = fft.spectrum_buffer((mc, 2), geom.tile_shape,
                                      np.complex128, False)
     spec[...] = np.fft.rfft2(np.ones((mc, 2) + geom.tile_shape))
     out = np.full(geom.out_shape, np.nan)
@@ -405,7 +405,7 @@ def test_inverse_tiles_is_the_unscaled_irfft2(dtype):
     geom = fft.plan_geometry((2, 3, 21, 17), (2, 3, 4, 3), (1, 1),
                              (1, 1, 1, 1), (1, 1), 1, dtype, (10, 8))
     tiles = rng.standard_normal((geom.m, 2) + geom.tile_shape)
-    buf, spec = fft._spectrum_buffer((geom.m, 2), geom.tile_shape,
+    buf, spec = fft.spectrum_buffer((geom.m, 2), geom.tile_shape,
                                      geom.complex_dtype, False)
     spec[...] = np.fft.rfft2(tiles)
     z = fft.inverse_tiles(spec, geom)
@@ -439,7 +439,7 @@ def test_scatter_of_blocks_equals_scatter_of_the_batch(dtype):
                      + bias[:, None, None])
     np.testing.assert_array_equal(whole, expected)
     tile_index = np.arange(geom.m).reshape(geom.n, rows.tiles, cols.tiles)
-    per_tile = fft._per_tile_bytes(geom)
+    per_tile = fft.per_tile_bytes(geom)
     for budget in (geom.tiles, cols.tiles, 2):     # images, rows, tiles
         with _tuning.override(fft=dict(task_bytes=budget * per_tile,
                                        tasks_per_thread=0,
@@ -449,7 +449,7 @@ def test_scatter_of_blocks_equals_scatter_of_the_batch(dtype):
         for b in blocks:
             mine = tile_index[b.n0:b.n0 + b.images, b.i0:b.i0 + b.rows,
                               b.j0:b.j0 + b.cols].ravel()
-            _fft_kernels._scatter_tiles_serial(
+            _fft_kernels.scatter_tiles_serial(
                 np.ascontiguousarray(z[mine]), out, bias, 0, b.n0, b.i0,
                 b.j0, b.rows, b.cols, rows.b, cols.b)
         np.testing.assert_array_equal(out, whole)
@@ -614,7 +614,7 @@ def test_each_block_kind_matches_reference(kind, dtype):
     args = ((2, 1), (1, 2, 3, 0), (2, 3), 2)
     geom = fft.plan_geometry(x.shape, w.shape, *args, dtype, (9, 12))
     assert fft.use_tasks(geom) and geom.rows.tiles > 2 and geom.cols.tiles > 2
-    per_tile = fft._per_tile_bytes(geom)
+    per_tile = fft.per_tile_bytes(geom)
     budget = {"images": 2 * geom.tiles, "rows": 2 * geom.cols.tiles,
               "tiles": 2}[kind]
     with _tuning.override(fft=dict(task_bytes=budget * per_tile,

@@ -27,15 +27,12 @@ import threading
 import numba
 import numpy as np
 
-__all__ = ["serial_blas", "thread_pool", "matmul", "in_parallel",
-           "MIN_PIECE_COLUMNS", "MIN_PARALLEL_MACS"]
+from . import _tuning
 
-# A product is split into column pieces of at least this many columns
-# (and a multiple of 16, one 64-byte line of float32) ...
-MIN_PIECE_COLUMNS = 64
-# ... when it has at least this many multiply-adds; below, handing a piece
-# to another thread (~20 us) costs more than it saves.
-MIN_PARALLEL_MACS = 1 << 21
+__all__ = ["serial_blas", "thread_pool", "matmul", "in_parallel"]
+
+# The piece sizes (``min_piece_columns``, ``min_parallel_macs``) are
+# tunables: kernels.cpu._tuning.BlasTuning.
 
 
 class _SerialBlas:
@@ -104,9 +101,11 @@ def _pieces(cols, macs):
     width can change how OpenBLAS sums, and the result must not depend on
     the thread count.
     """
-    if macs < MIN_PARALLEL_MACS:
+    tuning = _tuning.current().blas
+    if macs < tuning.min_parallel_macs:
         return [0, cols]
-    n = max(1, min(numba.config.NUMBA_NUM_THREADS, cols // MIN_PIECE_COLUMNS))
+    n = max(1, min(_tuning.block_shape_threads(),
+                   cols // tuning.min_piece_columns))
     width = -(-cols // n)
     width += -width % 16
     return list(range(0, cols, width)) + [cols]

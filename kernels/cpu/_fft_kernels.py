@@ -2,7 +2,7 @@
 
 Padding and polyphase split of the input (:func:`_pad_phases`), the
 overlap-save scatter of the inverse transforms' valid parts into the
-output with the bias (:func:`_scatter_tiles`), and the frequency-lane
+output with the bias (:func:`scatter_tiles`), and the frequency-lane
 contraction (:func:`_contract_lanes`, :func:`_multiply_lanes`).  The
 ``prange`` kernels serve the staged path; ``*_serial`` are
 single-threaded, GIL-releasing compilations of the same code for the task
@@ -17,7 +17,7 @@ import types
 import numpy as np
 from numba import njit, prange
 
-from .._fft_geometry import _untouched_lists, _zero_untouched_window
+from .._fft_geometry import untouched_lists, zero_untouched_window
 
 # Rows handled by one parallel task: enough to amortise a task's index
 # arithmetic, few enough that one image still gives every thread work.
@@ -75,7 +75,7 @@ def _pad_phases(x, out, s0, s1, lo0, lo1, res0, res1):
 
 
 @njit(parallel=True, cache=True)
-def _scatter_tiles(z, y, bias, m0, n0, i0, j0, rows, cols, b0, b1):
+def scatter_tiles(z, y, bias, m0, n0, i0, j0, rows, cols, b0, b1):
     """y[n0 + a, k, (i0 + i) b0 + u, (j0 + j) b1 + v] = z[mm, k, u, v] + bias[k].
 
     Tile ``m0 + mm`` is (a, i, j) in C order over (images, rows, cols):
@@ -199,7 +199,7 @@ def _serial(kernel, name):
 
 
 _pad_phases_serial = _serial(_pad_phases, "_pad_phases_serial")
-_scatter_tiles_serial = _serial(_scatter_tiles, "_scatter_tiles_serial")
+scatter_tiles_serial = _serial(scatter_tiles, "scatter_tiles_serial")
 _contract_lanes_serial = _serial(_contract_lanes, "_contract_lanes_serial")
 _multiply_lanes_serial = _serial(_multiply_lanes, "_multiply_lanes_serial")
 
@@ -211,9 +211,9 @@ _multiply_lanes_serial = _serial(_multiply_lanes, "_multiply_lanes_serial")
 def phase_info(geom):
     """What :func:`fill_window` needs besides the geometry: the kept
     residues along each axis (int64 arrays) and the inputs no output reads
-    (:func:`kernels._fft_geometry._untouched_lists`)."""
+    (:func:`kernels._fft_geometry.untouched_lists`)."""
     return (np.array(geom.rows.residues, np.int64),
-            np.array(geom.cols.residues, np.int64), _untouched_lists(geom))
+            np.array(geom.cols.residues, np.int64), untouched_lists(geom))
 
 
 def fill_window(x, window, geom, r0, c0, info, serial=False):
@@ -229,7 +229,7 @@ def fill_window(x, window, geom, r0, c0, info, serial=False):
     pad(x, window, rows.stride, cols.stride, rows.pad_lo - r0 * rows.stride,
         cols.pad_lo - c0 * cols.stride, res0, res1)
     if untouched:
-        _zero_untouched_window(window, geom, r0, c0, untouched)
+        zero_untouched_window(window, geom, r0, c0, untouched)
 
 
 def lane_product(x, w, y, groups, serial=False):

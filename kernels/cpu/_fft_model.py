@@ -1,7 +1,7 @@
 """Cost model of the CPU FFT convolution, and the tile it chooses.
 
 :func:`choose_tile` picks the transform lengths ``(t0, t1)`` that minimise
-the modelled time; :func:`_use_freq_major` picks the spectrum layout (BLAS
+the modelled time; :func:`use_freq_major` picks the spectrum layout (BLAS
 contraction or the frequency-lane loop) by channel counts.  The model's
 constants were measured on the development machine; only their ratios
 matter.  Tunables it reads (the staged path's chunk budget, the task
@@ -15,7 +15,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .._fft_geometry import _axis_geometry, _fast_lengths_between, fast_length
+from .._fft_geometry import axis_geometry, fast_lengths_between, fast_length
 from . import _tuning
 
 __all__ = ["choose_tile"]
@@ -35,7 +35,7 @@ _BLAS_MIN_CK = 64
 _BLAS_MIN_ROWS = 1
 
 
-def _use_freq_major(m, cgp, kg):
+def use_freq_major(m, cgp, kg):
     return cgp * kg >= _BLAS_MIN_CK and m >= _BLAS_MIN_ROWS
 
 
@@ -122,7 +122,7 @@ def _tile_candidates(out, kq, many_channels):
         cands = [t for t in (2 ** e for e in range(3, 13))
                  if kq < t < single]
     else:
-        cands = _fast_lengths_between(max(kq, 2), single - 1)
+        cands = fast_lengths_between(max(kq, 2), single - 1)
     return np.array(cands + [single])
 
 
@@ -177,9 +177,9 @@ def choose_tile(x_shape, w_shape, stride, padding, dilation, groups,
         return hit
     n, c, h, w = x_shape
     k, cg, kh, kw = w_shape
-    g_rows = _axis_geometry(h, padding[0], padding[1], kh, dilation[0],
+    g_rows = axis_geometry(h, padding[0], padding[1], kh, dilation[0],
                             stride[0])
-    g_cols = _axis_geometry(w, padding[2], padding[3], kw, dilation[1],
+    g_cols = axis_geometry(w, padding[2], padding[3], kw, dilation[1],
                             stride[1])
     ph = len(g_rows.residues) * len(g_cols.residues)
     many = cg * ph * (k // groups) >= _BLAS_MIN_CK
@@ -199,7 +199,7 @@ def choose_tile(x_shape, w_shape, stride, padding, dilation, groups,
     return result
 
 
-def _per_tile_seconds(geom):
+def per_tile_seconds(geom):
     """Modelled single-thread time of one tile's transforms."""
     return (geom.channels + geom.k) * float(_transform_seconds(*geom.tile_shape))
 

@@ -30,7 +30,7 @@ __all__ = ["set_planner_effort", "get_planner_effort"]
 # Buffers
 # --------------------------------------------------------------------------
 
-def _empty(shape, dtype):
+def empty_aligned(shape, dtype):
     return pyfftw.empty_aligned(shape, dtype=dtype)
 
 
@@ -39,13 +39,13 @@ def _empty(shape, dtype):
 _ROW_ALIGN_BYTES = 64
 
 
-def _aligned_width(n, dtype):
+def aligned_width(n, dtype):
     """``n`` rounded up to a whole number of ``_ROW_ALIGN_BYTES`` rows."""
     per_row = _ROW_ALIGN_BYTES // np.dtype(dtype).itemsize
     return -(-n // per_row) * per_row
 
 
-def _spectrum_buffer(batch, tile, cdtype, freq_major):
+def spectrum_buffer(batch, tile, cdtype, freq_major):
     """A complex buffer and its logical ``(*batch, F0, F1h)`` view.
 
     Memory order is ``(*batch, F0, F1h)`` (batch-major) or
@@ -54,23 +54,23 @@ def _spectrum_buffer(batch, tile, cdtype, freq_major):
     spec = (tile[0], tile[1] // 2 + 1)
     batch = tuple(batch)
     if not freq_major:
-        buf = _empty(batch + spec, cdtype)
+        buf = empty_aligned(batch + spec, cdtype)
         return buf, buf
-    buf = _empty(spec + batch, cdtype)
+    buf = empty_aligned(spec + batch, cdtype)
     nb = len(batch)
     return buf, buf.transpose(tuple(range(2, 2 + nb)) + (0, 1))
 
 
-def _like(a):
+def aligned_like(a):
     """An aligned, uninitialised array with a's shape and strides."""
     if any(st < 0 for st in a.strides):
         raise ValueError("negative strides")
     span = sum((n - 1) * st for n, st in zip(a.shape, a.strides)) + a.itemsize
-    base = _empty(span // a.itemsize + 1, a.dtype)
+    base = empty_aligned(span // a.itemsize + 1, a.dtype)
     return as_strided(base, a.shape, a.strides)
 
 
-def _transform_axes(ndim, tile):
+def transform_axes(ndim, tile):
     """The last two axes of an ndim array (only the last when t0 == 1)."""
     return (ndim - 1,) if tile[0] == 1 else (ndim - 2, ndim - 1)
 
@@ -168,7 +168,7 @@ def _layout(a):
     return (a.shape, a.strides, a.dtype.str, aligned)
 
 
-def _plan(src, dst, axes, direction, scratch=None, slot=None):
+def fftw_plan(src, dst, axes, direction, scratch=None, slot=None):
     """Cached plan transforming ``src`` into ``dst`` along ``axes``.
 
     Plans are keyed on the arrays' shapes, strides, dtypes and alignment,

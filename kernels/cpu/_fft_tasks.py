@@ -33,12 +33,12 @@ import numba
 import numpy as np
 
 from .. import _fft_geometry
-from .._fft_geometry import _overlapping_tiles, _window
+from .._fft_geometry import overlapping_tiles, input_window
 from . import _blas, _tuning
-from ._fft_kernels import (_scatter_tiles_serial, fill_window, lane_product,
+from ._fft_kernels import (scatter_tiles_serial, fill_window, lane_product,
                            phase_info)
-from ._fft_model import _per_tile_seconds
-from ._fft_plans import _aligned_width, _empty, _plan, _transform_axes
+from ._fft_model import per_tile_seconds
+from ._fft_plans import aligned_width, empty_aligned, fftw_plan, transform_axes
 
 __all__ = ["task_blocks"]
 
@@ -57,10 +57,10 @@ def task_blocks(geom, tuning=None):
     return _fft_geometry.task_blocks(
         geom, tuning.task_bytes, tuning.tasks_per_thread,
         tuning.min_task_seconds, _tuning.block_shape_threads(),
-        _per_tile_seconds(geom))
+        per_tile_seconds(geom))
 
 
-class _WeightSpectra:
+class WeightSpectra:
     """Filter spectra that one task worker computes while the others start.
 
     With a cache miss, worker 0 transforms the filters (single-threaded)
@@ -109,13 +109,13 @@ class _Scratch:
         t0, t1 = geom.tile_shape
         f0, f1h = geom.spectrum_shape
         m, c, k = block.tiles, geom.channels, geom.k
-        rows, cols = _window(geom, block.rows, block.cols)
-        self.width = _aligned_width(cols, geom.dtype)
-        self.window = _empty(block.images * c * rows * self.width, geom.dtype)
-        self.x_spec = _empty(m * c * f0 * f1h, geom.complex_dtype)
+        rows, cols = input_window(geom, block.rows, block.cols)
+        self.width = aligned_width(cols, geom.dtype)
+        self.window = empty_aligned(block.images * c * rows * self.width, geom.dtype)
+        self.x_spec = empty_aligned(m * c * f0 * f1h, geom.complex_dtype)
         self.y_spec = (self.x_spec if c == 1 and k == 1
-                       else _empty(m * k * f0 * f1h, geom.complex_dtype))
-        self.tiles = _empty(m * k * t0 * t1, geom.dtype)
+                       else empty_aligned(m * k * f0 * f1h, geom.complex_dtype))
+        self.tiles = empty_aligned(m * k * t0 * t1, geom.dtype)
         self.nbytes = sum(a.nbytes for a in {id(a): a for a in (
             self.window, self.x_spec, self.y_spec, self.tiles)}.values())
 
@@ -129,10 +129,10 @@ class _Scratch:
         t0, t1 = geom.tile_shape
         f0, f1h = geom.spectrum_shape
         m, c, k = images * n_rows * n_cols, geom.channels, geom.k
-        rows = _window(geom, n_rows, n_cols)[0]
+        rows = input_window(geom, n_rows, n_cols)[0]
         window = self.window[:images * c * rows * self.width].reshape(
             images, c, rows, self.width)
-        tiles = _overlapping_tiles(window, geom, n_rows, n_cols)
+        tiles = overlapping_tiles(window, geom, n_rows, n_cols)
         x_spec = self.x_spec[:m * c * f0 * f1h].reshape(
             (images, n_rows, n_cols, c, f0, f1h))
         y_spec = self.y_spec[:m * k * f0 * f1h].reshape(m, k, f0, f1h)
@@ -171,9 +171,9 @@ class _Worker:
         def twin():
             return _Scratch(geom, self.scratch.block).views(geom, shape)
 
-        fwd = _plan(tiles, x_spec, _transform_axes(6, geom.tile_shape),
+        fwd = fftw_plan(tiles, x_spec, transform_axes(6, geom.tile_shape),
                     "FFTW_FORWARD", lambda: twin()[1:3], slot)
-        inv = _plan(y_spec, z, _transform_axes(4, geom.tile_shape),
+        inv = fftw_plan(y_spec, z, transform_axes(4, geom.tile_shape),
                     "FFTW_BACKWARD", lambda: twin()[3:5], slot)
         return fwd, inv
 
@@ -194,7 +194,7 @@ class _Worker:
     def run(self, x, weights, bias, y, block, info):
         """All four stages for the tiles of ``block`` (single-threaded).
 
-        Call inside :meth:`bound`.  ``weights``: a :class:`_WeightSpectra`;
+        Call inside :meth:`bound`.  ``weights``: a :class:`WeightSpectra`;
         ``info``: :func:`~kernels.cpu._fft_kernels.phase_info`.
         """
         geom = self.geom
@@ -206,7 +206,7 @@ class _Worker:
         lane_product(v["x3"], weights.get(), v["y3"], geom.groups,
                      serial=True)
         v["inv"].fftw.execute()
-        _scatter_tiles_serial(v["z"], y, bias, 0, block.n0, block.i0,
+        scatter_tiles_serial(v["z"], y, bias, 0, block.n0, block.i0,
                               block.j0, block.rows, block.cols, rows.b,
                               cols.b)
 
@@ -260,10 +260,10 @@ def _task_plan(geom, tuning):
     return plan
 
 
-def _conv2d_tasks(x, weights, bias, geom, tuning):
+def conv2d_tasks(x, weights, bias, geom, tuning):
     """The FFT convolution as tasks over blocks of tiles (few channels).
 
-    ``weights`` is a :class:`_WeightSpectra`, ``tuning`` the call's
+    ``weights`` is a :class:`WeightSpectra`, ``tuning`` the call's
     FFTTuning (the worker threads read no tunables: the blocks are cut
     here).
     """

@@ -84,17 +84,17 @@ import numpy as np
 from .._dispatch import Kernel
 from .. import _fft_geometry
 from .._fft_geometry import (  # noqa: F401  (re-exported)
-    FAST_ODD_PARTS, AxisGeometry, Block, Chunk, FFTGeometry, _axis_geometry,
-    _axis_phases, _overlapping_tiles, _per_tile_bytes, fast_length,
+    FAST_ODD_PARTS, AxisGeometry, Block, Chunk, FFTGeometry, axis_geometry,
+    axis_phases, overlapping_tiles, per_tile_bytes, fast_length,
     whole_batch)
 from .._weight_cache import transformed_weights
 from . import _blas, _tuning
-from ._fft_kernels import _scatter_tiles, fill_window, lane_product, phase_info
-from ._fft_model import _use_freq_major, choose_tile, clear_tile_cache
+from ._fft_kernels import scatter_tiles, fill_window, lane_product, phase_info
+from ._fft_model import use_freq_major, choose_tile, clear_tile_cache
 from ._fft_plans import (  # noqa: F401  (re-exported)
-    _aligned_width, _empty, _like, _plan, _spectrum_buffer, _transform_axes,
+    aligned_width, empty_aligned, aligned_like, fftw_plan, spectrum_buffer, transform_axes,
     clear_plans, get_planner_effort, plan_count, set_planner_effort)
-from ._fft_tasks import (_conv2d_tasks, _WeightSpectra, clear_task_plans,
+from ._fft_tasks import (conv2d_tasks, WeightSpectra, clear_task_plans,
                          task_blocks, task_plan_info)
 
 __all__ = [
@@ -127,7 +127,7 @@ def plan_geometry(x_shape, w_shape, stride, padding, dilation, groups,
     geom = _fft_geometry.plan_geometry(x_shape, w_shape, stride, padding,
                                        dilation, groups, dtype, tile)
     if freq_major is None:
-        freq_major = _use_freq_major(geom.m, geom.channels_per_group,
+        freq_major = use_freq_major(geom.m, geom.channels_per_group,
                                      geom.k // geom.groups)
     return geom._replace(freq_major=bool(freq_major))
 
@@ -162,8 +162,8 @@ def padded_input(x, geom):
         left]`` (zero outside ``x``), ``Hq = (tiles_rows - 1) b0 + t0`` and
         ``Wq`` the same along columns, rounded up for alignment.
     """
-    xpad = _empty((geom.n, geom.channels, geom.rows.padded,
-                   _aligned_width(geom.cols.padded, geom.dtype)), geom.dtype)
+    xpad = empty_aligned((geom.n, geom.channels, geom.rows.padded,
+                   aligned_width(geom.cols.padded, geom.dtype)), geom.dtype)
     fill_window(x, xpad, geom, 0, 0, phase_info(geom))
     return xpad
 
@@ -171,7 +171,7 @@ def padded_input(x, geom):
 def _tile_view(xpad, geom, chunk):
     """(images, rows, tiles_cols, C', t0, t1) overlapping view of xpad."""
     base = xpad[chunk.n0:chunk.n0 + chunk.images, :, chunk.i0 * geom.rows.b:]
-    return _overlapping_tiles(base, geom, chunk.rows, geom.cols.tiles)
+    return overlapping_tiles(base, geom, chunk.rows, geom.cols.tiles)
 
 
 def _logical(buf, rows, cols, geom):
@@ -207,18 +207,18 @@ def input_spectra(x, geom, chunk=None, xpad=None):
     if xpad is None:
         xpad = padded_input(x, geom)
     batch = (chunk.images, chunk.rows, geom.cols.tiles, geom.channels)
-    buf, spec = _spectrum_buffer(batch, geom.tile_shape, geom.complex_dtype,
+    buf, spec = spectrum_buffer(batch, geom.tile_shape, geom.complex_dtype,
                                  geom.freq_major)
     tiles = _tile_view(xpad, geom, chunk)
 
     def scratch():
-        return (_tile_view(_empty(xpad.shape, xpad.dtype), geom, chunk),
-                _spectrum_buffer(batch, geom.tile_shape, geom.complex_dtype,
+        return (_tile_view(empty_aligned(xpad.shape, xpad.dtype), geom, chunk),
+                spectrum_buffer(batch, geom.tile_shape, geom.complex_dtype,
                                  geom.freq_major)[1])
 
     # Out-of-place real-to-complex transforms never write their input (FFTW
     # manual, "Planner Flags"), so the overlapping tiles are read in place.
-    plan = _plan(tiles, spec, _transform_axes(6, geom.tile_shape),
+    plan = fftw_plan(tiles, spec, transform_axes(6, geom.tile_shape),
                  "FFTW_FORWARD", scratch)
     plan(tiles, spec)
     return _logical(buf, chunk.tiles(geom), geom.channels, geom)
@@ -247,7 +247,7 @@ def weight_spectra(w, geom, slot=None):
     geom : FFTGeometry
     slot : int, optional
         Use the single-threaded plans of this task worker (see
-        :func:`_plan`); default: plans with FFTW's own threads.
+        :func:`fftw_plan`); default: plans with FFTW's own threads.
 
     Returns
     -------
@@ -269,16 +269,16 @@ def weight_spectra(w, geom, slot=None):
     wp = _phase_kernels(w, geom) * (1.0 / (t0 * t1))
     k, cgp, kq0, kq1 = wp.shape
     cdtype = geom.complex_dtype
-    rows = _empty((cgp, k, kq0, t1), geom.dtype)
-    full_buf, full = _spectrum_buffer((cgp, k), (t0, t1), cdtype,
+    rows = empty_aligned((cgp, k, kq0, t1), geom.dtype)
+    full_buf, full = spectrum_buffer((cgp, k), (t0, t1), cdtype,
                                       geom.freq_major)
     # Plans first: planning overwrites the arrays.
     if t0 == 1:
         row_spec = full
     else:
-        _, row_spec = _spectrum_buffer((cgp, k), (kq0, t1), cdtype, False)
-        col_plan = _plan(full, full, (2,), "FFTW_FORWARD", slot=slot)
-    row_plan = _plan(rows, row_spec, (3,), "FFTW_FORWARD", slot=slot)
+        _, row_spec = spectrum_buffer((cgp, k), (kq0, t1), cdtype, False)
+        col_plan = fftw_plan(full, full, (2,), "FFTW_FORWARD", slot=slot)
+    row_plan = fftw_plan(rows, row_spec, (3,), "FFTW_FORWARD", slot=slot)
     # Circular reversal: tap q goes to -q mod t, whose spectrum is conj(W).
     rows[...] = 0
     rows[:, :, :, (-np.arange(kq1)) % t1] = wp.transpose(1, 0, 2, 3)
@@ -336,7 +336,7 @@ def _contract_blas(x_spec, w_spec, groups):
     cgp, k = w_spec.shape[:2]
     kg = k // groups
     nf = f0 * f1
-    buf = _empty((f0, f1, m, k), x_spec.dtype)
+    buf = empty_aligned((f0, f1, m, k), x_spec.dtype)
     x3 = x_spec.transpose(2, 3, 0, 1).reshape(nf, m, cp)
     w3 = w_spec.transpose(2, 3, 0, 1).reshape(nf, cgp, k)
     y3 = buf.reshape(nf, m, k)
@@ -372,7 +372,7 @@ def contract(x_spec, w_spec, groups=1):
         return _contract_blas(x_spec, w_spec, groups)
     x_spec = np.ascontiguousarray(x_spec)
     w_spec = np.ascontiguousarray(w_spec)
-    out = _empty((m, k, f0, f1), x_spec.dtype)
+    out = empty_aligned((m, k, f0, f1), x_spec.dtype)
     real = x_spec.real.dtype
     lane_product(x_spec.reshape(m, cp, -1).view(real),
                  w_spec.reshape(cgp, k, -1).view(real),
@@ -396,12 +396,12 @@ def inverse_tiles(y_spec, geom):
         ``1 / (t0 t1)`` is in the weight spectra).
     """
     batch = y_spec.shape[:2]
-    tiles = _empty(batch + geom.tile_shape, geom.dtype)
+    tiles = empty_aligned(batch + geom.tile_shape, geom.dtype)
 
     def scratch():
-        return _like(y_spec), _empty(batch + geom.tile_shape, geom.dtype)
+        return aligned_like(y_spec), empty_aligned(batch + geom.tile_shape, geom.dtype)
 
-    plan = _plan(y_spec, tiles, _transform_axes(4, geom.tile_shape),
+    plan = fftw_plan(y_spec, tiles, transform_axes(4, geom.tile_shape),
                  "FFTW_BACKWARD", scratch)
     plan(y_spec, tiles)
     return tiles
@@ -418,7 +418,7 @@ def scatter(z, geom, bias, out, m0=0):
     if bias is None:
         bias = np.zeros(z.shape[1], geom.dtype)
     rows, cols = geom.rows, geom.cols
-    _scatter_tiles(z, out, bias, m0, 0, 0, 0, rows.tiles, cols.tiles, rows.b,
+    scatter_tiles(z, out, bias, m0, 0, 0, 0, rows.tiles, cols.tiles, rows.b,
                    cols.b)
     return out
 
@@ -446,7 +446,7 @@ def inverse(y_spec, geom, bias, out, m0=0):
 
 def _conv2d_staged(x, w_spec, bias, geom, tuning):
     """The FFT convolution stage by stage over chunks of tiles (many
-    channels; the task path is :func:`kernels.cpu._fft_tasks._conv2d_tasks`).
+    channels; the task path is :func:`kernels.cpu._fft_tasks.conv2d_tasks`).
     """
     y = np.empty(geom.out_shape, dtype=geom.dtype)
     xpad = padded_input(x, geom)
@@ -494,7 +494,7 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, *, tile=None,
                 return cached_weight_spectra(w, geom, slot)
             return weight_spectra(w, geom, slot)
 
-        return _conv2d_tasks(x, _WeightSpectra(geom, spectra), bias, geom,
+        return conv2d_tasks(x, WeightSpectra(geom, spectra), bias, geom,
                              tuning)
     w_spec = (cached_weight_spectra(w, geom) if cache_weights
               else weight_spectra(w, geom))
