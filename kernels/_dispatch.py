@@ -352,11 +352,16 @@ def load(op, backend, algorithm=None):
     """
     kernel = _lookup(op, check_backend(backend), algorithm)
     if kernel is None:
-        what = op if algorithm is None else f"{op} with algorithm {algorithm!r}"
+        place = MODULES.get((op, algorithm))
+        where = (f"no {place}.py in {_BACKEND_PACKAGES[backend]} with it"
+                 if place else "no such kernel")
+        if algorithm is None:
+            raise NotImplementedError(
+                f"{op} is not built for backend {backend!r} ({where})")
         built = ", ".join(built_algorithms(backend, op)) or "none"
         raise NotImplementedError(
-            f"{what} is not built for backend {backend!r}; built algorithms "
-            f"for {op}: {built}")
+            f"{op} with algorithm {algorithm!r} is not built for backend "
+            f"{backend!r} ({where}); built algorithms for {op}: {built}")
     return kernel
 
 
