@@ -39,7 +39,6 @@ output_padding and the bottom/right crop give).
 
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 from numba import njit, prange
@@ -47,6 +46,7 @@ from numba import njit, prange
 from .. import _threads
 from .._dispatch import Kernel
 from . import _blas, _tuning
+from ._workspace import Workspace
 
 __all__ = ["ALGORITHMS", "conv_transpose2d", "direct", "im2col",
            "col2im_add", "col2im_add_serial", "unsupported_reason"]
@@ -267,23 +267,12 @@ def _scratch_limit():
     return tuning.im2col.scratch_limit if limit is None else limit
 
 
-_SCRATCH = threading.local()
-
-
-def _scratch(shape, dtype):
-    """A reusable per-thread buffer for the column matrix.
-
-    Allocating tens of MiB afresh on every call costs a page fault per
-    4 KiB (the kernel zeroes each page): measured 30-60 % on top of the
-    GEMM for the U-Net decoder layers.  The buffer grows to the largest
-    column matrix used so far, at most the im2col scratch limit.
-    """
-    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    buf = getattr(_SCRATCH, "buffer", None)
-    if buf is None or buf.nbytes < size:
-        buf = np.empty(size, dtype=np.uint8)
-        _SCRATCH.buffer = buf
-    return buf[:size].view(dtype).reshape(shape)
+# The column matrix of the im2col path, reused across calls per thread:
+# allocating tens of MiB afresh on every call costs a page fault per 4 KiB
+# (the kernel zeroes each page), measured 30-60 % on top of the GEMM for
+# the U-Net decoder layers.  It grows to the largest column matrix used so
+# far, at most the scratch limit.
+_workspace = Workspace()
 
 
 def _bands(n, height, row_bytes, limit):
@@ -319,7 +308,8 @@ def im2col(x, w, bias, stride, pad_lo, out_hw, dilation, groups):
             xb = x_g[b0:b1, :, :, ih0:ih1].reshape(b1 - b0, groups, c_in_g,
                                                    (ih1 - ih0) * width)
             # (images, G, Co kH kW, band)
-            cols = _scratch((b1 - b0, groups, m, xb.shape[-1]), x.dtype)
+            cols = _workspace.get("cols", (b1 - b0, groups, m, xb.shape[-1]),
+                                  x.dtype)
             _blas.matmul(w_t, xb, cols)
             col2im(cols, y[b0:b1], ih0, ih1, kh_size, kw_size, *stride,
                    *pad_lo, *dilation, bias, ih0 == 0)
