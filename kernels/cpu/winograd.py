@@ -51,6 +51,8 @@ from .._winograd_math import (Tile, TransformedWeights, requested_tile,
                               unsupported_reason)
 from ..geometry import conv_output_size
 from . import _blas, _tuning
+from ._winograd_blocks import (add_scaled, block_of_job, block_shape,
+                               job_count, output_step)
 from ._workspace import Workspace
 
 # Tile, tile_counts and tile_for are re-exported for the stage functions'
@@ -62,7 +64,7 @@ __all__ = ["Tile", "clear_workspace", "conv2d", "conv2d_transformed",
 
 
 # --------------------------------------------------------------------------
-# Scratch and blocks of tiles
+# Scratch (the shapes of blocks of tiles: _winograd_blocks.py)
 # --------------------------------------------------------------------------
 
 # The padded input, and V and M of the staged path.
@@ -78,67 +80,6 @@ def _winograd_tuning(tuning):
     """``tuning``, or the Winograd record in force when it is None (for
     the stage functions called on their own)."""
     return _tuning.current().winograd if tuning is None else tuning
-
-
-def _blocks(tiles_h, tiles_w, n_img, bytes_per_tile, budget, min_jobs, step=1):
-    """(rows, cols) of a block of tiles: as many tiles as fit ``budget``
-    bytes, while leaving at least ``min_jobs`` blocks when possible.
-    ``cols`` is a multiple of ``step`` unless it spans the whole row."""
-    fit = max(1, budget // max(1, bytes_per_tile))
-    if fit >= tiles_w:
-        rows = max(1, min(tiles_h, fit // tiles_w))
-        while rows > 1 and n_img * -(-tiles_h // rows) < min_jobs:
-            rows -= 1
-        if rows > 1 or n_img * tiles_h >= min_jobs:
-            return rows, tiles_w
-        fit = tiles_w
-    cols = min(tiles_w, fit)
-    while cols > step and n_img * tiles_h * -(-tiles_w // cols) < min_jobs:
-        cols = max(step, cols // 2)
-    if cols < tiles_w and cols > step:
-        cols -= cols % step
-    return 1, cols
-
-
-def _output_step(m_w):
-    """Tiles spanning a multiple of 16 output columns (one 64-byte line of
-    float32), so that blocks of one row never share a cache line of y."""
-    return 16 // int(np.gcd(16, m_w))
-
-
-@njit(cache=True)
-def _block_of_job(job, tiles_h, tiles_w, rows, cols):
-    """(n, ti0, nr, tj0, ns): the block of tiles of one job.
-
-    The tiles of every image are cut into blocks of ``rows`` tile rows by
-    ``cols`` tiles (``rows > 1`` only when ``cols == tiles_w``, so the
-    tiles of a block are consecutive in the tile order (n, ti, tj)).
-    """
-    row_blocks = (tiles_h + rows - 1) // rows
-    col_blocks = (tiles_w + cols - 1) // cols
-    n = job // (row_blocks * col_blocks)
-    ti0 = ((job // col_blocks) % row_blocks) * rows
-    tj0 = (job % col_blocks) * cols
-    return n, ti0, min(rows, tiles_h - ti0), tj0, min(cols, tiles_w - tj0)
-
-
-@njit(cache=True)
-def _job_count(n_img, tiles_h, tiles_w, rows, cols):
-    """Jobs over a batch in blocks of ``rows`` x ``cols`` tiles (see
-    :func:`_block_of_job`)."""
-    return n_img * ((tiles_h + rows - 1) // rows) * ((tiles_w + cols - 1) // cols)
-
-
-@njit(cache=True)
-def _add_scaled(out, coef, src):
-    """``out += coef * src`` over the elements of 1-D ``out`` (``src``
-    contiguous, of any shape with as many elements); nothing when ``coef``
-    is 0 (most entries of the transforms).  The passes of both transforms
-    are sums of such unit-stride vector loops over (tile, channel)."""
-    if coef != 0:
-        flat = src.reshape(out.shape[0])
-        for e in range(out.shape[0]):
-            out[e] += coef * flat[e]
 
 
 # --------------------------------------------------------------------------
@@ -239,7 +180,7 @@ def _input_block(xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w, half, v, t0,
                 out = v[a * a_w + b, first:first + ns].reshape(length)
                 out[:] = 0
                 for k in range(a_h):
-                    _add_scaled(out, bt_h[a, k], half[k, b, :length])
+                    add_scaled(out, bt_h[a, k], half[k, b, :length])
 
 
 @njit(parallel=True, cache=True)
@@ -247,8 +188,8 @@ def _transform_input_kernel(xp, bt_h, bt_w, m_h, m_w, tiles_h, tiles_w,
                             rows, cols, v):
     n_img, _, _, nc = xp.shape
     tiles = tiles_h * tiles_w
-    for job in prange(_job_count(n_img, tiles_h, tiles_w, rows, cols)):
-        n, ti0, nr, tj0, ns = _block_of_job(job, tiles_h, tiles_w, rows, cols)
+    for job in prange(job_count(n_img, tiles_h, tiles_w, rows, cols)):
+        n, ti0, nr, tj0, ns = block_of_job(job, tiles_h, tiles_w, rows, cols)
         half = np.empty((bt_h.shape[0], bt_w.shape[0], ns * nc), xp.dtype)
         _input_block(xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w, half, v,
                      n * tiles + ti0 * tiles_w + tj0, tiles_w)
@@ -292,10 +233,10 @@ def transform_input(x, tile, padding, out_hw, channels=None, out=None,
         out = np.empty((tile.alpha_h * tile.alpha_w, n_img * tiles_h * tiles_w,
                         nc), x.dtype)
     tuning = _winograd_tuning(tuning)
-    rows, cols = _blocks(tiles_h, tiles_w, n_img,
-                         tile.alpha_h * tile.alpha_w * nc * x.itemsize,
-                         tuning.transform_budget,
-                         4 * _tuning.block_shape_threads())
+    rows, cols = block_shape(tiles_h, tiles_w, n_img,
+                             tile.alpha_h * tile.alpha_w * nc * x.itemsize,
+                             tuning.transform_budget,
+                             4 * _tuning.block_shape_threads())
     _transform_input_kernel(xp, BT_h, BT_w, tile.m_h, tile.m_w, tiles_h,
                             tiles_w, rows, cols, out)
     return out
@@ -375,7 +316,7 @@ def _output_block(mm, t0, row_stride, n, ti0, nr, tj0, ns, at_h, at_w, bias,
                 acc = half[i, b, :length]
                 acc[:] = 0
                 for j in range(a_w):
-                    _add_scaled(acc, at_w[b, j], mm[i * a_w + j, first:first + ns])
+                    add_scaled(acc, at_w[b, j], mm[i * a_w + j, first:first + ns])
         rows = min(m_h, Ho - ti * m_h)
         out = half[a_h, 0, :length]
         for a in range(rows):
@@ -383,7 +324,7 @@ def _output_block(mm, t0, row_stride, n, ti0, nr, tj0, ns, at_h, at_w, bias,
             for b in range(m_w):
                 out[:] = 0
                 for i in range(a_h):
-                    _add_scaled(out, at_h[a, i], half[i, b, :length])
+                    add_scaled(out, at_h[a, i], half[i, b, :length])
                 for s in range(ns):
                     for k in range(nk):
                         line[k, s * m_w + b] = out[s * nk + k]
@@ -402,8 +343,8 @@ def _transform_output_kernel(mm, at_h, at_w, bias, k0, tiles_h, tiles_w,
     n_img = y.shape[0]
     nk = mm.shape[2]
     tiles = tiles_h * tiles_w
-    for job in prange(_job_count(n_img, tiles_h, tiles_w, rows, cols)):
-        n, ti0, nr, tj0, ns = _block_of_job(job, tiles_h, tiles_w, rows, cols)
+    for job in prange(job_count(n_img, tiles_h, tiles_w, rows, cols)):
+        n, ti0, nr, tj0, ns = block_of_job(job, tiles_h, tiles_w, rows, cols)
         m_w = at_w.shape[0]
         half = np.empty((at_h.shape[1] + 1, m_w, ns * nk), mm.dtype)
         line = np.empty((nk, ns * m_w), mm.dtype)
@@ -441,11 +382,11 @@ def transform_output(M, tile, out_shape, bias=None, channels=None, out=None,
     AT_w, _, _ = transform_matrices(tile.m_w, tile.r_w, M.dtype)
     tiles_h, tiles_w = tile_counts(out_shape[2:], tile)
     bias_arr = np.zeros(0, M.dtype) if bias is None else bias
-    rows, cols = _blocks(tiles_h, tiles_w, out_shape[0],
-                         (tile.alpha_h + 2) * tile.m_w * M.shape[2] * M.itemsize,
-                         _winograd_tuning(tuning).transform_budget,
-                         4 * _tuning.block_shape_threads(),
-                         _output_step(tile.m_w))
+    rows, cols = block_shape(tiles_h, tiles_w, out_shape[0],
+                             (tile.alpha_h + 2) * tile.m_w * M.shape[2] * M.itemsize,
+                             _winograd_tuning(tuning).transform_budget,
+                             4 * _tuning.block_shape_threads(),
+                             output_step(tile.m_w))
     _transform_output_kernel(M, AT_h, AT_w, bias_arr, k0, tiles_h, tiles_w,
                              rows, cols, out)
     return out
@@ -467,8 +408,8 @@ def _fused_kernel(xp, u, bt_h, bt_w, at_h, at_w, bias, k0, tiles_h, tiles_w,
     n_planes, _, nk = u.shape
     m_h, a_h = at_h.shape
     m_w, a_w = at_w.shape
-    for job in prange(_job_count(n_img, tiles_h, tiles_w, rows, cols)):
-        n, ti0, nr, tj0, ns = _block_of_job(job, tiles_h, tiles_w, rows, cols)
+    for job in prange(job_count(n_img, tiles_h, tiles_w, rows, cols)):
+        n, ti0, nr, tj0, ns = block_of_job(job, tiles_h, tiles_w, rows, cols)
         nt = nr * ns
         v = np.empty((n_planes, nt, nc), xp.dtype)
         mm = np.empty((n_planes, nt, nk), xp.dtype)
@@ -498,13 +439,13 @@ def _fused_blocks(tile, tiles_hw, n_img, nc, nk, itemsize, tuning, path=None):
     threads = _tuning.block_shape_threads()
 
     def blocks(min_jobs):
-        return _blocks(tiles_hw[0], tiles_hw[1], n_img,
-                       n_planes * (nc + nk) * itemsize, tuning.block_budget,
-                       min_jobs, _output_step(tile.m_w))
+        return block_shape(tiles_hw[0], tiles_hw[1], n_img,
+                           n_planes * (nc + nk) * itemsize, tuning.block_budget,
+                           min_jobs, output_step(tile.m_w))
 
     rows, cols = blocks(4 * threads)
     if (rows * cols >= 8
-            and _job_count(n_img, tiles_hw[0], tiles_hw[1], rows, cols) >= 2 * threads
+            and job_count(n_img, tiles_hw[0], tiles_hw[1], rows, cols) >= 2 * threads
             and n_planes * nc * nk * itemsize < tuning.fused_max_u_bytes):
         return rows, cols
     return blocks(1) if path == "fused" else None
