@@ -19,7 +19,6 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-import kernels
 import reference
 from kernels import geometry
 from helpers import (api, ALL_ALGORITHMS, DTYPES, abs_scale, assert_close_within,

@@ -49,7 +49,7 @@ from . import _blas, _tuning
 from ._workspace import Workspace
 
 __all__ = ["ALGORITHMS", "conv_transpose2d", "direct", "im2col",
-           "col2im_add", "col2im_add_serial", "unsupported_reason"]
+           "col2im_add", "col2im_add_serial", "KERNELS"]
 
 ALGORITHMS = ("direct", "im2col")
 
