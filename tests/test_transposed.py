@@ -343,3 +343,17 @@ def test_matches_torch(alg):
         t = torch.nn.functional.conv_transpose2d(
             torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), **kw)
         np.testing.assert_allclose(y, t.numpy(), rtol=1e-10, atol=1e-10)
+
+
+def test_winograd_runs_transposed_convolutions_of_stride_one_only():
+    # An upsampled input is mostly zeros: s^2 times the work, and
+    # Winograd's tile-wide rounding lands on outputs that are exactly zero.
+    if "winograd" not in api.built_algorithms():
+        pytest.skip("winograd is not built")
+    x = np.ones((1, 2, 6, 6))
+    w = np.ones((2, 3, 3, 3))
+    with pytest.raises(kernels.UnsupportedConfiguration, match="stride 1 only"):
+        api.conv_transpose2d(x, w, stride=2, algorithm="winograd")
+    assert api.conv_transpose2d(x, w, stride=2).shape == (1, 3, 13, 13)
+    y = api.conv_transpose2d(x, w, stride=1, algorithm="winograd")
+    np.testing.assert_allclose(y, ref_t.conv_transpose2d(x, w), rtol=1e-12)
