@@ -84,9 +84,9 @@ def weight_gradient_problem(spec, out_hw):
 def _weight_gradient(grad_out, x, spec, algorithm, backend):
     # A backend's own weight-gradient kernel (the CPU's: im2col's patch
     # gather feeding one GEMM per chunk) serves "auto" and "im2col".
-    if algorithm in ("auto", "im2col") and _dispatch.is_built(
-            "conv2d_weight_grad", backend, "im2col"):
-        kernel = _dispatch.load("conv2d_weight_grad", backend, "im2col")
+    kernel = (_dispatch.find("conv2d_weight_grad", backend, "im2col")
+              if algorithm in ("auto", "im2col") else None)
+    if kernel is not None:
         return kernel.run(spec, np.ascontiguousarray(grad_out),
                           np.ascontiguousarray(x))
     return _weight_gradient_swapped(grad_out, x, spec, algorithm, backend)

@@ -48,7 +48,7 @@ def calibration_path():
     return Path(_path_text())
 
 
-# (path, file state, backend, machine, defaults) -> thresholds:
+# (path, file state, backend, machine, defaults) -> sorted threshold items:
 # algorithm="auto" consults them on every call, and reading the file each
 # time cost 11 us of the 21 us a choice took.
 _cache = {}
@@ -101,22 +101,27 @@ def _merged(entry, machine, defaults):
 
 def load_thresholds(backend, defaults, machine):
     """``defaults`` overridden by the file's entry for ``backend`` on
-    ``machine`` (a JSON-able dict), when there is one that applies."""
+    ``machine``, when there is one that applies.
+
+    ``defaults`` is a sorted tuple of ``(name, value)`` items and
+    ``machine`` the machine key as JSON text (``sort_keys=True``), so that
+    the per-call cache key costs nothing to build; the result is a sorted
+    tuple of items too.
+    """
     path = _path_text()
     state = _file_state(path)
-    machine_key = json.dumps(machine, sort_keys=True)
-    key = (path, state, backend, machine_key, tuple(sorted(defaults.items())))
+    key = (path, state, backend, machine, defaults)
     hit = _cache.get(key)
     if hit is not None:
-        return dict(hit)
-    thresholds = dict(defaults)
+        return hit
+    thresholds = defaults
     if state is not None:
         table, why = _read(path)
         if table is not None and backend in table:
-            merged, why = _merged(table[backend], json.loads(machine_key),
-                                  defaults)
+            merged, why = _merged(table[backend], json.loads(machine),
+                                  dict(defaults))
             if merged is not None:
-                thresholds = merged
+                thresholds = tuple(sorted(merged.items()))
         if why is not None:
             _warn_once((path, state, backend, why),
                        f"ignoring the calibration file {path} for backend "
@@ -126,7 +131,7 @@ def load_thresholds(backend, defaults, machine):
     if len(_cache) > 64:
         _cache.clear()
     _cache[key] = thresholds
-    return dict(thresholds)
+    return thresholds
 
 
 def save_thresholds(backend, thresholds, machine, meta=None, path=None):

@@ -14,6 +14,7 @@ convolution with the same thresholds.
 from __future__ import annotations
 
 import functools
+import json
 import time
 
 import numpy as np
@@ -39,28 +40,37 @@ NEUTRAL_THRESHOLDS = {
 }
 
 
-def _tuning_module(backend):
-    return _dispatch.backend_tuning(backend)
-
-
 def default_thresholds(backend="cpu"):
     """The backend's measured defaults (``NEUTRAL_THRESHOLDS`` if none)."""
-    tuning = _tuning_module(backend)
-    table = getattr(tuning, "AUTO_THRESHOLDS", None)
-    return dict(NEUTRAL_THRESHOLDS if table is None else table)
+    return dict(_backend_defaults(_dispatch.backend_tuning(backend))[0])
 
 
 def machine_key(backend="cpu"):
     """The backend's machine fingerprint for calibration files."""
-    tuning = _tuning_module(backend)
+    return json.loads(_backend_defaults(_dispatch.backend_tuning(backend))[1])
+
+
+@functools.lru_cache(maxsize=32)
+def _backend_defaults(tuning):
+    """``(sorted threshold items, machine key as JSON)`` of a backend's
+    ``_tuning`` module (None: none), computed once: "auto" asks for the
+    thresholds on every call."""
+    table = getattr(tuning, "AUTO_THRESHOLDS", None)
     key = getattr(tuning, "machine_key", None)
-    return {} if key is None else key()
+    return (tuple(sorted((NEUTRAL_THRESHOLDS if table is None
+                          else table).items())),
+            json.dumps({} if key is None else key(), sort_keys=True))
+
+
+def _thresholds_in_force(backend):
+    """:func:`thresholds` as sorted ``(name, value)`` items (hashable)."""
+    defaults, machine = _backend_defaults(_dispatch.backend_tuning(backend))
+    return load_thresholds(backend, defaults, machine)
 
 
 def thresholds(backend="cpu"):
     """The thresholds in force: defaults, or this machine's calibration."""
-    return load_thresholds(backend, default_thresholds(backend),
-                           machine_key(backend))
+    return dict(_thresholds_in_force(backend))
 
 
 def candidates(spec, backend="cpu"):
@@ -161,8 +171,7 @@ def choose_algorithm(x_shape, w_shape, stride=(1, 1), padding=(0, 0, 0, 0),
 
 def choose_for_spec(spec, backend):
     """:func:`choose_algorithm` for a :class:`ConvSpec` (the front ends')."""
-    return _cached_choice(spec.config(), backend,
-                          tuple(sorted(thresholds(backend).items())))
+    return _cached_choice(spec.config(), backend, _thresholds_in_force(backend))
 
 
 def _candidates_or_raise(spec, backend):

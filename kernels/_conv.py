@@ -120,9 +120,9 @@ def run_conv2d(spec, x, w, bias, algorithm, backend):
     """
     if algorithm == "auto":
         algorithm = choose_for_spec(spec, backend)
+        kernel = _dispatch.load("conv2d", backend, algorithm)
     else:
-        _dispatch.require_supported("conv2d", backend, algorithm, spec)
-    kernel = _dispatch.load("conv2d", backend, algorithm)
+        kernel = _dispatch.require_supported("conv2d", backend, algorithm, spec)
     if spec.is_empty():
         return _dispatch.empty_output(spec, bias)
     x, w, bias = _dispatch.contiguous_operands(x, w, bias)

@@ -72,7 +72,7 @@ from ._validation import (ALGORITHMS, BACKENDS, MIXING_ALGORITHMS,
                           UnsupportedConfiguration)
 
 __all__ = ["ConvSpec", "TransposeSpec", "PoolSpec", "Kernel", "MODULES",
-           "POOLING_OPS", "load", "is_built", "built_algorithms",
+           "POOLING_OPS", "load", "find", "is_built", "built_algorithms",
            "unsupported_reason", "require_supported", "backends",
            "register_backend", "unregister_backend", "check_backend",
            "reload_registry", "empty_output", "contiguous_operands",
@@ -335,9 +335,14 @@ def _lookup(op, backend, algorithm):
     return kernel
 
 
+def find(op, backend, algorithm=None):
+    """The :class:`Kernel` of ``op`` on ``backend``, or None when not built."""
+    return _lookup(op, check_backend(backend), algorithm)
+
+
 def is_built(op, backend, algorithm=None):
     """True when ``backend`` implements ``op`` (with ``algorithm``)."""
-    return _lookup(op, check_backend(backend), algorithm) is not None
+    return find(op, backend, algorithm) is not None
 
 
 def built_algorithms(backend="cpu", op="conv2d"):
@@ -371,13 +376,16 @@ def unsupported_reason(op, backend, algorithm, spec):
 
 
 def require_supported(op, backend, algorithm, spec):
-    """Raise :class:`UnsupportedConfiguration` unless it is computable."""
-    reason = unsupported_reason(op, backend, algorithm, spec)
+    """The :class:`Kernel`, or :class:`UnsupportedConfiguration` when it
+    cannot compute ``spec`` (``NotImplementedError`` when not built)."""
+    kernel = load(op, backend, algorithm)
+    reason = kernel.reason(spec)
     if reason is not None:
         raise UnsupportedConfiguration(
             f"algorithm={algorithm!r} cannot compute this configuration: "
             f"{reason}; use algorithm='auto' or one of "
             f"{', '.join(repr(a) for a in ALGORITHMS)}")
+    return kernel
 
 
 # --------------------------------------------------------------------------

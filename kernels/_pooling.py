@@ -252,7 +252,8 @@ def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0,
     x = as_float_array("x", x)
     spec = _pool_spec(2, x, kernel_size, stride, padding, dilation, ceil_mode)
     g = _grad_out_planes(grad_out, x, spec)
-    _dispatch.check_backend(backend)
+    kernel = _kernel("max_pool2d_backward" if indices is None
+                     else "max_pool2d_backward_indices", backend)
     if spec.n_planes == 0:
         return np.zeros(x.shape, dtype=x.dtype)
     if indices is not None:
@@ -264,10 +265,9 @@ def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0,
             raise ValueError(f"indices must have the shape of grad_out "
                              f"{spec.out_shape}, got {indices.shape}")
         idx = _out_planes(indices.astype(np.int64, copy=False), spec)
-        gx = _kernel("max_pool2d_backward_indices", backend).run(spec, g, idx)
+        gx = kernel.run(spec, g, idx)
     else:
-        gx = _kernel("max_pool2d_backward", backend).run(spec, g,
-                                                         _planes(x, spec))
+        gx = kernel.run(spec, g, _planes(x, spec))
     return gx.reshape(x.shape)
 
 

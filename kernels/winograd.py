@@ -194,5 +194,6 @@ def clear_cache():
     scratch buffers of the calling thread."""
     transformed_weights.clear("winograd")
     for backend in _dispatch.backends():
-        if _dispatch.is_built("winograd_clear_workspace", backend, "winograd"):
-            _dispatch.load("winograd_clear_workspace", backend, "winograd").run()
+        kernel = _dispatch.find("winograd_clear_workspace", backend, "winograd")
+        if kernel is not None:
+            kernel.run()

@@ -1,7 +1,8 @@
 """Direct convolution on the CPU: register-tiled SIMD micro-kernel (Numba).
 
-``conv2d`` follows the per-algorithm contract of :mod:`kernels._dispatch`
-and supports every configuration: any stride, asymmetric zero padding,
+``KERNELS[("conv2d", "direct")]`` is its entry in the backend contract of
+:mod:`kernels._dispatch` (``conv2d`` the same on plain arguments); it
+supports every configuration: any stride, asymmetric zero padding,
 dilation, groups, bias, float32/float64, and 1-D as ``H = kH = 1``.
 
 How it works

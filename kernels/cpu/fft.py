@@ -460,7 +460,7 @@ def _conv2d_staged(x, w_spec, bias, geom, tuning):
 
 def conv2d(x, w, bias, stride, padding, dilation, groups, *, tile=None,
            freq_major=None, cache_weights=True):
-    """FFT convolution; the contract of :mod:`kernels._dispatch`.
+    """FFT convolution (behind ``KERNELS[("conv2d", "fft")]``).
 
     Parameters
     ----------

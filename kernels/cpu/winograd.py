@@ -557,7 +557,7 @@ def conv2d_transformed(x, transformed, bias, padding, path=None,
 
 
 def conv2d(x, w, bias, stride, padding, dilation, groups):
-    """Winograd convolution; the per-algorithm contract of ``_dispatch``.
+    """Winograd convolution (behind ``KERNELS[("conv2d", "winograd")]``).
 
     The tile is the one requested with :func:`use_tile`, else
     :func:`tile_for_problem`'s.  Transformed weights are kept in the
