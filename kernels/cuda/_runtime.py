@@ -1,0 +1,150 @@
+"""What every CUDA module shares: the guarded import, arrays in and out,
+launch shapes, and the list of kernels the compilation report builds.
+
+Importing this module imports ``numba.cuda``; nothing outside
+``kernels/cuda/`` imports it, so ``import kernels`` never loads CUDA.
+
+**Arrays.**  A CUDA entry point (the ``run`` of a :class:`kernels._dispatch.Kernel`)
+is wrapped with :func:`device_entry`: it receives NumPy arrays (copied to
+the device) or objects exposing ``__cuda_array_interface__`` (numba device
+arrays, CuPy arrays, torch CUDA tensors; used in place), and its inner
+function sees numba device arrays only.  The result comes back as NumPy
+when the first array argument was a NumPy array, else as a numba device
+array on the device.
+
+**Simulator.**  ``NUMBA_ENABLE_CUDASIM=1`` runs every kernel in numba's
+CUDA simulator (Python threads, real barriers, bounds-checked indexing):
+the test suite's way of running this backend without a GPU.  One
+simulator rule shapes the kernels: two ``cuda.shared.array`` calls on one
+source line alias each other there, so each has a line of its own.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+INSTALL_HINT = ("pip install 'convbench[cuda]' (numba-cuda with the CUDA "
+                "toolkit wheels)")
+
+try:
+    from numba import cuda
+except ImportError as exc:  # numba without its CUDA target
+    raise ImportError(
+        f"backend='cuda' needs numba-cuda, which is not installed "
+        f"({exc}); install it with {INSTALL_HINT}") from exc
+
+__all__ = ["cuda", "INSTALL_HINT", "SIMULATOR", "require_device",
+           "is_device_array", "to_device", "device_entry", "grid",
+           "numba_type", "ReportEntry"]
+
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+def require_device():
+    """Raise a clear ``RuntimeError`` when kernels cannot run here."""
+    if SIMULATOR:
+        return
+    if not cuda.is_available():
+        raise RuntimeError(
+            "backend='cuda': numba-cuda is installed but no CUDA GPU is "
+            "usable here (numba.cuda.is_available() is False: no device or "
+            "no driver); run on a machine with an NVIDIA GPU, or set "
+            "NUMBA_ENABLE_CUDASIM=1 before starting Python to run the "
+            "kernels in numba's (slow) CUDA simulator")
+
+
+def is_device_array(a):
+    """True for objects with ``__cuda_array_interface__`` (not NumPy)."""
+    return (not isinstance(a, np.ndarray)
+            and hasattr(a, "__cuda_array_interface__"))
+
+
+def to_device(a, stream=0):
+    """``a`` as a numba device array: in place for device objects, else a
+    copy of the (C-contiguous) host array."""
+    if a is None:
+        return None
+    if is_device_array(a):
+        return cuda.as_cuda_array(a)
+    return cuda.to_device(np.ascontiguousarray(a), stream=stream)
+
+
+def _copy_back(result, stream):
+    if isinstance(result, tuple):
+        return tuple(_copy_back(r, stream) for r in result)
+    if is_device_array(result):
+        return result.copy_to_host(stream=stream)
+    return result
+
+
+def device_entry(run):
+    """Wrap ``run(spec, *device_arrays)`` as a contract entry point.
+
+    Host arrays go to the device, device arrays stay; the result returns
+    to the host when the first array argument was a host array.  Other
+    arguments (None, scalars, records) pass through.
+    """
+    @functools.wraps(run)
+    def entry(spec, *args, stream=0):
+        require_device()
+        first = next((a for a in args if a is not None
+                      and (isinstance(a, np.ndarray) or is_device_array(a))),
+                     None)
+        on_host = isinstance(first, np.ndarray)
+        moved = [to_device(a, stream)
+                 if isinstance(a, np.ndarray) or is_device_array(a) else a
+                 for a in args]
+        result = run(spec, *moved, stream=stream)
+        if on_host:
+            result = _copy_back(result, stream)
+            if stream:
+                stream.synchronize()
+        return result
+    entry.device_run = run
+    return entry
+
+
+def grid(n, threads):
+    """Blocks of ``threads`` that cover ``n`` items (at least one)."""
+    return max(1, math.ceil(n / threads))
+
+
+def numba_type(dtype):
+    """numba's scalar type for a NumPy float dtype."""
+    from numba import float32, float64
+    return {np.dtype(np.float32): float32,
+            np.dtype(np.float64): float64}[np.dtype(dtype)]
+
+
+# --------------------------------------------------------------------------
+# What the compilation report builds (convbench cuda-report)
+# --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReportEntry:
+    """One kernel as its driver launches it.
+
+    ``kernel(dtype)`` returns the ``@cuda.jit`` dispatcher used for that
+    dtype; ``signature(dtype)`` its argument types (a tuple of numba
+    types, as ``numba.cuda.compile_ptx`` takes them); ``threads`` the
+    threads per block of its launch configuration; ``dynamic_shared(dtype)``
+    bytes of dynamic shared memory per block (0 for static only).
+    """
+
+    module: str
+    name: str
+    kernel: Callable
+    signature: Callable
+    threads: int
+    dynamic_shared: Optional[Callable] = None
+    note: str = ""
+
+
+# Each module lists its kernels in a module-level ``REPORT`` list of
+# :class:`ReportEntry`; ``convbench cuda-report`` compiles them all.
