@@ -30,15 +30,17 @@ bound carries over.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from . import _dispatch
+from . import _arrays, _dispatch
 from ._conv import run_conv2d
 from ._dispatch import ConvSpec, TransposeSpec, check_backend
 from ._transposed import run_conv_transpose2d
-from ._validation import (as_float_array, check_algorithm, check_groups,
-                          check_ndim, check_same_dtype, int_tuple,
-                          normalise_padding)
+from ._validation import (UnsupportedConfiguration, check_algorithm,
+                          check_groups, check_ndim, check_same_dtype,
+                          int_tuple, normalise_padding)
 from .geometry import effective_kernel_size
 
 __all__ = ["conv2d_backward", "weight_gradient_problem"]
@@ -87,9 +89,31 @@ def _weight_gradient(grad_out, x, spec, algorithm, backend):
     kernel = (_dispatch.find("conv2d_weight_grad", backend, "im2col")
               if algorithm in ("auto", "im2col") else None)
     if kernel is not None:
-        return kernel.run(spec, np.ascontiguousarray(grad_out),
-                          np.ascontiguousarray(x))
+        return kernel.run(spec, _arrays.contiguous(grad_out),
+                          _arrays.contiguous(x))
+    if _arrays.is_device_array(x):
+        return _weight_gradient_swapped_device(grad_out, x, spec, algorithm,
+                                               backend)
     return _weight_gradient_swapped(grad_out, x, spec, algorithm, backend)
+
+
+def _weight_gradient_swapped_device(grad_out, x, spec, algorithm, backend):
+    """:func:`_weight_gradient_swapped` on device arrays (one group)."""
+    if spec.groups != 1:
+        raise UnsupportedConfiguration(
+            f"the weight gradient with algorithm={algorithm!r} runs as a "
+            f"forward convolution, which for device arrays is implemented for "
+            f"groups=1 only (got groups={spec.groups}); use algorithm='auto' "
+            f"or 'im2col' for grad_w")
+    n, c, h, w = spec.x_shape
+    k, c_g, kh, kw = spec.w_shape
+    (crop_h, crop_w), wspec = weight_gradient_problem(spec, grad_out.shape[2:])
+    ops = functools.partial(_arrays.device_op, backend)
+    x_t = ops("permute", ops("contiguous", x[:, :, :h - crop_h, :w - crop_w]),
+              (1, 0, 2, 3))
+    gy_t = ops("permute", grad_out, (1, 0, 2, 3))
+    gw_t = run_conv2d(wspec, x_t, gy_t, None, algorithm, backend)
+    return ops("permute", gw_t, (1, 0, 2, 3))
 
 
 def _weight_gradient_swapped(grad_out, x, spec, algorithm, backend):
@@ -156,21 +180,22 @@ def conv2d_backward(grad_out, x, w, stride=1, padding=0, dilation=1, groups=1,
     >>> gx.shape, gw.shape, gb
     ((1, 2, 5, 5), (3, 2, 3, 3), array([9., 9., 9.]))
     """
-    x = as_float_array("x", x)
-    w = as_float_array("w", w)
-    grad_out = as_float_array("grad_out", grad_out)
+    check_backend(backend)
+    x = _arrays.as_input("x", x, backend)
+    w = _arrays.as_input("w", w, backend)
+    grad_out = _arrays.as_input("grad_out", grad_out, backend)
     dtype = check_same_dtype(x=x, w=w, grad_out=grad_out)
     check_ndim("x", x, (3, 4), "(N, C, H, W) or (C, H, W)")
     check_ndim("w", w, (4,), "(K, C // groups, kH, kW)")
     alg_x, alg_w = _algorithms(algorithm)
-    check_backend(backend)
     groups = check_groups(groups)
     unbatched = x.ndim == 3
     if grad_out.ndim != x.ndim:
         raise ValueError(f"grad_out must have x's number of dimensions "
                          f"({x.ndim}), got shape {grad_out.shape}")
     if unbatched:
-        x, grad_out = x[None], grad_out[None]
+        x = _arrays.reshape(x, (1,) + tuple(x.shape))
+        grad_out = _arrays.reshape(grad_out, (1,) + tuple(grad_out.shape))
     n, c, h, wd = x.shape
     k, c_g, kh, kw = w.shape
     if c % groups or k % groups or c_g * groups != c:
@@ -198,10 +223,13 @@ def conv2d_backward(grad_out, x, w, stride=1, padding=0, dilation=1, groups=1,
         raise ValueError(f"grad_out must have the shape of the forward output "
                          f"{want}, got {got}")
 
-    grad_bias = grad_out.sum(axis=(0, 2, 3), dtype=np.float64).astype(dtype)
+    if _arrays.is_device_array(x):
+        grad_bias = _arrays.device_op(backend, "bias_gradient", grad_out, dtype)
+    else:
+        grad_bias = grad_out.sum(axis=(0, 2, 3), dtype=np.float64).astype(dtype)
     if n == 0 or 0 in grad_out.shape[2:]:
-        grad_x = np.zeros(x.shape, dtype)
-        grad_w = np.zeros(w.shape, dtype)
+        grad_x = _arrays.zeros(x.shape, dtype, like=x)
+        grad_w = _arrays.zeros(w.shape, dtype, like=x)
     else:
         tspec = TransposeSpec(tuple(grad_out.shape), tuple(w.shape), stride,
                               (pads[0][0], pads[1][0]), (h, wd), dilation,

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _dispatch
+from . import _arrays, _dispatch
 from ._choose import choose_for_spec
 from ._dispatch import ConvSpec, check_backend
-from ._validation import (ALGORITHMS, PADDING_MODES, as_float_array,
+from ._validation import (ALGORITHMS, MIXING_ALGORITHMS, PADDING_MODES,
                           check_algorithm, check_choice, check_groups,
                           check_ndim, check_same_dtype, int_tuple,
                           normalise_padding)
@@ -21,7 +21,7 @@ from .geometry import effective_kernel_size
 _NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 
-def _apply_padding_mode(x, pads, padding_mode):
+def _apply_padding_mode(x, pads, padding_mode, backend):
     """Pad x's spatial axes for reflect/replicate/circular, as torch does."""
     spatial = x.shape[2:]
     for axis, ((lo, hi), n) in enumerate(zip(pads, spatial)):
@@ -35,6 +35,15 @@ def _apply_padding_mode(x, pads, padding_mode):
                 f"the input size ({n}) along spatial axis {axis}")
         if padding_mode == "replicate" and n == 0 and max(lo, hi) > 0:
             raise ValueError("padding_mode='replicate' needs a non-empty input")
+    if _arrays.is_device_array(x):
+        if len(pads) == 1:          # (N, C, L) through a unit height
+            n, c, length = x.shape
+            x4 = _arrays.reshape(x, (n, c, 1, length))
+            y = _arrays.device_op(backend, "pad", x4, ((0, 0), tuple(pads[0])),
+                                  padding_mode)
+            return _arrays.reshape(y, (n, c, y.shape[3]))
+        return _arrays.device_op(backend, "pad", x, tuple(map(tuple, pads)),
+                                 padding_mode)
     width = [(0, 0), (0, 0)] + [tuple(p) for p in pads]
     return np.pad(x, width, mode=_NUMPY_PAD_MODE[padding_mode])
 
@@ -43,21 +52,21 @@ def _conv(nsp, x, w, bias, stride, padding, dilation, groups, padding_mode,
           algorithm, backend):
     layout = "(N, C, L)" if nsp == 1 else "(N, C, H, W)"
     wlayout = "(K, C // groups, k)" if nsp == 1 else "(K, C // groups, kH, kW)"
-    x = as_float_array("x", x)
-    w = as_float_array("w", w)
+    backend = check_backend(backend)
+    x = _arrays.as_input("x", x, backend)
+    w = _arrays.as_input("w", w, backend)
     if bias is not None:
-        bias = as_float_array("bias", bias)
+        bias = _arrays.as_input("bias", bias, backend)
     dtype = check_same_dtype(x=x, w=w, bias=bias)
     check_ndim("x", x, (nsp + 1, nsp + 2), layout)
     check_ndim("w", w, (nsp + 2,), wlayout)
     check_choice("padding_mode", padding_mode, PADDING_MODES)
     algorithm = check_algorithm(algorithm)
-    backend = check_backend(backend)
     groups = check_groups(groups)
 
     unbatched = x.ndim == nsp + 1
     if unbatched:
-        x = x[None]
+        x = _arrays.reshape(x, (1,) + tuple(x.shape))
     n, c = x.shape[:2]
     k, c_per_group = w.shape[:2]
     kernel = w.shape[2:]
@@ -90,13 +99,13 @@ def _conv(nsp, x, w, bias, stride, padding, dilation, groups, padding_mode,
                 f"{size + lo + hi}); use a smaller kernel or more padding")
 
     if padding_mode != "zeros" and any(lo or hi for lo, hi in pads):
-        x = _apply_padding_mode(x, pads, padding_mode)
+        x = _apply_padding_mode(x, pads, padding_mode, backend)
         pads = [(0, 0)] * nsp
 
     # 1-D is 2-D with a height of one.
     if nsp == 1:
-        x4 = x[:, :, None, :]
-        w4 = w[:, :, None, :]
+        x4 = _arrays.reshape(x, (x.shape[0], x.shape[1], 1, x.shape[2]))
+        w4 = _arrays.reshape(w, (w.shape[0], w.shape[1], 1, w.shape[2]))
         stride2, dilation2 = (1,) + stride, (1,) + dilation
         padding4 = (0, 0) + pads[0]
     else:
@@ -106,7 +115,7 @@ def _conv(nsp, x, w, bias, stride, padding, dilation, groups, padding_mode,
                     dilation2, groups, dtype)
     y = run_conv2d(spec, x4, w4, bias, algorithm, backend)
     if nsp == 1:
-        y = y[:, :, 0, :]
+        y = _arrays.reshape(y, (y.shape[0], y.shape[1], y.shape[3]))
     return y[0] if unbatched else y
 
 
@@ -124,9 +133,11 @@ def run_conv2d(spec, x, w, bias, algorithm, backend):
     else:
         kernel = _dispatch.require_supported("conv2d", backend, algorithm, spec)
     if spec.is_empty():
-        return _dispatch.empty_output(spec, bias)
-    x, w, bias = _dispatch.contiguous_operands(x, w, bias)
-    if _dispatch.spreads_non_finite(algorithm, x, w):
+        return _arrays.filled(spec.out_shape, spec.dtype, bias, like=x)
+    x, w, bias = (_arrays.contiguous(a) for a in (x, w, bias))
+    if algorithm in MIXING_ALGORITHMS and not (_arrays.all_finite(x)
+                                               and _arrays.all_finite(w)):
+        # Their transforms would spread NaN/Inf to every output of a tile.
         kernel = _dispatch.load("conv2d", backend, "direct")
     return kernel.run(spec, x, w, bias)
 
@@ -223,8 +234,9 @@ def _valid_swap_needed(shape1, shape2):
 
 
 def _prepare_scipy_args(in1, in2, mode, method, backend):
-    in1 = as_float_array("in1", in1)
-    in2 = as_float_array("in2", in2)
+    check_backend(backend)
+    in1 = _arrays.as_input("in1", in1, backend)
+    in2 = _arrays.as_input("in2", in2, backend)
     check_same_dtype(in1=in1, in2=in2)
     if in1.ndim != in2.ndim:
         raise ValueError(f"in1 and in2 must have the same number of dimensions, "
@@ -233,10 +245,17 @@ def _prepare_scipy_args(in1, in2, mode, method, backend):
         raise ValueError(f"in1 and in2 must be 1-D or 2-D, got {in1.ndim}-D")
     check_choice("mode", mode, ("full", "valid", "same"))
     method = check_choice("method", method, ("auto",) + ALGORITHMS)
-    check_backend(backend)
     if in1.size == 0 or in2.size == 0:
         raise ValueError("in1 and in2 must not be empty")
     return in1, in2, method
+
+
+def _as_2d(in1, in2):
+    """Both inputs as 2-D (a 1-D signal is one row)."""
+    if in1.ndim == 2:
+        return in1, in2
+    return (_arrays.reshape(in1, (1,) + tuple(in1.shape)),
+            _arrays.reshape(in2, (1,) + tuple(in2.shape)))
 
 
 def _correlate2d(in1, in2, mode, method, backend):
@@ -250,8 +269,8 @@ def _correlate2d(in1, in2, mode, method, backend):
         else:  # same: the centre of the full output, scipy's _centered
             hi = (n2 - 1) // 2
             pads += [n2 - 1 - hi, hi]
-    x = in1[None, None]
-    w = in2[None, None]
+    x = _arrays.reshape(in1, (1, 1) + tuple(in1.shape))
+    w = _arrays.reshape(in2, (1, 1) + tuple(in2.shape))
     spec = ConvSpec(tuple(x.shape), tuple(w.shape), (1, 1), tuple(pads),
                     (1, 1), 1, in1.dtype)
     return run_conv2d(spec, x, w, None, method, backend)[0, 0]
@@ -288,13 +307,13 @@ def correlate(in1, in2, mode="full", method="auto", backend="cpu"):
     """
     in1, in2, method = _prepare_scipy_args(in1, in2, mode, method, backend)
     one_d = in1.ndim == 1
-    a, b = (in1[None], in2[None]) if one_d else (in1, in2)
+    a, b = _as_2d(in1, in2)
     swapped = mode == "valid" and _valid_swap_needed(a.shape, b.shape)
     if swapped:
         a, b = b, a
     z = _correlate2d(a, b, mode, method, backend)
     if swapped:
-        z = z[::-1, ::-1].copy()
+        z = _arrays.flip2(z)
     return z[0] if one_d else z
 
 
@@ -313,10 +332,10 @@ def convolve(in1, in2, mode="full", method="auto", backend="cpu"):
     """
     in1, in2, method = _prepare_scipy_args(in1, in2, mode, method, backend)
     one_d = in1.ndim == 1
-    a, b = (in1[None], in2[None]) if one_d else (in1, in2)
+    a, b = _as_2d(in1, in2)
     if mode == "valid" and _valid_swap_needed(a.shape, b.shape):
         a, b = b, a
-    z = _correlate2d(a, b[::-1, ::-1], mode, method, backend)
+    z = _correlate2d(a, _arrays.flip2(b), mode, method, backend)
     return z[0] if one_d else z
 
 

@@ -21,6 +21,8 @@ of the rest::
     ("max_pool2d", None) ... (the pooling ops of POOLING_OPS)   pooling.py
     ("winograd_transform_weights", "winograd"),
     ("conv2d_pretransformed", "winograd")                       winograd.py
+    ("device_array_ops", None)           arrays.py (backends that take
+                                         device arrays, see kernels._arrays)
 
 **The contract.**  A module exports ``KERNELS``, a dict from each
 ``(op, algorithm)`` it implements to a :class:`Kernel`: ``run``, the entry
@@ -68,16 +70,14 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import geometry
-from ._validation import (ALGORITHMS, BACKENDS, MIXING_ALGORITHMS,
+from ._validation import (ALGORITHMS, BACKENDS,
                           UnsupportedConfiguration)
 
 __all__ = ["ConvSpec", "TransposeSpec", "PoolSpec", "Kernel", "MODULES",
            "POOLING_OPS", "load", "find", "is_built", "built_algorithms",
            "unsupported_reason", "require_supported", "backends",
            "register_backend", "unregister_backend", "check_backend",
-           "reload_registry", "empty_output", "contiguous_operands",
-           "spreads_non_finite",
-           "backend_tuning"]
+           "reload_registry", "backend_tuning"]
 
 
 # --------------------------------------------------------------------------
@@ -299,6 +299,8 @@ MODULES = {
     ("winograd_transform_weights", "winograd"): "winograd",
     ("conv2d_pretransformed", "winograd"): "winograd",
     ("winograd_clear_workspace", "winograd"): "winograd",
+    # Reshaping, padding, flipping ... of device arrays (kernels._arrays).
+    ("device_array_ops", None): "arrays",
 }
 
 # (op, backend, algorithm) -> Kernel or None; "auto" asks on every call.
@@ -386,31 +388,3 @@ def require_supported(op, backend, algorithm, spec):
             f"{reason}; use algorithm='auto' or one of "
             f"{', '.join(repr(a) for a in ALGORITHMS)}")
     return kernel
-
-
-# --------------------------------------------------------------------------
-# What every convolution front end does before calling a kernel
-# --------------------------------------------------------------------------
-
-def empty_output(spec, bias):
-    """The result of a problem without work (no image, no channel or an
-    empty output): zeros of ``spec.out_shape``, plus the bias."""
-    y = np.zeros(spec.out_shape, dtype=spec.dtype)
-    if bias is not None and y.size:
-        y += bias[None, :, None, None]
-    return y
-
-
-def contiguous_operands(x, w, bias):
-    """``x``, ``w`` and ``bias`` (None kept) as C-contiguous arrays."""
-    return (np.ascontiguousarray(x), np.ascontiguousarray(w),
-            None if bias is None else np.ascontiguousarray(bias))
-
-
-def spreads_non_finite(algorithm, x, w):
-    """True when ``algorithm`` mixes every input of a tile into every
-    output of it (Inf * 0 = NaN) and ``x`` or ``w`` holds NaN or Inf: the
-    front ends then run the gather kernel ("direct") instead, so that
-    NaN/Inf reach exactly the outputs whose window holds them."""
-    return algorithm in MIXING_ALGORITHMS and not (
-        np.isfinite(x).all() and np.isfinite(w).all())

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _dispatch
+from . import _arrays, _dispatch
 from ._dispatch import PoolSpec
-from ._validation import as_float_array, check_ndim, check_same_dtype, int_tuple
+from ._validation import check_ndim, check_same_dtype, int_tuple
 from .geometry import pool_output_size
 
 __all__ = ["max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
@@ -101,12 +101,19 @@ def _pool_spec(nsp, x, kernel_size, stride, padding, dilation, ceil_mode):
 
 def _planes(a, spec):
     """``a`` (input-shaped) as C-contiguous ``(P, H, W)`` planes."""
-    return np.ascontiguousarray(a).reshape((spec.n_planes,) + spec.in_hw)
+    return _arrays.reshape(_arrays.contiguous(a),
+                           (spec.n_planes,) + spec.in_hw)
 
 
 def _out_planes(a, spec):
     """``a`` (output-shaped) as C-contiguous ``(P, Ho, Wo)`` planes."""
-    return np.ascontiguousarray(a).reshape((spec.n_planes,) + spec.out_hw)
+    return _arrays.reshape(_arrays.contiguous(a),
+                           (spec.n_planes,) + spec.out_hw)
+
+
+def _input(x, backend):
+    """``x`` as an array ``backend`` takes (validates ``backend``)."""
+    return _arrays.as_input("x", x, _dispatch.check_backend(backend))
 
 
 # --------------------------------------------------------------------------
@@ -115,15 +122,16 @@ def _out_planes(a, spec):
 
 def _max_pool(nsp, x, kernel_size, stride, padding, dilation, ceil_mode,
               return_indices, backend):
-    x = as_float_array("x", x)
+    x = _input(x, backend)
     spec = _pool_spec(nsp, x, kernel_size, stride, padding, dilation,
                       ceil_mode)
     return_indices = _check_flag("return_indices", return_indices)
     kernel = _kernel("max_pool2d_with_indices" if return_indices
                      else "max_pool2d", backend)
     if spec.n_planes == 0:
-        y = np.empty(spec.out_shape, dtype=x.dtype)
-        return (y, np.empty(spec.out_shape, np.int64)) if return_indices else y
+        y = _arrays.empty(spec.out_shape, x.dtype, like=x)
+        return ((y, _arrays.empty(spec.out_shape, np.int64, like=x))
+                if return_indices else y)
     if return_indices:
         y, idx = kernel.run(spec, _planes(x, spec))
         return y.reshape(spec.out_shape), idx.reshape(spec.out_shape)
@@ -203,8 +211,8 @@ max_pool2d.__doc__ = _MAX_DOC.format(
     ex_out="\n    array([[[[ 5.,  7.],\n             [13., 15.]]]], dtype=float32)")
 
 
-def _grad_out_planes(grad_out, x, spec):
-    grad_out = as_float_array("grad_out", grad_out)
+def _grad_out_planes(grad_out, x, spec, backend):
+    grad_out = _arrays.as_input("grad_out", grad_out, backend)
     check_same_dtype(x=x, grad_out=grad_out)
     if grad_out.shape != spec.out_shape:
         raise ValueError(
@@ -249,14 +257,23 @@ def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0,
     index that is not a tap of its own window (PyTorch's placeholder index
     for such windows, which PyTorch's own backward follows).
     """
-    x = as_float_array("x", x)
+    x = _input(x, backend)
     spec = _pool_spec(2, x, kernel_size, stride, padding, dilation, ceil_mode)
-    g = _grad_out_planes(grad_out, x, spec)
+    g = _grad_out_planes(grad_out, x, spec, backend)
     kernel = _kernel("max_pool2d_backward" if indices is None
                      else "max_pool2d_backward_indices", backend)
     if spec.n_planes == 0:
-        return np.zeros(x.shape, dtype=x.dtype)
-    if indices is not None:
+        return _arrays.zeros(x.shape, x.dtype, like=x)
+    if indices is not None and _arrays.is_device_array(indices):
+        indices = _arrays.device_op(backend, "as_array", indices)
+        if np.dtype(indices.dtype) != np.int64:
+            raise TypeError(f"device indices must have dtype int64 (as "
+                            f"return_indices gives), got {indices.dtype}")
+        if tuple(indices.shape) != spec.out_shape:
+            raise ValueError(f"indices must have the shape of grad_out "
+                             f"{spec.out_shape}, got {tuple(indices.shape)}")
+        gx = kernel.run(spec, g, _out_planes(indices, spec))
+    elif indices is not None:
         indices = np.asarray(indices)
         if not np.issubdtype(indices.dtype, np.integer):
             raise TypeError(f"indices must be an integer array, got dtype "
@@ -322,13 +339,13 @@ def _divisors(spec, count_include_pad, divisor):
 
 def _avg_pool(nsp, x, kernel_size, stride, padding, ceil_mode,
               count_include_pad, divisor_override, backend):
-    x = as_float_array("x", x)
+    x = _input(x, backend)
     spec, (div_h, div_w) = _avg_spec(nsp, x, kernel_size, stride, padding,
                                      ceil_mode, count_include_pad,
                                      divisor_override)
     kernel = _kernel("avg_pool2d", backend)
     if spec.n_planes == 0:
-        return np.empty(spec.out_shape, dtype=x.dtype)
+        return _arrays.empty(spec.out_shape, x.dtype, like=x)
     y = kernel.run(spec, _planes(x, spec), div_h, div_w)
     return y.reshape(spec.out_shape)
 
@@ -419,14 +436,14 @@ def avg_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0,
         ``grad_x[i] = sum over windows o containing i of grad_out[o] / divisor[o]``,
         gathered per input row (float64 accumulation).
     """
-    x = as_float_array("x", x)
+    x = _input(x, backend)
     spec, (div_h, div_w) = _avg_spec(2, x, kernel_size, stride, padding,
                                      ceil_mode, count_include_pad,
                                      divisor_override)
-    g = _grad_out_planes(grad_out, x, spec)
+    g = _grad_out_planes(grad_out, x, spec, backend)
     kernel = _kernel("avg_pool2d_backward", backend)
     if spec.n_planes == 0:
-        return np.zeros(x.shape, dtype=x.dtype)
+        return _arrays.zeros(x.shape, x.dtype, like=x)
     gx = kernel.run(spec, g, div_h, div_w)
     return gx.reshape(x.shape)
 
@@ -445,7 +462,7 @@ def global_avg_pool2d(x, backend="cpu"):
     >>> kernels.global_avg_pool2d(np.ones((2, 3, 4, 4))).shape
     (2, 3, 1, 1)
     """
-    x = as_float_array("x", x)
+    x = _input(x, backend)
     check_ndim("x", x, (3, 4), "(N, C, H, W) or (C, H, W)")
     if 0 in x.shape[-3:]:
         raise ValueError(
@@ -455,5 +472,5 @@ def global_avg_pool2d(x, backend="cpu"):
     hw = x.shape[-2:]
     spec = PoolSpec(2, tuple(x.shape[:-2]), hw, hw, hw, (0, 0), (1, 1), (1, 1))
     if spec.n_planes == 0:
-        return np.empty(spec.out_shape, dtype=x.dtype)
+        return _arrays.empty(spec.out_shape, x.dtype, like=x)
     return kernel.run(spec, _planes(x, spec)).reshape(spec.out_shape)

@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _dispatch
+from . import _arrays, _dispatch
 from ._choose import (VIA_FORWARD, choose_transposed_algorithm,
                       transposed_algorithms, transposed_unsupported_reason)
 from ._conv import run_conv2d
 from ._dispatch import TransposeSpec, check_backend
-from ._validation import (UnsupportedConfiguration, as_float_array,
+from ._validation import (UnsupportedConfiguration,
                           check_algorithm, check_groups, check_ndim,
                           check_same_dtype, int_tuple)
 from .geometry import conv_transpose_output_size
@@ -47,6 +47,11 @@ __all__ = ["conv_transpose1d", "conv_transpose2d", "transposed_algorithms",
 def _via_forward(spec, x, w, bias, algorithm, backend):
     """Transposed convolution as a stride-1 forward correlation."""
     (up_h, up_w), (ct, cb, cl, cr), fspec = spec.forward_problem()
+    if _arrays.is_device_array(x):
+        z = _arrays.device_op(backend, "upsample", x, spec.stride,
+                              (up_h, up_w), (ct, cb, cl, cr))
+        w_f = _arrays.device_op(backend, "flip_swap_filters", w, spec.groups)
+        return run_conv2d(fspec, z, w_f, bias, algorithm, backend)
     n, c_in, h, wd = spec.x_shape
     sh, sw = spec.stride
     z = np.zeros((n, c_in, up_h, up_w), dtype=x.dtype)
@@ -77,9 +82,10 @@ def run_conv_transpose2d(spec, x, w, bias, algorithm="auto", backend="cpu"):
                 f"convolution: {reason}; use algorithm='auto' or one of "
                 f"{', '.join(repr(a) for a in transposed_algorithms(backend))}")
     if spec.is_empty():
-        return _dispatch.empty_output(spec, bias)
-    x, w, bias = _dispatch.contiguous_operands(x, w, bias)
-    if through_forward and _dispatch.spreads_non_finite(algorithm, x, w):
+        return _arrays.filled(spec.out_shape, spec.dtype, bias, like=x)
+    x, w, bias = (_arrays.contiguous(a) for a in (x, w, bias))
+    if through_forward and not (_arrays.all_finite(x) and _arrays.all_finite(w)):
+        # The forward algorithm would spread NaN/Inf over whole tiles.
         algorithm, through_forward = "direct", False
     if not through_forward:
         kernel = _dispatch.load("conv_transpose2d", backend, algorithm)
@@ -92,20 +98,20 @@ def _conv_transpose(nsp, x, w, bias, stride, padding, output_padding, groups,
     layout = "(N, C_in, L)" if nsp == 1 else "(N, C_in, H, W)"
     wlayout = ("(C_in, C_out // groups, k)" if nsp == 1
                else "(C_in, C_out // groups, kH, kW)")
-    x = as_float_array("x", x)
-    w = as_float_array("w", w)
+    check_backend(backend)
+    x = _arrays.as_input("x", x, backend)
+    w = _arrays.as_input("w", w, backend)
     if bias is not None:
-        bias = as_float_array("bias", bias)
+        bias = _arrays.as_input("bias", bias, backend)
     dtype = check_same_dtype(x=x, w=w, bias=bias)
     check_ndim("x", x, (nsp + 1, nsp + 2), layout)
     check_ndim("w", w, (nsp + 2,), wlayout)
     algorithm = check_algorithm(algorithm)
-    check_backend(backend)
     groups = check_groups(groups)
 
     unbatched = x.ndim == nsp + 1
     if unbatched:
-        x = x[None]
+        x = _arrays.reshape(x, (1,) + tuple(x.shape))
     if 0 in x.shape[2:]:
         raise ValueError(f"x must have non-empty spatial axes, got shape "
                          f"{x.shape}")
@@ -140,7 +146,8 @@ def _conv_transpose(nsp, x, w, bias, stride, padding, output_padding, groups,
             raise ValueError(f"along spatial axis {axis}: {exc}") from None
 
     if nsp == 1:
-        x4, w4 = x[:, :, None, :], w[:, :, None, :]
+        x4 = _arrays.reshape(x, (x.shape[0], x.shape[1], 1, x.shape[2]))
+        w4 = _arrays.reshape(w, (w.shape[0], w.shape[1], 1, w.shape[2]))
         one = (1,)
         spec = TransposeSpec(tuple(x4.shape), tuple(w4.shape), one + stride,
                              (0,) + padding, one + tuple(out), one + dilation,
@@ -151,7 +158,7 @@ def _conv_transpose(nsp, x, w, bias, stride, padding, output_padding, groups,
                              tuple(out), dilation, groups, dtype)
     y = run_conv_transpose2d(spec, x4, w4, bias, algorithm, backend)
     if nsp == 1:
-        y = y[:, :, 0, :]
+        y = _arrays.reshape(y, (y.shape[0], y.shape[1], y.shape[3]))
     return y[0] if unbatched else y
 
 

@@ -35,10 +35,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _dispatch
+from . import _arrays, _dispatch
 from ._conv import run_conv2d
 from ._dispatch import ConvSpec
-from ._validation import (UnsupportedConfiguration, as_float_array,
+from ._validation import (UnsupportedConfiguration,
                           check_ndim, check_same_dtype, normalise_padding)
 from ._weight_cache import transformed_weights
 from ._winograd_math import (DEFAULT_TILE_BY_KERNEL, ERROR_CONSTANTS_BY_TILE,
@@ -57,11 +57,13 @@ __all__ = [
 ]
 
 
-def _as_filters(w):
+def _as_filters(w, backend):
     """Filters as a 4-D array; 1-D filters (K, C, k) become (K, C, 1, k)."""
-    w = as_float_array("w", w)
+    w = _arrays.as_input("w", w, _dispatch.check_backend(backend))
     check_ndim("w", w, (3, 4), "(K, C // groups, kH, kW) or (K, C // groups, k)")
-    return w[:, :, None, :] if w.ndim == 3 else w
+    if w.ndim == 3:
+        return _arrays.reshape(w, (w.shape[0], w.shape[1], 1, w.shape[2]))
+    return w
 
 
 def _tile_or_raise(kernel_hw, m):
@@ -97,13 +99,16 @@ def transform_weights(w, m=None, groups=1, backend="cpu"):
     ValueError
         A tile with more than :data:`MAX_ALPHA` points; groups not dividing K.
     """
-    w = _as_filters(w)
+    w = _as_filters(w, backend)
     if int(groups) < 1 or w.shape[0] % int(groups):
         raise ValueError(f"groups ({groups}) must be >= 1 and divide the output "
                          f"channels w.shape[0] ({w.shape[0]})")
     tile = _tile_or_raise(w.shape[2:], m)
-    own = np.array(w, copy=True, order="C")
-    own.setflags(write=False)
+    if _arrays.is_device_array(w):
+        own = _arrays.device_op(backend, "copy", w)
+    else:
+        own = np.array(w, copy=True, order="C")
+        own.setflags(write=False)
     kernel = _dispatch.load("winograd_transform_weights", backend, "winograd")
     return kernel.run(own, tile, int(groups))
 
@@ -152,14 +157,14 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=None, *,
     if groups is not None and int(groups) != w.groups:
         raise ValueError(f"groups={groups} differs from the transformed "
                          f"weights' groups={w.groups}")
-    x = as_float_array("x", x)
+    x = _arrays.as_input("x", x, _dispatch.check_backend(backend))
     check_ndim("x", x, (3, 4), "(N, C, H, W)")
     if bias is not None:
-        bias = as_float_array("bias", bias)
+        bias = _arrays.as_input("bias", bias, backend)
     check_same_dtype(x=x, w=w.weights, bias=bias)
     unbatched = x.ndim == 3
     if unbatched:
-        x = x[None]
+        x = _arrays.reshape(x, (1,) + tuple(x.shape))
     K, cg, kh, kw = w.w_shape
     if x.shape[1] != cg * w.groups:
         raise ValueError(f"x has {x.shape[1]} channels; the transformed weights "
@@ -180,12 +185,12 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=None, *,
     padding4 = pads[0] + pads[1]
     spec = ConvSpec(tuple(x.shape), tuple(w.w_shape), (1, 1), padding4, (1, 1),
                     w.groups, x.dtype)
-    if 0 in x.shape or not np.isfinite(x).all():
+    if 0 in x.shape or not _arrays.all_finite(x):
         # The front-end's handling: empty results, non-finite input to direct.
         y = run_conv2d(spec, x, w.weights, bias, "winograd", backend)
     else:
         kernel = _dispatch.load("conv2d_pretransformed", backend, "winograd")
-        y = kernel.run(spec, np.ascontiguousarray(x), w, bias)
+        y = kernel.run(spec, _arrays.contiguous(x), w, bias)
     return y[0] if unbatched else y
 
 
@@ -194,6 +199,10 @@ def clear_cache():
     scratch buffers of the calling thread."""
     transformed_weights.clear("winograd")
     for backend in _dispatch.backends():
-        kernel = _dispatch.find("winograd_clear_workspace", backend, "winograd")
+        try:
+            kernel = _dispatch.find("winograd_clear_workspace", backend,
+                                    "winograd")
+        except ImportError:      # a backend whose toolkit is not installed
+            continue
         if kernel is not None:
             kernel.run()

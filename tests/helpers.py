@@ -53,12 +53,37 @@ def _register_extra_backend():
 _EXTRA_BACKEND = _register_extra_backend()
 
 
+# Comma-separated backends to run the backend-parametrised suites on,
+# e.g. "cpu,cuda" on a GPU machine (benchmarks/cuda_device.py sets it).
+BACKENDS_VAR = "CONVBENCH_TEST_BACKENDS"
+
+
+def _usable(backend):
+    if backend != "cuda":
+        return True
+    from cuda_support import CUDA_USABLE, SIMULATED
+    # The simulator runs a 256-thread block in about a second: the whole
+    # property suite would take hours, so there the tests/test_cuda_*.py
+    # files (tiny shapes, every op and algorithm) stand for it.
+    return CUDA_USABLE and not SIMULATED
+
+
 def backends_under_test():
-    """Backends of ``kernels.BACKENDS`` with at least one algorithm built,
-    or only the backend named by ``$CONVBENCH_TEST_BACKEND``."""
+    """Backends the backend-parametrised suites run on.
+
+    ``$CONVBENCH_TEST_BACKEND`` (one out-of-tree backend) or
+    ``$CONVBENCH_TEST_BACKENDS`` (a list) when set; else the backends of
+    ``kernels.BACKENDS`` with at least one algorithm built that can run
+    here at full speed (CUDA: on a GPU, not in the simulator).
+    """
+    import os
     if _EXTRA_BACKEND is not None:
         return (_EXTRA_BACKEND,)
-    return tuple(b for b in kernels.BACKENDS if kernels.built_algorithms(b))
+    chosen = os.environ.get(BACKENDS_VAR)
+    if chosen:
+        return tuple(b.strip() for b in chosen.split(",") if b.strip())
+    return tuple(b for b in kernels.BACKENDS
+                 if kernels.built_algorithms(b) and _usable(b))
 
 
 class BackendUnderTest:

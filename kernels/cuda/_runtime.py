@@ -40,7 +40,8 @@ except ImportError as exc:  # numba without its CUDA target
         f"({exc}); install it with {INSTALL_HINT}") from exc
 
 __all__ = ["cuda", "INSTALL_HINT", "SIMULATOR", "require_device",
-           "is_device_array", "to_device", "device_entry", "grid",
+           "is_device_array", "as_device_array", "to_device", "device_entry",
+           "grid",
            "numba_type", "ReportEntry"]
 
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
@@ -60,9 +61,11 @@ def require_device():
 
 
 def is_device_array(a):
-    """True for objects with ``__cuda_array_interface__`` (not NumPy)."""
-    return (not isinstance(a, np.ndarray)
-            and hasattr(a, "__cuda_array_interface__"))
+    """True for objects with ``__cuda_array_interface__`` (not NumPy), and
+    for the simulator's device arrays (which have none)."""
+    return (a is not None and not isinstance(a, np.ndarray)
+            and (hasattr(a, "__cuda_array_interface__")
+                 or type(a).__name__ == "FakeCUDAArray"))
 
 
 def to_device(a, stream=0):
@@ -71,8 +74,20 @@ def to_device(a, stream=0):
     if a is None:
         return None
     if is_device_array(a):
-        return cuda.as_cuda_array(a)
+        return as_device_array(a)
     return cuda.to_device(np.ascontiguousarray(a), stream=stream)
+
+
+def as_device_array(a):
+    """A numba device array over a device object's memory (no copy)."""
+    if type(a).__name__ == "FakeCUDAArray":
+        return a
+    if SIMULATOR:
+        raise TypeError(
+            f"{type(a).__name__} is a real CUDA array, but numba runs its "
+            f"CUDA simulator (NUMBA_ENABLE_CUDASIM=1), which only takes its "
+            f"own device arrays (numba.cuda.to_device)")
+    return cuda.as_cuda_array(a)
 
 
 def _copy_back(result, stream):
