@@ -148,7 +148,8 @@ class BackwardTuning:
     # (one thread per weight-gradient element, coalesced).
     threads: int = 256
     # Split the reduction until about this many GEMM blocks run: 3 resident
-    # 256-thread GEMM blocks (72 registers) per SM x 132 SMs of an H100/H200.
+    # 256-thread GEMM blocks (80 registers in float32) per SM x 132 SMs of
+    # an H100/H200.
     target_blocks: int = 396
     # Each split sums at least this many reduction elements (128 slabs of
     # 8), so the partial sums' extra traffic (2 x splits x the output) stays
