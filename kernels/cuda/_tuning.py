@@ -67,9 +67,16 @@ DIRECT = DirectTuning()
 
 @dataclass(frozen=True)
 class Im2colTuning:
-    """Launch shapes of :mod:`kernels.cuda.im2col`."""
+    """Launch shapes of :mod:`kernels.cuda.im2col`.
 
-    threads: int = 256
+    The block tile and thread count are the GEMM core's (:data:`GEMM`):
+    the implicit GEMM is that kernel with its own loaders.
+    """
+
+    # 1x1 / stride-1 / unpadded problems use the cheaper loaders (x viewed
+    # as (N, C, H W): 1 division per element instead of 4 plus the padding
+    # test); False runs them through the general gather, to measure it.
+    pointwise: bool = True
 
 
 IM2COL = Im2colTuning()
@@ -127,9 +134,29 @@ TRANSPOSED = TransposedTuning()
 
 @dataclass(frozen=True)
 class BackwardTuning:
-    """Launch shapes of :mod:`kernels.cuda.backward`."""
+    """Launch shapes of :mod:`kernels.cuda.backward`.
 
+    The weight gradient is a GEMM core launch (:data:`GEMM` tiles) whose
+    reduction runs over the batch's output positions, split into at most
+    ``max_splits`` contiguous ranges (split-K) when its output is too small
+    to fill the GPU; a second kernel adds the partial sums in a fixed
+    order.  The split count depends on the problem only, never on the GPU,
+    so results are the same on every device.
+    """
+
+    # Threads per block of the kernel that adds the split-K partial sums
+    # (one thread per weight-gradient element, coalesced).
     threads: int = 256
+    # Split the reduction until about this many GEMM blocks run: 3 resident
+    # 256-thread GEMM blocks (80 registers in float32) per SM x 132 SMs of
+    # an H100/H200.
+    target_blocks: int = 396
+    # Each split sums at least this many reduction elements (128 slabs of
+    # 8), so the partial sums' extra traffic (2 x splits x the output) stays
+    # small beside the GEMM's reads.
+    min_split_length: int = 1024
+    # At most this many partial sums per output (bounds that traffic too).
+    max_splits: int = 64
 
 
 BACKWARD = BackwardTuning()
