@@ -176,6 +176,8 @@ def choose_for_spec(spec, backend):
 
 def _candidates_or_raise(spec, backend):
     cands = candidates(spec, backend)
+    if not cands and _dispatch.import_error(backend) is not None:
+        raise _dispatch.import_error(backend)
     if not cands:
         raise NotImplementedError(
             f"no algorithm built for backend {backend!r} supports this "

@@ -77,7 +77,7 @@ __all__ = ["ConvSpec", "TransposeSpec", "PoolSpec", "Kernel", "MODULES",
            "POOLING_OPS", "load", "find", "is_built", "built_algorithms",
            "unsupported_reason", "require_supported", "backends",
            "register_backend", "unregister_backend", "check_backend",
-           "reload_registry", "backend_tuning"]
+           "reload_registry", "backend_tuning", "import_error"]
 
 
 # --------------------------------------------------------------------------
@@ -311,6 +311,7 @@ def reload_registry():
     """Forget which kernels were found: call after changing :data:`MODULES`
     or a backend's files in a running process."""
     _loaded.clear()
+    _import_errors.clear()
     _find.cache_clear()
 
 
@@ -322,6 +323,10 @@ def _find(module_name):
         return False
 
 
+# backend -> the ImportError its modules raised (a toolkit not installed).
+_import_errors = {}
+
+
 def _lookup(op, backend, algorithm):
     key = (op, backend, algorithm)
     if key in _loaded:
@@ -331,10 +336,22 @@ def _lookup(op, backend, algorithm):
     if place is not None:
         name = f"{_BACKEND_PACKAGES[backend]}.{place}"
         if _find(name):
-            kernel = getattr(importlib.import_module(name), "KERNELS",
-                             {}).get((op, algorithm))
+            try:
+                module = importlib.import_module(name)
+            except ImportError as exc:
+                # Not usable here (e.g. numba-cuda missing): not built, and
+                # load() says why.
+                _import_errors[backend] = exc
+                return None
+            kernel = getattr(module, "KERNELS", {}).get((op, algorithm))
     _loaded[key] = kernel
     return kernel
+
+
+def import_error(backend):
+    """The ImportError that keeps ``backend``'s kernels from loading (its
+    toolkit is not installed), or None."""
+    return _import_errors.get(backend)
 
 
 def find(op, backend, algorithm=None):
@@ -358,6 +375,8 @@ def load(op, backend, algorithm=None):
     Raises ``NotImplementedError`` naming what is built when it is not.
     """
     kernel = _lookup(op, check_backend(backend), algorithm)
+    if kernel is None and backend in _import_errors:
+        raise _import_errors[backend]
     if kernel is None:
         place = MODULES.get((op, algorithm))
         where = (f"no {place}.py in {_BACKEND_PACKAGES[backend]} with it"

@@ -51,14 +51,15 @@ def _host(a):
 # Without CUDA: import and error behaviour (always run)
 # --------------------------------------------------------------------------
 
-def _run_python(code, env_changes):
+def _run_python(code, env_changes, prelude=""):
     env = dict(os.environ)
     for key, value in env_changes.items():
         if value is None:
             env.pop(key, None)
         else:
             env[key] = value
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
+    source = textwrap.dedent(prelude) + textwrap.dedent(code)
+    return subprocess.run([sys.executable, "-c", source],
                           cwd=os.path.dirname(os.path.dirname(__file__)),
                           env=env, capture_output=True, text=True, timeout=300)
 
@@ -67,7 +68,7 @@ def test_import_kernels_never_imports_cuda():
     result = _run_python("""
         import sys, numpy as np, kernels
         kernels.conv2d(np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3)))
-        kernels.built_algorithms("cuda")
+        kernels.max_pool2d(np.ones((1, 1, 4, 4)), 2)
         loaded = [m for m in sys.modules
                   if m.startswith(("numba.cuda", "numba_cuda", "kernels.cuda."))]
         print("LOADED", loaded)
@@ -88,7 +89,7 @@ _BLOCK_NUMBA_CUDA = """
 
 
 def test_cuda_without_numba_cuda_names_the_extra():
-    result = _run_python(_BLOCK_NUMBA_CUDA + """
+    result = _run_python("""
         import numpy as np, kernels
         for call in (lambda: kernels.conv2d(np.ones((1, 1, 4, 4)),
                                             np.ones((1, 1, 3, 3)), backend="cuda"),
@@ -99,12 +100,21 @@ def test_cuda_without_numba_cuda_names_the_extra():
             except ImportError as exc:
                 print("ERROR", exc)
         print("CPU", kernels.conv2d(np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3))).sum())
-        """, {"NUMBA_ENABLE_CUDASIM": None})
+        """, {"NUMBA_ENABLE_CUDASIM": None}, prelude=_BLOCK_NUMBA_CUDA)
     assert result.returncode == 0, result.stderr[-2000:]
     errors = [line for line in result.stdout.splitlines() if line.startswith("ERROR")]
     assert len(errors) == 2, result.stdout
     assert all("convbench[cuda]" in e and "numba-cuda" in e for e in errors), errors
     assert "CPU 36.0" in result.stdout
+
+
+def test_cuda_counts_as_not_built_without_numba_cuda():
+    result = _run_python("""
+        import kernels
+        print("BUILT", kernels.built_algorithms("cuda"))
+        """, {"NUMBA_ENABLE_CUDASIM": None}, prelude=_BLOCK_NUMBA_CUDA)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "BUILT ()" in result.stdout
 
 
 def test_errors_without_a_device():
@@ -117,7 +127,7 @@ def test_errors_without_a_device():
         import numpy as np, kernels
         try:
             kernels.conv2d(np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3)),
-                           backend="cuda", algorithm="direct")
+                           backend="cuda")
         except RuntimeError as exc:
             print("ERROR", exc)
         """, {"NUMBA_ENABLE_CUDASIM": None})
