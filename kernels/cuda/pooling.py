@@ -102,6 +102,9 @@ per block and ``min(ceil(n / threads), POOLING.max_blocks)`` blocks with a
 grid-stride loop; global average pooling ``POOLING.reduce_threads``
 threads and ``min(P, POOLING.max_blocks)`` blocks.  No dynamic shared
 memory; only the reduction's static ``reduce_threads`` float64 slots.
+sm_90 (ptxas, float32 / float64): 36-80 registers per thread, no
+spills, occupancy >= 37.5 % at 256 threads; integer ``%`` and runtime-step
+``range`` (64-bit divisions) are kept out of the loops for that.
 """
 
 from __future__ import annotations
@@ -194,9 +197,10 @@ def _covering(i, pad, k, s, d, n_out):
 
 @cuda.jit(device=True, inline="always")
 def _offset_phase(offset, d):
-    """``offset % d`` for ``0 <= offset <= (k - 1) d`` by subtraction (at
-    most ``k - 1`` steps): a 64-bit ``%`` in the loops of the backward
-    kernels cost ~20 registers (87 against 64 per thread)."""
+    """``offset % d`` for ``0 <= offset <= (k - 1) d``, by subtraction (at
+    most ``k - 1`` steps): a 64-bit ``%`` per output in the backward loops
+    cost 12 registers per thread (87 against 75, max backward with
+    indices, sm_90)."""
     while offset >= d:
         offset -= d
     return offset
