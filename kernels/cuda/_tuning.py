@@ -112,7 +112,22 @@ FFT = FFTTuning()
 class PoolingTuning:
     """Launch shapes of :mod:`kernels.cuda.pooling`."""
 
+    # Threads per block of the one-thread-per-element kernels (forward:
+    # per output, backward: per input element).  A multiple of the warp;
+    # 256 keeps 8 blocks per SM resident at full occupancy (sm_90) with the
+    # few dozen registers these kernels use, and a block's warps read
+    # neighbouring columns of a few rows (coalesced along W).
     threads: int = 256
+    # Cap of the grid-stride kernels' grid: 132 SMs x 8 resident blocks of
+    # 256 threads is ~1056 blocks per wave on an H100/H200; 4096 blocks
+    # (four waves) hides the tail of the last wave while large problems
+    # loop instead of launching millions of blocks.
+    max_blocks: int = 4096
+    # Threads per block of global average pooling (one block per plane,
+    # a shared-memory tree): a power of two for the tree.  256 float64
+    # partial sums (2 KiB) per block; planes of 7x7 .. 56x56 give each
+    # thread 1 .. 13 loads, enough to keep the loads in flight.
+    reduce_threads: int = 256
 
 
 POOLING = PoolingTuning()
