@@ -98,9 +98,27 @@ WINOGRAD = WinogradTuning()
 
 @dataclass(frozen=True)
 class FFTTuning:
-    """Launch shapes of :mod:`kernels.cuda.fft`."""
+    """Launch shapes and tile rule of :mod:`kernels.cuda.fft`."""
 
+    # Threads per block of the FFT passes: 8 warps, each thread one
+    # radix-4 (or two radix-2) butterflies per stage of a full block.
     threads: int = 256
+    # Complex elements a block holds in shared memory: the longest FFT a
+    # block does on its own (longer ones run stage by stage through
+    # global memory); shorter ones are batched shared_length / L to a
+    # block.  8 KiB (float32) / 16 KiB (float64) of shared memory per
+    # block; must be a multiple of 4 * threads.
+    shared_length: int = 1024
+    # Overlap-save tile lengths (powers of two): the smallest power of two
+    # >= taps_per_tile * (kq - 1), clamped to [min_tile, max_tile] and at
+    # least 2 kq; an axis whose whole output fits in that one tile is one
+    # tile.  32 x 32 tiles of a 3 x 3 filter keep 88 % of every transform.
+    min_tile: int = 16
+    max_tile: int = 64
+    taps_per_tile: int = 16
+    # Device bytes of spectra (input and output, per image) a chunk of
+    # images may hold; the images of a call are processed in chunks.
+    chunk_bytes: int = 512 * 2**20
 
 
 FFT = FFTTuning()
