@@ -55,9 +55,32 @@ GEMM = GemmTuning()
 
 @dataclass(frozen=True)
 class DirectTuning:
-    """Launch shapes of :mod:`kernels.cuda.direct`."""
+    """Launch shapes of :mod:`kernels.cuda.direct`.
 
+    A block of ``threads`` threads owns ``thread_channels * channel_threads``
+    output channels by ``thread_pixels * threads / channel_threads`` output
+    pixels of one image and group; each thread keeps ``thread_channels x
+    thread_pixels`` accumulators in registers.  ``channel_threads`` is
+    chosen per problem (a power of two up to ``max_channel_threads``).
+    """
+
+    # 8 warps: enough to hide shared-memory latency, and 2+ blocks fit per
+    # SM at up to 128 registers per thread (occupancy >= 25 %).
     threads: int = 256
+    # Register block 4 channels x 4 pixels: 16 accumulators, 8 shared loads
+    # per 16 FMAs (the 4x4 of the GEMM core).
+    thread_channels: int = 4
+    thread_pixels: int = 4
+    # Threads along the channels: 4 (16 channels x 256 pixels per block) by
+    # default; up to 16 (64 x 64) when the output plane is small.
+    channel_threads: int = 4
+    max_channel_threads: int = 16
+    # Static shared memory for the staged input window and the weights, in
+    # bytes (the same for float32 and float64): 24 KiB per block leaves 9
+    # blocks per SM on sm_90 (228 KiB), and holds a 3x3 layer's 18x18
+    # window of 12 (float32) or 6 (float64) channels.
+    input_shared_bytes: int = 16384
+    weight_shared_bytes: int = 8192
 
 
 DIRECT = DirectTuning()
