@@ -311,13 +311,18 @@ def test_algorithm_not_built_raises_not_implemented_naming_it(algorithm, monkeyp
 
 
 @pytest.mark.parametrize("algorithm", ("auto",) + ALL_ALGORITHMS)
-def test_cuda_backend_raises_not_implemented_until_built(algorithm):
+def test_cuda_backend_says_why_it_cannot_run(algorithm):
+    """Not built: NotImplementedError naming what is; numba-cuda missing:
+    ImportError naming the extra (tests/test_cuda_contract.py checks the
+    no-GPU error and the results where CUDA can run)."""
     if algorithm != "auto" and _dispatch.is_built("conv2d", "cuda", algorithm):
         pytest.skip(f"{algorithm} is built for CUDA")
     if algorithm == "auto" and kernels.built_algorithms("cuda"):
         pytest.skip("CUDA kernels are built")
     x, w = _xw(2)
-    with pytest.raises(NotImplementedError, match=r"cuda"):
+    missing = _dispatch.import_error("cuda") is not None
+    with pytest.raises(ImportError if missing else NotImplementedError,
+                       match=r"convbench\[cuda\]" if missing else r"cuda"):
         api.conv2d(x, w, algorithm=algorithm, backend="cuda")
 
 
