@@ -246,6 +246,10 @@ def build_parser():
                          "occupancy < 25 %%")
     cr.add_argument("--json", metavar="FILE",
                     help="write every row (kernels, model) as JSON")
+    cr.add_argument("--jobs", type=lambda t: _positive_int(t, "jobs"),
+                    default=None, metavar="N",
+                    help="processes compiling at once (default: usable CPUs, "
+                         "at most 8)")
     return parser
 
 

@@ -39,7 +39,8 @@ architecture, and assembled for each architecture (PTX is forward
 compatible; the GEMM core gives the same 71 registers on sm_90 from
 compute_80 or compute_90 PTX).  This halves the time: numba's typing and
 NVVM take about 1 s per kernel, assembling 0.1 s.  Nothing is cached on
-disk.  ``numba.cuda.compile_ptx`` does not exist in numba's CUDA
+disk.  Kernels compile in parallel processes (``--jobs``, default the
+usable CPUs up to 8).  ``numba.cuda.compile_ptx`` does not exist in numba's CUDA
 simulator, so when ``NUMBA_ENABLE_CUDASIM`` is set the compilation runs in
 a subprocess without it.  A module of :mod:`kernels.cuda` that fails to
 import, or a kernel that fails to compile, is a row with its error.
@@ -379,52 +380,97 @@ def _row(module, entry, dtype, arch, info=None, error=None):
     return row
 
 
-def _compile_here(archs, dtypes):
+def _compile_entry(module, entry, dtype, archs):
+    """Rows of one kernel in one dtype, one per architecture."""
+    lowest = min(ARCHS[a].cc for a in archs)
+    try:
+        ptx = _ptx(entry, dtype, lowest)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return [_row(module, entry, dtype, arch, error=(
+            f"compile_ptx failed: {type(exc).__name__}: {first}"))
+            for arch in archs]
     rows = []
-    lowest = min((ARCHS[a].cc for a in archs))
-    for module, entry, error in discover_entries():
+    for arch in archs:
+        try:
+            info = parse_info_log(_link_log(ptx, arch))
+        except Exception as exc:
+            rows.append(_row(module, entry, dtype, arch, error=(
+                f"link failed: {type(exc).__name__}: {exc}")))
+            continue
+        rows.append(_row(module, entry, dtype, arch, info))
+    return rows
+
+
+_WORKER_ENTRIES = None
+
+
+def _pool_task(index, dtype, archs):
+    global _WORKER_ENTRIES
+    if _WORKER_ENTRIES is None:
+        _WORKER_ENTRIES = discover_entries()
+    module, entry, _ = _WORKER_ENTRIES[index]
+    return _compile_entry(module, entry, dtype, archs)
+
+
+def default_jobs():
+    """Processes compiling at once: the CPUs this process may use, <= 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
+def _compile_here(archs, dtypes, jobs=1):
+    entries = discover_entries()
+    tasks = [(i, d) for i, (_, e, _) in enumerate(entries) if e is not None
+             for d in dtypes]
+    results = {}
+    if jobs > 1 and len(tasks) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        try:
+            ctx = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=ctx) as ex:
+                futures = {t: ex.submit(_pool_task, t[0], t[1], archs)
+                           for t in tasks}
+                results = {t: f.result() for t, f in futures.items()}
+        except Exception:   # no fork, a broken pool: compile here instead
+            results = {}
+    rows = []
+    for i, (module, entry, error) in enumerate(entries):
         if entry is None:
             rows.append(_row(module, None, "-", "-", error=error))
             continue
         for dtype in dtypes:
-            try:
-                ptx = _ptx(entry, dtype, lowest)
-            except Exception as exc:
-                for arch in archs:
-                    rows.append(_row(module, entry, dtype, arch, error=(
-                        f"compile_ptx failed: {type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''}")))
-                continue
-            for arch in archs:
-                try:
-                    info = parse_info_log(_link_log(ptx, arch))
-                except Exception as exc:
-                    rows.append(_row(module, entry, dtype, arch, error=(
-                        f"link failed: {type(exc).__name__}: {exc}")))
-                    continue
-                rows.append(_row(module, entry, dtype, arch, info))
+            got = results.get((i, dtype))
+            rows += got if got is not None else _compile_entry(
+                module, entry, dtype, archs)
     return rows
 
 
-def compile_report(archs=DEFAULT_ARCHS, dtypes=("float32",)):
+def compile_report(archs=DEFAULT_ARCHS, dtypes=("float32",), jobs=None):
     """Rows (dicts) of the compilation report; see the module docstring.
 
     Raises RuntimeError naming ``pip install 'convbench[cuda]'`` when
     numba-cuda is missing.  Under ``NUMBA_ENABLE_CUDASIM`` the work runs
-    in a subprocess without that variable.
+    in a subprocess without that variable.  ``jobs`` processes compile at
+    once (default :func:`default_jobs`).
     """
+    jobs = default_jobs() if jobs is None else max(1, int(jobs))
     archs = parse_archs(",".join(archs))
     dtypes = parse_dtypes(",".join(dtypes))
     _require_numba_cuda()
     if not _simulator_on():
-        return _compile_here(archs, dtypes)
+        return _compile_here(archs, dtypes, jobs)
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(
         [root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     proc = subprocess.run(
         [sys.executable, "-m", "convbench.cuda_report", "--worker",
-         ",".join(archs), ",".join(dtypes)],
+         ",".join(archs), ",".join(dtypes), str(jobs)],
         env=env, cwd=root, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"the compilation subprocess failed (exit "
@@ -867,7 +913,7 @@ def run(args):
         print(format_model_table(rows))
     if not args.model or args.check:
         try:
-            rows = compile_report(archs, dtypes)
+            rows = compile_report(archs, dtypes, getattr(args, "jobs", None))
         except RuntimeError as exc:
             print(f"convbench cuda-report: {exc}", file=sys.stderr)
             return 2
@@ -902,7 +948,7 @@ def run(args):
 def _worker(argv):
     """Subprocess side of :func:`compile_report` (no simulator here)."""
     archs, dtypes = parse_archs(argv[0]), parse_dtypes(argv[1])
-    rows = _compile_here(archs, dtypes)
+    rows = _compile_here(archs, dtypes, int(argv[2]) if len(argv) > 2 else 1)
     sys.stdout.write("\nCUDA_REPORT_JSON " + json.dumps(rows) + "\n")
     return 0
 
