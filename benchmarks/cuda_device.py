@@ -373,7 +373,7 @@ def run_case(env, case, args, rng):
             result["error_vs_torch"] = relative_error(env, ours(), ref())
     except Exception as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"
-        result["traceback"] = traceback.format_exc(limit=4)
+        result["traceback"] = traceback.format_exc(limit=-6)
     if env.torch is not None and not args.no_torch:
         try:
             result["torch"] = env.time(ref, args.warmup, args.repeats,
