@@ -1,4 +1,4 @@
-"""Command line: ``convbench sweep | machine | calibrate``.
+"""Command line: ``convbench sweep | machine | calibrate | cuda-report``.
 
 Examples
 --------
@@ -13,6 +13,12 @@ The distinct convolution layers of ResNet-50 at batch 4::
 A named workload (see ``convbench sweep --list-workloads``)::
 
     convbench sweep --workload resnet50-3x3 --json out.json
+
+Registers, spills and occupancy of every CUDA kernel, and the roofline
+model (no GPU needed; see :mod:`convbench.cuda_report`)::
+
+    convbench cuda-report --arch sm_80,sm_90 --check
+    convbench cuda-report --model --json model.json
 """
 
 from __future__ import annotations
@@ -107,6 +113,22 @@ def parse_padding(text):
     return value
 
 
+def _arch_list(text):
+    from .cuda_report import parse_archs
+    try:
+        return parse_archs(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _dtype_list(text):
+    from .cuda_report import parse_dtypes
+    try:
+        return parse_dtypes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _name_list(text):
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -121,7 +143,7 @@ def build_parser():
         description="Benchmark and verify convolution algorithms (kernels) "
                     "against SciPy and PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{sweep,machine,calibrate}")
+                                metavar="{sweep,machine,calibrate,cuda-report}")
 
     sw = sub.add_parser(
         "sweep", help="time every algorithm and peer over kernel sizes or "
@@ -201,6 +223,33 @@ def build_parser():
     cal.add_argument("--dry-run", action="store_true",
                      help="measure and print, do not write")
     cal.add_argument("--no-progress", action="store_true")
+
+    cr = sub.add_parser(
+        "cuda-report", help="registers, spills and occupancy of the CUDA "
+                            "kernels; the roofline model (no GPU needed)",
+        description="Compile every kernel of kernels/cuda (the REPORT list "
+                    "of each module) for each architecture and print its "
+                    "registers, spills, shared memory and occupancy; with "
+                    "--model, the roofline model of each algorithm on "
+                    "ResNet-50, VGG-16 and single-channel workloads.")
+    cr.add_argument("--arch", type=_arch_list, default=("sm_80", "sm_90"),
+                    metavar="sm_80,sm_90",
+                    help="architectures (sm_80, sm_86, sm_89, sm_90); "
+                         "default sm_80,sm_90")
+    cr.add_argument("--dtype", type=_dtype_list, default=("float32",),
+                    metavar="float32[,float64]", help="default float32")
+    cr.add_argument("--model", action="store_true",
+                    help="print the roofline model (skips the compilation "
+                         "unless --check is given)")
+    cr.add_argument("--check", action="store_true",
+                    help="exit 1 if a kernel spills, fails to build or has "
+                         "occupancy < 25 %%")
+    cr.add_argument("--json", metavar="FILE",
+                    help="write every row (kernels, model) as JSON")
+    cr.add_argument("--jobs", type=lambda t: _positive_int(t, "jobs"),
+                    default=None, metavar="N",
+                    help="processes compiling at once (default: usable CPUs, "
+                         "at most 8)")
     return parser
 
 
@@ -358,10 +407,15 @@ def cmd_calibrate(args, parser):
     return 0
 
 
+def cmd_cuda_report(args, parser):
+    from .cuda_report import run
+    return run(args)
+
+
 def main(argv=None):
     """Entry point of the ``convbench`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     command = {"sweep": cmd_sweep, "machine": cmd_machine,
-               "calibrate": cmd_calibrate}
+               "calibrate": cmd_calibrate, "cuda-report": cmd_cuda_report}
     return command[args.command](args, parser)
