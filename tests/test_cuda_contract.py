@@ -12,7 +12,8 @@ backend (itself checked against ``reference/``) bit for bit.
 
 The per-module files ``tests/test_cuda_<module>.py`` test the stages and
 edge tiles of each kernel; ``tests/test_cuda_report.py`` the compilation
-report.  Without a GPU and without the simulator the runtime errors are
+report, whose ``--check`` gate (no spills, occupancy >= 25 %) ``.ci/run``
+runs as a command.  Without a GPU and without the simulator the runtime errors are
 checked in a subprocess (``test_errors_without_a_device``).
 """
 
@@ -28,7 +29,7 @@ import pytest
 
 import kernels
 import reference
-from cuda_support import CUDA_USABLE, SIMULATED, requires_cuda
+from cuda_support import requires_cuda
 from helpers import assert_within_bound, normalised_config
 
 DTYPES = (np.float32, np.float64)
@@ -425,19 +426,3 @@ def test_pooling_empty_batch_on_device():
     x = _device(np.zeros((0, 2, 5, 5), np.float32))
     y = kernels.max_pool2d(x, 2, backend="cuda")
     assert tuple(y.shape) == (0, 2, 2, 2) and not isinstance(y, np.ndarray)
-
-
-# --------------------------------------------------------------------------
-# The compilation report's gate (also run by .ci/run as a command)
-# --------------------------------------------------------------------------
-
-@pytest.mark.skipif(not CUDA_USABLE and not SIMULATED and
-                    __import__("importlib").util.find_spec("numba_cuda") is None,
-                    reason="numba-cuda is not installed")
-def test_every_reported_kernel_compiles_without_spills():
-    result = _run_python("""
-        import sys
-        from convbench.cuda_report import main
-        sys.exit(main(["--arch", "sm_90", "--dtype", "float32,float64", "--check"]))
-        """, {"NUMBA_ENABLE_CUDASIM": None})
-    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-2000:])
