@@ -84,8 +84,9 @@ Assumptions, per algorithm (``elt`` = bytes per element):
   (``alpha^2 G`` problems of ``M = K/G``, ``N = tiles``, ``K = C/G``), and
   the unfused pipeline's traffic: x read, V, U and the products written
   and read back, y written.
-* fft: overlap-save tiles of ``t x t`` (power of two; the ``t`` with the
-  smallest modelled H200 time), real transforms at ``2.5 n log2 n`` FLOPs
+* fft: overlap-save tiles of ``t x t`` (power of two: the larger of the
+  kernels' own per-axis choice, :func:`kernels.cuda._fft_tiles.choose_tile`;
+  ``fft_tile="best"`` models the fastest power of two instead), real transforms at ``2.5 n log2 n`` FLOPs
   for ``n = t^2`` (half of a complex one's ``5 n log2 n``), input, weight
   and inverse output transforms, the per-frequency complex GEMMs
   (``t (t/2 + 1)`` bins, 8 real FLOPs per complex multiply-add) on the
@@ -692,7 +693,8 @@ def model_conv(spec, algorithm, workload="", label="", dtype=None,
 
     ``spec`` a ConvSpec; ``winograd_tile`` an output tile m for
     :func:`kernels._winograd_math.tile_for` (default: its default);
-    ``fft_tile`` a transform length (default: the best power of two).
+    ``fft_tile`` a transform length (default: the kernels' choice;
+    ``"best"``: the power of two with the smallest modelled H200 time).
     Keys: ``flops`` (executed), ``useful_flops``, ``gemm_macs`` (the
     GEMM part's useful multiply-adds, where there is one), ``bytes``,
     ``intensity``, ``t_<device>_us``, ``bound_<device>``, ``detail``;
@@ -766,10 +768,15 @@ def model_conv(spec, algorithm, workload="", label="", dtype=None,
             return row
         kq = max(-(-kh // spec.stride[0]), -(-kw // spec.stride[1]))
         span = max(ho, wo) + kq - 1
+        if fft_tile is None:
+            # The kernels' own rule (square tiles modelled: the larger axis).
+            from kernels.cuda._fft_tiles import choose_tile
+            fft_tile = max(choose_tile(spec.x_shape, spec.w_shape, spec.stride,
+                                       spec.padding, spec.dilation))
         candidates = []
         t = 4
         while t < 2 * max(span, 4):
-            if t > kq - 1 and (fft_tile is None or t == fft_tile):
+            if t > kq - 1 and (fft_tile == "best" or t == fft_tile):
                 candidates.append(t)
             t *= 2
         best = None

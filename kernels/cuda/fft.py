@@ -86,11 +86,11 @@ import numpy as np
 
 from .._dispatch import Kernel
 from .. import _fft_geometry
-from .._fft_geometry import axis_phases, untouched_lists
-from ..geometry import conv_output_size
+from .._fft_geometry import untouched_lists
 from ._runtime import ReportEntry, cuda, device_entry, numba_type
 from ._gemm import gemm_grid, gemm_kernel
 from ._tuning import FFT, GEMM
+from ._fft_tiles import choose_tile, next_pow2
 from ._fft_stockham import (THREADS, column_loaders, dummy_aux, fft_columns,
                             global_kernels, run_pass, fft_kernel)
 
@@ -249,32 +249,12 @@ def _gemm_store_y(ys, g, b, row, n, value):
 # Geometry: power-of-two tiles on the shared overlap-save geometry
 # --------------------------------------------------------------------------
 
-def _next_pow2(n):
-    return 1 << max(0, int(n) - 1).bit_length()
-
-
-def _axis_tile(size, pad_lo, pad_hi, k, dilation, stride, tuning):
-    out = conv_output_size(size, k, stride, (pad_lo, pad_hi), dilation)
-    kq = axis_phases(k, dilation, stride)[3]
-    t = _next_pow2(tuning.taps_per_tile * (kq - 1))
-    t = max(_next_pow2(2 * kq), min(tuning.max_tile, max(tuning.min_tile, t)))
-    return min(t, _next_pow2(out + kq - 1))
-
-
-def choose_tile(x_shape, w_shape, stride, padding, dilation, tuning=None):
-    """Power-of-two transform lengths ``(t0, t1)`` (see the module docstring)."""
-    tuning = FFT if tuning is None else tuning
-    return tuple(_axis_tile(n, lo, hi, k, d, s, tuning) for n, lo, hi, k, d, s
-                 in zip(x_shape[2:], padding[0::2], padding[1::2],
-                        w_shape[2:], dilation, stride))
-
-
 def _pow2_axis(axis, t):
     """The shared geometry's axis with a power-of-two length: it replaces a
     tile length that covers the whole axis by FFTW's fast length."""
     if axis.t == t:
         return axis
-    return axis._replace(t=_next_pow2(axis.out + axis.kq - 1))
+    return axis._replace(t=next_pow2(axis.out + axis.kq - 1))
 
 
 def plan_geometry(x_shape, w_shape, stride, padding, dilation, groups,
