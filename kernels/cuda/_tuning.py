@@ -94,8 +94,9 @@ class WinogradTuning:
     # Intermediates (h of Y = L X R^T) a transform thread keeps live: the
     # output columns are split into chunks of at most this many values
     # (rows of X re-read per chunk).  36 holds a whole alpha = 6 tile
-    # (F(4x4, 3x3)) in one pass; alpha = 8 tiles take two, which keeps
-    # their float64 kernels spill-free at <= 128 registers.
+    # (F(4x4, 3x3)) in one pass; alpha = 8 tiles take two: F(6x6, 3x3)'s
+    # float64 input transform then needs 130 registers instead of 166
+    # (F(4x4, 5x5), F(2x2, 7x7): 128), all without spills.
     max_live_values: int = 36
     # Batches with fewer tiles than this use m = 2 instead of the default
     # tile (as the CPU's min_gemm_rows): a tuple GEMM block spans 64 tiles,

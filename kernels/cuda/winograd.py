@@ -52,9 +52,17 @@ register, no matrix is read from memory and no local array exists.
 Each applies ``Y = L X R^T`` as two passes (along rows, then columns);
 the output columns are split into chunks so that at most
 ``WINOGRAD.max_live_values`` intermediates are live per thread (rows of
-X are re-read, from L1, per chunk): this keeps the alpha = 8 tiles'
-float64 kernels free of spills at >= 25% occupancy.
-:func:`kernel_source` shows the generated source.
+X are re-read, from L1, per chunk).  :func:`kernel_source` shows the
+generated source.  ptxas (sm_90, numba-cuda 0.30): no spills and no
+stack frame for any tile; registers float32/float64 of the input,
+output and kernel transforms: F(4x4, 3x3) 70/122, 64/88, 56/64;
+F(2x2, 3x3) 48/56, 42/52, 39/40; alpha = 8 F(4x4, 5x5) and F(2x2, 7x7)
+96/128, <= 64/94, 128/126: all <= 128, i.e. >= 25% occupancy at 256
+threads.  Exceptions, tiles only reachable with ``use_tile``:
+F(6x6, 3x3) output 168/238 and input 94/130, F(3x3, 6x6) input 94/130
+(12.5% occupancy; chunking does not help the output there, ptxas keeps
+the re-read rows live; staging the tile in shared memory is future
+work).  The tuple GEMM: 71/99 registers, 9/17 KiB static shared.
 
 **Launch shapes.**  Transform kernels: 1-D grids of
 ``WINOGRAD.threads`` threads, one thread per (k, c) filter (stage 1),
