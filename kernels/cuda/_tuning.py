@@ -111,7 +111,22 @@ IM2COL = Im2colTuning()
 class WinogradTuning:
     """Launch shapes of :mod:`kernels.cuda.winograd`."""
 
+    # Threads per block of the transform kernels (one thread per tile and
+    # channel or filter): 256 keeps >= 25 % occupancy up to 128 registers.
     threads: int = 256
+    # Intermediates (h of Y = L X R^T) a transform thread keeps live: the
+    # output columns are split into chunks of at most this many values
+    # (rows of X re-read per chunk).  36 holds a whole alpha = 6 tile
+    # (F(4x4, 3x3)) in one pass; alpha = 8 tiles take two: F(6x6, 3x3)'s
+    # float64 input transform then needs 130 registers instead of 166
+    # (F(4x4, 5x5), F(2x2, 7x7): 128), all without spills.
+    max_live_values: int = 36
+    # Batches with fewer tiles than this use m = 2 instead of the default
+    # tile (as the CPU's min_gemm_rows): a tuple GEMM block spans 64 tiles,
+    # so below ~32 tiles of F(4x4, 3x3) its 36 GEMMs are mostly idle
+    # columns, and F(2x2, 3x3)'s 16 GEMMs over 4x the tiles cost fewer
+    # padded FLOPs (36 * 64 vs 16 * 64 columns per filter-channel pair).
+    min_gemm_tiles: int = 32
 
 
 WINOGRAD = WinogradTuning()
