@@ -787,7 +787,7 @@ def test_cli_backend_goes_into_the_sweep_config(monkeypatch, capsys):
     assert _run_main(base) == 0
     assert _run_main(base + ["--backend", "cuda"]) == 0
     assert [c.backend for c in configs] == ["cpu", "cuda"]
-    # The default algorithms are those built for the backend (none on cuda).
+    # The default algorithms are those built for the backend.
     assert configs[0].algorithms == tuple(kernels.built_algorithms())
     assert configs[1].algorithms == tuple(kernels.built_algorithms("cuda"))
 

@@ -308,11 +308,6 @@ def test_invalid_arrays_are_rejected():
         api.conv_transpose1d(XT, WT)
 
 
-def test_cuda_backend_is_not_built_yet():
-    with pytest.raises(NotImplementedError, match="cuda"):
-        api.conv_transpose2d(XT, WT, backend="cuda")
-
-
 def test_inapplicable_algorithm_raises_unsupported_configuration():
     if "winograd" not in transposed_algorithms():
         pytest.skip("winograd not built")
