@@ -7,7 +7,8 @@ Runs on a GPU or in numba's CUDA simulator; skipped without numba-cuda.
   global-memory path).
 * Each convolution stage against its float64 NumPy definition: input and
   weight spectra against ``numpy.fft.rfft2`` of windows / phase kernels
-  built here, the contraction against ``np.einsum``, the inverse against
+  built here, both contractions (GEMM core and few-channel elementwise)
+  against ``np.einsum`` and against each other, the inverse against
   ``numpy.fft.irfft2`` and the overlap-save scatter (output pre-filled
   with NaN so that an unwritten element shows).
 * End to end through ``KERNELS[("conv2d", "fft")].run`` against
@@ -15,7 +16,9 @@ Runs on a GPU or in numba's CUDA simulator; skipped without numba-cuda.
   (``kernels.accuracy``, c = 40), float32 and float64: padding
   (asymmetric), stride, dilation, stride with dilation, groups, 1-D,
   single and multi channel, bias, edge tiles, batch > 1, device arrays
-  in and out.
+  in and out; the cases have <= 8 channels per group (the few-channel
+  contraction), a few also forced through the GEMM path, and one with
+  Kg = 9 takes the GEMM on its own.
 
 Simulator-sized: tiles of 1 .. 8 (every (frequency, group) pair is a GEMM
 block, ~0.5 s each in the simulator).  Measured error constants

@@ -1,4 +1,4 @@
-"""FFT convolution on the GPU: transform, per-frequency GEMM, inverse.
+"""FFT convolution on the GPU: transform, per-frequency contraction, inverse.
 
 The CUDA counterpart of :mod:`kernels.cpu.fft`, with the same semantics
 (cross-correlation as ``torch.nn.functional.conv2d``, any stride,
@@ -38,13 +38,32 @@ Stages (each a function, tested against its NumPy definition):
    exact), so that the product with an input spectrum is the spectrum of
    the circular cross-correlation and the inverse needs no scaling: ``W
    (2, t0, h1, Cg', K)``.
-2. :func:`contract`: ``Y[f][k, m] = sum_c W[f][k, c] X[f][c, m]`` per
-   frequency ``f`` and group, on the GEMM core
-   (:mod:`kernels.cuda._gemm`) as a real GEMM: the loaders present ``A =
-   [[Wr, -Wi], [Wi, Wr]]`` (2 Kg x 2 Cg') and ``B = [Xr; Xi]`` (2 Cg' x M),
-   and the store writes ``[Yr; Yi]``; one GEMM per (frequency, group), the
-   batch of the launch.  Tiles are the GEMM's N, contiguous in X and Y, so
-   B loads and C stores are coalesced.
+2. The contraction ``Y[f][k, m] = sum_c W[f][k, c] X[f][c, m]`` per
+   frequency ``f`` and group, one of two kernels, chosen by
+   :func:`few_channel` from the per-group channel counts ``Kg = K / G``
+   and ``Cg'`` (phase-split input channels per group):
+
+   * many channels (``Kg > FFTTuning.few_channel_max_k = 8`` or ``Cg' >
+     few_channel_max_c = 8``): :func:`contract`, on the GEMM core
+     (:mod:`kernels.cuda._gemm`) as a real GEMM: the loaders present ``A =
+     [[Wr, -Wi], [Wi, Wr]]`` (2 Kg x 2 Cg') and ``B = [Xr; Xi]`` (2 Cg' x
+     M), and the store writes ``[Yr; Yi]``; one GEMM per (frequency,
+     group), the batch of the launch.  Tiles are the GEMM's N, contiguous
+     in X and Y, so B loads and C stores are coalesced.
+   * few channels: :func:`contract_few`, elementwise complex
+     multiply-adds, one thread per (frequency, group, tile) (grid-stride,
+     tiles fastest: coalesced X loads and Y stores, uniform W loads)
+     computing all ``Kg`` outputs of its group.  Why: the GEMM pads ``M =
+     2 Kg`` to its 64-row block tile and ``2 Cg'`` to 8, so it executes
+     ``(2 Kg / 64) (2 Cg' / pad8(2 Cg'))`` useful FLOPs -- 3 % for a
+     single-channel image (2 x 2), which left FFT slower than direct on
+     2048^2 images at every kernel size in the roofline model.  The
+     elementwise kernel wastes nothing but re-uses nothing through shared
+     memory either (about one load per FMA, so near a quarter of the FMA
+     rate when compute bound); the GEMM's useful share exceeds that only
+     above ``Kg = 8``.  ``Cg' <= 8`` keeps the X lines each thread
+     re-reads for its ``Kg`` outputs in L1 (:class:`kernels.cuda._tuning.
+     FFTTuning` has the figures).
 3./4. :func:`inverse`: a column pass (inverse, length ``t0``) in place on
    ``Y``, then the inverse row pass of the first ``b0`` rows of every tile
    (the only ones kept), which rebuilds each full row from its half by
@@ -55,13 +74,16 @@ Stages (each a function, tested against its NumPy definition):
    saves writing and reading ``K M t0 t1`` real values.
 
 Launches per call (per chunk of images, :attr:`FFTTuning.chunk_bytes`):
-input rows, input columns, contraction GEMM (batches of at most 65535
-(frequency, group) pairs: the grid's z limit), inverse columns, inverse
-rows + scatter; the weight spectra (rows, columns) once per call.  FFT
-passes: blocks of :attr:`FFTTuning.threads` threads, each block
-``shared_length / L`` transforms of length ``L`` in shared memory; longer
-transforms (a phase kernel of more than ``shared_length / 2`` taps) go
-stage by stage through global memory.  GEMM: :data:`GEMM` blocks.
+input rows, input columns, contraction (GEMM: batches of at most 65535
+(frequency, group) pairs, the grid's z limit; few channels: one
+grid-stride launch), inverse columns, inverse rows + scatter; the weight
+spectra (rows, columns) once per call.  FFT passes: blocks of
+:attr:`FFTTuning.threads` threads, each block ``shared_length / L``
+transforms of length ``L`` in shared memory; longer transforms (a phase
+kernel of more than ``shared_length / 2`` taps) go stage by stage through
+global memory.  GEMM: :data:`GEMM` blocks.  Few-channel contraction:
+:attr:`FFTTuning.threads` threads per block, at most
+:attr:`FFTTuning.contract_max_blocks` blocks.
 
 Weight spectra are not cached: :mod:`kernels._weight_cache` keys on host
 addresses and compares the filter bit for bit on the host, while this
@@ -71,6 +93,11 @@ that transform the filters.
 
 Determinism: every output element is written by one thread, sums in a
 fixed order (FFT stages, GEMM dot products in increasing k); no atomics.
+Both contractions sum each output in the same order -- the GEMM's K index
+runs over ``[Xr; Xi]``, so ``Yr = sum_c Wr Xr + sum_c (-Wi) Xi`` and
+``Yi = sum_c Wi Xr + sum_c Wr Xi``, c increasing in each -- so they agree
+bit for bit wherever both round alike (the simulator: tested), and the
+error constant is the same for both.
 
 Accuracy: the documented FFT bound (:mod:`kernels.accuracy`, c = 40,
 normwise) holds; measured constants are in ``tests/test_cuda_fft.py``'s
