@@ -88,10 +88,15 @@ Assumptions, per algorithm (``elt`` = bytes per element):
   kernels' own per-axis choice, :func:`kernels.cuda._fft_tiles.choose_tile`;
   ``fft_tile="best"`` models the fastest power of two instead), real transforms at ``2.5 n log2 n`` FLOPs
   for ``n = t^2`` (half of a complex one's ``5 n log2 n``), input, weight
-  and inverse output transforms, the per-frequency complex GEMMs
-  (``t (t/2 + 1)`` bins, 8 real FLOPs per complex multiply-add) on the
-  GEMM core; stride by polyphase (``s^2`` phases as channels, phase kernel
-  ``ceil(k/s)``); traffic: x, the three spectra written and read, y.
+  and inverse output transforms, the per-frequency contraction (``t (t/2
+  + 1)`` bins, 8 real FLOPs per complex multiply-add) the way the kernel
+  runs it: with few channels per group (``K/G`` and ``C'/G`` within
+  :class:`kernels.cuda._tuning.FFTTuning`'s ``few_channel_max_k`` /
+  ``_c``, :func:`fft_few_channel`) elementwise, no padding, X and W read
+  and Y written once (the limit of its loads, about one per FMA, is not
+  priced); else complex GEMMs on the GEMM core; stride by polyphase
+  (``s^2`` phases as channels, phase kernel ``ceil(k/s)``); traffic: x,
+  the three spectra written and read, y.
 * pooling: bytes of x read and y written once; the compares are not the
   bound.
 
@@ -651,8 +656,18 @@ def _rfft2_flops(t):
     return 2.5 * n * math.log2(n)
 
 
+def fft_few_channel(kg, cgp, tuning=None):
+    """Whether :mod:`kernels.cuda.fft` contracts elementwise (its
+    ``few_channel`` rule, :class:`kernels.cuda._tuning.FFTTuning`):
+    ``kg`` outputs and ``cgp`` phase-split input channels per group."""
+    if tuning is None:
+        from kernels.cuda._tuning import FFT as tuning
+    return kg <= tuning.few_channel_max_k and cgp <= tuning.few_channel_max_c
+
+
 def _fft_cost(spec, t, elt, l2_bytes):
-    """(flops, useful, bytes, detail) of FFT convolution with t x t tiles."""
+    """(flops, useful, bytes, detail, contraction complex MACs) of FFT
+    convolution with t x t tiles."""
     n, c, h, w = spec.x_shape
     k_out, cg, kh, kw = spec.w_shape
     g = spec.groups
@@ -668,12 +683,20 @@ def _fft_cost(spec, t, elt, l2_bytes):
     f_in = n * c * phases * tiles * _rfft2_flops(t)
     f_w = k_out * cgp * _rfft2_flops(t)
     f_out = n * k_out * tiles * _rfft2_flops(t)
-    g_exec, g_useful, g_bytes, passes = gemm_cost(
-        bins * g, k_out // g, n * tiles, cgp, elt, l2_bytes, complex_=True)
     ce = 2 * elt
     s_x = n * c * phases * tiles * bins * ce
     s_w = k_out * cgp * bins * ce
     s_y = n * k_out * tiles * bins * ce
+    if fft_few_channel(k_out // g, cgp):
+        # elementwise complex multiply-adds, no tile padding; reads X and
+        # W, writes Y once
+        g_useful = 8 * bins * n * tiles * k_out * cgp
+        g_exec, g_bytes, passes = g_useful, s_x + s_w + s_y, 1
+        contraction = "elementwise"
+    else:
+        g_exec, g_useful, g_bytes, passes = gemm_cost(
+            bins * g, k_out // g, n * tiles, cgp, elt, l2_bytes, complex_=True)
+        contraction = "GEMM"
     x_b = n * c * h * w * elt
     w_b = k_out * cg * kh * kw * elt
     y_b = n * k_out * ho * wo * elt
@@ -681,7 +704,7 @@ def _fft_cost(spec, t, elt, l2_bytes):
     # traffic over the spectra (reads X, W; writes Y).
     nbytes = x_b + s_x + w_b + s_w + g_bytes + s_y + y_b
     flops = f_in + f_w + f_out + g_exec
-    detail = (f"tile {t}x{t}, {tiles} tiles/img, {bins} bins"
+    detail = (f"tile {t}x{t}, {tiles} tiles/img, {bins} bins, {contraction}"
               + (f", {phases} phases" if phases > 1 else "")
               + (f", B x{passes}" if passes > 1 else ""))
     return flops, f_in + f_w + f_out + g_useful, nbytes, detail, g_useful // 8
@@ -696,7 +719,8 @@ def model_conv(spec, algorithm, workload="", label="", dtype=None,
     ``fft_tile`` a transform length (default: the kernels' choice;
     ``"best"``: the power of two with the smallest modelled H200 time).
     Keys: ``flops`` (executed), ``useful_flops``, ``gemm_macs`` (the
-    GEMM part's useful multiply-adds, where there is one), ``bytes``,
+    GEMM part's useful multiply-adds, where there is one; for fft the
+    per-frequency contraction's complex ones, GEMM or elementwise), ``bytes``,
     ``intensity``, ``t_<device>_us``, ``bound_<device>``, ``detail``;
     ``flops`` None and ``note`` the reason when the algorithm does not
     apply.

@@ -7,7 +7,8 @@ Runs on a GPU or in numba's CUDA simulator; skipped without numba-cuda.
   global-memory path).
 * Each convolution stage against its float64 NumPy definition: input and
   weight spectra against ``numpy.fft.rfft2`` of windows / phase kernels
-  built here, the contraction against ``np.einsum``, the inverse against
+  built here, both contractions (GEMM core and few-channel elementwise)
+  against ``np.einsum`` and against each other, the inverse against
   ``numpy.fft.irfft2`` and the overlap-save scatter (output pre-filled
   with NaN so that an unwritten element shows).
 * End to end through ``KERNELS[("conv2d", "fft")].run`` against
@@ -15,7 +16,9 @@ Runs on a GPU or in numba's CUDA simulator; skipped without numba-cuda.
   (``kernels.accuracy``, c = 40), float32 and float64: padding
   (asymmetric), stride, dilation, stride with dilation, groups, 1-D,
   single and multi channel, bias, edge tiles, batch > 1, device arrays
-  in and out.
+  in and out; the cases have <= 8 channels per group (the few-channel
+  contraction), a few also forced through the GEMM path, and one with
+  Kg = 9 takes the GEMM on its own.
 
 Simulator-sized: tiles of 1 .. 8 (every (frequency, group) pair is a GEMM
 block, ~0.5 s each in the simulator).  Measured error constants
@@ -289,29 +292,67 @@ def test_weight_spectra_are_reversed_scaled_rfft2(cuda, fft):
     assert np.abs(got - expected).max() <= 1e-14 * np.abs(wp).sum()
 
 
-@pytest.mark.parametrize("dtype", [np.float32])
-def test_contract_matches_einsum(cuda, fft, dtype):
-    x, w, _, geom = stage_problem(fft, dtype)
-    rng = np.random.default_rng(5)
-    t0, h1, groups = 2, 2, 2
-    cp, k, m = 4, 6, 5
+def contract_problem(dtype, groups=2, cp=4, k=6, m=5, t0=2, h1=2, seed=5):
+    rng = np.random.default_rng(seed)
     xs = rng.standard_normal((2, t0, h1, cp, m)).astype(dtype)
     ws = rng.standard_normal((2, t0, h1, cp // groups, k)).astype(dtype)
+    return xs, ws
+
+
+def per_group_einsum(a, b, groups):
+    """Y[f][k, m] = sum_c W[f][c, k] X[f][c, m] within each group."""
+    cg, kg = a.shape[2] // groups, b.shape[3] // groups
+    return np.concatenate(
+        [np.einsum("abcm,abck->abkm", a[:, :, g * cg:(g + 1) * cg],
+                   b[:, :, :, g * kg:(g + 1) * kg]) for g in range(groups)],
+        axis=2)
+
+
+@pytest.mark.parametrize("stage, dtype, groups, cp, k, m", [
+    ("contract", np.float32, 2, 4, 6, 5),
+    ("contract_few", np.float32, 2, 4, 6, 5),
+    ("contract_few", np.float64, 3, 6, 3, 37),    # Kg = 1, Cg' = 2
+    ("contract_few", np.float64, 1, 1, 1, 7),     # single channel
+])
+def test_contract_matches_einsum(cuda, fft, stage, dtype, groups, cp, k, m):
+    x, w, _, geom = stage_problem(fft, dtype)
+    xs, ws = contract_problem(dtype, groups, cp, k, m)
     geom = geom._replace(groups=groups)
-    got = join(fft.contract(cuda.to_device(xs), cuda.to_device(ws),
-                            geom).copy_to_host())
-
-    def per_group(a, b):
-        return np.concatenate(
-            [np.einsum("abcm,abck->abkm", a[:, :, g * 2:(g + 1) * 2],
-                       b[:, :, :, g * 3:(g + 1) * 3]) for g in range(groups)],
-            axis=2)
-
-    expected = per_group(join(xs), join(ws))
-    scale = per_group(np.abs(xs).sum(0), np.abs(ws).sum(0))
-    tol = 4 * cp * unit_roundoff(dtype) * scale
+    got = join(getattr(fft, stage)(cuda.to_device(xs), cuda.to_device(ws),
+                                   geom).copy_to_host())
+    expected = per_group_einsum(join(xs), join(ws), groups)
+    scale = per_group_einsum(np.abs(xs).sum(0), np.abs(ws).sum(0), groups)
+    tol = 4 * (cp // groups) * unit_roundoff(dtype) * scale
     assert got.shape == expected.shape
     assert (np.abs(got - expected) <= tol).all()
+
+
+def test_few_channel_contraction_sums_like_the_gemm(cuda, fft):
+    """Same per-output order as the GEMM path: equal bit for bit where
+    both round the same way (the simulator: no FMA contraction)."""
+    from kernels.cuda._runtime import SIMULATOR
+    x, w, _, geom = stage_problem(fft, np.float32)
+    xs, ws = contract_problem(np.float32, seed=8)
+    xs_d, ws_d = cuda.to_device(xs), cuda.to_device(ws)
+    few = fft.contract_few(xs_d, ws_d, geom).copy_to_host()
+    gemm = fft.contract(xs_d, ws_d, geom).copy_to_host()
+    if SIMULATOR:
+        np.testing.assert_array_equal(few, gemm)
+    else:   # FMA contraction may differ between the two kernels
+        np.testing.assert_allclose(few, gemm, rtol=0, atol=1e-5)
+
+
+def test_few_channel_threshold(fft):
+    from kernels.cuda._tuning import FFT
+    small = fft.plan_geometry((1, 1, 20, 20), (1, 1, 3, 3), (1, 1),
+                              (0,) * 4, (1, 1), 1)
+    assert fft.few_channel(small)
+    # Kg = 16 > 8: the GEMM core; Cg' = 4 channels x 4 phases = 16 > 8 too
+    assert not fft.few_channel(small._replace(k=16))
+    strided = fft.plan_geometry((1, 4, 20, 20), (2, 4, 3, 3), (2, 2),
+                                (0,) * 4, (1, 1), 1)
+    assert strided.channels_per_group == 16 and not fft.few_channel(strided)
+    assert fft.few_channel(strided, FFT.__class__(few_channel_max_c=16))
 
 
 def test_inverse_is_irfft2_then_overlap_save_scatter(cuda, fft):
@@ -368,18 +409,18 @@ CASE_PARAMS = [pytest.param(name, dtype,
                for name, case in CASES.items() for dtype in case[-1]]
 
 
-def check_case(fft, case, dtype, seed=11):
+def check_case(fft, case, dtype, seed=11, contraction=None):
     x_shape, w_shape, stride, padding, dilation, groups, bias, tile, _ = case
     x, w, b = random_problem(seed, dtype, x_shape, w_shape, bias)
     spec = ConvSpec.from_config(x_shape, w_shape, stride, padding, dilation,
                                 groups, dtype)
-    if tile is None:
+    if tile is None and contraction is None:
         y = fft.KERNELS[("conv2d", "fft")].run(spec, x, w, b)
     else:
         from numba import cuda
         y = fft.conv2d(spec, cuda.to_device(x), cuda.to_device(w),
                        None if b is None else cuda.to_device(b),
-                       tile=tile).copy_to_host()
+                       tile=tile, contraction=contraction).copy_to_host()
     return x, w, b, y, spec
 
 
@@ -395,7 +436,31 @@ def assert_within_fft_bound(x, w, b, y, spec):
 
 @pytest.mark.parametrize("name, dtype", CASE_PARAMS)
 def test_conv2d_within_documented_bound(fft, name, dtype):
+    # these have <= 8 channels per group: the few-channel contraction
     assert_within_fft_bound(*check_case(fft, CASES[name], dtype))
+
+
+@pytest.mark.parametrize("name, dtype, contraction", [
+    ("stride2-groups", np.float64, "gemm"),
+    ("asym-padding-edge-tiles-batch", np.float32, "gemm"),
+    ("1d-multichannel", np.float32, "gemm"),
+    ("1d-single-channel", np.float64, "few"),
+])
+def test_conv2d_both_contractions(fft, name, dtype, contraction):
+    assert_within_fft_bound(*check_case(fft, CASES[name], dtype,
+                                        contraction=contraction))
+
+
+def test_conv2d_many_channels_takes_the_gemm(fft, monkeypatch):
+    """Kg = 9 > 8: the driver's own choice is the GEMM path."""
+    calls = []
+    monkeypatch.setattr(fft, "contract_few",
+                        lambda *a, **k: calls.append("few"))
+    case = ((1, 1, 3, 4), (9, 1, 2, 2), (1, 1), (0, 1, 0, 0), (1, 1), 1,
+            False, (2, 4), ())
+    assert_within_fft_bound(*check_case(fft, case, np.float64,
+                                        contraction=None))
+    assert calls == []
 
 
 def test_conv2d_global_memory_fft_path(cuda, fft):

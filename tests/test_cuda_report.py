@@ -197,17 +197,41 @@ def test_model_im2col_counts_tile_padding():
 
 
 def test_model_fft_tile_is_a_power_of_two_and_counts_transforms():
-    spec = _spec((1, 1, 64, 64), (1, 1, 3, 3))
+    # 9 output channels > few_channel_max_k: the contraction is the GEMM
+    spec = _spec((1, 1, 64, 64), (9, 1, 3, 3))
     row = cr.model_conv(spec, "fft", fft_tile=64)
     # one 64x64 tile would give 62 outputs: 2x2 tiles of 62 for 64 outputs.
     tiles = 4
-    transforms = (tiles + 1 + tiles) * 2.5 * 64 * 64 * np.log2(64 * 64)
+    transforms = (tiles + 9 + 9 * tiles) * 2.5 * 64 * 64 * np.log2(64 * 64)
     bm, bn, bk = cr._gemm_tiles()
     gemm = 8 * 64 * 33 * bm * bn * bk
     assert row["flops"] == pytest.approx(transforms + gemm)
+    assert "GEMM" in row["detail"]
     auto = cr.model_conv(spec, "fft")
     t = int(auto["detail"].split()[1].split("x")[0])
     assert t & (t - 1) == 0
+
+
+def test_model_fft_few_channels_contract_elementwise_without_padding():
+    """Single channel: 8 real FLOPs per complex multiply-add, nothing
+    executed for padding, X and W read and Y written once."""
+    spec = _spec((2, 1, 64, 64), (3, 1, 3, 3))
+    row = cr.model_conv(spec, "fft", fft_tile=64)
+    tiles, bins, elt = 2 * 4, 64 * 33, 4
+    transforms = (tiles + 3 + 3 * tiles) * 2.5 * 64 * 64 * np.log2(64 * 64)
+    macs = bins * tiles * 3 * 1
+    assert "elementwise" in row["detail"] and row["gemm_macs"] == macs
+    assert row["flops"] == pytest.approx(transforms + 8 * macs)
+    assert row["useful_flops"] == row["flops"]     # no padding waste
+    s_x, s_w, s_y = (2 * elt * bins * v for v in (tiles, 3, 3 * tiles))
+    x_b, w_b, y_b = elt * 2 * 64 * 64, elt * 27, elt * 2 * 3 * 64 * 64
+    # transforms write X, W and read Y; the contraction reads X, W, writes Y
+    assert row["bytes"] == x_b + w_b + y_b + 2 * (s_x + s_w + s_y)
+    # the single-2048 workload: no padding waste in any fft row
+    for r in cr.model_rows():
+        if r["workload"] == "single-2048" and r["algorithm"] == "fft":
+            assert "elementwise" in r["detail"]
+            assert r["useful_flops"] == r["flops"]
 
 
 def test_model_pooling_is_bandwidth():

@@ -157,6 +157,24 @@ class FFTTuning:
     # Device bytes of spectra (input and output, per image) a chunk of
     # images may hold; the images of a call are processed in chunks.
     chunk_bytes: int = 512 * 2**20
+    # The per-frequency contraction runs elementwise (one thread per
+    # (bin, group, tile), all Kg outputs of its group; no GEMM tile
+    # padding) when Kg <= few_channel_max_k and Cg' <= few_channel_max_c,
+    # else on the GEMM core.  Kg: the GEMM's M = 2 Kg is padded to 64
+    # rows, so it executes at most 2 Kg / 64 = 25 % useful FLOPs for
+    # Kg <= 8, while the elementwise kernel, which re-uses nothing through
+    # shared memory (one load per FMA: 2 uniform W + 2 X per complex MAC),
+    # is bound near 1/4 of the FMA rate by the load units (32 vs 128 per
+    # clock per SM on sm_90): break-even at Kg = 8.  Cg': each thread
+    # reads its Cg' X values once per output (Kg times), from L1 as long
+    # as a resident warp's 2 Cg' lines of 128 B fit: 64 warps x 8 x 256 B
+    # = 128 KiB of sm_90's 256 KiB L1 at Cg' = 8.
+    few_channel_max_k: int = 8
+    few_channel_max_c: int = 8
+    # Cap of the elementwise contraction's grid (blocks of ``threads``):
+    # 132 SMs x 8 resident 256-thread blocks is ~1056 per wave on an
+    # H100/H200; four waves hide the tail, larger problems grid-stride.
+    contract_max_blocks: int = 4096
 
 
 FFT = FFTTuning()

@@ -1,4 +1,4 @@
-"""FFT convolution on the GPU: transform, per-frequency GEMM, inverse.
+"""FFT convolution on the GPU: transform, per-frequency contraction, inverse.
 
 The CUDA counterpart of :mod:`kernels.cpu.fft`, with the same semantics
 (cross-correlation as ``torch.nn.functional.conv2d``, any stride,
@@ -38,13 +38,32 @@ Stages (each a function, tested against its NumPy definition):
    exact), so that the product with an input spectrum is the spectrum of
    the circular cross-correlation and the inverse needs no scaling: ``W
    (2, t0, h1, Cg', K)``.
-2. :func:`contract`: ``Y[f][k, m] = sum_c W[f][k, c] X[f][c, m]`` per
-   frequency ``f`` and group, on the GEMM core
-   (:mod:`kernels.cuda._gemm`) as a real GEMM: the loaders present ``A =
-   [[Wr, -Wi], [Wi, Wr]]`` (2 Kg x 2 Cg') and ``B = [Xr; Xi]`` (2 Cg' x M),
-   and the store writes ``[Yr; Yi]``; one GEMM per (frequency, group), the
-   batch of the launch.  Tiles are the GEMM's N, contiguous in X and Y, so
-   B loads and C stores are coalesced.
+2. The contraction ``Y[f][k, m] = sum_c W[f][k, c] X[f][c, m]`` per
+   frequency ``f`` and group, one of two kernels, chosen by
+   :func:`few_channel` from the per-group channel counts ``Kg = K / G``
+   and ``Cg'`` (phase-split input channels per group):
+
+   * many channels (``Kg > FFTTuning.few_channel_max_k = 8`` or ``Cg' >
+     few_channel_max_c = 8``): :func:`contract`, on the GEMM core
+     (:mod:`kernels.cuda._gemm`) as a real GEMM: the loaders present ``A =
+     [[Wr, -Wi], [Wi, Wr]]`` (2 Kg x 2 Cg') and ``B = [Xr; Xi]`` (2 Cg' x
+     M), and the store writes ``[Yr; Yi]``; one GEMM per (frequency,
+     group), the batch of the launch.  Tiles are the GEMM's N, contiguous
+     in X and Y, so B loads and C stores are coalesced.
+   * few channels: :func:`contract_few`, elementwise complex
+     multiply-adds, one thread per (frequency, group, tile) (grid-stride,
+     tiles fastest: coalesced X loads and Y stores, uniform W loads)
+     computing all ``Kg`` outputs of its group.  Why: the GEMM pads ``M =
+     2 Kg`` to its 64-row block tile and ``2 Cg'`` to 8, so it executes
+     ``(2 Kg / 64) (2 Cg' / pad8(2 Cg'))`` useful FLOPs -- 3 % for a
+     single-channel image (2 x 2), which left FFT slower than direct on
+     2048^2 images at every kernel size in the roofline model.  The
+     elementwise kernel wastes nothing but re-uses nothing through shared
+     memory either (about one load per FMA, so near a quarter of the FMA
+     rate when compute bound); the GEMM's useful share exceeds that only
+     above ``Kg = 8``.  ``Cg' <= 8`` keeps the X lines each thread
+     re-reads for its ``Kg`` outputs in L1 (:class:`kernels.cuda._tuning.
+     FFTTuning` has the figures).
 3./4. :func:`inverse`: a column pass (inverse, length ``t0``) in place on
    ``Y``, then the inverse row pass of the first ``b0`` rows of every tile
    (the only ones kept), which rebuilds each full row from its half by
@@ -55,13 +74,16 @@ Stages (each a function, tested against its NumPy definition):
    saves writing and reading ``K M t0 t1`` real values.
 
 Launches per call (per chunk of images, :attr:`FFTTuning.chunk_bytes`):
-input rows, input columns, contraction GEMM (batches of at most 65535
-(frequency, group) pairs: the grid's z limit), inverse columns, inverse
-rows + scatter; the weight spectra (rows, columns) once per call.  FFT
-passes: blocks of :attr:`FFTTuning.threads` threads, each block
-``shared_length / L`` transforms of length ``L`` in shared memory; longer
-transforms (a phase kernel of more than ``shared_length / 2`` taps) go
-stage by stage through global memory.  GEMM: :data:`GEMM` blocks.
+input rows, input columns, contraction (GEMM: batches of at most 65535
+(frequency, group) pairs, the grid's z limit; few channels: one
+grid-stride launch), inverse columns, inverse rows + scatter; the weight
+spectra (rows, columns) once per call.  FFT passes: blocks of
+:attr:`FFTTuning.threads` threads, each block ``shared_length / L``
+transforms of length ``L`` in shared memory; longer transforms (a phase
+kernel of more than ``shared_length / 2`` taps) go stage by stage through
+global memory.  GEMM: :data:`GEMM` blocks.  Few-channel contraction:
+:attr:`FFTTuning.threads` threads per block, at most
+:attr:`FFTTuning.contract_max_blocks` blocks.
 
 Weight spectra are not cached: :mod:`kernels._weight_cache` keys on host
 addresses and compares the filter bit for bit on the host, while this
@@ -71,6 +93,11 @@ that transform the filters.
 
 Determinism: every output element is written by one thread, sums in a
 fixed order (FFT stages, GEMM dot products in increasing k); no atomics.
+Both contractions sum each output in the same order -- the GEMM's K index
+runs over ``[Xr; Xi]``, so ``Yr = sum_c Wr Xr + sum_c (-Wi) Xi`` and
+``Yi = sum_c Wi Xr + sum_c Wr Xi``, c increasing in each -- so they agree
+bit for bit wherever both round alike (the simulator: tested), and the
+error constant is the same for both.
 
 Accuracy: the documented FFT bound (:mod:`kernels.accuracy`, c = 40,
 normwise) holds; measured constants are in ``tests/test_cuda_fft.py``'s
@@ -96,7 +123,7 @@ from ._fft_stockham import (THREADS, column_loaders, dummy_aux, fft_columns,
 
 __all__ = ["choose_tile", "plan_geometry", "input_index_maps",
            "weight_tap_maps", "input_spectra", "weight_spectra", "contract",
-           "inverse", "conv2d", "KERNELS", "REPORT"]
+           "few_channel", "contract_few", "few_channel_kernel", "inverse", "conv2d", "KERNELS", "REPORT"]
 
 # Batches of one GEMM launch: gridDim.z is at most 65535.
 _MAX_GRID_Z = 65535
@@ -243,6 +270,52 @@ def _gemm_store_y(ys, g, b, row, n, value):
     pr = row // g[1]
     kk = row - pr * g[1]
     ys[pr, f, grp * g[1] + kk, n] = value
+
+
+# --------------------------------------------------------------------------
+# Few-channel contraction: elementwise complex multiply-adds
+# --------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def few_channel_kernel(dtype):
+    """The elementwise contraction for ``dtype`` (cached).
+
+    ``few_channel(ws, xs, ys, groups, kg, cgp)``: ``ws`` (2, F, Cg', K),
+    ``xs`` (2, F, C', M), ``ys`` (2, F, K, M).  One thread per (frequency
+    ``f``, group, tile ``m``), grid-stride, ``m`` fastest (coalesced
+    X loads and Y stores; the W loads of a warp are uniform).  For each
+    output ``k`` of its group it sums in the GEMM path's order (the
+    GEMM's K index runs over ``[Xr; Xi]``): first ``Yr += Wr Xr``,
+    ``Yi += Wi Xr`` for c increasing, then ``Yr += (-Wi) Xi``, ``Yi += Wr
+    Xi`` for c increasing.
+    """
+    nbtype = numba_type(dtype)
+
+    @cuda.jit
+    def few_channel(ws, xs, ys, groups, kg, cgp):
+        m_tiles = xs.shape[3]
+        total = xs.shape[1] * groups * m_tiles
+        for i in range(cuda.grid(1), total, cuda.gridsize(1)):
+            m = i % m_tiles
+            fg = i // m_tiles
+            grp = fg % groups
+            f = fg // groups
+            c0 = grp * cgp
+            for k in range(grp * kg, grp * kg + kg):
+                re = nbtype(0)
+                im = nbtype(0)
+                for c in range(cgp):
+                    xr = xs[0, f, c0 + c, m]
+                    re += ws[0, f, c, k] * xr
+                    im += ws[1, f, c, k] * xr
+                for c in range(cgp):
+                    xi = xs[1, f, c0 + c, m]
+                    re += -ws[1, f, c, k] * xi
+                    im += ws[0, f, c, k] * xi
+                ys[0, f, k, m] = re
+                ys[1, f, k, m] = im
+
+    return few_channel
 
 
 # --------------------------------------------------------------------------
@@ -401,6 +474,36 @@ def contract(xs, ws, geom, stream=0):
     return ys
 
 
+def few_channel(geom, tuning=None):
+    """True when :func:`contract_few` runs the contraction: at most
+    ``tuning.few_channel_max_k`` outputs and ``few_channel_max_c`` phase
+    channels per group (:class:`kernels.cuda._tuning.FFTTuning`)."""
+    tuning = FFT if tuning is None else tuning
+    return (geom.k // geom.groups <= tuning.few_channel_max_k
+            and geom.channels_per_group <= tuning.few_channel_max_c)
+
+
+def contract_few(xs, ws, geom, stream=0):
+    """:func:`contract` as elementwise complex multiply-adds, no GEMM.
+
+    Same arguments, result and per-output summation order as
+    :func:`contract`; no tile padding, for few channels per group.
+    """
+    _, t0, h1, cp, m_tiles = xs.shape
+    cgp, k_out = ws.shape[3], ws.shape[4]
+    groups = geom.groups
+    nf = t0 * h1
+    dtype = np.dtype(xs.dtype)
+    ys = cuda.device_array((2, t0, h1, k_out, m_tiles), dtype, stream=stream)
+    total = nf * groups * m_tiles
+    threads = FFT.threads
+    blocks = max(1, min(FFT.contract_max_blocks, -(-total // threads)))
+    few_channel_kernel(dtype)[blocks, threads, stream](
+        ws.reshape(2, nf, cgp, k_out), xs.reshape(2, nf, cp, m_tiles),
+        ys.reshape(2, nf, k_out, m_tiles), groups, k_out // groups, cgp)
+    return ys
+
+
 def inverse(ys, geom, bias, y, stream=0, force_global=False):
     """Inverse transforms of ``Y`` and the overlap-save scatter into ``y``.
 
@@ -436,22 +539,30 @@ def _chunk_images(geom, tuning):
     return max(1, min(geom.n, tuning.chunk_bytes // max(1, per_image)))
 
 
-def conv2d(spec, x, w, bias, stream=0, tile=None, force_global=False):
+def conv2d(spec, x, w, bias, stream=0, tile=None, force_global=False,
+           contraction=None):
     """FFT convolution of device arrays; returns a new device ``y``.
 
     ``tile`` forces the transform lengths (powers of two; tests),
-    ``force_global`` the global-memory FFT path (tests).
+    ``force_global`` the global-memory FFT path (tests), ``contraction``
+    ``"few"`` (:func:`contract_few`) or ``"gemm"`` (:func:`contract`)
+    instead of the choice of :func:`few_channel` (tests, benchmarks).
     """
     geom = plan_geometry(spec.x_shape, spec.w_shape, spec.stride,
                          spec.padding, spec.dilation, spec.groups,
                          x.dtype, tile)
+    if contraction is None:
+        contraction = "few" if few_channel(geom) else "gemm"
+    if contraction not in ("few", "gemm"):
+        raise ValueError(f"contraction must be 'few' or 'gemm', got {contraction!r}")
+    contract_fn = contract_few if contraction == "few" else contract
     y = cuda.device_array(geom.out_shape, x.dtype, stream=stream)
     ws = weight_spectra(w, geom, stream, force_global)
     step = _chunk_images(geom, FFT)
     for n0 in range(0, geom.n, step):
         n1 = min(geom.n, n0 + step)
         xs = input_spectra(x[n0:n1], geom, stream, force_global)
-        ys = contract(xs, ws, geom, stream)
+        ys = contract_fn(xs, ws, geom, stream)
         del xs
         inverse(ys, geom, bias, y[n0:n1], stream, force_global)
     return y
@@ -521,6 +632,11 @@ def _gemm_signature(dtype):
             types.int64, types.int64)
 
 
+def _few_signature(dtype):
+    types, _, arr4, _ = _types(dtype)
+    return (arr4, arr4, arr4, types.int64, types.int64, types.int64)
+
+
 _PASSES = (
     # name, load, store, src rank, dst rank, geom length
     ("input_rows", _load_input, _store_half, "4", "4", 8),
@@ -560,6 +676,10 @@ def _report_entries():
                                   dtype),
         _gemm_signature, GEMM.threads,
         note="GEMM core, complex as [[Wr,-Wi],[Wi,Wr]] x [Xr;Xi]"))
+    entries.append(ReportEntry(
+        "fft", "contract_few", few_channel_kernel, _few_signature,
+        FFT.threads,
+        note="few channels: elementwise complex multiply-adds, grid-stride"))
     return entries
 
 
