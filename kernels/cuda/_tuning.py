@@ -252,15 +252,35 @@ BACKWARD = BackwardTuning()
 
 
 AUTO_THRESHOLDS = {
-    # Same names as the CPU's (kernels/cpu/_tuning.py) so that the shared
-    # chooser applies; values from the roofline model of an H100/H200
-    # (convbench cuda-report --model), not from a measurement.
-    "direct_max_macs": 1.0e6,
-    "fft_min_area_single": 121,
-    "fft_min_area_multi": 121,
-    "winograd_min_channels": 32,
+    # Same names as the CPU's (kernels/cpu/_tuning.py), so the shared
+    # chooser applies.  No GPU was lent while these were set: they follow
+    # the roofline model of `convbench cuda-report --model` (H200, float32,
+    # bounds, not measurements) and the launch counts, and are to be
+    # replaced by `convbench calibrate`-style measurements on a GPU.
+    #
+    # Below this many multiply-adds the work is a few microseconds at most
+    # and the launches dominate: direct is one launch, Winograd and FFT
+    # three to five.
+    "direct_max_macs": 1.0e7,
+    # Single-channel 2048^2 (model, us): k = 15 direct 28.2 / fft 30.7,
+    # k = 17 36.2 / 33.0, k = 31 120 / 59: FFT from 17x17.
+    "fft_min_area_single": 289,
+    # C = K = 64 at 56^2, batch 32 (model, us): 5x5 winograd 96.9 / fft
+    # 81.1; 7x7 354 / 81.1; at 3x3 the model favours fft too (47.9 vs
+    # 59.1) but Winograd's transforms are registers-only and its tuple
+    # GEMMs run the GEMM core at full tiles: 3x3 stays Winograd's.
+    "fft_min_area_multi": 25,
+    # Winograd for 3x3 stride-1 layers with at least this many channels:
+    # with fewer the tuple GEMMs run mostly-empty 64-wide tiles (model,
+    # C = K = 8 at 56^2: direct 1.7 us, winograd 7.4) ...
+    "winograd_min_channels": 16,
+    # ... and at least 64 output pixels (fewer than 16 4x4 tiles per image).
     "winograd_min_pixels": 64,
+    # Implicit GEMM (cuDNN's default algorithm) whenever a group has at
+    # least 8 output channels (an eighth of the 64-row block tile) ...
     "im2col_min_out_channels": 8,
+    # ... up to 7x7; larger kernels go to FFT above (multi-channel) or
+    # direct (few output channels).
     "im2col_max_area": 49,
 }
 
