@@ -64,20 +64,11 @@ def _arrays(rng, x_shape, w_shape, groups, dtype, with_bias):
     return x, w, b
 
 
-def _host(y):
-    """The result as NumPy.  In the simulator _runtime.device_entry hands
-    back a (fake) device array even for host inputs (its is_device_array
-    looks for __cuda_array_interface__, which the simulator's arrays lack;
-    see test_host_arrays_in_host_array_out)."""
-    return y if isinstance(y, np.ndarray) else y.copy_to_host()
-
-
 def _check(alg, dtype, y, x, w, b, kw):
     """y against reference.conv_transpose2d: NaN where it has NaN, equal
     infinities, and |y - ref| <= c u (|x| *T |w| + |b|) elsewhere."""
     y_ref = ref_t.conv_transpose2d(x, w, b, **kw)
-    y = _host(y)
-    assert y.dtype == dtype
+    assert isinstance(y, np.ndarray) and y.dtype == dtype
     assert y.shape == y_ref.shape
     np.testing.assert_array_equal(np.isnan(y), np.isnan(y_ref))
     inf = np.isinf(y_ref)
@@ -137,8 +128,7 @@ def test_1d_through_the_front_end(alg, dtype):
     w = rng.standard_normal((4, 3, 3)).astype(dtype)
     b = rng.standard_normal(6).astype(dtype)
     kw = dict(stride=2, padding=1, output_padding=1, groups=2, dilation=2)
-    y = _host(kernels.conv_transpose1d(x, w, b, algorithm=alg,
-                                       backend="cuda", **kw))
+    y = kernels.conv_transpose1d(x, w, b, algorithm=alg, backend="cuda", **kw)
     y_ref = ref_t.conv_transpose1d(x, w, b, **kw)
     scale = ref_t.conv_transpose1d(np.abs(x), np.abs(w), np.abs(b), **kw)
     assert y.dtype == dtype and y.shape == y_ref.shape == (2, 6, 12)
@@ -155,7 +145,7 @@ def test_the_front_end_reaches_the_same_kernel(cuda_transposed, alg):
     y = kernels.conv_transpose2d(x, w, b, algorithm=alg, backend="cuda", **kw)
     spec = _spec(x_shape, w_shape, dtype=np.float32, **kw)
     np.testing.assert_array_equal(
-        _host(y), _host(cuda_transposed.KERNELS[(OP, alg)].run(spec, x, w, b)))
+        y, cuda_transposed.KERNELS[(OP, alg)].run(spec, x, w, b))
 
 
 @pytest.mark.parametrize("alg", ALGS)
@@ -179,7 +169,7 @@ def test_adjoint_of_the_reference_convolution(cuda_transposed, alg, case):
                                                 kw["stride"], kw["padding"],
                                                 kw["dilation"], w_shape[2:]))
     spec = _spec(y.shape, w_shape, output_padding=out_pad, **kw)
-    xt = _host(cuda_transposed.KERNELS[(OP, alg)].run(spec, y, w, None))
+    xt = cuda_transposed.KERNELS[(OP, alg)].run(spec, y, w, None)
     assert xt.shape == x.shape
     scale = np.vdot(np.abs(x), ref_t.conv_transpose2d(
         np.abs(y), np.abs(w), output_padding=out_pad, **kw))
@@ -198,7 +188,7 @@ def test_non_finite_inputs_propagate_like_the_reference(cuda_transposed,
     x[1, 0, 2, 0] = np.nan
     w[1, 0, 0, 0] = 0.0          # inf * 0 = nan where that tap lands
     spec = _spec(x_shape, w_shape, dtype=np.float32, **kw)
-    y = _host(cuda_transposed.KERNELS[(OP, alg)].run(spec, x, w, b))
+    y = cuda_transposed.KERNELS[(OP, alg)].run(spec, x, w, b)
     assert np.isnan(y).any() and np.isinf(y).any()
     _check(alg, np.float32, y, x, w, b, kw)
 
@@ -238,19 +228,23 @@ def test_device_arrays_in_device_array_out(cuda_transposed, alg):
     assert y.shape == spec.out_shape and y.dtype == np.float32
     _check(alg, np.float32, y, x, w, None, kw)
     # Deterministic: the same bits from host arrays, and on a second run.
-    np.testing.assert_array_equal(y, _host(run(spec, x, w, None)))
+    np.testing.assert_array_equal(y, run(spec, x, w, None))
 
 
-@pytest.mark.xfail(SIMULATED, reason="kernels/cuda/_runtime.is_device_array "
-                   "does not recognise the simulator's arrays, so "
-                   "device_entry returns them uncopied")
-def test_host_arrays_in_host_array_out(cuda_transposed):
-    x_shape, w_shape, kw = CASES[3]
+@pytest.mark.parametrize("alg", ALGS)
+def test_device_arrays_through_the_front_end(alg):
+    """kernels.conv_transpose2d(backend='cuda') on device arrays: a device
+    array out, equal to the host call's result."""
+    from numba import cuda
     rng = np.random.default_rng(13)
+    x_shape, w_shape, kw = CASES[4]
     x, w, b = _arrays(rng, x_shape, w_shape, kw["groups"], np.float64, True)
-    spec = _spec(x_shape, w_shape, **kw)
-    y = cuda_transposed.KERNELS[(OP, "direct")].run(spec, x, w, b)
-    assert isinstance(y, np.ndarray)
+    y_dev = kernels.conv_transpose2d(
+        cuda.to_device(x), cuda.to_device(w), cuda.to_device(b),
+        algorithm=alg, backend="cuda", **kw)
+    assert not isinstance(y_dev, np.ndarray)
+    y = y_dev.copy_to_host()
+    _check(alg, np.float64, y, x, w, b, kw)
 
 
 def test_tap_range_enumerates_exactly_the_contributing_taps(cuda_transposed):
