@@ -213,7 +213,22 @@ POOLING = PoolingTuning()
 class TransposedTuning:
     """Launch shapes of :mod:`kernels.cuda.transposed`."""
 
+    # Threads per block of the direct gather (one output pixel each):
+    # 8 warps, the usual elementwise block; occupancy is register-bound.
     threads: int = 256
+    # Output channels of one group each direct thread accumulates in
+    # registers: every input value loaded is used this many times.  With
+    # 4 the gather needs 70 (float32) / 80 (float64) registers, no
+    # spills, 37.5 % occupancy at 256 threads; a partial block multiplies
+    # at most 3 zero-padded channels.
+    out_block: int = 4
+    # Threads per block of im2col's col2im gather (one output element each).
+    col2im_threads: int = 256
+    # Bytes of im2col's column matrix (groups x Co kH kW x pixels) one
+    # step may allocate; larger problems run a few images or a band of
+    # input rows at a time.  256 MiB is ~0.2 % of an H100/H200's memory
+    # and a GEMM of >= 64 Mi float32 elements already fills the GPU.
+    scratch_limit: int = 256 * 2**20
 
 
 TRANSPOSED = TransposedTuning()
