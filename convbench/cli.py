@@ -246,6 +246,9 @@ def build_parser():
                          "occupancy < 25 %%")
     cr.add_argument("--json", metavar="FILE",
                     help="write every row (kernels, model) as JSON")
+    cr.add_argument("--modules", type=lambda t: tuple(m for m in t.split(",") if m),
+                    default=None, metavar="direct,_gemm",
+                    help="only these modules of kernels/cuda (default: all)")
     cr.add_argument("--jobs", type=lambda t: _positive_int(t, "jobs"),
                     default=None, metavar="N",
                     help="processes compiling at once (default: usable CPUs, "

@@ -321,17 +321,17 @@ def _simulator_on():
     return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 
 
-def discover_entries(package="kernels.cuda"):
+def discover_entries(package="kernels.cuda", modules=None):
     """``[(module, entry_or_None, error_or_None)]`` over the ``*.py``
     modules of ``package`` (:mod:`kernels.cuda`) that define ``REPORT``
-    (imported in name order); a module that fails to import gives one row
-    with the error."""
+    (imported in name order; only those named in ``modules`` when given);
+    a module that fails to import gives one row with the error."""
     prefix = package
     package = importlib.import_module(package)
     found = []
     for info in sorted(pkgutil.iter_modules(package.__path__),
                        key=lambda i: i.name):
-        if info.ispkg:
+        if info.ispkg or (modules and info.name not in modules):
             continue
         name = f"{prefix}.{info.name}"
         try:
@@ -411,10 +411,10 @@ def _compile_entry(module, entry, dtype, archs):
 _WORKER_ENTRIES = None
 
 
-def _pool_task(index, dtype, archs):
+def _pool_task(index, dtype, archs, modules=None):
     global _WORKER_ENTRIES
     if _WORKER_ENTRIES is None:
-        _WORKER_ENTRIES = discover_entries()
+        _WORKER_ENTRIES = discover_entries(modules=modules)
     module, entry, _ = _WORKER_ENTRIES[index]
     return _compile_entry(module, entry, dtype, archs)
 
@@ -428,8 +428,8 @@ def default_jobs():
     return max(1, min(8, cpus))
 
 
-def _compile_here(archs, dtypes, jobs=1):
-    entries = discover_entries()
+def _compile_here(archs, dtypes, jobs=1, modules=None):
+    entries = discover_entries(modules=modules)
     tasks = [(i, d) for i, (_, e, _) in enumerate(entries) if e is not None
              for d in dtypes]
     results = {}
@@ -439,7 +439,7 @@ def _compile_here(archs, dtypes, jobs=1):
         try:
             ctx = multiprocessing.get_context("fork")
             with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=ctx) as ex:
-                futures = {t: ex.submit(_pool_task, t[0], t[1], archs)
+                futures = {t: ex.submit(_pool_task, t[0], t[1], archs, modules)
                            for t in tasks}
                 results = {t: f.result() for t, f in futures.items()}
         except Exception:   # no fork, a broken pool: compile here instead
@@ -456,27 +456,31 @@ def _compile_here(archs, dtypes, jobs=1):
     return rows
 
 
-def compile_report(archs=DEFAULT_ARCHS, dtypes=("float32",), jobs=None):
+def compile_report(archs=DEFAULT_ARCHS, dtypes=("float32",), jobs=None,
+                   modules=None):
     """Rows (dicts) of the compilation report; see the module docstring.
 
     Raises RuntimeError naming ``pip install 'convbench[cuda]'`` when
     numba-cuda is missing.  Under ``NUMBA_ENABLE_CUDASIM`` the work runs
     in a subprocess without that variable.  ``jobs`` processes compile at
-    once (default :func:`default_jobs`).
+    once (default :func:`default_jobs`); ``modules`` restricts the report
+    to those modules of :mod:`kernels.cuda` (names without the package).
     """
     jobs = default_jobs() if jobs is None else max(1, int(jobs))
     archs = parse_archs(",".join(archs))
     dtypes = parse_dtypes(",".join(dtypes))
     _require_numba_cuda()
+    modules = tuple(modules) if modules else None
     if not _simulator_on():
-        return _compile_here(archs, dtypes, jobs)
+        return _compile_here(archs, dtypes, jobs, modules)
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(
         [root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     proc = subprocess.run(
         [sys.executable, "-m", "convbench.cuda_report", "--worker",
-         ",".join(archs), ",".join(dtypes), str(jobs)],
+         ",".join(archs), ",".join(dtypes), str(jobs),
+         ",".join(modules or ())],
         env=env, cwd=root, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"the compilation subprocess failed (exit "
@@ -944,7 +948,8 @@ def run(args):
         print(format_model_table(rows))
     if not args.model or args.check:
         try:
-            rows = compile_report(archs, dtypes, getattr(args, "jobs", None))
+            rows = compile_report(archs, dtypes, getattr(args, "jobs", None),
+                                  getattr(args, "modules", None))
         except RuntimeError as exc:
             print(f"convbench cuda-report: {exc}", file=sys.stderr)
             return 2
@@ -979,7 +984,9 @@ def run(args):
 def _worker(argv):
     """Subprocess side of :func:`compile_report` (no simulator here)."""
     archs, dtypes = parse_archs(argv[0]), parse_dtypes(argv[1])
-    rows = _compile_here(archs, dtypes, int(argv[2]) if len(argv) > 2 else 1)
+    modules = tuple(m for m in argv[3].split(",") if m) if len(argv) > 3 else ()
+    rows = _compile_here(archs, dtypes, int(argv[2]) if len(argv) > 2 else 1,
+                         modules or None)
     sys.stdout.write("\nCUDA_REPORT_JSON " + json.dumps(rows) + "\n")
     return 0
 

@@ -38,9 +38,8 @@ from . import _arrays, _dispatch
 from ._conv import run_conv2d
 from ._dispatch import ConvSpec, TransposeSpec, check_backend
 from ._transposed import run_conv_transpose2d
-from ._validation import (UnsupportedConfiguration, check_algorithm,
-                          check_groups, check_ndim, check_same_dtype,
-                          int_tuple, normalise_padding)
+from ._validation import (check_algorithm, check_groups, check_ndim,
+                          check_same_dtype, int_tuple, normalise_padding)
 from .geometry import effective_kernel_size
 
 __all__ = ["conv2d_backward", "weight_gradient_problem"]
@@ -98,22 +97,30 @@ def _weight_gradient(grad_out, x, spec, algorithm, backend):
 
 
 def _weight_gradient_swapped_device(grad_out, x, spec, algorithm, backend):
-    """:func:`_weight_gradient_swapped` on device arrays (one group)."""
-    if spec.groups != 1:
-        raise UnsupportedConfiguration(
-            f"the weight gradient with algorithm={algorithm!r} runs as a "
-            f"forward convolution, which for device arrays is implemented for "
-            f"groups=1 only (got groups={spec.groups}); use algorithm='auto' "
-            f"or 'im2col' for grad_w")
+    """:func:`_weight_gradient_swapped` on device arrays: one forward
+    problem per group, each on channel slices made contiguous on the
+    device, written into its rows of ``grad_w``."""
     n, c, h, w = spec.x_shape
     k, c_g, kh, kw = spec.w_shape
-    (crop_h, crop_w), wspec = weight_gradient_problem(spec, grad_out.shape[2:])
+    g = spec.groups
+    k_g = k // g
     ops = functools.partial(_arrays.device_op, backend)
-    x_t = ops("permute", ops("contiguous", x[:, :, :h - crop_h, :w - crop_w]),
-              (1, 0, 2, 3))
-    gy_t = ops("permute", grad_out, (1, 0, 2, 3))
-    gw_t = run_conv2d(wspec, x_t, gy_t, None, algorithm, backend)
-    return ops("permute", gw_t, (1, 0, 2, 3))
+    group_spec = ConvSpec((n, c_g, h, w), (k_g, c_g, kh, kw), spec.stride,
+                          spec.padding, spec.dilation, 1, spec.dtype)
+    (crop_h, crop_w), wspec = weight_gradient_problem(group_spec,
+                                                      grad_out.shape[2:])
+    grad_w = ops("empty", spec.w_shape, spec.dtype)
+    for gi in range(g):
+        xg = ops("contiguous", x[:, gi * c_g:(gi + 1) * c_g,
+                                 :h - crop_h, :w - crop_w])
+        gyg = ops("contiguous", grad_out[:, gi * k_g:(gi + 1) * k_g])
+        gw_t = run_conv2d(wspec, ops("permute", xg, (1, 0, 2, 3)),
+                          ops("permute", gyg, (1, 0, 2, 3)), None, algorithm,
+                          backend)
+        # Rows gi*k_g ... of grad_w are one contiguous block.
+        grad_w[gi * k_g:(gi + 1) * k_g].copy_to_device(
+            ops("permute", gw_t, (1, 0, 2, 3)))
+    return grad_w
 
 
 def _weight_gradient_swapped(grad_out, x, spec, algorithm, backend):

@@ -35,8 +35,7 @@ def _module():
 
 
 def _host(y):
-    """NumPy out for NumPy in; the simulator's arrays are not yet recognised
-    by ``_runtime.device_entry`` (see test_cuda_im2col.py)."""
+    """NumPy out for NumPy in (asserted), device results copied back."""
     return y if isinstance(y, np.ndarray) else y.copy_to_host()
 
 

@@ -359,7 +359,6 @@ def test_inverse_is_irfft2_then_overlap_save_scatter(cuda, fft):
     x, w, b, geom = stage_problem(fft)
     rows, cols = geom.rows, geom.cols
     t0, t1 = geom.tile_shape
-    h1 = t1 // 2 + 1
     rng = np.random.default_rng(9)
     m_tiles = geom.m
     # spectra of real tiles, so that irfft2 is their exact inverse

@@ -34,10 +34,8 @@ def _module():
 
 
 def _host(y):
-    """``y`` as a NumPy array.  The entry returns NumPy for NumPy inputs
-    (test_host_arrays_in_host_array_out); in the simulator
-    ``_runtime.device_entry`` does not yet recognise the simulator's device
-    arrays (no ``__cuda_array_interface__``) and hands them back as is."""
+    """``y`` as a NumPy array (device results copied back; NumPy inputs
+    give NumPy, test_host_arrays_in_host_array_out)."""
     return y if isinstance(y, np.ndarray) else y.copy_to_host()
 
 
@@ -171,8 +169,6 @@ def test_device_arrays_in_device_array_out():
     assert_within_bound("im2col", y.copy_to_host(), x, w, bias, padding=1)
 
 
-@pytest.mark.xfail(SIMULATED, strict=False,
-                   reason="_runtime.device_entry misses the simulator's arrays")
 def test_host_arrays_in_host_array_out():
     rng = np.random.default_rng(13)
     x = random_array(rng, (1, 2, 3, 3), np.float32)
