@@ -52,17 +52,29 @@ def _copy4(src, dst):
         dst[i, j, k, l] = src[i, j, k, l]
 
 
+@cuda.jit(device=True, inline="always")
+def _source_index(axis, axes, i, j, k, l):
+    """The index of ``src``'s axis ``axis``: dst axis p reads src axis
+    axes[p] (selects, no local array: no stack frame)."""
+    if axes[0] == axis:
+        return i
+    if axes[1] == axis:
+        return j
+    if axes[2] == axis:
+        return k
+    return l
+
+
 @cuda.jit
 def _permute4(src, dst, axes):
-    """dst[I] = src[I permuted back]: dst = src.transpose(axes)."""
+    """dst = src.transpose(axes), both 4-D."""
     e = cuda.grid(1)
     if e < dst.size:
         i, j, k, l = _unravel4(e, dst.shape)
-        idx = (i, j, k, l)
-        s = cuda.local.array(4, np.int64)
-        for a in range(4):
-            s[axes[a]] = idx[a]
-        dst[i, j, k, l] = src[s[0], s[1], s[2], s[3]]
+        dst[i, j, k, l] = src[_source_index(0, axes, i, j, k, l),
+                              _source_index(1, axes, i, j, k, l),
+                              _source_index(2, axes, i, j, k, l),
+                              _source_index(3, axes, i, j, k, l)]
 
 
 @cuda.jit(device=True, inline="always")
@@ -153,14 +165,16 @@ def _fill_bias4(dst, bias, has_bias):
 
 @cuda.jit
 def _sum_nhw(g, out):
-    """out[k] = sum over n, h, w of g[n, k, h, w], in float64, in order."""
+    """out[k] = sum over n, h, w of g[n, k, h, w], summed in float64 in a
+    fixed order and rounded once to out's dtype (one thread per channel:
+    K is small and this runs once per backward call)."""
     k = cuda.grid(1)
     if k < g.shape[1]:
-        acc = 0.0
+        acc = np.float64(0.0)
         for n in range(g.shape[0]):
             for i in range(g.shape[2]):
                 for j in range(g.shape[3]):
-                    acc += g[n, k, i, j]
+                    acc += np.float64(g[n, k, i, j])
         out[k] = acc
 
 
@@ -303,12 +317,11 @@ def filled(shape, dtype, bias=None):
 
 
 def bias_gradient(grad_out, dtype):
-    """``grad_out.sum(axis=(0, 2, 3))`` in float64, rounded to ``dtype``."""
+    """``grad_out.sum(axis=(0, 2, 3))`` in float64, rounded once to ``dtype``."""
     g = contiguous(grad_out)
-    acc = cuda.device_array(g.shape[1], dtype=np.float64)
-    _launch(_sum_nhw, g.shape[1])(g, acc)
-    host = acc.copy_to_host().astype(dtype)
-    return cuda.to_device(host)
+    out = cuda.device_array(g.shape[1], dtype=dtype)
+    _launch(_sum_nhw, g.shape[1])(g, out)
+    return out
 
 
 def empty(shape, dtype):
@@ -345,13 +358,30 @@ def _report():
     from numba import types
     i64 = types.int64
     one = lambda k: (lambda dtype: k)   # noqa: E731 - one dispatcher, any dtype
+
+    def contiguous4(d):
+        t = numba_type(d)
+        return (t[:, :, :, ::1], t[:, :, :, ::1])
+
+    def entry(name, kernel, signature):
+        return ReportEntry("arrays", name, one(kernel), signature, _THREADS)
+
     return [
-        ReportEntry("arrays", "copy4", one(_copy4), lambda d: _sig4(d),
-                    _THREADS),
-        ReportEntry("arrays", "pad4", one(_pad4),
-                    lambda d: _sig4(d, i64, i64, i64), _THREADS),
-        ReportEntry("arrays", "upsample4", one(_upsample4),
-                    lambda d: _sig4(d, i64, i64, i64, i64), _THREADS),
+        entry("copy4", _copy4, lambda d: _sig4(d)),
+        entry("permute4", _permute4,
+              lambda d: contiguous4(d) + (types.UniTuple(i64, 4),)),
+        entry("pad4", _pad4, lambda d: _sig4(d, i64, i64, i64)),
+        entry("upsample4", _upsample4, lambda d: _sig4(d, i64, i64, i64, i64)),
+        entry("flip_swap4", _flip_swap4, lambda d: contiguous4(d) + (i64,)),
+        entry("flip2", _flip2,
+              lambda d: (numba_type(d)[:, ::1], numba_type(d)[:, ::1])),
+        entry("nonfinite_flag", _nonfinite_flag,
+              lambda d: (numba_type(d)[::1], types.int32[::1])),
+        entry("fill_bias4", _fill_bias4,
+              lambda d: (numba_type(d)[:, :, :, ::1], numba_type(d)[::1],
+                         types.boolean)),
+        entry("sum_nhw", _sum_nhw,
+              lambda d: (numba_type(d)[:, :, :, ::1], numba_type(d)[::1])),
     ]
 
 
