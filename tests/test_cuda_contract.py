@@ -255,6 +255,7 @@ def test_conv_empty_batch(on_device):
 
 
 @requires_cuda
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # simulator: inf * 0
 @pytest.mark.parametrize("algorithm", ["winograd", "fft"])
 def test_non_finite_input_reaches_only_its_windows(algorithm):
     if algorithm not in kernels.built_algorithms("cuda"):

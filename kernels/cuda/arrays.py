@@ -18,6 +18,8 @@ finds a non-finite value, with the same value: a benign race).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .._dispatch import Kernel
@@ -151,7 +153,7 @@ def _nonfinite_flag(flat, flag):
     e = cuda.grid(1)
     if e < flat.size:
         v = flat[e]
-        if not (v - v == 0):      # NaN or +-Inf (Inf - Inf is NaN)
+        if math.isnan(v) or math.isinf(v):
             flag[0] = 1
 
 
