@@ -280,15 +280,15 @@ def max_pool_indices_kernel(dtype):
     return max_pool_indices
 
 
-@functools.lru_cache(maxsize=None)
-def max_backward_kernel(dtype):
-    """Max-pool gradient from ``x``: one thread per input element gathers
-    ``grad_out`` of the covering windows whose recomputed argmax it is."""
-    neg_inf = np.dtype(dtype).type(-np.inf)
+def _max_backward_template(is_argmax, dtype):
+    """The max-pool gradient gather: one thread per input element adds, in
+    increasing output row then column, ``grad_out`` of every covering
+    window for which ``is_argmax(src, p, oh, ow, me, ...)`` says that this
+    element is the window's maximum (``src``: the input or the indices)."""
     zero = np.dtype(dtype).type(0)
 
     @cuda.jit
-    def max_backward(grad_out, x, grad_in, kh, kw, sh, sw, ph, pw, dh, dw):
+    def max_backward(grad_out, src, grad_in, kh, kw, sh, sw, ph, pw, dh, dw):
         n_planes, height, width = grad_in.shape
         ho = grad_out.shape[1]
         wo = grad_out.shape[2]
@@ -310,11 +310,10 @@ def max_backward_kernel(dtype):
                 if phase_h == 0:
                     phase_w = phase_w0
                     for ow in range(ow_lo, ow_hi + 1):
-                        if phase_w == 0:
-                            _, k = _window_argmax(x, p, oh, ow, kh, kw, sh,
-                                                  sw, ph, pw, dh, dw, neg_inf)
-                            if k == me:
-                                acc += grad_out[p, oh, ow]
+                        if phase_w == 0 and is_argmax(src, p, oh, ow, me, kh,
+                                                      kw, sh, sw, ph, pw, dh,
+                                                      dw):
+                            acc += grad_out[p, oh, ow]
                         phase_w = _next_phase(phase_w, step_w, dw)
                 phase_h = _next_phase(phase_h, step_h, dh)
             grad_in[p, ih, iw] = acc
@@ -324,41 +323,29 @@ def max_backward_kernel(dtype):
 
 
 @functools.lru_cache(maxsize=None)
+def max_backward_kernel(dtype):
+    """Max-pool gradient from ``x``: the window's argmax is recomputed
+    (the forward's scan and tie rule)."""
+    neg_inf = np.dtype(dtype).type(-np.inf)
+
+    @cuda.jit(device=True, inline="always")
+    def recomputed(x, p, oh, ow, me, kh, kw, sh, sw, ph, pw, dh, dw):
+        _, k = _window_argmax(x, p, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw,
+                              neg_inf)
+        return k == me
+
+    return _max_backward_template(recomputed, dtype)
+
+
+@cuda.jit(device=True, inline="always")
+def _stored(indices, p, oh, ow, me, kh, kw, sh, sw, ph, pw, dh, dw):
+    return indices[p, oh, ow] == me
+
+
+@functools.lru_cache(maxsize=None)
 def max_backward_indices_kernel(dtype):
-    """Max-pool gradient from stored indices, gathered per input element."""
-    zero = np.dtype(dtype).type(0)
-
-    @cuda.jit
-    def max_backward_indices(grad_out, indices, grad_in, kh, kw, sh, sw, ph,
-                             pw, dh, dw):
-        n_planes, height, width = grad_in.shape
-        ho = grad_out.shape[1]
-        wo = grad_out.shape[2]
-        n = n_planes * height * width
-        step_h = sh % dh
-        step_w = sw % dw
-        i = cuda.grid(1)
-        step = cuda.gridsize(1)
-        while i < n:
-            p, ih, iw = _split(i, height, width)
-            me = ih * width + iw
-            oh_lo, oh_hi = _covering(ih, ph, kh, sh, dh, ho)
-            ow_lo, ow_hi = _covering(iw, pw, kw, sw, dw, wo)
-            phase_h = _offset_phase(ih + ph - oh_lo * sh, dh)
-            phase_w0 = _offset_phase(iw + pw - ow_lo * sw, dw)
-            acc = zero
-            for oh in range(oh_lo, oh_hi + 1):
-                if phase_h == 0:
-                    phase_w = phase_w0
-                    for ow in range(ow_lo, ow_hi + 1):
-                        if phase_w == 0 and indices[p, oh, ow] == me:
-                            acc += grad_out[p, oh, ow]
-                        phase_w = _next_phase(phase_w, step_w, dw)
-                phase_h = _next_phase(phase_h, step_h, dh)
-            grad_in[p, ih, iw] = acc
-            i += step
-
-    return max_backward_indices
+    """Max-pool gradient from the forward's stored indices."""
+    return _max_backward_template(_stored, dtype)
 
 
 @functools.lru_cache(maxsize=None)
