@@ -57,8 +57,13 @@ def as_input(name, a, backend):
 
 
 def _backend_of(a):
-    """The device backend that holds ``a`` (the only one: CUDA)."""
-    return "cuda"
+    """The backend whose device holds ``a``: the first registered backend
+    with device-array operations (today only CUDA has a device)."""
+    for backend in _dispatch.backends():
+        if _dispatch.find("device_array_ops", backend) is not None:
+            return backend
+    raise TypeError(f"{type(a).__name__} is a device array, but no installed "
+                    f"backend takes device arrays (pip install 'convbench[cuda]')")
 
 
 def reshape(a, shape):
@@ -87,19 +92,14 @@ def all_finite(a):
 def filled(shape, dtype, bias, like):
     """Zeros of ``shape`` (N, K, ...) plus ``bias[k]``, where ``like`` lives."""
     if is_device_array(like):
+        backend = _backend_of(like)
         if bias is not None and not is_device_array(bias):
-            bias = device_op("cuda", "as_array",
-                             _to_device(np.ascontiguousarray(bias)))
-        return device_op(_backend_of(like), "filled", tuple(shape), dtype, bias)
+            bias = device_op(backend, "to_device", np.ascontiguousarray(bias))
+        return device_op(backend, "filled", tuple(shape), dtype, bias)
     y = np.zeros(shape, dtype=dtype)
     if bias is not None and y.size:
         y += np.asarray(bias).reshape((1, -1) + (1,) * (len(shape) - 2))
     return y
-
-
-def _to_device(a):
-    # Through the backend, which owns the CUDA import.
-    return device_op("cuda", "to_device", a)
 
 
 def empty(shape, dtype, like):

@@ -199,10 +199,7 @@ def clear_cache():
     scratch buffers of the calling thread."""
     transformed_weights.clear("winograd")
     for backend in _dispatch.backends():
-        try:
-            kernel = _dispatch.find("winograd_clear_workspace", backend,
-                                    "winograd")
-        except ImportError:      # a backend whose toolkit is not installed
-            continue
+        # None also when the backend's toolkit is not installed.
+        kernel = _dispatch.find("winograd_clear_workspace", backend, "winograd")
         if kernel is not None:
             kernel.run()
