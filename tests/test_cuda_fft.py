@@ -47,6 +47,7 @@ pytestmark = requires_cuda
 pytest.importorskip("numba_cuda")
 
 import reference  # noqa: E402
+from test_fft import phase_kernels  # noqa: E402  (the CPU tests' definition)
 from kernels._dispatch import ConvSpec  # noqa: E402
 from kernels.accuracy import (error_bound, error_in_bound_units,  # noqa: E402
                               normwise_scale, unit_roundoff)
@@ -128,24 +129,6 @@ def tile_windows(x, geom, padding, kernel, dilation):
                 out.append(xphase[n, :, i * rows.b:i * rows.b + rows.t,
                                   j * cols.b:j * cols.b + cols.t])
     return np.stack(out)
-
-
-def phase_kernels(w, geom, dilation):
-    """(K, Cg * phases, kq0, kq1): wd[q s + r] of the dilated kernel."""
-    rows, cols = geom.rows, geom.cols
-    dh, dw = dilation
-    k, cg, kh, kw = w.shape
-    wd = np.zeros((k, cg, dh * (kh - 1) + 1, dw * (kw - 1) + 1))
-    wd[:, :, ::dh, ::dw] = w
-    out = np.zeros((k, cg, len(rows.residues), len(cols.residues), rows.kq,
-                    cols.kq))
-    for a in range(wd.shape[2]):
-        for b in range(wd.shape[3]):
-            if a % rows.stride in rows.residues and b % cols.stride in cols.residues:
-                p0 = rows.residues.index(a % rows.stride)
-                p1 = cols.residues.index(b % cols.stride)
-                out[:, :, p0, p1, a // rows.stride, b // cols.stride] = wd[:, :, a, b]
-    return out.reshape(k, -1, rows.kq, cols.kq)
 
 
 def fft_tolerance(dtype, length, x):
