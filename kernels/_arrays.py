@@ -17,7 +17,7 @@ from . import _dispatch
 from ._validation import FLOAT_DTYPES, as_float_array
 
 __all__ = ["is_device_array", "as_input", "reshape", "contiguous",
-           "all_finite", "filled", "empty", "flip2", "device_op"]
+           "all_finite", "filled", "empty", "zeros", "flip2", "device_op"]
 
 
 def is_device_array(a):
