@@ -331,9 +331,25 @@ def _cases(args, parser):
 
 def _list_workloads():
     from . import workloads
-    print("workloads (--workload NAME):")
-    for name, (description, _) in workloads.WORKLOADS.items():
-        print(f"  {name:<22} {description}")
+    print("workloads (--workload NAME): conv2d layers (distinct problems, "
+          "the ones swept), other layers (pooling, transposed conv: listed, "
+          "not swept), shapes, GFLOP of the conv2d layers, source")
+    rows = workloads.workload_table()
+    head = ("name", "convs", "swept", "other", "shapes (N C HxW k)", "GFLOP",
+            "source")
+    width = [max(len(head[i]), *(len(str(r[i])) for r in rows))
+             for i in range(5)]
+    print("  " + "  ".join(h.ljust(width[i]) if i < 5 else h
+                           for i, h in enumerate(head[:5]))
+          + f"  {head[5]:>9}  {head[6]}")
+    for r in rows:
+        print("  " + "  ".join(str(v).ljust(width[i]) if i in (0, 4)
+                               else str(v).rjust(width[i])
+                               for i, v in enumerate(r[:5]))
+              + f"  {r[5]:>9.3f}  {r[6]}")
+    print("descriptions:")
+    for name, wl in workloads.WORKLOADS.items():
+        print(f"  {name:<22} {wl.description}")
     print("networks (--network NAME --batch N):")
     for name in workloads.NETWORKS:
         print(f"  {name:<22} {len(workloads.conv_layers(name))} distinct conv "
