@@ -12,7 +12,8 @@ import numpy as np
 from . import _arrays, _dispatch
 from ._choose import choose_for_spec
 from ._dispatch import ConvSpec, check_backend
-from ._validation import (ALGORITHMS, MIXING_ALGORITHMS, PADDING_MODES,
+from ._validation import (ALGORITHMS, FLOAT_DTYPES, MIXING_ALGORITHMS,
+                          PADDING_MODES,
                           check_algorithm, check_choice, check_groups,
                           check_ndim, check_same_dtype, int_tuple,
                           normalise_padding)
@@ -233,8 +234,53 @@ def _valid_swap_needed(shape1, shape2):
     return not ok1
 
 
+def _real_numeric(name, a):
+    """``a`` as an ndarray of a real numeric dtype (bool, int, float)."""
+    try:
+        a = np.asarray(a)
+    except Exception as exc:  # pragma: no cover - exotic objects
+        raise TypeError(f"{name} must be a NumPy array, got "
+                        f"{type(a).__name__}") from exc
+    if a.dtype.kind == "c":
+        raise TypeError(
+            f"{name} must be real, got complex dtype {a.dtype}; correlate "
+            f"the real and imaginary parts separately, or use "
+            f"scipy.signal.correlate/convolve")
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must have a real numeric dtype (bool, "
+                        f"integer or float), got {a.dtype}")
+    return a
+
+
+def _scipy_result_dtype(dtype1, dtype2):
+    """The dtype ``correlate``/``convolve`` compute in and return.
+
+    Both bool/integer: float64 (exact while the sums stay below 2**53;
+    SciPy returns the integer dtype, rounded, and wraps on overflow).
+    Otherwise NumPy's promotion, as SciPy: ``np.result_type(dtype1,
+    dtype2)`` (float32 with uint16 -> float32, float32 with int32 ->
+    float64), float16 raised to float32; native byte order.
+    """
+    d1, d2 = np.dtype(dtype1), np.dtype(dtype2)
+    if d1.kind in "biu" and d2.kind in "biu":
+        return np.dtype(np.float64)
+    dtype = np.result_type(d1, d2).newbyteorder("=")
+    if dtype.kind == "f" and dtype.itemsize < 4:
+        return np.dtype(np.float32)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"in1 and in2 (dtypes {d1} and {d2}) promote to {dtype}; "
+            f"correlate/convolve compute in float32 or float64, convert "
+            f"with .astype(np.float64)")
+    return dtype
+
+
 def _prepare_scipy_args(in1, in2, mode, method, backend):
     check_backend(backend)
+    if not (_arrays.is_device_array(in1) or _arrays.is_device_array(in2)):
+        in1, in2 = _real_numeric("in1", in1), _real_numeric("in2", in2)
+        dtype = _scipy_result_dtype(in1.dtype, in2.dtype)
+        in1, in2 = in1.astype(dtype, copy=False), in2.astype(dtype, copy=False)
     in1 = _arrays.as_input("in1", in1, backend)
     in2 = _arrays.as_input("in2", in2, backend)
     check_same_dtype(in1=in1, in2=in2)
@@ -281,8 +327,13 @@ def correlate(in1, in2, mode="full", method="auto", backend="cpu"):
 
     Parameters
     ----------
-    in1, in2 : ndarray
-        Same number of dimensions (1 or 2), same float dtype.
+    in1, in2 : array_like
+        Same number of dimensions (1 or 2), any real numeric dtype (bool,
+        integer, float, either byte order); complex raises ``TypeError``.
+        Both bool/integer: computed in float64.  Otherwise computed in
+        ``np.result_type(in1, in2)`` as SciPy (float32 with uint16 gives
+        float32, float32 with int32 or float64 gives float64; float16 is
+        raised to float32).
     mode : {"full", "valid", "same"}
         ``full``: every overlap (size ``n1 + n2 - 1``); ``valid``: only full
         overlaps (one input must be at least as large as the other in every
@@ -293,7 +344,9 @@ def correlate(in1, in2, mode="full", method="auto", backend="cpu"):
 
     Returns
     -------
-    z : ndarray, dtype of the inputs
+    z : ndarray, native float32 or float64 as above.  Unlike SciPy, which
+        returns the integer dtype for integer inputs (rounded, wrapping on
+        overflow), integer inputs give float64.
 
     Notes
     -----

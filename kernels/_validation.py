@@ -34,7 +34,12 @@ class UnsupportedConfiguration(ValueError):
 
 
 def as_float_array(name, a):
-    """Return ``a`` as an ndarray of float32/float64, or raise TypeError."""
+    """Return ``a`` as an ndarray of native float32/float64, or raise TypeError.
+
+    Non-native byte order (``np.dtype('>f4')`` on a little-endian machine)
+    is converted to the native dtype of the same kind, values unchanged;
+    every other dtype (integer, bool, float16, complex) raises.
+    """
     if not isinstance(a, np.ndarray):
         if np.isscalar(a) or isinstance(a, (list, tuple)):
             a = np.asarray(a)
@@ -44,10 +49,16 @@ def as_float_array(name, a):
             except Exception as exc:  # pragma: no cover - exotic objects
                 raise TypeError(f"{name} must be a NumPy array, got "
                                 f"{type(a).__name__}") from exc
+    if not a.dtype.isnative and a.dtype.newbyteorder("=") in FLOAT_DTYPES:
+        # Big-endian data (FITS files) on a little-endian machine, or the
+        # reverse: same values in the native byte order the kernels take.
+        a = a.astype(a.dtype.newbyteorder("="))
     if a.dtype not in FLOAT_DTYPES:
         raise TypeError(
-            f"{name} must have dtype float32 or float64, got {a.dtype}; "
-            f"convert with {name}.astype(np.float32) or np.float64")
+            f"{name} must have dtype float32 or float64 (either byte order), "
+            f"got {a.dtype}; convert with {name}.astype(np.float32) or "
+            f"np.float64 (kernels.correlate/convolve also take integer and "
+            f"bool arrays, computed in float64)")
     return a
 
 

@@ -75,16 +75,25 @@ SCRATCH_ENV_VAR = "CONVBENCH_IM2COL_SCRATCH"
 
 
 def parse_nbytes(text, name=SCRATCH_ENV_VAR):
-    """Bytes from '67108864', '64M', '64MiB', '1G' (binary units)."""
+    """Bytes from '67108864', '64M', '64MiB', '1G' (binary units).
+
+    Anything else, and sizes below one byte (0, negative, NaN, Inf), raise
+    ``ValueError`` naming ``name``: a malformed setting is never ignored.
+    """
     s = text.strip().upper().removesuffix("IB").removesuffix("B")
     unit = s[-1:] if s[-1:] in ("K", "M", "G") else ""
     number = s[: len(s) - len(unit)].strip()
     try:
-        return int(float(number) * _UNITS[unit])
-    except ValueError:
+        nbytes = int(float(number) * _UNITS[unit])
+    except (ValueError, OverflowError):
         raise ValueError(
             f"{name}={text!r} is not a size in bytes; use e.g. 67108864, "
             f"64M or 1G") from None
+    if nbytes < 1:
+        raise ValueError(
+            f"{name}={text!r} is below one byte; use a positive size, e.g. "
+            f"67108864, 64M or 1G")
+    return nbytes
 
 
 def _default_scratch():
