@@ -47,7 +47,7 @@ pytestmark = requires_cuda
 pytest.importorskip("numba_cuda")
 
 import reference  # noqa: E402
-from test_fft import phase_kernels  # noqa: E402  (the CPU tests' definition)
+from test_fft import phase_kernels, read_mask  # noqa: E402  (the CPU tests')
 from kernels._dispatch import ConvSpec  # noqa: E402
 from kernels.accuracy import (error_bound, error_in_bound_units,  # noqa: E402
                               normwise_scale, unit_roundoff)
@@ -89,18 +89,6 @@ def join(a):
 def zero_pad(x, padding):
     top, bottom, left, right = padding
     return np.pad(x, [(0, 0), (0, 0), (top, bottom), (left, right)])
-
-
-def read_mask(axis, kernel, dilation, residue):
-    """Phase positions u (padded index u s + r) that some output reads."""
-    s = axis.stride
-    read = np.zeros(axis.padded, bool)
-    for o in range(axis.out):
-        for a in range(kernel):
-            e = o * s + a * dilation - residue
-            if e % s == 0 and 0 <= e // s < axis.padded:
-                read[e // s] = True
-    return read
 
 
 def tile_windows(x, geom, padding, kernel, dilation):
