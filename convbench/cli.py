@@ -277,7 +277,7 @@ def _add_report_parser(sub):
                      help="named workloads to sweep at full size (see "
                           "`convbench sweep --list-workloads`)")
     rep.add_argument("--quick", action="store_true",
-                     help="3 repeats, cheaper checks (without WORKLOAD: the "
+                     help="5 repeats, cheaper checks (without WORKLOAD: the "
                           "quick set, under 3 minutes on 2 cores)")
     rep.add_argument("--out", default="report", metavar="DIR",
                      help="output directory (default ./report; created; "
@@ -294,8 +294,8 @@ def _add_report_parser(sub):
                      default="float32")
     rep.add_argument("--repeats", type=lambda t: _positive_int(t, "repeats"),
                      default=None,
-                     help="timed calls per contender (default 3 with --quick, "
-                          "else 7)")
+                     help="timed calls per contender (default 5 with --quick, "
+                          "else 9)")
     rep.add_argument("--from-json", nargs="+", action="extend", default=[],
                      metavar="SWEEP.json",
                      help="redraw saved sweeps (`convbench sweep --json`, or "

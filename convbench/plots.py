@@ -165,20 +165,32 @@ def _points(series, name, scale=1.0):
 
 
 def _draw_lines(ax, series, scale=1.0, lines=True):
-    """One line (or marker set) per contender; returns what was drawn."""
-    drawn = []
-    for name in series.values:
+    """One line (or marker set) per contender; returns what was drawn.
+
+    Peers and auto have hollow markers.  On a categorical axis (layers)
+    the markers are drawn without lines and dodged sideways, one slot per
+    contender, so that equal values do not hide each other.
+    """
+    names = [n for n in series.values if _points(series, n)[0]]
+    dodge = 0.7 / max(1, len(names)) if series.categorical else 0.0
+    for j, name in enumerate(names):
         xs, ys = _points(series, name, scale)
-        if not xs:
-            continue
+        xs = [x + (j - (len(names) - 1) / 2) * dodge for x in xs]
         style = _linestyle(name) if lines and name != "auto" else "none"
+        hollow = name == "auto" or is_peer(name)
         ax.plot(xs, ys, color=color_of(name), marker=marker_of(name),
                 linestyle=style, linewidth=1.6,
-                markersize=9 if name == "auto" else 5,
-                markerfacecolor="none" if name == "auto" else color_of(name),
-                label=name, zorder=3 if name == "auto" else 2)
-        drawn.append(name)
-    return drawn
+                markersize=9 if name == "auto" else 6,
+                markerfacecolor="none" if hollow else color_of(name),
+                markeredgewidth=1.3, label=name,
+                zorder=3 if name == "auto" else 2)
+    return names
+
+
+def _legend_title(series):
+    if series.categorical:
+        return "filled: kernels\nhollow: peers"
+    return "solid: kernels\ndashed: peers"
 
 
 # --------------------------------------------------------------------------
@@ -198,6 +210,10 @@ def plot_time(path, series, crossovers, title, sub, xlabel="kernel size k "
     ax = fig.subplots()
     _draw_lines(ax, series, scale=1e3)
     ax.set_yscale("log")
+    if crossovers:
+        # Head room: the crossover labels sit above the curves.
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, high * 6)
     _plain_log_axis(ax.yaxis)
     ax.set_ylabel("time per call (ms, log scale)")
     _x_axis(ax, series, xlabel)
@@ -232,7 +248,7 @@ def plot_time(path, series, crossovers, title, sub, xlabel="kernel size k "
         from matplotlib.lines import Line2D
         handles.append(Line2D([], [], color="0.35", linestyle=":"))
         labels.append("crossover (B < A:\nB faster from k on)")
-    _legend_outside(ax, handles, labels, title="solid: kernels\ndashed: peers")
+    _legend_outside(ax, handles, labels, title=_legend_title(series))
     return _save(fig, path)
 
 
@@ -245,11 +261,15 @@ def plot_layer_bars(path, series, picks, title, sub):
     hatched.  ``picks`` maps layer -> the algorithm "auto" chose: a black
     star sits on that algorithm's bar.
     """
-    names = list(series.values)
+    from matplotlib.transforms import offset_copy
+    names = [k for k, v in series.values.items()
+             if any(t is not None and t > 0 for t in v)]
     n = len(series.x)
     fig = _figure(width=min(22.0, max(8.0, 1.25 * n + 3)), height=5.0)
     ax = fig.subplots()
     width = 0.84 / max(1, len(names))
+    above = offset_copy(ax.transData, fig=fig, y=7, units="points")
+    below = offset_copy(ax.transData, fig=fig, y=-7, units="points")
     labels, ratios = [], []
     for i, layer in enumerate(series.x):
         times = {k: v[i] for k, v in series.values.items()
@@ -275,9 +295,9 @@ def plot_layer_bars(path, series, picks, title, sub):
                     zorder=3)
             ratios.append(t / base)
             if picks.get(layer) == name:
-                tip = t / base * (1.15 if t >= base else 1 / 1.15)
-                ax.plot([x], [tip], marker="*", color="black",
-                        markersize=11, linestyle="none", zorder=4)
+                ax.plot([x], [t / base], marker="*", color="black",
+                        markersize=11, linestyle="none", zorder=4,
+                        transform=above if t >= base else below)
     ax.set_yscale("log")
     if ratios:
         ax.set_ylim(min(min(ratios), 1.0) / 1.6, max(max(ratios), 1.0) * 1.6)
@@ -315,6 +335,7 @@ def plot_gflops(path, series, sgemm, title, sub, xlabel):
     fig = _figure()
     ax = fig.subplots()
     _draw_lines(ax, series, lines=not series.categorical)
+    legend_title = _legend_title(series)
     if sgemm:
         ax.axhline(sgemm, color="black", linestyle=(0, (1, 1)), linewidth=1.4,
                    label=f"sgemm 1024³\n{sgemm:.0f} GFLOP/s\n(this machine)")
@@ -324,7 +345,7 @@ def plot_gflops(path, series, sgemm, title, sub, xlabel):
     _x_axis(ax, series, xlabel)
     ax.grid(True, which="major", alpha=0.3)
     ax.set_title(f"{title}\n{sub}", fontsize="medium")
-    _legend_outside(ax, title="solid: kernels\ndashed: peers")
+    _legend_outside(ax, title=legend_title)
     return _save(fig, path)
 
 
@@ -341,22 +362,22 @@ def plot_error(path, series, constants, title, sub, xlabel, floor=1e-2):
     for name, c in constants.items():
         if c:
             by_c.setdefault(c, []).append(name)
-    for c, names in sorted(by_c.items()):
+    for c, names in sorted(by_c.items(), reverse=True):
         for i, name in enumerate(names):
             # Equal constants: alternate dash phases so both colours show.
             ax.axhline(c, color=color_of(name), linestyle=(4 * i, (4, 4)),
-                       linewidth=1.4)
-        ax.annotate(f"c = {c:g} ({', '.join(names)})", xy=(0.0, c),
-                    xycoords=("axes fraction", "data"), xytext=(4, 2),
-                    textcoords="offset points", fontsize="x-small",
-                    va="bottom", color="0.2")
+                       linewidth=1.4, label=f"c = {c:g} ({name})")
     ax.set_yscale("log")
+    if by_c:
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, max(high, 2.5 * max(by_c)))
     _plain_log_axis(ax.yaxis)
     ax.set_ylabel("max error / (u·(|x|⋆|w|)) (bound units, log)")
     _x_axis(ax, series, xlabel)
     ax.grid(True, which="major", alpha=0.3)
     ax.set_title(f"{title}\n{sub}", fontsize="medium")
-    _legend_outside(ax, title="markers: measured\ndashed: bound c")
+    _legend_outside(ax, title="markers: measured\ndashed: bound c of\n"
+                              "the same colour")
     return _save(fig, path)
 
 

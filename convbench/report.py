@@ -13,8 +13,8 @@ writes, into one directory,
 
 What is swept (:func:`plan_sweeps`): ``--quick`` a single-channel kernel
 sweep, ResNet-50's 3x3 layers and the jet-image layers at 1/8 of their
-batch, with 3 repeats and cheaper checks; no workload: the same set with
-7 repeats; named workloads (:data:`convbench.workloads.WORKLOADS`): those,
+batch, with 5 repeats and cheaper checks; no workload: the same set with
+9 repeats; named workloads (:data:`convbench.workloads.WORKLOADS`): those,
 at full size.  ``--from-asv`` adds (or, alone, makes) a section of asv
 results along commits (:func:`read_asv_results`).
 
@@ -77,8 +77,8 @@ class SweepPlan:
     peer_time_limit: float = 2.0
 
 
-QUICK_REPEATS = 3
-DEFAULT_REPEATS = 7
+QUICK_REPEATS = 5
+DEFAULT_REPEATS = 9
 #: --quick: cheaper float64 reference check and SciPy peer limit.
 QUICK_CHECK_MACS = 1.5e7
 QUICK_PEER_TIME_LIMIT = 0.3
