@@ -43,8 +43,9 @@ from . import plots
 
 __all__ = ["SCHEMA", "ReportInputError", "SweepPlan", "SweepData",
            "plan_sweeps", "quick_plans", "load_sweep_json", "sweep_data",
-           "Panel", "panels", "layer_table", "read_asv_results",
-           "select_asv_benchmarks", "write_report", "run"]
+           "Panel", "panels", "layer_table", "Document", "AsvRun",
+           "read_asv_results", "select_asv_benchmarks", "asv_lines",
+           "check_out_dir", "measure", "write_report", "run"]
 
 #: The sweep JSON schema this module reads and writes.
 SCHEMA = "convbench.sweep/1"
@@ -412,7 +413,7 @@ def layer_table(panel):
                      f"auto → {pick}" if pick else "-",
                      _ms(auto.median_s if auto else None), ratio_txt,
                      peer or "-", _ms(peers.get(peer)),
-                     f"{peers[peer] / algs[best]:.2f}x" if peer and best else "-"))
+                     f"{peers[peer] / algs[best]:.3g}x" if peer and best else "-"))
     return header, rows, misses
 
 
@@ -999,9 +1000,13 @@ def measure(plans, out, *, dtype="float32", backend="cpu", progress=True,
     except KeyboardInterrupt:
         interrupted = True
     if machine is not None:
-        # Thread counts of libraries imported during the sweeps (torch).
-        machine.update({k: v for k, v in machine_info(measure=False).items()
-                        if k not in machine})
+        # What the sweeps changed or loaded: malloc thresholds, torch's
+        # threads, numba's threading layer (the measured rates stay); the
+        # saved sweeps get it too.
+        machine.update(machine_info(measure=False))
+        for data in sweeps:
+            data.raw["machine"] = machine
+            _save_sweep(out, data.raw, data.name)
     return sweeps, machine, interrupted, time.perf_counter() - t0
 
 
@@ -1059,6 +1064,12 @@ def run(args, parser):
         except ReportInputError as exc:
             parser.error(f"argument --from-asv: {exc}")
         asv = (args.from_asv, runs, select_asv_benchmarks(runs, args.asv_bench))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        parser.error("convbench report draws with matplotlib, which is not "
+                     "installed: pip install 'convbench[bench]' (or "
+                     "pip install matplotlib)")
     problem = check_out_dir(args.out)
     if problem:
         parser.error(f"argument --out: {problem}")

@@ -276,7 +276,7 @@ def test_layer_table_flags_auto_more_than_ten_percent_slower():
     first, second = (dict(zip(header, r)) for r in rows)
     assert first["fastest algorithm"] == "direct"
     assert first["auto / fastest"] == "1.00"
-    assert first["peer / fastest algorithm"] == "1.50x"
+    assert first["peer / fastest algorithm"] == "1.5x"
     assert second["auto → pick"] == "auto → im2col"
     assert second["auto / fastest"] == "**2.00**"
 
