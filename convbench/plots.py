@@ -126,13 +126,14 @@ def _plain_log_axis(axis):
 
 
 def _label_minor(axis, value):
-    """Label minor ticks 2 and 5 when the axis spans under two decades
-    (otherwise a short axis would have one label or none)."""
+    """Label minor ticks 2 and 5 when the axis spans under two decades,
+    2, 3, 5 and 7 under one (else a short axis has one label or none)."""
     lo, hi = axis.get_view_interval()
     if lo <= 0 or hi / lo > 100:
         return False
+    labelled = (2.0, 3.0, 5.0, 7.0) if hi / lo <= 10 else (2.0, 5.0)
     mantissa = value / 10 ** math.floor(math.log10(value) + 1e-9)
-    return round(mantissa, 6) in (2.0, 5.0)
+    return round(mantissa, 6) in labelled
 
 
 def _legend_outside(ax, handles=None, labels=None, title=None):
@@ -385,12 +386,16 @@ def plot_error(path, series, constants, title, sub, xlabel, floor=1e-2):
 # asv history
 # --------------------------------------------------------------------------
 
-def plot_asv(path, commits, lines, title, ylabel, log):
+def plot_asv(path, commits, lines, title, ylabel, log, scale=1.0,
+             integer=False):
     """Values of one asv benchmark along commits.
 
     ``commits``: list of x tick labels (short hash and date), oldest first;
-    ``lines``: label -> list of float or None, one per commit.
+    ``lines``: label -> list of float or None, one per commit, multiplied
+    by ``scale`` (1e3: seconds to ms); ``integer``: whole-number y ticks
+    (kernel sizes).
     """
+    from matplotlib import ticker
     fig = _figure(width=max(8.0, 0.55 * len(commits) + 4))
     ax = fig.subplots()
     xs = list(range(len(commits)))
@@ -402,13 +407,15 @@ def plot_asv(path, commits, lines, title, ylabel, log):
                if v is not None and math.isfinite(v) and (v > 0 or not log)]
         if not pts:
             continue
-        ax.plot([p[0] for p in pts], [p[1] for p in pts],
+        ax.plot([p[0] for p in pts], [p[1] * scale for p in pts],
                 color=palette[i % len(palette)],
                 marker=markers[(i // len(palette)) % len(markers)],
                 linewidth=1.4, markersize=5, label=label)
     if log:
         ax.set_yscale("log")
         _plain_log_axis(ax.yaxis)
+    elif integer:
+        ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     ax.set_xticks(xs)
     ax.set_xticklabels(commits, rotation=30 if len(commits) > 3 else 0,

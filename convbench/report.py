@@ -880,11 +880,12 @@ def _asv_section(doc, out, root, runs, selected):
     for name in selected:
         commits, lines, dropped = asv_lines(runs, name)
         crossover = "track_crossover" in name
-        ylabel = ("crossover kernel size (k)" if crossover
-                  else "time per call (s, log)")
+        ylabel = ("crossover kernel size k" if crossover
+                  else "time per call (ms, log)")
         path = plots.plot_asv(out / f"asv-{_slug(name)}.png", commits, lines,
                               f"{name} along commits", ylabel,
-                              log=not crossover)
+                              log=not crossover, integer=crossover,
+                              scale=1.0 if crossover else 1e3)
         caption = (f"asv `{name}` per commit"
                    + ("; a missing point is a crossover outside the tracked "
                       "range (NaN) or a failed run" if crossover else "")
