@@ -1,7 +1,12 @@
-"""Command line: ``convbench sweep | machine | calibrate | cuda-report``.
+"""Command line: ``convbench report | sweep | machine | calibrate | cuda-report``.
 
 Examples
 --------
+The report (figures, tables, machine) of a quick set of sweeps, in under
+three minutes (see :mod:`convbench.report`)::
+
+    convbench report --quick --out report/
+
 Kernel-size sweep of one image, every built algorithm next to SciPy::
 
     convbench sweep --shape 1,1,512,512,1 --kernels 3:31:4
@@ -142,8 +147,10 @@ def build_parser():
         prog="convbench",
         description="Benchmark and verify convolution algorithms (kernels) "
                     "against SciPy and PyTorch.")
-    sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{sweep,machine,calibrate,cuda-report}")
+    sub = parser.add_subparsers(
+        dest="command", required=True,
+        metavar="{report,sweep,machine,calibrate,cuda-report}")
+    _add_report_parser(sub)
 
     sw = sub.add_parser(
         "sweep", help="time every algorithm and peer over kernel sizes or "
@@ -256,9 +263,64 @@ def build_parser():
     return parser
 
 
+def _add_report_parser(sub):
+    rep = sub.add_parser(
+        "report", help="sweeps -> report.md, self-contained report.html and "
+                       "PNG figures",
+        description="Run the sweeps a report needs (or read saved ones) and "
+                    "write DIR/report.md, a self-contained DIR/report.html, "
+                    "the figures as PNG and the sweeps as JSON.  Without "
+                    "WORKLOAD: a single-channel kernel sweep, ResNet-50's "
+                    "3x3 layers and jet images (--quick: fewer repeats, "
+                    "under 3 minutes on 2 cores).")
+    rep.add_argument("workloads", nargs="*", metavar="WORKLOAD",
+                     help="named workloads to sweep at full size (see "
+                          "`convbench sweep --list-workloads`)")
+    rep.add_argument("--quick", action="store_true",
+                     help="5 repeats, cheaper checks (without WORKLOAD: the "
+                          "quick set, under 3 minutes on 2 cores)")
+    rep.add_argument("--out", default="report", metavar="DIR",
+                     help="output directory (default ./report; created; "
+                          "checked for writing before anything is measured)")
+    rep.add_argument("--shape", type=parse_shape, metavar="N,C,H,W,K",
+                     help="add a kernel-size sweep of this input (padding "
+                          "k//2, stride 1)")
+    rep.add_argument("--kernels", type=parse_kernels, default=None,
+                     metavar="START:STOP[:STEP]|K,K,...",
+                     help="kernel sizes of --shape (default 3:31:4)")
+    rep.add_argument("--backend", choices=("cpu", "cuda"), default="cpu",
+                     help="kernels' backend of the algorithms (default cpu)")
+    rep.add_argument("--dtype", choices=("float32", "float64"),
+                     default="float32")
+    rep.add_argument("--repeats", type=lambda t: _positive_int(t, "repeats"),
+                     default=None,
+                     help="timed calls per contender (default 5 with --quick, "
+                          "else 9)")
+    rep.add_argument("--from-json", nargs="+", action="extend", default=[],
+                     metavar="SWEEP.json",
+                     help="redraw saved sweeps (`convbench sweep --json`, or "
+                          "the sweep-*.json a report wrote) instead of "
+                          "measuring")
+    rep.add_argument("--from-asv", metavar="DIR",
+                     help="add asv results along commits (asv's results "
+                          "directory, e.g. .asv/results); alone: only that")
+    rep.add_argument("--asv-bench", metavar="REGEX", default=None,
+                     help="time_ benchmarks of --from-asv to plot (regex on "
+                          "the name; default: the first 4 matching "
+                          "'time_conv2d$'); every track_crossover* is plotted")
+    rep.add_argument("--no-progress", action="store_true",
+                     help="no progress bar on stderr (the step lines stay)")
+    return rep
+
+
 # --------------------------------------------------------------------------
 # Commands
 # --------------------------------------------------------------------------
+
+def cmd_report(args, parser):
+    from .report import run
+    return run(args, parser)
+
 
 def _contenders(args, parser):
     import kernels
@@ -435,6 +497,6 @@ def main(argv=None):
     """Entry point of the ``convbench`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    command = {"sweep": cmd_sweep, "machine": cmd_machine,
+    command = {"report": cmd_report, "sweep": cmd_sweep, "machine": cmd_machine,
                "calibrate": cmd_calibrate, "cuda-report": cmd_cuda_report}
     return command[args.command](args, parser)

@@ -4,7 +4,8 @@
 sweep's results), :func:`format_machine_info` prints it.  The measured
 single-precision GEMM rate (a 1024^3 float32 matmul) is the machine's
 practical peak for the GEMM-based algorithms, so GFLOP/s figures can be
-read as a fraction of it.
+read as a fraction of it; the measured copy bandwidth (a 64 MiB array
+copied) is the practical peak of memory-bound operations such as pooling.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import numpy as np
 from .timing import seeded_normal
 
 __all__ = ["machine_info", "format_machine_info", "sgemm_gflops",
-           "blas_summary", "keep_freed_memory", "malloc_state"]
+           "copy_bandwidth_gbs", "blas_summary", "keep_freed_memory",
+           "malloc_state"]
 
 #: Environment variables that change the speed of the kernels or of BLAS.
 ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
@@ -170,10 +172,30 @@ def sgemm_gflops(n=1024, repeats=5):
     return 2.0 * n ** 3 / statistics.median(times) / 1e9
 
 
+def copy_bandwidth_gbs(nbytes=2**26, repeats=5):
+    """GB/s (10^9 bytes) of copying an ``nbytes`` array, read + write.
+
+    A copy moves ``2 * nbytes`` (one read, one write; the write-allocate
+    read of the destination is not counted), so this is the bandwidth a
+    streaming kernel such as pooling can reach.  64 MiB is far above the
+    last-level cache of the machines this project runs on.  Median of
+    ``repeats`` after a warm-up copy (page faults of the destination).
+    """
+    src = np.ones(nbytes // 4, dtype=np.float32)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)  # warm-up: page faults
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        times.append(time.perf_counter() - t0)
+    return 2.0 * src.nbytes / statistics.median(times) / 1e9
+
+
 def machine_info(measure=True):
     """Everything a timing depends on, as a JSON-ready dict.
 
-    ``measure=False`` skips the GEMM measurement (about 0.1-1 s).
+    ``measure=False`` skips the GEMM and copy measurements (about 0.1-1 s).
     """
     import kernels  # noqa: F401  (sets OMP_WAIT_POLICY before numba runs)
     info = {
@@ -194,6 +216,7 @@ def machine_info(measure=True):
         info["torch_num_threads"] = sys.modules["torch"].get_num_threads()
     if measure:
         info["sgemm_1024_gflops"] = round(sgemm_gflops(), 2)
+        info["copy_gbs"] = round(copy_bandwidth_gbs(), 2)
     return info
 
 
@@ -220,5 +243,8 @@ def format_machine_info(info):
     if "sgemm_1024_gflops" in info:
         rows.append(("sgemm 1024^3", f"{info['sgemm_1024_gflops']:.1f} GFLOP/s "
                                      "(float32 matmul, median of 5)"))
+    if "copy_gbs" in info:
+        rows.append(("copy 64 MiB", f"{info['copy_gbs']:.1f} GB/s (read + write, "
+                                    "median of 5)"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
