@@ -196,3 +196,169 @@ def test_autocheck_compares_the_pick_with_the_fastest(tmp_path):
         [r.ratio for r in rows]
     assert autocheck.auto_rows(path, tolerance=0.25)[1].within
     assert "auto's pick" in autocheck.format_rows(rows)
+
+
+# --------------------------------------------------------------------------
+# The cost model, given thresholds (no timing)
+# --------------------------------------------------------------------------
+
+from kernels._choose import NEUTRAL_THRESHOLDS, _model_choice, fft_min_area  # noqa: E402
+from kernels._dispatch import ConvSpec  # noqa: E402
+
+ALL = ["direct", "im2col", "winograd", "fft"]
+
+#: Thresholds of these tests (the CPU defaults' kind of values, fixed here
+#: so that the tests follow the rules, not the machine's measurements).
+T = {"direct_max_macs": 2.0e6, "direct_max_macs_fc": 2.6e5,
+     "fft_min_area_single": 200, "fft_min_area_few": 120,
+     "fft_min_area_multi": 49, "winograd_min_channels": 16,
+     "winograd_min_pixels": 400, "im2col_min_out_channels": 8,
+     "im2col_max_area": 1, "im2col_serial_max_macs": 1.6e7}
+
+
+def _choice(x, w, stride=1, groups=1, t=T, cands=ALL, same=True):
+    kh, kw = w[2:]
+    pad = (kh // 2, kh // 2, kw // 2, kw // 2) if same else (0, 0, 0, 0)
+    spec = ConvSpec.from_config(x, w, (stride, stride), pad, (1, 1), groups)
+    return _model_choice(cands, spec, t)
+
+
+def test_fft_area_depends_on_the_channels():
+    assert fft_min_area(1, 1, T) == 200
+    assert fft_min_area(4, 4, T) == 120
+    assert fft_min_area(16, 16, T) == 49
+    assert fft_min_area(64, 64, T) == 49                # held beyond
+    # Linear in log2(C*K) between the measured points.
+    assert fft_min_area(2, 2, T) == pytest.approx(160)
+    assert fft_min_area(8, 8, T) == pytest.approx((120 + 49) / 2)
+    assert fft_min_area(3, 16, T) == fft_min_area(16, 3, T)
+    assert math.isinf(fft_min_area(4, 4, NEUTRAL_THRESHOLDS))
+
+
+def test_few_channels_stay_direct_where_one_area_sent_them_to_fft():
+    # C = K = 4 at 128^2: direct was 2.4-3.2x faster than FFT from k = 7.
+    assert _choice((1, 4, 128, 128), (4, 4, 7, 7)) == "direct"
+    assert _choice((1, 4, 128, 128), (4, 4, 11, 11)) == "fft"     # 121
+    # One channel: direct up to k = 13 (169), FFT from 15 (225).
+    assert _choice((1, 1, 1024, 1024), (1, 1, 13, 13)) == "direct"
+    assert _choice((1, 1, 1024, 1024), (1, 1, 31, 31)) == "fft"
+    # 1-D, H = 1: the area is the kernel length.
+    assert _choice((1, 1, 1, 10**6), (1, 1, 1, 63)) == "direct"
+    assert _choice((1, 1, 1, 10**6), (1, 1, 1, 255)) == "fft"
+
+
+def test_many_channels_go_to_fft_from_the_multi_area():
+    x = (1, 64, 56, 56)
+    assert _choice(x, (64, 64, 7, 7)) == "fft"          # 49 >= 49
+    # 5x5 with many channels: Winograd (F(m, 5)), not FFT or direct.
+    assert _choice(x, (64, 64, 5, 5)) == "winograd"
+    assert _choice(x, (64, 64, 5, 5), cands=["direct", "im2col", "fft"]) \
+        == "direct"
+    # Depthwise (groups = C): each group is one channel.
+    assert _choice((1, 64, 56, 56), (64, 1, 7, 7), groups=64) == "direct"
+
+
+def test_fully_connected_layers_count_the_whole_batch():
+    # SE blocks: 1x1 convs on 1x1 maps, batch 32.
+    assert _choice((32, 256, 1, 1), (16, 256, 1, 1)) == "direct"  # 1.3e5
+    assert _choice((32, 2048, 1, 1), (128, 2048, 1, 1)) == "im2col"
+    assert _choice((1, 1024, 1, 1), (128, 1024, 1, 1)) == "direct"
+    # A 5x5 kernel on a 5x5 map is fully connected too (LeNet's C5).
+    assert _choice((64, 16, 5, 5), (120, 16, 5, 5), same=False) == "im2col"
+
+
+def test_a_large_1x1_on_few_positions_runs_direct():
+    # 49 output positions: one BLAS piece.
+    assert _choice((1, 1024, 7, 7), (1024, 1024, 1, 1)) == "direct"
+    assert _choice((1, 960, 7, 7), (160, 960, 1, 1)) == "im2col"
+    assert _choice((4, 1024, 7, 7), (1024, 1024, 1, 1)) == "im2col"
+
+
+def test_neutral_thresholds_run_direct():
+    assert _choice((1, 64, 56, 56), (64, 64, 7, 7),
+                   t=NEUTRAL_THRESHOLDS) == "direct"
+    assert _choice((32, 2048, 1, 1), (128, 2048, 1, 1),
+                   t=NEUTRAL_THRESHOLDS) == "direct"
+
+
+def test_default_thresholds_have_every_rule():
+    from kernels._choose import default_thresholds
+    assert set(default_thresholds("cpu")) == set(NEUTRAL_THRESHOLDS) == set(T)
+
+
+def test_a_format_2_calibration_file_is_ignored_with_a_warning(
+        monkeypatch, tmp_path):
+    from kernels._calibration import CalibrationWarning
+    from kernels._choose import default_thresholds, machine_key, thresholds
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps({"format": 2, "backends": {"cpu": {
+        "machine": machine_key("cpu"),
+        "thresholds": {"fft_min_area_multi": 1}, "meta": {}}}}))
+    monkeypatch.setenv("CONVBENCH_CALIBRATION", str(path))
+    with pytest.warns(CalibrationWarning, match="format-3"):
+        assert thresholds("cpu") == default_thresholds("cpu")
+
+
+# --------------------------------------------------------------------------
+# Calibration: what it could not pin down (synthetic times)
+# --------------------------------------------------------------------------
+
+def test_resolve_tells_a_clear_crossover_from_noise():
+    from convbench.calibrate import resolve
+    sizes = [1, 2, 3, 4]
+    # fast overtakes slow at 3, by 2x on either side: pinned.
+    at, status, _ = resolve(sizes, [1, 2, 4, 8], [4, 4, 2, 4])
+    assert (at, status) == (3, "pinned")
+    # 5 % on either side of the crossover: within noise.
+    at, status, why = resolve(sizes, [1, 1, 1, 1], [1.5, 1.05, 0.95, 0.5])
+    assert (at, status) == (3, "within noise") and "within 10%" in why
+    # Clear in the medians, but repeat 2 puts it elsewhere.
+    slow_r = [[1, 1], [2, 2], [4, 4], [8, 8]]
+    fast_r = [[4, 4], [4, 1], [2, 2], [4, 4]]
+    at, status, why = resolve(sizes, [1, 2, 4, 8], [4, 4, 2, 4], slow_r, fast_r)
+    assert status == "within noise" and "moved" in why
+    # One contender wins throughout: an edge, or noise if close at the end.
+    assert resolve(sizes, [1, 1, 1, 1], [2, 2, 2, 2])[:2] == (None, "edge")
+    assert resolve(sizes, [1, 1, 1, 1], [2, 2, 2, 1.05])[:2] == \
+        (None, "within noise")
+
+
+def test_calibration_meta_records_the_thresholds_it_could_not_pin(
+        monkeypatch, tmp_path):
+    from convbench import calibrate as cal
+
+    def synthetic_times(cases, algorithms, progress):
+        # Every rival of fft costs 1; fft costs 2 except on the 4-channel
+        # probe, where it is 1.02 from k = 11 on (within noise).  Other
+        # probes: every algorithm 1 (no crossover: an edge, within noise).
+        out = cal._Times()
+        for a in algorithms:
+            row = []
+            for c in cases:
+                few = c.x_shape[1] == 4
+                k = c.w_shape[2]
+                if a != "fft":
+                    row.append(1.0)
+                elif few:
+                    row.append(0.98 if k >= 11 else 1.02)
+                else:
+                    row.append(0.5 if k >= 13 else 2.0)
+            out[a] = row
+        out.repeats = {a: [[v] * 5 for v in row] for a, row in out.items()}
+        return out
+
+    monkeypatch.setattr(cal, "_times", synthetic_times)
+    lines = []
+    path = tmp_path / "cal.json"
+    cal.calibrate(path=path, progress=False, log=lines.append)
+    meta = json.loads(path.read_text())["backends"]["cpu"]["meta"]
+    table = meta["thresholds"]
+    if "fft" in BUILT and "direct" in BUILT:
+        assert table["fft_min_area_single"]["status"] == "pinned"
+        assert table["fft_min_area_single"]["value"] == (11 ** 2 + 13 ** 2) // 2
+        assert table["fft_min_area_few"]["status"] == "within noise"
+        assert "fft_min_area_few" in meta["unresolved"]
+        assert "fft_min_area_single" not in meta["unresolved"]
+    assert table["im2col_min_out_channels"]["status"] == "default"
+    text = "\n".join(lines)
+    assert "not pinned down" in text and "fft_min_area_few" in text

@@ -134,15 +134,27 @@ AUTO_THRESHOLDS = {
     # Below this many multiply-adds per image the fast algorithms' set-up
     # costs more than they save: use direct.
     "direct_max_macs": 2.0e6,
-    # Smallest kernel area (kH * kW) from which FFT beats the GEMM-based
-    # algorithms for single-channel (C = K = 1) and multi-channel problems.
-    # Single channel 1024^2 (convbench sweep, 2 cores): fft beats direct
-    # from k = 17 on (since fft runs few-channel problems as tasks; k = 15
-    # a tie, 3.8 vs 3.9 ms; k = 21 before).
-    "fft_min_area_single": 289,
-    # C = K = 64 at 56^2: fft beats direct and torch from k = 7 on.
+    # The same for a 1x1 output map (a fully connected layer), counted
+    # over the whole batch.  SE-ResNet-50's 1x1 convs at batch 32: direct
+    # won at 1.3e5 (0.26 vs im2col's 0.39 ms), im2col or winograd from
+    # 5.2e5 on (0.43 vs 0.54 ms; 2.1e6: 0.71 vs 0.94; 8.4e6: 1.03 vs 2.6).
+    "direct_max_macs_fc": 2.6e5,
+    # Kernel area (kH * kW, of each stride phase) from which FFT is chosen
+    # with C/g * K/g = 1, 16 and 256 channel products (interpolated in
+    # log2(C*K) between them, kernels._choose.fft_min_area).
+    # Single channel, 'same': 512^2 k = 15 fft 2.39 ms vs direct 2.81;
+    # 1024^2 k = 15 a tie (6.0 vs 5.7, 8.2 vs 10.1 in another run), k = 11
+    # direct (4.8 vs 5.8), k = 19 fft (4.5 vs 7.9); 4096^2 k = 15 fft
+    # 1.25x; 1-D 10^6 samples k = 63 a tie, k = 255 fft (3.8 vs 5.7).
+    "fft_min_area_single": 200,
+    # C = K = 4 at 128^2 ('same', batch 1): see convbench calibrate.
+    "fft_min_area_few": 120,
+    # C = K = 64 at 56^2: k = 5 winograd 1.95 ms, fft 2.58, direct 3.35;
+    # k = 7 fft 3.04 vs winograd 4.83.  1-D C = 3, K = 16 (C*K = 48):
+    # k = 15 direct 6.5 vs fft 11.3, k = 63 a tie.
     "fft_min_area_multi": 49,
-    # Winograd for 3x3 stride-1 layers with at least this many channels ...
+    # Winograd for 3x3 and 5x5 stride-1 layers with at least this many
+    # channels ...
     "winograd_min_channels": 16,
     # ... on images of at least this many pixels (H * W).  ResNet-50's 3x3
     # layers at batch 4 (two machines): Winograd beat im2col at 56^2 and
@@ -157,6 +169,12 @@ AUTO_THRESHOLDS = {
     # 14^2..64^2, 1.2-4.7x; ResNet-50's 3x3 layers 1.2-2.1x, conv1 7x7/2
     # 1.8x); im2col won the 1x1 layers (a plain GEMM, 1.1-1.5x).
     "im2col_max_area": 1,
+    # ... unless the output has fewer positions (N Ho Wo) than one BLAS
+    # piece (64 columns: one thread) and more multiply-adds than this.
+    # MobileNet 1x1 convs at 7^2: im2col won 960 -> 160 (7.5e6: 0.32 vs
+    # 0.42 ms), tied 960 -> 320 (1.5e7), lost 320 -> 1280 (2.0e7: 0.77 vs
+    # 0.54) and 1024 -> 1024 (5.1e7: 2.2 vs 1.06).
+    "im2col_serial_max_macs": 1.6e7,
 }
 
 
