@@ -7,9 +7,9 @@ probe (a short interleaved sweep):
 
 ``fft_min_area_single``, ``fft_min_area_few``, ``fft_min_area_multi``
     kernel area from which FFT beats what "auto" would run otherwise,
-    with C/g * K/g = 1, 16 and 256: one 512 x 512 image (against direct),
-    C = K = 4 at 128 x 128 (against direct: few channels never go to
-    im2col or Winograd) and C = K = 16 at 64 x 64 (against the best of
+    with C/g * K/g = 1, 16 and 4096: one 2048 x 2048 image (against
+    direct), C = K = 4 at 512 x 512 (against direct: few channels never go
+    to im2col or Winograd) and C = K = 64 at 56 x 56 (against the best of
     the others);
 ``direct_max_macs``
     multiply-adds per image up to which direct beats the rest: 3 x 3, C = K
@@ -24,7 +24,7 @@ probe (a short interleaved sweep):
     multiply-adds from which direct beats im2col on a 1x1 convolution
     whose output (7 x 7, batch 1) is one BLAS piece: C = K growing;
 ``winograd_min_channels``
-    channel count from which Winograd beats the fallback on 3 x 3
+    output channel count from which Winograd beats the fallback on 3 x 3
     stride-1 layers: C = K growing at 56 x 56, batch 4;
 ``winograd_min_pixels``
     image size (H * W) from which it does so with many channels: C = K =
@@ -292,7 +292,7 @@ def _winograd_channels(built, im2col_max_area, progress, report):
     # Batch 4 at 56 x 56, as ResNet-50's first 3x3 layers: at 28 x 28 with
     # one image (49 tiles of F(4,3)) Winograd never caught up with im2col
     # below 128 channels, while it wins on the real 64@56^2 layer.
-    channels = (8, 16, 32, 64, 128)
+    channels = (16, 32, 64, 128, 256)
     cases = [ConvCase(f"C=K={c}", (4, c, 56, 56), (c, c, 3, 3), 1, 1, 1)
              for c in channels]
     times = _times(cases, built, progress)
@@ -357,20 +357,20 @@ def measure_thresholds(progress=True, log=print):
             f"({time.perf_counter() - t0:.1f} s)")
 
     step("fft_min_area_single", ["fft"],
-         lambda r: _fft_area(built, (1, 1, 512, 512), 1,
+         lambda r: _fft_area(built, (1, 1, 2048, 2048), 1,
                              (9, 11, 13, 15, 17, 19, 23), ["direct"],
                              progress, r), rivals=["direct"])
     step("fft_min_area_few", ["fft"],
-         lambda r: _fft_area(built, (1, 4, 128, 128), 4,
-                             (5, 7, 9, 11, 13, 15, 17), ["direct"],
+         lambda r: _fft_area(built, (1, 4, 512, 512), 4,
+                             (7, 11, 15, 19, 23, 27), ["direct"],
                              progress, r), rivals=["direct"])
     step("fft_min_area_multi", ["fft"],
-         lambda r: _fft_area(built, (1, 16, 64, 64), 16, (3, 5, 7, 9, 11),
+         lambda r: _fft_area(built, (1, 64, 56, 56), 64, (3, 5, 7, 9, 11),
                              built, progress, r))
     step("direct_max_macs", ["direct"], lambda r: _direct_macs(built, progress, r),
          rivals=["im2col", "winograd"])
-    step("direct_max_macs_fc", ["direct", "im2col"],
-         lambda r: _direct_macs_fc(built, progress, r), rivals=["direct"])
+    step("direct_max_macs_fc", ["direct"],
+         lambda r: _direct_macs_fc(built, progress, r), rivals=["im2col"])
     step("im2col_max_area", ["im2col"],
          lambda r: _im2col_area(built, progress, r), rivals=["direct"])
     step("im2col_serial_max_macs", ["im2col"],

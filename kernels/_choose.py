@@ -46,7 +46,7 @@ NEUTRAL_THRESHOLDS = {
 #: thresholds were measured; :func:`fft_min_area` interpolates between
 #: them in log2(C*K) and holds the end values beyond.
 FFT_AREA_CHANNELS = {"fft_min_area_single": 1, "fft_min_area_few": 16,
-                     "fft_min_area_multi": 256}
+                     "fft_min_area_multi": 4096}
 
 #: im2col's 1x1 GEMM has one column piece (one thread) when the output
 #: has fewer positions (N * Ho * Wo) than this: the CPU BLAS splits
@@ -102,7 +102,7 @@ def fft_min_area(cg, kg, t):
     So the area at which FFT wins falls from its single-channel value
     (transforms dominate) towards a many-channel floor (the spectral
     product dominates).  It is measured at three channel products
-    (:data:`FFT_AREA_CHANNELS`: C = K = 1, 4 and 16) and interpolated
+    (:data:`FFT_AREA_CHANNELS`: C = K = 1, 4 and 64) and interpolated
     linearly in log2(C * K) between them.  A single fixed
     "multi-channel" area sent C = K = 4 at 128^2 to FFT from k = 7 while
     direct was 2.4-3.2x faster there.
@@ -142,11 +142,14 @@ def _model_choice(cands, spec, t):
     if "direct" in cands and (n * macs <= t["direct_max_macs_fc"] if fc
                               else macs <= t["direct_max_macs"]):
         return "direct"
-    # Winograd F(m, 3) and F(m, 5) for many-channel stride-1 layers on
-    # images that give enough tiles (C = K = 64 at 56^2, k = 5: winograd
-    # 1.95 ms, fft 2.58, direct 3.35).
+    # Winograd for stride-1 layers with many output channels (its output
+    # transform is amortised over them) on images that give enough tiles.
+    # 3x3, U-Net 256^2 tiles at batch 4: K = 128 winograd 119 ms vs direct
+    # 153 (C = 64), K = 64 direct 109 vs 185 and 251 vs 294.  5x5 saves
+    # more multiplications (F(4,5): 6.25x, F(4,3): 4x) and wins with half
+    # as many: C = K = 64 at 56^2, winograd 1.95 ms, fft 2.58, direct 3.35.
     if ("winograd" in cands and kh == kw and kh in (3, 5) and groups == 1
-            and min(c, k) >= t["winograd_min_channels"]
+            and c >= 16 and k * (kh - 1) // 2 >= t["winograd_min_channels"]
             and h * w >= t["winograd_min_pixels"]):
         return "winograd"
     # With few output channels the GEMM degenerates to matrix-vector

@@ -226,11 +226,11 @@ def _choice(x, w, stride=1, groups=1, t=T, cands=ALL, same=True):
 def test_fft_area_depends_on_the_channels():
     assert fft_min_area(1, 1, T) == 200
     assert fft_min_area(4, 4, T) == 120
-    assert fft_min_area(16, 16, T) == 49
-    assert fft_min_area(64, 64, T) == 49                # held beyond
+    assert fft_min_area(64, 64, T) == 49
+    assert fft_min_area(128, 256, T) == 49              # held beyond
     # Linear in log2(C*K) between the measured points.
     assert fft_min_area(2, 2, T) == pytest.approx(160)
-    assert fft_min_area(8, 8, T) == pytest.approx((120 + 49) / 2)
+    assert fft_min_area(16, 16, T) == pytest.approx((120 + 49) / 2)
     assert fft_min_area(3, 16, T) == fft_min_area(16, 3, T)
     assert math.isinf(fft_min_area(4, 4, NEUTRAL_THRESHOLDS))
 

@@ -138,29 +138,44 @@ AUTO_THRESHOLDS = {
     # over the whole batch.  SE-ResNet-50's 1x1 convs at batch 32: direct
     # won at 1.3e5 (0.26 vs im2col's 0.39 ms), im2col or winograd from
     # 5.2e5 on (0.43 vs 0.54 ms; 2.1e6: 0.71 vs 0.94; 8.4e6: 1.03 vs 2.6).
-    "direct_max_macs_fc": 2.6e5,
+    # convbench calibrate (C = K = 16..512, batch 32): 1.05e6, pinned
+    # (direct 0.97x of im2col at 1.0e6, 1.30x slower at 2.1e6).
+    "direct_max_macs_fc": 1.05e6,
     # Kernel area (kH * kW, of each stride phase) from which FFT is chosen
-    # with C/g * K/g = 1, 16 and 256 channel products (interpolated in
+    # with C/g * K/g = 1, 16 and 4096 channel products (interpolated in
     # log2(C*K) between them, kernels._choose.fft_min_area).
     # Single channel, 'same': 512^2 k = 15 fft 2.39 ms vs direct 2.81;
     # 1024^2 k = 15 a tie (6.0 vs 5.7, 8.2 vs 10.1 in another run), k = 11
     # direct (4.8 vs 5.8), k = 19 fft (4.5 vs 7.9); 4096^2 k = 15 fft
     # 1.25x; 1-D 10^6 samples k = 63 a tie, k = 255 fft (3.8 vs 5.7).
-    "fft_min_area_single": 200,
-    # C = K = 4 at 128^2 ('same', batch 1): see convbench calibrate.
-    "fft_min_area_few": 120,
+    # convbench calibrate, 2048^2, k = 9..23: 197, pinned (direct 0.81x of
+    # fft at k = 13, 1.45x slower at 15).
+    "fft_min_area_single": 197,
+    # C = K = 4 at 128^2 ('same', batch 1): direct faster up to k = 17
+    # (0.95 ms vs fft 1.19; k = 7: 0.29 vs 0.89), the FFT's fixed cost
+    # dominating on small images.
+    # convbench calibrate, C = K = 4 at 512^2: 173, pinned (0.71x at
+    # k = 13, 1.47x at 15).  On a 128^2 image the crossover is later
+    # (k = 19-23): the FFT's fixed cost; not modelled (see docs/auto.md).
+    "fft_min_area_few": 173,
     # C = K = 64 at 56^2: k = 5 winograd 1.95 ms, fft 2.58, direct 3.35;
     # k = 7 fft 3.04 vs winograd 4.83.  1-D C = 3, K = 16 (C*K = 48):
     # k = 15 direct 6.5 vs fft 11.3, k = 63 a tie.
-    "fft_min_area_multi": 49,
-    # Winograd for 3x3 and 5x5 stride-1 layers with at least this many
-    # channels ...
-    "winograd_min_channels": 16,
+    # convbench calibrate, C = K = 64 at 56^2: 37, within noise (the
+    # crossover between k = 5 and 7 moved between repeats).
+    "fft_min_area_multi": 37,
+    # Winograd for 3x3 stride-1 layers with at least this many output
+    # channels (and C >= 16; 5x5 kernels from half as many) ...
+    # U-Net 256^2 at batch 4: K = 128 winograd 119 ms vs direct 153;
+    # K = 64 direct 109 vs 185 ms (and 251 vs 294); ResNet-50 64@56^2 a
+    # tie (5.75 vs 5.92), 128@28^2 winograd 2x.  convbench calibrate (C = K
+    # at 56^2, batch 4) found 64, but with winograd only 1.06x faster there.
+    "winograd_min_channels": 128,
     # ... on images of at least this many pixels (H * W).  ResNet-50's 3x3
-    # layers at batch 4 (two machines): Winograd beat im2col at 56^2 and
-    # 28^2 and lost at 14^2 (0.84x) and 7^2 (0.42x), where a few tiles per
-    # image meet a large transformed filter.
-    "winograd_min_pixels": 400,
+    # layers at batch 4: winograd 2x faster at 28^2, a tie at 14^2 (6.3
+    # vs 6.4 ms), slower at 7^2 (14.6 vs 12.0); U-Net's 512-1024 channels
+    # at 16^2: winograd 97 vs 179 ms and 122 vs 232.
+    "winograd_min_pixels": 196,
     # im2col only when each group has at least this many output channels ...
     "im2col_min_out_channels": 8,
     # ... and kernels of at most this area (kH * kW); larger ones run
@@ -173,7 +188,15 @@ AUTO_THRESHOLDS = {
     # piece (64 columns: one thread) and more multiply-adds than this.
     # MobileNet 1x1 convs at 7^2: im2col won 960 -> 160 (7.5e6: 0.32 vs
     # 0.42 ms), tied 960 -> 320 (1.5e7), lost 320 -> 1280 (2.0e7: 0.77 vs
-    # 0.54) and 1024 -> 1024 (5.1e7: 2.2 vs 1.06).
+    # 0.54) and 1024 -> 1024 (5.1e7: 2.2 vs 1.06).  convbench calibrate
+    # (C = K at 7^2): within noise, the crossover moving from 3.2e6 to
+    # 1.3e7 between repeats; im2col_max_area's probe (C = K = 64 at 28^2)
+    # found direct 1.15x faster even at 1x1 (an edge), against im2col's
+    # wins on MobileNet's 1x1 layers at 56^2-112^2: both kept.
+    # direct_max_macs' probe (3x3, C = K = 16 up to 64^2) found direct
+    # fastest throughout (an edge at 1.9e7): kept at 2e6, as 1x1 layers of
+    # 1-2e7 multiply-adds went to im2col (MobileNet-v2 24 -> 144 at 56^2:
+    # 0.40 vs direct's 0.48 ms).
     "im2col_serial_max_macs": 1.6e7,
 }
 
