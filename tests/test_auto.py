@@ -274,6 +274,14 @@ def test_a_large_1x1_on_few_positions_runs_direct():
     assert _choice((4, 1024, 7, 7), (1024, 1024, 1, 1)) == "im2col"
 
 
+def test_a_1x1_with_few_output_channels_is_still_a_gemm():
+    # U-Net's last layer: 64 -> 2 at 388^2.
+    assert _choice((1, 64, 388, 388), (2, 64, 1, 1)) == "im2col"
+    # ... but not a 3x3 with few output channels, nor one input channel.
+    assert _choice((1, 64, 388, 388), (2, 64, 3, 3)) == "direct"
+    assert _choice((1, 1, 388, 388), (1, 1, 1, 1)) == "direct"
+
+
 def test_neutral_thresholds_run_direct():
     assert _choice((1, 64, 56, 56), (64, 64, 7, 7),
                    t=NEUTRAL_THRESHOLDS) == "direct"
