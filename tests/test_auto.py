@@ -212,7 +212,7 @@ ALL = ["direct", "im2col", "winograd", "fft"]
 T = {"direct_max_macs": 2.0e6, "direct_max_macs_fc": 2.6e5,
      "fft_min_area_single": 200, "fft_min_area_few": 120,
      "fft_min_area_multi": 49, "winograd_min_channels": 16,
-     "winograd_min_pixels": 400, "im2col_min_out_channels": 8,
+     "winograd_min_pixels": 196, "im2col_min_out_channels": 8,
      "im2col_max_area": 1, "im2col_serial_max_macs": 1.6e7}
 
 
@@ -280,6 +280,14 @@ def test_a_1x1_with_few_output_channels_is_still_a_gemm():
     # ... but not a 3x3 with few output channels, nor one input channel.
     assert _choice((1, 64, 388, 388), (2, 64, 3, 3)) == "direct"
     assert _choice((1, 1, 388, 388), (1, 1, 1, 1)) == "direct"
+
+
+def test_one_input_channel_to_many_outputs_on_a_large_image_is_a_gemm():
+    # U-Net's first layer.
+    assert _choice((1, 1, 572, 572), (64, 1, 3, 3)) == "im2col"
+    assert _choice((1, 1, 572, 572), (32, 1, 3, 3)) == "direct"
+    assert _choice((64, 1, 32, 32), (64, 1, 3, 3)) == "direct"
+    assert _choice((1, 1, 572, 572), (64, 1, 7, 7)) == "direct"
 
 
 def test_neutral_thresholds_run_direct():

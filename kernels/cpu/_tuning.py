@@ -166,11 +166,12 @@ AUTO_THRESHOLDS = {
     "fft_min_area_multi": 37,
     # Winograd for 3x3 stride-1 layers with at least this many output
     # channels (and C >= 16; 5x5 kernels from half as many) ...
-    # U-Net 256^2 at batch 4: K = 128 winograd 119 ms vs direct 153;
-    # K = 64 direct 109 vs 185 ms (and 251 vs 294); ResNet-50 64@56^2 a
-    # tie (5.75 vs 5.92), 128@28^2 winograd 2x.  convbench calibrate (C = K
-    # at 56^2, batch 4) found 64, but with winograd only 1.06x faster there.
-    "winograd_min_channels": 128,
+    # convbench calibrate (C = K = 16..256 at 56^2, batch 4): 64, pinned
+    # (0.61x of direct at 32, 1.06x faster at 64).  K = 64 on large images
+    # is within noise either way (U-Net 572^2, 9 repeats: winograd 126 ms
+    # vs direct 143-211, 144 vs 232, 70 vs 69; 256^2 batch 4: 146 vs
+    # 131-186, 337 vs 268-312); ResNet-50 128@28^2 winograd 2x.
+    "winograd_min_channels": 64,
     # ... on images of at least this many pixels (H * W).  ResNet-50's 3x3
     # layers at batch 4: winograd 2x faster at 28^2, a tie at 14^2 (6.3
     # vs 6.4 ms), slower at 7^2 (14.6 vs 12.0); U-Net's 512-1024 channels
