@@ -134,11 +134,13 @@ def _model_choice(cands, spec, t):
     phase_area = area / (stride[0] * stride[1])
     if "fft" in cands and phase_area >= fft_min_area(cg, kg, t):
         return "fft"
-    # A 1x1 output map (SE blocks' 1x1 convs on pooled maps, LeNet's C5)
-    # is a fully connected layer: direct's register tiles run along the
-    # output row, and the batch is the GEMM's dimension, so such a layer
-    # is small by its multiply-adds over the whole batch.
-    fc = out_h * out_w == 1
+    # A 1x1 kernel giving a 1x1 output (SE blocks' convs on pooled maps)
+    # is a fully connected layer: a GEMM whose rows are the batch, and
+    # direct's register tiles run along a one-pixel output row; such a
+    # layer is small by its multiply-adds over the whole batch.  (LeNet's
+    # C5, 5x5 on a 5x5 map at batch 64, stays direct: 0.91 ms vs im2col
+    # 1.31, 15 repeats.)
+    fc = out_h * out_w == 1 and area == 1
     if "direct" in cands and (n * macs <= t["direct_max_macs_fc"] if fc
                               else macs <= t["direct_max_macs"]):
         return "direct"
@@ -155,7 +157,6 @@ def _model_choice(cands, spec, t):
     # With few output channels the GEMM degenerates to matrix-vector
     # products, which the direct kernel's register tiles beat by 10x or more
     # (single-channel 1024^2 sweep: direct 3-35 ms, im2col 100-7000 ms).
-    # A 1x1 output (fully connected) is one GEMM whatever the kernel.
     # A large product with fewer output positions than one BLAS piece runs
     # on one thread: direct, which uses them all, wins (MobileNet-v1's last
     # 1x1, 1024 -> 1024 at 7^2, 51 M multiply-adds: direct 1.06 ms,
@@ -177,7 +178,7 @@ def _model_choice(cands, spec, t):
     # 3.05 ms vs direct 6.96.
     if ("im2col" in cands and cg * area >= 8 and not serial
             and (kg >= t["im2col_min_out_channels"] or area == 1)
-            and (area <= t["im2col_max_area"] or fc)):
+            and area <= t["im2col_max_area"]):
         return "im2col"
     return "direct" if "direct" in cands else cands[0]
 

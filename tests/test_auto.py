@@ -263,8 +263,8 @@ def test_fully_connected_layers_count_the_whole_batch():
     assert _choice((32, 256, 1, 1), (16, 256, 1, 1)) == "direct"  # 1.3e5
     assert _choice((32, 2048, 1, 1), (128, 2048, 1, 1)) == "im2col"
     assert _choice((1, 1024, 1, 1), (128, 1024, 1, 1)) == "direct"
-    # A 5x5 kernel on a 5x5 map is fully connected too (LeNet's C5).
-    assert _choice((64, 16, 5, 5), (120, 16, 5, 5), same=False) == "im2col"
+    # A 5x5 kernel on a 5x5 map (LeNet's C5) is not: per image it is small.
+    assert _choice((64, 16, 5, 5), (120, 16, 5, 5), same=False) == "direct"
 
 
 def test_a_large_1x1_on_few_positions_runs_direct():

@@ -132,15 +132,21 @@ def machine_key():
 
 AUTO_THRESHOLDS = {
     # Below this many multiply-adds per image the fast algorithms' set-up
-    # costs more than they save: use direct.
-    "direct_max_macs": 2.0e6,
-    # The same for a 1x1 output map (a fully connected layer), counted
-    # over the whole batch.  SE-ResNet-50's 1x1 convs at batch 32: direct
-    # won at 1.3e5 (0.26 vs im2col's 0.39 ms), im2col or winograd from
-    # 5.2e5 on (0.43 vs 0.54 ms; 2.1e6: 0.71 vs 0.94; 8.4e6: 1.03 vs 2.6).
-    # convbench calibrate (C = K = 16..512, batch 32): 1.05e6, pinned
-    # (direct 0.97x of im2col at 1.0e6, 1.30x slower at 2.1e6).
-    "direct_max_macs_fc": 1.05e6,
+    # costs more than they save: use direct.  MobileNet-v2's 1x1 layers
+    # (15 repeats): direct faster at 2.4e6 (0.16 vs im2col 0.19 ms) and
+    # 4.8e6 (0.29 vs 0.43), a tie at 4.5e6-7.2e6, im2col faster at 7.5e6
+    # (960 -> 160 at 7^2: 0.33 vs 0.41).  convbench calibrate's probe
+    # (3x3, C = K = 16, 8^2..64^2) found direct fastest throughout (an
+    # edge, 1.9e7).
+    "direct_max_macs": 5.0e6,
+    # The same for a 1x1 kernel on a 1x1 output (a fully connected layer),
+    # counted over the whole batch.  SE-ResNet-50's 1x1 convs at batch 32,
+    # 15 repeats: direct faster at 1.3e5 (0.24 vs im2col 0.46 ms), im2col
+    # from 5.2e5 on (0.50 vs 0.58; 0.47 vs 0.63), 2.1e6: 0.96 vs 2.3.
+    # convbench calibrate (C = K = 16..512, batch 32) found 1.05e6, with
+    # direct only 3 % slower at 5.2e6: C = K favours direct more than the
+    # SE blocks' 16:1 shapes.
+    "direct_max_macs_fc": 2.6e5,
     # Kernel area (kH * kW, of each stride phase) from which FFT is chosen
     # with C/g * K/g = 1, 16 and 4096 channel products (interpolated in
     # log2(C*K) between them, kernels._choose.fft_min_area).
