@@ -64,6 +64,22 @@ def machine_key(backend="cpu"):
     return json.loads(_backend_defaults(_dispatch.backend_tuning(backend))[1])
 
 
+def _complete(table):
+    """A backend's thresholds with every rule's: a table written before a
+    rule existed gets the neutral value, except the fully connected limit
+    (its general limit, the rule it refines) and the FFT areas, which
+    :func:`fft_min_area` interpolates between the points given."""
+    if table is None:
+        return dict(NEUTRAL_THRESHOLDS)
+    out = dict(NEUTRAL_THRESHOLDS)
+    out["direct_max_macs_fc"] = table.get("direct_max_macs",
+                                          out["direct_max_macs"])
+    for name in FFT_AREA_CHANNELS:
+        out[name] = None
+    out.update(table)
+    return out
+
+
 @functools.lru_cache(maxsize=32)
 def _backend_defaults(tuning):
     """``(sorted threshold items, machine key as JSON)`` of a backend's
@@ -71,8 +87,7 @@ def _backend_defaults(tuning):
     thresholds on every call."""
     table = getattr(tuning, "AUTO_THRESHOLDS", None)
     key = getattr(tuning, "machine_key", None)
-    return (tuple(sorted((NEUTRAL_THRESHOLDS if table is None
-                          else table).items())),
+    return (tuple(sorted(_complete(table).items())),
             json.dumps({} if key is None else key(), sort_keys=True))
 
 
@@ -107,14 +122,16 @@ def fft_min_area(cg, kg, t):
     "multi-channel" area sent C = K = 4 at 128^2 to FFT from k = 7 while
     direct was 2.4-3.2x faster there.
     """
+    # Points a backend does not give (None) are left out; infinite ones
+    # (no FFT by size) are not interpolated through.
     points = sorted((FFT_AREA_CHANNELS[name], t[name])
-                    for name in FFT_AREA_CHANNELS)
+                    for name in FFT_AREA_CHANNELS if t.get(name) is not None)
+    if not points:
+        return float("inf")
     x = np.log2(max(1, cg * kg))
     xs = [np.log2(ck) for ck, _ in points]
     values = [area for _, area in points]
     if any(np.isinf(values)):
-        # Neutral thresholds (no FFT by size), or a partial table: no
-        # interpolation through infinity; hold the nearest finite value.
         i = int(np.argmin([abs(x - xi) for xi in xs]))
         return values[i]
     return float(np.interp(x, xs, values))

@@ -297,6 +297,20 @@ def test_neutral_thresholds_run_direct():
                    t=NEUTRAL_THRESHOLDS) == "direct"
 
 
+def test_a_backend_table_without_the_new_rules_keeps_its_meaning():
+    from kernels._choose import _complete
+    old = {"direct_max_macs": 1e7, "fft_min_area_single": 289,
+           "fft_min_area_multi": 25, "winograd_min_channels": 16,
+           "winograd_min_pixels": 64, "im2col_min_out_channels": 8,
+           "im2col_max_area": 49}
+    t = _complete(old)
+    assert set(t) == set(NEUTRAL_THRESHOLDS)
+    assert t["direct_max_macs_fc"] == 1e7
+    assert math.isinf(t["im2col_serial_max_macs"])
+    assert fft_min_area(1, 1, t) == 289 and fft_min_area(64, 64, t) == 25
+    assert 25 < fft_min_area(4, 4, t) < 289
+
+
 def test_default_thresholds_have_every_rule():
     from kernels._choose import default_thresholds
     assert set(default_thresholds("cpu")) == set(NEUTRAL_THRESHOLDS) == set(T)
