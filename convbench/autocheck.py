@@ -63,7 +63,19 @@ def _measurements(result):
     return [asdict(m) for m in result.measurements]
 
 
-def auto_rows(result, tolerance=0.10, algorithms=ALGORITHMS):
+def _current_pick(m):
+    """What ``algorithm="auto"`` picks now for a measurement's problem."""
+    import kernels
+    from .sweep import zero_padding
+    from .workloads import ConvCase
+    case = ConvCase(m["case"], tuple(m["x_shape"]), tuple(m["w_shape"]),
+                    m["stride"], m["padding"], m["groups"])
+    return kernels.choose_algorithm(case.x_shape, case.w_shape,
+                                    (case.stride,) * 2, zero_padding(case),
+                                    (1, 1), case.groups)
+
+
+def auto_rows(result, tolerance=0.10, algorithms=ALGORITHMS, repick=False):
     """Per case: fastest algorithm, ``auto``'s pick and the ratio.
 
     Parameters
@@ -75,6 +87,11 @@ def auto_rows(result, tolerance=0.10, algorithms=ALGORITHMS):
         A pick within ``(1 + tolerance)`` times the fastest time is right.
     algorithms : tuple of str
         The algorithms ``auto`` is compared against.
+    repick : bool
+        Judge the pick ``kernels.choose_algorithm`` makes now (this
+        checkout's thresholds) instead of the one recorded in the sweep;
+        every case counts, whether or not the sweep ran ``auto``, and
+        ``auto_s`` is left empty.
 
     Returns
     -------
@@ -87,6 +104,9 @@ def auto_rows(result, tolerance=0.10, algorithms=ALGORITHMS):
     rows = []
     for case, ms in by_case.items():
         auto = ms.get("auto")
+        if repick:
+            auto = {"chose": _current_pick(next(iter(ms.values()))),
+                    "status": "not run", "median_s": None}
         if auto is None:
             continue
         ok = {a: ms[a]["median_s"] for a in algorithms
@@ -164,13 +184,15 @@ def main(argv=None):
     parser.add_argument("--tolerance", type=float, default=0.10)
     parser.add_argument("--markdown", action="store_true",
                         help="one markdown table (workload column first)")
+    parser.add_argument("--repick", action="store_true",
+                        help="judge what auto picks now, not the sweep's pick")
     args = parser.parse_args(argv)
     misses = 0
     if args.markdown:
         print("| workload | " + " | ".join(_HEADER) + " |")
         print("|" + "---|" * (len(_HEADER) + 1))
     for path in args.files:
-        rows = auto_rows(path, args.tolerance)
+        rows = auto_rows(path, args.tolerance, repick=args.repick)
         misses += sum(r.within is False for r in rows)
         if args.markdown:
             with open(path) as f:

@@ -196,6 +196,11 @@ def test_autocheck_compares_the_pick_with_the_fastest(tmp_path):
         [r.ratio for r in rows]
     assert autocheck.auto_rows(path, tolerance=0.25)[1].within
     assert "auto's pick" in autocheck.format_rows(rows)
+    # repick: what choose_algorithm picks now for each case's shapes.
+    again = autocheck.auto_rows(result, repick=True)
+    assert [r.pick for r in again] == [kernels.choose_algorithm(
+        (1, 1, 8, 8), (1, 1, 3, 3), padding=(1, 1, 1, 1))] * 3
+    assert all(r.auto_s is None for r in again)
 
 
 # --------------------------------------------------------------------------
