@@ -232,8 +232,11 @@ def build_parser():
     cal = sub.add_parser(
         "calibrate", help="measure the crossovers used by algorithm='auto' "
                           "and save them",
-        description="Quick sweeps (< 1 min) that measure the thresholds of "
-                    "kernels._choose and write them to the calibration file.")
+        description="Quick sweeps (< 1 min once compiled) that measure the "
+                    "thresholds of kernels._choose and write them to the "
+                    "calibration file; each threshold is reported as pinned, "
+                    "within noise or at an edge of its probe (see "
+                    "docs/auto.md).")
     cal.add_argument("--output", metavar="PATH", default=None,
                      help="calibration file (default: $CONVBENCH_CALIBRATION "
                           "or ~/.cache/convbench/calibration.json)")
