@@ -2,36 +2,60 @@
 
 :mod:`kernels._choose` picks an algorithm with a cost model whose
 thresholds (``kernels._choose.default_thresholds("cpu")``, from
-``kernels/cpu/_tuning.py``) are crossovers:
+``kernels/cpu/_tuning.py``) are crossovers, each measured here on one
+probe (a short interleaved sweep):
 
-``fft_min_area_single``
-    kernel area from which FFT beats the other algorithms on one channel
-    (C = K = 1): a kernel-size sweep of a 256 x 256 image;
-``fft_min_area_multi``
-    the same with many channels: C = K = 16 at 32 x 32;
+``fft_min_area_single``, ``fft_min_area_few``, ``fft_min_area_multi``
+    kernel area from which FFT beats what "auto" would run otherwise,
+    with C/g * K/g = 1, 16 and 4096: one 2048 x 2048 image (against
+    direct), C = K = 4 at 512 x 512 (against direct: few channels never go
+    to im2col or Winograd) and C = K = 64 at 56 x 56 (against the best of
+    the others);
 ``direct_max_macs``
     multiply-adds per image up to which direct beats the rest: 3 x 3, C = K
     = 16, growing images;
+``direct_max_macs_fc``
+    the same for a 1x1 output (fully connected): 1x1 convolutions of
+    batch 32 on 1x1 maps, C = K growing, direct against im2col;
 ``im2col_max_area``
     the largest kernel area (kH * kW) at which im2col still beats direct:
     C = K = 64 at 28 x 28, kernels 1, 3, 5, 7;
+``im2col_serial_max_macs``
+    multiply-adds from which direct beats im2col on a 1x1 convolution
+    whose output (7 x 7, batch 1) is one BLAS piece: C = K growing;
 ``winograd_min_channels``
-    channel count from which Winograd beats the fallback on 3 x 3
+    output channel count from which Winograd beats the fallback on 3 x 3
     stride-1 layers: C = K growing at 56 x 56, batch 4;
 ``winograd_min_pixels``
     image size (H * W) from which it does so with many channels: C = K =
     128, batch 4, sides 7 to 56 (ResNet-50's 3x3 layers).
 
-The Winograd thresholds are measured against the algorithm the cost model
+``im2col_min_out_channels`` is not measured (it keeps its default).  The
+Winograd thresholds are measured against the algorithm the cost model
 would otherwise run on a 3 x 3 layer: im2col or direct, as
 ``im2col_max_area`` says (see ``_winograd_rivals``).
 
-Each is a few quick interleaved sweeps (five repeats, no accuracy check,
-no peers); the whole calibration takes well under a minute once the
-kernels are compiled.  A threshold whose algorithms are not built keeps
-its default.  The result is written with
-:func:`kernels._calibration.save_thresholds`, which ``algorithm="auto"``
-reads from then on.
+Each probe times its contenders interleaved, five repeats, no accuracy
+check, no peers.  Besides the value, each threshold gets a *status*:
+
+``pinned``
+    the crossover is clear: beyond the noise on both sides, and the same
+    in every repeat;
+``within noise``
+    the two sides of the crossover differ by less than 10 % (either
+    algorithm is then within 10 % of the other near the threshold), or the
+    crossover moved between repeats: the value is the medians' crossover,
+    but another run may put it elsewhere;
+``edge``
+    one algorithm won over the whole probe: the value is set beyond that
+    end (a bound, not a measurement);
+``default``
+    not measured (an algorithm not built).
+
+The whole calibration takes about a minute on 2 cores once the kernels
+are compiled.  The result is written with
+:func:`kernels._calibration.save_thresholds` (the statuses in the file's
+``meta``), which ``algorithm="auto"`` reads from then on.
 """
 
 from __future__ import annotations
@@ -43,13 +67,23 @@ from .crossover import crossover
 from .sweep import SweepConfig, run_sweep
 from .workloads import ConvCase, kernel_sweep
 
-__all__ = ["calibrate", "measure_thresholds"]
+__all__ = ["calibrate", "measure_thresholds", "resolve"]
 
 _REPEATS = 5
+#: Two contenders closer than this (ratio) on both sides of a crossover
+#: are within noise.
+NOISE = 0.10
+
+
+class _Times(dict):
+    """{algorithm: [median seconds per case]} (None where not measured),
+    with ``repeats``: {algorithm: [[seconds of each repeat] per case]}."""
+
+    repeats = None
 
 
 def _times(cases, algorithms, progress):
-    """{algorithm: [median seconds per case]} (None where not measured)."""
+    """Interleaved times of ``algorithms`` on ``cases`` (a :class:`_Times`)."""
     config = SweepConfig(algorithms=tuple(algorithms), peers=(), repeats=_REPEATS,
                          check=False, progress=progress)
     result = run_sweep(cases, config)
@@ -57,8 +91,12 @@ def _times(cases, algorithms, progress):
         raise KeyboardInterrupt
     table = {a: {} for a in algorithms}
     for m in result.measurements:
-        table[m.contender][m.case] = m.median_s if m.status == "ok" else None
-    return {a: [table[a].get(c.label) for c in cases] for a in algorithms}
+        table[m.contender][m.case] = m if m.status == "ok" else None
+    out = _Times({a: [m.median_s if (m := table[a].get(c.label)) else None
+                      for c in cases] for a in algorithms})
+    out.repeats = {a: [list(m.times_s) if (m := table[a].get(c.label)) else None
+                       for c in cases] for a in algorithms}
+    return out
 
 
 def _best_of(times, names):
@@ -70,28 +108,91 @@ def _best_of(times, names):
     return out
 
 
-def _crossover_or_edges(sizes, slow, fast, below, beyond):
-    """Crossover size; ``below`` if ``fast`` wins everywhere, ``beyond`` if
-    it never takes over (both given as values of the threshold)."""
+def _best_repeats(times, names):
+    """Per case and repeat, the fastest among ``names`` (None: unknown)."""
+    reps = getattr(times, "repeats", None)
+    if not reps:
+        return None
+    out = []
+    for i in range(len(next(iter(times.values())))):
+        rows = [reps[n][i] for n in names if reps.get(n) and reps[n][i]]
+        out.append([min(r) for r in zip(*rows)] if rows else None)
+    return out
+
+
+def resolve(sizes, slow, fast, slow_repeats=None, fast_repeats=None,
+            noise=NOISE):
+    """Crossover of ``fast`` over ``slow`` and how sure it is.
+
+    Returns ``(at, status, why)``: ``at`` the crossover size
+    (:func:`convbench.crossover.crossover`, None if ``fast`` never takes
+    over), ``status`` one of ``"pinned"``, ``"within noise"``, ``"edge"``
+    (``fast`` wins everywhere or nowhere) and ``why`` a sentence.  With
+    per-repeat times (lists per size, repeat r of both taken in the same
+    round), a crossover that differs between repeats is within noise.
+    """
     at = crossover(sizes, slow, fast)
-    if at is None:
-        return beyond, None
-    if at == sizes[0]:
-        return below, at
-    return at, at
+    ratio = [s / f if s and f else None for s, f in zip(slow, fast)]
+
+    def near(i):
+        return ratio[i] is not None and abs(math.log(ratio[i])) < math.log1p(noise)
+
+    if at is None or at == sizes[0]:
+        end = len(sizes) - 1 if at is None else 0
+        who = "the slower one" if at is None else "the faster one"
+        status = "within noise" if near(end) else "edge"
+        why = (f"{who} won over the whole probe; at the {('last', 'first')[end == 0]} "
+               f"size the ratio was {ratio[end]:.2f}"
+               if ratio[end] is not None else "no times")
+        return at, status, why
+    i = sizes.index(at)
+    moved = None
+    if slow_repeats and fast_repeats:
+        per = set()
+        for r in range(min(len(x) for x in slow_repeats + fast_repeats
+                           if x is not None)):
+            per.add(crossover(sizes, [x[r] if x else None for x in slow_repeats],
+                              [x[r] if x else None for x in fast_repeats]))
+        if len(per) > 1:
+            moved = sorted(per, key=lambda v: (v is None, v))
+    if near(i) and near(i - 1):
+        return at, "within noise", (
+            f"ratios {ratio[i - 1]:.2f} and {ratio[i]:.2f} on either side of "
+            f"{at}: within {noise:.0%}")
+    if moved:
+        return at, "within noise", (
+            f"the crossover moved between repeats: {moved}")
+    return at, "pinned", (f"ratio {ratio[i - 1]:.2f} before {at}, "
+                          f"{ratio[i]:.2f} at it")
 
 
-def _fft_area(built, x_shape, k_out, kernel_sizes, progress, report):
-    others = [a for a in built if a != "fft"]
+def _fft_area(built, x_shape, k_out, kernel_sizes, rivals, progress, report):
+    """Area from which FFT beats the best of ``rivals``."""
+    rivals = [a for a in rivals if a in built and a != "fft"]
     cases = kernel_sweep(x_shape, k_out, kernel_sizes)
-    times = _times(cases, built, progress)
-    best_other = _best_of(times, others)
+    times = _times(cases, ["fft"] + rivals, progress)
     sizes = list(kernel_sizes)
-    k, at = _crossover_or_edges(sizes, best_other, times["fft"],
-                                below=sizes[0], beyond=sizes[-1] + 2)
-    report.append({"x_shape": x_shape, "K": k_out, "kernel_sizes": sizes,
-                   "times_s": times, "crossover_kernel": at})
-    return k * k
+    at, status, why = resolve(sizes, _best_of(times, rivals), times["fft"],
+                              _best_repeats(times, rivals),
+                              _best_repeats(times, ["fft"]))
+    if at is None:
+        k = sizes[-1] + 2
+        area = k * k
+    elif at == sizes[0]:
+        area = sizes[0] ** 2
+    else:
+        # Between the last size direct won and the first FFT won.
+        area = (sizes[sizes.index(at) - 1] ** 2 + at * at) // 2
+    report.append({"x_shape": list(x_shape), "K": k_out, "kernel_sizes": sizes,
+                   "rivals": rivals, "times_s": dict(times),
+                   "crossover_kernel": at, "status": status, "why": why})
+    return area, status
+
+
+def _between(values, at):
+    """Geometric mean of ``at`` and the value before it."""
+    i = values.index(at)
+    return math.sqrt(values[i - 1] * values[i])
 
 
 def _direct_macs(built, progress, report):
@@ -103,30 +204,74 @@ def _direct_macs(built, progress, report):
     # FFT is chosen by kernel area before this threshold is consulted.
     others = [a for a in built if a not in ("direct", "fft")]
     macs = [float(c * c * 9 * s * s) for s in sides]   # _choose's formula
-    best_other = _best_of(times, others)
-    at = crossover(macs, times["direct"], best_other)
+    at, status, why = resolve(macs, times["direct"], _best_of(times, others),
+                              _best_repeats(times, ["direct"]),
+                              _best_repeats(times, others))
     report.append({"x_shape": [1, c, "s", "s"], "sides": list(sides),
-                   "macs": macs, "times_s": times, "crossover_macs": at})
+                   "macs": macs, "times_s": dict(times), "crossover_macs": at,
+                   "status": status, "why": why})
     if at is None:                 # direct wins throughout
-        return macs[-1]
-    i = macs.index(at)
-    if i == 0:                     # the others win from the smallest size
-        return macs[0] / 2
-    return math.sqrt(macs[i - 1] * macs[i])   # between the two sizes
+        return 2 * macs[-1], status
+    if at == macs[0]:              # the others win from the smallest size
+        return macs[0] / 2, status
+    return _between(macs, at), status
+
+
+def _direct_macs_fc(built, progress, report):
+    """1x1 convolutions of batch 32 on 1x1 maps (SE blocks)."""
+    batch = 32
+    widths = (16, 32, 64, 128, 256, 512)
+    cases = [ConvCase(f"C=K={c}", (batch, c, 1, 1), (c, c, 1, 1), 1, 0, 1)
+             for c in widths]
+    times = _times(cases, ["direct", "im2col"], progress)
+    macs = [float(batch * c * c) for c in widths]
+    at, status, why = resolve(macs, times["direct"], times["im2col"],
+                              _best_repeats(times, ["direct"]),
+                              _best_repeats(times, ["im2col"]))
+    report.append({"x_shape": [batch, "C", 1, 1], "widths": list(widths),
+                   "macs": macs, "times_s": dict(times), "crossover_macs": at,
+                   "status": status, "why": why})
+    if at is None:
+        return 2 * macs[-1], status
+    if at == macs[0]:
+        return macs[0] / 2, status
+    return _between(macs, at), status
 
 
 def _im2col_area(built, progress, report):
     sizes = (1, 3, 5, 7)
     cases = kernel_sweep((1, 64, 28, 28), 64, sizes)
     times = _times(cases, ["direct", "im2col"], progress)
-    at = crossover(list(sizes), times["im2col"], times["direct"])
+    at, status, why = resolve(list(sizes), times["im2col"], times["direct"],
+                              _best_repeats(times, ["im2col"]),
+                              _best_repeats(times, ["direct"]))
     report.append({"x_shape": [1, 64, 28, 28], "K": 64,
-                   "kernel_sizes": list(sizes), "times_s": times,
-                   "crossover_kernel": at})
+                   "kernel_sizes": list(sizes), "times_s": dict(times),
+                   "crossover_kernel": at, "status": status, "why": why})
     if at is None:                  # im2col wins up to the largest kernel
-        return 4 * sizes[-1] ** 2
+        return 4 * sizes[-1] ** 2, status
     i = sizes.index(at)
-    return sizes[i - 1] ** 2 if i > 0 else 0
+    return (sizes[i - 1] ** 2 if i > 0 else 0), status
+
+
+def _im2col_serial(built, progress, report):
+    """1x1 convolutions on a 7x7 map, batch 1 (49 output positions)."""
+    widths = (128, 256, 384, 512, 768, 1024)
+    cases = [ConvCase(f"C=K={c}", (1, c, 7, 7), (c, c, 1, 1), 1, 0, 1)
+             for c in widths]
+    times = _times(cases, ["direct", "im2col"], progress)
+    macs = [float(49 * c * c) for c in widths]
+    at, status, why = resolve(macs, times["im2col"], times["direct"],
+                              _best_repeats(times, ["im2col"]),
+                              _best_repeats(times, ["direct"]))
+    report.append({"x_shape": [1, "C", 7, 7], "widths": list(widths),
+                   "macs": macs, "times_s": dict(times), "crossover_macs": at,
+                   "status": status, "why": why})
+    if at is None:                  # im2col wins throughout
+        return 2 * macs[-1], status
+    if at == macs[0]:
+        return macs[0] / 2, status
+    return _between(macs, at), status
 
 
 def _winograd_rivals(built, im2col_max_area):
@@ -147,17 +292,19 @@ def _winograd_channels(built, im2col_max_area, progress, report):
     # Batch 4 at 56 x 56, as ResNet-50's first 3x3 layers: at 28 x 28 with
     # one image (49 tiles of F(4,3)) Winograd never caught up with im2col
     # below 128 channels, while it wins on the real 64@56^2 layer.
-    channels = (8, 16, 32, 64, 128)
+    channels = (16, 32, 64, 128, 256)
     cases = [ConvCase(f"C=K={c}", (4, c, 56, 56), (c, c, 3, 3), 1, 1, 1)
              for c in channels]
     times = _times(cases, built, progress)
-    best_other = _best_of(times, _winograd_rivals(built, im2col_max_area))
-    value, at = _crossover_or_edges(list(channels), best_other,
-                                    times["winograd"], below=channels[0],
-                                    beyond=2 * channels[-1])
+    rivals = _winograd_rivals(built, im2col_max_area)
+    at, status, why = resolve(list(channels), _best_of(times, rivals),
+                              times["winograd"], _best_repeats(times, rivals),
+                              _best_repeats(times, ["winograd"]))
     report.append({"x_shape": [4, "C", 56, 56], "channels": list(channels),
-                   "times_s": times, "crossover_channels": at})
-    return value
+                   "times_s": dict(times), "crossover_channels": at,
+                   "status": status, "why": why})
+    value = 2 * channels[-1] if at is None else at
+    return value, status
 
 
 def _winograd_pixels(built, im2col_max_area, progress, report):
@@ -166,13 +313,16 @@ def _winograd_pixels(built, im2col_max_area, progress, report):
     cases = [ConvCase(f"{s}x{s}", (batch, c, s, s), (c, c, 3, 3), 1, 1, 1)
              for s in sides]
     times = _times(cases, built, progress)
-    best_other = _best_of(times, _winograd_rivals(built, im2col_max_area))
+    rivals = _winograd_rivals(built, im2col_max_area)
     pixels = [s * s for s in sides]
-    value, at = _crossover_or_edges(pixels, best_other, times["winograd"],
-                                    below=pixels[0], beyond=4 * pixels[-1])
+    at, status, why = resolve(pixels, _best_of(times, rivals), times["winograd"],
+                              _best_repeats(times, rivals),
+                              _best_repeats(times, ["winograd"]))
     report.append({"x_shape": [batch, c, "s", "s"], "sides": list(sides),
-                   "times_s": times, "crossover_pixels": at})
-    return value
+                   "times_s": dict(times), "crossover_pixels": at,
+                   "status": status, "why": why})
+    value = 4 * pixels[-1] if at is None else at
+    return value, status
 
 
 def measure_thresholds(progress=True, log=print):
@@ -183,7 +333,9 @@ def measure_thresholds(progress=True, log=print):
     thresholds : dict
         Measured values, keys of ``kernels._choose.default_thresholds()``.
     report : dict
-        The sweeps behind each value (times, crossovers), for the file's meta.
+        Per threshold, the probe behind its value: times, crossover,
+        ``status`` (``"pinned"``, ``"within noise"``, ``"edge"``) and
+        ``why``, for the file's meta.
     """
     import kernels
     built = list(kernels.built_algorithms())
@@ -195,23 +347,34 @@ def measure_thresholds(progress=True, log=print):
         if missing or not rivals:
             why = (f"{', '.join(missing)} not built" if missing
                    else "no rival algorithm built")
-            log(f"{key}: kept the default ({why})")
+            log(f"{key:<24} default   ({why})")
             return
         t0 = time.perf_counter()
         report[key] = []
-        thresholds[key] = fn(report[key])
-        log(f"{key}: {thresholds[key]:g}  ({time.perf_counter() - t0:.1f} s)")
+        thresholds[key], status = fn(report[key])
+        why = report[key][-1]["why"] if report[key] else ""
+        log(f"{key:<24} {thresholds[key]:<9.4g} {status}: {why} "
+            f"({time.perf_counter() - t0:.1f} s)")
 
     step("fft_min_area_single", ["fft"],
-         lambda r: _fft_area(built, (1, 1, 256, 256), 1, (3, 5, 7, 9, 11, 13, 15, 19),
-                             progress, r))
+         lambda r: _fft_area(built, (1, 1, 2048, 2048), 1,
+                             (9, 11, 13, 15, 17, 19, 23), ["direct"],
+                             progress, r), rivals=["direct"])
+    step("fft_min_area_few", ["fft"],
+         lambda r: _fft_area(built, (1, 4, 512, 512), 4,
+                             (7, 11, 15, 19, 23, 27), ["direct"],
+                             progress, r), rivals=["direct"])
     step("fft_min_area_multi", ["fft"],
-         lambda r: _fft_area(built, (1, 16, 32, 32), 16, (3, 5, 7, 9, 11, 13),
-                             progress, r))
+         lambda r: _fft_area(built, (1, 64, 56, 56), 64, (3, 5, 7, 9, 11),
+                             built, progress, r))
     step("direct_max_macs", ["direct"], lambda r: _direct_macs(built, progress, r),
          rivals=["im2col", "winograd"])
+    step("direct_max_macs_fc", ["direct"],
+         lambda r: _direct_macs_fc(built, progress, r), rivals=["im2col"])
     step("im2col_max_area", ["im2col"],
          lambda r: _im2col_area(built, progress, r), rivals=["direct"])
+    step("im2col_serial_max_macs", ["im2col"],
+         lambda r: _im2col_serial(built, progress, r), rivals=["direct"])
     from kernels._choose import default_thresholds
     area = thresholds.get("im2col_max_area",
                           default_thresholds("cpu")["im2col_max_area"])
@@ -224,11 +387,23 @@ def measure_thresholds(progress=True, log=print):
     return thresholds, report
 
 
+def statuses(thresholds, report):
+    """{threshold: {"value", "status", "why"}} for every threshold."""
+    out = {}
+    for key, value in thresholds.items():
+        probe = (report.get(key) or [{}])[-1]
+        out[key] = {"value": value, "status": probe.get("status", "default"),
+                    "why": probe.get("why", "not measured: the default")}
+    return out
+
+
 def calibrate(path=None, write=True, progress=True, log=print):
     """Measure the thresholds and save them for ``algorithm="auto"``.
 
-    Returns the dict written (the defaults with the measured values over
-    them).
+    Prints one line per threshold (value, status, why) and a summary of
+    those it could not pin down; the statuses go into the file's meta
+    (``meta["thresholds"]``, ``meta["unresolved"]``).  Returns the dict
+    written (the defaults with the measured values over them).
     """
     from kernels._calibration import calibration_path, save_thresholds
     from kernels._choose import default_thresholds, machine_key
@@ -238,10 +413,20 @@ def calibrate(path=None, write=True, progress=True, log=print):
     measured, report = measure_thresholds(progress=progress, log=log)
     thresholds = default_thresholds("cpu")
     thresholds.update(measured)
-    meta = {"measured": sorted(measured), "sweeps": report,
+    table = statuses(thresholds, report)
+    unresolved = sorted(k for k, v in table.items() if v["status"] != "pinned")
+    meta = {"measured": sorted(measured), "thresholds": table,
+            "unresolved": unresolved, "sweeps": report,
             "seconds": round(time.perf_counter() - t0, 1),
             "machine": machine_info(measure=False),
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    noisy = [k for k in unresolved if table[k]["status"] != "default"]
+    if noisy:
+        log("not pinned down (contenders within noise, or one won the whole "
+            "probe): " + ", ".join(f"{k} ({table[k]['status']})" for k in noisy))
+    defaults = [k for k in unresolved if table[k]["status"] == "default"]
+    if defaults:
+        log("left at the default (not measured): " + ", ".join(defaults))
     log(f"calibration took {meta['seconds']} s")
     if write:
         where = save_thresholds("cpu", thresholds, machine_key("cpu"), meta,

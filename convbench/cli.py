@@ -118,6 +118,18 @@ def parse_padding(text):
     return value
 
 
+def _positive_seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"time limit must be a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(
+            f"time limit must be > 0 seconds, got {text!r}")
+    return value
+
+
 def _arch_list(text):
     from .cuda_report import parse_archs
     try:
@@ -205,6 +217,11 @@ def build_parser():
     sw.add_argument("--peer-time-limit", type=float, default=2.0, metavar="S",
                     help="skip a SciPy peer whose estimated time per call is "
                          "above S seconds (default 2)")
+    sw.add_argument("--time-limit", type=_positive_seconds, default=None,
+                    metavar="S",
+                    help="skip a contender whose call takes more than S "
+                         "seconds (compilation excluded) when another one "
+                         "of the same case ran within S (default: no limit)")
     sw.add_argument("--malloc-default", action="store_true",
                     help="leave glibc malloc's thresholds alone (default: "
                          "keep freed memory, so that no contender page-faults "
@@ -222,8 +239,11 @@ def build_parser():
     cal = sub.add_parser(
         "calibrate", help="measure the crossovers used by algorithm='auto' "
                           "and save them",
-        description="Quick sweeps (< 1 min) that measure the thresholds of "
-                    "kernels._choose and write them to the calibration file.")
+        description="Quick sweeps (< 1 min once compiled) that measure the "
+                    "thresholds of kernels._choose and write them to the "
+                    "calibration file; each threshold is reported as pinned, "
+                    "within noise or at an edge of its probe (see "
+                    "docs/auto.md).")
     cal.add_argument("--output", metavar="PATH", default=None,
                      help="calibration file (default: $CONVBENCH_CALIBRATION "
                           "or ~/.cache/convbench/calibration.json)")
@@ -440,6 +460,8 @@ def cmd_sweep(args, parser):
         repeats=args.repeats, check=not args.no_check,
         check_batch=args.check_batch, check_macs=args.check_macs,
         peer_time_limit=args.peer_time_limit, seed=args.seed,
+        time_limit=(float("inf") if args.time_limit is None
+                    else args.time_limit),
         backend=args.backend,
         progress=not args.no_progress,
         keep_freed_memory=not args.malloc_default)

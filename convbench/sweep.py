@@ -18,7 +18,10 @@ peers: ``scipy-direct`` / ``scipy-fft`` (``scipy.signal.correlate`` summed
 over channel planes, the obvious SciPy way to do a multi-channel layer)
 and ``torch`` (``torch.nn.functional.conv2d``).  A configuration an
 algorithm cannot do is reported as ``n/a``; a SciPy peer whose estimated
-time per call is above ``peer_time_limit`` is ``skipped``.
+time per call is above ``peer_time_limit`` is ``skipped``, and so is any
+contender whose call takes more than ``time_limit`` seconds (compilation
+excluded) while another contender of the same case ran in less (see
+:func:`_prepare`): huge layers stay affordable.
 
 The float64 reference is slow (SciPy's direct correlation, about 0.1 G
 multiply-adds per second), so the check covers ``check_batch`` images and,
@@ -82,6 +85,9 @@ class SweepConfig:
     check_batch: int = 1          # images checked; 0 = all
     check_macs: float = 1.5e8     # reference budget per case (multiply-adds)
     peer_time_limit: float = 2.0  # seconds per call, estimated, SciPy peers
+    # Seconds per call: a contender slower than this (compilation excluded)
+    # while another contender of the case ran faster is "skipped", untimed.
+    time_limit: float = math.inf
     seed: int = 0
     progress: bool = True
     # glibc malloc keeps freed memory (machine.keep_freed_memory): peers'
@@ -112,6 +118,10 @@ class Measurement:
     checked: dict | None = None      # region of the output that was checked
     partial: bool = False
     chose: str | None = None         # algorithm picked by "auto"
+    # Seconds of the warm-up call (the faster of two when the first was
+    # over the time limit: compilation excluded), or the estimate that got
+    # the contender skipped.
+    warmup_s: float | None = None
 
     @property
     def kernel_size(self):
@@ -452,15 +462,132 @@ def _finish(m, case, repeats):
         m.status = "ok"
 
 
+#: The clock of warm-up calls and pilot runs (looked up at each use: tests
+#: replace it).  Timed repeats use :func:`time_call`.
+warmup_clock = time.perf_counter
+
+#: A case with more multiply-adds than this gets a pilot run on a crop
+#: before a contender's full warm-up call, once another contender ran
+#: within the time limit: im2col on a single-channel 4096^2 image with a
+#: 127^2 kernel would spend minutes on its warm-up call alone.
+PILOT_MIN_MACS = 2e9
+#: The pilot crop's share of the multiply-adds (at most).
+PILOT_FRACTION = 1 / 32
+
+
+def _timed(run):
+    """``(output, seconds)`` of one call of ``run`` on :data:`warmup_clock`."""
+    clock = warmup_clock
+    t0 = clock()
+    y = run()
+    return y, clock() - t0
+
+
+def _crop(case, x, fraction):
+    """``(case, x, share)``: ``case`` on the first images, or else the first
+    rows (columns when H = 1) of its input, so that the crop has about
+    ``fraction`` of its output; ``share`` is the crop's actual share."""
+    n, c, h, w = case.x_shape
+    _, _, kh, kw = case.w_shape
+    if n > 1:
+        n2 = max(1, int(n * fraction))
+        return case._replace(x_shape=(n2, c, h, w)), x[:n2], n2 / n
+    _, _, ho, wo = output_shape(case)
+    axis, full, k, pad = ((3, wo, kw, zero_padding(case)[2:]) if h == 1
+                          else (2, ho, kh, zero_padding(case)[:2]))
+    rows = max(1, int(full * fraction))
+    # Input extent giving `rows` outputs with the same padding rule.
+    size = max(1, (rows - 1) * case.stride + k - sum(pad))
+    size = min(size, case.x_shape[axis])
+    shape = list(case.x_shape)
+    shape[axis] = size
+    crop = case._replace(x_shape=tuple(shape))
+    rows = output_shape(crop)[axis]
+    if rows < 1:
+        return case, x, 1.0
+    index = (slice(None),) * axis + (slice(0, size),)
+    return crop, np.ascontiguousarray(x[index]), rows / full
+
+
+def _pilot_estimate(name, case, x, w, config):
+    """Seconds per call of ``name`` on ``case`` extrapolated from a crop
+    (second call of the crop: compilation excluded), or None when the
+    case is too small to crop."""
+    crop, xc, share = _crop(case, x, PILOT_FRACTION)
+    if share >= 0.5:
+        return None
+    run, _ = make_runner(name, crop, xc, w, config.peer_time_limit,
+                         config.backend)
+    run()
+    _, seconds = _timed(run)
+    return seconds / share
+
+
+def _slow(name, warm, limit):
+    """Why ``name`` is skipped (another contender of the case ran within
+    ``limit`` while ``name`` took longer), or None."""
+    others = {k: t for k, t in warm.items() if k != name and t is not None}
+    if not others or warm.get(name) is None:
+        return None
+    best = min(others, key=others.get)
+    if warm[name] > limit and others[best] <= limit:
+        return (f"{warm[name]:.3g} s per call > time limit {limit:g} s "
+                f"while {best} took {others[best]:.3g} s")
+    return None
+
+
+def _pilot_estimates(case, x, w, contenders, config):
+    """{name: seconds per call extrapolated from a crop} of the contenders
+    that can run the crop (none when the limit is infinite or the case
+    small)."""
+    if math.isinf(config.time_limit) or flops(case) / 2 <= PILOT_MIN_MACS:
+        return {}
+    estimates = {}
+    for name in contenders:
+        try:
+            chose = (kernels.choose_algorithm(
+                case.x_shape, case.w_shape, (case.stride,) * 2,
+                zero_padding(case), (1, 1), case.groups, dtype=x.dtype,
+                backend=config.backend) if name == "auto" else None)
+            # "auto": its pick on the whole case, not the crop's.
+            estimate = _pilot_estimate(chose or name, case, x, w, config)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception:  # noqa: BLE001 - the full warm-up will say why
+            continue
+        if estimate is not None:
+            estimates[name] = estimate
+    return estimates
+
+
 def _prepare(case, x, w, contenders, config, ref, progress):
     """Warm up and check every contender.
 
+    With a finite ``config.time_limit`` the warm-up is timed: a contender
+    whose warm-up call took longer than the limit gets a second untimed
+    call (the first may have compiled), and when that too is over the
+    limit while another contender of the case ran within it, the
+    contender is ``skipped`` (not timed).  On a case of more than
+    :data:`PILOT_MIN_MACS` multiply-adds every contender first runs on a
+    crop (:data:`PILOT_FRACTION` of the output, twice: compilation
+    excluded); the full warm-ups then go in the order of these estimates,
+    and a contender is skipped without its full call when its estimate is
+    over twice the limit (a margin for the crop's fixed costs) and another
+    contender already ran within the limit.
+
     Returns ``({name: runner}, {name: Measurement})``: runners of the
-    contenders that ran, measurements of all (n/a, skipped, error included).
+    contenders that ran, measurements of all (n/a, skipped, error included)
+    in the order of ``contenders``.
     """
     runners = {}
     measurements = {}
-    for name in contenders:
+    warm = {}            # name -> seconds of its (compiled) warm-up call
+    limit = config.time_limit
+    if not math.isinf(limit):
+        progress.set_postfix_str(f"{case.label} pilot runs")
+    estimates = _pilot_estimates(case, x, w, contenders, config)
+    order = sorted(contenders, key=lambda n: estimates.get(n, math.inf))
+    for name in order:
         peer = name in PEERS
         m = Measurement(case.label, tuple(case.x_shape), tuple(case.w_shape),
                         case.stride, case.padding, case.groups, name, peer,
@@ -470,7 +597,24 @@ def _prepare(case, x, w, contenders, config, ref, progress):
         try:
             run, m.chose = make_runner(name, case, x, w, config.peer_time_limit,
                                        config.backend)
-            y = run()  # warm-up: compilation, planning, thread start
+            ran = {k: t for k, t in warm.items() if t is not None}
+            best = min(ran, key=ran.get, default=None)
+            estimate = estimates.get(name)
+            if (best is not None and ran[best] <= limit
+                    and estimate is not None and estimate > 2 * limit):
+                m.warmup_s = estimate
+                raise Skipped(
+                    f"estimated {estimate:.3g} s per call (from a crop) > "
+                    f"time limit {limit:g} s while {best} took "
+                    f"{ran[best]:.3g} s")
+            y, seconds = _timed(run)  # warm-up: compilation, planning, threads
+            if seconds > limit and best is not None and ran[best] <= limit:
+                _, again = _timed(run)
+                seconds = min(seconds, again)
+            m.warmup_s = warm[name] = seconds
+            why = _slow(name, warm, limit)
+            if why is not None:
+                raise Skipped(why)
         except (NotApplicable, kernels.UnsupportedConfiguration) as exc:
             m.status, m.reason = "n/a", str(exc)
         except Skipped as exc:
@@ -488,7 +632,27 @@ def _prepare(case, x, w, contenders, config, ref, progress):
             if not peer:
                 m.error_constant = accuracy.error_constant(kind, x.dtype)
         progress.update(1)
-    return runners, measurements
+    _skip_earlier_slow(runners, measurements, warm, limit)
+    runners = {n: runners[n] for n in contenders if n in runners}
+    return runners, {n: measurements[n] for n in contenders}
+
+
+def _skip_earlier_slow(runners, measurements, warm, limit):
+    """Skip contenders that ran over the limit before a faster one ran
+    (their warm-up may have included compilation: call once more)."""
+    if math.isinf(limit):
+        return
+    for name in list(runners):
+        if warm[name] <= limit or _slow(name, warm, limit) is None:
+            continue
+        _, again = _timed(runners[name])
+        warm[name] = measurements[name].warmup_s = min(warm[name], again)
+        why = _slow(name, warm, limit)
+        if why is not None:
+            m = measurements[name]
+            m.status, m.reason = "skipped", why
+            m.error_units = m.checked = m.error_constant = None
+            del runners[name]
 
 
 #: Seed of the timing orders: repeat r of every case runs the contenders in
@@ -583,6 +747,8 @@ def _config_dict(config):
     d = asdict(config)
     d["algorithms"] = list(config.algorithms)
     d["peers"] = list(config.peers)
+    if math.isinf(config.time_limit):
+        d["time_limit"] = None          # JSON has no infinity
     return d
 
 

@@ -4,7 +4,7 @@
 them as JSON to ``$CONVBENCH_CALIBRATION`` or
 ``~/.cache/convbench/calibration.json``::
 
-    {"format": 2,
+    {"format": 3,
      "backends": {"cpu": {"machine": {...}, "thresholds": {...}, "meta": {...}}}}
 
 :func:`load_thresholds` merges a backend's thresholds over its defaults
@@ -25,7 +25,12 @@ import os
 import warnings
 from pathlib import Path
 
-FORMAT = 2
+# 3: the FFT area thresholds are points of a curve over C*K (single,
+# few = 16, multi = 256) instead of single / any other; new thresholds
+# direct_max_macs_fc and im2col_serial_max_macs; meta records which
+# thresholds were pinned down.  Files of format 2 are ignored (with a
+# CalibrationWarning) and the defaults used.
+FORMAT = 3
 
 __all__ = ["CalibrationWarning", "FORMAT", "calibration_path",
            "load_thresholds", "save_thresholds"]

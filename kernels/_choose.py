@@ -31,13 +31,27 @@ __all__ = ["choose_algorithm", "choose_transposed_algorithm", "candidates",
 # algorithm by size alone.
 NEUTRAL_THRESHOLDS = {
     "direct_max_macs": float("inf"),
+    "direct_max_macs_fc": float("inf"),
     "fft_min_area_single": float("inf"),
+    "fft_min_area_few": float("inf"),
     "fft_min_area_multi": float("inf"),
     "winograd_min_channels": float("inf"),
     "winograd_min_pixels": float("inf"),
     "im2col_min_out_channels": float("inf"),
     "im2col_max_area": 0,
+    "im2col_serial_max_macs": float("inf"),
 }
+
+#: Channel products (C/groups * K/groups) at which the three FFT area
+#: thresholds were measured; :func:`fft_min_area` interpolates between
+#: them in log2(C*K) and holds the end values beyond.
+FFT_AREA_CHANNELS = {"fft_min_area_single": 1, "fft_min_area_few": 16,
+                     "fft_min_area_multi": 4096}
+
+#: im2col's 1x1 GEMM has one column piece (one thread) when the output
+#: has fewer positions (N * Ho * Wo) than this: the CPU BLAS splits
+#: products into pieces of at least 64 columns (BlasTuning).
+IM2COL_SERIAL_POSITIONS = 64
 
 
 def default_thresholds(backend="cpu"):
@@ -50,6 +64,22 @@ def machine_key(backend="cpu"):
     return json.loads(_backend_defaults(_dispatch.backend_tuning(backend))[1])
 
 
+def _complete(table):
+    """A backend's thresholds with every rule's: a table written before a
+    rule existed gets the neutral value, except the fully connected limit
+    (its general limit, the rule it refines) and the FFT areas, which
+    :func:`fft_min_area` interpolates between the points given."""
+    if table is None:
+        return dict(NEUTRAL_THRESHOLDS)
+    out = dict(NEUTRAL_THRESHOLDS)
+    out["direct_max_macs_fc"] = table.get("direct_max_macs",
+                                          out["direct_max_macs"])
+    for name in FFT_AREA_CHANNELS:
+        out[name] = None
+    out.update(table)
+    return out
+
+
 @functools.lru_cache(maxsize=32)
 def _backend_defaults(tuning):
     """``(sorted threshold items, machine key as JSON)`` of a backend's
@@ -57,8 +87,7 @@ def _backend_defaults(tuning):
     thresholds on every call."""
     table = getattr(tuning, "AUTO_THRESHOLDS", None)
     key = getattr(tuning, "machine_key", None)
-    return (tuple(sorted((NEUTRAL_THRESHOLDS if table is None
-                          else table).items())),
+    return (tuple(sorted(_complete(table).items())),
             json.dumps({} if key is None else key(), sort_keys=True))
 
 
@@ -79,31 +108,94 @@ def candidates(spec, backend="cpu"):
             if _dispatch.unsupported_reason("conv2d", backend, a, spec) is None]
 
 
+def fft_min_area(cg, kg, t):
+    """Kernel area from which FFT is chosen, for ``cg`` input and ``kg``
+    output channels per group, under thresholds ``t``.
+
+    Per output point FFT pays transforms in proportion to C + K and a
+    spectral product in proportion to C * K; direct pays C * K * area.
+    So the area at which FFT wins falls from its single-channel value
+    (transforms dominate) towards a many-channel floor (the spectral
+    product dominates).  It is measured at three channel products
+    (:data:`FFT_AREA_CHANNELS`: C = K = 1, 4 and 64) and interpolated
+    linearly in log2(C * K) between them.  A single fixed
+    "multi-channel" area sent C = K = 4 at 128^2 to FFT from k = 7 while
+    direct was 2.4-3.2x faster there.
+    """
+    # Points a backend does not give (None) are left out; infinite ones
+    # (no FFT by size) are not interpolated through.
+    points = sorted((FFT_AREA_CHANNELS[name], t[name])
+                    for name in FFT_AREA_CHANNELS if t.get(name) is not None)
+    if not points:
+        return float("inf")
+    x = np.log2(max(1, cg * kg))
+    xs = [np.log2(ck) for ck, _ in points]
+    values = [area for _, area in points]
+    if any(np.isinf(values)):
+        i = int(np.argmin([abs(x - xi) for xi in xs]))
+        return values[i]
+    return float(np.interp(x, xs, values))
+
+
 def _model_choice(cands, spec, t):
-    _, c, h, w = spec.x_shape
+    n, c, h, w = spec.x_shape
     k, cg, kh, kw = spec.w_shape
     stride, groups = spec.stride, spec.groups
+    kg = k // groups
     area = kh * kw
-    macs = float(k) * cg * area * (h // stride[0]) * (w // stride[1])
-    single = c == 1 and k == 1
+    out_h, out_w = spec.out_hw
+    macs = float(k) * cg * area * out_h * out_w      # per image
     # FFT splits a strided convolution into sh*sw stride-1 ones whose
     # kernels are that much smaller: judge it by that phase kernel (ResNet
     # conv1, 7x7/2: fft 2.1 ms against direct's 0.78).
     phase_area = area / (stride[0] * stride[1])
-    if "fft" in cands and phase_area >= (t["fft_min_area_single"] if single
-                                         else t["fft_min_area_multi"]):
+    if "fft" in cands and phase_area >= fft_min_area(cg, kg, t):
         return "fft"
-    if macs <= t["direct_max_macs"] and "direct" in cands:
+    # A 1x1 kernel giving a 1x1 output (SE blocks' convs on pooled maps)
+    # is a fully connected layer: a GEMM whose rows are the batch, and
+    # direct's register tiles run along a one-pixel output row; such a
+    # layer is small by its multiply-adds over the whole batch.  (LeNet's
+    # C5, 5x5 on a 5x5 map at batch 64, stays direct: 0.91 ms vs im2col
+    # 1.31, 15 repeats.)
+    fc = out_h * out_w == 1 and area == 1
+    if "direct" in cands and (n * macs <= t["direct_max_macs_fc"] if fc
+                              else macs <= t["direct_max_macs"]):
         return "direct"
-    if ("winograd" in cands and kh == kw == 3 and groups == 1
-            and min(c, k) >= t["winograd_min_channels"]
+    # Winograd for stride-1 layers with many output channels (its output
+    # transform is amortised over them) on images that give enough tiles.
+    # 3x3, U-Net 256^2 tiles at batch 4: K = 128 winograd 119 ms vs direct
+    # 153 (C = 64), K = 64 direct 109 vs 185 and 251 vs 294.  5x5 saves
+    # more multiplications (F(4,5): 6.25x, F(4,3): 4x) and wins with half
+    # as many: C = K = 64 at 56^2, winograd 1.95 ms, fft 2.58, direct 3.35.
+    if ("winograd" in cands and kh == kw and kh in (3, 5) and groups == 1
+            and c >= 16 and k * (kh - 1) // 2 >= t["winograd_min_channels"]
             and h * w >= t["winograd_min_pixels"]):
         return "winograd"
     # With few output channels the GEMM degenerates to matrix-vector
     # products, which the direct kernel's register tiles beat by 10x or more
     # (single-channel 1024^2 sweep: direct 3-35 ms, im2col 100-7000 ms).
-    if ("im2col" in cands and k // groups >= t["im2col_min_out_channels"]
-            and cg * area >= 8 and area <= t["im2col_max_area"]):
+    # A large product with fewer output positions than one BLAS piece runs
+    # on one thread: direct, which uses them all, wins (MobileNet-v1's last
+    # 1x1, 1024 -> 1024 at 7^2, 51 M multiply-adds: direct 1.06 ms,
+    # im2col 2.2).
+    serial = (n * out_h * out_w < IM2COL_SERIAL_POSITIONS
+              and n * macs > t["im2col_serial_max_macs"])
+    # One input channel (per group), a small kernel and many output
+    # channels on a large image: a GEMM of depth kH*kW with long rows,
+    # where direct re-reads the input for every 4 output channels.
+    # U-Net's first layer (1 -> 64, 3x3), 9 repeats: 572^2 im2col 17 ms vs
+    # direct 33, 256^2 x 4: 13 vs 15; 1 -> 128 at 256^2: 7.9 vs 11.  Not
+    # with 32 output channels (1.72 vs 1.52) or on small images (64 x 32^2,
+    # K = 64: direct 2.8x faster; jet images).
+    if ("im2col" in cands and cg == 1 and kg >= 64 and area <= 9
+            and h * w >= 1 << 16):
+        return "im2col"
+    # A 1x1 kernel is a plain GEMM (no patch copy) and wins even with few
+    # output channels: U-Net's last layer, 64 -> 2 at 388^2, im2col
+    # 3.05 ms vs direct 6.96.
+    if ("im2col" in cands and cg * area >= 8 and not serial
+            and (kg >= t["im2col_min_out_channels"] or area == 1)
+            and area <= t["im2col_max_area"]):
         return "im2col"
     return "direct" if "direct" in cands else cands[0]
 
@@ -260,8 +352,7 @@ def choose_transposed_algorithm(spec, backend="cpu"):
             return choose_for_spec(forward, backend), True
     t = thresholds(backend)
     area = spec.w_shape[2] * spec.w_shape[3]
-    single = spec.x_shape[1] == 1 and spec.w_shape[1] * spec.groups == 1
-    fft_area = t["fft_min_area_single"] if single else t["fft_min_area_multi"]
+    fft_area = fft_min_area(spec.w_shape[1], spec.x_shape[1] // spec.groups, t)
     if area >= fft_area and transposed_unsupported_reason("fft", spec,
                                                           backend) is None:
         return "fft", True

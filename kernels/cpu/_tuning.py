@@ -132,23 +132,57 @@ def machine_key():
 
 AUTO_THRESHOLDS = {
     # Below this many multiply-adds per image the fast algorithms' set-up
-    # costs more than they save: use direct.
-    "direct_max_macs": 2.0e6,
-    # Smallest kernel area (kH * kW) from which FFT beats the GEMM-based
-    # algorithms for single-channel (C = K = 1) and multi-channel problems.
-    # Single channel 1024^2 (convbench sweep, 2 cores): fft beats direct
-    # from k = 17 on (since fft runs few-channel problems as tasks; k = 15
-    # a tie, 3.8 vs 3.9 ms; k = 21 before).
-    "fft_min_area_single": 289,
-    # C = K = 64 at 56^2: fft beats direct and torch from k = 7 on.
-    "fft_min_area_multi": 49,
-    # Winograd for 3x3 stride-1 layers with at least this many channels ...
-    "winograd_min_channels": 16,
+    # costs more than they save: use direct.  MobileNet-v2's 1x1 layers
+    # (15 repeats): direct faster at 2.4e6 (0.16 vs im2col 0.19 ms) and
+    # 4.8e6 (0.29 vs 0.43), a tie at 4.5e6-7.2e6, im2col faster at 7.5e6
+    # (960 -> 160 at 7^2: 0.33 vs 0.41).  convbench calibrate's probe
+    # (3x3, C = K = 16, 8^2..64^2) found direct fastest throughout (an
+    # edge, 1.9e7).
+    "direct_max_macs": 5.0e6,
+    # The same for a 1x1 kernel on a 1x1 output (a fully connected layer),
+    # counted over the whole batch.  SE-ResNet-50's 1x1 convs at batch 32,
+    # 15 repeats: direct faster at 1.3e5 (0.24 vs im2col 0.46 ms), im2col
+    # from 5.2e5 on (0.50 vs 0.58; 0.47 vs 0.63), 2.1e6: 0.96 vs 2.3.
+    # convbench calibrate (C = K = 16..512, batch 32) found 1.05e6, with
+    # direct only 3 % slower at 5.2e6: C = K favours direct more than the
+    # SE blocks' 16:1 shapes.
+    "direct_max_macs_fc": 2.6e5,
+    # Kernel area (kH * kW, of each stride phase) from which FFT is chosen
+    # with C/g * K/g = 1, 16 and 4096 channel products (interpolated in
+    # log2(C*K) between them, kernels._choose.fft_min_area).
+    # Single channel, 'same': 512^2 k = 15 fft 2.39 ms vs direct 2.81;
+    # 1024^2 k = 15 a tie (6.0 vs 5.7, 8.2 vs 10.1 in another run), k = 11
+    # direct (4.8 vs 5.8), k = 19 fft (4.5 vs 7.9); 4096^2 k = 15 fft
+    # 1.25x; 1-D 10^6 samples k = 63 a tie, k = 255 fft (3.8 vs 5.7).
+    # convbench calibrate, 2048^2, k = 9..23: 197, pinned (direct 0.81x of
+    # fft at k = 13, 1.45x slower at 15).
+    "fft_min_area_single": 197,
+    # C = K = 4 at 128^2 ('same', batch 1): direct faster up to k = 17
+    # (0.95 ms vs fft 1.19; k = 7: 0.29 vs 0.89), the FFT's fixed cost
+    # dominating on small images.
+    # convbench calibrate, C = K = 4 at 512^2: 173, pinned (0.71x at
+    # k = 13, 1.47x at 15).  On a 128^2 image the crossover is later
+    # (k = 19-23): the FFT's fixed cost; not modelled (see docs/auto.md).
+    "fft_min_area_few": 173,
+    # C = K = 64 at 56^2: k = 5 winograd 1.95 ms, fft 2.58, direct 3.35;
+    # k = 7 fft 3.04 vs winograd 4.83.  1-D C = 3, K = 16 (C*K = 48):
+    # k = 15 direct 6.5 vs fft 11.3, k = 63 a tie.
+    # convbench calibrate, C = K = 64 at 56^2: 37, within noise (the
+    # crossover between k = 5 and 7 moved between repeats).
+    "fft_min_area_multi": 37,
+    # Winograd for 3x3 stride-1 layers with at least this many output
+    # channels (and C >= 16; 5x5 kernels from half as many) ...
+    # convbench calibrate (C = K = 16..256 at 56^2, batch 4): 64, pinned
+    # (0.61x of direct at 32, 1.06x faster at 64).  K = 64 on large images
+    # is within noise either way (U-Net 572^2, 9 repeats: winograd 126 ms
+    # vs direct 143-211, 144 vs 232, 70 vs 69; 256^2 batch 4: 146 vs
+    # 131-186, 337 vs 268-312); ResNet-50 128@28^2 winograd 2x.
+    "winograd_min_channels": 64,
     # ... on images of at least this many pixels (H * W).  ResNet-50's 3x3
-    # layers at batch 4 (two machines): Winograd beat im2col at 56^2 and
-    # 28^2 and lost at 14^2 (0.84x) and 7^2 (0.42x), where a few tiles per
-    # image meet a large transformed filter.
-    "winograd_min_pixels": 400,
+    # layers at batch 4: winograd 2x faster at 28^2, a tie at 14^2 (6.3
+    # vs 6.4 ms), slower at 7^2 (14.6 vs 12.0); U-Net's 512-1024 channels
+    # at 16^2: winograd 97 vs 179 ms and 122 vs 232.
+    "winograd_min_pixels": 196,
     # im2col only when each group has at least this many output channels ...
     "im2col_min_out_channels": 8,
     # ... and kernels of at most this area (kH * kW); larger ones run
@@ -157,6 +191,20 @@ AUTO_THRESHOLDS = {
     # 14^2..64^2, 1.2-4.7x; ResNet-50's 3x3 layers 1.2-2.1x, conv1 7x7/2
     # 1.8x); im2col won the 1x1 layers (a plain GEMM, 1.1-1.5x).
     "im2col_max_area": 1,
+    # ... unless the output has fewer positions (N Ho Wo) than one BLAS
+    # piece (64 columns: one thread) and more multiply-adds than this.
+    # MobileNet 1x1 convs at 7^2: im2col won 960 -> 160 (7.5e6: 0.32 vs
+    # 0.42 ms), tied 960 -> 320 (1.5e7), lost 320 -> 1280 (2.0e7: 0.77 vs
+    # 0.54) and 1024 -> 1024 (5.1e7: 2.2 vs 1.06).  convbench calibrate
+    # (C = K at 7^2): within noise, the crossover moving from 3.2e6 to
+    # 1.3e7 between repeats; im2col_max_area's probe (C = K = 64 at 28^2)
+    # found direct 1.15x faster even at 1x1 (an edge), against im2col's
+    # wins on MobileNet's 1x1 layers at 56^2-112^2: both kept.
+    # direct_max_macs' probe (3x3, C = K = 16 up to 64^2) found direct
+    # fastest throughout (an edge at 1.9e7): kept at 2e6, as 1x1 layers of
+    # 1-2e7 multiply-adds went to im2col (MobileNet-v2 24 -> 144 at 56^2:
+    # 0.40 vs direct's 0.48 ms).
+    "im2col_serial_max_macs": 1.6e7,
 }
 
 

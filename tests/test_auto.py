@@ -1,0 +1,399 @@
+"""``algorithm="auto"``: the sweep's time limit, the cost model's rules
+given thresholds, calibration's record of what it could not pin down, and
+``convbench.autocheck``.
+
+No timing is asserted: clocks and measured times are replaced by
+synthetic ones, so every expectation follows from the formulas.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import kernels
+from convbench import autocheck, cli, sweep
+from convbench.workloads import ConvCase
+
+BUILT = set(kernels.built_algorithms())
+
+
+# --------------------------------------------------------------------------
+# The sweep's time limit (fake clock: each call advances it)
+# --------------------------------------------------------------------------
+
+class FakeClock:
+    """``warmup_clock`` that advances by the cost of each call run."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.calls = []           # (name, input rows) of every call
+
+    def __call__(self):
+        return self.now
+
+
+def _costly_runners(monkeypatch, clock, cost):
+    """Make every runner advance ``clock`` by ``cost(name, case, call)``
+    seconds (``call`` counts the runner's calls from 0)."""
+    real = sweep.make_runner
+
+    def make_runner(name, case, x, w, *args, **kwargs):
+        run, chose = real(name, case, x, w, *args, **kwargs)
+        count = [0]
+
+        def timed():
+            clock.calls.append((name, ConvCase(*case).x_shape[2]))
+            clock.now += cost(name, ConvCase(*case), count[0])
+            count[0] += 1
+            return run()
+        return timed, chose
+
+    monkeypatch.setattr(sweep, "make_runner", make_runner)
+    monkeypatch.setattr(sweep, "warmup_clock", clock)
+    monkeypatch.setattr(sweep, "time_call", lambda fn: (fn(), 0.001)[1])
+
+
+def _sweep(cases, algorithms, limit, repeats=2):
+    config = sweep.SweepConfig(algorithms=tuple(algorithms), peers=(),
+                               repeats=repeats, check=False, progress=False,
+                               time_limit=limit)
+    result = sweep.run_sweep(cases, config)
+    return {m.contender: m for m in result.measurements}
+
+
+needs_direct_fft = pytest.mark.skipif(not {"direct", "fft"} <= BUILT,
+                                      reason="needs direct and fft")
+
+
+@needs_direct_fft
+def test_a_contender_over_the_time_limit_is_skipped_untimed(monkeypatch):
+    clock = FakeClock()
+    # direct runs first and takes 10 s per call; fft 0.01 s.
+    _costly_runners(monkeypatch, clock,
+                    lambda name, case, i: 10.0 if name == "direct" else 0.01)
+    case = ConvCase("k=3", (1, 1, 16, 16), (1, 1, 3, 3), 1, 1, 1)
+    ms = _sweep([case], ["direct", "fft"], limit=5.0)
+    assert ms["direct"].status == "skipped" and not ms["direct"].times_s
+    assert "time limit 5 s" in ms["direct"].reason
+    assert "fft took" in ms["direct"].reason
+    assert ms["fft"].status == "ok" and len(ms["fft"].times_s) == 2
+    assert ms["direct"].warmup_s == pytest.approx(10.0)
+    # Without a limit nothing is skipped (and the default is no limit).
+    assert math.isinf(sweep.SweepConfig().time_limit)
+    ms = _sweep([case], ["direct", "fft"], limit=math.inf)
+    assert ms["direct"].status == "ok"
+
+
+@needs_direct_fft
+def test_a_slow_first_call_compiling_is_not_a_reason_to_skip(monkeypatch):
+    clock = FakeClock()
+    # direct's first call "compiles" (10 s), later calls take 0.02 s.
+    _costly_runners(monkeypatch, clock,
+                    lambda name, case, i: (10.0 if i == 0 else 0.02)
+                    if name == "direct" else 0.01)
+    case = ConvCase("k=3", (1, 1, 16, 16), (1, 1, 3, 3), 1, 1, 1)
+    ms = _sweep([case], ["fft", "direct"], limit=5.0)
+    assert ms["direct"].status == "ok" and len(ms["direct"].times_s) == 2
+    assert ms["direct"].warmup_s == pytest.approx(0.02)
+
+
+@needs_direct_fft
+def test_nothing_is_skipped_when_no_contender_ran_within_the_limit(
+        monkeypatch):
+    clock = FakeClock()
+    _costly_runners(monkeypatch, clock, lambda name, case, i: 10.0)
+    case = ConvCase("k=3", (1, 1, 16, 16), (1, 1, 3, 3), 1, 1, 1)
+    ms = _sweep([case], ["direct", "fft"], limit=5.0)
+    assert all(m.status == "ok" for m in ms.values())
+
+
+@needs_direct_fft
+def test_a_huge_case_is_judged_on_a_crop_before_its_full_call(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(sweep, "PILOT_MIN_MACS", 0)
+    # Cost proportional to the input rows: direct 1 s per row, fft 1 ms.
+    _costly_runners(monkeypatch, clock,
+                    lambda name, case, i: case.x_shape[2] *
+                    (1.0 if name == "direct" else 1e-3))
+    case = ConvCase("k=3", (1, 1, 64, 16), (1, 1, 3, 3), 1, 1, 1)
+    ms = _sweep([case], ["direct", "fft"], limit=5.0)
+    assert ms["direct"].status == "skipped"
+    assert "estimated" in ms["direct"].reason
+    assert ms["direct"].warmup_s == pytest.approx(64.0, rel=0.1)
+    # direct only ever ran on the crop, never on the 64 rows.
+    assert ("direct", 64) not in clock.calls
+    assert ms["fft"].status == "ok"
+    # The measurements keep the order of the contenders.
+    assert list(ms) == ["direct", "fft"]
+
+
+def test_crop_keeps_the_padding_rule_and_reports_its_share():
+    x = np.zeros((1, 1, 64, 16), np.float32)
+    case = ConvCase("k=3", (1, 1, 64, 16), (1, 1, 3, 3), 1, 1, 1)
+    crop, xc, share = sweep._crop(case, x, 1 / 8)
+    assert crop.x_shape == (1, 1, 8, 16) and xc.shape == crop.x_shape
+    assert share == pytest.approx(8 / 64)
+    one_d = ConvCase("1d", (1, 1, 1, 1000), (1, 1, 1, 11), 1, 0, 1)
+    crop, xc, share = sweep._crop(one_d, np.zeros((1, 1, 1, 1000)), 0.1)
+    assert crop.x_shape[3] == 99 + 11 - 1 and share == pytest.approx(99 / 990)
+    batch = ConvCase("b", (8, 1, 4, 4), (1, 1, 3, 3), 1, 1, 1)
+    crop, xc, share = sweep._crop(batch, np.zeros((8, 1, 4, 4)), 0.25)
+    assert crop.x_shape[0] == 2 and share == 0.25
+
+
+def test_time_limit_option(monkeypatch, capsys):
+    configs = []
+    monkeypatch.setattr(sweep, "run_sweep", lambda cases, config: (
+        configs.append(config),
+        sweep.SweepResult(config={}, cases=list(cases), measurements=[]))[1])
+    base = ["sweep", "--shape", "1,1,8,8,1", "--kernels", "3", "--peers",
+            "scipy-fft", "--no-progress"]
+    assert cli.main(base + ["--time-limit", "2.5"]) == 0
+    assert cli.main(base) == 0
+    assert configs[0].time_limit == 2.5 and math.isinf(configs[1].time_limit)
+    for bad in ("0", "-1", "soon"):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(base + ["--time-limit", bad])
+        assert exc.value.code == 2
+        assert "--time-limit" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------
+# autocheck
+# --------------------------------------------------------------------------
+
+def _m(case, name, median=None, status="ok", chose=None, warmup=None):
+    m = sweep.Measurement(case, (1, 1, 8, 8), (1, 1, 3, 3), 1, 1, 1, name,
+                          False, status, median_s=median, chose=chose,
+                          warmup_s=warmup)
+    return m
+
+
+def test_autocheck_compares_the_pick_with_the_fastest(tmp_path):
+    ms = [_m("a", "direct", 1.0), _m("a", "fft", 2.0),
+          _m("a", "auto", 1.05, chose="direct"),
+          _m("b", "direct", 1.0), _m("b", "fft", 1.2),
+          _m("b", "auto", 1.3, chose="fft"),
+          _m("c", "direct", status="skipped", warmup=9.0),
+          _m("c", "fft", 0.5), _m("c", "auto", 9.5, chose="direct")]
+    result = sweep.SweepResult(config={}, cases=[], measurements=ms)
+    rows = autocheck.auto_rows(result)
+    assert [(r.case, r.fastest, r.pick) for r in rows] == [
+        ("a", "direct", "direct"), ("b", "direct", "fft"),
+        ("c", "fft", "direct")]
+    assert rows[0].ratio == 1.0 and rows[0].within
+    assert rows[1].ratio == pytest.approx(1.2) and rows[1].within is False
+    assert rows[1].auto_ratio == pytest.approx(1.3)
+    assert rows[2].ratio == pytest.approx(18.0) and "lower bound" in rows[2].note
+    # The same from the JSON file.
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(result.to_dict()))
+    assert [r.ratio for r in autocheck.auto_rows(path)] == \
+        [r.ratio for r in rows]
+    assert autocheck.auto_rows(path, tolerance=0.25)[1].within
+    assert "auto's pick" in autocheck.format_rows(rows)
+    # repick: what choose_algorithm picks now for each case's shapes.
+    again = autocheck.auto_rows(result, repick=True)
+    assert [r.pick for r in again] == [kernels.choose_algorithm(
+        (1, 1, 8, 8), (1, 1, 3, 3), padding=(1, 1, 1, 1))] * 3
+    assert all(r.auto_s is None for r in again)
+
+
+# --------------------------------------------------------------------------
+# The cost model, given thresholds (no timing)
+# --------------------------------------------------------------------------
+
+from kernels._choose import NEUTRAL_THRESHOLDS, _model_choice, fft_min_area  # noqa: E402
+from kernels._dispatch import ConvSpec  # noqa: E402
+
+ALL = ["direct", "im2col", "winograd", "fft"]
+
+#: Thresholds of these tests (the CPU defaults' kind of values, fixed here
+#: so that the tests follow the rules, not the machine's measurements).
+T = {"direct_max_macs": 2.0e6, "direct_max_macs_fc": 2.6e5,
+     "fft_min_area_single": 200, "fft_min_area_few": 120,
+     "fft_min_area_multi": 49, "winograd_min_channels": 16,
+     "winograd_min_pixels": 196, "im2col_min_out_channels": 8,
+     "im2col_max_area": 1, "im2col_serial_max_macs": 1.6e7}
+
+
+def _choice(x, w, stride=1, groups=1, t=T, cands=ALL, same=True):
+    kh, kw = w[2:]
+    pad = (kh // 2, kh // 2, kw // 2, kw // 2) if same else (0, 0, 0, 0)
+    spec = ConvSpec.from_config(x, w, (stride, stride), pad, (1, 1), groups)
+    return _model_choice(cands, spec, t)
+
+
+def test_fft_area_depends_on_the_channels():
+    assert fft_min_area(1, 1, T) == 200
+    assert fft_min_area(4, 4, T) == 120
+    assert fft_min_area(64, 64, T) == 49
+    assert fft_min_area(128, 256, T) == 49              # held beyond
+    # Linear in log2(C*K) between the measured points.
+    assert fft_min_area(2, 2, T) == pytest.approx(160)
+    assert fft_min_area(16, 16, T) == pytest.approx((120 + 49) / 2)
+    assert fft_min_area(3, 16, T) == fft_min_area(16, 3, T)
+    assert math.isinf(fft_min_area(4, 4, NEUTRAL_THRESHOLDS))
+
+
+def test_few_channels_stay_direct_where_one_area_sent_them_to_fft():
+    # C = K = 4 at 128^2: direct was 2.4-3.2x faster than FFT from k = 7.
+    assert _choice((1, 4, 128, 128), (4, 4, 7, 7)) == "direct"
+    assert _choice((1, 4, 128, 128), (4, 4, 11, 11)) == "fft"     # 121
+    # One channel: direct up to k = 13 (169), FFT from 15 (225).
+    assert _choice((1, 1, 1024, 1024), (1, 1, 13, 13)) == "direct"
+    assert _choice((1, 1, 1024, 1024), (1, 1, 31, 31)) == "fft"
+    # 1-D, H = 1: the area is the kernel length.
+    assert _choice((1, 1, 1, 10**6), (1, 1, 1, 63)) == "direct"
+    assert _choice((1, 1, 1, 10**6), (1, 1, 1, 255)) == "fft"
+
+
+def test_many_channels_go_to_fft_from_the_multi_area():
+    x = (1, 64, 56, 56)
+    assert _choice(x, (64, 64, 7, 7)) == "fft"          # 49 >= 49
+    # 5x5 with many channels: Winograd (F(m, 5)), not FFT or direct.
+    assert _choice(x, (64, 64, 5, 5)) == "winograd"
+    assert _choice(x, (64, 64, 5, 5), cands=["direct", "im2col", "fft"]) \
+        == "direct"
+    # Depthwise (groups = C): each group is one channel.
+    assert _choice((1, 64, 56, 56), (64, 1, 7, 7), groups=64) == "direct"
+
+
+def test_fully_connected_layers_count_the_whole_batch():
+    # SE blocks: 1x1 convs on 1x1 maps, batch 32.
+    assert _choice((32, 256, 1, 1), (16, 256, 1, 1)) == "direct"  # 1.3e5
+    assert _choice((32, 2048, 1, 1), (128, 2048, 1, 1)) == "im2col"
+    assert _choice((1, 1024, 1, 1), (128, 1024, 1, 1)) == "direct"
+    # A 5x5 kernel on a 5x5 map (LeNet's C5) is not: per image it is small.
+    assert _choice((64, 16, 5, 5), (120, 16, 5, 5), same=False) == "direct"
+
+
+def test_a_large_1x1_on_few_positions_runs_direct():
+    # 49 output positions: one BLAS piece.
+    assert _choice((1, 1024, 7, 7), (1024, 1024, 1, 1)) == "direct"
+    assert _choice((1, 960, 7, 7), (160, 960, 1, 1)) == "im2col"
+    assert _choice((4, 1024, 7, 7), (1024, 1024, 1, 1)) == "im2col"
+
+
+def test_a_1x1_with_few_output_channels_is_still_a_gemm():
+    # U-Net's last layer: 64 -> 2 at 388^2.
+    assert _choice((1, 64, 388, 388), (2, 64, 1, 1)) == "im2col"
+    # ... but not a 3x3 with few output channels, nor one input channel.
+    assert _choice((1, 64, 388, 388), (2, 64, 3, 3)) == "direct"
+    assert _choice((1, 1, 388, 388), (1, 1, 1, 1)) == "direct"
+
+
+def test_one_input_channel_to_many_outputs_on_a_large_image_is_a_gemm():
+    # U-Net's first layer.
+    assert _choice((1, 1, 572, 572), (64, 1, 3, 3)) == "im2col"
+    assert _choice((1, 1, 572, 572), (32, 1, 3, 3)) == "direct"
+    assert _choice((64, 1, 32, 32), (64, 1, 3, 3)) == "direct"
+    assert _choice((1, 1, 572, 572), (64, 1, 7, 7)) == "direct"
+
+
+def test_neutral_thresholds_run_direct():
+    assert _choice((1, 64, 56, 56), (64, 64, 7, 7),
+                   t=NEUTRAL_THRESHOLDS) == "direct"
+    assert _choice((32, 2048, 1, 1), (128, 2048, 1, 1),
+                   t=NEUTRAL_THRESHOLDS) == "direct"
+
+
+def test_a_backend_table_without_the_new_rules_keeps_its_meaning():
+    from kernels._choose import _complete
+    old = {"direct_max_macs": 1e7, "fft_min_area_single": 289,
+           "fft_min_area_multi": 25, "winograd_min_channels": 16,
+           "winograd_min_pixels": 64, "im2col_min_out_channels": 8,
+           "im2col_max_area": 49}
+    t = _complete(old)
+    assert set(t) == set(NEUTRAL_THRESHOLDS)
+    assert t["direct_max_macs_fc"] == 1e7
+    assert math.isinf(t["im2col_serial_max_macs"])
+    assert fft_min_area(1, 1, t) == 289 and fft_min_area(64, 64, t) == 25
+    assert 25 < fft_min_area(4, 4, t) < 289
+
+
+def test_default_thresholds_have_every_rule():
+    from kernels._choose import default_thresholds
+    assert set(default_thresholds("cpu")) == set(NEUTRAL_THRESHOLDS) == set(T)
+
+
+def test_a_format_2_calibration_file_is_ignored_with_a_warning(
+        monkeypatch, tmp_path):
+    from kernels._calibration import CalibrationWarning
+    from kernels._choose import default_thresholds, machine_key, thresholds
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps({"format": 2, "backends": {"cpu": {
+        "machine": machine_key("cpu"),
+        "thresholds": {"fft_min_area_multi": 1}, "meta": {}}}}))
+    monkeypatch.setenv("CONVBENCH_CALIBRATION", str(path))
+    with pytest.warns(CalibrationWarning, match="format-3"):
+        assert thresholds("cpu") == default_thresholds("cpu")
+
+
+# --------------------------------------------------------------------------
+# Calibration: what it could not pin down (synthetic times)
+# --------------------------------------------------------------------------
+
+def test_resolve_tells_a_clear_crossover_from_noise():
+    from convbench.calibrate import resolve
+    sizes = [1, 2, 3, 4]
+    # fast overtakes slow at 3, by 2x on either side: pinned.
+    at, status, _ = resolve(sizes, [1, 2, 4, 8], [4, 4, 2, 4])
+    assert (at, status) == (3, "pinned")
+    # 5 % on either side of the crossover: within noise.
+    at, status, why = resolve(sizes, [1, 1, 1, 1], [1.5, 1.05, 0.95, 0.5])
+    assert (at, status) == (3, "within noise") and "within 10%" in why
+    # Clear in the medians, but repeat 2 puts it elsewhere.
+    slow_r = [[1, 1], [2, 2], [4, 4], [8, 8]]
+    fast_r = [[4, 4], [4, 1], [2, 2], [4, 4]]
+    at, status, why = resolve(sizes, [1, 2, 4, 8], [4, 4, 2, 4], slow_r, fast_r)
+    assert status == "within noise" and "moved" in why
+    # One contender wins throughout: an edge, or noise if close at the end.
+    assert resolve(sizes, [1, 1, 1, 1], [2, 2, 2, 2])[:2] == (None, "edge")
+    assert resolve(sizes, [1, 1, 1, 1], [2, 2, 2, 1.05])[:2] == \
+        (None, "within noise")
+
+
+def test_calibration_meta_records_the_thresholds_it_could_not_pin(
+        monkeypatch, tmp_path):
+    from convbench import calibrate as cal
+
+    def synthetic_times(cases, algorithms, progress):
+        # Every rival of fft costs 1; fft costs 2 except on the 4-channel
+        # probe, where it is 1.02 from k = 11 on (within noise).  Other
+        # probes: every algorithm 1 (no crossover: an edge, within noise).
+        out = cal._Times()
+        for a in algorithms:
+            row = []
+            for c in cases:
+                few = c.x_shape[1] == 4
+                k = c.w_shape[2]
+                if a != "fft":
+                    row.append(1.0)
+                elif few:
+                    row.append(0.98 if k >= 11 else 1.02)
+                else:
+                    row.append(0.5 if k >= 13 else 2.0)
+            out[a] = row
+        out.repeats = {a: [[v] * 5 for v in row] for a, row in out.items()}
+        return out
+
+    monkeypatch.setattr(cal, "_times", synthetic_times)
+    lines = []
+    path = tmp_path / "cal.json"
+    cal.calibrate(path=path, progress=False, log=lines.append)
+    meta = json.loads(path.read_text())["backends"]["cpu"]["meta"]
+    table = meta["thresholds"]
+    if "fft" in BUILT and "direct" in BUILT:
+        assert table["fft_min_area_single"]["status"] == "pinned"
+        assert table["fft_min_area_single"]["value"] == (11 ** 2 + 13 ** 2) // 2
+        assert table["fft_min_area_few"]["status"] == "within noise"
+        assert "fft_min_area_few" in meta["unresolved"]
+        assert "fft_min_area_single" not in meta["unresolved"]
+    assert table["im2col_min_out_channels"]["status"] == "default"
+    text = "\n".join(lines)
+    assert "not pinned down" in text and "fft_min_area_few" in text
