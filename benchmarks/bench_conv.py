@@ -3,8 +3,9 @@
 ``Conv2dKernelSize``  one 256 x 256 image, kernel sizes 3..15: time and
                       error (in bound units) of each algorithm and peer.
 ``Conv2dWorkloads``   representative layers of every named workload
-                      (``convbench.workloads.WORKLOADS``): time and error
-                      of each algorithm, ``auto`` and every peer.
+                      (``convbench.workloads.WORKLOADS``): time of each
+                      algorithm, ``auto`` and every peer.
+``Conv2dWorkloadsError``  error in bound units, one layer per workload.
 ``Conv2dScratch``     peak memory of im2col and FFT on shapes where their
                       scratch is visible, against the inputs alone.
 ``Crossover``         where the faster-growing algorithm takes over, on
@@ -62,7 +63,7 @@ class Conv2dKernelSize:
 class Conv2dWorkloads:
     """Representative conv2d layers of every named workload (the smallest
     and the largest of at most 1e10 FLOPs, ``common.representative_layers``),
-    float32: each algorithm, ``auto``, and the peers."""
+    float32: time of each algorithm, ``auto``, and the peers."""
 
     params = [CONTENDERS, BACKENDS, list(representative_layers())]
     param_names = ["algorithm", "backend", "layer"]
@@ -80,6 +81,23 @@ class Conv2dWorkloads:
 
     def time_conv2d(self, algorithm, backend, layer):
         self.run()
+
+
+class Conv2dWorkloadsError:
+    """Error in bound units (max |y - y_ref| / (u |x| |w|) against the
+    float64 reference, a cropped region on large layers) of each algorithm
+    and peer on the smallest conv layer of every named workload."""
+
+    params = [ALGORITHMS + PEERS, BACKENDS,
+              list(representative_layers(count=1))]
+    param_names = ["algorithm", "backend", "layer"]
+    timeout = 300
+
+    def setup(self, algorithm, backend, layer):
+        self.case = representative_layers(count=1)[layer]
+        self.x, self.w = make_data(self.case.x_shape, self.case.w_shape)
+        self.run = contender(algorithm, self.case, self.x, self.w,
+                             PEER_TIME_LIMIT_S, backend)
 
     def track_error_bound_units(self, algorithm, backend, layer):
         return error_in_bound_units(algorithm, self.case, self.x, self.w,
@@ -154,7 +172,7 @@ class Conv2dScratch:
 
 
 class Crossover:
-    """Measured crossovers on fixed shapes (small interleaved sweeps, three
+    """Measured crossovers on fixed shapes (small interleaved sweeps, five
     timed calls per point after a warm-up, ``convbench.crossover``): the
     size from which the algorithm that loses at small sizes stays faster;
     NaN when it never takes over.  Method ``track_crossover_A_B``: ``A``
@@ -174,6 +192,8 @@ class Crossover:
     #: 3x3 'same' layers at 28x28, batch 1, C = K over these channels
     WINOGRAD_CHANNELS = (16, 32, 64, 96, 128, 192, 256, 384)
 
+    #: timed calls per point (median): three moved the crossovers by a step
+    REPEATS = 5
     params = [BACKENDS]
     param_names = ["backend"]
     timeout = 300
@@ -186,7 +206,7 @@ class Crossover:
     def _kernel_crossover(self, name, backend):
         a, b, x_shape, k_out, sizes = self.KERNEL_SWEEPS[name]
         return measured_crossover(x_shape, k_out, sizes, slow=a, fast=b,
-                                  backend=backend)
+                                  repeats=self.REPEATS, backend=backend)
 
     def track_crossover_direct_fft(self, backend):
         """Kernel size from which fft beats direct: C = K = 4, 128x128."""
@@ -207,7 +227,8 @@ class Crossover:
         cases = [ConvCase(f"C=K={c}", (1, c, 28, 28), (c, c, 3, 3), 1, 1, 1)
                  for c in self.WINOGRAD_CHANNELS]
         return crossover_of_cases(cases, list(self.WINOGRAD_CHANNELS),
-                                  "direct", "winograd", backend=backend)
+                                  "direct", "winograd", self.REPEATS,
+                                  backend=backend)
 
     track_crossover_direct_fft.unit = "kernel size"
     track_crossover_im2col_fft.unit = "kernel size"

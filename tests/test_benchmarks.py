@@ -27,7 +27,7 @@ DOCUMENTED = [
     "bench_conv.Conv2dKernelSize.time_conv2d",
     "bench_conv.Conv2dKernelSize.track_error_bound_units",
     "bench_conv.Conv2dWorkloads.time_conv2d",
-    "bench_conv.Conv2dWorkloads.track_error_bound_units",
+    "bench_conv.Conv2dWorkloadsError.track_error_bound_units",
     "bench_conv.Conv2dScratch.peakmem_conv2d",
     "bench_conv.Crossover.track_crossover_direct_fft",
     "bench_conv.Crossover.track_crossover_im2col_fft",
@@ -113,7 +113,7 @@ def test_crossover_sweeps_are_well_formed():
 
 
 def test_track_units():
-    assert bench_conv.Conv2dWorkloads.track_error_bound_units.unit == \
+    assert bench_conv.Conv2dWorkloadsError.track_error_bound_units.unit == \
         "bound units"
     assert bench_conv.Conv2dKernelSize.track_error_bound_units.unit == \
         "bound units"
@@ -142,7 +142,9 @@ def test_tiny_workload_layer_runs_and_tracks_error():
     bench = bench_conv.Conv2dWorkloads()
     bench.setup("direct", "cpu", layer)
     bench.time_conv2d("direct", "cpu", layer)
-    error = bench.track_error_bound_units("direct", "cpu", layer)
+    check = bench_conv.Conv2dWorkloadsError()
+    check.setup("direct", "cpu", layer)
+    error = check.track_error_bound_units("direct", "cpu", layer)
     # within direct's documented constant (error units are u |x| |w|)
     bound = accuracy.error_constant("direct", np.float32)
     assert math.isfinite(error) and 0 <= error <= bound
