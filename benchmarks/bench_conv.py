@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+import kernels
+
 from .common import (ALGORITHMS, BACKENDS, PEER_TIME_LIMIT_S, PEERS,
                      ConvCase, contender, crossover_of_cases,
                      error_in_bound_units, make_data, measured_crossover,
@@ -202,6 +204,10 @@ class Crossover:
 
     def setup(self, backend):
         require_backend(backend)
+        built = kernels.built_algorithms(backend)
+        missing = {"direct", "im2col", "fft", "winograd"} - set(built)
+        if missing:
+            raise NotImplementedError(f"{sorted(missing)} not built")
 
     def _kernel_crossover(self, name, backend):
         a, b, x_shape, k_out, sizes = self.KERNEL_SWEEPS[name]
