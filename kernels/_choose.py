@@ -53,6 +53,14 @@ FFT_AREA_CHANNELS = {"fft_min_area_single": 1, "fft_min_area_few": 16,
 #: products into pieces of at least 64 columns (BlasTuning).
 IM2COL_SERIAL_POSITIONS = 64
 
+#: Output positions (N * Ho * Wo) Winograd needs when its output channels
+#: only just pass ``winograd_min_channels`` (under twice it): C = K = 64,
+#: 3x3 at 56^2, batch 1 (3136 positions) ran direct 1.04x, 1.15x and
+#: 1.19x faster in three sweeps, while ResNet-50's same layer at batch 4
+#: (12544) and U-Net's K = 64 layers (>= 65536) run faster with Winograd;
+#: the threshold is between the two, at their geometric mean.
+WINOGRAD_NARROW_MIN_POSITIONS = 6272
+
 
 def default_thresholds(backend="cpu"):
     """The backend's measured defaults (``NEUTRAL_THRESHOLDS`` if none)."""
@@ -167,9 +175,12 @@ def _model_choice(cands, spec, t):
     # 153 (C = 64), K = 64 direct 109 vs 185 and 251 vs 294.  5x5 saves
     # more multiplications (F(4,5): 6.25x, F(4,3): 4x) and wins with half
     # as many: C = K = 64 at 56^2, winograd 1.95 ms, fft 2.58, direct 3.35.
+    width = k * (kh - 1) // 2
     if ("winograd" in cands and kh == kw and kh in (3, 5) and groups == 1
-            and c >= 16 and k * (kh - 1) // 2 >= t["winograd_min_channels"]
-            and h * w >= t["winograd_min_pixels"]):
+            and c >= 16 and width >= t["winograd_min_channels"]
+            and h * w >= t["winograd_min_pixels"]
+            and (width >= 2 * t["winograd_min_channels"]
+                 or n * out_h * out_w >= WINOGRAD_NARROW_MIN_POSITIONS)):
         return "winograd"
     # With few output channels the GEMM degenerates to matrix-vector
     # products, which the direct kernel's register tiles beat by 10x or more

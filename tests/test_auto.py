@@ -295,6 +295,15 @@ def test_one_input_channel_to_many_outputs_on_a_large_image_is_a_gemm():
     assert _choice((1, 1, 572, 572), (64, 1, 7, 7)) == "direct"
 
 
+def test_winograd_with_few_output_channels_needs_many_positions():
+    # K just above the threshold (16 here, 64 in the CPU defaults): batch
+    # 1 at 56^2 (3136 positions) stays direct, batch 4 goes to Winograd.
+    assert _choice((1, 16, 56, 56), (16, 16, 3, 3)) == "direct"
+    assert _choice((4, 16, 56, 56), (16, 16, 3, 3)) == "winograd"
+    # Twice the threshold: Winograd on the small batch too.
+    assert _choice((1, 32, 56, 56), (32, 32, 3, 3)) == "winograd"
+
+
 def test_neutral_thresholds_run_direct():
     assert _choice((1, 64, 56, 56), (64, 64, 7, 7),
                    t=NEUTRAL_THRESHOLDS) == "direct"
