@@ -1,0 +1,88 @@
+"""Worker processes of convbench.isolated and the network comparison."""
+
+import sys
+
+import pytest
+
+from convbench import isolated
+from convbench.isolated import Worker, WorkerError, worker_times
+from convbench.network import (_count, compare_network, format_comparison)
+from convbench.workloads import ConvCase
+
+CASES = [ConvCase("a", (1, 2, 8, 8), (3, 2, 3, 3), 1, "same", 1),
+         ConvCase("b", (1, 2, 9, 9), (2, 2, 3, 3), 2, 1, 1)]
+
+
+def test_each_contender_times_every_round_in_its_own_process():
+    result = worker_times(["direct", "im2col"], CASES, 3, isolated=True,
+                          sequence=True)
+    assert result.status == {"direct": None, "im2col": None}
+    assert {n: len(t) for n, t in result.times.items()} == {"direct": 3,
+                                                            "im2col": 3}
+    assert all(s > 0 for t in result.times.values() for s in t)
+    assert set(result.summary()) == {"direct", "im2col"}
+
+
+def test_a_peer_worker_never_imports_kernels():
+    torch = pytest.importorskip("torch")  # noqa: F841
+    with Worker(["torch"], CASES) as worker:
+        assert worker.status == {"torch": None}
+        where = worker.imported(["torch", "kernels", "numba"])
+    assert where["torch"] is not None
+    assert where["kernels"] is None and where["numba"] is None
+
+
+@pytest.mark.parametrize("order", [("torch", "kernels"), ("kernels", "torch")])
+def test_one_process_imports_in_the_order_asked(order):
+    pytest.importorskip("torch")
+    with Worker(["direct", "torch"], CASES, import_order=order) as worker:
+        where = worker.imported(["torch", "kernels"])
+    assert where[order[0]] < where[order[1]]
+
+
+def test_a_case_an_algorithm_cannot_run_gets_no_times():
+    cases = [CASES[0], ConvCase("k9", (1, 1, 12, 12), (1, 1, 9, 9), 1, 0, 1)]
+    with Worker(["winograd"], cases) as worker:
+        assert worker.status == {"winograd": None}        # runs case 0
+        assert worker.case_status["winograd"][0] is None
+        assert "UnsupportedConfiguration" in worker.case_status["winograd"][1]
+        assert worker.time("winograd", 1) == []
+        assert worker.time("winograd", None) == []      # not the whole sequence
+        assert len(worker.time("winograd", 0, calls=2)) == 2
+
+
+def test_unknown_contender_is_reported_not_raised():
+    result = worker_times(["direct", "no-such"], CASES, 2, isolated=True)
+    assert result.status["direct"] is None
+    assert "no-such" in result.status["no-such"]
+    assert "no-such" not in result.times
+
+
+def test_a_dead_worker_raises_with_its_stderr(tmp_path):
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'boom: no worker here' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    with pytest.raises(WorkerError, match="(?s)code 3.*boom"):
+        Worker(["direct"], CASES, python=str(fake))
+
+
+def test_label_counts():
+    assert _count("layer1.0.conv2 (x6)") == 6
+    assert _count("conv1") == 1
+
+
+def test_network_comparison_on_lenet(monkeypatch):
+    pytest.importorskip("torch")
+    c = compare_network("lenet5", batch=1, rounds=2,
+                        algorithms=("direct", "im2col"),
+                        settings=("isolated", "torch first"))
+    assert set(c.times) == {"isolated", "torch first"}
+    assert c.layers == 3 and c.distinct == 3
+    for setting in c.times:
+        assert len(c.ratios(setting)) == 2
+    assert set(c.per_layer) == {"C1", "C3", "C5"}
+    # The per-layer best is the sum of each layer's smallest median.
+    assert c.best_sum() == pytest.approx(
+        sum(min(t.values()) for t in c.per_layer.values()))
+    text = format_comparison(c)
+    assert "torch first" in text and "per-layer best" in text
