@@ -161,7 +161,7 @@ def build_parser():
                     "against SciPy and PyTorch.")
     sub = parser.add_subparsers(
         dest="command", required=True,
-        metavar="{report,sweep,machine,calibrate,cuda-report}")
+        metavar="{report,sweep,network,machine,calibrate,cuda-report}")
     _add_report_parser(sub)
 
     sw = sub.add_parser(
@@ -280,7 +280,40 @@ def build_parser():
                     default=None, metavar="N",
                     help="processes compiling at once (default: usable CPUs, "
                          "at most 8)")
+    _add_network_parser(sub)
     return parser
+
+
+def _add_network_parser(sub):
+    from . import workloads
+    from .network import SETTINGS
+    net = sub.add_parser(
+        "network", help="a whole network's conv layers in sequence: kernels "
+                        "against torch, in one process and in separate ones",
+        description="Time every convolution of a network, in forward order, "
+                    "through kernels.conv2d (algorithm=auto by default) and "
+                    "torch.nn.functional.conv2d, alternating the two round "
+                    "by round: each in its own worker process, and both in "
+                    "one process with either import order; then every "
+                    "algorithm on each distinct layer, summed at each "
+                    "layer's fastest (see convbench.network).")
+    net.add_argument("network", choices=sorted(workloads.NETWORKS),
+                     metavar="NETWORK",
+                     help=f"one of {', '.join(sorted(workloads.NETWORKS))}")
+    net.add_argument("--batch", type=lambda t: _positive_int(t, "batch"),
+                     default=1)
+    net.add_argument("--rounds", type=lambda t: _positive_int(t, "rounds"),
+                     default=5, help="alternating rounds (default 5)")
+    net.add_argument("--algorithm", default="auto",
+                     help="kernels' algorithm for the whole network "
+                          "(default auto)")
+    net.add_argument("--settings", type=_name_list, default=list(SETTINGS),
+                     metavar="S,...",
+                     help=f"any of: {', '.join(SETTINGS)} (default: all)")
+    net.add_argument("--no-per-layer", action="store_true",
+                     help="skip timing every algorithm on each distinct layer")
+    net.add_argument("--dtype", choices=("float32", "float64"),
+                     default="float32")
 
 
 def _add_report_parser(sub):
@@ -510,6 +543,27 @@ def cmd_calibrate(args, parser):
     return 0
 
 
+def cmd_network(args, parser):
+    import kernels
+    from .network import SETTINGS, compare_network, format_comparison
+    for s in args.settings:
+        if s not in SETTINGS:
+            parser.error(f"argument --settings: unknown setting {s!r}; "
+                         f"choose from {', '.join(SETTINGS)}")
+    if args.algorithm not in ("auto",) + tuple(kernels.ALGORITHMS):
+        parser.error(f"argument --algorithm: unknown algorithm "
+                     f"{args.algorithm!r}; choose from auto, "
+                     f"{', '.join(kernels.ALGORITHMS)}")
+    result = compare_network(
+        args.network, batch=args.batch, rounds=args.rounds,
+        algorithm=args.algorithm, dtype=args.dtype,
+        settings=tuple(args.settings), per_layer=not args.no_per_layer,
+        progress=lambda text: print(f"... {text}", file=sys.stderr,
+                                    flush=True))
+    print(format_comparison(result))
+    return 0
+
+
 def cmd_cuda_report(args, parser):
     from .cuda_report import run
     return run(args)
@@ -519,6 +573,7 @@ def main(argv=None):
     """Entry point of the ``convbench`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    command = {"report": cmd_report, "sweep": cmd_sweep, "machine": cmd_machine,
+    command = {"report": cmd_report, "sweep": cmd_sweep,
+               "network": cmd_network, "machine": cmd_machine,
                "calibrate": cmd_calibrate, "cuda-report": cmd_cuda_report}
     return command[args.command](args, parser)

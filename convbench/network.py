@@ -10,8 +10,8 @@ three settings, each with rounds alternating the two:
 
 ``isolated``       each library in its own worker process, importing only
                    itself (:mod:`convbench.isolated`);
-``kernels first``  both in one process, ``import kernels`` first;
-``torch first``    both in one process, ``import torch`` first (the order
+``kernels-first``  both in one process, ``import kernels`` first;
+``torch-first``    both in one process, ``import torch`` first (the order
                    a user comparing the two usually writes).
 
 It also times every algorithm on each distinct layer (one process,
@@ -34,8 +34,8 @@ __all__ = ["NetworkComparison", "compare_network", "format_comparison",
 #: setting -> (isolated, import order)
 SETTINGS = {
     "isolated": (True, ()),
-    "kernels first": (False, ("kernels", "torch")),
-    "torch first": (False, ("torch", "kernels")),
+    "kernels-first": (False, ("kernels", "torch")),
+    "torch-first": (False, ("torch", "kernels")),
 }
 
 

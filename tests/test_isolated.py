@@ -75,8 +75,8 @@ def test_network_comparison_on_lenet(monkeypatch):
     pytest.importorskip("torch")
     c = compare_network("lenet5", batch=1, rounds=2,
                         algorithms=("direct", "im2col"),
-                        settings=("isolated", "torch first"))
-    assert set(c.times) == {"isolated", "torch first"}
+                        settings=("isolated", "torch-first"))
+    assert set(c.times) == {"isolated", "torch-first"}
     assert c.layers == 3 and c.distinct == 3
     for setting in c.times:
         assert len(c.ratios(setting)) == 2
@@ -85,4 +85,12 @@ def test_network_comparison_on_lenet(monkeypatch):
     assert c.best_sum() == pytest.approx(
         sum(min(t.values()) for t in c.per_layer.values()))
     text = format_comparison(c)
-    assert "torch first" in text and "per-layer best" in text
+    assert "torch-first" in text and "per-layer best" in text
+
+
+def test_network_command_rejects_unknown_settings(capsys):
+    from convbench.cli import main
+    with pytest.raises(SystemExit) as exc:
+        main(["network", "lenet5", "--settings", "isolated,both"])
+    assert exc.value.code == 2
+    assert "unknown setting 'both'" in capsys.readouterr().err
