@@ -53,6 +53,14 @@ FFT_AREA_CHANNELS = {"fft_min_area_single": 1, "fft_min_area_few": 16,
 #: products into pieces of at least 64 columns (BlasTuning).
 IM2COL_SERIAL_POSITIONS = 64
 
+#: A 1-D problem (H = kH = 1) goes to FFT from this fraction of the 2-D
+#: area threshold: its overlap-save blocks overlap along one axis only and
+#: each output pays one transform length, not two.  timeseries-1d, two
+#: sweeps: C = 3, K = 16 (threshold 146 in 2-D), k = 63: fft 12.5 ms vs
+#: direct 15.0 at 10^5 samples x 4, 10.6 vs 12.4 at 10^4 x 32; one
+#: channel (197), k = 63: direct 3.9 vs fft 5.3, k = 255: fft 4.7 vs 5.9.
+FFT_1D_AREA_FACTOR = 0.4
+
 #: Output positions (N * Ho * Wo) Winograd needs when its output channels
 #: only just pass ``winograd_min_channels`` (under twice it): C = K = 64,
 #: 3x3 at 56^2, batch 1 (3136 positions) ran direct 1.04x, 1.15x and
@@ -157,7 +165,10 @@ def _model_choice(cands, spec, t):
     # kernels are that much smaller: judge it by that phase kernel (ResNet
     # conv1, 7x7/2: fft 2.1 ms against direct's 0.78).
     phase_area = area / (stride[0] * stride[1])
-    if "fft" in cands and phase_area >= fft_min_area(cg, kg, t):
+    fft_area = fft_min_area(cg, kg, t)
+    if h == 1 and kh == 1:
+        fft_area *= FFT_1D_AREA_FACTOR
+    if "fft" in cands and phase_area >= fft_area:
         return "fft"
     # A 1x1 kernel giving a 1x1 output (SE blocks' convs on pooled maps)
     # is a fully connected layer: a GEMM whose rows are the batch, and
@@ -170,14 +181,18 @@ def _model_choice(cands, spec, t):
                               else macs <= t["direct_max_macs"]):
         return "direct"
     # Winograd for stride-1 layers with many output channels (its output
-    # transform is amortised over them) on images that give enough tiles.
+    # transform is amortised over them) on images that give enough tiles,
+    # and as many input channels (the tuple GEMMs' depth): jet images'
+    # 32 -> 64 3x3 layers at 25^2-64^2, large batches, ran direct 1.22x,
+    # 1.49x, 1.27x faster (first sweep 1.10x, 1.03x, 0.9x).
     # 3x3, U-Net 256^2 tiles at batch 4: K = 128 winograd 119 ms vs direct
     # 153 (C = 64), K = 64 direct 109 vs 185 and 251 vs 294.  5x5 saves
     # more multiplications (F(4,5): 6.25x, F(4,3): 4x) and wins with half
     # as many: C = K = 64 at 56^2, winograd 1.95 ms, fft 2.58, direct 3.35.
     width = k * (kh - 1) // 2
     if ("winograd" in cands and kh == kw and kh in (3, 5) and groups == 1
-            and c >= 16 and width >= t["winograd_min_channels"]
+            and c * (kh - 1) // 2 >= t["winograd_min_channels"]
+            and width >= t["winograd_min_channels"]
             and h * w >= t["winograd_min_pixels"]
             and (width >= 2 * t["winograd_min_channels"]
                  or n * out_h * out_w >= WINOGRAD_NARROW_MIN_POSITIONS)):

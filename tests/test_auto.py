@@ -304,6 +304,23 @@ def test_winograd_with_few_output_channels_needs_many_positions():
     assert _choice((1, 32, 56, 56), (32, 32, 3, 3)) == "winograd"
 
 
+def test_winograd_needs_as_many_input_channels():
+    # Jet images: 32 -> 64 (T's threshold is 16, so 8 -> 16 here).
+    assert _choice((512, 8, 33, 33), (16, 8, 3, 3)) == "direct"
+    assert _choice((512, 16, 33, 33), (16, 16, 3, 3)) == "winograd"
+
+
+def test_one_dimensional_problems_reach_fft_at_a_shorter_kernel():
+    t = dict(T, fft_min_area_few=150, fft_min_area_multi=49)
+    area_2d = fft_min_area(3, 16, t)
+    assert 63 < area_2d                                # 2-D: direct at 63
+    assert _choice((4, 3, 1, 10**5), (16, 3, 1, 63), t=t, same=False) == "fft"
+    assert _choice((4, 3, 1, 10**5), (16, 3, 1, 15), t=t, same=False) \
+        == "direct"
+    # A 2-D kernel of the same area on an image stays direct.
+    assert _choice((4, 3, 256, 256), (16, 3, 7, 9), t=t) == "direct"
+
+
 def test_neutral_thresholds_run_direct():
     assert _choice((1, 64, 56, 56), (64, 64, 7, 7),
                    t=NEUTRAL_THRESHOLDS) == "direct"
