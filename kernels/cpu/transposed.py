@@ -21,7 +21,12 @@ same phase ``r = off mod sw``.  Accumulating into one buffer per phase,
 contiguous ``acc[r, iw + q] += w * x[iw]`` (``q = (off - r) / sw``), which
 vectorises; the phases are interleaved into the output row at the end.
 
-* ``direct``: the loop above over input channels and kernel taps.
+* ``direct``: each of the ``sh sw`` output phases is a stride-1
+  correlation of the input with its own subset of the taps, run by the
+  forward direct kernel's register tile (4 output channels x 4 SIMD
+  vectors); see the section comment above :func:`_phase_shifts`.  Filters
+  holding Inf or NaN take the gather loop above (``_gather_direct``),
+  which never multiplies padding.
 * ``im2col``: one GEMM per image and group, ``cols = W_g^T @ X_g`` with
   ``W_g^T`` of shape ``(Co kH kW, Ci)`` and ``X_g = (Ci, H W)``, then
   ``col2im``, the same gather with ``cols`` rows in place of ``w * x``.
@@ -41,11 +46,16 @@ from __future__ import annotations
 
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import carray, njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from .. import _threads
 from .._dispatch import Kernel
 from . import _blas, _tuning
+from .direct import (MAX_BLOCK, TILE_VECTORS, _lanes, _pack, _tile_buffer,
+                     _tile_width)
 from ._workspace import Workspace
 
 __all__ = ["ALGORITHMS", "conv_transpose2d", "direct", "im2col",
@@ -140,7 +150,7 @@ def _input_row(oh, kh, sh, ph, dh, height):
 
 
 @njit(parallel=True, cache=True)
-def _direct(x, w, bias, sh, sw, ph, pw, dh, dw, ho, wo, groups):
+def _gather_direct(x, w, bias, sh, sw, ph, pw, dh, dw, ho, wo, groups):
     n, c_in, height, width = x.shape
     _, c_out_g, kh_size, kw_size = w.shape
     c_in_g = c_in // groups
@@ -171,6 +181,324 @@ def _direct(x, w, bias, sh, sw, ph, pw, dh, dw, ho, wo, groups):
                                  sw, wo)
             _store_row(acc, y[b, co, oh], sw)
     return y
+
+
+# --------------------------------------------------------------------------
+# direct: polyphase register-tiled kernel
+# --------------------------------------------------------------------------
+#
+# Output row oh = j sh + rh (its *phase* rh = oh mod sh) receives kernel row
+# kh exactly when kh dh = rh + ph (mod sh), from input row ih = j + e with
+# e = (rh + ph - kh dh) / sh; likewise along columns.  Each kernel index
+# belongs to one phase, so the sh sw output phases are sh sw independent
+# stride-1 correlations of the input with disjoint subsets of the taps
+# (a 2x2 stride-2 layer: four 1x1 convolutions, i.e. four (Co x Ci) @
+# (Ci x HW) products).  Each phase runs the same register tile as the
+# forward direct kernel (:mod:`kernels.cpu.direct`): 4 output channels x 4
+# SIMD vectors of outputs kept in registers over the phase's taps, on a
+# zero-padded copy of the input in which tap (c, kh, kw) of phase output
+# (j, jw) reads element ``offs[tap] + j Wp + jw``.  Padding is read as
+# zeros and multiplied: exact for finite weights (a zero product), so
+# filters holding Inf or NaN take the gather kernel above, which only
+# multiplies real input pixels, as the reference and PyTorch do.
+
+
+@njit(cache=True)
+def _phase_shifts(k, s, p, d):
+    """Phase ``r`` and input shift ``e`` of each kernel index along one axis.
+
+    Kernel index ``i`` feeds the outputs ``j s + r`` (``r = (i d - p) mod
+    s``) from input ``j + e`` with ``e = (r + p - i d) / s`` (exact).
+    """
+    r = np.empty(k, np.int64)
+    e = np.empty(k, np.int64)
+    for i in range(k):
+        r[i] = (i * d - p) % s
+        e[i] = (r[i] + p - i * d) // s
+    return r, e
+
+
+@njit(cache=True)
+def _phase_taps(c_in_g, rh, eh, rw, ew, sh, sw, pad_top, pad_left, hp,
+                wp):
+    """Taps of every output phase, grouped by phase.
+
+    Returns ``offs``, ``src`` and ``start``: the taps of phase ``p = rh sw
+    + rw`` are ``start[p] .. start[p + 1]``, in the order (c, kh, kw);
+    tap ``t`` reads packed element ``offs[t] + j Wp + jw`` for phase output
+    ``(j, jw)`` and is weight ``src[t] = (c kH + kh) kW + kw`` of a filter.
+    """
+    kh_size, kw_size = rh.size, rw.size
+    n_phase = sh * sw
+    counts = np.zeros(n_phase + 1, np.int64)
+    for kh in range(kh_size):
+        for kw in range(kw_size):
+            counts[rh[kh] * sw + rw[kw] + 1] += c_in_g
+    start = np.cumsum(counts)
+    fill = start[:-1].copy()
+    total = c_in_g * kh_size * kw_size
+    offs = np.empty(total, np.int64)
+    src = np.empty(total, np.int64)
+    plane = hp * wp
+    for c in range(c_in_g):
+        for kh in range(kh_size):
+            for kw in range(kw_size):
+                t = fill[rh[kh] * sw + rw[kw]]
+                fill[rh[kh] * sw + rw[kw]] += 1
+                offs[t] = (c * plane + (eh[kh] + pad_top) * wp
+                           + ew[kw] + pad_left)
+                src[t] = (c * kh_size + kh) * kw_size + kw
+    return offs, src, start
+
+
+@njit(cache=True, inline="always")
+def _phase_weights(w, src, groups):
+    """Filters in phase-tap order, and whether they are all finite.
+
+    ``wt[(g Co + o) R + t] = w[g Ci + c, o, kh, kw]`` for tap ``t`` of
+    :func:`_phase_taps` (``src[t] = (c kH + kh) kW + kw``), ``R = Ci kH
+    kW``: each output channel's taps are contiguous, phase by phase.
+    """
+    c_in, c_out_g, kh_size, kw_size = w.shape
+    taps = kh_size * kw_size
+    c_in_g = c_in // groups
+    r_total = c_in_g * taps
+    pos = np.empty(r_total, np.int64)
+    for t in range(r_total):
+        pos[src[t]] = t
+    wt = np.empty(groups * c_out_g * r_total, w.dtype)
+    w_flat = w.reshape(w.size)
+    # Tasks of 8 output channels: each reads rows w[c, o0:o0 + 8] in turn.
+    o_blocks = (c_out_g + 7) // 8
+    finite = np.ones(groups * o_blocks, np.bool_)
+    for task in prange(groups * o_blocks):
+        g = task // o_blocks
+        o0 = (task - g * o_blocks) * 8
+        o1 = min(c_out_g, o0 + 8)
+        ok = True
+        for c in range(c_in_g):
+            src0 = ((g * c_in_g + c) * c_out_g) * taps
+            for o in range(o0, o1):
+                dst0 = (g * c_out_g + o) * r_total
+                for k in range(taps):
+                    v = w_flat[src0 + o * taps + k]
+                    ok &= np.isfinite(v)
+                    wt[dst0 + pos[c * taps + k]] = v
+        finite[task] = ok
+    return wt, finite.all()
+
+
+@intrinsic
+def _fma_phase_tile(typingctx, kb, nvec, xq, x0, offs, w, wb, wstride, acc):
+    """``acc[q, l] += sum_r w[wb + q wstride + r] * xq[x0 + offs[r] + l]``.
+
+    :func:`kernels.cpu.direct._fma_tile` with the filters' stride given
+    (a phase uses ``len(offs)`` of each filter's ``wstride`` taps).  ``kb``
+    (literal, 1..MAX_BLOCK) channels by ``nvec`` (literal) vectors; the
+    accumulators live in registers across the tap loop, each tap updated
+    with ``llvm.fmuladd`` (no fast-math: NaN and Inf propagate).
+    """
+    if not (isinstance(kb, types.IntegerLiteral)
+            and isinstance(nvec, types.IntegerLiteral)):
+        return None
+    n_ch = kb.literal_value
+    n_vec = nvec.literal_value
+    n_lanes = _lanes(xq.dtype)
+    width = TILE_VECTORS * n_lanes
+
+    def codegen(context, builder, signature, args):
+        _, _, xq_v, x0_v, offs_v, w_v, wb_v, wstride_v, acc_ptr = args
+        elem = context.get_value_type(xq.dtype)
+        align = context.get_abi_sizeof(elem)
+        vec = ir.VectorType(elem, n_lanes)
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        x_data = context.make_array(xq)(context, builder, xq_v).data
+        w_data = context.make_array(w)(context, builder, w_v).data
+        offs_arr = context.make_array(offs)(context, builder, offs_v)
+        n_taps = builder.extract_value(offs_arr.shape, 0)
+        fmuladd = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [vec, vec, vec]),
+            "llvm.fmuladd.v%d%s" % (n_lanes, "f32" if align == 4 else "f64"))
+        broadcast_mask = ir.Constant(ir.VectorType(i32, n_lanes), [0] * n_lanes)
+        undef = ir.Constant(vec, ir.Undefined)
+
+        def vector_at(base, index):
+            ptr = builder.gep(base, [index], inbounds=True)
+            return builder.bitcast(ptr, vec.as_pointer())
+
+        def acc_at(q, v):
+            return vector_at(acc_ptr, ir.Constant(i64, q * width + v * n_lanes))
+
+        slots = {}
+        for q in range(n_ch):
+            for v in range(n_vec):
+                slots[q, v] = cgutils.alloca_once(builder, vec)
+                builder.store(builder.load(acc_at(q, v), align=align),
+                              slots[q, v])
+        with cgutils.for_range(builder, n_taps) as loop:
+            r = loop.index
+            offset = builder.load(builder.gep(offs_arr.data, [r], inbounds=True))
+            x_base = builder.add(x0_v, offset)
+            xs = [builder.load(vector_at(x_data, builder.add(
+                      x_base, ir.Constant(i64, v * n_lanes))), align=align)
+                  for v in range(n_vec)]
+            w_base = builder.add(wb_v, r)
+            for q in range(n_ch):
+                w_q = builder.load(builder.gep(
+                    w_data, [builder.add(w_base, builder.mul(
+                        wstride_v, ir.Constant(i64, q)))], inbounds=True))
+                w_vec = builder.shuffle_vector(
+                    builder.insert_element(undef, w_q, ir.Constant(i32, 0)),
+                    undef, broadcast_mask)
+                for v in range(n_vec):
+                    builder.store(builder.call(
+                        fmuladd, [w_vec, xs[v], builder.load(slots[q, v])]),
+                        slots[q, v])
+        for q in range(n_ch):
+            for v in range(n_vec):
+                builder.store(builder.load(slots[q, v]), acc_at(q, v),
+                              align=align)
+        return context.get_dummy_value()
+
+    sig = types.void(kb, nvec, xq, x0, offs, w, wb, wstride, acc)
+    return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def _run_phase_tile(kb, narrow, xq, x0, offs, wt, wb, wstride, acc_ptr):
+    """:func:`_fma_phase_tile` with run-time ``kb`` and width."""
+    if narrow:
+        if kb == 4:
+            _fma_phase_tile(4, 1, xq, x0, offs, wt, wb, wstride, acc_ptr)
+        elif kb == 3:
+            _fma_phase_tile(3, 1, xq, x0, offs, wt, wb, wstride, acc_ptr)
+        elif kb == 2:
+            _fma_phase_tile(2, 1, xq, x0, offs, wt, wb, wstride, acc_ptr)
+        else:
+            _fma_phase_tile(1, 1, xq, x0, offs, wt, wb, wstride, acc_ptr)
+    elif kb == 4:
+        _fma_phase_tile(4, TILE_VECTORS, xq, x0, offs, wt, wb, wstride,
+                        acc_ptr)
+    elif kb == 3:
+        _fma_phase_tile(3, TILE_VECTORS, xq, x0, offs, wt, wb, wstride,
+                        acc_ptr)
+    elif kb == 2:
+        _fma_phase_tile(2, TILE_VECTORS, xq, x0, offs, wt, wb, wstride,
+                        acc_ptr)
+    else:
+        _fma_phase_tile(1, TILE_VECTORS, xq, x0, offs, wt, wb, wstride,
+                        acc_ptr)
+
+
+@njit(cache=True, inline="always")
+def _store_phase_tile(acc, kb, width, y, y0, v0, wp, jh, jw, sh, sw, rh, rw):
+    """Write a phase tile's real outputs to the flat output ``y``.
+
+    Virtual output ``v = j Wp + jc`` is output pixel ``(j sh + rh, jc sw +
+    rw)`` when ``j < jh`` and ``jc < jw`` (the phase's rows and columns);
+    channel ``q`` of the tile starts at ``y[y0 + q Ho Wo]``.
+    """
+    ho, wo = y.shape[2], y.shape[3]
+    y_flat = y.reshape(y.size)
+    v = v0
+    v_end = min(v0 + width, jh * wp)
+    while v < v_end:
+        j = v // wp
+        jc = v - j * wp
+        run = min(v_end - v, jw - jc)
+        if run > 0:
+            s = v - v0
+            for q in range(kb):
+                dst = y0 + q * ho * wo + (j * sh + rh) * wo + jc * sw + rw
+                for t in range(run):
+                    y_flat[dst + t * sw] = acc[q, s + t]
+        v = (j + 1) * wp
+
+
+@njit(cache=True, inline="always")
+def _phase_direct_body(x, wt, offs, start, bias, sh, sw, hp, wp, pad_top,
+                       pad_left, ho, wo, c_out_g, groups):
+    n_img, c_in = x.shape[0], x.shape[1]
+    c_in_g = c_in // groups
+    c_out = c_out_g * groups
+    r_total = offs.size
+    full_width = _tile_width(x)
+    xq = _pack(x, pad_top, pad_left, 1, 1, hp, wp, full_width + wp)
+    plane = hp * wp
+    jh_max = (ho + sh - 1) // sh
+    nv = jh_max * wp
+    lanes = full_width // TILE_VECTORS
+    narrow = nv <= lanes
+    width = lanes if narrow else full_width
+    n_cols = (nv + width - 1) // width
+    n_phase = sh * sw
+    blocks = (c_out_g + MAX_BLOCK - 1) // MAX_BLOCK
+    y = np.empty((n_img, c_out, ho, wo), x.dtype)
+    # Channel block fastest, then phase: consecutive tasks of a thread
+    # read the same input columns.
+    for task in prange(n_img * groups * n_cols * n_phase * blocks):
+        blk = task % blocks
+        rest = task // blocks
+        p = rest % n_phase
+        rest //= n_phase
+        col = rest % n_cols
+        rest //= n_cols
+        g = rest % groups
+        n = rest // groups
+        rh = p // sw
+        rw = p - rh * sw
+        jh = (ho - rh + sh - 1) // sh
+        jw = (wo - rw + sw - 1) // sw
+        v0 = col * width
+        if v0 >= jh * wp or jw <= 0:
+            continue
+        o0 = blk * MAX_BLOCK
+        kb = min(MAX_BLOCK, c_out_g - o0)
+        co0 = g * c_out_g + o0
+        acc_ptr = _tile_buffer(x)
+        acc = carray(acc_ptr, (MAX_BLOCK, full_width))
+        for q in range(kb):
+            acc[q, :] = bias[co0 + q]
+        x0 = (n * c_in + g * c_in_g) * plane + v0
+        _run_phase_tile(kb, narrow, xq, x0, offs[start[p]:start[p + 1]], wt,
+                        co0 * r_total + start[p], r_total, acc_ptr)
+        _store_phase_tile(acc, kb, width, y, (n * c_out + co0) * ho * wo, v0,
+                          wp, jh, jw, sh, sw, rh, rw)
+    return y
+
+
+@njit(cache=True, parallel=True)
+def _phase_weights_parallel(w, src, groups):
+    return _phase_weights(w, src, groups)
+
+
+@njit(cache=True)
+def _phase_weights_serial(w, src, groups):
+    return _phase_weights(w, src, groups)
+
+
+@njit(cache=True, parallel=True)
+def _phase_direct_parallel(x, wt, offs, start, bias, sh, sw, hp, wp, pad_top,
+                           pad_left, ho, wo, c_out_g, groups):
+    return _phase_direct_body(x, wt, offs, start, bias, sh, sw, hp, wp,
+                              pad_top, pad_left, ho, wo, c_out_g, groups)
+
+
+@njit(cache=True)
+def _phase_direct_serial(x, wt, offs, start, bias, sh, sw, hp, wp, pad_top,
+                         pad_left, ho, wo, c_out_g, groups):
+    return _phase_direct_body(x, wt, offs, start, bias, sh, sw, hp, wp,
+                              pad_top, pad_left, ho, wo, c_out_g, groups)
+
+
+def _phase_geometry(in_size, k, s, p, d, out_size):
+    """Per axis: (phase of each kernel index, its shift, padding before
+    the input, packed length)."""
+    r, e = _phase_shifts(k, s, p, d)
+    pad = max(0, -int(e.min()))
+    # The phase with most outputs has ceil(out / s); its last reads input
+    # j + max(e).
+    return r, e, pad, (out_size + s - 1) // s + int(e.max()) + pad
 
 
 @njit(cache=True, inline="always")
@@ -253,10 +581,35 @@ def _bias_or_zeros(bias, c_out, dtype):
 
 
 def direct(x, w, bias, stride, pad_lo, out_hw, dilation, groups):
-    """Gather-form transposed convolution, parallel over output rows."""
-    c_out = w.shape[1] * groups
-    return _direct(x, w, _bias_or_zeros(bias, c_out, x.dtype), *stride,
-                   *pad_lo, *dilation, *out_hw, groups)
+    """Polyphase register-tiled transposed convolution (no GEMM).
+
+    The ``sh sw`` output phases are stride-1 correlations of the input
+    with disjoint subsets of the taps, each run by the forward direct
+    kernel's register tile (see the section comment above
+    :func:`_phase_shifts`).  Filters holding Inf or NaN take the gather
+    kernel :func:`_gather_direct` instead, which does not multiply padding.
+    Each output is written by one thread, accumulated in a fixed order:
+    the result does not depend on the number of threads.
+    """
+    n, c_in, height, width = x.shape
+    _, c_out_g, kh_size, kw_size = w.shape
+    b = _bias_or_zeros(bias, c_out_g * groups, x.dtype)
+    rh, eh, pad_top, hp = _phase_geometry(height, kh_size, stride[0],
+                                          pad_lo[0], dilation[0], out_hw[0])
+    rw, ew, pad_left, wp = _phase_geometry(width, kw_size, stride[1],
+                                           pad_lo[1], dilation[1], out_hw[1])
+    offs, src, start = _phase_taps(c_in // groups, rh, eh, rw, ew, *stride,
+                                   pad_top, pad_left, hp, wp)
+    macs = n * c_in * c_out_g * kh_size * kw_size * height * width
+    serial = macs <= _tuning.current().direct.serial_max_macs
+    wt, finite = (_phase_weights_serial if serial
+                  else _phase_weights_parallel)(w, src, groups)
+    if not finite:
+        return _gather_direct(x, w, b, *stride, *pad_lo, *dilation, *out_hw,
+                              groups)
+    run = _phase_direct_serial if serial else _phase_direct_parallel
+    return run(x, wt, offs, start, b, *stride, hp, wp, pad_top, pad_left,
+               *out_hw, c_out_g, groups)
 
 
 def _scratch_limit():
