@@ -54,8 +54,8 @@ from numba.extending import intrinsic
 from .. import _threads
 from .._dispatch import Kernel
 from . import _blas, _tuning
-from .direct import (MAX_BLOCK, TILE_VECTORS, _lanes, _pack, _tile_buffer,
-                     _tile_width)
+from .direct import (MAX_BLOCK, TILE_VECTORS, _lanes, _pack_row,
+                     _tile_buffer, _tile_width, tile_columns)
 from ._workspace import Workspace
 
 __all__ = ["ALGORITHMS", "conv_transpose2d", "direct", "im2col",
@@ -252,8 +252,8 @@ def _phase_taps(c_in_g, rh, eh, rw, ew, sh, sw, pad_top, pad_left, hp,
 
 
 @njit(cache=True, inline="always")
-def _phase_weights(w, src, groups):
-    """Filters in phase-tap order, and whether they are all finite.
+def _phase_weights(w, src, groups, wt):
+    """Copy the filters into ``wt`` in phase-tap order; True if all finite.
 
     ``wt[(g Co + o) R + t] = w[g Ci + c, o, kh, kw]`` for tap ``t`` of
     :func:`_phase_taps` (``src[t] = (c kH + kh) kW + kw``), ``R = Ci kH
@@ -266,7 +266,6 @@ def _phase_weights(w, src, groups):
     pos = np.empty(r_total, np.int64)
     for t in range(r_total):
         pos[src[t]] = t
-    wt = np.empty(groups * c_out_g * r_total, w.dtype)
     w_flat = w.reshape(w.size)
     # Tasks of 8 output channels: each reads rows w[c, o0:o0 + 8] in turn.
     o_blocks = (c_out_g + 7) // 8
@@ -275,17 +274,50 @@ def _phase_weights(w, src, groups):
         g = task // o_blocks
         o0 = (task - g * o_blocks) * 8
         o1 = min(c_out_g, o0 + 8)
-        ok = True
+        # v - v is 0 for finite v, NaN for Inf and NaN; an OR of the tests
+        # (not a sum: no loop-carried floating-point latency).
+        bad = False
         for c in range(c_in_g):
-            src0 = ((g * c_in_g + c) * c_out_g) * taps
+            src0 = (g * c_in_g + c) * c_out_g * taps
+            p0 = pos[c * taps:(c + 1) * taps]
             for o in range(o0, o1):
                 dst0 = (g * c_out_g + o) * r_total
+                row = src0 + o * taps
                 for k in range(taps):
-                    v = w_flat[src0 + o * taps + k]
-                    ok &= np.isfinite(v)
-                    wt[dst0 + pos[c * taps + k]] = v
-        finite[task] = ok
-    return wt, finite.all()
+                    v = w_flat[row + k]
+                    bad |= (v - v) != 0
+                    wt[dst0 + p0[k]] = v
+        finite[task] = not bad
+    return finite.all()
+
+
+@njit(cache=True, inline="always")
+def _pack_rows(x, out, pad_top, pad_left, hp, wp):
+    """Zero-padded copy of ``x`` into ``out`` (flat, at least N C Hp Wp
+    long): ``out[((n C + c) Hp + i) Wp + j] = x[n, c, i - pad_top, j -
+    pad_left]``, zero outside ``x``; the rest of ``out`` is zeroed."""
+    n_rows = x.shape[0] * x.shape[1] * hp
+    x_flat = x.reshape(x.size)
+    out[n_rows * wp:] = 0
+    for row in prange(n_rows):
+        _pack_row(x_flat, x.shape[2], x.shape[3], out, row, 0, wp, pad_top,
+                  pad_left, 1, 1, hp, wp)
+
+
+@njit(cache=True, parallel=True)
+def _phase_prepare_parallel(w, src, groups, wt, x, xq, pad_top, pad_left, hp,
+                            wp, pack):
+    if pack:
+        _pack_rows(x, xq, pad_top, pad_left, hp, wp)
+    return _phase_weights(w, src, groups, wt)
+
+
+@njit(cache=True)
+def _phase_prepare_serial(w, src, groups, wt, x, xq, pad_top, pad_left, hp,
+                          wp, pack):
+    if pack:
+        _pack_rows(x, xq, pad_top, pad_left, hp, wp)
+    return _phase_weights(w, src, groups, wt)
 
 
 @intrinsic
@@ -416,15 +448,35 @@ def _store_phase_tile(acc, kb, width, y, y0, v0, wp, jh, jw, sh, sw, rh, rw):
 
 
 @njit(cache=True, inline="always")
-def _phase_direct_body(x, wt, offs, start, bias, sh, sw, hp, wp, pad_top,
-                       pad_left, ho, wo, c_out_g, groups):
-    n_img, c_in = x.shape[0], x.shape[1]
+def _edge_tile_inputs(xq, x0_first, n_edge, width, span, plane, c_in_g,
+                      cols, group_step):
+    """Zero-padded copies of what the last ``n_edge`` column tiles read.
+
+    Column tile ``l`` (counted over (image, group, column)) starts at
+    ``x0``; row ``c`` of its copy holds the ``span`` elements of ``xq``
+    from ``x0 + c plane``, zero past the end of ``xq``.
+    """
+    edge = np.zeros((n_edge, c_in_g * span), xq.dtype)
+    for e in prange(n_edge):
+        l = x0_first + e
+        col = l % cols
+        x0 = (l // cols) * group_step + col * width
+        for c in range(c_in_g):
+            first = x0 + c * plane
+            for i in range(max(0, min(span, xq.size - first))):
+                edge[e, c * span + i] = xq[first + i]
+    return edge
+
+
+@njit(cache=True, inline="always")
+def _phase_direct_body(xq, c_in, wt, offs, edge_offs, edge_span, start, bias,
+                       sh, sw, hp, wp, n_img, ho, wo, c_out_g, groups):
     c_in_g = c_in // groups
     c_out = c_out_g * groups
     r_total = offs.size
-    full_width = _tile_width(x)
-    xq = _pack(x, pad_top, pad_left, 1, 1, hp, wp, full_width + wp)
+    full_width = _tile_width(xq)
     plane = hp * wp
+    max_off = offs.max() if r_total else 0
     jh_max = (ho + sh - 1) // sh
     nv = jh_max * wp
     lanes = full_width // TILE_VECTORS
@@ -433,7 +485,22 @@ def _phase_direct_body(x, wt, offs, start, bias, sh, sw, hp, wp, pad_top,
     n_cols = (nv + width - 1) // width
     n_phase = sh * sw
     blocks = (c_out_g + MAX_BLOCK - 1) // MAX_BLOCK
-    y = np.empty((n_img, c_out, ho, wo), x.dtype)
+    # Column tiles (image, group, column) l >= l_edge would read past the
+    # end of the input (read in place, without a tail): they read
+    # zero-padded copies of their columns instead.  The tiles' starts grow
+    # with l, so these are the last ones.
+    group_step = c_in_g * plane
+    n_tiles = n_img * groups * n_cols
+    l_edge = n_tiles
+    while l_edge > 0:
+        l = l_edge - 1
+        x0 = (l // n_cols) * group_step + (l % n_cols) * width
+        if x0 + max_off + full_width <= xq.size:
+            break
+        l_edge = l
+    edge = _edge_tile_inputs(xq, l_edge, n_tiles - l_edge, width, edge_span,
+                             plane, c_in_g, n_cols, group_step)
+    y = np.empty((n_img, c_out, ho, wo), xq.dtype)
     # Channel block fastest, then phase: consecutive tasks of a thread
     # read the same input columns.
     for task in prange(n_img * groups * n_cols * n_phase * blocks):
@@ -455,40 +522,39 @@ def _phase_direct_body(x, wt, offs, start, bias, sh, sw, hp, wp, pad_top,
         o0 = blk * MAX_BLOCK
         kb = min(MAX_BLOCK, c_out_g - o0)
         co0 = g * c_out_g + o0
-        acc_ptr = _tile_buffer(x)
+        acc_ptr = _tile_buffer(xq)
         acc = carray(acc_ptr, (MAX_BLOCK, full_width))
         for q in range(kb):
             acc[q, :] = bias[co0 + q]
-        x0 = (n * c_in + g * c_in_g) * plane + v0
-        _run_phase_tile(kb, narrow, xq, x0, offs[start[p]:start[p + 1]], wt,
-                        co0 * r_total + start[p], r_total, acc_ptr)
+        taps = slice(start[p], start[p + 1])
+        w0 = co0 * r_total + start[p]
+        l = (n * groups + g) * n_cols + col
+        if l < l_edge:
+            _run_phase_tile(kb, narrow, xq, l // n_cols * group_step + v0,
+                            offs[taps], wt, w0, r_total, acc_ptr)
+        else:
+            _run_phase_tile(kb, narrow, edge[l - l_edge], 0, edge_offs[taps],
+                            wt, w0, r_total, acc_ptr)
         _store_phase_tile(acc, kb, width, y, (n * c_out + co0) * ho * wo, v0,
                           wp, jh, jw, sh, sw, rh, rw)
     return y
 
 
 @njit(cache=True, parallel=True)
-def _phase_weights_parallel(w, src, groups):
-    return _phase_weights(w, src, groups)
+def _phase_direct_parallel(xq, c_in, wt, offs, edge_offs, edge_span, start,
+                           bias, sh, sw, hp, wp, n_img, ho, wo, c_out_g,
+                           groups):
+    return _phase_direct_body(xq, c_in, wt, offs, edge_offs, edge_span, start,
+                              bias, sh, sw, hp, wp, n_img, ho, wo, c_out_g,
+                              groups)
 
 
 @njit(cache=True)
-def _phase_weights_serial(w, src, groups):
-    return _phase_weights(w, src, groups)
-
-
-@njit(cache=True, parallel=True)
-def _phase_direct_parallel(x, wt, offs, start, bias, sh, sw, hp, wp, pad_top,
-                           pad_left, ho, wo, c_out_g, groups):
-    return _phase_direct_body(x, wt, offs, start, bias, sh, sw, hp, wp,
-                              pad_top, pad_left, ho, wo, c_out_g, groups)
-
-
-@njit(cache=True)
-def _phase_direct_serial(x, wt, offs, start, bias, sh, sw, hp, wp, pad_top,
-                         pad_left, ho, wo, c_out_g, groups):
-    return _phase_direct_body(x, wt, offs, start, bias, sh, sw, hp, wp,
-                              pad_top, pad_left, ho, wo, c_out_g, groups)
+def _phase_direct_serial(xq, c_in, wt, offs, edge_offs, edge_span, start,
+                         bias, sh, sw, hp, wp, n_img, ho, wo, c_out_g, groups):
+    return _phase_direct_body(xq, c_in, wt, offs, edge_offs, edge_span, start,
+                              bias, sh, sw, hp, wp, n_img, ho, wo, c_out_g,
+                              groups)
 
 
 def _phase_geometry(in_size, k, s, p, d, out_size):
@@ -580,16 +646,24 @@ def _bias_or_zeros(bias, c_out, dtype):
     return np.ascontiguousarray(bias, dtype=dtype)
 
 
+# The permuted filters and the padded input of direct, reused across calls
+# (fresh multi-megabyte arrays cost a page fault per 4 KiB: 2-3 ms of the
+# 8 MiB filters of U-Net's 1024->512 layer).
+_direct_workspace = Workspace()
+
+
 def direct(x, w, bias, stride, pad_lo, out_hw, dilation, groups):
     """Polyphase register-tiled transposed convolution (no GEMM).
 
     The ``sh sw`` output phases are stride-1 correlations of the input
     with disjoint subsets of the taps, each run by the forward direct
     kernel's register tile (see the section comment above
-    :func:`_phase_shifts`).  Filters holding Inf or NaN take the gather
-    kernel :func:`_gather_direct` instead, which does not multiply padding.
-    Each output is written by one thread, accumulated in a fixed order:
-    the result does not depend on the number of threads.
+    :func:`_phase_shifts`).  The input is read in place when no phase
+    reaches outside it (kernel = stride, no padding: U-Net's 2x2/2), else
+    from a zero-padded copy.  Filters holding Inf or NaN take the gather
+    kernel :func:`_gather_direct` instead, which does not multiply
+    padding.  Each output is written by one thread, accumulated in a fixed
+    order: the result does not depend on the number of threads.
     """
     n, c_in, height, width = x.shape
     _, c_out_g, kh_size, kw_size = w.shape
@@ -598,18 +672,32 @@ def direct(x, w, bias, stride, pad_lo, out_hw, dilation, groups):
                                           pad_lo[0], dilation[0], out_hw[0])
     rw, ew, pad_left, wp = _phase_geometry(width, kw_size, stride[1],
                                            pad_lo[1], dilation[1], out_hw[1])
-    offs, src, start = _phase_taps(c_in // groups, rh, eh, rw, ew, *stride,
-                                   pad_top, pad_left, hp, wp)
+    c_in_g = c_in // groups
+    offs, src, start = _phase_taps(c_in_g, rh, eh, rw, ew, *stride, pad_top,
+                                   pad_left, hp, wp)
+    plane = hp * wp
+    # Tiles at the very end of the input read a padded copy of their
+    # columns: tap t at edge_offs[t] in rows of edge_span.
+    chan = src // (kh_size * kw_size)
+    tile = tile_columns(x.dtype)
+    edge_span = int((offs - chan * plane).max(initial=0)) + tile
+    edge_offs = offs + chan * (edge_span - plane)
+    pack = not (pad_top == 0 and pad_left == 0 and hp == height
+                and wp == width)
+    xq = (_direct_workspace.get("xq", (n * c_in * plane + tile + wp,),
+                                x.dtype)
+          if pack else x.reshape(-1))
+    wt = _direct_workspace.get("wt", (w.size,), x.dtype)
     macs = n * c_in * c_out_g * kh_size * kw_size * height * width
     serial = macs <= _tuning.current().direct.serial_max_macs
-    wt, finite = (_phase_weights_serial if serial
-                  else _phase_weights_parallel)(w, src, groups)
+    finite = (_phase_prepare_serial if serial else _phase_prepare_parallel)(
+        w, src, groups, wt, x, xq, pad_top, pad_left, hp, wp, pack)
     if not finite:
         return _gather_direct(x, w, b, *stride, *pad_lo, *dilation, *out_hw,
                               groups)
     run = _phase_direct_serial if serial else _phase_direct_parallel
-    return run(x, wt, offs, start, b, *stride, hp, wp, pad_top, pad_left,
-               *out_hw, c_out_g, groups)
+    return run(xq, c_in, wt, offs, edge_offs, edge_span, start, b, *stride,
+               hp, wp, n, *out_hw, c_out_g, groups)
 
 
 def _scratch_limit():
