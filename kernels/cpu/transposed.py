@@ -54,8 +54,7 @@ from numba.extending import intrinsic
 from .. import _threads
 from .._dispatch import Kernel
 from . import _blas, _tuning
-from .direct import (MAX_BLOCK, TILE_VECTORS, _lanes, _pack_row,
-                     _tile_buffer, _tile_width, tile_columns)
+from .direct import MAX_BLOCK, TILE_VECTORS, VECTOR_BITS, tile_columns
 from ._workspace import Workspace
 
 __all__ = ["ALGORITHMS", "conv_transpose2d", "direct", "im2col",
@@ -203,6 +202,25 @@ def _gather_direct(x, w, bias, sh, sw, ph, pw, dh, dw, ho, wo, groups):
 # multiplies real input pixels, as the reference and PyTorch do.
 
 
+def _lanes(dtype):
+    """Elements of a Numba float type per SIMD vector."""
+    return VECTOR_BITS // dtype.bitwidth
+
+
+@intrinsic
+def _tile_buffer(typingctx, x):
+    """Pointer to a stack buffer for one tile (MAX_BLOCK x tile columns),
+    as :mod:`kernels.cpu.direct` allocates its tiles."""
+    dtype = x.dtype
+    size = MAX_BLOCK * TILE_VECTORS * _lanes(dtype)
+
+    def codegen(context, builder, signature, args):
+        return cgutils.alloca_once(builder, context.get_value_type(dtype),
+                                   size=size)
+
+    return types.CPointer(dtype)(x), codegen
+
+
 @njit(cache=True)
 def _phase_shifts(k, s, p, d):
     """Phase ``r`` and input shift ``e`` of each kernel index along one axis.
@@ -296,12 +314,27 @@ def _pack_rows(x, out, pad_top, pad_left, hp, wp):
     """Zero-padded copy of ``x`` into ``out`` (flat, at least N C Hp Wp
     long): ``out[((n C + c) Hp + i) Wp + j] = x[n, c, i - pad_top, j -
     pad_left]``, zero outside ``x``; the rest of ``out`` is zeroed."""
+    height, width = x.shape[2], x.shape[3]
     n_rows = x.shape[0] * x.shape[1] * hp
     x_flat = x.reshape(x.size)
     out[n_rows * wp:] = 0
+    # Packed columns [first, stop) hold input columns [0, stop - first).
+    first = min(pad_left, wp)
+    stop = min(pad_left + width, wp)
     for row in prange(n_rows):
-        _pack_row(x_flat, x.shape[2], x.shape[3], out, row, 0, wp, pad_top,
-                  pad_left, 1, 1, hp, wp)
+        plane = row // hp
+        src_row = row - plane * hp - pad_top
+        dst = row * wp
+        lo, hi = first, stop
+        if src_row < 0 or src_row >= height:
+            lo = hi = wp
+        for j in range(lo):
+            out[dst + j] = 0
+        for j in range(hi, wp):
+            out[dst + j] = 0
+        src = (plane * height + src_row) * width - first
+        for j in range(lo, hi):
+            out[dst + j] = x_flat[src + j]
 
 
 @njit(cache=True, parallel=True)
@@ -470,11 +503,13 @@ def _edge_tile_inputs(xq, x0_first, n_edge, width, span, plane, c_in_g,
 
 @njit(cache=True, inline="always")
 def _phase_direct_body(xq, c_in, wt, offs, edge_offs, edge_span, start, bias,
-                       sh, sw, hp, wp, n_img, ho, wo, c_out_g, groups):
+                       sh, sw, hp, wp, n_img, ho, wo, c_out_g, groups,
+                       full_width):
+    """The phase tiles of every (image, group, column, phase, channel
+    block); ``full_width = tile_columns(dtype)`` outputs per full tile."""
     c_in_g = c_in // groups
     c_out = c_out_g * groups
     r_total = offs.size
-    full_width = _tile_width(xq)
     plane = hp * wp
     max_off = offs.max() if r_total else 0
     jh_max = (ho + sh - 1) // sh
@@ -543,18 +578,19 @@ def _phase_direct_body(xq, c_in, wt, offs, edge_offs, edge_span, start, bias,
 @njit(cache=True, parallel=True)
 def _phase_direct_parallel(xq, c_in, wt, offs, edge_offs, edge_span, start,
                            bias, sh, sw, hp, wp, n_img, ho, wo, c_out_g,
-                           groups):
+                           groups, full_width):
     return _phase_direct_body(xq, c_in, wt, offs, edge_offs, edge_span, start,
                               bias, sh, sw, hp, wp, n_img, ho, wo, c_out_g,
-                              groups)
+                              groups, full_width)
 
 
 @njit(cache=True)
 def _phase_direct_serial(xq, c_in, wt, offs, edge_offs, edge_span, start,
-                         bias, sh, sw, hp, wp, n_img, ho, wo, c_out_g, groups):
+                         bias, sh, sw, hp, wp, n_img, ho, wo, c_out_g, groups,
+                         full_width):
     return _phase_direct_body(xq, c_in, wt, offs, edge_offs, edge_span, start,
                               bias, sh, sw, hp, wp, n_img, ho, wo, c_out_g,
-                              groups)
+                              groups, full_width)
 
 
 def _phase_geometry(in_size, k, s, p, d, out_size):
@@ -697,7 +733,7 @@ def direct(x, w, bias, stride, pad_lo, out_hw, dilation, groups):
                               groups)
     run = _phase_direct_serial if serial else _phase_direct_parallel
     return run(xq, c_in, wt, offs, edge_offs, edge_span, start, b, *stride,
-               hp, wp, n, *out_hw, c_out_g, groups)
+               hp, wp, n, *out_hw, c_out_g, groups, tile)
 
 
 def _scratch_limit():
