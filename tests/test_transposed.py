@@ -241,6 +241,82 @@ def test_nan_and_inf_reach_exactly_the_outputs_of_their_patch(alg, special):
     np.testing.assert_allclose(y[finite], y_ref[finite], rtol=1e-12, atol=1e-12)
 
 
+# The CPU direct kernel splits the output into stride phases and runs each
+# as register tiles of 4 channels x 4 SIMD vectors over a padded copy of
+# the input; these shapes reach its full tiles, partial channel blocks,
+# phases without taps, several tap rows per phase and long rows.
+DIRECT_TILED_PROBLEMS = [
+    # U-Net up-convolution, 9 channels = 4 + 4 + 1, several column tiles
+    ((2, 5, 13, 13), (5, 9, 2, 2), dict(stride=2)),
+    ((1, 6, 11, 9), (6, 5, 4, 4), dict(stride=2, padding=1)),
+    ((1, 4, 10, 12), (4, 3, 3, 3), dict(stride=2, padding=1,
+                                        output_padding=1)),
+    # stride > kernel: some output phases receive no tap (bias only)
+    ((2, 3, 9, 8), (3, 5, 1, 2), dict(stride=(3, 3), output_padding=(2, 1))),
+    # dilation: taps of several kernel rows share a phase
+    ((1, 4, 9, 10), (4, 6, 3, 3), dict(stride=(2, 3), dilation=(2, 2),
+                                       padding=(2, 1), groups=2)),
+    # a 1-D signal longer than a tile
+    ((1, 3, 1, 70), (3, 2, 1, 4), dict(stride=(1, 2), padding=(0, 1))),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("x_shape, w_shape, kw", DIRECT_TILED_PROBLEMS)
+def test_direct_matches_the_reference_on_tiled_shapes(x_shape, w_shape, kw,
+                                                      dtype):
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[1] * kw.get("groups", 1)).astype(dtype)
+    y = api.conv_transpose2d(x, w, b, algorithm="direct", **kw)
+    y_ref = ref_t.conv_transpose2d(x, w, b, **kw)
+    scale = ref_t.conv_transpose2d(np.abs(x), np.abs(w), np.abs(b), **kw)
+    assert y.dtype == dtype and y.shape == y_ref.shape
+    err = np.abs(y.astype(np.float64) - y_ref)
+    bound = error_bound("direct", dtype, scale)
+    assert np.all(err <= bound), f"{np.max(err / bound):.3g} bound units"
+
+
+@pytest.mark.parametrize("special", [np.nan, np.inf, -np.inf])
+def test_direct_non_finite_weights_reach_only_real_contributions(special):
+    """A NaN/Inf weight multiplies real input pixels only: outputs whose
+    tap would fall on the padding (cropped or outside the input) stay
+    finite, as in the reference (no 0 * Inf = NaN from padding)."""
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((1, 2, 5, 6))
+    w = rng.uniform(0.5, 1.5, (2, 3, 3, 3))
+    w[1, 2, 0, 2] = special
+    kw = dict(stride=2, padding=1, output_padding=1)
+    y = api.conv_transpose2d(x, w, algorithm="direct", **kw)
+    y_ref = ref_t.conv_transpose2d(x, w, **kw)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(y_ref))
+    np.testing.assert_array_equal(np.isposinf(y), np.isposinf(y_ref))
+    np.testing.assert_array_equal(np.isneginf(y), np.isneginf(y_ref))
+    finite = np.isfinite(y_ref)
+    assert finite.any() and not finite.all()
+    np.testing.assert_allclose(y[finite], y_ref[finite], rtol=1e-12, atol=1e-12)
+
+
+def test_direct_result_does_not_depend_on_the_thread_count():
+    if api.backend != "cpu":
+        pytest.skip("CPU thread pool")
+    import numba
+    rng = np.random.default_rng(14)
+    # 2.1 M multiply-adds: above DirectTuning.serial_max_macs, so parallel
+    x = rng.standard_normal((2, 32, 16, 16)).astype(np.float32)
+    w = rng.standard_normal((32, 32, 2, 2)).astype(np.float32)
+    previous = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = api.conv_transpose2d(x, w, stride=2, algorithm="direct")
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        many = api.conv_transpose2d(x, w, stride=2, algorithm="direct")
+    finally:
+        numba.set_num_threads(previous)
+    np.testing.assert_array_equal(one, many)
+
+
 # --------------------------------------------------------------------------
 # 3. shapes
 # --------------------------------------------------------------------------

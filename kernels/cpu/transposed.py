@@ -21,7 +21,12 @@ same phase ``r = off mod sw``.  Accumulating into one buffer per phase,
 contiguous ``acc[r, iw + q] += w * x[iw]`` (``q = (off - r) / sw``), which
 vectorises; the phases are interleaved into the output row at the end.
 
-* ``direct``: the loop above over input channels and kernel taps.
+* ``direct``: each of the ``sh sw`` output phases is a stride-1
+  correlation of the input with its own subset of the taps, run by the
+  forward direct kernel's register tile (4 output channels x 4 SIMD
+  vectors); see the section comment above :func:`_phase_shifts`.  Filters
+  holding Inf or NaN take the gather loop above (``_gather_direct``),
+  which never multiplies padding.
 * ``im2col``: one GEMM per image and group, ``cols = W_g^T @ X_g`` with
   ``W_g^T`` of shape ``(Co kH kW, Ci)`` and ``X_g = (Ci, H W)``, then
   ``col2im``, the same gather with ``cols`` rows in place of ``w * x``.
@@ -41,11 +46,15 @@ from __future__ import annotations
 
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import carray, njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from .. import _threads
 from .._dispatch import Kernel
 from . import _blas, _tuning
+from .direct import MAX_BLOCK, TILE_VECTORS, VECTOR_BITS, tile_columns
 from ._workspace import Workspace
 
 __all__ = ["ALGORITHMS", "conv_transpose2d", "direct", "im2col",
@@ -140,7 +149,7 @@ def _input_row(oh, kh, sh, ph, dh, height):
 
 
 @njit(parallel=True, cache=True)
-def _direct(x, w, bias, sh, sw, ph, pw, dh, dw, ho, wo, groups):
+def _gather_direct(x, w, bias, sh, sw, ph, pw, dh, dw, ho, wo, groups):
     n, c_in, height, width = x.shape
     _, c_out_g, kh_size, kw_size = w.shape
     c_in_g = c_in // groups
@@ -171,6 +180,427 @@ def _direct(x, w, bias, sh, sw, ph, pw, dh, dw, ho, wo, groups):
                                  sw, wo)
             _store_row(acc, y[b, co, oh], sw)
     return y
+
+
+# --------------------------------------------------------------------------
+# direct: polyphase register-tiled kernel
+# --------------------------------------------------------------------------
+#
+# Output row oh = j sh + rh (its *phase* rh = oh mod sh) receives kernel row
+# kh exactly when kh dh = rh + ph (mod sh), from input row ih = j + e with
+# e = (rh + ph - kh dh) / sh; likewise along columns.  Each kernel index
+# belongs to one phase, so the sh sw output phases are sh sw independent
+# stride-1 correlations of the input with disjoint subsets of the taps
+# (a 2x2 stride-2 layer: four 1x1 convolutions, i.e. four (Co x Ci) @
+# (Ci x HW) products).  Each phase runs the same register tile as the
+# forward direct kernel (:mod:`kernels.cpu.direct`): 4 output channels x 4
+# SIMD vectors of outputs kept in registers over the phase's taps, on a
+# zero-padded copy of the input in which tap (c, kh, kw) of phase output
+# (j, jw) reads element ``offs[tap] + j Wp + jw``.  Padding is read as
+# zeros and multiplied: exact for finite weights (a zero product), so
+# filters holding Inf or NaN take the gather kernel above, which only
+# multiplies real input pixels, as the reference and PyTorch do.
+
+
+def _lanes(dtype):
+    """Elements of a Numba float type per SIMD vector."""
+    return VECTOR_BITS // dtype.bitwidth
+
+
+@intrinsic
+def _tile_buffer(typingctx, x):
+    """Pointer to a stack buffer for one tile (MAX_BLOCK x tile columns),
+    as :mod:`kernels.cpu.direct` allocates its tiles."""
+    dtype = x.dtype
+    size = MAX_BLOCK * TILE_VECTORS * _lanes(dtype)
+
+    def codegen(context, builder, signature, args):
+        return cgutils.alloca_once(builder, context.get_value_type(dtype),
+                                   size=size)
+
+    return types.CPointer(dtype)(x), codegen
+
+
+@njit(cache=True)
+def _phase_shifts(k, s, p, d):
+    """Phase ``r`` and input shift ``e`` of each kernel index along one axis.
+
+    Kernel index ``i`` feeds the outputs ``j s + r`` (``r = (i d - p) mod
+    s``) from input ``j + e`` with ``e = (r + p - i d) / s`` (exact).
+    """
+    r = np.empty(k, np.int64)
+    e = np.empty(k, np.int64)
+    for i in range(k):
+        r[i] = (i * d - p) % s
+        e[i] = (r[i] + p - i * d) // s
+    return r, e
+
+
+@njit(cache=True)
+def _phase_taps(c_in_g, rh, eh, rw, ew, sh, sw, pad_top, pad_left, hp,
+                wp):
+    """Taps of every output phase, grouped by phase.
+
+    Returns ``offs``, ``src`` and ``start``: the taps of phase ``p = rh sw
+    + rw`` are ``start[p] .. start[p + 1]``, in the order (c, kh, kw);
+    tap ``t`` reads packed element ``offs[t] + j Wp + jw`` for phase output
+    ``(j, jw)`` and is weight ``src[t] = (c kH + kh) kW + kw`` of a filter.
+    """
+    kh_size, kw_size = rh.size, rw.size
+    n_phase = sh * sw
+    counts = np.zeros(n_phase + 1, np.int64)
+    for kh in range(kh_size):
+        for kw in range(kw_size):
+            counts[rh[kh] * sw + rw[kw] + 1] += c_in_g
+    start = np.cumsum(counts)
+    fill = start[:-1].copy()
+    total = c_in_g * kh_size * kw_size
+    offs = np.empty(total, np.int64)
+    src = np.empty(total, np.int64)
+    plane = hp * wp
+    for c in range(c_in_g):
+        for kh in range(kh_size):
+            for kw in range(kw_size):
+                t = fill[rh[kh] * sw + rw[kw]]
+                fill[rh[kh] * sw + rw[kw]] += 1
+                offs[t] = (c * plane + (eh[kh] + pad_top) * wp
+                           + ew[kw] + pad_left)
+                src[t] = (c * kh_size + kh) * kw_size + kw
+    return offs, src, start
+
+
+@njit(cache=True, inline="always")
+def _phase_weights(w, src, groups, wt):
+    """Copy the filters into ``wt`` in phase-tap order; True if all finite.
+
+    ``wt[(g Co + o) R + t] = w[g Ci + c, o, kh, kw]`` for tap ``t`` of
+    :func:`_phase_taps` (``src[t] = (c kH + kh) kW + kw``), ``R = Ci kH
+    kW``: each output channel's taps are contiguous, phase by phase.
+    """
+    c_in, c_out_g, kh_size, kw_size = w.shape
+    taps = kh_size * kw_size
+    c_in_g = c_in // groups
+    r_total = c_in_g * taps
+    pos = np.empty(r_total, np.int64)
+    for t in range(r_total):
+        pos[src[t]] = t
+    w_flat = w.reshape(w.size)
+    # Tasks of 8 output channels: each reads rows w[c, o0:o0 + 8] in turn.
+    o_blocks = (c_out_g + 7) // 8
+    finite = np.ones(groups * o_blocks, np.bool_)
+    for task in prange(groups * o_blocks):
+        g = task // o_blocks
+        o0 = (task - g * o_blocks) * 8
+        o1 = min(c_out_g, o0 + 8)
+        # v - v is 0 for finite v, NaN for Inf and NaN; an OR of the tests
+        # (not a sum: no loop-carried floating-point latency).
+        bad = False
+        for c in range(c_in_g):
+            src0 = (g * c_in_g + c) * c_out_g * taps
+            p0 = pos[c * taps:(c + 1) * taps]
+            for o in range(o0, o1):
+                dst0 = (g * c_out_g + o) * r_total
+                row = src0 + o * taps
+                for k in range(taps):
+                    v = w_flat[row + k]
+                    bad |= (v - v) != 0
+                    wt[dst0 + p0[k]] = v
+        finite[task] = not bad
+    return finite.all()
+
+
+@njit(cache=True, inline="always")
+def _pack_rows(x, out, pad_top, pad_left, hp, wp):
+    """Zero-padded copy of ``x`` into ``out`` (flat, at least N C Hp Wp
+    long): ``out[((n C + c) Hp + i) Wp + j] = x[n, c, i - pad_top, j -
+    pad_left]``, zero outside ``x``; the rest of ``out`` is zeroed."""
+    height, width = x.shape[2], x.shape[3]
+    n_rows = x.shape[0] * x.shape[1] * hp
+    x_flat = x.reshape(x.size)
+    out[n_rows * wp:] = 0
+    # Packed columns [first, stop) hold input columns [0, stop - first).
+    first = min(pad_left, wp)
+    stop = min(pad_left + width, wp)
+    for row in prange(n_rows):
+        plane = row // hp
+        src_row = row - plane * hp - pad_top
+        dst = row * wp
+        lo, hi = first, stop
+        if src_row < 0 or src_row >= height:
+            lo = hi = wp
+        for j in range(lo):
+            out[dst + j] = 0
+        for j in range(hi, wp):
+            out[dst + j] = 0
+        src = (plane * height + src_row) * width - first
+        for j in range(lo, hi):
+            out[dst + j] = x_flat[src + j]
+
+
+@njit(cache=True, parallel=True)
+def _phase_prepare_parallel(w, src, groups, wt, x, xq, pad_top, pad_left, hp,
+                            wp, pack):
+    if pack:
+        _pack_rows(x, xq, pad_top, pad_left, hp, wp)
+    return _phase_weights(w, src, groups, wt)
+
+
+@njit(cache=True)
+def _phase_prepare_serial(w, src, groups, wt, x, xq, pad_top, pad_left, hp,
+                          wp, pack):
+    if pack:
+        _pack_rows(x, xq, pad_top, pad_left, hp, wp)
+    return _phase_weights(w, src, groups, wt)
+
+
+@intrinsic
+def _fma_phase_tile(typingctx, kb, nvec, xq, x0, offs, w, wb, wstride, acc):
+    """``acc[q, l] += sum_r w[wb + q wstride + r] * xq[x0 + offs[r] + l]``.
+
+    :func:`kernels.cpu.direct._fma_tile` with the filters' stride given
+    (a phase uses ``len(offs)`` of each filter's ``wstride`` taps).  ``kb``
+    (literal, 1..MAX_BLOCK) channels by ``nvec`` (literal) vectors; the
+    accumulators live in registers across the tap loop, each tap updated
+    with ``llvm.fmuladd`` (no fast-math: NaN and Inf propagate).
+    """
+    if not (isinstance(kb, types.IntegerLiteral)
+            and isinstance(nvec, types.IntegerLiteral)):
+        return None
+    n_ch = kb.literal_value
+    n_vec = nvec.literal_value
+    n_lanes = _lanes(xq.dtype)
+    width = TILE_VECTORS * n_lanes
+
+    def codegen(context, builder, signature, args):
+        _, _, xq_v, x0_v, offs_v, w_v, wb_v, wstride_v, acc_ptr = args
+        elem = context.get_value_type(xq.dtype)
+        align = context.get_abi_sizeof(elem)
+        vec = ir.VectorType(elem, n_lanes)
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        x_data = context.make_array(xq)(context, builder, xq_v).data
+        w_data = context.make_array(w)(context, builder, w_v).data
+        offs_arr = context.make_array(offs)(context, builder, offs_v)
+        n_taps = builder.extract_value(offs_arr.shape, 0)
+        fmuladd = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [vec, vec, vec]),
+            "llvm.fmuladd.v%d%s" % (n_lanes, "f32" if align == 4 else "f64"))
+        broadcast_mask = ir.Constant(ir.VectorType(i32, n_lanes), [0] * n_lanes)
+        undef = ir.Constant(vec, ir.Undefined)
+
+        def vector_at(base, index):
+            ptr = builder.gep(base, [index], inbounds=True)
+            return builder.bitcast(ptr, vec.as_pointer())
+
+        def acc_at(q, v):
+            return vector_at(acc_ptr, ir.Constant(i64, q * width + v * n_lanes))
+
+        slots = {}
+        for q in range(n_ch):
+            for v in range(n_vec):
+                slots[q, v] = cgutils.alloca_once(builder, vec)
+                builder.store(builder.load(acc_at(q, v), align=align),
+                              slots[q, v])
+        with cgutils.for_range(builder, n_taps) as loop:
+            r = loop.index
+            offset = builder.load(builder.gep(offs_arr.data, [r], inbounds=True))
+            x_base = builder.add(x0_v, offset)
+            xs = [builder.load(vector_at(x_data, builder.add(
+                      x_base, ir.Constant(i64, v * n_lanes))), align=align)
+                  for v in range(n_vec)]
+            w_base = builder.add(wb_v, r)
+            for q in range(n_ch):
+                w_q = builder.load(builder.gep(
+                    w_data, [builder.add(w_base, builder.mul(
+                        wstride_v, ir.Constant(i64, q)))], inbounds=True))
+                w_vec = builder.shuffle_vector(
+                    builder.insert_element(undef, w_q, ir.Constant(i32, 0)),
+                    undef, broadcast_mask)
+                for v in range(n_vec):
+                    builder.store(builder.call(
+                        fmuladd, [w_vec, xs[v], builder.load(slots[q, v])]),
+                        slots[q, v])
+        for q in range(n_ch):
+            for v in range(n_vec):
+                builder.store(builder.load(slots[q, v]), acc_at(q, v),
+                              align=align)
+        return context.get_dummy_value()
+
+    sig = types.void(kb, nvec, xq, x0, offs, w, wb, wstride, acc)
+    return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def _run_phase_tile(kb, narrow, xq, x0, offs, wt, wb, wstride, acc_ptr):
+    """:func:`_fma_phase_tile` with run-time ``kb`` and width."""
+    if narrow:
+        if kb == 4:
+            _fma_phase_tile(4, 1, xq, x0, offs, wt, wb, wstride, acc_ptr)
+        elif kb == 3:
+            _fma_phase_tile(3, 1, xq, x0, offs, wt, wb, wstride, acc_ptr)
+        elif kb == 2:
+            _fma_phase_tile(2, 1, xq, x0, offs, wt, wb, wstride, acc_ptr)
+        else:
+            _fma_phase_tile(1, 1, xq, x0, offs, wt, wb, wstride, acc_ptr)
+    elif kb == 4:
+        _fma_phase_tile(4, TILE_VECTORS, xq, x0, offs, wt, wb, wstride,
+                        acc_ptr)
+    elif kb == 3:
+        _fma_phase_tile(3, TILE_VECTORS, xq, x0, offs, wt, wb, wstride,
+                        acc_ptr)
+    elif kb == 2:
+        _fma_phase_tile(2, TILE_VECTORS, xq, x0, offs, wt, wb, wstride,
+                        acc_ptr)
+    else:
+        _fma_phase_tile(1, TILE_VECTORS, xq, x0, offs, wt, wb, wstride,
+                        acc_ptr)
+
+
+@njit(cache=True, inline="always")
+def _store_phase_tile(acc, kb, width, y, y0, v0, wp, jh, jw, sh, sw, rh, rw):
+    """Write a phase tile's real outputs to the flat output ``y``.
+
+    Virtual output ``v = j Wp + jc`` is output pixel ``(j sh + rh, jc sw +
+    rw)`` when ``j < jh`` and ``jc < jw`` (the phase's rows and columns);
+    channel ``q`` of the tile starts at ``y[y0 + q Ho Wo]``.
+    """
+    ho, wo = y.shape[2], y.shape[3]
+    y_flat = y.reshape(y.size)
+    v = v0
+    v_end = min(v0 + width, jh * wp)
+    while v < v_end:
+        j = v // wp
+        jc = v - j * wp
+        run = min(v_end - v, jw - jc)
+        if run > 0:
+            s = v - v0
+            for q in range(kb):
+                dst = y0 + q * ho * wo + (j * sh + rh) * wo + jc * sw + rw
+                for t in range(run):
+                    y_flat[dst + t * sw] = acc[q, s + t]
+        v = (j + 1) * wp
+
+
+@njit(cache=True, inline="always")
+def _edge_tile_inputs(xq, x0_first, n_edge, width, span, plane, c_in_g,
+                      cols, group_step):
+    """Zero-padded copies of what the last ``n_edge`` column tiles read.
+
+    Column tile ``l`` (counted over (image, group, column)) starts at
+    ``x0``; row ``c`` of its copy holds the ``span`` elements of ``xq``
+    from ``x0 + c plane``, zero past the end of ``xq``.
+    """
+    edge = np.zeros((n_edge, c_in_g * span), xq.dtype)
+    for e in prange(n_edge):
+        l = x0_first + e
+        col = l % cols
+        x0 = (l // cols) * group_step + col * width
+        for c in range(c_in_g):
+            first = x0 + c * plane
+            for i in range(max(0, min(span, xq.size - first))):
+                edge[e, c * span + i] = xq[first + i]
+    return edge
+
+
+@njit(cache=True, inline="always")
+def _phase_direct_body(xq, c_in, wt, offs, edge_offs, edge_span, start, bias,
+                       sh, sw, hp, wp, n_img, ho, wo, c_out_g, groups,
+                       full_width):
+    """The phase tiles of every (image, group, column, phase, channel
+    block); ``full_width = tile_columns(dtype)`` outputs per full tile."""
+    c_in_g = c_in // groups
+    c_out = c_out_g * groups
+    r_total = offs.size
+    plane = hp * wp
+    max_off = offs.max() if r_total else 0
+    jh_max = (ho + sh - 1) // sh
+    nv = jh_max * wp
+    lanes = full_width // TILE_VECTORS
+    narrow = nv <= lanes
+    width = lanes if narrow else full_width
+    n_cols = (nv + width - 1) // width
+    n_phase = sh * sw
+    blocks = (c_out_g + MAX_BLOCK - 1) // MAX_BLOCK
+    # Column tiles (image, group, column) l >= l_edge would read past the
+    # end of the input (read in place, without a tail): they read
+    # zero-padded copies of their columns instead.  The tiles' starts grow
+    # with l, so these are the last ones.
+    group_step = c_in_g * plane
+    n_tiles = n_img * groups * n_cols
+    l_edge = n_tiles
+    while l_edge > 0:
+        l = l_edge - 1
+        x0 = (l // n_cols) * group_step + (l % n_cols) * width
+        if x0 + max_off + full_width <= xq.size:
+            break
+        l_edge = l
+    edge = _edge_tile_inputs(xq, l_edge, n_tiles - l_edge, width, edge_span,
+                             plane, c_in_g, n_cols, group_step)
+    y = np.empty((n_img, c_out, ho, wo), xq.dtype)
+    # Channel block fastest, then phase: consecutive tasks of a thread
+    # read the same input columns.
+    for task in prange(n_img * groups * n_cols * n_phase * blocks):
+        blk = task % blocks
+        rest = task // blocks
+        p = rest % n_phase
+        rest //= n_phase
+        col = rest % n_cols
+        rest //= n_cols
+        g = rest % groups
+        n = rest // groups
+        rh = p // sw
+        rw = p - rh * sw
+        jh = (ho - rh + sh - 1) // sh
+        jw = (wo - rw + sw - 1) // sw
+        v0 = col * width
+        if v0 >= jh * wp or jw <= 0:
+            continue
+        o0 = blk * MAX_BLOCK
+        kb = min(MAX_BLOCK, c_out_g - o0)
+        co0 = g * c_out_g + o0
+        acc_ptr = _tile_buffer(xq)
+        acc = carray(acc_ptr, (MAX_BLOCK, full_width))
+        for q in range(kb):
+            acc[q, :] = bias[co0 + q]
+        taps = slice(start[p], start[p + 1])
+        w0 = co0 * r_total + start[p]
+        l = (n * groups + g) * n_cols + col
+        if l < l_edge:
+            _run_phase_tile(kb, narrow, xq, l // n_cols * group_step + v0,
+                            offs[taps], wt, w0, r_total, acc_ptr)
+        else:
+            _run_phase_tile(kb, narrow, edge[l - l_edge], 0, edge_offs[taps],
+                            wt, w0, r_total, acc_ptr)
+        _store_phase_tile(acc, kb, width, y, (n * c_out + co0) * ho * wo, v0,
+                          wp, jh, jw, sh, sw, rh, rw)
+    return y
+
+
+@njit(cache=True, parallel=True)
+def _phase_direct_parallel(xq, c_in, wt, offs, edge_offs, edge_span, start,
+                           bias, sh, sw, hp, wp, n_img, ho, wo, c_out_g,
+                           groups, full_width):
+    return _phase_direct_body(xq, c_in, wt, offs, edge_offs, edge_span, start,
+                              bias, sh, sw, hp, wp, n_img, ho, wo, c_out_g,
+                              groups, full_width)
+
+
+@njit(cache=True)
+def _phase_direct_serial(xq, c_in, wt, offs, edge_offs, edge_span, start,
+                         bias, sh, sw, hp, wp, n_img, ho, wo, c_out_g, groups,
+                         full_width):
+    return _phase_direct_body(xq, c_in, wt, offs, edge_offs, edge_span, start,
+                              bias, sh, sw, hp, wp, n_img, ho, wo, c_out_g,
+                              groups, full_width)
+
+
+def _phase_geometry(in_size, k, s, p, d, out_size):
+    """Per axis: (phase of each kernel index, its shift, padding before
+    the input, packed length)."""
+    r, e = _phase_shifts(k, s, p, d)
+    pad = max(0, -int(e.min()))
+    # The phase with most outputs has ceil(out / s); its last reads input
+    # j + max(e).
+    return r, e, pad, (out_size + s - 1) // s + int(e.max()) + pad
 
 
 @njit(cache=True, inline="always")
@@ -252,11 +682,58 @@ def _bias_or_zeros(bias, c_out, dtype):
     return np.ascontiguousarray(bias, dtype=dtype)
 
 
+# The permuted filters and the padded input of direct, reused across calls
+# (fresh multi-megabyte arrays cost a page fault per 4 KiB: 2-3 ms of the
+# 8 MiB filters of U-Net's 1024->512 layer).
+_direct_workspace = Workspace()
+
+
 def direct(x, w, bias, stride, pad_lo, out_hw, dilation, groups):
-    """Gather-form transposed convolution, parallel over output rows."""
-    c_out = w.shape[1] * groups
-    return _direct(x, w, _bias_or_zeros(bias, c_out, x.dtype), *stride,
-                   *pad_lo, *dilation, *out_hw, groups)
+    """Polyphase register-tiled transposed convolution (no GEMM).
+
+    The ``sh sw`` output phases are stride-1 correlations of the input
+    with disjoint subsets of the taps, each run by the forward direct
+    kernel's register tile (see the section comment above
+    :func:`_phase_shifts`).  The input is read in place when no phase
+    reaches outside it (kernel = stride, no padding: U-Net's 2x2/2), else
+    from a zero-padded copy.  Filters holding Inf or NaN take the gather
+    kernel :func:`_gather_direct` instead, which does not multiply
+    padding.  Each output is written by one thread, accumulated in a fixed
+    order: the result does not depend on the number of threads.
+    """
+    n, c_in, height, width = x.shape
+    _, c_out_g, kh_size, kw_size = w.shape
+    b = _bias_or_zeros(bias, c_out_g * groups, x.dtype)
+    rh, eh, pad_top, hp = _phase_geometry(height, kh_size, stride[0],
+                                          pad_lo[0], dilation[0], out_hw[0])
+    rw, ew, pad_left, wp = _phase_geometry(width, kw_size, stride[1],
+                                           pad_lo[1], dilation[1], out_hw[1])
+    c_in_g = c_in // groups
+    offs, src, start = _phase_taps(c_in_g, rh, eh, rw, ew, *stride, pad_top,
+                                   pad_left, hp, wp)
+    plane = hp * wp
+    # Tiles at the very end of the input read a padded copy of their
+    # columns: tap t at edge_offs[t] in rows of edge_span.
+    chan = src // (kh_size * kw_size)
+    tile = tile_columns(x.dtype)
+    edge_span = int((offs - chan * plane).max(initial=0)) + tile
+    edge_offs = offs + chan * (edge_span - plane)
+    pack = not (pad_top == 0 and pad_left == 0 and hp == height
+                and wp == width)
+    xq = (_direct_workspace.get("xq", (n * c_in * plane + tile + wp,),
+                                x.dtype)
+          if pack else x.reshape(-1))
+    wt = _direct_workspace.get("wt", (w.size,), x.dtype)
+    macs = n * c_in * c_out_g * kh_size * kw_size * height * width
+    serial = macs <= _tuning.current().direct.serial_max_macs
+    finite = (_phase_prepare_serial if serial else _phase_prepare_parallel)(
+        w, src, groups, wt, x, xq, pad_top, pad_left, hp, wp, pack)
+    if not finite:
+        return _gather_direct(x, w, b, *stride, *pad_lo, *dilation, *out_hw,
+                              groups)
+    run = _phase_direct_serial if serial else _phase_direct_parallel
+    return run(xq, c_in, wt, offs, edge_offs, edge_span, start, b, *stride,
+               hp, wp, n, *out_hw, c_out_g, groups, tile)
 
 
 def _scratch_limit():
