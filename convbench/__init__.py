@@ -9,6 +9,13 @@
 * :mod:`convbench.crossover`: where one algorithm overtakes another;
 * :mod:`convbench.machine`: CPU, threads, BLAS and the sgemm rate;
 * :mod:`convbench.calibrate`: measure the thresholds of ``algorithm="auto"``;
+* :mod:`convbench.autocheck`: ``auto``'s pick against the fastest, per layer;
+* :mod:`convbench.report` (figures in :mod:`convbench.plots`): sweeps to
+  ``report.md`` / ``report.html`` with PNG figures, asv history;
+* :mod:`convbench.isolated` (workers: :mod:`convbench._worker`): each
+  contender in its own process, or several in one with a chosen import
+  order; :mod:`convbench.network`: a network's layers in sequence;
+* :mod:`convbench.cuda_report`: registers, spills, occupancy, roofline;
 * :mod:`convbench.cli`: the ``convbench`` command (``python -m convbench``).
 """
 
