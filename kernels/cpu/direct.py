@@ -25,7 +25,7 @@ How it works
    extra columns of each row are computed and dropped when stored.
    Tiling this flattened grid rather than single rows keeps 7x7 and 14x14
    layers efficient.
-3. **Register tile** (:func:`_fma_tile`).  A tile is up to 4 output
+3. **Register tile** (:func:`fma_tile`).  A tile is up to 4 output
    channels x ``TILE_VECTORS`` SIMD vectors of consecutive virtual outputs;
    its accumulators stay in registers for all ``R = C/groups*kH*kW`` taps.
    Per tap the tile loads its input vectors once and updates every
@@ -64,7 +64,8 @@ from .._dispatch import ConvSpec, Kernel
 from . import _tuning
 
 __all__ = ["conv2d", "pack_input", "tap_offsets", "packed_geometry",
-           "tile_columns", "MAX_BLOCK", "KERNELS"]
+           "tile_columns", "fma_tile", "tile_buffer", "lanes", "MAX_BLOCK",
+           "KERNELS"]
 
 
 def _host_vector_bits():
@@ -207,16 +208,16 @@ def pack_input(x, pad_top, pad_left, sh, sw, hq, wq, tail):
 # Stage 2: the register-tiled micro-kernel
 # --------------------------------------------------------------------------
 
-def _lanes(dtype):
+def lanes(dtype):
     """Elements of a Numba float type per SIMD vector."""
     return VECTOR_BITS // dtype.bitwidth
 
 
 @intrinsic
-def _tile_buffer(typingctx, x):
+def tile_buffer(typingctx, x):
     """Pointer to a stack buffer for one tile (MAX_BLOCK x tile columns)."""
     dtype = x.dtype
-    size = MAX_BLOCK * TILE_VECTORS * _lanes(dtype)
+    size = MAX_BLOCK * TILE_VECTORS * lanes(dtype)
 
     def codegen(context, builder, signature, args):
         return cgutils.alloca_once(builder, context.get_value_type(dtype),
@@ -226,12 +227,16 @@ def _tile_buffer(typingctx, x):
 
 
 @intrinsic
-def _fma_tile(typingctx, kb, nvec, xq, x0, offs, w, wb, acc):
-    """``acc[q, l] += sum_r w[wb + q*R + r] * xq[x0 + offs[r] + l]``.
+def fma_tile(typingctx, kb, nvec, xq, x0, offs, w, wb, wstride, acc):
+    """``acc[q, l] += sum_r w[wb + q*wstride + r] * xq[x0 + offs[r] + l]``
+    for the taps ``r < len(offs)``.
 
     ``kb`` (a literal, 1..MAX_BLOCK) channels by ``nvec`` (a literal,
     1..TILE_VECTORS) vectors of outputs; ``acc`` points to the (kb, tile
-    columns) accumulators, row-major.  The accumulators are loaded into
+    columns) accumulators, row-major.  ``wstride`` is the distance between
+    two channels' filters in ``w``: ``len(offs)`` here (all taps), more in
+    transposed convolution, whose output phases use a subset of the taps
+    (:mod:`kernels.cpu.transposed`).  The accumulators are loaded into
     ``kb * nvec`` vector registers, updated for every tap ``r`` with
     ``llvm.fmuladd`` and stored back.
     """
@@ -240,11 +245,11 @@ def _fma_tile(typingctx, kb, nvec, xq, x0, offs, w, wb, acc):
         return None
     n_ch = kb.literal_value
     n_vec = nvec.literal_value
-    n_lanes = _lanes(xq.dtype)
+    n_lanes = lanes(xq.dtype)
     width = TILE_VECTORS * n_lanes
 
     def codegen(context, builder, signature, args):
-        _, _, xq_v, x0_v, offs_v, w_v, wb_v, acc_ptr = args
+        _, _, xq_v, x0_v, offs_v, w_v, wb_v, wstride_v, acc_ptr = args
         elem = context.get_value_type(xq.dtype)
         align = context.get_abi_sizeof(elem)
         vec = ir.VectorType(elem, n_lanes)
@@ -285,7 +290,7 @@ def _fma_tile(typingctx, kb, nvec, xq, x0, offs, w, wb, acc):
             for q in range(n_ch):
                 w_q = builder.load(builder.gep(
                     w_data, [builder.add(w_base, builder.mul(
-                        n_taps, ir.Constant(i64, q)))], inbounds=True))
+                        wstride_v, ir.Constant(i64, q)))], inbounds=True))
                 w_vec = builder.shuffle_vector(
                     builder.insert_element(undef, w_q, ir.Constant(i32, 0)),
                     undef, broadcast_mask)
@@ -299,7 +304,7 @@ def _fma_tile(typingctx, kb, nvec, xq, x0, offs, w, wb, acc):
                               align=align)
         return context.get_dummy_value()
 
-    return types.void(kb, nvec, xq, x0, offs, w, wb, acc), codegen
+    return types.void(kb, nvec, xq, x0, offs, w, wb, wstride, acc), codegen
 
 
 def _tile_width(xq):  # pragma: no cover
@@ -308,34 +313,34 @@ def _tile_width(xq):  # pragma: no cover
 
 @overload(_tile_width, inline="always")
 def _tile_width_impl(xq):
-    width = TILE_VECTORS * _lanes(xq.dtype)
+    width = TILE_VECTORS * lanes(xq.dtype)
     return lambda xq: width
 
 
 @njit(cache=True, inline="always")
 def _run_tile(kb, xq, x0, offs, wf, wb, acc_ptr):
-    """``_fma_tile`` with a run-time ``kb`` (each size is its own code)."""
+    """``fma_tile`` with a run-time ``kb`` (each size is its own code)."""
     if kb == 4:
-        _fma_tile(4, TILE_VECTORS, xq, x0, offs, wf, wb, acc_ptr)
+        fma_tile(4, TILE_VECTORS, xq, x0, offs, wf, wb, offs.shape[0], acc_ptr)
     elif kb == 3:
-        _fma_tile(3, TILE_VECTORS, xq, x0, offs, wf, wb, acc_ptr)
+        fma_tile(3, TILE_VECTORS, xq, x0, offs, wf, wb, offs.shape[0], acc_ptr)
     elif kb == 2:
-        _fma_tile(2, TILE_VECTORS, xq, x0, offs, wf, wb, acc_ptr)
+        fma_tile(2, TILE_VECTORS, xq, x0, offs, wf, wb, offs.shape[0], acc_ptr)
     else:
-        _fma_tile(1, TILE_VECTORS, xq, x0, offs, wf, wb, acc_ptr)
+        fma_tile(1, TILE_VECTORS, xq, x0, offs, wf, wb, offs.shape[0], acc_ptr)
 
 
 @njit(cache=True, inline="always")
 def _run_narrow_tile(kb, xq, x0, offs, wf, wb, acc_ptr):
     """:func:`_run_tile` with one vector of outputs (tiny output planes)."""
     if kb == 4:
-        _fma_tile(4, 1, xq, x0, offs, wf, wb, acc_ptr)
+        fma_tile(4, 1, xq, x0, offs, wf, wb, offs.shape[0], acc_ptr)
     elif kb == 3:
-        _fma_tile(3, 1, xq, x0, offs, wf, wb, acc_ptr)
+        fma_tile(3, 1, xq, x0, offs, wf, wb, offs.shape[0], acc_ptr)
     elif kb == 2:
-        _fma_tile(2, 1, xq, x0, offs, wf, wb, acc_ptr)
+        fma_tile(2, 1, xq, x0, offs, wf, wb, offs.shape[0], acc_ptr)
     else:
-        _fma_tile(1, 1, xq, x0, offs, wf, wb, acc_ptr)
+        fma_tile(1, 1, xq, x0, offs, wf, wb, offs.shape[0], acc_ptr)
 
 
 @njit(cache=True, inline="always")
@@ -401,7 +406,7 @@ def _direct_body(x, w, bias, has_bias, sh, sw, dh, dw, pt, pl, ho, wo,
         k0 = g * kg + blk * MAX_BLOCK
         kb = min(MAX_BLOCK, (g + 1) * kg - k0)
         v0 = col * width
-        acc_ptr = _tile_buffer(x)
+        acc_ptr = tile_buffer(x)
         acc = carray(acc_ptr, (MAX_BLOCK, full_width))
         for q in range(kb):
             acc[q, :] = bias[k0 + q] if has_bias else 0

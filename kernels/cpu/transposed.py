@@ -44,17 +44,13 @@ output_padding and the bottom/right crop give).
 
 from __future__ import annotations
 
-
 import numpy as np
-from llvmlite import ir
-from numba import carray, njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import carray, njit, prange
 
 from .. import _threads
 from .._dispatch import Kernel
 from . import _blas, _tuning
-from .direct import MAX_BLOCK, TILE_VECTORS, VECTOR_BITS, tile_columns
+from .direct import MAX_BLOCK, TILE_VECTORS, fma_tile, tile_buffer, tile_columns
 from ._workspace import Workspace
 
 __all__ = ["ALGORITHMS", "conv_transpose2d", "direct", "im2col",
@@ -202,25 +198,6 @@ def _gather_direct(x, w, bias, sh, sw, ph, pw, dh, dw, ho, wo, groups):
 # multiplies real input pixels, as the reference and PyTorch do.
 
 
-def _lanes(dtype):
-    """Elements of a Numba float type per SIMD vector."""
-    return VECTOR_BITS // dtype.bitwidth
-
-
-@intrinsic
-def _tile_buffer(typingctx, x):
-    """Pointer to a stack buffer for one tile (MAX_BLOCK x tile columns),
-    as :mod:`kernels.cpu.direct` allocates its tiles."""
-    dtype = x.dtype
-    size = MAX_BLOCK * TILE_VECTORS * _lanes(dtype)
-
-    def codegen(context, builder, signature, args):
-        return cgutils.alloca_once(builder, context.get_value_type(dtype),
-                                   size=size)
-
-    return types.CPointer(dtype)(x), codegen
-
-
 @njit(cache=True)
 def _phase_shifts(k, s, p, d):
     """Phase ``r`` and input shift ``e`` of each kernel index along one axis.
@@ -353,105 +330,29 @@ def _phase_prepare_serial(w, src, groups, wt, x, xq, pad_top, pad_left, hp,
     return _phase_weights(w, src, groups, wt)
 
 
-@intrinsic
-def _fma_phase_tile(typingctx, kb, nvec, xq, x0, offs, w, wb, wstride, acc):
-    """``acc[q, l] += sum_r w[wb + q wstride + r] * xq[x0 + offs[r] + l]``.
-
-    :func:`kernels.cpu.direct._fma_tile` with the filters' stride given
-    (a phase uses ``len(offs)`` of each filter's ``wstride`` taps).  ``kb``
-    (literal, 1..MAX_BLOCK) channels by ``nvec`` (literal) vectors; the
-    accumulators live in registers across the tap loop, each tap updated
-    with ``llvm.fmuladd`` (no fast-math: NaN and Inf propagate).
-    """
-    if not (isinstance(kb, types.IntegerLiteral)
-            and isinstance(nvec, types.IntegerLiteral)):
-        return None
-    n_ch = kb.literal_value
-    n_vec = nvec.literal_value
-    n_lanes = _lanes(xq.dtype)
-    width = TILE_VECTORS * n_lanes
-
-    def codegen(context, builder, signature, args):
-        _, _, xq_v, x0_v, offs_v, w_v, wb_v, wstride_v, acc_ptr = args
-        elem = context.get_value_type(xq.dtype)
-        align = context.get_abi_sizeof(elem)
-        vec = ir.VectorType(elem, n_lanes)
-        i32, i64 = ir.IntType(32), ir.IntType(64)
-        x_data = context.make_array(xq)(context, builder, xq_v).data
-        w_data = context.make_array(w)(context, builder, w_v).data
-        offs_arr = context.make_array(offs)(context, builder, offs_v)
-        n_taps = builder.extract_value(offs_arr.shape, 0)
-        fmuladd = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vec, [vec, vec, vec]),
-            "llvm.fmuladd.v%d%s" % (n_lanes, "f32" if align == 4 else "f64"))
-        broadcast_mask = ir.Constant(ir.VectorType(i32, n_lanes), [0] * n_lanes)
-        undef = ir.Constant(vec, ir.Undefined)
-
-        def vector_at(base, index):
-            ptr = builder.gep(base, [index], inbounds=True)
-            return builder.bitcast(ptr, vec.as_pointer())
-
-        def acc_at(q, v):
-            return vector_at(acc_ptr, ir.Constant(i64, q * width + v * n_lanes))
-
-        slots = {}
-        for q in range(n_ch):
-            for v in range(n_vec):
-                slots[q, v] = cgutils.alloca_once(builder, vec)
-                builder.store(builder.load(acc_at(q, v), align=align),
-                              slots[q, v])
-        with cgutils.for_range(builder, n_taps) as loop:
-            r = loop.index
-            offset = builder.load(builder.gep(offs_arr.data, [r], inbounds=True))
-            x_base = builder.add(x0_v, offset)
-            xs = [builder.load(vector_at(x_data, builder.add(
-                      x_base, ir.Constant(i64, v * n_lanes))), align=align)
-                  for v in range(n_vec)]
-            w_base = builder.add(wb_v, r)
-            for q in range(n_ch):
-                w_q = builder.load(builder.gep(
-                    w_data, [builder.add(w_base, builder.mul(
-                        wstride_v, ir.Constant(i64, q)))], inbounds=True))
-                w_vec = builder.shuffle_vector(
-                    builder.insert_element(undef, w_q, ir.Constant(i32, 0)),
-                    undef, broadcast_mask)
-                for v in range(n_vec):
-                    builder.store(builder.call(
-                        fmuladd, [w_vec, xs[v], builder.load(slots[q, v])]),
-                        slots[q, v])
-        for q in range(n_ch):
-            for v in range(n_vec):
-                builder.store(builder.load(slots[q, v]), acc_at(q, v),
-                              align=align)
-        return context.get_dummy_value()
-
-    sig = types.void(kb, nvec, xq, x0, offs, w, wb, wstride, acc)
-    return sig, codegen
-
-
 @njit(cache=True, inline="always")
 def _run_phase_tile(kb, narrow, xq, x0, offs, wt, wb, wstride, acc_ptr):
-    """:func:`_fma_phase_tile` with run-time ``kb`` and width."""
+    """:func:`kernels.cpu.direct.fma_tile` with run-time ``kb`` and width."""
     if narrow:
         if kb == 4:
-            _fma_phase_tile(4, 1, xq, x0, offs, wt, wb, wstride, acc_ptr)
+            fma_tile(4, 1, xq, x0, offs, wt, wb, wstride, acc_ptr)
         elif kb == 3:
-            _fma_phase_tile(3, 1, xq, x0, offs, wt, wb, wstride, acc_ptr)
+            fma_tile(3, 1, xq, x0, offs, wt, wb, wstride, acc_ptr)
         elif kb == 2:
-            _fma_phase_tile(2, 1, xq, x0, offs, wt, wb, wstride, acc_ptr)
+            fma_tile(2, 1, xq, x0, offs, wt, wb, wstride, acc_ptr)
         else:
-            _fma_phase_tile(1, 1, xq, x0, offs, wt, wb, wstride, acc_ptr)
+            fma_tile(1, 1, xq, x0, offs, wt, wb, wstride, acc_ptr)
     elif kb == 4:
-        _fma_phase_tile(4, TILE_VECTORS, xq, x0, offs, wt, wb, wstride,
+        fma_tile(4, TILE_VECTORS, xq, x0, offs, wt, wb, wstride,
                         acc_ptr)
     elif kb == 3:
-        _fma_phase_tile(3, TILE_VECTORS, xq, x0, offs, wt, wb, wstride,
+        fma_tile(3, TILE_VECTORS, xq, x0, offs, wt, wb, wstride,
                         acc_ptr)
     elif kb == 2:
-        _fma_phase_tile(2, TILE_VECTORS, xq, x0, offs, wt, wb, wstride,
+        fma_tile(2, TILE_VECTORS, xq, x0, offs, wt, wb, wstride,
                         acc_ptr)
     else:
-        _fma_phase_tile(1, TILE_VECTORS, xq, x0, offs, wt, wb, wstride,
+        fma_tile(1, TILE_VECTORS, xq, x0, offs, wt, wb, wstride,
                         acc_ptr)
 
 
@@ -557,7 +458,7 @@ def _phase_direct_body(xq, c_in, wt, offs, edge_offs, edge_span, start, bias,
         o0 = blk * MAX_BLOCK
         kb = min(MAX_BLOCK, c_out_g - o0)
         co0 = g * c_out_g + o0
-        acc_ptr = _tile_buffer(xq)
+        acc_ptr = tile_buffer(xq)
         acc = carray(acc_ptr, (MAX_BLOCK, full_width))
         for q in range(kb):
             acc[q, :] = bias[co0 + q]
