@@ -64,7 +64,7 @@ from .._dispatch import ConvSpec, Kernel
 from . import _tuning
 
 __all__ = ["conv2d", "pack_input", "tap_offsets", "packed_geometry",
-           "tile_columns", "fma_tile", "tile_buffer", "lanes", "MAX_BLOCK",
+           "tile_columns", "fma_tile", "run_tile", "tile_buffer", "lanes", "MAX_BLOCK",
            "KERNELS"]
 
 
@@ -318,29 +318,27 @@ def _tile_width_impl(xq):
 
 
 @njit(cache=True, inline="always")
-def _run_tile(kb, xq, x0, offs, wf, wb, acc_ptr):
-    """``fma_tile`` with a run-time ``kb`` (each size is its own code)."""
-    if kb == 4:
-        fma_tile(4, TILE_VECTORS, xq, x0, offs, wf, wb, offs.shape[0], acc_ptr)
+def run_tile(kb, narrow, xq, x0, offs, w, wb, wstride, acc_ptr):
+    """:func:`fma_tile` with a run-time ``kb`` (each size is its own code),
+    over ``TILE_VECTORS`` vectors of outputs, or one when ``narrow`` (tiny
+    output planes)."""
+    if narrow:
+        if kb == 4:
+            fma_tile(4, 1, xq, x0, offs, w, wb, wstride, acc_ptr)
+        elif kb == 3:
+            fma_tile(3, 1, xq, x0, offs, w, wb, wstride, acc_ptr)
+        elif kb == 2:
+            fma_tile(2, 1, xq, x0, offs, w, wb, wstride, acc_ptr)
+        else:
+            fma_tile(1, 1, xq, x0, offs, w, wb, wstride, acc_ptr)
+    elif kb == 4:
+        fma_tile(4, TILE_VECTORS, xq, x0, offs, w, wb, wstride, acc_ptr)
     elif kb == 3:
-        fma_tile(3, TILE_VECTORS, xq, x0, offs, wf, wb, offs.shape[0], acc_ptr)
+        fma_tile(3, TILE_VECTORS, xq, x0, offs, w, wb, wstride, acc_ptr)
     elif kb == 2:
-        fma_tile(2, TILE_VECTORS, xq, x0, offs, wf, wb, offs.shape[0], acc_ptr)
+        fma_tile(2, TILE_VECTORS, xq, x0, offs, w, wb, wstride, acc_ptr)
     else:
-        fma_tile(1, TILE_VECTORS, xq, x0, offs, wf, wb, offs.shape[0], acc_ptr)
-
-
-@njit(cache=True, inline="always")
-def _run_narrow_tile(kb, xq, x0, offs, wf, wb, acc_ptr):
-    """:func:`_run_tile` with one vector of outputs (tiny output planes)."""
-    if kb == 4:
-        fma_tile(4, 1, xq, x0, offs, wf, wb, offs.shape[0], acc_ptr)
-    elif kb == 3:
-        fma_tile(3, 1, xq, x0, offs, wf, wb, offs.shape[0], acc_ptr)
-    elif kb == 2:
-        fma_tile(2, 1, xq, x0, offs, wf, wb, offs.shape[0], acc_ptr)
-    else:
-        fma_tile(1, 1, xq, x0, offs, wf, wb, offs.shape[0], acc_ptr)
+        fma_tile(1, TILE_VECTORS, xq, x0, offs, w, wb, wstride, acc_ptr)
 
 
 @njit(cache=True, inline="always")
@@ -411,10 +409,7 @@ def _direct_body(x, w, bias, has_bias, sh, sw, dh, dw, pt, pl, ho, wo,
         for q in range(kb):
             acc[q, :] = bias[k0 + q] if has_bias else 0
         x0 = (n * c_total + g * cg) * chan_size + v0
-        if narrow:
-            _run_narrow_tile(kb, xq, x0, offs, wf, k0 * r_len, acc_ptr)
-        else:
-            _run_tile(kb, xq, x0, offs, wf, k0 * r_len, acc_ptr)
+        run_tile(kb, narrow, xq, x0, offs, wf, k0 * r_len, r_len, acc_ptr)
         _store_tile(acc, kb, width, y, (n * k_total + k0) * hw, hw, v0, nv,
                     wq, wo)
     return y.reshape(n_img, k_total, ho, wo)

@@ -50,7 +50,7 @@ from numba import carray, njit, prange
 from .. import _threads
 from .._dispatch import Kernel
 from . import _blas, _tuning
-from .direct import MAX_BLOCK, TILE_VECTORS, fma_tile, tile_buffer, tile_columns
+from .direct import MAX_BLOCK, TILE_VECTORS, run_tile, tile_buffer, tile_columns
 from ._workspace import Workspace
 
 __all__ = ["ALGORITHMS", "conv_transpose2d", "direct", "im2col",
@@ -331,32 +331,6 @@ def _phase_prepare_serial(w, src, groups, wt, x, xq, pad_top, pad_left, hp,
 
 
 @njit(cache=True, inline="always")
-def _run_phase_tile(kb, narrow, xq, x0, offs, wt, wb, wstride, acc_ptr):
-    """:func:`kernels.cpu.direct.fma_tile` with run-time ``kb`` and width."""
-    if narrow:
-        if kb == 4:
-            fma_tile(4, 1, xq, x0, offs, wt, wb, wstride, acc_ptr)
-        elif kb == 3:
-            fma_tile(3, 1, xq, x0, offs, wt, wb, wstride, acc_ptr)
-        elif kb == 2:
-            fma_tile(2, 1, xq, x0, offs, wt, wb, wstride, acc_ptr)
-        else:
-            fma_tile(1, 1, xq, x0, offs, wt, wb, wstride, acc_ptr)
-    elif kb == 4:
-        fma_tile(4, TILE_VECTORS, xq, x0, offs, wt, wb, wstride,
-                        acc_ptr)
-    elif kb == 3:
-        fma_tile(3, TILE_VECTORS, xq, x0, offs, wt, wb, wstride,
-                        acc_ptr)
-    elif kb == 2:
-        fma_tile(2, TILE_VECTORS, xq, x0, offs, wt, wb, wstride,
-                        acc_ptr)
-    else:
-        fma_tile(1, TILE_VECTORS, xq, x0, offs, wt, wb, wstride,
-                        acc_ptr)
-
-
-@njit(cache=True, inline="always")
 def _store_phase_tile(acc, kb, width, y, y0, v0, wp, jh, jw, sh, sw, rh, rw):
     """Write a phase tile's real outputs to the flat output ``y``.
 
@@ -466,10 +440,10 @@ def _phase_direct_body(xq, c_in, wt, offs, edge_offs, edge_span, start, bias,
         w0 = co0 * r_total + start[p]
         l = (n * groups + g) * n_cols + col
         if l < l_edge:
-            _run_phase_tile(kb, narrow, xq, l // n_cols * group_step + v0,
+            run_tile(kb, narrow, xq, l // n_cols * group_step + v0,
                             offs[taps], wt, w0, r_total, acc_ptr)
         else:
-            _run_phase_tile(kb, narrow, edge[l - l_edge], 0, edge_offs[taps],
+            run_tile(kb, narrow, edge[l - l_edge], 0, edge_offs[taps],
                             wt, w0, r_total, acc_ptr)
         _store_phase_tile(acc, kb, width, y, (n * c_out + co0) * ho * wo, v0,
                           wp, jh, jw, sh, sw, rh, rw)
