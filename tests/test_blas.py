@@ -1,8 +1,10 @@
-"""kernels.cpu._blas: products split over Python threads, BLAS single-threaded.
+"""kernels.cpu._blas: products split into pieces, BLAS single-threaded.
 
-Checked against the float64 product (NumPy), for both split axes, stacks,
-broadcasting and strided views; the result must not depend on the thread
-count, and BLAS's thread counts must be restored afterwards.
+Both ways of running the pieces are checked: as Numba parallel jobs
+calling NumPy's CBLAS (kernels.cpu._gemm) and on Python threads.  Against
+the float64 product (NumPy), for both split axes, stacks, broadcasting and
+strided views; the result must not depend on the thread count, and BLAS's
+thread counts must be restored afterwards.
 """
 
 from __future__ import annotations
@@ -12,9 +14,19 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
-from kernels.cpu import _blas, _tuning
+from kernels.cpu import _blas, _gemm, _tuning
 
 MIN_PARALLEL_MACS = _tuning.current().blas.min_parallel_macs
+
+
+@pytest.fixture(params=["openmp", "python-threads"])
+def path(request):
+    """Run the test with the pieces on one path, then restore."""
+    if request.param == "openmp" and not _gemm.available():
+        pytest.skip("NumPy's CBLAS (scipy_cblas_sgemm64_) not found")
+    previous = _gemm.set_enabled(request.param == "openmp")
+    yield request.param
+    _gemm.set_enabled(previous)
 
 
 def _blas_threads():
@@ -39,7 +51,7 @@ def _within_gemm_bound(out, a, b):
     ((2, 32, 288), (2, 288, 1000)),       # a stack (groups)
     ((2, 48, 200), (3, 1, 200, 900)),     # broadcast over a leading axis
 ])
-def test_matches_the_float64_product(shape, split, dtype):
+def test_matches_the_float64_product(shape, split, dtype, path):
     rng = np.random.default_rng(0)
     a = rng.standard_normal(shape[0]).astype(dtype)
     b = rng.standard_normal(shape[1]).astype(dtype)
@@ -49,7 +61,7 @@ def test_matches_the_float64_product(shape, split, dtype):
     _within_gemm_bound(out, a, b)
 
 
-def test_writes_through_strided_views():
+def test_writes_through_strided_views(path):
     rng = np.random.default_rng(1)
     a = rng.standard_normal((70, 400)).astype(np.float32)
     big_b = rng.standard_normal((400, 3000)).astype(np.float32)
@@ -65,7 +77,7 @@ def test_writes_through_strided_views():
 
 
 @pytest.mark.parametrize("split", ["columns", "rows"])
-def test_result_does_not_depend_on_the_thread_count(split):
+def test_result_does_not_depend_on_the_thread_count(split, path):
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs 2 Numba threads")
     rng = np.random.default_rng(2)
@@ -122,3 +134,53 @@ def test_rejects_an_unknown_split():
     a = np.ones((2, 2))
     with pytest.raises(ValueError, match="split must be"):
         _blas.matmul(a, a, np.empty((2, 2)), split="diagonal")
+
+
+def test_both_paths_give_the_same_bits():
+    """The pieces are the same BLAS calls on either path."""
+    if not _gemm.available():
+        pytest.skip("NumPy's CBLAS not found")
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((2, 40, 300)).astype(np.float32)
+    b = rng.standard_normal((2, 300, 2000)).astype(np.float32)
+    results = []
+    for enabled in (True, False):
+        previous = _gemm.set_enabled(enabled)
+        try:
+            results.append(_blas.matmul(a, b, np.empty((2, 40, 2000),
+                                                       np.float32)))
+        finally:
+            _gemm.set_enabled(previous)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("shape, strides, expected", [
+    ((3, 5), (20, 4), (_gemm._NO_TRANS, 5)),     # C-contiguous
+    ((3, 5), (40, 4), (_gemm._NO_TRANS, 10)),    # column slice of a wider one
+    ((3, 5), (4, 12), (_gemm._TRANS, 3)),        # Fortran-ordered
+    ((1, 5), (0, 4), (_gemm._NO_TRANS, 5)),      # one row: its stride is moot
+    ((3, 5), (40, 8), None),                     # no unit-stride axis
+    ((3, 5), (-20, 4), None),                    # negative stride
+    ((3, 5), (8, 4), None),                      # rows overlap
+])
+def test_operand_flags(shape, strides, expected):
+    assert _gemm.operand(shape, strides, 4) == expected
+
+
+def test_unreadable_operands_fall_back_to_python_threads():
+    """Every-other-column views and integer arrays: still the product."""
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((50, 300)).astype(np.float32)
+    wide = rng.standard_normal((300, 4000)).astype(np.float32)
+    b = wide[:, ::2]
+    out = np.empty((50, 2000), np.float32)
+    _blas.matmul(a, b, out)
+    _within_gemm_bound(out, a, b)
+    ai = np.arange(6).reshape(2, 3)
+    np.testing.assert_array_equal(
+        _blas.matmul(ai, ai.T, np.empty((2, 2), ai.dtype)), ai @ ai.T)
+
+
+def test_set_enabled_rejects_non_bool():
+    with pytest.raises(ValueError, match="True or False"):
+        _gemm.set_enabled("yes")

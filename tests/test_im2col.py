@@ -29,7 +29,7 @@ import kernels
 import reference
 from kernels import _threads
 from kernels.accuracy import error_bound
-from kernels.cpu import _tuning, im2col
+from kernels.cpu import _gemm, _tuning, im2col
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DTYPES = (np.float32, np.float64)
@@ -51,11 +51,14 @@ def scratch_limit(nbytes):
 
 @contextlib.contextmanager
 def gather_path(parallel):
-    """Force the parallel (True) or serial (False) gather."""
+    """Force the parallel (True) or serial (False) gather.  The serial one
+    runs only beside GEMM pieces on Python threads: switch those on too."""
     previous = _threads.force_prange_beside_blas(parallel)
+    gemm_before = _gemm.set_enabled(_gemm.available() if parallel else False)
     try:
         yield
     finally:
+        _gemm.set_enabled(gemm_before)
         _threads.force_prange_beside_blas(previous)
 
 
@@ -163,6 +166,26 @@ def test_both_gather_paths(parallel):
                              np.float64)
     with gather_path(parallel), scratch_limit(3 * 9 * 8 * 20):
         check_conv(x, w, b, (1, 2), (1, 0, 2, 1), (2, 1), 1)
+
+
+def test_gather_stays_parallel_beside_openmp_gemm(monkeypatch):
+    """With the GEMM's pieces in the OpenMP team, spinning OpenMP workers
+    do not clash with them: the gather runs in parallel even where the
+    guard says prange beside (Python-thread) BLAS is unsafe."""
+    if not _gemm.available():
+        pytest.skip("NumPy's CBLAS not found: the GEMM runs on Python threads")
+
+    def serial_gather(*args):
+        raise AssertionError("the serial gather ran")
+
+    monkeypatch.setattr(im2col, "fill_patches_serial", serial_gather)
+    rng = np.random.default_rng(8)
+    x, w, b = random_problem(rng, (2, 3, 9, 9), (4, 3, 3, 3), np.float32)
+    previous = _threads.force_prange_beside_blas(False)
+    try:
+        check_conv(x, w, b, padding=(1, 1, 1, 1))
+    finally:
+        _threads.force_prange_beside_blas(previous)
 
 
 def test_gather_paths_identical():

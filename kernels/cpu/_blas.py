@@ -12,12 +12,18 @@ variable is read when OpenBLAS loads, i.e. at ``import numpy``, before
 ``import kernels`` can set it.
 
 So the package calls BLAS single-threaded (:data:`serial_blas`) and does
-its own parallelism: :func:`matmul` splits the columns of a product over
-``numba.get_num_threads()`` Python threads, which sleep on a queue when
-idle (NumPy releases the GIL during the call).  im2col's ResNet-50 layers
-ran 1.25-1.4x faster that way and the kernel called right after them
-2.1-2.6x faster (A/B in one process).  Winograd calls BLAS from inside its
-Numba jobs, under :data:`serial_blas` too.
+its own parallelism: :func:`matmul` splits the columns (or rows) of a
+product into pieces and runs each piece as one BLAS call in a Numba
+parallel job (:mod:`kernels.cpu._gemm`: NumPy's OpenBLAS called from the
+OpenMP team that runs every other kernel, and torch's when it was
+imported first).  Where NumPy's CBLAS cannot be found, or an operand is
+not a float array BLAS can read in place, the pieces run on
+``numba.get_num_threads()`` Python threads instead, which sleep on a
+queue when idle (NumPy releases the GIL during the call).  im2col's
+ResNet-50 layers ran 1.25-1.4x faster with either than with OpenBLAS's
+own 2-thread GEMMs, and the kernel called right after them 2.1-2.6x
+faster (A/B in one process).  Winograd calls BLAS from inside its Numba
+jobs, under :data:`serial_blas` too.
 """
 
 from __future__ import annotations
@@ -27,9 +33,10 @@ import threading
 import numba
 import numpy as np
 
-from . import _tuning
+from . import _gemm, _tuning
 
-__all__ = ["serial_blas", "thread_pool", "matmul", "in_parallel"]
+__all__ = ["serial_blas", "thread_pool", "matmul", "in_parallel",
+           "gemm_in_openmp"]
 
 # The piece sizes (``min_piece_columns``, ``min_parallel_macs``) are
 # tunables: kernels.cpu._tuning.BlasTuning.
@@ -143,8 +150,17 @@ def matmul(a, b, out, split="columns"):
     cols = b.shape[-1]
     stack = out.size // max(1, rows * cols)
     bounds = _pieces(rows if by_rows else cols, stack * rows * depth * cols)
+    with serial_blas:
+        if _gemm.gemm_pieces(a, b, out, bounds, by_rows):
+            return out
     in_parallel(lambda run: _run_pieces(a, b, out, run, by_rows), bounds)
     return out
+
+
+def gemm_in_openmp():
+    """Whether :func:`matmul` runs its pieces as Numba parallel jobs (the
+    OpenMP team) rather than on Python threads (see :mod:`._gemm`)."""
+    return _gemm.available()
 
 
 def in_parallel(run, bounds):

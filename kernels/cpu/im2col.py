@@ -34,13 +34,14 @@ maps) several images share one chunk and one GEMM, whose result is then
 copied into ``y``: one wide GEMM is faster than many skinny ones.
 
 The gather is a Numba ``prange`` kernel; the GEMM runs single-threaded
-BLAS calls on column pieces in parallel Python threads
+BLAS calls on column pieces as the jobs of another ``prange``
 (:func:`kernels.cpu._blas.matmul`), so that OpenBLAS's own workers never
 wake and spin beside the next ``prange`` (1.25-1.4x faster on ResNet-50's
 3x3 layers than OpenBLAS's 2-thread GEMMs, and the kernel called next 2x
-faster).  :mod:`kernels._threads` keeps Numba's OpenMP workers from
-spinning beside the GEMM threads (the gather runs serially where they
-would).
+faster), and both steps run in the same OpenMP team, whichever library
+loaded it.  Where the pieces must run on Python threads instead (NumPy's
+CBLAS not found), :mod:`kernels._threads` keeps Numba's OpenMP workers
+from spinning beside them (the gather runs serially where they would).
 """
 
 from __future__ import annotations
@@ -373,9 +374,12 @@ def _chunked_gemm(x, w_shape, w_stack, bias_stack, y, stride, padding, dilation,
     merged = chunks[0].n1 - chunks[0].n0 > 1
     result_buffer = np.empty(k * max_cols if merged else 0, dtype=x.dtype)
     y_stack = y.reshape(n, groups, kg, positions)
-    # The gather alternates with BLAS: run it serially where Numba's OpenMP
-    # workers would spin beside OpenBLAS's (kernels._threads).
-    gather = (fill_patches if _threads.prange_beside_blas_is_safe()
+    # The gather alternates with the GEMM's pieces.  Those run in Numba's
+    # OpenMP team where NumPy's CBLAS was found (_blas.gemm_in_openmp), so
+    # the gather may too; on Python threads, run it serially where the
+    # OpenMP workers would spin beside them (kernels._threads).
+    gather = (fill_patches if (_blas.gemm_in_openmp()
+                               or _threads.prange_beside_blas_is_safe())
               else fill_patches_serial)
 
     for n0, n1, p0, p1 in chunks:
