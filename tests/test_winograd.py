@@ -547,6 +547,30 @@ def test_tunables_are_read_from_the_tuning_in_force():
         np.testing.assert_array_equal(winograd.conv2d(x, tw, b, padding=1), fused)
 
 
+@pytest.mark.parametrize("n_img", [1, 2, 4, 8])
+@pytest.mark.parametrize("hw", [(7, 7), (14, 14), (28, 28), (56, 56), (13, 30)])
+@pytest.mark.parametrize("m", [2, 4])
+def test_fused_blocks_keep_their_rules(m, hw, n_img):
+    """Wherever the fused path is chosen, its blocks hold >= 8 tiles, give
+    every thread >= 2 jobs, and cover every tile once, for batch 1 too."""
+    from kernels.cpu._winograd_blocks import block_of_job, job_count
+    tile = impl.tile_for((3, 3), m)
+    tiles_h, tiles_w = impl.tile_counts(hw, tile)
+    threads = _tuning.block_shape_threads()
+    blocks = impl._fused_blocks(tile, (tiles_h, tiles_w), n_img, 64, 64, 4,
+                                _tuning.current().winograd)
+    if blocks is None:
+        return
+    rows, cols = blocks
+    jobs = job_count(n_img, tiles_h, tiles_w, rows, cols)
+    assert rows * cols >= 8 and jobs >= 2 * threads
+    seen = np.zeros((n_img, tiles_h, tiles_w), int)
+    for job in range(jobs):
+        n, ti0, nr, tj0, ns = block_of_job(job, tiles_h, tiles_w, rows, cols)
+        seen[n, ti0:ti0 + nr, tj0:tj0 + ns] += 1
+    assert (seen == 1).all()
+
+
 def test_transformed_weights_are_a_snapshot_and_reproduce_the_array_path():
     rng = np.random.default_rng(12)
     x, w, b = random_problem(rng, np.float32)

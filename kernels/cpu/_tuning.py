@@ -259,8 +259,15 @@ class WinogradTuning:
     # ran 5.1-5.3 ms, 512 KiB 6.0-6.2 ms).
     block_budget: int = dataclasses.field(
         default_factory=lambda: max(256 * 1024, min(4 << 20, _l2_bytes() // 2)))
-    # Transformed filters up to this size run the fused path.
-    fused_max_u_bytes: int = 4 * 2**20
+    # Transformed filters below this size run the fused path.  ResNet-50's
+    # 256@14^2 with F(2,3) has U = 4 MiB: fused 0.73-0.75 ms against
+    # staged 0.94-0.96 at batch 1, 3.0-3.7 against 4.5-4.7 at batch 4
+    # (2-vCPU Zen 4, 1 MiB L2); 512@7^2's 16 MiB U stays staged (fused
+    # 4.7-5.1 ms against 3.0 at batch 1).
+    fused_max_u_bytes: int = 6 * 2**20
+    # A U above this makes short tuple GEMMs pick the smaller tile (see
+    # winograd.tile_for_problem).
+    large_u_bytes: int = 4 * 2**20
     transform_budget: int = 256 * 1024
     # Tuple GEMMs with fewer rows (tiles) than this fall back ...
     min_gemm_rows: int = 32

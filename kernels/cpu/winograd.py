@@ -430,9 +430,10 @@ def _fused_blocks(tile, tiles_hw, n_img, nc, nk, itemsize, tuning, path=None):
     ``path`` "fused" or "staged" forces that path; None chooses.  Every
     block streams all of U through the core's cache, so the fused path
     needs blocks of >= 8 tiles and a U below ``tuning.fused_max_u_bytes``
-    (it then wins by 10-50%: ResNet's 64@56^2, 128@28^2); deep layers
-    with few tiles and large U (256@14^2, 512@7^2) run staged, where each
-    tuple GEMM reads its U[p] once.  And >= 2 blocks per thread."""
+    (it then wins by 10-50%: ResNet's 64@56^2, 128@28^2, 256@14^2 with
+    F(2,3)); deep layers with few tiles and large U (512@7^2) run staged,
+    where each tuple GEMM reads its U[p] once.  And >= 2 blocks per
+    thread."""
     if path == "staged":
         return None
     n_planes = tile.alpha_h * tile.alpha_w
@@ -443,11 +444,15 @@ def _fused_blocks(tile, tiles_hw, n_img, nc, nk, itemsize, tuning, path=None):
                            n_planes * (nc + nk) * itemsize, tuning.block_budget,
                            min_jobs, output_step(tile.m_w))
 
-    rows, cols = blocks(4 * threads)
-    if (rows * cols >= 8
-            and job_count(n_img, tiles_hw[0], tiles_hw[1], rows, cols) >= 2 * threads
-            and n_planes * nc * nk * itemsize < tuning.fused_max_u_bytes):
-        return rows, cols
+    if n_planes * nc * nk * itemsize < tuning.fused_max_u_bytes:
+        # Four blocks per thread balance best; with few tiles (batch 1 at
+        # 14^2: 49) two per thread keep the blocks at >= 8 tiles.
+        for per_thread in (4, 2):
+            rows, cols = blocks(per_thread * threads)
+            if (rows * cols >= 8
+                    and job_count(n_img, tiles_hw[0], tiles_hw[1], rows,
+                                  cols) >= 2 * threads):
+                return rows, cols
     return blocks(1) if path == "fused" else None
 
 
@@ -462,7 +467,7 @@ def tile_for_problem(kernel_hw, out_hw, n_img, channels=(0, 0), itemsize=4,
 
     Short means fewer than ``tuning.min_gemm_rows`` (32) tiles in the
     batch, or fewer than ``min_gemm_rows_large_u`` (128) with a U of more
-    than ``fused_max_u_bytes`` (4 MiB; ``channels = (C, K)`` per group):
+    than ``large_u_bytes`` (4 MiB; ``channels = (C, K)`` per group):
     such GEMMs have too few rows to pay for reading U (alpha^2 C K
     numbers), and a smaller tile shrinks U and adds rows.  Measured with
     one thread, CPU time, F(2, 3) against F(4, 3): 256@14^2 at batch 1, 2,
@@ -476,7 +481,7 @@ def tile_for_problem(kernel_hw, out_hw, n_img, channels=(0, 0), itemsize=4,
     n_tiles = n_img * tiles_h * tiles_w
     u_bytes = tile.alpha_h * tile.alpha_w * channels[0] * channels[1] * itemsize
     short = n_tiles < (tuning.min_gemm_rows_large_u
-                       if u_bytes > tuning.fused_max_u_bytes
+                       if u_bytes > tuning.large_u_bytes
                        else tuning.min_gemm_rows)
     if not short:
         return tile
