@@ -141,3 +141,64 @@ class TrackKernelAfterBlas:
         return after_im2col / after_direct
 
     track_direct_after_im2col_vs_after_direct.unit = "ratio"
+
+
+def _torch_importable():
+    import importlib.util
+    return importlib.util.find_spec("torch") is not None
+
+
+class TrackImportOrder:
+    """Each algorithm and torch in one worker process, imported in either
+    order (issue 12): with ``torch`` first, the OpenMP runtime is torch's
+    ``libgomp``, which read no wait policy and spins for milliseconds
+    after each torch call.  ``track_ms`` is our median time per call,
+    ``track_speed_vs_torch`` torch's median over ours in the same worker
+    (contenders alternated in a new seeded order every round, 9 rounds).
+    Every algorithm should be within 10 % of itself across the two orders.
+    The worker is a fresh process (:mod:`convbench.isolated`): this module
+    has imported ``kernels`` first, which would decide the order here.
+    """
+
+    params = [["kernels-first", "torch-first"], ["64@56", "512@7"],
+              ["direct", "im2col", "winograd", "auto"]]
+    param_names = ["order", "layer", "algorithm"]
+    timeout = 600
+    rounds = 9
+
+    def setup_cache(self):
+        if not _torch_importable():
+            return None
+        from convbench.isolated import worker_times
+        from convbench.workloads import ConvCase
+        results = {}
+        for order in self.params[0]:
+            imports = tuple(order.split("-")[0:1]) + (
+                ("torch",) if order == "kernels-first" else ("kernels",))
+            for layer in self.params[1]:
+                c, s = _layer(layer)
+                case = ConvCase(layer, (4, c, s, s), (c, c, 3, 3), 1, 1, 1)
+                measured = worker_times(self.params[2] + ["torch"], [case],
+                                        self.rounds, isolated=False,
+                                        import_order=imports)
+                results[order, layer] = {
+                    name: float(np.median(t))
+                    for name, t in measured.times.items() if t}
+        return results
+
+    def setup(self, results, order, layer, algorithm):
+        if results is None:
+            raise NotImplementedError("torch is not installed")
+        self.times = results[order, layer]
+        if algorithm not in self.times or "torch" not in self.times:
+            raise NotImplementedError(f"{algorithm} did not run")
+
+    def track_ms(self, results, order, layer, algorithm):
+        return self.times[algorithm] * 1e3
+
+    track_ms.unit = "ms"
+
+    def track_speed_vs_torch(self, results, order, layer, algorithm):
+        return self.times["torch"] / self.times[algorithm]
+
+    track_speed_vs_torch.unit = "ratio"

@@ -67,6 +67,19 @@ def numba_info():
     return info
 
 
+def openmp_info():
+    """How this process's OpenMP runtime came to be and what the package
+    does about it (kernels._threads, kernels.cpu._blas): whether an OpenMP
+    runtime (e.g. torch's libgomp) was loaded before ``import kernels``,
+    the wait policy that runtime read, and whether BLAS pieces run in the
+    OpenMP team (any import order) or on Python threads."""
+    from kernels import _threads
+    from kernels.cpu import _blas
+    info = dict(_threads.describe())
+    info["blas_pieces_in_openmp_team"] = _blas.gemm_in_openmp()
+    return info
+
+
 def blas_info():
     """threadpoolctl's view of the loaded BLAS and OpenMP libraries."""
     try:
@@ -206,6 +219,7 @@ def machine_info(measure=True):
         "cpu_count": os.cpu_count(),
         "usable_cores": _usable_cores(),
         "numba": numba_info(),
+        "openmp": openmp_info(),
         "blas": blas_info(),
         "blas_summary": blas_summary(),
         "env": {name: os.environ.get(name) for name in ENV_VARS},
@@ -218,6 +232,18 @@ def machine_info(measure=True):
         info["sgemm_1024_gflops"] = round(sgemm_gflops(), 2)
         info["copy_gbs"] = round(copy_bandwidth_gbs(), 2)
     return info
+
+
+def _format_openmp(openmp):
+    if not openmp:
+        return "not recorded"
+    first = ("loaded before kernels (e.g. torch imported first)"
+             if openmp["openmp_loaded_before_kernels"]
+             else "loaded by kernels")
+    policy = openmp["omp_wait_policy_seen_by_runtime"] or "unset (spins)"
+    pieces = ("in the OpenMP team" if openmp["blas_pieces_in_openmp_team"]
+              else "on Python threads")
+    return f"runtime {first}; wait policy {policy}; BLAS pieces {pieces}"
 
 
 def format_machine_info(info):
@@ -233,6 +259,7 @@ def format_machine_info(info):
                   f"{numba['threading_layer'] or 'not chosen yet'}"
                   f" (config: {numba['threading_layer_config']})"),
         ("BLAS", info["blas_summary"]),
+        ("OpenMP", _format_openmp(info.get("openmp"))),
         ("env", env or "(none of the tracked variables set)"),
         ("malloc", info.get("malloc", "default")),
         ("versions", versions),

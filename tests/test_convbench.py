@@ -461,6 +461,28 @@ def test_machine_info_without_measurement():
     assert "BLAS" in format_machine_info(info)
 
 
+@pytest.mark.parametrize("first", ["kernels", "torch"])
+def test_machine_info_records_the_import_order(first):
+    """The machine block says whether an OpenMP runtime was loaded before
+    kernels (torch imported first) and where the BLAS pieces run."""
+    pytest.importorskip("torch")
+    second = "torch" if first == "kernels" else "kernels"
+    code = (f"import {first}, {second}, json\n"
+            "from convbench.machine import machine_info, format_machine_info\n"
+            "info = machine_info(measure=False)\n"
+            "print(json.dumps(info['openmp']))\n"
+            "print(format_machine_info(info))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                         text=True, check=True, timeout=300).stdout
+    openmp = json.loads(out.splitlines()[0])
+    if openmp["threading_layer"] != "omp":
+        pytest.skip("Numba's threading layer is not OpenMP")
+    assert openmp["openmp_loaded_before_kernels"] is (first == "torch")
+    line = next(x for x in out.splitlines() if x.startswith("OpenMP"))
+    assert ("loaded before kernels" in line) is (first == "torch")
+    assert "BLAS pieces" in line
+
+
 def test_calibrate_writes_thresholds_that_auto_reads(tmp_path, monkeypatch):
     from convbench import calibrate as cal
     from kernels._choose import default_thresholds
