@@ -37,14 +37,13 @@ then keeps the Python threads.
 from __future__ import annotations
 
 import ctypes
-import threading
 
 import numpy as np
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["available", "gemm_pieces", "operand", "set_enabled"]
+__all__ = ["available", "dot", "gemm_pieces", "operand", "set_enabled"]
 
 # Private LLVM symbol names of NumPy's CBLAS entry points.
 _SGEMM = "convbench_numpy_cblas_sgemm"
@@ -53,8 +52,6 @@ _SYMBOLS = {_SGEMM: "scipy_cblas_sgemm64_", _DGEMM: "scipy_cblas_dgemm64_"}
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 
-_lock = threading.Lock()
-_found = None             # None: not looked for yet; then True/False
 _switched_off = False     # set_enabled(False): tests of the other path
 
 
@@ -76,9 +73,39 @@ def _numpy_openblas():
     return None
 
 
+def _register():
+    """Register NumPy's CBLAS under the private names; True when found.
+
+    Done at import, before any kernel that names them is compiled or
+    loaded from the cache: every such kernel must link, so where NumPy's
+    CBLAS is missing a stub that does nothing is registered instead, and
+    the kernels never call it (their ``cblas`` argument is False).
+    """
+    import llvmlite.binding as llvm
+    lib = _numpy_openblas()
+    for private, public in _SYMBOLS.items():
+        if lib is not None:
+            function = getattr(lib, public)
+        else:
+            function = _STUB_TYPE(lambda *args: None)
+            _stubs.append(function)         # keep the callback alive
+        llvm.add_symbol(private, ctypes.cast(function, ctypes.c_void_p).value)
+    return lib is not None
+
+
+_STUB_TYPE = ctypes.CFUNCTYPE(None, *([ctypes.c_int] * 3
+                                     + [ctypes.c_int64] * 3
+                                     + [ctypes.c_double, ctypes.c_void_p,
+                                        ctypes.c_int64, ctypes.c_void_p,
+                                        ctypes.c_int64, ctypes.c_double,
+                                        ctypes.c_void_p, ctypes.c_int64]))
+_stubs = []
+_found = _register()
+
+
 def set_enabled(value):
     """Switch this path off (False) or back on (True), for tests and
-    benchmarks of the Python-thread path; returns the previous setting."""
+    benchmarks of the fallbacks; returns the previous setting."""
     global _switched_off
     if value not in (True, False):
         raise ValueError(f"value must be True or False, got {value!r}")
@@ -87,23 +114,8 @@ def set_enabled(value):
 
 
 def available():
-    """Whether NumPy's CBLAS was found and registered (looked up once)
-    and this path is switched on."""
-    global _found
-    if _switched_off:
-        return False
-    if _found is None:
-        with _lock:
-            if _found is None:
-                lib = _numpy_openblas()
-                if lib is not None:
-                    import llvmlite.binding as llvm
-                    for private, public in _SYMBOLS.items():
-                        address = ctypes.cast(getattr(lib, public),
-                                              ctypes.c_void_p).value
-                        llvm.add_symbol(private, address)
-                _found = lib is not None
-    return _found
+    """Whether NumPy's CBLAS was found and this path is switched on."""
+    return _found and not _switched_off
 
 
 def _signature(real):
@@ -126,6 +138,35 @@ def _voidptr(typingctx, address):
         return builder.inttoptr(args[0], cgutils.voidptr_t)
 
     return types.voidptr(address), codegen
+
+
+@njit(cache=True, inline="always")
+def dot(a, b, out, cblas):
+    """``out = a @ b`` for 2-D float arrays with unit-stride rows, inside
+    a Numba kernel: NumPy's CBLAS when ``cblas`` (pass :func:`available`),
+    else Numba's ``np.dot`` (SciPy's BLAS; contiguous operands only)."""
+    m, k = a.shape
+    n = b.shape[1]
+    if m == 0 or n == 0:
+        return
+    if k == 0:
+        out[:] = 0
+        return
+    if cblas:
+        item = a.itemsize
+        if item == 8:
+            _dgemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, m, n, k, 1.0,
+                   _voidptr(a.ctypes.data), a.strides[0] // item,
+                   _voidptr(b.ctypes.data), b.strides[0] // item, 0.0,
+                   _voidptr(out.ctypes.data), out.strides[0] // item)
+        else:
+            _sgemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, m, n, k,
+                   np.float32(1.0), _voidptr(a.ctypes.data),
+                   a.strides[0] // item, _voidptr(b.ctypes.data),
+                   b.strides[0] // item, np.float32(0.0),
+                   _voidptr(out.ctypes.data), out.strides[0] // item)
+    else:
+        np.dot(a, b, out)
 
 
 @njit(cache=True, inline="always")

@@ -50,7 +50,7 @@ from .._winograd_math import (Tile, TransformedWeights, requested_tile,
                               tile_counts, tile_for, transform_matrices,
                               unsupported_reason)
 from ..geometry import conv_output_size
-from . import _blas, _tuning
+from . import _blas, _gemm, _tuning
 from ._winograd_blocks import (add_scaled, block_of_job, block_shape,
                                job_count, output_step)
 from ._workspace import Workspace
@@ -247,14 +247,16 @@ def transform_input(x, tile, padding, out_hw, channels=None, out=None,
 # --------------------------------------------------------------------------
 
 @njit(parallel=True, cache=True)
-def _tuple_gemm_kernel(v, u, mm, chunk):
+def _tuple_gemm_kernel(v, u, mm, chunk, cblas):
     """mm[p, t0:t1] = v[p, t0:t1] @ u[p], one BLAS call per (p, chunk) job.
 
     Calls BLAS from the Numba threads (run single-threaded, see
     :data:`kernels.cpu._blas.serial_blas`) instead of NumPy's multithreaded
     matmul: OpenBLAS's own thread pool and Numba's OpenMP pool, used one
     after the other, fight for the cores (up to 20x slower on a busy 2-core
-    machine).
+    machine).  The BLAS is NumPy's (``cblas``, see :mod:`._gemm`): SciPy's,
+    which Numba's ``np.dot`` calls, made 512@7^2 (16 planes of 64 x 512 @
+    512 x 512) 1.13-1.40x slower.
     """
     n_planes, n_tiles, _ = v.shape
     chunks = (n_tiles + chunk - 1) // chunk
@@ -262,7 +264,7 @@ def _tuple_gemm_kernel(v, u, mm, chunk):
         p = job // chunks
         t0 = (job % chunks) * chunk
         t1 = min(n_tiles, t0 + chunk)
-        np.dot(v[p, t0:t1], u[p], mm[p, t0:t1])
+        _gemm.dot(v[p, t0:t1], u[p], mm[p, t0:t1], cblas)
 
 
 def tuple_gemm(V, U, out=None):
@@ -277,7 +279,7 @@ def tuple_gemm(V, U, out=None):
     chunks = max(1, -(-min_jobs // n_planes))
     chunk = max(16, -(-n_tiles // chunks))
     with _blas.serial_blas:
-        _tuple_gemm_kernel(V, U, out, chunk)
+        _tuple_gemm_kernel(V, U, out, chunk, _gemm.available())
     return out
 
 
@@ -398,7 +400,7 @@ def transform_output(M, tile, out_shape, bias=None, channels=None, out=None,
 
 @njit(parallel=True, cache=True)
 def _fused_kernel(xp, u, bt_h, bt_w, at_h, at_w, bias, k0, tiles_h, tiles_w,
-                  rows, cols, y):
+                  rows, cols, y, cblas):
     """All three stages per block of tiles, one prange job per block.
 
     The block's V and M (alpha^2 x tiles x channels) stay in the core's
@@ -417,7 +419,7 @@ def _fused_kernel(xp, u, bt_h, bt_w, at_h, at_w, bias, k0, tiles_h, tiles_w,
         _input_block(xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w, half, v, 0,
                      ns)
         for p in range(n_planes):
-            np.dot(v[p], u[p], mm[p])
+            _gemm.dot(v[p], u[p], mm[p], cblas)
         half_out = np.empty((a_h + 1, m_w, ns * nk), xp.dtype)
         line = np.empty((nk, ns * m_w), xp.dtype)
         _output_block(mm, 0, ns, n, ti0, nr, tj0, ns, at_h, at_w, bias, k0,
@@ -556,7 +558,7 @@ def conv2d_transformed(x, transformed, bias, padding, path=None,
         with _blas.serial_blas:
             _fused_kernel(xp, transformed.U[g], BT_h, BT_w, AT_h, AT_w,
                           bias_arr, g * kg, tiles_h, tiles_w, blocks[0],
-                          blocks[1], y)
+                          blocks[1], y, _gemm.available())
     _set_padding_only_outputs(y, bias, (H, W), padding, (tile.r_h, tile.r_w))
     return y
 
