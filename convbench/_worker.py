@@ -10,7 +10,8 @@ what the parent asks for, one request at a time; between requests it
 blocks on its pipe (asleep), like a process that is not being measured.
 
 Protocol: one JSON object per line.  The first line from the parent is
-the job (contenders, cases, dtype, seed, backend, import order); the
+the job (contenders, cases, dtype, seed, backend, import order, whether
+malloc keeps freed memory); the
 worker answers ``{"ready": {name: null | reason}, "cases": {name: [null |
 reason per case]}}`` (a contender is ready when it runs at least one case;
 a request for a case it cannot run gets no times).  Then each
@@ -136,6 +137,9 @@ class _Job:
 
     def __init__(self, job):
         from convbench.timing import make_inputs
+        if job.get("keep_freed_memory"):    # as the sweep's own process
+            from convbench.machine import keep_freed_memory
+            keep_freed_memory()
         _import_in_order(job)
         self.cases = [tuple(c) for c in job["cases"]]
         self.runners = {}

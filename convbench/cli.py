@@ -222,6 +222,11 @@ def build_parser():
                     help="skip a contender whose call takes more than S "
                          "seconds (compilation excluded) when another one "
                          "of the same case ran within S (default: no limit)")
+    sw.add_argument("--isolated", action="store_true",
+                    help="also time every contender alone in its own worker "
+                         "process (imports only what it needs), workers "
+                         "alternated call by call; the table adds these "
+                         "times next to the in-process ones")
     sw.add_argument("--malloc-default", action="store_true",
                     help="leave glibc malloc's thresholds alone (default: "
                          "keep freed memory, so that no contender page-faults "
@@ -361,6 +366,9 @@ def _add_report_parser(sub):
                      help="time_ benchmarks of --from-asv to plot (regex on "
                           "the name; default: the first 4 matching "
                           "'time_conv2d$'); every track_crossover* is plotted")
+    rep.add_argument("--isolated", action="store_true",
+                     help="also time every contender alone in its own "
+                          "worker process (the tables add those times)")
     rep.add_argument("--no-progress", action="store_true",
                      help="no progress bar on stderr (the step lines stay)")
     return rep
@@ -497,7 +505,8 @@ def cmd_sweep(args, parser):
                     else args.time_limit),
         backend=args.backend,
         progress=not args.no_progress,
-        keep_freed_memory=not args.malloc_default)
+        keep_freed_memory=not args.malloc_default,
+        isolated=args.isolated)
     print(_header(cases, config), flush=True)
     result = sweep.run_sweep(cases, config)
     try:

@@ -45,11 +45,12 @@ class Worker:
 
     def __init__(self, contenders, cases, *, dtype="float32", seed=0,
                  backend="cpu", import_order=(), warmup=2,
-                 python=sys.executable, env=None):
+                 keep_freed_memory=False, python=sys.executable, env=None):
         job = {"contenders": list(contenders),
                "cases": [_plain_case(c) for c in cases], "dtype": dtype,
                "seed": seed, "backend": backend,
-               "import_order": list(import_order), "warmup": warmup}
+               "import_order": list(import_order), "warmup": warmup,
+               "keep_freed_memory": bool(keep_freed_memory)}
         self._proc = subprocess.Popen(
             [python, "-m", "convbench._worker"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -134,7 +135,8 @@ class WorkerTimes:
 
 def worker_times(contenders, cases, rounds, *, isolated=True, sequence=False,
                  case_index=None, calls=1, import_order=(), dtype="float32",
-                 seed=0, backend="cpu", order_seed=0, python=sys.executable):
+                 seed=0, backend="cpu", order_seed=0, keep_freed_memory=False,
+                 python=sys.executable):
     """Time ``contenders`` in worker processes, alternated round by round.
 
     Parameters
@@ -155,6 +157,9 @@ def worker_times(contenders, cases, rounds, *, isolated=True, sequence=False,
         otherwise one call runs ``cases[case_index]`` (default 0).
     import_order : sequence of str
         Module names ("kernels", "torch", "scipy.signal") in import order.
+    keep_freed_memory : bool
+        Workers call :func:`convbench.machine.keep_freed_memory` first, as
+        a sweep's own process does.
 
     Returns
     -------
@@ -163,7 +168,8 @@ def worker_times(contenders, cases, rounds, *, isolated=True, sequence=False,
     names = list(contenders)
     case = None if sequence else (case_index or 0)
     options = dict(dtype=dtype, seed=seed, backend=backend,
-                   import_order=import_order, python=python)
+                   import_order=import_order,
+                   keep_freed_memory=keep_freed_memory, python=python)
     groups = [[n] for n in names] if isolated else [names]
     workers = []
     result = WorkerTimes()

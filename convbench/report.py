@@ -956,8 +956,9 @@ def _save_sweep(out, sweep_dict, plan_name):
 
 
 def measure(plans, out, *, dtype="float32", backend="cpu", progress=True,
-            command=""):
-    """Run ``plans``, saving each sweep's JSON into ``out``.
+            command="", isolated=False):
+    """Run ``plans``, saving each sweep's JSON into ``out``; ``isolated``
+    also times every contender in its own worker process.
 
     Returns ``(sweeps, machine, interrupted, seconds)``; a
     KeyboardInterrupt ends the measuring early with ``interrupted`` True
@@ -980,7 +981,7 @@ def measure(plans, out, *, dtype="float32", backend="cpu", progress=True,
                 algorithms=algorithms, peers=peers, dtype=dtype,
                 repeats=plan.repeats, check_macs=plan.check_macs,
                 peer_time_limit=plan.peer_time_limit, backend=backend,
-                progress=progress)
+                progress=progress, isolated=isolated)
             start = time.perf_counter()
             date = _now()
             result = sweep_mod.run_sweep(plan.cases, config)
@@ -1096,7 +1097,8 @@ def run(args, parser):
         steps = len(plans) + 2
         sweeps, machine, interrupted, seconds = measure(
             plans, out, dtype=args.dtype, backend=args.backend,
-            progress=not args.no_progress, command=command)
+            progress=not args.no_progress, command=command,
+            isolated=args.isolated)
     _step(steps, steps, "writing the report and figures")
     written = write_report(out, sweeps, machine, command=command,
                            interrupted=interrupted, asv=asv, seconds=seconds)

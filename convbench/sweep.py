@@ -94,6 +94,9 @@ class SweepConfig:
     # large temporaries are not page-faulted afresh on every call.
     keep_freed_memory: bool = True
     backend: str = "cpu"          # kernels' backend of the algorithms
+    # Also time every contender that ran in its own worker process
+    # (convbench.isolated), alternated call by call, ``repeats`` rounds.
+    isolated: bool = False
 
 
 @dataclass
@@ -122,6 +125,18 @@ class Measurement:
     # over the time limit: compilation excluded), or the estimate that got
     # the contender skipped.
     warmup_s: float | None = None
+    # ``SweepConfig.isolated``: the contender alone in a worker process.
+    isolated_times_s: list = field(default_factory=list)
+    isolated_median_s: float | None = None
+    isolated_reason: str | None = None   # why it has no isolated times
+
+    def quartiles_s(self, isolated=False):
+        """(first, third) quartile of the timed repeats, or None."""
+        times = self.isolated_times_s if isolated else self.times_s
+        if len(times) < 2:
+            return None
+        q = statistics.quantiles(times, n=4, method="inclusive")
+        return q[0], q[2]
 
     @property
     def kernel_size(self):
@@ -454,6 +469,22 @@ def bound_kind(name, chose=None):
     return chose if name == "auto" else name
 
 
+def _spread(quartiles):
+    """'q1-q3' in ms, or '-'."""
+    if quartiles is None:
+        return "-"
+    return f"{quartiles[0] * 1e3:.3g}-{quartiles[1] * 1e3:.3g}"
+
+
+def _isolated_cells(m, best_peer):
+    if not m.isolated_median_s:
+        return ("-", "-", "-")
+    speed = best_peer / m.isolated_median_s if best_peer else None
+    return (_fmt(m.isolated_median_s * 1e3, ".4g"),
+            _spread(m.quartiles_s(isolated=True)),
+            "-" if speed is None else f"{speed:.2f}x")
+
+
 def _finish(m, case, repeats):
     if m.times_s:
         m.median_s = statistics.median(m.times_s)
@@ -700,7 +731,8 @@ def run_sweep(cases, config):
     dtype = np.dtype(config.dtype)
     result = SweepResult(config=_config_dict(config), cases=list(cases),
                          measurements=[])
-    total = len(cases) * len(contenders) * (1 + config.repeats)
+    total = len(cases) * len(contenders) * (
+        1 + config.repeats * (2 if config.isolated else 1))
     progress = tqdm(total=total, file=sys.stderr, disable=not config.progress,
                     unit="call", leave=False, dynamic_ncols=True)
     current = {}
@@ -728,6 +760,8 @@ def run_sweep(cases, config):
                               case.label)
             for m in current.values():
                 _finish(m, case, config.repeats)
+            if config.isolated:
+                _time_isolated(case, index, current, config, progress)
             result.measurements.extend(current.values())
             current = {}
     except KeyboardInterrupt:
@@ -741,6 +775,35 @@ def run_sweep(cases, config):
     finally:
         progress.close()
     return result
+
+
+def _time_isolated(case, index, measurements, config, progress):
+    """Time the contenders that ran in-process again, each alone in a
+    worker process (:mod:`convbench.isolated`), alternated call by call."""
+    from .isolated import WorkerError, worker_times
+    ok = [name for name, m in measurements.items() if m.status == "ok"]
+    progress.update((len(measurements) - len(ok)) * config.repeats)
+    if not ok:
+        return
+    progress.set_postfix_str(f"{case.label} isolated workers")
+    try:
+        timed = worker_times(ok, [case], config.repeats, isolated=True,
+                             dtype=config.dtype, seed=config.seed + index,
+                             backend=config.backend,
+                             keep_freed_memory=config.keep_freed_memory)
+    except WorkerError as exc:
+        for name in ok:
+            measurements[name].isolated_reason = f"worker failed: {exc}"
+        progress.update(len(ok) * config.repeats)
+        return
+    for name in ok:
+        m = measurements[name]
+        m.isolated_times_s = timed.times.get(name, [])
+        if m.isolated_times_s:
+            m.isolated_median_s = statistics.median(m.isolated_times_s)
+        else:
+            m.isolated_reason = timed.status.get(name) or "no times"
+    progress.update(len(ok) * config.repeats)
 
 
 def _config_dict(config):
@@ -800,8 +863,11 @@ def format_table(result):
     notes under the table give the reason once per rule, with the cases it
     applied to.  An error above the documented bound is marked with ``!``.
     """
-    header = ("case", "contender", "time ms", "GFLOP/s", "err units",
-              "bound c", "speedup")
+    isolated = any(m.isolated_times_s for m in result.measurements)
+    header = ("case", "contender", "time ms", "q1-q3", "GFLOP/s",
+              "err units", "bound c", "speedup")
+    if isolated:
+        header += ("isolated ms", "iso q1-q3", "iso speedup")
     rows = []
     notes = {}            # (contender, status, template) -> [reason, cases]
     over_bound = False
@@ -811,6 +877,9 @@ def format_table(result):
     for label, ms in by_case.items():
         peer_times = [m.median_s for m in ms if m.peer and m.status == "ok"]
         best_peer = min(peer_times) if peer_times else None
+        iso_peers = [m.isolated_median_s for m in ms
+                     if m.peer and m.isolated_median_s]
+        best_iso_peer = min(iso_peers) if iso_peers else None
         first = True
         for m in ms:
             name = m.contender + (f"->{m.chose}" if m.chose else "")
@@ -819,7 +888,7 @@ def format_table(result):
                 note = notes.setdefault(key, [m.reason, []])
                 note[1].append(label)
                 number = list(notes).index(key) + 1
-                cells = (f"{m.status} [{number}]", "", "", "", "")
+                cells = (f"{m.status} [{number}]",) + ("",) * (len(header) - 3)
             else:
                 speed = best_peer / m.median_s if best_peer else None
                 ms_txt = _fmt(m.median_s * 1e3, ".4g")
@@ -830,9 +899,11 @@ def format_table(result):
                         and m.error_units > m.error_constant):
                     err_txt += " !"
                     over_bound = True
-                cells = (ms_txt, _fmt(m.gflops, ".3g"), err_txt,
-                         _fmt(m.error_constant, "g"),
+                cells = (ms_txt, _spread(m.quartiles_s()), _fmt(m.gflops, ".3g"),
+                         err_txt, _fmt(m.error_constant, "g"),
                          "-" if speed is None else f"{speed:.2f}x")
+                if isolated:
+                    cells += _isolated_cells(m, best_iso_peer)
             rows.append((label if first else "", name) + cells)
             first = False
     if not rows:
@@ -852,10 +923,14 @@ def format_table(result):
         out.append(line(r))
         previous = r
     out.append("")
-    out.append("time: median of the timed repeats after a warm-up; speedup: "
-               "time of the fastest peer / time (above 1: faster than every "
-               "peer); err units: max |y - y_ref| / (u |x|*|w|), to be <= "
-               "bound c")
+    out.append("time: median of the timed repeats after a warm-up, q1-q3 "
+               "their quartiles (ms); speedup: time of the fastest peer / "
+               "time (above 1: faster than every peer); err units: max |y - "
+               "y_ref| / (u |x|*|w|), to be <= bound c")
+    if isolated:
+        out.append("isolated: each contender alone in its own worker process, "
+                   "the workers alternated call by call; iso speedup against "
+                   "the fastest peer's isolated time")
     if over_bound:
         out.append("! error above the documented bound of kernels.accuracy")
     for number, ((name, status, _), (reason, labels)) in enumerate(notes.items(), 1):

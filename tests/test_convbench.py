@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import subprocess
 import sys
 
@@ -228,6 +229,44 @@ def test_tiny_sweep_writes_complete_json(tmp_path, capsys):
             assert r["error_constant"] == constant
     stdout = capsys.readouterr().out
     assert "k=3" in stdout and "k=5" in stdout and "speedup" in stdout
+
+
+def test_isolated_sweep_times_every_contender_in_its_own_worker(tmp_path,
+                                                                capsys):
+    """--isolated: each contender that ran in-process is timed again alone
+    in a worker, the table shows both times with their quartiles, and the
+    JSON keeps the isolated times."""
+    out = tmp_path / "sweep.json"
+    code = _run_main(["sweep", "--shape", "1,2,12,12,2", "--kernels", "3",
+                      "--algorithms", "direct,im2col", "--peers", "scipy-fft",
+                      "--repeats", "3", "--no-check", "--isolated",
+                      "--no-progress", "--json", str(out)])
+    assert code == 0
+    results = json.loads(out.read_text())["results"]
+    assert {r["contender"] for r in results} == {"direct", "im2col",
+                                                 "scipy-fft"}
+    for r in results:
+        assert len(r["isolated_times_s"]) == 3, r
+        assert r["isolated_median_s"] == pytest.approx(
+            statistics.median(r["isolated_times_s"]))
+        assert all(t > 0 for t in r["isolated_times_s"])
+    stdout = capsys.readouterr().out
+    assert "isolated ms" in stdout and "iso speedup" in stdout
+    assert "q1-q3" in stdout
+
+
+def test_sweep_table_shows_quartiles_and_no_isolated_columns_by_default():
+    m = sweep.Measurement("k=3", (1, 1, 8, 8), (1, 1, 3, 3), 1, "same", 1,
+                          "direct", False, "ok", times_s=[1e-3, 2e-3, 3e-3,
+                                                          4e-3, 5e-3],
+                          median_s=3e-3)
+    q1, q3 = m.quartiles_s()
+    assert (q1, q3) == pytest.approx((2e-3, 4e-3))
+    table = sweep.format_table(sweep.SweepResult({}, [], [m]))
+    assert "2-4" in table and "isolated" not in table
+    m.isolated_times_s = [1e-3, 1e-3]
+    m.isolated_median_s = 1e-3
+    assert "isolated ms" in sweep.format_table(sweep.SweepResult({}, [], [m]))
 
 
 def test_network_sweep_runs_every_distinct_lenet_layer(capsys):

@@ -111,6 +111,28 @@ def test_tiny_report_writes_markdown_html_figures_and_json(tmp_path, fast,
     assert "step 1/3: machine" in err and "step 3/3: writing" in err
 
 
+def test_isolated_report_shows_both_times(tmp_path, fast, monkeypatch):
+    """--isolated reaches the sweep: the saved JSON holds each contender's
+    isolated times and the report's tables show them."""
+    seen = {}
+
+    def fake_worker_times(names, cases, rounds, **options):
+        from convbench.isolated import WorkerTimes
+        seen["options"] = options
+        return WorkerTimes({n: [2e-3] * rounds for n in names},
+                           {n: None for n in names})
+
+    import convbench.isolated
+    monkeypatch.setattr(convbench.isolated, "worker_times", fake_worker_times)
+    out = tmp_path / "rep"
+    assert cli.main(TINY + ["--out", str(out), "--isolated"]) == 0
+    assert seen["options"]["isolated"] is True
+    data = json.loads(next(out.glob("sweep-*.json")).read_text())
+    ok = [r for r in data["results"] if r["status"] == "ok"]
+    assert ok and all(r["isolated_times_s"] == [2e-3] for r in ok)
+    assert "isolated ms" in (out / "report.md").read_text()
+
+
 def test_html_is_self_contained(tmp_path, fast):
     out = tmp_path / "rep"
     assert cli.main(TINY + ["--out", str(out)]) == 0
