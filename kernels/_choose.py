@@ -61,6 +61,19 @@ IM2COL_SERIAL_POSITIONS = 64
 #: channel (197), k = 63: direct 3.9 vs fft 5.3, k = 255: fft 4.7 vs 5.9.
 FFT_1D_AREA_FACTOR = 0.4
 
+#: A single-channel 2-D image smaller than 1024^2 reaches FFT at a larger
+#: kernel, as FFT's fixed costs per call weigh more on a smaller image:
+#: the area threshold (measured at 1024^2) is multiplied by a factor
+#: interpolated in log2(H W) and log(factor) between these (pixels,
+#: factor) points, and held at the ends.  Crossovers measured 2026-12-02
+#: (``convbench sweep``, 9 repeats, direct vs fft): 256^2 direct faster to
+#: k = 23 (area 529), fft from 25 (625): area ~575; 512^2 direct at k = 15
+#: (1.40-1.63 ms vs fft 1.67-2.42 in-process, 1.84 vs 2.46-2.57 isolated,
+#: and 1.18x, 1.22x in two earlier sweeps), fft from 17 or 19 in three
+#: sweeps: ~286; 1024^2 fft from k = 15 in every sweep: the default 197.
+FFT_SINGLE_SIZE_FACTORS = ((1 << 16, 575 / 197), (1 << 18, 286 / 197),
+                           (1 << 20, 1.0))
+
 #: Output positions (N * Ho * Wo) Winograd needs when its output channels
 #: only just pass ``winograd_min_channels`` (under twice it): C = K = 64,
 #: 3x3 at 56^2, batch 1 (3136 positions) ran direct 1.04x, 1.15x and
@@ -68,6 +81,14 @@ FFT_1D_AREA_FACTOR = 0.4
 #: (12544) and U-Net's K = 64 layers (>= 65536) run faster with Winograd;
 #: the threshold is between the two, at their geometric mean.
 WINOGRAD_NARROW_MIN_POSITIONS = 6272
+
+#: ... and at most this many: C = 64 or 128 -> K = 64, 3x3, in-process and
+#: isolated medians of 7-9 (2026-12-02): direct and Winograd tie at 25088
+#: and 50176 positions (56^2 x 8, 112^2 x 4), direct is 1.27-1.29x faster
+#: at 65536 (128^2 x 4, 256^2 x 1) and 1.14-1.40x at 262144 (U-Net's
+#: 256^2 x 4 down0.conv2 and 128 -> 64 layers).  The threshold is the
+#: geometric mean of 50176 and 65536.
+WINOGRAD_NARROW_MAX_POSITIONS = 57344
 
 
 def default_thresholds(backend="cpu"):
@@ -124,6 +145,14 @@ def candidates(spec, backend="cpu"):
             if _dispatch.unsupported_reason("conv2d", backend, a, spec) is None]
 
 
+def single_channel_size_factor(pixels):
+    """Factor on the single-channel FFT area threshold for an image of
+    ``pixels`` (see ``FFT_SINGLE_SIZE_FACTORS``)."""
+    xs = [np.log2(p) for p, _ in FFT_SINGLE_SIZE_FACTORS]
+    ys = [np.log(f) for _, f in FFT_SINGLE_SIZE_FACTORS]
+    return float(np.exp(np.interp(np.log2(max(pixels, 1)), xs, ys)))
+
+
 def fft_min_area(cg, kg, t):
     """Kernel area from which FFT is chosen, for ``cg`` input and ``kg``
     output channels per group, under thresholds ``t``.
@@ -168,6 +197,8 @@ def _model_choice(cands, spec, t):
     fft_area = fft_min_area(cg, kg, t)
     if h == 1 and kh == 1:
         fft_area *= FFT_1D_AREA_FACTOR
+    elif cg * kg == 1:
+        fft_area *= single_channel_size_factor(h * w)
     if "fft" in cands and phase_area >= fft_area:
         return "fft"
     # A 1x1 kernel giving a 1x1 output (SE blocks' convs on pooled maps)
@@ -195,7 +226,8 @@ def _model_choice(cands, spec, t):
             and width >= t["winograd_min_channels"]
             and h * w >= t["winograd_min_pixels"]
             and (width >= 2 * t["winograd_min_channels"]
-                 or n * out_h * out_w >= WINOGRAD_NARROW_MIN_POSITIONS)):
+                 or WINOGRAD_NARROW_MIN_POSITIONS <= n * out_h * out_w
+                 <= WINOGRAD_NARROW_MAX_POSITIONS)):
         return "winograd"
     # With few output channels the GEMM degenerates to matrix-vector
     # products, which the direct kernel's register tiles beat by 10x or more

@@ -252,6 +252,21 @@ def test_few_channels_stay_direct_where_one_area_sent_them_to_fft():
     assert _choice((1, 1, 1, 10**6), (1, 1, 1, 255)) == "fft"
 
 
+def test_single_channel_fft_needs_larger_kernels_on_smaller_images():
+    # Area threshold 200 at 1024^2 and above; x1.45 at 512^2, x2.92 at
+    # 256^2 and below (measured crossovers: k = 15, 17, 25).
+    assert _choice((1, 1, 2048, 2048), (1, 1, 15, 15)) == "fft"
+    assert _choice((1, 1, 1024, 1024), (1, 1, 15, 15)) == "fft"
+    assert _choice((1, 1, 512, 512), (1, 1, 15, 15)) == "direct"
+    assert _choice((1, 1, 512, 512), (1, 1, 19, 19)) == "fft"
+    assert _choice((1, 1, 256, 256), (1, 1, 23, 23)) == "direct"
+    assert _choice((1, 1, 256, 256), (1, 1, 25, 25)) == "fft"
+    from kernels._choose import single_channel_size_factor
+    factors = [single_channel_size_factor(1 << e) for e in range(12, 24)]
+    assert factors == sorted(factors, reverse=True)
+    assert factors[-1] == factors[8] == 1.0          # 2^20 and above
+
+
 def test_many_channels_go_to_fft_from_the_multi_area():
     x = (1, 64, 56, 56)
     assert _choice(x, (64, 64, 7, 7)) == "fft"          # 49 >= 49
@@ -304,10 +319,20 @@ def test_winograd_with_few_output_channels_needs_many_positions():
     assert _choice((1, 32, 56, 56), (32, 32, 3, 3)) == "winograd"
 
 
+def test_winograd_with_few_output_channels_stops_at_many_positions():
+    # U-Net's K = 64 layers at 256^2 x 4 and C = K = 64 at 128^2 x 4 ran
+    # direct 1.14-1.40x faster: above 57344 positions such layers go
+    # direct, while twice the channel threshold keeps Winograd.
+    assert _choice((4, 16, 112, 112), (16, 16, 3, 3)) == "winograd"   # 50176
+    assert _choice((4, 16, 128, 128), (16, 16, 3, 3)) == "direct"     # 65536
+    assert _choice((4, 32, 256, 256), (16, 32, 3, 3)) == "direct"
+    assert _choice((4, 32, 128, 128), (32, 32, 3, 3)) == "winograd"
+
+
 def test_winograd_needs_as_many_input_channels():
     # Jet images: 32 -> 64 (T's threshold is 16, so 8 -> 16 here).
-    assert _choice((512, 8, 33, 33), (16, 8, 3, 3)) == "direct"
-    assert _choice((512, 16, 33, 33), (16, 16, 3, 3)) == "winograd"
+    assert _choice((32, 8, 33, 33), (16, 8, 3, 3)) == "direct"
+    assert _choice((32, 16, 33, 33), (16, 16, 3, 3)) == "winograd"
 
 
 def test_one_dimensional_problems_reach_fft_at_a_shorter_kernel():
