@@ -82,14 +82,6 @@ FFT_SINGLE_SIZE_FACTORS = ((1 << 16, 575 / 197), (1 << 18, 286 / 197),
 #: the threshold is between the two, at their geometric mean.
 WINOGRAD_NARROW_MIN_POSITIONS = 6272
 
-#: ... and at most this many: C = 64 or 128 -> K = 64, 3x3, in-process and
-#: isolated medians of 7-9 (2026-12-02): direct and Winograd tie at 25088
-#: and 50176 positions (56^2 x 8, 112^2 x 4), direct is 1.27-1.29x faster
-#: at 65536 (128^2 x 4, 256^2 x 1) and 1.14-1.40x at 262144 (U-Net's
-#: 256^2 x 4 down0.conv2 and 128 -> 64 layers).  The threshold is the
-#: geometric mean of 50176 and 65536.
-WINOGRAD_NARROW_MAX_POSITIONS = 57344
-
 
 def default_thresholds(backend="cpu"):
     """The backend's measured defaults (``NEUTRAL_THRESHOLDS`` if none)."""
@@ -226,8 +218,7 @@ def _model_choice(cands, spec, t):
             and width >= t["winograd_min_channels"]
             and h * w >= t["winograd_min_pixels"]
             and (width >= 2 * t["winograd_min_channels"]
-                 or WINOGRAD_NARROW_MIN_POSITIONS <= n * out_h * out_w
-                 <= WINOGRAD_NARROW_MAX_POSITIONS)):
+                 or n * out_h * out_w >= WINOGRAD_NARROW_MIN_POSITIONS)):
         return "winograd"
     # With few output channels the GEMM degenerates to matrix-vector
     # products, which the direct kernel's register tiles beat by 10x or more

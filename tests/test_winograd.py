@@ -419,6 +419,22 @@ def test_small_batches_of_tiles_use_the_smaller_tile():
                 <= winograd.error_constant(winograd.tile_for((r, r)), np.float32))
 
 
+@pytest.mark.parametrize("hw", [(32, 32), (31, 33), (16, 64)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_padded_channels_last_copy(hw, dtype):
+    """Both copies (row by row where the plane stride is a multiple of
+    4096 bytes, NumPy's otherwise) give the zero-padded channels-last
+    input of the requested channels."""
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((2, 5) + hw).astype(dtype)
+    top, left, rows, cols = 2, 1, hw[0] + 5, hw[1] + 4
+    xp = impl._padded_channels_last(x, (1, 3), top, left, rows, cols)
+    expected = np.zeros((2, rows, cols, 3), dtype)
+    expected[:, top:top + hw[0], left:left + hw[1]] = (
+        x[:, 1:4].transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(xp, expected)
+
+
 def test_outputs_that_see_only_padding_are_exactly_the_bias():
     rng = np.random.default_rng(8)
     x = rng.standard_normal((1, 2, 3, 4))

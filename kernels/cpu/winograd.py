@@ -135,12 +135,46 @@ def _padded_channels_last(x, channels, top, left, rows, cols):
     c0, nc = channels
     n_img, _, H, W = x.shape
     xp = _workspace.get("xp", (n_img, rows, cols, nc), x.dtype)
+    if (x.strides[1] % _ALIASING_BYTES == 0 and x.strides[3] == x.itemsize
+            and x.strides[2] == W * x.itemsize):
+        _channels_last_rows(x, c0, top, left, xp)
+        return xp
     xp[:, :top] = 0
     xp[:, top + H:] = 0
     xp[:, top:top + H, :left] = 0
     xp[:, top:top + H, left + W:] = 0
     xp[:, top:top + H, left:left + W] = x[:, c0:c0 + nc].transpose(0, 2, 3, 1)
     return xp
+
+
+# Input planes whose stride is a multiple of this many bytes (power-of-two
+# images: 128^2, 256^2 float32) all map to the same cache sets, and
+# NumPy's transposing copy, which reads one element of every channel in
+# turn, thrashes: 64 channels of 4 x 128^2 took 12.8 ms (112^2: 3.8), of
+# 4 x 256^2 53 ms; copied row by row from each plane instead, 2.8 and
+# 11.4 ms.  (At 570^2 NumPy's copy was the faster, 11.8 ms against 15.6.)
+_ALIASING_BYTES = 4096
+
+
+@njit(parallel=True, cache=True)
+def _channels_last_rows(x, c0, top, left, xp):
+    """xp[n, top + h, left + w, c] = x[n, c0 + c, h, w], zeros around it;
+    one job per padded row, each reading whole rows of the planes."""
+    n_img, rows, _, nc = xp.shape
+    H, W = x.shape[2], x.shape[3]
+    for job in prange(n_img * rows):
+        n = job // rows
+        h = job % rows - top
+        dst = xp[n, job % rows]
+        if h < 0 or h >= H:
+            dst[:, :] = 0
+            continue
+        dst[:left, :] = 0
+        dst[left + W:, :] = 0
+        for c in range(nc):
+            src = x[n, c0 + c, h]
+            for w in range(W):
+                dst[left + w, c] = src[w]
 
 
 @njit(cache=True)
