@@ -106,12 +106,17 @@ def compare_network(name, batch=1, rounds=5, algorithm="auto",
 def _per_layer(distinct, algorithms, rounds, dtype):
     """({label: {algorithm: median s}}, {label: layers it stands for}):
     every algorithm on every distinct layer, in one worker (kernels only),
-    alternated in seeded orders."""
+    alternated in seeded orders.  All rounds of a layer run before the
+    next layer: alternating layers round by round made every Winograd
+    and FFT call recompute its filter transform (more layers x algorithms
+    than the weight cache's 32 entries, evicted in turn: ResNet-50's
+    256@14^2 at batch 1 took 9.5 ms instead of 1.8), which no network
+    does, each of its layers having its own filters."""
     times = {c.label: {} for c in distinct}
     with Worker(algorithms, distinct, dtype=dtype) as worker:
         ready = [a for a, reason in worker.status.items() if reason is None]
-        for r in range(rounds):
-            for index, case in enumerate(distinct):
+        for index, case in enumerate(distinct):
+            for r in range(rounds):
                 for a in repeat_order(ready, r, index):
                     times[case.label].setdefault(a, []).extend(
                         worker.time(a, index))

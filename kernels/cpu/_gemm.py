@@ -37,6 +37,7 @@ then keeps the Python threads.
 from __future__ import annotations
 
 import ctypes
+import functools
 
 import numpy as np
 from numba import njit, prange, types
@@ -250,15 +251,37 @@ def operand(shape, strides, itemsize):
 def _stack_offsets(array, stack_shape):
     """Byte offset of each entry of ``array``'s leading (stack) axes,
     broadcast to ``stack_shape``, flattened in C order."""
-    view = np.broadcast_to(array, stack_shape + array.shape[-2:])
+    lead = array.ndim - 2
+    return _offsets(tuple(stack_shape), tuple(array.shape[:lead]),
+                    tuple(array.strides[:lead]))
+
+
+@functools.lru_cache(maxsize=512)
+def _bounds(bounds):
+    array = np.array(bounds, dtype=np.int64)
+    array.setflags(write=False)
+    return array
+
+
+@functools.lru_cache(maxsize=512)
+def _offsets(stack_shape, shape, strides):
+    """:func:`_stack_offsets` of a stack of this shape and strides (cached:
+    a network calls the same shapes again and again, and building the
+    offsets with NumPy cost more than a small GEMM)."""
+    pad = len(stack_shape) - len(shape)
+    shape, strides = (1,) * pad + shape, (0,) * pad + strides
     offsets = np.zeros(stack_shape, dtype=np.int64)
-    for axis, (size, stride) in enumerate(zip(stack_shape,
-                                              view.strides[:-2])):
-        shape = [1] * len(stack_shape)
-        shape[axis] = size
+    for axis, (size, own, stride) in enumerate(zip(stack_shape, shape,
+                                                    strides)):
+        if own == 1:
+            continue                       # broadcast (or a single entry)
+        view = [1] * len(stack_shape)
+        view[axis] = size
         offsets = offsets + (np.arange(size, dtype=np.int64)
-                             * stride).reshape(shape)
-    return np.ascontiguousarray(offsets.reshape(-1))
+                             * stride).reshape(view)
+    offsets = np.ascontiguousarray(offsets.reshape(-1))
+    offsets.setflags(write=False)
+    return offsets
 
 
 def gemm_pieces(a, b, out, bounds, by_rows):
@@ -286,7 +309,7 @@ def gemm_pieces(a, b, out, bounds, by_rows):
     c_step = ldc * item if by_rows else item
     if 0 in out.shape:
         return True
-    bounds = np.asarray(bounds, dtype=np.int64)
+    bounds = _bounds(tuple(bounds))
     c_offsets = _stack_offsets(out, stack)
     jobs = _jobs_parallel if c_offsets.size * (bounds.size - 1) > 1 else _jobs_serial
     jobs(dtype == np.float64, m, n, k,
