@@ -145,8 +145,11 @@ AUTO_THRESHOLDS = {
     # from 5.2e5 on (0.50 vs 0.58; 0.47 vs 0.63), 2.1e6: 0.96 vs 2.3.
     # convbench calibrate (C = K = 16..512, batch 32) found 1.05e6, with
     # direct only 3 % slower at 5.2e6: C = K favours direct more than the
-    # SE blocks' 16:1 shapes.
-    "direct_max_macs_fc": 2.6e5,
+    # SE blocks' 16:1 shapes.  Since im2col runs such layers as one GEMM
+    # over the batch (2026-12-02), its probe's crossover moved between
+    # 8.2e3 and 1.3e5 (median 6.6e4), and SE-ResNet-50's 1.3e5 layers ran
+    # im2col 0.08-0.10 ms against direct 0.24-0.28 (9 repeats).
+    "direct_max_macs_fc": 6.6e4,
     # Kernel area (kH * kW, of each stride phase) from which FFT is chosen
     # with C/g * K/g = 1, 16 and 4096 channel products (interpolated in
     # log2(C*K) between them, kernels._choose.fft_min_area).
@@ -204,7 +207,11 @@ AUTO_THRESHOLDS = {
     # fastest throughout (an edge at 1.9e7): kept at 2e6, as 1x1 layers of
     # 1-2e7 multiply-adds went to im2col (MobileNet-v2 24 -> 144 at 56^2:
     # 0.40 vs direct's 0.48 ms).
-    "im2col_serial_max_macs": 1.6e7,
+    # 2026-12-02, after im2col's 1x1 path changed (9 repeats, MobileNet-v2
+    # at batch 1, 7^2 maps): direct 1.21x faster at 7.5e6 (160 -> 960),
+    # 1.23x at 1.5e7 (960 -> 320), a tie at 7.5e6 (960 -> 160); the probe
+    # found direct faster from its first size (an edge at 4.0e5).
+    "im2col_serial_max_macs": 5.0e6,
 }
 
 

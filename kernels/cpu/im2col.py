@@ -366,7 +366,7 @@ def _run(spec, x, w, bias, tuning=None):
             # images, not one per image (a fully connected 64 -> 16 layer
             # at batch 256 took 4-11 ms one image at a time).
             small = y.shape[2] * y.shape[3] < tuning.merge_below_positions
-            if small and x.nbytes <= tuning.scratch_limit:
+            if small and x.shape[0] > 1 and x.nbytes <= tuning.scratch_limit:
                 _pointwise_merged(x, w_stack, bias_stack, y, groups)
             else:
                 _pointwise(x, w_stack, bias_stack, y, groups)
