@@ -184,3 +184,26 @@ def test_unreadable_operands_fall_back_to_python_threads():
 def test_set_enabled_rejects_non_bool():
     with pytest.raises(ValueError, match="True or False"):
         _gemm.set_enabled("yes")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, k, n", [(7, 5, 9), (1, 5, 9), (7, 1, 9),
+                                     (7, 0, 9), (0, 5, 9)])
+def test_dot_inside_numba_matches_the_product(m, k, n, dtype):
+    """kernels.cpu._gemm.dot (Winograd's tuple GEMMs) on row slices of
+    larger arrays, through NumPy's CBLAS and through Numba's np.dot."""
+    from numba import njit
+
+    @njit
+    def run(a, b, out, cblas):
+        rows = out.shape[0] - 2
+        _gemm.dot(a[1:1 + rows], b, out[1:1 + rows], cblas)
+
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal((m + 3, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    for cblas in ((True, False) if _gemm.available() else (False,)):
+        out = np.full((m + 2, n), np.nan, dtype)
+        run(a, b, out, cblas)
+        _within_gemm_bound(out[1:1 + m], a[1:1 + m], b)
+        assert np.isnan(out[0]).all() and np.isnan(out[-1]).all()

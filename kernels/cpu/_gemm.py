@@ -142,6 +142,15 @@ def _voidptr(typingctx, address):
 
 
 @njit(cache=True, inline="always")
+def _leading(a):
+    """Leading dimension of 2-D ``a`` with unit-stride rows (a single
+    row's stride is moot: its length)."""
+    if a.shape[0] > 1:
+        return a.strides[0] // a.itemsize
+    return a.shape[1]
+
+
+@njit(cache=True, inline="always")
 def dot(a, b, out, cblas):
     """``out = a @ b`` for 2-D float arrays with unit-stride rows, inside
     a Numba kernel: NumPy's CBLAS when ``cblas`` (pass :func:`available`),
@@ -154,18 +163,16 @@ def dot(a, b, out, cblas):
         out[:] = 0
         return
     if cblas:
-        item = a.itemsize
-        if item == 8:
+        lda, ldb, ldc = _leading(a), _leading(b), _leading(out)
+        if a.itemsize == 8:
             _dgemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, m, n, k, 1.0,
-                   _voidptr(a.ctypes.data), a.strides[0] // item,
-                   _voidptr(b.ctypes.data), b.strides[0] // item, 0.0,
-                   _voidptr(out.ctypes.data), out.strides[0] // item)
+                   _voidptr(a.ctypes.data), lda, _voidptr(b.ctypes.data),
+                   ldb, 0.0, _voidptr(out.ctypes.data), ldc)
         else:
             _sgemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, m, n, k,
-                   np.float32(1.0), _voidptr(a.ctypes.data),
-                   a.strides[0] // item, _voidptr(b.ctypes.data),
-                   b.strides[0] // item, np.float32(0.0),
-                   _voidptr(out.ctypes.data), out.strides[0] // item)
+                   np.float32(1.0), _voidptr(a.ctypes.data), lda,
+                   _voidptr(b.ctypes.data), ldb, np.float32(0.0),
+                   _voidptr(out.ctypes.data), ldc)
     else:
         np.dot(a, b, out)
 
