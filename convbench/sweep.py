@@ -731,8 +731,9 @@ def run_sweep(cases, config):
     dtype = np.dtype(config.dtype)
     result = SweepResult(config=_config_dict(config), cases=list(cases),
                          measurements=[])
-    total = len(cases) * len(contenders) * (
+    per_case = len(contenders) * (
         1 + config.repeats * (2 if config.isolated else 1))
+    total = len(cases) * per_case
     progress = tqdm(total=total, file=sys.stderr, disable=not config.progress,
                     unit="call", leave=False, dynamic_ncols=True)
     current = {}
@@ -747,7 +748,7 @@ def run_sweep(cases, config):
                         case.label, tuple(case.x_shape), tuple(case.w_shape),
                         case.stride, case.padding, case.groups, name,
                         name in PEERS, "n/a", misfit))
-                progress.update(len(contenders) * (1 + config.repeats))
+                progress.update(per_case)
                 continue
             x, w = make_data(case, dtype, config.seed + index)
             progress.set_postfix_str(f"{case.label} reference")
