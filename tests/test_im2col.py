@@ -373,6 +373,30 @@ def test_scratch_memory_is_bounded():
     assert peak < limit + output + slack, f"peak {peak} bytes"
 
 
+def test_small_map_1x1_scratch_is_bounded():
+    """1x1 layers on small maps run as one GEMM over the batch only when
+    its copies of x and y fit the limit; otherwise image by image."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((64, 8, 7, 7)).astype(np.float32)
+    w = rng.standard_normal((64, 8, 1, 1)).astype(np.float32)
+    limit = 1 << 18
+    output = 64 * 64 * 49 * 4
+    assert x.nbytes + output > 3 * limit
+    slack = 256 * 1024
+    args = (None, (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    merged = im2col.conv2d(x, w, *args)             # compile; merged path
+    with scratch_limit(limit):
+        tracemalloc.start()
+        try:
+            y = im2col.conv2d(x, w, *args)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < limit + output + slack, f"peak {peak} bytes"
+    check_conv(x, w, None)
+    np.testing.assert_allclose(y, merged, rtol=1e-5, atol=1e-5)
+
+
 # --------------------------------------------------------------------------
 # Non-finite values and the scratch-limit settings
 # --------------------------------------------------------------------------

@@ -365,8 +365,10 @@ def _run(spec, x, w, bias, tuning=None):
             # Small maps (SE blocks' 1x1 maps, 7x7): one GEMM for all the
             # images, not one per image (a fully connected 64 -> 16 layer
             # at batch 256 took 4-11 ms one image at a time).
+            # Its scratch (a copy of x and of y) stays within the limit.
             small = y.shape[2] * y.shape[3] < tuning.merge_below_positions
-            if small and x.shape[0] > 1 and x.nbytes <= tuning.scratch_limit:
+            fits = x.nbytes + y.nbytes <= tuning.scratch_limit
+            if small and x.shape[0] > 1 and fits:
                 _pointwise_merged(x, w_stack, bias_stack, y, groups)
             else:
                 _pointwise(x, w_stack, bias_stack, y, groups)
