@@ -309,12 +309,19 @@ def _pointwise_merged(x, w_stack, bias_stack, y, groups):
     hw = h * wd
     k = y.shape[1]
     patches = np.ascontiguousarray(x.reshape(n, c, hw).transpose(1, 0, 2))
-    result = np.empty((k, n * hw), dtype=x.dtype)
-    _blas.matmul(w_stack, patches.reshape(groups, c // groups, n * hw),
-                 result.reshape(groups, k // groups, n * hw))
+    result = np.empty((groups, k // groups, n * hw), dtype=x.dtype)
+    _gemm_into_images(w_stack, patches.reshape(groups, c // groups, n * hw),
+                      bias_stack, result, y.reshape(n, k, hw))
+
+
+def _gemm_into_images(w_stack, patch_stack, bias_stack, result, y_images):
+    """result = W_g @ P_g (+ bias), then its columns, ordered (image,
+    position), into ``y_images`` (images, K, positions)."""
+    _blas.matmul(w_stack, patch_stack, result)
     if bias_stack is not None:
-        result += bias_stack.reshape(k, 1)
-    y.reshape(n, k, hw)[...] = result.reshape(k, n, hw).transpose(1, 0, 2)
+        result += bias_stack
+    images, k, positions = y_images.shape
+    y_images[...] = result.reshape(k, images, positions).transpose(1, 0, 2)
 
 
 def conv2d(x, w, bias, stride, padding, dilation, groups, tuning=None):
@@ -419,12 +426,8 @@ def _chunked_gemm(x, w_shape, w_stack, bias_stack, y, stride, padding, dilation,
                 out += bias_stack
         else:
             result = result_buffer[:k * cols].reshape(groups, kg, cols)
-            _blas.matmul(w_stack, patch_stack, result)
-            if bias_stack is not None:
-                result += bias_stack
-            # (K, images, positions) -> y[images, K, positions]
-            y_stack[n0:n1].reshape(n1 - n0, k, positions)[...] = (
-                result.reshape(k, n1 - n0, positions).transpose(1, 0, 2))
+            _gemm_into_images(w_stack, patch_stack, bias_stack, result,
+                              y_stack[n0:n1].reshape(n1 - n0, k, positions))
 
 
 KERNELS = {("conv2d", "im2col"): Kernel(_run)}
