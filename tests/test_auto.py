@@ -287,6 +287,15 @@ def test_fully_connected_layers_count_the_whole_batch():
     assert _choice((64, 16, 5, 5), (120, 16, 5, 5), same=False) == "direct"
 
 
+def test_a_large_fully_connected_layer_is_a_gemm_not_serial():
+    # SE-ResNet-50's fc1 at batch 32: 32 positions (< one BLAS piece) but
+    # a fully connected layer, run as one GEMM over the batch.
+    # (Shapes scaled so the batch's multiply-adds pass T's serial limit.)
+    assert 32 * 4096 * 256 > T["im2col_serial_max_macs"]
+    assert _choice((32, 4096, 1, 1), (256, 4096, 1, 1), same=False) == "im2col"
+    assert _choice((32, 256, 1, 1), (4096, 256, 1, 1), same=False) == "im2col"
+
+
 def test_a_large_1x1_on_few_positions_runs_direct():
     # 49 output positions: one BLAS piece.
     assert _choice((1, 1024, 7, 7), (1024, 1024, 1, 1)) == "direct"
