@@ -261,8 +261,8 @@ def test_serial_and_parallel_drivers_agree_bitwise(dtype):
     rng = np.random.default_rng(6)
     x, w, b = random_problem(rng, (3, 4, 11, 12), (10, 2, 3, 3), dtype)
     args = _driver_args(x, w, b, (1, 2), (1, 0, 2, 1), (2, 1), 2)
-    serial = direct._direct_serial(*args)
-    parallel = direct._direct_parallel(*args)
+    serial = direct.run_driver(direct._direct_serial, *args)
+    parallel = direct.run_driver(direct._direct_parallel, *args)
     np.testing.assert_array_equal(serial, parallel)
     assert_within_bound("direct", parallel, zero_pad(x, (1, 0, 2, 1)), w, b,
                         stride=(1, 2), padding=0, dilation=(2, 1), groups=2)
@@ -302,9 +302,9 @@ def test_result_does_not_depend_on_the_thread_count():
     previous = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
-        one = direct._direct_parallel(*args)
+        one = direct.run_driver(direct._direct_parallel, *args)
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-        many = direct._direct_parallel(*args)
+        many = direct.run_driver(direct._direct_parallel, *args)
     finally:
         numba.set_num_threads(previous)
     np.testing.assert_array_equal(one, many)
@@ -378,3 +378,34 @@ def test_random_configurations_match_the_reference(problem):
                              problem["dtype"], problem["bias"])
     check_direct(x, w, b, problem["stride"], problem["padding"],
                  problem["dilation"], problem["groups"])
+
+
+@over_dtypes
+@pytest.mark.parametrize("run_taps", [0, 9 * 3, 9 * 7, 1 << 20])
+def test_runs_of_column_tiles_give_the_same_bits_as_single_tiles(dtype,
+                                                                 run_taps):
+    # A task computes a run of consecutive column tiles of one channel
+    # block (DirectTuning.run_taps); runs of 1, 3, 7 (not dividing the 9
+    # column tiles of a 20x28 output) and all tiles of an image: every
+    # output is still one tile's sum in tap order, so the bits agree.
+    rng = np.random.default_rng(12)
+    x, w, b = random_problem(rng, (3, 1, 20, 28), (10, 1, 3, 3), dtype)
+    with _tuning.override(direct=dict(run_taps=0)):
+        single = direct.conv2d(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    with _tuning.override(direct=dict(run_taps=run_taps,
+                                      serial_max_macs=0)):
+        runs = check_direct(x, w, b, padding=(1, 1, 1, 1))
+    np.testing.assert_array_equal(runs, single)
+
+
+def test_column_runs_shrink_to_keep_every_thread_busy():
+    tuning = _tuning.DirectTuning(run_taps=2048, max_run_columns=64)
+    threads = _tuning.block_shape_threads()
+    assert direct.run_columns(9, 1000, 64, tuning) == 64
+    assert direct.run_columns(576, 1000, 64, tuning) == 3
+    assert direct.run_columns(4096, 1000, 64, tuning) == 1
+    # one image, one block: runs are cut (halved) until there are four
+    # tasks a thread
+    run = direct.run_columns(9, 64, 1, tuning)
+    assert run == 1 or -(-64 // run) >= 4 * threads
+    assert 2 * run > 64 or -(-64 // (2 * run)) < 4 * threads

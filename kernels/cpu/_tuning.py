@@ -237,6 +237,13 @@ class DirectTuning:
     # had gone to sleep (waking a halted virtual CPU), the usual case
     # between the layers of a small network.
     serial_max_macs: int = 2_000_000
+    # A task computes a run of consecutive column tiles of one channel
+    # block, with at most this many taps times columns (its inputs stay in
+    # L2 for the next block's task), and at most max_run_columns of them.
+    # Layers with few taps per output are bound by their stores, which a
+    # run keeps sequential within each output plane.
+    run_taps: int = 2048
+    max_run_columns: int = 64
 
 
 @dataclass(frozen=True)
