@@ -379,7 +379,7 @@ def _edge_tile_inputs(xq, x0_first, n_edge, width, span, plane, c_in_g,
 @njit(cache=True, inline="always")
 def _phase_direct_body(xq, c_in, wt, offs, edge_offs, edge_span, start, bias,
                        sh, sw, hp, wp, n_img, ho, wo, c_out_g, groups,
-                       full_width):
+                       full_width, y):
     """The phase tiles of every (image, group, column, phase, channel
     block); ``full_width = tile_columns(dtype)`` outputs per full tile."""
     c_in_g = c_in // groups
@@ -410,7 +410,6 @@ def _phase_direct_body(xq, c_in, wt, offs, edge_offs, edge_span, start, bias,
         l_edge = l
     edge = _edge_tile_inputs(xq, l_edge, n_tiles - l_edge, width, edge_span,
                              plane, c_in_g, n_cols, group_step)
-    y = np.empty((n_img, c_out, ho, wo), xq.dtype)
     # Channel block fastest, then phase: consecutive tasks of a thread
     # read the same input columns.
     for task in prange(n_img * groups * n_cols * n_phase * blocks):
@@ -447,25 +446,24 @@ def _phase_direct_body(xq, c_in, wt, offs, edge_offs, edge_span, start, bias,
                             wt, w0, r_total, acc_ptr)
         _store_phase_tile(acc, kb, width, y, (n * c_out + co0) * ho * wo, v0,
                           wp, jh, jw, sh, sw, rh, rw)
-    return y
 
 
 @njit(cache=True, parallel=True)
 def _phase_direct_parallel(xq, c_in, wt, offs, edge_offs, edge_span, start,
                            bias, sh, sw, hp, wp, n_img, ho, wo, c_out_g,
-                           groups, full_width):
-    return _phase_direct_body(xq, c_in, wt, offs, edge_offs, edge_span, start,
-                              bias, sh, sw, hp, wp, n_img, ho, wo, c_out_g,
-                              groups, full_width)
+                           groups, full_width, y):
+    _phase_direct_body(xq, c_in, wt, offs, edge_offs, edge_span, start,
+                       bias, sh, sw, hp, wp, n_img, ho, wo, c_out_g,
+                       groups, full_width, y)
 
 
 @njit(cache=True)
 def _phase_direct_serial(xq, c_in, wt, offs, edge_offs, edge_span, start,
                          bias, sh, sw, hp, wp, n_img, ho, wo, c_out_g, groups,
-                         full_width):
-    return _phase_direct_body(xq, c_in, wt, offs, edge_offs, edge_span, start,
-                              bias, sh, sw, hp, wp, n_img, ho, wo, c_out_g,
-                              groups, full_width)
+                         full_width, y):
+    _phase_direct_body(xq, c_in, wt, offs, edge_offs, edge_span, start,
+                       bias, sh, sw, hp, wp, n_img, ho, wo, c_out_g,
+                       groups, full_width, y)
 
 
 def _phase_geometry(in_size, k, s, p, d, out_size):
@@ -607,8 +605,12 @@ def direct(x, w, bias, stride, pad_lo, out_hw, dilation, groups):
         return _gather_direct(x, w, b, *stride, *pad_lo, *dilation, *out_hw,
                               groups)
     run = _phase_direct_serial if serial else _phase_direct_parallel
-    return run(xq, c_in, wt, offs, edge_offs, edge_span, start, b, *stride,
-               hp, wp, n, *out_hw, c_out_g, groups, tile)
+    # The output is NumPy's (transparent huge pages), not Numba's: see
+    # kernels.cpu.direct.run_driver.
+    y = np.empty((n, c_out_g * groups) + tuple(out_hw), x.dtype)
+    run(xq, c_in, wt, offs, edge_offs, edge_span, start, b, *stride,
+        hp, wp, n, *out_hw, c_out_g, groups, tile, y)
+    return y
 
 
 def _scratch_limit():
