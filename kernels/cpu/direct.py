@@ -36,9 +36,16 @@ How it works
    small layers (LeNet-5's C5: 35 of 54 us) and 2 ms at 512@7^2.
    This loop is emitted as LLVM vector IR by a Numba ``intrinsic``, so the
    register allocation does not depend on LLVM unrolling heuristics.
-4. **Parallel tasks.**  One task is one tile; tasks are ``prange``-d over
-   (image, group, column tile, channel block), channel block fastest so
-   that a thread reuses the same input rows for all filters.  Each output
+4. **Parallel tasks.**  One task is a run of consecutive column tiles of
+   one channel block; tasks are ``prange``-d over (image, group, column
+   run, channel block), channel block fastest so that a thread reuses the
+   same input rows (still in L2: a run holds at most
+   ``DirectTuning.run_taps`` taps x columns) for all filters.  A run
+   writes each output plane sequentially: with one tile per task, layers
+   of few taps (jet images' first layers, 1-D signals) were bound by
+   stores scattered over 32 interleaved planes, 1.5-2.2x slower.  The
+   output and the packed input are allocated by NumPy outside the jitted
+   code (:func:`run_driver`: huge pages, no fault per 4 KiB).  Each output
    is computed by one thread, in a fixed order: results do not depend on
    the number of threads.  Problems of at most ``DirectTuning.serial_max_macs``
    multiply-adds run on one thread, where waking the pool costs more than
@@ -461,7 +468,8 @@ def run_driver(driver, x, w, bias, has_bias, sh, sw, dh, dw, pt, pl, ho, wo,
     pages on large arrays (``madvise``), Numba's allocator does not, and a
     fresh output then takes a page fault per 4 KiB.  Jet images' 2@64^2
     at batch 256 (a 128 MiB output): direct 113 ms with the output
-    allocated in Numba, against im2col's 83 ms (7 rounds, isolated).
+    allocated in Numba, 66 ms by NumPy, im2col 80-83 ms (medians of 7
+    rounds in isolated workers).
     The packed input comes from a per-thread workspace.
     """
     n_img, c_total = x.shape[:2]
