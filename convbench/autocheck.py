@@ -10,10 +10,18 @@ beside it.  A pick that the sweep skipped for its time limit counts with
 the time that got it skipped (its warm-up call or the crop's estimate):
 a lower bound of its ratio.
 
+With ``isolated=True`` (``--isolated``) a sweep run with ``--isolated``
+is judged on the medians of each contender timed alone in its own worker
+process: in one process, a call that touched gigabytes (FFT on U-Net's
+largest layers) slows the contender timed after it, and the in-process
+medians then misjudge the pick.  Cases without isolated times keep their
+in-process medians, and the row says so.
+
 Command line (a table per sweep file, exit code 1 when a pick is off by
 more than the tolerance)::
 
     python -m convbench.autocheck /tmp/auto-*.json [--tolerance 0.10]
+        [--isolated] [--repick] [--markdown]
 """
 
 from __future__ import annotations
@@ -75,7 +83,15 @@ def _current_pick(m):
                                     (1, 1), case.groups)
 
 
-def auto_rows(result, tolerance=0.10, algorithms=ALGORITHMS, repick=False):
+def _median(m, isolated):
+    """A measurement's median: its isolated one when asked and known."""
+    if isolated and m.get("isolated_median_s"):
+        return m["isolated_median_s"]
+    return m["median_s"]
+
+
+def auto_rows(result, tolerance=0.10, algorithms=ALGORITHMS, repick=False,
+              isolated=False):
     """Per case: fastest algorithm, ``auto``'s pick and the ratio.
 
     Parameters
@@ -92,6 +108,9 @@ def auto_rows(result, tolerance=0.10, algorithms=ALGORITHMS, repick=False):
         checkout's thresholds) instead of the one recorded in the sweep;
         every case counts, whether or not the sweep ran ``auto``, and
         ``auto_s`` is left empty.
+    isolated : bool
+        Compare the medians of the contenders timed alone (``sweep
+        --isolated``) where the sweep has them.
 
     Returns
     -------
@@ -109,13 +128,15 @@ def auto_rows(result, tolerance=0.10, algorithms=ALGORITHMS, repick=False):
                     "status": "not run", "median_s": None}
         if auto is None:
             continue
-        ok = {a: ms[a]["median_s"] for a in algorithms
+        ok = {a: _median(ms[a], isolated) for a in algorithms
               if a in ms and ms[a]["status"] == "ok"}
         fastest = min(ok, key=ok.get) if ok else None
         fastest_s = ok.get(fastest)
         pick = auto.get("chose")
-        auto_s = auto["median_s"] if auto["status"] == "ok" else None
+        auto_s = _median(auto, isolated) if auto["status"] == "ok" else None
         pick_s, note = ok.get(pick), ""
+        if isolated and not all(ms[a].get("isolated_median_s") for a in ok):
+            note = "in-process times (no isolated ones)"
         if pick_s is None and pick in ms and ms[pick].get("warmup_s"):
             pick_s = ms[pick]["warmup_s"]
             note = f"{pick} {ms[pick]['status']}: ratio is a lower bound"
@@ -186,13 +207,17 @@ def main(argv=None):
                         help="one markdown table (workload column first)")
     parser.add_argument("--repick", action="store_true",
                         help="judge what auto picks now, not the sweep's pick")
+    parser.add_argument("--isolated", action="store_true",
+                        help="compare the contenders' isolated medians "
+                             "(sweep --isolated) where the sweep has them")
     args = parser.parse_args(argv)
     misses = 0
     if args.markdown:
         print("| workload | " + " | ".join(_HEADER) + " |")
         print("|" + "---|" * (len(_HEADER) + 1))
     for path in args.files:
-        rows = auto_rows(path, args.tolerance, repick=args.repick)
+        rows = auto_rows(path, args.tolerance, repick=args.repick,
+                         isolated=args.isolated)
         misses += sum(r.within is False for r in rows)
         if args.markdown:
             with open(path) as f:

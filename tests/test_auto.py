@@ -203,6 +203,28 @@ def test_autocheck_compares_the_pick_with_the_fastest(tmp_path):
     assert all(r.auto_s is None for r in again)
 
 
+def test_autocheck_isolated_judges_on_the_contenders_timed_alone():
+    # In process, fft's huge call slowed winograd (timed after it); alone,
+    # winograd is the fastest and auto's pick is right.
+    ms = [_m("a", "direct", 2.0), _m("a", "winograd", 5.0),
+          _m("a", "auto", 0.9, chose="winograd"),
+          _m("b", "direct", 1.0), _m("b", "fft", 1.5),
+          _m("b", "auto", 1.0, chose="direct")]
+    for m, alone in zip(ms, (2.1, 1.0, 1.05)):
+        m.isolated_median_s = alone
+    result = sweep.SweepResult(config={}, cases=[], measurements=ms)
+    in_process = autocheck.auto_rows(result)
+    assert in_process[0].fastest == "direct" and not in_process[0].within
+    alone = autocheck.auto_rows(result, isolated=True)
+    assert (alone[0].fastest, alone[0].ratio, alone[0].within) == (
+        "winograd", 1.0, True)
+    assert alone[0].auto_ratio == pytest.approx(1.05)
+    assert alone[0].note == ""
+    # case b has no isolated times: in-process medians, and it says so
+    assert (alone[1].fastest, alone[1].ratio) == ("direct", 1.0)
+    assert "in-process" in alone[1].note
+
+
 # --------------------------------------------------------------------------
 # The cost model, given thresholds (no timing)
 # --------------------------------------------------------------------------
