@@ -82,6 +82,16 @@ FFT_SINGLE_SIZE_FACTORS = ((1 << 16, 575 / 197), (1 << 18, 286 / 197),
 #: the threshold is between the two, at their geometric mean.
 WINOGRAD_NARROW_MIN_POSITIONS = 6272
 
+#: A 3x3 layer with half the input channels Winograd needs (C at least
+#: ``winograd_min_channels / 2``) still runs Winograd on images of at
+#: least this many pixels (H * W): the tuple GEMMs are shallow, but the
+#: tiles are many.  Jet images' 32 -> 64 layer (direct's time over
+#: Winograd's, medians over 7 rounds of isolated workers, 2026-12-02):
+#: 64^2 x 256 1.10 (1.26 and 1.24 in two sweeps), 96^2 x 64 1.04,
+#: 128^2 x 32 1.27, 64^2 x 16 1.07, 32 -> 128 at 64^2 0.97; below,
+#: 56^2 0.87, 48^2 0.96, 40^2 0.81, 33^2 0.71 and 25^2 (sweeps) 0.8.
+WINOGRAD_HALF_CHANNELS_MIN_PIXELS = 4096
+
 
 def default_thresholds(backend="cpu"):
     """The backend's measured defaults (``NEUTRAL_THRESHOLDS`` if none)."""
@@ -206,15 +216,19 @@ def _model_choice(cands, spec, t):
     # Winograd for stride-1 layers with many output channels (its output
     # transform is amortised over them) on images that give enough tiles,
     # and as many input channels (the tuple GEMMs' depth): jet images'
-    # 32 -> 64 3x3 layers at 25^2-64^2, large batches, ran direct 1.22x,
-    # 1.49x, 1.27x faster (first sweep 1.10x, 1.03x, 0.9x).
+    # 32 -> 64 3x3 layers at 25^2 and 33^2, large batches, ran direct
+    # 1.22x-1.49x faster; half as many suffice on large images
+    # (WINOGRAD_HALF_CHANNELS_MIN_PIXELS: the same layer at 64^2).
     # 3x3, U-Net 256^2 tiles at batch 4: K = 128 winograd 119 ms vs direct
     # 153 (C = 64), K = 64 direct 109 vs 185 and 251 vs 294.  5x5 saves
     # more multiplications (F(4,5): 6.25x, F(4,3): 4x) and wins with half
     # as many: C = K = 64 at 56^2, winograd 1.95 ms, fft 2.58, direct 3.35.
     width = k * (kh - 1) // 2
+    depth = c * (kh - 1) // 2
+    if kh == 3 and h * w >= WINOGRAD_HALF_CHANNELS_MIN_PIXELS:
+        depth *= 2
     if ("winograd" in cands and kh == kw and kh in (3, 5) and groups == 1
-            and c * (kh - 1) // 2 >= t["winograd_min_channels"]
+            and depth >= t["winograd_min_channels"]
             and width >= t["winograd_min_channels"]
             and h * w >= t["winograd_min_pixels"]
             and (width >= 2 * t["winograd_min_channels"]

@@ -356,6 +356,18 @@ def test_winograd_needs_as_many_input_channels():
     assert _choice((512, 16, 33, 33), (16, 16, 3, 3)) == "winograd"
 
 
+def test_winograd_needs_half_the_input_channels_on_large_images():
+    # Jet images' 32 -> 64 at 64^2 (8 -> 16 under T): 4096 pixels and more
+    # let half the input channels through, not 56^2; 3x3 only, and never
+    # fewer than half.
+    from kernels._choose import WINOGRAD_HALF_CHANNELS_MIN_PIXELS as big
+    assert big == 64 * 64
+    assert _choice((256, 8, 64, 64), (16, 8, 3, 3)) == "winograd"
+    assert _choice((256, 8, 56, 56), (16, 8, 3, 3)) == "direct"
+    assert _choice((256, 7, 64, 64), (16, 7, 3, 3)) == "direct"
+    assert _choice((256, 8, 16, 256), (16, 8, 3, 3)) == "winograd"
+
+
 def test_one_dimensional_problems_reach_fft_at_a_shorter_kernel():
     t = dict(T, fft_min_area_few=150, fft_min_area_multi=49)
     area_2d = fft_min_area(3, 16, t)
