@@ -35,7 +35,10 @@ results do not depend on the number of threads.  Averages accumulate in
 the input's dtype, as PyTorch's CPU kernels do (float64 sums had cost
 float32 windows 10-25 %: twice the vector instructions, conversions;
 measured out of cache on (8, 64, 112, 112)); global average pooling sums
-in float64.
+in float64.  Outputs and gradients are allocated by NumPy in the Python
+wrappers and filled by the ``_*_into`` kernels: NumPy backs large arrays
+with transparent huge pages, Numba's allocator does not (a page fault
+per 4 KiB of a fresh array; see :func:`kernels.cpu.direct.run_driver`).
 """
 
 from __future__ import annotations
@@ -225,11 +228,16 @@ def _prefetch_window(x, r, rows, ho, kh, sh, ph, dh, cols):
             prefetch_row(x, p, ih, cols)
 
 
-@njit(parallel=True, cache=True)
 def max_pool(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
     """Max pooling of the planes ``x[p]``; values only (separable)."""
+    out = np.empty((x.shape[0], ho, wo), dtype=x.dtype)
+    _max_pool_into(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _max_pool_into(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out):
     n_planes, height, width = x.shape
-    out = np.empty((n_planes, ho, wo), dtype=x.dtype)
     span = (wo - 1) * sw + (kw - 1) * dw + 1
     # Input columns that land inside the buffer (floor mode can drop some).
     cols = min(width, span - pw)
@@ -263,7 +271,6 @@ def max_pool(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
                     for j in range(cols):
                         inner[j] = _nan_max(inner[j], x[p, ih, j])
             _max_columns(buf, even, odd, out, p, oh, sw, kw, dw)
-    return out
 
 
 @njit(cache=True, inline="always")
@@ -293,12 +300,19 @@ def _window_argmax(plane, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw):
     return best, best_index, found
 
 
-@njit(parallel=True, cache=True)
 def max_pool_with_indices(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
     """Max pooling with PyTorch's int64 argmax indices (flat per plane)."""
+    out = np.empty((x.shape[0], ho, wo), dtype=x.dtype)
+    indices = np.empty((x.shape[0], ho, wo), dtype=np.int64)
+    _max_pool_with_indices_into(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo,
+                                out, indices)
+    return out, indices
+
+
+@njit(parallel=True, cache=True)
+def _max_pool_with_indices_into(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo,
+                                out, indices):
     n_planes = x.shape[0]
-    out = np.empty((n_planes, ho, wo), dtype=x.dtype)
-    indices = np.empty((n_planes, ho, wo), dtype=np.int64)
     rows = n_planes * ho
     n_chunks = _n_chunks(rows)
     for chunk in prange(n_chunks):
@@ -311,7 +325,6 @@ def max_pool_with_indices(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
                                          pw, dh, dw)
                 out[p, oh, ow] = v
                 indices[p, oh, ow] = i
-    return out, indices
 
 
 # --------------------------------------------------------------------------
@@ -336,7 +349,6 @@ def max_pool_backward(grad_out, x, kh, kw, sh, sw, ph, pw, dh, dw):
                                      dw)
 
 
-@njit(parallel=True, cache=True)
 def max_pool_backward_fused(grad_out, x, kh, kw, sh, sw, ph, pw, dh, dw):
     """Gradient of max pooling, argmax recomputed, one pass per plane.
 
@@ -345,9 +357,17 @@ def max_pool_backward_fused(grad_out, x, kh, kw, sh, sw, ph, pw, dh, dw):
     at least as many planes as threads; else see
     :func:`max_pool_backward_indices`.
     """
+    grad_in = np.zeros(x.shape, dtype=x.dtype)
+    _max_pool_backward_fused_into(grad_out, x, kh, kw, sh, sw, ph, pw, dh,
+                                  dw, grad_in)
+    return grad_in
+
+
+@njit(parallel=True, cache=True)
+def _max_pool_backward_fused_into(grad_out, x, kh, kw, sh, sw, ph, pw, dh, dw,
+                                  grad_in):
     n_planes, height, width = x.shape
     ho, wo = grad_out.shape[1], grad_out.shape[2]
-    grad_in = np.zeros(x.shape, dtype=x.dtype)
     plane_size = height * width
     for p in prange(n_planes):
         flat = grad_in[p].reshape(plane_size)
@@ -357,7 +377,6 @@ def max_pool_backward_fused(grad_out, x, kh, kw, sh, sw, ph, pw, dh, dw):
                                              ph, pw, dh, dw)
                 if found:
                     flat[i] += grad_out[p, oh, ow]
-    return grad_in
 
 
 @njit(cache=True, inline="always")
@@ -366,7 +385,6 @@ def _tap(offset, k, d):
     return 0 <= offset <= (k - 1) * d and offset % d == 0
 
 
-@njit(parallel=True, cache=True)
 def max_pool_backward_indices(grad_out, indices, height, width, kh, kw, sh,
                               sw, ph, pw, dh, dw):
     """Gradient of max pooling from argmax indices, gathered per input row.
@@ -378,8 +396,17 @@ def max_pool_backward_indices(grad_out, indices, height, width, kh, kw, sh,
     own window (PyTorch's placeholder for a window that holds no input
     element) contributes nothing: that output is constant in ``x``.
     """
+    grad_in = np.zeros((grad_out.shape[0], height, width),
+                       dtype=grad_out.dtype)
+    _max_pool_backward_indices_into(grad_out, indices, height, width, kh, kw,
+                                    sh, sw, ph, pw, dh, dw, grad_in)
+    return grad_in
+
+
+@njit(parallel=True, cache=True)
+def _max_pool_backward_indices_into(grad_out, indices, height, width, kh, kw,
+                                    sh, sw, ph, pw, dh, dw, grad_in):
     n_planes, ho, wo = grad_out.shape
-    grad_in = np.zeros((n_planes, height, width), dtype=grad_out.dtype)
     rows = n_planes * height
     n_chunks = _n_chunks(rows)
     for chunk in prange(n_chunks):
@@ -396,7 +423,6 @@ def max_pool_backward_indices(grad_out, indices, height, width, kh, kw, sh,
                     iw = indices[p, oh, ow] - row_start
                     if 0 <= iw < width and _tap(iw - (ow * sw - pw), kw, dw):
                         row[iw] += grad_out[p, oh, ow]
-    return grad_in
 
 
 # --------------------------------------------------------------------------
@@ -457,7 +483,6 @@ def _sum_columns(buf, even, odd, out, p, oh, sw, kw, div, recip, sums):
             row[ow] = sums[ow] / div[ow]
 
 
-@njit(parallel=True, cache=True)
 def avg_pool(x, kh, kw, sh, sw, ph, pw, ho, wo, div_h, div_w):
     """Average pooling (separable), output ``sum / (div_h[oh] div_w[ow])``.
 
@@ -466,8 +491,14 @@ def avg_pool(x, kh, kw, sh, sw, ph, pw, ho, wo, div_h, div_w):
     input's dtype; float32 multiplies by the divisor's reciprocal (computed
     in float64, rounded once).
     """
+    out = np.empty((x.shape[0], ho, wo), dtype=x.dtype)
+    _avg_pool_into(x, kh, kw, sh, sw, ph, pw, ho, wo, div_h, div_w, out)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _avg_pool_into(x, kh, kw, sh, sw, ph, pw, ho, wo, div_h, div_w, out):
     n_planes, height, width = x.shape
-    out = np.empty((n_planes, ho, wo), dtype=x.dtype)
     recip = out.itemsize == 4       # float32 output: multiply by 1 / div
     span = (wo - 1) * sw + kw
     cols = min(width, span - pw)
@@ -513,10 +544,8 @@ def avg_pool(x, kh, kw, sh, sw, ph, pw, ho, wo, div_h, div_w):
                         div[ow] = div_row * div_w[ow]
             _sum_columns(buf, even, odd, out, p, oh, sw, kw, div, recip,
                          sums)
-    return out
 
 
-@njit(parallel=True, cache=True)
 def avg_pool_backward(grad_out, height, width, kh, kw, sh, sw, ph, pw,
                       div_h, div_w):
     """Gradient of average pooling, gathered per input row.
@@ -525,8 +554,17 @@ def avg_pool_backward(grad_out, height, width, kh, kw, sh, sw, ph, pw,
     window containing it; each task owns one input row (no atomics) and
     walks the candidate output rows.  Accumulates in float64.
     """
+    grad_in = np.empty((grad_out.shape[0], height, width),
+                       dtype=grad_out.dtype)
+    _avg_pool_backward_into(grad_out, height, width, kh, kw, sh, sw, ph, pw,
+                            div_h, div_w, grad_in)
+    return grad_in
+
+
+@njit(parallel=True, cache=True)
+def _avg_pool_backward_into(grad_out, height, width, kh, kw, sh, sw, ph, pw,
+                            div_h, div_w, grad_in):
     n_planes, ho, wo = grad_out.shape
-    grad_in = np.empty((n_planes, height, width), dtype=grad_out.dtype)
     rows = n_planes * height
     n_chunks = _n_chunks(rows)
     buf_len = (wo - 1) * sw + kw
@@ -550,7 +588,6 @@ def avg_pool_backward(grad_out, height, width, kh, kw, sh, sw, ph, pw,
             row = grad_in[p, ih]
             for j in range(width):
                 row[j] = buf[pw + j]
-    return grad_in
 
 
 @njit(parallel=True, cache=True)
