@@ -947,6 +947,26 @@ def test_a_calibration_from_another_machine_is_ignored(monkeypatch, tmp_path):
         assert thresholds("cpu")["direct_max_macs"] == 1.0
 
 
+def test_the_cpu_machine_key_tells_simd_and_model_apart(monkeypatch,
+                                                         tmp_path):
+    # A virtual machine names a Zen 3 and a Zen 4 alike ("AMD EPYC"); the
+    # key also holds the family, model number and widest SIMD, so that one
+    # machine's calibration is not applied on the other.
+    from kernels._calibration import CalibrationWarning, save_thresholds
+    from kernels._choose import default_thresholds, machine_key, thresholds
+    from kernels.cpu import _tuning
+    key = _tuning.machine_key()
+    assert {"cpu_family", "cpu_model", "simd"} <= set(key)
+    if _tuning._cpuinfo():
+        assert key["simd"] in ("avx512f", "avx2", "sse4_2", None)
+    path = _calibrated(monkeypatch, tmp_path, "")
+    other = dict(machine_key("cpu"),
+                 simd="avx2" if key["simd"] == "avx512f" else "avx512f")
+    save_thresholds("cpu", {"direct_max_macs": 1.0}, other, path=path)
+    with pytest.warns(CalibrationWarning, match="another machine"):
+        assert thresholds("cpu") == default_thresholds("cpu")
+
+
 def test_calibration_entries_are_kept_per_backend(monkeypatch, tmp_path):
     import json
     from kernels._calibration import save_thresholds

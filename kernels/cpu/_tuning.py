@@ -106,27 +106,42 @@ def _default_scratch():
 # --------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=1)
-def machine_key():
-    """What a calibration must have been measured on to apply here: the
-    CPU model, the core count and the versions of the libraries whose
-    speed the thresholds compare (JSON-able, cached per process)."""
-    import numba
-    import numpy
-    model = platform.processor() or platform.machine()
+def _cpuinfo():
+    """The first processor's ``/proc/cpuinfo`` fields (empty elsewhere)."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
+                if not line.strip():
                     break
+                name, _, value = line.partition(":")
+                fields[name.strip()] = value.strip()
     except OSError:
         pass
+    return fields
+
+
+def machine_key():
+    """What a calibration must have been measured on to apply here: the
+    CPU model (name, family, model number and widest SIMD: a virtual
+    machine may call a Zen 3 and a Zen 4 both "AMD EPYC", and AVX-512
+    changes the direct kernel's tiles), the core count and the versions
+    of the libraries whose speed the thresholds compare (JSON-able)."""
+    import numba
+    import numpy
+    info = _cpuinfo()
+    model = info.get("model name") or platform.processor() or platform.machine()
+    flags = set(info.get("flags", "").split())
+    simd = next((isa for isa in ("avx512f", "avx2", "sse4_2") if isa in flags),
+                None)
     try:
         from importlib.metadata import version
         fftw = version("pyFFTW")
     except Exception:           # not installed as a distribution
         fftw = None
-    return {"cpu": model, "cores": os.cpu_count(), "numpy": numpy.__version__,
+    return {"cpu": model, "cpu_family": info.get("cpu family"),
+            "cpu_model": info.get("model"), "simd": simd,
+            "cores": os.cpu_count(), "numpy": numpy.__version__,
             "numba": numba.__version__, "pyfftw": fftw}
 
 
