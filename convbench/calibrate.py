@@ -17,6 +17,9 @@ probe (a short interleaved sweep):
 ``direct_max_macs_fc``
     the same for a 1x1 output (fully connected): 1x1 convolutions of
     batch 32 on 1x1 maps, C = K growing, direct against im2col;
+``direct_max_macs_pointwise``
+    the same for other 1x1 kernels: C = K growing on a 14 x 14 map,
+    batch 1 (MobileNet's pointwise layers), direct against im2col;
 ``im2col_max_area``
     the largest kernel area (kH * kW) at which im2col still beats direct:
     C = K = 64 at 28 x 28, kernels 1, 3, 5, 7;
@@ -238,6 +241,27 @@ def _direct_macs_fc(built, progress, report):
     return _between(macs, at), status
 
 
+def _direct_macs_pointwise(built, progress, report):
+    """1x1 convolutions on a 14x14 map, batch 1 (196 output positions:
+    more than one BLAS piece)."""
+    widths = (32, 64, 96, 128, 192, 256, 384)
+    cases = [ConvCase(f"C=K={c}", (1, c, 14, 14), (c, c, 1, 1), 1, 0, 1)
+             for c in widths]
+    times = _times(cases, ["direct", "im2col"], progress)
+    macs = [float(196 * c * c) for c in widths]
+    at, status, why = resolve(macs, times["direct"], times["im2col"],
+                              _best_repeats(times, ["direct"]),
+                              _best_repeats(times, ["im2col"]))
+    report.append({"x_shape": [1, "C", 14, 14], "widths": list(widths),
+                   "macs": macs, "times_s": dict(times), "crossover_macs": at,
+                   "status": status, "why": why})
+    if at is None:
+        return 2 * macs[-1], status
+    if at == macs[0]:
+        return macs[0] / 2, status
+    return _between(macs, at), status
+
+
 def _im2col_area(built, progress, report):
     sizes = (1, 3, 5, 7)
     cases = kernel_sweep((1, 64, 28, 28), 64, sizes)
@@ -371,6 +395,9 @@ def measure_thresholds(progress=True, log=print):
          rivals=["im2col", "winograd"])
     step("direct_max_macs_fc", ["direct"],
          lambda r: _direct_macs_fc(built, progress, r), rivals=["im2col"])
+    step("direct_max_macs_pointwise", ["direct"],
+         lambda r: _direct_macs_pointwise(built, progress, r),
+         rivals=["im2col"])
     step("im2col_max_area", ["im2col"],
          lambda r: _im2col_area(built, progress, r), rivals=["direct"])
     step("im2col_serial_max_macs", ["im2col"],

@@ -32,6 +32,7 @@ __all__ = ["choose_algorithm", "choose_transposed_algorithm", "candidates",
 NEUTRAL_THRESHOLDS = {
     "direct_max_macs": float("inf"),
     "direct_max_macs_fc": float("inf"),
+    "direct_max_macs_pointwise": float("inf"),
     "fft_min_area_single": float("inf"),
     "fft_min_area_few": float("inf"),
     "fft_min_area_multi": float("inf"),
@@ -105,14 +106,15 @@ def machine_key(backend="cpu"):
 
 def _complete(table):
     """A backend's thresholds with every rule's: a table written before a
-    rule existed gets the neutral value, except the fully connected limit
-    (its general limit, the rule it refines) and the FFT areas, which
+    rule existed gets the neutral value, except the fully connected and
+    pointwise limits (the general limit, the rule they refine) and the
+    FFT areas, which
     :func:`fft_min_area` interpolates between the points given."""
     if table is None:
         return dict(NEUTRAL_THRESHOLDS)
     out = dict(NEUTRAL_THRESHOLDS)
-    out["direct_max_macs_fc"] = table.get("direct_max_macs",
-                                          out["direct_max_macs"])
+    for refined in ("direct_max_macs_fc", "direct_max_macs_pointwise"):
+        out[refined] = table.get("direct_max_macs", out["direct_max_macs"])
     for name in FFT_AREA_CHANNELS:
         out[name] = None
     out.update(table)
@@ -209,9 +211,19 @@ def _model_choice(cands, spec, t):
     # layer is small by its multiply-adds over the whole batch.  (LeNet's
     # C5, 5x5 on a 5x5 map at batch 64, stays direct: 0.91 ms vs im2col
     # 1.31, 15 repeats.)
+    # Other 1x1 kernels (pointwise: MobileNet, bottlenecks) have their own
+    # limit: a plain GEMM against direct's tiles, whose balance differs
+    # from a 3x3 layer's with the SIMD width (on the AVX2 Zen 3, im2col
+    # won MobileNet-v2's 1x1 layers from 2.4e6 multiply-adds, while direct
+    # won 3x3 layers up to 1.9e7).
     fc = out_h * out_w == 1 and area == 1
-    if "direct" in cands and (n * macs <= t["direct_max_macs_fc"] if fc
-                              else macs <= t["direct_max_macs"]):
+    if fc:
+        direct_small = n * macs <= t["direct_max_macs_fc"]
+    elif area == 1:
+        direct_small = macs <= t["direct_max_macs_pointwise"]
+    else:
+        direct_small = macs <= t["direct_max_macs"]
+    if "direct" in cands and direct_small:
         return "direct"
     # Winograd for stride-1 layers with many output channels (its output
     # transform is amortised over them) on images that give enough tiles,

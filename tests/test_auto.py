@@ -237,6 +237,7 @@ ALL = ["direct", "im2col", "winograd", "fft"]
 #: Thresholds of these tests (the CPU defaults' kind of values, fixed here
 #: so that the tests follow the rules, not the machine's measurements).
 T = {"direct_max_macs": 2.0e6, "direct_max_macs_fc": 2.6e5,
+     "direct_max_macs_pointwise": 2.0e6,
      "fft_min_area_single": 200, "fft_min_area_few": 120,
      "fft_min_area_multi": 49, "winograd_min_channels": 16,
      "winograd_min_pixels": 196, "im2col_min_out_channels": 8,
@@ -354,6 +355,22 @@ def test_winograd_needs_as_many_input_channels():
     # Jet images: 32 -> 64 (T's threshold is 16, so 8 -> 16 here).
     assert _choice((512, 8, 33, 33), (16, 8, 3, 3)) == "direct"
     assert _choice((512, 16, 33, 33), (16, 16, 3, 3)) == "winograd"
+
+
+def test_pointwise_layers_have_their_own_direct_limit():
+    # 1x1 at 14^2: 192 -> 64 is 2.4e6 multiply-adds.
+    t = dict(T, direct_max_macs=2e7, direct_max_macs_pointwise=1e6)
+    assert _choice((1, 192, 14, 14), (64, 192, 1, 1), t=t) == "im2col"
+    assert _choice((1, 32, 14, 14), (64, 32, 1, 1), t=t) == "direct"
+    # a 3x3 layer of as many multiply-adds keeps the general limit
+    assert _choice((1, 24, 14, 14), (64, 24, 3, 3), t=t) == "direct"
+    t = dict(T, direct_max_macs=1e6, direct_max_macs_pointwise=2e7)
+    assert _choice((1, 192, 14, 14), (64, 192, 1, 1), t=t) == "direct"
+    # a table without the pointwise limit uses the general one
+    from kernels._choose import _complete
+    old = dict(T)
+    del old["direct_max_macs_pointwise"]
+    assert _complete(old)["direct_max_macs_pointwise"] == T["direct_max_macs"]
 
 
 def test_winograd_needs_half_the_input_channels_on_large_images():

@@ -581,6 +581,30 @@ def test_winograd_is_calibrated_against_the_fallback_auto_would_use():
     assert cal._winograd_rivals(["im2col", "winograd"], 1) == ["im2col"]
 
 
+def test_calibrated_pointwise_limit_is_between_the_last_direct_win_and_the_first_im2col_win(
+        monkeypatch):
+    from convbench import calibrate as cal
+
+    def synthetic_times(cases, algorithms, progress):
+        # im2col pays a fixed 1e6 "multiply-adds" of set-up, direct none
+        # but twice the cost per multiply-add: im2col wins above 1e6.
+        out = {}
+        for a in algorithms:
+            macs = [196 * c.w_shape[0] * c.w_shape[1] for c in cases]
+            out[a] = [2.0 * m if a == "direct" else 1e6 + m for m in macs]
+        return out
+
+    monkeypatch.setattr(cal, "_times", synthetic_times)
+    report = []
+    value, status = cal._direct_macs_pointwise(["direct", "im2col"], False,
+                                               report)
+    # C = K = 64 (8.0e5 multiply-adds) is direct's last win, 96 (1.8e6)
+    # im2col's first: the geometric mean of the two.
+    assert value == pytest.approx((196 * 64 ** 2 * 196 * 96 ** 2) ** 0.5)
+    assert report[0]["crossover_macs"] == 196 * 96 ** 2
+    assert status == "pinned"
+
+
 @pytest.mark.parametrize("direct_from, expected", [(3, 1), (5, 9), (1, 0),
                                                    (None, 196)])
 def test_calibrated_im2col_area_is_the_last_kernel_im2col_wins(

@@ -165,6 +165,9 @@ AUTO_THRESHOLDS = {
     # 8.2e3 and 1.3e5 (median 6.6e4), and SE-ResNet-50's 1.3e5 layers ran
     # im2col 0.08-0.10 ms against direct 0.24-0.28 (9 repeats).
     "direct_max_macs_fc": 6.6e4,
+    # The same for other 1x1 kernels (pointwise), per image: the MobileNet
+    # figures under direct_max_macs above are all 1x1 layers (Zen 4).
+    "direct_max_macs_pointwise": 5.0e6,
     # Kernel area (kH * kW, of each stride phase) from which FFT is chosen
     # with C/g * K/g = 1, 16 and 4096 channel products (interpolated in
     # log2(C*K) between them, kernels._choose.fft_min_area).
