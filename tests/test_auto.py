@@ -498,3 +498,10 @@ def test_calibration_meta_records_the_thresholds_it_could_not_pin(
     assert table["im2col_min_out_channels"]["status"] == "default"
     text = "\n".join(lines)
     assert "not pinned down" in text and "fft_min_area_few" in text
+    if "fft" in BUILT and "direct" in BUILT:
+        # within noise: the default stays, the measurement is recorded
+        from kernels._choose import default_thresholds
+        default = default_thresholds("cpu")["fft_min_area_few"]
+        assert table["fft_min_area_few"]["value"] == default
+        assert table["fft_min_area_few"]["measured"] == (7 ** 2 + 11 ** 2) // 2
+        assert "default kept" in text
