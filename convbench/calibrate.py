@@ -11,6 +11,10 @@ probe (a short interleaved sweep):
     direct), C = K = 4 at 512 x 512 (against direct: few channels never go
     to im2col or Winograd) and C = K = 64 at 56 x 56 (against the best of
     the others);
+``fft_1d_area_factor``
+    the 1-D threshold as a fraction of the 2-D one: one channel of 10^6
+    samples, kernels 1 x 31 to 1 x 383, FFT against direct; the crossover
+    length over ``fft_min_area_single`` (as applied);
 ``direct_max_macs``
     multiply-adds per image up to which direct beats the rest: 3 x 3, C = K
     = 16, growing images;
@@ -192,6 +196,28 @@ def _fft_area(built, x_shape, k_out, kernel_sizes, rivals, progress, report):
                    "rivals": rivals, "times_s": dict(times),
                    "crossover_kernel": at, "status": status, "why": why})
     return area, status
+
+
+def _fft_1d_factor(built, single_area, progress, report):
+    """Kernel length from which FFT beats direct on a 10^6-sample
+    signal, over the 2-D single-channel area threshold."""
+    sizes = (31, 47, 63, 95, 127, 191, 255, 383)
+    cases = [ConvCase(f"k={k}", (1, 1, 1, 10 ** 6), (1, 1, 1, k), 1, 0, 1)
+             for k in sizes]
+    times = _times(cases, ["fft", "direct"], progress)
+    at, status, why = resolve(list(sizes), times["direct"], times["fft"],
+                              _best_repeats(times, ["direct"]),
+                              _best_repeats(times, ["fft"]))
+    report.append({"x_shape": [1, 1, 1, 10 ** 6], "kernel_lengths": list(sizes),
+                   "times_s": dict(times), "crossover_kernel": at,
+                   "status": status, "why": why})
+    if at is None:
+        length = 2 * sizes[-1]
+    elif at == sizes[0]:
+        length = sizes[0]
+    else:
+        length = (sizes[sizes.index(at) - 1] + at) / 2
+    return round(length / single_area, 3), status
 
 
 def _between(values, at):
@@ -393,6 +419,15 @@ def measure_thresholds(progress=True, log=print):
     step("fft_min_area_multi", ["fft"],
          lambda r: _fft_area(built, (1, 64, 56, 56), 64, (3, 5, 7, 9, 11),
                              built, progress, r))
+    from kernels._choose import default_thresholds
+    single = thresholds.get("fft_min_area_single",
+                            default_thresholds("cpu")["fft_min_area_single"])
+    if (report.get("fft_min_area_single") or [{}])[-1].get("status") \
+            == "within noise":
+        single = default_thresholds("cpu")["fft_min_area_single"]
+    step("fft_1d_area_factor", ["fft"],
+         lambda r: _fft_1d_factor(built, single, progress, r),
+         rivals=["direct"])
     step("direct_max_macs", ["direct"], lambda r: _direct_macs(built, progress, r),
          rivals=["im2col", "winograd"])
     step("direct_max_macs_fc", ["direct"],
@@ -404,7 +439,6 @@ def measure_thresholds(progress=True, log=print):
          lambda r: _im2col_area(built, progress, r), rivals=["direct"])
     step("im2col_serial_max_macs", ["im2col"],
          lambda r: _im2col_serial(built, progress, r), rivals=["direct"])
-    from kernels._choose import default_thresholds
     area = thresholds.get("im2col_max_area",
                           default_thresholds("cpu")["im2col_max_area"])
     step("winograd_min_channels", ["winograd"],

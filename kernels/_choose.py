@@ -36,6 +36,8 @@ NEUTRAL_THRESHOLDS = {
     "fft_min_area_single": float("inf"),
     "fft_min_area_few": float("inf"),
     "fft_min_area_multi": float("inf"),
+    # (measured on the Zen 4 CPU; also the value of tables without it)
+    "fft_1d_area_factor": 0.4,
     "winograd_min_channels": float("inf"),
     "winograd_min_pixels": float("inf"),
     "im2col_min_out_channels": float("inf"),
@@ -53,14 +55,6 @@ FFT_AREA_CHANNELS = {"fft_min_area_single": 1, "fft_min_area_few": 16,
 #: has fewer positions (N * Ho * Wo) than this: the CPU BLAS splits
 #: products into pieces of at least 64 columns (BlasTuning).
 IM2COL_SERIAL_POSITIONS = 64
-
-#: A 1-D problem (H = kH = 1) goes to FFT from this fraction of the 2-D
-#: area threshold: its overlap-save blocks overlap along one axis only and
-#: each output pays one transform length, not two.  timeseries-1d, two
-#: sweeps: C = 3, K = 16 (threshold 146 in 2-D), k = 63: fft 12.5 ms vs
-#: direct 15.0 at 10^5 samples x 4, 10.6 vs 12.4 at 10^4 x 32; one
-#: channel (197), k = 63: direct 3.9 vs fft 5.3, k = 255: fft 4.7 vs 5.9.
-FFT_1D_AREA_FACTOR = 0.4
 
 #: A single-channel 2-D image smaller than 1024^2 reaches FFT at a larger
 #: kernel, as FFT's fixed costs per call weigh more on a smaller image:
@@ -200,7 +194,7 @@ def _model_choice(cands, spec, t):
     phase_area = area / (stride[0] * stride[1])
     fft_area = fft_min_area(cg, kg, t)
     if h == 1 and kh == 1:
-        fft_area *= FFT_1D_AREA_FACTOR
+        fft_area *= t["fft_1d_area_factor"]
     elif cg * kg == 1:
         fft_area *= single_channel_size_factor(h * w)
     if "fft" in cands and phase_area >= fft_area:

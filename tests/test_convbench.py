@@ -605,6 +605,36 @@ def test_calibrated_pointwise_limit_is_between_the_last_direct_win_and_the_first
     assert status == "pinned"
 
 
+def test_calibrated_1d_factor_is_the_crossover_length_over_the_2d_area(
+        monkeypatch):
+    from convbench import calibrate as cal
+
+    def synthetic_times(cases, algorithms, progress):
+        # direct costs the kernel length, fft a flat 100: fft from k = 127
+        # (95 < 100 < 127), the threshold halfway, 111 taps.
+        out = {}
+        for a in algorithms:
+            out[a] = [100.0 if a == "fft" else float(c.w_shape[3])
+                      for c in cases]
+        return out
+
+    monkeypatch.setattr(cal, "_times", synthetic_times)
+    report = []
+    factor, status = cal._fft_1d_factor(["direct", "fft"], 200, False, report)
+    assert factor == pytest.approx(111 / 200, abs=1e-3)
+    assert report[0]["crossover_kernel"] == 127 and status == "pinned"
+    # the model: a 1-D problem's FFT area is the 2-D one times the factor
+    from kernels._choose import NEUTRAL_THRESHOLDS, _model_choice
+    from kernels._dispatch import ConvSpec
+    t = dict(NEUTRAL_THRESHOLDS, fft_min_area_single=200,
+             fft_min_area_few=200, fft_min_area_multi=200,
+             fft_1d_area_factor=factor)
+    spec = lambda k: ConvSpec.from_config((1, 1, 1, 10 ** 6), (1, 1, 1, k),
+                                          (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    assert _model_choice(["direct", "fft"], spec(127), t) == "fft"
+    assert _model_choice(["direct", "fft"], spec(95), t) == "direct"
+
+
 @pytest.mark.parametrize("direct_from, expected", [(3, 1), (5, 9), (1, 0),
                                                    (None, 196)])
 def test_calibrated_im2col_area_is_the_last_kernel_im2col_wins(

@@ -191,6 +191,15 @@ AUTO_THRESHOLDS = {
     # convbench calibrate, C = K = 64 at 56^2: 37, within noise (the
     # crossover between k = 5 and 7 moved between repeats).
     "fft_min_area_multi": 37,
+    # A 1-D problem (H = kH = 1) goes to FFT from this fraction of the 2-D
+    # area threshold: its overlap-save blocks overlap along one axis only
+    # and each output pays one transform length, not two.  timeseries-1d,
+    # two sweeps: C = 3, K = 16 (threshold 146 in 2-D), k = 63: fft 12.5
+    # ms vs direct 15.0 at 10^5 samples x 4, 10.6 vs 12.4 at 10^4 x 32;
+    # one channel (197), k = 63: direct 3.9 vs fft 5.3, k = 255: fft 4.7
+    # vs 5.9.  convbench calibrate measures it on one channel of 10^6
+    # samples against fft_min_area_single.
+    "fft_1d_area_factor": 0.4,
     # Winograd for 3x3 stride-1 layers with at least this many output
     # channels (and C >= 16; 5x5 kernels from half as many) ...
     # convbench calibrate (C = K = 16..256 at 56^2, batch 4): 64, pinned
