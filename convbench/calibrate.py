@@ -51,10 +51,12 @@ check, no peers.  Besides the value, each threshold gets a *status*:
 ``within noise``
     the two sides of the crossover differ by less than 10 % (either
     algorithm is then within 10 % of the other near the threshold), or the
-    crossover moved between repeats: another run may put it elsewhere, so
-    the default is kept (the measured value is recorded beside it: a
-    threshold moved on a coin flip sent ResNet-50's 256@14^2 layer from
-    Winograd to direct, 1.47x slower, on the AVX2 Zen 3);
+    crossover moved between repeats: another run may put it elsewhere.
+    When the repeats' crossovers straddle the default, the default is
+    kept (the measured value is recorded beside it: a threshold moved on
+    a coin flip sent ResNet-50's 256@14^2 layer from Winograd to direct,
+    1.47x slower, on the AVX2 Zen 3); when they all lie on one side of
+    it, the measured value is applied;
 ``edge``
     one algorithm won over the whole probe: the value is set beyond that
     end (a bound, not a measurement);
@@ -129,6 +131,19 @@ def _best_repeats(times, names):
     return out
 
 
+class Resolved(tuple):
+    """``(at, status, why)`` of :func:`resolve`, with ``crossovers``: the
+    crossover of each repeat (or just ``at`` without repeats)."""
+
+    crossovers = ()
+
+
+def _resolved(at, status, why, crossovers):
+    out = Resolved((at, status, why))
+    out.crossovers = tuple(crossovers) or (at,)
+    return out
+
+
 def resolve(sizes, slow, fast, slow_repeats=None, fast_repeats=None,
             noise=NOISE):
     """Crossover of ``fast`` over ``slow`` and how sure it is.
@@ -146,6 +161,13 @@ def resolve(sizes, slow, fast, slow_repeats=None, fast_repeats=None,
     def near(i):
         return ratio[i] is not None and abs(math.log(ratio[i])) < math.log1p(noise)
 
+    per = set()
+    if slow_repeats and fast_repeats:
+        for r in range(min(len(x) for x in slow_repeats + fast_repeats
+                           if x is not None)):
+            per.add(crossover(sizes, [x[r] if x else None for x in slow_repeats],
+                              [x[r] if x else None for x in fast_repeats]))
+    per = sorted(per | {at}, key=lambda v: (v is None, v))
     if at is None or at == sizes[0]:
         end = len(sizes) - 1 if at is None else 0
         who = "the slower one" if at is None else "the faster one"
@@ -153,26 +175,35 @@ def resolve(sizes, slow, fast, slow_repeats=None, fast_repeats=None,
         why = (f"{who} won over the whole probe; at the {('last', 'first')[end == 0]} "
                f"size the ratio was {ratio[end]:.2f}"
                if ratio[end] is not None else "no times")
-        return at, status, why
+        return _resolved(at, status, why, per)
     i = sizes.index(at)
-    moved = None
-    if slow_repeats and fast_repeats:
-        per = set()
-        for r in range(min(len(x) for x in slow_repeats + fast_repeats
-                           if x is not None)):
-            per.add(crossover(sizes, [x[r] if x else None for x in slow_repeats],
-                              [x[r] if x else None for x in fast_repeats]))
-        if len(per) > 1:
-            moved = sorted(per, key=lambda v: (v is None, v))
     if near(i) and near(i - 1):
-        return at, "within noise", (
+        return _resolved(at, "within noise", (
             f"ratios {ratio[i - 1]:.2f} and {ratio[i]:.2f} on either side of "
-            f"{at}: within {noise:.0%}")
-    if moved:
-        return at, "within noise", (
-            f"the crossover moved between repeats: {moved}")
-    return at, "pinned", (f"ratio {ratio[i - 1]:.2f} before {at}, "
-                          f"{ratio[i]:.2f} at it")
+            f"{at}: within {noise:.0%}"), per)
+    if len(per) > 1:
+        return _resolved(at, "within noise", (
+            f"the crossover moved between repeats: {per}"), per)
+    return _resolved(at, "pinned", (f"ratio {ratio[i - 1]:.2f} before {at}, "
+                                    f"{ratio[i]:.2f} at it"), per)
+
+
+def _valued(report, resolved, value_of):
+    """``(value, status)`` of a probe from its :class:`Resolved`; the
+    probe's report entry gets ``value_range``, the values that the
+    repeats' crossovers give (:func:`applied` keeps a default inside it)."""
+    values = sorted({value_of(a) for a in resolved.crossovers})
+    report[-1]["value_range"] = [values[0], values[-1]]
+    return value_of(resolved[0]), resolved[1]
+
+
+def _macs_value(macs, at):
+    """A multiply-add limit from a crossover of probe sizes ``macs``."""
+    if at is None:                  # the slower one won throughout
+        return 2 * macs[-1]
+    if at == macs[0]:               # the faster one won from the start
+        return macs[0] / 2
+    return _between(macs, at)
 
 
 def _fft_area(built, x_shape, k_out, kernel_sizes, rivals, progress, report):
@@ -181,21 +212,22 @@ def _fft_area(built, x_shape, k_out, kernel_sizes, rivals, progress, report):
     cases = kernel_sweep(x_shape, k_out, kernel_sizes)
     times = _times(cases, ["fft"] + rivals, progress)
     sizes = list(kernel_sizes)
-    at, status, why = resolve(sizes, _best_of(times, rivals), times["fft"],
-                              _best_repeats(times, rivals),
-                              _best_repeats(times, ["fft"]))
-    if at is None:
-        k = sizes[-1] + 2
-        area = k * k
-    elif at == sizes[0]:
-        area = sizes[0] ** 2
-    else:
+    r = resolve(sizes, _best_of(times, rivals), times["fft"],
+                _best_repeats(times, rivals), _best_repeats(times, ["fft"]))
+    at, status, why = r
+
+    def area(at):
+        if at is None:
+            return (sizes[-1] + 2) ** 2
+        if at == sizes[0]:
+            return sizes[0] ** 2
         # Between the last size direct won and the first FFT won.
-        area = (sizes[sizes.index(at) - 1] ** 2 + at * at) // 2
+        return (sizes[sizes.index(at) - 1] ** 2 + at * at) // 2
+
     report.append({"x_shape": list(x_shape), "K": k_out, "kernel_sizes": sizes,
                    "rivals": rivals, "times_s": dict(times),
                    "crossover_kernel": at, "status": status, "why": why})
-    return area, status
+    return _valued(report, r, area)
 
 
 def _fft_1d_factor(built, single_area, progress, report):
@@ -205,19 +237,23 @@ def _fft_1d_factor(built, single_area, progress, report):
     cases = [ConvCase(f"k={k}", (1, 1, 1, 10 ** 6), (1, 1, 1, k), 1, 0, 1)
              for k in sizes]
     times = _times(cases, ["fft", "direct"], progress)
-    at, status, why = resolve(list(sizes), times["direct"], times["fft"],
-                              _best_repeats(times, ["direct"]),
-                              _best_repeats(times, ["fft"]))
+    r = resolve(list(sizes), times["direct"], times["fft"],
+                _best_repeats(times, ["direct"]), _best_repeats(times, ["fft"]))
+    at, status, why = r
     report.append({"x_shape": [1, 1, 1, 10 ** 6], "kernel_lengths": list(sizes),
                    "times_s": dict(times), "crossover_kernel": at,
                    "status": status, "why": why})
-    if at is None:
-        length = 2 * sizes[-1]
-    elif at == sizes[0]:
-        length = sizes[0]
-    else:
-        length = (sizes[sizes.index(at) - 1] + at) / 2
-    return round(length / single_area, 3), status
+
+    def factor(at):
+        if at is None:
+            length = 2 * sizes[-1]
+        elif at == sizes[0]:
+            length = sizes[0]
+        else:
+            length = (sizes[sizes.index(at) - 1] + at) / 2
+        return round(length / single_area, 3)
+
+    return _valued(report, r, factor)
 
 
 def _between(values, at):
@@ -235,17 +271,14 @@ def _direct_macs(built, progress, report):
     # FFT is chosen by kernel area before this threshold is consulted.
     others = [a for a in built if a not in ("direct", "fft")]
     macs = [float(c * c * 9 * s * s) for s in sides]   # _choose's formula
-    at, status, why = resolve(macs, times["direct"], _best_of(times, others),
-                              _best_repeats(times, ["direct"]),
-                              _best_repeats(times, others))
+    r = resolve(macs, times["direct"], _best_of(times, others),
+                _best_repeats(times, ["direct"]),
+                _best_repeats(times, others))
+    at, status, why = r
     report.append({"x_shape": [1, c, "s", "s"], "sides": list(sides),
                    "macs": macs, "times_s": dict(times), "crossover_macs": at,
                    "status": status, "why": why})
-    if at is None:                 # direct wins throughout
-        return 2 * macs[-1], status
-    if at == macs[0]:              # the others win from the smallest size
-        return macs[0] / 2, status
-    return _between(macs, at), status
+    return _valued(report, r, lambda a: _macs_value(macs, a))
 
 
 def _direct_macs_fc(built, progress, report):
@@ -256,17 +289,14 @@ def _direct_macs_fc(built, progress, report):
              for c in widths]
     times = _times(cases, ["direct", "im2col"], progress)
     macs = [float(batch * c * c) for c in widths]
-    at, status, why = resolve(macs, times["direct"], times["im2col"],
-                              _best_repeats(times, ["direct"]),
-                              _best_repeats(times, ["im2col"]))
+    r = resolve(macs, times["direct"], times["im2col"],
+                _best_repeats(times, ["direct"]),
+                _best_repeats(times, ["im2col"]))
+    at, status, why = r
     report.append({"x_shape": [batch, "C", 1, 1], "widths": list(widths),
                    "macs": macs, "times_s": dict(times), "crossover_macs": at,
                    "status": status, "why": why})
-    if at is None:
-        return 2 * macs[-1], status
-    if at == macs[0]:
-        return macs[0] / 2, status
-    return _between(macs, at), status
+    return _valued(report, r, lambda a: _macs_value(macs, a))
 
 
 def _direct_macs_pointwise(built, progress, report):
@@ -277,33 +307,34 @@ def _direct_macs_pointwise(built, progress, report):
              for c in widths]
     times = _times(cases, ["direct", "im2col"], progress)
     macs = [float(196 * c * c) for c in widths]
-    at, status, why = resolve(macs, times["direct"], times["im2col"],
-                              _best_repeats(times, ["direct"]),
-                              _best_repeats(times, ["im2col"]))
+    r = resolve(macs, times["direct"], times["im2col"],
+                _best_repeats(times, ["direct"]),
+                _best_repeats(times, ["im2col"]))
+    at, status, why = r
     report.append({"x_shape": [1, "C", 14, 14], "widths": list(widths),
                    "macs": macs, "times_s": dict(times), "crossover_macs": at,
                    "status": status, "why": why})
-    if at is None:
-        return 2 * macs[-1], status
-    if at == macs[0]:
-        return macs[0] / 2, status
-    return _between(macs, at), status
+    return _valued(report, r, lambda a: _macs_value(macs, a))
 
 
 def _im2col_area(built, progress, report):
     sizes = (1, 3, 5, 7)
     cases = kernel_sweep((1, 64, 28, 28), 64, sizes)
     times = _times(cases, ["direct", "im2col"], progress)
-    at, status, why = resolve(list(sizes), times["im2col"], times["direct"],
-                              _best_repeats(times, ["im2col"]),
-                              _best_repeats(times, ["direct"]))
+    r = resolve(list(sizes), times["im2col"], times["direct"],
+                _best_repeats(times, ["im2col"]), _best_repeats(times, ["direct"]))
+    at, status, why = r
     report.append({"x_shape": [1, 64, 28, 28], "K": 64,
                    "kernel_sizes": list(sizes), "times_s": dict(times),
                    "crossover_kernel": at, "status": status, "why": why})
-    if at is None:                  # im2col wins up to the largest kernel
-        return 4 * sizes[-1] ** 2, status
-    i = sizes.index(at)
-    return (sizes[i - 1] ** 2 if i > 0 else 0), status
+
+    def area(at):
+        if at is None:              # im2col wins up to the largest kernel
+            return 4 * sizes[-1] ** 2
+        i = sizes.index(at)
+        return sizes[i - 1] ** 2 if i > 0 else 0
+
+    return _valued(report, r, area)
 
 
 def _im2col_serial(built, progress, report):
@@ -313,17 +344,14 @@ def _im2col_serial(built, progress, report):
              for c in widths]
     times = _times(cases, ["direct", "im2col"], progress)
     macs = [float(49 * c * c) for c in widths]
-    at, status, why = resolve(macs, times["im2col"], times["direct"],
-                              _best_repeats(times, ["im2col"]),
-                              _best_repeats(times, ["direct"]))
+    r = resolve(macs, times["im2col"], times["direct"],
+                _best_repeats(times, ["im2col"]),
+                _best_repeats(times, ["direct"]))
+    at, status, why = r
     report.append({"x_shape": [1, "C", 7, 7], "widths": list(widths),
                    "macs": macs, "times_s": dict(times), "crossover_macs": at,
                    "status": status, "why": why})
-    if at is None:                  # im2col wins throughout
-        return 2 * macs[-1], status
-    if at == macs[0]:
-        return macs[0] / 2, status
-    return _between(macs, at), status
+    return _valued(report, r, lambda a: _macs_value(macs, a))
 
 
 def _winograd_rivals(built, im2col_max_area):
@@ -349,14 +377,13 @@ def _winograd_channels(built, im2col_max_area, progress, report):
              for c in channels]
     times = _times(cases, built, progress)
     rivals = _winograd_rivals(built, im2col_max_area)
-    at, status, why = resolve(list(channels), _best_of(times, rivals),
-                              times["winograd"], _best_repeats(times, rivals),
-                              _best_repeats(times, ["winograd"]))
+    r = resolve(list(channels), _best_of(times, rivals), times["winograd"],
+                _best_repeats(times, rivals), _best_repeats(times, ["winograd"]))
+    at, status, why = r
     report.append({"x_shape": [4, "C", 56, 56], "channels": list(channels),
                    "times_s": dict(times), "crossover_channels": at,
                    "status": status, "why": why})
-    value = 2 * channels[-1] if at is None else at
-    return value, status
+    return _valued(report, r, lambda a: 2 * channels[-1] if a is None else a)
 
 
 def _winograd_pixels(built, im2col_max_area, progress, report):
@@ -367,14 +394,13 @@ def _winograd_pixels(built, im2col_max_area, progress, report):
     times = _times(cases, built, progress)
     rivals = _winograd_rivals(built, im2col_max_area)
     pixels = [s * s for s in sides]
-    at, status, why = resolve(pixels, _best_of(times, rivals), times["winograd"],
-                              _best_repeats(times, rivals),
-                              _best_repeats(times, ["winograd"]))
+    r = resolve(pixels, _best_of(times, rivals), times["winograd"],
+                _best_repeats(times, rivals), _best_repeats(times, ["winograd"]))
+    at, status, why = r
     report.append({"x_shape": [batch, c, "s", "s"], "sides": list(sides),
                    "times_s": dict(times), "crossover_pixels": at,
                    "status": status, "why": why})
-    value = 4 * pixels[-1] if at is None else at
-    return value, status
+    return _valued(report, r, lambda a: 4 * pixels[-1] if a is None else a)
 
 
 def measure_thresholds(progress=True, log=print):
@@ -463,18 +489,29 @@ def statuses(thresholds, report, measured=None):
     return out
 
 
-def applied(measured, report):
-    """The measured thresholds that replace the defaults: pinned ones and
-    edges, not those within noise."""
-    return {k: v for k, v in measured.items()
-            if (report.get(k) or [{}])[-1].get("status") != "within noise"}
+def applied(measured, report, defaults):
+    """The measured thresholds that replace the defaults: pinned ones,
+    edges, and those within noise whose repeats' crossovers all put the
+    threshold on one side of the default (a default inside that range is
+    as consistent with the measurement as the medians' crossover)."""
+    out = {}
+    for key, value in measured.items():
+        probe = (report.get(key) or [{}])[-1]
+        low, high = probe.get("value_range") or (value, value)
+        default = defaults.get(key)
+        if (probe.get("status") == "within noise" and default is not None
+                and low <= default <= high):
+            continue
+        out[key] = value
+    return out
 
 
 def calibrate(path=None, write=True, progress=True, log=print):
     """Measure the thresholds and save them for ``algorithm="auto"``.
 
     Pinned thresholds and edges replace the defaults; those within noise
-    keep the default.  Prints one line per threshold (value, status, why)
+    keep the default when their repeats' crossovers straddle it
+    (:func:`applied`).  Prints one line per threshold (value, status, why)
     and a summary of those it could not pin down; the statuses go into the file's meta
     (``meta["thresholds"]``, ``meta["unresolved"]``).  Returns the dict
     written (the defaults with the measured values over them).
@@ -486,7 +523,7 @@ def calibrate(path=None, write=True, progress=True, log=print):
     t0 = time.perf_counter()
     measured, report = measure_thresholds(progress=progress, log=log)
     thresholds = default_thresholds("cpu")
-    thresholds.update(applied(measured, report))
+    thresholds.update(applied(measured, report, thresholds))
     table = statuses(thresholds, report, measured)
     unresolved = sorted(k for k, v in table.items() if v["status"] != "pinned")
     meta = {"measured": sorted(measured), "thresholds": table,

@@ -499,9 +499,27 @@ def test_calibration_meta_records_the_thresholds_it_could_not_pin(
     text = "\n".join(lines)
     assert "not pinned down" in text and "fft_min_area_few" in text
     if "fft" in BUILT and "direct" in BUILT:
-        # within noise: the default stays, the measurement is recorded
-        from kernels._choose import default_thresholds
-        default = default_thresholds("cpu")["fft_min_area_few"]
-        assert table["fft_min_area_few"]["value"] == default
-        assert table["fft_min_area_few"]["measured"] == (7 ** 2 + 11 ** 2) // 2
-        assert "default kept" in text
+        # within noise by the ratios, one crossover in every repeat: the
+        # measured value replaces the default
+        assert table["fft_min_area_few"]["value"] == (7 ** 2 + 11 ** 2) // 2
+        assert meta["sweeps"]["fft_min_area_few"][-1]["value_range"] == [85, 85]
+
+
+def test_a_threshold_within_noise_keeps_a_default_its_repeats_straddle():
+    from convbench.calibrate import applied
+    report = {
+        # crossovers 196, 441, 784 by repeat: a default of 196 is inside
+        "winograd_min_pixels": [{"status": "within noise",
+                                 "value_range": [196, 784]}],
+        # all repeats below the default: measured
+        "direct_max_macs_pointwise": [{"status": "within noise",
+                                       "value_range": [1e5, 6e5]}],
+        "fft_min_area_single": [{"status": "pinned",
+                                 "value_range": [145, 145]}],
+    }
+    measured = {"winograd_min_pixels": 441, "direct_max_macs_pointwise": 4e5,
+                "fft_min_area_single": 145}
+    defaults = {"winograd_min_pixels": 196, "direct_max_macs_pointwise": 5e6,
+                "fft_min_area_single": 197}
+    assert applied(measured, report, defaults) == {
+        "direct_max_macs_pointwise": 4e5, "fft_min_area_single": 145}
