@@ -72,7 +72,8 @@ from . import _tuning
 from ._workspace import Workspace
 
 __all__ = ["conv2d", "pack_input", "tap_offsets", "packed_geometry",
-           "tile_columns", "packed_size", "run_driver", "fma_tile", "run_tile", "tile_buffer", "lanes", "MAX_BLOCK",
+           "tile_columns", "packed_size", "run_columns", "run_driver",
+           "fma_tile", "run_tile", "tile_buffer", "lanes", "MAX_BLOCK",
            "KERNELS"]
 
 
