@@ -11,10 +11,12 @@ probe (a short interleaved sweep):
     direct), C = K = 4 at 512 x 512 (against direct: few channels never go
     to im2col or Winograd) and C = K = 64 at 56 x 56 (against the best of
     the others);
-``fft_1d_area_factor``
-    the 1-D threshold as a fraction of the 2-D one: one channel of 10^6
-    samples, kernels 1 x 31 to 1 x 383, FFT against direct; the crossover
-    length over ``fft_min_area_single`` (as applied);
+``fft_1d_area_factor_single``, ``fft_1d_area_factor``
+    the 1-D threshold as a fraction of the 2-D one, for one channel and
+    for more: one channel of 10^6 samples (kernels 1 x 31 to 1 x 383), and
+    3 -> 16 channels of 10^5 samples x 4 (kernels 1 x 15 to 1 x 127), FFT
+    against direct; the crossover length over the 2-D area threshold of
+    the same channels (as applied);
 ``direct_max_macs``
     multiply-adds per image up to which direct beats the rest: 3 x 3, C = K
     = 16, growing images;
@@ -230,17 +232,18 @@ def _fft_area(built, x_shape, k_out, kernel_sizes, rivals, progress, report):
     return _valued(report, r, area)
 
 
-def _fft_1d_factor(built, single_area, progress, report):
-    """Kernel length from which FFT beats direct on a 10^6-sample
-    signal, over the 2-D single-channel area threshold."""
-    sizes = (31, 47, 63, 95, 127, 191, 255, 383)
-    cases = [ConvCase(f"k={k}", (1, 1, 1, 10 ** 6), (1, 1, 1, k), 1, 0, 1)
+def _fft_1d_factor(built, x_shape, k_out, sizes, area_2d, progress, report):
+    """Kernel length from which FFT beats direct on signals of
+    ``x_shape`` (N, C, 1, L) with ``k_out`` filters, over ``area_2d``, the
+    2-D area threshold of the same channels."""
+    cases = [ConvCase(f"k={k}", x_shape, (k_out, x_shape[1], 1, k), 1, 0, 1)
              for k in sizes]
     times = _times(cases, ["fft", "direct"], progress)
     r = resolve(list(sizes), times["direct"], times["fft"],
                 _best_repeats(times, ["direct"]), _best_repeats(times, ["fft"]))
     at, status, why = r
-    report.append({"x_shape": [1, 1, 1, 10 ** 6], "kernel_lengths": list(sizes),
+    report.append({"x_shape": list(x_shape), "K": k_out,
+                   "kernel_lengths": list(sizes), "area_2d": area_2d,
                    "times_s": dict(times), "crossover_kernel": at,
                    "status": status, "why": why})
 
@@ -251,7 +254,7 @@ def _fft_1d_factor(built, single_area, progress, report):
             length = sizes[0]
         else:
             length = (sizes[sizes.index(at) - 1] + at) / 2
-        return round(length / single_area, 3)
+        return round(length / area_2d, 3)
 
     return _valued(report, r, factor)
 
@@ -445,14 +448,19 @@ def measure_thresholds(progress=True, log=print):
     step("fft_min_area_multi", ["fft"],
          lambda r: _fft_area(built, (1, 64, 56, 56), 64, (3, 5, 7, 9, 11),
                              built, progress, r))
-    from kernels._choose import default_thresholds
-    single = thresholds.get("fft_min_area_single",
-                            default_thresholds("cpu")["fft_min_area_single"])
-    if (report.get("fft_min_area_single") or [{}])[-1].get("status") \
-            == "within noise":
-        single = default_thresholds("cpu")["fft_min_area_single"]
+    from kernels._choose import default_thresholds, fft_min_area
+    # The 2-D areas as they will be applied (see applied()).
+    defaults = default_thresholds("cpu")
+    areas = dict(defaults, **applied(thresholds, report, defaults))
+    step("fft_1d_area_factor_single", ["fft"],
+         lambda r: _fft_1d_factor(built, (1, 1, 1, 10 ** 6), 1,
+                                  (31, 47, 63, 95, 127, 191, 255, 383),
+                                  fft_min_area(1, 1, areas), progress, r),
+         rivals=["direct"])
     step("fft_1d_area_factor", ["fft"],
-         lambda r: _fft_1d_factor(built, single, progress, r),
+         lambda r: _fft_1d_factor(built, (4, 3, 1, 10 ** 5), 16,
+                                  (15, 23, 31, 47, 63, 95, 127),
+                                  fft_min_area(3, 16, areas), progress, r),
          rivals=["direct"])
     step("direct_max_macs", ["direct"], lambda r: _direct_macs(built, progress, r),
          rivals=["im2col", "winograd"])

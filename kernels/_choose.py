@@ -38,6 +38,7 @@ NEUTRAL_THRESHOLDS = {
     "fft_min_area_multi": float("inf"),
     # (measured on the Zen 4 CPU; also the value of tables without it)
     "fft_1d_area_factor": 0.4,
+    "fft_1d_area_factor_single": 0.4,
     "winograd_min_channels": float("inf"),
     "winograd_min_pixels": float("inf"),
     "im2col_min_out_channels": float("inf"),
@@ -194,7 +195,8 @@ def _model_choice(cands, spec, t):
     phase_area = area / (stride[0] * stride[1])
     fft_area = fft_min_area(cg, kg, t)
     if h == 1 and kh == 1:
-        fft_area *= t["fft_1d_area_factor"]
+        fft_area *= t["fft_1d_area_factor_single" if cg * kg == 1
+                      else "fft_1d_area_factor"]
     elif cg * kg == 1:
         fft_area *= single_channel_size_factor(h * w)
     if "fft" in cands and phase_area >= fft_area:

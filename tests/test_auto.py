@@ -238,6 +238,7 @@ ALL = ["direct", "im2col", "winograd", "fft"]
 #: so that the tests follow the rules, not the machine's measurements).
 T = {"direct_max_macs": 2.0e6, "direct_max_macs_fc": 2.6e5,
      "direct_max_macs_pointwise": 2.0e6, "fft_1d_area_factor": 0.4,
+     "fft_1d_area_factor_single": 0.4,
      "fft_min_area_single": 200, "fft_min_area_few": 120,
      "fft_min_area_multi": 49, "winograd_min_channels": 16,
      "winograd_min_pixels": 196, "im2col_min_out_channels": 8,

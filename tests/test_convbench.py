@@ -620,19 +620,26 @@ def test_calibrated_1d_factor_is_the_crossover_length_over_the_2d_area(
 
     monkeypatch.setattr(cal, "_times", synthetic_times)
     report = []
-    factor, status = cal._fft_1d_factor(["direct", "fft"], 200, False, report)
+    factor, status = cal._fft_1d_factor(
+        ["direct", "fft"], (1, 1, 1, 10 ** 6), 1,
+        (31, 47, 63, 95, 127, 191, 255, 383), 200, False, report)
     assert factor == pytest.approx(111 / 200, abs=1e-3)
     assert report[0]["crossover_kernel"] == 127 and status == "pinned"
-    # the model: a 1-D problem's FFT area is the 2-D one times the factor
+    # the model: a 1-D problem's FFT area is the 2-D one times the factor,
+    # the single-channel factor for one channel, the other for more
     from kernels._choose import NEUTRAL_THRESHOLDS, _model_choice
     from kernels._dispatch import ConvSpec
     t = dict(NEUTRAL_THRESHOLDS, fft_min_area_single=200,
              fft_min_area_few=200, fft_min_area_multi=200,
-             fft_1d_area_factor=factor)
-    spec = lambda k: ConvSpec.from_config((1, 1, 1, 10 ** 6), (1, 1, 1, k),
-                                          (1, 1), (0, 0, 0, 0), (1, 1), 1)
-    assert _model_choice(["direct", "fft"], spec(127), t) == "fft"
-    assert _model_choice(["direct", "fft"], spec(95), t) == "direct"
+             fft_1d_area_factor_single=factor, fft_1d_area_factor=0.2)
+
+    def pick(c, k):
+        spec = ConvSpec.from_config((1, c, 1, 10 ** 5), (c, c, 1, k),
+                                    (1, 1), (0, 0, 0, 0), (1, 1), 1)
+        return _model_choice(["direct", "fft"], spec, t)
+
+    assert pick(1, 127) == "fft" and pick(1, 95) == "direct"
+    assert pick(3, 47) == "fft" and pick(3, 31) == "direct"
 
 
 @pytest.mark.parametrize("direct_from, expected", [(3, 1), (5, 9), (1, 0),

@@ -197,9 +197,12 @@ AUTO_THRESHOLDS = {
     # two sweeps: C = 3, K = 16 (threshold 146 in 2-D), k = 63: fft 12.5
     # ms vs direct 15.0 at 10^5 samples x 4, 10.6 vs 12.4 at 10^4 x 32;
     # one channel (197), k = 63: direct 3.9 vs fft 5.3, k = 255: fft 4.7
-    # vs 5.9.  convbench calibrate measures it on one channel of 10^6
-    # samples against fft_min_area_single.
+    # vs 5.9.  convbench calibrate measures it on 3 -> 16 channels of 10^5
+    # samples x 4, and for one channel (C*K = 1) separately: on the AVX2
+    # Zen 3 one channel of 10^6 samples crossed at k = 95-127 (a factor of
+    # 0.77), while 3 -> 16 channels ran FFT 1.3-1.5x faster at k = 63.
     "fft_1d_area_factor": 0.4,
+    "fft_1d_area_factor_single": 0.4,
     # Winograd for 3x3 stride-1 layers with at least this many output
     # channels (and C >= 16; 5x5 kernels from half as many) ...
     # convbench calibrate (C = K = 16..256 at 56^2, batch 4): 64, pinned
