@@ -254,16 +254,12 @@ def _model_choice(cands, spec, t):
     # against direct's 2.5.)
     serial = (not fc and n * out_h * out_w < IM2COL_SERIAL_POSITIONS
               and n * macs > t["im2col_serial_max_macs"])
-    # One input channel (per group), a small kernel and many output
-    # channels on a large image: a GEMM of depth kH*kW with long rows,
-    # where direct re-reads the input for every 4 output channels.
-    # U-Net's first layer (1 -> 64, 3x3), 9 repeats: 572^2 im2col 17 ms vs
-    # direct 33, 256^2 x 4: 13 vs 15; 1 -> 128 at 256^2: 7.9 vs 11.  Not
-    # with 32 output channels (1.72 vs 1.52) or on small images (64 x 32^2,
-    # K = 64: direct 2.8x faster; jet images).
-    if ("im2col" in cands and cg == 1 and kg >= 64 and area <= 9
-            and h * w >= 1 << 16):
-        return "im2col"
+    # (One input channel to many outputs on a large image used to go to
+    # im2col: U-Net's first layer, 572^2, im2col 17 ms against direct 33
+    # on the Zen 4.  That was direct's scattered stores; since direct's
+    # tasks run along column tiles (2026-12-02) the two are level: 572^2
+    # direct 18.3, 18.7, 25.1 ms against im2col 22.5, 20.0, 23.8; 256^2 x 4
+    # 13.6, 14.4, 14.2 against 14.5, 14.4, 13.6, three sweeps on the Zen 3.)
     # A 1x1 kernel is a plain GEMM (no patch copy) and wins even with few
     # output channels: U-Net's last layer, 64 -> 2 at 388^2, im2col
     # 3.05 ms vs direct 6.96.
