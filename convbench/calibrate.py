@@ -284,40 +284,34 @@ def _direct_macs(built, progress, report):
     return _valued(report, r, lambda a: _macs_value(macs, a))
 
 
-def _direct_macs_fc(built, progress, report):
-    """1x1 convolutions of batch 32 on 1x1 maps (SE blocks)."""
-    batch = 32
-    widths = (16, 32, 64, 128, 256, 512)
-    cases = [ConvCase(f"C=K={c}", (batch, c, 1, 1), (c, c, 1, 1), 1, 0, 1)
-             for c in widths]
+def _one_by_one(widths, batch, side, slow, fast, progress, report):
+    """1x1 convolutions, C = K in ``widths``, on ``batch`` maps of ``side``
+    x ``side``: the multiply-adds (per call) from which ``fast`` beats
+    ``slow`` (direct and im2col, one way or the other)."""
+    cases = [ConvCase(f"C=K={c}", (batch, c, side, side), (c, c, 1, 1), 1, 0,
+                      1) for c in widths]
     times = _times(cases, ["direct", "im2col"], progress)
-    macs = [float(batch * c * c) for c in widths]
-    r = resolve(macs, times["direct"], times["im2col"],
-                _best_repeats(times, ["direct"]),
-                _best_repeats(times, ["im2col"]))
+    macs = [float(batch * side * side * c * c) for c in widths]
+    r = resolve(macs, times[slow], times[fast], _best_repeats(times, [slow]),
+                _best_repeats(times, [fast]))
     at, status, why = r
-    report.append({"x_shape": [batch, "C", 1, 1], "widths": list(widths),
+    report.append({"x_shape": [batch, "C", side, side], "widths": list(widths),
                    "macs": macs, "times_s": dict(times), "crossover_macs": at,
                    "status": status, "why": why})
     return _valued(report, r, lambda a: _macs_value(macs, a))
+
+
+def _direct_macs_fc(built, progress, report):
+    """1x1 convolutions of batch 32 on 1x1 maps (SE blocks)."""
+    return _one_by_one((16, 32, 64, 128, 256, 512), 32, 1, "direct",
+                       "im2col", progress, report)
 
 
 def _direct_macs_pointwise(built, progress, report):
     """1x1 convolutions on a 14x14 map, batch 1 (196 output positions:
     more than one BLAS piece)."""
-    widths = (32, 64, 96, 128, 192, 256, 384)
-    cases = [ConvCase(f"C=K={c}", (1, c, 14, 14), (c, c, 1, 1), 1, 0, 1)
-             for c in widths]
-    times = _times(cases, ["direct", "im2col"], progress)
-    macs = [float(196 * c * c) for c in widths]
-    r = resolve(macs, times["direct"], times["im2col"],
-                _best_repeats(times, ["direct"]),
-                _best_repeats(times, ["im2col"]))
-    at, status, why = r
-    report.append({"x_shape": [1, "C", 14, 14], "widths": list(widths),
-                   "macs": macs, "times_s": dict(times), "crossover_macs": at,
-                   "status": status, "why": why})
-    return _valued(report, r, lambda a: _macs_value(macs, a))
+    return _one_by_one((32, 64, 96, 128, 192, 256, 384), 1, 14, "direct",
+                       "im2col", progress, report)
 
 
 def _im2col_area(built, progress, report):
@@ -342,19 +336,8 @@ def _im2col_area(built, progress, report):
 
 def _im2col_serial(built, progress, report):
     """1x1 convolutions on a 7x7 map, batch 1 (49 output positions)."""
-    widths = (128, 256, 384, 512, 768, 1024)
-    cases = [ConvCase(f"C=K={c}", (1, c, 7, 7), (c, c, 1, 1), 1, 0, 1)
-             for c in widths]
-    times = _times(cases, ["direct", "im2col"], progress)
-    macs = [float(49 * c * c) for c in widths]
-    r = resolve(macs, times["im2col"], times["direct"],
-                _best_repeats(times, ["im2col"]),
-                _best_repeats(times, ["direct"]))
-    at, status, why = r
-    report.append({"x_shape": [1, "C", 7, 7], "widths": list(widths),
-                   "macs": macs, "times_s": dict(times), "crossover_macs": at,
-                   "status": status, "why": why})
-    return _valued(report, r, lambda a: _macs_value(macs, a))
+    return _one_by_one((128, 256, 384, 512, 768, 1024), 1, 7, "im2col",
+                       "direct", progress, report)
 
 
 def _winograd_rivals(built, im2col_max_area):
