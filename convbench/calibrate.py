@@ -502,9 +502,9 @@ def calibrate(path=None, write=True, progress=True, log=print):
 
     Pinned thresholds and edges replace the defaults; those within noise
     keep the default when their repeats' crossovers straddle it
-    (:func:`applied`).  Prints one line per threshold (value, status, why)
-    and a summary of those it could not pin down; the statuses go into the file's meta
-    (``meta["thresholds"]``, ``meta["unresolved"]``).  Returns the dict
+    (:func:`applied`).  Prints one line per threshold (value, status,
+    why) and a summary of those it could not pin down; the statuses go
+    into the file's meta (``meta["thresholds"]``, ``meta["unresolved"]``).  Returns the dict
     written (the defaults with the measured values over them).
     """
     from kernels._calibration import calibration_path, save_thresholds

@@ -9,8 +9,9 @@ them as JSON to ``$CONVBENCH_CALIBRATION`` or
 
 :func:`load_thresholds` merges a backend's thresholds over its defaults
 when the entry's ``machine`` equals this machine's key (the backend's
-``_tuning.machine_key()``: for the CPU its model, core count and the
-versions of NumPy, Numba and pyFFTW), so a file copied from another
+``_tuning.machine_key()``: for the CPU its model name, family, model
+number and widest SIMD, core count and the versions of NumPy, Numba and
+pyFFTW), so a file copied from another
 machine, or left from before an upgrade, is not trusted.  A missing file
 means defaults, silently; an unreadable, corrupt or incompatible file, or
 one from another machine, means defaults and one

@@ -121,12 +121,14 @@ def _cpuinfo():
     return fields
 
 
+@functools.lru_cache(maxsize=1)
 def machine_key():
     """What a calibration must have been measured on to apply here: the
     CPU model (name, family, model number and widest SIMD: a virtual
     machine may call a Zen 3 and a Zen 4 both "AMD EPYC", and AVX-512
     changes the direct kernel's tiles), the core count and the versions
-    of the libraries whose speed the thresholds compare (JSON-able)."""
+    of the libraries whose speed the thresholds compare (JSON-able, cached
+    per process)."""
     import numba
     import numpy
     info = _cpuinfo()
