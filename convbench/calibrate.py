@@ -432,9 +432,9 @@ def measure_thresholds(progress=True, log=print):
          lambda r: _fft_area(built, (1, 64, 56, 56), 64, (3, 5, 7, 9, 11),
                              built, progress, r))
     from kernels._choose import default_thresholds, fft_min_area
-    # The 2-D areas as they will be applied (see applied()).
     defaults = default_thresholds("cpu")
-    areas = dict(defaults, **applied(thresholds, report, defaults))
+    # Later probes build on earlier thresholds as they will be applied.
+    areas = in_force(thresholds, report, defaults)
     step("fft_1d_area_factor_single", ["fft"],
          lambda r: _fft_1d_factor(built, (1, 1, 1, 10 ** 6), 1,
                                   (31, 47, 63, 95, 127, 191, 255, 383),
@@ -456,8 +456,7 @@ def measure_thresholds(progress=True, log=print):
          lambda r: _im2col_area(built, progress, r), rivals=["direct"])
     step("im2col_serial_max_macs", ["im2col"],
          lambda r: _im2col_serial(built, progress, r), rivals=["direct"])
-    area = thresholds.get("im2col_max_area",
-                          default_thresholds("cpu")["im2col_max_area"])
+    area = in_force(thresholds, report, defaults)["im2col_max_area"]
     step("winograd_min_channels", ["winograd"],
          lambda r: _winograd_channels(built, area, progress, r),
          rivals=["direct", "im2col"])
@@ -497,6 +496,12 @@ def applied(measured, report, defaults):
     return out
 
 
+def in_force(measured, report, defaults):
+    """The thresholds ``calibrate`` writes: the defaults, with
+    :func:`applied` measured values over them."""
+    return dict(defaults, **applied(measured, report, defaults))
+
+
 def calibrate(path=None, write=True, progress=True, log=print):
     """Measure the thresholds and save them for ``algorithm="auto"``.
 
@@ -513,8 +518,7 @@ def calibrate(path=None, write=True, progress=True, log=print):
 
     t0 = time.perf_counter()
     measured, report = measure_thresholds(progress=progress, log=log)
-    thresholds = default_thresholds("cpu")
-    thresholds.update(applied(measured, report, thresholds))
+    thresholds = in_force(measured, report, default_thresholds("cpu"))
     table = statuses(thresholds, report, measured)
     unresolved = sorted(k for k, v in table.items() if v["status"] != "pinned")
     meta = {"measured": sorted(measured), "thresholds": table,

@@ -506,6 +506,33 @@ def test_calibration_meta_records_the_thresholds_it_could_not_pin(
         assert meta["sweeps"]["fft_min_area_few"][-1]["value_range"] == [85, 85]
 
 
+def test_winograd_probes_use_the_im2col_area_as_it_will_be_applied(
+        monkeypatch):
+    # im2col_max_area measured 9 but within noise, its repeats straddling
+    # the default: the default is written, and the Winograd probes must
+    # be run against the fallback that default implies.
+    from convbench import calibrate as cal
+    from kernels._choose import default_thresholds
+    default = default_thresholds("cpu")["im2col_max_area"]
+
+    def noisy_area(built, progress, report):
+        report.append({"status": "within noise", "why": "",
+                       "value_range": [min(default, 0), max(default, 9) + 1]})
+        return 9 if default != 9 else 25, "within noise"
+
+    seen = []
+    monkeypatch.setattr(cal, "_im2col_area", noisy_area)
+    monkeypatch.setattr(cal, "_winograd_channels",
+                        lambda built, area, p, r: seen.append(area) or (64, "edge"))
+    monkeypatch.setattr(cal, "_winograd_pixels",
+                        lambda built, area, p, r: seen.append(area) or (196, "edge"))
+    monkeypatch.setattr(cal, "_times", lambda cases, algorithms, progress: {
+        a: [1.0] * len(cases) for a in algorithms})
+    cal.measure_thresholds(progress=False, log=lambda *a: None)
+    if "winograd" in BUILT and "im2col" in BUILT:
+        assert seen == [default, default]
+
+
 def test_a_threshold_within_noise_keeps_a_default_its_repeats_straddle():
     from convbench.calibrate import applied
     report = {
