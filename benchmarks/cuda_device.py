@@ -266,9 +266,9 @@ def weight_grad_case(env, workload, label, spec, pad):
 
 def pool_case(env, workload, case):
     from kernels import _dispatch
-    from kernels._pooling import _pool_spec
+    from kernels._pooling import pool_spec
     shape = case.x_shape
-    spec = _pool_spec(2, np.broadcast_to(np.float32(0), shape), case.kernel,
+    spec = pool_spec(2, np.broadcast_to(np.float32(0), shape), case.kernel,
                       case.stride, case.padding, (1, 1), False)
     kernel = _dispatch.find("max_pool2d", "cuda")
     model = cr.model_pool(case, workload, env.dtype)

@@ -7,6 +7,8 @@ follow ``scipy.signal.correlate/convolve`` for 1-D and 2-D inputs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from . import _arrays, _dispatch
@@ -19,12 +21,11 @@ from ._validation import (ALGORITHMS, FLOAT_DTYPES, MIXING_ALGORITHMS,
                           normalise_padding)
 from .geometry import effective_kernel_size
 
-_NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 
-def _apply_padding_mode(x, pads, padding_mode, backend):
-    """Pad x's spatial axes for reflect/replicate/circular, as torch does."""
-    spatial = x.shape[2:]
+def check_padding_mode(spatial, pads, padding_mode):
+    """torch's limits on the padding of reflect/replicate/circular."""
     for axis, ((lo, hi), n) in enumerate(zip(pads, spatial)):
         if padding_mode == "reflect" and max(lo, hi) >= n:
             raise ValueError(
@@ -36,6 +37,10 @@ def _apply_padding_mode(x, pads, padding_mode, backend):
                 f"the input size ({n}) along spatial axis {axis}")
         if padding_mode == "replicate" and n == 0 and max(lo, hi) > 0:
             raise ValueError("padding_mode='replicate' needs a non-empty input")
+
+
+def _apply_padding_mode(x, pads, padding_mode, backend):
+    """Pad x's spatial axes for reflect/replicate/circular, as torch does."""
     if _arrays.is_device_array(x):
         if len(pads) == 1:          # (N, C, L) through a unit height
             n, c, length = x.shape
@@ -46,11 +51,34 @@ def _apply_padding_mode(x, pads, padding_mode, backend):
         return _arrays.device_op(backend, "pad", x, tuple(map(tuple, pads)),
                                  padding_mode)
     width = [(0, 0), (0, 0)] + [tuple(p) for p in pads]
-    return np.pad(x, width, mode=_NUMPY_PAD_MODE[padding_mode])
+    return np.pad(x, width, mode=NUMPY_PAD_MODE[padding_mode])
 
 
-def _conv(nsp, x, w, bias, stride, padding, dilation, groups, padding_mode,
-          algorithm, backend):
+@dataclass(frozen=True)
+class ConvProblem:
+    """A validated convolution call, before its padding mode is applied.
+
+    ``x`` is batched (``unbatched`` says whether the caller's was not);
+    ``pads`` holds one ``(lo, hi)`` pair per spatial axis.
+    """
+
+    x: object
+    w: object
+    bias: object
+    stride: tuple
+    dilation: tuple
+    pads: list
+    groups: int
+    padding_mode: str
+    algorithm: str
+    backend: str
+    unbatched: bool
+    dtype: np.dtype
+
+
+def conv_problem(nsp, x, w, bias, stride, padding, dilation, groups,
+                 padding_mode, algorithm, backend):
+    """Validate and normalise the arguments of ``conv1d``/``conv2d``."""
     layout = "(N, C, L)" if nsp == 1 else "(N, C, H, W)"
     wlayout = "(K, C // groups, k)" if nsp == 1 else "(K, C // groups, kH, kW)"
     backend = check_backend(backend)
@@ -98,7 +126,20 @@ def _conv(nsp, x, w, bias, stride, padding, dilation, groups, padding_mode,
                 f"kernel size along spatial axis {axis} (dilated: {k_eff}) is "
                 f"larger than the padded input ({size} + {lo} + {hi} = "
                 f"{size + lo + hi}); use a smaller kernel or more padding")
+    if padding_mode != "zeros" and any(lo or hi for lo, hi in pads):
+        check_padding_mode(x.shape[2:], pads, padding_mode)
+    return ConvProblem(x, w, bias, stride, dilation, pads, groups,
+                       padding_mode, algorithm, backend, unbatched, dtype)
 
+
+def _conv(nsp, x, w, bias, stride, padding, dilation, groups, padding_mode,
+          algorithm, backend):
+    p = conv_problem(nsp, x, w, bias, stride, padding, dilation, groups,
+                     padding_mode, algorithm, backend)
+    x, w, bias, stride, dilation, pads = (p.x, p.w, p.bias, p.stride,
+                                          p.dilation, p.pads)
+    groups, dtype, unbatched = p.groups, p.dtype, p.unbatched
+    algorithm, backend = p.algorithm, p.backend
     if padding_mode != "zeros" and any(lo or hi for lo, hi in pads):
         x = _apply_padding_mode(x, pads, padding_mode, backend)
         pads = [(0, 0)] * nsp
@@ -234,7 +275,7 @@ def _valid_swap_needed(shape1, shape2):
     return not ok1
 
 
-def _real_numeric(name, a):
+def real_numeric(name, a):
     """``a`` as an ndarray of a real numeric dtype (bool, int, float)."""
     try:
         a = np.asarray(a)
@@ -252,7 +293,7 @@ def _real_numeric(name, a):
     return a
 
 
-def _scipy_result_dtype(dtype1, dtype2):
+def scipy_result_dtype(dtype1, dtype2):
     """The dtype ``correlate``/``convolve`` compute in and return.
 
     Both bool/integer: float64 (exact while the sums stay below 2**53;
@@ -278,8 +319,8 @@ def _scipy_result_dtype(dtype1, dtype2):
 def _prepare_scipy_args(in1, in2, mode, method, backend):
     check_backend(backend)
     if not (_arrays.is_device_array(in1) or _arrays.is_device_array(in2)):
-        in1, in2 = _real_numeric("in1", in1), _real_numeric("in2", in2)
-        dtype = _scipy_result_dtype(in1.dtype, in2.dtype)
+        in1, in2 = real_numeric("in1", in1), real_numeric("in2", in2)
+        dtype = scipy_result_dtype(in1.dtype, in2.dtype)
         in1, in2 = in1.astype(dtype, copy=False), in2.astype(dtype, copy=False)
     in1 = _arrays.as_input("in1", in1, backend)
     in2 = _arrays.as_input("in2", in2, backend)
@@ -304,17 +345,23 @@ def _as_2d(in1, in2):
             _arrays.reshape(in2, (1,) + tuple(in2.shape)))
 
 
-def _correlate2d(in1, in2, mode, method, backend):
-    """scipy.signal.correlate of two 2-D arrays (no swap)."""
+def scipy_pads(in2_shape, mode):
+    """(lo, hi) padding per axis of correlate's ``mode`` (in2's shape)."""
     pads = []
-    for n2 in in2.shape:
+    for n2 in in2_shape:
         if mode == "full":
-            pads += [n2 - 1, n2 - 1]
+            pads.append((n2 - 1, n2 - 1))
         elif mode == "valid":
-            pads += [0, 0]
+            pads.append((0, 0))
         else:  # same: the centre of the full output, scipy's _centered
             hi = (n2 - 1) // 2
-            pads += [n2 - 1 - hi, hi]
+            pads.append((n2 - 1 - hi, hi))
+    return pads
+
+
+def _correlate2d(in1, in2, mode, method, backend):
+    """scipy.signal.correlate of two 2-D arrays (no swap)."""
+    pads = [p for pair in scipy_pads(in2.shape, mode) for p in pair]
     x = _arrays.reshape(in1, (1, 1) + tuple(in1.shape))
     w = _arrays.reshape(in2, (1, 1) + tuple(in2.shape))
     spec = ConvSpec(tuple(x.shape), tuple(w.shape), (1, 1), tuple(pads),

@@ -58,7 +58,7 @@ def _kernel(op, backend):
     return _dispatch.load(op, _dispatch.check_backend(backend))
 
 
-def _check_flag(name, value):
+def check_flag(name, value):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return bool(value)
@@ -71,7 +71,7 @@ def _normalise_stride(stride, kernel, nsp):
     return int_tuple("stride", stride, nsp, 1)
 
 
-def _pool_spec(nsp, x, kernel_size, stride, padding, dilation, ceil_mode):
+def pool_spec(nsp, x, kernel_size, stride, padding, dilation, ceil_mode):
     layout = "(N, C, L) or (C, L)" if nsp == 1 else "(N, C, H, W) or (C, H, W)"
     check_ndim("x", x, (nsp + 1, nsp + 2), layout)
     lead = x.shape[:-nsp]
@@ -84,7 +84,7 @@ def _pool_spec(nsp, x, kernel_size, stride, padding, dilation, ceil_mode):
     stride = _normalise_stride(stride, kernel, nsp)
     padding = int_tuple("padding", padding, nsp, 0)
     dilation = int_tuple("dilation", dilation, nsp, 1)
-    ceil_mode = _check_flag("ceil_mode", ceil_mode)
+    ceil_mode = check_flag("ceil_mode", ceil_mode)
     out = []
     for axis in range(nsp):
         try:
@@ -111,7 +111,7 @@ def _out_planes(a, spec):
                            (spec.n_planes,) + spec.out_hw)
 
 
-def _input(x, backend):
+def pool_input(x, backend):
     """``x`` as an array ``backend`` takes (validates ``backend``)."""
     return _arrays.as_input("x", x, _dispatch.check_backend(backend))
 
@@ -122,10 +122,10 @@ def _input(x, backend):
 
 def _max_pool(nsp, x, kernel_size, stride, padding, dilation, ceil_mode,
               return_indices, backend):
-    x = _input(x, backend)
-    spec = _pool_spec(nsp, x, kernel_size, stride, padding, dilation,
+    x = pool_input(x, backend)
+    spec = pool_spec(nsp, x, kernel_size, stride, padding, dilation,
                       ceil_mode)
-    return_indices = _check_flag("return_indices", return_indices)
+    return_indices = check_flag("return_indices", return_indices)
     kernel = _kernel("max_pool2d_with_indices" if return_indices
                      else "max_pool2d", backend)
     if spec.n_planes == 0:
@@ -257,8 +257,8 @@ def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0,
     index that is not a tap of its own window (PyTorch's placeholder index
     for such windows, which PyTorch's own backward follows).
     """
-    x = _input(x, backend)
-    spec = _pool_spec(2, x, kernel_size, stride, padding, dilation, ceil_mode)
+    x = pool_input(x, backend)
+    spec = pool_spec(2, x, kernel_size, stride, padding, dilation, ceil_mode)
     g = _grad_out_planes(grad_out, x, spec, backend)
     kernel = _kernel("max_pool2d_backward" if indices is None
                      else "max_pool2d_backward_indices", backend)
@@ -304,10 +304,10 @@ def _check_divisor(divisor_override):
     return int(divisor_override)
 
 
-def _avg_spec(nsp, x, kernel_size, stride, padding, ceil_mode,
+def avg_spec(nsp, x, kernel_size, stride, padding, ceil_mode,
               count_include_pad, divisor_override):
-    spec = _pool_spec(nsp, x, kernel_size, stride, padding, 1, ceil_mode)
-    count_include_pad = _check_flag("count_include_pad", count_include_pad)
+    spec = pool_spec(nsp, x, kernel_size, stride, padding, 1, ceil_mode)
+    count_include_pad = check_flag("count_include_pad", count_include_pad)
     divisor = _check_divisor(divisor_override)
     return spec, _divisors(spec, count_include_pad, divisor)
 
@@ -339,8 +339,8 @@ def _divisors(spec, count_include_pad, divisor):
 
 def _avg_pool(nsp, x, kernel_size, stride, padding, ceil_mode,
               count_include_pad, divisor_override, backend):
-    x = _input(x, backend)
-    spec, (div_h, div_w) = _avg_spec(nsp, x, kernel_size, stride, padding,
+    x = pool_input(x, backend)
+    spec, (div_h, div_w) = avg_spec(nsp, x, kernel_size, stride, padding,
                                      ceil_mode, count_include_pad,
                                      divisor_override)
     kernel = _kernel("avg_pool2d", backend)
@@ -436,8 +436,8 @@ def avg_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0,
         ``grad_x[i] = sum over windows o containing i of grad_out[o] / divisor[o]``,
         gathered per input row (float64 accumulation).
     """
-    x = _input(x, backend)
-    spec, (div_h, div_w) = _avg_spec(2, x, kernel_size, stride, padding,
+    x = pool_input(x, backend)
+    spec, (div_h, div_w) = avg_spec(2, x, kernel_size, stride, padding,
                                      ceil_mode, count_include_pad,
                                      divisor_override)
     g = _grad_out_planes(grad_out, x, spec, backend)
@@ -462,7 +462,7 @@ def global_avg_pool2d(x, backend="cpu"):
     >>> kernels.global_avg_pool2d(np.ones((2, 3, 4, 4))).shape
     (2, 3, 1, 1)
     """
-    x = _input(x, backend)
+    x = pool_input(x, backend)
     check_ndim("x", x, (3, 4), "(N, C, H, W) or (C, H, W)")
     if 0 in x.shape[-3:]:
         raise ValueError(

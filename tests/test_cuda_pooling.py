@@ -45,7 +45,7 @@ MAX_IDS = ["3x3s2p1", "dil-ceil", "stride3", "ceil-clip", "partial-block",
 def spec_and_planes(case, x):
     """The front end's PoolSpec and (P, H, W) planes for a case."""
     _, nsp, kernel, stride, padding, dilation, ceil_mode = case
-    spec = _pooling._pool_spec(nsp, x, kernel, stride, padding, dilation,
+    spec = _pooling.pool_spec(nsp, x, kernel, stride, padding, dilation,
                                ceil_mode)
     return spec, _pooling._planes(x, spec)
 
@@ -158,7 +158,7 @@ AVG_IDS = ["3x3s2p1", "ceil-nopad", "stride1-ceil", "ceil-clip",
 
 def avg_problem(case, x):
     _, nsp, kernel, stride, padding, ceil_mode, cip, override = case
-    spec, (div_h, div_w) = _pooling._avg_spec(nsp, x, kernel, stride,
+    spec, (div_h, div_w) = _pooling.avg_spec(nsp, x, kernel, stride,
                                               padding, ceil_mode, cip,
                                               override)
     kwargs = dict(kernel_size=kernel, stride=stride, padding=padding,

@@ -10,7 +10,8 @@ them (``_MIN_POINTS_PER_THREAD``); the per-frequency BLAS GEMMs run
 single-threaded, split over that many Python threads.
 
 Not thread-safe to call concurrently with different planner efforts;
-concurrent calls are otherwise safe (each plan executes under its lock).
+concurrent calls are otherwise safe: each thread has plans of its own
+(and each plan executes under its lock).
 """
 
 from __future__ import annotations
@@ -172,7 +173,8 @@ def fftw_plan(src, dst, axes, direction, scratch=None, slot=None):
     """Cached plan transforming ``src`` into ``dst`` along ``axes``.
 
     Plans are keyed on the arrays' shapes, strides, dtypes and alignment,
-    the axes, the direction, the thread count and the planner effort.  A
+    the axes, the direction, the thread count, the planner effort and the
+    calling thread.  A
     new plan is made on the arrays returned by ``scratch()`` (same layout)
     or, without it, on ``src`` and ``dst`` themselves: FFTW_MEASURE
     overwrites them, so callers without ``scratch`` plan before filling.
@@ -185,8 +187,11 @@ def fftw_plan(src, dst, axes, direction, scratch=None, slot=None):
     real = src if src.dtype.kind == "f" else dst
     threads = _threads_for(real.size) if slot is None else 1
     effort = _effort_for([real.shape[a] for a in axes])
+    # Each calling thread gets plans of its own: two threads (Dask's, a
+    # user's) transforming same-shaped arrays would otherwise take turns
+    # on one plan's lock.
     key = (_layout(src), _layout(dst), tuple(axes), direction, threads,
-           effort, slot)
+           effort, slot, threading.get_ident())
     with _plans_lock:
         plan = _plans.get(key)
         if plan is not None:

@@ -217,8 +217,8 @@ class _TaskPlan:
     The blocks, the phase tables and each worker slot's buffers and bound
     plans: building them took ~0.15 ms per call (two workers), 4 % of a
     1024^2 convolution.  A worker is only used inside its ``bound()``
-    (which holds its plans' locks), so concurrent calls of one geometry
-    take turns per slot.
+    (which holds its plans' locks); each thread that runs a slot gets its
+    own worker, so concurrent calls of one geometry do not take turns.
     """
 
     def __init__(self, geom, tuning):
@@ -230,10 +230,13 @@ class _TaskPlan:
         self.nbytes = 0
 
     def worker(self, slot):
+        """The calling thread's buffers and plans (made for ``slot`` the
+        first time): concurrent calls from several threads share none."""
+        key = threading.get_ident()
         with self._lock:
-            w = self._workers.get(slot)
+            w = self._workers.get(key)
             if w is None:
-                w = self._workers[slot] = _Worker(self.geom, self.blocks, slot)
+                w = self._workers[key] = _Worker(self.geom, self.blocks, slot)
                 self.nbytes += w.scratch.nbytes
             return w
 

@@ -1,0 +1,496 @@
+"""Convolution and pooling of images larger than memory, on Dask.
+
+The functions here take a ``dask.array.Array`` chunked along its spatial
+axes and return a lazy ``dask.array.Array`` with the shape, dtype and
+values of the in-memory function of the same name (:mod:`kernels`).
+Dask does all the scheduling; this module only says which input each
+output chunk reads.  Install with ``pip install 'convbench[dask]'``; it
+is imported only by ``import kernels.dask``.
+
+How a chunk is computed (:mod:`kernels._blocks` has the arithmetic):
+
+* Every output belongs to the input chunk that holds the first input of
+  its window, so a chunk needs a halo from the chunks after it only (the
+  effective kernel extent, dilation included, minus one), taken with
+  ``dask.array.overlap.overlap(boundary="none")``.  Chunk boundaries need
+  not be multiples of the stride: a chunk's first output starts a little
+  inside it, and the output chunks are exactly the outputs each input
+  chunk owns.  Chunks that would own no output, or that are shorter than
+  the halo, are merged into a neighbour (with a ``UserWarning`` naming
+  the axis and the new chunks).
+* Padding is applied at the outer border of the whole image only.  Zero
+  padding: a chunk on the border gets the padding its window lacks and
+  interior chunks get none, so each block runs the in-memory kernel on
+  exactly the inputs its outputs read.  ``reflect``/``replicate``/
+  ``circular`` padding: the Dask array is padded first (``dask.array.pad``,
+  the data at the far side for ``circular``).  Pooling (whose divisors and
+  ``ceil_mode`` depend on where a window lies relative to the padding)
+  runs on a window that starts on a multiple of the stride, with the
+  global padding, and keeps the chunk's own outputs.
+* Each block calls the in-memory kernel (``algorithm="auto"`` chooses per
+  block).  ``direct`` and ``im2col`` give the in-memory result bit for bit;
+  ``winograd`` and ``fft`` round differently where their tiles fall, within
+  their documented error bound.
+
+Threads: each block's kernel runs on ``kernel_threads`` threads (default
+1): one kernel thread per Dask thread, so that Dask's threads (or worker
+processes) and Numba's do not oversubscribe the cores.  The number is set
+with ``numba.set_num_threads``, which is per calling thread; the package's
+BLAS pieces and FFTW plans follow it, and FFTW plans are made per thread
+(never shared between Dask's threads).  Pass ``kernel_threads=None`` to
+leave Numba's setting alone (one Dask thread, e.g. the synchronous
+scheduler, using every core inside each block).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import numbers
+import warnings
+
+import numba
+import numpy as np
+
+try:
+    import dask
+    import dask.array as da
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "kernels.dask needs Dask: pip install 'convbench[dask]' "
+        "(dask[array,distributed])") from exc
+
+from . import _blocks, _dispatch
+from ._conv import (NUMPY_PAD_MODE, real_numeric, scipy_result_dtype,
+                    conv_problem, run_conv2d, scipy_pads)
+from ._dispatch import ConvSpec, check_backend
+from ._pooling import avg_spec, check_flag, pool_input, pool_spec
+from ._pooling import avg_pool2d as _avg_pool2d
+from ._pooling import max_pool2d as _max_pool2d
+from ._validation import ALGORITHMS, check_choice
+from .geometry import conv_output_size, effective_kernel_size
+
+__all__ = ["conv2d", "correlate", "convolve", "max_pool2d", "avg_pool2d"]
+
+
+# --------------------------------------------------------------------------
+# Arguments
+# --------------------------------------------------------------------------
+
+def _require_dask(name, a, in_memory):
+    if not isinstance(a, da.Array):
+        raise TypeError(
+            f"{name} must be a dask.array.Array, got {type(a).__name__}; for "
+            f"an array in memory call kernels.{in_memory}, or wrap it with "
+            f"dask.array.from_array({name}, chunks=...)")
+
+
+def _require_numpy(name, a):
+    if isinstance(a, da.Array):
+        raise TypeError(
+            f"{name} must be an array in memory (NumPy), got a Dask array; "
+            f"it is sent whole to every block: call {name}.compute() first")
+    return a
+
+
+def _native(x):
+    """``x`` with a native byte order (big-endian FITS data), lazily."""
+    if not x.dtype.isnative:
+        return x.astype(x.dtype.newbyteorder("="))
+    return x
+
+
+def _stand_in(shape, dtype):
+    """A zero-strided array of ``shape``: validates like ``x``, costs nothing."""
+    return np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape,
+                                           (0,) * len(shape), writeable=False)
+
+
+def _check_threads(kernel_threads):
+    if kernel_threads is None:
+        return None
+    if (isinstance(kernel_threads, bool)
+            or not isinstance(kernel_threads, numbers.Integral)
+            or kernel_threads < 1):
+        raise ValueError(f"kernel_threads must be None or an int >= 1, got "
+                         f"{kernel_threads!r}")
+    return int(kernel_threads)
+
+
+@contextlib.contextmanager
+def _kernel_threads(n):
+    """Numba's thread count for the calling thread only, restored after."""
+    if n is None:
+        yield
+        return
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
+def _whole_channels(x, axis, what):
+    """``x`` with axis ``axis`` in one chunk (a warning if it was not)."""
+    if len(x.chunks[axis]) > 1:
+        warnings.warn(
+            f"{what} are split across {len(x.chunks[axis])} chunks "
+            f"{x.chunks[axis]}; rechunking them into one (every output "
+            f"channel reads every input channel of its group)",
+            UserWarning, stacklevel=3)
+        x = x.rechunk({axis: -1})
+    return x
+
+
+# --------------------------------------------------------------------------
+# Chunks: which outputs each block owns
+# --------------------------------------------------------------------------
+
+def _fit_axis(x, axis, n_out, extent, stride, lo, windows_of,
+              padded=(0, 0)):
+    """Chunks, windows and halo along ``axis`` (a warning if rechunked).
+
+    ``padded``: the padding ``dask.array.pad`` added to ``x`` along the
+    axis, whose chunk boundaries are not the caller's and go unreported.
+    """
+    old = x.chunks[axis]
+    chunks, windows, halo = _blocks.fit_chunks(old, n_out, extent, stride,
+                                               lo, windows_of)
+    if chunks != old:
+        users = set(_blocks.boundaries(old)[1:-1]) - {
+            padded[0], x.shape[axis] - padded[1]}
+        if users - set(_blocks.boundaries(chunks)):
+            warnings.warn(
+                f"rechunked spatial axis {axis} from {old} to {chunks}: "
+                f"every chunk must own at least one output and be at least "
+                f"as long as the halo ({max(halo)}, from the dilated kernel "
+                f"extent {extent} and stride {stride})",
+                UserWarning, stacklevel=3)
+    return chunks, windows, halo
+
+
+def _overlapped(x, axes_fit):
+    """``x`` rechunked to the fitted chunks, with the halos attached."""
+    x = x.rechunk({axis: chunks for axis, (chunks, _, _) in axes_fit.items()})
+    depth = {axis: halo for axis, (_, _, halo) in axes_fit.items() if any(halo)}
+    if not depth:
+        return x
+    return da.overlap.overlap(x, depth=depth, boundary="none",
+                              allow_rechunk=False)
+
+
+def _block_starts(chunks, before):
+    """Where each overlapped block starts in the array (first: no halo)."""
+    bounds = _blocks.boundaries(chunks)
+    return [b - (before if j else 0) for j, b in enumerate(bounds[:-1])]
+
+
+def _delayed(a):
+    """A small array as one graph node that every block depends on."""
+    return None if a is None else dask.delayed(a, pure=True)
+
+
+# --------------------------------------------------------------------------
+# Convolution
+# --------------------------------------------------------------------------
+
+def _conv_block(block, w, bias, *, rows, cols, row_starts, col_starts,
+                stride, dilation, groups, dtype, algorithm, backend, threads,
+                block_id=None):
+    """One output block: the in-memory kernel on exactly its inputs."""
+    i, j = block_id[2], block_id[3]
+    wr, wc = rows[i], cols[j]
+    window = block[:, :, wr.in_start - row_starts[i]:wr.in_stop - row_starts[i],
+                   wc.in_start - col_starts[j]:wc.in_stop - col_starts[j]]
+    padding = (wr.pad_lo, wr.pad_hi, wc.pad_lo, wc.pad_hi)
+    if 0 in window.shape[2:]:
+        # Windows in the padding only: their inputs are all zeros.
+        height = window.shape[2] + wr.pad_lo + wr.pad_hi
+        width = window.shape[3] + wc.pad_lo + wc.pad_hi
+        window = np.zeros(window.shape[:2] + (height, width), dtype)
+        padding = (0, 0, 0, 0)
+    spec = ConvSpec(tuple(window.shape), tuple(w.shape), stride, padding,
+                    dilation, groups, dtype)
+    with _kernel_threads(threads):
+        return np.asarray(run_conv2d(spec, window, w, bias, algorithm, backend))
+
+
+def _conv_blockwise(x, w, bias, stride, dilation, pads, groups, algorithm,
+                    backend, threads, padded=((0, 0), (0, 0))):
+    """The convolution of a 4-D Dask array whose padding mode is applied.
+
+    ``pads``: ``(lo, hi)`` of zeros per spatial axis; ``padded``: what
+    ``dask.array.pad`` added (see :func:`_fit_axis`).
+    """
+    if algorithm != "auto":      # UnsupportedConfiguration now, not at compute
+        spec = ConvSpec(tuple(x.shape), tuple(w.shape), tuple(stride),
+                        tuple(p for pair in pads for p in pair),
+                        tuple(dilation), groups, x.dtype)
+        _dispatch.require_supported("conv2d", backend, algorithm, spec)
+    kernel = w.shape[2:]
+    fits = {}
+    for axis, (k, s, d, (lo, hi), added) in enumerate(
+            zip(kernel, stride, dilation, pads, padded), start=2):
+        n_out = conv_output_size(x.shape[axis], k, s, (lo, hi), d)
+        fits[axis] = _fit_axis(x, axis, n_out, effective_kernel_size(k, d),
+                               s, lo, _blocks.exact_windows, added)
+    xo = _overlapped(x, fits)
+    (rows_chunks, rows, _), (cols_chunks, cols, _) = fits[2], fits[3]
+    out_chunks = (x.chunks[0], (w.shape[0],),
+                  tuple(r.out_stop - r.out_start for r in rows),
+                  tuple(c.out_stop - c.out_start for c in cols))
+    func = functools.partial(
+        _conv_block, rows=rows, cols=cols,
+        row_starts=_block_starts(rows_chunks, 0),
+        col_starts=_block_starts(cols_chunks, 0),
+        stride=tuple(stride), dilation=tuple(dilation), groups=groups,
+        dtype=x.dtype, algorithm=algorithm, backend=backend, threads=threads)
+    return da.map_blocks(func, xo, _delayed(w), _delayed(bias),
+                         chunks=out_chunks, dtype=x.dtype,
+                         meta=np.empty((0, 0, 0, 0), x.dtype),
+                         name="kernels-conv2d")
+
+
+def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1,
+           padding_mode="zeros", algorithm="auto", backend="cpu", *,
+           kernel_threads=1):
+    """:func:`kernels.conv2d` of a Dask array, chunk by chunk, seam-free.
+
+    Parameters
+    ----------
+    x : dask.array.Array, shape (N, C, H, W) or (C, H, W)
+        float32 or float64, chunked in any way along N, H and W; C split
+        across chunks is rechunked into one (with a warning).
+    w, bias, stride, padding, dilation, groups, padding_mode, algorithm, backend
+        As :func:`kernels.conv2d`; ``w`` and ``bias`` are NumPy arrays.
+    kernel_threads : int or None
+        Threads each block's kernel uses (default 1: one per Dask thread).
+        ``None`` leaves Numba's setting alone.
+
+    Returns
+    -------
+    y : dask.array.Array, shape (N, K, H_out, W_out), dtype of ``x``
+        Lazy; ``y.compute()`` equals ``kernels.conv2d`` of the whole array
+        (bit for bit for ``direct`` and ``im2col``).  Its H and W chunks
+        are the outputs each input chunk owns (module docstring).
+
+    Raises
+    ------
+    TypeError
+        ``x`` not a Dask array, ``w`` a Dask array, or dtypes as
+        :func:`kernels.conv2d`.
+    ValueError
+        As :func:`kernels.conv2d`; ``kernel_threads`` not None or >= 1.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da, kernels.dask
+    >>> x = da.ones((1, 1, 8, 8), dtype=np.float32, chunks=(1, 1, 3, 5))
+    >>> w = np.ones((1, 1, 3, 3), np.float32)
+    >>> kernels.dask.conv2d(x, w, padding=1).compute()[0, 0, :2]
+    array([[4., 6., 6., 6., 6., 6., 6., 4.],
+           [6., 9., 9., 9., 9., 9., 9., 6.]], dtype=float32)
+    """
+    _require_dask("x", x, "conv2d")
+    _require_numpy("w", w)
+    _require_numpy("bias", bias)
+    threads = _check_threads(kernel_threads)
+    x = _native(x)
+    p = conv_problem(2, _stand_in(x.shape, x.dtype), w, bias, stride,
+                     padding, dilation, groups, padding_mode, algorithm, "cpu")
+    backend = check_backend(backend)
+    if p.unbatched:
+        x = x[None]
+    x = _whole_channels(x, 1, "input channels (axis 1 of x)")
+    pads, padded = p.pads, ((0, 0), (0, 0))
+    if padding_mode != "zeros" and any(lo or hi for lo, hi in pads):
+        padded = tuple(tuple(q) for q in pads)
+        x = da.pad(x, ((0, 0), (0, 0)) + padded,
+                   mode=NUMPY_PAD_MODE[padding_mode])
+        pads = [(0, 0), (0, 0)]
+    y = _conv_blockwise(x, p.w, p.bias, p.stride, p.dilation, pads, p.groups,
+                        p.algorithm, backend, threads, padded)
+    return y[0] if p.unbatched else y
+
+
+def _scipy_args(in1, in2, mode, method, backend, kernel_threads, name):
+    _require_dask("in1", in1, name)
+    _require_numpy("in2", in2)
+    threads = _check_threads(kernel_threads)
+    backend = check_backend(backend)
+    check_choice("mode", mode, ("full", "valid", "same"))
+    method = check_choice("method", method, ("auto",) + ALGORITHMS)
+    in2 = real_numeric("in2", in2)
+    if in1.dtype.kind == "c":
+        raise TypeError(f"in1 must be real, got complex dtype {in1.dtype}")
+    if in1.dtype.kind not in "biuf":
+        raise TypeError(f"in1 must have a real numeric dtype, got {in1.dtype}")
+    dtype = scipy_result_dtype(in1.dtype, in2.dtype)
+    if in1.ndim != 2 or in2.ndim != 2:
+        raise ValueError(
+            f"kernels.dask.{name} takes 2-D in1 and in2, got {in1.ndim}-D and "
+            f"{in2.ndim}-D; for 1-D signals call kernels.{name}")
+    if in1.size == 0 or in2.size == 0:
+        raise ValueError("in1 and in2 must not be empty")
+    if mode == "valid" and any(a < b for a, b in zip(in1.shape, in2.shape)):
+        raise ValueError(
+            f"for mode='valid', in1 {in1.shape} (the Dask array) must be at "
+            f"least as large as in2 {in2.shape} in every dimension")
+    return (in1.astype(dtype), np.ascontiguousarray(in2, dtype=dtype), method,
+            backend, threads)
+
+
+def _correlate(in1, in2, mode, method, backend, threads):
+    x = in1[None, None]
+    w = in2[None, None]
+    y = _conv_blockwise(x, w, None, (1, 1), (1, 1), scipy_pads(in2.shape, mode),
+                        1, method, backend, threads)
+    return y[0, 0]
+
+
+def correlate(in1, in2, mode="full", method="auto", backend="cpu", *,
+              kernel_threads=1):
+    """:func:`kernels.correlate` of a 2-D Dask array with a small filter.
+
+    Parameters
+    ----------
+    in1 : dask.array.Array, shape (H, W)
+        Any real numeric dtype, chunked in any way.
+    in2 : ndarray, shape (kH, kW)
+        The filter, in memory.
+    mode, method, backend
+        As :func:`kernels.correlate`.  In ``valid`` mode ``in1`` must be
+        the larger input in every dimension.
+    kernel_threads : int or None
+        As :func:`conv2d`.
+
+    Returns
+    -------
+    z : dask.array.Array, dtype as :func:`kernels.correlate`
+    """
+    in1, in2, method, backend, threads = _scipy_args(
+        in1, in2, mode, method, backend, kernel_threads, "correlate")
+    return _correlate(in1, in2, mode, method, backend, threads)
+
+
+def convolve(in1, in2, mode="full", method="auto", backend="cpu", *,
+             kernel_threads=1):
+    """:func:`kernels.convolve` of a 2-D Dask array with a small filter.
+
+    Parameters and result as :func:`correlate`; ``convolve(a, b)`` is
+    ``correlate(a, b[::-1, ::-1])``.
+    """
+    in1, in2, method, backend, threads = _scipy_args(
+        in1, in2, mode, method, backend, kernel_threads, "convolve")
+    return _correlate(in1, np.ascontiguousarray(in2[::-1, ::-1]), mode,
+                      method, backend, threads)
+
+
+# --------------------------------------------------------------------------
+# Pooling
+# --------------------------------------------------------------------------
+
+def _pool_block(block, *, pool, rows, cols, row_starts, col_starts,
+                with_indices, width, block_id=None):
+    """One output block: the in-memory pooling of an aligned window."""
+    i, j = block_id[-2], block_id[-1]
+    wr, wc = rows[i], cols[j]
+    window = block[..., wr.in_start - row_starts[i]:wr.in_stop - row_starts[i],
+                   wc.in_start - col_starts[j]:wc.in_stop - col_starts[j]]
+    keep = (Ellipsis, slice(wr.keep_start, wr.keep_stop),
+            slice(wc.keep_start, wc.keep_stop))
+    result = pool(np.ascontiguousarray(window))
+    if not with_indices:
+        return result[keep]
+    y, idx = result[0][keep], result[1][keep]
+    # The window's flat indices -> the input plane's.
+    rows_in, cols_in = np.divmod(idx, window.shape[-1])
+    return y, (rows_in + wr.in_start) * width + cols_in + wc.in_start
+
+
+def _pool_blockwise(x, spec, pool, threads, with_indices=False):
+    """Pooling of a Dask array ``x`` (..., H, W) by ``pool(window)``."""
+    fits = {}
+    for axis, k, s, p, d, n_out in zip((x.ndim - 2, x.ndim - 1), spec.kernel,
+                                       spec.stride, spec.padding,
+                                       spec.dilation, spec.out_hw):
+        fits[axis] = _fit_axis(x, axis, n_out, effective_kernel_size(k, d), s,
+                               p, _blocks.aligned_windows)
+    xo = _overlapped(x, fits)
+    (rows_chunks, rows, (rows_before, _)) = fits[x.ndim - 2]
+    (cols_chunks, cols, (cols_before, _)) = fits[x.ndim - 1]
+
+    def run(window):
+        with _kernel_threads(threads):
+            return pool(window)
+
+    func = functools.partial(
+        _pool_block, pool=run, rows=rows, cols=cols,
+        row_starts=_block_starts(rows_chunks, rows_before),
+        col_starts=_block_starts(cols_chunks, cols_before),
+        with_indices=with_indices, width=x.shape[-1])
+    out_chunks = x.chunks[:-2] + (
+        tuple(r.out_stop - r.out_start for r in rows),
+        tuple(c.out_stop - c.out_start for c in cols))
+    meta = np.empty((0,) * x.ndim, x.dtype)
+    if not with_indices:
+        return da.map_blocks(func, xo, chunks=out_chunks, dtype=x.dtype,
+                             meta=meta, name="kernels-pool2d")
+    # One task per block computes both; two arrays take their parts.
+    pairs = da.map_blocks(func, xo, chunks=out_chunks, dtype=x.dtype,
+                          meta=meta, name="kernels-pool2d-pairs")
+    y = pairs.map_blocks(lambda pair: pair[0], dtype=x.dtype, meta=meta)
+    idx = pairs.map_blocks(lambda pair: pair[1], dtype=np.int64,
+                           meta=np.empty((0,) * x.ndim, np.int64))
+    return y, idx
+
+
+def _pool_input(x, name):
+    _require_dask("x", x, name)
+    return _native(x)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1,
+               ceil_mode=False, return_indices=False, backend="cpu", *,
+               kernel_threads=1):
+    """:func:`kernels.max_pool2d` of a Dask array, chunk by chunk.
+
+    ``x``: a ``dask.array.Array`` of shape (N, C, H, W) or (C, H, W),
+    chunked in any way (channels too).  Other parameters as
+    :func:`kernels.max_pool2d`, ``kernel_threads`` as :func:`conv2d`.
+    With ``return_indices`` the indices are flat in each input plane, as
+    in memory; computing both arrays together (``dask.compute(y, idx)``)
+    runs the pooling once.
+    """
+    x = _pool_input(x, "max_pool2d")
+    spec = pool_spec(2, pool_input(_stand_in(x.shape, x.dtype), backend),
+                      kernel_size, stride, padding, dilation, ceil_mode)
+    return_indices = check_flag("return_indices", return_indices)
+    pool = functools.partial(_max_pool2d, kernel_size=kernel_size,
+                             stride=stride, padding=padding,
+                             dilation=dilation, ceil_mode=ceil_mode,
+                             return_indices=return_indices, backend=backend)
+    return _pool_blockwise(x, spec, pool, _check_threads(kernel_threads),
+                           return_indices)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True, divisor_override=None, backend="cpu",
+               *, kernel_threads=1):
+    """:func:`kernels.avg_pool2d` of a Dask array, chunk by chunk.
+
+    ``x`` as :func:`max_pool2d`; other parameters as
+    :func:`kernels.avg_pool2d`, ``kernel_threads`` as :func:`conv2d`.
+    """
+    x = _pool_input(x, "avg_pool2d")
+    spec, _ = avg_spec(2, pool_input(_stand_in(x.shape, x.dtype), backend),
+                        kernel_size, stride, padding, ceil_mode,
+                        count_include_pad, divisor_override)
+    pool = functools.partial(_avg_pool2d, kernel_size=kernel_size,
+                             stride=stride, padding=padding,
+                             ceil_mode=ceil_mode,
+                             count_include_pad=count_include_pad,
+                             divisor_override=divisor_override,
+                             backend=backend)
+    return _pool_blockwise(x, spec, pool, _check_threads(kernel_threads))

@@ -1,0 +1,445 @@
+"""kernels.dask: the kernels on Dask arrays, seam-free (issue 13).
+
+Every result is compared with the in-memory function on the whole array
+(exactly for ``direct`` and for pooling) or with the float64 reference
+within the algorithm's documented bound; the chunk arithmetic of
+``kernels._blocks`` against a one-dimensional brute force.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kernels
+from kernels import _blocks
+from kernels.geometry import pool_output_size
+
+import reference
+from helpers import (ConvProblem, abs_scale, assert_close_within,
+                     assert_within_bound, bound, conv_problems, random_array)
+
+da = pytest.importorskip("dask.array")
+dask = pytest.importorskip("dask")
+kd = pytest.importorskip("kernels.dask")
+
+SYNC = {"scheduler": "synchronous"}
+
+
+def _chunking(draw, size, max_chunk=9):
+    """Random chunk sizes summing to ``size`` (odd and size-1 chunks too)."""
+    chunks = []
+    while sum(chunks) < size:
+        chunks.append(min(draw(st.integers(1, max_chunk)), size - sum(chunks)))
+    return tuple(chunks)
+
+
+@st.composite
+def chunkings(draw, shape, spatial_from):
+    """Chunks for ``shape``: random along N (if any) and the spatial axes,
+    whole along the others."""
+    chunks = []
+    for axis, size in enumerate(shape):
+        if axis >= spatial_from or (axis == 0 and spatial_from == 2
+                                    and len(shape) == 4):
+            chunks.append(_chunking(draw, size))
+        else:
+            chunks.append((size,))
+    return tuple(chunks)
+
+
+# --------------------------------------------------------------------------
+# Chunk arithmetic, against a 1-D brute force
+# --------------------------------------------------------------------------
+
+@st.composite
+def axes(draw):
+    k, d, s = draw(st.integers(1, 5)), draw(st.integers(1, 3)), draw(
+        st.integers(1, 4))
+    lo, hi = draw(st.integers(0, 6)), draw(st.integers(0, 6))
+    extent = d * (k - 1) + 1
+    n = draw(st.integers(max(1, extent - lo - hi), 40))
+    return n, k, d, s, lo, hi, _chunking(draw, n, 12)
+
+
+@given(axes(), st.integers(0, 2**32 - 1))
+def test_exact_windows_compute_every_output_once(axis, seed):
+    n, k, d, s, lo, hi, chunks = axis
+    extent = d * (k - 1) + 1
+    n_out = (n + lo + hi - extent) // s + 1
+    rng = np.random.default_rng(seed)
+    x, taps = rng.standard_normal(n), rng.standard_normal(k)
+    w = np.zeros(extent)
+    w[::d] = taps
+    padded = np.concatenate([np.zeros(lo), x, np.zeros(hi)])
+    expected = [padded[o * s:o * s + extent] @ w for o in range(n_out)]
+
+    fitted, windows, (before, after) = _blocks.fit_chunks(
+        chunks, n_out, extent, s, lo, _blocks.exact_windows)
+    assert sum(fitted) == n and before == 0
+    assert len(fitted) == 1 or min(fitted) >= after
+    got, bounds = [], _blocks.boundaries(fitted)
+    for j, win in enumerate(windows):
+        assert bounds[j] <= win.in_start or win.in_start == win.in_stop
+        seg = np.concatenate([np.zeros(win.pad_lo), x[win.in_start:win.in_stop],
+                              np.zeros(win.pad_hi)])
+        outputs = (len(seg) - extent) // s + 1
+        assert outputs == win.out_stop - win.out_start
+        got += [seg[o * s:o * s + extent] @ w for o in range(outputs)]
+    np.testing.assert_array_equal(got, expected)
+
+
+@given(axes(), st.booleans(), st.integers(0, 2**32 - 1))
+def test_aligned_windows_keep_the_global_outputs(axis, ceil_mode, seed):
+    n, k, d, s, p, _, chunks = axis
+    p = min(p, k // 2)
+    extent = d * (k - 1) + 1
+    if n + 2 * p < extent:
+        return
+    n_out = pool_output_size(n, k, s, p, d, ceil_mode)
+    x = np.random.default_rng(seed).standard_normal(n)
+
+    def pool(a):   # max pooling with -inf padding, ceil_mode windows clipped
+        m = pool_output_size(len(a), k, s, p, d, ceil_mode)
+        padded = np.concatenate([np.full(p, -np.inf), a,
+                                 np.full(p + extent, -np.inf)])
+        return [padded[o * s:o * s + extent:d].max() for o in range(m)]
+
+    fitted, windows, (before, _) = _blocks.fit_chunks(
+        chunks, n_out, extent, s, p, _blocks.aligned_windows)
+    assert before <= s - 1
+    got = []
+    for win in windows:
+        assert win.in_start % s == 0
+        got += pool(x[win.in_start:win.in_stop])[win.keep_start:win.keep_stop]
+    np.testing.assert_array_equal(got, pool(x))
+
+
+def test_merge_small_keeps_the_total():
+    assert _blocks.merge_small((1, 7, 2, 9, 1), 3) == (10, 10)
+    assert _blocks.merge_small((5, 5), 3) == (5, 5)
+
+
+# --------------------------------------------------------------------------
+# conv2d
+# --------------------------------------------------------------------------
+
+def _arrays(problem, dtype):
+    rng = np.random.default_rng(problem.seed)
+    x = random_array(rng, problem.x_shape, dtype)
+    w = random_array(rng, problem.w_shape, dtype)
+    b = random_array(rng, problem.w_shape[:1], dtype) if problem.has_bias else None
+    return x, w, b
+
+
+def _quiet(func, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return func(*args, **kwargs)
+
+
+@settings(max_examples=30)
+@given(st.data(), conv_problems(2, max_extra=12),
+       st.sampled_from(kernels.ALGORITHMS), st.sampled_from(["float32", "float64"]))
+def test_conv2d_equals_in_memory(data, problem: ConvProblem, algorithm, dtype):
+    if not problem.supported_by(algorithm):
+        return
+    x, w, b = _arrays(problem, dtype)
+    chunks = data.draw(chunkings(x.shape, x.ndim - 2))
+    y = _quiet(kd.conv2d, da.from_array(x, chunks=chunks), w, b,
+               algorithm=algorithm, **problem.kwargs)
+    got = y.compute(**SYNC)
+    assert isinstance(y, da.Array) and got.dtype == x.dtype
+    expected = kernels.conv2d(x, w, b, algorithm=algorithm, **problem.kwargs)
+    assert got.shape == expected.shape
+    if algorithm == "direct":
+        np.testing.assert_array_equal(got, expected)
+    else:
+        # im2col: OpenBLAS sums narrow GEMMs (a block's few columns) with
+        # another micro-kernel than wide ones, so the last bits differ.
+        assert_within_bound(algorithm, got, x, w, b, **problem.kwargs)
+
+
+def test_conv2d_auto_and_its_chunks():
+    rng = np.random.default_rng(1)
+    x = random_array(rng, (3, 4, 50, 45), np.float32)
+    w = random_array(rng, (6, 4, 5, 5), np.float32)
+    y = kd.conv2d(da.from_array(x, chunks=(2, 4, 17, 16)), w, stride=2,
+                  padding=2)
+    # Output chunks: the outputs each input chunk owns.  Rows: output o
+    # starts at input 2 o - 2, so chunk [17, 34) owns o = 10..17 and
+    # [34, 50) owns 18..24 (25 outputs); columns likewise, 23 outputs.
+    assert y.chunks[:2] == ((2, 1), (6,))
+    assert y.chunks[2] == (10, 8, 7) and y.chunks[3] == (9, 8, 6)
+    # Each block may pick its own algorithm: the loosest bound holds.
+    got = y.compute(**SYNC)
+    expected = reference.conv2d(x, w, stride=2, padding=2)
+    scale = abs_scale(x, w, stride=2, padding=2)
+    normwise = kernels.accuracy.normwise_scale(x, w)
+    tolerance = np.max([bound(a, x.dtype, scale, normwise)
+                        for a in ("direct", "im2col", "fft")], axis=0)
+    assert_close_within(got, expected, tolerance, "auto on Dask")
+
+
+def test_conv2d_unbatched_and_one_by_one():
+    rng = np.random.default_rng(2)
+    x = random_array(rng, (3, 20, 30), np.float64)
+    w = random_array(rng, (5, 3, 1, 1), np.float64)
+    got = kd.conv2d(da.from_array(x, chunks=(3, 7, 11)), w,
+                    algorithm="direct").compute(**SYNC)
+    np.testing.assert_array_equal(got, kernels.conv2d(x, w, algorithm="direct"))
+
+
+# --------------------------------------------------------------------------
+# correlate / convolve
+# --------------------------------------------------------------------------
+
+@settings(max_examples=25)
+@given(st.data(), st.integers(1, 30), st.integers(1, 30), st.integers(1, 7),
+       st.integers(1, 7), st.sampled_from(["full", "same", "valid"]),
+       st.sampled_from(["correlate", "convolve"]), st.integers(0, 2**32 - 1))
+def test_scipy_style_equals_in_memory(data, h, wd, kh, kw, mode, name, seed):
+    if mode == "valid" and (kh > h or kw > wd):
+        return
+    rng = np.random.default_rng(seed)
+    in1, in2 = rng.standard_normal((h, wd)), rng.standard_normal((kh, kw))
+    chunks = data.draw(chunkings(in1.shape, 0))
+    got = _quiet(getattr(kd, name), da.from_array(in1, chunks=chunks), in2,
+                 mode=mode, method="direct").compute(**SYNC)
+    expected = getattr(kernels, name)(in1, in2, mode=mode, method="direct")
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_correlate_integer_input_computes_in_float64():
+    img = np.arange(400, dtype=np.uint16).reshape(20, 20)
+    k = np.ones((3, 3), np.int32)
+    got = kd.correlate(da.from_array(img, chunks=7), k, mode="same",
+                       method="direct").compute(**SYNC)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, kernels.correlate(img, k, mode="same",
+                                                         method="direct"))
+
+
+# --------------------------------------------------------------------------
+# Pooling
+# --------------------------------------------------------------------------
+
+@st.composite
+def pool_problems(draw):
+    k = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    s = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    d = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    p = (draw(st.integers(0, k[0] // 2)), draw(st.integers(0, k[1] // 2)))
+    shape = [draw(st.integers(1, 2)), draw(st.integers(1, 3))]
+    for kk, dd, pp in zip(k, d, p):
+        shape.append(draw(st.integers(max(1, dd * (kk - 1) + 1 - 2 * pp), 30)))
+    return tuple(shape), dict(kernel_size=k, stride=s, padding=p,
+                              ceil_mode=draw(st.booleans())), d
+
+
+@settings(max_examples=30)
+@given(st.data(), pool_problems(), st.integers(0, 2**32 - 1))
+def test_max_pool2d_equals_in_memory(data, problem, seed):
+    shape, kwargs, dilation = problem
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    xd = da.from_array(x, chunks=data.draw(chunkings(shape, 1)))
+    y, idx = _quiet(kd.max_pool2d, xd, dilation=dilation, return_indices=True,
+                    **kwargs)
+    got_y, got_idx = dask.compute(y, idx, **SYNC)
+    exp_y, exp_idx = kernels.max_pool2d(x, dilation=dilation,
+                                        return_indices=True, **kwargs)
+    np.testing.assert_array_equal(got_y, exp_y)
+    np.testing.assert_array_equal(got_idx, exp_idx)
+
+
+@settings(max_examples=30)
+@given(st.data(), pool_problems(), st.booleans(),
+       st.sampled_from([None, 3]), st.integers(0, 2**32 - 1))
+def test_avg_pool2d_equals_in_memory(data, problem, count_include_pad,
+                                     divisor, seed):
+    shape, kwargs, _ = problem
+    x = np.random.default_rng(seed).standard_normal(shape)
+    xd = da.from_array(x, chunks=data.draw(chunkings(shape, 1)))
+    got = _quiet(kd.avg_pool2d, xd, count_include_pad=count_include_pad,
+                 divisor_override=divisor, **kwargs).compute(**SYNC)
+    expected = kernels.avg_pool2d(x, count_include_pad=count_include_pad,
+                                  divisor_override=divisor, **kwargs)
+    np.testing.assert_array_equal(got, expected)
+
+
+# --------------------------------------------------------------------------
+# Threads
+# --------------------------------------------------------------------------
+
+def test_threaded_scheduler_fft_blocks_and_kernel_threads():
+    import numba
+    rng = np.random.default_rng(3)
+    x = random_array(rng, (1, 1, 300, 300), np.float32)
+    w = random_array(rng, (1, 1, 21, 21), np.float32)
+    xd = da.from_array(x, chunks=(1, 1, 100, 100))
+    seen = []
+
+    def spy(block):
+        seen.append(numba.get_num_threads())
+        return block
+
+    y = kd.conv2d(xd.map_blocks(spy), w, padding=10, algorithm="fft")
+    before = numba.get_num_threads()
+    with dask.config.set(scheduler="threads", num_workers=2):
+        got = y.compute()
+    assert numba.get_num_threads() == before
+    assert_within_bound("fft", got, x, w, padding=10)
+    # Same plans reused by later calls of each thread: results repeat.
+    with dask.config.set(scheduler="threads", num_workers=2):
+        np.testing.assert_array_equal(y.compute(), got)
+
+
+def test_kernel_threads_is_per_block_and_restored():
+    import numba
+    observed = []
+
+    def record(block):
+        observed.append(numba.get_num_threads())
+        return block
+
+    with kd._kernel_threads(1):
+        record(None)
+    assert observed == [1]
+    assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+
+
+# --------------------------------------------------------------------------
+# Bad input
+# --------------------------------------------------------------------------
+
+def test_bad_input_is_named():
+    x = np.ones((1, 2, 8, 8), np.float32)
+    w = np.ones((1, 2, 3, 3), np.float32)
+    xd = da.from_array(x, chunks=(1, 2, 4, 4))
+    with pytest.raises(TypeError, match="x must be a dask.array.Array"):
+        kd.conv2d(x, w)
+    with pytest.raises(TypeError, match="w must be an array in memory"):
+        kd.conv2d(xd, da.from_array(w))
+    with pytest.raises(TypeError, match="w has dtype float64 but x has dtype float32"):
+        kd.conv2d(xd, w.astype(np.float64))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        kd.conv2d(xd.astype(np.int32), w.astype(np.int32))
+    with pytest.raises(ValueError, match="groups"):
+        kd.conv2d(xd, w, groups=3)
+    with pytest.raises(ValueError, match="kernel_threads"):
+        kd.conv2d(xd, w, kernel_threads=0)
+    with pytest.raises(kernels.UnsupportedConfiguration):
+        kd.conv2d(xd, w, stride=2, algorithm="winograd")
+    with pytest.raises(ValueError, match="padding_mode='reflect'"):
+        kd.conv2d(xd, w, padding=8, padding_mode="reflect")
+    with pytest.raises(ValueError, match="2-D"):
+        kd.correlate(da.ones(10, chunks=5), np.ones(3))
+    with pytest.raises(ValueError, match="at least as large"):
+        kd.correlate(da.ones((4, 4), chunks=2), np.ones((5, 3)), mode="valid")
+    with pytest.raises(TypeError, match="complex"):
+        kd.correlate(da.ones((4, 4), chunks=2), np.ones((2, 2), complex))
+    with pytest.raises(ValueError, match="padding"):
+        kd.max_pool2d(xd, 2, padding=2)
+    with pytest.raises(TypeError, match="return_indices"):
+        kd.max_pool2d(xd, 2, return_indices=1)
+    with pytest.raises(TypeError, match="x must be a dask.array.Array"):
+        kd.avg_pool2d(x, 2)
+
+
+def test_split_channels_and_small_chunks_are_rechunked_with_a_warning():
+    rng = np.random.default_rng(4)
+    x = random_array(rng, (1, 4, 20, 20), np.float64)
+    w = random_array(rng, (2, 4, 7, 7), np.float64)
+    xd = da.from_array(x, chunks=(1, 2, 3, 20))
+    with pytest.warns(UserWarning) as record:
+        y = kd.conv2d(xd, w, padding=3, algorithm="direct")
+    messages = " ".join(str(r.message) for r in record)
+    assert "input channels" in messages and "spatial axis 2" in messages
+    assert min(y.chunks[2]) >= 1
+    np.testing.assert_array_equal(y.compute(**SYNC),
+                                  kernels.conv2d(x, w, padding=3,
+                                                 algorithm="direct"))
+
+
+def test_inputs_are_not_modified():
+    x = np.random.default_rng(5).standard_normal((1, 1, 16, 16))
+    w = np.ones((1, 1, 3, 3))
+    x0, w0 = x.copy(), w.copy()
+    kd.conv2d(da.from_array(x, chunks=5), w, padding=1).compute(**SYNC)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(w, w0)
+
+
+# --------------------------------------------------------------------------
+# A real cluster: two worker processes, one of them killed mid-way
+# --------------------------------------------------------------------------
+
+MOSAIC = 4096
+MOSAIC_CHUNK = 1024
+
+
+def _hubble_block(block_info=None, kill_marker=None):
+    """One chunk of a 4096^2 mosaic of scikit-image's Hubble Deep Field
+    (luminance, mirrored tiles so that the seams are continuous), made on
+    the worker.  With ``kill_marker``, the worker computing chunk (1, 1)
+    kills its own process the first time (the nanny restarts it)."""
+    from skimage import data
+    from skimage.color import rgb2gray
+    info = block_info[None]
+    (r0, r1), (c0, c1) = info["array-location"]
+    if kill_marker and info["chunk-location"] == (1, 1) \
+            and not os.path.exists(kill_marker):
+        open(kill_marker, "w").close()
+        os.kill(os.getpid(), 9)
+    tile = rgb2gray(data.hubble_deep_field()).astype(np.float32)
+    tile = np.block([[tile, tile[:, ::-1]], [tile[::-1], tile[::-1, ::-1]]])
+    rows = np.arange(r0, r1) % tile.shape[0]
+    cols = np.arange(c0, c1) % tile.shape[1]
+    return tile[np.ix_(rows, cols)]
+
+
+def _filter_bank():
+    """Gaussian-derivative and Laplacian-of-Gaussian filters, 3 scales."""
+    filters = []
+    for sigma, size in ((1.0, 7), (2.0, 13), (3.0, 19)):
+        r = np.arange(size) - size // 2
+        yy, xx = np.meshgrid(r, r, indexing="ij")
+        g = np.exp(-(xx ** 2 + yy ** 2) / (2 * sigma ** 2))
+        g /= g.sum()
+        log = (xx ** 2 + yy ** 2 - 2 * sigma ** 2) / sigma ** 4 * g
+        pad = (19 - size) // 2
+        for f in (g, -xx / sigma ** 2 * g, -yy / sigma ** 2 * g, log - log.mean()):
+            filters.append(np.pad(f, pad))
+    return np.asarray(filters, np.float32)[:, None]
+
+
+def test_local_cluster_filter_bank_survives_a_killed_worker(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    pytest.importorskip("skimage")
+    marker = str(tmp_path / "killed")
+    mosaic = da.map_blocks(_hubble_block, chunks=((MOSAIC_CHUNK,) * 4,) * 2,
+                           dtype=np.float32, kill_marker=marker)
+    w = _filter_bank()
+    y = kd.conv2d(mosaic[None, None], w, padding=9, algorithm="direct")
+
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1,
+                                  processes=True, host="127.0.0.1",
+                                  dashboard_address=None,
+                                  silence_logs=50) as cluster, \
+            distributed.Client(cluster) as client:
+        pids = set(client.run(os.getpid).values())
+        got = client.compute(y).result(timeout=600)
+        after = set(client.run(os.getpid).values())
+    assert os.path.exists(marker), "no worker was killed"
+    assert pids != after, "the killed worker was not replaced"
+
+    image = _hubble_block({None: {"array-location": [(0, MOSAIC)] * 2,
+                                  "chunk-location": (0, 0)}})
+    expected = kernels.conv2d(image[None, None], w, padding=9,
+                              algorithm="direct")
+    np.testing.assert_array_equal(got, expected)
