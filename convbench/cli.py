@@ -161,7 +161,7 @@ def build_parser():
                     "against SciPy and PyTorch.")
     sub = parser.add_subparsers(
         dest="command", required=True,
-        metavar="{report,sweep,network,machine,calibrate,cuda-report}")
+        metavar="{report,sweep,network,machine,calibrate,cuda-report,dask}")
     _add_report_parser(sub)
 
     sw = sub.add_parser(
@@ -286,6 +286,7 @@ def build_parser():
                     help="processes compiling at once (default: usable CPUs, "
                          "at most 8)")
     _add_network_parser(sub)
+    _add_dask_parser(sub)
     return parser
 
 
@@ -319,6 +320,50 @@ def _add_network_parser(sub):
                      help="skip timing every algorithm on each distinct layer")
     net.add_argument("--dtype", choices=("float32", "float64"),
                      default="float32")
+
+
+def _odd_sizes(text):
+    """'5,31' -> [5, 31]: square filters of odd size ('same' padding)."""
+    sizes = [_positive_int(t, "kernel size") for t in text.split(",")]
+    if any(k % 2 == 0 for k in sizes):
+        raise argparse.ArgumentTypeError(
+            f"kernel sizes must be odd (centred 'same' filters), got {text!r}")
+    return sizes
+
+
+def _chunk_shape(text):
+    """'2048' -> 2048; '1024x16384' -> (1024, 16384)."""
+    if "x" in text.lower():
+        rows, cols = _kernel_token(text)
+        return (rows, cols)
+    return _positive_int(text, "chunk")
+
+
+def _add_dask_parser(sub):
+    dk = sub.add_parser(
+        "dask", help="kernels.dask on a LocalCluster: megapixels per second "
+                     "of filters over an image larger than memory",
+        description="Time single-channel filters (algorithm=auto, 'same' "
+                    "padding) over a SIZE^2 float32 image generated chunk by "
+                    "chunk on a distributed.LocalCluster of 1 and of WORKERS "
+                    "one-thread worker processes, against the in-memory "
+                    "kernel on a REFERENCE^2 image; scaling efficiency and "
+                    "each worker's peak memory (see convbench.dask_bench). "
+                    "Needs the 'dask' extra.")
+    dk.add_argument("--kernels", type=_odd_sizes, default=[5, 31],
+                    metavar="K,K,...", help="filter sizes (default 5,31)")
+    dk.add_argument("--size", type=lambda t: _positive_int(t, "size"),
+                    default=16384, help="image side (default 16384)")
+    dk.add_argument("--chunk", type=_chunk_shape, default=2048,
+                    metavar="SIDE|ROWSxCOLS",
+                    help="chunk side, or rows x columns (default 2048)")
+    dk.add_argument("--workers", type=lambda t: _positive_int(t, "workers"),
+                    default=2, help="worker processes (default 2)")
+    dk.add_argument("--reference", type=lambda t: _positive_int(t, "reference"),
+                    default=4096, help="in-memory image side (default 4096)")
+    dk.add_argument("--rounds", type=lambda t: _positive_int(t, "rounds"),
+                    default=3, help="timed runs per setting (default 3)")
+    dk.add_argument("--json", metavar="PATH", help="also write the results")
 
 
 def _add_report_parser(sub):
@@ -573,6 +618,16 @@ def cmd_network(args, parser):
     return 0
 
 
+def cmd_dask(args, parser):
+    try:
+        import distributed  # noqa: F401
+        import psutil  # noqa: F401
+    except ImportError:
+        parser.error("convbench dask needs Dask: pip install -e '.[dask]'")
+    from .dask_bench import run
+    return run(args)
+
+
 def cmd_cuda_report(args, parser):
     from .cuda_report import run
     return run(args)
@@ -584,5 +639,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     command = {"report": cmd_report, "sweep": cmd_sweep,
                "network": cmd_network, "machine": cmd_machine,
-               "calibrate": cmd_calibrate, "cuda-report": cmd_cuda_report}
+               "calibrate": cmd_calibrate, "cuda-report": cmd_cuda_report,
+               "dask": cmd_dask}
     return command[args.command](args, parser)

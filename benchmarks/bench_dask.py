@@ -1,0 +1,61 @@
+"""Images larger than memory: ``kernels.dask`` on a LocalCluster (issue 13).
+
+``DaskFilter`` filters a 16384^2 float32 image, generated chunk by chunk
+(2048^2) on a ``distributed.LocalCluster`` of two one-thread worker
+processes, with a 5x5 and a 31x31 Gaussian (``algorithm="auto"``):
+``track_megapixels_per_second`` (one timed run after a warm-up; asv's
+``time_`` would repeat a multi-second run several times) and
+``track_peak_memory_in_chunks`` (each worker's peak RSS above its RSS
+after the warm-up, in units of one 16 MiB input chunk; the larger of the
+two workers).  ``convbench dask`` measures the same with rounds, one
+worker against two, and the in-memory kernel beside them
+(``convbench.dask_bench``, docs/dask.md).
+
+Skipped (``NotImplementedError``) without the ``dask`` extra.
+"""
+
+import time
+
+SIZE = 16384
+CHUNK = 2048
+
+
+class DaskFilter:
+    params = [[5, 31]]
+    param_names = ["kernel"]
+    timeout = 900
+    number = 1
+    repeat = 1
+
+    def setup(self, kernel):
+        try:
+            import distributed  # noqa: F401
+            import psutil  # noqa: F401
+            import kernels.dask  # noqa: F401
+        except ImportError:
+            raise NotImplementedError("needs the dask extra") from None
+        from convbench import dask_bench
+        self.bench = dask_bench
+        self._client = dask_bench.local_cluster(2)
+        self.client = self._client.__enter__()
+        dask_bench.warm_up(self.client, [kernel])
+        self.base = self.client.run(dask_bench.resident_memory)
+        self.total = dask_bench.filtered(
+            dask_bench.generated_image(SIZE, CHUNK), kernel)
+
+    def teardown(self, kernel):
+        self._client.__exit__(None, None, None)
+
+    def track_megapixels_per_second(self, kernel):
+        t0 = time.perf_counter()
+        self.client.compute(self.total, sync=True)
+        return SIZE * SIZE / 1e6 / (time.perf_counter() - t0)
+
+    track_megapixels_per_second.unit = "MP/s"
+
+    def track_peak_memory_in_chunks(self, kernel):
+        self.client.compute(self.total, sync=True)
+        memory = self.bench.peak_memory_increase(self.client, self.base, CHUNK)
+        return max(m["increase_chunks"] for m in memory.values())
+
+    track_peak_memory_in_chunks.unit = "chunks"

@@ -1,0 +1,246 @@
+"""Images larger than memory: kernels.dask on a LocalCluster (issue 13).
+
+``convbench dask`` measures megapixels per second of single-channel
+filters (5x5 and 31x31 by default, ``algorithm="auto"``, zero ``same``
+padding) over a ``size``-square float32 image that is generated chunk by
+chunk on the workers and never held whole in one process: the graph ends
+in a sum of the output, so only one number comes back.  Each run is
+timed on a ``distributed.LocalCluster`` of 1 and of ``workers`` worker
+processes with one thread each, and against the in-memory kernel on a
+``reference``-square image in this process (Numba's default threads, and
+one thread).
+
+Reported per filter: the median MP/s and its min-max over ``rounds``,
+the generation alone (the same graph with the filter left out, so what
+the filter costs can be read off), the scaling efficiency ``MP/s(w
+workers) / (w MP/s(1 worker))``, the ratio to the in-memory kernel, and
+each worker's peak resident memory (``getrusage``'s high-water mark) less
+its resident memory after the warm-up, in units of one input chunk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import statistics
+import time
+
+import numpy as np
+
+__all__ = ["generated_image", "gaussian", "checksum", "filtered",
+           "local_cluster", "warm_up", "resident_memory",
+           "peak_memory_increase", "measure",
+           "format_results", "run"]
+
+
+def _values(r0, r1, c0, c1):
+    """A smooth test pattern plus a fine texture, float32 (cheap to make:
+    the costly functions run on one row and one column)."""
+    rows = np.arange(r0, r1, dtype=np.float64)
+    cols = np.arange(c0, c1, dtype=np.float64)
+    a = (np.sin(rows * 0.0123) + 0.25 * np.cos(rows * 0.71)).astype(np.float32)
+    b = (np.cos(cols * 0.0071) + 0.25 * np.sin(cols * 0.53)).astype(np.float32)
+    return np.multiply.outer(a, b)
+
+
+def _block(block_info=None):
+    (r0, r1), (c0, c1) = block_info[None]["array-location"]
+    return _values(r0, r1, c0, c1)
+
+
+def generated_image(size, chunk):
+    """A lazy (1, 1, size, size) float32 Dask array made chunk by chunk;
+    ``chunk``: a side, or (rows, columns)."""
+    import dask.array as da
+    rows, cols = (chunk, chunk) if np.isscalar(chunk) else chunk
+    image = da.map_blocks(_block, chunks=(_chunks(size, rows),
+                                          _chunks(size, cols)),
+                          dtype=np.float32,
+                          name=f"convbench-image-{size}-{rows}x{cols}")
+    return image[None, None]
+
+
+def _chunks(size, chunk):
+    return (chunk,) * (size // chunk) + ((size % chunk,) if size % chunk else ())
+
+
+def checksum(y):
+    """A number that needs every block of ``y`` but costs little more than
+    computing it: the sum of a sparse sample (a full float64 sum of a
+    float32 image took as long as generating it)."""
+    return y[..., ::97, ::89].sum(dtype=np.float64)
+
+
+def gaussian(k):
+    """A normalised Gaussian of width k / 6 (any values would do)."""
+    r = np.arange(k) - (k - 1) / 2
+    g = np.exp(-0.5 * (r / max(k / 6, 0.5)) ** 2)
+    return (np.outer(g, g) / g.sum() ** 2).astype(np.float32)[None, None]
+
+
+def resident_memory():
+    import psutil
+    return psutil.Process().memory_info().rss
+
+
+def _peak_rss():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _timed(func, rounds):
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _span(times, megapixels):
+    rates = sorted(megapixels / t for t in times)
+    return {"median": statistics.median(rates), "min": rates[0],
+            "max": rates[-1], "seconds": sorted(times)}
+
+
+def _in_memory(kernel_sizes, reference, rounds):
+    """MP/s of kernels.conv2d on a reference^2 image in this process."""
+    import numba
+    import kernels
+    x = _values(0, reference, 0, reference)[None, None]
+    out = {}
+    for k in kernel_sizes:
+        w = gaussian(k)
+        call = lambda: kernels.conv2d(x, w, padding="same")  # noqa: E731
+        call()
+        default = _span(_timed(call, rounds), reference ** 2 / 1e6)
+        before = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            call()
+            single = _span(_timed(call, rounds), reference ** 2 / 1e6)
+        finally:
+            numba.set_num_threads(before)
+        out[k] = {"threads": before, "default": default, "one_thread": single}
+    return out
+
+
+@contextlib.contextmanager
+def local_cluster(n_workers):
+    """A Client of a LocalCluster: processes of one thread, loopback only."""
+    import distributed
+    with distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1,
+                                  processes=True, host="127.0.0.1",
+                                  dashboard_address=None,
+                                  silence_logs=40) as cluster, \
+            distributed.Client(cluster) as client:
+        yield client
+
+
+def filtered(image, k):
+    """The lazy checksum of ``image`` filtered by a k x k Gaussian."""
+    import kernels.dask as kd
+    return checksum(kd.conv2d(image, gaussian(k), padding="same"))
+
+
+def warm_up(client, kernel_sizes):
+    """Compile every filter's kernels in every worker (a small image)."""
+    small = generated_image(4 * max(kernel_sizes), 2 * max(kernel_sizes))
+    for k in kernel_sizes:
+        client.compute(filtered(small, k), sync=True)
+
+
+def peak_memory_increase(client, base, chunk):
+    """Per worker: peak RSS, and its rise over ``base`` in chunks."""
+    peaks = client.run(_peak_rss)
+    return {addr: {"base": base[addr], "peak": peaks[addr],
+                   "increase_chunks": (peaks[addr] - base[addr])
+                   / _chunk_bytes(chunk)}
+            for addr in peaks}
+
+
+def _on_cluster(n_workers, kernel_sizes, size, chunk, rounds):
+    with local_cluster(n_workers) as client:
+        warm_up(client, kernel_sizes)
+        base = client.run(resident_memory)
+        image = generated_image(size, chunk)
+        megapixels = size * size / 1e6
+        result = {"workers": n_workers, "generation": _span(_timed(
+            lambda: client.compute(checksum(image), sync=True),
+            rounds), megapixels)}
+        for k in kernel_sizes:
+            total = filtered(image, k)
+            result[k] = _span(_timed(lambda: client.compute(total, sync=True),
+                                     rounds), megapixels)
+        result["memory"] = peak_memory_increase(client, base, chunk)
+        return result
+
+
+def _chunk_bytes(chunk):
+    rows, cols = (chunk, chunk) if np.isscalar(chunk) else chunk
+    return rows * cols * 4
+
+
+def measure(kernel_sizes=(5, 31), size=16384, chunk=2048, workers=2,
+            reference=4096, rounds=3):
+    """Every figure of the module docstring, as a dict."""
+    results = {"cpus": os.cpu_count(), "size": size, "chunk": chunk,
+               "reference": reference,
+               "rounds": rounds, "kernels": list(kernel_sizes),
+               "in_memory": _in_memory(kernel_sizes, reference, rounds),
+               "clusters": [_on_cluster(n, kernel_sizes, size, chunk, rounds)
+                            for n in sorted({1, workers})]}
+    one, many = results["clusters"][0], results["clusters"][-1]
+    results["scaling_efficiency"] = {
+        k: many[k]["median"] / (many["workers"] * one[k]["median"])
+        for k in kernel_sizes}
+    return results
+
+
+def _rate(span):
+    return f"{span['median']:.0f} ({span['min']:.0f}-{span['max']:.0f})"
+
+
+def format_results(r):
+    """A plain-text table of :func:`measure`'s results."""
+    lines = [f"image {r['size']}^2 float32 in chunks of {r['chunk']} "
+             f"(generated on the workers); in memory: {r['reference']}^2; "
+             f"MP/s median (min-max) over {r['rounds']} rounds", ""]
+    head = (f"{'filter':>7}  {'in memory':>16}  {'in memory 1 thr':>16}  "
+            + "  ".join(f"{str(c['workers']) + ' worker(s)':>16}"
+                        for c in r["clusters"])
+            + "  efficiency  dask/in-memory")
+    lines += [head, "-" * len(head)]
+    many = r["clusters"][-1]
+    for k in r["kernels"]:
+        mem = r["in_memory"][k]
+        row = (f"{str(k) + 'x' + str(k):>7}  {_rate(mem['default']):>16}  "
+               f"{_rate(mem['one_thread']):>16}  "
+               + "  ".join(f"{_rate(c[k]):>16}" for c in r["clusters"])
+               + f"  {r['scaling_efficiency'][k]:10.2f}"
+               + f"  {many[k]['median'] / mem['default']['median']:14.2f}")
+        lines.append(row)
+    lines.append("")
+    for c in r["clusters"]:
+        lines.append(f"{c['workers']} worker(s): generation alone "
+                     f"{_rate(c['generation'])} MP/s; per worker, peak RSS "
+                     f"above the warmed-up RSS, in input chunks "
+                     f"({_chunk_bytes(r['chunk']) / 2**20:.0f} MiB): "
+                     + ", ".join(f"{m['increase_chunks']:.2f} "
+                                 f"(peak {m['peak'] / 2**20:.0f} MiB)"
+                                 for m in c["memory"].values()))
+    return "\n".join(lines)
+
+
+def run(args):
+    """``convbench dask``: measure, print, optionally save JSON."""
+    results = measure(tuple(args.kernels), args.size, args.chunk,
+                      args.workers, args.reference, args.rounds)
+    print(format_results(results))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=1, default=str)
+        print(f"\nwrote {args.json}")
+    return 0
+
