@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 __all__ = ["boundaries", "owned_outputs", "exact_windows",
            "aligned_windows", "ExactWindow", "AlignedWindow", "halo",
-           "merge_small", "fit_chunks"]
+           "fit_chunks"]
 
 
 def boundaries(chunks):
@@ -156,39 +156,21 @@ def halo(chunks, windows):
     return before, after
 
 
-def merge_small(chunks, minimum):
-    """Chunk sizes with every chunk below ``minimum`` merged into a
-    neighbour (the previous one; the first chunk into the next)."""
-    merged = []
-    for size in chunks:
-        if merged and (size < minimum or merged[-1] < minimum):
-            merged[-1] += size
-        else:
-            merged.append(size)
-    return tuple(merged)
-
-
 def fit_chunks(chunks, n_out, extent, stride, lo, windows_of):
-    """Chunk sizes close to ``chunks`` that the blockwise op can use.
+    """Chunk sizes close to ``chunks`` in which every chunk owns an output.
 
-    Every chunk must own at least one output, and be at least as long as
-    the halo (Dask's overlap takes a halo from the neighbouring chunk
-    only).  Chunks that fail are merged with a neighbour until none does.
+    A chunk that owns none (shorter than the stride, or past the last
+    window) is merged into the previous chunk (the first into the next).
     ``windows_of`` is :func:`exact_windows` or :func:`aligned_windows`.
-    Returns ``(chunks, windows, (before, after))``.
+    Returns ``(chunks, windows)``.  A window may span several chunks.
     """
     chunks = tuple(int(c) for c in chunks)
-    while True:
-        owned = owned_outputs(chunks, n_out, stride, lo)
-        if len(chunks) > 1 and any(o1 <= o0 for o0, o1 in owned):
-            chunks = _merge_idle(chunks, [o1 > o0 for o0, o1 in owned])
-            continue
-        windows = windows_of(chunks, n_out, extent, stride, lo)
-        depth = max(halo(chunks, windows))
-        if len(chunks) > 1 and min(chunks) < depth:
-            chunks = merge_small(chunks, depth)
-            continue
-        return chunks, windows, halo(chunks, windows)
+    while len(chunks) > 1:
+        owns = [o1 > o0 for o0, o1 in owned_outputs(chunks, n_out, stride, lo)]
+        if all(owns):
+            break
+        chunks = _merge_idle(chunks, owns)
+    return chunks, windows_of(chunks, n_out, extent, stride, lo)
 
 
 def _merge_idle(chunks, keep):

@@ -10,17 +10,19 @@ is imported only by ``import kernels.dask``.
 How a chunk is computed (:mod:`kernels._blocks` has the arithmetic):
 
 * Every output belongs to the input chunk that holds the first input of
-  its window, so a chunk needs a halo from the chunks after it only (the
-  effective kernel extent, dilation included, minus one), taken with
-  ``dask.array.overlap.overlap(boundary="none")``.  Chunk boundaries need
-  not be multiples of the stride: a chunk's first output starts a little
-  inside it, and the output chunks are exactly the outputs each input
-  chunk owns.  Chunks that would own no output, or that are shorter than
-  the halo, are merged into a neighbour (with a ``UserWarning`` naming
-  the axis and the new chunks).
+  its window, so a chunk reads a halo from the chunks after it only (the
+  effective kernel extent, dilation included, minus one).  Each block's
+  task gathers exactly the inputs its outputs read: a slice of every chunk
+  the window spans (each slice its own small task, so that only halos move
+  between workers), copied once into one contiguous window inside the
+  block's task.  Chunk boundaries need not be multiples of the stride (a
+  chunk's first output starts a little inside it), and chunks may be
+  smaller than the halo: the output chunks are exactly the outputs each
+  input chunk owns.  A chunk that would own no output is merged into a
+  neighbour (with a ``UserWarning`` naming the axis and the new chunks).
 * Padding is applied at the outer border of the whole image only.  Zero
-  padding: a chunk on the border gets the padding its window lacks and
-  interior chunks get none, so each block runs the in-memory kernel on
+  padding: a block on the border gets the padding its window lacks and
+  interior blocks get none, so each block runs the in-memory kernel on
   exactly the inputs its outputs read.  ``reflect``/``replicate``/
   ``circular`` padding: the Dask array is padded first (``dask.array.pad``,
   the data at the far side for ``circular``).  Pooling (whose divisors and
@@ -28,9 +30,10 @@ How a chunk is computed (:mod:`kernels._blocks` has the arithmetic):
   runs on a window that starts on a multiple of the stride, with the
   global padding, and keeps the chunk's own outputs.
 * Each block calls the in-memory kernel (``algorithm="auto"`` chooses per
-  block).  ``direct`` and ``im2col`` give the in-memory result bit for bit;
-  ``winograd`` and ``fft`` round differently where their tiles fall, within
-  their documented error bound.
+  block).  ``direct`` and pooling give the in-memory result bit for bit;
+  ``im2col`` differs in the last bits where OpenBLAS sums a block's narrow
+  GEMM with another micro-kernel, ``winograd`` and ``fft`` where their
+  tiles fall, each within its documented error bound.
 
 Threads: each block's kernel runs on ``kernel_threads`` threads (default
 1): one kernel thread per Dask thread, so that Dask's threads (or worker
@@ -46,7 +49,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import numbers
+import operator
 import warnings
 
 import numba
@@ -55,6 +60,9 @@ import numpy as np
 try:
     import dask
     import dask.array as da
+    from dask.base import tokenize
+    from dask.delayed import Delayed
+    from dask.highlevelgraph import HighLevelGraph
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(
         "kernels.dask needs Dask: pip install 'convbench[dask]' "
@@ -149,41 +157,102 @@ def _whole_channels(x, axis, what):
 
 def _fit_axis(x, axis, n_out, extent, stride, lo, windows_of,
               padded=(0, 0)):
-    """Chunks, windows and halo along ``axis`` (a warning if rechunked).
+    """Chunks and windows along ``axis`` (a warning if rechunked).
 
     ``padded``: the padding ``dask.array.pad`` added to ``x`` along the
     axis, whose chunk boundaries are not the caller's and go unreported.
     """
     old = x.chunks[axis]
-    chunks, windows, halo = _blocks.fit_chunks(old, n_out, extent, stride,
-                                               lo, windows_of)
+    chunks, windows = _blocks.fit_chunks(old, n_out, extent, stride, lo,
+                                         windows_of)
     if chunks != old:
         users = set(_blocks.boundaries(old)[1:-1]) - {
             padded[0], x.shape[axis] - padded[1]}
         if users - set(_blocks.boundaries(chunks)):
             warnings.warn(
                 f"rechunked spatial axis {axis} from {old} to {chunks}: "
-                f"every chunk must own at least one output and be at least "
-                f"as long as the halo ({max(halo)}, from the dilated kernel "
-                f"extent {extent} and stride {stride})",
-                UserWarning, stacklevel=3)
-    return chunks, windows, halo
+                f"every chunk must own at least one output (kernel extent "
+                f"{extent}, stride {stride})", UserWarning, stacklevel=3)
+    return chunks, windows
 
 
-def _overlapped(x, axes_fit):
-    """``x`` rechunked to the fitted chunks, with the halos attached."""
-    x = x.rechunk({axis: chunks for axis, (chunks, _, _) in axes_fit.items()})
-    depth = {axis: halo for axis, (_, _, halo) in axes_fit.items() if any(halo)}
-    if not depth:
-        return x
-    return da.overlap.overlap(x, depth=depth, boundary="none",
-                              allow_rechunk=False)
+def _pieces(bounds, start, stop):
+    """[(chunk index, slice within it)] covering inputs [start, stop)."""
+    parts = []
+    for c in range(len(bounds) - 1):
+        lo, hi = max(start, bounds[c]), min(stop, bounds[c + 1])
+        if lo < hi:
+            parts.append((c, slice(lo - bounds[c], hi - bounds[c])))
+    return parts
 
 
-def _block_starts(chunks, before):
-    """Where each overlapped block starts in the array (first: no halo)."""
-    bounds = _blocks.boundaries(chunks)
-    return [b - (before if j else 0) for j, b in enumerate(bounds[:-1])]
+def _assemble(grid, shape, dtype):
+    """One C-contiguous array from a 2-D grid of pieces (row by row).
+
+    A single piece is used as it is when already contiguous; otherwise each
+    piece is copied once, straight into its place.
+    """
+    if len(grid) == 1 and len(grid[0]) == 1:
+        return np.ascontiguousarray(grid[0][0])
+    window = np.empty(shape, dtype)
+    r = 0
+    for line in grid:
+        c = 0
+        for piece in line:
+            window[..., r:r + piece.shape[-2], c:c + piece.shape[-1]] = piece
+            c += piece.shape[-1]
+        r += line[0].shape[-2] if line else 0
+    return window
+
+
+def _run_block(grid, shape, dtype, func, i, j, *args):
+    return func(_assemble(grid, shape, dtype), i, j, *args)
+
+
+def _windowed(x, rows, cols, func, out_chunks, dtype, name, args=()):
+    """A lazy array whose block (..., i, j) is ``func(window, i, j, *args)``.
+
+    ``window`` holds the inputs ``[rows[i].in_start, rows[i].in_stop) x
+    [cols[j].in_start, cols[j].in_stop)`` of ``x``'s block row ``(..., i,
+    j)``, contiguous.  It is gathered from the chunks it spans, each
+    contributing a slice (a view, as its own small task: between workers
+    only the halo moves), and copied once, inside the block's task: no
+    overlapped copy of the chunk is kept between tasks.  ``args`` may hold
+    Dask delayed objects (computed once, shared by the blocks).
+    """
+    token = tokenize(x, rows, cols, func, out_chunks, name,
+                     [getattr(a, "key", a) for a in args])
+    out_name, piece_name = f"{name}-{token}", f"{name}-piece-{token}"
+    bounds_h = _blocks.boundaries(x.chunks[-2])
+    bounds_w = _blocks.boundaries(x.chunks[-1])
+    keys_or_values = [a.key if isinstance(a, Delayed) else a
+                      for a in args]
+    lead_shape = [len(c) for c in x.chunks[:-2]]
+    dsk = {}
+    for lead in itertools.product(*(range(n) for n in lead_shape)):
+        for i, wr in enumerate(rows):
+            row_parts = _pieces(bounds_h, wr.in_start, wr.in_stop)
+            for j, wc in enumerate(cols):
+                col_parts = _pieces(bounds_w, wc.in_start, wc.in_stop)
+                grid = []
+                for ci, rs in row_parts:
+                    line = []
+                    for cj, cs in col_parts:
+                        key = (piece_name,) + lead + (i, j, ci, cj)
+                        dsk[key] = (operator.getitem,
+                                    (x.name,) + lead + (ci, cj),
+                                    (Ellipsis, rs, cs))
+                        line.append(key)
+                    grid.append(line)
+                shape = tuple(x.chunks[a][lead[a]] for a in range(len(lead)))
+                shape += (wr.in_stop - wr.in_start, wc.in_stop - wc.in_start)
+                dsk[(out_name,) + lead + (i, j)] = (
+                    _run_block, grid, shape, x.dtype, func, i, j,
+                    *keys_or_values)
+    deps = [x] + [a for a in args if isinstance(a, Delayed)]
+    graph = HighLevelGraph.from_collections(out_name, dsk, dependencies=deps)
+    return da.Array(graph, out_name, out_chunks, dtype=dtype,
+                    meta=np.empty((0,) * x.ndim, dtype))
 
 
 def _delayed(a):
@@ -195,23 +264,19 @@ def _delayed(a):
 # Convolution
 # --------------------------------------------------------------------------
 
-def _conv_block(block, w, bias, *, rows, cols, row_starts, col_starts,
-                stride, dilation, groups, dtype, algorithm, backend, threads,
-                block_id=None):
+def _conv_block(window, i, j, w, bias, rows, cols, stride, dilation, groups,
+                algorithm, backend, threads):
     """One output block: the in-memory kernel on exactly its inputs."""
-    i, j = block_id[2], block_id[3]
     wr, wc = rows[i], cols[j]
-    window = block[:, :, wr.in_start - row_starts[i]:wr.in_stop - row_starts[i],
-                   wc.in_start - col_starts[j]:wc.in_stop - col_starts[j]]
     padding = (wr.pad_lo, wr.pad_hi, wc.pad_lo, wc.pad_hi)
     if 0 in window.shape[2:]:
         # Windows in the padding only: their inputs are all zeros.
         height = window.shape[2] + wr.pad_lo + wr.pad_hi
         width = window.shape[3] + wc.pad_lo + wc.pad_hi
-        window = np.zeros(window.shape[:2] + (height, width), dtype)
+        window = np.zeros(window.shape[:2] + (height, width), window.dtype)
         padding = (0, 0, 0, 0)
     spec = ConvSpec(tuple(window.shape), tuple(w.shape), stride, padding,
-                    dilation, groups, dtype)
+                    dilation, groups, window.dtype)
     with _kernel_threads(threads):
         return np.asarray(run_conv2d(spec, window, w, bias, algorithm, backend))
 
@@ -228,28 +293,21 @@ def _conv_blockwise(x, w, bias, stride, dilation, pads, groups, algorithm,
                         tuple(p for pair in pads for p in pair),
                         tuple(dilation), groups, x.dtype)
         _dispatch.require_supported("conv2d", backend, algorithm, spec)
-    kernel = w.shape[2:]
     fits = {}
     for axis, (k, s, d, (lo, hi), added) in enumerate(
-            zip(kernel, stride, dilation, pads, padded), start=2):
+            zip(w.shape[2:], stride, dilation, pads, padded), start=2):
         n_out = conv_output_size(x.shape[axis], k, s, (lo, hi), d)
         fits[axis] = _fit_axis(x, axis, n_out, effective_kernel_size(k, d),
                                s, lo, _blocks.exact_windows, added)
-    xo = _overlapped(x, fits)
-    (rows_chunks, rows, _), (cols_chunks, cols, _) = fits[2], fits[3]
+    x = x.rechunk({axis: chunks for axis, (chunks, _) in fits.items()})
+    rows, cols = fits[2][1], fits[3][1]
     out_chunks = (x.chunks[0], (w.shape[0],),
                   tuple(r.out_stop - r.out_start for r in rows),
                   tuple(c.out_stop - c.out_start for c in cols))
-    func = functools.partial(
-        _conv_block, rows=rows, cols=cols,
-        row_starts=_block_starts(rows_chunks, 0),
-        col_starts=_block_starts(cols_chunks, 0),
-        stride=tuple(stride), dilation=tuple(dilation), groups=groups,
-        dtype=x.dtype, algorithm=algorithm, backend=backend, threads=threads)
-    return da.map_blocks(func, xo, _delayed(w), _delayed(bias),
-                         chunks=out_chunks, dtype=x.dtype,
-                         meta=np.empty((0, 0, 0, 0), x.dtype),
-                         name="kernels-conv2d")
+    args = (_delayed(w), _delayed(bias), rows, cols, tuple(stride),
+            tuple(dilation), groups, algorithm, backend, threads)
+    return _windowed(x, rows, cols, _conv_block, out_chunks, x.dtype,
+                     "kernels-conv2d", args)
 
 
 def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1,
@@ -391,16 +449,12 @@ def convolve(in1, in2, mode="full", method="auto", backend="cpu", *,
 # Pooling
 # --------------------------------------------------------------------------
 
-def _pool_block(block, *, pool, rows, cols, row_starts, col_starts,
-                with_indices, width, block_id=None):
+def _pool_block(window, i, j, pool, rows, cols, with_indices, width):
     """One output block: the in-memory pooling of an aligned window."""
-    i, j = block_id[-2], block_id[-1]
     wr, wc = rows[i], cols[j]
-    window = block[..., wr.in_start - row_starts[i]:wr.in_stop - row_starts[i],
-                   wc.in_start - col_starts[j]:wc.in_stop - col_starts[j]]
     keep = (Ellipsis, slice(wr.keep_start, wr.keep_stop),
             slice(wc.keep_start, wc.keep_stop))
-    result = pool(np.ascontiguousarray(window))
+    result = pool(window)
     if not with_indices:
         return result[keep]
     y, idx = result[0][keep], result[1][keep]
@@ -417,33 +471,37 @@ def _pool_blockwise(x, spec, pool, threads, with_indices=False):
                                        spec.dilation, spec.out_hw):
         fits[axis] = _fit_axis(x, axis, n_out, effective_kernel_size(k, d), s,
                                p, _blocks.aligned_windows)
-    xo = _overlapped(x, fits)
-    (rows_chunks, rows, (rows_before, _)) = fits[x.ndim - 2]
-    (cols_chunks, cols, (cols_before, _)) = fits[x.ndim - 1]
-
-    def run(window):
-        with _kernel_threads(threads):
-            return pool(window)
-
-    func = functools.partial(
-        _pool_block, pool=run, rows=rows, cols=cols,
-        row_starts=_block_starts(rows_chunks, rows_before),
-        col_starts=_block_starts(cols_chunks, cols_before),
-        with_indices=with_indices, width=x.shape[-1])
+    x = x.rechunk({axis: chunks for axis, (chunks, _) in fits.items()})
+    rows, cols = fits[x.ndim - 2][1], fits[x.ndim - 1][1]
     out_chunks = x.chunks[:-2] + (
         tuple(r.out_stop - r.out_start for r in rows),
         tuple(c.out_stop - c.out_start for c in cols))
-    meta = np.empty((0,) * x.ndim, x.dtype)
+    args = (functools.partial(_pooled, pool=pool, threads=threads), rows,
+            cols, with_indices, x.shape[-1])
     if not with_indices:
-        return da.map_blocks(func, xo, chunks=out_chunks, dtype=x.dtype,
-                             meta=meta, name="kernels-pool2d")
+        return _windowed(x, rows, cols, _pool_block, out_chunks, x.dtype,
+                         "kernels-pool2d", args)
     # One task per block computes both; two arrays take their parts.
-    pairs = da.map_blocks(func, xo, chunks=out_chunks, dtype=x.dtype,
-                          meta=meta, name="kernels-pool2d-pairs")
-    y = pairs.map_blocks(lambda pair: pair[0], dtype=x.dtype, meta=meta)
-    idx = pairs.map_blocks(lambda pair: pair[1], dtype=np.int64,
+    pairs = _windowed(x, rows, cols, _pool_block, out_chunks, x.dtype,
+                      "kernels-pool2d-pairs", args)
+    meta = np.empty((0,) * x.ndim, x.dtype)
+    y = pairs.map_blocks(_first, dtype=x.dtype, meta=meta)
+    idx = pairs.map_blocks(_second, dtype=np.int64,
                            meta=np.empty((0,) * x.ndim, np.int64))
     return y, idx
+
+
+def _pooled(window, pool, threads):
+    with _kernel_threads(threads):
+        return pool(window)
+
+
+def _first(pair):
+    return pair[0]
+
+
+def _second(pair):
+    return pair[1]
 
 
 def _pool_input(x, name):

@@ -79,10 +79,10 @@ def test_exact_windows_compute_every_output_once(axis, seed):
     padded = np.concatenate([np.zeros(lo), x, np.zeros(hi)])
     expected = [padded[o * s:o * s + extent] @ w for o in range(n_out)]
 
-    fitted, windows, (before, after) = _blocks.fit_chunks(
-        chunks, n_out, extent, s, lo, _blocks.exact_windows)
-    assert sum(fitted) == n and before == 0
-    assert len(fitted) == 1 or min(fitted) >= after
+    fitted, windows = _blocks.fit_chunks(chunks, n_out, extent, s, lo,
+                                         _blocks.exact_windows)
+    before, after = _blocks.halo(fitted, windows)
+    assert sum(fitted) == n and before == 0 and after <= extent - 1
     got, bounds = [], _blocks.boundaries(fitted)
     for j, win in enumerate(windows):
         assert bounds[j] <= win.in_start or win.in_start == win.in_stop
@@ -110,9 +110,9 @@ def test_aligned_windows_keep_the_global_outputs(axis, ceil_mode, seed):
                                  np.full(p + extent, -np.inf)])
         return [padded[o * s:o * s + extent:d].max() for o in range(m)]
 
-    fitted, windows, (before, _) = _blocks.fit_chunks(
-        chunks, n_out, extent, s, p, _blocks.aligned_windows)
-    assert before <= s - 1
+    fitted, windows = _blocks.fit_chunks(chunks, n_out, extent, s, p,
+                                         _blocks.aligned_windows)
+    assert _blocks.halo(fitted, windows)[0] <= s - 1
     got = []
     for win in windows:
         assert win.in_start % s == 0
@@ -120,9 +120,15 @@ def test_aligned_windows_keep_the_global_outputs(axis, ceil_mode, seed):
     np.testing.assert_array_equal(got, pool(x))
 
 
-def test_merge_small_keeps_the_total():
-    assert _blocks.merge_small((1, 7, 2, 9, 1), 3) == (10, 10)
-    assert _blocks.merge_small((5, 5), 3) == (5, 5)
+def test_idle_chunks_are_merged():
+    # 12 inputs, kernel 3, stride 4, no padding: outputs read [0, 3),
+    # [4, 7), [8, 11).  Chunk [1, 3) owns none (joins [0, 1)); [9, 11) and
+    # [11, 12) own none (join [3, 9)).
+    chunks, windows = _blocks.fit_chunks((1, 2, 6, 2, 1), 3, 3, 4, 0,
+                                         _blocks.exact_windows)
+    assert chunks == (3, 9)
+    assert [(w.out_start, w.out_stop, w.in_start, w.in_stop)
+            for w in windows] == [(0, 1, 0, 3), (1, 3, 4, 11)]
 
 
 # --------------------------------------------------------------------------
@@ -351,16 +357,26 @@ def test_bad_input_is_named():
         kd.avg_pool2d(x, 2)
 
 
-def test_split_channels_and_small_chunks_are_rechunked_with_a_warning():
+def test_split_channels_are_joined_and_small_chunks_work():
     rng = np.random.default_rng(4)
     x = random_array(rng, (1, 4, 20, 20), np.float64)
     w = random_array(rng, (2, 4, 7, 7), np.float64)
+    # Rows in chunks of 3 < the halo (6): windows span three chunks.
     xd = da.from_array(x, chunks=(1, 2, 3, 20))
     with pytest.warns(UserWarning) as record:
         y = kd.conv2d(xd, w, padding=3, algorithm="direct")
     messages = " ".join(str(r.message) for r in record)
-    assert "input channels" in messages and "spatial axis 2" in messages
-    assert min(y.chunks[2]) >= 1
+    # The last row chunk [18, 20) holds no window's first input (the last
+    # window starts at 16 - 3 + 3 = 16), so it joins [15, 18).
+    assert "input channels" in messages
+    assert "spatial axis 2 from (3, 3, 3, 3, 3, 3, 2) to (3, 3, 3, 3, 3, 5)" \
+        in messages and "spatial axis 3" not in messages
+    # Output o starts at input o - 3: [0, 3) owns o < 6, [15, 20) o >= 18.
+    assert y.chunks[2] == (6, 3, 3, 3, 3, 2)
+    with pytest.warns(UserWarning, match="rechunked spatial axis 2"):
+        strided = kd.conv2d(xd, w, stride=4, algorithm="direct")
+    # Windows start at 0, 4, 8, 12: chunks [9, 12) and [15, 20) own none.
+    assert strided.chunks[2] == (1, 1, 1, 1)
     np.testing.assert_array_equal(y.compute(**SYNC),
                                   kernels.conv2d(x, w, padding=3,
                                                  algorithm="direct"))
