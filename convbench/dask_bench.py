@@ -10,6 +10,12 @@ processes with one thread each, and against the in-memory kernel on a
 ``reference``-square image in this process (Numba's default threads, and
 one thread).
 
+Each graph runs once untimed first (its time is kept as
+``first_seconds``: FFTW plans and weight transforms for each block shape
+are made then, in every worker), then ``rounds`` timed runs.  The same
+graphs also run on Dask's threaded scheduler in this process (``workers``
+threads, one kernel thread each), for comparison.
+
 Reported per filter: the median MP/s and its min-max over ``rounds``,
 the generation alone (the same graph with the filter left out, so what
 the filter costs can be read off), the scaling efficiency ``MP/s(w
@@ -171,10 +177,27 @@ def _on_cluster(n_workers, kernel_sizes, size, chunk, rounds):
             rounds), megapixels)}
         for k in kernel_sizes:
             total = filtered(image, k)
+            first = _timed(lambda: client.compute(total, sync=True), 1)[0]
             result[k] = _span(_timed(lambda: client.compute(total, sync=True),
                                      rounds), megapixels)
+            result[k]["first_seconds"] = first
         result["memory"] = peak_memory_increase(client, base, chunk)
         return result
+
+
+def _threaded(n_threads, kernel_sizes, size, chunk, rounds):
+    """The same graphs on Dask's threaded scheduler in this process."""
+    import dask
+    image = generated_image(size, chunk)
+    megapixels = size * size / 1e6
+    result = {"threads": n_threads}
+    with dask.config.set(scheduler="threads", num_workers=n_threads):
+        for k in kernel_sizes:
+            total = filtered(image, k)
+            first = _timed(total.compute, 1)[0]
+            result[k] = _span(_timed(total.compute, rounds), megapixels)
+            result[k]["first_seconds"] = first
+    return result
 
 
 def _chunk_bytes(chunk):
@@ -190,7 +213,9 @@ def measure(kernel_sizes=(5, 31), size=16384, chunk=2048, workers=2,
                "rounds": rounds, "kernels": list(kernel_sizes),
                "in_memory": _in_memory(kernel_sizes, reference, rounds),
                "clusters": [_on_cluster(n, kernel_sizes, size, chunk, rounds)
-                            for n in sorted({1, workers})]}
+                            for n in sorted({1, workers})],
+               "threaded": _threaded(workers, kernel_sizes, size, chunk,
+                                     rounds)}
     one, many = results["clusters"][0], results["clusters"][-1]
     results["scaling_efficiency"] = {
         k: many[k]["median"] / (many["workers"] * one[k]["median"])
@@ -210,7 +235,8 @@ def format_results(r):
     head = (f"{'filter':>7}  {'in memory':>16}  {'in memory 1 thr':>16}  "
             + "  ".join(f"{str(c['workers']) + ' worker(s)':>16}"
                         for c in r["clusters"])
-            + "  efficiency  dask/in-memory")
+            + f"  efficiency  dask/in-memory  "
+              f"{str(r['threaded']['threads']) + ' threads':>16}")
     lines += [head, "-" * len(head)]
     many = r["clusters"][-1]
     for k in r["kernels"]:
@@ -219,9 +245,14 @@ def format_results(r):
                f"{_rate(mem['one_thread']):>16}  "
                + "  ".join(f"{_rate(c[k]):>16}" for c in r["clusters"])
                + f"  {r['scaling_efficiency'][k]:10.2f}"
-               + f"  {many[k]['median'] / mem['default']['median']:14.2f}")
+               + f"  {many[k]['median'] / mem['default']['median']:14.2f}"
+               + f"  {_rate(r['threaded'][k]):>16}")
         lines.append(row)
     lines.append("")
+    lines.append("first (untimed) run, s: " + "; ".join(
+        f"{k}x{k}: " + ", ".join(f"{c[k]['first_seconds']:.2f}"
+                                 for c in r["clusters"])
+        for k in r["kernels"]))
     for c in r["clusters"]:
         lines.append(f"{c['workers']} worker(s): generation alone "
                      f"{_rate(c['generation'])} MP/s; per worker, peak RSS "
