@@ -189,14 +189,18 @@ def _pieces(bounds, start, stop):
 def _assemble(grid, shape, dtype):
     """One C-contiguous array from a 2-D grid of pieces (row by row).
 
-    A single piece is used as it is when already contiguous; otherwise each
-    piece is copied once, straight into its place.
+    Each entry is ``[array, index]``: the array (a neighbour's slice, or
+    the block's own chunk) and what to take of it (None: all).  A single
+    piece is used as it is when already contiguous; otherwise each piece
+    is copied once, straight into its place.
     """
-    if len(grid) == 1 and len(grid[0]) == 1:
-        return np.ascontiguousarray(grid[0][0])
+    pieces = [[a if index is None else a[index] for a, index in line]
+              for line in grid]
+    if len(pieces) == 1 and len(pieces[0]) == 1:
+        return np.ascontiguousarray(pieces[0][0])
     window = np.empty(shape, dtype)
     r = 0
-    for line in grid:
+    for line in pieces:
         c = 0
         for piece in line:
             window[..., r:r + piece.shape[-2], c:c + piece.shape[-1]] = piece
@@ -214,10 +218,11 @@ def _windowed(x, rows, cols, func, out_chunks, dtype, name, args=()):
 
     ``window`` holds the inputs ``[rows[i].in_start, rows[i].in_stop) x
     [cols[j].in_start, cols[j].in_stop)`` of ``x``'s block row ``(..., i,
-    j)``, contiguous.  It is gathered from the chunks it spans, each
-    contributing a slice (a view, as its own small task: between workers
-    only the halo moves), and copied once, inside the block's task: no
-    overlapped copy of the chunk is kept between tasks.  ``args`` may hold
+    j)``, contiguous.  It is gathered from the chunks it spans: the
+    block's own chunk directly, every other chunk through a slice (a view,
+    as its own small task, so that between workers only the halo moves);
+    the pieces are copied once, inside the block's task: no overlapped
+    copy of the chunk is kept between tasks.  ``args`` may hold
     Dask delayed objects (computed once, shared by the blocks).
     """
     token = tokenize(x, rows, cols, func, out_chunks, name,
@@ -238,11 +243,14 @@ def _windowed(x, rows, cols, func, out_chunks, dtype, name, args=()):
                 for ci, rs in row_parts:
                     line = []
                     for cj, cs in col_parts:
+                        chunk = (x.name,) + lead + (ci, cj)
+                        if (ci, cj) == (i, j):    # own chunk: sliced here
+                            line.append([chunk, (Ellipsis, rs, cs)])
+                            continue
                         key = (piece_name,) + lead + (i, j, ci, cj)
-                        dsk[key] = (operator.getitem,
-                                    (x.name,) + lead + (ci, cj),
+                        dsk[key] = (operator.getitem, chunk,
                                     (Ellipsis, rs, cs))
-                        line.append(key)
+                        line.append([key, None])
                     grid.append(line)
                 shape = tuple(x.chunks[a][lead[a]] for a in range(len(lead)))
                 shape += (wr.in_stop - wr.in_start, wc.in_stop - wc.in_start)
