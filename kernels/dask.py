@@ -65,8 +65,8 @@ try:
     from dask.highlevelgraph import HighLevelGraph
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(
-        "kernels.dask needs Dask: pip install 'convbench[dask]' "
-        "(dask[array,distributed])") from exc
+        "kernels.dask needs Dask: pip install -e '.[dask]' in the convbench "
+        "checkout (or pip install 'dask[array,distributed]')") from exc
 
 from . import _blocks, _dispatch
 from ._conv import (NUMPY_PAD_MODE, real_numeric, scipy_result_dtype,

@@ -282,41 +282,54 @@ def test_avg_pool2d_equals_in_memory(data, problem, count_include_pad,
 # Threads
 # --------------------------------------------------------------------------
 
-def test_threaded_scheduler_fft_blocks_and_kernel_threads():
+def test_threaded_scheduler_runs_one_kernel_thread_per_dask_thread(
+        monkeypatch):
     import numba
     rng = np.random.default_rng(3)
     x = random_array(rng, (1, 1, 300, 300), np.float32)
     w = random_array(rng, (1, 1, 21, 21), np.float32)
-    xd = da.from_array(x, chunks=(1, 1, 100, 100))
-    seen = []
+    inside = []
 
-    def spy(block):
-        seen.append(numba.get_num_threads())
-        return block
+    def spy(*args):
+        inside.append(numba.get_num_threads())
+        return kd.run_conv2d.__wrapped__(*args)
 
-    y = kd.conv2d(xd.map_blocks(spy), w, padding=10, algorithm="fft")
+    spy.__wrapped__ = kd.run_conv2d
+    monkeypatch.setattr(kd, "run_conv2d", spy)
+    y = kd.conv2d(da.from_array(x, chunks=(1, 1, 100, 100)), w, padding=10,
+                  algorithm="fft")
     before = numba.get_num_threads()
     with dask.config.set(scheduler="threads", num_workers=2):
         got = y.compute()
+        again = y.compute()     # each thread's own FFTW plans, reused
+    assert inside and set(inside) == {1}
     assert numba.get_num_threads() == before
     assert_within_bound("fft", got, x, w, padding=10)
-    # Same plans reused by later calls of each thread: results repeat.
-    with dask.config.set(scheduler="threads", num_workers=2):
-        np.testing.assert_array_equal(y.compute(), got)
+    np.testing.assert_array_equal(again, got)
 
 
-def test_kernel_threads_is_per_block_and_restored():
+def test_kernel_threads_none_leaves_numbas_setting(monkeypatch):
     import numba
-    observed = []
+    inside = []
 
-    def record(block):
-        observed.append(numba.get_num_threads())
-        return block
+    def spy(*args):
+        inside.append(numba.get_num_threads())
+        return spy.__wrapped__(*args)
 
-    with kd._kernel_threads(1):
-        record(None)
-    assert observed == [1]
-    assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+    spy.__wrapped__ = kd.run_conv2d
+    monkeypatch.setattr(kd, "run_conv2d", spy)
+    x = da.ones((1, 1, 20, 20), chunks=10)
+    kd.conv2d(x, np.ones((1, 1, 3, 3)), kernel_threads=None).compute(**SYNC)
+    assert set(inside) == {numba.get_num_threads()}
+
+
+def test_big_endian_input_gives_the_native_result():
+    x = np.random.default_rng(6).standard_normal((1, 2, 12, 12))
+    w = np.ones((3, 2, 3, 3))
+    got = kd.conv2d(da.from_array(x.astype(">f8"), chunks=5), w,
+                    algorithm="direct").compute(**SYNC)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, kernels.conv2d(x, w, algorithm="direct"))
 
 
 # --------------------------------------------------------------------------
