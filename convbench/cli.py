@@ -333,10 +333,14 @@ def _odd_sizes(text):
 
 def _chunk_shape(text):
     """'2048' -> 2048; '1024x16384' -> (1024, 16384)."""
-    if "x" in text.lower():
-        rows, cols = _kernel_token(text)
-        return (rows, cols)
-    return _positive_int(text, "chunk")
+    parts = text.lower().split("x")
+    if len(parts) == 1:
+        return _positive_int(parts[0], "chunk")
+    if len(parts) == 2:
+        return (_positive_int(parts[0], "chunk rows"),
+                _positive_int(parts[1], "chunk columns"))
+    raise argparse.ArgumentTypeError(
+        f"chunk {text!r} must be SIDE or ROWSxCOLS, e.g. 2048 or 1024x16384")
 
 
 def _add_dask_parser(sub):

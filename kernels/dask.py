@@ -47,6 +47,7 @@ scheduler, using every core inside each block).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import itertools
@@ -179,10 +180,12 @@ def _fit_axis(x, axis, n_out, extent, stride, lo, windows_of,
 def _pieces(bounds, start, stop):
     """[(chunk index, slice within it)] covering inputs [start, stop)."""
     parts = []
-    for c in range(len(bounds) - 1):
+    c = max(0, bisect.bisect_right(bounds, start) - 1)
+    while c < len(bounds) - 1 and bounds[c] < stop:
         lo, hi = max(start, bounds[c]), min(stop, bounds[c + 1])
         if lo < hi:
             parts.append((c, slice(lo - bounds[c], hi - bounds[c])))
+        c += 1
     return parts
 
 
@@ -233,12 +236,14 @@ def _windowed(x, rows, cols, func, out_chunks, dtype, name, args=()):
     keys_or_values = [a.key if isinstance(a, Delayed) else a
                       for a in args]
     lead_shape = [len(c) for c in x.chunks[:-2]]
+    row_pieces = [_pieces(bounds_h, w.in_start, w.in_stop) for w in rows]
+    col_pieces = [_pieces(bounds_w, w.in_start, w.in_stop) for w in cols]
     dsk = {}
     for lead in itertools.product(*(range(n) for n in lead_shape)):
         for i, wr in enumerate(rows):
-            row_parts = _pieces(bounds_h, wr.in_start, wr.in_stop)
+            row_parts = row_pieces[i]
             for j, wc in enumerate(cols):
-                col_parts = _pieces(bounds_w, wc.in_start, wc.in_stop)
+                col_parts = col_pieces[j]
                 grid = []
                 for ci, rs in row_parts:
                     line = []
