@@ -472,3 +472,34 @@ def test_local_cluster_filter_bank_survives_a_killed_worker(tmp_path):
     expected = kernels.conv2d(image[None, None], w, padding=9,
                               algorithm="direct")
     np.testing.assert_array_equal(got, expected)
+
+
+# --------------------------------------------------------------------------
+# convbench dask (the harness, tiny sizes)
+# --------------------------------------------------------------------------
+
+def test_convbench_dask_measures_every_setting(capsys):
+    pytest.importorskip("distributed")
+    from convbench import cli, dask_bench
+    r = dask_bench.measure(kernel_sizes=(3,), size=96, chunk=(32, 48),
+                           workers=2, reference=64, rounds=1)
+    one, two = r["clusters"]
+    assert (one["workers"], two["workers"]) == (1, 2)
+    assert len(two["memory"]) == 2
+    for setting in (one, two, r["threaded"]):
+        assert setting[3]["median"] > 0 and setting[3]["first_seconds"] > 0
+    assert r["scaling_efficiency"][3] == pytest.approx(
+        two[3]["median"] / (2 * one[3]["median"]))
+    table = dask_bench.format_results(r)
+    assert "3x3" in table and "2 worker(s)" in table
+    with pytest.raises(SystemExit):
+        cli.main(["dask", "--kernels", "4"])
+    assert "must be odd" in capsys.readouterr().err
+
+
+def test_generated_image_is_the_same_whatever_the_chunks():
+    from convbench import dask_bench
+    a = dask_bench.generated_image(100, 30).compute(**SYNC)
+    b = dask_bench.generated_image(100, (7, 100)).compute(**SYNC)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (1, 1, 100, 100) and a.dtype == np.float32
