@@ -308,6 +308,18 @@ def test_threaded_scheduler_runs_one_kernel_thread_per_dask_thread(
     np.testing.assert_array_equal(again, got)
 
 
+def test_processes_scheduler():
+    x = np.random.default_rng(7).standard_normal((1, 1, 60, 70)).astype(
+        np.float32)
+    w = np.ones((2, 1, 5, 5), np.float32)
+    y = kd.conv2d(da.from_array(x, chunks=(1, 1, 20, 35)), w, padding=2,
+                  algorithm="direct")
+    with dask.config.set(scheduler="processes", num_workers=2):
+        got = y.compute()
+    np.testing.assert_array_equal(
+        got, kernels.conv2d(x, w, padding=2, algorithm="direct"))
+
+
 def test_kernel_threads_none_leaves_numbas_setting(monkeypatch):
     import numba
     inside = []
