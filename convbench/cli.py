@@ -367,6 +367,11 @@ def _add_dask_parser(sub):
                     default=4096, help="in-memory image side (default 4096)")
     dk.add_argument("--rounds", type=lambda t: _positive_int(t, "rounds"),
                     default=3, help="timed runs per setting (default 3)")
+    dk.add_argument("--worker-saturation", type=float, default=None,
+                    metavar="F",
+                    help="the scheduler's worker-saturation: root tasks "
+                         "(chunk generations) per worker thread ahead of "
+                         "need (default: Dask's, 1.1)")
     dk.add_argument("--json", metavar="PATH", help="also write the results")
 
 

@@ -21,7 +21,10 @@ the generation alone (the same graph with the filter left out, so what
 the filter costs can be read off), the scaling efficiency ``MP/s(w
 workers) / (w MP/s(1 worker))``, the ratio to the in-memory kernel, and
 each worker's peak resident memory (``getrusage``'s high-water mark) less
-its resident memory after the warm-up, in units of one input chunk.
+its resident memory after the warm-up, in units of one input chunk, and
+the peak of Dask-managed memory (task results held; one more run
+sampled every 5 ms) per worker.  ``saturation`` sets the scheduler's
+``worker-saturation`` (Dask's default: None).
 """
 
 from __future__ import annotations
@@ -133,13 +136,22 @@ def _in_memory(kernel_sizes, reference, rounds):
 
 
 @contextlib.contextmanager
-def local_cluster(n_workers):
-    """A Client of a LocalCluster: processes of one thread, loopback only."""
+def local_cluster(n_workers, saturation=None):
+    """A Client of a LocalCluster: processes of one thread, loopback only.
+
+    ``saturation``: the scheduler's ``worker-saturation`` (how many root
+    tasks, here chunk generations, a worker gets per thread ahead of
+    need; None: Dask's default, 1.1 in 2026.8).
+    """
+    import dask
     import distributed
-    with distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1,
-                                  processes=True, host="127.0.0.1",
-                                  dashboard_address=None,
-                                  silence_logs=40) as cluster, \
+    config = ({} if saturation is None else
+              {"distributed.scheduler.worker-saturation": saturation})
+    with dask.config.set(config), \
+            distributed.LocalCluster(n_workers=n_workers,
+                                     threads_per_worker=1, processes=True,
+                                     host="127.0.0.1", dashboard_address=None,
+                                     silence_logs=40) as cluster, \
             distributed.Client(cluster) as client:
         yield client
 
@@ -166,8 +178,19 @@ def peak_memory_increase(client, base, chunk):
             for addr in peaks}
 
 
-def _on_cluster(n_workers, kernel_sizes, size, chunk, rounds):
-    with local_cluster(n_workers) as client:
+def _managed_peak(client, func):
+    """Run ``func``; the peak of Dask-managed memory on the cluster (bytes
+    of task results held, all workers together), sampled every 5 ms."""
+    from distributed.diagnostics import MemorySampler
+    sampler = MemorySampler()
+    with sampler.sample("m", client=client, measure="managed", interval=0.005):
+        func()
+    return max(v for _, v in sampler.samples["m"])
+
+
+def _on_cluster(n_workers, kernel_sizes, size, chunk, rounds,
+                saturation=None):
+    with local_cluster(n_workers, saturation) as client:
         warm_up(client, kernel_sizes)
         base = client.run(resident_memory)
         image = generated_image(size, chunk)
@@ -181,6 +204,9 @@ def _on_cluster(n_workers, kernel_sizes, size, chunk, rounds):
             result[k] = _span(_timed(lambda: client.compute(total, sync=True),
                                      rounds), megapixels)
             result[k]["first_seconds"] = first
+            result[k]["managed_chunks_per_worker"] = _managed_peak(
+                client, lambda: client.compute(total, sync=True)) / (
+                    n_workers * _chunk_bytes(chunk))
         result["memory"] = peak_memory_increase(client, base, chunk)
         return result
 
@@ -206,13 +232,14 @@ def _chunk_bytes(chunk):
 
 
 def measure(kernel_sizes=(5, 31), size=16384, chunk=2048, workers=2,
-            reference=4096, rounds=3):
+            reference=4096, rounds=3, saturation=None):
     """Every figure of the module docstring, as a dict."""
     results = {"cpus": os.cpu_count(), "size": size, "chunk": chunk,
-               "reference": reference,
+               "reference": reference, "saturation": saturation,
                "rounds": rounds, "kernels": list(kernel_sizes),
                "in_memory": _in_memory(kernel_sizes, reference, rounds),
-               "clusters": [_on_cluster(n, kernel_sizes, size, chunk, rounds)
+               "clusters": [_on_cluster(n, kernel_sizes, size, chunk, rounds,
+                                        saturation)
                             for n in sorted({1, workers})],
                "threaded": _threaded(workers, kernel_sizes, size, chunk,
                                      rounds)}
@@ -253,6 +280,12 @@ def format_results(r):
         f"{k}x{k}: " + ", ".join(f"{c[k]['first_seconds']:.2f}"
                                  for c in r["clusters"])
         for k in r["kernels"]))
+    lines.append("Dask-managed memory at its peak (one extra run), mean per "
+                 "worker, in input chunks: " + "; ".join(
+                     f"{k}x{k}: " + ", ".join(
+                         f"{c[k]['managed_chunks_per_worker']:.2f}"
+                         for c in r["clusters"])
+                     for k in r["kernels"]))
     for c in r["clusters"]:
         lines.append(f"{c['workers']} worker(s): generation alone "
                      f"{_rate(c['generation'])} MP/s; per worker, peak RSS "
@@ -267,7 +300,8 @@ def format_results(r):
 def run(args):
     """``convbench dask``: measure, print, optionally save JSON."""
     results = measure(tuple(args.kernels), args.size, args.chunk,
-                      args.workers, args.reference, args.rounds)
+                      args.workers, args.reference, args.rounds,
+                      args.worker_saturation)
     print(format_results(results))
     if args.json:
         with open(args.json, "w") as fh:

@@ -500,6 +500,8 @@ def test_convbench_dask_measures_every_setting(capsys):
     assert len(two["memory"]) == 2
     for setting in (one, two, r["threaded"]):
         assert setting[3]["median"] > 0 and setting[3]["first_seconds"] > 0
+    for cluster in (one, two):    # at least the output chunks were held
+        assert cluster[3]["managed_chunks_per_worker"] > 0
     assert r["scaling_efficiency"][3] == pytest.approx(
         two[3]["median"] / (2 * one[3]["median"]))
     table = dask_bench.format_results(r)
