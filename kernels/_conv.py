@@ -55,7 +55,7 @@ def _apply_padding_mode(x, pads, padding_mode, backend):
 
 
 @dataclass(frozen=True)
-class ConvProblem:
+class ConvArgs:
     """A validated convolution call, before its padding mode is applied.
 
     ``x`` is batched (``unbatched`` says whether the caller's was not);
@@ -128,7 +128,7 @@ def conv_problem(nsp, x, w, bias, stride, padding, dilation, groups,
                 f"{size + lo + hi}); use a smaller kernel or more padding")
     if padding_mode != "zeros" and any(lo or hi for lo, hi in pads):
         check_padding_mode(x.shape[2:], pads, padding_mode)
-    return ConvProblem(x, w, bias, stride, dilation, pads, groups,
+    return ConvArgs(x, w, bias, stride, dilation, pads, groups,
                        padding_mode, algorithm, backend, unbatched, dtype)
 
 
@@ -439,4 +439,7 @@ def convolve(in1, in2, mode="full", method="auto", backend="cpu"):
     return z[0] if one_d else z
 
 
-__all__ = ["conv1d", "conv2d", "correlate", "convolve", "run_conv2d"]
+__all__ = ["conv1d", "conv2d", "correlate", "convolve", "run_conv2d",
+           # for kernels.dask, which validates the same arguments:
+           "ConvArgs", "conv_problem", "check_padding_mode", "NUMPY_PAD_MODE",
+           "real_numeric", "scipy_result_dtype", "scipy_pads"]

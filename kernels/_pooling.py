@@ -26,7 +26,9 @@ from .geometry import pool_output_size
 
 __all__ = ["max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
            "global_avg_pool2d", "max_pool2d_backward", "avg_pool2d_backward",
-           "avg_pool_error_constant", "global_avg_pool_error_constant"]
+           "avg_pool_error_constant", "global_avg_pool_error_constant",
+           # for kernels.dask, which validates the same arguments:
+           "pool_spec", "avg_spec", "check_flag", "pool_input"]
 
 
 def avg_pool_error_constant(dtype, kernel_area):
