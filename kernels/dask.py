@@ -156,6 +156,16 @@ def _whole_channels(x, axis, what):
 # Chunks: which outputs each block owns
 # --------------------------------------------------------------------------
 
+def _absorb_padding(chunks, lo, hi):
+    """Chunks of a padded axis with the chunks ``dask.array.pad`` added
+    (``lo`` and ``hi`` elements, in one or more chunks: ``wrap`` takes
+    them from several) merged into their neighbours."""
+    bounds = _blocks.boundaries(chunks)
+    n = bounds[-1]
+    kept = [0] + [b for b in bounds[1:-1] if lo < b < n - hi] + [n]
+    return tuple(b - a for a, b in zip(kept, kept[1:]))
+
+
 def _fit_axis(x, axis, n_out, extent, stride, lo, windows_of,
               padded=(0, 0)):
     """Chunks and windows along ``axis`` (a warning if rechunked).
@@ -379,6 +389,10 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1,
         padded = tuple(tuple(q) for q in pads)
         x = da.pad(x, ((0, 0), (0, 0)) + padded,
                    mode=NUMPY_PAD_MODE[padding_mode])
+        # The thin chunks pad() adds join their neighbours: the output
+        # chunks are then those of zero padding.
+        x = x.rechunk({axis: _absorb_padding(x.chunks[axis], lo, hi)
+                       for axis, (lo, hi) in enumerate(padded, start=2)})
         pads = [(0, 0), (0, 0)]
     y = _conv_blockwise(x, p.w, p.bias, p.stride, p.dilation, pads, p.groups,
                         p.algorithm, backend, threads, padded)

@@ -192,6 +192,17 @@ def test_conv2d_auto_and_its_chunks():
     assert_close_within(got, expected, tolerance, "auto on Dask")
 
 
+def test_padding_modes_give_the_output_chunks_of_zero_padding():
+    x = da.ones((1, 1, 40, 30), chunks=(1, 1, 13, 11))
+    w = np.ones((1, 1, 5, 3))
+    zeros = kd.conv2d(x, w, padding=(2, 1))
+    for mode in ("reflect", "replicate", "circular"):
+        assert kd.conv2d(x, w, padding=(2, 1),
+                         padding_mode=mode).chunks == zeros.chunks
+    # Output o starts at input o - 2: [0, 13) owns o < 15; columns o < 12.
+    assert zeros.chunks[2:] == ((15, 13, 12), (12, 11, 7))
+
+
 def test_conv2d_unbatched_and_one_by_one():
     rng = np.random.default_rng(2)
     x = random_array(rng, (3, 20, 30), np.float64)
