@@ -22,6 +22,7 @@ import numpy as np
 from . import _dispatch
 from ._calibration import load_thresholds
 from ._dispatch import ConvSpec
+from ._validation import int_tuple, normalise_padding
 
 __all__ = ["choose_algorithm", "choose_transposed_algorithm", "candidates",
            "default_thresholds", "thresholds", "NEUTRAL_THRESHOLDS"]
@@ -290,6 +291,20 @@ def _time_candidates(cands, spec, backend, repeats=3):
     return times
 
 
+def _four_sided(padding, w_shape, stride, dilation):
+    """(top, bottom, left, right) from that or from ``conv2d``'s forms."""
+    if isinstance(padding, (tuple, list)) and len(padding) == 4:
+        return tuple(int_tuple("padding", padding, 4, 0))
+    try:
+        pads = normalise_padding(padding, 2, tuple(w_shape[2:]),
+                                 int_tuple("dilation", dilation, 2, 1),
+                                 int_tuple("stride", stride, 2, 1))
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{exc}; or a (top, bottom, left, right) tuple of "
+                        f"4 ints") from None
+    return pads[0] + pads[1]
+
+
 def choose_algorithm(x_shape, w_shape, stride=(1, 1), padding=(0, 0, 0, 0),
                      dilation=(1, 1), groups=1, dtype=np.float32,
                      backend="cpu", measure=False):
@@ -301,6 +316,8 @@ def choose_algorithm(x_shape, w_shape, stride=(1, 1), padding=(0, 0, 0, 0),
     w_shape : (K, C // groups, kH, kW)
     stride, dilation : (sh, sw), (dh, dw)
     padding : (top, bottom, left, right) zero padding
+        Or as ``conv2d`` takes it: an int, a (pH, pW) pair, ``"valid"``
+        or ``"same"``.
     groups : int
     dtype : float32 or float64
     backend : str
@@ -322,6 +339,7 @@ def choose_algorithm(x_shape, w_shape, stride=(1, 1), padding=(0, 0, 0, 0),
     'fft'
     """
     _dispatch.check_backend(backend)
+    padding = _four_sided(padding, w_shape, stride, dilation)
     spec = ConvSpec.from_config(x_shape, w_shape, stride, padding, dilation,
                                 groups, dtype)
     if measure:

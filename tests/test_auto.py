@@ -551,3 +551,26 @@ def test_a_threshold_within_noise_keeps_a_default_its_repeats_straddle():
                 "fft_min_area_single": 197}
     assert applied(measured, report, defaults) == {
         "direct_max_macs_pointwise": 4e5, "fft_min_area_single": 145}
+
+
+def test_choose_algorithm_takes_conv2ds_padding_forms():
+    x, w = (1, 8, 32, 32), (8, 8, 4, 5)
+    top, bottom = kernels.geometry.same_padding(4)
+    left, right = kernels.geometry.same_padding(5)
+    four = (top, bottom, left, right)
+    # The padding each form stands for, then the choice it leads to.
+    from kernels._choose import _four_sided
+    assert _four_sided("same", w, (1, 1), (1, 1)) == four == (1, 2, 2, 2)
+    assert _four_sided(3, w, (1, 1), (1, 1)) == (3, 3, 3, 3)
+    assert _four_sided((2, 1), w, (2, 2), (1, 1)) == (2, 2, 1, 1)
+    assert _four_sided([0, 1, 2, 3], w, (1, 1), (1, 1)) == (0, 1, 2, 3)
+    assert kernels.choose_algorithm(x, w, padding="same") == \
+        kernels.choose_algorithm(x, w, padding=four)
+    assert kernels.choose_algorithm(x, w, padding=(2, 1)) == \
+        kernels.choose_algorithm(x, w, padding=(2, 2, 1, 1))
+    assert kernels.choose_algorithm(x, w, padding="valid") == \
+        kernels.choose_algorithm(x, w, padding=(0, 0, 0, 0))
+    with pytest.raises(ValueError, match="padding.*top, bottom, left, right"):
+        kernels.choose_algorithm(x, w, padding=(1, 2, 3))
+    with pytest.raises(ValueError, match="'valid', 'same'"):
+        kernels.choose_algorithm(x, w, padding="full")
