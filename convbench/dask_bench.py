@@ -63,7 +63,7 @@ def generated_image(size, chunk):
     """A lazy (1, 1, size, size) float32 Dask array made chunk by chunk;
     ``chunk``: a side, or (rows, columns)."""
     import dask.array as da
-    rows, cols = (chunk, chunk) if np.isscalar(chunk) else chunk
+    rows, cols = _rows_cols(chunk)
     image = da.map_blocks(_block, chunks=(_chunks(size, rows),
                                           _chunks(size, cols)),
                           dtype=np.float32,
@@ -226,8 +226,13 @@ def _threaded(n_threads, kernel_sizes, size, chunk, rounds):
     return result
 
 
+def _rows_cols(chunk):
+    """A chunk side, or (rows, columns) -> (rows, columns)."""
+    return (chunk, chunk) if np.isscalar(chunk) else tuple(chunk)
+
+
 def _chunk_bytes(chunk):
-    rows, cols = (chunk, chunk) if np.isscalar(chunk) else chunk
+    rows, cols = _rows_cols(chunk)
     return rows * cols * 4
 
 
