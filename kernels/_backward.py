@@ -140,8 +140,21 @@ def _weight_gradient_swapped(grad_out, x, spec, algorithm, backend):
     return np.ascontiguousarray(gw_t.transpose(1, 0, 2, 3))
 
 
+GRADIENTS = ("x", "w", "bias")
+
+
+def _check_grads(grads):
+    """The tuple of gradient names asked for (a subset of GRADIENTS)."""
+    names = (grads,) if isinstance(grads, str) else tuple(grads)
+    unknown = [g for g in names if g not in GRADIENTS]
+    if unknown or not names:
+        raise ValueError(f"grads must be a non-empty subset of {GRADIENTS}, "
+                         f"got {grads!r}")
+    return names
+
+
 def conv2d_backward(grad_out, x, w, stride=1, padding=0, dilation=1, groups=1,
-                    algorithm="auto", backend="cpu"):
+                    algorithm="auto", backend="cpu", grads=GRADIENTS):
     """Gradients of :func:`kernels.conv2d` with respect to x, w and bias.
 
     Parameters
@@ -163,12 +176,17 @@ def conv2d_backward(grad_out, x, w, stride=1, padding=0, dilation=1, groups=1,
         forward convolution with a ``(H_out, W_out)`` kernel, so e.g.
         ``"winograd"`` rarely applies to ``grad_w``.
     backend : {"cpu", "cuda"}
+    grads : str or sequence of {"x", "w", "bias"}
+        The gradients to compute (as the ``output_mask`` of PyTorch's
+        ``convolution_backward``); the others are returned as None.  A
+        layer whose input needs no gradient (a network's first) asks for
+        ``("w", "bias")``.
 
     Returns
     -------
-    grad_x : ndarray, shape and dtype of ``x``
-    grad_w : ndarray, shape and dtype of ``w``
-    grad_bias : ndarray, shape (K,)
+    grad_x : ndarray, shape and dtype of ``x``, or None
+    grad_w : ndarray, shape and dtype of ``w``, or None
+    grad_bias : ndarray, shape (K,), or None
 
     Raises
     ------
@@ -188,6 +206,7 @@ def conv2d_backward(grad_out, x, w, stride=1, padding=0, dilation=1, groups=1,
     ((1, 2, 5, 5), (3, 2, 3, 3), array([9., 9., 9.]))
     """
     check_backend(backend)
+    grads = _check_grads(grads)
     x = _arrays.as_input("x", x, backend)
     w = _arrays.as_input("w", w, backend)
     grad_out = _arrays.as_input("grad_out", grad_out, backend)
@@ -230,17 +249,28 @@ def conv2d_backward(grad_out, x, w, stride=1, padding=0, dilation=1, groups=1,
         raise ValueError(f"grad_out must have the shape of the forward output "
                          f"{want}, got {got}")
 
-    if _arrays.is_device_array(x):
-        grad_bias = _arrays.device_op(backend, "bias_gradient", grad_out, dtype)
-    else:
-        grad_bias = grad_out.sum(axis=(0, 2, 3), dtype=np.float64).astype(dtype)
-    if n == 0 or 0 in grad_out.shape[2:]:
-        grad_x = _arrays.zeros(x.shape, dtype, like=x)
-        grad_w = _arrays.zeros(w.shape, dtype, like=x)
-    else:
-        tspec = TransposeSpec(tuple(grad_out.shape), tuple(w.shape), stride,
-                              (pads[0][0], pads[1][0]), (h, wd), dilation,
-                              groups, dtype)
-        grad_x = run_conv_transpose2d(tspec, grad_out, w, None, alg_x, backend)
-        grad_w = _weight_gradient(grad_out, x, spec, alg_w, backend)
-    return (grad_x[0] if unbatched else grad_x), grad_w, grad_bias
+    grad_x = grad_w = grad_bias = None
+    if "bias" in grads:
+        grad_bias = _bias_gradient(grad_out, dtype, backend)
+    empty = n == 0 or 0 in grad_out.shape[2:]
+    if "x" in grads:
+        if empty:
+            grad_x = _arrays.zeros(x.shape, dtype, like=x)
+        else:
+            tspec = TransposeSpec(tuple(grad_out.shape), tuple(w.shape),
+                                  stride, (pads[0][0], pads[1][0]), (h, wd),
+                                  dilation, groups, dtype)
+            grad_x = run_conv_transpose2d(tspec, grad_out, w, None, alg_x,
+                                          backend)
+        if unbatched:
+            grad_x = grad_x[0]
+    if "w" in grads:
+        grad_w = (_arrays.zeros(w.shape, dtype, like=x) if empty else
+                  _weight_gradient(grad_out, x, spec, alg_w, backend))
+    return grad_x, grad_w, grad_bias
+
+
+def _bias_gradient(grad_out, dtype, backend):
+    if _arrays.is_device_array(grad_out):
+        return _arrays.device_op(backend, "bias_gradient", grad_out, dtype)
+    return grad_out.sum(axis=(0, 2, 3), dtype=np.float64).astype(dtype)
