@@ -33,7 +33,7 @@ import os
 import sys
 import time
 
-PEERS = ("scipy-direct", "scipy-fft", "torch")
+PEERS = ("scipy-direct", "scipy-fft", "scipy-oa", "torch")
 
 
 def _padding_pairs(padding, kh, kw):
@@ -76,6 +76,14 @@ def _torch_runner(case, x, w):
     return run
 
 
+def _correlate(signal, plane, filt, method):
+    """'valid' correlation by scipy.signal: correlate(method=) or, for
+    method "oa", oaconvolve with the flipped filter."""
+    if method == "oa":
+        return signal.oaconvolve(plane, filt[::-1, ::-1], mode="valid")
+    return signal.correlate(plane, filt, mode="valid", method=method)
+
+
 def _scipy_runner(method, case, x, w):
     import numpy as np
     import scipy.signal
@@ -90,8 +98,8 @@ def _scipy_runner(method, case, x, w):
         for i in range(x.shape[0]):
             for j in range(k):
                 g = j // k_per_group
-                acc = sum(scipy.signal.correlate(xp[i, g * cg + c], w[j, c],
-                                                 mode="valid", method=method)
+                acc = sum(_correlate(scipy.signal, xp[i, g * cg + c],
+                                     w[j, c], method)
                           for c in range(cg))
                 planes.append(acc[::stride, ::stride])
         return np.stack(planes)
@@ -101,7 +109,7 @@ def _scipy_runner(method, case, x, w):
 def _runner(name, case, x, w, backend):
     if name == "torch":
         return _torch_runner(case, x, w)
-    if name in ("scipy-direct", "scipy-fft"):
+    if name in ("scipy-direct", "scipy-fft", "scipy-oa"):
         return _scipy_runner(name[len("scipy-"):], case, x, w)
     return _kernels_runner(name, case, x, w, backend)
 

@@ -161,7 +161,8 @@ def build_parser():
                     "against SciPy and PyTorch.")
     sub = parser.add_subparsers(
         dest="command", required=True,
-        metavar="{report,sweep,network,machine,calibrate,cuda-report,dask}")
+        metavar="{report,sweep,check,network,machine,calibrate,cuda-report,"
+                "dask}")
     _add_report_parser(sub)
 
     sw = sub.add_parser(
@@ -181,6 +182,7 @@ def build_parser():
                       help="a named workload (--list-workloads)")
     what.add_argument("--list-workloads", action="store_true",
                       help="list the named workloads and networks, and exit")
+    _add_problem_sources(what)
     sw.add_argument("--kernels", type=parse_kernels, default=None,
                     metavar="START:STOP[:STEP]|K,K,...",
                     help="kernel sizes for --shape (STOP included; "
@@ -192,8 +194,9 @@ def build_parser():
                     help="algorithms to run (default: every built one; "
                          "'auto' allowed)")
     sw.add_argument("--peers", type=_name_list, default=None, metavar="P,Q,...",
-                    help="peers: scipy-direct, scipy-fft, torch, or 'none' "
-                         "(default: all three; torch only if importable)")
+                    help="peers: scipy-direct, scipy-fft, scipy-oa (not "
+                         "with conv2d --shape), torch, or 'none' (default: "
+                         "all that apply; torch only if importable)")
     sw.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     sw.add_argument("--backend", choices=("cpu", "cuda"), default="cpu",
                     help="kernels' backend of the algorithms (default cpu; "
@@ -201,9 +204,11 @@ def build_parser():
     sw.add_argument("--padding", type=parse_padding, default="same",
                     help="'same' (default), 'valid' or an int, for --shape")
     sw.add_argument("--stride", type=lambda t: _positive_int(t, "stride"),
-                    default=1, help="stride for --shape (default 1)")
+                    default=None, help="stride for --shape (default 1; "
+                                       "pooling: the window)")
     sw.add_argument("--groups", type=lambda t: _positive_int(t, "groups"),
                     default=1, help="groups for --shape (default 1)")
+    _add_op_options(sw)
     sw.add_argument("--repeats", type=lambda t: _positive_int(t, "repeats"),
                     default=5, help="timed calls per contender (default 5)")
     sw.add_argument("--no-check", action="store_true",
@@ -287,7 +292,126 @@ def build_parser():
                          "at most 8)")
     _add_network_parser(sub)
     _add_dask_parser(sub)
+    _add_check_parser(sub)
     return parser
+
+
+def _add_problem_sources(group):
+    """--problems and --torch-model (a sweep's or a check's problems)."""
+    group.add_argument("--problems", metavar="FILE",
+                       help="a problem file: one problem per line, e.g. "
+                            "'conv2d n4 c64 h56 w56 k64 r3 s1 p1' (format: "
+                            "convbench.problems; the named workloads ship "
+                            "in it, convbench/problem_files/)")
+    group.add_argument("--torch-model", metavar="MODULE:CALLABLE",
+                       help="the conv and pooling layers of a PyTorch model "
+                            "(e.g. torchvision.models:resnet18), found by "
+                            "one forward pass on zeros of --input-shape")
+
+
+def _op_list(text):
+    from .problems import OPS
+    names = _name_list(text)
+    if names == ["all"]:
+        return "all"
+    for name in names:
+        if name not in OPS:
+            raise argparse.ArgumentTypeError(
+                f"unknown op {name!r}; choose from {', '.join(OPS)} or 'all'")
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one op")
+    return names
+
+
+def _direction_list(text):
+    from .problems import DIRECTIONS
+    names = _name_list(text)
+    for name in names:
+        if name not in DIRECTIONS:
+            raise argparse.ArgumentTypeError(
+                f"unknown direction {name!r}; choose from "
+                f"{', '.join(DIRECTIONS)}")
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one direction")
+    return names
+
+
+def _input_shape(text):
+    parts = text.split(",")
+    if len(parts) not in (3, 4):
+        raise argparse.ArgumentTypeError(
+            f"input shape {text!r} must be N,C,H,W (or N,C,L), e.g. "
+            f"1,3,224,224")
+    return tuple(_positive_int(p.strip(), "input shape") for p in parts)
+
+
+def _add_op_options(parser):
+    parser.add_argument(
+        "--op", type=_op_list, default=None, metavar="OP[,OP...]|all",
+        help="ops to run: conv1d, conv2d, conv_transpose1d, conv_transpose2d, "
+             "conv2d_backward_data, conv2d_backward_weights, max_pool2d, "
+             "avg_pool2d, global_avg_pool2d, max_pool2d_backward, "
+             "avg_pool2d_backward, or all (default: conv2d with --shape, "
+             "every op of the layers otherwise); a backward op of a "
+             "workload is derived from its forward layers")
+    parser.add_argument(
+        "--direction", type=_direction_list, default=["fwd"],
+        metavar="fwd,bwd_data,bwd_weights",
+        help="run each forward layer in these directions (a training "
+             "step: all three; pooling has bwd_data only); default fwd")
+    parser.add_argument("--input-shape", type=_input_shape, default=None,
+                        metavar="N,C,H,W",
+                        help="input of --torch-model's forward pass")
+
+
+def _add_check_parser(sub):
+    from .problems import OPS
+    ck = sub.add_parser(
+        "check", help="correctness only: every algorithm on every problem "
+                      "against the float64 reference, a status each",
+        description="Run every algorithm (and auto) of kernels once on each "
+                    "problem and compare with reference/ in units of the "
+                    "algorithm's documented error bound: passed, failed "
+                    "(with the excess), unsupported (with the reason), "
+                    "unchecked (reference over budget) or error; exit 1 on "
+                    "any failure or error (oneDNN benchdnn's correctness "
+                    "mode).")
+    ck.add_argument("workload", nargs="?", metavar="WORKLOAD",
+                    help="a named workload or network (see `convbench "
+                         "sweep --list-workloads`)")
+    src = ck.add_mutually_exclusive_group()
+    src.add_argument("--shape", type=parse_shape, metavar="N,C,H,W,K",
+                     help="one input; its kernel sizes from --kernels")
+    _add_problem_sources(src)
+    ck.add_argument("--kernels", type=parse_kernels, default=None,
+                    metavar="START:STOP[:STEP]|K,K,...",
+                    help="kernel sizes for --shape (default 3)")
+    ck.add_argument("--padding", type=parse_padding, default="same",
+                    help="padding for --shape (default 'same'; pooling 0)")
+    ck.add_argument("--stride", type=lambda t: _positive_int(t, "stride"),
+                    default=None, help="stride for --shape")
+    ck.add_argument("--groups", type=lambda t: _positive_int(t, "groups"),
+                    default=1, help="groups for --shape (default 1)")
+    ck.add_argument("--batch", type=lambda t: _positive_int(t, "batch"),
+                    default=1, help="batch size of a network (default 1)")
+    _add_op_options(ck)
+    ck.add_argument("--algorithms", type=_name_list, default=None,
+                    metavar="A,B,...",
+                    help="algorithms to check (default: every built one "
+                         "and auto)")
+    ck.add_argument("--backend", choices=("cpu", "cuda"), default="cpu")
+    ck.add_argument("--dtype", choices=("float32", "float64"),
+                    default="float32")
+    ck.add_argument("--check-macs", type=float, default=2e9,
+                    help="multiply-adds the reference may spend per "
+                         "problem; a conv2d is cropped to the output rows "
+                         "that fit, other ops to one image, else the "
+                         "problem is 'unchecked' (default 2e9)")
+    ck.add_argument("--seed", type=int, default=0)
+    ck.add_argument("--json", metavar="PATH",
+                    help="write every status as JSON")
+    ck.add_argument("--no-progress", action="store_true")
+    del OPS
 
 
 def _add_network_parser(sub):
@@ -437,25 +561,34 @@ def cmd_report(args, parser):
     return run(args, parser)
 
 
-def _contenders(args, parser):
+def _contenders(args, parser, problems=False):
+    """(algorithms, peers) of --algorithms and --peers; ``problems``:
+    the cases are Problems (every op: the peers of convbench.ops)."""
     import kernels
+    from .ops import PEERS as OP_PEERS
+    from .ops import POOL_CONTENDER
     from .sweep import PEERS
+    if problems:
+        PEERS = OP_PEERS  # noqa: N806 - the peers of this sweep
     built = kernels.built_algorithms(args.backend)
     if args.algorithms is None:
         algorithms = list(built)
     else:
         algorithms = args.algorithms
         known = set(kernels.ALGORITHMS) | {"auto"}
+        if problems:
+            known.add(POOL_CONTENDER)
         for a in algorithms:
             if a not in known:
                 parser.error(f"argument --algorithms: unknown algorithm {a!r}; "
                              f"choose from {', '.join(sorted(known))}")
-        missing = [a for a in algorithms if a != "auto" and a not in built]
+        missing = [a for a in algorithms
+                   if a not in ("auto", POOL_CONTENDER) and a not in built]
         if missing:
             parser.error(f"argument --algorithms: not built yet: "
                          f"{', '.join(missing)} (built: {', '.join(built)})")
     if args.peers is None:
-        peers = ["scipy-direct", "scipy-fft"]
+        peers = [p for p in PEERS if p != "torch"]
         try:
             import torch  # noqa: F401
             peers.append("torch")
@@ -474,36 +607,161 @@ def _contenders(args, parser):
     return algorithms, peers
 
 
-def _cases(args, parser):
+def _shape_cases(args, parser):
+    """The conv2d kernel-size sweep of --shape (ConvCases)."""
     from . import workloads
-    if args.shape is not None:
-        n, c, h, w, k = args.shape
-        if c % args.groups or k % args.groups:
-            parser.error(f"argument --groups: {args.groups} must divide C ({c}) "
-                         f"and K ({k})")
-        if args.padding == "same" and args.stride != 1:
-            parser.error("argument --padding: 'same' needs --stride 1; give an "
-                         "integer padding for strided sweeps")
-        kernels = args.kernels or [(k_, k_) for k_ in range(3, 32, 2)]
-        cases = []
+    n, c, h, w, k = args.shape
+    stride = args.stride or 1
+    if c % args.groups or k % args.groups:
+        parser.error(f"argument --groups: {args.groups} must divide C ({c}) "
+                     f"and K ({k})")
+    if args.padding == "same" and stride != 1:
+        parser.error("argument --padding: 'same' needs --stride 1; give an "
+                     "integer padding for strided sweeps")
+    kernels = args.kernels or [(k_, k_) for k_ in range(3, 32, 2)]
+    cases = []
+    for kh, kw in kernels:
+        label = f"k={kh}" if kh == kw else f"k={kh}x{kw}"
+        cases.append(workloads.ConvCase(label, (n, c, h, w),
+                                        (k, c // args.groups, kh, kw),
+                                        stride, args.padding, args.groups))
+    return cases
+
+
+def _shape_problems(args, parser, op_names, default_kernels):
+    """Problems of every op in ``op_names`` on --shape, one per kernel
+    (window) size; 1-D ops need H = 1 and take the kernel's width."""
+    from .problems import (CONV_OPS, ONE_D_OPS, ProblemError,
+                           TRANSPOSED_OPS, problem)
+    n, c, h, w, k = args.shape
+    kernels = args.kernels or default_kernels
+    out = []
+    for op in op_names:
         for kh, kw in kernels:
-            label = f"k={kh}" if kh == kw else f"k={kh}x{kw}"
-            cases.append(workloads.ConvCase(label, (n, c, h, w),
-                                            (k, c // args.groups, kh, kw),
-                                            args.stride, args.padding,
-                                            args.groups))
-        return cases
+            fields = dict(n=n, c=c, w=w)
+            if op in ONE_D_OPS:
+                if h != 1:
+                    parser.error(f"argument --shape: {op} is 1-D: give H = 1 "
+                                 f"(N,C,1,L,K)")
+                kernel = kw
+            else:
+                fields["h"] = h
+                kernel = (kh, kw)
+            if op in CONV_OPS:
+                fields.update(k=k, groups=args.groups)
+            padding = args.padding
+            if isinstance(padding, str) and (op not in CONV_OPS
+                                             or op in TRANSPOSED_OPS):
+                padding = 0            # 'same' / 'valid' are conv rules
+            if op != "global_avg_pool2d":
+                fields.update(kernel=kernel, stride=args.stride,
+                              padding=padding)
+            label = f"{op} k={kh}" if kh == kw else f"{op} k={kh}x{kw}"
+            try:
+                out.append(problem(op, label=label.replace(" ", "_"),
+                                   **fields))
+            except ProblemError as exc:
+                parser.error(f"argument --shape: {op} k={kh}x{kw}: {exc}")
+            if op == "global_avg_pool2d":
+                break
+    return out
+
+
+def _source_problems(args, parser):
+    """The problems of --problems, --torch-model, --network or a workload
+    (every op of their layers), and lines describing what was left out."""
+    from . import workloads
+    from .problems import ProblemError, read_problems
+    notes = []
+    if getattr(args, "problems", None):
+        try:
+            return read_problems(args.problems), notes
+        except ProblemError as exc:
+            parser.error(f"argument --problems: {exc}")
+        except OSError as exc:
+            parser.error(f"argument --problems: cannot read {args.problems}: "
+                         f"{exc.strerror or exc}")
+    if getattr(args, "torch_model", None):
+        from .torch_model import ModelError, collect_problems, format_layers
+        if args.input_shape is None:
+            parser.error("argument --torch-model: give the model's input "
+                         "with --input-shape N,C,H,W")
+        try:
+            layers = collect_problems(args.torch_model, args.input_shape)
+        except ModelError as exc:
+            parser.error(f"argument --torch-model: {exc}")
+        notes.append(format_layers(layers))
+        if not layers.problems:
+            parser.error(f"argument --torch-model: no layer of "
+                         f"{args.torch_model} can run here")
+        return layers.problems, notes
+    name = args.network or args.workload
+    if name in workloads.NETWORKS:
+        return workloads.network_problems(name, batch=args.batch), notes
+    if name not in workloads.WORKLOADS:
+        known = sorted(set(workloads.WORKLOADS) | set(workloads.NETWORKS))
+        parser.error(f"unknown workload or network {name!r}; choose from "
+                     f"{', '.join(known)}")
+    return workloads.workload_problems(name), notes
+
+
+def _selected(problems, args, parser):
+    """``problems`` restricted to --op and run in every --direction."""
+    from .problems import as_op, with_directions
+    if isinstance(args.op, list):
+        chosen = []
+        for op in args.op:
+            found = as_op(problems, op)
+            if not found:
+                parser.error(f"argument --op: no {op} problem in the "
+                             f"selection (ops there: "
+                             f"{', '.join(sorted({p.op for p in problems}))})")
+            chosen += found
+        problems = chosen
+    problems, skipped = with_directions(problems, args.direction)
+    notes = [f"not run: {d} of {desc}: {why}" for desc, d, why in skipped]
+    if not problems:
+        parser.error("argument --direction: nothing to run in "
+                     f"{', '.join(args.direction)}")
+    return problems, notes
+
+
+def _cases(args, parser):
+    """The cases of a sweep: ConvCases where only conv2d forward was asked
+    for (--shape, or --op conv2d on a workload or network), else
+    Problems of every op; and note lines to print before the table."""
+    from . import workloads
+    from .problems import OPS
+    if args.input_shape is not None and not args.torch_model:
+        parser.error("argument --input-shape: only with --torch-model")
+    conv2d_only = args.op in (None, ["conv2d"]) and args.direction == ["fwd"]
+    if args.shape is not None:
+        if conv2d_only:
+            return _shape_cases(args, parser), []
+        op_names = (["conv2d"] if args.op is None else
+                    list(OPS) if args.op == "all" else args.op)
+        problems = _shape_problems(args, parser, op_names,
+                                   [(k_, k_) for k_ in range(3, 32, 2)])
+        return _selected(problems, argparse.Namespace(
+            op=None, direction=args.direction), parser)
     if args.kernels is not None:
         parser.error("argument --kernels: only with --shape")
-    if args.network is not None:
-        if args.network not in workloads.NETWORKS:
-            parser.error(f"argument --network: unknown network {args.network!r}; "
-                         f"choose from {', '.join(workloads.NETWORKS)}")
-        return workloads.conv_layers(args.network, batch=args.batch)
-    if args.workload not in workloads.WORKLOADS:
-        parser.error(f"argument --workload: unknown workload {args.workload!r}; "
-                     f"choose from {', '.join(workloads.WORKLOADS)}")
-    return workloads.workload(args.workload)
+    if args.op == ["conv2d"] and args.direction == ["fwd"] and (
+            args.network in workloads.NETWORKS
+            or args.workload in workloads.WORKLOADS):
+        if args.network is not None:
+            return workloads.conv_layers(args.network, batch=args.batch), []
+        return workloads.workload(args.workload), []
+    if args.network is not None and args.network not in workloads.NETWORKS:
+        parser.error(f"argument --network: unknown network {args.network!r}; "
+                     f"choose from {', '.join(workloads.NETWORKS)}")
+    if args.workload is not None and args.workload not in workloads.WORKLOADS:
+        parser.error(f"argument --workload: unknown workload "
+                     f"{args.workload!r}; choose from "
+                     f"{', '.join(workloads.WORKLOADS)}")
+    problems, notes = _source_problems(args, parser)
+    problems, more = _selected(problems, args, parser)
+    return problems, notes + more
 
 
 def _list_workloads():
@@ -534,7 +792,16 @@ def _list_workloads():
 
 
 def _header(cases, config):
+    from .problems import Problem
     first = cases[0]
+    if isinstance(first, Problem):
+        ops = sorted({c.op for c in cases}, key=[c.op for c in cases].index)
+        return (f"# convbench sweep: {len(cases)} problem(s) of "
+                f"{', '.join(ops)}, first {first.descriptor()}, "
+                f"{config.dtype}, {config.repeats} repeats (median), "
+                f"contenders interleaved; algorithms: "
+                f"{', '.join(config.algorithms) or '-'}; peers: "
+                f"{', '.join(config.peers) or '-'}")
     return (f"# convbench sweep: {len(cases)} case(s), first x={first.x_shape} "
             f"w={first.w_shape}, {config.dtype}, stride {first.stride}, padding "
             f"{first.padding!r}, {config.repeats} repeats (median), contenders "
@@ -548,8 +815,12 @@ def cmd_sweep(args, parser):
     if args.list_workloads:
         _list_workloads()
         return 0
-    algorithms, peers = _contenders(args, parser)
-    cases = _cases(args, parser)
+    from .problems import Problem
+    cases, notes = _cases(args, parser)
+    problems = any(isinstance(c, Problem) for c in cases)
+    algorithms, peers = _contenders(args, parser, problems)
+    for note in notes:
+        print(note)
     config = sweep.SweepConfig(
         algorithms=tuple(algorithms), peers=tuple(peers), dtype=args.dtype,
         repeats=args.repeats, check=not args.no_check,
@@ -575,6 +846,9 @@ def cmd_sweep(args, parser):
     if crossovers:
         print()
         print(crossovers)
+    if problems:
+        print()
+        print(sweep.format_winners(result))
     if args.json:
         result.machine = machine_info(measure=True)
         data = result.to_dict()
@@ -587,6 +861,64 @@ def cmd_sweep(args, parser):
               file=sys.stderr)
         return 130
     return 0
+
+
+def _check_problems(args, parser):
+    """The problems of ``convbench check``'s arguments (every op)."""
+    from . import workloads
+    from .problems import OPS
+    if args.input_shape is not None and not args.torch_model:
+        parser.error("argument --input-shape: only with --torch-model")
+    sources = [bool(args.workload), args.shape is not None,
+               bool(args.problems), bool(args.torch_model)]
+    if sum(sources) != 1:
+        parser.error("give one of: WORKLOAD, --shape, --problems, "
+                     "--torch-model")
+    if args.shape is not None:
+        op_names = (["conv2d"] if args.op is None else
+                    list(OPS) if args.op == "all" else args.op)
+        problems = _shape_problems(args, parser, op_names, [(3, 3)])
+        return _selected(problems, argparse.Namespace(
+            op=None, direction=args.direction), parser)
+    if args.kernels is not None:
+        parser.error("argument --kernels: only with --shape")
+    name = args.workload
+    args.network = name if name in workloads.NETWORKS else None
+    problems, notes = _source_problems(args, parser)
+    problems, more = _selected(problems, args, parser)
+    return problems, notes + more
+
+
+def cmd_check(args, parser):
+    import kernels
+    from .check import exit_code, format_check, run_check, write_json
+    problems, notes = _check_problems(args, parser)
+    built = kernels.built_algorithms(args.backend)
+    algorithms = args.algorithms or list(built) + ["auto"]
+    known = set(kernels.ALGORITHMS) | {"auto", "kernels"}
+    for a in algorithms:
+        if a not in known:
+            parser.error(f"argument --algorithms: unknown algorithm {a!r}; "
+                         f"choose from {', '.join(sorted(known))}")
+        if a in kernels.ALGORITHMS and a not in built:
+            parser.error(f"argument --algorithms: {a} is not built for "
+                         f"backend {args.backend} (built: "
+                         f"{', '.join(built)})")
+    for note in notes:
+        print(note)
+    print(f"# convbench check: {len(problems)} problem(s), {args.dtype}, "
+          f"backend {args.backend}, algorithms {', '.join(algorithms)}",
+          flush=True)
+    progress = (None if args.no_progress else
+                lambda text: print(f"... {text}", file=sys.stderr, flush=True))
+    results = run_check(problems, algorithms, backend=args.backend,
+                        dtype=args.dtype, seed=args.seed,
+                        check_macs=args.check_macs, progress=progress)
+    print(format_check(results))
+    if args.json:
+        write_json(results, args.json)
+        print(f"wrote {args.json}")
+    return exit_code(results)
 
 
 def cmd_machine(args, parser):
@@ -649,5 +981,5 @@ def main(argv=None):
     command = {"report": cmd_report, "sweep": cmd_sweep,
                "network": cmd_network, "machine": cmd_machine,
                "calibrate": cmd_calibrate, "cuda-report": cmd_cuda_report,
-               "dask": cmd_dask}
+               "dask": cmd_dask, "check": cmd_check}
     return command[args.command](args, parser)

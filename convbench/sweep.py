@@ -49,28 +49,27 @@ from kernels._dispatch import ConvSpec
 from kernels._dispatch import unsupported_reason as _kernel_unsupported
 from kernels.geometry import conv_output_size, same_padding
 
+from . import ops
 from .crossover import find_crossovers
+from .problems import Problem, parse_problem
 from .timing import interleaved_times, make_inputs, time_call
 from .workloads import ConvCase
 
 __all__ = ["PEERS", "SweepConfig", "Measurement", "SweepResult", "run_sweep",
            "make_runner", "NotApplicable", "Skipped", "ReferenceCheck", "bound_kind",
            "make_data", "time_call", "format_table", "format_crossovers", "flops",
-           "kernel_series"]
+           "kernel_series", "format_winners"]
 
-PEERS = ("scipy-direct", "scipy-fft", "torch")
+PEERS = ("scipy-direct", "scipy-fft", "scipy-oa", "torch")
 
 #: Accuracy model used to express a peer's error in bound units.
 _PEER_BOUND_KIND = {"scipy-direct": "direct", "scipy-fft": "fft",
-                    "torch": "direct"}
+                    "scipy-oa": "fft", "torch": "direct"}
 
 
-class NotApplicable(Exception):
-    """The contender cannot run this case (status ``n/a``)."""
-
-
-class Skipped(Exception):
-    """The contender could run this case but would take too long."""
+# The statuses of a contender that did not run (shared with convbench.ops).
+NotApplicable = ops.NotApplicable
+Skipped = ops.Skipped
 
 
 @dataclass
@@ -129,6 +128,15 @@ class Measurement:
     isolated_times_s: list = field(default_factory=list)
     isolated_median_s: float | None = None
     isolated_reason: str | None = None   # why it has no isolated times
+    # The op and its descriptor (convbench.problems); conv2d cases of the
+    # kernel-size and network sweeps have no descriptor.
+    op: str = "conv2d"
+    problem: str | None = None
+    count: int = 1                   # layers of a network sharing it
+    rate: float | None = None        # GFLOP/s (convolutions) or GB/s
+    rate_unit: str = "GFLOP/s"
+    copy_fraction: float | None = None   # GB/s over np.copyto's (pooling)
+    not_checked: str | None = None   # why the error was not measured
 
     def quartiles_s(self, isolated=False):
         """(first, third) quartile of the timed repeats, or None."""
@@ -140,7 +148,9 @@ class Measurement:
 
     @property
     def kernel_size(self):
-        kh, kw = self.w_shape[2:]
+        if self.w_shape is None:
+            return None
+        kh, kw = self.w_shape[-2:]
         return kh if kh == kw else (kh, kw)
 
 
@@ -166,11 +176,18 @@ class SweepResult:
             "schema": "convbench.sweep/1",
             "config": self.config,
             "interrupted": self.interrupted,
-            "cases": [c._asdict() for c in self.cases],
+            "cases": [_case_dict(c) for c in self.cases],
             "results": [asdict(m) for m in self.measurements],
             "crossovers": self.crossovers(),
             "machine": self.machine,
         }
+
+
+def _case_dict(case):
+    if isinstance(case, Problem):
+        return {"label": case.label, "op": case.op,
+                "problem": case.descriptor(), "count": case.count}
+    return case._asdict()
 
 
 # --------------------------------------------------------------------------
@@ -293,8 +310,12 @@ def _scipy_runner(method, case, x, w, limit):
         g = j // k_per_group
         acc = None
         for c in range(cg):
-            z = scipy.signal.correlate(xp[i, g * cg + c], w[j, c], mode="valid",
-                                       method=method)
+            if method == "oa":
+                z = scipy.signal.oaconvolve(xp[i, g * cg + c],
+                                            w[j, c, ::-1, ::-1], mode="valid")
+            else:
+                z = scipy.signal.correlate(xp[i, g * cg + c], w[j, c],
+                                           mode="valid", method=method)
             if acc is None:
                 acc = z
             else:
@@ -318,11 +339,10 @@ def _scipy_runner(method, case, x, w, limit):
         estimate = _stride1_macs(case, n) / scipy_direct_rate(x.dtype)
     else:
         xp = pad(x[:1])
-        plane = xp[0, 0]
-        scipy.signal.correlate(plane, w[0, 0], mode="valid", method="fft")
+        plane_sum(xp, 0, 0)
         t0 = time.perf_counter()
-        scipy.signal.correlate(plane, w[0, 0], mode="valid", method="fft")
-        estimate = planes * (time.perf_counter() - t0)
+        plane_sum(xp, 0, 0)
+        estimate = n * k * (time.perf_counter() - t0)
     if estimate > limit:
         raise Skipped(f"estimated {estimate:.3g} s per call > peer time "
                       f"limit {limit:g} s ({planes} plane{'s' if planes > 1 else ''})")
@@ -388,6 +408,8 @@ def make_runner(name, case, x, w, peer_time_limit=math.inf, backend="cpu"):
         return _scipy_runner("direct", case, x, w, peer_time_limit), None
     if name == "scipy-fft":
         return _scipy_runner("fft", case, x, w, peer_time_limit), None
+    if name == "scipy-oa":
+        return _scipy_runner("oa", case, x, w, peer_time_limit), None
     if name == "torch":
         return _torch_runner(case, x, w), None
     return _algorithm_runner(name, case, x, w, x.dtype, backend)
@@ -485,12 +507,20 @@ def _isolated_cells(m, best_peer):
             "-" if speed is None else f"{speed:.2f}x")
 
 
-def _finish(m, case, repeats):
+def _finish(m, case, repeats, itemsize=4):
     if m.times_s:
         m.median_s = statistics.median(m.times_s)
-        m.gflops = flops(case) / m.median_s / 1e9 if m.median_s > 0 else None
         m.partial = len(m.times_s) < repeats
         m.status = "ok"
+        if isinstance(case, Problem):
+            m.rate, m.rate_unit, m.copy_fraction = ops.rate(
+                case, m.median_s, itemsize)
+            if m.rate_unit == "GFLOP/s":
+                m.gflops = m.rate
+        else:
+            m.gflops = (flops(case) / m.median_s / 1e9 if m.median_s > 0
+                        else None)
+            m.rate = m.gflops
 
 
 #: The clock of warm-up calls and pilot runs (looked up at each use: tests
@@ -739,8 +769,17 @@ def run_sweep(cases, config):
     current = {}
     try:
         for index, case in enumerate(cases):
-            case = ConvCase(*case)
             current = {}
+            if isinstance(case, Problem) and _fits_conv_case(case):
+                case = _conv_case(case)
+            if isinstance(case, Problem):
+                # current is filled contender by contender: an interrupt
+                # keeps what was timed.
+                _run_problem(case, index, config, progress, current)
+                result.measurements.extend(current.values())
+                current = {}
+                continue
+            case = ConvCase(*case)
             misfit = _fits(case)
             if misfit:
                 for name in contenders:
@@ -770,12 +809,129 @@ def run_sweep(cases, config):
         # Keep what the interrupted case measured: contenders timed at least once.
         for m in current.values():
             if m.times_s:
-                _finish(m, ConvCase(m.case, m.x_shape, m.w_shape, m.stride,
-                                    m.padding, m.groups), config.repeats)
+                case = (parse_problem(m.problem) if m.problem else
+                        ConvCase(m.case, m.x_shape, m.w_shape, m.stride,
+                                 m.padding, m.groups))
+                _finish(m, case, config.repeats, dtype.itemsize)
                 result.measurements.append(m)
     finally:
         progress.close()
     return result
+
+
+def _fits_conv_case(p):
+    """Whether conv2d problem ``p`` runs on the ConvCase path (one stride,
+    no dilation, symmetric padding equal on both axes or a rule): the one
+    with SciPy's multi-channel peers, cropped reference checks, time-limit
+    pilots and isolated workers."""
+    if p.op != "conv2d" or p.dilation != (1, 1) or p.stride[0] != p.stride[1]:
+        return False
+    return isinstance(p.padding, str) or p.padding[0] == p.padding[1]
+
+
+def _conv_case(p):
+    label = p.label or p.short
+    if p.count > 1:
+        label += f" (x{p.count})"
+    padding = p.padding if isinstance(p.padding, str) else p.padding[0]
+    return ConvCase(label, tuple(p.x_shape), tuple(p.w_shape), p.stride[0],
+                    padding, p.groups)
+
+
+def _problem_contenders(p, config):
+    """The contenders of ``config`` that apply to problem ``p``: pooling
+    runs ``"kernels"`` when any algorithm was asked for; peers that cannot
+    compute ``p`` at all are left out (torch stays, as n/a if missing)."""
+    ours = [a for a in config.algorithms if a != ops.POOL_CONTENDER]
+    if p.op in ops.POOL_OPS:
+        ours = [ops.POOL_CONTENDER] if config.algorithms else []
+    applicable = ops.peers_for(p)
+    return ours + [name for name in config.peers if name in applicable]
+
+
+def _problem_measurement(p, name):
+    w_shape = p.w_shape
+    return Measurement(p.label or p.short, tuple(p.x_shape),
+                       None if w_shape is None else tuple(w_shape),
+                       tuple(p.stride), p.padding, p.groups, name,
+                       name in ops.PEERS, status="pending", op=p.op,
+                       problem=p.descriptor(), count=p.count)
+
+
+def _warm_up_problem(p, name, data, config, ref, warm, m):
+    """Warm contender ``name`` up on ``p`` and measure its error; returns
+    its runner, or None (``m.status`` says why)."""
+    limit = config.time_limit
+    try:
+        run, m.chose = ops.make_runner(name, p, data, backend=config.backend,
+                                       peer_time_limit=config.peer_time_limit)
+        ran = {k: t for k, t in warm.items() if t is not None}
+        best = min(ran, key=ran.get, default=None)
+        y, seconds = _timed(run)  # warm-up: compilation, planning, threads
+        if seconds > limit and best is not None and ran[best] <= limit:
+            _, again = _timed(run)
+            seconds = min(seconds, again)
+        m.warmup_s = warm[name] = seconds
+        why = _slow(name, warm, limit)
+        if why is not None:
+            raise Skipped(why)
+    except (NotApplicable, kernels.UnsupportedConfiguration) as exc:
+        m.status, m.reason = "n/a", str(exc)
+    except Skipped as exc:
+        m.status, m.reason = "skipped", str(exc)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # noqa: BLE001 - report and go on
+        m.status, m.reason = "error", f"{type(exc).__name__}: {exc}"
+    else:
+        if ref is not None and ref.skipped is None:
+            units, constant, model = ref.error_units(name, data["x"].dtype,
+                                                     y, m.chose)
+            m.error_units = units
+            m.checked = ref.region
+            if not m.peer:
+                m.error_constant = constant
+            if name == "auto" and m.chose is None and model is not None:
+                m.reason = f"error held to {model}'s bound (its pick is unknown)"
+        elif ref is not None:
+            m.not_checked = ref.skipped
+        return run
+    return None
+
+
+def _run_problem(p, index, config, progress, current):
+    """Warm up, check and time every applicable contender on problem
+    ``p`` (any op) into ``current`` (name -> Measurement)."""
+    contenders = _problem_contenders(p, config)
+    per_case = len(config.algorithms) + len(config.peers)
+    if not contenders:
+        progress.update(per_case * (1 + config.repeats))
+        return
+    label = p.label or p.short
+    dtype = np.dtype(config.dtype)
+    data = ops.make_data(p, dtype, config.seed + index)
+    progress.set_postfix_str(f"{label} reference")
+    ref = (ops.Reference(p, data, config.check_batch, config.check_macs)
+           if config.check else None)
+    runners, warm = {}, {}
+    for name in contenders:
+        progress.set_postfix_str(f"{label} {name} warm-up")
+        current[name] = m = _problem_measurement(p, name)
+        run = _warm_up_problem(p, name, data, config, ref, warm, m)
+        if run is not None:
+            runners[name] = run
+        progress.update(1)
+    _skip_earlier_slow(runners, current, warm, config.time_limit)
+    progress.update(per_case - len(contenders)
+                    + (per_case - len(runners)) * config.repeats)
+    _time_round_robin(runners, current, config.repeats, progress, label)
+    for m in current.values():
+        _finish(m, p, config.repeats, dtype.itemsize)
+        if config.isolated and m.status == "ok":
+            m.isolated_reason = ("isolated workers run conv2d problems "
+                                 "only")
+    if config.isolated:
+        progress.update(per_case * config.repeats)
 
 
 def _time_isolated(case, index, measurements, config, progress):
@@ -830,6 +986,8 @@ def kernel_series(measurements):
     """
     groups = {}
     for m in measurements:
+        if m.op != "conv2d" or m.problem is not None:
+            continue
         kh, kw = m.w_shape[2:]
         if kh != kw or m.contender == "auto":
             continue
@@ -865,8 +1023,11 @@ def format_table(result):
     applied to.  An error above the documented bound is marked with ``!``.
     """
     isolated = any(m.isolated_times_s for m in result.measurements)
-    header = ("case", "contender", "time ms", "q1-q3", "GFLOP/s",
-              "err units", "bound c", "speedup")
+    units = {m.rate_unit for m in result.measurements if m.status == "ok"}
+    mixed = bool(units - {"GFLOP/s"})
+    header = ("case", "contender", "time ms", "q1-q3",
+              "rate" if mixed else "GFLOP/s", "err units", "bound c",
+              "speedup")
     if isolated:
         header += ("isolated ms", "iso q1-q3", "iso speedup")
     rows = []
@@ -900,7 +1061,8 @@ def format_table(result):
                         and m.error_units > m.error_constant):
                     err_txt += " !"
                     over_bound = True
-                cells = (ms_txt, _spread(m.quartiles_s()), _fmt(m.gflops, ".3g"),
+                cells = (ms_txt, _spread(m.quartiles_s()),
+                         _rate_cell(m) if mixed else _fmt(m.gflops, ".3g"),
                          err_txt, _fmt(m.error_constant, "g"),
                          "-" if speed is None else f"{speed:.2f}x")
                 if isolated:
@@ -928,6 +1090,15 @@ def format_table(result):
                "their quartiles (ms); speedup: time of the fastest peer / "
                "time (above 1: faster than every peer); err units: max |y - "
                "y_ref| / (u |x|*|w|), to be <= bound c")
+    if mixed:
+        out.append("rate: GFLOP/s of the direct method's operations "
+                   "(convolutions), GB/s of each input and output element "
+                   "moved once and its share of np.copyto's bandwidth "
+                   "(pooling)")
+    if any(m.not_checked for m in result.measurements):
+        out.append("err units '-': " + next(m.not_checked for m in
+                                           result.measurements
+                                           if m.not_checked))
     if isolated:
         out.append("isolated: each contender alone in its own worker process, "
                    "the workers alternated call by call; iso speedup against "
@@ -942,6 +1113,49 @@ def format_table(result):
         out.append("interrupted: partial results (a count in brackets after "
                    "a time is the number of repeats it is the median of)")
     return "\n".join(out)
+
+
+def format_winners(result):
+    """Per case: the fastest contender of ``kernels``, the fastest overall
+    and ``auto``'s pick (what a user of ``--torch-model`` or a problem
+    file wants to know about each layer)."""
+    by_case = {}
+    for m in result.measurements:
+        by_case.setdefault(m.case, []).append(m)
+    lines = ["fastest per problem (median time):"]
+    width = max((len(label) for label in by_case), default=0)
+    for label, ms in by_case.items():
+        ran = [m for m in ms if m.status == "ok" and m.median_s]
+        ours = [m for m in ran if not m.peer and m.contender != "auto"]
+        if not ran:
+            lines.append(f"  {label:<{width}}  nothing ran")
+            continue
+        best = min(ran, key=lambda m: m.median_s)
+        text = f"  {label:<{width}}  fastest {best.contender}"
+        if ours:
+            mine = min(ours, key=lambda m: m.median_s)
+            text += (f"; kernels: {mine.contender} "
+                     f"{mine.median_s * 1e3:.3g} ms")
+            peers = [m for m in ran if m.peer]
+            if peers:
+                peer = min(peers, key=lambda m: m.median_s)
+                text += (f", {peer.median_s / mine.median_s:.2f}x "
+                         f"{peer.contender}")
+        auto = next((m for m in ran if m.contender == "auto"), None)
+        if auto is not None and auto.chose:
+            text += f"; auto picks {auto.chose}"
+        lines.append(text)
+    return "\n".join(lines)
+
+
+def _rate_cell(m):
+    """'123 GFLOP/s' or '4.5 GB/s (38 % copy)'."""
+    if m.rate is None:
+        return "-"
+    text = f"{m.rate:.3g} {m.rate_unit}"
+    if m.copy_fraction is not None:
+        text += f" ({m.copy_fraction:.0%} copy)"
+    return text
 
 
 def format_crossovers(result):

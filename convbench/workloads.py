@@ -161,9 +161,6 @@ class _Builder:
         return self._add(Layer(name, "pool", self.channels, self.channels, k,
                                stride, padding, bias=False, in_hw=self.hw))
 
-    def global_pool(self, name):
-        return self.pool(name, self.hw, 1)
-
     def avgpool(self, name, k, stride=None, padding=0):
         stride = k if stride is None else stride
         return self._add(Layer(name, "avgpool", self.channels, self.channels,
@@ -261,7 +258,7 @@ def _resnet(block, depths):
         for i in range(depth):
             stride = 2 if (i == 0 and stage > 1) else 1
             block(b, f"layer{stage}.{i}", width, stride)
-    b.global_pool("avgpool")
+    b.global_avgpool("avgpool")  # torchvision: AdaptiveAvgPool2d(1)
     b.fc("fc", 1000)
     return b.layers
 
@@ -785,3 +782,165 @@ def workload_table():
                      len(others), _shape_range(layers), wl.flops / 1e9,
                      wl.provenance))
     return rows
+
+
+# --------------------------------------------------------------------------
+# Workloads and networks as problems (convbench.problems), DeepBench
+# --------------------------------------------------------------------------
+
+def op_problem(op):
+    """The :class:`convbench.problems.Problem` of an :class:`OpCase`.
+
+    Parameters
+    ----------
+    op : OpCase
+        A ``max_pool2d``, ``avg_pool2d``, ``global_avg_pool2d`` or
+        ``conv_transpose2d`` layer (``w_shape`` in PyTorch's transposed
+        layout ``(C_in, C_out, kH, kW)``).
+
+    Returns
+    -------
+    Problem
+        With the layer's label (spaces as ``_``) and count 1.
+    """
+    from .problems import problem
+
+    n, c, h, w = op.x_shape
+    label = op.label.replace(" ", "_")
+    if op.op == "global_avg_pool2d":
+        return problem(op.op, n=n, c=c, h=h, w=w, label=label)
+    if op.op == "conv_transpose2d":
+        return problem(op.op, n=n, c=c, h=h, w=w, k=op.w_shape[1],
+                       kernel=tuple(op.kernel), stride=op.stride,
+                       padding=op.padding, label=label)
+    if op.op in ("max_pool2d", "avg_pool2d"):
+        return problem(op.op, n=n, c=c, h=h, w=w, kernel=tuple(op.kernel),
+                       stride=op.stride, padding=op.padding, label=label)
+    raise ValueError(f"no problem for op {op.op!r} of {op.label!r}")
+
+
+def _workload(name):
+    """The :class:`Workload` called ``name`` (ValueError naming the known
+    ones otherwise)."""
+    try:
+        return WORKLOADS[name]
+    except KeyError:
+        raise ValueError(f"unknown workload {name!r}; known: "
+                         f"{', '.join(sorted(WORKLOADS))}") from None
+
+
+def workload_problems(name, ops="all"):
+    """The distinct problems of a named workload.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`WORKLOADS`.
+    ops : {"all", "conv2d"}
+        ``"all"``: the conv2d layers, then the other layers
+        (``other_ops()``: pooling, global average pooling, transposed
+        convolutions); ``"conv2d"``: the conv2d layers only.
+
+    Returns
+    -------
+    list of Problem
+        Equal problems merged in first-seen order, ``count`` the number of
+        layers that share one (:func:`convbench.problems.distinct_problems`).
+
+    Raises
+    ------
+    ValueError
+        An unknown workload or ``ops`` value.
+    """
+    from .problems import distinct_problems, from_conv_case
+
+    if ops not in ("all", "conv2d"):
+        raise ValueError(f"ops must be 'all' or 'conv2d', got {ops!r}")
+    wl = _workload(name)
+    found = [from_conv_case(case) for case in wl.build()]
+    if ops == "all":
+        found += [op_problem(op) for op in wl.other_ops()]
+    return distinct_problems(found)
+
+
+def network_problems(name, batch=1):
+    """The distinct problems of a network of :data:`NETWORKS`.
+
+    Convolutions, transposed convolutions and pooling layers, in forward
+    order; fully connected and batch-norm layers are skipped.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`NETWORKS`.
+    batch : int
+        Batch size N.
+
+    Returns
+    -------
+    list of Problem
+        Equal problems merged in first-seen order (counts summed).
+    """
+    from .problems import distinct_problems, from_conv_case
+
+    found = []
+    for layer in _network(name):
+        if layer.kind == "conv":
+            found += [from_conv_case(c) for c in layer_cases([layer], batch)]
+        else:
+            found += [op_problem(op) for op in layer_ops([layer], batch)]
+    return distinct_problems(found)
+
+
+def fits_conv_case(p):
+    """Whether a conv2d Problem can be a :class:`ConvCase` (one int stride,
+    symmetric int padding equal on both axes, no dilation)."""
+    return (p.op == "conv2d" and p.stride[0] == p.stride[1]
+            and not isinstance(p.padding, str)
+            and p.padding[0] == p.padding[1] and p.dilation == (1, 1))
+
+
+def problem_case(p):
+    """The :class:`ConvCase` of a conv2d Problem (see :func:`fits_conv_case`).
+
+    Raises
+    ------
+    ValueError
+        The problem does not fit a ConvCase.
+    """
+    if not fits_conv_case(p):
+        raise ValueError(f"not a ConvCase (one stride, one padding, no "
+                         f"dilation): {p.descriptor()}")
+    return ConvCase(p.label, p.x_shape, p.w_shape, p.stride[0],
+                    p.padding[0], p.groups)
+
+
+def deepbench_train():
+    """DeepBench's training-set convolutions as ConvCases, repeats included.
+
+    Read from the shipped problem file ``deepbench-train.txt`` (see its
+    header for the source and the tuple order): each problem ``count``
+    times.  Every problem of the file fits a ConvCase; one that did not
+    would be left out (and the tests would notice).
+    """
+    from .problem_files import path
+    from .problems import read_problems
+
+    cases = []
+    for p in read_problems(path("deepbench-train")):
+        if fits_conv_case(p):
+            cases += [problem_case(p)] * p.count
+    return cases
+
+
+WORKLOADS["deepbench-train"] = Workload(
+    "Baidu DeepBench's training-set convolutions (94, 90 distinct): "
+    "spectrogram-like 161x700 .. 10x42 inputs with 5x20 / 5x10 / 5x5 "
+    "kernels, image layers 7²-224² with 1x1 / 3x3 / 5x5 / 7x7 kernels; "
+    "C 1-2048, batch 4-32",
+    deepbench_train,
+    "baidu-research/DeepBench code/kernels/conv_problems.h training_set "
+    "(commit da81ba78)")
+
+__all__ += ["op_problem", "workload_problems", "network_problems",
+            "fits_conv_case", "problem_case", "deepbench_train"]
