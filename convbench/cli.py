@@ -544,6 +544,10 @@ def _add_report_parser(sub):
                      help="time_ benchmarks of --from-asv to plot (regex on "
                           "the name; default: the first 4 matching "
                           "'time_conv2d$'); every track_crossover* is plotted")
+    rep.add_argument("--problems", metavar="FILE",
+                     help="add a sweep of the problems of FILE (every op; "
+                          "format: convbench.problems)")
+    _add_op_options(rep)
     rep.add_argument("--isolated", action="store_true",
                      help="also time every contender alone in its own "
                           "worker process (the tables add those times)")
@@ -707,23 +711,13 @@ def _source_problems(args, parser):
 
 def _selected(problems, args, parser):
     """``problems`` restricted to --op and run in every --direction."""
-    from .problems import as_op, with_directions
-    if isinstance(args.op, list):
-        chosen = []
-        for op in args.op:
-            found = as_op(problems, op)
-            if not found:
-                parser.error(f"argument --op: no {op} problem in the "
-                             f"selection (ops there: "
-                             f"{', '.join(sorted({p.op for p in problems}))})")
-            chosen += found
-        problems = chosen
-    problems, skipped = with_directions(problems, args.direction)
-    notes = [f"not run: {d} of {desc}: {why}" for desc, d, why in skipped]
-    if not problems:
-        parser.error("argument --direction: nothing to run in "
-                     f"{', '.join(args.direction)}")
-    return problems, notes
+    from .problems import select
+    try:
+        return select(problems, args.op if isinstance(args.op, list) else None,
+                      args.direction)
+    except ValueError as exc:
+        flag = "--op" if "selection" in str(exc) else "--direction"
+        parser.error(f"argument {flag}: {exc}")
 
 
 def _cases(args, parser):

@@ -32,16 +32,19 @@ COLORS = {
     "scipy-direct": "#9467bd",  # purple
     "scipy-fft": "#8c564b",     # brown
     "torch": "#e377c2",         # pink
+    "scipy-oa": "#7f7f7f",      # grey
+    "kernels": "#17becf",       # cyan: pooling's one contender
 }
 
 #: One marker per contender (the figures stay readable in grey print).
 MARKERS = {"direct": "o", "im2col": "s", "winograd": "^", "fft": "D",
-           "auto": "*", "scipy-direct": "v", "scipy-fft": "<", "torch": "P"}
+           "auto": "*", "scipy-direct": "v", "scipy-fft": "<", "torch": "P",
+           "scipy-oa": ">", "kernels": "h"}
 
 _EXTRA_COLORS = ("#17becf", "#bcbd22", "#7f7f7f", "#aec7e8", "#98df8a",
                  "#ff9896", "#c5b0d5", "#c49c94")
 
-PEER_NAMES = ("scipy-direct", "scipy-fft", "torch")
+PEER_NAMES = ("scipy-direct", "scipy-fft", "scipy-oa", "torch")
 
 
 def color_of(name):

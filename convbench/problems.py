@@ -53,7 +53,8 @@ from kernels.geometry import (conv_output_size, conv_transpose_output_size,
 
 __all__ = ["OPS", "CONV_OPS", "POOL_OPS", "ONE_D_OPS", "Problem",
            "ProblemError", "problem", "parse_problem", "read_problems",
-           "format_problems", "distinct_problems", "from_conv_case"]
+           "format_problems", "distinct_problems", "from_conv_case",
+           "DIRECTIONS", "with_directions", "as_op", "select"]
 
 #: Every op the harness runs, in the order of ``convbench sweep --op``.
 OPS = ("conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d",
@@ -258,9 +259,9 @@ class Problem:
 
     @property
     def short(self):
-        """A compact shape summary for tables: ``4x64@56x56 k64 r3 s1``."""
+        """A compact summary for tables: ``conv2d 4x64@56x56 k64 r3 s1``."""
         hw = f"{self.w}" if self.one_d else f"{self.h}x{self.w}"
-        text = f"{self.n}x{self.c}@{hw}"
+        text = f"{self.op} {self.n}x{self.c}@{hw}"
         if self.k is not None:
             text += f" k{self.k}"
         if _kind(self.op) != "global":
@@ -580,7 +581,9 @@ def with_directions(problems, directions):
                 skipped.append((p.descriptor(), direction,
                                 f"kernels has no {direction} of {p.op}"))
                 continue
-            out.append(replace(p, op=op))
+            # The label names the direction: a table groups by label.
+            label = f"{p.label or p.short}:{direction}"
+            out.append(replace(p, op=op, label=label.replace(" ", "_")))
     return out, skipped
 
 
@@ -601,3 +604,34 @@ def as_op(problems, op):
                         label=p.label, count=p.count)
                 for p in source if p.h == 1 and p.kernel[0] == 1]
     return [replace(p, op=op) for p in source]
+
+
+def select(problems, ops=None, directions=("fwd",)):
+    """``problems`` restricted to ``ops`` (None: all) and run in every
+    direction of ``directions``.
+
+    Returns ``(problems, notes)``: ``notes`` are lines naming what a
+    direction could not run.
+
+    Raises
+    ------
+    ValueError
+        An op with no problem in the selection, or nothing left to run.
+    """
+    if ops is not None:
+        chosen = []
+        for op in ops:
+            found = as_op(problems, op)
+            if not found:
+                present = ", ".join(sorted({p.op for p in problems}))
+                raise ValueError(f"no {op} problem in the selection (ops "
+                                 f"there: {present})")
+            chosen += found
+        problems = chosen
+    problems, skipped = with_directions(problems, directions)
+    notes = [f"not run: {d} of {desc}: {why}" for desc, d, why in skipped]
+    if not problems:
+        why = f" ({skipped[0][2]})" if skipped else ""
+        raise ValueError(f"nothing to run in direction(s) "
+                         f"{', '.join(directions)}{why}")
+    return problems, notes

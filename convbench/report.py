@@ -128,6 +128,39 @@ def quick_plans(repeats=QUICK_REPEATS, quick=True):
     ]
 
 
+def problem_plans(names=(), problem_file=None, ops=None, directions=("fwd",),
+                  repeats=DEFAULT_REPEATS, quick=False):
+    """Sweeps of every op: one per named workload (its layers of every op,
+    :func:`convbench.workloads.workload_problems`) and one of a problem
+    file, restricted to ``ops`` and run in ``directions``
+    (:func:`convbench.problems.select`; ValueError when nothing is left).
+    """
+    from . import workloads
+    from .problems import read_problems, select
+    extra = (dict(check_macs=QUICK_CHECK_MACS,
+                  peer_time_limit=QUICK_PEER_TIME_LIMIT) if quick else {})
+    sources = []
+    for name in names:
+        wl = workloads.WORKLOADS[name]
+        source = f" (source: {wl.provenance})" if wl.provenance else ""
+        sources.append((name, wl.description + source,
+                        workloads.workload_problems(name)))
+    if problem_file is not None:
+        sources.append((f"problems-{Path(problem_file).stem}",
+                        f"the problems of {problem_file}",
+                        read_problems(problem_file)))
+    plans = []
+    for name, description, problems in sources:
+        chosen, notes = select(problems, ops, directions)
+        if ops is not None or tuple(directions) != ("fwd",):
+            name += "-" + "-".join(ops or ["all"]) + (
+                "" if tuple(directions) == ("fwd",) else
+                "-" + "-".join(directions))
+        plans.append(SweepPlan(name, description, chosen, repeats,
+                               "; ".join(notes), **extra))
+    return plans
+
+
 def plan_sweeps(names=(), quick=False, shape=None, kernels=None, repeats=None):
     """The sweeps of a report.
 
@@ -204,7 +237,7 @@ def _measurement(d):
     known = Measurement.__dataclass_fields__
     m = Measurement(**{k: v for k, v in d.items() if k in known})
     m.x_shape = tuple(m.x_shape)
-    m.w_shape = tuple(m.w_shape)
+    m.w_shape = None if m.w_shape is None else tuple(m.w_shape)
     m.times_s = list(m.times_s or [])
     return m
 
@@ -320,7 +353,10 @@ class Panel:
 
 def _series_key(m):
     """(key, size, kind) of a kernel-size series, or None: square kernels
-    and 1 x k kernels (1-D signals run as 2-D) form series."""
+    and 1 x k kernels (1-D signals run as 2-D) form series; problems of
+    other ops (convbench.problems) are layers."""
+    if m.problem is not None or m.w_shape is None:
+        return None
     kh, kw = m.w_shape[2:]
     if kh == kw:
         size, kind = kh, "k x k"
@@ -977,8 +1013,13 @@ def measure(plans, out, *, dtype="float32", backend="cpu", progress=True,
             _step(i, steps, f"sweep {plan.name}: {len(plan.cases)} cases x "
                             f"{len(algorithms) + len(peers)} contenders, "
                             f"{plan.repeats} repeats")
+            from .problems import Problem
+            plan_peers = peers
+            if any(isinstance(c, Problem) for c in plan.cases):
+                # oaconvolve: SciPy's method for long 1-D signals.
+                plan_peers = peers[:2] + ("scipy-oa",) + peers[2:]
             config = sweep_mod.SweepConfig(
-                algorithms=algorithms, peers=peers, dtype=dtype,
+                algorithms=algorithms, peers=plan_peers, dtype=dtype,
                 repeats=plan.repeats, check_macs=plan.check_macs,
                 peer_time_limit=plan.peer_time_limit, backend=backend,
                 progress=progress, isolated=isolated)
@@ -1031,9 +1072,45 @@ def _command_line(args):
                                  ("--asv-bench", args.asv_bench, None)):
         if value != default:
             words += [flag, str(value)]
+    if args.problems:
+        words += ["--problems", str(args.problems)]
+    if args.op is not None:
+        words += ["--op", "all" if args.op == "all" else ",".join(args.op)]
+    if args.direction != ["fwd"]:
+        words += ["--direction", ",".join(args.direction)]
     if args.from_json:
         words += ["--from-json", *args.from_json]
     return " ".join(shlex.quote(w) for w in words)
+
+
+def _plans(args, parser):
+    """The report's sweeps: conv2d kernel sweeps and workloads as before;
+    with --problems, --op or --direction, the workloads' layers of every
+    op (and the problem file) as problems."""
+    every_op = (args.problems or args.op is not None
+                or args.direction != ["fwd"])
+    if not every_op:
+        return plan_sweeps(args.workloads, args.quick, args.shape,
+                           args.kernels, args.repeats)
+    from .problems import ProblemError
+    reps = args.repeats or (QUICK_REPEATS if args.quick else DEFAULT_REPEATS)
+    plans = (plan_sweeps((), args.quick, args.shape, args.kernels,
+                         args.repeats) if args.shape else [])
+    try:
+        plans += problem_plans(args.workloads, args.problems,
+                               args.op if isinstance(args.op, list) else None,
+                               args.direction, reps, args.quick)
+    except ProblemError as exc:
+        parser.error(f"argument --problems: {exc}")
+    except OSError as exc:
+        parser.error(f"argument --problems: cannot read {args.problems}: "
+                     f"{exc.strerror or exc}")
+    except ValueError as exc:
+        parser.error(f"argument --op/--direction: {exc}")
+    if not plans:
+        parser.error("nothing to sweep: give WORKLOAD names or --problems "
+                     "with --op / --direction")
+    return plans
 
 
 def run(args, parser):
@@ -1045,7 +1122,8 @@ def run(args, parser):
                          f"choose from {', '.join(workloads.WORKLOADS)}")
     if args.kernels is not None and args.shape is None:
         parser.error("argument --kernels: only with --shape")
-    if args.from_json and (args.workloads or args.shape or args.quick):
+    if args.from_json and (args.workloads or args.shape or args.quick
+                           or args.problems):
         parser.error("argument --from-json: redraws saved sweeps; it cannot be "
                      "combined with WORKLOAD, --shape or --quick")
     if args.asv_bench is not None:
@@ -1091,9 +1169,8 @@ def run(args, parser):
                 shutil.copyfile(s.source, target)
             s.file = target.name
     elif not (args.from_asv and not args.workloads and not args.shape
-              and not args.quick):
-        plans = plan_sweeps(args.workloads, args.quick, args.shape,
-                            args.kernels, args.repeats)
+              and not args.quick and not args.problems):
+        plans = _plans(args, parser)
         steps = len(plans) + 2
         sweeps, machine, interrupted, seconds = measure(
             plans, out, dtype=args.dtype, backend=args.backend,
