@@ -106,10 +106,6 @@ def peers_for(p):
 # Data
 # --------------------------------------------------------------------------
 
-def _grad_out_shape(p):
-    return p.forward_out_shape
-
-
 def make_data(p, dtype=np.float32, seed=0):
     """Seeded standard-normal arrays of problem ``p``: a dict with ``x``
     (every op), ``w`` (convolutions) and ``grad_out`` (backward ops)."""
@@ -120,7 +116,7 @@ def make_data(p, dtype=np.float32, seed=0):
         shapes.append(p.w_shape)
     if "backward" in p.op:
         names.append("grad_out")
-        shapes.append(_grad_out_shape(p))
+        shapes.append(p.forward_out_shape)
     arrays = seeded_normal(*shapes, dtype=dtype, seed=seed)
     return dict(zip(names, arrays))
 
@@ -162,7 +158,7 @@ def chosen_algorithm(p, dtype, backend="cpu"):
                                     backend=backend)
 
 
-def _unsupported(p, name, dtype, backend):
+def _unsupported(p, name, backend):
     """Why ``kernels`` cannot run algorithm ``name`` on forward ``p``."""
     from kernels._dispatch import ConvSpec, unsupported_reason
     if p.op not in ("conv1d", "conv2d") or name == "auto":
@@ -362,7 +358,7 @@ def make_runner(name, p, data, *, backend="cpu", peer_time_limit=math.inf):
     if name == POOL_CONTENDER:
         raise NotApplicable(f"{p.op} is run by its algorithms, not "
                             f"{POOL_CONTENDER!r}")
-    reason = _unsupported(p, name, dtype, backend)
+    reason = _unsupported(p, name, backend)
     if reason is not None:
         raise NotApplicable(reason)
     chose = chosen_algorithm(p, dtype, backend) if name == "auto" else None

@@ -228,8 +228,9 @@ class Problem:
         return itemsize * (x + y)
 
     # ------------------------------------------------------------ descriptor
-    def descriptor(self):
-        """The problem as one line of a problem file."""
+    def descriptor(self, meta=True):
+        """The problem as one line of a problem file (``meta``: with its
+        ``name=`` and ``count=``)."""
         kind = _kind(self.op)
         parts = [self.op, f"n{self.n}", f"c{self.c}"]
         if not self.one_d:
@@ -248,9 +249,9 @@ class Problem:
             parts.append(f"g{self.groups}")
         if kind == "transposed":
             parts.append("o" + _pair_text(self.output_padding, self.one_d))
-        if self.label:
+        if meta and self.label:
             parts.append(f"name={self.label}")
-        if self.count != 1:
+        if meta and self.count != 1:
             parts.append(f"count={self.count}")
         return " ".join(parts)
 

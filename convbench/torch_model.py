@@ -605,7 +605,8 @@ def format_layers(layers):
     if layers.problems:
         lines.append(f"{'count':>5}  {'label':<{width}}  problem")
     for p in layers.problems:
-        lines.append(f"{p.count:>5}  {p.label:<{width}}  {p.descriptor()}")
+        lines.append(f"{p.count:>5}  {p.label:<{width}}  "
+                     f"{p.descriptor(meta=False)}")
     if layers.skipped:
         lines.append("skipped:")
     for name, type_name, reason in layers.skipped:

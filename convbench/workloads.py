@@ -189,10 +189,12 @@ class _Builder:
 
 def _lenet5():
     b = _Builder(1, (32, 32))
+    # S2 and S4 add their 2x2 inputs and scale the sum by a trainable
+    # coefficient (LeCun et al. 1998, section II.B): an average pool.
     b.conv("C1", 6, 5)
-    b.pool("S2", 2)
+    b.avgpool("S2", 2)
     b.conv("C3", 16, 5)          # every C3 map sees all six S2 maps
-    b.pool("S4", 2)
+    b.avgpool("S4", 2)
     b.conv("C5", 120, 5)         # 5x5 on a 5x5 map: output 1x1
     b.fc("F6", 84)
     b.fc("output", 10)

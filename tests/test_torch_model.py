@@ -573,7 +573,7 @@ def test_format_layers():
     lines = text.splitlines()
     assert lines[0].startswith("model: WithConv3d")
     [p] = layers.problems
-    assert any(line.split()[:2] == ["1", p.label] and p.descriptor() in line
+    assert any(line.split()[:2] == ["1", p.label] and p.descriptor(meta=False) in line
                for line in lines)
     assert "conv3d (Conv3d): 3-D convolution: not in kernels" in text
     assert lines[-1] == "2 calls, 1 distinct problems, 1 skipped"
