@@ -245,10 +245,10 @@ def _torch_runner(p, data):
     op = p.op
     if op in ("conv1d", "conv2d"):
         fn = getattr(F, op)
+        # torch's 'same' puts an uneven kernel's extra row and column
+        # where kernels.geometry.same_padding does: high side.
         padding = (p.padding if isinstance(p.padding, str)
                    else _symmetric_pads(p))
-        if padding == "same" and p.pads()[0][0] != p.pads()[0][1]:
-            padding = _symmetric_pads(p)  # raises: torch pads 'same' unevenly
         call = functools.partial(fn, x, t["w"], None, stride, padding,
                                  dilation, p.groups)
     elif op in TRANSPOSED_OPS:

@@ -603,7 +603,9 @@ def as_op(problems, op):
                                  else p.padding[1]),
                         dilation=p.dilation[1], groups=p.groups,
                         label=p.label, count=p.count)
-                for p in source if p.h == 1 and p.kernel[0] == 1]
+                # Padded rows would add output rows a conv1d has not.
+                for p in source if p.h == 1 and p.kernel[0] == 1
+                and p.pads()[0] == (0, 0)]
     return [replace(p, op=op) for p in source]
 
 

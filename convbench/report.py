@@ -355,7 +355,7 @@ def _series_key(m):
     """(key, size, kind) of a kernel-size series, or None: square kernels
     and 1 x k kernels (1-D signals run as 2-D) form series; problems of
     other ops (convbench.problems) are layers."""
-    if m.problem is not None or m.w_shape is None:
+    if m.op != "conv2d" or m.w_shape is None:
         return None
     kh, kw = m.w_shape[2:]
     if kh == kw:

@@ -770,8 +770,9 @@ def run_sweep(cases, config):
     try:
         for index, case in enumerate(cases):
             current = {}
+            problem = None
             if isinstance(case, Problem) and _fits_conv_case(case):
-                case = _conv_case(case)
+                problem, case = case, _conv_case(case)
             if isinstance(case, Problem):
                 # current is filled contender by contender: an interrupt
                 # keeps what was timed.
@@ -800,6 +801,9 @@ def run_sweep(cases, config):
                               case.label)
             for m in current.values():
                 _finish(m, case, config.repeats)
+                if problem is not None:
+                    # The JSON names the problem the case came from.
+                    m.problem, m.count = problem.descriptor(), problem.count
             if config.isolated:
                 _time_isolated(case, index, current, config, progress)
             result.measurements.extend(current.values())
@@ -986,7 +990,7 @@ def kernel_series(measurements):
     """
     groups = {}
     for m in measurements:
-        if m.op != "conv2d" or m.problem is not None:
+        if m.op != "conv2d":
             continue
         kh, kw = m.w_shape[2:]
         if kh != kw or m.contender == "auto":
