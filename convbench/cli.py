@@ -760,9 +760,10 @@ def _cases(args, parser):
 
 def _list_workloads():
     from . import workloads
-    print("workloads (--workload NAME): conv2d layers (distinct problems, "
-          "the ones swept), other layers (pooling, transposed conv: listed, "
-          "not swept), shapes, GFLOP of the conv2d layers, source")
+    print("workloads (--workload NAME): conv2d layers (distinct problems "
+          "swept), other layers (pooling, transposed conv: swept with "
+          "--op all, the default, or --op OP), shapes, GFLOP of the conv2d "
+          "layers, source")
     rows = workloads.workload_table()
     head = ("name", "convs", "swept", "other", "shapes (N C HxW k)", "GFLOP",
             "source")
@@ -783,6 +784,11 @@ def _list_workloads():
     for name in workloads.NETWORKS:
         print(f"  {name:<22} {len(workloads.conv_layers(name))} distinct conv "
               f"layers, {workloads.param_count(name):,} parameters")
+    from . import problem_files
+    folder = problem_files.path("lenet5").parent
+    print(f"as problem files (--problems FILE; every op of each layer): "
+          f"{folder}/NAME.txt for each workload, net-NAME.txt for each "
+          f"network at batch 1")
 
 
 def _header(cases, config):

@@ -31,7 +31,7 @@ problems used throughout the project's benchmarks.  Each is a
 sweep --workload`` and asv run today, repeated problems merged), its FLOPs
 summed over those layers, a one-line provenance, and, optionally, its other
 layers (max / average / global average pooling, transposed convolutions) as
-:class:`OpCase` records that are listed but not swept yet.  Besides the CNN
+:class:`OpCase` records (swept as problems of their own op: ``--op``).  Besides the CNN
 workloads there are scientific ones (U-Net for microscopy, MobileNet, SE
 blocks, jet images, 1-D detector series run as 2-D with H = 1, astronomical
 PSF convolution, microscopy deconvolution); the largest images (4096²) are
@@ -391,7 +391,8 @@ def _resnet50_3x3(batch=4):
 # --------------------------------------------------------------------------
 
 class OpCase(NamedTuple):
-    """A layer of a workload that is not a conv2d (not swept yet).
+    """A layer of a workload that is not a conv2d (swept through
+    :func:`workload_problems` as a problem of its op).
 
     ``op`` is the name of the ``kernels`` function that computes it:
     ``"max_pool2d"``, ``"avg_pool2d"``, ``"global_avg_pool2d"`` or
@@ -453,8 +454,9 @@ class Workload:
     and is what ``convbench sweep --workload`` and the asv benchmarks run.
     ``other_ops()`` returns the layers that are not a conv2d (pooling,
     transposed convolutions, global average pooling) as :class:`OpCase`:
-    they are described here so that the workload is complete, but the sweep
-    does not run them yet, and they are not in :attr:`flops`.
+    :func:`workload_problems` turns both into problems of every op (what
+    ``convbench sweep --workload`` runs by default); the other ops are not
+    in :attr:`flops`.
 
     For backward compatibility a Workload unpacks (and indexes) as the
     former ``(description, build)`` pair.
@@ -670,7 +672,7 @@ def _split(pair_fn):
 #: ``(description, build)``).  ``convbench sweep --workload NAME`` runs
 #: ``build()``: the distinct conv2d problems of the workload; the other
 #: layers (``other_ops()``: pooling, transposed convolutions, global
-#: average pooling) are listed but not swept yet.
+#: average pooling) run as problems of their op (``--op``).
 WORKLOADS = {
     "resnet50-3x3": Workload(
         "ResNet-50's 3x3 stride-1 layers at batch 4: 64@56², 128@28², "
@@ -692,31 +694,29 @@ WORKLOADS = {
         lambda: layer_ops(NETWORKS["lenet5"], batch=64)),
     "unet-572": Workload(
         "U-Net, original: 1 channel 572² -> 388², 'valid' 3x3 convs, "
-        "64..1024 channels, batch 1; sweep: 3x3 + 1x1 convs (maxpool 2x2, "
-        "up-conv 2x2/2 listed, not swept)",
+        "64..1024 channels, batch 1: 3x3 + 1x1 convs, maxpool 2x2, up-conv "
+        "2x2/2",
         **_split(lambda: unet(572, batch=1)),
         provenance="Ronneberger et al. 2015 (MICCAI), Fig. 1"),
     "unet-256-b4": Workload(
         "U-Net, 'same'-padded variant: 1 channel 256² tiles, batch 4, "
-        "64..1024 channels; sweep: 3x3 + 1x1 convs (maxpool, up-conv not "
-        "swept)",
+        "64..1024 channels: 3x3 + 1x1 convs, maxpool, up-conv",
         **_split(lambda: unet(256, batch=4, padding=1)),
         provenance="Ronneberger et al. 2015, padded 3x3 convs as in most "
                    "microscopy re-implementations"),
     "mobilenet-v1": Workload(
         "MobileNet-v1 224², batch 1: depthwise 3x3 (groups = C) + 1x1 "
-        "pointwise pairs (global avgpool listed, not swept; fc omitted)",
+        "pointwise pairs (and global avgpool; fc omitted)",
         **_split(lambda: _net(mobilenet_v1_layers, 1)),
         provenance="Howard et al. 2017, Table 1"),
     "mobilenet-v2": Workload(
         "MobileNet-v2 224², batch 1: 1x1 expand, depthwise 3x3, 1x1 "
-        "project (global avgpool listed, not swept; fc omitted)",
+        "project (and global avgpool; fc omitted)",
         **_split(lambda: _net(mobilenet_v2_layers, 1)),
         provenance="Sandler et al. 2018, Table 2"),
     "se-resnet50": Workload(
         "squeeze-and-excitation blocks of SE-ResNet-50, batch 32, r = 16: "
-        "two 1x1 convs on 1x1 maps per block (global avgpool listed, not "
-        "swept)",
+        "two 1x1 convs on 1x1 maps per block (and global avgpool)",
         **_split(lambda: _net(se_layers, 32)),
         provenance="Hu et al. 2018 (SENet), SE-ResNet-50"),
     "jet-images": Workload(

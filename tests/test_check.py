@@ -432,3 +432,38 @@ def test_kernels_knows_every_algorithm_checked():
     # The lists above name algorithms of kernels (a renamed one would
     # otherwise make these tests check nothing).
     assert set(ALGORITHMS) - {"auto"} <= set(kernels.built_algorithms())
+
+
+def test_keyboard_interrupt_keeps_partial_results_of_problems(tmp_path,
+                                                             monkeypatch,
+                                                             capsys):
+    """Ctrl-C on the generic path (pooling, transposed): what was timed
+    is kept, marked partial, and the exit code is 130."""
+    from convbench import sweep
+    calls = []
+
+    def fake_time_call(fn):
+        calls.append(fn)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        fn()
+        return 0.002
+
+    monkeypatch.setattr(sweep, "time_call", fake_time_call)
+    path = tmp_path / "p.txt"
+    path.write_text("max_pool2d n1 c2 h8 w8 r2 name=mp\n"
+                    "conv_transpose2d n1 c2 h4 w4 k2 r2 s2 name=up\n")
+    out = tmp_path / "partial.json"
+    code = cli.main(["sweep", "--problems", str(path), "--repeats", "3",
+                     "--peers", "torch", "--no-check", "--no-progress",
+                     "--json", str(out)])
+    assert code == 130
+    data = json.loads(out.read_text())
+    assert data["interrupted"] is True
+    timed = [r for r in data["results"] if r["times_s"]]
+    # Two calls of mp's two contenders were timed before the third raised.
+    assert sorted(len(r["times_s"]) for r in timed) == [1, 1]
+    assert all(r["case"] == "mp" and r["partial"] for r in timed)
+    assert all(r["median_s"] == 0.002 and r["rate_unit"] == "GB/s"
+               for r in timed)
+    assert "interrupted" in capsys.readouterr().out
