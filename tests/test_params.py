@@ -37,7 +37,8 @@ def layer_params(layer):
                                     groups=layer.groups)
     if layer.kind == "bn":
         return 2 * layer.c_out          # scale and shift per channel
-    assert layer.kind == "pool", f"unknown layer kind {layer.kind!r}"
+    assert layer.kind in ("pool", "avgpool"), \
+        f"unknown layer kind {layer.kind!r}"
     return 0
 
 
