@@ -699,9 +699,12 @@ def _source_problems(args, parser):
             parser.error(f"argument --torch-model: no layer of "
                          f"{args.torch_model} can run here")
         return layers.problems, notes
-    name = args.network or args.workload
-    if name in workloads.NETWORKS:
-        return workloads.network_problems(name, batch=args.batch), notes
+    # lenet5 is both: --workload means the workload (batch 64), --network
+    # the network at --batch.
+    if args.network is not None and args.network in workloads.NETWORKS:
+        return workloads.network_problems(args.network,
+                                          batch=args.batch), notes
+    name = args.workload
     if name not in workloads.WORKLOADS:
         known = sorted(set(workloads.WORKLOADS) | set(workloads.NETWORKS))
         parser.error(f"unknown workload or network {name!r}; choose from "
@@ -883,7 +886,9 @@ def _check_problems(args, parser):
     if args.kernels is not None:
         parser.error("argument --kernels: only with --shape")
     name = args.workload
-    args.network = name if name in workloads.NETWORKS else None
+    # A name that is both (lenet5) is the workload.
+    args.network = (name if name in workloads.NETWORKS
+                    and name not in workloads.WORKLOADS else None)
     problems, notes = _source_problems(args, parser)
     problems, more = _selected(problems, args, parser)
     return problems, notes + more

@@ -467,3 +467,15 @@ def test_keyboard_interrupt_keeps_partial_results_of_problems(tmp_path,
     assert all(r["median_s"] == 0.002 and r["rate_unit"] == "GB/s"
                for r in timed)
     assert "interrupted" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag, batch", [("--workload", 64), ("--network", 1)])
+def test_lenet5_is_the_workload_or_the_network_as_asked(tmp_path, flag, batch):
+    """lenet5 names a workload (batch 64) and a network (--batch, 1):
+    each flag gets its own."""
+    out = tmp_path / "s.json"
+    assert cli.main(["sweep", flag, "lenet5", "--op", "avg_pool2d",
+                     "--repeats", "1", "--no-check", "--peers", "none",
+                     "--no-progress", "--json", str(out)]) == 0
+    problems = {r["problem"] for r in json.loads(out.read_text())["results"]}
+    assert problems and all(p.split()[1] == f"n{batch}" for p in problems)
