@@ -11,7 +11,9 @@ blocks on its pipe (asleep), like a process that is not being measured.
 
 Protocol: one JSON object per line.  The first line from the parent is
 the job (contenders, cases, dtype, seed, backend, import order, whether
-malloc keeps freed memory); the
+malloc keeps freed memory; a case is a ConvCase's fields, or a problem of
+any op as :func:`convbench.ops.worker_case` describes it, whose peers are
+built by :mod:`convbench.peer_runners` without ``kernels``); the
 worker answers ``{"ready": {name: null | reason}, "cases": {name: [null |
 reason per case]}}`` (a contender is ready when it runs at least one case;
 a request for a case it cannot run gets no times).  Then each
@@ -106,12 +108,46 @@ def _scipy_runner(method, case, x, w):
     return run
 
 
-def _runner(name, case, x, w, backend):
+def _problem_runner(name, case, data, backend):
+    """The runner of ``name`` on a problem case (a dict made by
+    :func:`convbench.ops.worker_case`): a peer from its plain spec (no
+    ``kernels`` import), an algorithm through :mod:`convbench.ops`."""
+    if name in PEERS:
+        peer = case["peers"][name]
+        if "reason" in peer:
+            raise ValueError(peer["reason"])
+        from convbench import peer_runners
+        if name == "torch":
+            return peer_runners.torch_runner(peer["spec"], data)
+        return peer_runners.scipy_runner(name, peer["spec"], data)
+    from convbench import ops
+    from convbench.problems import parse_problem
+    run, _ = ops.make_runner(name, parse_problem(case["problem"]), data,
+                             backend=backend)
+    return run
+
+
+def _runner(name, case, data, backend):
+    if isinstance(case, dict):
+        return _problem_runner(name, case, data, backend)
+    x, w = data
     if name == "torch":
         return _torch_runner(case, x, w)
     if name in ("scipy-direct", "scipy-fft", "scipy-oa"):
         return _scipy_runner(name[len("scipy-"):], case, x, w)
     return _kernels_runner(name, case, x, w, backend)
+
+
+def _case_data(case, dtype, seed):
+    """The seeded arrays of a case, as its parent drew them: ``(x, w)``
+    of a ConvCase, ``{name: array}`` of a problem."""
+    from convbench.timing import make_inputs, seeded_normal
+    if isinstance(case, dict):
+        names = [name for name, _ in case["arrays"]]
+        shapes = [tuple(shape) for _, shape in case["arrays"]]
+        return dict(zip(names, seeded_normal(*shapes, dtype=dtype,
+                                             seed=seed)))
+    return make_inputs(case[1], case[2], dtype, seed)
 
 
 def _import_in_order(job):
@@ -129,10 +165,10 @@ def _import_in_order(job):
         importlib.import_module(module)
 
 
-def _warmed_up(name, case, x, w, backend, warmup):
+def _warmed_up(name, case, data, backend, warmup):
     """(runner, None) after ``warmup`` calls, or (None, why it cannot run)."""
     try:
-        run = _runner(name, case, x, w, backend)
+        run = _runner(name, case, data, backend)
         for _ in range(warmup):
             run()
     except Exception as exc:  # noqa: BLE001 - reported to the parent
@@ -144,22 +180,22 @@ class _Job:
     """The worker's contenders, data and runners."""
 
     def __init__(self, job):
-        from convbench.timing import make_inputs
         if job.get("keep_freed_memory"):    # as the sweep's own process
             from convbench.machine import keep_freed_memory
             keep_freed_memory()
         _import_in_order(job)
-        self.cases = [tuple(c) for c in job["cases"]]
+        self.cases = [c if isinstance(c, dict) else tuple(c)
+                      for c in job["cases"]]
         self.runners = {}
         self.status = {}
-        data = [make_inputs(c[1], c[2], job["dtype"], job["seed"] + i)
+        data = [_case_data(c, job["dtype"], job["seed"] + i)
                 for i, c in enumerate(self.cases)]
         self.case_status = {}
         warmup = job.get("warmup", 2)
         for name in job["contenders"]:
             runs, reasons = [], []
-            for c, (x, w) in zip(self.cases, data):
-                run, reason = _warmed_up(name, c, x, w,
+            for c, arrays in zip(self.cases, data):
+                run, reason = _warmed_up(name, c, arrays,
                                          job.get("backend", "cpu"), warmup)
                 runs.append(run)
                 reasons.append(reason)

@@ -109,6 +109,12 @@ class Worker:
 
 
 def _plain_case(case):
+    """A case as JSON: a ConvCase's fields, or a problem's
+    :func:`convbench.ops.worker_case`."""
+    from .problems import Problem
+    if isinstance(case, Problem):
+        from .ops import worker_case
+        return worker_case(case)
     label, x_shape, w_shape, stride, padding, groups = case
     return [label, list(x_shape), list(w_shape), int(stride),
             padding if isinstance(padding, str) else int(padding), int(groups)]

@@ -44,11 +44,13 @@ import numpy as np
 import kernels
 from kernels import accuracy
 
+from . import peer_runners
 from .problems import CONV_OPS, POOL_OPS, TRANSPOSED_OPS
 from .timing import seeded_normal
 
 __all__ = ["PEERS", "POOL_CONTENDER", "NotApplicable", "Skipped",
            "algorithms_for", "peers_for", "make_data", "make_runner",
+           "peer_spec", "worker_case", "array_shapes",
            "chosen_algorithm", "Reference", "rate", "copy_bandwidth",
            "POOL_BACKWARD_CONSTANTS"]
 
@@ -109,16 +111,35 @@ def peers_for(p):
 def make_data(p, dtype=np.float32, seed=0):
     """Seeded standard-normal arrays of problem ``p``: a dict with ``x``
     (every op), ``w`` (convolutions) and ``grad_out`` (backward ops)."""
-    names = ["x"]
-    shapes = [p.x_shape]
+    names, shapes = zip(*array_shapes(p))
+    return dict(zip(names, seeded_normal(*shapes, dtype=dtype, seed=seed)))
+
+
+def array_shapes(p):
+    """``[(name, shape), ...]`` of problem ``p``'s arrays, in the order
+    they are drawn."""
+    shapes = [("x", p.x_shape)]
     if p.w_shape is not None:
-        names.append("w")
-        shapes.append(p.w_shape)
+        shapes.append(("w", p.w_shape))
     if "backward" in p.op:
-        names.append("grad_out")
-        shapes.append(p.forward_out_shape)
-    arrays = seeded_normal(*shapes, dtype=dtype, seed=seed)
-    return dict(zip(names, arrays))
+        shapes.append(("grad_out", p.forward_out_shape))
+    return shapes
+
+
+def worker_case(p):
+    """Problem ``p`` as a timing worker's case (:mod:`convbench._worker`):
+    its descriptor, its arrays' shapes, and each peer's
+    :func:`peer_spec` (the reason instead, where it cannot run ``p``), so
+    that a torch worker needs neither ``kernels`` nor this module."""
+    peers = {}
+    for name in PEERS:
+        try:
+            peers[name] = {"spec": peer_spec(p, name)}
+        except NotApplicable as exc:
+            peers[name] = {"reason": str(exc)}
+    return {"problem": p.descriptor(), "label": p.label or p.short,
+            "arrays": [[name, list(shape)] for name, shape in array_shapes(p)],
+            "peers": peers}
 
 
 # --------------------------------------------------------------------------
@@ -231,104 +252,56 @@ def _symmetric_pads(p):
     return pl if p.one_d else (pt, pl)
 
 
+def peer_spec(p, name):
+    """The plain description of problem ``p`` that peer ``name`` runs
+    (:mod:`convbench.peer_runners`; JSON-able, for timing workers).
+
+    Raises
+    ------
+    NotApplicable
+        The peer cannot compute ``p``: SciPy on channels, strides or
+        other ops; torch on uneven padding it cannot express.
+    """
+    spec = {"op": p.op, "one_d": p.one_d, "n": p.n, "h": p.h, "w": p.w,
+            "kernel": list(p.kernel), "stride": list(p.stride),
+            "dilation": list(p.dilation), "groups": p.groups,
+            "output_padding": list(p.output_padding),
+            "pads": [list(pair) for pair in p.pads()],
+            "out_shape": list(p.forward_out_shape)}
+    if name == "torch":
+        # torch's padding='same' puts an even kernel's extra row and
+        # column on the high side, as kernels.geometry.same_padding does.
+        forward = p.op in ("conv1d", "conv2d") and isinstance(p.padding, str)
+        pads = p.padding if forward else _symmetric_pads(p)
+        spec["padding"] = pads if isinstance(pads, str) else (
+            [0, pads] if p.one_d else list(pads))
+        return spec
+    why = _scipy_applies(p)
+    if why is not None:
+        raise NotApplicable(why)
+    return spec
+
+
 def _torch_runner(p, data):
+    spec = peer_spec(p, "torch")
     try:
-        import torch
-        import torch.nn.functional as F
+        import torch  # noqa: F401
     except ImportError:
         raise NotApplicable("torch is not installed (pip install torch)") \
             from None
-    t = {name: torch.from_numpy(a) for name, a in data.items()}
-    x = t["x"]
-    one = (lambda v: v[1]) if p.one_d else tuple
-    stride, dilation = one(p.stride), one(p.dilation)
-    op = p.op
-    if op in ("conv1d", "conv2d"):
-        fn = getattr(F, op)
-        # torch's 'same' puts an uneven kernel's extra row and column
-        # where kernels.geometry.same_padding does: high side.
-        padding = (p.padding if isinstance(p.padding, str)
-                   else _symmetric_pads(p))
-        call = functools.partial(fn, x, t["w"], None, stride, padding,
-                                 dilation, p.groups)
-    elif op in TRANSPOSED_OPS:
-        call = functools.partial(getattr(F, op), x, t["w"], None, stride,
-                                 _symmetric_pads(p), one(p.output_padding),
-                                 p.groups, dilation)
-    elif op == "conv2d_backward_data":
-        call = functools.partial(torch.nn.grad.conv2d_input, x.shape, t["w"],
-                                 t["grad_out"], stride, _symmetric_pads(p),
-                                 dilation, p.groups)
-    elif op == "conv2d_backward_weights":
-        call = functools.partial(torch.nn.grad.conv2d_weight, x, t["w"].shape,
-                                 t["grad_out"], stride, _symmetric_pads(p),
-                                 dilation, p.groups)
-    else:
-        call = _torch_pool_call(p, t, torch, F)
-
-    def run():
-        with torch.no_grad():
-            return call().numpy()
-    return run
-
-
-def _torch_pool_call(p, t, torch, F):
-    x = t["x"]
-    pads = _symmetric_pads(p)
-    kernel, stride, dilation = tuple(p.kernel), tuple(p.stride), tuple(p.dilation)
-    if p.op == "global_avg_pool2d":
-        return functools.partial(F.adaptive_avg_pool2d, x, 1)
-    if p.op == "max_pool2d":
-        return functools.partial(F.max_pool2d, x, kernel, stride, pads,
-                                 dilation)
-    if p.op == "avg_pool2d":
-        return functools.partial(F.avg_pool2d, x, kernel, stride, pads)
-    aten = torch.ops.aten
-    if p.op == "max_pool2d_backward":
-        _, indices = aten.max_pool2d_with_indices(x, kernel, stride, pads,
-                                                  dilation, False)
-        return functools.partial(aten.max_pool2d_with_indices_backward,
-                                 t["grad_out"], x, kernel, stride, pads,
-                                 dilation, False, indices)
-    return functools.partial(aten.avg_pool2d_backward, t["grad_out"], x,
-                             kernel, stride, pads, False, True, None)
+    return peer_runners.torch_runner(spec, data)
 
 
 def _scipy_runner(name, p, data, limit):
     """``scipy.signal`` on each image of a single-channel problem."""
-    why = _scipy_applies(p)
-    if why is not None:
-        raise NotApplicable(why)
-    import scipy.signal
-    (pt, pb), (pl, pr) = p.pads()
-    x = data["x"].reshape(p.n, p.h, p.w)
-    filt = data["w"].reshape(p.kernel)
-    xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr))) if any((pt, pb, pl, pr)) else x
-    if p.one_d:
-        xp, filt = xp[:, 0], filt[0]
-    if name == "scipy-oa":
-        flipped = np.ascontiguousarray(filt[::-1, ::-1] if filt.ndim == 2
-                                       else filt[::-1])
-
-        def one(image):
-            return scipy.signal.oaconvolve(image, flipped, mode="valid")
-    else:
-        method = "direct" if name == "scipy-direct" else "fft"
-
-        def one(image):
-            return scipy.signal.correlate(image, filt, mode="valid",
-                                          method=method)
+    spec = peer_spec(p, name)
     if name == "scipy-direct":
         from .sweep import scipy_direct_rate
-        estimate = p.macs / scipy_direct_rate(x.dtype)
+        estimate = p.macs / scipy_direct_rate(data["x"].dtype)
         if estimate > limit:
             raise Skipped(f"estimated {estimate:.3g} s per call > peer time "
                           f"limit {limit:g} s")
-    shape = p.forward_out_shape
-
-    def run():
-        return np.stack([one(image) for image in xp]).reshape(shape)
-    return run
+    return peer_runners.scipy_runner(name, spec, data)
 
 
 def make_runner(name, p, data, *, backend="cpu", peer_time_limit=math.inf):

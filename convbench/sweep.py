@@ -931,11 +931,9 @@ def _run_problem(p, index, config, progress, current):
     _time_round_robin(runners, current, config.repeats, progress, label)
     for m in current.values():
         _finish(m, p, config.repeats, dtype.itemsize)
-        if config.isolated and m.status == "ok":
-            m.isolated_reason = ("isolated workers run conv2d problems "
-                                 "only")
     if config.isolated:
-        progress.update(per_case * config.repeats)
+        progress.update((per_case - len(current)) * config.repeats)
+        _time_isolated(p, index, current, config, progress)
 
 
 def _time_isolated(case, index, measurements, config, progress):

@@ -94,3 +94,64 @@ def test_network_command_rejects_unknown_settings(capsys):
         main(["network", "lenet5", "--settings", "isolated,both"])
     assert exc.value.code == 2
     assert "unknown setting 'both'" in capsys.readouterr().err
+
+
+# Problems of every op in workers (convbench.ops.worker_case).
+
+def _problems():
+    from convbench.problems import parse_problem
+    return [parse_problem("max_pool2d_backward n1 c3 h9 w8 r3 s2 p1"),
+            parse_problem("conv1d n2 c1 w300 k1 r7 pvalid"),
+            parse_problem("conv_transpose2d n1 c4 h5 w5 k2 r2 s2")]
+
+
+def test_a_peer_worker_runs_problems_of_every_op_without_kernels():
+    pytest.importorskip("torch")
+    with Worker(["torch", "scipy-oa"], _problems()) as worker:
+        assert worker.status == {"torch": None, "scipy-oa": None}
+        # SciPy runs the single-channel conv1d only, and says why not else.
+        assert worker.case_status["scipy-oa"][1] is None
+        assert "SciPy" in worker.case_status["scipy-oa"][0]
+        assert all(s is None for s in worker.case_status["torch"])
+        assert len(worker.time("torch", 0, calls=2)) == 2
+        where = worker.imported(["kernels", "numba", "convbench.ops"])
+    assert set(where.values()) == {None}
+
+
+def test_a_worker_computes_what_the_parent_computes():
+    """The worker draws the same data and its runner gives the same
+    output: the parent's reference error of the worker's kernel, run
+    here from the worker's own functions, is the parent's."""
+    import numpy as np
+    from convbench import _worker, ops
+    for p in _problems():
+        case = isolated._plain_case(p)
+        data = _worker._case_data(case, "float32", 5)
+        mine = ops.make_data(p, np.float32, 5)
+        assert data.keys() == mine.keys()
+        assert all(np.array_equal(data[k], mine[k]) for k in data)
+        ours = _worker._runner("direct" if p.k else "kernels", case, data,
+                               "cpu")()
+        theirs = _worker._runner("torch", case, data, "cpu")()
+        ref = ops.Reference(p, mine, check_batch=0)
+        for name, y in (("direct", ours), ("torch", theirs)):
+            units, constant, _ = ref.error_units(
+                name if p.k else "kernels", np.float32, y)
+            assert units <= constant
+
+
+def test_sweep_isolated_times_problems_of_every_op(tmp_path):
+    pytest.importorskip("torch")
+    import json
+    from convbench import cli
+    path = tmp_path / "p.txt"
+    path.write_text("\n".join(p.descriptor() for p in _problems()) + "\n")
+    out = tmp_path / "s.json"
+    assert cli.main(["sweep", "--problems", str(path), "--isolated",
+                     "--repeats", "2", "--peers", "torch", "--algorithms",
+                     "direct", "--no-check", "--no-progress", "--json",
+                     str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    timed = [r for r in rows if r["status"] == "ok"]
+    assert {r["op"] for r in timed} == {p.op for p in _problems()}
+    assert all(len(r["isolated_times_s"]) == 2 for r in timed)
