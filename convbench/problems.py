@@ -606,7 +606,11 @@ def as_op(problems, op):
                 # Padded rows would add output rows a conv1d has not.
                 for p in source if p.h == 1 and p.kernel[0] == 1
                 and p.pads()[0] == (0, 0)]
-    return [replace(p, op=op) for p in source]
+    # As with_directions does: the label names the direction (a table
+    # groups rows by label, and both ops may run in one sweep).
+    direction = "bwd_weights" if op.endswith("weights") else "bwd_data"
+    return [replace(p, op=op, label=f"{p.label or p.short}:{direction}"
+                    .replace(" ", "_")) for p in source]
 
 
 def select(problems, ops=None, directions=("fwd",)):

@@ -478,9 +478,13 @@ def test_as_op_derives_backward_problems():
         assert derived.op == op
         assert (derived.x_shape, derived.w_shape, derived.forward_out_shape) \
             == (conv.x_shape, conv.w_shape, conv.forward_out_shape)
-        assert (derived.label, derived.count) == ("l1", 3)
+        # The label names the direction: forward and backward rows of one
+        # layer stay apart in a table.
+        direction = "bwd_weights" if op.endswith("weights") else "bwd_data"
+        assert (derived.label, derived.count) == (f"l1:{direction}", 3)
     (back,) = as_op([conv, pool], "max_pool2d_backward")
     assert back.op == "max_pool2d_backward"
+    assert back.label == pool.short.replace(" ", "_") + ":bwd_data"
     assert back.forward_out_shape == pool.forward_out_shape
     # Problems of the op itself are taken as they are.
     given_ = parse_problem("conv2d_backward_data n1 c2 h5 w5 k2 r3")
