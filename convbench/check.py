@@ -137,8 +137,8 @@ def _check_one(p, name, data, ref, backend):
         result.reason = f"held to {model}'s bound (its pick is not known)"
     result.status = "passed" if result.excess <= 1 else "failed"
     if result.status == "failed":
-        result.reason = (f"error {units:.3g} u x scale is {result.excess:.3g}"
-                         f"x the bound c = {constant:g}")
+        result.reason = (f"max |y - y_ref| is {units:.3g} u |x|*|w|, "
+                         f"{result.excess:.3g}x the bound c = {constant:g}")
     return result
 
 

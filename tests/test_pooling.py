@@ -405,6 +405,44 @@ def test_both_max_pool_backward_kernels_agree_with_the_definition(planes):
 
 
 @settings(deadline=None)
+@given(kernel=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+       stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       planes=st.integers(1, 5), seed=st.integers(0, 2**32 - 1))
+def test_max_pool_backward_scatter_and_gather_add_in_the_same_order(
+        kernel, stride, dilation, planes, seed):
+    """The two index kernels (per-plane scatter, per-row gather) add each
+    input's contributions in the same order: bitwise equal float32
+    results, whatever path the plane count picks; and both are the
+    definition (scatter to the argmax) within the summation bound."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    ph, pw = kh // 2, kw // 2
+    h, w = 9, 8
+    if (kh - 1) * dh + 1 > h + 2 * ph or (kw - 1) * dw + 1 > w + 2 * pw:
+        return
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((planes, h, w)).astype(np.float32)
+    ho = geometry.pool_output_size(h, kh, sh, ph, dh)
+    wo = geometry.pool_output_size(w, kw, sw, pw, dw)
+    g = rng.standard_normal((planes, ho, wo)).astype(np.float32)
+    _, idx = ref.max_pool2d(x, kernel, stride, (ph, pw), dilation,
+                            return_indices=True)
+    idx = np.ascontiguousarray(idx.astype(np.int64))
+    geom = (kh, kw, sh, sw, ph, pw, dh, dw)
+    outs = []
+    for into in (cpu_pooling._max_pool_backward_scatter_into,
+                 cpu_pooling._max_pool_backward_gather_into):
+        out = np.zeros((planes, h, w), np.float32)
+        into(g, idx, h, w, *geom, out)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    expected = scatter_to_argmax(g.astype(np.float64), idx, x.shape)
+    scale = scatter_to_argmax(np.abs(g.astype(np.float64)), idx, x.shape)
+    u = np.finfo(np.float32).eps / 2
+    assert np.all(np.abs(outs[0] - expected) <= kh * kw * u * scale)
+
+
+@settings(deadline=None)
 @given(k=st.tuples(st.integers(1, 4), st.integers(1, 4)),
        tiles=st.tuples(st.integers(1, 4), st.integers(1, 4)),
        dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**32 - 1))

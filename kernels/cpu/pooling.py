@@ -382,30 +382,59 @@ def _max_pool_backward_fused_into(grad_out, x, kh, kw, sh, sw, ph, pw, dh, dw,
 @njit(cache=True, inline="always")
 def _tap(offset, k, d):
     """True when ``offset`` from a window start is one of its k taps."""
-    return 0 <= offset <= (k - 1) * d and offset % d == 0
+    return 0 <= offset <= (k - 1) * d and (d == 1 or offset % d == 0)
 
 
 def max_pool_backward_indices(grad_out, indices, height, width, kh, kw, sh,
                               sw, ph, pw, dh, dw):
-    """Gradient of max pooling from argmax indices, gathered per input row.
+    """Gradient of max pooling from argmax indices.
 
-    Each task owns one input row and collects the gradient of the output
-    rows whose windows can reach it, keeping the windows whose index
-    points into the row.  Parallel over all input rows of all planes, so
-    it scales even for a single plane.  An index that is not a tap of its
-    own window (PyTorch's placeholder for a window that holds no input
+    With at least as many planes as threads, each thread scatters
+    ``grad_out`` of whole planes to their indices
+    (:func:`_max_pool_backward_scatter_into`: one pass over ``grad_out``);
+    with fewer, each task gathers one input row of all planes
+    (:func:`_max_pool_backward_gather_into`), so that a single plane
+    scales too.  Both add the contributions to an input in the same
+    order (output row, then column): the result does not depend on the
+    path or the thread count.  An index that is not a tap of its own
+    window (PyTorch's placeholder for a window that holds no input
     element) contributes nothing: that output is constant in ``x``.
     """
-    grad_in = np.zeros((grad_out.shape[0], height, width),
+    # Each task zeroes what it owns: the pages are touched in parallel.
+    grad_in = np.empty((grad_out.shape[0], height, width),
                        dtype=grad_out.dtype)
-    _max_pool_backward_indices_into(grad_out, indices, height, width, kh, kw,
-                                    sh, sw, ph, pw, dh, dw, grad_in)
+    if grad_out.shape[0] >= get_num_threads():
+        into = _max_pool_backward_scatter_into
+    else:
+        into = _max_pool_backward_gather_into
+    into(grad_out, indices, height, width, kh, kw, sh, sw, ph, pw, dh, dw,
+         grad_in)
     return grad_in
 
 
 @njit(parallel=True, cache=True)
-def _max_pool_backward_indices_into(grad_out, indices, height, width, kh, kw,
+def _max_pool_backward_scatter_into(grad_out, indices, height, width, kh, kw,
                                     sh, sw, ph, pw, dh, dw, grad_in):
+    n_planes, ho, wo = grad_out.shape
+    size = height * width
+    for p in prange(n_planes):
+        flat = grad_in[p].reshape(size)
+        flat[:] = 0
+        for oh in range(ho):
+            top = oh * sh - ph
+            for ow in range(wo):
+                i = indices[p, oh, ow]
+                if i < 0 or i >= size:
+                    continue
+                ih = i // width
+                if (_tap(ih - top, kh, dh)
+                        and _tap(i - ih * width - (ow * sw - pw), kw, dw)):
+                    flat[i] += grad_out[p, oh, ow]
+
+
+@njit(parallel=True, cache=True)
+def _max_pool_backward_gather_into(grad_out, indices, height, width, kh, kw,
+                                   sh, sw, ph, pw, dh, dw, grad_in):
     n_planes, ho, wo = grad_out.shape
     rows = n_planes * height
     n_chunks = _n_chunks(rows)
@@ -416,7 +445,12 @@ def _max_pool_backward_indices_into(grad_out, indices, height, width, kh, kw,
             ih = r - p * height
             row_start = ih * width
             row = grad_in[p, ih]
-            for oh in range(ho):
+            row[:] = 0
+            # The output rows whose windows span input row ih:
+            # oh sh - ph <= ih <= oh sh - ph + (kh - 1) dh.
+            first = max(0, -((-(ih + ph - (kh - 1) * dh)) // sh))
+            last = min(ho - 1, (ih + ph) // sh)
+            for oh in range(first, last + 1):
                 if not _tap(ih - (oh * sh - ph), kh, dh):
                     continue
                 for ow in range(wo):
