@@ -668,22 +668,9 @@ def _prepare(case, x, w, contenders, config, ref, progress):
                     f"estimated {estimate:.3g} s per call (from a crop) > "
                     f"time limit {limit:g} s while {best} took "
                     f"{ran[best]:.3g} s")
-            y, seconds = _timed(run)  # warm-up: compilation, planning, threads
-            if seconds > limit and best is not None and ran[best] <= limit:
-                _, again = _timed(run)
-                seconds = min(seconds, again)
-            m.warmup_s = warm[name] = seconds
-            why = _slow(name, warm, limit)
-            if why is not None:
-                raise Skipped(why)
-        except (NotApplicable, kernels.UnsupportedConfiguration) as exc:
-            m.status, m.reason = "n/a", str(exc)
-        except Skipped as exc:
-            m.status, m.reason = "skipped", str(exc)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as exc:  # noqa: BLE001 - report and go on
-            m.status, m.reason = "error", f"{type(exc).__name__}: {exc}"
+            y = _warm_up_call(run, m, warm, limit)
+        except Exception as exc:  # noqa: BLE001 - a status, see _failed
+            _failed(m, exc)
         else:
             runners[name] = run
             kind = bound_kind(name, m.chose)
@@ -696,6 +683,42 @@ def _prepare(case, x, w, contenders, config, ref, progress):
     _skip_earlier_slow(runners, measurements, warm, limit)
     runners = {n: runners[n] for n in contenders if n in runners}
     return runners, {n: measurements[n] for n in contenders}
+
+
+def _warm_up_call(run, m, warm, limit):
+    """The output of one untimed warm-up call of ``run`` (compilation,
+    planning, thread start) for contender ``m``.
+
+    When the call took more than ``limit`` while another contender of the
+    case ran within it, a second call is made (the first may have
+    compiled) and the faster counts.  The seconds go to ``warm`` and
+    ``m.warmup_s``; :class:`Skipped` when the contender is still over the
+    limit (:func:`_slow`).
+    """
+    name = m.contender
+    ran = {k: t for k, t in warm.items() if t is not None}
+    best = min(ran, key=ran.get, default=None)
+    y, seconds = _timed(run)
+    if seconds > limit and best is not None and ran[best] <= limit:
+        _, again = _timed(run)
+        seconds = min(seconds, again)
+    m.warmup_s = warm[name] = seconds
+    why = _slow(name, warm, limit)
+    if why is not None:
+        raise Skipped(why)
+    return y
+
+
+def _failed(m, exc):
+    """Record why contender ``m`` did not run: ``n/a`` (it cannot compute
+    the case), ``skipped`` (too slow) or ``error`` (any other exception;
+    an interrupt is no Exception and goes on up)."""
+    if isinstance(exc, (NotApplicable, kernels.UnsupportedConfiguration)):
+        m.status, m.reason = "n/a", str(exc)
+    elif isinstance(exc, Skipped):
+        m.status, m.reason = "skipped", str(exc)
+    else:
+        m.status, m.reason = "error", f"{type(exc).__name__}: {exc}"
 
 
 def _skip_earlier_slow(runners, measurements, warm, limit):
@@ -865,28 +888,12 @@ def _problem_measurement(p, name):
 def _warm_up_problem(p, name, data, config, ref, warm, m):
     """Warm contender ``name`` up on ``p`` and measure its error; returns
     its runner, or None (``m.status`` says why)."""
-    limit = config.time_limit
     try:
         run, m.chose = ops.make_runner(name, p, data, backend=config.backend,
                                        peer_time_limit=config.peer_time_limit)
-        ran = {k: t for k, t in warm.items() if t is not None}
-        best = min(ran, key=ran.get, default=None)
-        y, seconds = _timed(run)  # warm-up: compilation, planning, threads
-        if seconds > limit and best is not None and ran[best] <= limit:
-            _, again = _timed(run)
-            seconds = min(seconds, again)
-        m.warmup_s = warm[name] = seconds
-        why = _slow(name, warm, limit)
-        if why is not None:
-            raise Skipped(why)
-    except (NotApplicable, kernels.UnsupportedConfiguration) as exc:
-        m.status, m.reason = "n/a", str(exc)
-    except Skipped as exc:
-        m.status, m.reason = "skipped", str(exc)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as exc:  # noqa: BLE001 - report and go on
-        m.status, m.reason = "error", f"{type(exc).__name__}: {exc}"
+        y = _warm_up_call(run, m, warm, config.time_limit)
+    except Exception as exc:  # noqa: BLE001 - a status, see _failed
+        _failed(m, exc)
     else:
         if ref is not None and ref.skipped is None:
             units, constant, model = ref.error_units(name, data["x"].dtype,
