@@ -393,8 +393,12 @@ def problem(op="conv2d", *, n=1, c, h=None, w, k=None, kernel=None,
                 raise ProblemError(f"output padding ({o}) must be smaller than "
                                    f"the stride or the dilation", "o")
     count = _positive("count", count)
+    label = str(label)
+    if any(ch.isspace() for ch in label) or "#" in label:
+        raise ProblemError(f"a label has no spaces or '#' (it must read back "
+                           f"from one line), got {label!r}", "name")
     made = Problem(op, n, c, h, w, k, tuple(kernel), tuple(stride), padding,
-                   tuple(dilation), groups, tuple(output_padding), str(label),
+                   tuple(dilation), groups, tuple(output_padding), label,
                    count)
     try:
         out = made.forward_out_hw

@@ -551,3 +551,12 @@ def test_format_problems_writes_one_descriptor_per_line():
     assert lines[0] == "# made by a test"
     assert [parse_problem(line) for line in lines[1:]] == ps
     assert text.endswith("\n")
+
+
+@pytest.mark.parametrize("label", ["a b", "tab\there", "x#1"])
+def test_a_label_that_would_not_read_back_is_rejected(label):
+    # The descriptor is one line of space-separated fields; '#' starts a
+    # comment: such a label could not be parsed back.
+    with pytest.raises(ProblemError) as info:
+        problem("conv2d", c=1, h=4, w=4, k=1, kernel=3, label=label)
+    assert info.value.field == "name"
