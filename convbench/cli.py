@@ -194,9 +194,10 @@ def build_parser():
                     help="algorithms to run (default: every built one; "
                          "'auto' allowed)")
     sw.add_argument("--peers", type=_name_list, default=None, metavar="P,Q,...",
-                    help="peers: scipy-direct, scipy-fft, scipy-oa (not "
-                         "with conv2d --shape), torch, or 'none' (default: "
-                         "all that apply; torch only if importable)")
+                    help="peers: scipy-direct, scipy-fft, scipy-oa, torch, "
+                         "or 'none' (default: scipy-direct, scipy-fft and "
+                         "torch on conv2d sweeps, all four on problems; "
+                         "torch only if importable)")
     sw.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     sw.add_argument("--backend", choices=("cpu", "cuda"), default="cpu",
                     help="kernels' backend of the algorithms (default cpu; "
@@ -365,7 +366,6 @@ def _add_op_options(parser):
 
 
 def _add_check_parser(sub):
-    from .problems import OPS
     ck = sub.add_parser(
         "check", help="correctness only: every algorithm on every problem "
                       "against the float64 reference, a status each",
@@ -411,7 +411,6 @@ def _add_check_parser(sub):
     ck.add_argument("--json", metavar="PATH",
                     help="write every status as JSON")
     ck.add_argument("--no-progress", action="store_true")
-    del OPS
 
 
 def _add_network_parser(sub):
@@ -569,11 +568,12 @@ def _contenders(args, parser, problems=False):
     """(algorithms, peers) of --algorithms and --peers; ``problems``:
     the cases are Problems (every op: the peers of convbench.ops)."""
     import kernels
-    from .ops import PEERS as OP_PEERS
+    from .ops import PEERS as known_peers
     from .ops import POOL_CONTENDER
-    from .sweep import PEERS
-    if problems:
-        PEERS = OP_PEERS  # noqa: N806 - the peers of this sweep
+    # oaconvolve joins the default peers where the problems may be long
+    # 1-D signals; a conv2d sweep keeps its three.
+    default_peers = (list(known_peers) if problems
+                     else ["scipy-direct", "scipy-fft", "torch"])
     built = kernels.built_algorithms(args.backend)
     if args.algorithms is None:
         algorithms = list(built)
@@ -592,7 +592,7 @@ def _contenders(args, parser, problems=False):
             parser.error(f"argument --algorithms: not built yet: "
                          f"{', '.join(missing)} (built: {', '.join(built)})")
     if args.peers is None:
-        peers = [p for p in PEERS if p != "torch"]
+        peers = [p for p in default_peers if p != "torch"]
         try:
             import torch  # noqa: F401
             peers.append("torch")
@@ -603,9 +603,9 @@ def _contenders(args, parser, problems=False):
     else:
         peers = args.peers
         for p in peers:
-            if p not in PEERS:
+            if p not in known_peers:
                 parser.error(f"argument --peers: unknown peer {p!r}; choose "
-                             f"from {', '.join(PEERS)} or 'none'")
+                             f"from {', '.join(known_peers)} or 'none'")
     if not algorithms and not peers:
         parser.error("nothing to run: no algorithms and no peers")
     return algorithms, peers

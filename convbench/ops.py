@@ -30,7 +30,7 @@ Pooling uses the bounds documented in :mod:`kernels._pooling` (max
 pooling exact; average pooling ``kH kW + 1`` against ``avg_pool(|x|)``).
 Their backward passes sum at most ``kH kW`` contributions per input:
 :data:`POOL_BACKWARD_CONSTANTS` (derived from the summation bound, not
-fitted: docs/benchmarks.md lists what was observed).
+fitted: docs/performance.md section H lists what was observed).
 """
 
 from __future__ import annotations

@@ -481,3 +481,16 @@ def test_lenet5_is_the_workload_or_the_network_as_asked(tmp_path, flag, batch):
                      "--no-progress", "--json", str(out)]) == 0
     problems = {r["problem"] for r in json.loads(out.read_text())["results"]}
     assert problems and all(p.split()[1] == f"n{batch}" for p in problems)
+
+
+def test_default_peers_add_scipy_oa_only_for_problems(tmp_path):
+    """A conv2d kernel-size sweep keeps SciPy's correlate peers and torch
+    by default; a sweep of problems adds oaconvolve (long 1-D signals)."""
+    from convbench import cli as cli_mod
+    parser = cli_mod.build_parser()
+    args = parser.parse_args(["sweep", "--shape", "1,1,8,8,1"])
+    _, peers = cli_mod._contenders(args, parser, problems=False)
+    assert "scipy-oa" not in peers
+    assert {"scipy-direct", "scipy-fft"} <= set(peers)
+    _, peers = cli_mod._contenders(args, parser, problems=True)
+    assert {"scipy-direct", "scipy-fft", "scipy-oa"} <= set(peers)
