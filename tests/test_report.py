@@ -456,3 +456,29 @@ def test_report_from_asv_alone_plots_the_history(tmp_path, monkeypatch):
     names = sorted(p.name for p in out.glob("asv-*.png"))
     assert names == ["asv-bench-conv-crossover-track-crossover.png",
                      "asv-bench-conv-layers-time-conv2d.png"]
+
+
+def test_report_of_a_problem_file_in_two_directions(tmp_path, fast):
+    """`report --problems FILE --direction fwd,bwd_data`: one sweep of
+    problems drawn as layers, every op's rows in the tables, what a
+    direction cannot run in the sweep's note, and the JSON reads back."""
+    problems = tmp_path / "layers.txt"
+    problems.write_text("conv2d n1 c2 h8 w8 k2 r3 p1 name=c\n"
+                        "max_pool2d n1 c2 h8 w8 r2 name=mp\n"
+                        "global_avg_pool2d n1 c2 h4 w4 name=gap\n")
+    out = tmp_path / "rep"
+    assert cli.main(["report", "--problems", str(problems), "--direction",
+                     "fwd,bwd_data", "--repeats", "1", "--quick",
+                     "--no-progress", "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    for label in ("c", "c:bwd_data", "mp", "mp:bwd_data", "gap"):
+        assert f"| {label} |" in text, label
+    assert "not run: bwd_data of global_avg_pool2d" in text
+    assert "GB/s" in text                       # pooling rates
+    saved = next(out.glob("sweep-*.json"))
+    ops = {r["op"] for r in json.loads(saved.read_text())["results"]}
+    assert ops == {"conv2d", "conv2d_backward_data", "max_pool2d",
+                   "max_pool2d_backward", "global_avg_pool2d"}
+    again = tmp_path / "again"
+    assert cli.main(["report", "--from-json", str(saved), "--out",
+                     str(again)]) == 0
