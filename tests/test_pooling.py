@@ -552,3 +552,16 @@ def test_matches_torch_on_a_grid(dtype):
             np.testing.assert_allclose(api.avg_pool2d(x, k, s, p, c, cip),
                                        F.avg_pool2d(tx, k, s, p, c, cip).numpy(),
                                        rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pool_with_indices_returns_the_first_maximum_itself(dtype):
+    """PyTorch's rule, first maximum in window order, decides the value
+    too: of -0.0 and +0.0 (equal maxima) the first one's sign is kept."""
+    for first, second in ((-0.0, 0.0), (0.0, -0.0)):
+        # Window order is row-major: (0, 1) comes before (1, 0), whatever
+        # order a separable (columns-first) reduction would visit them in.
+        x = np.array([[[[-1.0, first], [second, -1.0]]]], dtype=dtype)
+        y, idx = api.max_pool2d(x, 2, return_indices=True)
+        assert idx.ravel().tolist() == [1]
+        assert np.signbit(y.ravel()[0]) == np.signbit(first)

@@ -306,7 +306,9 @@ def max_pool_with_indices(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
     The values come from the separable kernel (:func:`max_pool`); each
     window's index is then found by one scan of its taps in window order
     that stops at the first tap equal to the maximum — PyTorch's first
-    maximum — or, when the maximum is NaN, keeps the last NaN.  One
+    maximum — or, when the maximum is NaN, keeps the last NaN, and the
+    value is re-read from that tap (the sign of a zero maximum, a NaN's
+    payload: PyTorch's).  One
     window at a time with a compare and a branch per tap
     (:func:`_window_argmax`) was 10-15x slower than the values alone.
     """
@@ -318,10 +320,11 @@ def max_pool_with_indices(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
 
 @njit(cache=True, inline="always")
 def _index_of(plane, y, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw):
-    """Flat index of value ``y`` in window ``(oh, ow)``: its first tap
-    equal to ``y``, the last NaN tap when ``y`` is NaN, and the window's
-    first tap position (PyTorch's placeholder, maybe outside the plane)
-    when no tap holds it (no input element in the window)."""
+    """``(flat index, hit)`` of value ``y`` in window ``(oh, ow)``: its
+    first tap equal to ``y``, the last NaN tap when ``y`` is NaN; when no
+    tap holds it (no input element in the window), the window's first
+    tap position (PyTorch's placeholder, maybe outside the plane) and
+    ``hit`` False."""
     height, width = plane.shape
     ih0 = oh * sh - ph
     iw0 = ow * sw - pw
@@ -332,6 +335,7 @@ def _index_of(plane, y, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw):
     while iw0 < 0:
         iw0 += dw
     found = ih0 * width + iw0
+    hit = False
     nan = y != y
     ih = ih0
     while ih < ih1:
@@ -341,11 +345,12 @@ def _index_of(plane, y, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw):
             if nan:
                 if v != v:
                     found = ih * width + iw
+                    hit = True
             elif v == y:
-                return ih * width + iw
+                return ih * width + iw, True
             iw += dw
         ih += dh
-    return found
+    return found, hit
 
 
 @njit(parallel=True, cache=True)
@@ -359,9 +364,16 @@ def _argmax_indices_into(x, out, kh, kw, sh, sw, ph, pw, dh, dw, indices):
             p = r // ho
             oh = r - p * ho
             plane = x[p]
+            flat = plane.reshape(plane.size)
             for ow in range(wo):
-                indices[p, oh, ow] = _index_of(plane, out[p, oh, ow], oh, ow,
-                                               kh, kw, sh, sw, ph, pw, dh, dw)
+                i, hit = _index_of(plane, out[p, oh, ow], oh, ow, kh, kw, sh,
+                                   sw, ph, pw, dh, dw)
+                indices[p, oh, ow] = i
+                if hit:
+                    # The value of the argmax itself, as PyTorch returns
+                    # it: -0.0 where the first maximum is -0.0 (the
+                    # separable kernel may have kept +0.0).
+                    out[p, oh, ow] = flat[i]
 
 
 # --------------------------------------------------------------------------
