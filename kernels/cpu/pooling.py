@@ -274,9 +274,10 @@ def _max_pool_into(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out):
 
 
 @njit(cache=True, inline="always")
-def _window_argmax(plane, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw):
-    """(value, flat index) of one window, in PyTorch's order and rules."""
-    height, width = plane.shape
+def _window_taps(oh, ow, height, width, kh, kw, sh, sw, ph, pw, dh, dw):
+    """``(ih0, ih1, iw0, iw1)``: window ``(oh, ow)``'s first tap row and
+    column inside the plane and the ends (exclusive) of its taps there;
+    the taps are ``range(ih0, ih1, dh) x range(iw0, iw1, dw)``."""
     ih0 = oh * sh - ph
     iw0 = ow * sw - pw
     ih1 = min(ih0 + (kh - 1) * dh + 1, height)
@@ -285,6 +286,15 @@ def _window_argmax(plane, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw):
         ih0 += dh
     while iw0 < 0:
         iw0 += dw
+    return ih0, ih1, iw0, iw1
+
+
+@njit(cache=True, inline="always")
+def _window_argmax(plane, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw):
+    """(value, flat index) of one window, in PyTorch's order and rules."""
+    height, width = plane.shape
+    ih0, ih1, iw0, iw1 = _window_taps(oh, ow, height, width, kh, kw, sh, sw,
+                                      ph, pw, dh, dw)
     best = -np.inf
     # PyTorch's index for a window that holds no input element (possible
     # with dilation): the first tap position, which may lie outside.
@@ -326,14 +336,8 @@ def _index_of(plane, y, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw):
     tap position (PyTorch's placeholder, maybe outside the plane) and
     ``hit`` False."""
     height, width = plane.shape
-    ih0 = oh * sh - ph
-    iw0 = ow * sw - pw
-    ih1 = min(ih0 + (kh - 1) * dh + 1, height)
-    iw1 = min(iw0 + (kw - 1) * dw + 1, width)
-    while ih0 < 0:
-        ih0 += dh
-    while iw0 < 0:
-        iw0 += dw
+    ih0, ih1, iw0, iw1 = _window_taps(oh, ow, height, width, kh, kw, sh, sw,
+                                      ph, pw, dh, dw)
     found = ih0 * width + iw0
     hit = False
     nan = y != y
