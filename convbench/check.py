@@ -92,9 +92,9 @@ class _ConvReference:
 def _reference(p, data, check_macs):
     """The cheapest complete reference of ``p`` within ``check_macs``:
     every image, else the first one (a conv2d: else its first rows)."""
-    from .sweep import _conv_case, _fits_conv_case
-    if _fits_conv_case(p):
-        return _ConvReference(_conv_case(p), data, check_macs)
+    from .workloads import fits_conv_case, problem_case
+    if fits_conv_case(p):
+        return _ConvReference(problem_case(p), data, check_macs)
     ref = ops.Reference(p, data, check_batch=0, check_macs=check_macs)
     if ref.skipped is not None and p.n > 1:
         ref = ops.Reference(p, data, check_batch=1, check_macs=check_macs)

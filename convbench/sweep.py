@@ -53,7 +53,7 @@ from . import ops
 from .crossover import find_crossovers
 from .problems import Problem, parse_problem
 from .timing import interleaved_times, make_inputs, time_call
-from .workloads import ConvCase
+from .workloads import ConvCase, fits_conv_case, problem_case
 
 __all__ = ["PEERS", "SweepConfig", "Measurement", "SweepResult", "run_sweep",
            "make_runner", "NotApplicable", "Skipped", "ReferenceCheck", "bound_kind",
@@ -794,8 +794,8 @@ def run_sweep(cases, config):
         for index, case in enumerate(cases):
             current = {}
             problem = None
-            if isinstance(case, Problem) and _fits_conv_case(case):
-                problem, case = case, _conv_case(case)
+            if isinstance(case, Problem) and fits_conv_case(case):
+                problem, case = case, _counted_case(case)
             if isinstance(case, Problem):
                 # current is filled contender by contender: an interrupt
                 # keeps what was timed.
@@ -846,23 +846,13 @@ def run_sweep(cases, config):
     return result
 
 
-def _fits_conv_case(p):
-    """Whether conv2d problem ``p`` runs on the ConvCase path (one stride,
-    no dilation, symmetric padding equal on both axes or a rule): the one
-    with SciPy's multi-channel peers, cropped reference checks, time-limit
-    pilots and isolated workers."""
-    if p.op != "conv2d" or p.dilation != (1, 1) or p.stride[0] != p.stride[1]:
-        return False
-    return isinstance(p.padding, str) or p.padding[0] == p.padding[1]
-
-
-def _conv_case(p):
+def _counted_case(p):
+    """The ConvCase of conv2d problem ``p``, labelled as the network
+    sweeps label shared layers (``"name (x6)"``)."""
     label = p.label or p.short
     if p.count > 1:
         label += f" (x{p.count})"
-    padding = p.padding if isinstance(p.padding, str) else p.padding[0]
-    return ConvCase(label, tuple(p.x_shape), tuple(p.w_shape), p.stride[0],
-                    padding, p.groups)
+    return problem_case(p, label)
 
 
 def _problem_contenders(p, config):

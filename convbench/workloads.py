@@ -895,15 +895,19 @@ def network_problems(name, batch=1):
 
 
 def fits_conv_case(p):
-    """Whether a conv2d Problem can be a :class:`ConvCase` (one int stride,
-    symmetric int padding equal on both axes, no dilation)."""
-    return (p.op == "conv2d" and p.stride[0] == p.stride[1]
-            and not isinstance(p.padding, str)
-            and p.padding[0] == p.padding[1] and p.dilation == (1, 1))
+    """Whether a conv2d Problem can be a :class:`ConvCase`: one stride,
+    no dilation, and symmetric padding equal on both axes or a rule
+    (``"same"``, ``"valid"``).  Such problems run on the sweep's conv2d
+    path (SciPy's multi-channel peers, cropped reference checks,
+    time-limit pilots)."""
+    if p.op != "conv2d" or p.dilation != (1, 1) or p.stride[0] != p.stride[1]:
+        return False
+    return isinstance(p.padding, str) or p.padding[0] == p.padding[1]
 
 
-def problem_case(p):
-    """The :class:`ConvCase` of a conv2d Problem (see :func:`fits_conv_case`).
+def problem_case(p, label=None):
+    """The :class:`ConvCase` of a conv2d Problem (see :func:`fits_conv_case`),
+    labelled ``label`` (default: the problem's).
 
     Raises
     ------
@@ -913,8 +917,9 @@ def problem_case(p):
     if not fits_conv_case(p):
         raise ValueError(f"not a ConvCase (one stride, one padding, no "
                          f"dilation): {p.descriptor()}")
-    return ConvCase(p.label, p.x_shape, p.w_shape, p.stride[0],
-                    p.padding[0], p.groups)
+    padding = p.padding if isinstance(p.padding, str) else p.padding[0]
+    return ConvCase(p.label if label is None else label, tuple(p.x_shape),
+                    tuple(p.w_shape), p.stride[0], padding, p.groups)
 
 
 def deepbench_train():
