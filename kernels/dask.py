@@ -300,6 +300,15 @@ def _conv_block(window, i, j, w, bias, rows, cols, stride, dilation, groups,
         padding = (0, 0, 0, 0)
     spec = ConvSpec(tuple(window.shape), tuple(w.shape), stride, padding,
                     dilation, groups, window.dtype)
+    if (algorithm != "auto" and _dispatch.unsupported_reason(
+            "conv2d", backend, algorithm, spec) is not None):
+        # The whole problem was checked when the graph was built; a border
+        # block narrower than the kernel (Winograd's size rule) is the
+        # same problem with its zero padding written into the window.
+        window = np.pad(window, ((0, 0), (0, 0)) + tuple(
+            zip(padding[::2], padding[1::2])))
+        spec = ConvSpec(tuple(window.shape), tuple(w.shape), stride,
+                        (0, 0, 0, 0), dilation, groups, window.dtype)
     with _kernel_threads(threads):
         return np.asarray(run_conv2d(spec, window, w, bias, algorithm, backend))
 

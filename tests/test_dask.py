@@ -171,6 +171,19 @@ def test_conv2d_equals_in_memory(data, problem: ConvProblem, algorithm, dtype):
         assert_within_bound(algorithm, got, x, w, b, **problem.kwargs)
 
 
+@pytest.mark.parametrize("chunks", [(1, 1, 1), (1, 1, (2, 1)), (1, 1, (1, 2))])
+def test_winograd_on_border_chunks_narrower_than_the_kernel(chunks):
+    # Found by the thorough profile: the whole problem (width 2, kernel 2,
+    # "same") suits Winograd, but a 1-wide border chunk gave a block input
+    # narrower than the kernel, which Winograd's size rule refuses.
+    rng = np.random.default_rng(5)
+    x = random_array(rng, (1, 1, 3), np.float32)
+    w = random_array(rng, (1, 1, 1, 2), np.float32)
+    got = kd.conv2d(da.from_array(x, chunks=chunks), w, padding="same",
+                    algorithm="winograd").compute(**SYNC)
+    assert_within_bound("winograd", got, x, w, None, padding="same")
+
+
 def test_conv2d_auto_and_its_chunks():
     rng = np.random.default_rng(1)
     x = random_array(rng, (3, 4, 50, 45), np.float32)
