@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["boundaries", "owned_outputs", "exact_windows",
+__all__ = ["boundaries", "owned_outputs", "exact_windows", "reads",
            "aligned_windows", "ExactWindow", "AlignedWindow", "halo",
            "fit_chunks"]
 
@@ -100,15 +100,26 @@ def exact_windows(chunks, n_out, extent, stride, lo):
     for o0, o1 in owned_outputs(chunks, n_out, stride, lo):
         if o1 <= o0:
             raise ValueError("every chunk must own at least one output")
-        first = o0 * stride - lo
-        end = (o1 - 1) * stride - lo + extent
-        if end <= 0 or first >= n:        # windows in the padding only
-            at = min(max(first, 0), n)
-            windows.append(ExactWindow(o0, o1, at, at, end - first, 0))
-            continue
-        windows.append(ExactWindow(o0, o1, max(0, first), min(n, end),
-                                   max(0, -first), max(0, end - n)))
+        windows.append(ExactWindow(o0, o1, *reads(o0, o1, n, extent, stride,
+                                                  lo)))
     return windows
+
+
+def reads(o0, o1, n, extent, stride, lo):
+    """``(in_start, in_stop, pad_lo, pad_hi)`` for outputs ``[o0, o1)``.
+
+    The inputs those outputs read, clipped to ``[0, n)``, and the padding
+    that restores what was clipped: the op run on them gives exactly the
+    outputs ``[o0, o1)``.  Where the windows lie in the padding only, the
+    inputs are empty and ``pad_lo`` is their whole extent.  Used for a
+    chunk's window (:func:`exact_windows`) and for a band of its outputs.
+    """
+    first = o0 * stride - lo
+    end = (o1 - 1) * stride - lo + extent
+    if end <= 0 or first >= n:            # windows in the padding only
+        at = min(max(first, 0), n)
+        return at, at, end - first, 0
+    return max(0, first), min(n, end), max(0, -first), max(0, end - n)
 
 
 @dataclass(frozen=True)

@@ -199,43 +199,64 @@ def _pieces(bounds, start, stop):
     return parts
 
 
-def _assemble(grid, shape, dtype):
-    """One C-contiguous array from a 2-D grid of pieces (row by row).
+class _Window:
+    """The inputs a block reads, as pieces of the chunks it spans.
 
-    Each entry is ``[array, index]``: the array (a neighbour's slice, or
-    the block's own chunk) and what to take of it (None: all).  A single
-    piece is used as it is when already contiguous; otherwise each piece
-    is copied once, straight into its place.
+    ``grid`` is a 2-D grid (row by row) of pieces ``[array, index]``: the
+    array (a neighbour's slice, or the block's own chunk) and what to take
+    of it (None: all).  Rows of the window are assembled on demand, so a
+    block need never hold a copy of its whole window.
     """
-    pieces = [[a if index is None else a[index] for a, index in line]
-              for line in grid]
-    if len(pieces) == 1 and len(pieces[0]) == 1:
-        return np.ascontiguousarray(pieces[0][0])
-    window = np.empty(shape, dtype)
-    r = 0
-    for line in pieces:
-        c = 0
-        for piece in line:
-            window[..., r:r + piece.shape[-2], c:c + piece.shape[-1]] = piece
-            c += piece.shape[-1]
-        r += line[0].shape[-2] if line else 0
-    return window
+
+    def __init__(self, grid, shape, dtype):
+        self.lines = [[a if index is None else a[index] for a, index in line]
+                      for line in grid]
+        self.shape, self.dtype = tuple(shape), dtype
+
+    def rows(self, start, stop):
+        """Rows ``[start, stop)`` of the window, C-contiguous: a view when
+        they lie in one piece that is already contiguous, else each
+        piece's part copied once, straight into its place."""
+        parts, r = [], 0
+        for line in self.lines:
+            height = line[0].shape[-2] if line else 0
+            lo, hi = max(start, r), min(stop, r + height)
+            if lo < hi:
+                parts.append([p[..., lo - r:hi - r, :] for p in line])
+            r += height
+        if len(parts) == 1 and len(parts[0]) == 1:
+            return np.ascontiguousarray(parts[0][0])
+        band = np.empty(self.shape[:-2] + (stop - start, self.shape[-1]),
+                        self.dtype)
+        r = 0
+        for line in parts:
+            c = 0
+            for piece in line:
+                band[..., r:r + piece.shape[-2],
+                     c:c + piece.shape[-1]] = piece
+                c += piece.shape[-1]
+            r += line[0].shape[-2]
+        return band
+
+    def whole(self):
+        return self.rows(0, self.shape[-2])
 
 
 def _run_block(grid, shape, dtype, func, i, j, *args):
-    return func(_assemble(grid, shape, dtype), i, j, *args)
+    return func(_Window(grid, shape, dtype), i, j, *args)
 
 
 def _windowed(x, rows, cols, func, out_chunks, dtype, name, args=()):
     """A lazy array whose block (..., i, j) is ``func(window, i, j, *args)``.
 
-    ``window`` holds the inputs ``[rows[i].in_start, rows[i].in_stop) x
-    [cols[j].in_start, cols[j].in_stop)`` of ``x``'s block row ``(..., i,
-    j)``, contiguous.  It is gathered from the chunks it spans: the
-    block's own chunk directly, every other chunk through a slice (a view,
-    as its own small task, so that between workers only the halo moves);
-    the pieces are copied once, inside the block's task: no overlapped
-    copy of the chunk is kept between tasks.  ``args`` may hold
+    ``window`` (a :class:`_Window`) gives the inputs ``[rows[i].in_start,
+    rows[i].in_stop) x [cols[j].in_start, cols[j].in_stop)`` of ``x``'s
+    block row ``(..., i, j)``, whole or a band of rows at a time.  They are
+    gathered from the chunks the window spans: the block's own chunk
+    directly, every other chunk through a slice (a view, as its own small
+    task, so that between workers only the halo moves); the pieces are
+    copied inside the block's task: no overlapped copy of the chunk is
+    kept between tasks.  ``args`` may hold
     Dask delayed objects (computed once, shared by the blocks).
     """
     token = tokenize(x, rows, cols, func, out_chunks, name,
@@ -287,30 +308,74 @@ def _delayed(a):
 # Convolution
 # --------------------------------------------------------------------------
 
+#: Bytes of output a block computes per call of the in-memory kernel.
+#: A block runs its rows in bands of about this size, so that besides its
+#: own chunk and its output it holds only one band's window and the
+#: kernel's scratch for it, not a copy of its whole window (docs/dask.md,
+#: Memory).  Each band re-reads the halo rows: a band is at least
+#: ``BAND_MIN_HALOS`` times the kernel's extent high.
+BAND_BYTES = 8 << 20
+BAND_MIN_HALOS = 4
+
+
+def output_bands(n_rows, row_bytes, extent, stride):
+    """``[(t0, t1), ...]``: a block's ``n_rows`` output rows in bands of
+    about :data:`BAND_BYTES` (``row_bytes`` each), each at least
+    ``BAND_MIN_HALOS`` extents of input high."""
+    count = max(1, -(-n_rows * row_bytes // BAND_BYTES))
+    height = max(-(-n_rows // count),
+                 -(-BAND_MIN_HALOS * extent // stride), 1)
+    return [(t, min(t + height, n_rows)) for t in range(0, n_rows, height)]
+
+
 def _conv_block(window, i, j, w, bias, rows, cols, stride, dilation, groups,
                 algorithm, backend, threads):
-    """One output block: the in-memory kernel on exactly its inputs."""
+    """One output block: the in-memory kernel on exactly its inputs, a
+    band of output rows at a time (:func:`output_bands`)."""
     wr, wc = rows[i], cols[j]
-    padding = (wr.pad_lo, wr.pad_hi, wc.pad_lo, wc.pad_hi)
-    if 0 in window.shape[2:]:
+    n_rows, n_cols = wr.out_stop - wr.out_start, wc.out_stop - wc.out_start
+    extent = effective_kernel_size(w.shape[2], dilation[0])
+    row_bytes = window.shape[0] * w.shape[0] * n_cols * window.dtype.itemsize
+    bands = output_bands(n_rows, row_bytes, extent, stride[0])
+    y = None
+    for t0, t1 in bands:
+        start, stop, pad_top, pad_bottom = _blocks.reads(
+            t0, t1, window.shape[2], extent, stride[0], wr.pad_lo)
+        y_band = _conv_window(
+            window.rows(start, stop), w, bias,
+            (pad_top, pad_bottom, wc.pad_lo, wc.pad_hi), stride, dilation,
+            groups, algorithm, backend, threads)
+        if len(bands) == 1:
+            return y_band
+        if y is None:
+            y = np.empty(y_band.shape[:2] + (n_rows, n_cols), y_band.dtype)
+        y[..., t0:t1, :] = y_band
+    return y
+
+
+def _conv_window(x, w, bias, padding, stride, dilation, groups, algorithm,
+                 backend, threads):
+    """The in-memory kernel on a window with its (top, bottom, left,
+    right) zero padding."""
+    if 0 in x.shape[2:]:
         # Windows in the padding only: their inputs are all zeros.
-        height = window.shape[2] + wr.pad_lo + wr.pad_hi
-        width = window.shape[3] + wc.pad_lo + wc.pad_hi
-        window = np.zeros(window.shape[:2] + (height, width), window.dtype)
+        height = x.shape[2] + padding[0] + padding[1]
+        width = x.shape[3] + padding[2] + padding[3]
+        x = np.zeros(x.shape[:2] + (height, width), x.dtype)
         padding = (0, 0, 0, 0)
-    spec = ConvSpec(tuple(window.shape), tuple(w.shape), stride, padding,
-                    dilation, groups, window.dtype)
+    spec = ConvSpec(tuple(x.shape), tuple(w.shape), stride, padding,
+                    dilation, groups, x.dtype)
     if (algorithm != "auto" and _dispatch.unsupported_reason(
             "conv2d", backend, algorithm, spec) is not None):
-        # The whole problem was checked when the graph was built; a border
-        # block narrower than the kernel (Winograd's size rule) is the
-        # same problem with its zero padding written into the window.
-        window = np.pad(window, ((0, 0), (0, 0)) + tuple(
-            zip(padding[::2], padding[1::2])))
-        spec = ConvSpec(tuple(window.shape), tuple(w.shape), stride,
-                        (0, 0, 0, 0), dilation, groups, window.dtype)
+        # The whole problem was checked when the graph was built; a window
+        # narrower than the kernel at the border (Winograd's size rule) is
+        # the same problem with its zero padding written into it.
+        x = np.pad(x, ((0, 0), (0, 0)) + tuple(zip(padding[::2],
+                                                   padding[1::2])))
+        spec = ConvSpec(tuple(x.shape), tuple(w.shape), stride,
+                        (0, 0, 0, 0), dilation, groups, x.dtype)
     with _kernel_threads(threads):
-        return np.asarray(run_conv2d(spec, window, w, bias, algorithm, backend))
+        return np.asarray(run_conv2d(spec, x, w, bias, algorithm, backend))
 
 
 def _conv_blockwise(x, w, bias, stride, dilation, pads, groups, algorithm,
@@ -487,7 +552,7 @@ def _pool_block(window, i, j, pool, rows, cols, with_indices, width):
     wr, wc = rows[i], cols[j]
     keep = (Ellipsis, slice(wr.keep_start, wr.keep_stop),
             slice(wc.keep_start, wc.keep_stop))
-    result = pool(window)
+    result = pool(window.whole())
     if not with_indices:
         return result[keep]
     y, idx = result[0][keep], result[1][keep]

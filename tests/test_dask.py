@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -157,9 +158,14 @@ def test_conv2d_equals_in_memory(data, problem: ConvProblem, algorithm, dtype):
         return
     x, w, b = _arrays(problem, dtype)
     chunks = data.draw(chunkings(x.shape, x.ndim - 2))
+    # Blocks in bands of output rows: the default (one band at these
+    # sizes), or bands as thin as one row (padding-only bands included).
+    thin_bands = data.draw(st.booleans(), label="thin_bands")
     y = _quiet(kd.conv2d, da.from_array(x, chunks=chunks), w, b,
                algorithm=algorithm, **problem.kwargs)
-    got = y.compute(**SYNC)
+    with mock.patch.multiple(kd, BAND_BYTES=1 if thin_bands else kd.BAND_BYTES,
+                             BAND_MIN_HALOS=0 if thin_bands else 4):
+        got = y.compute(**SYNC)
     assert isinstance(y, da.Array) and got.dtype == x.dtype
     expected = kernels.conv2d(x, w, b, algorithm=algorithm, **problem.kwargs)
     assert got.shape == expected.shape
@@ -169,6 +175,53 @@ def test_conv2d_equals_in_memory(data, problem: ConvProblem, algorithm, dtype):
         # im2col: OpenBLAS sums narrow GEMMs (a block's few columns) with
         # another micro-kernel than wide ones, so the last bits differ.
         assert_within_bound(algorithm, got, x, w, b, **problem.kwargs)
+
+
+@given(st.integers(1, 300), st.integers(1, 1 << 16), st.integers(1, 40),
+       st.integers(1, 4))
+def test_output_bands_cover_the_rows_in_bands_of_about_band_bytes(
+        n_rows, row_bytes, extent, stride):
+    bands = kd.output_bands(n_rows, row_bytes, extent, stride)
+    assert bands[0][0] == 0 and bands[-1][1] == n_rows
+    assert all(a[1] == b[0] for a, b in zip(bands, bands[1:]))
+    heights = [t1 - t0 for t0, t1 in bands]
+    assert all(h >= 1 for h in heights)
+    least = -(-kd.BAND_MIN_HALOS * extent // stride)
+    # Every band but the last is as high as the halo rule asks, and no
+    # higher than the byte budget needs unless the halo rule asks it.
+    for h in heights[:-1]:
+        assert h >= least
+        assert h * row_bytes <= kd.BAND_BYTES + row_bytes or h == least
+
+
+@pytest.mark.parametrize("band_bytes", [None, 1 << 12])
+def test_a_block_in_bands_holds_no_copy_of_its_window(band_bytes):
+    # A tall block in bands: equal to the in-memory result bit for bit,
+    # and no band window is larger than a band needs.
+    rng = np.random.default_rng(7)
+    x = random_array(rng, (1, 1, 300, 40), np.float32)
+    w = random_array(rng, (1, 1, 5, 5), np.float32)
+    y = kd.conv2d(da.from_array(x, chunks=(1, 1, (150, 150), (23, 17))), w,
+                  padding=2, algorithm="direct")
+    seen = []
+    real = kd._conv_window
+
+    def spy(window, *args):
+        seen.append(window.shape[2])
+        return real(window, *args)
+
+    budget = kd.BAND_BYTES if band_bytes is None else band_bytes
+    with mock.patch.object(kd, "_conv_window", spy), \
+            mock.patch.object(kd, "BAND_BYTES", budget):
+        got = y.compute(**SYNC)
+    np.testing.assert_array_equal(
+        got, kernels.conv2d(x, w, padding=2, algorithm="direct"))
+    if band_bytes is None:
+        assert len(seen) == 4 and max(seen) >= 150  # one band per block
+    else:
+        # At most budget / row bytes + 1 output rows of the narrower
+        # (17-wide) blocks per band, plus the kernel's 4 halo rows.
+        assert len(seen) > 4 and max(seen) <= budget // (17 * 4) + 1 + 4
 
 
 @pytest.mark.parametrize("chunks", [(1, 1, 1), (1, 1, (2, 1)), (1, 1, (1, 2))])
