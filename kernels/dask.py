@@ -52,7 +52,6 @@ import contextlib
 import functools
 import itertools
 import numbers
-import operator
 import warnings
 
 import numba
@@ -242,6 +241,13 @@ class _Window:
         return self.rows(0, self.shape[-2])
 
 
+def _halo_piece(chunk, index):
+    """A copy of the part of a neighbouring chunk a block reads: a view
+    would keep the whole chunk in memory until the block has run, where
+    Dask's order computes the chunk well before that block."""
+    return np.array(chunk[index], copy=True)
+
+
 def _run_block(grid, shape, dtype, func, i, j, *args):
     return func(_Window(grid, shape, dtype), i, j, *args)
 
@@ -253,8 +259,9 @@ def _windowed(x, rows, cols, func, out_chunks, dtype, name, args=()):
     rows[i].in_stop) x [cols[j].in_start, cols[j].in_stop)`` of ``x``'s
     block row ``(..., i, j)``, whole or a band of rows at a time.  They are
     gathered from the chunks the window spans: the block's own chunk
-    directly, every other chunk through a slice (a view, as its own small
-    task, so that between workers only the halo moves); the pieces are
+    directly, every other chunk through a copied slice (its own small
+    task, so that between workers only the halo moves, and the neighbour
+    is not held for this block); the pieces are
     copied inside the block's task: no overlapped copy of the chunk is
     kept between tasks.  ``args`` may hold
     Dask delayed objects (computed once, shared by the blocks).
@@ -284,8 +291,7 @@ def _windowed(x, rows, cols, func, out_chunks, dtype, name, args=()):
                             line.append([chunk, (Ellipsis, rs, cs)])
                             continue
                         key = (piece_name,) + lead + (i, j, ci, cj)
-                        dsk[key] = (operator.getitem, chunk,
-                                    (Ellipsis, rs, cs))
+                        dsk[key] = (_halo_piece, chunk, (Ellipsis, rs, cs))
                         line.append([key, None])
                     grid.append(line)
                 shape = tuple(x.chunks[a][lead[a]] for a in range(len(lead)))
