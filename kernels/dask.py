@@ -12,10 +12,13 @@ How a chunk is computed (:mod:`kernels._blocks` has the arithmetic):
 * Every output belongs to the input chunk that holds the first input of
   its window, so a chunk reads a halo from the chunks after it only (the
   effective kernel extent, dilation included, minus one).  Each block's
-  task gathers exactly the inputs its outputs read: a slice of every chunk
-  the window spans (each slice its own small task, so that only halos move
-  between workers), copied once into one contiguous window inside the
-  block's task.  Chunk boundaries need not be multiples of the stride (a
+  task gathers exactly the inputs its outputs read: its own chunk, and a
+  copied slice of every other chunk the window spans (each its own small
+  task, so that only halos move between workers and no neighbour is held
+  for the block).  A convolution block computes its output rows in bands
+  of about :data:`BAND_BYTES`, each from a view of its own chunk or a copy
+  of just that band's rows, so it never holds a copy of its whole window
+  (docs/dask.md, Memory).  Chunk boundaries need not be multiples of the stride (a
   chunk's first output starts a little inside it), and chunks may be
   smaller than the halo: the output chunks are exactly the outputs each
   input chunk owns.  A chunk that would own no output is merged into a
