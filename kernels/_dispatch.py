@@ -17,6 +17,7 @@ of the rest::
     ("conv2d", "fft")                    fft.py
     ("conv_transpose2d", "direct")       transposed.py
     ("conv_transpose2d", "im2col")       transposed.py
+    ("conv_transpose2d_filters", None)   transposed.py
     ("conv2d_weight_grad", "im2col")     backward.py
     ("max_pool2d", None) ... (the pooling ops of POOLING_OPS)   pooling.py
     ("winograd_transform_weights", "winograd"),
@@ -35,6 +36,9 @@ ends answer empty problems themselves) and never modified::
     conv2d                run(spec: ConvSpec, x, w, bias) -> y (N, K, Ho, Wo)
     conv_transpose2d      run(spec: TransposeSpec, x, w, bias) -> y
     conv2d_weight_grad    run(spec: ConvSpec, grad_out, x) -> grad_w (K, C/G, kH, kW)
+    conv_transpose2d_filters  run(w, groups) -> the forward filters of a
+                          transposed weight (C_in, Co, kH, kW): (G Co, C_in/G,
+                          kH, kW), channels swapped per group, flipped
     max_pool2d            run(spec: PoolSpec, x) -> y              (planes)
     max_pool2d_with_indices  run(spec, x) -> (y, int64 indices)
     max_pool2d_backward   run(spec, grad_out, x) -> grad_x
@@ -294,6 +298,7 @@ MODULES = {
     **{("conv2d", a): a for a in ALGORITHMS},
     ("conv_transpose2d", "direct"): "transposed",
     ("conv_transpose2d", "im2col"): "transposed",
+    ("conv_transpose2d_filters", None): "transposed",
     ("conv2d_weight_grad", "im2col"): "backward",
     **{(op, None): "pooling" for op in POOLING_OPS},
     ("winograd_transform_weights", "winograd"): "winograd",

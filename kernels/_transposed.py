@@ -57,14 +57,23 @@ def _via_forward(spec, x, w, bias, algorithm, backend):
     z = np.zeros((n, c_in, up_h, up_w), dtype=x.dtype)
     z[:, :, ::sh, ::sw] = x
     z = z[:, :, ct:up_h - cb, cl:up_w - cr]
-    c_in_g = c_in // spec.groups
-    _, c_out_g, kh, kw = spec.w_shape
-    # w'[g Co + o, c] = w[g Ci + c, o] flipped in both spatial axes.
-    w_f = (w.reshape(spec.groups, c_in_g, c_out_g, kh, kw)
+    return run_conv2d(fspec, z, _forward_filters(w, spec.groups), bias,
+                      algorithm, backend)
+
+
+def _forward_filters(w, groups):
+    """``w'[g Co + o, c] = w[g Ci + c, o]`` flipped in both spatial axes,
+    for NumPy ``w``: the CPU backend's tiled copy when it is built (a
+    host-memory job whichever backend computes), else NumPy's."""
+    kernel = _dispatch.find("conv_transpose2d_filters", "cpu")
+    if kernel is not None:
+        return kernel.run(w, groups)
+    c_in, c_out_g, kh, kw = w.shape
+    c_in_g = c_in // groups
+    w_f = (w.reshape(groups, c_in_g, c_out_g, kh, kw)
            .transpose(0, 2, 1, 3, 4)
-           .reshape(spec.groups * c_out_g, c_in_g, kh, kw)[:, :, ::-1, ::-1])
-    return run_conv2d(fspec, z, np.ascontiguousarray(w_f), bias, algorithm,
-                      backend)
+           .reshape(groups * c_out_g, c_in_g, kh, kw)[:, :, ::-1, ::-1])
+    return np.ascontiguousarray(w_f)
 
 
 def run_conv_transpose2d(spec, x, w, bias, algorithm="auto", backend="cpu"):

@@ -428,3 +428,27 @@ def test_winograd_runs_transposed_convolutions_of_stride_one_only():
     assert api.conv_transpose2d(x, w, stride=2).shape == (1, 3, 13, 13)
     y = api.conv_transpose2d(x, w, stride=1, algorithm="winograd")
     np.testing.assert_allclose(y, ref_t.conv_transpose2d(x, w), rtol=1e-12)
+
+
+@settings(deadline=None, max_examples=25)
+@given(st.integers(1, 4), st.integers(1, 70), st.integers(1, 70),
+       st.integers(1, 4), st.integers(1, 4), st.sampled_from(DTYPES),
+       st.integers(0, 2**32 - 1))
+def test_forward_filters_are_the_swapped_flipped_weight(groups, c_in_g,
+                                                        c_out_g, kh, kw,
+                                                        dtype, seed):
+    # The stride-1 transposed convolution runs as a forward correlation
+    # with w'[g Co + o, c] = w[g Ci + c, o, ::-1, ::-1]; the CPU backend
+    # copies it in tiles (1 x 1 filters by their own loop).  Checked
+    # element by element against that definition, across tile edges.
+    from kernels.cpu.transposed import flip_swap_filters
+    w = np.random.default_rng(seed).standard_normal(
+        (groups * c_in_g, c_out_g, kh, kw)).astype(dtype)
+    got = flip_swap_filters(w, groups)
+    assert got.shape == (groups * c_out_g, c_in_g, kh, kw)
+    assert got.dtype == w.dtype and got.flags.c_contiguous
+    for g in range(groups):
+        for o in range(c_out_g):
+            np.testing.assert_array_equal(
+                got[g * c_out_g + o],
+                w[g * c_in_g:(g + 1) * c_in_g, o, ::-1, ::-1])
