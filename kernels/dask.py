@@ -18,8 +18,8 @@ How a chunk is computed (:mod:`kernels._blocks` has the arithmetic):
   for the block).  A convolution block computes its output rows in bands
   of about :data:`BAND_BYTES`, each from a view of its own chunk or a copy
   of just that band's rows, so it never holds a copy of its whole window
-  (docs/dask.md, Memory).  Chunk boundaries need not be multiples of the stride (a
-  chunk's first output starts a little inside it), and chunks may be
+  (docs/dask.md, Memory).  Chunk boundaries need not be multiples of the
+  stride (a chunk's first output starts a little inside it), and chunks may be
   smaller than the halo: the output chunks are exactly the outputs each
   input chunk owns.  A chunk that would own no output is merged into a
   neighbour (with a ``UserWarning`` naming the axis and the new chunks).
@@ -264,10 +264,9 @@ def _windowed(x, rows, cols, func, out_chunks, dtype, name, args=()):
     gathered from the chunks the window spans: the block's own chunk
     directly, every other chunk through a copied slice (its own small
     task, so that between workers only the halo moves, and the neighbour
-    is not held for this block); the pieces are
-    copied inside the block's task: no overlapped copy of the chunk is
-    kept between tasks.  ``args`` may hold
-    Dask delayed objects (computed once, shared by the blocks).
+    is not held for this block); the pieces are copied inside the block's
+    task: no overlapped copy of the chunk is kept between tasks.  ``args``
+    may hold Dask delayed objects (computed once, shared by the blocks).
     """
     token = tokenize(x, rows, cols, func, out_chunks, name,
                      [getattr(a, "key", a) for a in args])
