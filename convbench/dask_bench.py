@@ -21,7 +21,9 @@ the generation alone (the same graph with the filter left out, so what
 the filter costs can be read off), the scaling efficiency ``MP/s(w
 workers) / (w MP/s(1 worker))``, the ratio to the in-memory kernel, and
 each worker's peak resident memory (``getrusage``'s high-water mark) less
-its resident memory after the warm-up, in units of one input chunk, and
+its resident memory after the warm-up, in units of one input chunk, the
+same for the timed runs of each filter alone (polled, :func:`sampled_rss`),
+and
 the peak of Dask-managed memory (task results held; one more run
 sampled every 5 ms) per worker.  ``saturation`` sets the scheduler's
 ``worker-saturation`` (Dask's default: None).
@@ -34,12 +36,13 @@ import json
 import os
 import resource
 import statistics
+import threading
 import time
 
 import numpy as np
 
 __all__ = ["generated_image", "gaussian", "checksum", "filtered",
-           "local_cluster", "warm_up", "resident_memory",
+           "local_cluster", "warm_up", "resident_memory", "sampled_rss",
            "peak_memory_increase", "measure",
            "format_results", "run"]
 
@@ -96,6 +99,36 @@ def resident_memory():
 
 def _peak_rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@contextlib.contextmanager
+def sampled_rss(pids, interval=0.005):
+    """Peak RSS of each process of ``pids`` while the ``with`` body runs.
+
+    A thread of this process polls the others every ``interval`` seconds
+    (the workers' own threads may hold their GIL for a whole block).
+    Yields ``{pid: peak bytes}``, filled when the body ends.  Unlike the
+    high-water mark of ``getrusage`` it leaves out what happened before,
+    such as a graph's first run (FFTW plans for every block shape).
+    """
+    import psutil
+    procs = {pid: psutil.Process(pid) for pid in pids}
+    peaks = {pid: proc.memory_info().rss for pid, proc in procs.items()}
+    stop = threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            for pid, proc in procs.items():
+                peaks[pid] = max(peaks[pid], proc.memory_info().rss)
+            stop.wait(interval)
+
+    poller = threading.Thread(target=poll, name="convbench-rss", daemon=True)
+    poller.start()
+    try:
+        yield peaks
+    finally:
+        stop.set()
+        poller.join()
 
 
 def _timed(func, rounds):
@@ -198,12 +231,18 @@ def _on_cluster(n_workers, kernel_sizes, size, chunk, rounds,
         result = {"workers": n_workers, "generation": _span(_timed(
             lambda: client.compute(checksum(image), sync=True),
             rounds), megapixels)}
+        pids = client.run(os.getpid)
         for k in kernel_sizes:
             total = filtered(image, k)
             first = _timed(lambda: client.compute(total, sync=True), 1)[0]
-            result[k] = _span(_timed(lambda: client.compute(total, sync=True),
-                                     rounds), megapixels)
+            with sampled_rss(pids.values()) as peaks:
+                result[k] = _span(_timed(
+                    lambda: client.compute(total, sync=True), rounds),
+                    megapixels)
             result[k]["first_seconds"] = first
+            result[k]["steady_rss_chunks"] = {
+                addr: (peaks[pid] - base[addr]) / _chunk_bytes(chunk)
+                for addr, pid in pids.items()}
             result[k]["managed_chunks_per_worker"] = _managed_peak(
                 client, lambda: client.compute(total, sync=True)) / (
                     n_workers * _chunk_bytes(chunk))
@@ -289,6 +328,13 @@ def format_results(r):
                  "worker, in input chunks: " + "; ".join(
                      f"{k}x{k}: " + ", ".join(
                          f"{c[k]['managed_chunks_per_worker']:.2f}"
+                         for c in r["clusters"])
+                     for k in r["kernels"]))
+    lines.append("per worker, peak RSS during the timed runs (polled every "
+                 "5 ms) above the warmed-up RSS, in input chunks: " + "; ".join(
+                     f"{k}x{k}: " + " / ".join(
+                         ", ".join(f"{v:.2f}" for v in
+                                   c[k]["steady_rss_chunks"].values())
                          for c in r["clusters"])
                      for k in r["kernels"]))
     for c in r["clusters"]:

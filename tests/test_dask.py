@@ -9,6 +9,7 @@ within the algorithm's documented bound; the chunk arithmetic of
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from unittest import mock
 
@@ -579,13 +580,30 @@ def test_convbench_dask_measures_every_setting(capsys):
         assert setting[3]["median"] > 0 and setting[3]["first_seconds"] > 0
     for cluster in (one, two):    # at least the output chunks were held
         assert cluster[3]["managed_chunks_per_worker"] > 0
+        # A polled peak cannot exceed the worker's high-water mark.
+        steady = cluster[3]["steady_rss_chunks"]
+        assert steady.keys() == cluster["memory"].keys()
+        for addr, value in steady.items():
+            assert value <= cluster["memory"][addr]["increase_chunks"] + 1e-9
     assert r["scaling_efficiency"][3] == pytest.approx(
         two[3]["median"] / (2 * one[3]["median"]))
     table = dask_bench.format_results(r)
     assert "3x3" in table and "2 worker(s)" in table
+    assert "peak RSS during the timed runs" in table
     with pytest.raises(SystemExit):
         cli.main(["dask", "--kernels", "4"])
     assert "must be odd" in capsys.readouterr().err
+
+
+def test_sampled_rss_sees_a_peak_that_is_gone_again():
+    from convbench import dask_bench
+    pid = os.getpid()
+    with dask_bench.sampled_rss([pid], interval=0.001) as peaks:
+        before = dask_bench.resident_memory()
+        big = np.ones(64 << 20, np.uint8)     # 64 MiB, touched
+        time.sleep(0.05)
+        del big
+    assert peaks[pid] - before > 48 << 20
 
 
 def test_generated_image_is_the_same_whatever_the_chunks():
