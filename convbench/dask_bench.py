@@ -23,8 +23,7 @@ workers) / (w MP/s(1 worker))``, the ratio to the in-memory kernel, and
 each worker's peak resident memory (``getrusage``'s high-water mark) less
 its resident memory after the warm-up, in units of one input chunk, the
 same for the timed runs of each filter alone (polled, :func:`sampled_rss`),
-and
-the peak of Dask-managed memory (task results held; one more run
+and the peak of Dask-managed memory (task results held; one more run
 sampled every 5 ms) per worker.  ``saturation`` sets the scheduler's
 ``worker-saturation`` (Dask's default: None).
 """
