@@ -596,13 +596,18 @@ def test_convbench_dask_measures_every_setting(capsys):
 
 
 def test_sampled_rss_sees_a_peak_that_is_gone_again():
+    import mmap
     from convbench import dask_bench
     pid = os.getpid()
     with dask_bench.sampled_rss([pid], interval=0.001) as peaks:
         before = dask_bench.resident_memory()
-        big = np.ones(64 << 20, np.uint8)     # 64 MiB, touched
+        # 64 MiB of new pages, touched, then unmapped.  Not np.ones: malloc
+        # may hand back memory that is already resident (the sweep tests
+        # raise its mmap threshold and keep freed memory).
+        big = mmap.mmap(-1, 64 << 20)
+        big.write(b"\1" * (64 << 20))
         time.sleep(0.05)
-        del big
+        big.close()
     assert peaks[pid] - before > 48 << 20
 
 
