@@ -365,19 +365,15 @@ def _conv_window(x, w, bias, padding, stride, dilation, groups, algorithm,
                  backend, threads):
     """The in-memory kernel on a window with its (top, bottom, left,
     right) zero padding."""
-    if 0 in x.shape[2:]:
-        # Windows in the padding only: their inputs are all zeros.
-        height = x.shape[2] + padding[0] + padding[1]
-        width = x.shape[3] + padding[2] + padding[3]
-        x = np.zeros(x.shape[:2] + (height, width), x.dtype)
-        padding = (0, 0, 0, 0)
     spec = ConvSpec(tuple(x.shape), tuple(w.shape), stride, padding,
                     dilation, groups, x.dtype)
-    if (algorithm != "auto" and _dispatch.unsupported_reason(
-            "conv2d", backend, algorithm, spec) is not None):
-        # The whole problem was checked when the graph was built; a window
-        # narrower than the kernel at the border (Winograd's size rule) is
-        # the same problem with its zero padding written into it.
+    refused = algorithm != "auto" and _dispatch.unsupported_reason(
+        "conv2d", backend, algorithm, spec) is not None
+    if 0 in x.shape[2:] or refused:
+        # Windows in the padding only (no inputs at all), or a window
+        # narrower than the kernel at the border (Winograd's size rule;
+        # the whole problem was checked when the graph was built): the
+        # same problem with its zero padding written into the window.
         x = np.pad(x, ((0, 0), (0, 0)) + tuple(zip(padding[::2],
                                                    padding[1::2])))
         spec = ConvSpec(tuple(x.shape), tuple(w.shape), stride,
