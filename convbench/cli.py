@@ -495,6 +495,14 @@ def _add_dask_parser(sub):
                     help="the scheduler's worker-saturation: root tasks "
                          "(chunk generations) per worker thread ahead of "
                          "need (default: Dask's, 1.1)")
+    dk.add_argument("--source", choices=("stored", "computed"),
+                    default="stored",
+                    help="stored: the image is read chunk by chunk from an "
+                         "array-like (dask.array.from_array), as from a file "
+                         "or Zarr store, and halos straight from it; "
+                         "computed: each chunk is a task's result "
+                         "(map_blocks), halos are cut from the neighbours "
+                         "(default stored)")
     dk.add_argument("--json", metavar="PATH", help="also write the results")
 
 

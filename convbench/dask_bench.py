@@ -61,15 +61,52 @@ def _block(block_info=None):
     return _values(r0, r1, c0, c1)
 
 
-def generated_image(size, chunk):
+class GeneratedImage:
+    """A ``size``-square float32 image that makes any region when it is
+    read, as a file or a Zarr store gives it: ``dask.array.from_array``
+    reads its chunks (and ``kernels.dask`` its halos) from it."""
+
+    def __init__(self, size):
+        self.shape, self.dtype, self.ndim = (size, size), np.dtype("f4"), 2
+
+    def __getitem__(self, index):
+        if not isinstance(index, tuple):
+            index = (index,)
+        index += (slice(None),) * (2 - len(index))
+        if len(index) != 2 or not all(isinstance(i, slice) and
+                                      i.step in (None, 1) for i in index):
+            raise IndexError(f"GeneratedImage takes two slices, not {index}")
+        (r0, r1, _), (c0, c1, _) = (i.indices(n) for i, n in
+                                     zip(index, self.shape))
+        return _values(r0, max(r0, r1), c0, max(c0, c1))
+
+    def __reduce__(self):
+        return GeneratedImage, (self.shape[0],)
+
+
+def generated_image(size, chunk, source="stored"):
     """A lazy (1, 1, size, size) float32 Dask array made chunk by chunk;
-    ``chunk``: a side, or (rows, columns)."""
+    ``chunk``: a side, or (rows, columns).
+
+    ``source="stored"``: read from a :class:`GeneratedImage` through
+    ``dask.array.from_array`` (as an image in a file or Zarr store is);
+    ``"computed"``: each chunk is the result of a task
+    (``dask.array.map_blocks``), so halos must come from the neighbouring
+    chunks.
+    """
     import dask.array as da
     rows, cols = _rows_cols(chunk)
-    image = da.map_blocks(_block, chunks=(_chunks(size, rows),
-                                          _chunks(size, cols)),
-                          dtype=np.float32,
-                          name=f"convbench-image-{size}-{rows}x{cols}")
+    chunks = (_chunks(size, rows), _chunks(size, cols))
+    name = f"convbench-image-{source}-{size}-{rows}x{cols}"
+    if source == "stored":
+        image = da.from_array(GeneratedImage(size), chunks=chunks, name=name,
+                              meta=np.empty((0, 0), np.float32))
+    elif source == "computed":
+        image = da.map_blocks(_block, chunks=chunks, dtype=np.float32,
+                              name=name)
+    else:
+        raise ValueError(f"source must be 'stored' or 'computed', "
+                         f"not {source!r}")
     return image[None, None]
 
 
@@ -221,11 +258,11 @@ def _managed_peak(client, func):
 
 
 def _on_cluster(n_workers, kernel_sizes, size, chunk, rounds,
-                saturation=None):
+                saturation=None, source="stored"):
     with local_cluster(n_workers, saturation) as client:
         warm_up(client, kernel_sizes)
         base = client.run(resident_memory)
-        image = generated_image(size, chunk)
+        image = generated_image(size, chunk, source)
         megapixels = size * size / 1e6
         result = {"workers": n_workers, "generation": _span(_timed(
             lambda: client.compute(checksum(image), sync=True),
@@ -249,10 +286,11 @@ def _on_cluster(n_workers, kernel_sizes, size, chunk, rounds,
         return result
 
 
-def _threaded(n_threads, kernel_sizes, size, chunk, rounds):
+def _threaded(n_threads, kernel_sizes, size, chunk, rounds,
+              source="stored"):
     """The same graphs on Dask's threaded scheduler in this process."""
     import dask
-    image = generated_image(size, chunk)
+    image = generated_image(size, chunk, source)
     megapixels = size * size / 1e6
     result = {"threads": n_threads}
     with dask.config.set(scheduler="threads", num_workers=n_threads):
@@ -275,17 +313,18 @@ def _chunk_bytes(chunk):
 
 
 def measure(kernel_sizes=(5, 31), size=16384, chunk=2048, workers=2,
-            reference=4096, rounds=3, saturation=None):
+            reference=4096, rounds=3, saturation=None, source="stored"):
     """Every figure of the module docstring, as a dict."""
     results = {"cpus": os.cpu_count(), "size": size, "chunk": chunk,
                "reference": reference, "saturation": saturation,
                "rounds": rounds, "kernels": list(kernel_sizes),
                "in_memory": _in_memory(kernel_sizes, reference, rounds),
+               "source": source,
                "clusters": [_on_cluster(n, kernel_sizes, size, chunk, rounds,
-                                        saturation)
+                                        saturation, source)
                             for n in sorted({1, workers})],
                "threaded": _threaded(workers, kernel_sizes, size, chunk,
-                                     rounds)}
+                                     rounds, source)}
     one, many = results["clusters"][0], results["clusters"][-1]
     results["scaling_efficiency"] = {
         k: many[k]["median"] / (many["workers"] * one[k]["median"])
@@ -300,7 +339,8 @@ def _rate(span):
 def format_results(r):
     """A plain-text table of :func:`measure`'s results."""
     lines = [f"image {r['size']}^2 float32 in chunks of {r['chunk']} "
-             f"(generated on the workers); in memory: {r['reference']}^2; "
+             f"(generated on the workers, {r.get('source', 'computed')}); "
+             f"in memory: {r['reference']}^2; "
              f"MP/s median (min-max) over {r['rounds']} rounds", ""]
     head = (f"{'filter':>7}  {'in memory':>16}  {'in memory 1 thr':>16}  "
             + "  ".join(f"{str(c['workers']) + ' worker(s)':>16}"
@@ -351,7 +391,7 @@ def run(args):
     """``convbench dask``: measure, print, optionally save JSON."""
     results = measure(tuple(args.kernels), args.size, args.chunk,
                       args.workers, args.reference, args.rounds,
-                      args.worker_saturation)
+                      args.worker_saturation, args.source)
     print(format_results(results))
     if args.json:
         with open(args.json, "w") as fh:

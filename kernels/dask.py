@@ -55,6 +55,7 @@ import contextlib
 import functools
 import itertools
 import numbers
+import operator
 import warnings
 
 import numba
@@ -63,6 +64,9 @@ import numpy as np
 try:
     import dask
     import dask.array as da
+    import dask.array.chunk
+    import dask.array.core
+    from dask.array.optimization import fuse_slice
     from dask.base import tokenize
     from dask.delayed import Delayed
     from dask.highlevelgraph import HighLevelGraph
@@ -244,6 +248,94 @@ class _Window:
         return self.rows(0, self.shape[-2])
 
 
+#: Whether a block reads its halos straight from the stored array when the
+#: input's chunks are basic slices of one (``da.from_array``,
+#: ``da.from_zarr``, then any basic slicing): then no block depends on a
+#: neighbouring chunk, and Dask's order never holds a chunk for its
+#: neighbour's block (docs/dask.md, Memory).  The price: a halo re-reads
+#: the store (for Zarr, it decompresses each stored chunk the halo touches).
+#: False: halos are always slices of the neighbouring chunks.
+HALOS_FROM_STORE = True
+
+_SLICERS = (dask.array.core.getter, dask.array.core.getter_nofancy,
+            dask.array.core.getter_inline, dask.array.chunk.getitem,
+            operator.getitem)
+_STORE_GETTERS = _SLICERS[:3]
+
+
+def _call(task):
+    """``(func, args, kwargs)`` of a graph node, or None if it is data.
+    Both Dask's task objects (2024.12 and later) and legacy tuples."""
+    if isinstance(task, tuple) and task and callable(task[0]):
+        return task[0], task[1:], {}
+    func = getattr(task, "func", None)
+    if func is None or not callable(func):
+        return None
+    return func, tuple(task.args), dict(getattr(task, "kwargs", {}) or {})
+
+
+def _literal(arg):
+    """The value of a literal argument (Dask wraps some in DataNode)."""
+    return getattr(arg, "value", arg) if type(arg).__name__ == "DataNode" \
+        else arg
+
+
+def _ref(arg):
+    """The key an argument refers to, or None for a literal."""
+    return getattr(arg, "key", None) if type(arg).__name__ in (
+        "TaskRef", "Alias") else None
+
+
+def _store_read(graph, key, index):
+    """A task that reads ``chunk[index]`` of chunk ``key`` straight from
+    the stored array it is a basic slice of, or None when it is not one
+    (computed chunks, fancy indexing, rechunked inputs...)."""
+    while True:
+        call = _call(graph.get(key))
+        if call is None or call[0] not in _SLICERS or len(call[1]) < 2:
+            return None
+        func, args, kwargs = call
+        sub = _literal(args[1])
+        try:
+            index = _fuse_index(sub, index)
+        except (NotImplementedError, TypeError, IndexError):
+            return None
+        inner = _ref(args[0])
+        if inner is not None and _call(graph.get(inner)) is not None:
+            key = inner                    # a slice of a slice: go on
+            continue
+        if func not in _STORE_GETTERS:
+            return None
+        source = inner if inner is not None else _literal(args[0])
+        if kwargs:
+            func = functools.partial(func, **kwargs)
+        # Stores (Zarr, h5py) take no None in an index: read without the
+        # new axes, then add them
+        kept = tuple(i for i in index if i is not None)
+        new_axes = tuple(None if i is None else slice(None) for i in index
+                         if not isinstance(i, numbers.Integral))
+        return (_store_piece, func, source, kept, new_axes,
+                tuple(_literal(a) for a in args[2:]))
+
+
+def _store_piece(getter, source, index, new_axes, extra):
+    """``getter(source, index, *extra)`` with axes of length one inserted
+    where ``new_axes`` has None."""
+    piece = getter(source, index, *extra)
+    return piece[new_axes] if None in new_axes else piece
+
+
+def _fuse_index(outer, inner):
+    """The index into the array ``outer`` indexes that ``[outer][inner]``
+    takes (basic indexing: slices, integers, None)."""
+    if not isinstance(outer, tuple):
+        outer = (outer,)
+    if any(isinstance(o, (list, np.ndarray)) or o is Ellipsis
+           for o in outer):
+        raise NotImplementedError("fancy index")
+    return fuse_slice(outer, inner)
+
+
 def _halo_piece(chunk, index):
     """A copy of the part of a neighbouring chunk a block reads: a view
     would keep the whole chunk in memory until the block has run, where
@@ -278,6 +370,7 @@ def _windowed(x, rows, cols, func, out_chunks, dtype, name, args=()):
     lead_shape = [len(c) for c in x.chunks[:-2]]
     row_pieces = [_pieces(bounds_h, w.in_start, w.in_stop) for w in rows]
     col_pieces = [_pieces(bounds_w, w.in_start, w.in_stop) for w in cols]
+    graph = x.__dask_graph__()
     dsk = {}
     for lead in itertools.product(*(range(n) for n in lead_shape)):
         for i, wr in enumerate(rows):
@@ -293,7 +386,10 @@ def _windowed(x, rows, cols, func, out_chunks, dtype, name, args=()):
                             line.append([chunk, (Ellipsis, rs, cs)])
                             continue
                         key = (piece_name,) + lead + (i, j, ci, cj)
-                        dsk[key] = (_halo_piece, chunk, (Ellipsis, rs, cs))
+                        index = (slice(None),) * len(lead) + (rs, cs)
+                        dsk[key] = (HALOS_FROM_STORE and _store_read(
+                            graph, chunk, index)) or (_halo_piece, chunk,
+                                                      index)
                         line.append([key, None])
                     grid.append(line)
                 shape = tuple(x.chunks[a][lead[a]] for a in range(len(lead)))
