@@ -2,7 +2,10 @@
 
 ``DaskFilter`` filters a 16384^2 float32 image, generated chunk by chunk
 (2048^2) on a ``distributed.LocalCluster`` of two one-thread worker
-processes, with a 5x5 and a 31x31 Gaussian (``algorithm="auto"``):
+processes, with a 5x5 and a 31x31 Gaussian (``algorithm="auto"``); the
+image is read from an array-like store (``source="stored"``: halos come
+from the store) or computed by a task per chunk (``"computed"``: halos
+are cut from the neighbouring chunks):
 ``track_megapixels_per_second`` (one timed run after a warm-up; asv's
 ``time_`` would repeat a multi-second run several times) and
 ``track_peak_memory_in_chunks`` (each worker's peak RSS above its RSS
@@ -21,13 +24,13 @@ CHUNK = 2048
 
 
 class DaskFilter:
-    params = [[5, 31]]
-    param_names = ["kernel"]
+    params = [[5, 31], ["stored", "computed"]]
+    param_names = ["kernel", "source"]
     timeout = 900
     number = 1
     repeat = 1
 
-    def setup(self, kernel):
+    def setup(self, kernel, source):
         try:
             import distributed  # noqa: F401
             import psutil  # noqa: F401
@@ -41,19 +44,19 @@ class DaskFilter:
         dask_bench.warm_up(self.client, [kernel])
         self.base = self.client.run(dask_bench.resident_memory)
         self.total = dask_bench.filtered(
-            dask_bench.generated_image(SIZE, CHUNK), kernel)
+            dask_bench.generated_image(SIZE, CHUNK, source), kernel)
 
-    def teardown(self, kernel):
+    def teardown(self, kernel, source):
         self._client.__exit__(None, None, None)
 
-    def track_megapixels_per_second(self, kernel):
+    def track_megapixels_per_second(self, kernel, source):
         t0 = time.perf_counter()
         self.client.compute(self.total, sync=True)
         return SIZE * SIZE / 1e6 / (time.perf_counter() - t0)
 
     track_megapixels_per_second.unit = "MP/s"
 
-    def track_peak_memory_in_chunks(self, kernel):
+    def track_peak_memory_in_chunks(self, kernel, source):
         self.client.compute(self.total, sync=True)
         memory = self.bench.peak_memory_increase(self.client, self.base, CHUNK)
         return max(m["increase_chunks"] for m in memory.values())

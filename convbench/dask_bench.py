@@ -3,7 +3,9 @@
 ``convbench dask`` measures megapixels per second of single-channel
 filters (5x5 and 31x31 by default, ``algorithm="auto"``, zero ``same``
 padding) over a ``size``-square float32 image that is generated chunk by
-chunk on the workers and never held whole in one process: the graph ends
+chunk on the workers and never held whole in one process (read from a
+:class:`GeneratedImage` store through ``dask.array.from_array``, or with
+``source="computed"`` made by a task per chunk): the graph ends
 in a sum of the output, so only one number comes back.  Each run is
 timed on a ``distributed.LocalCluster`` of 1 and of ``workers`` worker
 processes with one thread each, and against the in-memory kernel on a
@@ -40,8 +42,8 @@ import time
 
 import numpy as np
 
-__all__ = ["generated_image", "gaussian", "checksum", "filtered",
-           "local_cluster", "warm_up", "resident_memory", "sampled_rss",
+__all__ = ["GeneratedImage", "generated_image", "gaussian", "checksum",
+           "filtered", "local_cluster", "warm_up", "resident_memory", "sampled_rss",
            "peak_memory_increase", "measure",
            "format_results", "run"]
 

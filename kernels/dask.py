@@ -15,7 +15,10 @@ How a chunk is computed (:mod:`kernels._blocks` has the arithmetic):
   task gathers exactly the inputs its outputs read: its own chunk, and a
   copied slice of every other chunk the window spans (each its own small
   task, so that only halos move between workers and no neighbour is held
-  for the block).  A convolution block computes its output rows in bands
+  for the block).  When the chunks are slices of a stored array
+  (``da.from_array``, ``da.from_zarr``), the block's task reads that
+  slice from the store instead (:data:`HALOS_FROM_STORE`): no block then
+  waits for a neighbouring chunk at all.  A convolution block computes its output rows in bands
   of about :data:`BAND_BYTES`, each from a view of its own chunk or a copy
   of just that band's rows, so it never holds a copy of its whole window
   (docs/dask.md, Memory).  Chunk boundaries need not be multiples of the
@@ -356,11 +359,14 @@ def _windowed(x, rows, cols, func, out_chunks, dtype, name, args=()):
     gathered from the chunks the window spans: the block's own chunk
     directly, every other chunk through a copied slice (its own small
     task, so that between workers only the halo moves, and the neighbour
-    is not held for this block); the pieces are copied inside the block's
-    task: no overlapped copy of the chunk is kept between tasks.  ``args``
+    is not held for this block), or, when ``x``'s chunks are slices of a
+    stored array, a read of just that slice from the store inside the
+    block's own task (:func:`_store_read`); the pieces are copied inside
+    the block's task: no overlapped copy of the chunk is kept between
+    tasks.  ``args``
     may hold Dask delayed objects (computed once, shared by the blocks).
     """
-    token = tokenize(x, rows, cols, func, out_chunks, name,
+    token = tokenize(x, rows, cols, func, out_chunks, name, HALOS_FROM_STORE,
                      [getattr(a, "key", a) for a in args])
     out_name, piece_name = f"{name}-{token}", f"{name}-piece-{token}"
     bounds_h = _blocks.boundaries(x.chunks[-2])
@@ -385,11 +391,14 @@ def _windowed(x, rows, cols, func, out_chunks, dtype, name, args=()):
                         if (ci, cj) == (i, j):    # own chunk: sliced here
                             line.append([chunk, (Ellipsis, rs, cs)])
                             continue
-                        key = (piece_name,) + lead + (i, j, ci, cj)
                         index = (slice(None),) * len(lead) + (rs, cs)
-                        dsk[key] = (HALOS_FROM_STORE and _store_read(
-                            graph, chunk, index)) or (_halo_piece, chunk,
-                                                      index)
+                        read = HALOS_FROM_STORE and _store_read(
+                            graph, chunk, index)
+                        if read:     # read inside the block's own task
+                            line.append([read, None])
+                            continue
+                        key = (piece_name,) + lead + (i, j, ci, cj)
+                        dsk[key] = (_halo_piece, chunk, index)
                         line.append([key, None])
                     grid.append(line)
                 shape = tuple(x.chunks[a][lead[a]] for a in range(len(lead)))

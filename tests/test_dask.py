@@ -279,13 +279,24 @@ def test_conv2d_with_halos_read_from_a_store_equals_in_memory(data, problem):
         kernels.conv2d(x, w, b, algorithm="direct", **problem.kwargs))
 
 
-def _halo_tasks(y):
-    return [v for k, v in dict(y.__dask_graph__()).items()
-            if "-piece-" in str(k[0] if isinstance(k, tuple) else k)]
+def _chunks_read(y, x):
+    """{output block index: indices of the chunks of ``x`` it depends on,
+    through any tasks in between (halo pieces)}."""
+    graph = dict(y.__dask_graph__())
 
+    def chunks_under(key, seen):
+        if key in seen:
+            return set()
+        seen.add(key)
+        if isinstance(key, tuple) and key[0] == x.name:
+            return {key[1:]}
+        found = set()
+        for dep in dask.core.get_dependencies(graph, key):
+            found |= chunks_under(dep, seen)
+        return found
 
-def _task_func(task):
-    return task[0] if isinstance(task, tuple) else task.func
+    return {key[1:]: chunks_under(key, set())
+            for key in graph if isinstance(key, tuple) and key[0] == y.name}
 
 
 @pytest.mark.parametrize("from_store", [True, False])
@@ -297,20 +308,21 @@ def test_halos_are_read_from_the_store_not_cut_from_neighbours(from_store):
     xd = da.from_array(store, chunks=(20, 25))[None, None]
     with mock.patch.object(kd, "HALOS_FROM_STORE", from_store):
         y = kd.conv2d(xd, w, padding="same", algorithm="direct")
-    halos = _halo_tasks(y)
-    # 3 x 2 chunks: each reads 1 to 3 neighbours (below, right, diagonal)
-    assert len(halos) == 2 * 1 + 3 * 1 + 2 * 2
-    funcs = {_task_func(t) for t in halos}
-    assert funcs == ({kd._store_piece} if from_store else {kd._halo_piece})
+    reads = _chunks_read(y, xd)
+    assert len(reads) == 6
+    own = {block: {block} for block in reads}
+    if from_store:     # each block waits for its own chunk only
+        assert reads == own
+    else:              # 3 x 2 chunks: 1 to 3 neighbours each but the last
+        assert sum(len(r - own[b]) for b, r in reads.items()) == 9
     np.testing.assert_array_equal(
         y.compute(**SYNC),
         kernels.conv2d(image[None, None], w, padding="same",
                        algorithm="direct"))
     # (from_array reads an empty piece for its meta)
     halo_reads = [r for r in store.reads if r != (20, 25) and min(r) > 0]
-    if from_store:     # halo-sized reads (4 rows or 4 columns or both)
-        assert len(halo_reads) == len(halos)
-        assert all(min(r) <= 4 for r in halo_reads)
+    if from_store:     # 9 halo-sized reads: 4 rows or 4 columns or both
+        assert len(halo_reads) == 9 and all(min(r) <= 4 for r in halo_reads)
     else:
         assert halo_reads == []
 
@@ -322,8 +334,9 @@ def test_halos_of_computed_or_fancy_indexed_chunks_come_from_neighbours():
     computed = da.from_array(_Store(image), chunks=10) * 2
     fancy = da.from_array(_Store(image), chunks=10)[np.arange(30)]
     for xd, x in ((computed, image * 2), (fancy, image)):
-        y = kd.conv2d(xd[None, None], w, padding=1, algorithm="direct")
-        assert {_task_func(t) for t in _halo_tasks(y)} == {kd._halo_piece}
+        xd = xd[None, None]
+        y = kd.conv2d(xd, w, padding=1, algorithm="direct")
+        assert any(len(r) > 1 for r in _chunks_read(y, xd).values())
         np.testing.assert_array_equal(
             y.compute(**SYNC),
             kernels.conv2d(x[None, None], w, padding=1, algorithm="direct"))
@@ -755,9 +768,19 @@ def test_sampled_rss_sees_a_peak_that_is_gone_again():
     assert peaks[pid] - before > 48 << 20
 
 
-def test_generated_image_is_the_same_whatever_the_chunks():
+def test_generated_image_is_the_same_whatever_the_chunks_and_source():
     from convbench import dask_bench
     a = dask_bench.generated_image(100, 30).compute(**SYNC)
     b = dask_bench.generated_image(100, (7, 100)).compute(**SYNC)
+    c = dask_bench.generated_image(100, (7, 100), "computed").compute(**SYNC)
     np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
     assert a.shape == (1, 1, 100, 100) and a.dtype == np.float32
+    # Any region read from the store is that region of the whole image.
+    store = dask_bench.GeneratedImage(100)
+    np.testing.assert_array_equal(store[13:40, 99:], a[0, 0, 13:40, 99:])
+    np.testing.assert_array_equal(store[5:5, :], a[0, 0, 5:5, :])
+    with pytest.raises(IndexError):
+        store[::2]
+    with pytest.raises(ValueError, match="source"):
+        dask_bench.generated_image(100, 30, "file")
