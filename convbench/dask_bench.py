@@ -43,8 +43,8 @@ import time
 import numpy as np
 
 __all__ = ["GeneratedImage", "generated_image", "gaussian", "checksum",
-           "filtered", "local_cluster", "warm_up", "resident_memory", "sampled_rss",
-           "peak_memory_increase", "measure",
+           "filtered", "local_cluster", "warm_up", "resident_memory",
+           "sampled_rss", "peak_memory_increase", "measure",
            "format_results", "run"]
 
 

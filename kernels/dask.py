@@ -18,12 +18,12 @@ How a chunk is computed (:mod:`kernels._blocks` has the arithmetic):
   for the block).  When the chunks are slices of a stored array
   (``da.from_array``, ``da.from_zarr``), the block's task reads that
   slice from the store instead (:data:`HALOS_FROM_STORE`): no block then
-  waits for a neighbouring chunk at all.  A convolution block computes its output rows in bands
-  of about :data:`BAND_BYTES`, each from a view of its own chunk or a copy
-  of just that band's rows, so it never holds a copy of its whole window
-  (docs/dask.md, Memory).  Chunk boundaries need not be multiples of the
-  stride (a chunk's first output starts a little inside it), and chunks may be
-  smaller than the halo: the output chunks are exactly the outputs each
+  waits for a neighbouring chunk at all.  A convolution block computes its
+  output rows in bands of about :data:`BAND_BYTES`, each from a view of
+  its own chunk or a copy of just that band's rows, so it never holds a
+  copy of its whole window (docs/dask.md, Memory).  Chunk boundaries need
+  not be multiples of the stride (a chunk's first output starts a little
+  inside it), and chunks may be smaller than the halo: the output chunks are exactly the outputs each
   input chunk owns.  A chunk that would own no output is merged into a
   neighbour (with a ``UserWarning`` naming the axis and the new chunks).
 * Padding is applied at the outer border of the whole image only.  Zero

@@ -265,7 +265,6 @@ def stored_inputs(draw, x):
         chunkings(x.shape, x.ndim - 2))), x
 
 
-@settings(max_examples=25)
 @given(st.data(), conv_problems(2, max_extra=12))
 def test_conv2d_with_halos_read_from_a_store_equals_in_memory(data, problem):
     # Halos read straight from the stored array, with the index of the
