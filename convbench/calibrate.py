@@ -31,7 +31,8 @@ probe (a short interleaved sweep):
     C = K = 64 at 28 x 28, kernels 1, 3, 5, 7;
 ``im2col_serial_max_macs``
     multiply-adds from which direct beats im2col on a 1x1 convolution
-    whose output (7 x 7, batch 1) is one BLAS piece: C = K growing;
+    whose GEMM is one BLAS piece (7 x 7, batch 1, 32 output channels): C
+    growing;
 ``winograd_min_channels``
     output channel count from which Winograd beats the fallback on 3 x 3
     stride-1 layers: C = K growing at 56 x 56, batch 4;
@@ -284,18 +285,22 @@ def _direct_macs(built, progress, report):
     return _valued(report, r, lambda a: _macs_value(macs, a))
 
 
-def _one_by_one(widths, batch, side, slow, fast, progress, report):
-    """1x1 convolutions, C = K in ``widths``, on ``batch`` maps of ``side``
-    x ``side``: the multiply-adds (per call) from which ``fast`` beats
-    ``slow`` (direct and im2col, one way or the other)."""
-    cases = [ConvCase(f"C=K={c}", (batch, c, side, side), (c, c, 1, 1), 1, 0,
-                      1) for c in widths]
+def _one_by_one(widths, batch, side, slow, fast, progress, report,
+                out_channels=None):
+    """1x1 convolutions, C = K in ``widths`` (or C in ``widths`` and K =
+    ``out_channels``), on ``batch`` maps of ``side`` x ``side``: the
+    multiply-adds (per call) from which ``fast`` beats ``slow`` (direct
+    and im2col, one way or the other)."""
+    outs = [c if out_channels is None else out_channels for c in widths]
+    cases = [ConvCase(f"C={c},K={k}", (batch, c, side, side), (k, c, 1, 1),
+                      1, 0, 1) for c, k in zip(widths, outs)]
     times = _times(cases, ["direct", "im2col"], progress)
-    macs = [float(batch * side * side * c * c) for c in widths]
+    macs = [float(batch * side * side * c * k) for c, k in zip(widths, outs)]
     r = resolve(macs, times[slow], times[fast], _best_repeats(times, [slow]),
                 _best_repeats(times, [fast]))
     at, status, why = r
     report.append({"x_shape": [batch, "C", side, side], "widths": list(widths),
+                   "out_channels": outs,
                    "macs": macs, "times_s": dict(times), "crossover_macs": at,
                    "status": status, "why": why})
     return _valued(report, r, lambda a: _macs_value(macs, a))
@@ -335,9 +340,10 @@ def _im2col_area(built, progress, report):
 
 
 def _im2col_serial(built, progress, report):
-    """1x1 convolutions on a 7x7 map, batch 1 (49 output positions)."""
-    return _one_by_one((128, 256, 384, 512, 768, 1024), 1, 7, "im2col",
-                       "direct", progress, report)
+    """1x1 convolutions on a 7x7 map, batch 1, to 32 output channels: 49
+    positions by 32 channels, a GEMM of one BLAS piece."""
+    return _one_by_one((1024, 2048, 4096, 8192, 16384), 1, 7, "im2col",
+                       "direct", progress, report, out_channels=32)
 
 
 def _winograd_rivals(built, im2col_max_area):

@@ -53,9 +53,10 @@ NEUTRAL_THRESHOLDS = {
 FFT_AREA_CHANNELS = {"fft_min_area_single": 1, "fft_min_area_few": 16,
                      "fft_min_area_multi": 4096}
 
-#: im2col's 1x1 GEMM has one column piece (one thread) when the output
-#: has fewer positions (N * Ho * Wo) than this: the CPU BLAS splits
-#: products into pieces of at least 64 columns (BlasTuning).
+#: im2col's 1x1 GEMM is one piece (one thread) when both the output
+#: positions (N * Ho * Wo) and the output channels per group are fewer
+#: than this: the CPU BLAS splits the longer of them into pieces of at
+#: least 64 (BlasTuning).
 IM2COL_SERIAL_POSITIONS = 64
 
 #: A single-channel 2-D image smaller than 1024^2 reaches FFT at a larger
@@ -246,14 +247,18 @@ def _model_choice(cands, spec, t):
     # With few output channels the GEMM degenerates to matrix-vector
     # products, which the direct kernel's register tiles beat by 10x or more
     # (single-channel 1024^2 sweep: direct 3-35 ms, im2col 100-7000 ms).
-    # A large product with fewer output positions than one BLAS piece runs
-    # on one thread: direct, which uses them all, wins (MobileNet-v1's last
-    # 1x1, 1024 -> 1024 at 7^2, 51 M multiply-adds: direct 1.06 ms,
-    # im2col 2.2).
+    # A large product whose longer side (output positions or output
+    # channels: the BLAS splits that one) is shorter than one BLAS piece
+    # runs on one thread: direct, which uses them all, wins.  (MobileNet-
+    # v1's last 1x1, 1024 -> 1024 at 7^2, 51 M multiply-adds: direct 1.06
+    # ms, im2col 2.2, when the GEMM was split by its 49 columns only; split
+    # by its 1024 rows since 2026-12-03: im2col 1.23 ms, direct 1.50, on
+    # the Xeon VM.)
     # (Not a fully connected layer: its batch is the GEMM's columns, and
     # the merged 1x1 GEMM ran SE-ResNet-50's 32 x 2048 -> 128 in 0.57 ms
     # against direct's 2.5.)
-    serial = (not fc and n * out_h * out_w < IM2COL_SERIAL_POSITIONS
+    serial = (not fc
+              and max(n * out_h * out_w, kg) < IM2COL_SERIAL_POSITIONS
               and n * macs > t["im2col_serial_max_macs"])
     # (One input channel to many outputs on a large image used to go to
     # im2col: U-Net's first layer, 572^2, im2col 17 ms against direct 33

@@ -320,9 +320,13 @@ def test_a_large_fully_connected_layer_is_a_gemm_not_serial():
     assert _choice((32, 256, 1, 1), (4096, 256, 1, 1), same=False) == "im2col"
 
 
-def test_a_large_1x1_on_few_positions_runs_direct():
-    # 49 output positions: one BLAS piece.
-    assert _choice((1, 1024, 7, 7), (1024, 1024, 1, 1)) == "direct"
+def test_a_large_1x1_whose_gemm_is_one_piece_runs_direct():
+    # 49 output positions and 32 output channels: one BLAS piece.
+    assert 49 * 32 * 16384 > T["im2col_serial_max_macs"]
+    assert _choice((1, 16384, 7, 7), (32, 16384, 1, 1)) == "direct"
+    # 49 positions but 1024 or 160 output channels: the GEMM is split by
+    # its rows, on every thread.
+    assert _choice((1, 1024, 7, 7), (1024, 1024, 1, 1)) == "im2col"
     assert _choice((1, 960, 7, 7), (160, 960, 1, 1)) == "im2col"
     assert _choice((4, 1024, 7, 7), (1024, 1024, 1, 1)) == "im2col"
 

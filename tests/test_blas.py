@@ -43,10 +43,11 @@ def _within_gemm_bound(out, a, b):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("split", ["columns", "rows"])
+@pytest.mark.parametrize("split", ["columns", "rows", "longer"])
 @pytest.mark.parametrize("shape", [
     ((3, 5), (5, 7)),                     # tiny: one piece, calling thread
     ((64, 576), (576, 3136)),             # ResNet 64@56^2 chunk: many pieces
+    ((512, 2048), (2048, 49)),            # a 1x1 layer at 7^2: long rows
     ((300, 700), (700, 129)),             # widths not multiples of 16
     ((2, 32, 288), (2, 288, 1000)),       # a stack (groups)
     ((2, 48, 200), (3, 1, 200, 900)),     # broadcast over a leading axis
@@ -128,6 +129,20 @@ def test_blas_is_single_threaded_inside_and_restored_after():
     b = rng.standard_normal((576, 3136)).astype(np.float32)
     _blas.matmul(a, b, np.empty((64, 3136), np.float32))
     assert _blas_threads() == before
+
+
+@pytest.mark.parametrize("shape, rows", [((512, 2048, 49), True),
+                                         ((64, 576, 3136), False)])
+def test_longer_splits_the_longer_side(shape, rows, monkeypatch):
+    m, k, n = shape
+    a = np.ones((m, k), np.float32)
+    b = np.ones((k, n), np.float32)
+    seen = []
+    real = _blas._pieces
+    monkeypatch.setattr(_blas, "_pieces",
+                        lambda side, macs: seen.append(side) or real(side, macs))
+    _blas.matmul(a, b, np.empty((m, n), np.float32), split="longer")
+    assert seen == [m if rows else n]
 
 
 def test_rejects_an_unknown_split():

@@ -296,7 +296,7 @@ def _pointwise(x, w_stack, bias_stack, y, groups):
     x_stack = x.reshape(n, groups, c // groups, h * wd)
     y_stack = y.reshape(n, groups, y.shape[1] // groups, h * wd)
     for i in range(n):
-        _blas.matmul(w_stack, x_stack[i], y_stack[i])
+        _blas.matmul(w_stack, x_stack[i], y_stack[i], split="longer")
         if bias_stack is not None:
             y_stack[i] += bias_stack
 
@@ -317,7 +317,7 @@ def _pointwise_merged(x, w_stack, bias_stack, y, groups):
 def _gemm_into_images(w_stack, patch_stack, bias_stack, result, y_images):
     """result = W_g @ P_g (+ bias), then its columns, ordered (image,
     position), into ``y_images`` (images, K, positions)."""
-    _blas.matmul(w_stack, patch_stack, result)
+    _blas.matmul(w_stack, patch_stack, result, split="longer")
     if bias_stack is not None:
         result += bias_stack
     images, k, positions = y_images.shape
@@ -421,7 +421,7 @@ def _chunked_gemm(x, w_shape, w_stack, bias_stack, y, stride, padding, dilation,
         patch_stack = patches.reshape(groups, depth, cols)
         if n1 - n0 == 1:
             out = y_stack[n0, :, :, p0:p1]
-            _blas.matmul(w_stack, patch_stack, out)
+            _blas.matmul(w_stack, patch_stack, out, split="longer")
             if bias_stack is not None:
                 out += bias_stack
         else:
