@@ -664,7 +664,7 @@ def im2col(x, w, bias, stride, pad_lo, out_hw, dilation, groups):
             # (images, G, Co kH kW, band)
             cols = _workspace.get("cols", (b1 - b0, groups, m, xb.shape[-1]),
                                   x.dtype)
-            _blas.matmul(w_t, xb, cols)
+            _blas.matmul(w_t, xb, cols, split="longer")
             col2im(cols, y[b0:b1], ih0, ih1, kh_size, kw_size, *stride,
                    *pad_lo, *dilation, bias, ih0 == 0)
     return y
