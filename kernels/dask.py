@@ -260,10 +260,10 @@ class _Window:
 #: False: halos are always slices of the neighbouring chunks.
 HALOS_FROM_STORE = True
 
-_SLICERS = (dask.array.core.getter, dask.array.core.getter_nofancy,
-            dask.array.core.getter_inline, dask.array.chunk.getitem,
-            operator.getitem)
-_STORE_GETTERS = _SLICERS[:3]
+#: Tasks that read a stored array, and those that may slice their result.
+_STORE_GETTERS = (dask.array.core.getter, dask.array.core.getter_nofancy,
+                  dask.array.core.getter_inline)
+_SLICERS = _STORE_GETTERS + (dask.array.chunk.getitem, operator.getitem)
 
 
 def _call(task):
@@ -289,20 +289,18 @@ def _ref(arg):
         "TaskRef", "Alias") else None
 
 
-def _store_read(graph, key, index):
-    """A task that reads ``chunk[index]`` of chunk ``key`` straight from
-    the stored array it is a basic slice of, or None when it is not one
-    (computed chunks, fancy indexing, rechunked inputs...)."""
+def _stored_chunk(graph, key):
+    """How chunk ``key`` is read from the stored array it is a basic slice
+    of: ``(getter, source, indices, extra)``, the chunk being
+    ``getter(source, ...)`` indexed by ``indices`` (outermost first); or
+    None when it is not one (computed chunks, rechunked inputs...)."""
+    indices = []
     while True:
         call = _call(graph.get(key))
         if call is None or call[0] not in _SLICERS or len(call[1]) < 2:
             return None
         func, args, kwargs = call
-        sub = _literal(args[1])
-        try:
-            index = _fuse_index(sub, index)
-        except (NotImplementedError, TypeError, IndexError):
-            return None
+        indices.append(_literal(args[1]))
         inner = _ref(args[0])
         if inner is not None and _call(graph.get(inner)) is not None:
             key = inner                    # a slice of a slice: go on
@@ -312,13 +310,25 @@ def _store_read(graph, key, index):
         source = inner if inner is not None else _literal(args[0])
         if kwargs:
             func = functools.partial(func, **kwargs)
-        # Stores (Zarr, h5py) take no None in an index: read without the
-        # new axes, then add them
-        kept = tuple(i for i in index if i is not None)
-        new_axes = tuple(None if i is None else slice(None) for i in index
-                         if not isinstance(i, numbers.Integral))
-        return (_store_piece, func, source, kept, new_axes,
-                tuple(_literal(a) for a in args[2:]))
+        return func, source, indices, tuple(_literal(a) for a in args[2:])
+
+
+def _store_read(stored, index):
+    """A task that reads ``chunk[index]`` straight from the store, for a
+    chunk described by :func:`_stored_chunk`; None for an index that does
+    not fold into the store's (fancy indexing)."""
+    func, source, indices, extra = stored
+    try:
+        for sub in indices:
+            index = _fuse_index(sub, index)
+    except (NotImplementedError, TypeError, IndexError):
+        return None
+    # Stores (Zarr, h5py) take no None in an index: read without the new
+    # axes, then add them
+    kept = tuple(i for i in index if i is not None)
+    new_axes = tuple(None if i is None else slice(None) for i in index
+                     if not isinstance(i, numbers.Integral))
+    return (_store_piece, func, source, kept, new_axes, extra)
 
 
 def _store_piece(getter, source, index, new_axes, extra):
@@ -376,7 +386,7 @@ def _windowed(x, rows, cols, func, out_chunks, dtype, name, args=()):
     lead_shape = [len(c) for c in x.chunks[:-2]]
     row_pieces = [_pieces(bounds_h, w.in_start, w.in_stop) for w in rows]
     col_pieces = [_pieces(bounds_w, w.in_start, w.in_stop) for w in cols]
-    graph = x.__dask_graph__()
+    graph, stored = x.__dask_graph__(), {}
     dsk = {}
     for lead in itertools.product(*(range(n) for n in lead_shape)):
         for i, wr in enumerate(rows):
@@ -392,8 +402,11 @@ def _windowed(x, rows, cols, func, out_chunks, dtype, name, args=()):
                             line.append([chunk, (Ellipsis, rs, cs)])
                             continue
                         index = (slice(None),) * len(lead) + (rs, cs)
-                        read = HALOS_FROM_STORE and _store_read(
-                            graph, chunk, index)
+                        if chunk not in stored:    # each chunk walked once
+                            stored[chunk] = (HALOS_FROM_STORE and
+                                             _stored_chunk(graph, chunk))
+                        read = stored[chunk] and _store_read(stored[chunk],
+                                                             index)
                         if read:     # read inside the block's own task
                             line.append([read, None])
                             continue
