@@ -185,8 +185,8 @@ def test_float_transforms_of_the_data_are_exact_in_float32():
 # Stages against their definitions
 # --------------------------------------------------------------------------
 
-STAGE_TILES = [(2, 3, 2, 3), (4, 4, 3, 3), (6, 6, 3, 3), (4, 2, 5, 3), (1, 4, 1, 7),
-               (3, 2, 6, 4)]
+STAGE_TILES = [(2, 3, 2, 3), (2, 2, 3, 3), (4, 4, 3, 3), (6, 6, 3, 3), (4, 2, 5, 3),
+               (1, 4, 1, 7), (3, 2, 6, 4)]
 over_stage_tiles = pytest.mark.parametrize(
     "tile", [impl.Tile(*t) for t in STAGE_TILES],
     ids=[f"F({a}x{b},{c}x{d})" for a, b, c, d in STAGE_TILES])
@@ -233,6 +233,51 @@ def test_input_transform_is_bt_d_b_of_every_tile(tile, padding):
                 t = (n * th + i) * tw + j
                 np.testing.assert_allclose(V[:, t, :], expected.reshape(-1, 3),
                                            rtol=1e-12, atol=1e-12)
+
+
+UNROLLED = sorted(impl.UNROLLED_TILES)
+
+
+def test_unrolled_transforms_are_what_the_generator_writes():
+    """kernels/cpu/_winograd_unrolled.py is generated: it must be rewritten
+    (python -m kernels.cpu._winograd_codegen) whenever the generator, the
+    transforms or the list of tiles change."""
+    from kernels.cpu import _winograd_codegen
+    assert _winograd_codegen.TARGET.read_text() == _winograd_codegen.generate()
+    assert tuple(UNROLLED) == tuple(sorted(_winograd_codegen.UNROLLED_TILES))
+
+
+@over_dtypes
+@pytest.mark.parametrize("m, r", UNROLLED, ids=[f"F({m},{r})" for m, r in UNROLLED])
+@pytest.mark.parametrize("channels", [(3, 5), (64, 64), (70, 130)])
+def test_unrolled_transforms_equal_the_generic_passes(monkeypatch, dtype, m, r,
+                                                      channels):
+    """The unrolled transforms sum in the generic passes' order, so every
+    stage and both paths give the same bits (channel counts below, at and
+    past the unrolled code's run of 64 channels; partial edge tiles)."""
+    c, k = channels
+    rng = np.random.default_rng(31)
+    tile = impl.tile_for((r, r), m)
+    assert impl._unrolled_code(tile) > 0
+    x, w, b = random_problem(rng, dtype, n=2, c=c, k=k, hw=(2 * m + 3, 3 * m + 1),
+                             kernel=(r, r))
+    padding = (1, 0, 2, 1)
+    ho, wo = x.shape[2] + 1 - r + 1, x.shape[3] + 3 - r + 1
+    transformed = impl.transform_weights(w, tile)
+
+    def run():
+        V = impl.transform_input(x, tile, padding, (ho, wo))
+        M = impl.tuple_gemm(V, transformed.U[0])
+        y = impl.transform_output(M, tile, (2, k, ho, wo), b)
+        paths = [impl.conv2d_transformed(x, transformed, b, padding, path=p)
+                 for p in ("fused", "staged")]
+        return [V.copy(), M, y] + paths
+
+    unrolled = run()
+    monkeypatch.setattr(impl, "_unrolled_code", lambda tile: 0)
+    generic = run()
+    for name, a, g in zip(["V", "M", "y", "fused", "staged"], unrolled, generic):
+        np.testing.assert_array_equal(a, g, err_msg=name)
 
 
 @over_dtypes
@@ -422,17 +467,19 @@ def test_small_batches_of_tiles_use_the_smaller_tile():
 @pytest.mark.parametrize("hw", [(32, 32), (31, 33), (16, 64)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_padded_channels_last_copy(hw, dtype):
-    """Both copies (row by row where the plane stride is a multiple of
-    4096 bytes, NumPy's otherwise) give the zero-padded channels-last
-    input of the requested channels."""
+    """The copies (row by row where the plane stride is a multiple of 4096
+    bytes, column by column otherwise, NumPy's for other strides) give the
+    zero-padded channels-last input of the requested channels."""
     rng = np.random.default_rng(21)
-    x = rng.standard_normal((2, 5) + hw).astype(dtype)
+    contiguous = rng.standard_normal((2, 5) + hw).astype(dtype)
+    strided = rng.standard_normal((2, 5, hw[0], 2 * hw[1])).astype(dtype)[..., ::2]
     top, left, rows, cols = 2, 1, hw[0] + 5, hw[1] + 4
-    xp = impl._padded_channels_last(x, (1, 3), top, left, rows, cols)
-    expected = np.zeros((2, rows, cols, 3), dtype)
-    expected[:, top:top + hw[0], left:left + hw[1]] = (
-        x[:, 1:4].transpose(0, 2, 3, 1))
-    np.testing.assert_array_equal(xp, expected)
+    for x in (contiguous, strided):
+        xp = impl._padded_channels_last(x, (1, 3), top, left, rows, cols)
+        expected = np.zeros((2, rows, cols, 3), dtype)
+        expected[:, top:top + hw[0], left:left + hw[1]] = (
+            x[:, 1:4].transpose(0, 2, 3, 1))
+        np.testing.assert_array_equal(xp, expected)
 
 
 def test_outputs_that_see_only_padding_are_exactly_the_bias():

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["block_shape", "output_step", "block_of_job", "job_count", "add_scaled"]
+__all__ = ["block_shape", "output_step", "block_of_job", "job_count", "add_scaled",
+           "input_block_passes", "output_block_passes"]
 
 
 def block_shape(tiles_h, tiles_w, n_img, bytes_per_tile, budget, min_jobs, step=1):
@@ -71,3 +72,97 @@ def add_scaled(out, coef, src):
         flat = src.reshape(out.shape[0])
         for e in range(out.shape[0]):
             out[e] += coef * flat[e]
+
+
+@njit(cache=True)
+def input_block_passes(xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w, half, v, t0,
+                 row_stride):
+    """Input transform of a block of nr x ns tiles of image n, as passes
+    of unit-stride vector loops (any tile).
+
+    Writes ``v[p, t0 + r * row_stride + s, :]`` for tile (ti0 + r, tj0 + s).
+    ``xp`` is the padded input, channels last; ``half`` is scratch of at
+    least (alpha_h, alpha_w, ns * C).  The ns tiles of a tile row are
+    consecutive in v, so both passes are unit-stride loops of length
+    ns * C over (tile, channel), and the second writes v directly.
+    """
+    nc = xp.shape[3]
+    a_h = bt_h.shape[0]
+    a_w = bt_w.shape[0]
+    length = ns * nc
+    for r in range(nr):
+        ti = ti0 + r
+        # half[i, b, s*C + c] = sum_l B_w^T[b, l] d_s[i, l, c]   (along rows)
+        for i in range(a_h):
+            xrow = xp[n, ti * m_h + i]
+            for b in range(a_w):
+                acc = half[i, b, :length]
+                acc[:] = 0
+                for l in range(a_w):
+                    coef = bt_w[b, l]
+                    if coef != 0:
+                        for s in range(ns):
+                            src = xrow[(tj0 + s) * m_w + l]
+                            for c in range(nc):
+                                acc[s * nc + c] += coef * src[c]
+        # v[a, b] = sum_k B_h^T[a, k] half[k, b]   (along columns)
+        first = t0 + r * row_stride
+        for a in range(a_h):
+            for b in range(a_w):
+                out = v[a * a_w + b, first:first + ns].reshape(length)
+                out[:] = 0
+                for k in range(a_h):
+                    add_scaled(out, bt_h[a, k], half[k, b, :length])
+
+
+@njit(cache=True)
+def output_block_passes(mm, t0, row_stride, n, ti0, nr, tj0, ns, at_h, at_w, bias,
+                  k0, half, line, y):
+    """Output transform of a block of nr x ns tiles into y[n, k0 + k], as
+    passes of unit-stride vector loops (any tile).
+
+    Reads ``mm[p, t0 + r * row_stride + s, :]`` for tile (ti0 + r, tj0 + s).
+    Both passes are vector loops over (tile, channel); each output row is
+    then transposed in the small (L1) buffer ``line`` (K, ns * m_w), so
+    that y (NCHW) is written in unit-stride runs.  Rows and columns past (Ho, Wo), the
+    overhang of partial edge tiles, are not written.  Scratch ``half`` has
+    at least (alpha_h + 1, m_w, ns * K) elements (the last plane holds one
+    finished row of tiles).
+    """
+    _, _, Ho, Wo = y.shape
+    nk = mm.shape[2]
+    m_h, a_h = at_h.shape
+    m_w, a_w = at_w.shape
+    has_bias = bias.shape[0] > 0
+    zero = np.zeros(1, mm.dtype)[0]      # keeps the sum in the data's dtype
+    length = ns * nk
+    col0 = tj0 * m_w
+    cols = min(ns * m_w, Wo - col0)
+    for r in range(nr):
+        ti = ti0 + r
+        first = t0 + r * row_stride
+        # half[i, b, s*K + k] = sum_j A_w^T[b, j] M_s[i, j, k]
+        for i in range(a_h):
+            for b in range(m_w):
+                acc = half[i, b, :length]
+                acc[:] = 0
+                for j in range(a_w):
+                    add_scaled(acc, at_w[b, j], mm[i * a_w + j, first:first + ns])
+        rows = min(m_h, Ho - ti * m_h)
+        out = half[a_h, 0, :length]
+        for a in range(rows):
+            # out[s*K + k] = sum_i A_h^T[a, i] half[i, b, s*K + k]
+            for b in range(m_w):
+                out[:] = 0
+                for i in range(a_h):
+                    add_scaled(out, at_h[a, i], half[i, b, :length])
+                for s in range(ns):
+                    for k in range(nk):
+                        line[k, s * m_w + b] = out[s * nk + k]
+            row = ti * m_h + a
+            for k in range(nk):
+                shift = bias[k0 + k] if has_bias else zero
+                dst = y[n, k0 + k, row]
+                src = line[k]
+                for j in range(cols):
+                    dst[col0 + j] = src[j] + shift

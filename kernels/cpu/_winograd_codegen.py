@@ -1,0 +1,277 @@
+"""Writes :mod:`kernels.cpu._winograd_unrolled`: the Winograd transforms
+of the common tiles as straight-line Numba code.
+
+The generic transforms of :mod:`kernels.cpu.winograd` run as passes of
+unit-stride vector loops, one pass per nonzero matrix entry, each reading
+and writing its accumulator in memory: on ResNet-50's 3x3 layers they
+took as long as the tuple GEMMs, or longer.  Unrolled, one tile's alpha^2
+inputs and its partial sums stay in registers, the zero entries of the
+matrices vanish, the entries +-1 become additions and subtractions, and
+the vector loop runs over the channels of the tile.
+
+What the generated code must respect, so that LLVM vectorizes it:
+
+* every vector loop starts at 0 and indexes 1-D views of the channel run
+  (``row[c]``), never ``array[i, c0 + c]``: a start LLVM cannot prove
+  non-negative keeps Numba's wrap-around for negative indices, and the
+  loop then gathers element by element;
+* the loop stores into one scratch array of literal shape (its offsets are
+  constants), and a second simple loop copies the scratch to its
+  destination: stores to alpha^2 planes of V or M at run-time distances
+  need more run-time alias checks than LLVM's vectorizer allows.
+
+Each sum is evaluated in the order of the generic kernels (first along the
+tile's rows with the ``w`` matrix, then along its columns with the ``h``
+one, terms in index order), so the results are bitwise those of the
+generic code.
+
+Run ``python -m kernels.cpu._winograd_codegen`` after changing the
+transforms or the list of tiles; ``tests/test_winograd.py`` fails while
+the file differs from what this module writes.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+from .._winograd_math import cook_toom
+
+__all__ = ["UNROLLED_TILES", "CHANNEL_RUN", "generate", "main"]
+
+# (m, r) of the square tiles F(m x m, r x r) that get unrolled transforms:
+# the 3x3 tiles that ResNet-style layers use (tile_for_problem).
+UNROLLED_TILES = ((2, 3), (4, 3))
+
+# Channels per vector loop: the literal width of the scratch.
+CHANNEL_RUN = 64
+
+TARGET = pathlib.Path(__file__).with_name("_winograd_unrolled.py")
+
+
+def _sum(coefs, names, coef_name):
+    """Source of sum_j coefs[j] * names[j] in index order: zero terms left
+    out, +-1 as addition and subtraction, other entries read from the
+    matrix's local ``coef_name(j)``."""
+    terms = []
+    for j, (c, name) in enumerate(zip(coefs, names)):
+        if c == 0:
+            continue
+        if c == 1:
+            terms.append(("+", name))
+        elif c == -1:
+            terms.append(("-", name))
+        else:
+            terms.append(("+", f"{coef_name(j)} * {name}"))
+    if not terms:
+        return "zero"
+    first_sign, first = terms[0]
+    text = first if first_sign == "+" else f"-{first}"
+    for sign, term in terms[1:]:
+        text += f" {sign} {term}"
+    return text
+
+
+def _coefficient_locals(matrix, name):
+    """Lines loading the entries of ``matrix`` that are not 0 or +-1."""
+    lines = []
+    for i, row in enumerate(matrix):
+        for j, c in enumerate(row):
+            if c not in (0, 1, -1):
+                lines.append(f"    {name}{i}_{j} = {name}[{i}, {j}]")
+    return lines
+
+
+def _input_function(m, r):
+    """Source of input_block_m{m}_r{r}."""
+    _, _, BT = cook_toom(m, r)
+    a = len(BT)
+    run = CHANNEL_RUN
+    name = f"input_block_m{m}_r{r}"
+    coef = lambda row: (lambda j: f"bt{row}_{j}")  # noqa: E731
+    lines = [
+        "@njit(cache=True)",
+        f"def {name}(xp, n, ti0, nr, tj0, ns, bt, v, t0, row_stride):",
+        f'    """Input transform of F({m}x{m}, {r}x{r}) for a block of nr x ns',
+        "    tiles of image n: :func:`input_block_passes` with",
+        '    B^T = ``bt``, unrolled (same arguments, same results)."""',
+        "    nc = xp.shape[3]",
+        "    zero = np.zeros(1, xp.dtype)[0]",
+        f"    buf = np.empty(({a * a}, {run}), xp.dtype)",
+    ]
+    lines += _coefficient_locals(BT, "bt")
+    lines += [
+        "    for rr in range(nr):",
+        "        ti = ti0 + rr",
+    ]
+    lines += [f"        x{i} = xp[n, ti * {m} + {i}]" for i in range(a)]
+    lines += [
+        "        for s in range(ns):",
+        f"            col = (tj0 + s) * {m}",
+        "            t = t0 + rr * row_stride + s",
+        f"            for c0 in range(0, nc, {run}):",
+        f"                w = min({run}, nc - c0)",
+    ]
+    lines += [f"                d{i}_{l}_ = x{i}[col + {l}, c0:c0 + w]"
+              for i in range(a) for l in range(a)]
+    lines.append("                for c in range(w):")
+    lines += [f"                    d{i}_{l} = d{i}_{l}_[c]"
+              for i in range(a) for l in range(a)]
+    # Along rows: h{i}_{b} = sum_l B^T[b, l] d[i, l]
+    for i in range(a):
+        for b in range(a):
+            expr = _sum(BT[b], [f"d{i}_{l}" for l in range(a)], coef(b))
+            lines.append(f"                    h{i}_{b} = {expr}")
+    # Along columns: V[a', b] = sum_k B^T[a', k] h[k, b]
+    for ap in range(a):
+        for b in range(a):
+            expr = _sum(BT[ap], [f"h{k}_{b}" for k in range(a)], coef(ap))
+            lines.append(f"                    buf[{ap * a + b}, c] = {expr}")
+    lines += [
+        f"                for p in range({a * a}):",
+        "                    dst = v[p, t, c0:c0 + w]",
+        "                    src = buf[p]",
+        "                    for c in range(w):",
+        "                        dst[c] = src[c]",
+    ]
+    return name, lines
+
+
+def _output_function(m, r):
+    """Source of output_block_m{m}_r{r}."""
+    AT, _, _ = cook_toom(m, r)
+    a = len(AT[0])
+    run = CHANNEL_RUN
+    name = f"output_block_m{m}_r{r}"
+    coef = lambda row: (lambda j: f"at{row}_{j}")  # noqa: E731
+    lines = [
+        "@njit(cache=True)",
+        f"def {name}(mm, t0, row_stride, n, ti0, nr, tj0, ns, at, bias, k0, y):",
+        f'    """Output transform of F({m}x{m}, {r}x{r}) for a block of nr x ns',
+        "    tiles into y[n, k0 + k]: :func:`output_block_passes`",
+        '    with A^T = ``at``, unrolled (same results)."""',
+        "    Ho, Wo = y.shape[2], y.shape[3]",
+        "    nk = mm.shape[2]",
+        "    has_bias = bias.shape[0] > 0",
+        "    zero = np.zeros(1, mm.dtype)[0]      # keeps sums in the data's dtype",
+        f"    buf = np.empty(({m * m}, {run}), mm.dtype)",
+        f"    line = np.empty(({m}, nk, ns * {m}), mm.dtype)",
+        f"    col0 = tj0 * {m}",
+        f"    cols = min(ns * {m}, Wo - col0)",
+    ]
+    lines += _coefficient_locals(AT, "at")
+    lines += [
+        "    for rr in range(nr):",
+        "        ti = ti0 + rr",
+        "        for s in range(ns):",
+        "            t = t0 + rr * row_stride + s",
+        f"            for c0 in range(0, nk, {run}):",
+        f"                w = min({run}, nk - c0)",
+    ]
+    lines += [f"                m{i}_{j}_ = mm[{i * a + j}, t, c0:c0 + w]"
+              for i in range(a) for j in range(a)]
+    lines.append("                for c in range(w):")
+    lines += [f"                    m{i}_{j} = m{i}_{j}_[c]"
+              for i in range(a) for j in range(a)]
+    # Along rows: h{i}_{b} = sum_j A^T[b, j] M[i, j]
+    for i in range(a):
+        for b in range(m):
+            expr = _sum(AT[b], [f"m{i}_{j}" for j in range(a)], coef(b))
+            lines.append(f"                    h{i}_{b} = {expr}")
+    # Along columns: Y[a', b] = sum_i A^T[a', i] h[i, b]
+    for ap in range(m):
+        for b in range(m):
+            expr = _sum(AT[ap], [f"h{i}_{b}" for i in range(a)], coef(ap))
+            lines.append(f"                    buf[{ap * m + b}, c] = {expr}")
+    # Tile (s) to the rows of the block's output line, channel-major.
+    for ap in range(m):
+        for b in range(m):
+            lines += [
+                f"                src = buf[{ap * m + b}]",
+                f"                dst = line[{ap}]",
+                "                for c in range(w):",
+                f"                    dst[c0 + c, s * {m} + {b}] = src[c]",
+            ]
+    lines += [
+        f"        rows = min({m}, Ho - ti * {m})",
+        "        for ap in range(rows):",
+        f"            row = ti * {m} + ap",
+        "            for k in range(nk):",
+        "                shift = bias[k0 + k] if has_bias else zero",
+        "                dst = y[n, k0 + k, row]",
+        "                src = line[ap, k]",
+        "                for j in range(cols):",
+        "                    dst[col0 + j] = src[j] + shift",
+    ]
+    return name, lines
+
+
+HEADER = '''"""Unrolled Winograd transforms of the common tiles.
+
+GENERATED by ``python -m kernels.cpu._winograd_codegen``; do not edit.
+Why and how: :mod:`kernels.cpu._winograd_codegen`.
+"""
+
+import numpy as np
+from numba import njit
+
+from ._winograd_blocks import input_block_passes, output_block_passes
+
+'''
+
+
+def _dispatch_functions():
+    """Sources of input_block and output_block: the unrolled function of
+    the tile whose code (its position in UNROLLED_TILES, from 1) is given,
+    the generic passes for code 0."""
+    inputs = ["@njit(cache=True)",
+              "def input_block(code, xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w,",
+              "                half, v, t0, row_stride):",
+              '    """:func:`input_block_passes`, or the unrolled transform of tile',
+              '    ``code`` (see :data:`UNROLLED_TILES`)."""']
+    outputs = ["@njit(cache=True)",
+               "def output_block(code, mm, t0, row_stride, n, ti0, nr, tj0, ns, at_h,",
+               "                 at_w, bias, k0, half, line, y):",
+               '    """:func:`output_block_passes`, or the unrolled transform of tile',
+               '    ``code`` (see :data:`UNROLLED_TILES`)."""']
+    for code, (m, r) in enumerate(UNROLLED_TILES, start=1):
+        keyword = "if" if code == 1 else "elif"
+        inputs += [f"    {keyword} code == {code}:",
+                   f"        input_block_m{m}_r{r}(xp, n, ti0, nr, tj0, ns, bt_h, v, t0,",
+                   "                          row_stride)"]
+        outputs += [f"    {keyword} code == {code}:",
+                    f"        output_block_m{m}_r{r}(mm, t0, row_stride, n, ti0, nr, tj0, ns,",
+                    "                           at_h, bias, k0, y)"]
+    inputs += ["    else:",
+               "        input_block_passes(xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w,",
+               "                           half, v, t0, row_stride)"]
+    outputs += ["    else:",
+                "        output_block_passes(mm, t0, row_stride, n, ti0, nr, tj0, ns,",
+                "                            at_h, at_w, bias, k0, half, line, y)"]
+    return ["\n".join(inputs), "\n".join(outputs)]
+
+
+def generate():
+    """The source of :mod:`kernels.cpu._winograd_unrolled`."""
+    chunks = []
+    names = ["UNROLLED_TILES", "input_block", "output_block"]
+    for m, r in UNROLLED_TILES:
+        for make in (_input_function, _output_function):
+            name, lines = make(m, r)
+            names.append(name)
+            chunks.append("\n".join(lines))
+    table = ["# (m, r) of square tiles F(m x m, r x r) -> their code in the dispatch.",
+             "UNROLLED_TILES = {"]
+    table += [f"    ({m}, {r}): {i + 1}," for i, (m, r) in enumerate(UNROLLED_TILES)]
+    table.append("}")
+    exports = "__all__ = [\n" + "".join(f'    "{n}",\n' for n in names) + "]"
+    return (HEADER + exports + "\n\n" + "\n".join(table) + "\n\n\n"
+            + "\n\n\n".join(_dispatch_functions() + chunks) + "\n")
+
+
+def main():
+    TARGET.write_text(generate())
+    print(f"wrote {TARGET}")
+
+
+if __name__ == "__main__":
+    main()
