@@ -402,6 +402,9 @@ class TransformedWeights:
         algorithm, e.g. non-finite ones).
     tile : Tile
     groups : int
+    derived : dict
+        Other layouts of U that a backend makes once and keeps with the
+        weights (the CPU's packed strips), by a key of the backend's.
     """
 
     def __init__(self, U, weights, tile, groups):
@@ -409,6 +412,7 @@ class TransformedWeights:
         self.weights = weights
         self.tile = tile
         self.groups = int(groups)
+        self.derived = {}
 
     @property
     def w_shape(self):
@@ -420,8 +424,9 @@ class TransformedWeights:
 
     @property
     def nbytes(self):
-        """Bytes held: the filters plus U."""
-        return self.weights.nbytes + self.U.nbytes
+        """Bytes held: the filters, U and its derived layouts."""
+        return (self.weights.nbytes + self.U.nbytes
+                + sum(a.nbytes for a in self.derived.values()))
 
     def __repr__(self):
         t = self.tile

@@ -292,6 +292,49 @@ def test_tuple_gemm_is_one_matrix_product_per_coefficient(dtype):
         np.testing.assert_allclose(M, expected, rtol=tol, atol=tol)
 
 
+@over_dtypes
+def test_packed_tuple_gemm_matches_float64_products_for_any_split(dtype):
+    """The register-tile GEMM over packed strips of U: K past a strip
+    boundary and tile counts not multiples of the register tile's rows;
+    every split into jobs (min_jobs) and the fused blocks' serial product
+    give the same bits, each within float rounding of the float64 product."""
+    from kernels.cpu import _winograd_gemm as wgemm
+    rng = np.random.default_rng(12)
+    width = wgemm.strip_width(dtype)
+    for planes, tiles, c, k in [(4, 13, 9, width + 3), (2, 7, 70, 2 * width),
+                                (3, 1, 5, 1)]:
+        V = rng.standard_normal((planes, tiles, c)).astype(dtype)
+        U = rng.standard_normal((planes, c, k)).astype(dtype)
+        packed = wgemm.pack(U, width)
+        assert packed.shape == (planes, -(-k // width), c, width)
+        expected = np.einsum("ptc,pck->ptk", V.astype(np.float64), U.astype(np.float64))
+        scale = np.einsum("ptc,pck->ptk", np.abs(V).astype(np.float64),
+                          np.abs(U).astype(np.float64))
+        results = [wgemm.tuple_gemm(V, packed, np.full((planes, tiles, k), np.nan, dtype),
+                                    min_jobs)
+                   for min_jobs in (1, 8, 1000)]
+        serial = np.full((planes, tiles, k), np.nan, dtype)
+        wgemm.block_gemm(V, packed, serial)
+        for M in results[1:] + [serial]:
+            np.testing.assert_array_equal(M, results[0])
+        err = np.abs(results[0] - expected)
+        assert (err <= c * unit_roundoff(dtype) * scale).all()
+
+
+def test_transformed_weights_keep_the_packed_u_and_count_it():
+    from kernels.cpu import _winograd_gemm as wgemm
+    rng = np.random.default_rng(13)
+    w = rng.standard_normal((6, 2, 3, 3)).astype(np.float32)
+    tw = impl.transform_weights(w, impl.tile_for((3, 3), 2), groups=3)
+    assert len(tw.derived) == 3
+    for g in range(3):
+        packed = wgemm.packed_weights(tw, g)
+        assert packed is wgemm.packed_weights(tw, g)
+        np.testing.assert_array_equal(packed[:, 0, :, :2], tw.U[g])
+        assert not packed[:, 0, :, 2:].any()
+    assert tw.nbytes == w.nbytes + tw.U.nbytes + sum(a.nbytes for a in tw.derived.values())
+
+
 @over_stage_tiles
 def test_output_transform_is_at_m_a_plus_bias_clipped(tile):
     """Every output element written exactly once: (A_h^T M_t A_w)[a, b] + bias

@@ -13,7 +13,7 @@ function with its own test):
 
 1. :func:`transform_kernel`  ``U[p, c, k]``  (once per weight array; cached)
 2. :func:`transform_input`   ``V[p, t, c]``  tiles -> GEMM layout
-3. :func:`tuple_gemm`        ``M[p] = V[p] @ U[p]``  (BLAS)
+3. :func:`tuple_gemm`        ``M[p] = V[p] @ U[p]``  (register tiles)
 4. :func:`transform_output`  ``y`` from ``M``, partial edge tiles clipped
 
 where ``p`` indexes the ``alpha_h * alpha_w`` transformed coefficients and
@@ -54,9 +54,10 @@ from .._winograd_math import (Tile, TransformedWeights, requested_tile,
                               tile_counts, tile_for, transform_matrices,
                               unsupported_reason)
 from ..geometry import conv_output_size
-from . import _blas, _gemm, _tuning
+from . import _blas, _tuning, _winograd_gemm
 from ._winograd_blocks import (block_of_job, block_shape, job_count,
                                output_step)
+from ._winograd_gemm import packed_weights
 from ._winograd_unrolled import UNROLLED_TILES, input_block, output_block
 from ._workspace import Workspace
 
@@ -128,7 +129,8 @@ def transform_kernel(w, tile):
 
 
 def transform_weights(w, tile, groups=1):
-    """Kernel transform of every group of ``w`` (K, C // groups, kH, kW).
+    """Kernel transform of every group of ``w`` (K, C // groups, kH, kW),
+    with U also packed for the tuple GEMMs (``derived``).
 
     Keeps a read-only reference to ``w``: pass a private copy if the caller
     may modify it."""
@@ -138,7 +140,10 @@ def transform_weights(w, tile, groups=1):
     U = np.stack([transform_kernel(w[g * kg:(g + 1) * kg], tile)
                   for g in range(groups)])
     U.setflags(write=False)
-    return TransformedWeights(U, w, tile, groups)
+    transformed = TransformedWeights(U, w, tile, groups)
+    for g in range(groups):
+        packed_weights(transformed, g)
+    return transformed
 
 
 # --------------------------------------------------------------------------
@@ -289,41 +294,20 @@ def transform_input(x, tile, padding, out_hw, channels=None, out=None,
 # Stage 3: tuple GEMMs   M[p] = V[p] @ U[p]
 # --------------------------------------------------------------------------
 
-@njit(parallel=True, cache=True)
-def _tuple_gemm_kernel(v, u, mm, chunk, cblas):
-    """mm[p, t0:t1] = v[p, t0:t1] @ u[p], one BLAS call per (p, chunk) job.
-
-    Calls BLAS from the Numba threads (run single-threaded, see
-    :data:`kernels.cpu._blas.serial_blas`) instead of NumPy's multithreaded
-    matmul: OpenBLAS's own thread pool and Numba's OpenMP pool, used one
-    after the other, fight for the cores (up to 20x slower on a busy 2-core
-    machine).  The BLAS is NumPy's (``cblas``, see :mod:`._gemm`): SciPy's,
-    which Numba's ``np.dot`` calls, made 512@7^2 (16 planes of 64 x 512 @
-    512 x 512) 1.13-1.40x slower.
-    """
-    n_planes, n_tiles, _ = v.shape
-    chunks = (n_tiles + chunk - 1) // chunk
-    for job in prange(n_planes * chunks):
-        p = job // chunks
-        t0 = (job % chunks) * chunk
-        t1 = min(n_tiles, t0 + chunk)
-        _gemm.dot(v[p, t0:t1], u[p], mm[p, t0:t1], cblas)
-
-
-def tuple_gemm(V, U, out=None):
+def tuple_gemm(V, U, out=None, packed=None):
     """``alpha_h * alpha_w`` independent products (T, C) @ (C, K), batched
-    over all tiles of the batch so each is a sizeable BLAS call; the
-    products (split into tile chunks when there are few) run in parallel,
-    each on one thread."""
+    over all tiles of the batch; run by register tiles over U packed in
+    strips (:mod:`._winograd_gemm`), in parallel jobs of one strip of one
+    plane.  ``packed`` is U already packed (:func:`._winograd_gemm.pack`);
+    None packs it here."""
+    V = np.ascontiguousarray(V)
     n_planes, n_tiles, _ = V.shape
     if out is None:
         out = np.empty((n_planes, n_tiles, U.shape[2]), V.dtype)
-    min_jobs = 4 * _tuning.block_shape_threads()
-    chunks = max(1, -(-min_jobs // n_planes))
-    chunk = max(16, -(-n_tiles // chunks))
-    with _blas.serial_blas:
-        _tuple_gemm_kernel(V, U, out, chunk, _gemm.available())
-    return out
+    if packed is None:
+        packed = _winograd_gemm.pack(U, _winograd_gemm.strip_width(V.dtype))
+    return _winograd_gemm.tuple_gemm(V, packed, out,
+                                     4 * _tuning.block_shape_threads())
 
 
 # --------------------------------------------------------------------------
@@ -390,15 +374,15 @@ def transform_output(M, tile, out_shape, bias=None, channels=None, out=None,
 # --------------------------------------------------------------------------
 
 @njit(parallel=True, cache=True)
-def _fused_kernel(code, xp, u, bt_h, bt_w, at_h, at_w, bias, k0, tiles_h,
-                  tiles_w, rows, cols, y, cblas):
+def _fused_kernel(code, xp, up, nk, bt_h, bt_w, at_h, at_w, bias, k0,
+                  tiles_h, tiles_w, rows, cols, y):
     """All three stages per block of tiles, one prange job per block.
 
     The block's V and M (alpha^2 x tiles x channels) stay in the core's
     cache between the stages; only x, U and y travel through memory.
     """
     n_img, _, _, nc = xp.shape
-    n_planes, _, nk = u.shape
+    n_planes = up.shape[0]
     m_h, a_h = at_h.shape
     m_w, a_w = at_w.shape
     for job in prange(job_count(n_img, tiles_h, tiles_w, rows, cols)):
@@ -409,8 +393,7 @@ def _fused_kernel(code, xp, u, bt_h, bt_w, at_h, at_w, bias, k0, tiles_h,
         half = _pass_scratch(code, a_h, a_w, ns * nc, xp.dtype)
         input_block(code, xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w, half,
                     v, 0, ns)
-        for p in range(n_planes):
-            _gemm.dot(v[p], u[p], mm[p], cblas)
+        _winograd_gemm.block_gemm(v, up, mm)
         half_out = _pass_scratch(code, a_h + 1, m_w, ns * nk, xp.dtype)
         line = _pass_scratch(code, 1, nk, ns * m_w, xp.dtype)[0]
         output_block(code, mm, 0, ns, n, ti0, nr, tj0, ns, at_h, at_w, bias, k0,
@@ -539,17 +522,17 @@ def conv2d_transformed(x, transformed, bias, padding, path=None,
                                 out=_workspace.get("V", (n_planes, n_tiles, cg), x.dtype),
                                 tuning=tuning)
             M = tuple_gemm(V, transformed.U[g],
-                           out=_workspace.get("M", (n_planes, n_tiles, kg), x.dtype))
+                           out=_workspace.get("M", (n_planes, n_tiles, kg), x.dtype),
+                           packed=packed_weights(transformed, g))
             transform_output(M, tile, y.shape, bias, channels=(g * kg, kg),
                              out=y, tuning=tuning)
             continue
         xp = _padded_channels_last(x, (g * cg, cg), padding[0], padding[2],
                                    tiles_h * tile.m_h + tile.r_h - 1,
                                    tiles_w * tile.m_w + tile.r_w - 1)
-        with _blas.serial_blas:
-            _fused_kernel(_unrolled_code(tile), xp, transformed.U[g], BT_h,
-                          BT_w, AT_h, AT_w, bias_arr, g * kg, tiles_h, tiles_w,
-                          blocks[0], blocks[1], y, _gemm.available())
+        _fused_kernel(_unrolled_code(tile), xp, packed_weights(transformed, g),
+                      kg, BT_h, BT_w, AT_h, AT_w, bias_arr, g * kg, tiles_h,
+                      tiles_w, blocks[0], blocks[1], y)
     _set_padding_only_outputs(y, bias, (H, W), padding, (tile.r_h, tile.r_w))
     return y
 
