@@ -597,6 +597,31 @@ def test_weight_cache_reuses_and_notices_in_place_changes():
     np.testing.assert_allclose(y, reference.conv2d(x, w, padding=1), atol=1e-11)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ">f4"])
+def test_same_bits_compares_every_bit_of_any_layout(dtype):
+    """memcmp for contiguous arrays, NumPy's comparison for views: both see
+    a flipped low bit anywhere, -0.0 against 0.0, and two NaN payloads."""
+    from kernels._weight_cache import same_bits
+    rng = np.random.default_rng(15)
+    a = rng.standard_normal((3, 4, 5)).astype(dtype)
+    as_int = np.dtype(f"u{a.itemsize}").newbyteorder(a.dtype.byteorder)
+    for view in (lambda z: z, lambda z: z[:, ::2], lambda z: z.transpose(2, 0, 1)):
+        assert same_bits(view(a), view(a.copy()))
+        shape = view(a).shape
+        for index in ((0, 0, 0), (1, 1, 2), tuple(n - 1 for n in shape)):
+            b = a.copy()
+            view(b).view(as_int)[index] ^= 1
+            assert not same_bits(view(a), view(b)), index
+    zeros, negative = np.zeros(4, dtype), -np.zeros(4, dtype)
+    assert not same_bits(zeros, negative)
+    nan = np.full(2, np.nan, dtype)
+    other_nan = nan.copy()
+    other_nan.view(as_int)[1] ^= 1
+    assert same_bits(nan, nan.copy()) and not same_bits(nan, other_nan)
+    assert same_bits(np.zeros((0, 3), dtype), np.zeros((0, 3), dtype))
+    assert not same_bits(a, a.astype(np.float64 if a.itemsize == 4 else np.float32))
+
+
 def test_weight_cache_compares_filters_bit_for_bit():
     """-0.0 and 0.0 are different filters (a miss, the new bits are
     transformed); a NaN filter is found again (NaN != NaN by value)."""
