@@ -73,12 +73,14 @@ FFT_SINGLE_SIZE_FACTORS = ((1 << 16, 575 / 197), (1 << 18, 286 / 197),
                            (1 << 20, 1.0))
 
 #: Output positions (N * Ho * Wo) Winograd needs when its output channels
-#: only just pass ``winograd_min_channels`` (under twice it): C = K = 64,
-#: 3x3 at 56^2, batch 1 (3136 positions) ran direct 1.04x, 1.15x and
-#: 1.19x faster in three sweeps, while ResNet-50's same layer at batch 4
-#: (12544) and U-Net's K = 64 layers (>= 65536) run faster with Winograd;
-#: the threshold is between the two, at their geometric mean.
-WINOGRAD_NARROW_MIN_POSITIONS = 6272
+#: only just pass ``winograd_min_channels`` (under twice it).  C = K = 64,
+#: 3x3, through ``kernels.conv2d``, direct's time over Winograd's (11
+#: shuffled rounds, Xeon VM, 2026-12-03, with the unrolled transforms and
+#: register-tile GEMMs): 14^2 (196 positions) 0.80, 28^2 (784) 0.92,
+#: 56^2 (3136) 1.18, 28^2 x 4 (3136) 1.24, 56^2 x 2 1.27; the threshold
+#: is between 784 and 3136, at their geometric mean.  (Before those
+#: changes 56^2 at batch 1 ran direct 1.04-1.19x faster: 6272.)
+WINOGRAD_NARROW_MIN_POSITIONS = 1568
 
 #: A 3x3 layer with half the input channels Winograd needs (C at least
 #: ``winograd_min_channels / 2``) still runs Winograd on images of at

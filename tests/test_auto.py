@@ -349,9 +349,9 @@ def test_one_input_channel_runs_direct():
 
 def test_winograd_with_few_output_channels_needs_many_positions():
     # K just above the threshold (16 here, 64 in the CPU defaults): batch
-    # 1 at 56^2 (3136 positions) stays direct, batch 4 goes to Winograd.
-    assert _choice((1, 16, 56, 56), (16, 16, 3, 3)) == "direct"
-    assert _choice((4, 16, 56, 56), (16, 16, 3, 3)) == "winograd"
+    # 1 at 28^2 (784 positions) stays direct, 56^2 (3136) goes to Winograd.
+    assert _choice((1, 16, 28, 28), (16, 16, 3, 3)) == "direct"
+    assert _choice((1, 16, 56, 56), (16, 16, 3, 3)) == "winograd"
     # Twice the threshold: Winograd on the small batch too.
     assert _choice((1, 32, 56, 56), (32, 32, 3, 3)) == "winograd"
 

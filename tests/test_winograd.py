@@ -494,12 +494,15 @@ def test_random_stride_one_problems_match_reference(dtype, problem):
 
 
 def test_small_batches_of_tiles_use_the_smaller_tile():
-    """Short tuple GEMMs: m = 2 (smaller U, more rows); else the default."""
+    """Short tuple GEMMs: m = 2 (cheaper transforms, less overhang); else
+    the default.  A large U keeps the larger tile down to fewer tiles."""
     assert impl.tile_for_problem((3, 3), (7, 7), 4) == impl.Tile(2, 2, 3, 3)
     assert impl.tile_for_problem((3, 3), (56, 56), 4) == winograd.tile_for((3, 3))
-    # 64 tiles: enough for a small U, too few for a large one.
-    assert impl.tile_for_problem((3, 3), (14, 14), 4, (64, 64)) == winograd.tile_for((3, 3))
-    assert impl.tile_for_problem((3, 3), (14, 14), 4, (256, 256)) == impl.Tile(2, 2, 3, 3)
+    # 16 tiles: too few for a small U, enough for a large one; 4: too few.
+    assert impl.tile_for_problem((3, 3), (14, 14), 1, (64, 64)) == impl.Tile(2, 2, 3, 3)
+    assert impl.tile_for_problem((3, 3), (14, 14), 1, (256, 256)) == winograd.tile_for((3, 3))
+    assert impl.tile_for_problem((3, 3), (7, 7), 4, (512, 512)) == winograd.tile_for((3, 3))
+    assert impl.tile_for_problem((3, 3), (7, 7), 1, (512, 512)) == impl.Tile(2, 2, 3, 3)
     assert impl.tile_for_problem((1, 7), (1, 9), 1) == impl.Tile(1, 2, 1, 7)
     for m, r in ALL_TILES:                      # never a less accurate tile
         small = impl.tile_for_problem((r, r), (3, 3), 1)

@@ -311,13 +311,14 @@ class WinogradTuning:
     # (2-vCPU Zen 4, 1 MiB L2); 512@7^2's 16 MiB U stays staged (fused
     # 4.7-5.1 ms against 3.0 at batch 1).
     fused_max_u_bytes: int = 6 * 2**20
-    # A U above this makes short tuple GEMMs pick the smaller tile (see
+    # A U above this lets fewer tiles keep the larger tile (see
     # winograd.tile_for_problem).
     large_u_bytes: int = 4 * 2**20
     transform_budget: int = 256 * 1024
-    # Tuple GEMMs with fewer rows (tiles) than this fall back ...
+    # Tuple GEMMs with fewer rows (tiles) than this fall back to m = 2 ...
     min_gemm_rows: int = 32
-    min_gemm_rows_large_u: int = 128
+    # ... or than this with a U above large_u_bytes.
+    min_gemm_rows_large_u: int = 16
 
 
 @dataclass(frozen=True)

@@ -442,14 +442,19 @@ def tile_for_problem(kernel_hw, out_hw, n_img, channels=(0, 0), itemsize=4,
     or m = 2 (where that is smaller) when the tuple GEMMs would be short.
 
     Short means fewer than ``tuning.min_gemm_rows`` (32) tiles in the
-    batch, or fewer than ``min_gemm_rows_large_u`` (128) with a U of more
-    than ``large_u_bytes`` (4 MiB; ``channels = (C, K)`` per group):
-    such GEMMs have too few rows to pay for reading U (alpha^2 C K
-    numbers), and a smaller tile shrinks U and adds rows.  Measured with
-    one thread, CPU time, F(2, 3) against F(4, 3): 256@14^2 at batch 1, 2,
-    4 (16-64 tiles, U 9.4 MiB) 1.5x faster; 512@7^2 at batch 4 (16 tiles)
-    1.4x; but 128@28^2 at batch 1 (49 tiles, U 2.4 MiB) 1.2x slower and
-    512@7^2 at batch 16 (64 tiles) 1.1x slower.
+    batch, or fewer than ``min_gemm_rows_large_u`` (16) with a U of more
+    than ``large_u_bytes`` (4 MiB; ``channels = (C, K)`` per group).  The
+    larger tile does 1.78x fewer multiplications (F(4,3) against F(2,3))
+    but costs more per tile in its transforms and in the overhang of
+    partial edge tiles: with few output channels the multiplications do
+    not pay for that, with many they do.  Register-tile GEMMs over a
+    packed U, Xeon VM, 2 threads, time of F(2,3) over F(4,3), 15 shuffled
+    rounds: 16 tiles of F(4,3) (49-64 of F(2,3)): 64@14^2 0.77, 128@14^2
+    0.92, 64@7^2 x4 0.79, 256@14^2 1.04, 512@7^2 x4 1.20; 32 tiles:
+    256@14^2 x2 0.99; 8 and 4 tiles: 512@7^2 x2 0.85, 512@7^2 0.74,
+    256@7^2 0.89; 49 tiles: 128@28^2 1.20.  (With OpenBLAS's GEMMs, which
+    pack U on every call, large U needed 128 tiles: 256@14^2 at batch 1,
+    2, 4 ran 1.5x faster with F(2,3).)
     """
     tuning = _winograd_tuning(tuning)
     tile = tile_for(kernel_hw)
