@@ -81,13 +81,47 @@ def _coefficient_locals(matrix, name):
     return lines
 
 
+def _channel_run_loads(names, indexes, indent):
+    """Lines viewing the run of channels ``c0:c0 + w`` at each index (an
+    array and its leading indices: ``"x0[col + 1, "``) as ``name_`` and,
+    inside the vector loop over ``c``, loading its element ``name``."""
+    pad = " " * indent
+    lines = [f"{pad}{name}_ = {index}c0:c0 + w]"
+             for name, index in zip(names, indexes)]
+    lines.append(f"{pad}for c in range(w):")
+    lines += [f"{pad}    {name} = {name}_[c]" for name in names]
+    return lines
+
+
+def _nested_transform(matrix, name, prefix, store, indent):
+    """Lines of ``matrix @ D @ matrix^T`` for the alpha x alpha grid D of
+    locals ``{prefix}{i}_{j}`` (alpha: the matrix's columns; its entries
+    other than 0 and +-1 are the locals ``{name}{row}_{column}``): along
+    rows first (``h{i}_{b}``), then along columns; element (a', b) is
+    written by the line ``store(a', b, expr)``."""
+    pad = " " * indent
+    coef = lambda row: (lambda j: f"{name}{row}_{j}")  # noqa: E731
+    alpha, out = len(matrix[0]), len(matrix)
+    lines = []
+    for i in range(alpha):
+        for b in range(out):
+            expr = _sum(matrix[b], [f"{prefix}{i}_{j}" for j in range(alpha)],
+                        coef(b))
+            lines.append(f"{pad}h{i}_{b} = {expr}")
+    for ap in range(out):
+        for b in range(out):
+            expr = _sum(matrix[ap], [f"h{i}_{b}" for i in range(alpha)],
+                        coef(ap))
+            lines.append(f"{pad}{store(ap, b, expr)}")
+    return lines
+
+
 def _input_function(m, r):
     """Source of input_block_m{m}_r{r}."""
     _, _, BT = cook_toom(m, r)
     a = len(BT)
     run = CHANNEL_RUN
     name = f"input_block_m{m}_r{r}"
-    coef = lambda row: (lambda j: f"bt{row}_{j}")  # noqa: E731
     lines = [
         "@njit(cache=True)",
         f"def {name}(xp, n, ti0, nr, tj0, ns, bt, v, t0, row_stride):",
@@ -111,21 +145,12 @@ def _input_function(m, r):
         f"            for c0 in range(0, nc, {run}):",
         f"                w = min({run}, nc - c0)",
     ]
-    lines += [f"                d{i}_{l}_ = x{i}[col + {l}, c0:c0 + w]"
-              for i in range(a) for l in range(a)]
-    lines.append("                for c in range(w):")
-    lines += [f"                    d{i}_{l} = d{i}_{l}_[c]"
-              for i in range(a) for l in range(a)]
-    # Along rows: h{i}_{b} = sum_l B^T[b, l] d[i, l]
-    for i in range(a):
-        for b in range(a):
-            expr = _sum(BT[b], [f"d{i}_{l}" for l in range(a)], coef(b))
-            lines.append(f"                    h{i}_{b} = {expr}")
-    # Along columns: V[a', b] = sum_k B^T[a', k] h[k, b]
-    for ap in range(a):
-        for b in range(a):
-            expr = _sum(BT[ap], [f"h{k}_{b}" for k in range(a)], coef(ap))
-            lines.append(f"                    buf[{ap * a + b}, c] = {expr}")
+    lines += _channel_run_loads(
+        [f"d{i}_{l}" for i in range(a) for l in range(a)],
+        [f"x{i}[col + {l}, " for i in range(a) for l in range(a)], 16)
+    lines += _nested_transform(
+        BT, "bt", "d",
+        lambda ap, b, expr: f"buf[{ap * a + b}, c] = {expr}", 20)
     lines += [
         f"                for p in range({a * a}):",
         "                    dst = v[p, t, c0:c0 + w]",
@@ -142,7 +167,6 @@ def _output_function(m, r):
     a = len(AT[0])
     run = CHANNEL_RUN
     name = f"output_block_m{m}_r{r}"
-    coef = lambda row: (lambda j: f"at{row}_{j}")  # noqa: E731
     lines = [
         "@njit(cache=True)",
         f"def {name}(mm, t0, row_stride, n, ti0, nr, tj0, ns, at, bias, k0, y):",
@@ -167,21 +191,12 @@ def _output_function(m, r):
         f"            for c0 in range(0, nk, {run}):",
         f"                w = min({run}, nk - c0)",
     ]
-    lines += [f"                m{i}_{j}_ = mm[{i * a + j}, t, c0:c0 + w]"
-              for i in range(a) for j in range(a)]
-    lines.append("                for c in range(w):")
-    lines += [f"                    m{i}_{j} = m{i}_{j}_[c]"
-              for i in range(a) for j in range(a)]
-    # Along rows: h{i}_{b} = sum_j A^T[b, j] M[i, j]
-    for i in range(a):
-        for b in range(m):
-            expr = _sum(AT[b], [f"m{i}_{j}" for j in range(a)], coef(b))
-            lines.append(f"                    h{i}_{b} = {expr}")
-    # Along columns: Y[a', b] = sum_i A^T[a', i] h[i, b]
-    for ap in range(m):
-        for b in range(m):
-            expr = _sum(AT[ap], [f"h{i}_{b}" for i in range(a)], coef(ap))
-            lines.append(f"                    buf[{ap * m + b}, c] = {expr}")
+    lines += _channel_run_loads(
+        [f"m{i}_{j}" for i in range(a) for j in range(a)],
+        [f"mm[{i * a + j}, t, " for i in range(a) for j in range(a)], 16)
+    lines += _nested_transform(
+        AT, "at", "m",
+        lambda ap, b, expr: f"buf[{ap * m + b}, c] = {expr}", 20)
     # Tile (s) to the rows of the block's output line, channel-major.
     for ap in range(m):
         for b in range(m):

@@ -25,11 +25,10 @@ packed strips, the same kernel got 39-105.
 from __future__ import annotations
 
 import numpy as np
-from numba import carray, njit, prange, types
-from numba.core import cgutils
+from numba import carray, njit, prange
 from numba.extending import intrinsic
 
-from .direct import TILE_VECTORS, fma_tile, lanes, tile_columns
+from .direct import TILE_VECTORS, fma_tile, stack_tile, tile_columns
 
 __all__ = ["TILE_ROWS", "strip_width", "pack", "packed_weights",
            "tuple_gemm", "block_gemm"]
@@ -75,14 +74,7 @@ def packed_weights(transformed, group):
 @intrinsic
 def _tile_buffer(typingctx, x):
     """Pointer to a stack buffer of TILE_ROWS x width elements."""
-    dtype = x.dtype
-    size = TILE_ROWS * TILE_VECTORS * lanes(dtype)
-
-    def codegen(context, builder, signature, args):
-        return cgutils.alloca_once(builder, context.get_value_type(dtype),
-                                   size=size)
-
-    return types.CPointer(dtype)(x), codegen
+    return stack_tile(x, TILE_ROWS)
 
 
 @njit(cache=True, inline="always")

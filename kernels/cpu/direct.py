@@ -73,7 +73,8 @@ from ._workspace import Workspace
 
 __all__ = ["conv2d", "pack_input", "tap_offsets", "packed_geometry",
            "tile_columns", "packed_size", "run_columns", "run_driver",
-           "fma_tile", "run_tile", "tile_buffer", "lanes", "MAX_BLOCK",
+           "fma_tile", "run_tile", "tile_buffer", "stack_tile", "lanes",
+           "MAX_BLOCK",
            "KERNELS"]
 
 
@@ -231,17 +232,24 @@ def lanes(dtype):
     return VECTOR_BITS // dtype.bitwidth
 
 
-@intrinsic
-def tile_buffer(typingctx, x):
-    """Pointer to a stack buffer for one tile (MAX_BLOCK x tile columns)."""
+def stack_tile(x, rows):
+    """``(signature, codegen)`` of an intrinsic returning a pointer to a
+    stack buffer of ``rows`` x tile columns of ``x``'s dtype (it lives in
+    the caller's frame: intrinsics are emitted inline)."""
     dtype = x.dtype
-    size = MAX_BLOCK * TILE_VECTORS * lanes(dtype)
+    size = rows * TILE_VECTORS * lanes(dtype)
 
     def codegen(context, builder, signature, args):
         return cgutils.alloca_once(builder, context.get_value_type(dtype),
                                    size=size)
 
     return types.CPointer(dtype)(x), codegen
+
+
+@intrinsic
+def tile_buffer(typingctx, x):
+    """Pointer to a stack buffer for one tile (MAX_BLOCK x tile columns)."""
+    return stack_tile(x, MAX_BLOCK)
 
 
 @intrinsic

@@ -31,10 +31,10 @@ block of tiles runs stages 2-4 for its block, whose V and M stay in the
 core's cache (ResNet's 64@56^2, 128@28^2, 256@14^2 layers: 20-35% faster
 than staged).  *Staged*: each stage over the whole batch, the GEMMs split over
 ``p`` (deep layers with few tiles and a large U, where every fused block
-would stream all of U).  In both, BLAS is called from inside Numba's
-parallel jobs, single-threaded: alternating Numba's OpenMP pool with
-OpenBLAS's own pool (NumPy's ``matmul``) made whole calls 2-20x slower on
-a busy 2-core machine.
+would stream all of U).  In both, the tuple GEMMs run on the direct
+kernel's register tile over U packed once per weight array
+(:mod:`._winograd_gemm`), inside Numba's parallel jobs: no BLAS call, and
+so no second thread pool beside Numba's.
 
 Only stride 1 and dilation 1 are supported, and inputs at least as large
 as the kernel; each kernel axis may have any size in
@@ -186,22 +186,36 @@ def _padded_channels_last(x, channels, top, left, rows, cols):
 _ALIASING_BYTES = 4096
 
 
+@njit(cache=True, inline="always")
+def _padded_row(x, xp, job, top, left):
+    """(n, h, row) of padded row ``job`` of xp (N, rows, cols, nc): its
+    image, the row of x it holds (-1 for a row of zero padding, which is
+    then zeroed) and the row itself, with its left and right padding
+    zeroed."""
+    rows = xp.shape[1]
+    H, W = x.shape[2], x.shape[3]
+    n = job // rows
+    h = job % rows - top
+    dst = xp[n, job % rows]
+    if h < 0 or h >= H:
+        dst[:, :] = 0
+        return n, -1, dst
+    dst[:left, :] = 0
+    dst[left + W:, :] = 0
+    return n, h, dst
+
+
 @njit(parallel=True, cache=True)
 def _channels_last_columns(x, c0, top, left, xp):
     """xp[n, top + h, left + w, c] = x[n, c0 + c, h, w], zeros around it;
     one job per padded row, each writing one output column (all channels
     of one pixel, unit stride) at a time."""
     n_img, rows, _, nc = xp.shape
-    H, W = x.shape[2], x.shape[3]
+    W = x.shape[3]
     for job in prange(n_img * rows):
-        n = job // rows
-        h = job % rows - top
-        dst = xp[n, job % rows]
-        if h < 0 or h >= H:
-            dst[:, :] = 0
+        n, h, dst = _padded_row(x, xp, job, top, left)
+        if h < 0:
             continue
-        dst[:left, :] = 0
-        dst[left + W:, :] = 0
         planes = x[n, c0:c0 + nc, h]            # (nc, W), rows H*W apart
         for w in range(W):
             column = dst[left + w]
@@ -214,16 +228,11 @@ def _channels_last_rows(x, c0, top, left, xp):
     """xp[n, top + h, left + w, c] = x[n, c0 + c, h, w], zeros around it;
     one job per padded row, each reading whole rows of the planes."""
     n_img, rows, _, nc = xp.shape
-    H, W = x.shape[2], x.shape[3]
+    W = x.shape[3]
     for job in prange(n_img * rows):
-        n = job // rows
-        h = job % rows - top
-        dst = xp[n, job % rows]
-        if h < 0 or h >= H:
-            dst[:, :] = 0
+        n, h, dst = _padded_row(x, xp, job, top, left)
+        if h < 0:
             continue
-        dst[:left, :] = 0
-        dst[left + W:, :] = 0
         for c in range(nc):
             src = x[n, c0 + c, h]
             for w in range(W):
