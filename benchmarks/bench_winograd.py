@@ -66,7 +66,8 @@ class WinogradStages:
         self.tile = winograd.tile_for((3, 3), m)
         self.tw = winograd.transform_weights(self.w, m)
         self.V = impl.transform_input(self.x, self.tile, PADDING, hw)
-        self.M = impl.tuple_gemm(self.V, self.tw.U[0])
+        self.packed = impl.packed_weights(self.tw, 0)    # U's GEMM layout
+        self.M = impl.tuple_gemm(self.V, self.tw.U[0], packed=self.packed)
         self.y = np.empty_like(self.x)
         self.hw = hw
         for stage in (self.time_fused, self.time_staged, self.time_whole,
@@ -81,7 +82,7 @@ class WinogradStages:
         impl.transform_input(self.x, self.tile, PADDING, self.hw, out=self.V)
 
     def time_tuple_gemm(self, layer, m):
-        impl.tuple_gemm(self.V, self.tw.U[0], out=self.M)
+        impl.tuple_gemm(self.V, self.tw.U[0], out=self.M, packed=self.packed)
 
     def time_output_transform(self, layer, m):
         impl.transform_output(self.M, self.tile, self.y.shape, out=self.y)
@@ -259,10 +260,11 @@ def _speed(layers=tuple(LAYERS), repeats=15):
                                          x.itemsize)
             tw = winograd.transform_weights(w, (tile.m_h, tile.m_w))
             V = impl.transform_input(x, tile, PADDING, hw)
-            M = impl.tuple_gemm(V, tw.U[0])
+            packed = impl.packed_weights(tw, 0)
+            M = impl.tuple_gemm(V, tw.U[0], packed=packed)
             y = np.empty_like(x)
             fns["  input transform"] = lambda: impl.transform_input(x, tile, PADDING, hw, out=V)
-            fns["  tuple GEMMs"] = lambda: impl.tuple_gemm(V, tw.U[0], out=M)
+            fns["  tuple GEMMs"] = lambda: impl.tuple_gemm(V, tw.U[0], out=M, packed=packed)
             fns["  output transform"] = lambda: impl.transform_output(M, tile, y.shape, out=y)
             fns["  fused path"] = lambda: impl.conv2d_transformed(x, tw, None, PADDING, "fused")
             fns["  staged path"] = lambda: impl.conv2d_transformed(x, tw, None, PADDING, "staged")

@@ -61,12 +61,13 @@ from ._winograd_gemm import packed_weights
 from ._winograd_unrolled import UNROLLED_TILES, input_block, output_block
 from ._workspace import Workspace
 
-# Tile, tile_counts and tile_for are re-exported for the stage functions'
-# callers (tests, benchmarks); unsupported_reason for kernels._dispatch.
+# Tile, tile_counts, tile_for and packed_weights are re-exported for the
+# stage functions' callers (tests, benchmarks); unsupported_reason for
+# kernels._dispatch.
 __all__ = ["Tile", "clear_workspace", "conv2d", "conv2d_transformed",
-           "tile_counts", "tile_for", "tile_for_problem", "transform_input",
-           "transform_kernel", "transform_output", "transform_weights",
-           "tuple_gemm", "unsupported_reason"]
+           "packed_weights", "tile_counts", "tile_for", "tile_for_problem",
+           "transform_input", "transform_kernel", "transform_output",
+           "transform_weights", "tuple_gemm", "unsupported_reason"]
 
 
 # --------------------------------------------------------------------------
