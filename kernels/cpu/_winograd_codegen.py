@@ -227,7 +227,7 @@ Why and how: :mod:`kernels.cpu._winograd_codegen`.
 """
 
 import numpy as np
-from numba import njit
+from numba import literally, njit
 
 from ._winograd_blocks import input_block_passes, output_block_passes
 
@@ -242,12 +242,14 @@ def _dispatch_functions():
               "def input_block(code, xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w,",
               "                half, v, t0, row_stride):",
               '    """:func:`input_block_passes`, or the unrolled transform of tile',
-              '    ``code`` (see :data:`UNROLLED_TILES`)."""']
+              '    ``code`` (see :data:`UNROLLED_TILES`); compiled per code."""',
+              "    literally(code)"]
     outputs = ["@njit(cache=True)",
                "def output_block(code, mm, t0, row_stride, n, ti0, nr, tj0, ns, at_h,",
                "                 at_w, bias, k0, half, line, y):",
                '    """:func:`output_block_passes`, or the unrolled transform of tile',
-               '    ``code`` (see :data:`UNROLLED_TILES`)."""']
+               '    ``code`` (see :data:`UNROLLED_TILES`); compiled per code."""',
+               "    literally(code)"]
     for code, (m, r) in enumerate(UNROLLED_TILES, start=1):
         keyword = "if" if code == 1 else "elif"
         inputs += [f"    {keyword} code == {code}:",

@@ -5,7 +5,7 @@ Why and how: :mod:`kernels.cpu._winograd_codegen`.
 """
 
 import numpy as np
-from numba import njit
+from numba import literally, njit
 
 from ._winograd_blocks import input_block_passes, output_block_passes
 
@@ -30,7 +30,8 @@ UNROLLED_TILES = {
 def input_block(code, xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w,
                 half, v, t0, row_stride):
     """:func:`input_block_passes`, or the unrolled transform of tile
-    ``code`` (see :data:`UNROLLED_TILES`)."""
+    ``code`` (see :data:`UNROLLED_TILES`); compiled per code."""
+    literally(code)
     if code == 1:
         input_block_m2_r3(xp, n, ti0, nr, tj0, ns, bt_h, v, t0,
                           row_stride)
@@ -46,7 +47,8 @@ def input_block(code, xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w,
 def output_block(code, mm, t0, row_stride, n, ti0, nr, tj0, ns, at_h,
                  at_w, bias, k0, half, line, y):
     """:func:`output_block_passes`, or the unrolled transform of tile
-    ``code`` (see :data:`UNROLLED_TILES`)."""
+    ``code`` (see :data:`UNROLLED_TILES`); compiled per code."""
+    literally(code)
     if code == 1:
         output_block_m2_r3(mm, t0, row_stride, n, ti0, nr, tj0, ns,
                            at_h, bias, k0, y)

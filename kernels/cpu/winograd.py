@@ -46,7 +46,7 @@ F(m, r)).  Groups run one after another, each as its own set of GEMMs.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import literally, njit, prange
 
 from .._dispatch import Kernel
 from .._weight_cache import transformed_weights
@@ -243,6 +243,7 @@ def _channels_last_rows(x, c0, top, left, xp):
 @njit(parallel=True, cache=True)
 def _transform_input_kernel(code, xp, bt_h, bt_w, m_h, m_w, tiles_h, tiles_w,
                             rows, cols, v):
+    literally(code)
     n_img, _, _, nc = xp.shape
     tiles = tiles_h * tiles_w
     for job in prange(job_count(n_img, tiles_h, tiles_w, rows, cols)):
@@ -327,6 +328,7 @@ def tuple_gemm(V, U, out=None, packed=None):
 @njit(parallel=True, cache=True)
 def _transform_output_kernel(code, mm, at_h, at_w, bias, k0, tiles_h, tiles_w,
                              rows, cols, y):
+    literally(code)
     n_img = y.shape[0]
     nk = mm.shape[2]
     tiles = tiles_h * tiles_w
@@ -391,6 +393,7 @@ def _fused_kernel(code, xp, up, nk, bt_h, bt_w, at_h, at_w, bias, k0,
     The block's V and M (alpha^2 x tiles x channels) stay in the core's
     cache between the stages; only x, U and y travel through memory.
     """
+    literally(code)
     n_img, _, _, nc = xp.shape
     n_planes = up.shape[0]
     m_h, a_h = at_h.shape
