@@ -227,44 +227,83 @@ Why and how: :mod:`kernels.cpu._winograd_codegen`.
 """
 
 import numpy as np
-from numba import literally, njit
+from numba import njit
+from numba.extending import overload
 
 from ._winograd_blocks import input_block_passes, output_block_passes
 
 '''
 
+# The dispatch by tile: the tile's code is the length of a tuple ``tag``,
+# part of its Numba type.  A kernel is then compiled per tile code and
+# links that tile's transforms only, and a call finds its compiled kernel
+# by the arguments' types.  (``numba.literally`` on an int did the first
+# but re-typed the kernel on every call, ~35 ms a call.)
+_DISPATCH = '''{def_line}
+    """:func:`{generic}`, or the unrolled transform of the tile whose
+    code is ``len(tag)`` (:data:`UNROLLED_TILES`; 0: the generic passes).
+    For Numba-compiled callers: the choice is made when they are typed."""
+    raise NotImplementedError("{name} is called from compiled code only")
 
-def _dispatch_functions():
-    """Sources of input_block and output_block: the unrolled function of
-    the tile whose code (its position in UNROLLED_TILES, from 1) is given,
-    the generic passes for code 0."""
-    inputs = ["@njit(cache=True)",
-              "def input_block(code, xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w,",
-              "                half, v, t0, row_stride):",
-              '    """:func:`input_block_passes`, or the unrolled transform of tile',
-              '    ``code`` (see :data:`UNROLLED_TILES`); compiled per code."""',
-              "    literally(code)"]
-    outputs = ["@njit(cache=True)",
-               "def output_block(code, mm, t0, row_stride, n, ti0, nr, tj0, ns, at_h,",
-               "                 at_w, bias, k0, half, line, y):",
-               '    """:func:`output_block_passes`, or the unrolled transform of tile',
-               '    ``code`` (see :data:`UNROLLED_TILES`); compiled per code."""',
-               "    literally(code)"]
+
+@overload({name})
+{overload_line}
+    code = len(tag)
+{branches}
+    else:
+{impl_line}
+{generic_call}
+    return {name}_impl'''
+
+
+def _wrapped(head, args, indent, tail=""):
+    """``head(args)tail`` at ``indent`` spaces, the arguments wrapped under
+    the opening parenthesis to stay within 79 columns."""
+    pad = " " * indent
+    lines, line = [], f"{pad}{head}("
+    for i, arg in enumerate(args):
+        text = arg + (", " if i < len(args) - 1 else f"){tail}")
+        if len(line) + len(text.rstrip()) > 79:
+            lines.append(line.rstrip())
+            line = " " * (indent + len(head) + 1)
+        line += text
+    return "\n".join(lines + [line])
+
+
+_INPUT_ARGS = ("xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w, half, v, t0, "
+               "row_stride")
+_OUTPUT_ARGS = ("mm, t0, row_stride, n, ti0, nr, tj0, ns, at_h, at_w, bias, "
+                "k0, half, line, y")
+
+
+def _dispatch_function(name, args, generic, unrolled_args):
+    """Source of the dispatch ``name``: the unrolled function of the tile
+    whose code is ``len(tag)``, called with ``unrolled_args``, or
+    ``generic`` called with ``args`` for code 0."""
+    args, unrolled_args = args.split(", "), unrolled_args.split(", ")
+    params = ["tag"] + args
+    impl = _wrapped(f"def {name}_impl", params, 8, ":")
+    branches = []
     for code, (m, r) in enumerate(UNROLLED_TILES, start=1):
         keyword = "if" if code == 1 else "elif"
-        inputs += [f"    {keyword} code == {code}:",
-                   f"        input_block_m{m}_r{r}(xp, n, ti0, nr, tj0, ns, bt_h, v, t0,",
-                   "                          row_stride)"]
-        outputs += [f"    {keyword} code == {code}:",
-                    f"        output_block_m{m}_r{r}(mm, t0, row_stride, n, ti0, nr, tj0, ns,",
-                    "                           at_h, bias, k0, y)"]
-    inputs += ["    else:",
-               "        input_block_passes(xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w,",
-               "                           half, v, t0, row_stride)"]
-    outputs += ["    else:",
-                "        output_block_passes(mm, t0, row_stride, n, ti0, nr, tj0, ns,",
-                "                            at_h, at_w, bias, k0, half, line, y)"]
-    return ["\n".join(inputs), "\n".join(outputs)]
+        branches += [f"    {keyword} code == {code}:", impl,
+                     _wrapped(f"{name}_m{m}_r{r}", unrolled_args, 12)]
+    return _DISPATCH.format(
+        name=name, generic=generic, branches="\n".join(branches),
+        def_line=_wrapped(f"def {name}", params, 0, ":"),
+        overload_line=_wrapped(f"def _{name}_of_tile", params, 0, ":"),
+        impl_line=impl, generic_call=_wrapped(generic, args, 12))
+
+
+def _dispatch_functions():
+    """Sources of input_block and output_block."""
+    return [
+        _dispatch_function("input_block", _INPUT_ARGS, "input_block_passes",
+                           "xp, n, ti0, nr, tj0, ns, bt_h, v, t0, row_stride"),
+        _dispatch_function("output_block", _OUTPUT_ARGS, "output_block_passes",
+                           "mm, t0, row_stride, n, ti0, nr, tj0, ns, at_h, "
+                           "bias, k0, y"),
+    ]
 
 
 def generate():

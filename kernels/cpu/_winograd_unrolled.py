@@ -5,7 +5,8 @@ Why and how: :mod:`kernels.cpu._winograd_codegen`.
 """
 
 import numpy as np
-from numba import literally, njit
+from numba import njit
+from numba.extending import overload
 
 from ._winograd_blocks import input_block_passes, output_block_passes
 
@@ -26,38 +27,62 @@ UNROLLED_TILES = {
 }
 
 
-@njit(cache=True)
-def input_block(code, xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w,
-                half, v, t0, row_stride):
-    """:func:`input_block_passes`, or the unrolled transform of tile
-    ``code`` (see :data:`UNROLLED_TILES`); compiled per code."""
-    literally(code)
-    if code == 1:
-        input_block_m2_r3(xp, n, ti0, nr, tj0, ns, bt_h, v, t0,
-                          row_stride)
-    elif code == 2:
-        input_block_m4_r3(xp, n, ti0, nr, tj0, ns, bt_h, v, t0,
-                          row_stride)
-    else:
-        input_block_passes(xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w,
-                           half, v, t0, row_stride)
+def input_block(tag, xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w, half, v,
+                t0, row_stride):
+    """:func:`input_block_passes`, or the unrolled transform of the tile whose
+    code is ``len(tag)`` (:data:`UNROLLED_TILES`; 0: the generic passes).
+    For Numba-compiled callers: the choice is made when they are typed."""
+    raise NotImplementedError("input_block is called from compiled code only")
 
 
-@njit(cache=True)
-def output_block(code, mm, t0, row_stride, n, ti0, nr, tj0, ns, at_h,
-                 at_w, bias, k0, half, line, y):
-    """:func:`output_block_passes`, or the unrolled transform of tile
-    ``code`` (see :data:`UNROLLED_TILES`); compiled per code."""
-    literally(code)
+@overload(input_block)
+def _input_block_of_tile(tag, xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w,
+                         half, v, t0, row_stride):
+    code = len(tag)
     if code == 1:
-        output_block_m2_r3(mm, t0, row_stride, n, ti0, nr, tj0, ns,
-                           at_h, bias, k0, y)
+        def input_block_impl(tag, xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h,
+                             m_w, half, v, t0, row_stride):
+            input_block_m2_r3(xp, n, ti0, nr, tj0, ns, bt_h, v, t0, row_stride)
     elif code == 2:
-        output_block_m4_r3(mm, t0, row_stride, n, ti0, nr, tj0, ns,
-                           at_h, bias, k0, y)
+        def input_block_impl(tag, xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h,
+                             m_w, half, v, t0, row_stride):
+            input_block_m4_r3(xp, n, ti0, nr, tj0, ns, bt_h, v, t0, row_stride)
     else:
-        output_block_passes(mm, t0, row_stride, n, ti0, nr, tj0, ns,
-                            at_h, at_w, bias, k0, half, line, y)
+        def input_block_impl(tag, xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h,
+                             m_w, half, v, t0, row_stride):
+            input_block_passes(xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w,
+                               half, v, t0, row_stride)
+    return input_block_impl
+
+
+def output_block(tag, mm, t0, row_stride, n, ti0, nr, tj0, ns, at_h, at_w,
+                 bias, k0, half, line, y):
+    """:func:`output_block_passes`, or the unrolled transform of the tile whose
+    code is ``len(tag)`` (:data:`UNROLLED_TILES`; 0: the generic passes).
+    For Numba-compiled callers: the choice is made when they are typed."""
+    raise NotImplementedError("output_block is called from compiled code only")
+
+
+@overload(output_block)
+def _output_block_of_tile(tag, mm, t0, row_stride, n, ti0, nr, tj0, ns, at_h,
+                          at_w, bias, k0, half, line, y):
+    code = len(tag)
+    if code == 1:
+        def output_block_impl(tag, mm, t0, row_stride, n, ti0, nr, tj0, ns,
+                              at_h, at_w, bias, k0, half, line, y):
+            output_block_m2_r3(mm, t0, row_stride, n, ti0, nr, tj0, ns, at_h,
+                               bias, k0, y)
+    elif code == 2:
+        def output_block_impl(tag, mm, t0, row_stride, n, ti0, nr, tj0, ns,
+                              at_h, at_w, bias, k0, half, line, y):
+            output_block_m4_r3(mm, t0, row_stride, n, ti0, nr, tj0, ns, at_h,
+                               bias, k0, y)
+    else:
+        def output_block_impl(tag, mm, t0, row_stride, n, ti0, nr, tj0, ns,
+                              at_h, at_w, bias, k0, half, line, y):
+            output_block_passes(mm, t0, row_stride, n, ti0, nr, tj0, ns, at_h,
+                                at_w, bias, k0, half, line, y)
+    return output_block_impl
 
 
 @njit(cache=True)

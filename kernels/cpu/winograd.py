@@ -46,7 +46,7 @@ F(m, r)).  Groups run one after another, each as its own set of GEMMs.
 from __future__ import annotations
 
 import numpy as np
-from numba import literally, njit, prange
+from numba import njit, prange
 
 from .._dispatch import Kernel
 from .._weight_cache import transformed_weights
@@ -97,11 +97,19 @@ def _unrolled_code(tile):
     return UNROLLED_TILES.get((tile.m_h, tile.r_h), 0)
 
 
+def _tile_tag(tile):
+    """The block kernels' first argument: a tuple as long as the tile's
+    code.  Its length is part of its Numba type, so each kernel is
+    compiled per tile code, links that tile's transforms only, and a call
+    finds its compiled kernel by the arguments' types."""
+    return (0,) * _unrolled_code(tile)
+
+
 @njit(cache=True)
-def _pass_scratch(code, rows, cols, length, dtype):
+def _pass_scratch(tag, rows, cols, length, dtype):
     """Scratch of the generic passes, (rows, cols, length); empty for an
     unrolled tile, whose transforms keep their partial sums in registers."""
-    return np.empty((rows, cols, length if code == 0 else 0), dtype)
+    return np.empty((rows, cols, length if len(tag) == 0 else 0), dtype)
 
 
 # --------------------------------------------------------------------------
@@ -241,16 +249,15 @@ def _channels_last_rows(x, c0, top, left, xp):
 
 
 @njit(parallel=True, cache=True)
-def _transform_input_kernel(code, xp, bt_h, bt_w, m_h, m_w, tiles_h, tiles_w,
+def _transform_input_kernel(tag, xp, bt_h, bt_w, m_h, m_w, tiles_h, tiles_w,
                             rows, cols, v):
-    literally(code)
     n_img, _, _, nc = xp.shape
     tiles = tiles_h * tiles_w
     for job in prange(job_count(n_img, tiles_h, tiles_w, rows, cols)):
         n, ti0, nr, tj0, ns = block_of_job(job, tiles_h, tiles_w, rows, cols)
-        half = _pass_scratch(code, bt_h.shape[0], bt_w.shape[0], ns * nc,
+        half = _pass_scratch(tag, bt_h.shape[0], bt_w.shape[0], ns * nc,
                              xp.dtype)
-        input_block(code, xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w, half,
+        input_block(tag, xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w, half,
                     v, n * tiles + ti0 * tiles_w + tj0, tiles_w)
 
 
@@ -296,7 +303,7 @@ def transform_input(x, tile, padding, out_hw, channels=None, out=None,
                              tile.alpha_h * tile.alpha_w * nc * x.itemsize,
                              tuning.transform_budget,
                              4 * _tuning.block_shape_threads())
-    _transform_input_kernel(_unrolled_code(tile), xp, BT_h, BT_w, tile.m_h,
+    _transform_input_kernel(_tile_tag(tile), xp, BT_h, BT_w, tile.m_h,
                             tile.m_w, tiles_h, tiles_w, rows, cols, out)
     return out
 
@@ -326,18 +333,17 @@ def tuple_gemm(V, U, out=None, packed=None):
 # --------------------------------------------------------------------------
 
 @njit(parallel=True, cache=True)
-def _transform_output_kernel(code, mm, at_h, at_w, bias, k0, tiles_h, tiles_w,
+def _transform_output_kernel(tag, mm, at_h, at_w, bias, k0, tiles_h, tiles_w,
                              rows, cols, y):
-    literally(code)
     n_img = y.shape[0]
     nk = mm.shape[2]
     tiles = tiles_h * tiles_w
     for job in prange(job_count(n_img, tiles_h, tiles_w, rows, cols)):
         n, ti0, nr, tj0, ns = block_of_job(job, tiles_h, tiles_w, rows, cols)
         m_w = at_w.shape[0]
-        half = _pass_scratch(code, at_h.shape[1] + 1, m_w, ns * nk, mm.dtype)
-        line = _pass_scratch(code, 1, nk, ns * m_w, mm.dtype)[0]
-        output_block(code, mm, n * tiles + ti0 * tiles_w + tj0, tiles_w, n,
+        half = _pass_scratch(tag, at_h.shape[1] + 1, m_w, ns * nk, mm.dtype)
+        line = _pass_scratch(tag, 1, nk, ns * m_w, mm.dtype)[0]
+        output_block(tag, mm, n * tiles + ti0 * tiles_w + tj0, tiles_w, n,
                      ti0, nr, tj0, ns, at_h, at_w, bias, k0, half, line, y)
 
 
@@ -376,7 +382,7 @@ def transform_output(M, tile, out_shape, bias=None, channels=None, out=None,
                              _winograd_tuning(tuning).transform_budget,
                              4 * _tuning.block_shape_threads(),
                              output_step(tile.m_w))
-    _transform_output_kernel(_unrolled_code(tile), M, AT_h, AT_w, bias_arr, k0,
+    _transform_output_kernel(_tile_tag(tile), M, AT_h, AT_w, bias_arr, k0,
                              tiles_h, tiles_w, rows, cols, out)
     return out
 
@@ -386,14 +392,13 @@ def transform_output(M, tile, out_shape, bias=None, channels=None, out=None,
 # --------------------------------------------------------------------------
 
 @njit(parallel=True, cache=True)
-def _fused_kernel(code, xp, up, nk, bt_h, bt_w, at_h, at_w, bias, k0,
+def _fused_kernel(tag, xp, up, nk, bt_h, bt_w, at_h, at_w, bias, k0,
                   tiles_h, tiles_w, rows, cols, y):
     """All three stages per block of tiles, one prange job per block.
 
     The block's V and M (alpha^2 x tiles x channels) stay in the core's
     cache between the stages; only x, U and y travel through memory.
     """
-    literally(code)
     n_img, _, _, nc = xp.shape
     n_planes = up.shape[0]
     m_h, a_h = at_h.shape
@@ -403,13 +408,13 @@ def _fused_kernel(code, xp, up, nk, bt_h, bt_w, at_h, at_w, bias, k0,
         nt = nr * ns
         v = np.empty((n_planes, nt, nc), xp.dtype)
         mm = np.empty((n_planes, nt, nk), xp.dtype)
-        half = _pass_scratch(code, a_h, a_w, ns * nc, xp.dtype)
-        input_block(code, xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w, half,
+        half = _pass_scratch(tag, a_h, a_w, ns * nc, xp.dtype)
+        input_block(tag, xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w, half,
                     v, 0, ns)
         _winograd_gemm.block_gemm(v, up, mm)
-        half_out = _pass_scratch(code, a_h + 1, m_w, ns * nk, xp.dtype)
-        line = _pass_scratch(code, 1, nk, ns * m_w, xp.dtype)[0]
-        output_block(code, mm, 0, ns, n, ti0, nr, tj0, ns, at_h, at_w, bias, k0,
+        half_out = _pass_scratch(tag, a_h + 1, m_w, ns * nk, xp.dtype)
+        line = _pass_scratch(tag, 1, nk, ns * m_w, xp.dtype)[0]
+        output_block(tag, mm, 0, ns, n, ti0, nr, tj0, ns, at_h, at_w, bias, k0,
                      half_out, line, y)
 
 
@@ -548,7 +553,7 @@ def conv2d_transformed(x, transformed, bias, padding, path=None,
         xp = _padded_channels_last(x, (g * cg, cg), padding[0], padding[2],
                                    tiles_h * tile.m_h + tile.r_h - 1,
                                    tiles_w * tile.m_w + tile.r_w - 1)
-        _fused_kernel(_unrolled_code(tile), xp, packed_weights(transformed, g),
+        _fused_kernel(_tile_tag(tile), xp, packed_weights(transformed, g),
                       kg, BT_h, BT_w, AT_h, AT_w, bias_arr, g * kg, tiles_h,
                       tiles_w, blocks[0], blocks[1], y)
     _set_padding_only_outputs(y, bias, (H, W), padding, (tile.r_h, tile.r_w))
