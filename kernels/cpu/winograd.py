@@ -45,6 +45,8 @@ F(m, r)).  Groups run one after another, each as its own set of GEMMs.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit, prange
 
@@ -105,6 +107,16 @@ def _tile_tag(tile):
     return (0,) * _unrolled_code(tile)
 
 
+@functools.lru_cache(maxsize=None)
+def _placeholder(dtype, ndim, readonly=False):
+    """An empty C-contiguous array for an argument of :func:`_block_kernel`
+    that its mode does not use (with the type of the real one, so the
+    modes share one compiled kernel)."""
+    a = np.empty((0,) * ndim, dtype)
+    a.setflags(write=not readonly)
+    return a
+
+
 @njit(cache=True)
 def _pass_scratch(tag, rows, cols, length, dtype):
     """Scratch of the generic passes, (rows, cols, length); empty for an
@@ -153,6 +165,59 @@ def transform_weights(w, tile, groups=1):
     for g in range(groups):
         packed_weights(transformed, g)
     return transformed
+
+
+# --------------------------------------------------------------------------
+# Stages 2-4 per block of tiles: one parallel kernel
+# --------------------------------------------------------------------------
+
+# The modes of _block_kernel.
+FUSED, INPUT_ONLY, OUTPUT_ONLY = 0, 1, 2
+
+
+@njit(parallel=True, cache=True)
+def _block_kernel(tag, mode, n_img, nk, xp, up, v, mm, y, bt_h, bt_w, at_h,
+                  at_w, bias, k0, tiles_h, tiles_w, rows, cols):
+    """One prange job per block of tiles, in one of three modes.
+
+    ``FUSED``: all three stages per block; the block's V and M (alpha^2 x
+    tiles x channels) stay in the core's cache between them, only x, U
+    and y travel through memory.  ``INPUT_ONLY`` writes the block's V into
+    ``v`` and ``OUTPUT_ONLY`` reads its M from ``mm`` (the staged path).
+    A mode's unused arrays are empty placeholders of the same types
+    (:func:`_placeholder`).  ``nk``: the group's output channels, written
+    from channel ``k0`` of ``y``.
+
+    The three modes are one kernel, calling each transform once, because
+    Numba optimizes a linked function again inside every caller: each
+    tile's unrolled transforms are compiled into one parallel kernel per
+    dtype, not two.
+    """
+    nc = xp.shape[3]
+    m_h, a_h = at_h.shape
+    m_w, a_w = at_w.shape
+    tiles = tiles_h * tiles_w
+    for job in prange(job_count(n_img, tiles_h, tiles_w, rows, cols)):
+        n, ti0, nr, tj0, ns = block_of_job(job, tiles_h, tiles_w, rows, cols)
+        # Where the block's tiles are in V and M: rows t0 + i * row_stride
+        # (+ j) of the whole batch's, or of the block's own.
+        t0, row_stride = n * tiles + ti0 * tiles_w + tj0, tiles_w
+        vb, mb = v, mm
+        if mode == FUSED:
+            t0, row_stride = 0, ns
+            vb = np.empty((a_h * a_w, nr * ns, nc), xp.dtype)
+            mb = np.empty((a_h * a_w, nr * ns, nk), xp.dtype)
+        if mode != OUTPUT_ONLY:
+            half = _pass_scratch(tag, a_h, a_w, ns * nc, xp.dtype)
+            input_block(tag, xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w,
+                        half, vb, t0, row_stride)
+        if mode == FUSED:
+            _winograd_gemm.block_gemm(vb, up, mb)
+        if mode != INPUT_ONLY:
+            half_out = _pass_scratch(tag, a_h + 1, m_w, ns * nk, xp.dtype)
+            line = _pass_scratch(tag, 1, nk, ns * m_w, xp.dtype)[0]
+            output_block(tag, mb, t0, row_stride, n, ti0, nr, tj0, ns, at_h,
+                         at_w, bias, k0, half_out, line, y)
 
 
 # --------------------------------------------------------------------------
@@ -248,19 +313,6 @@ def _channels_last_rows(x, c0, top, left, xp):
                 dst[left + w, c] = src[w]
 
 
-@njit(parallel=True, cache=True)
-def _transform_input_kernel(tag, xp, bt_h, bt_w, m_h, m_w, tiles_h, tiles_w,
-                            rows, cols, v):
-    n_img, _, _, nc = xp.shape
-    tiles = tiles_h * tiles_w
-    for job in prange(job_count(n_img, tiles_h, tiles_w, rows, cols)):
-        n, ti0, nr, tj0, ns = block_of_job(job, tiles_h, tiles_w, rows, cols)
-        half = _pass_scratch(tag, bt_h.shape[0], bt_w.shape[0], ns * nc,
-                             xp.dtype)
-        input_block(tag, xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w, half,
-                    v, n * tiles + ti0 * tiles_w + tj0, tiles_w)
-
-
 def transform_input(x, tile, padding, out_hw, channels=None, out=None,
                     tuning=None):
     """Input transform of every tile, in the GEMM layout.
@@ -288,8 +340,8 @@ def transform_input(x, tile, padding, out_hw, channels=None, out=None,
     """
     channels = (0, x.shape[1]) if channels is None else channels
     nc = channels[1]
-    _, _, BT_h = transform_matrices(tile.m_h, tile.r_h, x.dtype)
-    _, _, BT_w = transform_matrices(tile.m_w, tile.r_w, x.dtype)
+    AT_h, _, BT_h = transform_matrices(tile.m_h, tile.r_h, x.dtype)
+    AT_w, _, BT_w = transform_matrices(tile.m_w, tile.r_w, x.dtype)
     tiles_h, tiles_w = tile_counts(out_hw, tile)
     n_img = x.shape[0]
     xp = _padded_channels_last(x, channels, padding[0], padding[2],
@@ -303,8 +355,11 @@ def transform_input(x, tile, padding, out_hw, channels=None, out=None,
                              tile.alpha_h * tile.alpha_w * nc * x.itemsize,
                              tuning.transform_budget,
                              4 * _tuning.block_shape_threads())
-    _transform_input_kernel(_tile_tag(tile), xp, BT_h, BT_w, tile.m_h,
-                            tile.m_w, tiles_h, tiles_w, rows, cols, out)
+    _block_kernel(_tile_tag(tile), INPUT_ONLY, n_img, 0, xp,
+                  _placeholder(x.dtype, 4, readonly=True), out,
+                  _placeholder(x.dtype, 3), _placeholder(x.dtype, 4), BT_h, BT_w,
+                  AT_h, AT_w, _placeholder(x.dtype, 1), 0, tiles_h, tiles_w,
+                  rows, cols)
     return out
 
 
@@ -332,21 +387,6 @@ def tuple_gemm(V, U, out=None, packed=None):
 # Stage 4: output transform   y[tile] = A_h^T M A_w (+ bias), clipped
 # --------------------------------------------------------------------------
 
-@njit(parallel=True, cache=True)
-def _transform_output_kernel(tag, mm, at_h, at_w, bias, k0, tiles_h, tiles_w,
-                             rows, cols, y):
-    n_img = y.shape[0]
-    nk = mm.shape[2]
-    tiles = tiles_h * tiles_w
-    for job in prange(job_count(n_img, tiles_h, tiles_w, rows, cols)):
-        n, ti0, nr, tj0, ns = block_of_job(job, tiles_h, tiles_w, rows, cols)
-        m_w = at_w.shape[0]
-        half = _pass_scratch(tag, at_h.shape[1] + 1, m_w, ns * nk, mm.dtype)
-        line = _pass_scratch(tag, 1, nk, ns * m_w, mm.dtype)[0]
-        output_block(tag, mm, n * tiles + ti0 * tiles_w + tj0, tiles_w, n,
-                     ti0, nr, tj0, ns, at_h, at_w, bias, k0, half, line, y)
-
-
 def transform_output(M, tile, out_shape, bias=None, channels=None, out=None,
                      tuning=None):
     """Output transform of every tile, with partial tiles clipped.
@@ -373,8 +413,8 @@ def transform_output(M, tile, out_shape, bias=None, channels=None, out=None,
     if out is None:
         out = np.empty(out_shape, M.dtype)
     k0 = 0 if channels is None else channels[0]
-    AT_h, _, _ = transform_matrices(tile.m_h, tile.r_h, M.dtype)
-    AT_w, _, _ = transform_matrices(tile.m_w, tile.r_w, M.dtype)
+    AT_h, _, BT_h = transform_matrices(tile.m_h, tile.r_h, M.dtype)
+    AT_w, _, BT_w = transform_matrices(tile.m_w, tile.r_w, M.dtype)
     tiles_h, tiles_w = tile_counts(out_shape[2:], tile)
     bias_arr = np.zeros(0, M.dtype) if bias is None else bias
     rows, cols = block_shape(tiles_h, tiles_w, out_shape[0],
@@ -382,41 +422,16 @@ def transform_output(M, tile, out_shape, bias=None, channels=None, out=None,
                              _winograd_tuning(tuning).transform_budget,
                              4 * _tuning.block_shape_threads(),
                              output_step(tile.m_w))
-    _transform_output_kernel(_tile_tag(tile), M, AT_h, AT_w, bias_arr, k0,
-                             tiles_h, tiles_w, rows, cols, out)
+    _block_kernel(_tile_tag(tile), OUTPUT_ONLY, out_shape[0], M.shape[2],
+                  _placeholder(M.dtype, 4), _placeholder(M.dtype, 4, readonly=True),
+                  _placeholder(M.dtype, 3), M, out, BT_h, BT_w, AT_h, AT_w,
+                  bias_arr, k0, tiles_h, tiles_w, rows, cols)
     return out
 
 
 # --------------------------------------------------------------------------
-# Fused path: stages 2-4 per cache-sized block of tiles
+# Fused or staged: the blocks of the fused path
 # --------------------------------------------------------------------------
-
-@njit(parallel=True, cache=True)
-def _fused_kernel(tag, xp, up, nk, bt_h, bt_w, at_h, at_w, bias, k0,
-                  tiles_h, tiles_w, rows, cols, y):
-    """All three stages per block of tiles, one prange job per block.
-
-    The block's V and M (alpha^2 x tiles x channels) stay in the core's
-    cache between the stages; only x, U and y travel through memory.
-    """
-    n_img, _, _, nc = xp.shape
-    n_planes = up.shape[0]
-    m_h, a_h = at_h.shape
-    m_w, a_w = at_w.shape
-    for job in prange(job_count(n_img, tiles_h, tiles_w, rows, cols)):
-        n, ti0, nr, tj0, ns = block_of_job(job, tiles_h, tiles_w, rows, cols)
-        nt = nr * ns
-        v = np.empty((n_planes, nt, nc), xp.dtype)
-        mm = np.empty((n_planes, nt, nk), xp.dtype)
-        half = _pass_scratch(tag, a_h, a_w, ns * nc, xp.dtype)
-        input_block(tag, xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w, half,
-                    v, 0, ns)
-        _winograd_gemm.block_gemm(v, up, mm)
-        half_out = _pass_scratch(tag, a_h + 1, m_w, ns * nk, xp.dtype)
-        line = _pass_scratch(tag, 1, nk, ns * m_w, xp.dtype)[0]
-        output_block(tag, mm, 0, ns, n, ti0, nr, tj0, ns, at_h, at_w, bias, k0,
-                     half_out, line, y)
-
 
 def _fused_blocks(tile, tiles_hw, n_img, nc, nk, itemsize, tuning, path=None):
     """Blocks of the fused kernel, or None for the staged path.
@@ -553,9 +568,10 @@ def conv2d_transformed(x, transformed, bias, padding, path=None,
         xp = _padded_channels_last(x, (g * cg, cg), padding[0], padding[2],
                                    tiles_h * tile.m_h + tile.r_h - 1,
                                    tiles_w * tile.m_w + tile.r_w - 1)
-        _fused_kernel(_tile_tag(tile), xp, packed_weights(transformed, g),
-                      kg, BT_h, BT_w, AT_h, AT_w, bias_arr, g * kg, tiles_h,
-                      tiles_w, blocks[0], blocks[1], y)
+        _block_kernel(_tile_tag(tile), FUSED, n_img, kg, xp,
+                      packed_weights(transformed, g), _placeholder(x.dtype, 3),
+                      _placeholder(x.dtype, 3), y, BT_h, BT_w, AT_h, AT_w,
+                      bias_arr, g * kg, tiles_h, tiles_w, blocks[0], blocks[1])
     _set_padding_only_outputs(y, bias, (H, W), padding, (tile.r_h, tile.r_w))
     return y
 
