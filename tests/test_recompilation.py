@@ -51,10 +51,11 @@ def test_winograd_tiles_and_paths(m, path):
     """Every tile code (F(2,3), F(4,3) unrolled; F(6,3) generic) on both
     paths of the Winograd kernel."""
     x, w, b = _problem(np.random.default_rng(1), np.float32)
-    transformed = cpu_winograd.transform_weights(w, cpu_winograd.tile_for((3, 3), m))
+    tile = cpu_winograd.tile_for((3, 3), m)
+    transformed = cpu_winograd.transform_weights(w, tile)
     _assert_second_call_compiles_nothing(
-        lambda: cpu_winograd.conv2d_transformed(x, transformed, b, (1, 1, 1, 1),
-                                                path=path))
+        lambda: cpu_winograd.conv2d_transformed(x, transformed, b,
+                                                (1, 1, 1, 1), path=path))
 
 
 @pytest.mark.parametrize("algorithm", kernels.ALGORITHMS)

@@ -100,8 +100,8 @@ def _unrolled_code(tile):
 
 
 def _tile_tag(tile):
-    """The block kernels' first argument: a tuple as long as the tile's
-    code.  Its length is part of its Numba type, so each kernel is
+    """:func:`_block_kernel`'s first argument: a tuple as long as the
+    tile's code.  Its length is part of its Numba type, so the kernel is
     compiled per tile code, links that tile's transforms only, and a call
     finds its compiled kernel by the arguments' types."""
     return (0,) * _unrolled_code(tile)
@@ -357,9 +357,9 @@ def transform_input(x, tile, padding, out_hw, channels=None, out=None,
                              4 * _tuning.block_shape_threads())
     _block_kernel(_tile_tag(tile), INPUT_ONLY, n_img, 0, xp,
                   _placeholder(x.dtype, 4, readonly=True), out,
-                  _placeholder(x.dtype, 3), _placeholder(x.dtype, 4), BT_h, BT_w,
-                  AT_h, AT_w, _placeholder(x.dtype, 1), 0, tiles_h, tiles_w,
-                  rows, cols)
+                  _placeholder(x.dtype, 3), _placeholder(x.dtype, 4), BT_h,
+                  BT_w, AT_h, AT_w, _placeholder(x.dtype, 1), 0, tiles_h,
+                  tiles_w, rows, cols)
     return out
 
 
@@ -423,7 +423,8 @@ def transform_output(M, tile, out_shape, bias=None, channels=None, out=None,
                              4 * _tuning.block_shape_threads(),
                              output_step(tile.m_w))
     _block_kernel(_tile_tag(tile), OUTPUT_ONLY, out_shape[0], M.shape[2],
-                  _placeholder(M.dtype, 4), _placeholder(M.dtype, 4, readonly=True),
+                  _placeholder(M.dtype, 4),
+                  _placeholder(M.dtype, 4, readonly=True),
                   _placeholder(M.dtype, 3), M, out, BT_h, BT_w, AT_h, AT_w,
                   bias_arr, k0, tiles_h, tiles_w, rows, cols)
     return out
