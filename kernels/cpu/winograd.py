@@ -185,8 +185,8 @@ def _block_kernel(tag, mode, n_img, nk, xp, up, v, mm, y, bt_h, bt_w, at_h,
     and y travel through memory.  ``INPUT_ONLY`` writes the block's V into
     ``v`` and ``OUTPUT_ONLY`` reads its M from ``mm`` (the staged path).
     A mode's unused arrays are empty placeholders of the same types
-    (:func:`_placeholder`).  ``nk``: the group's output channels, written
-    from channel ``k0`` of ``y``.
+    (:func:`_run_blocks` passes them).  ``nk``: the group's output
+    channels, written from channel ``k0`` of ``y``.
 
     The three modes are one kernel, calling each transform once, because
     Numba optimizes a linked function again inside every caller: each
@@ -218,6 +218,21 @@ def _block_kernel(tag, mode, n_img, nk, xp, up, v, mm, y, bt_h, bt_w, at_h,
             line = _pass_scratch(tag, 1, nk, ns * m_w, xp.dtype)[0]
             output_block(tag, mb, t0, row_stride, n, ti0, nr, tj0, ns, at_h,
                          at_w, bias, k0, half_out, line, y)
+
+
+def _run_blocks(mode, tile, dtype, n_img, tiles_hw, blocks, nk=0, xp=None,
+                up=None, v=None, mm=None, y=None, bias=None, k0=0):
+    """:func:`_block_kernel` in ``mode`` on the tiles of ``tile`` in
+    ``dtype``; the arrays the mode does not use (None) are placeholders."""
+    def given(a, ndim, readonly=False):
+        return _placeholder(dtype, ndim, readonly) if a is None else a
+
+    AT_h, _, BT_h = transform_matrices(tile.m_h, tile.r_h, dtype)
+    AT_w, _, BT_w = transform_matrices(tile.m_w, tile.r_w, dtype)
+    _block_kernel(_tile_tag(tile), mode, n_img, nk, given(xp, 4),
+                  given(up, 4, readonly=True), given(v, 3), given(mm, 3),
+                  given(y, 4), BT_h, BT_w, AT_h, AT_w, given(bias, 1), k0,
+                  tiles_hw[0], tiles_hw[1], blocks[0], blocks[1])
 
 
 # --------------------------------------------------------------------------
@@ -340,8 +355,6 @@ def transform_input(x, tile, padding, out_hw, channels=None, out=None,
     """
     channels = (0, x.shape[1]) if channels is None else channels
     nc = channels[1]
-    AT_h, _, BT_h = transform_matrices(tile.m_h, tile.r_h, x.dtype)
-    AT_w, _, BT_w = transform_matrices(tile.m_w, tile.r_w, x.dtype)
     tiles_h, tiles_w = tile_counts(out_hw, tile)
     n_img = x.shape[0]
     xp = _padded_channels_last(x, channels, padding[0], padding[2],
@@ -355,11 +368,8 @@ def transform_input(x, tile, padding, out_hw, channels=None, out=None,
                              tile.alpha_h * tile.alpha_w * nc * x.itemsize,
                              tuning.transform_budget,
                              4 * _tuning.block_shape_threads())
-    _block_kernel(_tile_tag(tile), INPUT_ONLY, n_img, 0, xp,
-                  _placeholder(x.dtype, 4, readonly=True), out,
-                  _placeholder(x.dtype, 3), _placeholder(x.dtype, 4), BT_h,
-                  BT_w, AT_h, AT_w, _placeholder(x.dtype, 1), 0, tiles_h,
-                  tiles_w, rows, cols)
+    _run_blocks(INPUT_ONLY, tile, x.dtype, n_img, (tiles_h, tiles_w),
+                (rows, cols), xp=xp, v=out)
     return out
 
 
@@ -413,20 +423,14 @@ def transform_output(M, tile, out_shape, bias=None, channels=None, out=None,
     if out is None:
         out = np.empty(out_shape, M.dtype)
     k0 = 0 if channels is None else channels[0]
-    AT_h, _, BT_h = transform_matrices(tile.m_h, tile.r_h, M.dtype)
-    AT_w, _, BT_w = transform_matrices(tile.m_w, tile.r_w, M.dtype)
     tiles_h, tiles_w = tile_counts(out_shape[2:], tile)
-    bias_arr = np.zeros(0, M.dtype) if bias is None else bias
     rows, cols = block_shape(tiles_h, tiles_w, out_shape[0],
                              (tile.alpha_h + 2) * tile.m_w * M.shape[2] * M.itemsize,
                              _winograd_tuning(tuning).transform_budget,
                              4 * _tuning.block_shape_threads(),
                              output_step(tile.m_w))
-    _block_kernel(_tile_tag(tile), OUTPUT_ONLY, out_shape[0], M.shape[2],
-                  _placeholder(M.dtype, 4),
-                  _placeholder(M.dtype, 4, readonly=True),
-                  _placeholder(M.dtype, 3), M, out, BT_h, BT_w, AT_h, AT_w,
-                  bias_arr, k0, tiles_h, tiles_w, rows, cols)
+    _run_blocks(OUTPUT_ONLY, tile, M.dtype, out_shape[0], (tiles_h, tiles_w),
+                (rows, cols), nk=M.shape[2], mm=M, y=out, bias=bias, k0=k0)
     return out
 
 
@@ -551,9 +555,6 @@ def conv2d_transformed(x, transformed, bias, padding, path=None,
     y = np.empty((n_img, K, Ho, Wo), x.dtype)
     blocks = _fused_blocks(tile, (tiles_h, tiles_w), n_img, cg, kg, x.itemsize,
                            tuning, path)
-    bias_arr = np.zeros(0, x.dtype) if bias is None else bias
-    AT_h, _, BT_h = transform_matrices(tile.m_h, tile.r_h, x.dtype)
-    AT_w, _, BT_w = transform_matrices(tile.m_w, tile.r_w, x.dtype)
     for g in range(groups):
         if blocks is None:
             n_planes, n_tiles = tile.alpha_h * tile.alpha_w, n_img * tiles_h * tiles_w
@@ -569,10 +570,9 @@ def conv2d_transformed(x, transformed, bias, padding, path=None,
         xp = _padded_channels_last(x, (g * cg, cg), padding[0], padding[2],
                                    tiles_h * tile.m_h + tile.r_h - 1,
                                    tiles_w * tile.m_w + tile.r_w - 1)
-        _block_kernel(_tile_tag(tile), FUSED, n_img, kg, xp,
-                      packed_weights(transformed, g), _placeholder(x.dtype, 3),
-                      _placeholder(x.dtype, 3), y, BT_h, BT_w, AT_h, AT_w,
-                      bias_arr, g * kg, tiles_h, tiles_w, blocks[0], blocks[1])
+        _run_blocks(FUSED, tile, x.dtype, n_img, (tiles_h, tiles_w), blocks,
+                    nk=kg, xp=xp, up=packed_weights(transformed, g), y=y,
+                    bias=bias, k0=g * kg)
     _set_padding_only_outputs(y, bias, (H, W), padding, (tile.r_h, tile.r_w))
     return y
 
