@@ -36,10 +36,10 @@ How a chunk is computed (:mod:`kernels._blocks` has the arithmetic):
   runs on a window that starts on a multiple of the stride, with the
   global padding, and keeps the chunk's own outputs.
 * Each block calls the in-memory kernel (``algorithm="auto"`` chooses per
-  block).  ``direct`` and pooling give the in-memory result bit for bit;
-  ``im2col`` differs in the last bits where OpenBLAS sums a block's narrow
-  GEMM with another micro-kernel, ``winograd`` and ``fft`` where their
-  tiles fall, each within its documented error bound.
+  block).  ``direct``, ``im2col`` and pooling give the in-memory result
+  bit for bit (each sums an output in one order wherever it lies);
+  ``winograd`` and ``fft`` differ where their tiles fall, within their
+  documented error bounds.
 
 Threads: each block's kernel runs on ``kernel_threads`` threads (default
 1): one kernel thread per Dask thread, so that Dask's threads (or worker

@@ -29,7 +29,7 @@ import kernels
 import reference
 from kernels import _threads
 from kernels.accuracy import error_bound
-from kernels.cpu import _gemm, _tuning, im2col
+from kernels.cpu import _panel_gemm, _tuning, im2col
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DTYPES = (np.float32, np.float64)
@@ -47,19 +47,6 @@ def scratch_limit(nbytes):
         yield
     finally:
         im2col.set_scratch_limit(previous)
-
-
-@contextlib.contextmanager
-def gather_path(parallel):
-    """Force the parallel (True) or serial (False) gather.  The serial one
-    runs only beside GEMM pieces on Python threads: switch those on too."""
-    previous = _threads.force_prange_beside_blas(parallel)
-    gemm_before = _gemm.set_enabled(_gemm.available() if parallel else False)
-    try:
-        yield
-    finally:
-        _gemm.set_enabled(gemm_before)
-        _threads.force_prange_beside_blas(previous)
 
 
 def random_problem(rng, x_shape, w_shape, dtype, bias=True):
@@ -164,45 +151,73 @@ def test_matches_reference(case, bias, dtype):
     check_conv(x, w, b, stride, padding, dilation, groups)
 
 
-@pytest.mark.parametrize("parallel", [True, False], ids=["parallel", "serial"])
-def test_both_gather_paths(parallel):
-    """The serial gather (used when the pools would clash) is correct too."""
-    x, w, b = random_problem(np.random.default_rng(5), (2, 3, 9, 8), (4, 3, 3, 3),
-                             np.float64)
-    with gather_path(parallel), scratch_limit(3 * 9 * 8 * 20):
-        check_conv(x, w, b, (1, 2), (1, 0, 2, 1), (2, 1), 1)
+def _window_problem(draw):
+    """A convolution and a window of its output rows and columns, with the
+    input window those outputs read (the whole input when the output
+    window touches the padding)."""
+    groups = draw(st.integers(1, 3), label="groups")
+    c = groups * draw(st.integers(1, 3), label="C/groups")
+    k = groups * draw(st.integers(1, 9), label="K/groups")
+    kh, kw = draw(st.integers(1, 4), label="kH"), draw(st.integers(1, 4), label="kW")
+    dh, dw = draw(st.integers(1, 2), label="dh"), draw(st.integers(1, 2), label="dw")
+    sh, sw = draw(st.integers(1, 3), label="sh"), draw(st.integers(1, 3), label="sw")
+    h = draw(st.integers(dh * (kh - 1) + 1, 30), label="H")
+    wd = draw(st.integers(dw * (kw - 1) + 1, 40), label="W")
+    n = draw(st.integers(1, 3), label="N")
+    ho = (h - dh * (kh - 1) - 1) // sh + 1
+    wo = (wd - dw * (kw - 1) - 1) // sw + 1
+    r0 = draw(st.integers(0, ho - 1), label="r0")
+    r1 = draw(st.integers(r0 + 1, ho), label="r1")
+    c0 = draw(st.integers(0, wo - 1), label="c0")
+    c1 = draw(st.integers(c0 + 1, wo), label="c1")
+    dtype = draw(st.sampled_from(DTYPES), label="dtype")
+    seed = draw(st.integers(0, 2**32 - 1), label="seed")
+    x, w, b = random_problem(np.random.default_rng(seed), (n, c, h, wd),
+                             (k, c // groups, kh, kw), dtype, draw(st.booleans()))
+    window = x[:, :, r0 * sh:(r1 - 1) * sh + dh * (kh - 1) + 1,
+               c0 * sw:(c1 - 1) * sw + dw * (kw - 1) + 1]
+    return x, w, b, (sh, sw), (dh, dw), groups, window, (r0, r1, c0, c1)
 
 
-def test_gather_stays_parallel_beside_openmp_gemm(monkeypatch):
-    """With the GEMM's pieces in the OpenMP team, spinning OpenMP workers
-    do not clash with them: the gather runs in parallel even where the
-    guard says prange beside (Python-thread) BLAS is unsafe."""
-    if not _gemm.available():
-        pytest.skip("NumPy's CBLAS not found: the GEMM runs on Python threads")
-
-    def serial_gather(*args):
-        raise AssertionError("the serial gather ran")
-
-    monkeypatch.setattr(im2col, "fill_patches_serial", serial_gather)
-    rng = np.random.default_rng(8)
-    x, w, b = random_problem(rng, (2, 3, 9, 9), (4, 3, 3, 3), np.float32)
-    previous = _threads.force_prange_beside_blas(False)
-    try:
-        check_conv(x, w, b, padding=(1, 1, 1, 1))
-    finally:
-        _threads.force_prange_beside_blas(previous)
+@settings(deadline=None)
+@given(data=st.data())
+def test_a_window_of_the_image_gives_the_same_bits(data):
+    """Each output is one multiply-add chain in a fixed order, wherever it
+    lies in the GEMM: im2col on the input window of some output rows and
+    columns equals those outputs of the whole image bit for bit (what a
+    Dask block needs), whatever the chunking of either call."""
+    x, w, b, stride, dilation, groups, window, (r0, r1, c0, c1) = \
+        _window_problem(data.draw)
+    limit = data.draw(st.sampled_from([None, 4096, 1 << 20]), label="limit")
+    args = (stride, (0, 0, 0, 0), dilation, groups)
+    whole = im2col.conv2d(x, w, b, *args)
+    with (scratch_limit(limit) if limit else contextlib.nullcontext()):
+        part = im2col.conv2d(np.ascontiguousarray(window), w, b, *args)
+    np.testing.assert_array_equal(part, whole[:, :, r0:r1, c0:c1])
 
 
-def test_gather_paths_identical():
-    """Parallel and serial gathers compute each output the same way."""
-    x, w, b = random_problem(np.random.default_rng(6), (3, 4, 10, 9), (5, 4, 3, 3),
+@pytest.mark.parametrize("shape,w_shape", [
+    ((4, 16, 15, 17), (13, 16, 3, 3)),       # images apart (cache-sized chunks)
+    ((8, 32, 7, 7), (64, 32, 3, 3)),         # images merged into one GEMM
+    ((3, 24, 20, 20), (40, 24, 1, 1)),       # 1x1
+])
+def test_results_do_not_depend_on_the_thread_count_or_the_chunks(shape, w_shape):
+    import numba
+    x, w, b = random_problem(np.random.default_rng(12), shape, w_shape,
                              np.float32)
-    args = (x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 1)
-    with gather_path(True):
-        y_parallel = im2col.conv2d(*args)
-    with gather_path(False):
-        y_serial = im2col.conv2d(*args)
-    np.testing.assert_array_equal(y_parallel, y_serial)
+    args = ((1, 1), (1, 1, 1, 1) if w_shape[2] == 3 else (0, 0, 0, 0),
+            (1, 1), 1)
+    expected = check_conv(x, w, b, *args)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one_thread = im2col.conv2d(x, w, b, *args)
+    finally:
+        numba.set_num_threads(before)
+    with scratch_limit(5000):                # a few columns per chunk
+        small_chunks = im2col.conv2d(x, w, b, *args)
+    np.testing.assert_array_equal(one_thread, expected)
+    np.testing.assert_array_equal(small_chunks, expected)
 
 
 @settings(deadline=None)
@@ -223,11 +238,10 @@ def test_random_configurations(data):
     n = draw(st.integers(1, 4), label="N")
     dtype = draw(st.sampled_from(DTYPES), label="dtype")
     limit = draw(st.integers(1, 64 * 1024), label="scratch limit")
-    parallel = draw(st.booleans(), label="parallel gather")
     seed = draw(st.integers(0, 2**32 - 1), label="seed")
     x, w, b = random_problem(np.random.default_rng(seed), (n, c, h, wd),
                              (k, c // groups, kh, kw), dtype, draw(st.booleans()))
-    with scratch_limit(limit), gather_path(parallel):
+    with scratch_limit(limit):
         check_conv(x, w, b, (sh, sw), pads, (dh, dw), groups)
 
 
@@ -345,6 +359,20 @@ def test_gather_matches_padded_slices(stride, padding, dilation, dtype):
             gather(x, n0, n1, p0, p1, kh, kw, *stride, padding[0], padding[2],
                    *dilation, wo, got)
             np.testing.assert_array_equal(got, expected)
+        rows, cols = expected.shape
+        buffer = np.full(_panel_gemm.buffer_size(rows, cols, dtype), np.nan,
+                         dtype=dtype)
+        im2col.fill_panels(x, n0, n1, p0, p1, kh, kw, *stride, padding[0],
+                           padding[2], *dilation, wo, buffer, rows)
+        np.testing.assert_array_equal(from_panels(buffer, rows, cols), expected)
+
+
+def from_panels(buffer, rows, cols):
+    """The (rows, cols) matrix held in panels (layout of fill_panels)."""
+    panel = _panel_gemm.panel_width(buffer.dtype)
+    n_panels = -(-cols // panel)
+    blocks = buffer[:n_panels * rows * panel].reshape(n_panels, rows, panel)
+    return np.concatenate(list(blocks), axis=1)[:, :cols]
 
 
 # --------------------------------------------------------------------------
@@ -394,7 +422,7 @@ def test_small_map_1x1_scratch_is_bounded():
             tracemalloc.stop()
     assert peak < limit + output + slack, f"peak {peak} bytes"
     check_conv(x, w, None)
-    np.testing.assert_allclose(y, merged, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(y, merged)   # chunking changes no bit
 
 
 # --------------------------------------------------------------------------
@@ -524,3 +552,53 @@ def test_force_override_validates():
         assert _threads.prange_beside_blas_is_safe() is False
     finally:
         _threads.force_prange_beside_blas(previous)
+
+
+# --------------------------------------------------------------------------
+# The GEMM (kernels/cpu/_panel_gemm.py)
+# --------------------------------------------------------------------------
+
+def to_panels(b):
+    """(G, D, N) as the 1-D panel buffer the GEMM reads (independent of
+    the gather): zero past N."""
+    groups, depth, cols = b.shape
+    panel = _panel_gemm.panel_width(b.dtype)
+    n_panels = -(-cols // panel)
+    padded = np.zeros((groups * depth, n_panels * panel), b.dtype)
+    padded[:, :cols] = b.reshape(groups * depth, cols)
+    return np.ascontiguousarray(
+        padded.reshape(groups * depth, n_panels, panel).transpose(1, 0, 2)
+    ).reshape(-1)
+
+
+@settings(deadline=None)
+@given(groups=st.integers(1, 3), m=st.integers(1, 15), depth=st.integers(1, 300),
+       cols=st.integers(1, 150), dtype=st.sampled_from(DTYPES),
+       seed=st.integers(0, 2**32 - 1), data=st.data())
+def test_panel_gemm_is_a_dot_product_in_one_order(groups, m, depth, cols, dtype,
+                                                  seed, data):
+    """Within the dot product's bound of the float64 product, and each
+    output independent of the other rows and columns in the call: a row
+    alone, or a window of columns alone, gives the same bits."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((groups, m, depth)).astype(dtype)
+    b = rng.standard_normal((groups, depth, cols)).astype(dtype)
+    # out as a column slice of a wider array, as im2col writes into y.
+    wide = np.full((groups, m, cols + 5), np.nan, dtype)
+    out = _panel_gemm.matmul(a, to_panels(b), cols, wide[:, :, 2:cols + 2])
+    exact = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    scale = np.matmul(np.abs(a).astype(np.float64), np.abs(b).astype(np.float64))
+    u = np.finfo(dtype).eps / 2
+    assert (np.abs(out - exact) <= depth * u * scale * (1 + 1e-6)).all()
+    assert np.isnan(wide[:, :, :2]).all() and np.isnan(wide[:, :, cols + 2:]).all()
+    row = data.draw(st.integers(0, m - 1), label="row")
+    one_row = np.empty((groups, 1, cols), dtype)
+    _panel_gemm.matmul(np.ascontiguousarray(a[:, row:row + 1]), to_panels(b),
+                       cols, one_row)
+    np.testing.assert_array_equal(one_row[:, 0], out[:, row])
+    c0 = data.draw(st.integers(0, cols - 1), label="c0")
+    c1 = data.draw(st.integers(c0 + 1, cols), label="c1")
+    window = np.empty((groups, m, c1 - c0), dtype)
+    _panel_gemm.matmul(a, to_panels(np.ascontiguousarray(b[:, :, c0:c1])),
+                       c1 - c0, window)
+    np.testing.assert_array_equal(window, out[:, :, c0:c1])

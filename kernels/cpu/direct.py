@@ -73,7 +73,8 @@ from ._workspace import Workspace
 
 __all__ = ["conv2d", "pack_input", "tap_offsets", "packed_geometry",
            "tile_columns", "packed_size", "run_columns", "run_driver",
-           "fma_tile", "run_tile", "tile_buffer", "stack_tile", "lanes",
+           "fma_tile", "run_tile", "tile_buffer", "tile_width", "stack_tile",
+           "lanes",
            "MAX_BLOCK",
            "KERNELS"]
 
@@ -333,11 +334,13 @@ def fma_tile(typingctx, kb, nvec, xq, x0, offs, w, wb, wstride, acc):
     return types.void(kb, nvec, xq, x0, offs, w, wb, wstride, acc), codegen
 
 
-def _tile_width(xq):  # pragma: no cover
+def tile_width(xq):  # pragma: no cover
+    """Columns of one register tile for ``xq``'s dtype, a compile-time
+    constant in jitted code (:func:`tile_columns`)."""
     raise NotImplementedError("only callable from jitted code")
 
 
-@overload(_tile_width, inline="always")
+@overload(tile_width, inline="always")
 def _tile_width_impl(xq):
     width = TILE_VECTORS * lanes(xq.dtype)
     return lambda xq: width
@@ -399,7 +402,7 @@ def _direct_body(x, w, bias, has_bias, sh, sw, dh, dw, pt, pl, ho, wo,
     n_img, c_total, h, wd = x.shape
     k_total, cg, kh, kw = w.shape
     hq, wq = packed_geometry(ho, wo, kh, kw, sh, sw, dh, dw)
-    full_width = _tile_width(x)
+    full_width = tile_width(x)
     _pack(x, pt, pl, sh, sw, hq, wq, xq)
     offs = tap_offsets(cg, kh, kw, sh, sw, dh, dw, hq, wq)
     r_len = offs.shape[0]

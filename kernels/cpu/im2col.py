@@ -1,4 +1,4 @@
-"""im2col convolution: gather patches into a matrix, then one BLAS GEMM.
+"""im2col convolution: gather patches into a matrix, then one GEMM.
 
 For each group ``g`` the convolution is a matrix product::
 
@@ -9,18 +9,21 @@ matrix ``P_g[n]`` of shape ``(C/G kH kW, Ho Wo)`` whose column ``p`` holds
 the (zero-padded, strided, dilated) input window of output position ``p``.
 Row ``(c, i, j)`` of ``P`` is the input plane ``c`` shifted by the kernel
 tap ``(i, j)``, so building it is a strided copy, done by a Numba
-``prange`` kernel; the product is NumPy's ``matmul`` (OpenBLAS/MKL).
+``prange`` kernel (:func:`fill_panels`).
 
-Layout choices, each to avoid a copy:
-
-* The patch matrices of all groups are stacked as ``(G, C/G kH kW, cols)``,
-  which is ``(C kH kW, cols)`` in memory: one gather kernel fills every
-  group, and one stacked ``matmul`` multiplies them all.
-* The GEMM writes straight into ``y``: ``y[n]`` viewed as
-  ``(G, K/G, Ho Wo)`` has a column slice ``[:, :, p0:p1]`` that BLAS can
-  write through its leading dimension.
-* A 1x1, stride-1, unpadded convolution needs no patch matrix at all:
-  ``x[n]`` viewed as ``(G, C/G, H W)`` *is* it.
+The product is this package's own register-tiled GEMM
+(:mod:`kernels.cpu._panel_gemm`), not a BLAS call: every output is one
+chain of fused multiply-adds over ``(c, i, j)`` in increasing order,
+wherever its column lies in the product.  So im2col on any window of an
+image gives the same bits as on the whole image (a Dask block equals the
+in-memory result), whatever the chunking, the thread count or the BLAS
+NumPy is linked to.  With OpenBLAS the last bits depended on the
+column's place in the call and on the call's width.  The gather writes
+the patch matrix in the GEMM's panels (one register tile wide), and the
+GEMM writes straight into ``y`` (a column slice of ``y[n]`` viewed as
+``(G, K/G, Ho Wo)``).  All groups' patch matrices are stacked as one
+``(C kH kW, cols)`` matrix: one gather and one GEMM call do every group.
+A 1x1, stride-1, unpadded convolution gathers each image as one long row.
 
 Bounded memory: the patch matrix is built in chunks of output positions
 (a contiguous range of the flattened ``(ho, wo)`` index, so a 1-D signal
@@ -33,15 +36,8 @@ gather has just written.  When whole images are small (deep layers, 7x7
 maps) several images share one chunk and one GEMM, whose result is then
 copied into ``y``: one wide GEMM is faster than many skinny ones.
 
-The gather is a Numba ``prange`` kernel; the GEMM runs single-threaded
-BLAS calls on column pieces as the jobs of another ``prange``
-(:func:`kernels.cpu._blas.matmul`), so that OpenBLAS's own workers never
-wake and spin beside the next ``prange`` (1.25-1.4x faster on ResNet-50's
-3x3 layers than OpenBLAS's 2-thread GEMMs, and the kernel called next 2x
-faster), and both steps run in the same OpenMP team, whichever library
-loaded it.  Where the pieces must run on Python threads instead (NumPy's
-CBLAS not found), :mod:`kernels._threads` keeps Numba's OpenMP workers
-from spinning beside them (the gather runs serially where they would).
+Both steps are ``prange`` kernels in Numba's one OpenMP team, so no other
+thread pool wakes beside them whichever library was imported first.
 """
 
 from __future__ import annotations
@@ -51,12 +47,12 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from .. import _threads
 from .._dispatch import ConvSpec, Kernel
-from . import _blas, _tuning
+from . import _panel_gemm, _tuning
+from ._panel_gemm import panel_width_of
 
 __all__ = ["conv2d", "set_scratch_limit", "get_scratch_limit", "plan_chunks",
-           "fill_patches", "fill_patches_serial"]
+           "fill_panels", "fill_patches", "fill_patches_serial"]
 
 SCRATCH_ENV_VAR = _tuning.SCRATCH_ENV_VAR
 
@@ -166,12 +162,50 @@ def _ceil_div(a, b):
     return -((-a) // b)
 
 
-@njit(cache=True)
-def _fill_segment(plane, dst, p_start, p_end, p_base, row_offset, col_offset,
-                  sh, sw, wo_count):
-    """dst[p - p_base] = plane[ho sh + row_offset, wo sw + col_offset] for
-    flattened output positions p = ho Wo + wo in [p_start, p_end); zero
-    where the tap falls in the padding."""
+@njit(cache=True, inline="always")
+def _put_zeros(dst, row_base, panel, panel_stride, c0, c1):
+    """Zero columns ``[c0, c1)`` of one patch row (``row_base``: the row's
+    offset in a panel; see :func:`fill_panels` for the layout)."""
+    c = c0
+    while c < c1:
+        p = c // panel
+        lane = c - p * panel
+        n = min(c1 - c, panel - lane)
+        out = dst[p * panel_stride + row_base + lane:]
+        for q in range(n):
+            out[q] = 0
+        c += n
+
+
+@njit(cache=True, inline="always")
+def _put_copy(dst, row_base, panel, panel_stride, c0, n, src, sw):
+    """Columns ``[c0, c0 + n)`` of one patch row = ``src[0], src[sw], ...``."""
+    done = 0
+    while done < n:
+        c = c0 + done
+        p = c // panel
+        lane = c - p * panel
+        m = min(n - done, panel - lane)
+        # Views that start at the first element, indexed from 0: Numba
+        # then drops its negative-index check and vectorises the loop
+        # (measured 3x faster than indexing dst[base + wo]).
+        out = dst[p * panel_stride + row_base + lane:]
+        part = src[done * sw:]
+        if sw == 1:
+            for q in range(m):
+                out[q] = part[q]
+        else:
+            for q in range(m):
+                out[q] = part[q * sw]
+        done += m
+
+
+@njit(cache=True, inline="always")
+def _fill_segment(plane, dst, row_base, panel, panel_stride, p_start, p_end,
+                  p_base, row_offset, col_offset, sh, sw, wo_count):
+    """Column p - p_base of one patch row = plane[ho sh + row_offset, wo sw
+    + col_offset] for flattened output positions p = ho Wo + wo in
+    [p_start, p_end); zero where the tap falls in the padding."""
     h, w = plane.shape
     flat = plane.ravel()
     # Output columns whose tap lands inside the row: 0 <= wo sw + off < W.
@@ -182,29 +216,18 @@ def _fill_segment(plane, dst, p_start, p_end, p_base, row_offset, col_offset,
         ho = p // wo_count
         wo0 = p - ho * wo_count
         wo1 = min(wo_count, wo0 + (p_end - p))
-        base = p - p_base - wo0          # dst index of column wo = 0
+        base = p - p_base - wo0          # column of output column wo = 0
         hi = ho * sh + row_offset
         if hi < 0 or hi >= h:
             lo = up = wo1                # the whole row is padding
         else:
             lo = min(max(wo0, valid_lo), wo1)
             up = max(min(wo1, valid_hi), lo)
-        for q in range(base + wo0, base + lo):
-            dst[q] = 0
-        # Copy through views that start at the first element, indexed from
-        # 0: Numba then drops its negative-index check and vectorises the
-        # loop (measured 3x faster than indexing dst[base + wo]).
+        _put_zeros(dst, row_base, panel, panel_stride, base + wo0, base + lo)
         if up > lo:
-            src = flat[hi * w + lo * sw + col_offset:]
-            out = dst[base + lo:base + up]
-            if sw == 1:
-                for q in range(up - lo):
-                    out[q] = src[q]
-            else:
-                for q in range(up - lo):
-                    out[q] = src[q * sw]
-        for q in range(base + up, base + wo1):
-            dst[q] = 0
+            _put_copy(dst, row_base, panel, panel_stride, base + lo, up - lo,
+                      flat[hi * w + lo * sw + col_offset:], sw)
+        _put_zeros(dst, row_base, panel, panel_stride, base + up, base + wo1)
         p += wo1 - wo0
 
 
@@ -221,52 +244,90 @@ def _task_blocks(rows, npos):
     return n_blocks, _ceil_div(npos, n_blocks)
 
 
-@njit(cache=True)
-def _fill_task(task, n_blocks, block_len, x, n0, n1, p0, p1, kh, kw, sh, sw,
-               pad_top, pad_left, dh, dw, wo_count, patches):
-    """One (patch row, image, block of positions) of :func:`fill_patches`."""
+@njit(cache=True, inline="always")
+def _fill_row(row, m, a, b, p_base, x, n0, kh, kw, sh, sw, pad_top, pad_left,
+              dh, dw, wo_count, patches, row_base, panel, panel_stride):
+    """Positions ``[a, b)`` of image ``n0 + m`` under patch row ``row``
+    (column ``p - p_base`` for position ``p``), for :func:`fill_panels`
+    and :func:`fill_patches`.  ``panel`` is a compile-time constant in
+    both: LLVM then turns the panel arithmetic into shifts and copies
+    whole pieces with few instructions."""
     taps = kh * kw
-    n_img = n1 - n0
-    npos = p1 - p0
-    block = task % n_blocks
-    rest = task // n_blocks
-    m = rest % n_img
-    row = rest // n_img
     c = row // taps
     i = (row % taps) // kw
     j = row % kw
-    a = p0 + block * block_len
-    b = min(p1, a + block_len)
     # Whole rows keep Numba's contiguous layout (a 2-D slice would not).
     plane = x[n0 + m, c]
-    dst = patches[row]
     if sw == 1:
         # A literal unit stride lets LLVM specialise the copy loop
         # (measured 25% faster than passing sw through).
-        _fill_segment(plane, dst, a, b, p0 - m * npos, i * dh - pad_top,
-                      j * dw - pad_left, sh, 1, wo_count)
+        _fill_segment(plane, patches, row_base, panel, panel_stride, a, b,
+                      p_base, i * dh - pad_top, j * dw - pad_left, sh, 1,
+                      wo_count)
     else:
-        _fill_segment(plane, dst, a, b, p0 - m * npos, i * dh - pad_top,
-                      j * dw - pad_left, sh, sw, wo_count)
+        _fill_segment(plane, patches, row_base, panel, panel_stride, a, b,
+                      p_base, i * dh - pad_top, j * dw - pad_left, sh, sw,
+                      wo_count)
+
+
+@njit(cache=True, inline="always")
+def _fill_task(task, n_blocks, block_len, x, n0, n1, p0, p1, kh, kw, sh, sw,
+               pad_top, pad_left, dh, dw, wo_count, patches, rows, panel,
+               row_stride):
+    """One (patch row, image, block of positions) of the gather: rows
+    ``row_stride`` apart within a panel of ``panel`` columns."""
+    n_img = n1 - n0
+    block = task % n_blocks
+    rest = task // n_blocks
+    a = p0 + block * block_len
+    m = rest % n_img
+    row = rest // n_img
+    _fill_row(row, m, a, min(p1, a + block_len), p0 - m * (p1 - p0), x, n0,
+              kh, kw, sh, sw, pad_top, pad_left, dh, dw, wo_count, patches,
+              row * row_stride, panel, rows * row_stride)
+
+
+# The "panel" of a row-major patch matrix: wider than any row.
+_WHOLE_ROW = 1 << 62
+
+
+@njit(parallel=True, cache=True)
+def fill_panels(x, n0, n1, p0, p1, kh, kw, sh, sw, pad_top, pad_left,
+                dh, dw, wo_count, patches, rows):
+    """Gather the patch matrix of images ``n0:n1``, positions ``p0:p1``,
+    in the panels of :mod:`._panel_gemm`.
+
+    The patch matrix has ``rows = C kH kW`` rows and ``(n1 - n0) (p1 -
+    p0)`` columns; row ``(c, i, j)``, column ``m (p1 - p0) + (p - p0)``
+    receives the input value under kernel tap ``(i, j)`` of channel ``c``
+    for output position ``p`` (flattened ``ho Wo + wo``) of image ``n0 +
+    m``, zero in the padding.  ``patches`` (1-D) holds it in panels of
+    ``P`` = :func:`._panel_gemm.panel_width` columns: element (r, col) at
+    ``(col // P) rows P + r P + col % P``.  Parallel over (row, image,
+    block of positions): every element is written by one task.
+    """
+    panel = panel_width_of(patches)
+    tasks = rows * (n1 - n0)
+    n_blocks, block_len = _task_blocks(tasks, p1 - p0)
+    for task in prange(tasks * n_blocks):
+        _fill_task(task, n_blocks, block_len, x, n0, n1, p0, p1, kh, kw,
+                   sh, sw, pad_top, pad_left, dh, dw, wo_count, patches,
+                   rows, panel, panel)
 
 
 @njit(parallel=True, cache=True)
 def fill_patches(x, n0, n1, p0, p1, kh, kw, sh, sw, pad_top, pad_left,
                  dh, dw, wo_count, patches):
-    """Gather the patch matrix of images ``n0:n1``, positions ``p0:p1``.
-
-    ``patches`` has shape ``(C kH kW, (n1 - n0) (p1 - p0))``; row
-    ``(c, i, j)``, column ``m (p1 - p0) + (p - p0)`` receives the input
-    value under kernel tap ``(i, j)`` of channel ``c`` for output position
-    ``p`` (flattened ``ho Wo + wo``) of image ``n0 + m``, zero in the
-    padding.  Parallel over (row, image, block of positions): every output
-    element is written by exactly one task.
-    """
-    rows = patches.shape[0] * (n1 - n0)
-    n_blocks, block_len = _task_blocks(rows, p1 - p0)
-    for task in prange(rows * n_blocks):
+    """:func:`fill_panels` into a row-major, C-contiguous ``(C kH kW, (n1
+    - n0) (p1 - p0))`` matrix ``patches`` (the weight gradient's BLAS
+    GEMM reads it)."""
+    rows, cols = patches.shape
+    tasks = rows * (n1 - n0)
+    n_blocks, block_len = _task_blocks(tasks, p1 - p0)
+    for task in prange(tasks * n_blocks):
         _fill_task(task, n_blocks, block_len, x, n0, n1, p0, p1, kh, kw,
-                   sh, sw, pad_top, pad_left, dh, dw, wo_count, patches)
+                   sh, sw, pad_top, pad_left, dh, dw, wo_count,
+                   patches.reshape(patches.size), rows, _WHOLE_ROW, cols)
 
 
 @njit(cache=True)
@@ -277,51 +338,19 @@ def fill_patches_serial(x, n0, n1, p0, p1, kh, kw, sh, sw, pad_top, pad_left,
     Used when Numba's OpenMP workers would spin-wait beside BLAS's threads
     (see :mod:`kernels._threads`): a serial gather leaves BLAS the cores.
     """
-    rows = patches.shape[0] * (n1 - n0)
-    n_blocks, block_len = _task_blocks(rows, p1 - p0)
-    for task in range(rows * n_blocks):
+    rows, cols = patches.shape
+    tasks = rows * (n1 - n0)
+    n_blocks, block_len = _task_blocks(tasks, p1 - p0)
+    for task in range(tasks * n_blocks):
         _fill_task(task, n_blocks, block_len, x, n0, n1, p0, p1, kh, kw,
-                   sh, sw, pad_top, pad_left, dh, dw, wo_count, patches)
+                   sh, sw, pad_top, pad_left, dh, dw, wo_count,
+                   patches.reshape(patches.size), rows, _WHOLE_ROW, cols)
 
 
 def _is_pointwise(w_shape, stride, padding):
-    """1x1 kernel, stride 1, no padding: x itself is the patch matrix."""
+    """1x1 kernel, stride 1, no padding: each image is one long row."""
     return (w_shape[2] == 1 and w_shape[3] == 1 and tuple(stride) == (1, 1)
             and not any(padding))
-
-
-def _pointwise(x, w_stack, bias_stack, y, groups):
-    """y[n] = W_g @ x[n] per group, without any scratch."""
-    n, c, h, wd = x.shape
-    x_stack = x.reshape(n, groups, c // groups, h * wd)
-    y_stack = y.reshape(n, groups, y.shape[1] // groups, h * wd)
-    for i in range(n):
-        _blas.matmul(w_stack, x_stack[i], y_stack[i], split="longer")
-        if bias_stack is not None:
-            y_stack[i] += bias_stack
-
-
-def _pointwise_merged(x, w_stack, bias_stack, y, groups):
-    """y = W_g @ P_g for every image at once: P (C, N H W) is x with its
-    first two axes swapped (a NumPy copy; the prange gather's tasks were
-    too short on such maps: 1.7 ms to copy 32 x 2048 values)."""
-    n, c, h, wd = x.shape
-    hw = h * wd
-    k = y.shape[1]
-    patches = np.ascontiguousarray(x.reshape(n, c, hw).transpose(1, 0, 2))
-    result = np.empty((groups, k // groups, n * hw), dtype=x.dtype)
-    _gemm_into_images(w_stack, patches.reshape(groups, c // groups, n * hw),
-                      bias_stack, result, y.reshape(n, k, hw))
-
-
-def _gemm_into_images(w_stack, patch_stack, bias_stack, result, y_images):
-    """result = W_g @ P_g (+ bias), then its columns, ordered (image,
-    position), into ``y_images`` (images, K, positions)."""
-    _blas.matmul(w_stack, patch_stack, result, split="longer")
-    if bias_stack is not None:
-        result += bias_stack
-    images, k, positions = y_images.shape
-    y_images[...] = result.reshape(k, images, positions).transpose(1, 0, 2)
 
 
 def conv2d(x, w, bias, stride, padding, dilation, groups, tuning=None):
@@ -365,29 +394,23 @@ def _run(spec, x, w, bias, tuning=None):
     # (G, K/G, C/G kH kW): the GEMM's left factor of every group.
     w_stack = w.reshape(groups, k // groups, cg * kh * kw)
     bias_stack = None if bias is None else bias.reshape(groups, k // groups, 1)
-
+    x_run, y_run = x, y
+    if _is_pointwise(w.shape, stride, padding):
+        # Each image as one row of H W pixels: the gather copies whole
+        # planes instead of one image row at a time.
+        n, c, h, wd = x.shape
+        x_run = x.reshape(n, c, 1, h * wd)
+        y_run = y.reshape(n, k, 1, h * wd)
     # Inf - Inf and overflow give NaN/Inf in y, as in torch: no warnings.
     with np.errstate(all="ignore"):
-        if _is_pointwise(w.shape, stride, padding):
-            # Small maps (SE blocks' 1x1 maps, 7x7): one GEMM for all the
-            # images, not one per image (a fully connected 64 -> 16 layer
-            # at batch 256 took 4-11 ms one image at a time).
-            # Its scratch (a copy of x and of y) stays within the limit.
-            small = y.shape[2] * y.shape[3] < tuning.merge_below_positions
-            fits = x.nbytes + y.nbytes <= tuning.scratch_limit
-            if small and x.shape[0] > 1 and fits:
-                _pointwise_merged(x, w_stack, bias_stack, y, groups)
-            else:
-                _pointwise(x, w_stack, bias_stack, y, groups)
-        else:
-            _chunked_gemm(x, w.shape, w_stack, bias_stack, y, stride, padding,
-                          dilation, tuning)
+        _chunked_gemm(x_run, w.shape, w_stack, bias_stack, y_run, stride,
+                      padding, dilation, tuning)
     return y
 
 
 def _chunked_gemm(x, w_shape, w_stack, bias_stack, y, stride, padding, dilation,
                   tuning):
-    """Gather the patches of one chunk at a time and GEMM each into y."""
+    """Gather the patches of one chunk at a time and multiply each into y."""
     n, c, _, _ = x.shape
     k, _, kh, kw = w_shape
     groups, kg, depth = w_stack.shape
@@ -402,32 +425,31 @@ def _chunked_gemm(x, w_shape, w_stack, bias_stack, y, stride, padding, dilation,
                          tuning.scratch_limit, tuning.merge_below_positions,
                          tuning.cache_target_bytes, tuning.min_gemm_columns)
     max_cols = max((ch.n1 - ch.n0) * (ch.p1 - ch.p0) for ch in chunks)
-    patch_buffer = np.empty(rows * max_cols, dtype=x.dtype)
+    patch_buffer = np.empty(_panel_gemm.buffer_size(rows, max_cols, x.dtype),
+                            dtype=x.dtype)
     merged = chunks[0].n1 - chunks[0].n0 > 1
     result_buffer = np.empty(k * max_cols if merged else 0, dtype=x.dtype)
     y_stack = y.reshape(n, groups, kg, positions)
-    # The gather alternates with the GEMM's pieces.  Those run in Numba's
-    # OpenMP team where NumPy's CBLAS was found (_blas.gemm_in_openmp), so
-    # the gather may too; on Python threads, run it serially where the
-    # OpenMP workers would spin beside them (kernels._threads).
-    gather = (fill_patches if (_blas.gemm_in_openmp()
-                               or _threads.prange_beside_blas_is_safe())
-              else fill_patches_serial)
 
     for n0, n1, p0, p1 in chunks:
         cols = (n1 - n0) * (p1 - p0)
-        patches = patch_buffer[:rows * cols].reshape(rows, cols)
-        gather(x, n0, n1, p0, p1, kh, kw, sh, sw, pt, pl, dh, dw, wo, patches)
-        patch_stack = patches.reshape(groups, depth, cols)
+        patches = patch_buffer[:_panel_gemm.buffer_size(rows, cols, x.dtype)]
+        _panel_gemm.zero_padding(patches, rows, cols)
+        fill_panels(x, n0, n1, p0, p1, kh, kw, sh, sw, pt, pl, dh, dw, wo,
+                    patches, rows)
         if n1 - n0 == 1:
             out = y_stack[n0, :, :, p0:p1]
-            _blas.matmul(w_stack, patch_stack, out, split="longer")
+            _panel_gemm.matmul(w_stack, patches, cols, out)
             if bias_stack is not None:
                 out += bias_stack
         else:
             result = result_buffer[:k * cols].reshape(groups, kg, cols)
-            _gemm_into_images(w_stack, patch_stack, bias_stack, result,
-                              y_stack[n0:n1].reshape(n1 - n0, k, positions))
+            _panel_gemm.matmul(w_stack, patches, cols, result)
+            if bias_stack is not None:
+                result += bias_stack
+            images = n1 - n0
+            y[n0:n1].reshape(images, k, positions)[...] = result.reshape(
+                k, images, positions).transpose(1, 0, 2)
 
 
 KERNELS = {("conv2d", "im2col"): Kernel(_run)}

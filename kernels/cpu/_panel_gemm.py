@@ -1,0 +1,345 @@
+"""im2col's GEMM, ``C[g] = A[g] @ B[g]``, summed in an order that does not
+depend on where an output column lies.
+
+The product of im2col is ``y = W @ P``: W (K, C kH kW) the filters, P the
+patch matrix, one column per output position.  A BLAS GEMM sums a
+column's products in an order that depends on the column's place in the
+call: OpenBLAS 0.3.31 (Haswell kernels, float32, (64 x 576) @ (576 x 64))
+gave a column one result at positions 0-7 and 56-63 of the call and
+another at 8-55, and calls of other widths other results again.  So the
+same output came out differently in the last bits when im2col ran on a
+piece of the image (a Dask block) than on the whole of it.  Here every
+output is one chain of fused multiply-adds over the reduction index in
+increasing order, whatever the call's shape, the column's place, the job
+split or the thread count: im2col on any window of an image equals the
+same outputs of the whole image bit for bit, with any BLAS or none.
+
+B arrives in *panels* of :func:`panel_width` columns (one register tile's
+width), written so by im2col's gather: panel ``p`` holds columns ``[p P,
+(p + 1) P)`` of every row, row after row, so that a tile's slice of it is
+contiguous.  The last panel is padded to full width (the pad's products
+are computed and dropped: each column is a lane of its own).  A job,
+(group, chunk of row tiles, chunk of panels), multiplies a register tile
+of up to ``TILE_ROWS`` rows of A, read in place, by one panel at a time
+(:func:`_panel_tile`), in blocks of the reduction sized for the caches
+(:func:`_panel_gemm_kernel`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+from numba.np.numpy_support import as_dtype
+
+from . import _tuning
+from .direct import TILE_VECTORS, lanes, tile_columns
+
+__all__ = ["matmul", "panel_width", "panel_width_of", "buffer_size",
+           "zero_padding"]
+
+# Rows of A per register tile: TILE_ROWS x TILE_VECTORS accumulators (12
+# of AVX2's 16 vector registers, 24 of AVX-512's 32).
+TILE_ROWS = 6
+
+# Jobs wanted per thread, so that the last ones to finish are short.
+_JOBS_PER_THREAD = 4
+# A tile's slice of a panel per block of the reduction: 16 KiB, half a
+# 32 KiB L1 (Zen 3, float32: 256 rows), and at least 128 rows, so that
+# reloading the accumulators is amortised.
+_B_BLOCK_BYTES = 16 * 1024
+_MIN_DEPTH_BLOCK = 128
+# A job's block of A (its row tiles times a reduction block): half of a
+# 512 KiB L2 (Zen 3).
+_A_BLOCK_BYTES = 256 * 1024
+
+
+def panel_width(dtype):
+    """Columns per panel of B: one register tile's width.
+
+    Wider panels (four cache lines, rows five lines apart) let the gather
+    write longer pieces (64@56^2's gather 0.84-0.92 ms against 1.1-2.0
+    with one-tile panels, 0.6-0.8 row-major; Zen 3) but slowed the
+    products 1.3-2x, where one-tile panels ran level with OpenBLAS; the
+    products cost three to eight times the gather.
+    """
+    return tile_columns(dtype)
+
+
+def panel_width_of(array):  # pragma: no cover
+    """:func:`panel_width` of ``array``'s dtype, a compile-time constant in
+    jitted code."""
+    raise NotImplementedError("only callable from jitted code")
+
+
+@overload(panel_width_of, inline="always")
+def _panel_width_of_impl(array):
+    width = panel_width(as_dtype(array.dtype))
+    return lambda array: width
+
+
+def buffer_size(rows, cols, dtype):
+    """Elements of a panel buffer for a (rows, cols) matrix."""
+    panel = panel_width(dtype)
+    return -(-cols // panel) * rows * panel
+
+
+def zero_padding(buffer, rows, cols):
+    """Zero the columns past ``cols`` of the last panel: they are
+    multiplied too (and dropped), and no NaN or subnormal left there from
+    an earlier use should slow the GEMM down."""
+    panel = panel_width(buffer.dtype)
+    last = (cols - 1) // panel
+    used = cols - last * panel
+    if used < panel:
+        start = last * rows * panel
+        buffer[start:start + rows * panel].reshape(rows, panel)[:, used:] = 0
+
+
+@functools.lru_cache(maxsize=256)
+def _row_tiles(m):
+    """(first row, rows) of the register tiles that cover ``m`` rows of A:
+    ``TILE_ROWS`` at a time, the rest in tiles of 4, 2 and 1 (each row's
+    sums are the same in any of them)."""
+    starts, sizes = [], []
+    m0 = 0
+    for size in (TILE_ROWS, 4, 2, 1):
+        while m - m0 >= size:
+            starts.append(m0)
+            sizes.append(size)
+            m0 += size
+    starts, sizes = np.array(starts, np.int64), np.array(sizes, np.int64)
+    starts.setflags(write=False)
+    sizes.setflags(write=False)
+    return starts, sizes
+
+
+@intrinsic
+def _panel_tile(typingctx, tag, b, b0, b_step, a, a0, a_step, a_row, steps,
+                c, c0):
+    """``c[c0 + q w + l] += sum_r a[a0 + r R + q] * b[b0 + r b_step + l]``
+    for ``r < steps``, ``q < R``, ``l < w`` (one tile's width), where R is
+    the length of the tuple ``tag`` (a compile-time constant).
+
+    A's value for step r and row q is at ``a0 + r a_step + q a_row``
+    (A read in place: ``a_step`` 1, ``a_row`` its row length), B's rows
+    are ``b_step`` apart.  The accumulators stay in vector registers across
+    the steps, each updated by one ``llvm.fmuladd`` per step in increasing
+    ``r``.
+    """
+    if not isinstance(tag, types.UniTuple):
+        return None
+    n_rows = tag.count
+    n_lanes = lanes(b.dtype)
+    width = TILE_VECTORS * n_lanes
+
+    def codegen(context, builder, signature, args):
+        (_, b_v, b0_v, b_step_v, a_v, a0_v, a_step_v, a_row_v, steps_v, c_v,
+         c0_v) = args
+        elem = context.get_value_type(b.dtype)
+        align = context.get_abi_sizeof(elem)
+        vec = ir.VectorType(elem, n_lanes)
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        b_data = context.make_array(b)(context, builder, b_v).data
+        a_data = context.make_array(a)(context, builder, a_v).data
+        acc_ptr = builder.gep(context.make_array(c)(context, builder, c_v).data,
+                              [c0_v], inbounds=True)
+        fmuladd = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [vec, vec, vec]),
+            "llvm.fmuladd.v%d%s" % (n_lanes, "f32" if align == 4 else "f64"))
+        broadcast_mask = ir.Constant(ir.VectorType(i32, n_lanes), [0] * n_lanes)
+        undef = ir.Constant(vec, ir.Undefined)
+
+        def vector_at(base, index):
+            ptr = builder.gep(base, [index], inbounds=True)
+            return builder.bitcast(ptr, vec.as_pointer())
+
+        def acc_at(q, v):
+            return vector_at(acc_ptr, ir.Constant(i64, q * width + v * n_lanes))
+
+        slots = {}
+        for q in range(n_rows):
+            for v in range(TILE_VECTORS):
+                slots[q, v] = cgutils.alloca_once(builder, vec)
+                builder.store(builder.load(acc_at(q, v), align=align),
+                              slots[q, v])
+        with cgutils.for_range(builder, steps_v) as loop:
+            r = loop.index
+            b_base = builder.add(b0_v, builder.mul(r, b_step_v))
+            bs = [builder.load(vector_at(b_data, builder.add(
+                      b_base, ir.Constant(i64, v * n_lanes))), align=align)
+                  for v in range(TILE_VECTORS)]
+            a_base = builder.add(a0_v, builder.mul(r, a_step_v))
+            for q in range(n_rows):
+                a_q = builder.load(builder.gep(
+                    a_data, [builder.add(a_base, builder.mul(
+                        a_row_v, ir.Constant(i64, q)))], inbounds=True))
+                a_vec = builder.shuffle_vector(
+                    builder.insert_element(undef, a_q, ir.Constant(i32, 0)),
+                    undef, broadcast_mask)
+                for v in range(TILE_VECTORS):
+                    builder.store(builder.call(
+                        fmuladd, [a_vec, bs[v], builder.load(slots[q, v])]),
+                        slots[q, v])
+        for q in range(n_rows):
+            for v in range(TILE_VECTORS):
+                builder.store(builder.load(slots[q, v]), acc_at(q, v),
+                              align=align)
+        return context.get_dummy_value()
+
+    return (types.void(tag, b, b0, b_step, a, a0, a_step, a_row, steps, c,
+                       c0), codegen)
+
+
+@njit(cache=True, inline="always")
+def _store_rows(tile, rows, nw, width, out, o0, ldc):
+    """out[o0 + q ldc : + nw] = tile[q width : + nw] for q < rows."""
+    for q in range(rows):
+        dst = out[o0 + q * ldc:]
+        src = tile[q * width:]
+        for lane in range(nw):
+            dst[lane] = src[lane]
+
+
+@njit(cache=True, inline="always")
+def _run_tile(rows, b, b0, b_step, af, a0, depth, steps, acc, c0):
+    """:func:`_panel_tile` for a tile of ``rows`` (6, 4, 2 or 1) rows."""
+    # The tuples' lengths are the tiles' rows (TILE_ROWS = 6).
+    if rows == 6:
+        _panel_tile((0, 0, 0, 0, 0, 0), b, b0, b_step, af, a0, 1, depth,
+                    steps, acc, c0)
+    elif rows == 4:
+        _panel_tile((0, 0, 0, 0), b, b0, b_step, af, a0, 1, depth, steps,
+                    acc, c0)
+    elif rows == 2:
+        _panel_tile((0, 0), b, b0, b_step, af, a0, 1, depth, steps, acc, c0)
+    else:
+        _panel_tile((0,), b, b0, b_step, af, a0, 1, depth, steps, acc, c0)
+
+
+@njit(parallel=True, cache=True)
+def _panel_gemm_kernel(a, tile_m0, tile_rows, b, cols, out, out_off, ldc,
+                       tile_chunk, panel_chunk, depth_block):
+    """out[g, m, :cols] = a[g, m] @ B[g] for every group and row; B is
+    ``b`` in panels (module docstring), out's row (g, m) starts at
+    ``out[out_off + (g M + m) ldc]``; A's register tiles are rows
+    ``tile_m0[t]`` to ``tile_m0[t] + tile_rows[t]``.
+
+    A job is (group, ``tile_chunk`` tiles, ``panel_chunk`` panels).  Its
+    reduction runs in blocks of ``depth_block`` steps: the block of its
+    rows of A stays in L2 while its panels pass, a panel's slice in L1
+    while the tiles pass.  Between blocks the accumulators wait in the
+    job's own buffer, from where the next block reloads them exactly: the
+    sums are those of one unbroken chain."""
+    groups, m_total, depth = a.shape
+    panel = panel_width_of(b)
+    af = a.reshape(a.size)
+    n_tiles = tile_m0.shape[0]
+    panels = (cols + panel - 1) // panel
+    t_jobs = (n_tiles + tile_chunk - 1) // tile_chunk
+    p_jobs = (panels + panel_chunk - 1) // panel_chunk
+    tile_size = TILE_ROWS * panel
+    for job in prange(groups * t_jobs * p_jobs):
+        g = job // (t_jobs * p_jobs)
+        t_lo = (job // p_jobs) % t_jobs * tile_chunk
+        t_hi = min(n_tiles, t_lo + tile_chunk)
+        p_lo = job % p_jobs * panel_chunk
+        p_hi = min(panels, p_lo + panel_chunk)
+        n_p = p_hi - p_lo
+        acc = np.zeros((t_hi - t_lo) * n_p * tile_size, a.dtype)
+        for d0 in range(0, depth, depth_block):
+            steps = min(depth, d0 + depth_block) - d0
+            for p in range(p_lo, p_hi):
+                b0 = (p * groups * depth + g * depth + d0) * panel
+                for t in range(t_lo, t_hi):
+                    _run_tile(tile_rows[t], b, b0, panel, af,
+                              (g * m_total + tile_m0[t]) * depth + d0, depth,
+                              steps, acc,
+                              ((t - t_lo) * n_p + p - p_lo) * tile_size)
+        for t in range(t_lo, t_hi):
+            for p in range(p_lo, p_hi):
+                n0 = p * panel
+                _store_rows(acc[((t - t_lo) * n_p + p - p_lo) * tile_size:],
+                            tile_rows[t], min(panel, cols - n0), panel, out,
+                            out_off + (g * m_total + tile_m0[t]) * ldc + n0,
+                            ldc)
+
+
+def _job_split(groups, n_tiles, panels, depth_block, itemsize):
+    """(tile_chunk, panel_chunk): a job's block of A within
+    ``_A_BLOCK_BYTES``, and at least ``_JOBS_PER_THREAD`` jobs per thread
+    where the problem has that many tiles and panels."""
+    tile_bytes = depth_block * TILE_ROWS * itemsize
+    t_jobs = -(-n_tiles // max(1, _A_BLOCK_BYTES // tile_bytes))
+    wanted = _JOBS_PER_THREAD * _tuning.block_shape_threads()
+    p_jobs = max(1, min(panels, -(-wanted // (groups * t_jobs))))
+    # Equal chunks: the threads take the jobs in contiguous runs.
+    return -(-n_tiles // t_jobs), -(-panels // p_jobs)
+
+
+def _flat_rows(array):
+    """(1-D view of the C-contiguous buffer under ``array``, offset of its
+    first element, row stride in elements) of a (G, R, C) ``array`` with
+    unit-stride rows at one constant stride across groups (a C-contiguous
+    array, or a column slice of one)."""
+    base = array
+    while isinstance(base.base, np.ndarray):
+        base = base.base
+    groups, rows, cols = array.shape
+    item = array.itemsize
+    if rows > 1:
+        ld = array.strides[1] // item
+    else:                       # one row per group: groups are rows apart
+        ld = array.strides[0] // item if groups > 1 else cols
+    if (not base.flags.c_contiguous
+            or (cols > 1 and array.strides[2] != item)
+            or (groups > 1 and array.strides[0] != rows * ld * item)):
+        raise ValueError("out must be a C-contiguous array or a column "
+                         "slice of one")
+    flat = base.reshape(-1)
+    offset = (array.__array_interface__["data"][0]
+              - flat.__array_interface__["data"][0]) // item
+    return flat, offset, ld
+
+
+def matmul(a, b, cols, out):
+    """``out[g] = a[g] @ B[g]`` in the order of the module docstring.
+
+    Parameters
+    ----------
+    a : ndarray (G, M, D), C-contiguous
+    b : ndarray, 1-D, C-contiguous
+        B (G D rows, ``cols`` columns) in panels: with ``P =
+        panel_width(dtype)``, element (r, c) at ``(c // P) G D P + r P + c
+        % P``; :func:`buffer_size` elements at least.
+    cols : int
+    out : ndarray (G, M, cols), written in place: C-contiguous, or a
+        column slice of a C-contiguous array
+
+    Returns
+    -------
+    out
+    """
+    groups, n_rows, depth = a.shape
+    if out.size == 0:
+        return out
+    if depth == 0:
+        out[...] = 0
+        return out
+    if b.dtype != a.dtype or b.size < buffer_size(groups * depth, cols, a.dtype):
+        raise ValueError(f"b is not a panel buffer of {groups * depth} rows "
+                         f"and {cols} columns of {a.dtype}")
+    out_flat, out_off, ldc = _flat_rows(out)
+    tile_m0, tile_rows = _row_tiles(n_rows)
+    panel = panel_width(a.dtype)
+    depth_block = max(_MIN_DEPTH_BLOCK, _B_BLOCK_BYTES // (panel * a.itemsize))
+    tile_chunk, panel_chunk = _job_split(groups, tile_m0.size, -(-cols // panel),
+                                         depth_block, a.itemsize)
+    _panel_gemm_kernel(np.ascontiguousarray(a), tile_m0, tile_rows, b, cols,
+                       out_flat, out_off, ldc, tile_chunk, panel_chunk,
+                       depth_block)
+    return out
