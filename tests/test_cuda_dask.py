@@ -35,8 +35,13 @@ def test_conv2d_cuda_blocks_equal_the_in_memory_cuda_result():
                               backend="cuda")
     assert isinstance(got, np.ndarray)
     np.testing.assert_array_equal(got, expected)
+    # im2col's GEMM core sums each output in increasing k wherever its
+    # tile lies, as the CPU's does: bit for bit too.
     im2col = kd.conv2d(xd, w, padding=1, algorithm="im2col",
                        backend="cuda").compute(**SYNC)
+    np.testing.assert_array_equal(
+        im2col, kernels.conv2d(x, w, padding=1, algorithm="im2col",
+                               backend="cuda"))
     assert_within_bound("im2col", im2col, x, w, padding=1)
 
 
