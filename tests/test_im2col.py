@@ -151,16 +151,22 @@ def test_matches_reference(case, bias, dtype):
     check_conv(x, w, b, stride, padding, dilation, groups)
 
 
-def _window_problem(draw):
-    """A convolution and a window of its output rows and columns, with the
-    input window those outputs read (the whole input when the output
-    window touches the padding)."""
+def _draw_layer(draw, max_k_per_group, max_dilation):
+    """(groups, C, K, kH, kW, dh, dw, sh, sw) of a random layer."""
     groups = draw(st.integers(1, 3), label="groups")
     c = groups * draw(st.integers(1, 3), label="C/groups")
-    k = groups * draw(st.integers(1, 9), label="K/groups")
+    k = groups * draw(st.integers(1, max_k_per_group), label="K/groups")
     kh, kw = draw(st.integers(1, 4), label="kH"), draw(st.integers(1, 4), label="kW")
-    dh, dw = draw(st.integers(1, 2), label="dh"), draw(st.integers(1, 2), label="dw")
+    dh = draw(st.integers(1, max_dilation), label="dh")
+    dw = draw(st.integers(1, max_dilation), label="dw")
     sh, sw = draw(st.integers(1, 3), label="sh"), draw(st.integers(1, 3), label="sw")
+    return groups, c, k, kh, kw, dh, dw, sh, sw
+
+
+def _window_problem(draw):
+    """An unpadded convolution and a window of its output rows and
+    columns, with the input window those outputs read."""
+    groups, c, k, kh, kw, dh, dw, sh, sw = _draw_layer(draw, 9, 2)
     h = draw(st.integers(dh * (kh - 1) + 1, 30), label="H")
     wd = draw(st.integers(dw * (kw - 1) + 1, 40), label="W")
     n = draw(st.integers(1, 3), label="N")
@@ -226,12 +232,7 @@ def test_random_configurations(data):
     """Random shapes, strides, dilations, asymmetric padding, groups and
     scratch limits (down to a single output column per chunk)."""
     draw = data.draw
-    groups = draw(st.integers(1, 3), label="groups")
-    c = groups * draw(st.integers(1, 3), label="C/groups")
-    k = groups * draw(st.integers(1, 3), label="K/groups")
-    kh, kw = draw(st.integers(1, 4), label="kH"), draw(st.integers(1, 4), label="kW")
-    dh, dw = draw(st.integers(1, 3), label="dh"), draw(st.integers(1, 3), label="dw")
-    sh, sw = draw(st.integers(1, 3), label="sh"), draw(st.integers(1, 3), label="sw")
+    groups, c, k, kh, kw, dh, dw, sh, sw = _draw_layer(draw, 3, 3)
     pads = tuple(draw(st.integers(0, 4), label=f"pad{i}") for i in range(4))
     h = draw(st.integers(max(1, dh * (kh - 1) + 1 - pads[0] - pads[1]), 12), label="H")
     wd = draw(st.integers(max(1, dw * (kw - 1) + 1 - pads[2] - pads[3]), 12), label="W")

@@ -73,7 +73,8 @@ from ._workspace import Workspace
 
 __all__ = ["conv2d", "pack_input", "tap_offsets", "packed_geometry",
            "tile_columns", "packed_size", "run_columns", "run_driver",
-           "fma_tile", "run_tile", "tile_buffer", "tile_width", "stack_tile",
+           "fma_tile", "emit_fma_tile", "run_tile", "tile_buffer",
+           "tile_width", "stack_tile",
            "lanes",
            "MAX_BLOCK",
            "KERNELS"]
@@ -253,82 +254,98 @@ def tile_buffer(typingctx, x):
     return stack_tile(x, MAX_BLOCK)
 
 
+def emit_fma_tile(context, builder, dtype, n_ch, n_vec, x_data, x_row, w_data,
+                  wb, wstride, n_taps, acc_ptr):
+    """Emit ``acc[q, l] += sum_r w[wb + q*wstride + r] * x[x_row(r) + l]``
+    for ``r < n_taps``, ``q < n_ch``, ``l < n_vec`` vectors of lanes.
+
+    ``x_row(r)`` emits the index of tap ``r``'s first element of x; the
+    other arguments are LLVM values (``acc_ptr``: the (n_ch, tile columns)
+    accumulators, row-major).  The accumulators are loaded into ``n_ch *
+    n_vec`` vector registers, updated for every tap with ``llvm.fmuladd``
+    (in increasing ``r``) and stored back.  Shared by :func:`fma_tile` and
+    the im2col GEMM's tile (:mod:`kernels.cpu._panel_gemm`).
+    """
+    n_lanes = lanes(dtype)
+    width = TILE_VECTORS * n_lanes
+    elem = context.get_value_type(dtype)
+    align = context.get_abi_sizeof(elem)
+    vec = ir.VectorType(elem, n_lanes)
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    fmuladd = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vec, [vec, vec, vec]),
+        "llvm.fmuladd.v%d%s" % (n_lanes, "f32" if align == 4 else "f64"))
+    broadcast_mask = ir.Constant(ir.VectorType(i32, n_lanes), [0] * n_lanes)
+    undef = ir.Constant(vec, ir.Undefined)
+
+    def vector_at(base, index):
+        ptr = builder.gep(base, [index], inbounds=True)
+        return builder.bitcast(ptr, vec.as_pointer())
+
+    def acc_at(q, v):
+        return vector_at(acc_ptr, ir.Constant(i64, q * width + v * n_lanes))
+
+    # Accumulators in single-value slots: mem2reg turns them into
+    # registers (phi nodes of the tap loop).
+    slots = {}
+    for q in range(n_ch):
+        for v in range(n_vec):
+            slots[q, v] = cgutils.alloca_once(builder, vec)
+            builder.store(builder.load(acc_at(q, v), align=align), slots[q, v])
+    with cgutils.for_range(builder, n_taps) as loop:
+        r = loop.index
+        x_base = x_row(r)
+        xs = [builder.load(vector_at(x_data, builder.add(
+                  x_base, ir.Constant(i64, v * n_lanes))), align=align)
+              for v in range(n_vec)]
+        w_base = builder.add(wb, r)
+        for q in range(n_ch):
+            w_q = builder.load(builder.gep(
+                w_data, [builder.add(w_base, builder.mul(
+                    wstride, ir.Constant(i64, q)))], inbounds=True))
+            w_vec = builder.shuffle_vector(
+                builder.insert_element(undef, w_q, ir.Constant(i32, 0)),
+                undef, broadcast_mask)
+            for v in range(n_vec):
+                builder.store(builder.call(
+                    fmuladd, [w_vec, xs[v], builder.load(slots[q, v])]),
+                    slots[q, v])
+    for q in range(n_ch):
+        for v in range(n_vec):
+            builder.store(builder.load(slots[q, v]), acc_at(q, v), align=align)
+
+
 @intrinsic
 def fma_tile(typingctx, kb, nvec, xq, x0, offs, w, wb, wstride, acc):
     """``acc[q, l] += sum_r w[wb + q*wstride + r] * xq[x0 + offs[r] + l]``
-    for the taps ``r < len(offs)``.
+    for the taps ``r < len(offs)`` (:func:`emit_fma_tile`).
 
     ``kb`` (a literal, 1..MAX_BLOCK) channels by ``nvec`` (a literal,
     1..TILE_VECTORS) vectors of outputs; ``acc`` points to the (kb, tile
     columns) accumulators, row-major.  ``wstride`` is the distance between
     two channels' filters in ``w``: ``len(offs)`` here (all taps), more in
     transposed convolution, whose output phases use a subset of the taps
-    (:mod:`kernels.cpu.transposed`).  The accumulators are loaded into
-    ``kb * nvec`` vector registers, updated for every tap ``r`` with
-    ``llvm.fmuladd`` and stored back.
+    (:mod:`kernels.cpu.transposed`).
     """
     if not (isinstance(kb, types.IntegerLiteral)
             and isinstance(nvec, types.IntegerLiteral)):
         return None
     n_ch = kb.literal_value
     n_vec = nvec.literal_value
-    n_lanes = lanes(xq.dtype)
-    width = TILE_VECTORS * n_lanes
 
     def codegen(context, builder, signature, args):
         _, _, xq_v, x0_v, offs_v, w_v, wb_v, wstride_v, acc_ptr = args
-        elem = context.get_value_type(xq.dtype)
-        align = context.get_abi_sizeof(elem)
-        vec = ir.VectorType(elem, n_lanes)
-        i32, i64 = ir.IntType(32), ir.IntType(64)
         x_data = context.make_array(xq)(context, builder, xq_v).data
         w_data = context.make_array(w)(context, builder, w_v).data
         offs_arr = context.make_array(offs)(context, builder, offs_v)
-        n_taps = builder.extract_value(offs_arr.shape, 0)
-        fmuladd = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vec, [vec, vec, vec]),
-            "llvm.fmuladd.v%d%s" % (n_lanes, "f32" if align == 4 else "f64"))
-        broadcast_mask = ir.Constant(ir.VectorType(i32, n_lanes), [0] * n_lanes)
-        undef = ir.Constant(vec, ir.Undefined)
 
-        def vector_at(base, index):
-            ptr = builder.gep(base, [index], inbounds=True)
-            return builder.bitcast(ptr, vec.as_pointer())
+        def x_row(r):
+            return builder.add(x0_v, builder.load(
+                builder.gep(offs_arr.data, [r], inbounds=True)))
 
-        def acc_at(q, v):
-            return vector_at(acc_ptr, ir.Constant(i64, q * width + v * n_lanes))
-
-        # Accumulators in single-value slots: mem2reg turns them into
-        # registers (phi nodes of the tap loop).
-        slots = {}
-        for q in range(n_ch):
-            for v in range(n_vec):
-                slots[q, v] = cgutils.alloca_once(builder, vec)
-                builder.store(builder.load(acc_at(q, v), align=align),
-                              slots[q, v])
-        with cgutils.for_range(builder, n_taps) as loop:
-            r = loop.index
-            offset = builder.load(builder.gep(offs_arr.data, [r], inbounds=True))
-            x_base = builder.add(x0_v, offset)
-            xs = [builder.load(vector_at(x_data, builder.add(
-                      x_base, ir.Constant(i64, v * n_lanes))), align=align)
-                  for v in range(n_vec)]
-            w_base = builder.add(wb_v, r)
-            for q in range(n_ch):
-                w_q = builder.load(builder.gep(
-                    w_data, [builder.add(w_base, builder.mul(
-                        wstride_v, ir.Constant(i64, q)))], inbounds=True))
-                w_vec = builder.shuffle_vector(
-                    builder.insert_element(undef, w_q, ir.Constant(i32, 0)),
-                    undef, broadcast_mask)
-                for v in range(n_vec):
-                    builder.store(builder.call(
-                        fmuladd, [w_vec, xs[v], builder.load(slots[q, v])]),
-                        slots[q, v])
-        for q in range(n_ch):
-            for v in range(n_vec):
-                builder.store(builder.load(slots[q, v]), acc_at(q, v),
-                              align=align)
+        emit_fma_tile(context, builder, xq.dtype, n_ch, n_vec, x_data, x_row,
+                      w_data, wb_v, wstride_v,
+                      builder.extract_value(offs_arr.shape, 0), acc_ptr)
         return context.get_dummy_value()
 
     return types.void(kb, nvec, xq, x0, offs, w, wb, wstride, acc), codegen
