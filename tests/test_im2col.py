@@ -364,8 +364,17 @@ def test_gather_matches_padded_slices(stride, padding, dilation, dtype):
         buffer = np.full(_panel_gemm.buffer_size(rows, cols, dtype), np.nan,
                          dtype=dtype)
         im2col.fill_panels(x, n0, n1, p0, p1, kh, kw, *stride, padding[0],
-                           padding[2], *dilation, wo, buffer, rows)
+                           padding[2], *dilation, wo, buffer, rows,
+                           _panel_gemm.panel_width(dtype))
         np.testing.assert_array_equal(from_panels(buffer, rows, cols), expected)
+
+
+def test_a_gather_compiled_for_another_panel_width_raises():
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    buffer = np.zeros(_panel_gemm.buffer_size(9, 4, np.float32), np.float32)
+    with pytest.raises(ValueError, match="stale compiled gather"):
+        im2col.fill_panels(x, 0, 1, 0, 4, 3, 3, 1, 1, 0, 0, 1, 1, 2, buffer,
+                           9, _panel_gemm.panel_width(np.float32) + 1)
 
 
 def from_panels(buffer, rows, cols):

@@ -293,7 +293,7 @@ _WHOLE_ROW = 1 << 62
 
 @njit(parallel=True, cache=True)
 def fill_panels(x, n0, n1, p0, p1, kh, kw, sh, sw, pad_top, pad_left,
-                dh, dw, wo_count, patches, rows):
+                dh, dw, wo_count, patches, rows, panel):
     """Gather the patch matrix of images ``n0:n1``, positions ``p0:p1``,
     in the panels of :mod:`._panel_gemm`.
 
@@ -305,8 +305,15 @@ def fill_panels(x, n0, n1, p0, p1, kh, kw, sh, sw, pad_top, pad_left,
     ``P`` = :func:`._panel_gemm.panel_width` columns: element (r, col) at
     ``(col // P) rows P + r P + col % P``.  Parallel over (row, image,
     block of positions): every element is written by one task.
+
+    ``panel`` is the caller's :func:`._panel_gemm.panel_width`: the
+    kernel compiles its own in as a constant, and a cached kernel compiled
+    before that width changed (Numba's cache sees only this file) would
+    write past the buffer; it raises instead.
     """
-    panel = panel_width_of(patches)
+    if panel != panel_width_of(patches):
+        raise ValueError("stale compiled gather: its panel width is not "
+                         "_panel_gemm.panel_width; clear Numba's cache")
     tasks = rows * (n1 - n0)
     n_blocks, block_len = _task_blocks(tasks, p1 - p0)
     for task in prange(tasks * n_blocks):
@@ -430,13 +437,14 @@ def _chunked_gemm(x, w_shape, w_stack, bias_stack, y, stride, padding, dilation,
     merged = chunks[0].n1 - chunks[0].n0 > 1
     result_buffer = np.empty(k * max_cols if merged else 0, dtype=x.dtype)
     y_stack = y.reshape(n, groups, kg, positions)
+    panel = _panel_gemm.panel_width(x.dtype)
 
     for n0, n1, p0, p1 in chunks:
         cols = (n1 - n0) * (p1 - p0)
         patches = patch_buffer[:_panel_gemm.buffer_size(rows, cols, x.dtype)]
         _panel_gemm.zero_padding(patches, rows, cols)
         fill_panels(x, n0, n1, p0, p1, kh, kw, sh, sw, pt, pl, dh, dw, wo,
-                    patches, rows)
+                    patches, rows, panel)
         if n1 - n0 == 1:
             out = y_stack[n0, :, :, p0:p1]
             _panel_gemm.matmul(w_stack, patches, cols, out)
