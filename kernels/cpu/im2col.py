@@ -311,7 +311,8 @@ def fill_panels(x, n0, n1, p0, p1, kh, kw, sh, sw, pad_top, pad_left,
     before that width changed (Numba's cache sees only this file) would
     write past the buffer; it raises instead.
     """
-    if panel != panel_width_of(patches):
+    width = panel_width_of(patches)      # a constant, unlike ``panel``
+    if panel != width:
         raise ValueError("stale compiled gather: its panel width is not "
                          "_panel_gemm.panel_width; clear Numba's cache")
     tasks = rows * (n1 - n0)
@@ -319,7 +320,7 @@ def fill_panels(x, n0, n1, p0, p1, kh, kw, sh, sw, pad_top, pad_left,
     for task in prange(tasks * n_blocks):
         _fill_task(task, n_blocks, block_len, x, n0, n1, p0, p1, kh, kw,
                    sh, sw, pad_top, pad_left, dh, dw, wo_count, patches,
-                   rows, panel, panel)
+                   rows, width, width)
 
 
 @njit(parallel=True, cache=True)
