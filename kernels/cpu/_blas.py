@@ -22,8 +22,9 @@ not a float array BLAS can read in place, the pieces run on
 queue when idle (NumPy releases the GIL during the call).  im2col's
 ResNet-50 layers ran 1.25-1.4x faster with either than with OpenBLAS's
 own 2-thread GEMMs, and the kernel called right after them 2.1-2.6x
-faster (A/B in one process).  Winograd calls BLAS from inside its Numba
-jobs, under :data:`serial_blas` too.
+faster (A/B in one process).  Since 61b5519 im2col's forward pass has
+its own GEMM (:mod:`._panel_gemm`); the weight gradient, transposed
+im2col and FFT's contraction still call BLAS here.
 """
 
 from __future__ import annotations

@@ -17,7 +17,9 @@ beside that team, and loses whenever the team's workers spin:
   the torch call before it), torch imported first, two processes;
 * im2col's gather had to run serially wherever OpenMP workers spin
   beside BLAS (:mod:`kernels._threads`); with the GEMM in the same team
-  it never alternates with another pool and always runs in parallel.
+  it never alternated with another pool.  (im2col's forward pass has
+  its own GEMM since 61b5519; the weight gradient's gather still
+  alternates with these pieces.)
 
 The BLAS is NumPy's OpenBLAS, through its CBLAS entry points
 (``scipy_cblas_sgemm64_``, ``scipy_cblas_dgemm64_``; 64-bit integers),
@@ -25,9 +27,9 @@ found among the loaded libraries with threadpoolctl and registered with
 LLVM under a private name, so that the kernel is cached like the others.
 Numba's own ``np.dot`` calls SciPy's OpenBLAS instead, which ran 5-10 %
 slower on im2col's shapes, and requires contiguous operands; the CBLAS
-call takes each operand's leading dimension, so the strided views of
-im2col (a column slice of ``y``) and of the weight gradient (a transposed
-operand) need no copy.
+call takes each operand's leading dimension, so strided views (a column
+slice of an output, the weight gradient's transposed operand) need no
+copy.
 
 :func:`available` is False where NumPy is linked to another BLAS (MKL,
 Accelerate, a system OpenBLAS without the ``scipy_`` prefix): the caller
