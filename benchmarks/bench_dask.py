@@ -5,7 +5,8 @@
 processes, with a 5x5 and a 31x31 Gaussian (``algorithm="auto"``); the
 image is read from an array-like store (``source="stored"``: halos come
 from the store) or computed by a task per chunk (``"computed"``: halos
-are cut from the neighbouring chunks):
+are cut from the neighbouring chunks; ``"computed-split"``: the same with
+``split_seams=True``, so that no block waits for its neighbour's chunk):
 ``track_megapixels_per_second`` (one timed run after a warm-up; asv's
 ``time_`` would repeat a multi-second run several times) and
 ``track_peak_memory_in_chunks`` (each worker's peak RSS above its RSS
@@ -24,7 +25,7 @@ CHUNK = 2048
 
 
 class DaskFilter:
-    params = [[5, 31], ["stored", "computed"]]
+    params = [[5, 31], ["stored", "computed", "computed-split"]]
     param_names = ["kernel", "source"]
     timeout = 900
     number = 1
@@ -43,8 +44,10 @@ class DaskFilter:
         self.client = self._client.__enter__()
         dask_bench.warm_up(self.client, [kernel])
         self.base = self.client.run(dask_bench.resident_memory)
-        self.total = dask_bench.filtered(
-            dask_bench.generated_image(SIZE, CHUNK, source), kernel)
+        image = dask_bench.generated_image(SIZE, CHUNK,
+                                           source.removesuffix("-split"))
+        self.total = dask_bench.filtered(image, kernel,
+                                         source.endswith("-split"))
 
     def teardown(self, kernel, source):
         self._client.__exit__(None, None, None)

@@ -503,6 +503,12 @@ def _add_dask_parser(sub):
                          "computed: each chunk is a task's result "
                          "(map_blocks), halos are cut from the neighbours "
                          "(default stored)")
+    dk.add_argument("--split-seams", action="store_true",
+                    help="kernels.dask.conv2d(..., split_seams=True): the "
+                         "outputs that read across a chunk boundary become "
+                         "thin chunks of their own, so no block waits for "
+                         "its neighbour's chunk (less memory for a computed "
+                         "image)")
     dk.add_argument("--json", metavar="PATH", help="also write the results")
 
 

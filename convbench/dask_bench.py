@@ -227,10 +227,12 @@ def local_cluster(n_workers, saturation=None):
         yield client
 
 
-def filtered(image, k):
-    """The lazy checksum of ``image`` filtered by a k x k Gaussian."""
+def filtered(image, k, split_seams=False):
+    """The lazy checksum of ``image`` filtered by a k x k Gaussian
+    (``split_seams``: as :func:`kernels.dask.conv2d`)."""
     import kernels.dask as kd
-    return checksum(kd.conv2d(image, gaussian(k), padding="same"))
+    return checksum(kd.conv2d(image, gaussian(k), padding="same",
+                              split_seams=split_seams))
 
 
 def warm_up(client, kernel_sizes):
@@ -260,7 +262,7 @@ def _managed_peak(client, func):
 
 
 def _on_cluster(n_workers, kernel_sizes, size, chunk, rounds,
-                saturation=None, source="stored"):
+                saturation=None, source="stored", split_seams=False):
     with local_cluster(n_workers, saturation) as client:
         warm_up(client, kernel_sizes)
         base = client.run(resident_memory)
@@ -271,7 +273,7 @@ def _on_cluster(n_workers, kernel_sizes, size, chunk, rounds,
             rounds), megapixels)}
         pids = client.run(os.getpid)
         for k in kernel_sizes:
-            total = filtered(image, k)
+            total = filtered(image, k, split_seams)
             first = _timed(lambda: client.compute(total, sync=True), 1)[0]
             with sampled_rss(pids.values()) as peaks:
                 result[k] = _span(_timed(
@@ -289,7 +291,7 @@ def _on_cluster(n_workers, kernel_sizes, size, chunk, rounds,
 
 
 def _threaded(n_threads, kernel_sizes, size, chunk, rounds,
-              source="stored"):
+              source="stored", split_seams=False):
     """The same graphs on Dask's threaded scheduler in this process."""
     import dask
     image = generated_image(size, chunk, source)
@@ -297,7 +299,7 @@ def _threaded(n_threads, kernel_sizes, size, chunk, rounds,
     result = {"threads": n_threads}
     with dask.config.set(scheduler="threads", num_workers=n_threads):
         for k in kernel_sizes:
-            total = filtered(image, k)
+            total = filtered(image, k, split_seams)
             first = _timed(total.compute, 1)[0]
             result[k] = _span(_timed(total.compute, rounds), megapixels)
             result[k]["first_seconds"] = first
@@ -315,18 +317,19 @@ def _chunk_bytes(chunk):
 
 
 def measure(kernel_sizes=(5, 31), size=16384, chunk=2048, workers=2,
-            reference=4096, rounds=3, saturation=None, source="stored"):
+            reference=4096, rounds=3, saturation=None, source="stored",
+            split_seams=False):
     """Every figure of the module docstring, as a dict."""
     results = {"cpus": os.cpu_count(), "size": size, "chunk": chunk,
                "reference": reference, "saturation": saturation,
                "rounds": rounds, "kernels": list(kernel_sizes),
                "in_memory": _in_memory(kernel_sizes, reference, rounds),
-               "source": source,
+               "source": source, "split_seams": split_seams,
                "clusters": [_on_cluster(n, kernel_sizes, size, chunk, rounds,
-                                        saturation, source)
+                                        saturation, source, split_seams)
                             for n in sorted({1, workers})],
                "threaded": _threaded(workers, kernel_sizes, size, chunk,
-                                     rounds, source)}
+                                     rounds, source, split_seams)}
     one, many = results["clusters"][0], results["clusters"][-1]
     results["scaling_efficiency"] = {
         k: many[k]["median"] / (many["workers"] * one[k]["median"])
@@ -341,7 +344,8 @@ def _rate(span):
 def format_results(r):
     """A plain-text table of :func:`measure`'s results."""
     lines = [f"image {r['size']}^2 float32 in chunks of {r['chunk']} "
-             f"(generated on the workers, {r.get('source', 'computed')}); "
+             f"(generated on the workers, {r.get('source', 'computed')}"
+             f"{', seams split' if r.get('split_seams') else ''}); "
              f"in memory: {r['reference']}^2; "
              f"MP/s median (min-max) over {r['rounds']} rounds", ""]
     head = (f"{'filter':>7}  {'in memory':>16}  {'in memory 1 thr':>16}  "
@@ -393,7 +397,7 @@ def run(args):
     """``convbench dask``: measure, print, optionally save JSON."""
     results = measure(tuple(args.kernels), args.size, args.chunk,
                       args.workers, args.reference, args.rounds,
-                      args.worker_saturation, args.source)
+                      args.worker_saturation, args.source, args.split_seams)
     print(format_results(results))
     if args.json:
         with open(args.json, "w") as fh:

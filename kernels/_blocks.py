@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 __all__ = ["boundaries", "owned_outputs", "exact_windows", "reads",
            "aligned_windows", "ExactWindow", "AlignedWindow", "halo",
-           "fit_chunks"]
+           "fit_chunks", "split_seams"]
 
 
 def boundaries(chunks):
@@ -120,6 +120,34 @@ def reads(o0, o1, n, extent, stride, lo):
         at = min(max(first, 0), n)
         return at, at, end - first, 0
     return max(0, first), min(n, end), max(0, -first), max(0, end - n)
+
+
+def split_seams(chunks, windows, extent, stride, lo):
+    """Each chunk's :class:`ExactWindow` cut in two: its *body*, the
+    outputs that read nothing past the chunk's end, and its *seam*, the
+    outputs whose windows cross into the chunks after it.
+
+    Returns ``[(window, owner), ...]`` in output order, empty parts left
+    out: ``owner`` is the chunk a body reads (its only input) and None for
+    a seam.  A body then depends on one chunk and a seam on thin slices of
+    two or more, so no part waits for a neighbouring chunk while holding
+    its own (docs/dask.md, Memory).  The last chunk is all body: past its
+    end lies padding, not a neighbour.
+    """
+    bounds = boundaries(chunks)
+    n = bounds[-1]
+    parts = []
+    for j, w in enumerate(windows):
+        end = bounds[j + 1]
+        # Output o reads up to o s - lo + extent (exclusive).
+        last_body = w.out_stop if end == n else (end + lo - extent) // stride + 1
+        body_stop = min(max(last_body, w.out_start), w.out_stop)
+        for o0, o1, owner in ((w.out_start, body_stop, j),
+                              (body_stop, w.out_stop, None)):
+            if o1 > o0:
+                parts.append((ExactWindow(o0, o1, *reads(o0, o1, n, extent,
+                                                         stride, lo)), owner))
+    return parts
 
 
 @dataclass(frozen=True)

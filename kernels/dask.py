@@ -360,7 +360,8 @@ def _run_block(grid, shape, dtype, func, i, j, *args):
     return func(_Window(grid, shape, dtype), i, j, *args)
 
 
-def _windowed(x, rows, cols, func, out_chunks, dtype, name, args=()):
+def _windowed(x, rows, cols, func, out_chunks, dtype, name, args=(),
+              owners=None):
     """A lazy array whose block (..., i, j) is ``func(window, i, j, *args)``.
 
     ``window`` (a :class:`_Window`) gives the inputs ``[rows[i].in_start,
@@ -375,9 +376,16 @@ def _windowed(x, rows, cols, func, out_chunks, dtype, name, args=()):
     the block's task: no overlapped copy of the chunk is kept between
     tasks.  ``args``
     may hold Dask delayed objects (computed once, shared by the blocks).
+
+    ``owners``: (row owners, column owners), the input chunk index each
+    output block row / column calls its own (read directly, not through a
+    piece), None for none; by default block i's own chunk is chunk i.
     """
+    if owners is None:
+        owners = (range(len(rows)), range(len(cols)))
     token = tokenize(x, rows, cols, func, out_chunks, name, HALOS_FROM_STORE,
-                     [getattr(a, "key", a) for a in args])
+                     [getattr(a, "key", a) for a in args],
+                     [list(o) for o in owners])
     out_name, piece_name = f"{name}-{token}", f"{name}-piece-{token}"
     bounds_h = _blocks.boundaries(x.chunks[-2])
     bounds_w = _blocks.boundaries(x.chunks[-1])
@@ -393,12 +401,13 @@ def _windowed(x, rows, cols, func, out_chunks, dtype, name, args=()):
             row_parts = row_pieces[i]
             for j, wc in enumerate(cols):
                 col_parts = col_pieces[j]
+                own = (owners[0][i], owners[1][j])
                 grid = []
                 for ci, rs in row_parts:
                     line = []
                     for cj, cs in col_parts:
                         chunk = (x.name,) + lead + (ci, cj)
-                        if (ci, cj) == (i, j):    # own chunk: sliced here
+                        if (ci, cj) == own:    # own chunk: sliced here
                             line.append([chunk, (Ellipsis, rs, cs)])
                             continue
                         index = (slice(None),) * len(lead) + (rs, cs)
@@ -501,11 +510,12 @@ def _conv_window(x, w, bias, padding, stride, dilation, groups, algorithm,
 
 
 def _conv_blockwise(x, w, bias, stride, dilation, pads, groups, algorithm,
-                    backend, threads, padded=((0, 0), (0, 0))):
+                    backend, threads, split_seams, padded=((0, 0), (0, 0))):
     """The convolution of a 4-D Dask array whose padding mode is applied.
 
     ``pads``: ``(lo, hi)`` of zeros per spatial axis; ``padded``: what
-    ``dask.array.pad`` added (see :func:`_fit_axis`).
+    ``dask.array.pad`` added (see :func:`_fit_axis`); ``split_seams``: as
+    :func:`conv2d`.
     """
     if algorithm != "auto":      # UnsupportedConfiguration now, not at compute
         spec = ConvSpec(tuple(x.shape), tuple(w.shape), tuple(stride),
@@ -520,18 +530,27 @@ def _conv_blockwise(x, w, bias, stride, dilation, pads, groups, algorithm,
                                s, lo, _blocks.exact_windows, added)
     x = x.rechunk({axis: chunks for axis, (chunks, _) in fits.items()})
     rows, cols = fits[2][1], fits[3][1]
+    owners = None
+    if split_seams:
+        parts = [_blocks.split_seams(x.chunks[axis], fits[axis][1],
+                                     effective_kernel_size(k, d), s, lo)
+                 for axis, k, s, d, (lo, _) in zip(
+                     (2, 3), w.shape[2:], stride, dilation, pads)]
+        (rows, row_owners), (cols, col_owners) = (
+            map(list, zip(*axis_parts)) for axis_parts in parts)
+        owners = (row_owners, col_owners)
     out_chunks = (x.chunks[0], (w.shape[0],),
                   tuple(r.out_stop - r.out_start for r in rows),
                   tuple(c.out_stop - c.out_start for c in cols))
     args = (_delayed(w), _delayed(bias), rows, cols, tuple(stride),
             tuple(dilation), groups, algorithm, backend, threads)
     return _windowed(x, rows, cols, _conv_block, out_chunks, x.dtype,
-                     "kernels-conv2d", args)
+                     "kernels-conv2d", args, owners)
 
 
 def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1,
            padding_mode="zeros", algorithm="auto", backend="cpu", *,
-           kernel_threads=1):
+           kernel_threads=1, split_seams=False):
     """:func:`kernels.conv2d` of a Dask array, chunk by chunk, seam-free.
 
     Parameters
@@ -544,13 +563,26 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1,
     kernel_threads : int or None
         Threads each block's kernel uses (default 1: one per Dask thread).
         ``None`` leaves Numba's setting alone.
+    split_seams : bool
+        False (default): one output chunk per input chunk.  True: the
+        outputs whose windows cross into the next chunk (the last
+        ``(extent - 1) / stride`` or so rows and columns of each chunk's
+        outputs) become thin output chunks of their own, computed from
+        thin copies of both sides, so that every other output chunk
+        depends on its own input chunk only.  For an ``x`` computed by
+        other tasks (``map_blocks``, a previous filter) this lets Dask
+        free each input chunk as soon as it is used instead of holding it
+        until its neighbour exists: use it when peak memory matters and
+        what follows works chunk by chunk (a reduction, ``da.store`` into
+        a file, ``map_blocks``).  Values are the same either way.
 
     Returns
     -------
     y : dask.array.Array, shape (N, K, H_out, W_out), dtype of ``x``
         Lazy; ``y.compute()`` equals ``kernels.conv2d`` of the whole array
         (bit for bit for ``direct`` and ``im2col``).  Its H and W chunks
-        are the outputs each input chunk owns (module docstring).
+        are the outputs each input chunk owns (module docstring), each
+        split in two with ``split_seams``.
 
     Raises
     ------
@@ -559,6 +591,8 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1,
         :func:`kernels.conv2d`.
     ValueError
         As :func:`kernels.conv2d`; ``kernel_threads`` not None or >= 1.
+    TypeError
+        ``split_seams`` not a bool.
 
     Examples
     --------
@@ -573,6 +607,7 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1,
     _require_numpy("w", w)
     _require_numpy("bias", bias)
     threads = _check_threads(kernel_threads)
+    split_seams = check_flag("split_seams", split_seams)
     x = _native(x)
     p = conv_problem(2, _stand_in(x.shape, x.dtype), w, bias, stride,
                      padding, dilation, groups, padding_mode, algorithm, "cpu")
@@ -591,14 +626,16 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1,
                        for axis, (lo, hi) in enumerate(padded, start=2)})
         pads = [(0, 0), (0, 0)]
     y = _conv_blockwise(x, p.w, p.bias, p.stride, p.dilation, pads, p.groups,
-                        p.algorithm, backend, threads, padded)
+                        p.algorithm, backend, threads, split_seams, padded)
     return y[0] if p.unbatched else y
 
 
-def _scipy_args(in1, in2, mode, method, backend, kernel_threads, name):
+def _scipy_args(in1, in2, mode, method, backend, kernel_threads, split_seams,
+                name):
     _require_dask("in1", in1, name)
     _require_numpy("in2", in2)
     threads = _check_threads(kernel_threads)
+    check_flag("split_seams", split_seams)
     backend = check_backend(backend)
     check_choice("mode", mode, ("full", "valid", "same"))
     method = check_choice("method", method, ("auto",) + ALGORITHMS)
@@ -619,16 +656,16 @@ def _scipy_args(in1, in2, mode, method, backend, kernel_threads, name):
             backend, threads)
 
 
-def _correlate(in1, in2, mode, method, backend, threads):
+def _correlate(in1, in2, mode, method, backend, threads, split_seams):
     x = in1[None, None]
     w = in2[None, None]
     y = _conv_blockwise(x, w, None, (1, 1), (1, 1), scipy_pads(in2.shape, mode),
-                        1, method, backend, threads)
+                        1, method, backend, threads, split_seams)
     return y[0, 0]
 
 
 def correlate(in1, in2, mode="full", method="auto", backend="cpu", *,
-              kernel_threads=1):
+              kernel_threads=1, split_seams=False):
     """:func:`kernels.correlate` of a 2-D Dask array with a small filter.
 
     Parameters
@@ -640,7 +677,7 @@ def correlate(in1, in2, mode="full", method="auto", backend="cpu", *,
     mode, method, backend
         As :func:`kernels.correlate`.  In ``valid`` mode ``in1`` must be
         the larger input in every dimension.
-    kernel_threads : int or None
+    kernel_threads, split_seams
         As :func:`conv2d`.
 
     Returns
@@ -648,21 +685,23 @@ def correlate(in1, in2, mode="full", method="auto", backend="cpu", *,
     z : dask.array.Array, dtype as :func:`kernels.correlate`
     """
     in1, in2, method, backend, threads = _scipy_args(
-        in1, in2, mode, method, backend, kernel_threads, "correlate")
-    return _correlate(in1, in2, mode, method, backend, threads)
+        in1, in2, mode, method, backend, kernel_threads, split_seams,
+        "correlate")
+    return _correlate(in1, in2, mode, method, backend, threads, split_seams)
 
 
 def convolve(in1, in2, mode="full", method="auto", backend="cpu", *,
-             kernel_threads=1):
+             kernel_threads=1, split_seams=False):
     """:func:`kernels.convolve` of a 2-D Dask array with a small filter.
 
     Parameters and result as :func:`correlate`; ``convolve(a, b)`` is
     ``correlate(a, b[::-1, ::-1])``.
     """
     in1, in2, method, backend, threads = _scipy_args(
-        in1, in2, mode, method, backend, kernel_threads, "convolve")
+        in1, in2, mode, method, backend, kernel_threads, split_seams,
+        "convolve")
     return _correlate(in1, np.ascontiguousarray(in2[::-1, ::-1]), mode,
-                      method, backend, threads)
+                      method, backend, threads, split_seams)
 
 
 # --------------------------------------------------------------------------

@@ -96,6 +96,46 @@ def test_exact_windows_compute_every_output_once(axis, seed):
     np.testing.assert_array_equal(got, expected)
 
 
+@given(axes())
+def test_split_seams_cut_each_chunk_into_a_body_and_a_seam(axis):
+    n, k, d, s, lo, hi, chunks = axis
+    extent = d * (k - 1) + 1
+    n_out = (n + lo + hi - extent) // s + 1
+    fitted, windows = _blocks.fit_chunks(chunks, n_out, extent, s, lo,
+                                         _blocks.exact_windows)
+    parts = _blocks.split_seams(fitted, windows, extent, s, lo)
+    bounds = _blocks.boundaries(fitted)
+    # Every output once, in order, each part a non-empty range.
+    outputs = [o for win, _ in parts for o in range(win.out_start,
+                                                    win.out_stop)]
+    assert outputs == list(range(n_out))
+    for win, owner in parts:
+        # Each part's inputs are those of its outputs (checked against
+        # the brute force by the test above).
+        assert (win.in_start, win.in_stop, win.pad_lo, win.pad_hi) == \
+            _blocks.reads(win.out_start, win.out_stop, n, extent, s, lo)
+        # Whose is it?  The chunk of its first output's first input.
+        first = min(max(win.out_start * s - lo, 0), n - 1)
+        j = max(i for i in range(len(fitted)) if bounds[i] <= first)
+        j = min(j, len(windows) - 1)
+        assert windows[j].out_start <= win.out_start < windows[j].out_stop
+        if owner is None:          # a seam reads past its chunk's end...
+            assert win.in_stop > bounds[j + 1]
+        else:                      # ...a body only inside its chunk
+            assert owner == j
+            assert bounds[j] <= win.in_start or win.in_start == win.in_stop
+            assert win.in_stop <= bounds[j + 1]
+    # At most one body and one seam per chunk, the body first.
+    for j, window in enumerate(windows):
+        mine = [owner for win, owner in parts
+                if window.out_start <= win.out_start < window.out_stop]
+        assert mine in ([j], [None], [j, None])
+    # Body outputs are as many as fit: one more would read past the chunk.
+    for win, owner in parts:
+        if owner is not None and owner < len(windows) - 1:
+            assert win.out_stop * s - lo + extent > bounds[owner + 1]
+
+
 @given(axes(), st.booleans(), st.integers(0, 2**32 - 1))
 def test_aligned_windows_keep_the_global_outputs(axis, ceil_mode, seed):
     n, k, d, s, p, _, chunks = axis
@@ -162,8 +202,9 @@ def test_conv2d_equals_in_memory(data, problem: ConvProblem, algorithm, dtype):
     # Blocks in bands of output rows: the default (one band at these
     # sizes), or bands as thin as one row (padding-only bands included).
     thin_bands = data.draw(st.booleans(), label="thin_bands")
+    split_seams = data.draw(st.booleans(), label="split_seams")
     y = _quiet(kd.conv2d, da.from_array(x, chunks=chunks), w, b,
-               algorithm=algorithm, **problem.kwargs)
+               algorithm=algorithm, split_seams=split_seams, **problem.kwargs)
     with mock.patch.multiple(kd, BAND_BYTES=1 if thin_bands else kd.BAND_BYTES,
                              BAND_MIN_HALOS=0 if thin_bands else 4):
         got = y.compute(**SYNC)
@@ -340,7 +381,35 @@ def test_halos_of_computed_or_fancy_indexed_chunks_come_from_neighbours():
             kernels.conv2d(x[None, None], w, padding=1, algorithm="direct"))
 
 
-def _memory_of_row_strips(source):
+def test_split_seams_make_no_block_wait_for_a_neighbouring_chunk():
+    rng = np.random.default_rng(6)
+    image = random_array(rng, (1, 1, 40, 36), np.float32)
+    w = random_array(rng, (1, 1, 5, 3), np.float32)
+    computed = da.from_array(image, chunks=(1, 1, 10, 12)) * 2
+    y = kd.conv2d(computed, w, padding="same", algorithm="direct",
+                  split_seams=True)
+    # Rows: chunk [0, 10) owns outputs 0..11 (output o reads inputs
+    # o - 2 .. o + 2); 0..7 read inside it, 8..11 (extent - 1 = 4) read the
+    # next chunk; the last chunk's outputs read the padding, not a seam.
+    # Columns likewise with extent 3: seams of 2.
+    assert y.chunks[2:] == ((8, 4, 6, 4, 6, 4, 8), (11, 2, 10, 2, 11))
+    graph = dict(y.__dask_graph__())
+    direct_reads = {key[1:]: [d for d in dask.core.get_dependencies(graph, key)
+                              if d[0] == computed.name]
+                    for key in graph if key[0] == y.name}
+    seams = [(i, j) for i in range(7) for j in range(5)
+             if i in (1, 3, 5) or j in (1, 3)]
+    for (_, _, i, j), chunks in direct_reads.items():
+        # A body holds its own chunk; a seam holds thin copies only.
+        assert len(chunks) == (0 if (i, j) in seams else 1)
+    reads = _chunks_read(y, computed)
+    assert max(len(r) for r in reads.values()) == 4      # a corner seam
+    np.testing.assert_array_equal(
+        y.compute(**SYNC),
+        kernels.conv2d(image * 2, w, padding="same", algorithm="direct"))
+
+
+def _memory_of_row_strips(source, split_seams=False):
     """(peak of NumPy's memory (tracemalloc), most memory Dask's
     synchronous scheduler held between tasks), in input chunks, of the
     benchmark's graph on 16 row strips, in bands of 1/8 chunk (as the
@@ -356,12 +425,13 @@ def _memory_of_row_strips(source):
             held[0] = max(held[0], sum(getattr(v, "nbytes", 0)
                                        for v in state["cache"].values()))
 
-    filtered(generated_image(20, 10, source), 5).compute(**SYNC)  # compile
+    filtered(generated_image(20, 10, source), 5,
+             split_seams).compute(**SYNC)                      # compile
     image = generated_image(2048, (128, 2048), source)
     tracemalloc.start()
     try:
         with Held(), mock.patch.object(kd, "BAND_BYTES", chunk // 8):
-            filtered(image, 5).compute(**SYNC)
+            filtered(image, 5, split_seams).compute(**SYNC)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -378,6 +448,14 @@ def test_row_strips_of_a_stored_image_hold_one_chunk_between_tasks():
     computed_peak, computed_held = _memory_of_row_strips("computed")
     assert stored_held < 1.1 and computed_held > 2.9
     assert stored_peak < 4 and computed_peak > stored_peak + 1
+
+
+def test_row_strips_of_a_computed_image_with_split_seams_hold_one_chunk():
+    # Seams split off: no block depends on a neighbouring chunk, so Dask
+    # frees each computed chunk once its body and thin seam copies are
+    # made (without, the test above measures three held).
+    peak, held = _memory_of_row_strips("computed", split_seams=True)
+    assert held < 1.1 and peak < 4
 
 
 @pytest.mark.parametrize("chunks", [(1, 1, 1), (1, 1, (2, 1)), (1, 1, (1, 2))])
@@ -448,8 +526,10 @@ def test_scipy_style_equals_in_memory(data, h, wd, kh, kw, mode, name, seed):
     rng = np.random.default_rng(seed)
     in1, in2 = rng.standard_normal((h, wd)), rng.standard_normal((kh, kw))
     chunks = data.draw(chunkings(in1.shape, 0))
+    split_seams = data.draw(st.booleans(), label="split_seams")
     got = _quiet(getattr(kd, name), da.from_array(in1, chunks=chunks), in2,
-                 mode=mode, method="direct").compute(**SYNC)
+                 mode=mode, method="direct",
+                 split_seams=split_seams).compute(**SYNC)
     expected = getattr(kernels, name)(in1, in2, mode=mode, method="direct")
     np.testing.assert_array_equal(got, expected)
 
@@ -597,6 +677,11 @@ def test_bad_input_is_named():
         kd.conv2d(xd, w, groups=3)
     with pytest.raises(ValueError, match="kernel_threads"):
         kd.conv2d(xd, w, kernel_threads=0)
+    with pytest.raises(TypeError, match="split_seams must be True or False"):
+        kd.conv2d(xd, w, split_seams="yes")
+    with pytest.raises(TypeError, match="split_seams must be True or False"):
+        kd.correlate(da.ones((4, 4), chunks=2), np.ones((2, 2)),
+                     split_seams=None)
     with pytest.raises(kernels.UnsupportedConfiguration):
         kd.conv2d(xd, w, stride=2, algorithm="winograd")
     with pytest.raises(ValueError, match="padding_mode='reflect'"):
