@@ -833,6 +833,13 @@ def test_convbench_dask_measures_every_setting(capsys):
     with pytest.raises(SystemExit):
         cli.main(["dask", "--kernels", "4"])
     assert "must be odd" in capsys.readouterr().err
+    # --source and --split-seams reach the measurement and its table.
+    r["source"], r["split_seams"] = "computed", True
+    with mock.patch.object(dask_bench, "measure", return_value=r) as measure:
+        assert cli.main(["dask", "--source", "computed",
+                         "--split-seams"]) == 0
+    assert measure.call_args.args[-2:] == ("computed", True)
+    assert "computed, seams split" in capsys.readouterr().out
 
 
 def test_sampled_rss_sees_a_peak_that_is_gone_again():
