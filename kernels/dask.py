@@ -23,12 +23,13 @@ How a chunk is computed (:mod:`kernels._blocks` has the arithmetic):
   its own chunk or a copy of just that band's rows, so it never holds a
   copy of its whole window (docs/dask.md, Memory).  Chunk boundaries need
   not be multiples of the stride (a chunk's first output starts a little
-  inside it), and chunks may be smaller than the halo: the output chunks are exactly the outputs each
-  input chunk owns.  With ``split_seams=True`` (convolutions) each
-  chunk's outputs are cut into a body, which reads only that chunk, and a
-  thin seam chunk, which reads copied slices of it and of the next
-  chunks, so that no output chunk but the thin seams waits for a
-  neighbour (:func:`kernels._blocks.split_seams`).  A chunk that would own no output is merged into a
+  inside it), and chunks may be smaller than the halo: the output chunks
+  are exactly the outputs each input chunk owns.  With
+  ``split_seams=True`` (convolutions) each chunk's outputs are cut into a
+  body, which reads only that chunk, and a thin seam chunk, which reads
+  copied slices of it and of the next chunks, so that no output chunk but
+  the thin seams waits for a neighbour (:func:`kernels._blocks.
+  split_seams`).  A chunk that would own no output is merged into a
   neighbour (with a ``UserWarning`` naming the axis and the new chunks).
 * Padding is applied at the outer border of the whole image only.  Zero
   padding: a block on the border gets the padding its window lacks and
