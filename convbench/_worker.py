@@ -11,7 +11,8 @@ blocks on its pipe (asleep), like a process that is not being measured.
 
 Protocol: one JSON object per line.  The first line from the parent is
 the job (contenders, cases, dtype, seed, backend, import order, whether
-malloc keeps freed memory; a case is a ConvCase's fields, or a problem of
+malloc keeps freed memory, optionally ``weight_cache: [entries, bytes]``,
+the bounds of ``kernels``' cache of transformed filters; a case is a ConvCase's fields, or a problem of
 any op as :func:`convbench.ops.worker_case` describes it, whose peers are
 built by :mod:`convbench.peer_runners` without ``kernels``); the
 worker answers ``{"ready": {name: null | reason}, "cases": {name: [null |
@@ -19,7 +20,10 @@ reason per case]}}`` (a contender is ready when it runs at least one case;
 a request for a case it cannot run gets no times).  Then each
 ``{"run": name, "case": i | null, "calls": k}`` is answered with
 ``{"times": [seconds, ...]}`` (``case`` null: every case in order, one
-call being the whole sequence, as a network runs its layers), and
+call being the whole sequence, as a network runs its layers; with
+``"per_case": true`` as well, each call's times of every case inside
+the sequence, ``[[seconds | null per case], ...]``, null where the
+contender cannot run a case, which the sequence then skips), and
 ``{"modules": [name, ...]}`` with each module's position in the import
 order (null: not imported), and ``{"quit": true}`` ends the worker.  The protocol uses the process's
 original stdout; ``sys.stdout`` is redirected to stderr so that prints of
@@ -184,6 +188,11 @@ class _Job:
             from convbench.machine import keep_freed_memory
             keep_freed_memory()
         _import_in_order(job)
+        if job.get("weight_cache") and "kernels" in sys.modules:
+            from kernels._weight_cache import transformed_weights
+            entries, nbytes = job["weight_cache"]
+            transformed_weights.max_entries = int(entries)
+            transformed_weights.max_bytes = int(nbytes)
         self.cases = [c if isinstance(c, dict) else tuple(c)
                       for c in job["cases"]]
         self.runners = {}
@@ -206,8 +215,10 @@ class _Job:
             if any(ok):
                 self.runners[name] = runs
 
-    def time(self, name, case, calls):
+    def time(self, name, case, calls, per_case=False):
         runs = self.runners[name]
+        if case is None and per_case:
+            return self._time_each_case(runs, calls)
         if case is None:
             if any(run is None for run in runs):
                 return []           # a sequence it cannot run whole
@@ -231,6 +242,29 @@ class _Job:
         return times
 
 
+    @staticmethod
+    def _time_each_case(runs, calls):
+        """[[seconds | None per case] per call]: the sequence of the cases
+        this contender runs, each call timed inside it."""
+        rows = []
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(calls):
+                row = []
+                for run in runs:
+                    if run is None:
+                        row.append(None)
+                        continue
+                    t0 = time.perf_counter()
+                    run()
+                    row.append(time.perf_counter() - t0)
+                rows.append(row)
+        finally:
+            gc.enable()
+        return rows
+
+
 def main():
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     sys.stdout = sys.stderr
@@ -251,7 +285,8 @@ def main():
                               for m in request["modules"]}})
             continue
         send({"times": job.time(request["run"], request.get("case"),
-                                int(request.get("calls", 1)))})
+                                int(request.get("calls", 1)),
+                                bool(request.get("per_case")))})
     return 0
 
 

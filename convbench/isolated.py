@@ -38,6 +38,8 @@ class WorkerError(RuntimeError):
 class Worker:
     """One ``python -m convbench._worker`` process hosting ``contenders``.
 
+    ``weight_cache``: (entries, bytes), bounds for ``kernels``' cache of
+    transformed filters in the worker (default: the package's).
     Starting it builds the data and warms every contender up; ``status``
     maps each contender to None (ready: it runs at least one case) or the
     reason it cannot run; ``case_status`` to a reason or None per case.
@@ -45,12 +47,14 @@ class Worker:
 
     def __init__(self, contenders, cases, *, dtype="float32", seed=0,
                  backend="cpu", import_order=(), warmup=2,
-                 keep_freed_memory=False, python=sys.executable, env=None):
+                 keep_freed_memory=False, python=sys.executable, env=None,
+                 weight_cache=None):
         job = {"contenders": list(contenders),
                "cases": [_plain_case(c) for c in cases], "dtype": dtype,
                "seed": seed, "backend": backend,
                "import_order": list(import_order), "warmup": warmup,
-               "keep_freed_memory": bool(keep_freed_memory)}
+               "keep_freed_memory": bool(keep_freed_memory),
+               "weight_cache": weight_cache and [int(v) for v in weight_cache]}
         self._proc = subprocess.Popen(
             [python, "-m", "convbench._worker"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -79,10 +83,15 @@ class Worker:
         return (f"timing worker exited with code {self._proc.returncode}:\n"
                 f"{tail}")
 
-    def time(self, name, case=None, calls=1):
+    def time(self, name, case=None, calls=1, per_case=False):
         """Seconds of ``calls`` calls of ``name`` on case index ``case``
-        (None: every case in order, one call being the whole sequence)."""
-        self._send({"run": name, "case": case, "calls": calls})
+        (None: every case in order, one call being the whole sequence).
+
+        ``per_case`` (with ``case`` None): per call, the seconds of every
+        case timed inside the sequence, None for a case ``name`` cannot
+        run (skipped in the sequence)."""
+        self._send({"run": name, "case": case, "calls": calls,
+                    "per_case": bool(per_case)})
         return self._receive()["times"]
 
     def imported(self, modules):

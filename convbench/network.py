@@ -14,9 +14,13 @@ three settings, each with rounds alternating the two:
 ``torch-first``    both in one process, ``import torch`` first (the order
                    a user comparing the two usually writes).
 
-It also times every algorithm on each distinct layer (one process,
-kernels only) and sums, over the network, the fastest algorithm's median
-per layer: the "per-layer best" a perfect ``auto`` would approach.
+It also runs the network's sequence with each algorithm (each in its own
+worker process, kernels only), times every call inside it, and sums, over
+the network, the fastest algorithm's median per call: the "per-layer
+best" a perfect ``auto`` would approach, measured as the network runs.
+The network's own algorithm runs in the same alternation, so that
+:meth:`NetworkComparison.whole_over_best` compares the two round by
+round.
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ from .timing import repeat_order
 
 __all__ = ["NetworkComparison", "compare_network", "format_comparison",
            "SETTINGS"]
+
+#: (entries, bytes) of the weight cache while every algorithm runs the
+#: whole network (see _per_layer).
+PER_LAYER_WEIGHT_CACHE = (4096, 4 << 30)
 
 #: setting -> (isolated, import order)
 SETTINGS = {
@@ -51,7 +59,10 @@ class NetworkComparison:
     times: dict = field(default_factory=dict)   # setting -> {name: [s]}
     status: dict = field(default_factory=dict)  # setting -> {name: reason}
     per_layer: dict = field(default_factory=dict)  # label -> {alg: median s}
-    counts: dict = field(default_factory=dict)     # label -> repeats in net
+    counts: dict = field(default_factory=dict)     # label -> calls it stands for (1)
+    # name -> one row per round of _per_layer: seconds (None: not run) of
+    # each call inside the sequence; the algorithms and ``algorithm``.
+    sequence_rounds: dict = field(default_factory=dict)
 
     def ratios(self, setting, peer="torch"):
         """Per round: peer's time / ours (above 1: ours is faster)."""
@@ -66,12 +77,30 @@ class NetworkComparison:
         return sum(self.counts[label] * min(times.values())
                    for label, times in self.per_layer.items() if times)
 
+    def whole_over_best(self):
+        """Per round of the per-layer timing: the whole network through
+        ``algorithm`` over the sum of each call's fastest algorithm, both
+        timed in that round (so a slow phase of the machine hits both)."""
+        whole = self.sequence_rounds.get(self.algorithm)
+        others = [rows for name, rows in self.sequence_rounds.items()
+                  if name in self.per_layer_algorithms()]
+        if not whole or not others:
+            return []
+        ratios = []
+        for r, row in enumerate(whole):
+            if any(s is None for s in row):
+                return []          # the algorithm cannot run the network
+            fastest = [min((rows[r][i] for rows in others
+                            if rows[r][i] is not None), default=None)
+                       for i in range(len(row))]
+            if None in fastest:
+                continue
+            ratios.append(sum(row) / sum(fastest))
+        return ratios
 
-def _count(label):
-    """Layers a distinct case stands for ("layer1.0.conv2 (x6)" -> 6)."""
-    if label.endswith(")") and " (x" in label:
-        return int(label.rsplit(" (x", 1)[1][:-1])
-    return 1
+    def per_layer_algorithms(self):
+        """The algorithms timed per layer (not the network's own)."""
+        return {a for times in self.per_layer.values() for a in times}
 
 
 def compare_network(name, batch=1, rounds=5, algorithm="auto",
@@ -83,7 +112,7 @@ def compare_network(name, batch=1, rounds=5, algorithm="auto",
     ``progress(text)`` is called before each step.
     """
     every = workloads.layer_cases(workloads.NETWORKS[name], batch)
-    distinct = workloads.conv_layers(name, batch)
+    distinct = workloads.conv_layers(name, batch)     # for the count only
     result = NetworkComparison(name, batch, algorithm, len(every),
                                len(distinct), rounds, dtype)
     for setting in settings:
@@ -98,32 +127,58 @@ def compare_network(name, batch=1, rounds=5, algorithm="auto",
     if per_layer:
         if progress:
             progress(f"{name} batch {batch}: every algorithm per layer")
-        result.per_layer, result.counts = _per_layer(distinct, algorithms,
-                                                     rounds, dtype)
+        (result.per_layer, result.counts,
+         result.sequence_rounds) = _per_layer(every, algorithms, rounds,
+                                              dtype, whole=algorithm)
     return result
 
 
-def _per_layer(distinct, algorithms, rounds, dtype):
-    """({label: {algorithm: median s}}, {label: layers it stands for}):
-    every algorithm on every distinct layer, in one worker (kernels only),
-    alternated in seeded orders.  All rounds of a layer run before the
-    next layer: alternating layers round by round made every Winograd
-    and FFT call recompute its filter transform (more layers x algorithms
-    than the weight cache's 32 entries, evicted in turn: ResNet-50's
-    256@14^2 at batch 1 took 9.5 ms instead of 1.8), which no network
-    does, each of its layers having its own filters."""
-    times = {c.label: {} for c in distinct}
-    with Worker(algorithms, distinct, dtype=dtype) as worker:
-        ready = [a for a, reason in worker.status.items() if reason is None]
-        for index, case in enumerate(distinct):
-            for r in range(rounds):
-                for a in repeat_order(ready, r, index):
-                    times[case.label].setdefault(a, []).extend(
-                        worker.time(a, index))
-    medians = {label: {a: statistics.median(by_alg[a]) for a in algorithms
-                       if by_alg.get(a)}
-               for label, by_alg in times.items()}
-    return medians, {c.label: _count(c.label) for c in distinct}
+def _per_layer(every, algorithms, rounds, dtype, whole=None):
+    """({label: {algorithm: median s}}, {label: 1}, {name: rows}): every
+    algorithm on every convolution of the network (``every``, in forward
+    order), each call timed inside a run of the whole sequence with that
+    algorithm (a layer it cannot run is skipped), each algorithm in its
+    own worker (kernels only), the workers alternated in seeded orders,
+    one sequence each per round; ``whole`` (the network's own algorithm,
+    e.g. "auto") runs in the same alternation, for
+    :meth:`NetworkComparison.whole_over_best`.  ``rows``: per name, one
+    row per round of each call's seconds (None: not run).
+
+    Timing each distinct layer on its own, call by call with a pipe round
+    trip between calls (stop 26 and before), made every call wake the
+    sleeping thread pool and start from cold caches, which a network
+    does not: on the Zen 3 VM ResNet-50's per-layer best summed to 156 ms
+    that way, against 88-111 ms for the whole network through ``auto``.
+    Run on every layer it can run, Winograd's transformed filters would
+    evict one another from the weight cache (32 entries, 256 MiB), and
+    FFT's spectra would evict Winograd's in a shared worker (ResNet-50's
+    3x3 layers at 14^2 and 7^2 took 24-60 ms that run in 2.4-5.6 ms when
+    cached), which an ``auto`` that used each algorithm only where it is
+    fastest would not see; so each worker's cache holds
+    ``PER_LAYER_WEIGHT_CACHE``, and the per-layer best assumes every
+    filter's transform stays cached."""
+    names = list(algorithms) + ([whole] if whole and whole not in algorithms
+                                else [])
+    rows = {}
+    workers = {}
+    try:
+        for a in names:
+            workers[a] = Worker([a], every, dtype=dtype,
+                                weight_cache=PER_LAYER_WEIGHT_CACHE)
+        ready = [a for a, w in workers.items() if w.status[a] is None]
+        for r in range(rounds):
+            for a in repeat_order(ready, r):
+                (row,) = workers[a].time(a, None, 1, per_case=True)
+                rows.setdefault(a, []).append(row)
+    finally:
+        for w in workers.values():
+            w.close()
+    medians = {}
+    for i, case in enumerate(every):
+        medians[case.label] = {
+            a: statistics.median(s) for a in algorithms
+            if (s := [row[i] for row in rows.get(a, []) if row[i] is not None])}
+    return medians, {c.label: 1 for c in every}, rows
 
 
 def _span(values, scale=1.0, spec=".3g"):
@@ -158,15 +213,17 @@ def format_comparison(c):
                  "taken per round (same round, adjacent calls)")
     if c.per_layer:
         best = c.best_sum()
-        lines.append(f"sum over the network of each layer's fastest algorithm "
-                     f"(one process, kernels only): {best * 1e3:.3g} ms")
-        for setting, times in c.times.items():
-            ours = times.get(c.algorithm)
-            if ours and best > 0:
-                lines.append(f"  {c.algorithm} whole network / per-layer best "
-                             f"({setting}): "
-                             f"{statistics.median(ours) / best:.2f}")
-        lines.append("per layer (median ms of each algorithm; * fastest):")
+        lines.append(f"sum over the network of each call's fastest algorithm, "
+                     f"timed inside the sequence (each algorithm in its own "
+                     f"worker, kernels only): {best * 1e3:.3g} ms")
+        whole = c.sequence_rounds.get(c.algorithm) or []
+        totals = [sum(row) for row in whole if None not in row]
+        if totals:
+            lines.append(f"  {c.algorithm} whole network in the same rounds: "
+                         f"{_span(totals, 1e3)} ms; / per-layer best, per "
+                         f"round: {_span(c.whole_over_best(), spec='.2f')}")
+        lines.append("per call inside the sequence (median ms of each "
+                     "algorithm; * fastest):")
         for label, times in c.per_layer.items():
             if not times:
                 continue

@@ -6,7 +6,7 @@ import pytest
 
 from convbench import isolated
 from convbench.isolated import Worker, WorkerError, worker_times
-from convbench.network import (_count, compare_network, format_comparison)
+from convbench.network import compare_network, format_comparison
 from convbench.workloads import ConvCase
 
 CASES = [ConvCase("a", (1, 2, 8, 8), (3, 2, 3, 3), 1, "same", 1),
@@ -49,6 +49,25 @@ def test_a_case_an_algorithm_cannot_run_gets_no_times():
         assert worker.time("winograd", 1) == []
         assert worker.time("winograd", None) == []      # not the whole sequence
         assert len(worker.time("winograd", 0, calls=2)) == 2
+        # Inside the sequence: per call, a time for case 0 and none for
+        # case 1, which the sequence skips.
+        rows = worker.time("winograd", None, calls=2, per_case=True)
+        assert len(rows) == 2
+        assert all(row[0] > 0 and row[1] is None for row in rows)
+
+
+def test_a_job_can_bound_the_weight_cache():
+    from convbench._worker import _Job
+    from kernels._weight_cache import transformed_weights
+    before = transformed_weights.max_entries, transformed_weights.max_bytes
+    try:
+        _Job({"contenders": ["direct"], "cases": [list(CASES[0])],
+              "dtype": "float32", "seed": 0, "warmup": 0,
+              "weight_cache": [7, 12345]})
+        assert (transformed_weights.max_entries,
+                transformed_weights.max_bytes) == (7, 12345)
+    finally:
+        transformed_weights.max_entries, transformed_weights.max_bytes = before
 
 
 def test_unknown_contender_is_reported_not_raised():
@@ -66,11 +85,6 @@ def test_a_dead_worker_raises_with_its_stderr(tmp_path):
         Worker(["direct"], CASES, python=str(fake))
 
 
-def test_label_counts():
-    assert _count("layer1.0.conv2 (x6)") == 6
-    assert _count("conv1") == 1
-
-
 def test_network_comparison_on_lenet(monkeypatch):
     pytest.importorskip("torch")
     c = compare_network("lenet5", batch=1, rounds=2,
@@ -81,11 +95,28 @@ def test_network_comparison_on_lenet(monkeypatch):
     for setting in c.times:
         assert len(c.ratios(setting)) == 2
     assert set(c.per_layer) == {"C1", "C3", "C5"}
+    assert all(set(t) == {"direct", "im2col"} for t in c.per_layer.values())
     # The per-layer best is the sum of each layer's smallest median.
     assert c.best_sum() == pytest.approx(
         sum(min(t.values()) for t in c.per_layer.values()))
+    assert len(c.whole_over_best()) == 2 and all(
+        r > 0 for r in c.whole_over_best())
     text = format_comparison(c)
     assert "torch-first" in text and "per-layer best" in text
+    assert "auto whole network in the same rounds" in text
+
+
+def test_whole_over_best_takes_each_calls_fastest_in_the_same_round():
+    from convbench.network import NetworkComparison
+    c = NetworkComparison("net", 1, "auto", 2, 2, 2, "float32")
+    c.per_layer = {"a": {"direct": 1.0, "im2col": 2.0},
+                   "b": {"direct": 2.0, "im2col": 1.0}}
+    c.counts = {"a": 1, "b": 1}
+    c.sequence_rounds = {"direct": [[1.0, 2.0], [2.0, 4.0]],
+                         "im2col": [[2.0, None], [3.0, 1.0]],
+                         "auto": [[1.5, 1.5], [3.0, 3.0]]}
+    # Round 0: best 1 + 2 (im2col did not run b); round 1: 2 + 1.
+    assert c.whole_over_best() == pytest.approx([3.0 / 3.0, 6.0 / 3.0])
 
 
 def test_network_command_rejects_unknown_settings(capsys):
