@@ -44,6 +44,7 @@ NEUTRAL_THRESHOLDS = {
     "winograd_min_pixels": float("inf"),
     "im2col_min_out_channels": float("inf"),
     "im2col_max_area": 0,
+    "im2col_min_depth_strided": float("inf"),
     "im2col_serial_max_macs": float("inf"),
 }
 
@@ -271,9 +272,17 @@ def _model_choice(cands, spec, t):
     # A 1x1 kernel is a plain GEMM (no patch copy) and wins even with few
     # output channels: U-Net's last layer, 64 -> 2 at 388^2, im2col
     # 3.05 ms vs direct 6.96.
+    # A strided layer with a deep reduction (C/g kH kW) goes to im2col
+    # whatever its kernel: direct's tiles read the input at the stride,
+    # while im2col's gather copies it once and its GEMM runs at full
+    # speed.  (ResNet-50's stride-2 3x3 layers on the Zen 3, direct over
+    # im2col, batch 1: 128 at 56^2 1.06-1.07, 256 at 28^2 1.13-1.18, 512
+    # at 14^2 1.30-1.76; 64 at 56^2 0.88-1.08.)
+    strided_deep = (stride[0] * stride[1] > 1
+                    and cg * area >= t["im2col_min_depth_strided"])
     if ("im2col" in cands and cg * area >= 8 and not serial
             and (kg >= t["im2col_min_out_channels"] or area == 1)
-            and area <= t["im2col_max_area"]):
+            and (area <= t["im2col_max_area"] or strided_deep)):
         return "im2col"
     return "direct" if "direct" in cands else cands[0]
 

@@ -242,7 +242,8 @@ T = {"direct_max_macs": 2.0e6, "direct_max_macs_fc": 2.6e5,
      "fft_min_area_single": 200, "fft_min_area_few": 120,
      "fft_min_area_multi": 49, "winograd_min_channels": 16,
      "winograd_min_pixels": 196, "im2col_min_out_channels": 8,
-     "im2col_max_area": 1, "im2col_serial_max_macs": 1.6e7}
+     "im2col_max_area": 1, "im2col_min_depth_strided": 2304,
+     "im2col_serial_max_macs": 1.6e7}
 
 
 def _choice(x, w, stride=1, groups=1, t=T, cands=ALL, same=True):
@@ -420,6 +421,30 @@ def test_a_backend_table_without_the_new_rules_keeps_its_meaning():
     assert math.isinf(t["im2col_serial_max_macs"])
     assert fft_min_area(1, 1, t) == 289 and fft_min_area(64, 64, t) == 25
     assert 25 < fft_min_area(4, 4, t) < 289
+
+
+def test_deep_strided_layers_go_to_im2col():
+    # Winograd takes no stride: the front end leaves it out of the
+    # candidates of a strided layer.
+    strided = ["direct", "im2col", "fft"]
+    # Reduction C * 9 >= 2304: ResNet-50's downsampling 3x3 layers.
+    assert _choice((1, 256, 28, 28), (256, 256, 3, 3), stride=2,
+                   cands=strided) == "im2col"
+    assert _choice((1, 512, 14, 14), (512, 512, 3, 3), stride=2,
+                   cands=strided) == "im2col"
+    # Shallower, or not strided, or without im2col: as before.
+    assert _choice((1, 128, 56, 56), (128, 128, 3, 3), stride=2,
+                   cands=strided) == "direct"
+    assert _choice((1, 512, 7, 7), (512, 512, 3, 3), stride=1) == "direct"
+    assert _choice((1, 256, 28, 28), (256, 256, 3, 3), stride=2,
+                   cands=["direct", "fft"]) == "direct"
+    # The neutral table (a backend that never measured it) keeps direct.
+    t = dict(T, im2col_min_depth_strided=float("inf"))
+    assert _choice((1, 512, 14, 14), (512, 512, 3, 3), stride=2,
+                   t=t, cands=strided) == "direct"
+    # Through the public chooser with the CPU defaults.
+    assert kernels.choose_algorithm((1, 512, 14, 14), (512, 512, 3, 3),
+                                    stride=(2, 2), padding=1) == "im2col"
 
 
 def test_default_thresholds_have_every_rule():

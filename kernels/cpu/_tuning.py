@@ -226,6 +226,13 @@ AUTO_THRESHOLDS = {
     # 14^2..64^2, 1.2-4.7x; ResNet-50's 3x3 layers 1.2-2.1x, conv1 7x7/2
     # 1.8x); im2col won the 1x1 layers (a plain GEMM, 1.1-1.5x).
     "im2col_max_area": 1,
+    # ... or, for strided layers, reductions (C/g kH kW) of at least this
+    # many steps.  Zen 3 only (2026-12-03, /tmp/s27/s2b.py, stride-2 3x3,
+    # direct / im2col): C = K = 128 at 56^2 1.06-1.07 at batch 1 (1.01-1.13
+    # at 4), 256 at 28^2 1.13-1.18, 512 at 14^2 1.30-1.76, 1024 at 14^2
+    # 1.32-1.97; 64 at 56^2 0.79-1.08; C -> 2C 0.96-1.16.  convbench
+    # calibrate measures it (C = K at 28^2, batch 1).
+    "im2col_min_depth_strided": 2304,
     # ... unless the output has fewer positions (N Ho Wo) than one BLAS
     # piece (64 columns: one thread) and more multiply-adds than this.
     # MobileNet 1x1 convs at 7^2: im2col won 960 -> 160 (7.5e6: 0.32 vs
