@@ -12,8 +12,9 @@ blocks on its pipe (asleep), like a process that is not being measured.
 Protocol: one JSON object per line.  The first line from the parent is
 the job (contenders, cases, dtype, seed, backend, import order, whether
 malloc keeps freed memory, optionally ``weight_cache: [entries, bytes]``,
-the bounds of ``kernels``' cache of transformed filters; a case is a ConvCase's fields, or a problem of
-any op as :func:`convbench.ops.worker_case` describes it, whose peers are
+the bounds of ``kernels``' cache of transformed filters; a case is a
+ConvCase's fields, or a problem of any op as
+:func:`convbench.ops.worker_case` describes it, whose peers are
 built by :mod:`convbench.peer_runners` without ``kernels``); the
 worker answers ``{"ready": {name: null | reason}, "cases": {name: [null |
 reason per case]}}`` (a contender is ready when it runs at least one case;
@@ -240,7 +241,6 @@ class _Job:
         finally:
             gc.enable()
         return times
-
 
     @staticmethod
     def _time_each_case(runs, calls):
