@@ -33,6 +33,7 @@ imported libraries cannot corrupt it.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import json
@@ -231,15 +232,11 @@ class _Job:
         else:
             call = runs[case]
         times = []
-        gc.collect()
-        gc.disable()
-        try:
+        with _gc_paused():
             for _ in range(calls):
                 t0 = time.perf_counter()
                 call()
                 times.append(time.perf_counter() - t0)
-        finally:
-            gc.enable()
         return times
 
     @staticmethod
@@ -247,9 +244,7 @@ class _Job:
         """[[seconds | None per case] per call]: the sequence of the cases
         this contender runs, each call timed inside it."""
         rows = []
-        gc.collect()
-        gc.disable()
-        try:
+        with _gc_paused():
             for _ in range(calls):
                 row = []
                 for run in runs:
@@ -260,10 +255,18 @@ class _Job:
                     run()
                     row.append(time.perf_counter() - t0)
                 rows.append(row)
-        finally:
-            gc.enable()
         return rows
 
+
+@contextlib.contextmanager
+def _gc_paused():
+    """Collect once, then no garbage collection inside the timed calls."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 def main():
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
