@@ -91,6 +91,8 @@ def int_tuple(name, value, n, minimum):
         values = tuple(value)
     else:
         values = (value,) * n
+    if all(type(v) is int and v >= minimum for v in values):
+        return values           # the common case, without the ABC checks
     out = []
     for v in values:
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
@@ -104,6 +106,8 @@ def int_tuple(name, value, n, minimum):
 
 def check_groups(groups):
     """``groups`` as a positive int, or TypeError/ValueError."""
+    if type(groups) is int and groups >= 1:
+        return groups
     if isinstance(groups, (bool, np.bool_)) or not isinstance(groups, numbers.Integral):
         raise TypeError(f"groups must be an int, got {groups!r}")
     if groups < 1:

@@ -40,6 +40,30 @@ def test_conv_output_size_counts_the_windows(n, k, stride, lo, hi, dilation):
         assert geometry.conv_output_size(n, k, stride, lo, dilation) == count
 
 
+@given(n=sizes, k=kernels_, stride=strides, lo=pads, hi=pads, dilation=dilations)
+def test_conv_spec_out_hw_counts_the_windows(n, k, stride, lo, hi, dilation):
+    """The problem record computes its output size inline (the front ends
+    ask on every call); it must count the same windows, along either
+    axis, and refuse an impossible record as the checked formula does."""
+    import numpy as np
+    from kernels._dispatch import ConvSpec
+    count = windows_by_enumeration(n, k, stride, lo, hi, dilation)
+    for axis in (0, 1):
+        shape, kernel = [7, 7], [1, 1]
+        shape[axis], kernel[axis] = n, k
+        stride2, dilation2, padding = [1, 1], [1, 1], [0, 0, 0, 0]
+        stride2[axis], dilation2[axis] = stride, dilation
+        padding[2 * axis:2 * axis + 2] = lo, hi
+        spec = ConvSpec((1, 1, *shape), (1, 1, *kernel), tuple(stride2),
+                        tuple(padding), tuple(dilation2), 1,
+                        np.dtype(np.float32))
+        if count == 0:
+            with pytest.raises(ValueError, match="larger than the padded input"):
+                spec.out_hw
+        else:
+            assert spec.out_hw[axis] == count and spec.out_hw[1 - axis] == 7
+
+
 @given(n=st.integers(1, 30), k=kernels_, stride=strides, lo=pads, hi=pads,
        dilation=dilations, output_padding=st.integers(0, 4))
 def test_conv_transpose_output_size_is_the_extent_of_the_scatter(n, k, stride, lo, hi,
