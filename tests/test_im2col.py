@@ -612,3 +612,23 @@ def test_panel_gemm_is_a_dot_product_in_one_order(groups, m, depth, cols, dtype,
     _panel_gemm.matmul(a, to_panels(np.ascontiguousarray(b[:, :, c0:c1])),
                        c1 - c0, window)
     np.testing.assert_array_equal(window, out[:, :, c0:c1])
+
+
+@settings(deadline=None, max_examples=25)
+@given(groups=st.integers(1, 2), m=st.integers(1, 13), depth=st.integers(1, 200),
+       cols=st.integers(1, 70), dtype=st.sampled_from(DTYPES),
+       seed=st.integers(0, 2**32 - 1))
+def test_panel_gemm_one_block_path_sums_as_the_blocked_path(
+        groups, m, depth, cols, dtype, seed):
+    """A reduction of one block goes straight from a one-tile buffer to
+    ``out``; cut into 8-step blocks it goes through the job's
+    accumulators.  Both must be the same chain of multiply-adds."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((groups, m, depth)).astype(dtype)
+    b = to_panels(rng.standard_normal((groups, depth, cols)).astype(dtype))
+    one_block = _panel_gemm.matmul(a, b, cols, np.empty((groups, m, cols), dtype))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_panel_gemm, "_MIN_DEPTH_BLOCK", 8)
+        patch.setattr(_panel_gemm, "_B_BLOCK_BYTES", 1)
+        blocked = _panel_gemm.matmul(a, b, cols, np.empty((groups, m, cols), dtype))
+    np.testing.assert_array_equal(one_block, blocked)
