@@ -41,7 +41,11 @@ probe (a short interleaved sweep):
     stride-1 layers: C = K growing at 56 x 56, batch 4;
 ``winograd_min_pixels``
     image size (H * W) from which it does so with many channels: C = K =
-    128, batch 4, sides 7 to 56 (ResNet-50's 3x3 layers).
+    128, batch 4, sides 7 to 56 (ResNet-50's 3x3 layers);
+``winograd_min_positions``
+    output positions over the batch (N Ho Wo) from which it does so: C = K
+    = 128 on the smallest square map ``winograd_min_pixels`` admits,
+    batches 1 to 16.
 
 ``im2col_min_out_channels`` is not measured (it keeps its default).  The
 Winograd thresholds are measured against the algorithm the cost model
@@ -416,6 +420,28 @@ def _winograd_pixels(built, im2col_max_area, progress, report):
     return _valued(report, r, lambda a: 4 * pixels[-1] if a is None else a)
 
 
+def _winograd_positions(built, im2col_max_area, min_pixels, progress, report):
+    """Output positions over the batch (N Ho Wo) from which Winograd wins,
+    on the smallest square map the per-image limit admits (``min_pixels``
+    as it will be applied), C = K = 128, batches 1 to 16: separates the
+    batch's share from the image size's, which the pixel probe (batch 4)
+    measures together."""
+    c, batches = 128, (1, 2, 4, 8, 16)
+    side = max(7, math.ceil(math.sqrt(min_pixels)))
+    cases = [ConvCase(f"{n}x{side}x{side}", (n, c, side, side), (c, c, 3, 3),
+                      1, 1, 1) for n in batches]
+    times = _times(cases, built, progress)
+    rivals = _winograd_rivals(built, im2col_max_area)
+    positions = [n * side * side for n in batches]
+    r = resolve(positions, _best_of(times, rivals), times["winograd"],
+                _best_repeats(times, rivals), _best_repeats(times, ["winograd"]))
+    at, status, why = r
+    report.append({"x_shape": ["n", c, side, side], "batches": list(batches),
+                   "times_s": dict(times), "crossover_positions": at,
+                   "status": status, "why": why})
+    return _valued(report, r, lambda a: 2 * positions[-1] if a is None else a)
+
+
 def measure_thresholds(progress=True, log=print):
     """Measure every threshold whose algorithms are built.
 
@@ -491,6 +517,10 @@ def measure_thresholds(progress=True, log=print):
          rivals=["direct", "im2col"])
     step("winograd_min_pixels", ["winograd"],
          lambda r: _winograd_pixels(built, area, progress, r),
+         rivals=["direct", "im2col"])
+    pixels = in_force(thresholds, report, defaults)["winograd_min_pixels"]
+    step("winograd_min_positions", ["winograd"],
+         lambda r: _winograd_positions(built, area, pixels, progress, r),
          rivals=["direct", "im2col"])
     return thresholds, report
 

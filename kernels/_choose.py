@@ -42,6 +42,8 @@ NEUTRAL_THRESHOLDS = {
     "fft_1d_area_factor_single": 0.4,
     "winograd_min_channels": float("inf"),
     "winograd_min_pixels": float("inf"),
+    # (a rule added after the first tables: no limit of its own there)
+    "winograd_min_positions": 0,
     "im2col_min_out_channels": float("inf"),
     "im2col_max_area": 0,
     "im2col_min_depth_strided": float("inf"),
@@ -244,6 +246,7 @@ def _model_choice(cands, spec, t):
             and depth >= t["winograd_min_channels"]
             and width >= t["winograd_min_channels"]
             and h * w >= t["winograd_min_pixels"]
+            and n * out_h * out_w >= t["winograd_min_positions"]
             and (width >= 2 * t["winograd_min_channels"]
                  or n * out_h * out_w >= WINOGRAD_NARROW_MIN_POSITIONS)):
         return "winograd"

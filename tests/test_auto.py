@@ -241,7 +241,8 @@ T = {"direct_max_macs": 2.0e6, "direct_max_macs_fc": 2.6e5,
      "fft_1d_area_factor_single": 0.4,
      "fft_min_area_single": 200, "fft_min_area_few": 120,
      "fft_min_area_multi": 49, "winograd_min_channels": 16,
-     "winograd_min_pixels": 196, "im2col_min_out_channels": 8,
+     "winograd_min_pixels": 196, "winograd_min_positions": 0,
+     "im2col_min_out_channels": 8,
      "im2col_max_area": 1, "im2col_min_depth_strided": 2304,
      "im2col_serial_max_macs": 1.6e7}
 
@@ -402,6 +403,25 @@ def test_one_dimensional_problems_reach_fft_at_a_shorter_kernel():
     assert _choice((4, 3, 256, 256), (16, 3, 7, 9), t=t) == "direct"
 
 
+def test_winograd_needs_enough_pixels_per_image_and_over_the_batch():
+    # The Zen 3's calibrated rules: 7^2 maps qualify per image, but a
+    # call needs 196 output positions over the batch (the tuple GEMMs'
+    # columns): C = K = 512 at 7^2 ran direct 1.5x faster at batch 1,
+    # winograd 1.4x faster at batch 4.
+    t = {**T, "winograd_min_pixels": 49, "winograd_min_positions": 196}
+    w = (512, 512, 3, 3)
+    assert _choice((1, 512, 7, 7), w, t=t) == "direct"        # 49 positions
+    assert _choice((4, 512, 7, 7), w, t=t) == "winograd"      # 196
+    assert _choice((1, 512, 10, 10), w, t=t) == "direct"      # 100
+    assert _choice((4, 256, 12, 12), (256, 256, 3, 3), t=t) == "winograd"
+    # Positions are outputs: without padding 14^2 gives 12^2 = 144.
+    assert _choice((1, 512, 14, 14), w, t=t, same=False) == "direct"
+    assert _choice((1, 512, 14, 14), w, t=t) == "winograd"
+    # Either limit alone holds Winograd back.
+    assert _choice((8, 512, 7, 7), w, t={**t, "winograd_min_pixels": 196}) \
+        == "direct"
+
+
 def test_neutral_thresholds_run_direct():
     assert _choice((1, 64, 56, 56), (64, 64, 7, 7),
                    t=NEUTRAL_THRESHOLDS) == "direct"
@@ -555,11 +575,40 @@ def test_winograd_probes_use_the_im2col_area_as_it_will_be_applied(
                         lambda built, area, p, r: seen.append(area) or (64, "edge"))
     monkeypatch.setattr(cal, "_winograd_pixels",
                         lambda built, area, p, r: seen.append(area) or (196, "edge"))
+    monkeypatch.setattr(cal, "_winograd_positions",
+                        lambda built, area, pixels, p, r:
+                        seen.append((area, pixels)) or (196, "edge"))
     monkeypatch.setattr(cal, "_times", lambda cases, algorithms, progress: {
         a: [1.0] * len(cases) for a in algorithms})
     cal.measure_thresholds(progress=False, log=lambda *a: None)
     if "winograd" in BUILT and "im2col" in BUILT:
-        assert seen == [default, default]
+        # The positions probe runs on maps the measured pixel limit admits.
+        assert seen == [default, default, (default, 196)]
+
+
+@pytest.mark.parametrize("min_pixels, side", [(49, 7), (150, 13), (196, 14)])
+def test_the_positions_probe_runs_where_the_pixel_limit_admits_winograd(
+        monkeypatch, min_pixels, side):
+    from convbench import calibrate as cal
+    probed = []
+
+    def synthetic_times(cases, algorithms, progress):
+        probed.extend(c.x_shape for c in cases)
+        out = cal._Times({a: [1.0 if a != "winograd" else
+                              (2.0 if c.x_shape[0] < 4 else 0.5)
+                              for c in cases] for a in algorithms})
+        out.repeats = {a: [[v] * 5 for v in row] for a, row in out.items()}
+        return out
+
+    monkeypatch.setattr(cal, "_times", synthetic_times)
+    report = []
+    value, status = cal._winograd_positions(["direct", "winograd"], 1,
+                                            min_pixels, False, report)
+    assert {shape[2:] for shape in probed} == {(side, side)}
+    assert [shape[0] for shape in probed] == [1, 2, 4, 8, 16]
+    # Winograd wins from batch 4: the limit lies between 2 and 4 maps.
+    assert 2 * side * side < value <= 4 * side * side
+    assert status == "pinned" and report[-1]["crossover_positions"] == value
 
 
 def test_a_threshold_within_noise_keeps_a_default_its_repeats_straddle():

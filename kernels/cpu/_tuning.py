@@ -218,6 +218,16 @@ AUTO_THRESHOLDS = {
     # vs 6.4 ms), slower at 7^2 (14.6 vs 12.0); U-Net's 512-1024 channels
     # at 16^2: winograd 97 vs 179 ms and 122 vs 232.
     "winograd_min_pixels": 196,
+    # ... and at least this many output positions over the batch (N Ho Wo:
+    # the tuple GEMMs' columns, over which each call's filter transform,
+    # or its cache check, is spread).  A machine whose per-image limit is
+    # lower needs both: on the AVX2 Zen 3 (calibrated per-image limit 49)
+    # C = K = 512 at 7^2 ran direct 2.01 ms, winograd 3.08 at batch 1 (49
+    # positions), a tie at 10^2 (100), winograd 4.94 against 7.08 at 4 x
+    # 7^2 (196), 6.87 against 13.9 at 8 x 7^2, and 256 at 4 x 12^2 2.60
+    # against 6.09 (sweeps of 7 repeats, 2026-12-03).  With the per-image
+    # 196 above it changes nothing here.
+    "winograd_min_positions": 196,
     # im2col only when each group has at least this many output channels ...
     "im2col_min_out_channels": 8,
     # ... and kernels of at most this area (kH * kW); larger ones run
