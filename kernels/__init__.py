@@ -23,6 +23,7 @@ from ._pooling import (max_pool1d, max_pool2d, avg_pool1d, avg_pool2d,  # noqa: 
                        avg_pool2d_backward)
 from ._transposed import conv_transpose1d, conv_transpose2d  # noqa: E402
 from ._backward import conv2d_backward  # noqa: E402
+from ._weight_cache import WeightCacheWarning, set_weight_cache_limits  # noqa: E402
 
 __convbench__ = True
 __version__ = "0.1.0"
@@ -34,4 +35,5 @@ __all__ = [
     "conv_transpose1d", "conv_transpose2d", "conv2d_backward",
     "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
     "global_avg_pool2d", "max_pool2d_backward", "avg_pool2d_backward",
+    "set_weight_cache_limits", "WeightCacheWarning",
 ]

@@ -10,20 +10,37 @@ equals the filter **bit for bit**: in-place changes are always seen, and
 by-value comparison would reuse a transform of other bits, and NaN never
 compares equal by value, so NaN filters were transformed on every call).
 
-The cache is bounded in entries and bytes; the least recently used go
-first.  It is thread-safe; two threads that miss at once both transform
-(the result is the same) and one entry is kept.
+The cache is bounded in entries and bytes (256 and 1 GiB by default,
+:func:`set_weight_cache_limits`); the least recently used go first.  A
+network whose transforms exceed the bound evicts each one before its next
+call and recomputes every one on every call: VGG-16 at batch 1 (~300 MB
+of Winograd transforms and copies) took 900-1040 ms a pass under the
+former 256 MiB bound against 103 ms with all of them kept (torch: 190-210;
+Zen 3, 2026-12-03).  The first transform recomputed after its eviction
+gives one :class:`WeightCacheWarning` saying so.  The cache is
+thread-safe; two threads that miss at once both transform (the result is
+the same) and one entry is kept.
 """
 
 from __future__ import annotations
 
 import ctypes
 import threading
+import warnings
 from collections import OrderedDict
 
 import numpy as np
 
-__all__ = ["WeightTransformCache", "same_bits", "transformed_weights"]
+__all__ = ["WeightTransformCache", "WeightCacheWarning", "same_bits",
+           "set_weight_cache_limits", "transformed_weights"]
+
+DEFAULT_MAX_ENTRIES = 256
+DEFAULT_MAX_BYTES = 1 << 30
+
+
+class WeightCacheWarning(UserWarning):
+    """A filter's transform was evicted and then needed again: the cache
+    is too small for the filters in use (see :func:`set_weight_cache_limits`)."""
 
 
 def _libc_memcmp():
@@ -70,11 +87,17 @@ class WeightTransformCache:
         transform larger than this on its own is returned, not stored.
     """
 
-    def __init__(self, max_entries=32, max_bytes=256 * 2**20):
+    def __init__(self, max_entries=DEFAULT_MAX_ENTRIES,
+                 max_bytes=DEFAULT_MAX_BYTES):
         self.max_entries = int(max_entries)
         self.max_bytes = int(max_bytes)
         self._entries = OrderedDict()       # key -> (copy of w, transform)
         self._lock = threading.Lock()
+        # Keys evicted for room, most recent last (bounded): a miss on one
+        # of them is a transform recomputed because the cache was full.
+        self._evicted = OrderedDict()
+        self.recomputed = 0
+        self._warned = False
 
     @staticmethod
     def _key(w, kind, key):
@@ -102,6 +125,8 @@ class WeightTransformCache:
                 if full_key in self._entries:
                     self._entries.move_to_end(full_key)
             return hit[1]
+        if hit is None:
+            self._note_recomputed(full_key)
         own = np.array(w, copy=True, order="C")
         own.setflags(write=False)
         value = transform(own)
@@ -112,18 +137,60 @@ class WeightTransformCache:
                 self._evict()
         return value
 
+    def _note_recomputed(self, full_key):
+        """Count (and warn once of) a miss on a key evicted for room."""
+        with self._lock:
+            if self._evicted.pop(full_key, None) is None:
+                return
+            self.recomputed += 1
+            warn, self._warned = not self._warned, True
+        if warn:
+            warnings.warn(
+                f"kernels' weight cache evicted a filter transform that was "
+                f"needed again (bound: {self.max_entries} entries, "
+                f"{self.max_bytes / 2**20:.4g} MiB): the filters in use do "
+                f"not fit, and each call recomputes its transform. Raise "
+                f"the bound with kernels.set_weight_cache_limits(max_bytes=...)",
+                WeightCacheWarning, stacklevel=4)
+
     def _evict(self):
         total = sum(self._size(e) for e in self._entries.values())
         while self._entries and (len(self._entries) > self.max_entries
                                  or total > self.max_bytes):
-            _, old = self._entries.popitem(last=False)
+            key, old = self._entries.popitem(last=False)
             total -= self._size(old)
+            self._evicted[key] = True
+        while len(self._evicted) > 4 * max(self.max_entries, 1):
+            self._evicted.popitem(last=False)
+
+    def set_limits(self, max_entries=None, max_bytes=None):
+        """Change the bounds (None: keep), evicting what no longer fits;
+        returns the previous ``(max_entries, max_bytes)``."""
+        for name, value in (("max_entries", max_entries),
+                            ("max_bytes", max_bytes)):
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, (int, np.integer))
+                                      or value < 0):
+                raise ValueError(f"{name} must be a non-negative int or None, "
+                                 f"got {value!r}")
+        with self._lock:
+            previous = (self.max_entries, self.max_bytes)
+            if max_entries is not None:
+                self.max_entries = int(max_entries)
+            if max_bytes is not None:
+                self.max_bytes = int(max_bytes)
+            # Evictions under the old bound say nothing of the new one.
+            self._evicted.clear()
+            self._evict()
+            self._warned = False
+        return previous
 
     def clear(self, kind=None):
         """Forget every entry, or only those of algorithm ``kind``."""
         with self._lock:
             if kind is None:
                 self._entries.clear()
+                self._evicted.clear()
                 return
             for full_key in [k for k in self._entries if k[0] == kind]:
                 del self._entries[full_key]
@@ -144,3 +211,28 @@ class WeightTransformCache:
 
 # The process's cache, used by every backend's Winograd and FFT.
 transformed_weights = WeightTransformCache()
+
+
+def set_weight_cache_limits(max_entries=None, max_bytes=None):
+    """Bound the cache of transformed filters (Winograd's, FFT's spectra).
+
+    Parameters
+    ----------
+    max_entries : int, optional
+        Filters kept (default 256).
+    max_bytes : int, optional
+        Bytes kept, the filters' private copies included (default 1 GiB).
+        A network whose transforms do not fit recomputes each on every
+        call (a :class:`WeightCacheWarning` says so once).
+
+    Returns
+    -------
+    (max_entries, max_bytes) : the previous bounds
+
+    Examples
+    --------
+    >>> import kernels
+    >>> previous = kernels.set_weight_cache_limits(max_bytes=2 * 2**30)
+    >>> _ = kernels.set_weight_cache_limits(*previous)
+    """
+    return transformed_weights.set_limits(max_entries, max_bytes)

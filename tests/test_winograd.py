@@ -765,3 +765,84 @@ def test_supported_configurations_have_no_reason():
     for kernel in [(1, 1), (3, 3), (7, 7), (2, 5)]:
         assert impl.unsupported_reason((1, 2, 9, 9), (1, 2) + kernel, (1, 1),
                                        (0, 0, 0, 0), (1, 1), 1) is None
+
+
+# --------------------------------------------------------------------------
+# The weight cache's bound
+# --------------------------------------------------------------------------
+
+class _Transform:
+    """A stand-in transform of a known size, counting its calls."""
+
+    calls = 0
+
+    def __init__(self, own):
+        type(self).calls += 1
+        self.nbytes = 4 * own.nbytes
+
+
+def test_a_cache_too_small_for_a_cycle_of_filters_warns_once():
+    from kernels._weight_cache import WeightCacheWarning, WeightTransformCache
+    filters = [np.full((8, 8, 3, 3), i, np.float32) for i in range(6)]
+    entry = 5 * filters[0].nbytes                       # copy + transform
+    cache = WeightTransformCache(max_entries=100, max_bytes=4 * entry)
+    _Transform.calls = 0
+
+    def one_pass():
+        for w in filters:
+            cache.get(w, "winograd", "key", _Transform)
+
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        one_pass()                                      # first pass: only misses
+    assert _Transform.calls == 6 and cache.recomputed == 0
+    with pytest.warns(WeightCacheWarning, match="set_weight_cache_limits"):
+        one_pass()                  # LRU over a cycle of 6 in room for 4: all miss
+    assert _Transform.calls == 12 and cache.recomputed == 6
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                  # once per bound
+        one_pass()
+    # Room for all six: the misses of the next pass refill the cache
+    # without a warning, and every call of the pass after hits.
+    assert cache.set_limits(max_bytes=6 * entry) == (100, 4 * entry)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        one_pass()
+        calls = _Transform.calls
+        one_pass()
+    assert _Transform.calls == calls and cache.count() == 6
+    # A lower bound evicts at once.
+    cache.set_limits(max_entries=2)
+    assert cache.count() == 2
+
+
+def test_set_weight_cache_limits_is_public_and_checks_its_arguments():
+    previous = kernels.set_weight_cache_limits()
+    try:
+        assert previous == (transformed_weights.max_entries,
+                            transformed_weights.max_bytes)
+        assert kernels.set_weight_cache_limits(max_bytes=12345) == previous
+        assert transformed_weights.max_bytes == 12345
+        for bad in (-1, 1.5, True, "1G"):
+            with pytest.raises(ValueError, match="max_bytes"):
+                kernels.set_weight_cache_limits(max_bytes=bad)
+    finally:
+        kernels.set_weight_cache_limits(*previous)
+    assert issubclass(kernels.WeightCacheWarning, UserWarning)
+
+
+def test_conv2d_warns_when_its_filters_outgrow_the_cache():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 16, 12, 12))
+    filters = [rng.standard_normal((16, 16, 3, 3)) for _ in range(3)]
+    winograd.clear_cache()
+    previous = kernels.set_weight_cache_limits(max_entries=2)
+    try:
+        for w in filters:
+            kernels.conv2d(x, w, padding=1, algorithm="winograd")
+        with pytest.warns(kernels.WeightCacheWarning):
+            kernels.conv2d(x, filters[0], padding=1, algorithm="winograd")
+    finally:
+        kernels.set_weight_cache_limits(*previous)
+        winograd.clear_cache()
