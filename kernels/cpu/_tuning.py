@@ -213,21 +213,26 @@ AUTO_THRESHOLDS = {
     # vs direct 143-211, 144 vs 232, 70 vs 69; 256^2 batch 4: 146 vs
     # 131-186, 337 vs 268-312); ResNet-50 128@28^2 winograd 2x.
     "winograd_min_channels": 64,
-    # ... on images of at least this many pixels (H * W).  ResNet-50's 3x3
-    # layers at batch 4: winograd 2x faster at 28^2, a tie at 14^2 (6.3
-    # vs 6.4 ms), slower at 7^2 (14.6 vs 12.0); U-Net's 512-1024 channels
-    # at 16^2: winograd 97 vs 179 ms and 122 vs 232.
-    "winograd_min_pixels": 196,
+    # ... on images of at least this many pixels (H * W) ...  From 8^2 up
+    # F(4,3)'s 4x4 tiles cover the map without waste (7^2 computes 64
+    # outputs for 49).  AVX2 Zen 3 (2026-12-03, `convbench sweep`, 5-7
+    # repeats, in-process / isolated, direct's time over winograd's):
+    # 256 at 2 x 8^2 1.31 / 1.16, 8 x 8^2 1.98 / 1.81; 512 at 2 x 10^2
+    # 1.46 / 1.58, 2 x 12^2 3.44 / 2.65; 128 at 2 x 12^2 1.35 / 1.13; 64
+    # at 4 x 12^2 1.10 / 1.22.  7^2 maps stay direct: on the Xeon VM
+    # (AVX-512, section V of docs/performance.md) 512 at 4 x 7^2 ran
+    # direct 6.9 ms against winograd's 8.8 through kernels.conv2d, the
+    # filter's two checks taking 3.6 ms of a call (on the Zen 3 winograd
+    # won there, 4.94 against 7.08).  Was 196, set on the Zen 4 before
+    # Winograd's unrolled transforms and register-tile GEMMs.
+    "winograd_min_pixels": 64,
     # ... and at least this many output positions over the batch (N Ho Wo:
     # the tuple GEMMs' columns, over which each call's filter transform,
-    # or its cache check, is spread).  A machine whose per-image limit is
-    # lower needs both: on the AVX2 Zen 3 (calibrated per-image limit 49)
-    # C = K = 512 at 7^2 ran direct 2.01 ms, winograd 3.08 at batch 1 (49
-    # positions), a tie at 10^2 (100), winograd 4.94 against 7.08 at 4 x
-    # 7^2 (196), 6.87 against 13.9 at 8 x 7^2, and 256 at 4 x 12^2 2.60
-    # against 6.09 (sweeps of 7 repeats, 2026-12-03).  With the per-image
-    # 196 above it changes nothing here.
-    "winograd_min_positions": 196,
+    # or its cache check, is spread).  Zen 3, C = K = 512 at 7^2: direct
+    # 2.01 ms, winograd 3.08 at batch 1 (49 positions); 10^2 batch 1
+    # (100) a tie, 4.28 / 4.24; 256 at 2 x 8^2 (128) winograd 1.31x
+    # faster, at 1 x 13^2 (169) 1.11x.
+    "winograd_min_positions": 128,
     # im2col only when each group has at least this many output channels ...
     "im2col_min_out_channels": 8,
     # ... and kernels of at most this area (kH * kW); larger ones run
