@@ -76,6 +76,14 @@ def same_bits(a, b):
                                np.ascontiguousarray(b).view(as_int)))
 
 
+def _fingerprint(a):
+    """A hash of ``a``'s bits, sampled to at most ~8192 elements."""
+    flat = a.reshape(-1)
+    if flat.size > 16384:
+        flat = flat[::flat.size // 8192]
+    return hash(np.ascontiguousarray(flat).tobytes())
+
+
 class WeightTransformCache:
     """Transforms of recently used filters, keyed by array and algorithm.
 
@@ -126,7 +134,7 @@ class WeightTransformCache:
                     self._entries.move_to_end(full_key)
             return hit[1]
         if hit is None:
-            self._note_recomputed(full_key)
+            self._note_recomputed(full_key, w)
         own = np.array(w, copy=True, order="C")
         own.setflags(write=False)
         value = transform(own)
@@ -137,11 +145,15 @@ class WeightTransformCache:
                 self._evict()
         return value
 
-    def _note_recomputed(self, full_key):
-        """Count (and warn once of) a miss on a key evicted for room."""
+    def _note_recomputed(self, full_key, w):
+        """Count (and warn once of) a miss on a filter evicted for room:
+        same key and the same sampled bits (a new filter that reuses a
+        freed array's address has the key but not the bits)."""
         with self._lock:
-            if self._evicted.pop(full_key, None) is None:
-                return
+            evicted = self._evicted.pop(full_key, None)
+        if evicted is None or evicted != _fingerprint(w):
+            return
+        with self._lock:
             self.recomputed += 1
             warn, self._warned = not self._warned, True
         if warn:
@@ -159,7 +171,7 @@ class WeightTransformCache:
                                  or total > self.max_bytes):
             key, old = self._entries.popitem(last=False)
             total -= self._size(old)
-            self._evicted[key] = True
+            self._evicted[key] = _fingerprint(old[0])
         while len(self._evicted) > 4 * max(self.max_entries, 1):
             self._evicted.popitem(last=False)
 

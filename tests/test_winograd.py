@@ -817,6 +817,24 @@ def test_a_cache_too_small_for_a_cycle_of_filters_warns_once():
     assert cache.count() == 2
 
 
+def test_an_evicted_filter_changed_since_is_not_called_recomputed():
+    # Weights updated in place (a training step), or a new filter at a
+    # freed one's address: the key comes back with other bits, which is
+    # not the cache being too small.
+    from kernels._weight_cache import WeightTransformCache
+    filters = [np.full((8, 8, 3, 3), i, np.float32) for i in range(3)]
+    entry = 5 * filters[0].nbytes
+    cache = WeightTransformCache(max_entries=100, max_bytes=2 * entry)
+    for w in filters:                                   # evicts filters[0]
+        cache.get(w, "winograd", "key", _Transform)
+    filters[0][0, 0, 0, 0] += 1
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cache.get(filters[0], "winograd", "key", _Transform)
+    assert cache.recomputed == 0
+
+
 def test_set_weight_cache_limits_is_public_and_checks_its_arguments():
     previous = kernels.set_weight_cache_limits()
     try:
