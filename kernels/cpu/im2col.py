@@ -212,9 +212,9 @@ def _fill_segment(plane, dst, row_base, panel, panel_stride, p_start, p_end,
     valid_lo = max(0, _ceil_div(-col_offset, sw))
     valid_hi = min(wo_count, _ceil_div(w - col_offset, sw))
     p = p_start
+    ho = p // wo_count
+    wo0 = p - ho * wo_count
     while p < p_end:
-        ho = p // wo_count
-        wo0 = p - ho * wo_count
         wo1 = min(wo_count, wo0 + (p_end - p))
         base = p - p_base - wo0          # column of output column wo = 0
         hi = ho * sh + row_offset
@@ -229,6 +229,9 @@ def _fill_segment(plane, dst, row_base, panel, panel_stride, p_start, p_end,
                       flat[hi * w + lo * sw + col_offset:], sw)
         _put_zeros(dst, row_base, panel, panel_stride, base + up, base + wo1)
         p += wo1 - wo0
+        # The next output row, from its first column (no division).
+        ho += 1
+        wo0 = 0
 
 
 @njit(cache=True)
