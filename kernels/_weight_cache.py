@@ -180,11 +180,13 @@ class WeightTransformCache:
         returns the previous ``(max_entries, max_bytes)``."""
         for name, value in (("max_entries", max_entries),
                             ("max_bytes", max_bytes)):
-            if value is not None and (isinstance(value, bool)
-                                      or not isinstance(value, (int, np.integer))
-                                      or value < 0):
-                raise ValueError(f"{name} must be a non-negative int or None, "
-                                 f"got {value!r}")
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"{name} must be an int (or None to keep it), "
+                                f"got {value!r}")
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
         with self._lock:
             previous = (self.max_entries, self.max_bytes)
             if max_entries is not None:
@@ -240,6 +242,13 @@ def set_weight_cache_limits(max_entries=None, max_bytes=None):
     Returns
     -------
     (max_entries, max_bytes) : the previous bounds
+
+    Raises
+    ------
+    TypeError
+        A bound that is not an int.
+    ValueError
+        A negative bound.
 
     Examples
     --------

@@ -842,9 +842,14 @@ def test_set_weight_cache_limits_is_public_and_checks_its_arguments():
                             transformed_weights.max_bytes)
         assert kernels.set_weight_cache_limits(max_bytes=12345) == previous
         assert transformed_weights.max_bytes == 12345
-        for bad in (-1, 1.5, True, "1G"):
-            with pytest.raises(ValueError, match="max_bytes"):
+        with pytest.raises(ValueError, match="max_bytes must be >= 0"):
+            kernels.set_weight_cache_limits(max_bytes=-1)
+        for bad in (1.5, True, "1G"):
+            with pytest.raises(TypeError, match="max_bytes must be an int"):
                 kernels.set_weight_cache_limits(max_bytes=bad)
+        with pytest.raises(TypeError, match="max_entries"):
+            kernels.set_weight_cache_limits(max_entries=2.0)
+        assert transformed_weights.max_bytes == 12345     # left as it was
     finally:
         kernels.set_weight_cache_limits(*previous)
     assert issubclass(kernels.WeightCacheWarning, UserWarning)
