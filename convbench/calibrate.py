@@ -385,6 +385,22 @@ def _winograd_rivals(built, im2col_max_area):
     return rivals or [a for a in built if a not in ("winograd", "fft")]
 
 
+def _winograd_probe(built, im2col_max_area, cases, sizes, progress, report,
+                    fields, crossover_key, edge):
+    """Winograd against what "auto" would run instead on ``cases``: the
+    size (of ``sizes``, one per case) from which it wins, ``edge`` if it
+    never does.  ``fields`` (the probe's shape and axis) and the crossover,
+    under ``crossover_key``, go to the report."""
+    times = _times(cases, built, progress)
+    rivals = _winograd_rivals(built, im2col_max_area)
+    r = resolve(sizes, _best_of(times, rivals), times["winograd"],
+                _best_repeats(times, rivals), _best_repeats(times, ["winograd"]))
+    at, status, why = r
+    report.append({**fields, "times_s": dict(times), crossover_key: at,
+                   "status": status, "why": why})
+    return _valued(report, r, lambda a: edge if a is None else a)
+
+
 def _winograd_channels(built, im2col_max_area, progress, report):
     # Batch 4 at 56 x 56, as ResNet-50's first 3x3 layers: at 28 x 28 with
     # one image (49 tiles of F(4,3)) Winograd never caught up with im2col
@@ -392,15 +408,10 @@ def _winograd_channels(built, im2col_max_area, progress, report):
     channels = (16, 32, 64, 128, 256)
     cases = [ConvCase(f"C=K={c}", (4, c, 56, 56), (c, c, 3, 3), 1, 1, 1)
              for c in channels]
-    times = _times(cases, built, progress)
-    rivals = _winograd_rivals(built, im2col_max_area)
-    r = resolve(list(channels), _best_of(times, rivals), times["winograd"],
-                _best_repeats(times, rivals), _best_repeats(times, ["winograd"]))
-    at, status, why = r
-    report.append({"x_shape": [4, "C", 56, 56], "channels": list(channels),
-                   "times_s": dict(times), "crossover_channels": at,
-                   "status": status, "why": why})
-    return _valued(report, r, lambda a: 2 * channels[-1] if a is None else a)
+    return _winograd_probe(
+        built, im2col_max_area, cases, list(channels), progress, report,
+        {"x_shape": [4, "C", 56, 56], "channels": list(channels)},
+        "crossover_channels", 2 * channels[-1])
 
 
 def _winograd_pixels(built, im2col_max_area, progress, report):
@@ -408,16 +419,11 @@ def _winograd_pixels(built, im2col_max_area, progress, report):
     sides = (7, 14, 21, 28, 42, 56)
     cases = [ConvCase(f"{s}x{s}", (batch, c, s, s), (c, c, 3, 3), 1, 1, 1)
              for s in sides]
-    times = _times(cases, built, progress)
-    rivals = _winograd_rivals(built, im2col_max_area)
     pixels = [s * s for s in sides]
-    r = resolve(pixels, _best_of(times, rivals), times["winograd"],
-                _best_repeats(times, rivals), _best_repeats(times, ["winograd"]))
-    at, status, why = r
-    report.append({"x_shape": [batch, c, "s", "s"], "sides": list(sides),
-                   "times_s": dict(times), "crossover_pixels": at,
-                   "status": status, "why": why})
-    return _valued(report, r, lambda a: 4 * pixels[-1] if a is None else a)
+    return _winograd_probe(
+        built, im2col_max_area, cases, pixels, progress, report,
+        {"x_shape": [batch, c, "s", "s"], "sides": list(sides)},
+        "crossover_pixels", 4 * pixels[-1])
 
 
 def _winograd_positions(built, im2col_max_area, min_pixels, progress, report):
@@ -430,16 +436,11 @@ def _winograd_positions(built, im2col_max_area, min_pixels, progress, report):
     side = max(7, math.ceil(math.sqrt(min_pixels)))
     cases = [ConvCase(f"{n}x{side}x{side}", (n, c, side, side), (c, c, 3, 3),
                       1, 1, 1) for n in batches]
-    times = _times(cases, built, progress)
-    rivals = _winograd_rivals(built, im2col_max_area)
     positions = [n * side * side for n in batches]
-    r = resolve(positions, _best_of(times, rivals), times["winograd"],
-                _best_repeats(times, rivals), _best_repeats(times, ["winograd"]))
-    at, status, why = r
-    report.append({"x_shape": ["n", c, side, side], "batches": list(batches),
-                   "times_s": dict(times), "crossover_positions": at,
-                   "status": status, "why": why})
-    return _valued(report, r, lambda a: 2 * positions[-1] if a is None else a)
+    return _winograd_probe(
+        built, im2col_max_area, cases, positions, progress, report,
+        {"x_shape": ["n", c, side, side], "batches": list(batches)},
+        "crossover_positions", 2 * positions[-1])
 
 
 def measure_thresholds(progress=True, log=print):

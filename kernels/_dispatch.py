@@ -114,12 +114,10 @@ class ConvSpec:
                                       self.padding[1::2], self.dilation):
             k_eff = d * (k - 1) + 1
             if n + lo + hi < k_eff or min(k, s, d) < 1 or min(lo, hi) < 0:
-                return tuple(geometry.conv_output_size(n, k, s, (lo, hi), d)
-                             for n, k, s, lo, hi, d in zip(
-                                 self.x_shape[2:], self.w_shape[2:],
-                                 self.stride, self.padding[::2],
-                                 self.padding[1::2], self.dilation))
-            out.append((n + lo + hi - k_eff) // s + 1)
+                # The checked function, for its error.
+                out.append(geometry.conv_output_size(n, k, s, (lo, hi), d))
+            else:
+                out.append((n + lo + hi - k_eff) // s + 1)
         return tuple(out)
 
     @property
