@@ -193,8 +193,7 @@ class _Job:
         if job.get("weight_cache") and "kernels" in sys.modules:
             from kernels._weight_cache import transformed_weights
             entries, nbytes = job["weight_cache"]
-            transformed_weights.max_entries = int(entries)
-            transformed_weights.max_bytes = int(nbytes)
+            transformed_weights.set_limits(int(entries), int(nbytes))
         self.cases = [c if isinstance(c, dict) else tuple(c)
                       for c in job["cases"]]
         self.runners = {}
@@ -267,6 +266,7 @@ def _gc_paused():
         yield
     finally:
         gc.enable()
+
 
 def main():
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
