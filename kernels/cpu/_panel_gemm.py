@@ -147,6 +147,62 @@ def _panel_tile(typingctx, tag, b, b0, b_step, a, a0, a_row, steps, c, c0):
             codegen)
 
 
+@intrinsic
+def _first_tile_at(typingctx, tag, b, b0, b_step, a, a0, a_row, steps, c, c0,
+                   ldc):
+    """:func:`_panel_tile` with sums that start from zero in registers and
+    rows ``ldc`` apart (``c[c0 + q ldc + l]``, only written): a full-width
+    tile straight into its place in the output, or a reduction's first
+    block into the job's buffer (``ldc`` one tile's width), with nothing
+    zeroed beforehand.  The same chain of multiply-adds."""
+    if not isinstance(tag, types.UniTuple):
+        return None
+
+    def codegen(context, builder, signature, args):
+        (_, b_v, b0_v, b_step_v, a_v, a0_v, a_row_v, steps_v, c_v, c0_v,
+         ldc_v) = args
+        c_data = context.make_array(c)(context, builder, c_v).data
+        emit_fma_tile(context, builder, b.dtype, tag.count, TILE_VECTORS,
+                      context.make_array(b)(context, builder, b_v).data,
+                      lambda r: builder.add(b0_v, builder.mul(r, b_step_v)),
+                      context.make_array(a)(context, builder, a_v).data, a0_v,
+                      a_row_v, steps_v,
+                      builder.gep(c_data, [c0_v], inbounds=True),
+                      acc_stride=ldc_v, zero_init=True)
+        return context.get_dummy_value()
+
+    return (types.void(tag, b, b0, b_step, a, a0, a_row, steps, c, c0, ldc),
+            codegen)
+
+
+@intrinsic
+def _last_tile_to(typingctx, tag, b, b0, b_step, a, a0, a_row, steps, c, c0,
+                  out, o0, ldc):
+    """:func:`_panel_tile` whose sums, loaded from the tile buffer at
+    ``c[c0]``, go to ``out[o0 + q ldc + l]``: a reduction's last block
+    puts a full-width tile in its place instead of back in the buffer."""
+    if not isinstance(tag, types.UniTuple):
+        return None
+
+    def codegen(context, builder, signature, args):
+        (_, b_v, b0_v, b_step_v, a_v, a0_v, a_row_v, steps_v, c_v, c0_v,
+         out_v, o0_v, ldc_v) = args
+        c_data = context.make_array(c)(context, builder, c_v).data
+        out_data = context.make_array(out)(context, builder, out_v).data
+        emit_fma_tile(context, builder, b.dtype, tag.count, TILE_VECTORS,
+                      context.make_array(b)(context, builder, b_v).data,
+                      lambda r: builder.add(b0_v, builder.mul(r, b_step_v)),
+                      context.make_array(a)(context, builder, a_v).data, a0_v,
+                      a_row_v, steps_v,
+                      builder.gep(c_data, [c0_v], inbounds=True),
+                      store_ptr=builder.gep(out_data, [o0_v], inbounds=True),
+                      store_stride=ldc_v)
+        return context.get_dummy_value()
+
+    return (types.void(tag, b, b0, b_step, a, a0, a_row, steps, c, c0, out,
+                       o0, ldc), codegen)
+
+
 @njit(cache=True, inline="always")
 def _store_rows(tile, rows, nw, width, out, o0, ldc):
     """out[o0 + q ldc : + nw] = tile[q width : + nw] for q < rows."""
@@ -174,6 +230,39 @@ def _run_tile(rows, b, b0, b_step, af, a0, depth, steps, acc, c0):
 
 
 @njit(cache=True, inline="always")
+def _run_first_tile(rows, b, b0, b_step, af, a0, depth, steps, c, c0, ldc):
+    """:func:`_first_tile_at` for a tile of ``rows`` (6, 4, 2 or 1) rows."""
+    if rows == 6:
+        _first_tile_at((0, 0, 0, 0, 0, 0), b, b0, b_step, af, a0, depth,
+                       steps, c, c0, ldc)
+    elif rows == 4:
+        _first_tile_at((0, 0, 0, 0), b, b0, b_step, af, a0, depth, steps, c,
+                       c0, ldc)
+    elif rows == 2:
+        _first_tile_at((0, 0), b, b0, b_step, af, a0, depth, steps, c, c0, ldc)
+    else:
+        _first_tile_at((0,), b, b0, b_step, af, a0, depth, steps, c, c0, ldc)
+
+
+@njit(cache=True, inline="always")
+def _run_last_tile(rows, b, b0, b_step, af, a0, depth, steps, c, c0, out, o0,
+                   ldc):
+    """:func:`_last_tile_to` for a tile of ``rows`` (6, 4, 2 or 1) rows."""
+    if rows == 6:
+        _last_tile_to((0, 0, 0, 0, 0, 0), b, b0, b_step, af, a0, depth, steps,
+                      c, c0, out, o0, ldc)
+    elif rows == 4:
+        _last_tile_to((0, 0, 0, 0), b, b0, b_step, af, a0, depth, steps, c,
+                      c0, out, o0, ldc)
+    elif rows == 2:
+        _last_tile_to((0, 0), b, b0, b_step, af, a0, depth, steps, c, c0, out,
+                      o0, ldc)
+    else:
+        _last_tile_to((0,), b, b0, b_step, af, a0, depth, steps, c, c0, out,
+                      o0, ldc)
+
+
+@njit(cache=True, inline="always")
 def _one_block_job(g, t_lo, t_hi, p_lo, p_hi, tile_m0, tile_rows, b, af,
                    m_total, depth, groups, cols, out, out_off, ldc, panel):
     """A job of :func:`_panel_gemm_kernel` whose reduction is one block:
@@ -189,11 +278,15 @@ def _one_block_job(g, t_lo, t_hi, p_lo, p_hi, tile_m0, tile_rows, b, af,
         n0 = p * panel
         width = min(panel, cols - n0)
         for t in range(t_lo, t_hi):
-            tile[:] = 0
-            _run_tile(tile_rows[t], b, b0, panel, af,
-                      (g * m_total + tile_m0[t]) * depth, depth, depth, tile, 0)
-            _store_rows(tile, tile_rows[t], width, panel, out,
-                        out_off + (g * m_total + tile_m0[t]) * ldc + n0, ldc)
+            a0 = (g * m_total + tile_m0[t]) * depth
+            o0 = out_off + (g * m_total + tile_m0[t]) * ldc + n0
+            if width == panel:
+                _run_first_tile(tile_rows[t], b, b0, panel, af, a0, depth,
+                                depth, out, o0, ldc)
+            else:
+                _run_first_tile(tile_rows[t], b, b0, panel, af, a0, depth,
+                                depth, tile, 0, panel)
+                _store_rows(tile, tile_rows[t], width, panel, out, o0, ldc)
 
 
 @njit(parallel=True, cache=True)
@@ -230,21 +323,37 @@ def _panel_gemm_kernel(a, tile_m0, tile_rows, b, cols, out, out_off, ldc,
                            af, m_total, depth, groups, cols, out, out_off, ldc,
                            panel)
             continue
-        acc = np.zeros((t_hi - t_lo) * n_p * tile_size, a.dtype)
+        # The first block writes every tile of acc, the last moves every
+        # full-width one to out: acc is never zeroed, and only the last
+        # panel's tiles (narrower than a panel) are copied.
+        acc = np.empty((t_hi - t_lo) * n_p * tile_size, a.dtype)
         for d0 in range(0, depth, depth_block):
             steps = min(depth, d0 + depth_block) - d0
+            last = d0 + steps == depth
             for p in range(p_lo, p_hi):
                 b0 = (p * groups * depth + g * depth + d0) * panel
-                for t in range(t_lo, t_hi):
-                    _run_tile(tile_rows[t], b, b0, panel, af,
-                              (g * m_total + tile_m0[t]) * depth + d0, depth,
-                              steps, acc,
-                              ((t - t_lo) * n_p + p - p_lo) * tile_size)
-        for t in range(t_lo, t_hi):
-            for p in range(p_lo, p_hi):
                 n0 = p * panel
+                full = n0 + panel <= cols
+                for t in range(t_lo, t_hi):
+                    a0 = (g * m_total + tile_m0[t]) * depth + d0
+                    c0 = ((t - t_lo) * n_p + p - p_lo) * tile_size
+                    if d0 == 0:
+                        _run_first_tile(tile_rows[t], b, b0, panel, af, a0,
+                                        depth, steps, acc, c0, panel)
+                    elif last and full:
+                        _run_last_tile(tile_rows[t], b, b0, panel, af, a0,
+                                       depth, steps, acc, c0, out,
+                                       out_off + (g * m_total + tile_m0[t])
+                                       * ldc + n0, ldc)
+                    else:
+                        _run_tile(tile_rows[t], b, b0, panel, af, a0, depth,
+                                  steps, acc, c0)
+        if cols < p_hi * panel:
+            p = p_hi - 1
+            n0 = p * panel
+            for t in range(t_lo, t_hi):
                 _store_rows(acc[((t - t_lo) * n_p + p - p_lo) * tile_size:],
-                            tile_rows[t], min(panel, cols - n0), panel, out,
+                            tile_rows[t], cols - n0, panel, out,
                             out_off + (g * m_total + tile_m0[t]) * ldc + n0,
                             ldc)
 

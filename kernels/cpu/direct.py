@@ -255,7 +255,8 @@ def tile_buffer(typingctx, x):
 
 
 def emit_fma_tile(context, builder, dtype, n_ch, n_vec, x_data, x_row, w_data,
-                  wb, wstride, n_taps, acc_ptr):
+                  wb, wstride, n_taps, acc_ptr, acc_stride=None,
+                  zero_init=False, store_ptr=None, store_stride=None):
     """Emit ``acc[q, l] += sum_r w[wb + q*wstride + r] * x[x_row(r) + l]``
     for ``r < n_taps``, ``q < n_ch``, ``l < n_vec`` vectors of lanes.
 
@@ -265,6 +266,14 @@ def emit_fma_tile(context, builder, dtype, n_ch, n_vec, x_data, x_row, w_data,
     n_vec`` vector registers, updated for every tap with ``llvm.fmuladd``
     (in increasing ``r``) and stored back.  Shared by :func:`fma_tile` and
     the im2col GEMM's tile (:mod:`kernels.cpu._panel_gemm`).
+
+    ``acc_stride`` (an LLVM i64, elements) puts the accumulators' rows that
+    far apart instead of one tile's width, so that a tile can live in its
+    final place (a block of a row-major output); ``zero_init`` starts them
+    from zero in registers instead of loading them (the same sums as
+    loading zeros: the chain is unchanged).  ``store_ptr`` (rows
+    ``store_stride`` apart) receives the sums instead of ``acc_ptr``: the
+    last block of a reduction moves them from a buffer to their place.
     """
     n_lanes = lanes(dtype)
     width = TILE_VECTORS * n_lanes
@@ -282,8 +291,20 @@ def emit_fma_tile(context, builder, dtype, n_ch, n_vec, x_data, x_row, w_data,
         ptr = builder.gep(base, [index], inbounds=True)
         return builder.bitcast(ptr, vec.as_pointer())
 
+    def element_at(base, stride, q, v):
+        if stride is None:
+            return vector_at(base, ir.Constant(i64, q * width + v * n_lanes))
+        return vector_at(base, builder.add(
+            builder.mul(stride, ir.Constant(i64, q)),
+            ir.Constant(i64, v * n_lanes)))
+
     def acc_at(q, v):
-        return vector_at(acc_ptr, ir.Constant(i64, q * width + v * n_lanes))
+        return element_at(acc_ptr, acc_stride, q, v)
+
+    def store_at(q, v):
+        if store_ptr is None:
+            return acc_at(q, v)
+        return element_at(store_ptr, store_stride, q, v)
 
     # Accumulators in single-value slots: mem2reg turns them into
     # registers (phi nodes of the tap loop).
@@ -291,7 +312,9 @@ def emit_fma_tile(context, builder, dtype, n_ch, n_vec, x_data, x_row, w_data,
     for q in range(n_ch):
         for v in range(n_vec):
             slots[q, v] = cgutils.alloca_once(builder, vec)
-            builder.store(builder.load(acc_at(q, v), align=align), slots[q, v])
+            start = (ir.Constant(vec, [0.0] * n_lanes) if zero_init
+                     else builder.load(acc_at(q, v), align=align))
+            builder.store(start, slots[q, v])
     with cgutils.for_range(builder, n_taps) as loop:
         r = loop.index
         x_base = x_row(r)
@@ -312,7 +335,8 @@ def emit_fma_tile(context, builder, dtype, n_ch, n_vec, x_data, x_row, w_data,
                     slots[q, v])
     for q in range(n_ch):
         for v in range(n_vec):
-            builder.store(builder.load(slots[q, v]), acc_at(q, v), align=align)
+            builder.store(builder.load(slots[q, v]), store_at(q, v),
+                          align=align)
 
 
 @intrinsic
