@@ -632,3 +632,67 @@ def test_panel_gemm_one_block_path_sums_as_the_blocked_path(
         patch.setattr(_panel_gemm, "_B_BLOCK_BYTES", 1)
         blocked = _panel_gemm.matmul(a, b, cols, np.empty((groups, m, cols), dtype))
     np.testing.assert_array_equal(one_block, blocked)
+
+
+@settings(deadline=None, max_examples=40)
+@given(groups=st.integers(1, 2), m=st.integers(1, 13), depth=st.integers(1, 40),
+       cols=st.integers(1, 70), extra=st.integers(0, 20),
+       offset=st.integers(0, 9), small_blocks=st.booleans(),
+       dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**32 - 1))
+def test_panel_gemm_from_rows_sums_as_from_panels(groups, m, depth, cols, extra,
+                                                  offset, small_blocks, dtype,
+                                                  seed):
+    """matmul_rows packs B's panels from a row-major matrix (a 1x1
+    layer's image: rows ``ld`` apart, a window of columns) inside the
+    GEMM's jobs; it must give the bits of matmul over the same B in
+    panels, on the one-block and the blocked path, and leave the columns
+    of ``out`` outside its slice alone."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((groups, m, depth)).astype(dtype)
+    ld = cols + extra
+    flat = rng.standard_normal(offset + groups * depth * ld).astype(dtype)
+    b = flat[offset:].reshape(groups, depth, ld)[:, :, :cols]
+    with pytest.MonkeyPatch.context() as patch:
+        if small_blocks:
+            patch.setattr(_panel_gemm, "_MIN_DEPTH_BLOCK", 8)
+            patch.setattr(_panel_gemm, "_B_BLOCK_BYTES", 1)
+        from_panels = _panel_gemm.matmul(a, to_panels(np.ascontiguousarray(b)),
+                                         cols, np.empty((groups, m, cols), dtype))
+        wide = np.full((groups, m, cols + 3), np.nan, dtype)
+        from_rows = _panel_gemm.matmul_rows(a, flat, offset, ld, cols,
+                                            wide[:, :, 1:cols + 1])
+    np.testing.assert_array_equal(from_rows, from_panels)
+    assert np.isnan(wide[:, :, 0]).all() and np.isnan(wide[:, :, cols + 1:]).all()
+    np.testing.assert_array_equal(flat[offset:].reshape(groups, depth, ld)[:, :, :cols], b)
+
+
+def test_panel_gemm_from_rows_refuses_rows_that_do_not_hold_b():
+    a = np.ones((1, 4, 3), np.float32)
+    out = np.empty((1, 4, 5), np.float32)
+    with pytest.raises(ValueError, match="rows does not hold 3 rows of 5"):
+        _panel_gemm.matmul_rows(a, np.ones(14, np.float32), 0, 5, 5, out)
+    with pytest.raises(ValueError, match="rows does not hold"):
+        _panel_gemm.matmul_rows(a, np.ones(15, np.float32), 0, 4, 5, out)
+    with pytest.raises(ValueError, match="rows does not hold"):
+        _panel_gemm.matmul_rows(a, np.ones(15, np.float64), 0, 5, 5, out)
+    _panel_gemm.matmul_rows(a, np.ones(15, np.float32), 0, 5, 5, out)
+    np.testing.assert_array_equal(out, 3)
+
+
+@pytest.mark.parametrize("writeable", [True, False])
+def test_pointwise_im2col_reads_the_image_in_place_or_gathers(writeable):
+    """A 1x1 stride-1 layer multiplies straight from x (or, x read-only,
+    from the gathered patches): the reference's result within the bound,
+    and x untouched."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 20, 9, 7)).astype(np.float32)
+    w = rng.standard_normal((13, 20, 1, 1)).astype(np.float32)
+    bias = rng.standard_normal(13).astype(np.float32)
+    x.setflags(write=writeable)
+    check_conv(x, w, bias)
+    # a window of positions of one image (several chunks) reads x at an offset
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(im2col, "plan_chunks", lambda n, positions, *a, **k: [
+            im2col.Chunk(i, i + 1, p0, min(positions, p0 + 10))
+            for i in range(n) for p0 in range(0, positions, 10)])
+        check_conv(x, w, bias)

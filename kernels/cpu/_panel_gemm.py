@@ -35,10 +35,11 @@ from numba.extending import intrinsic, overload
 from numba.np.numpy_support import as_dtype
 
 from . import _tuning
+from ._prefetch import prefetch_at
 from .direct import TILE_VECTORS, emit_fma_tile, tile_columns
 
-__all__ = ["matmul", "panel_width", "panel_width_of", "buffer_size",
-           "zero_padding"]
+__all__ = ["matmul", "matmul_rows", "panel_width", "panel_width_of",
+           "buffer_size", "zero_padding"]
 
 # Rows of A per register tile: TILE_ROWS x TILE_VECTORS accumulators (12
 # of AVX2's 16 vector registers, 24 of AVX-512's 32).
@@ -263,8 +264,41 @@ def _run_last_tile(rows, b, b0, b_step, af, a0, depth, steps, c, c0, out, o0,
 
 
 @njit(cache=True, inline="always")
-def _one_block_job(g, t_lo, t_hi, p_lo, p_hi, tile_m0, tile_rows, b, af,
-                   m_total, depth, groups, cols, out, out_off, ldc, panel):
+def _pack_panel(rows, r0, ld, steps, width, buf, panel):
+    """``buf[r panel + l] = rows[r0 + r ld + l]`` for ``r < steps``, ``l <
+    width``, zero for ``width <= l < panel``: one panel's slice of B
+    copied from a row-major B (rows ``ld`` apart) into the job's buffer,
+    zero-padded as the gather pads its last panel.  Each row's piece of
+    the next panel is prefetched: the rows are too many streams for the
+    hardware prefetcher."""
+    for r in range(steps):
+        src = rows[r0 + r * ld:]
+        prefetch_at(src, panel)
+        dst = buf[r * panel:]
+        for lane in range(width):
+            dst[lane] = src[lane]
+        for lane in range(width, panel):
+            dst[lane] = 0
+
+
+@njit(cache=True, inline="always")
+def _panel_source(b, rows, rows_off, rows_ld, buf, g, p, d0, steps, groups,
+                  depth, cols, panel):
+    """(array, offset) of panel ``p``'s rows ``d0 .. d0 + steps`` of group
+    ``g``'s B: in ``b``'s panels, or, when ``rows_ld`` > 0, packed from
+    the row-major ``rows`` into ``buf`` first."""
+    if rows_ld == 0:
+        return b, (p * groups * depth + g * depth + d0) * panel
+    n0 = p * panel
+    _pack_panel(rows, rows_off + (g * depth + d0) * rows_ld + n0, rows_ld,
+                steps, min(panel, cols - n0), buf, panel)
+    return buf, 0
+
+
+@njit(cache=True, inline="always")
+def _one_block_job(g, t_lo, t_hi, p_lo, p_hi, tile_m0, tile_rows, b, rows,
+                   rows_off, rows_ld, af, m_total, depth, groups, cols, out,
+                   out_off, ldc, panel):
     """A job of :func:`_panel_gemm_kernel` whose reduction is one block:
     each tile's sums start from zero in a one-tile buffer and go straight
     to ``out``.  The job-wide accumulators of the blocked path would be
@@ -273,25 +307,28 @@ def _one_block_job(g, t_lo, t_hi, p_lo, p_hi, tile_m0, tile_rows, b, af,
     pointwise layers, which lost 0.3-0.6 ms each to torch).  The same
     chain of multiply-adds as the blocked path, so the same sums."""
     tile = np.empty(TILE_ROWS * panel, af.dtype)
+    buf = np.empty(depth * panel if rows_ld else 0, af.dtype)
     for p in range(p_lo, p_hi):
-        b0 = (p * groups * depth + g * depth) * panel
+        src, b0 = _panel_source(b, rows, rows_off, rows_ld, buf, g, p, 0,
+                                depth, groups, depth, cols, panel)
         n0 = p * panel
         width = min(panel, cols - n0)
         for t in range(t_lo, t_hi):
             a0 = (g * m_total + tile_m0[t]) * depth
             o0 = out_off + (g * m_total + tile_m0[t]) * ldc + n0
             if width == panel:
-                _run_first_tile(tile_rows[t], b, b0, panel, af, a0, depth,
+                _run_first_tile(tile_rows[t], src, b0, panel, af, a0, depth,
                                 depth, out, o0, ldc)
             else:
-                _run_first_tile(tile_rows[t], b, b0, panel, af, a0, depth,
+                _run_first_tile(tile_rows[t], src, b0, panel, af, a0, depth,
                                 depth, tile, 0, panel)
                 _store_rows(tile, tile_rows[t], width, panel, out, o0, ldc)
 
 
 @njit(parallel=True, cache=True)
-def _panel_gemm_kernel(a, tile_m0, tile_rows, b, cols, out, out_off, ldc,
-                       tile_chunk, panel_chunk, depth_block):
+def _panel_gemm_kernel(a, tile_m0, tile_rows, b, rows, rows_off, rows_ld,
+                       cols, out, out_off, ldc, tile_chunk, panel_chunk,
+                       depth_block):
     """out[g, m, :cols] = a[g, m] @ B[g] for every group and row; B is
     ``b`` in panels (module docstring), out's row (g, m) starts at
     ``out[out_off + (g M + m) ldc]``; A's register tiles are rows
@@ -302,7 +339,13 @@ def _panel_gemm_kernel(a, tile_m0, tile_rows, b, cols, out, out_off, ldc,
     rows of A stays in L2 while its panels pass, a panel's slice in L1
     while the tiles pass.  Between blocks the accumulators wait in the
     job's own buffer, from where the next block reloads them exactly: the
-    sums are those of one unbroken chain."""
+    sums are those of one unbroken chain.
+
+    With ``rows_ld`` > 0, B is read from ``rows`` instead (row-major,
+    element (r, c) at ``rows[rows_off + r rows_ld + c]``): a job copies
+    each panel's slice into its own buffer just before its tiles use it,
+    where the gather would have copied every panel beforehand (a 1x1
+    layer's image is its own B)."""
     groups, m_total, depth = a.shape
     panel = panel_width_of(b)
     af = a.reshape(a.size)
@@ -320,33 +363,35 @@ def _panel_gemm_kernel(a, tile_m0, tile_rows, b, cols, out, out_off, ldc,
         n_p = p_hi - p_lo
         if depth <= depth_block:
             _one_block_job(g, t_lo, t_hi, p_lo, p_hi, tile_m0, tile_rows, b,
-                           af, m_total, depth, groups, cols, out, out_off, ldc,
-                           panel)
+                           rows, rows_off, rows_ld, af, m_total, depth, groups,
+                           cols, out, out_off, ldc, panel)
             continue
         # The first block writes every tile of acc, the last moves every
         # full-width one to out: acc is never zeroed, and only the last
         # panel's tiles (narrower than a panel) are copied.
         acc = np.empty((t_hi - t_lo) * n_p * tile_size, a.dtype)
+        buf = np.empty(depth_block * panel if rows_ld else 0, a.dtype)
         for d0 in range(0, depth, depth_block):
             steps = min(depth, d0 + depth_block) - d0
             last = d0 + steps == depth
             for p in range(p_lo, p_hi):
-                b0 = (p * groups * depth + g * depth + d0) * panel
+                src, b0 = _panel_source(b, rows, rows_off, rows_ld, buf, g, p,
+                                        d0, steps, groups, depth, cols, panel)
                 n0 = p * panel
                 full = n0 + panel <= cols
                 for t in range(t_lo, t_hi):
                     a0 = (g * m_total + tile_m0[t]) * depth + d0
                     c0 = ((t - t_lo) * n_p + p - p_lo) * tile_size
                     if d0 == 0:
-                        _run_first_tile(tile_rows[t], b, b0, panel, af, a0,
+                        _run_first_tile(tile_rows[t], src, b0, panel, af, a0,
                                         depth, steps, acc, c0, panel)
                     elif last and full:
-                        _run_last_tile(tile_rows[t], b, b0, panel, af, a0,
+                        _run_last_tile(tile_rows[t], src, b0, panel, af, a0,
                                        depth, steps, acc, c0, out,
                                        out_off + (g * m_total + tile_m0[t])
                                        * ldc + n0, ldc)
                     else:
-                        _run_tile(tile_rows[t], b, b0, panel, af, a0, depth,
+                        _run_tile(tile_rows[t], src, b0, panel, af, a0, depth,
                                   steps, acc, c0)
         if cols < p_hi * panel:
             p = p_hi - 1
@@ -359,9 +404,10 @@ def _panel_gemm_kernel(a, tile_m0, tile_rows, b, cols, out, out_off, ldc,
 
 
 def _job_split(groups, n_tiles, panels, depth_block, itemsize):
-    """(tile_chunk, panel_chunk): a job's block of A within
-    ``_A_BLOCK_BYTES``, and at least ``_JOBS_PER_THREAD`` jobs per thread
-    where the problem has that many tiles and panels."""
+    """(tile_chunk, panel_chunk): a job's block of A (``depth_block``
+    steps, the reduction's length when shorter) within ``_A_BLOCK_BYTES``,
+    and at least ``_JOBS_PER_THREAD`` jobs per thread where the problem
+    has that many tiles and panels."""
     tile_bytes = depth_block * TILE_ROWS * itemsize
     t_jobs = -(-n_tiles // max(1, _A_BLOCK_BYTES // tile_bytes))
     wanted = _JOBS_PER_THREAD * _tuning.block_shape_threads()
@@ -413,22 +459,59 @@ def matmul(a, b, cols, out):
     -------
     out
     """
+    groups, _, depth = a.shape
+    if b.dtype != a.dtype or b.size < buffer_size(groups * depth, cols, a.dtype):
+        raise ValueError(f"b is not a panel buffer of {groups * depth} rows "
+                         f"and {cols} columns of {a.dtype}")
+    return _launch(a, b, np.empty(0, a.dtype), 0, 0, cols, out)
+
+
+def matmul_rows(a, rows, rows_off, rows_ld, cols, out):
+    """:func:`matmul` with B read from a row-major matrix, packed into
+    panels by each job as it goes (no panel buffer, no gather); the same
+    sums, bit for bit.
+
+    Parameters
+    ----------
+    a : ndarray (G, M, D), C-contiguous
+    rows : ndarray, 1-D, C-contiguous, dtype of ``a``
+        B's element (r, c) (r < G D, c < ``cols``) at ``rows[rows_off + r
+        rows_ld + c]``: a 1x1 layer's image ``x[n].reshape(C, H W)``,
+        flattened, is its own B.
+    rows_off, rows_ld : int
+    cols : int
+    out : ndarray (G, M, cols), as for :func:`matmul`
+
+    Returns
+    -------
+    out
+    """
+    groups, _, depth = a.shape
+    if rows.dtype != a.dtype or rows_ld < cols or (
+            groups * depth and rows_off + (groups * depth - 1) * rows_ld + cols
+            > rows.size):
+        raise ValueError(f"rows does not hold {groups * depth} rows of {cols} "
+                         f"columns of {a.dtype}, {rows_ld} apart from "
+                         f"{rows_off}")
+    return _launch(a, np.empty(0, a.dtype), rows, rows_off, rows_ld, cols,
+                   out)
+
+
+def _launch(a, b, rows, rows_off, rows_ld, cols, out):
+    """Run :func:`_panel_gemm_kernel` on checked operands."""
     groups, n_rows, depth = a.shape
     if out.size == 0:
         return out
     if depth == 0:
         out[...] = 0
         return out
-    if b.dtype != a.dtype or b.size < buffer_size(groups * depth, cols, a.dtype):
-        raise ValueError(f"b is not a panel buffer of {groups * depth} rows "
-                         f"and {cols} columns of {a.dtype}")
     out_flat, out_off, ldc = _flat_rows(out)
     tile_m0, tile_rows = _row_tiles(n_rows)
     panel = panel_width(a.dtype)
     depth_block = max(_MIN_DEPTH_BLOCK, _B_BLOCK_BYTES // (panel * a.itemsize))
     tile_chunk, panel_chunk = _job_split(groups, tile_m0.size, -(-cols // panel),
-                                         depth_block, a.itemsize)
-    _panel_gemm_kernel(np.ascontiguousarray(a), tile_m0, tile_rows, b, cols,
-                       out_flat, out_off, ldc, tile_chunk, panel_chunk,
-                       depth_block)
+                                         min(depth, depth_block), a.itemsize)
+    _panel_gemm_kernel(np.ascontiguousarray(a), tile_m0, tile_rows, b, rows,
+                       rows_off, rows_ld, cols, out_flat, out_off, ldc,
+                       tile_chunk, panel_chunk, depth_block)
     return out

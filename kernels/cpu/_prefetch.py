@@ -20,7 +20,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["prefetch_row", "AVAILABLE"]
+__all__ = ["prefetch_row", "prefetch_at", "AVAILABLE"]
 
 # Bytes per cache line: one prefetch per line.
 LINE_BYTES = 64
@@ -31,26 +31,36 @@ def _prefetch(typingctx, arr, i, j, k):
     """Prefetch a[i, j, k] (a 3-D array) for reading into all cache levels."""
     if not (isinstance(arr, types.Array) and arr.ndim == 3):
         return None
-    sig = types.void(arr, i, j, k)
+    return types.void(arr, i, j, k), _prefetch_codegen
 
-    def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        idx = [context.cast(builder, v, t, types.intp)
-               for v, t in zip(args[1:], signature.args[1:])]
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, idx,
-                                       wraparound=False)
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty,
-                                            "llvm.prefetch.p0")
-        # (address, rw = read, locality = keep in all levels, data cache)
-        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0),
-                          ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
 
-    return sig, codegen
+@intrinsic
+def prefetch_at(typingctx, arr, i):
+    """Prefetch a[i] (a 1-D array) for reading into all cache levels; an
+    index past the end is harmless (a prefetch never faults)."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1):
+        return None
+    return types.void(arr, i), _prefetch_codegen
+
+
+def _prefetch_codegen(context, builder, signature, args):
+    """``llvm.prefetch`` of the element of array ``args[0]`` at the
+    indices ``args[1:]`` (no bounds check, no wraparound)."""
+    aryty = signature.args[0]
+    ary = context.make_array(aryty)(context, builder, args[0])
+    idx = [context.cast(builder, v, t, types.intp)
+           for v, t in zip(args[1:], signature.args[1:])]
+    ptr = cgutils.get_item_pointer(context, builder, aryty, ary, idx,
+                                   wraparound=False)
+    i8p = ir.IntType(8).as_pointer()
+    i32 = ir.IntType(32)
+    fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+    fn = cgutils.get_or_insert_function(builder.module, fnty,
+                                        "llvm.prefetch.p0")
+    # (address, rw = read, locality = keep in all levels, data cache)
+    builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0),
+                      ir.Constant(i32, 3), ir.Constant(i32, 1)])
+    return context.get_dummy_value()
 
 
 @njit(cache=True, inline="always")

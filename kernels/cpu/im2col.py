@@ -441,7 +441,16 @@ def _chunked_gemm(x, w_shape, w_stack, bias_stack, y, stride, padding, dilation,
     chunks = plan_chunks(n, positions, rows * item, (rows + k) * item,
                          tuning.scratch_limit, tuning.merge_below_positions,
                          tuning.cache_target_bytes, tuning.min_gemm_columns)
-    max_cols = max((ch.n1 - ch.n0) * (ch.p1 - ch.p0) for ch in chunks)
+    # A 1x1, stride-1, unpadded layer's image is its own patch matrix,
+    # row-major: the GEMM's jobs pack their panels from it as they go
+    # (no gather, no patch buffer).  A read-only x would compile another
+    # specialisation of the GEMM kernel, so it is gathered.
+    rows_of_x = ((kh, kw, sh, sw) == (1, 1, 1, 1) and not any(padding)
+                 and x.flags.writeable)
+    x_flat = x.reshape(x.size) if rows_of_x else None
+    gathered = [ch for ch in chunks if not (rows_of_x and ch.n1 - ch.n0 == 1)]
+    max_cols = max(((ch.n1 - ch.n0) * (ch.p1 - ch.p0) for ch in gathered),
+                   default=0)
     patch_buffer = np.empty(_panel_gemm.buffer_size(rows, max_cols, x.dtype),
                             dtype=x.dtype)
     merged = chunks[0].n1 - chunks[0].n0 > 1
@@ -451,6 +460,13 @@ def _chunked_gemm(x, w_shape, w_stack, bias_stack, y, stride, padding, dilation,
 
     for n0, n1, p0, p1 in chunks:
         cols = (n1 - n0) * (p1 - p0)
+        if rows_of_x and n1 - n0 == 1:
+            out = y_stack[n0, :, :, p0:p1]
+            _panel_gemm.matmul_rows(w_stack, x_flat, n0 * rows * positions + p0,
+                                    positions, cols, out)
+            if bias_stack is not None:
+                out += bias_stack
+            continue
         patches = patch_buffer[:_panel_gemm.buffer_size(rows, cols, x.dtype)]
         _panel_gemm.zero_padding(patches, rows, cols)
         fill_panels(x, n0, n1, p0, p1, kh, kw, sh, sw, pt, pl, dh, dw, wo,
