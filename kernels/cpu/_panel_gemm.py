@@ -22,7 +22,8 @@ are computed and dropped: each column is a lane of its own).  A job,
 (group, chunk of row tiles, chunk of panels), multiplies a register tile
 of up to ``TILE_ROWS`` rows of A, read in place, by one panel at a time
 (:func:`_panel_tile`), in blocks of the reduction sized for the caches
-(:func:`_panel_gemm_kernel`).
+(:func:`_panel_gemm_kernel`).  :func:`matmul_rows` takes B row-major
+instead (a 1x1 layer's image) and each job packs its panels as it goes.
 """
 
 from __future__ import annotations
@@ -300,8 +301,9 @@ def _one_block_job(g, t_lo, t_hi, p_lo, p_hi, tile_m0, tile_rows, b, rows,
                    rows_off, rows_ld, af, m_total, depth, groups, cols, out,
                    out_off, ldc, panel):
     """A job of :func:`_panel_gemm_kernel` whose reduction is one block:
-    each tile's sums start from zero in a one-tile buffer and go straight
-    to ``out``.  The job-wide accumulators of the blocked path would be
+    each tile's sums start from zero in registers and go straight to
+    ``out`` (through a one-tile buffer only in the last panel, narrower
+    than a tile).  The job-wide accumulators of the blocked path would be
     zeroed, written and copied again: as much traffic as the output, at
     two multiply-adds per element read on a 64-deep 1x1 layer (ResNet-50's
     pointwise layers, which lost 0.3-0.6 ms each to torch).  The same
