@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import tracemalloc
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -696,3 +697,19 @@ def test_pointwise_im2col_reads_the_image_in_place_or_gathers(writeable):
             im2col.Chunk(i, i + 1, p0, min(positions, p0 + 10))
             for i in range(n) for p0 in range(0, positions, 10)])
         check_conv(x, w, bias)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 6, 6), (3, 3, 4, 4)])   # one image; merged images
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_bias_on_overflowing_sums_gives_nan_and_inf_without_warnings(shape, kernel):
+    """inf + (-inf) bias is NaN and a finite bias on an overflowing sum is
+    inf, as in torch, with NumPy's error state left alone and no
+    RuntimeWarning (only the bias add is NumPy arithmetic)."""
+    x = np.full(shape, 3e38, np.float32)
+    w = np.ones((2, 3, kernel, kernel), np.float32)
+    bias = np.array([-np.inf, 1.0], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = kernels.conv2d(x, w, bias, algorithm="im2col")
+    assert np.isnan(y[:, 0]).all()
+    assert np.isposinf(y[:, 1]).all()

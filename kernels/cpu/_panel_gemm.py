@@ -405,14 +405,14 @@ def _panel_gemm_kernel(a, tile_m0, tile_rows, b, rows, rows_off, rows_ld,
                             ldc)
 
 
-def _job_split(groups, n_tiles, panels, depth_block, itemsize):
+def _job_split(groups, n_tiles, panels, depth_block, itemsize, threads):
     """(tile_chunk, panel_chunk): a job's block of A (``depth_block``
     steps, the reduction's length when shorter) within ``_A_BLOCK_BYTES``,
     and at least ``_JOBS_PER_THREAD`` jobs per thread where the problem
     has that many tiles and panels."""
     tile_bytes = depth_block * TILE_ROWS * itemsize
     t_jobs = -(-n_tiles // max(1, _A_BLOCK_BYTES // tile_bytes))
-    wanted = _JOBS_PER_THREAD * _tuning.block_shape_threads()
+    wanted = _JOBS_PER_THREAD * threads
     p_jobs = max(1, min(panels, -(-wanted // (groups * t_jobs))))
     # Equal chunks: the threads take the jobs in contiguous runs.
     return -(-n_tiles // t_jobs), -(-panels // p_jobs)
@@ -438,8 +438,8 @@ def _flat_rows(array):
         raise ValueError("out must be a C-contiguous array or a column "
                          "slice of one")
     flat = base.reshape(-1)
-    offset = (array.__array_interface__["data"][0]
-              - flat.__array_interface__["data"][0]) // item
+    # (ctypes.data: half the cost of __array_interface__, on every call)
+    offset = (array.ctypes.data - flat.ctypes.data) // item
     return flat, offset, ld
 
 
@@ -508,12 +508,25 @@ def _launch(a, b, rows, rows_off, rows_ld, cols, out):
         out[...] = 0
         return out
     out_flat, out_off, ldc = _flat_rows(out)
-    tile_m0, tile_rows = _row_tiles(n_rows)
-    panel = panel_width(a.dtype)
-    depth_block = max(_MIN_DEPTH_BLOCK, _B_BLOCK_BYTES // (panel * a.itemsize))
-    tile_chunk, panel_chunk = _job_split(groups, tile_m0.size, -(-cols // panel),
-                                         min(depth, depth_block), a.itemsize)
+    depth_block = max(_MIN_DEPTH_BLOCK,
+                      _B_BLOCK_BYTES // (panel_width(a.dtype) * a.itemsize))
+    tile_m0, tile_rows, tile_chunk, panel_chunk = _launch_plan(
+        groups, n_rows, depth, cols, a.dtype, depth_block,
+        _tuning.block_shape_threads())
     _panel_gemm_kernel(np.ascontiguousarray(a), tile_m0, tile_rows, b, rows,
                        rows_off, rows_ld, cols, out_flat, out_off, ldc,
                        tile_chunk, panel_chunk, depth_block)
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _launch_plan(groups, n_rows, depth, cols, dtype, depth_block, threads):
+    """(tile_m0, tile_rows, tile_chunk, panel_chunk) of a product: a
+    network calls the same shapes again and again, and working them out
+    cost a few of a call's ~50 us of Python."""
+    tile_m0, tile_rows = _row_tiles(n_rows)
+    dtype = np.dtype(dtype)
+    tile_chunk, panel_chunk = _job_split(
+        groups, tile_m0.size, -(-cols // panel_width(dtype)),
+        min(depth, depth_block), dtype.itemsize, threads)
+    return tile_m0, tile_rows, tile_chunk, panel_chunk

@@ -418,11 +418,18 @@ def _run(spec, x, w, bias, tuning=None):
         n, c, h, wd = x.shape
         x_run = x.reshape(n, c, 1, h * wd)
         y_run = y.reshape(n, k, 1, h * wd)
-    # Inf - Inf and overflow give NaN/Inf in y, as in torch: no warnings.
-    with np.errstate(all="ignore"):
-        _chunked_gemm(x_run, w.shape, w_stack, bias_stack, y_run, stride,
-                      padding, dilation, tuning)
+    _chunked_gemm(x_run, w.shape, w_stack, bias_stack, y_run, stride,
+                  padding, dilation, tuning)
     return y
+
+
+def _add_bias(out, bias_stack):
+    """``out += bias_stack`` (when there is a bias).  Inf - Inf and
+    overflow give NaN/Inf, as in torch: no warnings.  (The jitted gather
+    and GEMM ignore NumPy's error state; only this NumPy add needs it.)"""
+    if bias_stack is not None:
+        with np.errstate(all="ignore"):
+            out += bias_stack
 
 
 def _chunked_gemm(x, w_shape, w_stack, bias_stack, y, stride, padding, dilation,
@@ -464,8 +471,7 @@ def _chunked_gemm(x, w_shape, w_stack, bias_stack, y, stride, padding, dilation,
             out = y_stack[n0, :, :, p0:p1]
             _panel_gemm.matmul_rows(w_stack, x_flat, n0 * rows * positions + p0,
                                     positions, cols, out)
-            if bias_stack is not None:
-                out += bias_stack
+            _add_bias(out, bias_stack)
             continue
         patches = patch_buffer[:_panel_gemm.buffer_size(rows, cols, x.dtype)]
         _panel_gemm.zero_padding(patches, rows, cols)
@@ -474,13 +480,11 @@ def _chunked_gemm(x, w_shape, w_stack, bias_stack, y, stride, padding, dilation,
         if n1 - n0 == 1:
             out = y_stack[n0, :, :, p0:p1]
             _panel_gemm.matmul(w_stack, patches, cols, out)
-            if bias_stack is not None:
-                out += bias_stack
+            _add_bias(out, bias_stack)
         else:
             result = result_buffer[:k * cols].reshape(groups, kg, cols)
             _panel_gemm.matmul(w_stack, patches, cols, result)
-            if bias_stack is not None:
-                result += bias_stack
+            _add_bias(result, bias_stack)
             images = n1 - n0
             y[n0:n1].reshape(images, k, positions)[...] = result.reshape(
                 k, images, positions).transpose(1, 0, 2)
