@@ -118,6 +118,25 @@ def _row_tiles(m):
     return starts, sizes
 
 
+def _element_ptr(context, builder, ary_type, ary, index):
+    """Pointer to element ``index`` of the 1-D array value ``ary``."""
+    data = context.make_array(ary_type)(context, builder, ary).data
+    return builder.gep(data, [index], inbounds=True)
+
+
+def _emit_panel_tile(context, builder, types_, values, acc_ptr, **options):
+    """:func:`kernels.cpu.direct.emit_fma_tile` for the tile whose first
+    eight arguments (types ``types_``, LLVM ``values``) are ``tag, b, b0,
+    b_step, a, a0, a_row, steps``; ``options`` as there."""
+    tag, b, _, _, a = types_[:5]
+    _, b_v, b0_v, b_step_v, a_v, a0_v, a_row_v, steps_v = values[:8]
+    emit_fma_tile(context, builder, b.dtype, tag.count, TILE_VECTORS,
+                  context.make_array(b)(context, builder, b_v).data,
+                  lambda r: builder.add(b0_v, builder.mul(r, b_step_v)),
+                  context.make_array(a)(context, builder, a_v).data, a0_v,
+                  a_row_v, steps_v, acc_ptr, **options)
+
+
 @intrinsic
 def _panel_tile(typingctx, tag, b, b0, b_step, a, a0, a_row, steps, c, c0):
     """``c[c0 + q w + l] += sum_r a[a0 + q a_row + r] * b[b0 + r b_step +
@@ -129,24 +148,14 @@ def _panel_tile(typingctx, tag, b, b0, b_step, a, a0, a_row, steps, c, c0):
     """
     if not isinstance(tag, types.UniTuple):
         return None
-    n_rows = tag.count
+    sig = types.void(tag, b, b0, b_step, a, a0, a_row, steps, c, c0)
 
     def codegen(context, builder, signature, args):
-        _, b_v, b0_v, b_step_v, a_v, a0_v, a_row_v, steps_v, c_v, c0_v = args
-        c_data = context.make_array(c)(context, builder, c_v).data
-
-        def b_row(r):
-            return builder.add(b0_v, builder.mul(r, b_step_v))
-
-        emit_fma_tile(context, builder, b.dtype, n_rows, TILE_VECTORS,
-                      context.make_array(b)(context, builder, b_v).data, b_row,
-                      context.make_array(a)(context, builder, a_v).data, a0_v,
-                      a_row_v, steps_v,
-                      builder.gep(c_data, [c0_v], inbounds=True))
+        _emit_panel_tile(context, builder, signature.args, args,
+                         _element_ptr(context, builder, c, args[8], args[9]))
         return context.get_dummy_value()
 
-    return (types.void(tag, b, b0, b_step, a, a0, a_row, steps, c, c0),
-            codegen)
+    return sig, codegen
 
 
 @intrinsic
@@ -159,22 +168,15 @@ def _first_tile_at(typingctx, tag, b, b0, b_step, a, a0, a_row, steps, c, c0,
     zeroed beforehand.  The same chain of multiply-adds."""
     if not isinstance(tag, types.UniTuple):
         return None
+    sig = types.void(tag, b, b0, b_step, a, a0, a_row, steps, c, c0, ldc)
 
     def codegen(context, builder, signature, args):
-        (_, b_v, b0_v, b_step_v, a_v, a0_v, a_row_v, steps_v, c_v, c0_v,
-         ldc_v) = args
-        c_data = context.make_array(c)(context, builder, c_v).data
-        emit_fma_tile(context, builder, b.dtype, tag.count, TILE_VECTORS,
-                      context.make_array(b)(context, builder, b_v).data,
-                      lambda r: builder.add(b0_v, builder.mul(r, b_step_v)),
-                      context.make_array(a)(context, builder, a_v).data, a0_v,
-                      a_row_v, steps_v,
-                      builder.gep(c_data, [c0_v], inbounds=True),
-                      acc_stride=ldc_v, zero_init=True)
+        _emit_panel_tile(context, builder, signature.args, args,
+                         _element_ptr(context, builder, c, args[8], args[9]),
+                         acc_stride=args[10], zero_init=True)
         return context.get_dummy_value()
 
-    return (types.void(tag, b, b0, b_step, a, a0, a_row, steps, c, c0, ldc),
-            codegen)
+    return sig, codegen
 
 
 @intrinsic
@@ -185,24 +187,18 @@ def _last_tile_to(typingctx, tag, b, b0, b_step, a, a0, a_row, steps, c, c0,
     puts a full-width tile in its place instead of back in the buffer."""
     if not isinstance(tag, types.UniTuple):
         return None
+    sig = types.void(tag, b, b0, b_step, a, a0, a_row, steps, c, c0, out, o0,
+                     ldc)
 
     def codegen(context, builder, signature, args):
-        (_, b_v, b0_v, b_step_v, a_v, a0_v, a_row_v, steps_v, c_v, c0_v,
-         out_v, o0_v, ldc_v) = args
-        c_data = context.make_array(c)(context, builder, c_v).data
-        out_data = context.make_array(out)(context, builder, out_v).data
-        emit_fma_tile(context, builder, b.dtype, tag.count, TILE_VECTORS,
-                      context.make_array(b)(context, builder, b_v).data,
-                      lambda r: builder.add(b0_v, builder.mul(r, b_step_v)),
-                      context.make_array(a)(context, builder, a_v).data, a0_v,
-                      a_row_v, steps_v,
-                      builder.gep(c_data, [c0_v], inbounds=True),
-                      store_ptr=builder.gep(out_data, [o0_v], inbounds=True),
-                      store_stride=ldc_v)
+        _emit_panel_tile(context, builder, signature.args, args,
+                         _element_ptr(context, builder, c, args[8], args[9]),
+                         store_ptr=_element_ptr(context, builder, out,
+                                                args[10], args[11]),
+                         store_stride=args[12])
         return context.get_dummy_value()
 
-    return (types.void(tag, b, b0, b_step, a, a0, a_row, steps, c, c0, out,
-                       o0, ldc), codegen)
+    return sig, codegen
 
 
 @njit(cache=True, inline="always")
