@@ -333,7 +333,7 @@ def choose_algorithm(x_shape, w_shape, stride=(1, 1), padding=(0, 0, 0, 0),
     ----------
     x_shape : (N, C, H, W)
     w_shape : (K, C // groups, kH, kW)
-    stride, dilation : (sh, sw), (dh, dw)
+    stride, dilation : int or (sh, sw), (dh, dw), as ``conv2d`` takes them
     padding : (top, bottom, left, right) zero padding
         Or as ``conv2d`` takes it: an int, a (pH, pW) pair, ``"valid"``
         or ``"same"``.
@@ -358,6 +358,8 @@ def choose_algorithm(x_shape, w_shape, stride=(1, 1), padding=(0, 0, 0, 0),
     'fft'
     """
     _dispatch.check_backend(backend)
+    stride = int_tuple("stride", stride, 2, 1)
+    dilation = int_tuple("dilation", dilation, 2, 1)
     padding = _four_sided(padding, w_shape, stride, dilation)
     spec = ConvSpec.from_config(x_shape, w_shape, stride, padding, dilation,
                                 groups, dtype)

@@ -652,3 +652,17 @@ def test_choose_algorithm_takes_conv2ds_padding_forms():
         kernels.choose_algorithm(x, w, padding=(1, 2, 3))
     with pytest.raises(ValueError, match="'valid', 'same'"):
         kernels.choose_algorithm(x, w, padding="full")
+
+
+def test_choose_algorithm_takes_int_stride_and_dilation():
+    # As conv2d takes them: an int stands for the same value on both axes.
+    x, w = (1, 128, 28, 28), (128, 128, 3, 3)
+    for stride, dilation in ((2, 1), (1, 2), (2, 2)):
+        assert kernels.choose_algorithm(x, w, stride=stride, padding=1,
+                                        dilation=dilation) == \
+            kernels.choose_algorithm(x, w, stride=(stride, stride), padding=1,
+                                     dilation=(dilation, dilation))
+    with pytest.raises(ValueError, match="stride"):
+        kernels.choose_algorithm(x, w, stride=0)
+    with pytest.raises(ValueError, match="dilation"):
+        kernels.choose_algorithm(x, w, dilation=(1, 0))

@@ -225,7 +225,15 @@ AUTO_THRESHOLDS = {
     # filter's two checks taking 3.6 ms of a call (on the Zen 3 winograd
     # won there, 4.94 against 7.08).  Was 196, set on the Zen 4 before
     # Winograd's unrolled transforms and register-tile GEMMs.
-    "winograd_min_pixels": 64,
+    # 7^2 maps too since 2026-12-04 (49, with winograd_min_positions
+    # keeping batch 1 and 2 direct): on the Zen 3, direct's time over
+    # winograd's, paired in one process, 512 at 4 x 7^2 1.54, 3 x 7^2
+    # 1.21, 2 x 7^2 1.01, 1 x 7^2 0.72; 256 at 4 x 7^2 1.59; 128 at 4 x
+    # 7^2 1.08 (64 channels stay direct: WINOGRAD_NARROW_MIN_POSITIONS).
+    # On the Xeon VM, after the register-tile GEMMs (section V, stop 25),
+    # 512 at 4 x 7^2 was a tie through kernels.conv2d: winograd 9.73 and
+    # 8.79 ms against direct's 8.88 and 10.0 in two sweeps.
+    "winograd_min_pixels": 49,
     # ... and at least this many output positions over the batch (N Ho Wo:
     # the tuple GEMMs' columns, over which each call's filter transform,
     # or its cache check, is spread).  Zen 3, C = K = 512 at 7^2: direct
