@@ -198,6 +198,45 @@ def test_scipy_style_bad_input_is_rejected(function):
         f(a, b.astype(str))
 
 
+@over_nsp
+@pytest.mark.parametrize("bad", [
+    {"stride": True}, {"stride": 1.0}, {"padding": 1.0}, {"padding": True},
+    {"groups": True}, {"groups": 1.0}, {"dilation": True}],
+    ids=lambda bad: "-".join(f"{k}={v!r}" for k, v in bad.items()))
+def test_a_call_validated_before_lets_no_bad_argument_through(nsp, bad):
+    # conv1d/conv2d validate a call once per shapes, dtypes and arguments
+    # (kernels._conv's plans); True and 1.0 compare and hash equal to 1,
+    # and must still be rejected after a call with 1.
+    x, w = _xw(nsp)
+    good = dict(stride=1, padding=1, dilation=1, groups=1)
+    conv_function(nsp)(x, w, **good)
+    name = next(iter(bad))
+    with pytest.raises(TypeError, match=name):
+        conv_function(nsp)(x, w, **{**good, **bad})
+
+
+@over_nsp
+@pytest.mark.parametrize("kwargs", [dict(padding=1), dict(padding="same"),
+                                    dict(padding=2, padding_mode="reflect"),
+                                    dict(stride=2, dilation=2, padding=1)])
+def test_repeated_calls_of_one_shape_stay_correct(nsp, kwargs):
+    # The second and third calls reuse the first one's validation: batched
+    # and unbatched inputs of the same shape, new values each time.
+    rng = np.random.default_rng(5)
+    for unbatched in (False, True):
+        for _ in range(3):
+            x = random_array(rng, (2, 3) + (9,) * nsp, np.float64)
+            w = random_array(rng, (4, 3) + (3,) * nsp, np.float64)
+            if unbatched:
+                x = x[0]
+            y = conv_function(nsp)(x, w, algorithm="direct", **kwargs)
+            batched = x[None] if unbatched else x
+            assert y.shape == (batched.shape[0:1] if not unbatched else ()) \
+                + (4,) + y.shape[-nsp:]
+            assert_within_bound("direct", y[None] if unbatched else y,
+                                batched, w, **kwargs)
+
+
 # --------------------------------------------------------------------------
 # Layouts, side effects, edge cases: every algorithm
 # --------------------------------------------------------------------------
