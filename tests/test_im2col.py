@@ -667,6 +667,38 @@ def test_panel_gemm_from_rows_sums_as_from_panels(groups, m, depth, cols, extra,
     np.testing.assert_array_equal(flat[offset:].reshape(groups, depth, ld)[:, :, :cols], b)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3, 4])
+@pytest.mark.parametrize("b_weight", [1, 3])
+def test_job_split_divides_among_the_threads(threads, b_weight):
+    """Jobs: runs of tiles within the block of A, at least the wanted
+    count where the problem has it, and a multiple of the threads where
+    one exists in the search (prange gives each thread an equal run of
+    jobs; 7 jobs on two threads left one with 14 % more work)."""
+    depth_block, itemsize = 256, 4
+    per_block = _panel_gemm._A_BLOCK_BYTES // (
+        depth_block * _panel_gemm.TILE_ROWS * itemsize)
+    for groups, n_tiles, panels, cols in [
+            (1, 22, 49, 784), (1, 43, 13, 196), (1, 86, 13, 196),
+            (1, 342, 4, 49), (1, 86, 4, 49), (1, 171, 13, 196),
+            (3, 2, 5, 70), (1, 1, 1, 5), (1, 3, 1, 16), (2, 11, 196, 3136)]:
+        t_jobs, p_jobs = _panel_gemm._job_split(
+            groups, n_tiles, panels, depth_block, itemsize, threads, cols,
+            b_weight)
+        assert -(-n_tiles // per_block) <= t_jobs <= n_tiles
+        assert 1 <= p_jobs <= panels
+        jobs = groups * t_jobs * p_jobs
+        wanted = min(_panel_gemm._JOBS_PER_THREAD * threads,
+                     groups * n_tiles * panels)
+        assert jobs >= wanted or (t_jobs == -(-n_tiles // per_block)
+                                  and p_jobs == panels)
+        divisible = any(
+            groups * t * p % threads == 0 and groups * t * p >= wanted
+            for t in range(-(-n_tiles // per_block),
+                           min(n_tiles, -(-n_tiles // per_block) + wanted) + 1)
+            for p in range(1, min(panels, wanted) + 1))
+        assert jobs % threads == 0 or not divisible
+
+
 def test_panel_gemm_from_rows_refuses_rows_that_do_not_hold_b():
     a = np.ones((1, 4, 3), np.float32)
     out = np.empty((1, 4, 5), np.float32)

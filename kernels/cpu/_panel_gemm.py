@@ -56,6 +56,9 @@ _MIN_DEPTH_BLOCK = 128
 # A job's block of A (its row tiles times a reduction block): half of a
 # 512 KiB L2 (Zen 3).
 _A_BLOCK_BYTES = 256 * 1024
+# What a job's packing of B from rows costs, per element, against a read
+# of A or of B's panels (see _job_split).
+_B_ROWS_WEIGHT = 3
 
 
 def panel_width(dtype):
@@ -325,14 +328,14 @@ def _one_block_job(g, t_lo, t_hi, p_lo, p_hi, tile_m0, tile_rows, b, rows,
 
 @njit(parallel=True, cache=True)
 def _panel_gemm_kernel(a, tile_m0, tile_rows, b, rows, rows_off, rows_ld,
-                       cols, out, out_off, ldc, tile_chunk, panel_chunk,
-                       depth_block):
+                       cols, out, out_off, ldc, t_jobs, p_jobs, depth_block):
     """out[g, m, :cols] = a[g, m] @ B[g] for every group and row; B is
     ``b`` in panels (module docstring), out's row (g, m) starts at
     ``out[out_off + (g M + m) ldc]``; A's register tiles are rows
     ``tile_m0[t]`` to ``tile_m0[t] + tile_rows[t]``.
 
-    A job is (group, ``tile_chunk`` tiles, ``panel_chunk`` panels).  Its
+    A job is (group, one of ``t_jobs`` runs of tiles, one of ``p_jobs``
+    runs of panels), the runs as equal as they can be.  Its
     reduction runs in blocks of ``depth_block`` steps: the block of its
     rows of A stays in L2 while its panels pass, a panel's slice in L1
     while the tiles pass.  Between blocks the accumulators wait in the
@@ -349,15 +352,15 @@ def _panel_gemm_kernel(a, tile_m0, tile_rows, b, rows, rows_off, rows_ld,
     af = a.reshape(a.size)
     n_tiles = tile_m0.shape[0]
     panels = (cols + panel - 1) // panel
-    t_jobs = (n_tiles + tile_chunk - 1) // tile_chunk
-    p_jobs = (panels + panel_chunk - 1) // panel_chunk
     tile_size = TILE_ROWS * panel
     for job in prange(groups * t_jobs * p_jobs):
         g = job // (t_jobs * p_jobs)
-        t_lo = (job // p_jobs) % t_jobs * tile_chunk
-        t_hi = min(n_tiles, t_lo + tile_chunk)
-        p_lo = job % p_jobs * panel_chunk
-        p_hi = min(panels, p_lo + panel_chunk)
+        ti = (job // p_jobs) % t_jobs
+        pi = job % p_jobs
+        t_lo = ti * n_tiles // t_jobs
+        t_hi = (ti + 1) * n_tiles // t_jobs
+        p_lo = pi * panels // p_jobs
+        p_hi = (pi + 1) * panels // p_jobs
         n_p = p_hi - p_lo
         if depth <= depth_block:
             _one_block_job(g, t_lo, t_hi, p_lo, p_hi, tile_m0, tile_rows, b,
@@ -401,17 +404,43 @@ def _panel_gemm_kernel(a, tile_m0, tile_rows, b, rows, rows_off, rows_ld,
                             ldc)
 
 
-def _job_split(groups, n_tiles, panels, depth_block, itemsize, threads):
-    """(tile_chunk, panel_chunk): a job's block of A (``depth_block``
-    steps, the reduction's length when shorter) within ``_A_BLOCK_BYTES``,
-    and at least ``_JOBS_PER_THREAD`` jobs per thread where the problem
-    has that many tiles and panels."""
+def _job_split(groups, n_tiles, panels, depth_block, itemsize, threads,
+               cols=None, b_weight=1):
+    """(t_jobs, p_jobs): ``t_jobs`` runs of tiles, whose blocks of A
+    (``depth_block`` steps, the reduction's length when shorter) fit
+    ``_A_BLOCK_BYTES``, by ``p_jobs`` runs of panels.
+
+    At least ``_JOBS_PER_THREAD`` jobs per thread where the problem has
+    them, and a multiple of the thread count where it can be: Numba's
+    ``prange`` gives each thread an equal run of the jobs, and 7 jobs
+    (128 x 512 @ 512 x 784, a ResNet-50 1x1 layer) left one of two
+    threads 14 % more work than the other's mean, 9 jobs (2048 x 512 @
+    512 x 49) 11 %.  Among the splits that do, the one that moves least:
+    each run of tiles reads all of B, each run of panels all of A, so
+    ``b_weight t_jobs cols + p_jobs rows`` (in units of the reduction's
+    length; ``cols`` defaults to ``panels``).  ``b_weight`` is 3 where
+    the jobs pack B from rows (:func:`matmul_rows`): with 1, 256 x 1024 @
+    1024 x 196 and 512 x 2048 @ 2048 x 49 chose more runs of tiles and
+    ran 7 % and 11 % slower than with two or three (Zen 3).
+    """
     tile_bytes = depth_block * TILE_ROWS * itemsize
-    t_jobs = -(-n_tiles // max(1, _A_BLOCK_BYTES // tile_bytes))
-    wanted = _JOBS_PER_THREAD * threads
-    p_jobs = max(1, min(panels, -(-wanted // (groups * t_jobs))))
-    # Equal chunks: the threads take the jobs in contiguous runs.
-    return -(-n_tiles // t_jobs), -(-panels // p_jobs)
+    t_min = -(-n_tiles // max(1, _A_BLOCK_BYTES // tile_bytes))
+    wanted = min(_JOBS_PER_THREAD * threads, groups * n_tiles * panels)
+    rows = n_tiles * TILE_ROWS
+    cols = panels if cols is None else cols
+    best = None
+    for t_jobs in range(t_min, min(n_tiles, t_min + wanted) + 1):
+        for p_jobs in range(1, min(panels, wanted) + 1):
+            jobs = groups * t_jobs * p_jobs
+            if jobs < wanted:
+                continue
+            key = (jobs % threads != 0,
+                   b_weight * t_jobs * cols + p_jobs * rows, jobs)
+            if best is None or key < best[0]:
+                best = (key, t_jobs, p_jobs)
+    if best is None:            # fewer tiles and panels than wanted jobs
+        return t_min, min(panels, max(1, -(-wanted // (groups * t_min))))
+    return best[1], best[2]
 
 
 def _flat_rows(array):
@@ -506,23 +535,25 @@ def _launch(a, b, rows, rows_off, rows_ld, cols, out):
     out_flat, out_off, ldc = _flat_rows(out)
     depth_block = max(_MIN_DEPTH_BLOCK,
                       _B_BLOCK_BYTES // (panel_width(a.dtype) * a.itemsize))
-    tile_m0, tile_rows, tile_chunk, panel_chunk = _launch_plan(
+    tile_m0, tile_rows, t_jobs, p_jobs = _launch_plan(
         groups, n_rows, depth, cols, a.dtype, depth_block,
-        _tuning.block_shape_threads())
+        _tuning.block_shape_threads(), rows_ld > 0)
     _panel_gemm_kernel(np.ascontiguousarray(a), tile_m0, tile_rows, b, rows,
                        rows_off, rows_ld, cols, out_flat, out_off, ldc,
-                       tile_chunk, panel_chunk, depth_block)
+                       t_jobs, p_jobs, depth_block)
     return out
 
 
 @functools.lru_cache(maxsize=1024)
-def _launch_plan(groups, n_rows, depth, cols, dtype, depth_block, threads):
-    """(tile_m0, tile_rows, tile_chunk, panel_chunk) of a product: a
+def _launch_plan(groups, n_rows, depth, cols, dtype, depth_block, threads,
+                 from_rows=False):
+    """(tile_m0, tile_rows, t_jobs, p_jobs) of a product: a
     network calls the same shapes again and again, and working them out
     cost a few of a call's ~50 us of Python."""
     tile_m0, tile_rows = _row_tiles(n_rows)
     dtype = np.dtype(dtype)
-    tile_chunk, panel_chunk = _job_split(
+    t_jobs, p_jobs = _job_split(
         groups, tile_m0.size, -(-cols // panel_width(dtype)),
-        min(depth, depth_block), dtype.itemsize, threads)
-    return tile_m0, tile_rows, tile_chunk, panel_chunk
+        min(depth, depth_block), dtype.itemsize, threads, cols,
+        _B_ROWS_WEIGHT if from_rows else 1)
+    return tile_m0, tile_rows, t_jobs, p_jobs
