@@ -31,7 +31,7 @@ probe (a short interleaved sweep):
     C = K = 64 at 28 x 28, kernels 1, 3, 5, 7;
 ``im2col_min_depth_strided``
     the reduction length (C * kH * kW) from which im2col beats direct on
-    strided layers: C = K growing, 3 x 3, stride 2, 28 x 28, batch 1;
+    strided layers: C = K growing, 3 x 3, stride 2, 56 x 56, batch 1;
 ``im2col_serial_max_macs``
     multiply-adds from which direct beats im2col on a 1x1 convolution
     whose GEMM is one BLAS piece (7 x 7, batch 1, 32 output channels): C
@@ -347,18 +347,18 @@ def _im2col_area(built, progress, report):
 
 
 def _im2col_strided(built, progress, report):
-    """Stride-2 3 x 3 layers, C = K growing at 28 x 28, batch 1 (ResNet's
+    """Stride-2 3 x 3 layers, C = K growing at 56 x 56, batch 1 (ResNet's
     downsampling 3 x 3 layers): the reduction length C * 9 at which
-    im2col takes over from direct."""
-    channels = (64, 128, 256, 512, 1024)
-    cases = [ConvCase(f"C=K={c}", (1, c, 28, 28), (c, c, 3, 3), 2, 1, 1)
+    im2col takes over from direct (Zen 3: between 32 and 64 channels)."""
+    channels = (16, 32, 64, 128, 256, 512)
+    cases = [ConvCase(f"C=K={c}", (1, c, 56, 56), (c, c, 3, 3), 2, 1, 1)
              for c in channels]
     times = _times(cases, ["direct", "im2col"], progress)
     depths = [9 * c for c in channels]
     r = resolve(depths, times["direct"], times["im2col"],
                 _best_repeats(times, ["direct"]), _best_repeats(times, ["im2col"]))
     at, status, why = r
-    report.append({"x_shape": [1, "C", 28, 28], "stride": 2,
+    report.append({"x_shape": [1, "C", 56, 56], "stride": 2,
                    "channels": list(channels), "times_s": dict(times),
                    "crossover_depth": at, "status": status, "why": why})
     return _valued(report, r, lambda a: 2 * depths[-1] if a is None else a)

@@ -95,6 +95,12 @@ WINOGRAD_NARROW_MIN_POSITIONS = 1568
 #: 56^2 0.87, 48^2 0.96, 40^2 0.81, 33^2 0.71 and 25^2 (sweeps) 0.8.
 WINOGRAD_HALF_CHANNELS_MIN_PIXELS = 4096
 
+#: A strided layer with a kernel larger than 3x3 goes to im2col only with
+#: at least this many input channels per group, whatever
+#: ``im2col_min_depth_strided`` (calibrated on 3x3 layers) says; see the
+#: rule in :func:`_model_choice`.
+IM2COL_STRIDED_WIDE_MIN_CHANNELS = 96
+
 
 def default_thresholds(backend="cpu"):
     """The backend's measured defaults (``NEUTRAL_THRESHOLDS`` if none)."""
@@ -281,8 +287,14 @@ def _model_choice(cands, spec, t):
     # speed.  (ResNet-50's stride-2 3x3 layers on the Zen 3, direct over
     # im2col, batch 1: 128 at 56^2 1.06-1.07, 256 at 28^2 1.13-1.18, 512
     # at 14^2 1.30-1.76; 64 at 56^2 0.88-1.08.)
+    # Larger strided kernels need more input channels (direct reads more
+    # taps per packed input): 5x5/2 C = K = 64 at 56^2 ran direct 1.12x
+    # faster, 96 level, 128 and 256 im2col 1.23x and 1.35x; 7x7/2 64
+    # direct 1.27x faster, 96 level, 128 and 192 im2col 1.11x and 1.14x
+    # (Zen 3, 2026-12-04, paired in one process).
     strided_deep = (stride[0] * stride[1] > 1
-                    and cg * area >= t["im2col_min_depth_strided"])
+                    and cg * area >= t["im2col_min_depth_strided"]
+                    and (area <= 9 or cg >= IM2COL_STRIDED_WIDE_MIN_CHANNELS))
     if ("im2col" in cands and cg * area >= 8 and not serial
             and (kg >= t["im2col_min_out_channels"] or area == 1)
             and (area <= t["im2col_max_area"] or strided_deep)):

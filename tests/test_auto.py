@@ -467,6 +467,30 @@ def test_deep_strided_layers_go_to_im2col():
                                     stride=(2, 2), padding=1) == "im2col"
 
 
+def test_strided_kernels_larger_than_3x3_need_the_wide_floor():
+    # im2col_min_depth_strided is calibrated on 3x3 layers; 5x5 and 7x7
+    # strided layers go to im2col only from IM2COL_STRIDED_WIDE_MIN_CHANNELS.
+    from kernels._choose import IM2COL_STRIDED_WIDE_MIN_CHANNELS as floor
+    strided = ["direct", "im2col", "fft"]
+    t = dict(T, im2col_min_depth_strided=576)
+    assert _choice((1, 64, 56, 56), (64, 64, 3, 3), stride=2, t=t,
+                   cands=strided) == "im2col"
+    assert _choice((1, 32, 56, 56), (32, 32, 3, 3), stride=2, t=t,
+                   cands=strided) == "direct"
+    assert 64 < floor <= 128
+    assert _choice((1, 64, 56, 56), (64, 64, 5, 5), stride=2, t=t,
+                   cands=strided) == "direct"
+    assert _choice((1, 128, 56, 56), (128, 128, 5, 5), stride=2, t=t,
+                   cands=strided) == "im2col"
+    assert _choice((1, 64, 56, 56), (64, 64, 7, 7), stride=2, t=t,
+                   cands=strided) == "direct"
+    assert _choice((1, 128, 56, 56), (128, 128, 7, 7), stride=2, t=t,
+                   cands=strided) == "im2col"
+    # The stem (C = 3, 7x7/2) stays direct.
+    assert _choice((1, 3, 224, 224), (64, 3, 7, 7), stride=2, t=t,
+                   cands=strided) == "direct"
+
+
 def test_default_thresholds_have_every_rule():
     from kernels._choose import default_thresholds
     assert set(default_thresholds("cpu")) == set(NEUTRAL_THRESHOLDS) == set(T)

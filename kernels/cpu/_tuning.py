@@ -254,8 +254,14 @@ AUTO_THRESHOLDS = {
     # direct / im2col): C = K = 128 at 56^2 1.06-1.07 at batch 1 (1.01-1.13
     # at 4), 256 at 28^2 1.13-1.18, 512 at 14^2 1.30-1.76, 1024 at 14^2
     # 1.32-1.97; 64 at 56^2 0.79-1.08; C -> 2C 0.96-1.16.  convbench
-    # calibrate measures it (C = K at 28^2, batch 1).
-    "im2col_min_depth_strided": 2304,
+    # calibrate measures it (C = K at 56^2, batch 1).  576 since
+    # 2026-12-04, after the GEMM's even job split (s2pair.py, paired in
+    # one process, direct's time over im2col's): 3x3/2 at batch 1, C = K
+    # = 64 at 56^2 1.10, 128 at 56^2 1.22, 256 at 28^2 1.28, 64 -> 128
+    # 1.19, 128 -> 256 1.21; batch 4, 64 1.07, 128 1.20; below 576, 48
+    # (432) 1.04, 32 (288) 0.96 and 0.86 at batch 4.  Kernels larger than
+    # 3x3 also need 96 input channels (IM2COL_STRIDED_WIDE_MIN_CHANNELS).
+    "im2col_min_depth_strided": 576,
     # ... unless the output has fewer positions (N Ho Wo) than one BLAS
     # piece (64 columns: one thread) and more multiply-adds than this.
     # MobileNet 1x1 convs at 7^2: im2col won 960 -> 160 (7.5e6: 0.32 vs
