@@ -174,7 +174,6 @@ def _plan_key(nsp, x, w, bias, stride, padding, dilation, groups,
 class _Plan(NamedTuple):
     """What :func:`_conv` derives from a validated call's arguments."""
 
-    nsp: int
     unbatched: bool
     mode_pads: list         # padding filled by padding_mode first, or None
     padding_mode: str
@@ -200,8 +199,8 @@ def _plan(nsp, p):
     else:
         spec = ConvSpec(x_shape, w_shape, p.stride, pads[0] + pads[1],
                         p.dilation, p.groups, p.dtype)
-    return _Plan(nsp, p.unbatched, mode_pads, p.padding_mode, spec,
-                 p.algorithm, p.backend)
+    return _Plan(p.unbatched, mode_pads, p.padding_mode, spec, p.algorithm,
+                 p.backend)
 
 
 def _conv(nsp, x, w, bias, *args):

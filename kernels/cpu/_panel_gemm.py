@@ -404,8 +404,8 @@ def _panel_gemm_kernel(a, tile_m0, tile_rows, b, rows, rows_off, rows_ld,
                             ldc)
 
 
-def _job_split(groups, n_tiles, panels, depth_block, itemsize, threads,
-               cols=None, b_weight=1):
+def _job_split(groups, n_tiles, panels, depth_block, itemsize, threads, cols,
+               b_weight=1):
     """(t_jobs, p_jobs): ``t_jobs`` runs of tiles, whose blocks of A
     (``depth_block`` steps, the reduction's length when shorter) fit
     ``_A_BLOCK_BYTES``, by ``p_jobs`` runs of panels.
@@ -418,7 +418,7 @@ def _job_split(groups, n_tiles, panels, depth_block, itemsize, threads,
     512 x 49) 11 %.  Among the splits that do, the one that moves least:
     each run of tiles reads all of B, each run of panels all of A, so
     ``b_weight t_jobs cols + p_jobs rows`` (in units of the reduction's
-    length; ``cols`` defaults to ``panels``).  ``b_weight`` is 3 where
+    length).  ``b_weight`` is 3 where
     the jobs pack B from rows (:func:`matmul_rows`): with 1, 256 x 1024 @
     1024 x 196 and 512 x 2048 @ 2048 x 49 chose more runs of tiles and
     ran 7 % and 11 % slower than with two or three (Zen 3).
@@ -427,7 +427,6 @@ def _job_split(groups, n_tiles, panels, depth_block, itemsize, threads,
     t_min = -(-n_tiles // max(1, _A_BLOCK_BYTES // tile_bytes))
     wanted = min(_JOBS_PER_THREAD * threads, groups * n_tiles * panels)
     rows = n_tiles * TILE_ROWS
-    cols = panels if cols is None else cols
     best = None
     for t_jobs in range(t_min, min(n_tiles, t_min + wanted) + 1):
         for p_jobs in range(1, min(panels, wanted) + 1):
@@ -438,8 +437,8 @@ def _job_split(groups, n_tiles, panels, depth_block, itemsize, threads,
                    b_weight * t_jobs * cols + p_jobs * rows, jobs)
             if best is None or key < best[0]:
                 best = (key, t_jobs, p_jobs)
-    if best is None:            # fewer tiles and panels than wanted jobs
-        return t_min, min(panels, max(1, -(-wanted // (groups * t_min))))
+    # (The largest split searched has at least the wanted jobs: wanted is
+    # at most groups n_tiles panels, and either range reaches wanted.)
     return best[1], best[2]
 
 
