@@ -18,7 +18,8 @@ B arrives in *panels* of :func:`panel_width` columns (one register tile's
 width), written so by im2col's gather: panel ``p`` holds columns ``[p P,
 (p + 1) P)`` of every row, row after row, so that a tile's slice of it is
 contiguous.  The last panel is padded to full width (the pad's products
-are computed and dropped: each column is a lane of its own).  A job,
+are computed and dropped: each column is a lane of its own); where its
+columns fit in half a panel, its tiles compute only that half.  A job,
 (group, chunk of row tiles, chunk of panels), multiplies a register tile
 of up to ``TILE_ROWS`` rows of A, read in place, by one panel at a time
 (:func:`_panel_tile`), in blocks of the reduction sized for the caches
@@ -135,13 +136,20 @@ def _element_ptr(context, builder, ary_type, ary, index):
     return builder.gep(data, [index], inbounds=True)
 
 
+def _is_tile_tag(tag):
+    """A tile's tag: R copies of a tuple of V elements, for R rows of A
+    and V vectors of B's lanes (:data:`_FULL` or :data:`_HALF`)."""
+    return (isinstance(tag, types.UniTuple)
+            and isinstance(tag.dtype, types.UniTuple))
+
+
 def _emit_panel_tile(context, builder, types_, values, acc_ptr, **options):
     """:func:`kernels.cpu.direct.emit_fma_tile` for the tile whose first
     eight arguments (types ``types_``, LLVM ``values``) are ``tag, b, b0,
     b_step, a, a0, a_row, steps``; ``options`` as there."""
     tag, b, _, _, a = types_[:5]
     _, b_v, b0_v, b_step_v, a_v, a0_v, a_row_v, steps_v = values[:8]
-    emit_fma_tile(context, builder, b.dtype, tag.count, TILE_VECTORS,
+    emit_fma_tile(context, builder, b.dtype, tag.count, tag.dtype.count,
                   context.make_array(b)(context, builder, b_v).data,
                   lambda r: builder.add(b0_v, builder.mul(r, b_step_v)),
                   context.make_array(a)(context, builder, a_v).data, a0_v,
@@ -152,12 +160,14 @@ def _emit_panel_tile(context, builder, types_, values, acc_ptr, **options):
 def _panel_tile(typingctx, tag, b, b0, b_step, a, a0, a_row, steps, c, c0):
     """``c[c0 + q w + l] += sum_r a[a0 + q a_row + r] * b[b0 + r b_step +
     l]`` for ``r < steps``, ``q < R``, ``l < w`` (one tile's width), R the
-    length of the tuple ``tag`` (a compile-time constant): direct's
+    length of the tuple ``tag`` (a compile-time constant; only its first V
+    vectors of lanes where its elements are tuples of V, see
+    :func:`_is_tile_tag`): direct's
     register tile (:func:`kernels.cpu.direct.emit_fma_tile`) with B's rows
     at a constant stride (direct's reads a table of offsets, one more load
     per step: 1.4x slower than this on 512@7^2's product, 1.1x on 64@56^2).
     """
-    if not isinstance(tag, types.UniTuple):
+    if not _is_tile_tag(tag):
         return None
     sig = types.void(tag, b, b0, b_step, a, a0, a_row, steps, c, c0)
 
@@ -177,7 +187,7 @@ def _first_tile_at(typingctx, tag, b, b0, b_step, a, a0, a_row, steps, c, c0,
     tile straight into its place in the output, or a reduction's first
     block into the job's buffer (``ldc`` one tile's width), with nothing
     zeroed beforehand.  The same chain of multiply-adds."""
-    if not isinstance(tag, types.UniTuple):
+    if not _is_tile_tag(tag):
         return None
     sig = types.void(tag, b, b0, b_step, a, a0, a_row, steps, c, c0, ldc)
 
@@ -196,7 +206,7 @@ def _last_tile_to(typingctx, tag, b, b0, b_step, a, a0, a_row, steps, c, c0,
     """:func:`_panel_tile` whose sums, loaded from the tile buffer at
     ``c[c0]``, go to ``out[o0 + q ldc + l]``: a reduction's last block
     puts a full-width tile in its place instead of back in the buffer."""
-    if not isinstance(tag, types.UniTuple):
+    if not _is_tile_tag(tag):
         return None
     sig = types.void(tag, b, b0, b_step, a, a0, a_row, steps, c, c0, out, o0,
                      ldc)
@@ -222,53 +232,85 @@ def _store_rows(tile, rows, nw, width, out, o0, ldc):
             dst[lane] = src[lane]
 
 
+# Tile tags' vector tuples: a whole panel's width, or its first half (a
+# last panel of at most half a panel's columns: 49 = 3 x 16 + 1 columns,
+# a 7^2 map, compute 56 lanes instead of 64; each lane's sum is the same).
+_FULL = (0,) * TILE_VECTORS
+_HALF = (0,) * (TILE_VECTORS // 2)
+
+
 @njit(cache=True, inline="always")
-def _run_tile(rows, b, b0, b_step, af, a0, depth, steps, acc, c0):
-    """:func:`_panel_tile` for a tile of ``rows`` (6, 4, 2 or 1) rows."""
+def _run_tile(rows, v, b, b0, b_step, af, a0, depth, steps, acc, c0):
+    """:func:`_panel_tile` for a tile of ``rows`` (6, 4, 2 or 1) rows and
+    the vectors ``v`` (``_FULL`` or ``_HALF``)."""
     # The tuples' lengths are the tiles' rows (TILE_ROWS = 6).
     if rows == 6:
-        _panel_tile((0, 0, 0, 0, 0, 0), b, b0, b_step, af, a0, depth, steps,
+        _panel_tile((v, v, v, v, v, v), b, b0, b_step, af, a0, depth, steps,
                     acc, c0)
     elif rows == 4:
-        _panel_tile((0, 0, 0, 0), b, b0, b_step, af, a0, depth, steps, acc,
+        _panel_tile((v, v, v, v), b, b0, b_step, af, a0, depth, steps, acc,
                     c0)
     elif rows == 2:
-        _panel_tile((0, 0), b, b0, b_step, af, a0, depth, steps, acc, c0)
+        _panel_tile((v, v), b, b0, b_step, af, a0, depth, steps, acc, c0)
     else:
-        _panel_tile((0,), b, b0, b_step, af, a0, depth, steps, acc, c0)
+        _panel_tile((v,), b, b0, b_step, af, a0, depth, steps, acc, c0)
 
 
 @njit(cache=True, inline="always")
-def _run_first_tile(rows, b, b0, b_step, af, a0, depth, steps, c, c0, ldc):
-    """:func:`_first_tile_at` for a tile of ``rows`` (6, 4, 2 or 1) rows."""
+def _run_first_tile(rows, v, b, b0, b_step, af, a0, depth, steps, c, c0,
+                    ldc):
+    """:func:`_first_tile_at` for a tile of ``rows`` (6, 4, 2 or 1) rows
+    and the vectors ``v``."""
     if rows == 6:
-        _first_tile_at((0, 0, 0, 0, 0, 0), b, b0, b_step, af, a0, depth,
+        _first_tile_at((v, v, v, v, v, v), b, b0, b_step, af, a0, depth,
                        steps, c, c0, ldc)
     elif rows == 4:
-        _first_tile_at((0, 0, 0, 0), b, b0, b_step, af, a0, depth, steps, c,
+        _first_tile_at((v, v, v, v), b, b0, b_step, af, a0, depth, steps, c,
                        c0, ldc)
     elif rows == 2:
-        _first_tile_at((0, 0), b, b0, b_step, af, a0, depth, steps, c, c0, ldc)
+        _first_tile_at((v, v), b, b0, b_step, af, a0, depth, steps, c, c0, ldc)
     else:
-        _first_tile_at((0,), b, b0, b_step, af, a0, depth, steps, c, c0, ldc)
+        _first_tile_at((v,), b, b0, b_step, af, a0, depth, steps, c, c0, ldc)
 
 
 @njit(cache=True, inline="always")
 def _run_last_tile(rows, b, b0, b_step, af, a0, depth, steps, c, c0, out, o0,
                    ldc):
-    """:func:`_last_tile_to` for a tile of ``rows`` (6, 4, 2 or 1) rows."""
+    """:func:`_last_tile_to` for a full-width tile of ``rows`` (6, 4, 2 or
+    1) rows."""
+    v = _FULL
     if rows == 6:
-        _last_tile_to((0, 0, 0, 0, 0, 0), b, b0, b_step, af, a0, depth, steps,
+        _last_tile_to((v, v, v, v, v, v), b, b0, b_step, af, a0, depth, steps,
                       c, c0, out, o0, ldc)
     elif rows == 4:
-        _last_tile_to((0, 0, 0, 0), b, b0, b_step, af, a0, depth, steps, c,
+        _last_tile_to((v, v, v, v), b, b0, b_step, af, a0, depth, steps, c,
                       c0, out, o0, ldc)
     elif rows == 2:
-        _last_tile_to((0, 0), b, b0, b_step, af, a0, depth, steps, c, c0, out,
+        _last_tile_to((v, v), b, b0, b_step, af, a0, depth, steps, c, c0, out,
                       o0, ldc)
     else:
-        _last_tile_to((0,), b, b0, b_step, af, a0, depth, steps, c, c0, out,
+        _last_tile_to((v,), b, b0, b_step, af, a0, depth, steps, c, c0, out,
                       o0, ldc)
+
+
+@njit(cache=True, inline="always")
+def _run_edge_tile(rows, half, first, b, b0, b_step, af, a0, depth, steps,
+                   acc, c0):
+    """A tile of the last panel, narrower than a panel, into its buffer
+    (rows one panel apart): the first block of the reduction
+    (:func:`_run_first_tile`) or a later one (:func:`_run_tile`), over
+    half the lanes where ``half``."""
+    panel = panel_width_of(acc)
+    if first and half:
+        _run_first_tile(rows, _HALF, b, b0, b_step, af, a0, depth, steps, acc,
+                        c0, panel)
+    elif first:
+        _run_first_tile(rows, _FULL, b, b0, b_step, af, a0, depth, steps, acc,
+                        c0, panel)
+    elif half:
+        _run_tile(rows, _HALF, b, b0, b_step, af, a0, depth, steps, acc, c0)
+    else:
+        _run_tile(rows, _FULL, b, b0, b_step, af, a0, depth, steps, acc, c0)
 
 
 @njit(cache=True, inline="always")
@@ -327,11 +369,11 @@ def _one_block_job(g, t_lo, t_hi, p_lo, p_hi, tile_m0, tile_rows, b, rows,
             a0 = (g * m_total + tile_m0[t]) * depth
             o0 = out_off + (g * m_total + tile_m0[t]) * ldc + n0
             if width == panel:
-                _run_first_tile(tile_rows[t], src, b0, panel, af, a0, depth,
-                                depth, out, o0, ldc)
+                _run_first_tile(tile_rows[t], _FULL, src, b0, panel, af, a0,
+                                depth, depth, out, o0, ldc)
             else:
-                _run_first_tile(tile_rows[t], src, b0, panel, af, a0, depth,
-                                depth, tile, 0, panel)
+                _run_edge_tile(tile_rows[t], 2 * width <= panel, True, src,
+                               b0, panel, af, a0, depth, depth, tile, 0)
                 _store_rows(tile, tile_rows[t], width, panel, out, o0, ldc)
 
 
@@ -389,20 +431,24 @@ def _panel_gemm_kernel(a, tile_m0, tile_rows, b, rows, rows_off, rows_ld,
                                         d0, steps, groups, depth, cols, panel)
                 n0 = p * panel
                 full = n0 + panel <= cols
+                half = 2 * (cols - n0) <= panel
                 for t in range(t_lo, t_hi):
                     a0 = (g * m_total + tile_m0[t]) * depth + d0
                     c0 = ((t - t_lo) * n_p + p - p_lo) * tile_size
-                    if d0 == 0:
-                        _run_first_tile(tile_rows[t], src, b0, panel, af, a0,
-                                        depth, steps, acc, c0, panel)
-                    elif last and full:
+                    if not full:
+                        _run_edge_tile(tile_rows[t], half, d0 == 0, src, b0,
+                                       panel, af, a0, depth, steps, acc, c0)
+                    elif d0 == 0:
+                        _run_first_tile(tile_rows[t], _FULL, src, b0, panel,
+                                        af, a0, depth, steps, acc, c0, panel)
+                    elif last:
                         _run_last_tile(tile_rows[t], src, b0, panel, af, a0,
                                        depth, steps, acc, c0, out,
                                        out_off + (g * m_total + tile_m0[t])
                                        * ldc + n0, ldc)
                     else:
-                        _run_tile(tile_rows[t], src, b0, panel, af, a0, depth,
-                                  steps, acc, c0)
+                        _run_tile(tile_rows[t], _FULL, src, b0, panel, af, a0,
+                                  depth, steps, acc, c0)
         if cols < p_hi * panel:
             p = p_hi - 1
             n0 = p * panel
