@@ -424,8 +424,9 @@ def _add_network_parser(sub):
                     "torch.nn.functional.conv2d, alternating the two round "
                     "by round: each in its own worker process, and both in "
                     "one process with either import order; then every "
-                    "algorithm on each distinct layer, summed at each "
-                    "layer's fastest (see convbench.network).")
+                    "algorithm on each call inside the sequence, summed at "
+                    "each call's fastest, and torch beside them, summed by "
+                    "kind of layer (see convbench.network).")
     net.add_argument("network", choices=sorted(workloads.NETWORKS),
                      metavar="NETWORK",
                      help=f"one of {', '.join(sorted(workloads.NETWORKS))}")
@@ -440,7 +441,8 @@ def _add_network_parser(sub):
                      metavar="S,...",
                      help=f"any of: {', '.join(SETTINGS)} (default: all)")
     net.add_argument("--no-per-layer", action="store_true",
-                     help="skip timing every algorithm on each distinct layer")
+                     help="skip timing every algorithm (and torch) on each "
+                          "call inside the sequence")
     net.add_argument("--dtype", choices=("float32", "float64"),
                      default="float32")
 

@@ -20,7 +20,10 @@ the network, the fastest algorithm's median per call: the "per-layer
 best" a perfect ``auto`` would approach, measured as the network runs.
 The network's own algorithm runs in the same alternation, so that
 :meth:`NetworkComparison.whole_over_best` compares the two round by
-round.
+round.  So does torch, in a worker of its own, so that
+:meth:`NetworkComparison.by_kind` can say where the whole pass is won
+and lost: each kind of layer (kernel size and stride: ResNet-50's 7x7/2
+stem, 1x1, 3x3 /1 and /2, 1x1/2 downsampling) summed over its calls.
 """
 
 from __future__ import annotations
@@ -61,8 +64,11 @@ class NetworkComparison:
     per_layer: dict = field(default_factory=dict)  # label -> {alg: median s}
     counts: dict = field(default_factory=dict)     # label -> calls it stands for (1)
     # name -> one row per round of _per_layer: seconds (None: not run) of
-    # each call inside the sequence; the algorithms and ``algorithm``.
+    # each call inside the sequence; the algorithms, ``algorithm`` and
+    # the peer ("torch").
     sequence_rounds: dict = field(default_factory=dict)
+    # kind of layer of each call of the sequence, in forward order
+    call_kinds: list = field(default_factory=list)
 
     def ratios(self, setting, peer="torch"):
         """Per round: peer's time / ours (above 1: ours is faster)."""
@@ -102,6 +108,35 @@ class NetworkComparison:
         """The algorithms timed per layer (not the network's own)."""
         return {a for times in self.per_layer.values() for a in times}
 
+    def by_kind(self, peer="torch"):
+        """{kind: (calls, our seconds, peer's seconds)}: per kind of layer
+        (:func:`layer_kind`), the sum over its calls of each call's median
+        inside the sequence, for ``algorithm`` and ``peer``, in forward
+        order of first appearance; {} when either did not run every call.
+        """
+        ours = self.sequence_rounds.get(self.algorithm)
+        theirs = self.sequence_rounds.get(peer)
+        if not ours or not theirs or not self.call_kinds:
+            return {}
+        kinds = {}
+        for i, kind in enumerate(self.call_kinds):
+            o = [row[i] for row in ours if row[i] is not None]
+            t = [row[i] for row in theirs if row[i] is not None]
+            if len(o) < len(ours) or len(t) < len(theirs):
+                return {}
+            calls, o_sum, t_sum = kinds.get(kind, (0, 0.0, 0.0))
+            kinds[kind] = (calls + 1, o_sum + statistics.median(o),
+                           t_sum + statistics.median(t))
+        return kinds
+
+
+def layer_kind(case):
+    """``"3x3/2"``: a convolution's kernel size and stride (``"1x1"``,
+    ``"3x3/1"``; the stride of the first axis when they differ)."""
+    kh, kw = case.w_shape[2:]
+    stride = case.stride if isinstance(case.stride, int) else case.stride[0]
+    return f"{kh}x{kw}/{stride}"
+
 
 def compare_network(name, batch=1, rounds=5, algorithm="auto",
                     algorithms=("direct", "im2col", "winograd", "fft"),
@@ -129,11 +164,13 @@ def compare_network(name, batch=1, rounds=5, algorithm="auto",
             progress(f"{name} batch {batch}: every algorithm per layer")
         (result.per_layer, result.counts,
          result.sequence_rounds) = _per_layer(every, algorithms, rounds,
-                                              dtype, whole=algorithm)
+                                              dtype, whole=algorithm,
+                                              peer="torch")
+        result.call_kinds = [layer_kind(c) for c in every]
     return result
 
 
-def _per_layer(every, algorithms, rounds, dtype, whole=None):
+def _per_layer(every, algorithms, rounds, dtype, whole=None, peer=None):
     """({label: {algorithm: median s}}, {label: 1}, {name: rows}): every
     algorithm on every convolution of the network (``every``, in forward
     order), each call timed inside a run of the whole sequence with that
@@ -141,8 +178,10 @@ def _per_layer(every, algorithms, rounds, dtype, whole=None):
     own worker (kernels only), the workers alternated in seeded orders,
     one sequence each per round; ``whole`` (the network's own algorithm,
     e.g. "auto") runs in the same alternation, for
-    :meth:`NetworkComparison.whole_over_best`.  ``rows``: per name, one
-    row per round of each call's seconds (None: not run).
+    :meth:`NetworkComparison.whole_over_best`; so does ``peer`` ("torch",
+    in a worker that imports only it), for :meth:`NetworkComparison.by_kind`.
+    ``rows``: per name, one row per round of each call's seconds (None:
+    not run).
 
     Timing each distinct layer on its own, call by call with a pipe round
     trip between calls (stop 26 and before), made every call wake the
@@ -158,13 +197,14 @@ def _per_layer(every, algorithms, rounds, dtype, whole=None):
     ``PER_LAYER_WEIGHT_CACHE``, and the per-layer best assumes every
     filter's transform stays cached."""
     names = list(algorithms) + ([whole] if whole and whole not in algorithms
-                                else [])
+                                else []) + ([peer] if peer else [])
     rows = {}
     workers = {}
     try:
         for a in names:
             workers[a] = Worker([a], every, dtype=dtype,
-                                weight_cache=PER_LAYER_WEIGHT_CACHE)
+                                weight_cache=(None if a == peer
+                                              else PER_LAYER_WEIGHT_CACHE))
         ready = [a for a, w in workers.items() if w.status[a] is None]
         for r in range(rounds):
             for a in repeat_order(ready, r):
@@ -222,6 +262,24 @@ def format_comparison(c):
             lines.append(f"  {c.algorithm} whole network in the same rounds: "
                          f"{_span(totals, 1e3)} ms; / per-layer best, per "
                          f"round: {_span(c.whole_over_best(), spec='.2f')}")
+        kinds = c.by_kind()
+        if kinds:
+            lines.append(f"by kind of layer, each call's median inside the "
+                         f"sequence summed over the kind's calls ({c.algorithm} "
+                         f"and torch each in its own worker, same rounds):")
+            table = [("kind", "calls", f"{c.algorithm} ms", "torch ms",
+                      f"torch / {c.algorithm}")]
+            for kind, (calls, o, t) in kinds.items():
+                table.append((kind, str(calls), f"{o * 1e3:.3g}",
+                              f"{t * 1e3:.3g}", f"{t / o:.2f}"))
+            o_all = sum(o for _, o, _ in kinds.values())
+            t_all = sum(t for _, _, t in kinds.values())
+            table.append(("all", str(len(c.call_kinds)), f"{o_all * 1e3:.3g}",
+                          f"{t_all * 1e3:.3g}", f"{t_all / o_all:.2f}"))
+            widths = [max(len(r[i]) for r in table) for i in range(5)]
+            for r in table:
+                lines.append("  " + "  ".join(v.ljust(w)
+                                              for v, w in zip(r, widths)))
         lines.append("per call inside the sequence (median ms of each "
                      "algorithm; * fastest):")
         for label, times in c.per_layer.items():

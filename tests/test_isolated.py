@@ -1,5 +1,6 @@
 """Worker processes of convbench.isolated and the network comparison."""
 
+import statistics
 import sys
 
 import pytest
@@ -104,6 +105,17 @@ def test_network_comparison_on_lenet(monkeypatch):
     text = format_comparison(c)
     assert "torch-first" in text and "per-layer best" in text
     assert "auto whole network in the same rounds" in text
+    # torch ran the sequence in the same rounds: LeNet-5's three 5x5
+    # convolutions are one kind, whose sums are the calls' medians.
+    assert len(c.sequence_rounds["torch"]) == 2
+    assert c.call_kinds == ["5x5/1"] * 3
+    ((kind, (calls, ours, theirs)),) = c.by_kind().items()
+    assert (kind, calls) == ("5x5/1", 3)
+    for name, total in (("auto", ours), ("torch", theirs)):
+        rows = c.sequence_rounds[name]
+        assert total == pytest.approx(sum(
+            statistics.median(row[i] for row in rows) for i in range(3)))
+    assert "by kind of layer" in text and "torch / auto" in text
 
 
 def test_whole_over_best_takes_each_calls_fastest_in_the_same_round():
@@ -117,6 +129,28 @@ def test_whole_over_best_takes_each_calls_fastest_in_the_same_round():
                          "auto": [[1.5, 1.5], [3.0, 3.0]]}
     # Round 0: best 1 + 2 (im2col did not run b); round 1: 2 + 1.
     assert c.whole_over_best() == pytest.approx([3.0 / 3.0, 6.0 / 3.0])
+
+
+def test_by_kind_sums_each_calls_median_over_the_kinds_calls():
+    from convbench.network import NetworkComparison
+    c = NetworkComparison("net", 1, "auto", 3, 3, 3, "float32")
+    c.call_kinds = ["3x3/1", "1x1/1", "3x3/1"]
+    c.sequence_rounds = {"auto": [[1.0, 5.0, 2.0], [3.0, 6.0, 2.0],
+                                  [2.0, 7.0, 9.0]],
+                         "torch": [[4.0, 1.0, 1.0], [4.0, 2.0, 1.0],
+                                   [5.0, 3.0, 1.0]]}
+    # 3x3/1: medians 2 + 2 (auto), 4 + 1 (torch); 1x1/1: 6, 2.
+    assert c.by_kind() == {"3x3/1": (2, 4.0, 5.0), "1x1/1": (1, 6.0, 2.0)}
+    c.sequence_rounds["auto"][1][2] = None     # a call that did not run
+    assert c.by_kind() == {}
+    assert NetworkComparison("net", 1, "auto", 3, 3, 3, "f").by_kind() == {}
+
+
+def test_layer_kind_names_kernel_size_and_stride():
+    from convbench.network import layer_kind
+    from convbench.workloads import conv_layers
+    kinds = {layer_kind(c) for c in conv_layers("resnet50")}
+    assert kinds == {"7x7/2", "1x1/1", "3x3/1", "3x3/2", "1x1/2"}
 
 
 def test_network_command_rejects_unknown_settings(capsys):
