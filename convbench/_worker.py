@@ -12,7 +12,8 @@ blocks on its pipe (asleep), like a process that is not being measured.
 Protocol: one JSON object per line.  The first line from the parent is
 the job (contenders, cases, dtype, seed, backend, import order, whether
 malloc keeps freed memory, optionally ``weight_cache: [entries, bytes]``,
-the bounds of ``kernels``' cache of transformed filters; a case is a
+the bounds of ``kernels``' cache of transformed filters, and ``between:
+"relu"``, a NumPy ReLU on each call's output as part of the call; a case is a
 ConvCase's fields, or a problem of any op as
 :func:`convbench.ops.worker_case` describes it, whose peers are
 built by :mod:`convbench.peer_runners` without ``kernels``); the
@@ -42,6 +43,26 @@ import sys
 import time
 
 PEERS = ("scipy-direct", "scipy-fft", "scipy-oa", "torch")
+
+#: What a call may do after its convolution (``between`` of the job):
+#: work that a network runs between its convolutions, the same NumPy code
+#: for every contender, so that what differs is how each library's
+#: threads fare while the caller is busy elsewhere.
+BETWEEN = ("none", "relu")
+
+
+def followed_by_relu(run):
+    """``run`` then ``np.maximum(y, 0, out=y)`` on its output, on the
+    calling thread (NumPy's, whatever produced ``y``: a torch tensor is
+    viewed as an array); returns the output."""
+    import numpy as np
+
+    def call():
+        y = run()
+        out = y if isinstance(y, np.ndarray) else y.numpy()
+        np.maximum(out, 0, out=out)
+        return y
+    return call
 
 
 def _padding_pairs(padding, kh, kw):
@@ -210,6 +231,8 @@ class _Job:
                 runs.append(run)
                 reasons.append(reason)
             self.case_status[name] = reasons
+            if job.get("between", "none") == "relu":
+                runs = [run and followed_by_relu(run) for run in runs]
             ok = [r is None for r in reasons]
             # Ready when it runs at least one case; otherwise the reason.
             self.status[name] = None if any(ok) else reasons[0]

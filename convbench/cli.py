@@ -440,6 +440,11 @@ def _add_network_parser(sub):
     net.add_argument("--settings", type=_name_list, default=list(SETTINGS),
                      metavar="S,...",
                      help=f"any of: {', '.join(SETTINGS)} (default: all)")
+    net.add_argument("--between", choices=("none", "relu"), default="none",
+                     help="work after each convolution: relu = a NumPy ReLU "
+                          "on its output, the same for kernels and torch "
+                          "(a network's threads may fall asleep during it); "
+                          "default none")
     net.add_argument("--no-per-layer", action="store_true",
                      help="skip timing every algorithm (and torch) on each "
                           "call inside the sequence")
@@ -974,6 +979,7 @@ def cmd_network(args, parser):
         args.network, batch=args.batch, rounds=args.rounds,
         algorithm=args.algorithm, dtype=args.dtype,
         settings=tuple(args.settings), per_layer=not args.no_per_layer,
+        between=args.between,
         progress=lambda text: print(f"... {text}", file=sys.stderr,
                                     flush=True))
     print(format_comparison(result))

@@ -40,6 +40,9 @@ class Worker:
 
     ``weight_cache``: (entries, bytes), bounds for ``kernels``' cache of
     transformed filters in the worker (default: the package's).
+    ``between``: what each call does after its convolution, one of
+    :data:`convbench._worker.BETWEEN` (``"relu"``: a NumPy ReLU on the
+    output, the same for every contender).
     Starting it builds the data and warms every contender up; ``status``
     maps each contender to None (ready: it runs at least one case) or the
     reason it cannot run; ``case_status`` to a reason or None per case.
@@ -48,13 +51,18 @@ class Worker:
     def __init__(self, contenders, cases, *, dtype="float32", seed=0,
                  backend="cpu", import_order=(), warmup=2,
                  keep_freed_memory=False, python=sys.executable, env=None,
-                 weight_cache=None):
+                 weight_cache=None, between="none"):
+        from ._worker import BETWEEN
+        if between not in BETWEEN:
+            raise ValueError(f"between must be one of {BETWEEN}, got "
+                             f"{between!r}")
         job = {"contenders": list(contenders),
                "cases": [_plain_case(c) for c in cases], "dtype": dtype,
                "seed": seed, "backend": backend,
                "import_order": list(import_order), "warmup": warmup,
                "keep_freed_memory": bool(keep_freed_memory),
-               "weight_cache": weight_cache and [int(v) for v in weight_cache]}
+               "weight_cache": weight_cache and [int(v) for v in weight_cache],
+               "between": between}
         self._proc = subprocess.Popen(
             [python, "-m", "convbench._worker"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -151,7 +159,7 @@ class WorkerTimes:
 def worker_times(contenders, cases, rounds, *, isolated=True, sequence=False,
                  case_index=None, calls=1, import_order=(), dtype="float32",
                  seed=0, backend="cpu", order_seed=0, keep_freed_memory=False,
-                 python=sys.executable):
+                 python=sys.executable, between="none"):
     """Time ``contenders`` in worker processes, alternated round by round.
 
     Parameters
@@ -175,6 +183,8 @@ def worker_times(contenders, cases, rounds, *, isolated=True, sequence=False,
     keep_freed_memory : bool
         Workers call :func:`convbench.machine.keep_freed_memory` first, as
         a sweep's own process does.
+    between : {"none", "relu"}
+        What each call does after its convolution (:class:`Worker`).
 
     Returns
     -------
@@ -184,7 +194,8 @@ def worker_times(contenders, cases, rounds, *, isolated=True, sequence=False,
     case = None if sequence else (case_index or 0)
     options = dict(dtype=dtype, seed=seed, backend=backend,
                    import_order=import_order,
-                   keep_freed_memory=keep_freed_memory, python=python)
+                   keep_freed_memory=keep_freed_memory, python=python,
+                   between=between)
     groups = [[n] for n in names] if isolated else [names]
     workers = []
     result = WorkerTimes()

@@ -24,6 +24,12 @@ round.  So does torch, in a worker of its own, so that
 :meth:`NetworkComparison.by_kind` can say where the whole pass is won
 and lost: each kind of layer (kernel size and stride: ResNet-50's 7x7/2
 stem, 1x1, 3x3 /1 and /2, 1x1/2 downsampling) summed over its calls.
+
+A network also works between its convolutions (normalisation,
+activation), and a library whose threads fall asleep then pays for
+waking them at its next call.  ``between="relu"`` makes each call a
+convolution followed by a NumPy ReLU on its output, the same NumPy code
+for every contender (:func:`convbench._worker.followed_by_relu`).
 """
 
 from __future__ import annotations
@@ -69,6 +75,8 @@ class NetworkComparison:
     sequence_rounds: dict = field(default_factory=dict)
     # kind of layer of each call of the sequence, in forward order
     call_kinds: list = field(default_factory=list)
+    # what each call does after its convolution (convbench._worker.BETWEEN)
+    between: str = "none"
 
     def ratios(self, setting, peer="torch"):
         """Per round: peer's time / ours (above 1: ours is faster)."""
@@ -141,7 +149,7 @@ def layer_kind(case):
 def compare_network(name, batch=1, rounds=5, algorithm="auto",
                     algorithms=("direct", "im2col", "winograd", "fft"),
                     dtype="float32", settings=tuple(SETTINGS), per_layer=True,
-                    progress=None):
+                    progress=None, between="none"):
     """Time network ``name`` through ``kernels`` and torch (see module doc).
 
     ``progress(text)`` is called before each step.
@@ -149,14 +157,15 @@ def compare_network(name, batch=1, rounds=5, algorithm="auto",
     every = workloads.layer_cases(workloads.NETWORKS[name], batch)
     distinct = workloads.conv_layers(name, batch)     # for the count only
     result = NetworkComparison(name, batch, algorithm, len(every),
-                               len(distinct), rounds, dtype)
+                               len(distinct), rounds, dtype, between=between)
     for setting in settings:
         isolated, order = SETTINGS[setting]
         if progress:
             progress(f"{name} batch {batch}: {setting}")
         measured = worker_times([algorithm, "torch"], every, rounds,
                                 isolated=isolated, sequence=True,
-                                import_order=order, dtype=dtype)
+                                import_order=order, dtype=dtype,
+                                between=between)
         result.times[setting] = measured.times
         result.status[setting] = measured.status
     if per_layer:
@@ -165,12 +174,13 @@ def compare_network(name, batch=1, rounds=5, algorithm="auto",
         (result.per_layer, result.counts,
          result.sequence_rounds) = _per_layer(every, algorithms, rounds,
                                               dtype, whole=algorithm,
-                                              peer="torch")
+                                              peer="torch", between=between)
         result.call_kinds = [layer_kind(c) for c in every]
     return result
 
 
-def _per_layer(every, algorithms, rounds, dtype, whole=None, peer=None):
+def _per_layer(every, algorithms, rounds, dtype, whole=None, peer=None,
+               between="none"):
     """({label: {algorithm: median s}}, {label: 1}, {name: rows}): every
     algorithm on every convolution of the network (``every``, in forward
     order), each call timed inside a run of the whole sequence with that
@@ -202,7 +212,7 @@ def _per_layer(every, algorithms, rounds, dtype, whole=None, peer=None):
     workers = {}
     try:
         for a in names:
-            workers[a] = Worker([a], every, dtype=dtype,
+            workers[a] = Worker([a], every, dtype=dtype, between=between,
                                 weight_cache=(None if a == peer
                                               else PER_LAYER_WEIGHT_CACHE))
         ready = [a for a, w in workers.items() if w.status[a] is None]
@@ -234,7 +244,9 @@ def format_comparison(c):
     lines = [f"# {c.network}, batch {c.batch}, {c.dtype}: {c.layers} conv "
              f"layers ({c.distinct} distinct) called in forward order; "
              f"{c.rounds} rounds alternating kernels (algorithm="
-             f"{c.algorithm!r}) and torch; median (min-max over rounds)"]
+             f"{c.algorithm!r}) and torch; median (min-max over rounds)"
+             + ("; each call followed by a NumPy ReLU on its output"
+                if c.between == "relu" else "")]
     header = ("setting", f"kernels ms", "torch ms", "torch / kernels")
     rows = []
     for setting, times in c.times.items():

@@ -153,6 +153,39 @@ def test_layer_kind_names_kernel_size_and_stride():
     assert kinds == {"7x7/2", "1x1/1", "3x3/1", "3x3/2", "1x1/2"}
 
 
+def test_followed_by_relu_clips_the_output_in_place():
+    import numpy as np
+    from convbench._worker import followed_by_relu
+    y = np.array([[-1.5, 2.0], [0.5, -0.0]], np.float32)
+    out = followed_by_relu(lambda: y)()
+    assert out is y and np.array_equal(y, [[0.0, 2.0], [0.5, 0.0]])
+
+
+def test_followed_by_relu_clips_a_torch_output():
+    torch = pytest.importorskip("torch")
+    t = torch.tensor([-1.0, 3.0])
+    from convbench._worker import followed_by_relu
+    assert followed_by_relu(lambda: t)().tolist() == [0.0, 3.0]
+
+
+def test_a_worker_times_calls_followed_by_relu():
+    with Worker(["direct"], CASES, between="relu") as w:
+        assert w.status["direct"] is None
+        (row,) = w.time("direct", None, 1, per_case=True)
+        assert len(row) == 2 and all(t > 0 for t in row)
+    with pytest.raises(ValueError, match="between must be one of"):
+        Worker(["direct"], CASES, between="gelu")
+
+
+def test_network_command_says_what_runs_between_calls(capsys):
+    pytest.importorskip("torch")
+    from convbench.cli import main
+    assert main(["network", "lenet5", "--rounds", "1", "--settings",
+                 "isolated", "--no-per-layer", "--between", "relu"]) == 0
+    out = capsys.readouterr().out
+    assert "each call followed by a NumPy ReLU on its output" in out
+
+
 def test_network_command_rejects_unknown_settings(capsys):
     from convbench.cli import main
     with pytest.raises(SystemExit) as exc:
