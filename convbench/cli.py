@@ -415,6 +415,7 @@ def _add_check_parser(sub):
 
 def _add_network_parser(sub):
     from . import workloads
+    from ._worker import BETWEEN
     from .network import SETTINGS
     net = sub.add_parser(
         "network", help="a whole network's conv layers in sequence: kernels "
@@ -440,7 +441,7 @@ def _add_network_parser(sub):
     net.add_argument("--settings", type=_name_list, default=list(SETTINGS),
                      metavar="S,...",
                      help=f"any of: {', '.join(SETTINGS)} (default: all)")
-    net.add_argument("--between", choices=("none", "relu"), default="none",
+    net.add_argument("--between", choices=BETWEEN, default="none",
                      help="work after each convolution: relu = a NumPy ReLU "
                           "on its output, the same for kernels and torch "
                           "(a network's threads may fall asleep during it); "

@@ -139,8 +139,8 @@ class NetworkComparison:
 
 
 def layer_kind(case):
-    """``"3x3/2"``: a convolution's kernel size and stride (``"1x1"``,
-    ``"3x3/1"``; the stride of the first axis when they differ)."""
+    """``"3x3/2"``: a convolution's kernel size and stride (``"1x1/1"``,
+    ``"7x7/2"``; the stride of the first axis when they differ)."""
     kh, kw = case.w_shape[2:]
     stride = case.stride if isinstance(case.stride, int) else case.stride[0]
     return f"{kh}x{kw}/{stride}"
@@ -239,6 +239,14 @@ def _span(values, scale=1.0, spec=".3g"):
             f"{format(max(values) * scale, spec)})")
 
 
+def _aligned(rows, indent=""):
+    """Lines of ``rows`` (tuples of cells, the header first), each column
+    padded to its widest cell."""
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return [indent + "  ".join(str(v).ljust(w) for v, w in zip(r, widths))
+            for r in rows]
+
+
 def format_comparison(c):
     """Plain-text table of a :class:`NetworkComparison`."""
     lines = [f"# {c.network}, batch {c.batch}, {c.dtype}: {c.layers} conv "
@@ -254,9 +262,7 @@ def format_comparison(c):
         theirs = times.get("torch", [])
         rows.append((setting, _span(ours, 1e3), _span(theirs, 1e3),
                      _span(c.ratios(setting), spec=".2f")))
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(4)]
-    for r in [header] + rows:
-        lines.append("  ".join(str(v).ljust(w) for v, w in zip(r, widths)))
+    lines += _aligned([header] + rows)
     for setting, status in c.status.items():
         for name, reason in status.items():
             if reason is not None:
@@ -288,10 +294,7 @@ def format_comparison(c):
             t_all = sum(t for _, _, t in kinds.values())
             table.append(("all", str(len(c.call_kinds)), f"{o_all * 1e3:.3g}",
                           f"{t_all * 1e3:.3g}", f"{t_all / o_all:.2f}"))
-            widths = [max(len(r[i]) for r in table) for i in range(5)]
-            for r in table:
-                lines.append("  " + "  ".join(v.ljust(w)
-                                              for v, w in zip(r, widths)))
+            lines += _aligned(table, indent="  ")
         lines.append("per call inside the sequence (median ms of each "
                      "algorithm; * fastest):")
         for label, times in c.per_layer.items():
