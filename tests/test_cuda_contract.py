@@ -137,12 +137,79 @@ def test_errors_without_a_device():
         and "no CUDA GPU" in result.stdout, result.stdout
 
 
+def test_numpy_without_row_stack_is_named_with_what_to_do():
+    # NumPy 2.5 removed np.row_stack, which numba-cuda 0.30.4 overloads:
+    # every launch failed on a GPU.  Deleting it stands for NumPy 2.5.
+    pytest.importorskip("numba_cuda")
+    result = _run_python("""
+        import kernels
+        try:
+            kernels.conv2d(np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3)),
+                           backend="cuda")
+        except ImportError as exc:
+            print("ERROR", exc)
+        """, {"NUMBA_ENABLE_CUDASIM": None},
+        prelude="import numpy as np\ndel np.row_stack\n")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ERROR" in result.stdout and "numpy<2.5" in result.stdout, \
+        result.stdout
+
+
 def test_device_arrays_are_refused_by_the_cpu_backend():
     class FakeDevice:
         __cuda_array_interface__ = {"shape": (1, 1, 4, 4), "typestr": "<f4",
                                     "data": (0, False), "version": 3}
     with pytest.raises(TypeError, match="backend='cuda'"):
         kernels.conv2d(FakeDevice(), np.ones((1, 1, 3, 3), np.float32))
+
+
+# Host views that NumPy calls C-contiguous while a unit axis has an odd
+# stride.  On an H200 each failed in numba-cuda (reshape "requires
+# copying", or a copy to a device array of shape (1, 1, 0, 1)): an unbatched
+# conv2d_backward (x[None]), 1-D im2col (x[:, :, None]) and the flipping
+# property test (a flipped unit axis).  The simulator's device arrays are
+# NumPy arrays, so these cases pass there whatever the host side does.
+UNIT_AXIS_VIEWS = {
+    "new leading axis": lambda a: a[None],
+    "new middle axis": lambda a: a[:, :, None],
+    "flipped unit axis": lambda a: a.reshape(2, 3, 1, 20)[:, :, ::-1],
+    "all axes unit, flipped": lambda a: a[:1, :1, :1, :1][::-1, :, ::-1],
+}
+
+
+def _numba_cuda_layout_model():
+    """numba-cuda's ``dummyarray`` (the strides and extents behind every
+    device array), loaded from its file: the simulator replaces
+    ``numba.cuda.cudadrv`` and refuses to import the real one."""
+    import importlib.util
+    from pathlib import Path
+    package = importlib.util.find_spec("numba_cuda")
+    if package is None:
+        pytest.skip("numba-cuda is not installed")
+    path = (Path(package.submodule_search_locations[0])
+            / "numba" / "cuda" / "cudadrv" / "dummyarray.py")
+    spec = importlib.util.spec_from_file_location("_numba_cuda_dummyarray", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("make_view", UNIT_AXIS_VIEWS.values(),
+                         ids=UNIT_AXIS_VIEWS.keys())
+def test_host_arrays_reach_the_device_with_usual_strides(make_view):
+    Array = _numba_cuda_layout_model().Array     # skips without numba-cuda
+    from kernels.cuda._runtime import canonical_host_array
+
+    view = make_view(np.arange(2 * 3 * 4 * 5, dtype=np.float32)
+                     .reshape(2, 3, 4, 5))
+    assert view.flags.c_contiguous
+    host = canonical_host_array(view)
+    np.testing.assert_array_equal(host, view)
+    assert np.shares_memory(host, view)          # a view, not a copy
+    # numba-cuda's own model of the device array that cuda.to_device makes
+    layout = Array.from_desc(0, host.shape, host.strides, host.itemsize)
+    assert layout.is_c_contig, host.strides
+    assert len(layout.reshape(host.size)[1]) == 1   # reshapes without a copy
 
 
 # --------------------------------------------------------------------------

@@ -40,11 +40,36 @@ except ImportError as exc:  # numba without its CUDA target
         f"({exc}); install it with {INSTALL_HINT}") from exc
 
 __all__ = ["cuda", "INSTALL_HINT", "SIMULATOR", "require_device",
-           "is_device_array", "as_device_array", "to_device", "device_entry",
+           "is_device_array", "as_device_array", "to_device",
+           "canonical_host_array", "device_entry",
            "grid",
            "numba_type", "ReportEntry"]
 
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+def _check_numpy_is_supported():
+    """Fail at import, saying what to do, where numba-cuda cannot compile.
+
+    numba-cuda 0.30.4 (the last release; the project is in maintenance)
+    registers an overload of ``np.row_stack``, which NumPy 2.5 removed, so
+    with NumPy 2.5 every kernel's first launch raised ``AttributeError:
+    module 'numpy' has no attribute 'row_stack'`` (seen on an H200;
+    NVIDIA/numba-cuda#907).  The simulator never loads that module.
+    """
+    if SIMULATOR or hasattr(np, "row_stack"):
+        return
+    try:
+        import numba.cuda.np.arrayobj  # noqa: F401  (registers overloads)
+    except AttributeError as exc:
+        raise ImportError(
+            f"backend='cuda': this numba-cuda cannot compile kernels with "
+            f"NumPy {np.__version__} ({exc}; NVIDIA/numba-cuda#907); "
+            f"install NumPy < 2.5: pip install 'numpy<2.5' (the cuda "
+            f"extra asks for it)") from exc
+
+
+_check_numpy_is_supported()
 
 
 def require_device():
@@ -75,7 +100,35 @@ def to_device(a, stream=0):
         return None
     if is_device_array(a):
         return as_device_array(a)
-    return cuda.to_device(np.ascontiguousarray(a), stream=stream)
+    return cuda.to_device(canonical_host_array(a), stream=stream)
+
+
+def canonical_host_array(a):
+    """``a`` C-contiguous with the strides NumPy gives a new array.
+
+    NumPy calls an array C-contiguous whatever strides its unit axes carry
+    (``x[None]`` has stride 0 there, a flipped unit axis a negative one),
+    so ``np.ascontiguousarray`` hands such a view back unchanged.  A numba
+    device array keeps those strides, does not count itself contiguous,
+    and then refuses to reshape ("operation requires copying") or, with a
+    negative stride, to be copied to.  The simulator's arrays are NumPy
+    arrays, so only a GPU shows it.  The layout in memory is the same, so
+    a view with the usual strides is enough: no copy.
+    """
+    a = np.ascontiguousarray(a)
+    strides = _c_strides(a.shape, a.itemsize)
+    if a.strides == strides:
+        return a
+    return np.lib.stride_tricks.as_strided(a, a.shape, strides,
+                                           writeable=False)
+
+
+def _c_strides(shape, itemsize):
+    strides, step = [], itemsize
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))
 
 
 def as_device_array(a):
