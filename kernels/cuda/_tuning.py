@@ -270,20 +270,28 @@ AUTO_THRESHOLDS = {
     # Same names as the CPU's (kernels/cpu/_tuning.py), so the shared
     # chooser applies.  No GPU was lent while these were set: they follow
     # the roofline model of `convbench cuda-report --model` (H200, float32,
-    # bounds, not measurements) and the launch counts, and are to be
-    # replaced by `convbench calibrate`-style measurements on a GPU.
+    # bounds, not measurements) and the launch counts, except where a
+    # comment gives the one H200 run so far (docs/cuda.md section 4:
+    # batch 32, 5 timed calls, device arrays); the rest are to be replaced
+    # by `convbench calibrate`-style measurements on a GPU.
     #
     # Below this many multiply-adds the work is a few microseconds at most
     # and the launches dominate: direct is one launch, Winograd and FFT
     # three to five.
     "direct_max_macs": 1.0e7,
-    # Single-channel 2048^2 (model, us): k = 15 direct 28.2 / fft 30.7,
-    # k = 17 36.2 / 33.0, k = 31 120 / 59: FFT from 17x17.
-    "fft_min_area_single": 289,
+    # Single-channel 2048^2.  The model (us) put FFT from 17x17 (k = 15
+    # direct 28.2 / fft 30.7, k = 17 36.2 / 33.0); the H200 (ms, median of
+    # 5) did not: k = 15 direct 1.21 / fft 2.07, k = 31 2.04 / 2.78, k = 63
+    # 7.16 / 3.19.  Direct grows as 0.40 + 0.0017 k^2 ms between 31 and 63
+    # and FFT as 2.78 + 0.00014 (k^2 - 961): they cross at k^2 ~ 1440,
+    # k ~ 38 (interpolated, not measured there).
+    "fft_min_area_single": 38 * 38,
     # C = K = 64 at 56^2, batch 32 (model, us): 5x5 winograd 96.9 / fft
     # 81.1; 7x7 354 / 81.1; at 3x3 the model favours fft too (47.9 vs
     # 59.1) but Winograd's transforms are registers-only and its tuple
-    # GEMMs run the GEMM core at full tiles: 3x3 stays Winograd's.
+    # GEMMs run the GEMM core at full tiles: 3x3 stays Winograd's.  The
+    # H200 at 3x3 (ms): fft 3.19, winograd 1.44, direct 1.12; 5x5 and 7x7
+    # were not run, so this stays the model's.
     "fft_min_area_multi": 25,
     # Winograd for 3x3 stride-1 layers with at least this many channels:
     # with fewer the tuple GEMMs run mostly-empty 64-wide tiles (model,
