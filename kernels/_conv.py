@@ -19,6 +19,7 @@ from ._validation import (ALGORITHMS, FLOAT_DTYPES, MIXING_ALGORITHMS,
                           check_algorithm, check_choice, check_groups,
                           check_ndim, check_same_dtype, int_tuple,
                           normalise_padding)
+from ._weight_cache import transformed_weights
 
 NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
@@ -244,11 +245,18 @@ def run_conv2d(spec, x, w, bias, algorithm, backend):
     if spec.is_empty():
         return _arrays.filled(spec.out_shape, spec.dtype, bias, like=x)
     x, w, bias = (_arrays.contiguous(a) for a in (x, w, bias))
-    if algorithm in MIXING_ALGORITHMS and not (_arrays.all_finite(x)
-                                               and _arrays.all_finite(w)):
-        # Their transforms would spread NaN/Inf to every output of a tile.
-        kernel = _dispatch.load("conv2d", backend, "direct")
-    return kernel.run(spec, x, w, bias)
+    if algorithm not in MIXING_ALGORITHMS:
+        return kernel.run(spec, x, w, bias)
+    # Their transforms would spread NaN/Inf to every output of a tile: such
+    # input goes to direct.  The filter is checked after the run, where
+    # the weight cache has its finiteness on record (a pass over the filter
+    # saved on every call); a non-finite filter (rare) costs one run more.
+    if _arrays.all_finite(x):
+        with transformed_weights.watch() as fetched:
+            y = kernel.run(spec, x, w, bias)
+        if fetched.finite if fetched.fetched else _arrays.all_finite(w):
+            return y
+    return _dispatch.load("conv2d", backend, "direct").run(spec, x, w, bias)
 
 
 _CONV_DOC = """{dim}-D convolution (cross-correlation) of a batch, as ``torch.nn.functional.conv{nd}d``.

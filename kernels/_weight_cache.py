@@ -10,6 +10,13 @@ equals the filter **bit for bit**: in-place changes are always seen, and
 by-value comparison would reuse a transform of other bits, and NaN never
 compares equal by value, so NaN filters were transformed on every call).
 
+Each entry also records whether its filter is finite, so that the
+front end's rule "NaN/Inf in the filter: compute with direct" costs one
+pass over the filter when it is transformed, not on every call: a
+call's fetches are seen through :meth:`WeightTransformCache.watch`
+(ResNet-50 at batch 1 spent ~1.5 ms a pass on ``np.isfinite(w).all()``
+for its Winograd layers, 67-100 us for each 256-channel 3x3 filter).
+
 The cache is bounded in entries and bytes (256 and 1 GiB by default,
 :func:`set_weight_cache_limits`); the least recently used go first.  A
 network whose transforms exceed the bound evicts each one before its next
@@ -24,6 +31,7 @@ the same) and one entry is kept.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import threading
 import warnings
@@ -99,8 +107,10 @@ class WeightTransformCache:
                  max_bytes=DEFAULT_MAX_BYTES):
         self.max_entries = int(max_entries)
         self.max_bytes = int(max_bytes)
-        self._entries = OrderedDict()       # key -> (copy of w, transform)
+        # key -> (copy of w, transform, copy holds no NaN/Inf)
+        self._entries = OrderedDict()
         self._lock = threading.Lock()
+        self._local = threading.local()     # this thread's open watches
         # Keys evicted for room, most recent last (bounded): a miss on one
         # of them is a transform recomputed because the cache was full.
         self._evicted = OrderedDict()
@@ -114,8 +124,37 @@ class WeightTransformCache:
 
     @staticmethod
     def _size(entry):
-        own, value = entry
+        own, value, _ = entry
         return own.nbytes + int(value.nbytes)
+
+    @contextlib.contextmanager
+    def watch(self):
+        """Within the block, note whether the filters this thread fetches
+        with :meth:`get` are finite.
+
+        Yields a :class:`FetchedFilters`: ``fetched`` is True once a
+        filter was fetched, ``finite`` whether all of them were (from the
+        entry's record: no pass over the filter on a hit).  Watches nest;
+        a fetch is noted by the innermost one only.
+        """
+        stack = self._watches()
+        seen = FetchedFilters()
+        stack.append(seen)
+        try:
+            yield seen
+        finally:
+            stack.pop()
+
+    def _watches(self):
+        stack = getattr(self._local, "watches", None)
+        if stack is None:
+            stack = self._local.watches = []
+        return stack
+
+    def _note(self, finite):
+        stack = getattr(self._local, "watches", None)
+        if stack:
+            stack[-1].note(finite)
 
     def get(self, w, kind, key, transform):
         """``transform(copy of w)``, or the stored result for these bits.
@@ -132,17 +171,19 @@ class WeightTransformCache:
             with self._lock:
                 if full_key in self._entries:
                     self._entries.move_to_end(full_key)
+            self._note(hit[2])
             return hit[1]
         if hit is None:
             self._note_recomputed(full_key, w)
         own = np.array(w, copy=True, order="C")
         own.setflags(write=False)
         value = transform(own)
-        entry = (own, value)
+        entry = (own, value, bool(np.isfinite(own).all()))
         if self._size(entry) <= self.max_bytes:
             with self._lock:
                 self._entries[full_key] = entry
                 self._evict()
+        self._note(entry[2])
         return value
 
     def _note_recomputed(self, full_key, w):
@@ -221,6 +262,20 @@ class WeightTransformCache:
 
     def __len__(self):
         return self.count()
+
+
+class FetchedFilters:
+    """What one :meth:`WeightTransformCache.watch` saw."""
+
+    __slots__ = ("fetched", "finite")
+
+    def __init__(self):
+        self.fetched = False
+        self.finite = True
+
+    def note(self, finite):
+        self.fetched = True
+        self.finite = self.finite and finite
 
 
 # The process's cache, used by every backend's Winograd and FFT.

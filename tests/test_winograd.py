@@ -27,10 +27,11 @@ from hypothesis import strategies as st
 import kernels
 import reference
 from kernels import winograd
-from kernels._weight_cache import transformed_weights
+from kernels._weight_cache import WeightTransformCache, transformed_weights
 from kernels.accuracy import unit_roundoff
 from kernels.cpu import _tuning
 from kernels.cpu import winograd as impl
+from helpers import assert_within_bound
 
 DTYPES = (np.float32, np.float64)
 over_dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
@@ -652,6 +653,55 @@ def test_weight_cache_compares_filters_bit_for_bit():
     impl.conv2d(x, w, *args)
     assert _cached_winograd_entry(w, tile) is nan_entry       # hit
     assert transformed_weights.count("winograd") == 1
+
+
+@pytest.mark.parametrize("algorithm", ["winograd", "fft"])
+@pytest.mark.parametrize("special", [np.nan, np.inf, -np.inf])
+def test_non_finite_filters_go_to_direct_also_from_the_cache(algorithm, special):
+    """A filter holding NaN/Inf is computed by direct (its transform would
+    spread it over whole tiles): on the call that transforms it, on the
+    calls that find it in the weight cache (whose entry records its
+    finiteness), and when a cached finite filter turns non-finite in
+    place, or back.  NaN must be exactly where the reference has it."""
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    transformed_weights.clear()
+
+    def check():
+        y = kernels.conv2d(x, w, padding=1, algorithm=algorithm)
+        assert_within_bound(algorithm, y, x, w, padding=1)
+        return y
+
+    check()                                   # finite: transformed, cached
+    w[2, 1, 0, 2] = special                   # in place: the bits differ
+    bad = check()
+    assert not np.isfinite(bad[:, 2]).all()
+    assert np.isfinite(bad[:, [0, 1, 3]]).all()
+    check()                                   # the non-finite entry, a hit
+    w[2, 1, 0, 2] = 0.25                      # finite again
+    assert np.isfinite(check()).all()
+
+
+def test_watch_notes_the_filters_fetched_inside_it():
+    cache = WeightTransformCache()
+    finite = np.ones((2, 2), np.float32)
+    nan = finite.copy()
+    nan[0, 1] = np.nan
+    with cache.watch() as outer:
+        assert not outer.fetched
+        cache.get(finite, "k", 0, lambda own: own * 2)
+        assert outer.fetched and outer.finite
+        with cache.watch() as inner:
+            cache.get(nan, "k", 0, lambda own: own * 2)      # a miss
+        assert inner.fetched and not inner.finite
+        assert outer.finite                     # the inner fetch is not its
+        cache.get(nan, "k", 0, lambda own: own * 2)          # a hit
+        assert outer.fetched and not outer.finite
+    cache.get(nan, "k", 0, lambda own: own * 2)              # no watch open
+    with cache.watch() as later:
+        pass
+    assert not later.fetched and later.finite
 
 
 def test_clear_cache_forgets_winograd_entries_and_scratch():
