@@ -46,6 +46,7 @@ F(m, r)).  Groups run one after another, each as its own set of GEMMs.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple, Optional
 
 import numpy as np
 from numba import njit, prange
@@ -220,6 +221,15 @@ def _block_kernel(tag, mode, n_img, nk, xp, up, v, mm, y, bt_h, bt_w, at_h,
                          at_w, bias, k0, half_out, line, y)
 
 
+@functools.lru_cache(maxsize=None)
+def _tile_arguments(tile, dtype):
+    """(tag, B_h^T, B_w^T, A_h^T, A_w^T): :func:`_block_kernel`'s arguments
+    that depend on the tile alone, worked out once."""
+    AT_h, _, BT_h = transform_matrices(tile.m_h, tile.r_h, dtype)
+    AT_w, _, BT_w = transform_matrices(tile.m_w, tile.r_w, dtype)
+    return _tile_tag(tile), BT_h, BT_w, AT_h, AT_w
+
+
 def _run_blocks(mode, tile, dtype, n_img, tiles_hw, blocks, nk=0, xp=None,
                 up=None, v=None, mm=None, y=None, bias=None, k0=0):
     """:func:`_block_kernel` in ``mode`` on the tiles of ``tile`` in
@@ -227,9 +237,8 @@ def _run_blocks(mode, tile, dtype, n_img, tiles_hw, blocks, nk=0, xp=None,
     def given(a, ndim, readonly=False):
         return _placeholder(dtype, ndim, readonly) if a is None else a
 
-    AT_h, _, BT_h = transform_matrices(tile.m_h, tile.r_h, dtype)
-    AT_w, _, BT_w = transform_matrices(tile.m_w, tile.r_w, dtype)
-    _block_kernel(_tile_tag(tile), mode, n_img, nk, given(xp, 4),
+    tag, BT_h, BT_w, AT_h, AT_w = _tile_arguments(tile, np.dtype(dtype))
+    _block_kernel(tag, mode, n_img, nk, given(xp, 4),
                   given(up, 4, readonly=True), given(v, 3), given(mm, 3),
                   given(y, 4), BT_h, BT_w, AT_h, AT_w, given(bias, 1), k0,
                   tiles_hw[0], tiles_hw[1], blocks[0], blocks[1])
@@ -355,22 +364,36 @@ def transform_input(x, tile, padding, out_hw, channels=None, out=None,
     """
     channels = (0, x.shape[1]) if channels is None else channels
     nc = channels[1]
-    tiles_h, tiles_w = tile_counts(out_hw, tile)
+    tiles_hw = tile_counts(out_hw, tile)
     n_img = x.shape[0]
-    xp = _padded_channels_last(x, channels, padding[0], padding[2],
-                               tiles_h * tile.m_h + tile.r_h - 1,
-                               tiles_w * tile.m_w + tile.r_w - 1)
     if out is None:
-        out = np.empty((tile.alpha_h * tile.alpha_w, n_img * tiles_h * tiles_w,
-                        nc), x.dtype)
-    tuning = _winograd_tuning(tuning)
-    rows, cols = block_shape(tiles_h, tiles_w, n_img,
-                             tile.alpha_h * tile.alpha_w * nc * x.itemsize,
-                             tuning.transform_budget,
-                             4 * _tuning.block_shape_threads())
-    _run_blocks(INPUT_ONLY, tile, x.dtype, n_img, (tiles_h, tiles_w),
-                (rows, cols), xp=xp, v=out)
+        out = np.empty((tile.alpha_h * tile.alpha_w,
+                        n_img * tiles_hw[0] * tiles_hw[1], nc), x.dtype)
+    blocks = _input_blocks(tile, tiles_hw, n_img, nc, x.itemsize,
+                           _winograd_tuning(tuning))
+    return _input_stage(x, tile, padding, channels, tiles_hw, blocks, out)
+
+
+def _input_stage(x, tile, padding, channels, tiles_hw, blocks, out):
+    """:func:`transform_input` with its tile counts and blocks worked out."""
+    xp = _padded_channels_last(x, channels, padding[0], padding[2],
+                               *_padded_hw(tile, tiles_hw))
+    _run_blocks(INPUT_ONLY, tile, x.dtype, x.shape[0], tiles_hw, blocks,
+                xp=xp, v=out)
     return out
+
+
+def _padded_hw(tile, tiles_hw):
+    """(rows, cols) of the padded input that ``tiles_hw`` tiles read."""
+    return (tiles_hw[0] * tile.m_h + tile.r_h - 1,
+            tiles_hw[1] * tile.m_w + tile.r_w - 1)
+
+
+def _input_blocks(tile, tiles_hw, n_img, nc, itemsize, tuning):
+    """(rows, cols) of tiles per job of the staged input transform."""
+    return block_shape(tiles_hw[0], tiles_hw[1], n_img,
+                       tile.alpha_h * tile.alpha_w * nc * itemsize,
+                       tuning.transform_budget, 4 * _tuning.block_shape_threads())
 
 
 # --------------------------------------------------------------------------
@@ -423,15 +446,20 @@ def transform_output(M, tile, out_shape, bias=None, channels=None, out=None,
     if out is None:
         out = np.empty(out_shape, M.dtype)
     k0 = 0 if channels is None else channels[0]
-    tiles_h, tiles_w = tile_counts(out_shape[2:], tile)
-    rows, cols = block_shape(tiles_h, tiles_w, out_shape[0],
-                             (tile.alpha_h + 2) * tile.m_w * M.shape[2] * M.itemsize,
-                             _winograd_tuning(tuning).transform_budget,
-                             4 * _tuning.block_shape_threads(),
-                             output_step(tile.m_w))
-    _run_blocks(OUTPUT_ONLY, tile, M.dtype, out_shape[0], (tiles_h, tiles_w),
-                (rows, cols), nk=M.shape[2], mm=M, y=out, bias=bias, k0=k0)
+    tiles_hw = tile_counts(out_shape[2:], tile)
+    blocks = _output_blocks(tile, tiles_hw, out_shape[0], M.shape[2],
+                            M.itemsize, _winograd_tuning(tuning))
+    _run_blocks(OUTPUT_ONLY, tile, M.dtype, out_shape[0], tiles_hw, blocks,
+                nk=M.shape[2], mm=M, y=out, bias=bias, k0=k0)
     return out
+
+
+def _output_blocks(tile, tiles_hw, n_img, nk, itemsize, tuning):
+    """(rows, cols) of tiles per job of the staged output transform."""
+    return block_shape(tiles_hw[0], tiles_hw[1], n_img,
+                       (tile.alpha_h + 2) * tile.m_w * nk * itemsize,
+                       tuning.transform_budget, 4 * _tuning.block_shape_threads(),
+                       output_step(tile.m_w))
 
 
 # --------------------------------------------------------------------------
@@ -515,11 +543,13 @@ def _output_hw(in_hw, kernel_hw, padding):
                  for n, k, p in zip(in_hw, kernel_hw, pads))
 
 
-def _set_padding_only_outputs(y, bias, in_hw, padding, kernel_hw):
-    """Outputs whose window lies wholly in the zero padding are exactly the
-    bias.  Winograd computes them from the other inputs of their tile,
-    as a sum that cancels only up to rounding; set them exactly."""
-    value = 0 if bias is None else bias[None, :, None, None]
+@functools.lru_cache(maxsize=1024)
+def _padding_only_outputs(in_hw, padding, kernel_hw, out_hw):
+    """Index tuples of the outputs whose window lies wholly in the zero
+    padding: they are exactly the bias.  Winograd computes them from the
+    other inputs of their tile, as a sum that cancels only up to
+    rounding; :func:`conv2d_transformed` sets them exactly."""
+    indices = []
     for axis, (size, lo, r) in enumerate(zip(in_hw, padding[::2], kernel_hw)):
         # Output i sees padded positions i .. i + r - 1; real ones lo .. lo + size - 1.
         first_seeing = max(0, lo - r + 1)
@@ -527,10 +557,40 @@ def _set_padding_only_outputs(y, bias, in_hw, padding, kernel_hw):
         index = [slice(None)] * 4
         if first_seeing > 0:
             index[2 + axis] = slice(0, first_seeing)
-            y[tuple(index)] = value
-        if last_seeing + 1 < y.shape[2 + axis]:
+            indices.append(tuple(index))
+        if last_seeing + 1 < out_hw[axis]:
             index[2 + axis] = slice(last_seeing + 1, None)
-            y[tuple(index)] = value
+            indices.append(tuple(index))
+    return tuple(indices)
+
+
+class _Layout(NamedTuple):
+    """What :func:`conv2d_transformed` works out from shapes alone."""
+    out_hw: tuple
+    tiles_hw: tuple
+    fused_blocks: Optional[tuple]    # None: the staged path
+    input_blocks: Optional[tuple]    # the staged path's
+    output_blocks: Optional[tuple]
+    bias_only: tuple                 # _padding_only_outputs
+
+
+@functools.lru_cache(maxsize=1024)
+def _layout(tile, x_shape, cg, kg, padding, itemsize, tuning, path, threads):
+    """The :class:`_Layout` of a call, kept: a network calls the same
+    shapes again and again, and working them out took ~100 of the ~200 us
+    of Python in a call (ResNet-50's 3x3 layers at batch 1, Zen 3).
+    ``threads`` is :func:`_tuning.block_shape_threads`, which the block
+    shapes follow."""
+    n_img, _, H, W = x_shape
+    out_hw = _output_hw((H, W), (tile.r_h, tile.r_w), padding)
+    tiles_hw = tile_counts(out_hw, tile)
+    fused = _fused_blocks(tile, tiles_hw, n_img, cg, kg, itemsize, tuning, path)
+    staged = fused is None
+    return _Layout(
+        out_hw, tiles_hw, fused,
+        _input_blocks(tile, tiles_hw, n_img, cg, itemsize, tuning) if staged else None,
+        _output_blocks(tile, tiles_hw, n_img, kg, itemsize, tuning) if staged else None,
+        _padding_only_outputs((H, W), tuple(padding), (tile.r_h, tile.r_w), out_hw))
 
 
 def conv2d_transformed(x, transformed, bias, padding, path=None,
@@ -546,34 +606,35 @@ def conv2d_transformed(x, transformed, bias, padding, path=None,
     """
     tuning = _winograd_tuning(tuning)
     tile = transformed.tile
-    n_img, C, H, W = x.shape
+    n_img = x.shape[0]
     K, cg = transformed.w_shape[:2]
     groups = transformed.groups
     kg = K // groups
-    Ho, Wo = _output_hw((H, W), (tile.r_h, tile.r_w), padding)
-    tiles_h, tiles_w = tile_counts((Ho, Wo), tile)
-    y = np.empty((n_img, K, Ho, Wo), x.dtype)
-    blocks = _fused_blocks(tile, (tiles_h, tiles_w), n_img, cg, kg, x.itemsize,
-                           tuning, path)
+    layout = _layout(tile, tuple(x.shape), cg, kg, tuple(padding), x.itemsize,
+                     tuning, path, _tuning.block_shape_threads())
+    y = np.empty((n_img, K) + layout.out_hw, x.dtype)
+    n_planes = tile.alpha_h * tile.alpha_w
+    n_tiles = n_img * layout.tiles_hw[0] * layout.tiles_hw[1]
     for g in range(groups):
-        if blocks is None:
-            n_planes, n_tiles = tile.alpha_h * tile.alpha_w, n_img * tiles_h * tiles_w
-            V = transform_input(x, tile, padding, (Ho, Wo), channels=(g * cg, cg),
-                                out=_workspace.get("V", (n_planes, n_tiles, cg), x.dtype),
-                                tuning=tuning)
+        if layout.fused_blocks is None:
+            V = _input_stage(x, tile, padding, (g * cg, cg), layout.tiles_hw,
+                             layout.input_blocks,
+                             _workspace.get("V", (n_planes, n_tiles, cg), x.dtype))
             M = tuple_gemm(V, transformed.U[g],
                            out=_workspace.get("M", (n_planes, n_tiles, kg), x.dtype),
                            packed=packed_weights(transformed, g))
-            transform_output(M, tile, y.shape, bias, channels=(g * kg, kg),
-                             out=y, tuning=tuning)
+            _run_blocks(OUTPUT_ONLY, tile, x.dtype, n_img, layout.tiles_hw,
+                        layout.output_blocks, nk=kg, mm=M, y=y, bias=bias,
+                        k0=g * kg)
             continue
         xp = _padded_channels_last(x, (g * cg, cg), padding[0], padding[2],
-                                   tiles_h * tile.m_h + tile.r_h - 1,
-                                   tiles_w * tile.m_w + tile.r_w - 1)
-        _run_blocks(FUSED, tile, x.dtype, n_img, (tiles_h, tiles_w), blocks,
-                    nk=kg, xp=xp, up=packed_weights(transformed, g), y=y,
-                    bias=bias, k0=g * kg)
-    _set_padding_only_outputs(y, bias, (H, W), padding, (tile.r_h, tile.r_w))
+                                   *_padded_hw(tile, layout.tiles_hw))
+        _run_blocks(FUSED, tile, x.dtype, n_img, layout.tiles_hw,
+                    layout.fused_blocks, nk=kg, xp=xp,
+                    up=packed_weights(transformed, g), y=y, bias=bias, k0=g * kg)
+    value = 0 if bias is None else bias[None, :, None, None]
+    for index in layout.bias_only:
+        y[index] = value
     return y
 
 
@@ -586,22 +647,33 @@ def conv2d(x, w, bias, stride, padding, dilation, groups):
     ``"winograd"``, key (tile, groups)).  The tunables in force are read
     once, here.
     """
-    reason = unsupported_reason(x.shape, w.shape, stride, padding, dilation,
-                                groups)
+    tuning = _tuning.current().winograd
+    reason, tile = _problem_tile(tuple(x.shape), tuple(w.shape), tuple(stride),
+                                 tuple(padding), tuple(dilation), groups,
+                                 x.itemsize, tuning, requested_tile())
     if reason is not None:
         raise ValueError(reason)
-    tuning = _tuning.current().winograd
-    if requested_tile() is None:
-        out_hw = _output_hw(x.shape[2:], w.shape[2:], padding)
-        tile = tile_for_problem(w.shape[2:], out_hw, x.shape[0],
-                                (w.shape[1], w.shape[0] // groups), x.itemsize,
-                                tuning)
-    else:
-        tile = tile_for(w.shape[2:], requested_tile())
     transformed = transformed_weights.get(
         w, "winograd", (tile, groups),
         lambda own: transform_weights(own, tile, groups))
     return conv2d_transformed(x, transformed, bias, padding, tuning=tuning)
+
+
+@functools.lru_cache(maxsize=1024)
+def _problem_tile(x_shape, w_shape, stride, padding, dilation, groups,
+                  itemsize, tuning, requested):
+    """(why Winograd cannot compute the problem, None) or (None, its tile),
+    kept per problem like :func:`_layout`."""
+    reason = unsupported_reason(x_shape, w_shape, stride, padding, dilation,
+                                groups)
+    if reason is not None:
+        return reason, None
+    if requested is not None:
+        return None, tile_for(w_shape[2:], requested)
+    out_hw = _output_hw(x_shape[2:], w_shape[2:], padding)
+    return None, tile_for_problem(w_shape[2:], out_hw, x_shape[0],
+                                  (w_shape[1], w_shape[0] // groups), itemsize,
+                                  tuning)
 
 
 # --------------------------------------------------------------------------
