@@ -118,41 +118,39 @@ def test_cuda_counts_as_not_built_without_numba_cuda():
     assert "BUILT ()" in result.stdout
 
 
+def _error_of_a_cuda_call(exception, prelude=""):
+    """What a small ``backend="cuda"`` convolution raises (``exception``)
+    in a fresh process without the simulator: the printed message."""
+    result = _run_python(f"""
+        import numpy as np, kernels
+        try:
+            kernels.conv2d(np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3)),
+                           backend="cuda")
+        except {exception} as exc:
+            print("ERROR", exc)
+        """, {"NUMBA_ENABLE_CUDASIM": None}, prelude=prelude)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ERROR" in result.stdout, result.stdout
+    return result.stdout
+
+
 def test_errors_without_a_device():
     pytest.importorskip("numba_cuda")
     probe = _run_python("from numba import cuda; print(cuda.is_available())",
                         {"NUMBA_ENABLE_CUDASIM": None})
     if "True" in probe.stdout:
         pytest.skip("a GPU is present")
-    result = _run_python("""
-        import numpy as np, kernels
-        try:
-            kernels.conv2d(np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3)),
-                           backend="cuda")
-        except RuntimeError as exc:
-            print("ERROR", exc)
-        """, {"NUMBA_ENABLE_CUDASIM": None})
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "ERROR" in result.stdout and "NUMBA_ENABLE_CUDASIM=1" in result.stdout \
-        and "no CUDA GPU" in result.stdout, result.stdout
+    message = _error_of_a_cuda_call("RuntimeError")
+    assert "NUMBA_ENABLE_CUDASIM=1" in message and "no CUDA GPU" in message
 
 
 def test_numpy_without_row_stack_is_named_with_what_to_do():
     # NumPy 2.5 removed np.row_stack, which numba-cuda 0.30.4 overloads:
     # every launch failed on a GPU.  Deleting it stands for NumPy 2.5.
     pytest.importorskip("numba_cuda")
-    result = _run_python("""
-        import kernels
-        try:
-            kernels.conv2d(np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3)),
-                           backend="cuda")
-        except ImportError as exc:
-            print("ERROR", exc)
-        """, {"NUMBA_ENABLE_CUDASIM": None},
-        prelude="import numpy as np\ndel np.row_stack\n")
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "ERROR" in result.stdout and "numpy<2.5" in result.stdout, \
-        result.stdout
+    message = _error_of_a_cuda_call(
+        "ImportError", prelude="import numpy as np\ndel np.row_stack\n")
+    assert "numpy<2.5" in message
 
 
 def test_device_arrays_are_refused_by_the_cpu_backend():
