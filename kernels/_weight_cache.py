@@ -177,8 +177,17 @@ class WeightTransformCache:
             self._note_recomputed(full_key, w)
         own = np.array(w, copy=True, order="C")
         own.setflags(write=False)
-        value = transform(own)
-        entry = (own, value, bool(np.isfinite(own).all()))
+        finite = bool(np.isfinite(own).all())
+        if finite:
+            value = transform(own)
+        else:
+            # The front end drops what a non-finite filter's transform
+            # gives (such filters go to direct); its NaN/Inf arithmetic
+            # must not warn, or raise under np.errstate(all="raise").
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                value = transform(own)
+        entry = (own, value, finite)
         if self._size(entry) <= self.max_bytes:
             with self._lock:
                 self._entries[full_key] = entry
