@@ -192,7 +192,7 @@ class WeightTransformCache:
             with self._lock:
                 self._entries[full_key] = entry
                 self._evict()
-        self._note(entry[2])
+        self._note(finite)
         return value
 
     def _note_recomputed(self, full_key, w):
