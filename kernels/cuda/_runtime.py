@@ -116,19 +116,9 @@ def canonical_host_array(a):
     a view with the usual strides is enough: no copy.
     """
     a = np.ascontiguousarray(a)
-    strides = _c_strides(a.shape, a.itemsize)
-    if a.strides == strides:
-        return a
-    return np.lib.stride_tricks.as_strided(a, a.shape, strides,
-                                           writeable=False)
-
-
-def _c_strides(shape, itemsize):
-    strides, step = [], itemsize
-    for n in reversed(shape):
-        strides.append(step)
-        step *= max(n, 1)
-    return tuple(reversed(strides))
+    # Reshaping a contiguous array through one dimension is a view with
+    # the strides NumPy gives a new array.
+    return a.reshape(a.size).reshape(a.shape)
 
 
 def as_device_array(a):

@@ -23,8 +23,8 @@ import math
 import numpy as np
 
 from .._dispatch import Kernel
-from ._runtime import (ReportEntry, as_device_array, canonical_host_array,
-                       cuda, grid, numba_type)
+from ._runtime import ReportEntry, as_device_array, cuda, grid, numba_type
+from ._runtime import to_device as _to_device
 
 __all__ = ["OPS", "KERNELS", "REPORT"]
 
@@ -336,7 +336,7 @@ def to_host(a):
 
 
 def to_device(a):
-    return cuda.to_device(canonical_host_array(a))
+    return _to_device(a)
 
 
 OPS = {f.__name__: f for f in (as_array, contiguous, copy, reshape, permute, pad,
