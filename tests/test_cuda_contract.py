@@ -204,6 +204,9 @@ def test_host_arrays_reach_the_device_with_usual_strides(make_view):
     host = canonical_host_array(view)
     np.testing.assert_array_equal(host, view)
     assert np.shares_memory(host, view)          # a view, not a copy
+    # A new array's strides: the GPU also failed on a flipped unit axis,
+    # which numba-cuda's layout model below accepts.
+    assert host.strides == np.empty(view.shape, view.dtype).strides
     # numba-cuda's own model of the device array that cuda.to_device makes
     layout = Array.from_desc(0, host.shape, host.strides, host.itemsize)
     assert layout.is_c_contig, host.strides
