@@ -37,7 +37,7 @@ from numba.extending import intrinsic, overload
 from numba.np.numpy_support import as_dtype
 
 from . import _tuning
-from ._prefetch import prefetch_at
+from ._prefetch import LINE_BYTES, prefetch_at
 from .direct import TILE_VECTORS, emit_fma_tile, tile_columns
 
 __all__ = ["matmul", "matmul_rows", "panel_width", "panel_width_of",
@@ -322,14 +322,32 @@ def _pack_panel(rows, r0, ld, steps, width, buf, panel):
     ``_PREFETCH_AHEAD_BYTES`` further on is prefetched: the rows are too
     many streams for the hardware prefetcher."""
     ahead = max(panel, _PREFETCH_AHEAD_BYTES // buf.itemsize)
+    # A piece is two lines on AVX2 (float32), four on AVX-512: ask for
+    # every 128-byte pair of it, not only the first (the hardware brings
+    # a line's pair with it, not the next pair).
+    pair = 2 * LINE_BYTES // buf.itemsize
     for r in range(steps):
         src = rows[r0 + r * ld:]
-        prefetch_at(src, ahead)
+        for k in range(0, panel, pair):
+            prefetch_at(src, ahead + k)
         dst = buf[r * panel:]
         for lane in range(width):
             dst[lane] = src[lane]
         for lane in range(width, panel):
             dst[lane] = 0
+
+
+@njit(cache=True, inline="always")
+def _prefetch_tile_rows(af, a0, rows, depth, steps):
+    """Ask for ``af[a0 + q depth : + steps]``, ``q < rows`` (a register
+    tile's block of A), one request per cache line: the next tile's
+    block while this one computes.  A's rows are a reduction's length
+    apart (8 KiB at 2048 channels), so a block is ``rows`` short runs in
+    as many pages, which the hardware prefetcher does not follow."""
+    line = LINE_BYTES // af.itemsize
+    for q in range(rows):
+        for k in range(0, steps, line):
+            prefetch_at(af, a0 + q * depth + k)
 
 
 @njit(cache=True, inline="always")
@@ -367,6 +385,9 @@ def _one_block_job(g, t_lo, t_hi, p_lo, p_hi, tile_m0, tile_rows, b, rows,
         width = min(panel, cols - n0)
         for t in range(t_lo, t_hi):
             a0 = (g * m_total + tile_m0[t]) * depth
+            if p == p_lo and t + 1 < t_hi:
+                _prefetch_tile_rows(af, a0 + tile_rows[t] * depth,
+                                    tile_rows[t + 1], depth, depth)
             o0 = out_off + (g * m_total + tile_m0[t]) * ldc + n0
             if width == panel:
                 _run_first_tile(tile_rows[t], _FULL, src, b0, panel, af, a0,
@@ -434,6 +455,9 @@ def _panel_gemm_kernel(a, tile_m0, tile_rows, b, rows, rows_off, rows_ld,
                 half = 2 * (cols - n0) <= panel
                 for t in range(t_lo, t_hi):
                     a0 = (g * m_total + tile_m0[t]) * depth + d0
+                    if p == p_lo and t + 1 < t_hi:
+                        _prefetch_tile_rows(af, a0 + tile_rows[t] * depth,
+                                            tile_rows[t + 1], depth, steps)
                     c0 = ((t - t_lo) * n_p + p - p_lo) * tile_size
                     if not full:
                         _run_edge_tile(tile_rows[t], half, d0 == 0, src, b0,
