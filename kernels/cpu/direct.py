@@ -25,8 +25,8 @@ How it works
    extra columns of each row are computed and dropped when stored.
    Tiling this flattened grid rather than single rows keeps 7x7 and 14x14
    layers efficient.
-3. **Register tile** (:func:`fma_tile`).  A tile is up to 4 output
-   channels x ``TILE_VECTORS`` SIMD vectors of consecutive virtual outputs;
+3. **Register tile** (:func:`fma_tile`).  A tile is up to ``MAX_BLOCK``
+   output channels (6 on AVX-512, 4 on AVX2) x ``TILE_VECTORS`` SIMD vectors of consecutive virtual outputs;
    its accumulators stay in registers for all ``R = C/groups*kH*kW`` taps.
    Per tap the tile loads its input vectors once and updates every
    accumulator with a fused multiply-add by the broadcast weight of its
@@ -92,13 +92,18 @@ def _host_vector_bits():
     return 512 if "+avx512f" in features else 256
 
 
-# SIMD width and vectors per channel in a tile: 4 channels x 4 vectors is
-# 16 accumulators (half the 32 AVX-512 registers); AVX2 has 16 registers,
-# so 4 x 2 there.
+# SIMD width and vectors per channel in a tile, and output channels per
+# tile (a group's last tile takes those left over): on AVX-512 6 x 4
+# vectors, 24 of the 32 registers; AVX2 has 16 registers, so 4 x 2
+# there.  With 4 x 4 on AVX-512, a tap's 4 loads of x (unaligned: each
+# crosses a line) served 16 multiply-adds; 6 x 4 serve 24 with them
+# (Xeon VM, 3x3 pad 1 at batch 1, ms per call, 4 x 4 / 6 x 4: 64@56^2
+# 1.13-1.19 / 1.00, 128@28^2 1.20 / 1.06-1.07, 256@14^2 1.27-1.30 /
+# 1.16-1.18, 512@7^2 1.30-1.32 / 1.24-1.28).  Each output's chain of
+# multiply-adds is the same in any tile.
 VECTOR_BITS = _host_vector_bits()
 TILE_VECTORS = 4 if VECTOR_BITS == 512 else 2
-# Output channels per tile; a group's last tile takes the 1-3 left over.
-MAX_BLOCK = 4
+MAX_BLOCK = 6 if VECTOR_BITS == 512 else 4
 
 # Packed input rows are filled in pieces of at most this many elements, so
 # that a long 1-D signal is packed by all threads.
@@ -393,7 +398,11 @@ def run_tile(kb, narrow, xq, x0, offs, w, wb, wstride, acc_ptr):
     over ``TILE_VECTORS`` vectors of outputs, or one when ``narrow`` (tiny
     output planes)."""
     if narrow:
-        if kb == 4:
+        if kb == 6:
+            fma_tile(6, 1, xq, x0, offs, w, wb, wstride, acc_ptr)
+        elif kb == 5:
+            fma_tile(5, 1, xq, x0, offs, w, wb, wstride, acc_ptr)
+        elif kb == 4:
             fma_tile(4, 1, xq, x0, offs, w, wb, wstride, acc_ptr)
         elif kb == 3:
             fma_tile(3, 1, xq, x0, offs, w, wb, wstride, acc_ptr)
@@ -401,6 +410,10 @@ def run_tile(kb, narrow, xq, x0, offs, w, wb, wstride, acc_ptr):
             fma_tile(2, 1, xq, x0, offs, w, wb, wstride, acc_ptr)
         else:
             fma_tile(1, 1, xq, x0, offs, w, wb, wstride, acc_ptr)
+    elif kb == 6:
+        fma_tile(6, TILE_VECTORS, xq, x0, offs, w, wb, wstride, acc_ptr)
+    elif kb == 5:
+        fma_tile(5, TILE_VECTORS, xq, x0, offs, w, wb, wstride, acc_ptr)
     elif kb == 4:
         fma_tile(4, TILE_VECTORS, xq, x0, offs, w, wb, wstride, acc_ptr)
     elif kb == 3:

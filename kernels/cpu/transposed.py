@@ -23,8 +23,8 @@ vectorises; the phases are interleaved into the output row at the end.
 
 * ``direct``: each of the ``sh sw`` output phases is a stride-1
   correlation of the input with its own subset of the taps, run by the
-  forward direct kernel's register tile (4 output channels x 4 SIMD
-  vectors); see the section comment above :func:`_phase_shifts`.  Filters
+  forward direct kernel's register tile (``MAX_BLOCK`` output channels x
+  ``TILE_VECTORS`` SIMD vectors); see the section comment above :func:`_phase_shifts`.  Filters
   holding Inf or NaN take the gather loop above (``_gather_direct``),
   which never multiplies padding.
 * ``im2col``: one GEMM per image and group, ``cols = W_g^T @ X_g`` with
@@ -189,8 +189,8 @@ def _gather_direct(x, w, bias, sh, sw, ph, pw, dh, dw, ho, wo, groups):
 # stride-1 correlations of the input with disjoint subsets of the taps
 # (a 2x2 stride-2 layer: four 1x1 convolutions, i.e. four (Co x Ci) @
 # (Ci x HW) products).  Each phase runs the same register tile as the
-# forward direct kernel (:mod:`kernels.cpu.direct`): 4 output channels x 4
-# SIMD vectors of outputs kept in registers over the phase's taps, on a
+# forward direct kernel (:mod:`kernels.cpu.direct`): 6 (AVX2: 4) output channels
+# x 4 (AVX2: 2) SIMD vectors of outputs kept in registers over the phase's taps, on a
 # zero-padded copy of the input in which tap (c, kh, kw) of phase output
 # (j, jw) reads element ``offs[tap] + j Wp + jw``.  Padding is read as
 # zeros and multiplied: exact for finite weights (a zero product), so
