@@ -32,10 +32,10 @@ Two layers of defence, so that a user never has to know:
    cores, hence layer 1 first).
 
 With the policy its own, :func:`configure` also sets a short
-``GOMP_SPINCOUNT`` (unless set): workers spin a few microseconds before
-sleeping, so back-to-back launches do not pay the wake-up of a halted
-virtual CPU, and they are asleep long before a BLAS call could need the
-core.
+``GOMP_SPINCOUNT`` (unless set): workers spin some 100 microseconds
+before sleeping, so that the launches of a network's calls, a Python
+call's worth apart, do not pay the wake-up of a halted virtual CPU, and
+they are asleep long before a BLAS call could need the core.
 
 The detection is a heuristic for Linux (it reads ``/proc/self/maps``); on
 other systems only the "Numba launched its pool before ``import kernels``"
@@ -55,8 +55,17 @@ _POLICY = "OMP_WAIT_POLICY"
 # 263 us in parallel against 63 us serially.  With GOMP_SPINCOUNT 1000 to
 # 10000 back-to-back launches took 50 us and im2col (prange beside BLAS,
 # 64@56^2) kept its 1.8-2.1 ms; at 30000 the clash began (2.5 ms), at
-# 100000 it was back (6.6 ms).
-_SPINCOUNT = 3000
+# 100000 it was back (6.6 ms).  3000 until 2026-12-04, when the Xeon VM
+# (AVX-512; an Intel pause is ~140 cycles) showed how short that is: a
+# 2-thread prange after a gap of busy Python took 2-3 us up to a 20 us
+# gap and 35-50 us from 50 us on (10000: asleep between 100 and 200 us;
+# 30000: 200-500 us).  A ResNet-50 pass at batch 1 leaves 30-60 us of
+# Python between launches: 3000 / 10000, alternated workers, 9 rounds,
+# 62.9 / 55.9 ms (per round 1.11, 1.04-1.21).  The clash pattern of
+# benchmarks/bench_threads.py (parallel gather, then NumPy's threaded
+# sgemm) took 1.97-2.17 ms per pair at 3000, 1.91-2.31 at 10000,
+# 1.74-2.92 at 30000 and 3.9-4.8 at 100000.
+_SPINCOUNT = 10000
 
 # Filled in by configure() at ``import kernels``.
 _policy_before_import = None     # the user's value, None when unset

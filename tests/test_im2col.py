@@ -479,7 +479,7 @@ def test_parse_scratch_env_rejects_garbage():
 
 def run_fresh_python(code, env_changes):
     env = {k: v for k, v in os.environ.items()
-           if k not in ("OMP_WAIT_POLICY", "KMP_BLOCKTIME")}
+           if k not in ("OMP_WAIT_POLICY", "KMP_BLOCKTIME", "GOMP_SPINCOUNT")}
     env.update(env_changes)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
@@ -553,6 +553,20 @@ def test_thread_guard_detects_spinning_openmp(prelude, env, safe):
     assert is_safe == str(safe)
     if not prelude and not env:
         assert policy == "PASSIVE"
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({}, str(_threads._SPINCOUNT)),                    # ours, with PASSIVE
+    ({"GOMP_SPINCOUNT": "77"}, "77"),                  # the user's value
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, "None"),           # the user's policy whole
+], ids=["default", "user-spincount", "user-policy"])
+def test_import_sets_spin_count_only_with_its_own_policy(env, expected):
+    out = run_fresh_python("""
+        import os
+        import kernels
+        print(os.environ.get("GOMP_SPINCOUNT"))
+        """, env)
+    assert out == expected
 
 
 def test_force_override_validates():
