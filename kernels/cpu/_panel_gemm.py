@@ -37,7 +37,7 @@ from numba.extending import intrinsic, overload
 from numba.np.numpy_support import as_dtype
 
 from . import _tuning
-from ._prefetch import LINE_BYTES, prefetch_at
+from ._prefetch import LINE_BYTES, prefetch_at, prefetch_write_at
 from .direct import TILE_VECTORS, emit_fma_tile, tile_columns
 
 __all__ = ["matmul", "matmul_rows", "panel_width", "panel_width_of",
@@ -351,6 +351,17 @@ def _prefetch_tile_rows(af, a0, rows, depth, steps):
 
 
 @njit(cache=True, inline="always")
+def _prefetch_tile_out(out, o0, rows, ldc, width):
+    """Ask for ``out[o0 + q ldc : + width]``, ``q < rows`` (a tile's place
+    in the output), to be written, one request per cache line: the next
+    tile's while this one computes."""
+    line = LINE_BYTES // out.itemsize
+    for q in range(rows):
+        for k in range(0, width, line):
+            prefetch_write_at(out, o0 + q * ldc + k)
+
+
+@njit(cache=True, inline="always")
 def _panel_source(b, rows, rows_off, rows_ld, buf, g, p, d0, steps, groups,
                   depth, cols, panel):
     """(array, offset) of panel ``p``'s rows ``d0 .. d0 + steps`` of group
@@ -389,6 +400,9 @@ def _one_block_job(g, t_lo, t_hi, p_lo, p_hi, tile_m0, tile_rows, b, rows,
                 _prefetch_tile_rows(af, a0 + tile_rows[t] * depth,
                                     tile_rows[t + 1], depth, depth)
             o0 = out_off + (g * m_total + tile_m0[t]) * ldc + n0
+            if t + 1 < t_hi:
+                _prefetch_tile_out(out, o0 + tile_rows[t] * ldc,
+                                   tile_rows[t + 1], ldc, width)
             if width == panel:
                 _run_first_tile(tile_rows[t], _FULL, src, b0, panel, af, a0,
                                 depth, depth, out, o0, ldc)
@@ -466,6 +480,10 @@ def _panel_gemm_kernel(a, tile_m0, tile_rows, b, rows, rows_off, rows_ld,
                         _run_first_tile(tile_rows[t], _FULL, src, b0, panel,
                                         af, a0, depth, steps, acc, c0, panel)
                     elif last:
+                        if t + 1 < t_hi:
+                            _prefetch_tile_out(
+                                out, out_off + (g * m_total + tile_m0[t + 1])
+                                * ldc + n0, tile_rows[t + 1], ldc, panel)
                         _run_last_tile(tile_rows[t], src, b0, panel, af, a0,
                                        depth, steps, acc, c0, out,
                                        out_off + (g * m_total + tile_m0[t])
