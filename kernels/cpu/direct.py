@@ -69,6 +69,7 @@ from numba.extending import intrinsic, overload
 
 from .._dispatch import ConvSpec, Kernel
 from . import _tuning
+from ._prefetch import LINE_BYTES, prefetch_write_at
 from ._workspace import Workspace
 
 __all__ = ["conv2d", "pack_input", "tap_offsets", "packed_geometry",
@@ -425,6 +426,24 @@ def run_tile(kb, narrow, xq, x0, offs, w, wb, wstride, acc_ptr):
 
 
 @njit(cache=True, inline="always")
+def _prefetch_tile_out(kb, width, y, y0, hw, v0, nv, wq, wo):
+    """Ask for the lines :func:`_store_tile` will write for the tile at
+    ``v0``, to be written (one request per line of each channel's run
+    of pixels): the next tile's while this one computes, so that its
+    stores find the output's lines owned (a network's outputs arrive from
+    memory)."""
+    oh = v0 // wq
+    start = oh * wo + min(v0 - oh * wq, wo)
+    v_end = min(v0 + width, nv)
+    oh_end = (v_end - 1) // wq
+    end = oh_end * wo + min(v_end - oh_end * wq, wo)
+    line = LINE_BYTES // y.itemsize
+    for q in range(kb):
+        for i in range(start, end, line):
+            prefetch_write_at(y, y0 + q * hw + i)
+
+
+@njit(cache=True, inline="always")
 def _store_tile(acc, kb, width, y, y0, hw, v0, nv, wq, wo):
     """Write the tile's virtual outputs that are real pixels to ``y``.
 
@@ -487,10 +506,14 @@ def _direct_body(x, w, bias, has_bias, sh, sw, dh, dw, pt, pl, ho, wo,
         kb = min(MAX_BLOCK, (g + 1) * kg - k0)
         acc_ptr = tile_buffer(x)
         acc = carray(acc_ptr, (MAX_BLOCK, full_width))
-        for col in range(run * run_cols, min(n_cols, (run + 1) * run_cols)):
+        col_end = min(n_cols, (run + 1) * run_cols)
+        for col in range(run * run_cols, col_end):
             v0 = col * width
             for q in range(kb):
                 acc[q, :] = bias[k0 + q] if has_bias else 0
+            if col + 1 < col_end:
+                _prefetch_tile_out(kb, width, y, (n * k_total + k0) * hw, hw,
+                                   v0 + width, nv, wq, wo)
             x0 = (n * c_total + g * cg) * chan_size + v0
             run_tile(kb, narrow, xq, x0, offs, wf, k0 * r_len, r_len, acc_ptr)
             _store_tile(acc, kb, width, y, (n * k_total + k0) * hw, hw, v0,
