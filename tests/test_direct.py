@@ -398,6 +398,48 @@ def test_runs_of_column_tiles_give_the_same_bits_as_single_tiles(dtype,
     np.testing.assert_array_equal(runs, single)
 
 
+def test_filter_bound_layers_run_all_of_an_image_in_one_task():
+    tuning = _tuning.DirectTuning(run_taps=2048, max_run_columns=64,
+                                  filter_bound_bytes=1000)
+    # filters over the bound, input within it: all 7 column tiles at once
+    assert direct.run_columns(2304, 7, 64, tuning, filter_bytes=1001,
+                              input_bytes=1000) == 7
+    # either side of the bound the other way: runs by taps (2048 // 2304)
+    assert direct.run_columns(2304, 7, 64, tuning, filter_bytes=1000,
+                              input_bytes=10) == 1
+    assert direct.run_columns(2304, 7, 64, tuning, filter_bytes=10**6,
+                              input_bytes=1001) == 1
+
+
+@over_dtypes
+@pytest.mark.parametrize("hw", [14, 13, 6])
+@pytest.mark.parametrize("long_runs", [False, True])
+def test_partial_last_tile_of_each_plane(dtype, hw, long_runs):
+    # 3x3 pad 1 on hw^2: hw (hw + 2) virtual outputs per plane; on
+    # AVX-512 in float32 (64-lane tiles) the last tile's outputs fit in
+    # half a tile on 14^2 (224 = 3 x 64 + 32) and 13^2 (195), not on 6^2
+    # (48); other widths end elsewhere.  Channel blocks of 6 and 5 (or 4,
+    # 4, 3), two images; runs of one tile or of the whole image.
+    rng = np.random.default_rng(hw)
+    x, w, b = random_problem(rng, (2, 5, hw, hw), (11, 5, 3, 3), dtype)
+    bound = 0 if long_runs else 1 << 40
+    with _tuning.override(direct=dict(filter_bound_bytes=bound,
+                                      serial_max_macs=0)):
+        check_direct(x, w, b, padding=(1, 1, 1, 1))
+
+
+@pytest.mark.parametrize("remaining", [1, 7, 8, 9, 15, 16, 17, 31, 32, 33,
+                                       64, 1000])
+def test_tile_vectors_cover_the_remaining_outputs(remaining):
+    lanes = 8
+    vectors = direct.tile_vectors(False, remaining, lanes)
+    assert vectors * lanes >= min(remaining, direct.TILE_VECTORS * lanes)
+    assert vectors == (direct.HALF_VECTORS
+                       if remaining <= direct.HALF_VECTORS * lanes
+                       else direct.TILE_VECTORS)
+    assert direct.tile_vectors(True, remaining, lanes) == 1
+
+
 def test_column_runs_shrink_to_keep_every_thread_busy():
     tuning = _tuning.DirectTuning(run_taps=2048, max_run_columns=64)
     threads = _tuning.block_shape_threads()

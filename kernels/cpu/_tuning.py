@@ -312,6 +312,17 @@ class DirectTuning:
     # run keeps sequential within each output plane.
     run_taps: int = 2048
     max_run_columns: int = 64
+    # ... unless a group's filters exceed this many bytes and one image's
+    # packed input does not: then a task takes all of an image's column
+    # tiles (up to max_run_columns), so that each block of filters is read
+    # once per image instead of once per run.  Deep layers on small maps
+    # are bound by streaming their filters: ResNet-50's 256@14^2 (2.4 MB
+    # of filters, 0.26 MB of input) at batch 1 took 1.36-1.50 ms in runs
+    # of one tile, 1.14-1.18 in runs of four (batch 4: 4.8-6.2 -> 4.4-5.3);
+    # 128@28^2 (0.6 MB of filters) and 64@56^2 ran 5-20 % slower in long
+    # runs (Xeon VM, 2 MiB L2).  Half the core's L2.
+    filter_bound_bytes: int = dataclasses.field(
+        default_factory=lambda: _l2_bytes() // 2)
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,8 @@ from ._workspace import Workspace
 
 __all__ = ["conv2d", "pack_input", "tap_offsets", "packed_geometry",
            "tile_columns", "packed_size", "run_columns", "run_driver",
-           "fma_tile", "emit_fma_tile", "run_tile", "tile_buffer",
+           "fma_tile", "emit_fma_tile", "run_tile", "tile_vectors",
+           "tile_buffer",
            "tile_width", "stack_tile",
            "lanes",
            "MAX_BLOCK",
@@ -104,6 +105,7 @@ def _host_vector_bits():
 # multiply-adds is the same in any tile.
 VECTOR_BITS = _host_vector_bits()
 TILE_VECTORS = 4 if VECTOR_BITS == 512 else 2
+HALF_VECTORS = TILE_VECTORS // 2
 MAX_BLOCK = 6 if VECTOR_BITS == 512 else 4
 
 # Packed input rows are filled in pieces of at most this many elements, so
@@ -394,35 +396,47 @@ def _tile_width_impl(xq):
 
 
 @njit(cache=True, inline="always")
-def run_tile(kb, narrow, xq, x0, offs, w, wb, wstride, acc_ptr):
-    """:func:`fma_tile` with a run-time ``kb`` (each size is its own code),
-    over ``TILE_VECTORS`` vectors of outputs, or one when ``narrow`` (tiny
-    output planes)."""
-    if narrow:
-        if kb == 6:
-            fma_tile(6, 1, xq, x0, offs, w, wb, wstride, acc_ptr)
-        elif kb == 5:
-            fma_tile(5, 1, xq, x0, offs, w, wb, wstride, acc_ptr)
-        elif kb == 4:
-            fma_tile(4, 1, xq, x0, offs, w, wb, wstride, acc_ptr)
-        elif kb == 3:
-            fma_tile(3, 1, xq, x0, offs, w, wb, wstride, acc_ptr)
-        elif kb == 2:
-            fma_tile(2, 1, xq, x0, offs, w, wb, wstride, acc_ptr)
-        else:
-            fma_tile(1, 1, xq, x0, offs, w, wb, wstride, acc_ptr)
-    elif kb == 6:
-        fma_tile(6, TILE_VECTORS, xq, x0, offs, w, wb, wstride, acc_ptr)
+def _run_tile_of(kb, nvec, xq, x0, offs, w, wb, wstride, acc_ptr):
+    """:func:`fma_tile` with a run-time ``kb`` (each size is its own code)
+    and ``nvec`` (a literal)."""
+    if kb == 6:
+        fma_tile(6, nvec, xq, x0, offs, w, wb, wstride, acc_ptr)
     elif kb == 5:
-        fma_tile(5, TILE_VECTORS, xq, x0, offs, w, wb, wstride, acc_ptr)
+        fma_tile(5, nvec, xq, x0, offs, w, wb, wstride, acc_ptr)
     elif kb == 4:
-        fma_tile(4, TILE_VECTORS, xq, x0, offs, w, wb, wstride, acc_ptr)
+        fma_tile(4, nvec, xq, x0, offs, w, wb, wstride, acc_ptr)
     elif kb == 3:
-        fma_tile(3, TILE_VECTORS, xq, x0, offs, w, wb, wstride, acc_ptr)
+        fma_tile(3, nvec, xq, x0, offs, w, wb, wstride, acc_ptr)
     elif kb == 2:
-        fma_tile(2, TILE_VECTORS, xq, x0, offs, w, wb, wstride, acc_ptr)
+        fma_tile(2, nvec, xq, x0, offs, w, wb, wstride, acc_ptr)
     else:
-        fma_tile(1, TILE_VECTORS, xq, x0, offs, w, wb, wstride, acc_ptr)
+        fma_tile(1, nvec, xq, x0, offs, w, wb, wstride, acc_ptr)
+
+
+@njit(cache=True, inline="always")
+def run_tile(kb, vectors, xq, x0, offs, w, wb, wstride, acc_ptr):
+    """:func:`fma_tile` with a run-time ``kb`` and ``vectors`` of outputs:
+    ``TILE_VECTORS``, half of them (see :func:`tile_vectors`) or one."""
+    if vectors == TILE_VECTORS:
+        _run_tile_of(kb, TILE_VECTORS, xq, x0, offs, w, wb, wstride, acc_ptr)
+    elif vectors == 1:
+        _run_tile_of(kb, 1, xq, x0, offs, w, wb, wstride, acc_ptr)
+    else:
+        _run_tile_of(kb, HALF_VECTORS, xq, x0, offs, w, wb, wstride, acc_ptr)
+
+
+@njit(cache=True, inline="always")
+def tile_vectors(narrow, remaining, lanes):
+    """Vectors a tile computes: one where the planes are ``narrow`` (at
+    most a vector of outputs), else ``TILE_VECTORS``, or half of them
+    where the ``remaining`` outputs of the virtual grid (from the tile's
+    first) fit in half: the last tile of a 14^2 plane (224 virtual
+    outputs, 256 in four full tiles)."""
+    if narrow:
+        return 1
+    if remaining <= HALF_VECTORS * lanes:
+        return HALF_VECTORS
+    return TILE_VECTORS
 
 
 @njit(cache=True, inline="always")
@@ -515,7 +529,8 @@ def _direct_body(x, w, bias, has_bias, sh, sw, dh, dw, pt, pl, ho, wo,
                 _prefetch_tile_out(kb, width, y, (n * k_total + k0) * hw, hw,
                                    v0 + width, nv, wq, wo)
             x0 = (n * c_total + g * cg) * chan_size + v0
-            run_tile(kb, narrow, xq, x0, offs, wf, k0 * r_len, r_len, acc_ptr)
+            run_tile(kb, tile_vectors(narrow, nv - v0, lanes), xq, x0, offs,
+                     wf, k0 * r_len, r_len, acc_ptr)
             _store_tile(acc, kb, width, y, (n * k_total + k0) * hw, hw, v0,
                         nv, wq, wo)
 
@@ -538,10 +553,18 @@ def _direct_serial(x, w, bias, has_bias, sh, sw, dh, dw, pt, pl, ho, wo,
 _workspace = Workspace()
 
 
-def run_columns(r_len, n_cols, other_tasks, tuning):
-    """Column tiles per task (see ``DirectTuning.run_taps``), fewer when
-    the tasks would not give every thread (block_shape_threads) four."""
-    run = max(1, min(tuning.max_run_columns, tuning.run_taps // max(r_len, 1)))
+def run_columns(r_len, n_cols, other_tasks, tuning, filter_bytes=0,
+                input_bytes=0):
+    """Column tiles per task (see ``DirectTuning.run_taps``; all of an
+    image's where its group's ``filter_bytes`` of filters exceed
+    ``DirectTuning.filter_bound_bytes`` and its ``input_bytes`` of packed
+    input do not), fewer when the tasks would not give every thread
+    (block_shape_threads) four."""
+    if filter_bytes > tuning.filter_bound_bytes >= input_bytes:
+        run = max(1, min(tuning.max_run_columns, n_cols))
+    else:
+        run = max(1, min(tuning.max_run_columns,
+                         tuning.run_taps // max(r_len, 1)))
     min_tasks = 4 * _tuning.block_shape_threads()
     while run > 1 and other_tasks * -(-n_cols // run) < min_tasks:
         run //= 2
@@ -574,7 +597,10 @@ def run_driver(driver, x, w, bias, has_bias, sh, sw, dh, dw, pt, pl, ho, wo,
     n_cols = -(-ho * wq // width)
     blocks = -(-(k_total // groups) // MAX_BLOCK)
     run_cols = run_columns(w[0].size, n_cols, n_img * groups * blocks,
-                           tuning or _tuning.current().direct)
+                           tuning or _tuning.current().direct,
+                           filter_bytes=w.nbytes // groups,
+                           input_bytes=(w.shape[1] * sh * sw * hq * wq
+                                        * x.itemsize))
     driver(x, w, bias, has_bias, sh, sw, dh, dw, pt, pl, ho, wo, groups,
            run_cols, xq, y)
     return y

@@ -50,7 +50,8 @@ from numba import carray, njit, prange
 from .. import _threads
 from .._dispatch import Kernel
 from . import _blas, _tuning
-from .direct import MAX_BLOCK, TILE_VECTORS, run_tile, tile_buffer, tile_columns
+from .direct import (MAX_BLOCK, TILE_VECTORS, run_tile, tile_buffer,
+                     tile_columns, tile_vectors)
 from ._workspace import Workspace
 
 __all__ = ["ALGORITHMS", "conv_transpose2d", "direct", "im2col",
@@ -438,12 +439,13 @@ def _phase_direct_body(xq, c_in, wt, offs, edge_offs, edge_span, start, bias,
         taps = slice(start[p], start[p + 1])
         w0 = co0 * r_total + start[p]
         l = (n * groups + g) * n_cols + col
+        vectors = tile_vectors(narrow, jh * wp - v0, lanes)
         if l < l_edge:
-            run_tile(kb, narrow, xq, l // n_cols * group_step + v0,
-                            offs[taps], wt, w0, r_total, acc_ptr)
+            run_tile(kb, vectors, xq, l // n_cols * group_step + v0,
+                     offs[taps], wt, w0, r_total, acc_ptr)
         else:
-            run_tile(kb, narrow, edge[l - l_edge], 0, edge_offs[taps],
-                            wt, w0, r_total, acc_ptr)
+            run_tile(kb, vectors, edge[l - l_edge], 0, edge_offs[taps],
+                     wt, w0, r_total, acc_ptr)
         _store_phase_tile(acc, kb, width, y, (n * c_out + co0) * ho * wo, v0,
                           wp, jh, jw, sh, sw, rh, rw)
 
