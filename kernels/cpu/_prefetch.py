@@ -87,7 +87,8 @@ def _prefetch_codegen(context, builder, signature, args, write=False):
     fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
     fn = cgutils.get_or_insert_function(builder.module, fnty,
                                         "llvm.prefetch.p0")
-    # (address, rw = read, locality = keep in all levels, data cache)
+    # (address, rw = read or write, locality = keep in all levels, data
+    # cache)
     builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, int(write)),
                       ir.Constant(i32, 3), ir.Constant(i32, 1)])
     return context.get_dummy_value()

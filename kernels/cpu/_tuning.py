@@ -316,11 +316,11 @@ class DirectTuning:
     # packed input does not: then a task takes all of an image's column
     # tiles (up to max_run_columns), so that each block of filters is read
     # once per image instead of once per run.  Deep layers on small maps
-    # are bound by streaming their filters: ResNet-50's 256@14^2 (2.4 MB
-    # of filters, 0.26 MB of input) at batch 1 took 1.36-1.50 ms in runs
-    # of one tile, 1.14-1.18 in runs of four (batch 4: 4.8-6.2 -> 4.4-5.3);
+    # stream their filters: ResNet-50's 256@14^2 (2.4 MB of filters, 0.26
+    # MB of input), paired in one process, runs of one tile over runs of
+    # four 1.042 at batch 1, 1.049 at batch 4; in separate processes
     # 128@28^2 (0.6 MB of filters) and 64@56^2 ran 5-20 % slower in long
-    # runs (Xeon VM, 2 MiB L2).  Half the core's L2.
+    # runs, hence the bound (Xeon VM, 2 MiB L2).  Half the core's L2.
     filter_bound_bytes: int = dataclasses.field(
         default_factory=lambda: _l2_bytes() // 2)
 

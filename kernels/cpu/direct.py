@@ -26,8 +26,10 @@ How it works
    Tiling this flattened grid rather than single rows keeps 7x7 and 14x14
    layers efficient.
 3. **Register tile** (:func:`fma_tile`).  A tile is up to ``MAX_BLOCK``
-   output channels (6 on AVX-512, 4 on AVX2) x ``TILE_VECTORS`` SIMD vectors of consecutive virtual outputs;
-   its accumulators stay in registers for all ``R = C/groups*kH*kW`` taps.
+   output channels (6 on AVX-512, 4 on AVX2) x ``TILE_VECTORS`` SIMD
+   vectors of consecutive virtual outputs (half of them for a plane's
+   last tile where its outputs fit, :func:`tile_vectors`); its
+   accumulators stay in registers for all ``R = C/groups*kH*kW`` taps.
    Per tap the tile loads its input vectors once and updates every
    accumulator with a fused multiply-add by the broadcast weight of its
    channel (an outer product).  The tile is written out once, at the end.
