@@ -610,7 +610,10 @@ def test_winograd_probes_use_the_im2col_area_as_it_will_be_applied(
         assert seen == [default, default, (default, 196)]
 
 
-@pytest.mark.parametrize("min_pixels, side", [(49, 7), (150, 13), (196, 14)])
+# The smallest square map the pixel limit admits whose side F(4,3)'s 4 x 4
+# tiles cover without waste (21^2 for 441 pixels would compute 24^2).
+@pytest.mark.parametrize("min_pixels, side", [(49, 8), (144, 12), (150, 16),
+                                              (196, 16), (441, 24)])
 def test_the_positions_probe_runs_where_the_pixel_limit_admits_winograd(
         monkeypatch, min_pixels, side):
     from convbench import calibrate as cal
