@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from helpers import assert_within_bound
 
-from kernels.cpu import _tuning, direct
+from kernels.cpu import _direct_packing, _tuning, direct
 from kernels.geometry import conv_output_size
 
 DTYPES = (np.float32, np.float64)
@@ -135,7 +135,7 @@ def test_pack_input_holds_every_input_element_once_plus_zeros():
 
 def test_pack_input_long_rows_are_packed_in_pieces():
     """Rows longer than one packing piece (1-D signals) are filled piecewise."""
-    n = 2 * direct._PACK_PIECE + 123
+    n = 2 * _direct_packing._PACK_PIECE + 123
     x = np.arange(n, dtype=np.float64).reshape(1, 1, 1, n)
     for sw, left in ((1, 7), (2, 3), (3, 0)):
         ho, wo, hq, wq = packed_geometry((1, 1, 1, n), (1, 1, 1, 5), (1, sw),

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 __all__ = ["AUTO_THRESHOLDS", "BlasTuning", "DirectTuning", "Im2colTuning",
            "WinogradTuning", "FFTTuning", "TransposedTuning", "CpuTuning",
            "current", "defaults", "override", "set_defaults",
-           "block_shape_threads", "machine_key"]
+           "block_shape_threads", "host_vector_bits", "machine_key"]
 
 
 def block_shape_threads():
@@ -51,6 +51,20 @@ def block_shape_threads():
     """
     import numba
     return max(1, int(numba.config.NUMBA_NUM_THREADS))
+
+
+def host_vector_bits():
+    """512 on AVX-512 machines, else 256 (AVX2; LLVM splits as needed):
+    the SIMD width of direct's tiles."""
+    from numba.core import config
+    features = config.CPU_FEATURES
+    if features is None:
+        try:
+            import llvmlite.binding as llvm
+            return 512 if llvm.get_host_cpu_features().get("avx512f") else 256
+        except Exception:  # pragma: no cover - exotic LLVM builds
+            return 256
+    return 512 if "+avx512f" in features else 256
 
 
 def _l2_bytes(default=1 << 20):
@@ -323,6 +337,15 @@ class DirectTuning:
     # runs, hence the bound (Xeon VM, 2 MiB L2).  Half the core's L2.
     filter_bound_bytes: int = dataclasses.field(
         default_factory=lambda: _l2_bytes() // 2)
+    # Output positions (images x pixels) from which the channel tile
+    # (kernels.cpu._direct_channels) computes a parallel call it applies
+    # to; 0 turns it off.  It packs the filters on every call, which the
+    # pixel tile does not: against the pixel tile, 256@14^2 at batch 1
+    # (196 positions) 0.94-0.97, at batch 4 (784) 1.10-1.12; 128@28^2 at
+    # batch 1 (784) 1.08-1.22 (Xeon VM).  Off on AVX2, where it was not
+    # measured.
+    channel_tile_min_positions: int = dataclasses.field(
+        default_factory=lambda: 512 if host_vector_bits() == 512 else 0)
 
 
 @dataclass(frozen=True)

@@ -66,12 +66,14 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import carray, njit, prange, types
-from numba.core import cgutils, config
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from .._dispatch import ConvSpec, Kernel
-from . import _tuning
+from . import _direct_channels, _tuning
 from ._prefetch import LINE_BYTES, prefetch_write_at
+from ._direct_packing import (pack_input, pack_into, packed_geometry,
+                              packed_size, tap_offsets)
 from ._workspace import Workspace
 
 __all__ = ["conv2d", "pack_input", "tap_offsets", "packed_geometry",
@@ -84,18 +86,6 @@ __all__ = ["conv2d", "pack_input", "tap_offsets", "packed_geometry",
            "KERNELS"]
 
 
-def _host_vector_bits():
-    """512 on AVX-512 machines, else 256 (AVX2; LLVM splits as needed)."""
-    features = config.CPU_FEATURES
-    if features is None:
-        try:
-            import llvmlite.binding as llvm
-            return 512 if llvm.get_host_cpu_features().get("avx512f") else 256
-        except Exception:  # pragma: no cover - exotic LLVM builds
-            return 256
-    return 512 if "+avx512f" in features else 256
-
-
 # SIMD width and vectors per channel in a tile, and output channels per
 # tile (a group's last tile takes those left over): on AVX-512 6 x 4
 # vectors, 24 of the 32 registers; AVX2 has 16 registers, so 4 x 2
@@ -105,134 +95,14 @@ def _host_vector_bits():
 # 1.13-1.19 / 1.00, 128@28^2 1.20 / 1.06-1.07, 256@14^2 1.27-1.30 /
 # 1.16-1.18, 512@7^2 1.30-1.32 / 1.24-1.28).  Each output's chain of
 # multiply-adds is the same in any tile.
-VECTOR_BITS = _host_vector_bits()
+VECTOR_BITS = _tuning.host_vector_bits()
 TILE_VECTORS = 4 if VECTOR_BITS == 512 else 2
 HALF_VECTORS = TILE_VECTORS // 2
 MAX_BLOCK = 6 if VECTOR_BITS == 512 else 4
 
-# Packed input rows are filled in pieces of at most this many elements, so
-# that a long 1-D signal is packed by all threads.
-_PACK_PIECE = 16384
-
-
 def tile_columns(dtype):
     """Virtual outputs per tile (and per task) for ``dtype``."""
     return TILE_VECTORS * VECTOR_BITS // (8 * np.dtype(dtype).itemsize)
-
-
-# --------------------------------------------------------------------------
-# Stage 1: geometry and packing
-# --------------------------------------------------------------------------
-
-@njit(cache=True)
-def packed_geometry(ho, wo, kh, kw, sh, sw, dh, dw):
-    """``(Hq, Wq)``: the packed-plane size for an ``(Ho, Wo)`` output."""
-    return ho + (dh * (kh - 1)) // sh, wo + (dw * (kw - 1)) // sw
-
-
-@njit(cache=True)
-def tap_offsets(cg, kh, kw, sh, sw, dh, dw, hq, wq):
-    """Offset of each tap ``(c, i, j)`` (C order) in a packed image.
-
-    Tap ``(c, i, j)`` of output ``(oh, ow)`` reads packed element
-    ``offsets[(c*kh + i)*kw + j] + oh*wq + ow``.
-    """
-    offsets = np.empty(cg * kh * kw, np.int64)
-    plane = hq * wq
-    for c in range(cg):
-        for i in range(kh):
-            for j in range(kw):
-                phase = (c * sh + (i * dh) % sh) * sw + (j * dw) % sw
-                offsets[(c * kh + i) * kw + j] = (
-                    phase * plane + ((i * dh) // sh) * wq + (j * dw) // sw)
-    return offsets
-
-
-@njit(cache=True, inline="always")
-def _pack_row(x_flat, h, w, out, row, j_lo, j_hi, pad_top, pad_left, sh, sw,
-              hq, wq):
-    """Fill columns j_lo .. j_hi of packed row ``row`` (see pack_input).
-
-    ``x_flat`` is the input, flattened; ``h`` and ``w`` its height and width.
-    """
-    i = row % hq
-    rest = row // hq
-    pw = rest % sw
-    rest //= sw
-    ph = rest % sh
-    nc = rest // sh
-    base = np.uint64(row * wq)
-    src_row = i * sh + ph - pad_top
-    # Packed column j holds input column j*sw + pw - pad_left: inside the
-    # input for first <= j < stop.
-    first = -((pw - pad_left) // sw) if pw < pad_left else 0
-    stop = (w - 1 - pw + pad_left) // sw + 1
-    if src_row < 0 or src_row >= h:
-        first = stop = j_hi
-    first = min(max(first, j_lo), j_hi)
-    stop = min(max(stop, first), j_hi)
-    # (unsigned indices: no negative-index wraparound, so loops vectorise)
-    for j in range(np.uint64(j_lo), np.uint64(first)):
-        out[base + j] = 0
-    for j in range(np.uint64(stop), np.uint64(j_hi)):
-        out[base + j] = 0
-    if stop > first:
-        src = np.uint64((nc * h + src_row) * w + first * sw + pw - pad_left)
-        dst = base + np.uint64(first)
-        if sw == 1:
-            for j in range(np.uint64(stop - first)):
-                out[dst + j] = x_flat[src + j]
-        else:
-            step = np.uint64(sw)
-            for j in range(np.uint64(stop - first)):
-                out[dst + j] = x_flat[src + j * step]
-
-
-def packed_size(x_shape, sh, sw, hq, wq, tail):
-    """Elements of :func:`pack_input`'s result for an input of ``x_shape``."""
-    return x_shape[0] * x_shape[1] * sh * sw * hq * wq + tail
-
-
-@njit(cache=True, inline="always")
-def _pack(x, pad_top, pad_left, sh, sw, hq, wq, out):
-    n_rows = x.shape[0] * x.shape[1] * sh * sw * hq
-    h, w = x.shape[2], x.shape[3]
-    x_flat = x.reshape(x.size)
-    out[n_rows * wq:] = 0
-    if wq >= _PACK_PIECE:
-        # long rows (1-D signals): tasks are pieces of a row
-        pieces = (wq + _PACK_PIECE - 1) // _PACK_PIECE
-        for task in prange(n_rows * pieces):
-            j_lo = (task % pieces) * _PACK_PIECE
-            _pack_row(x_flat, h, w, out, task // pieces, j_lo,
-                      min(wq, j_lo + _PACK_PIECE), pad_top, pad_left, sh, sw,
-                      hq, wq)
-    else:
-        # short rows: tasks are runs of whole rows
-        rows_per_task = _PACK_PIECE // wq
-        for task in prange((n_rows + rows_per_task - 1) // rows_per_task):
-            for row in range(task * rows_per_task,
-                             min(n_rows, (task + 1) * rows_per_task)):
-                _pack_row(x_flat, h, w, out, row, 0, wq, pad_top, pad_left,
-                          sh, sw, hq, wq)
-    return out
-
-
-@njit(cache=True, parallel=True)
-def _pack_parallel(x, pad_top, pad_left, sh, sw, hq, wq, out):
-    return _pack(x, pad_top, pad_left, sh, sw, hq, wq, out)
-
-
-def pack_input(x, pad_top, pad_left, sh, sw, hq, wq, tail):
-    """Zero-padded polyphase copy of ``x`` (N, C, H, W), flat.
-
-    ``out[(((n*C + c)*sh + ph)*sw + pw)*hq*wq + i*wq + j]`` is
-    ``x[n, c, i*sh + ph - pad_top, j*sw + pw - pad_left]``, or zero where
-    that is outside ``x``; ``tail`` zeros follow so that a tile may read
-    past the last plane (into outputs it drops).
-    """
-    out = np.empty(packed_size(x.shape, sh, sw, hq, wq, tail), x.dtype)
-    return _pack_parallel(x, pad_top, pad_left, sh, sw, hq, wq, out)
 
 
 # --------------------------------------------------------------------------
@@ -492,7 +362,7 @@ def _direct_body(x, w, bias, has_bias, sh, sw, dh, dw, pt, pl, ho, wo,
     k_total, cg, kh, kw = w.shape
     hq, wq = packed_geometry(ho, wo, kh, kw, sh, sw, dh, dw)
     full_width = tile_width(x)
-    _pack(x, pt, pl, sh, sw, hq, wq, xq)
+    pack_into(x, pt, pl, sh, sw, hq, wq, xq)
     offs = tap_offsets(cg, kh, kw, sh, sw, dh, dw, hq, wq)
     r_len = offs.shape[0]
     wf = w.reshape(k_total * r_len)      # filter k's taps at k*R .. k*R + R
@@ -650,8 +520,10 @@ def _run(spec, x, w, bias, tuning=None):
     dh, dw = spec.dilation
     pt, _, pl, _ = spec.padding
     ho, wo = spec.out_hw
-    driver = (_direct_serial if spec.macs <= tuning.serial_max_macs
-              else _direct_parallel)
+    serial = spec.macs <= tuning.serial_max_macs
+    if not serial and _direct_channels.tile_for(spec, tuning):
+        return _direct_channels.run(spec, x, w, bias)
+    driver = _direct_serial if serial else _direct_parallel
     return run_driver(driver, x, w, b, has_bias, sh, sw, dh, dw, pt, pl, ho,
                       wo, int(spec.groups), tuning)
 

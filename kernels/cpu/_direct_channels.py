@@ -1,0 +1,330 @@
+"""Direct convolution's channel tile: SIMD lanes over output channels.
+
+:mod:`kernels.cpu.direct`'s pixel tile puts consecutive virtual outputs of
+one plane in its SIMD lanes; per tap it loads ``TILE_VECTORS`` unaligned
+vectors of input and broadcasts one filter value per channel (6 x 4 on
+AVX-512: 24 multiply-adds).  The channel tile puts ``lanes`` consecutive
+*output channels* in a vector and ``COLS`` pixels of one output row
+beside them: per tap it loads ``NVEC`` vectors of filter values (packed on
+every call, channels fastest) and broadcasts ``COLS`` input values from
+direct's packed input (:func:`kernels.cpu._direct_packing.pack_input`), ``COLS x NVEC``
+multiply-adds (14 x 2 = 28 on AVX-512).  It asks for the filter vectors
+``PREFETCH_TAPS`` taps ahead and for the input lines ``X_PREFETCH_TAPS``
+taps ahead.
+
+Each output is computed with the same chain as the pixel tile (the bias,
+then ``llvm.fmuladd`` over the taps ``r = (c, i, j)`` in increasing order):
+the two tiles give the same bits.
+
+Stages (:func:`conv_channels`, one parallel call): pack the input as
+direct does and the filters (:func:`pack_filters`); then tasks over
+(group, channel block, image, chunk of rows), channel block slowest so
+that a thread keeps one block of packed filters in L2 for all its images.
+A row is covered by segments of ``COLS`` pixels, the last one ending at
+the row's end (it overlaps the one before where ``COLS`` does not divide
+the width: those outputs are computed and written twice, with the same
+bits).
+
+Where it is used (:func:`tile_for`, ``DirectTuning.channel_tile_min_positions``):
+stride-1 layers with more than one tap per channel, rows at least
+``COLS`` wide with overlaps computing at most 15 % extra, output channels
+per group a multiple of ``NVEC x lanes``, and enough output positions to
+repay packing the filters.  Measured against the pixel tile (Xeon VM,
+AVX-512, float32, paired in one process): ResNet-50's 3x3 layers 64@56^2
+1.15 / 1.14 (batch 1 / 4), 128@28^2 1.22 / 1.20, 256@14^2 0.97 / 1.12;
+1x1 layers 0.55-1.22, stride 2 0.81-1.07, 7x7 planes with two-row tiles
+0.82-1.04: those stay with the pixel tile.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import carray, njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from . import _tuning
+from ._direct_packing import pack_into, packed_geometry, packed_size, tap_offsets
+from ._workspace import Workspace
+
+__all__ = ["COLS", "NVEC", "PREFETCH_TAPS", "X_PREFETCH_TAPS", "lanes_of",
+           "tile_applies", "tile_for", "pack_filters", "channel_tile",
+           "conv_channels", "task_rows", "run"]
+
+# Pixels and vectors of channels of the tile: 28 accumulators of
+# AVX-512's 32 registers (two more hold the tap's filter vectors); 12 of
+# AVX2's 16 (not measured there: the tile is off by default on AVX2).
+VECTOR_BITS = _tuning.host_vector_bits()
+COLS, NVEC = (14, 2) if VECTOR_BITS == 512 else (6, 2)
+
+# Taps ahead of the one being computed whose filter vectors, and input
+# lines, are asked for (llvm.prefetch).  Filters, 512@7^2 batch 1: none
+# 1.11 ms, 8 taps ahead 1.02-1.43, 32 ahead 0.96-1.00.  Input, paired
+# against the pixel tile (ratios, batch 1 / 4): none 64@56^2 1.11 / 1.04,
+# 128@28^2 1.10 / 1.12, 256@14^2 0.95 / 1.07; 4 ahead 1.10 / 1.14, 1.08 /
+# 1.17, 0.94 / 1.10; 8 ahead 1.15 / 1.14, 1.22 / 1.20, 0.97 / 1.12.
+PREFETCH_TAPS = 32
+X_PREFETCH_TAPS = 8
+
+# Rows are covered by overlapping segments only where at least this share
+# of the computed outputs is distinct.
+_MIN_EFFICIENCY = 0.85
+
+
+def lanes_of(itemsize):
+    """SIMD lanes for elements of ``itemsize`` bytes."""
+    return VECTOR_BITS // (8 * itemsize)
+
+
+def tile_applies(wo, kg, itemsize):
+    """Whether the tile can cover rows ``wo`` wide (overlapping segments
+    computing at most 15 % extra) for ``kg`` output channels per group."""
+    if wo < COLS or kg % (NVEC * lanes_of(itemsize)):
+        return False
+    return wo / (-(-wo // COLS) * COLS) >= _MIN_EFFICIENCY
+
+
+def tile_for(spec, tuning):
+    """Whether direct computes ``spec`` (a :class:`kernels._dispatch.
+    ConvSpec`) with the channel tile (see the module's docstring)."""
+    min_positions = tuning.channel_tile_min_positions
+    ho, wo = spec.out_hw
+    kh, kw = spec.w_shape[2:]
+    return (min_positions > 0
+            and spec.stride == (1, 1) and kh * kw > 1
+            and spec.x_shape[0] * ho * wo >= min_positions
+            and tile_applies(wo, spec.w_shape[0] // spec.groups,
+                             np.dtype(spec.dtype).itemsize))
+
+
+@njit(cache=True, inline="always")
+def _pack_filters(w2, block, out):
+    """``out[b, r, q] = w2[b*block + q, r]``: filters (K, R) as blocks of
+    ``block`` channels, taps major, channels fastest (flat ``out``)."""
+    k_total, r_len = w2.shape
+    # taps outer, channels inner: the block's rows are read as parallel
+    # streams and the output written in order (0.77 ms for 512 x 4608
+    # against 2.1 the other way round, Xeon VM)
+    for b in prange(k_total // block):
+        base = b * r_len * block
+        for r in range(r_len):
+            for q in range(block):
+                out[base + r * block + q] = w2[b * block + q, r]
+
+
+@njit(cache=True, parallel=True)
+def _pack_filters_parallel(w2, block, out):
+    _pack_filters(w2, block, out)
+
+
+def pack_filters(w, block):
+    """``w`` (K, ...) as :func:`conv_channels` reads it: blocks of
+    ``block`` channels, taps major, channels fastest (flat)."""
+    w2 = np.ascontiguousarray(w).reshape(w.shape[0], -1)
+    out = np.empty(w2.size, w.dtype)
+    _pack_filters_parallel(w2, block, out)
+    return out
+
+
+def _emit_prefetch(builder, data, index):
+    """``llvm.prefetch`` (read, all cache levels) of ``data[index]``; an
+    address outside the array is harmless (a prefetch never faults)."""
+    i8p = ir.IntType(8).as_pointer()
+    i32 = ir.IntType(32)
+    prefetch = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+        "llvm.prefetch.p0")
+    ptr = builder.bitcast(builder.gep(data, [index]), i8p)
+    builder.call(prefetch, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3),
+                            ir.Constant(i32, 1)])
+
+
+@intrinsic
+def channel_tile(typingctx, xq, x0, offs, n_taps, wp, w0, init, k0, acc):
+    """``acc[c, q] = init[k0 + q] + sum_r wp[w0 + r*B + q] * xq[x0 + offs[r] + c]``
+    for ``c < COLS``, ``q < B = NVEC*lanes``, over the taps ``r < n_taps``
+    in increasing order with ``llvm.fmuladd``; ``acc`` points to a (COLS,
+    B) buffer.  ``offs`` holds ``X_PREFETCH_TAPS`` entries past the last
+    tap (read for prefetches only)."""
+    dtype = xq.dtype
+
+    def codegen(context, builder, signature, args):
+        xq_v, x0_v, offs_v, n_taps_v, wp_v, w0_v, init_v, k0_v, acc_ptr = args
+        x_data = context.make_array(xq)(context, builder, xq_v).data
+        w_data = context.make_array(wp)(context, builder, wp_v).data
+        b_data = context.make_array(init)(context, builder, init_v).data
+        o_data = context.make_array(offs)(context, builder, offs_v).data
+        elem = context.get_value_type(dtype)
+        align = context.get_abi_sizeof(elem)
+        n_lanes = VECTOR_BITS // (8 * align)
+        width = NVEC * n_lanes
+        vec = ir.VectorType(elem, n_lanes)
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        fmuladd = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [vec, vec, vec]),
+            "llvm.fmuladd.v%d%s" % (n_lanes, "f32" if align == 4 else "f64"))
+        zeros = ir.Constant(ir.VectorType(i32, n_lanes), [0] * n_lanes)
+        undef = ir.Constant(vec, ir.Undefined)
+
+        def const(value):
+            return ir.Constant(i64, value)
+
+        def vector_at(base, index):
+            ptr = builder.gep(base, [index], inbounds=True)
+            return builder.bitcast(ptr, vec.as_pointer())
+
+        starts = [builder.load(vector_at(b_data, builder.add(
+                      k0_v, const(v * n_lanes))), align=align)
+                  for v in range(NVEC)]
+        # Accumulators in single-value slots: mem2reg makes them registers.
+        slots = {}
+        for c in range(COLS):
+            for v in range(NVEC):
+                slots[c, v] = cgutils.alloca_once(builder, vec)
+                builder.store(starts[v], slots[c, v])
+        with cgutils.for_range(builder, n_taps_v) as loop:
+            r = loop.index
+            w_base = builder.add(w0_v, builder.mul(r, const(width)))
+            w_ahead = builder.add(w_base, const(PREFETCH_TAPS * width))
+            for byte in range(0, width * align, 64):
+                _emit_prefetch(builder, w_data,
+                               builder.add(w_ahead, const(byte // align)))
+            x_ahead = builder.add(x0_v, builder.load(builder.gep(
+                o_data, [builder.add(r, const(X_PREFETCH_TAPS))],
+                inbounds=True)))
+            for c in (0, COLS - 1):
+                _emit_prefetch(builder, x_data, builder.add(x_ahead, const(c)))
+            x_base = builder.add(x0_v, builder.load(
+                builder.gep(o_data, [r], inbounds=True)))
+            ws = [builder.load(vector_at(w_data, builder.add(
+                      w_base, const(v * n_lanes))), align=align)
+                  for v in range(NVEC)]
+            for c in range(COLS):
+                x_c = builder.load(builder.gep(
+                    x_data, [builder.add(x_base, const(c))], inbounds=True))
+                x_vec = builder.shuffle_vector(
+                    builder.insert_element(undef, x_c, ir.Constant(i32, 0)),
+                    undef, zeros)
+                for v in range(NVEC):
+                    builder.store(builder.call(
+                        fmuladd, [ws[v], x_vec, builder.load(slots[c, v])]),
+                        slots[c, v])
+        for c in range(COLS):
+            for v in range(NVEC):
+                builder.store(builder.load(slots[c, v]), vector_at(
+                    acc_ptr, const(c * width + v * n_lanes)), align=align)
+        return context.get_dummy_value()
+
+    sig = types.void(xq, x0, offs, n_taps, wp, w0, init, k0, acc)
+    return sig, codegen
+
+
+@intrinsic
+def _tile_buffer(typingctx, x):
+    """Pointer to a stack buffer for one tile's sums (the caller's frame:
+    intrinsics are emitted inline)."""
+    dtype = x.dtype
+    size = COLS * NVEC * VECTOR_BITS // dtype.bitwidth
+
+    def codegen(context, builder, signature, args):
+        return cgutils.alloca_once(builder, context.get_value_type(dtype),
+                                   size=size)
+    return types.CPointer(dtype)(x), codegen
+
+
+@njit(cache=True, inline="always")
+def _row_tiles(xq, x0, offs, n_taps, wp, w0, init, k0, block, y, y0, hw, wo,
+               acc_ptr):
+    """The tiles of one output row of ``block`` channels: ``COLS`` pixels
+    each, the last ending at the row's end."""
+    acc = carray(acc_ptr, (COLS, block))
+    ow0 = 0
+    while ow0 < wo:
+        ow0 = min(ow0, wo - COLS)
+        channel_tile(xq, x0 + ow0, offs, n_taps, wp, w0, init, k0, acc_ptr)
+        for q in range(block):
+            dst = y0 + q * hw + ow0
+            for c in range(COLS):
+                y[dst + c] = acc[c, q]
+        ow0 += COLS
+
+
+@njit(cache=True, parallel=True)
+def conv_channels(x, w2, init, dh, dw, pt, pl, kh, kw, groups, block,
+                  rows_per_task, xq, wp, y):
+    """Stride-1 direct convolution with channel tiles into ``y`` (N, K, Ho,
+    Wo).
+
+    ``w2`` is the filters as (K, R); ``init`` (K,) the bias or zeros;
+    ``block`` the tile's channels; a task computes ``rows_per_task`` rows
+    (:func:`task_rows`); ``xq`` and ``wp`` are scratch for the packed
+    input and filters.
+    """
+    n_img, c_total = x.shape[0], x.shape[1]
+    k_total, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+    cg = c_total // groups
+    kg = k_total // groups
+    hq, wq = packed_geometry(ho, wo, kh, kw, 1, 1, dh, dw)
+    pack_into(x, pt, pl, 1, 1, hq, wq, xq)
+    _pack_filters(w2, block, wp)
+    taps = tap_offsets(cg, kh, kw, 1, 1, dh, dw, hq, wq)
+    r_len = taps.shape[0]
+    # the last tap's offset repeated for the prefetches past the end
+    offs = np.empty(r_len + X_PREFETCH_TAPS, np.int64)
+    offs[:r_len] = taps
+    offs[r_len:] = taps[r_len - 1]
+    blocks = kg // block
+    hw = ho * wo
+    yf = y.reshape(y.size)
+    row_chunks = (ho + rows_per_task - 1) // rows_per_task
+    for task in prange(groups * blocks * n_img * row_chunks):
+        chunk = task % row_chunks
+        rest = task // row_chunks
+        n = rest % n_img
+        rest //= n_img
+        blk = rest % blocks
+        g = rest // blocks
+        k0 = g * kg + blk * block
+        acc_ptr = _tile_buffer(x)
+        for oh in range(chunk * rows_per_task,
+                        min(ho, (chunk + 1) * rows_per_task)):
+            _row_tiles(xq, (n * c_total + g * cg) * hq * wq + oh * wq, offs,
+                       r_len, wp, k0 * r_len, init, k0, block, yf,
+                       (n * k_total + k0) * hw + oh * wo, hw, wo, acc_ptr)
+    return y
+
+
+def task_rows(ho, other_tasks, min_tasks):
+    """Output rows per task: all of a plane's, or fewer until there are
+    ``min_tasks`` tasks with the ``other_tasks`` (channel blocks x images
+    x groups)."""
+    chunks = max(1, min(ho, -(-min_tasks // max(other_tasks, 1))))
+    return -(-ho // chunks)
+
+
+# Packed input and filters: scratch reused across calls (per Python thread).
+_workspace = Workspace()
+
+
+def run(spec, x, w, bias):
+    """Direct convolution of C-contiguous ``x`` and ``w`` with the channel
+    tile (where :func:`tile_for`); returns a new (N, K, Ho, Wo) array."""
+    n_img = x.shape[0]
+    k_total, _, kh, kw = w.shape
+    groups = int(spec.groups)
+    dh, dw = spec.dilation
+    pt, _, pl, _ = spec.padding
+    ho, wo = spec.out_hw
+    block = NVEC * lanes_of(x.itemsize)
+    hq, wq = packed_geometry(ho, wo, kh, kw, 1, 1, dh, dw)
+    xq = _workspace.get("xq", (packed_size(x.shape, 1, 1, hq, wq, 0),),
+                        x.dtype)
+    wp = _workspace.get("wp", (w.size,), x.dtype)
+    init = (np.zeros(k_total, x.dtype) if bias is None
+            else np.ascontiguousarray(bias))
+    y = np.empty((n_img, k_total, ho, wo), x.dtype)
+    per = task_rows(ho, k_total // block * n_img,
+                    4 * _tuning.block_shape_threads())
+    return conv_channels(x, w.reshape(k_total, -1), init, dh, dw, pt, pl, kh,
+                         kw, groups, block, per, xq, wp, y)

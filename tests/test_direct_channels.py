@@ -1,0 +1,214 @@
+"""Direct convolution's channel tile (kernels/cpu/_direct_channels.py).
+
+The tile computes each output with the same chain of multiply-adds as
+direct's pixel tile, so the two must agree **bit for bit**; both are also
+held to the float64 reference under direct's documented bound.  The
+channel tile is forced on with ``DirectTuning.channel_tile_min_positions``
+(it is off by default on AVX2 machines) and every test checks that it was
+taken.  Shapes reach: rows that are whole segments and rows whose last
+segment overlaps, groups, dilation, asymmetric padding, bias or none,
+tasks of whole planes and of chunks of rows, float32 and float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from helpers import assert_within_bound
+
+from kernels.cpu import _direct_channels as dc
+from kernels.cpu import _tuning, direct
+from kernels._dispatch import ConvSpec
+
+from test_direct import random_problem, zero_pad
+
+DTYPES = (np.float32, np.float64)
+over_dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+
+FORCED = dict(channel_tile_min_positions=1, serial_max_macs=0)
+PIXEL = dict(channel_tile_min_positions=0, serial_max_macs=0)
+
+
+def block(dtype):
+    return dc.NVEC * dc.lanes_of(np.dtype(dtype).itemsize)
+
+
+def spec_of(x, w, padding, dilation=(1, 1), groups=1, stride=(1, 1)):
+    return ConvSpec(x.shape, w.shape, stride, padding, dilation, groups,
+                    x.dtype)
+
+
+def both_tiles(x, w, b, padding, dilation=(1, 1), groups=1, monkeypatch=None):
+    """(channel tile's y, pixel tile's y), checking which tile ran."""
+    taken = []
+    real_run = dc.run
+
+    def spy(*args):
+        taken.append(True)
+        return real_run(*args)
+
+    monkeypatch.setattr(dc, "run", spy)
+    with _tuning.override(direct=FORCED):
+        y_channel = direct.conv2d(x, w, b, (1, 1), padding, dilation, groups)
+    assert taken, "the channel tile was not taken"
+    taken.clear()
+    with _tuning.override(direct=PIXEL):
+        y_pixel = direct.conv2d(x, w, b, (1, 1), padding, dilation, groups)
+    assert not taken, "the pixel tile was not taken"
+    return y_channel, y_pixel
+
+
+def check_channel_tile(x, w, b, padding, dilation=(1, 1), groups=1,
+                       monkeypatch=None):
+    x_before, w_before = x.copy(), w.copy()
+    y_channel, y_pixel = both_tiles(x, w, b, padding, dilation, groups,
+                                    monkeypatch)
+    assert np.array_equal(x, x_before, equal_nan=True)
+    assert np.array_equal(w, w_before, equal_nan=True)
+    assert y_channel.dtype == x.dtype and y_channel.flags.c_contiguous
+    np.testing.assert_array_equal(y_channel, y_pixel)
+    assert_within_bound("direct", y_channel, zero_pad(x, padding), w, b,
+                        padding=0, dilation=dilation, groups=groups)
+
+
+# --------------------------------------------------------------------------
+# Which layers take it
+# --------------------------------------------------------------------------
+
+def test_rule_takes_stride_one_layers_of_several_taps_only():
+    tuning = _tuning.DirectTuning(channel_tile_min_positions=512)
+    x = np.zeros((1, 64, 56, 56), np.float32)
+    w3 = np.zeros((64, 64, 3, 3), np.float32)
+    w1 = np.zeros((64, 64, 1, 1), np.float32)
+    assert dc.tile_for(spec_of(x, w3, (1, 1, 1, 1)), tuning)
+    assert not dc.tile_for(spec_of(x, w1, (0, 0, 0, 0)), tuning)
+    assert not dc.tile_for(spec_of(x, w3, (1, 1, 1, 1), stride=(2, 2)),
+                           tuning)
+    off = _tuning.DirectTuning(channel_tile_min_positions=0)
+    assert not dc.tile_for(spec_of(x, w3, (1, 1, 1, 1)), off)
+
+
+def test_rule_needs_enough_positions():
+    tuning = _tuning.DirectTuning(channel_tile_min_positions=512)
+    w = np.zeros((256, 256, 3, 3), np.float32)
+    one = np.zeros((1, 256, 14, 14), np.float32)      # 196 positions
+    four = np.zeros((4, 256, 14, 14), np.float32)     # 784
+    assert not dc.tile_for(spec_of(one, w, (1, 1, 1, 1)), tuning)
+    assert dc.tile_for(spec_of(four, w, (1, 1, 1, 1)), tuning)
+
+
+@pytest.mark.parametrize("wo", range(1, 3 * 14 + 1))
+def test_rule_needs_whole_channel_blocks_and_rows_it_covers_well(wo):
+    lanes = dc.lanes_of(4)
+    kg = dc.NVEC * lanes
+    covered = -(-wo // dc.COLS) * dc.COLS
+    expected = wo >= dc.COLS and wo / covered >= 0.85
+    assert dc.tile_applies(wo, kg, 4) == expected
+    assert not dc.tile_applies(wo, kg + lanes, 4) or dc.NVEC == 1
+
+
+@pytest.mark.parametrize("ho", [1, 2, 3, 7, 14, 56])
+@pytest.mark.parametrize("other_tasks", [1, 2, 3, 8, 64])
+def test_task_rows_cover_every_row_once(ho, other_tasks):
+    per = dc.task_rows(ho, other_tasks, 8)
+    chunks = -(-ho // per)
+    assert 1 <= per <= ho
+    assert (chunks - 1) * per < ho <= chunks * per
+    if other_tasks >= 8:
+        assert per == ho                     # whole planes are enough tasks
+    else:
+        # no more rows than its share among 8 tasks (rounded up)
+        assert per <= -(-ho * other_tasks // 8)
+
+
+# --------------------------------------------------------------------------
+# Same bits as the pixel tile, within the bound of the reference
+# --------------------------------------------------------------------------
+
+@over_dtypes
+@pytest.mark.parametrize("hw", [14, 28, 26, 41])
+def test_rows_of_whole_and_overlapping_segments(dtype, hw, monkeypatch):
+    rng = np.random.default_rng(hw)
+    kb = block(dtype)
+    x, w, b = random_problem(rng, (2, 5, hw, hw), (2 * kb, 5, 3, 3), dtype)
+    check_channel_tile(x, w, b, (1, 1, 1, 1), monkeypatch=monkeypatch)
+
+
+@over_dtypes
+def test_groups_dilation_and_asymmetric_padding(dtype, monkeypatch):
+    rng = np.random.default_rng(3)
+    kb = block(dtype)
+    x, w, b = random_problem(rng, (1, 6, 20, 27), (3 * kb, 2, 3, 2), dtype)
+    check_channel_tile(x, w, b, (2, 0, 1, 3), dilation=(2, 3), groups=3,
+                       monkeypatch=monkeypatch)
+
+
+@over_dtypes
+def test_without_bias_and_with_a_long_reduction(dtype, monkeypatch):
+    rng = np.random.default_rng(4)
+    kb = block(dtype)
+    x, w, _ = random_problem(rng, (1, 70, 16, 16), (kb, 70, 3, 3), dtype,
+                             bias=False)
+    check_channel_tile(x, w, None, (1, 1, 0, 0), monkeypatch=monkeypatch)
+
+
+@over_dtypes
+def test_tasks_of_chunks_of_rows_and_of_whole_planes(dtype, monkeypatch):
+    rng = np.random.default_rng(5)
+    kb = block(dtype)
+    # one block, one image: rows are split over tasks; many blocks and
+    # images: a task takes a whole plane
+    for x_shape, k in (((1, 3, 30, 14), kb), ((5, 3, 9, 14), 4 * kb)):
+        x, w, b = random_problem(rng, x_shape, (k, 3, 3, 3), dtype)
+        check_channel_tile(x, w, b, (0, 0, 1, 1), monkeypatch=monkeypatch)
+
+
+def test_non_finite_inputs_reach_exactly_their_windows(monkeypatch):
+    rng = np.random.default_rng(6)
+    kb = block(np.float32)
+    x, w, b = random_problem(rng, (1, 4, 10, 28), (kb, 4, 3, 3), np.float32)
+    x[0, 1, 4, 13] = np.nan
+    x[0, 3, 0, 27] = np.inf
+    check_channel_tile(x, w, b, (1, 1, 1, 1), monkeypatch=monkeypatch)
+
+
+@st.composite
+def channel_problems(draw):
+    dtype = draw(st.sampled_from(DTYPES))
+    groups = draw(st.sampled_from((1, 1, 2)))
+    cg = draw(st.integers(1, 5))
+    kg = block(dtype) * draw(st.integers(1, 2))
+    kh, kw = draw(st.sampled_from(((3, 3), (1, 3), (2, 2), (5, 5), (3, 1))))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = tuple(draw(st.integers(0, 2)) for _ in range(4))
+    wo = draw(st.sampled_from((14, 24, 28, 40, 42, 56)))
+    ho = draw(st.integers(1, 6))
+    h = ho + dilation[0] * (kh - 1) - padding[0] - padding[1]
+    w = wo + dilation[1] * (kw - 1) - padding[2] - padding[3]
+    return dict(x_shape=(draw(st.integers(1, 3)), cg * groups, h, w),
+                w_shape=(kg * groups, cg, kh, kw), padding=padding,
+                dilation=dilation, groups=groups, bias=draw(st.booleans()),
+                dtype=dtype, seed=draw(st.integers(0, 2**32 - 1)))
+
+
+@settings(deadline=None)
+@given(problem=channel_problems())
+def test_random_configurations_give_the_pixel_tiles_bits(problem):
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        rng = np.random.default_rng(problem["seed"])
+        x, w, b = random_problem(rng, problem["x_shape"], problem["w_shape"],
+                                 problem["dtype"], problem["bias"])
+        check_channel_tile(x, w, b, problem["padding"], problem["dilation"],
+                           problem["groups"], monkeypatch=monkeypatch)
+
+
+def test_pack_filters_puts_channels_fastest():
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((64, 3, 2, 2)).astype(np.float32)
+    packed = dc.pack_filters(w, 32).reshape(2, 12, 32)
+    for b in range(2):
+        np.testing.assert_array_equal(packed[b],
+                                      w[b * 32:(b + 1) * 32].reshape(32, 12).T)
