@@ -186,7 +186,7 @@ def channel_problems(draw):
     padding = tuple(draw(st.integers(0, 2)) for _ in range(4))
     wo = draw(st.sampled_from((14, 24, 28, 40, 42, 56)))
     ho = draw(st.integers(1, 6))
-    h = ho + dilation[0] * (kh - 1) - padding[0] - padding[1]
+    h = max(1, ho + dilation[0] * (kh - 1) - padding[0] - padding[1])
     w = wo + dilation[1] * (kw - 1) - padding[2] - padding[3]
     return dict(x_shape=(draw(st.integers(1, 3)), cg * groups, h, w),
                 w_shape=(kg * groups, cg, kh, kw), padding=padding,
