@@ -3,7 +3,8 @@
 The tile computes each output with the same chain of multiply-adds as
 direct's pixel tile, so the two must agree **bit for bit**; both are also
 held to the float64 reference under direct's documented bound.  The
-channel tile is forced on with ``DirectTuning.channel_tile_min_positions``
+channel tile is forced on with
+``DirectTuning.channel_tile_max_filter_bytes_per_position``
 (it is off by default on AVX2 machines) and every test checks that it was
 taken.  Shapes reach: rows that are whole segments and rows whose last
 segment overlaps, groups, dilation, asymmetric padding, bias or none,
@@ -28,8 +29,10 @@ from test_direct import random_problem, zero_pad
 DTYPES = (np.float32, np.float64)
 over_dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 
-FORCED = dict(channel_tile_min_positions=1, serial_max_macs=0)
-PIXEL = dict(channel_tile_min_positions=0, serial_max_macs=0)
+FORCED = dict(channel_tile_max_filter_bytes_per_position=1 << 40,
+              serial_max_macs=0)
+PIXEL = dict(channel_tile_max_filter_bytes_per_position=0, serial_max_macs=0)
+ON = _tuning.DirectTuning(channel_tile_max_filter_bytes_per_position=24 << 10)
 
 
 def block(dtype):
@@ -79,25 +82,29 @@ def check_channel_tile(x, w, b, padding, dilation=(1, 1), groups=1,
 # --------------------------------------------------------------------------
 
 def test_rule_takes_stride_one_layers_of_several_taps_only():
-    tuning = _tuning.DirectTuning(channel_tile_min_positions=512)
     x = np.zeros((1, 64, 56, 56), np.float32)
     w3 = np.zeros((64, 64, 3, 3), np.float32)
     w1 = np.zeros((64, 64, 1, 1), np.float32)
-    assert dc.tile_for(spec_of(x, w3, (1, 1, 1, 1)), tuning)
-    assert not dc.tile_for(spec_of(x, w1, (0, 0, 0, 0)), tuning)
-    assert not dc.tile_for(spec_of(x, w3, (1, 1, 1, 1), stride=(2, 2)),
-                           tuning)
-    off = _tuning.DirectTuning(channel_tile_min_positions=0)
+    assert dc.tile_for(spec_of(x, w3, (1, 1, 1, 1)), ON)
+    assert not dc.tile_for(spec_of(x, w1, (0, 0, 0, 0)), ON)
+    assert not dc.tile_for(spec_of(x, w3, (1, 1, 1, 1), stride=(2, 2)), ON)
+    off = _tuning.DirectTuning(channel_tile_max_filter_bytes_per_position=0)
     assert not dc.tile_for(spec_of(x, w3, (1, 1, 1, 1)), off)
 
 
-def test_rule_needs_enough_positions():
-    tuning = _tuning.DirectTuning(channel_tile_min_positions=512)
-    w = np.zeros((256, 256, 3, 3), np.float32)
+def test_rule_bounds_the_filter_bytes_per_output_position():
+    w256 = np.zeros((256, 256, 3, 3), np.float32)     # 2.25 MiB
+    w512 = np.zeros((512, 512, 3, 3), np.float32)     # 9 MiB
     one = np.zeros((1, 256, 14, 14), np.float32)      # 196 positions
-    four = np.zeros((4, 256, 14, 14), np.float32)     # 784
-    assert not dc.tile_for(spec_of(one, w, (1, 1, 1, 1)), tuning)
-    assert dc.tile_for(spec_of(four, w, (1, 1, 1, 1)), tuning)
+    one512 = np.zeros((1, 512, 14, 14), np.float32)
+    four512 = np.zeros((4, 512, 14, 14), np.float32)  # 784
+    assert dc.tile_for(spec_of(one, w256, (1, 1, 1, 1)), ON)        # 12 KiB
+    assert not dc.tile_for(spec_of(one512, w512, (1, 1, 1, 1)), ON)  # 48 KiB
+    assert dc.tile_for(spec_of(four512, w512, (1, 1, 1, 1)), ON)    # 12 KiB
+    # groups divide the filter bytes a position needs
+    w_grouped = np.zeros((512, 128, 3, 3), np.float32)
+    assert dc.tile_for(spec_of(one512, w_grouped, (1, 1, 1, 1), groups=4),
+                       ON)
 
 
 @pytest.mark.parametrize("wo", range(1, 3 * 14 + 1))
@@ -205,10 +212,15 @@ def test_random_configurations_give_the_pixel_tiles_bits(problem):
                            problem["groups"], monkeypatch=monkeypatch)
 
 
-def test_pack_filters_puts_channels_fastest():
+@over_dtypes
+@pytest.mark.parametrize("c", [3, 5, 16])
+def test_pack_filters_puts_channels_fastest(dtype, c):
+    # R = 27, 45, 144 taps: squares transposed in registers and a tail
     rng = np.random.default_rng(7)
-    w = rng.standard_normal((64, 3, 2, 2)).astype(np.float32)
-    packed = dc.pack_filters(w, 32).reshape(2, 12, 32)
+    kb = block(dtype)
+    w = rng.standard_normal((2 * kb, c, 3, 3)).astype(dtype)
+    r_len = c * 9
+    packed = dc.pack_filters(w, kb).reshape(2, r_len, kb)
     for b in range(2):
-        np.testing.assert_array_equal(packed[b],
-                                      w[b * 32:(b + 1) * 32].reshape(32, 12).T)
+        np.testing.assert_array_equal(
+            packed[b], w[b * kb:(b + 1) * kb].reshape(kb, r_len).T)

@@ -337,15 +337,16 @@ class DirectTuning:
     # runs, hence the bound (Xeon VM, 2 MiB L2).  Half the core's L2.
     filter_bound_bytes: int = dataclasses.field(
         default_factory=lambda: _l2_bytes() // 2)
-    # Output positions (images x pixels) from which the channel tile
-    # (kernels.cpu._direct_channels) computes a parallel call it applies
-    # to; 0 turns it off.  It packs the filters on every call, which the
-    # pixel tile does not: against the pixel tile, 256@14^2 at batch 1
-    # (196 positions) 0.94-0.97, at batch 4 (784) 1.10-1.12; 128@28^2 at
-    # batch 1 (784) 1.08-1.22 (Xeon VM).  Off on AVX2, where it was not
-    # measured.
-    channel_tile_min_positions: int = dataclasses.field(
-        default_factory=lambda: 512 if host_vector_bits() == 512 else 0)
+    # The channel tile (kernels.cpu._direct_channels) computes a parallel
+    # call it applies to where the group's filters take at most this many
+    # bytes per output position (images x pixels); 0 turns it off.  It
+    # repacks the filters on every call, which the pixel tile does not.
+    # Against the pixel tile (Xeon VM, paired): 256@14^2 batch 1 (12 KiB a
+    # position) 1.16, 512@14^2 batch 1 (48 KiB) 0.93, batch 4 (12 KiB)
+    # 1.16; 128@28^2 batch 1 (0.75 KiB) 1.30.  Off on AVX2, where it was
+    # not measured.
+    channel_tile_max_filter_bytes_per_position: int = dataclasses.field(
+        default_factory=lambda: 24 * 1024 if host_vector_bits() == 512 else 0)
 
 
 @dataclass(frozen=True)
