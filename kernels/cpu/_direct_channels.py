@@ -7,8 +7,8 @@ AVX-512: 24 multiply-adds).  The channel tile puts ``lanes`` consecutive
 *output channels* in a vector and ``COLS`` pixels of one output row
 beside them: per tap it loads ``NVEC`` vectors of filter values (packed on
 every call, channels fastest) and broadcasts ``COLS`` input values from
-direct's packed input (:func:`kernels.cpu._direct_packing.pack_input`), ``COLS x NVEC``
-multiply-adds (14 x 2 = 28 on AVX-512).  It asks for the filter vectors
+direct's packed input (:mod:`kernels.cpu._direct_packing`), ``COLS x
+NVEC`` multiply-adds (14 x 2 = 28 on AVX-512).  It asks for the filter vectors
 ``PREFETCH_TAPS`` taps ahead and for the input lines ``X_PREFETCH_TAPS``
 taps ahead.
 
@@ -17,7 +17,8 @@ then ``llvm.fmuladd`` over the taps ``r = (c, i, j)`` in increasing order):
 the two tiles give the same bits.
 
 Stages (:func:`conv_channels`, one parallel call): pack the input as
-direct does and the filters (:func:`pack_filters`); then tasks over
+direct does and the filters (:func:`pack_filters`: lanes x lanes squares
+transposed in registers, ``_transpose_square``); then tasks over
 (group, channel block, image, chunk of rows), channel block slowest so
 that a thread keeps one block of packed filters in L2 for all its images.
 A row is covered by segments of ``COLS`` pixels, the last one ending at
@@ -25,15 +26,17 @@ the row's end (it overlaps the one before where ``COLS`` does not divide
 the width: those outputs are computed and written twice, with the same
 bits).
 
-Where it is used (:func:`tile_for`, ``DirectTuning.channel_tile_max_filter_bytes_per_position``):
-stride-1 layers with more than one tap per channel, rows at least
-``COLS`` wide with overlaps computing at most 15 % extra, output channels
-per group a multiple of ``NVEC x lanes``, and enough output positions to
-repay packing the filters.  Measured against the pixel tile (Xeon VM,
-AVX-512, float32, paired in one process): ResNet-50's 3x3 layers 64@56^2
-1.15 / 1.14 (batch 1 / 4), 128@28^2 1.22 / 1.20, 256@14^2 0.97 / 1.12;
-1x1 layers 0.55-1.22, stride 2 0.81-1.07, 7x7 planes with two-row tiles
-0.82-1.04: those stay with the pixel tile.
+Where it is used (:func:`tile_for`,
+``DirectTuning.channel_tile_max_filter_bytes_per_position``): stride-1
+layers with more than one tap per channel, rows at least ``COLS`` wide
+with overlaps computing at most 15 % extra, output channels per group a
+multiple of ``NVEC x lanes``, and few enough filter bytes per output
+position to repay packing them.  Measured against the pixel tile (Xeon VM,
+AVX-512, float32, paired in one process, docs/performance.md section AF):
+ResNet-50's 3x3 layers at batch 1 / 4 64@56^2 1.18 / 1.15, 128@28^2 1.27
+/ 1.25, 256@14^2 1.21 / 1.24; VGG-16's 1.06-1.26.  It lost on 1x1 layers
+(0.55-1.22: a new plane's line per tap), stride 2 (0.81-1.07) and 7x7
+planes in two-row tiles (0.82-1.04): those keep the pixel tile.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from . import _tuning
-from ._direct_packing import pack_into, packed_geometry, packed_size, tap_offsets
+from ._direct_packing import (pack_into, packed_geometry, packed_size,
+                              tap_offsets)
 from ._workspace import Workspace
 
 __all__ = ["COLS", "NVEC", "PREFETCH_TAPS", "X_PREFETCH_TAPS", "lanes_of",
@@ -131,7 +135,8 @@ def _transpose_square(typingctx, src, s0, s_stride, dst, d0, d_stride):
         i64 = ir.IntType(64)
 
         def at(data, base, stride, row):
-            index = builder.add(base, builder.mul(stride, ir.Constant(i64, row)))
+            index = builder.add(base, builder.mul(stride,
+                                                  ir.Constant(i64, row)))
             ptr = builder.gep(data, [index], inbounds=True)
             return builder.bitcast(ptr, vec.as_pointer())
 
@@ -211,11 +216,14 @@ def _emit_prefetch(builder, data, index):
 
 @intrinsic
 def channel_tile(typingctx, xq, x0, offs, n_taps, wp, w0, init, k0, acc):
-    """``acc[c, q] = init[k0 + q] + sum_r wp[w0 + r*B + q] * xq[x0 + offs[r] + c]``
-    for ``c < COLS``, ``q < B = NVEC*lanes``, over the taps ``r < n_taps``
-    in increasing order with ``llvm.fmuladd``; ``acc`` points to a (COLS,
-    B) buffer.  ``offs`` holds ``X_PREFETCH_TAPS`` entries past the last
-    tap (read for prefetches only)."""
+    """The channel tile: for ``c < COLS`` and ``q < B = NVEC * lanes``::
+
+        acc[c, q] = init[k0+q] + sum_r wp[w0 + r*B + q] * xq[x0 + offs[r] + c]
+
+    over the taps ``r < n_taps`` in increasing order with ``llvm.fmuladd``;
+    ``acc`` points to a (COLS, B) buffer.  ``offs`` holds
+    ``X_PREFETCH_TAPS`` entries past the last tap (read for prefetches
+    only)."""
     dtype = xq.dtype
 
     def codegen(context, builder, signature, args):
