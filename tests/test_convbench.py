@@ -675,11 +675,13 @@ def test_auto_leaves_winograd_to_large_images(monkeypatch, tmp_path):
     pad = (1, 1, 1, 1)
     side = int(DEFAULT_THRESHOLDS["winograd_min_pixels"] ** 0.5)
     big, small = side + 2, side - 2
-    assert kernels.choose_algorithm((4, 128, big, big), (128, 128, 3, 3),
+    # channels wide enough for the channel rules at any batch
+    c = 2 * DEFAULT_THRESHOLDS["winograd_min_channels"]
+    assert kernels.choose_algorithm((4, c, big, big), (c, c, 3, 3),
                                     padding=pad) == "winograd"
     fallback = ("im2col" if DEFAULT_THRESHOLDS["im2col_max_area"] >= 9
                 else "direct")
-    assert kernels.choose_algorithm((4, 128, small, small), (128, 128, 3, 3),
+    assert kernels.choose_algorithm((4, c, small, small), (c, c, 3, 3),
                                     padding=pad) == fallback
 
 

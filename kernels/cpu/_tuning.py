@@ -226,7 +226,14 @@ AUTO_THRESHOLDS = {
     # is within noise either way (U-Net 572^2, 9 repeats: winograd 126 ms
     # vs direct 143-211, 144 vs 232, 70 vs 69; 256^2 batch 4: 146 vs
     # 131-186, 337 vs 268-312); ResNet-50 128@28^2 winograd 2x.
-    "winograd_min_channels": 64,
+    # 128 on AVX-512, where direct's channel tile (2026-12-04) runs
+    # 64-channel layers 1.15-1.18x faster than before: ResNet-50's 64@56^2
+    # (Xeon VM, `convbench sweep`, 7 repeats, in process / isolated)
+    # direct 1.14 / 1.52 ms against winograd 1.21 / 1.89 at batch 1, 3.91
+    # / 4.70 against 4.70 / 5.53 at batch 4; inside the ResNet-50 batch-1
+    # sequence 1.06-1.08 against 1.12-1.60; `convbench calibrate` there:
+    # 128, within noise (repeats at 64 and 128).
+    "winograd_min_channels": 128 if host_vector_bits() == 512 else 64,
     # ... on images of at least this many pixels (H * W) ...  From 8^2 up
     # F(4,3)'s 4x4 tiles cover the map without waste (7^2 computes 64
     # outputs for 49).  AVX2 Zen 3 (2026-12-03, `convbench sweep`, 5-7
