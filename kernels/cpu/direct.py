@@ -52,6 +52,12 @@ How it works
    the number of threads.  Problems of at most ``DirectTuning.serial_max_macs``
    multiply-adds run on one thread, where waking the pool costs more than
    it saves.
+5. **Channel tile.**  On AVX-512, stride-1 layers with rows at least 14
+   wide and enough output positions per byte of filters run a second
+   tile, SIMD lanes over output channels
+   (:mod:`kernels.cpu._direct_channels`): the same chains, the same bits.
+   The packing stage lives in :mod:`kernels.cpu._direct_packing`, shared
+   by both tiles.
 
 Accuracy: each output is ``bias + sum_r w_r x_r`` accumulated in the input
 dtype, in the order ``r = (c, i, j)``, with ``llvm.fmuladd`` (fused where
@@ -99,6 +105,7 @@ VECTOR_BITS = _tuning.host_vector_bits()
 TILE_VECTORS = 4 if VECTOR_BITS == 512 else 2
 HALF_VECTORS = TILE_VECTORS // 2
 MAX_BLOCK = 6 if VECTOR_BITS == 512 else 4
+
 
 def tile_columns(dtype):
     """Virtual outputs per tile (and per task) for ``dtype``."""
