@@ -44,6 +44,8 @@ NEUTRAL_THRESHOLDS = {
     "winograd_min_pixels": float("inf"),
     # (a rule added after the first tables: no limit of its own there)
     "winograd_min_positions": 0,
+    # (a rule added 2026-12-04: none in the tables before it)
+    "winograd_min_macs": float("inf"),
     "im2col_min_out_channels": float("inf"),
     "im2col_max_area": 0,
     "im2col_min_depth_strided": float("inf"),
@@ -94,6 +96,14 @@ WINOGRAD_NARROW_MIN_POSITIONS = 1568
 #: 128^2 x 32 1.27, 64^2 x 16 1.07, 32 -> 128 at 64^2 0.97; below,
 #: 56^2 0.87, 48^2 0.96, 40^2 0.81, 33^2 0.71 and 25^2 (sweeps) 0.8.
 WINOGRAD_HALF_CHANNELS_MIN_PIXELS = 4096
+
+#: Layers of at least ``winograd_min_macs`` multiply-adds (over the batch)
+#: go to Winograd whatever their pixels and positions, on maps of at least
+#: this many pixels: F(4,3) computes 8^2 for a 7^2 map, and 512@7^2 at
+#: batch 4 ran Winograd 1.4-1.5x slower than direct on the Xeon VM
+#: (section AF of docs/performance.md), while 512@14^2 at batch 8 ran it
+#: 1.17x faster.
+WINOGRAD_MACS_MIN_PIXELS = 196
 
 #: A strided layer with a kernel larger than 3x3 goes to im2col only with
 #: at least this many input channels per group, whatever
@@ -244,17 +254,26 @@ def _model_choice(cands, spec, t):
     # 153 (C = 64), K = 64 direct 109 vs 185 and 251 vs 294.  5x5 saves
     # more multiplications (F(4,5): 6.25x, F(4,3): 4x) and wins with half
     # as many: C = K = 64 at 56^2, winograd 1.95 ms, fft 2.58, direct 3.35.
+    # Large layers (winograd_min_macs over the batch) go to Winograd even
+    # below those pixel and position limits: with 128 channels or more the
+    # crossover on the AVX-512 Xeon VM followed the multiply-adds (direct's
+    # time over Winograd's: 512@28^2 x 1, 1.85e9, 1.27; x 8 1.50; 256@28^2
+    # x 4, 1.85e9, 1.19; 512@14^2 x 8 1.17; 4.6e8 layers 0.58-0.94).
     width = k * (kh - 1) // 2
     depth = c * (kh - 1) // 2
     if kh == 3 and h * w >= WINOGRAD_HALF_CHANNELS_MIN_PIXELS:
         depth *= 2
+    positions = n * out_h * out_w
+    by_size = (h * w >= t["winograd_min_pixels"]
+               and positions >= t["winograd_min_positions"]
+               and (width >= 2 * t["winograd_min_channels"]
+                    or positions >= WINOGRAD_NARROW_MIN_POSITIONS))
+    by_work = (n * macs >= t["winograd_min_macs"]
+               and h * w >= WINOGRAD_MACS_MIN_PIXELS)
     if ("winograd" in cands and kh == kw and kh in (3, 5) and groups == 1
             and depth >= t["winograd_min_channels"]
             and width >= t["winograd_min_channels"]
-            and h * w >= t["winograd_min_pixels"]
-            and n * out_h * out_w >= t["winograd_min_positions"]
-            and (width >= 2 * t["winograd_min_channels"]
-                 or n * out_h * out_w >= WINOGRAD_NARROW_MIN_POSITIONS)):
+            and (by_size or by_work)):
         return "winograd"
     # With few output channels the GEMM degenerates to matrix-vector
     # products, which the direct kernel's register tiles beat by 10x or more

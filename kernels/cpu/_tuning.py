@@ -262,6 +262,17 @@ AUTO_THRESHOLDS = {
     # (100) a tie, 4.28 / 4.24; 256 at 2 x 8^2 (128) winograd 1.31x
     # faster, at 1 x 13^2 (169) 1.11x.
     "winograd_min_positions": 128,
+    # ... or, on maps of at least 14^2, at least this many multiply-adds
+    # over the batch (kernels._choose: WINOGRAD_MACS_MIN_PIXELS).  On the
+    # AVX-512 Xeon VM, with direct's channel tile, Winograd's crossover
+    # followed the multiply-adds once the channels were 128 or more:
+    # direct's time over Winograd's, alternated in one process, 512@28^2
+    # batch 1 (1.85e9) 1.27, batch 8 1.50; 256@28^2 batch 4 (1.85e9) 1.19;
+    # 256@56^2 batch 1 (1.85e9) 1.17; 512@14^2 batch 8 (3.7e9) 1.17;
+    # 4.6e8 (512@14^2, 256@28^2, 128@56^2 at batch 1) 0.58, 0.94, 0.80.
+    # Not measured on AVX2, where it is off (the pixel and position limits
+    # alone).
+    "winograd_min_macs": 1.0e9 if host_vector_bits() == 512 else float("inf"),
     # im2col only when each group has at least this many output channels ...
     "im2col_min_out_channels": 8,
     # ... and kernels of at most this area (kH * kW); larger ones run
