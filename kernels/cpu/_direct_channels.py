@@ -49,7 +49,7 @@ from numba import carray, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from . import _tuning
+from . import _prefetch, _tuning
 from ._direct_packing import (pack_into, packed_geometry, packed_size,
                               tap_offsets)
 from ._workspace import Workspace
@@ -202,16 +202,10 @@ def pack_filters(w, block):
 
 
 def _emit_prefetch(builder, data, index):
-    """``llvm.prefetch`` (read, all cache levels) of ``data[index]``; an
-    address outside the array is harmless (a prefetch never faults)."""
-    i8p = ir.IntType(8).as_pointer()
-    i32 = ir.IntType(32)
-    prefetch = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-        "llvm.prefetch.p0")
-    ptr = builder.bitcast(builder.gep(data, [index]), i8p)
-    builder.call(prefetch, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3),
-                            ir.Constant(i32, 1)])
+    """A read prefetch of ``data[index]`` where this llvmlite can emit one
+    (an address outside the array is harmless: a prefetch never faults)."""
+    if _prefetch.AVAILABLE:
+        _prefetch.emit_prefetch(builder, builder.gep(data, [index]))
 
 
 @intrinsic

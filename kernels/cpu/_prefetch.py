@@ -35,7 +35,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["prefetch_row", "prefetch_at", "prefetch_write_at", "AVAILABLE"]
+__all__ = ["prefetch_row", "prefetch_at", "prefetch_write_at", "emit_prefetch",
+           "AVAILABLE"]
 
 # Bytes per cache line: one prefetch per line.
 LINE_BYTES = 64
@@ -82,6 +83,14 @@ def _prefetch_codegen(context, builder, signature, args, write=False):
            for v, t in zip(args[1:], signature.args[1:])]
     ptr = cgutils.get_item_pointer(context, builder, aryty, ary, idx,
                                    wraparound=False)
+    emit_prefetch(builder, ptr, write)
+    return context.get_dummy_value()
+
+
+def emit_prefetch(builder, ptr, write=False):
+    """Emit ``llvm.prefetch`` of the LLVM pointer ``ptr`` into every cache
+    level, for reading or for writing where ``write`` (for intrinsics that
+    build their own loops; check :data:`AVAILABLE` first)."""
     i8p = ir.IntType(8).as_pointer()
     i32 = ir.IntType(32)
     fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
@@ -91,7 +100,6 @@ def _prefetch_codegen(context, builder, signature, args, write=False):
     # cache)
     builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, int(write)),
                       ir.Constant(i32, 3), ir.Constant(i32, 1)])
-    return context.get_dummy_value()
 
 
 @njit(cache=True, inline="always")
