@@ -521,15 +521,15 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, tuning=None):
 def _run(spec, x, w, bias, tuning=None):
     """The contract's entry: ``run(spec, x, w, bias)``."""
     tuning = tuning or _tuning.current().direct
+    serial = spec.macs <= tuning.serial_max_macs
+    if not serial and _direct_channels.tile_for(spec, tuning):
+        return _direct_channels.run(spec, x, w, bias)
     has_bias = bias is not None
     b = np.ascontiguousarray(bias) if has_bias else np.zeros(1, x.dtype)
     sh, sw = spec.stride
     dh, dw = spec.dilation
     pt, _, pl, _ = spec.padding
     ho, wo = spec.out_hw
-    serial = spec.macs <= tuning.serial_max_macs
-    if not serial and _direct_channels.tile_for(spec, tuning):
-        return _direct_channels.run(spec, x, w, bias)
     driver = _direct_serial if serial else _direct_parallel
     return run_driver(driver, x, w, b, has_bias, sh, sw, dh, dw, pt, pl, ho,
                       wo, int(spec.groups), tuning)
