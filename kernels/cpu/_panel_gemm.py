@@ -57,14 +57,6 @@ _MIN_DEPTH_BLOCK = 128
 # A job's block of A (its row tiles times a reduction block): half of a
 # 512 KiB L2 (Zen 3).
 _A_BLOCK_BYTES = 256 * 1024
-# How far ahead of a row's piece the packing of B from rows prefetches:
-# two 64-byte lines, the next 128-byte pair (the L2 prefetcher fetches a
-# line's neighbour in its pair with it, so asking for the very next line,
-# as before, mostly asked for what was on its way).  Zen 3, each x
-# out of cache (24 copies in turn), ms, prefetch one line / two lines
-# ahead: 256 x 64 @ 56^2 0.93 / 0.76, 512 x 128 @ 28^2 0.79 / 0.72
-# (with x in cache 0.75 and 0.69 either way).
-_PREFETCH_AHEAD_BYTES = 128
 # What a job's packing of B from rows costs, per element, against a read
 # of A or of B's panels (see _job_split).
 _B_ROWS_WEIGHT = 3
@@ -318,23 +310,36 @@ def _pack_panel(rows, r0, ld, steps, width, buf, panel):
     """``buf[r panel + l] = rows[r0 + r ld + l]`` for ``r < steps``, ``l <
     width``, zero for ``width <= l < panel``: one panel's slice of B
     copied from a row-major B (rows ``ld`` apart) into the job's buffer,
-    zero-padded as the gather pads its last panel.  Each row's piece
-    ``_PREFETCH_AHEAD_BYTES`` further on is prefetched: the rows are too
-    many streams for the hardware prefetcher."""
-    ahead = max(panel, _PREFETCH_AHEAD_BYTES // buf.itemsize)
-    # A piece is two lines on AVX2 (float32), four on AVX-512: ask for
-    # every 128-byte pair of it, not only the first (the hardware brings
-    # a line's pair with it, not the next pair).
-    pair = 2 * LINE_BYTES // buf.itemsize
+    zero-padded as the gather pads its last panel (its rows were asked
+    for while the panel before it computed: :func:`_prefetch_panel_part`)."""
     for r in range(steps):
         src = rows[r0 + r * ld:]
-        for k in range(0, panel, pair):
-            prefetch_at(src, ahead + k)
         dst = buf[r * panel:]
         for lane in range(width):
             dst[lane] = src[lane]
         for lane in range(width, panel):
             dst[lane] = 0
+
+
+@njit(cache=True, inline="always")
+def _prefetch_panel_part(rows, start, ld, steps, width, part, parts):
+    """Ask for part ``part`` of ``parts`` of a panel's slice in a
+    row-major B: ``rows[start + r ld : + width]`` for the ``r`` in
+    ``[part steps // parts, (part + 1) steps // parts)``, one request per
+    cache line.  Spread over the tiles of the panel before it, the next
+    panel's rows arrive while those tiles compute, a few lines per tile:
+    each row's piece is a few lines, rows a plane apart, too many streams
+    for the hardware prefetcher.  Asking for the whole next panel while
+    packing this one (up to stop 34: 2 lines ahead in each row, Zen 3)
+    issued hundreds of requests at once; spread out, ResNet-50's 1x1
+    layers with their image out of cache ran 0.96-1.19x faster (Xeon,
+    docs/performance.md section AG)."""
+    line = LINE_BYTES // rows.itemsize
+    for r in range(part * steps // parts, (part + 1) * steps // parts):
+        s = start + r * ld
+        for k in range(0, width, line):
+            prefetch_at(rows, s + k)
+        prefetch_at(rows, s + width - 1)
 
 
 @njit(cache=True, inline="always")
@@ -394,7 +399,12 @@ def _one_block_job(g, t_lo, t_hi, p_lo, p_hi, tile_m0, tile_rows, b, rows,
                                 depth, groups, depth, cols, panel)
         n0 = p * panel
         width = min(panel, cols - n0)
+        next_n0 = n0 + panel
         for t in range(t_lo, t_hi):
+            if rows_ld and p + 1 < p_hi:
+                _prefetch_panel_part(
+                    rows, rows_off + g * depth * rows_ld + next_n0, rows_ld,
+                    depth, min(panel, cols - next_n0), t - t_lo, t_hi - t_lo)
             a0 = (g * m_total + tile_m0[t]) * depth
             if p == p_lo and t + 1 < t_hi:
                 _prefetch_tile_rows(af, a0 + tile_rows[t] * depth,
@@ -467,7 +477,18 @@ def _panel_gemm_kernel(a, tile_m0, tile_rows, b, rows, rows_off, rows_ld,
                 n0 = p * panel
                 full = n0 + panel <= cols
                 half = 2 * (cols - n0) <= panel
+                # The slice packed next: the next panel's, or the first
+                # panel's in the next block of the reduction.
+                next_p, next_d0 = (p + 1, d0) if p + 1 < p_hi else (
+                    p_lo, d0 + depth_block)
+                next_steps = min(depth, next_d0 + depth_block) - next_d0
                 for t in range(t_lo, t_hi):
+                    if rows_ld and next_steps > 0:
+                        _prefetch_panel_part(
+                            rows, rows_off + (g * depth + next_d0) * rows_ld
+                            + next_p * panel, rows_ld, next_steps,
+                            min(panel, cols - next_p * panel), t - t_lo,
+                            t_hi - t_lo)
                     a0 = (g * m_total + tile_m0[t]) * depth + d0
                     if p == p_lo and t + 1 < t_hi:
                         _prefetch_tile_rows(af, a0 + tile_rows[t] * depth,
