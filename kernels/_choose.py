@@ -49,6 +49,8 @@ NEUTRAL_THRESHOLDS = {
     "im2col_min_out_channels": float("inf"),
     "im2col_max_area": 0,
     "im2col_min_depth_strided": float("inf"),
+    # (a rule added 2026-12-04: no floor in the tables before it)
+    "im2col_min_positions_strided": 0,
     "im2col_serial_max_macs": float("inf"),
 }
 
@@ -311,8 +313,11 @@ def _model_choice(cands, spec, t):
     # faster, 96 level, 128 and 256 im2col 1.23x and 1.35x; 7x7/2 64
     # direct 1.27x faster, 96 level, 128 and 192 im2col 1.11x and 1.14x
     # (Zen 3, 2026-12-04, paired in one process).
+    # With few output positions (N Ho Wo) the GEMM's columns are few and
+    # direct keeps the lead (im2col_min_positions_strided: AVX-512 only).
     strided_deep = (stride[0] * stride[1] > 1
                     and cg * area >= t["im2col_min_depth_strided"]
+                    and n * out_h * out_w >= t["im2col_min_positions_strided"]
                     and (area <= 9 or cg >= IM2COL_STRIDED_WIDE_MIN_CHANNELS))
     if ("im2col" in cands and cg * area >= 8 and not serial
             and (kg >= t["im2col_min_out_channels"] or area == 1)

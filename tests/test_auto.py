@@ -244,7 +244,7 @@ T = {"direct_max_macs": 2.0e6, "direct_max_macs_fc": 2.6e5,
      "winograd_min_pixels": 196, "winograd_min_positions": 0,
      "winograd_min_macs": float("inf"), "im2col_min_out_channels": 8,
      "im2col_max_area": 1, "im2col_min_depth_strided": 2304,
-     "im2col_serial_max_macs": 1.6e7}
+     "im2col_min_positions_strided": 0, "im2col_serial_max_macs": 1.6e7}
 
 
 def _choice(x, w, stride=1, groups=1, t=T, cands=ALL, same=True):
@@ -481,9 +481,40 @@ def test_deep_strided_layers_go_to_im2col():
     t = dict(T, im2col_min_depth_strided=float("inf"))
     assert _choice((1, 512, 14, 14), (512, 512, 3, 3), stride=2,
                    t=t, cands=strided) == "direct"
-    # Through the public chooser with the CPU defaults.
-    assert kernels.choose_algorithm((1, 512, 14, 14), (512, 512, 3, 3),
+    # Through the public chooser with the CPU defaults (784 positions:
+    # above the AVX-512 floor of the next test).
+    assert kernels.choose_algorithm((1, 256, 56, 56), (256, 256, 3, 3),
                                     stride=(2, 2), padding=1) == "im2col"
+
+
+def test_strided_layers_with_few_positions_stay_direct():
+    # im2col_min_positions_strided: direct kept the lead on the Xeon VM's
+    # stride-2 3x3 layers with fewer than 392 output positions (N Ho Wo).
+    strided = ["direct", "im2col", "fft"]
+    t = dict(T, im2col_min_depth_strided=576, im2col_min_positions_strided=392)
+    w512 = (512, 512, 3, 3)
+    assert _choice((1, 512, 14, 14), w512, stride=2, t=t,
+                   cands=strided) == "direct"                   # 49
+    assert _choice((4, 512, 14, 14), w512, stride=2, t=t,
+                   cands=strided) == "direct"                   # 196
+    assert _choice((8, 512, 14, 14), w512, stride=2, t=t,
+                   cands=strided) == "im2col"                   # 392
+    assert _choice((1, 256, 28, 28), (256, 256, 3, 3), stride=2, t=t,
+                   cands=strided) == "direct"                   # 196
+    assert _choice((1, 128, 56, 56), (128, 128, 3, 3), stride=2, t=t,
+                   cands=strided) == "im2col"                   # 784
+    # The floor counts outputs: 2 x 28^2 gives 2 x 14^2 with padding 1,
+    # 2 x 13^2 = 338 without.
+    assert _choice((2, 256, 28, 28), (256, 256, 3, 3), stride=2, t=t,
+                   cands=strided) == "im2col"
+    assert _choice((2, 256, 28, 28), (256, 256, 3, 3), stride=2, t=t,
+                   cands=strided, same=False) == "direct"
+    # The CPU default: the floor on AVX-512 only (on the Zen 3, AVX2, im2col
+    # won at 196 positions).
+    from kernels.cpu._tuning import host_vector_bits
+    from kernels._choose import default_thresholds
+    floor = default_thresholds()["im2col_min_positions_strided"]
+    assert floor == (392 if host_vector_bits() == 512 else 0)
 
 
 def test_strided_kernels_larger_than_3x3_need_the_wide_floor():

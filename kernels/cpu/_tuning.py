@@ -294,6 +294,17 @@ AUTO_THRESHOLDS = {
     # (432) 1.04, 32 (288) 0.96 and 0.86 at batch 4.  Kernels larger than
     # 3x3 also need 96 input channels (IM2COL_STRIDED_WIDE_MIN_CHANNELS).
     "im2col_min_depth_strided": 576,
+    # ... and, on AVX-512, at least this many output positions (N Ho Wo).
+    # Xeon VM (2026-12-04, /tmp/s35/strided.py: 3x3/2 C = K, inputs out of
+    # cache, alternated in one process; im2col's time over direct's):
+    # 49 positions (512@14^2 x 1) 1.44, 98 (x 2) 1.23, 196 (x 4) 1.11,
+    # 256@28^2 x 1 1.25, 128@28^2 1.32, 256@14^2 1.34, 1024@14^2 1.29;
+    # 392 1.05 (256@28^2 x 2) and 0.97 (512@14^2 x 8); 784 1.00-1.06;
+    # 3136 0.97.  Inside ResNet-50's sequence (batch 1) direct ran its
+    # stride-2 3x3 layers on 14^2 and 7^2 outputs in 1.52 and 1.43 ms
+    # against im2col's 1.77 and 1.88.  On the Zen 3 im2col won at 196
+    # positions (256@28^2 x 1, 1.28x): no floor on AVX2.  Not calibrated.
+    "im2col_min_positions_strided": 392 if host_vector_bits() == 512 else 0,
     # ... unless the output has fewer positions (N Ho Wo) than one BLAS
     # piece (64 columns: one thread) and more multiply-adds than this.
     # MobileNet 1x1 convs at 7^2: im2col won 960 -> 160 (7.5e6: 0.32 vs
