@@ -7,8 +7,10 @@ channel tile is forced on with
 ``DirectTuning.channel_tile_max_filter_bytes_per_position``
 (it is off by default on AVX2 machines) and every test checks that it was
 taken.  Shapes reach: rows that are whole segments and rows whose last
-segment overlaps, groups, dilation, asymmetric padding, bias or none,
-tasks of whole planes and of chunks of rows, float32 and float64.
+segment overlaps, groups, dilation, strides, asymmetric padding, bias or
+none, tasks of whole planes and of chunks of rows, both task orders
+(channel blocks outside rows and rows outside blocks), float32 and
+float64.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ def spec_of(x, w, padding, dilation=(1, 1), groups=1, stride=(1, 1)):
                     x.dtype)
 
 
-def both_tiles(x, w, b, padding, dilation=(1, 1), groups=1, monkeypatch=None):
+def both_tiles(x, w, b, padding, dilation=(1, 1), groups=1, monkeypatch=None,
+               stride=(1, 1)):
     """(channel tile's y, pixel tile's y), checking which tile ran."""
     taken = []
     real_run = dc.run
@@ -55,39 +58,48 @@ def both_tiles(x, w, b, padding, dilation=(1, 1), groups=1, monkeypatch=None):
 
     monkeypatch.setattr(dc, "run", spy)
     with _tuning.override(direct=FORCED):
-        y_channel = direct.conv2d(x, w, b, (1, 1), padding, dilation, groups)
+        y_channel = direct.conv2d(x, w, b, stride, padding, dilation, groups)
     assert taken, "the channel tile was not taken"
     taken.clear()
     with _tuning.override(direct=PIXEL):
-        y_pixel = direct.conv2d(x, w, b, (1, 1), padding, dilation, groups)
+        y_pixel = direct.conv2d(x, w, b, stride, padding, dilation, groups)
     assert not taken, "the pixel tile was not taken"
     return y_channel, y_pixel
 
 
 def check_channel_tile(x, w, b, padding, dilation=(1, 1), groups=1,
-                       monkeypatch=None):
+                       monkeypatch=None, stride=(1, 1), order=None):
+    """The channel tile against the pixel tile (bits) and the reference
+    (bound); ``order`` "rows" or "blocks" forces the task order."""
     x_before, w_before = x.copy(), w.copy()
+    if order is not None:
+        monkeypatch.setattr(dc, "rows_outer",
+                            lambda packed, filters: order == "rows")
     y_channel, y_pixel = both_tiles(x, w, b, padding, dilation, groups,
-                                    monkeypatch)
+                                    monkeypatch, stride)
     assert np.array_equal(x, x_before, equal_nan=True)
     assert np.array_equal(w, w_before, equal_nan=True)
     assert y_channel.dtype == x.dtype and y_channel.flags.c_contiguous
     np.testing.assert_array_equal(y_channel, y_pixel)
     assert_within_bound("direct", y_channel, zero_pad(x, padding), w, b,
-                        padding=0, dilation=dilation, groups=groups)
+                        stride=stride, padding=0, dilation=dilation,
+                        groups=groups)
 
 
 # --------------------------------------------------------------------------
 # Which layers take it
 # --------------------------------------------------------------------------
 
-def test_rule_takes_stride_one_layers_of_several_taps_only():
+def test_rule_takes_layers_of_several_taps_only():
     x = np.zeros((1, 64, 56, 56), np.float32)
     w3 = np.zeros((64, 64, 3, 3), np.float32)
     w1 = np.zeros((64, 64, 1, 1), np.float32)
     assert dc.tile_for(spec_of(x, w3, (1, 1, 1, 1)), ON)
     assert not dc.tile_for(spec_of(x, w1, (0, 0, 0, 0)), ON)
-    assert not dc.tile_for(spec_of(x, w3, (1, 1, 1, 1), stride=(2, 2)), ON)
+    # strided layers too (28 outputs a row) ...
+    assert dc.tile_for(spec_of(x, w3, (1, 1, 1, 1), stride=(2, 2)), ON)
+    # ... while their rows stay at least COLS wide
+    assert not dc.tile_for(spec_of(x, w3, (1, 1, 1, 1), stride=(1, 5)), ON)
     off = _tuning.DirectTuning(channel_tile_max_filter_bytes_per_position=0)
     assert not dc.tile_for(spec_of(x, w3, (1, 1, 1, 1)), off)
 
@@ -115,6 +127,34 @@ def test_rule_needs_whole_channel_blocks_and_rows_it_covers_well(wo):
     expected = wo >= dc.COLS and wo / covered >= 0.85
     assert dc.tile_applies(wo, kg, 4) == expected
     assert not dc.tile_applies(wo, kg + lanes, 4) or dc.NVEC == 1
+
+
+def test_rows_go_outside_the_blocks_where_the_packed_input_is_larger():
+    assert dc.rows_outer(2 << 20, 1 << 20)
+    assert not dc.rows_outer(1 << 20, 2 << 20)
+    assert not dc.rows_outer(1 << 20, 1 << 20)
+
+
+def test_run_chooses_the_order_by_packed_input_and_filter_bytes(monkeypatch):
+    # ResNet's 128@56^2/2: packed input (4 x 128 x 29^2 floats, 1.7 MB)
+    # larger than the filters (0.6 MB); VGG's 512@28^2: the reverse.
+    seen = []
+    real = dc.conv_channels
+
+    def spy(*args):
+        seen.append(args[-1])               # blocks_per_task; 0: blocks outer
+        return real(*args)
+
+    monkeypatch.setattr(dc, "conv_channels", spy)
+    rng = np.random.default_rng(9)
+    for x_shape, w_shape, stride, rows in (
+            ((1, 128, 56, 56), (128, 128, 3, 3), (2, 2), True),
+            ((1, 512, 28, 28), (512, 512, 3, 3), (1, 1), False)):
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        w = rng.standard_normal(w_shape).astype(np.float32)
+        spec = spec_of(x, w, (1, 1, 1, 1), stride=stride)
+        dc.run(spec, x, w, None)
+        assert (seen.pop() > 0) == rows
 
 
 @pytest.mark.parametrize("ho", [1, 2, 3, 7, 14, 56])
@@ -173,6 +213,34 @@ def test_tasks_of_chunks_of_rows_and_of_whole_planes(dtype, monkeypatch):
         check_channel_tile(x, w, b, (0, 0, 1, 1), monkeypatch=monkeypatch)
 
 
+@over_dtypes
+@pytest.mark.parametrize("order", ["rows", "blocks"])
+@pytest.mark.parametrize("stride", [(2, 2), (2, 1), (1, 3), (3, 2)])
+def test_strided_layers_in_either_task_order(dtype, order, stride,
+                                             monkeypatch):
+    rng = np.random.default_rng(sum(stride))
+    kb = block(dtype)
+    # rows of 26 outputs (two segments, overlapping) at every stride;
+    # three channel blocks, so that a run of blocks can end short of the
+    # last
+    wo, ho = 26, 5
+    x_shape = (2, 4, (ho - 1) * stride[0] + 3 - 2, (wo - 1) * stride[1] + 3 - 2)
+    x, w, b = random_problem(rng, x_shape, (3 * kb, 4, 3, 3), dtype)
+    check_channel_tile(x, w, b, (1, 1, 1, 1), stride=stride, order=order,
+                       monkeypatch=monkeypatch)
+
+
+@pytest.mark.parametrize("order", ["rows", "blocks"])
+def test_strided_dilated_grouped_layers(order, monkeypatch):
+    rng = np.random.default_rng(8)
+    kb = block(np.float32)
+    # 57 columns: 28 outputs a row at stride 2, dilation 2 (two segments)
+    x, w, b = random_problem(rng, (1, 6, 23, 57), (2 * kb, 3, 3, 3),
+                             np.float32)
+    check_channel_tile(x, w, b, (2, 1, 0, 3), dilation=(2, 2), groups=2,
+                       stride=(2, 2), order=order, monkeypatch=monkeypatch)
+
+
 def test_non_finite_inputs_reach_exactly_their_windows(monkeypatch):
     rng = np.random.default_rng(6)
     kb = block(np.float32)
@@ -190,15 +258,24 @@ def channel_problems(draw):
     kg = block(dtype) * draw(st.integers(1, 2))
     kh, kw = draw(st.sampled_from(((3, 3), (1, 3), (2, 2), (5, 5), (3, 1))))
     dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    stride = (draw(st.sampled_from((1, 1, 2, 3))),
+              draw(st.sampled_from((1, 1, 2, 3))))
     padding = tuple(draw(st.integers(0, 2)) for _ in range(4))
     wo = draw(st.sampled_from((14, 24, 28, 40, 42, 56)))
     ho = draw(st.integers(1, 6))
-    h = max(1, ho + dilation[0] * (kh - 1) - padding[0] - padding[1])
-    w = wo + dilation[1] * (kw - 1) - padding[2] - padding[3]
+    # the smallest input giving (ho, wo), plus up to stride - 1 columns
+    # the last window leaves out
+    h = max(1, (ho - 1) * stride[0] + dilation[0] * (kh - 1) + 1
+            - padding[0] - padding[1]
+            + draw(st.integers(0, stride[0] - 1)))
+    w = ((wo - 1) * stride[1] + dilation[1] * (kw - 1) + 1
+         - padding[2] - padding[3] + draw(st.integers(0, stride[1] - 1)))
     return dict(x_shape=(draw(st.integers(1, 3)), cg * groups, h, w),
                 w_shape=(kg * groups, cg, kh, kw), padding=padding,
-                dilation=dilation, groups=groups, bias=draw(st.booleans()),
-                dtype=dtype, seed=draw(st.integers(0, 2**32 - 1)))
+                dilation=dilation, stride=stride, groups=groups,
+                bias=draw(st.booleans()), dtype=dtype,
+                order=draw(st.sampled_from(("rows", "blocks"))),
+                seed=draw(st.integers(0, 2**32 - 1)))
 
 
 @settings(deadline=None)
@@ -209,7 +286,8 @@ def test_random_configurations_give_the_pixel_tiles_bits(problem):
         x, w, b = random_problem(rng, problem["x_shape"], problem["w_shape"],
                                  problem["dtype"], problem["bias"])
         check_channel_tile(x, w, b, problem["padding"], problem["dilation"],
-                           problem["groups"], monkeypatch=monkeypatch)
+                           problem["groups"], monkeypatch=monkeypatch,
+                           stride=problem["stride"], order=problem["order"])
 
 
 @over_dtypes

@@ -17,26 +17,35 @@ then ``llvm.fmuladd`` over the taps ``r = (c, i, j)`` in increasing order):
 the two tiles give the same bits.
 
 Stages (:func:`conv_channels`, one parallel call): pack the input as
-direct does and the filters (:func:`pack_filters`: lanes x lanes squares
-transposed in registers, ``_transpose_square``); then tasks over
-(group, channel block, image, chunk of rows), channel block slowest so
-that a thread keeps one block of packed filters in L2 for all its images.
+direct does (zero-padded polyphase planes: a strided layer's taps read
+contiguous pixels too) and the filters (:func:`pack_filters`: lanes x
+lanes squares transposed in registers, ``_transpose_square``); then tasks
+over (group, channel block, image, chunk of rows), channel block slowest
+so that a thread keeps one block of packed filters in L2 for all its
+images, or, where the packed input is larger than the filters
+(:func:`rows_outer`), over (group, image, chunk of rows, run of channel
+blocks), each row computed for every block of the run in turn so that
+its packed input is read from L1 or L2 once for all of them.
 A row is covered by segments of ``COLS`` pixels, the last one ending at
 the row's end (it overlaps the one before where ``COLS`` does not divide
 the width: those outputs are computed and written twice, with the same
 bits).
 
 Where it is used (:func:`tile_for`,
-``DirectTuning.channel_tile_max_filter_bytes_per_position``): stride-1
-layers with more than one tap per channel, rows at least ``COLS`` wide
+``DirectTuning.channel_tile_max_filter_bytes_per_position``): layers
+with more than one tap per channel, rows at least ``COLS`` wide
 with overlaps computing at most 15 % extra, output channels per group a
 multiple of ``NVEC x lanes``, and few enough filter bytes per output
 position to repay packing them.  Measured against the pixel tile (Xeon VM,
 AVX-512, float32, paired in one process, docs/performance.md section AF):
 ResNet-50's 3x3 layers at batch 1 / 4 64@56^2 1.18 / 1.15, 128@28^2 1.27
 / 1.25, 256@14^2 1.21 / 1.24; VGG-16's 1.06-1.26.  It lost on 1x1 layers
-(0.55-1.22: a new plane's line per tap), stride 2 (0.81-1.07) and 7x7
-planes in two-row tiles (0.82-1.04): those keep the pixel tile.
+(0.55-1.22: a new plane's line per tap) and 7x7 planes in two-row tiles
+(0.82-1.04): those keep the pixel tile.  Strided layers took it from
+stop 35, with the rows-outer order: stride-2 3x3 at batch 1 / 4, inputs
+out of cache, pixel tile's time over the channel tile's: 64@56^2 1.26,
+128@56^2 1.13 / 1.29, 256@28^2 1.04 / 1.22; ResNet's 7x7/2 stem 1.05 /
+1.06 (with the block-outer order alone 0.95-1.08: stop 34 kept them off).
 """
 
 from __future__ import annotations
@@ -111,7 +120,7 @@ def tile_for(spec, tuning):
     itemsize = np.dtype(spec.dtype).itemsize
     filter_bytes = math.prod(spec.w_shape) // spec.groups * itemsize
     return (bound > 0
-            and spec.stride == (1, 1) and kh * kw > 1
+            and kh * kw > 1
             and filter_bytes <= bound * spec.x_shape[0] * ho * wo
             and tile_applies(wo, spec.w_shape[0] // spec.groups, itemsize))
 
@@ -321,25 +330,38 @@ def _row_tiles(xq, x0, offs, n_taps, wp, w0, init, k0, block, y, y0, hw, wo,
         ow0 += COLS
 
 
+@njit(cache=True, inline="always")
+def _block_row(xq, offs, r_len, wp, init, block, yf, g, blk, n, oh, cg, kg,
+               c_total, k_total, image, wq, hw, wo, acc_ptr):
+    """Output row ``oh`` of image ``n`` for channel block ``blk`` of group
+    ``g``."""
+    k0 = g * kg + blk * block
+    _row_tiles(xq, (n * c_total + g * cg) * image + oh * wq, offs, r_len, wp,
+               k0 * r_len, init, k0, block, yf,
+               (n * k_total + k0) * hw + oh * wo, hw, wo, acc_ptr)
+
+
 @njit(cache=True, parallel=True)
-def conv_channels(x, w2, init, dh, dw, pt, pl, kh, kw, groups, block,
-                  rows_per_task, xq, wp, y):
-    """Stride-1 direct convolution with channel tiles into ``y`` (N, K, Ho,
-    Wo).
+def conv_channels(x, w2, init, sh, sw, dh, dw, pt, pl, kh, kw, groups,
+                  block, rows_per_task, xq, wp, y, blocks_per_task):
+    """Direct convolution with channel tiles into ``y`` (N, K, Ho, Wo).
 
     ``w2`` is the filters as (K, R); ``init`` (K,) the bias or zeros;
     ``block`` the tile's channels; a task computes ``rows_per_task`` rows
     (:func:`task_rows`); ``xq`` and ``wp`` are scratch for the packed
-    input and filters.
+    input and filters.  ``blocks_per_task`` 0: a task is one channel
+    block's rows (blocks outside rows); otherwise a task is a run of that
+    many blocks for its rows, row by row (:func:`rows_outer`).
     """
     n_img, c_total = x.shape[0], x.shape[1]
     k_total, ho, wo = y.shape[1], y.shape[2], y.shape[3]
     cg = c_total // groups
     kg = k_total // groups
-    hq, wq = packed_geometry(ho, wo, kh, kw, 1, 1, dh, dw)
-    pack_into(x, pt, pl, 1, 1, hq, wq, xq)
+    hq, wq = packed_geometry(ho, wo, kh, kw, sh, sw, dh, dw)
+    pack_into(x, pt, pl, sh, sw, hq, wq, xq)
     _pack_filters(w2, block, wp)
-    taps = tap_offsets(cg, kh, kw, 1, 1, dh, dw, hq, wq)
+    taps = tap_offsets(cg, kh, kw, sh, sw, dh, dw, hq, wq)
+    image = sh * sw * hq * wq           # a channel's polyphase planes
     r_len = taps.shape[0]
     # the last tap's offset repeated for the prefetches past the end
     offs = np.empty(r_len + X_PREFETCH_TAPS, np.int64)
@@ -349,21 +371,55 @@ def conv_channels(x, w2, init, dh, dw, pt, pl, kh, kw, groups, block,
     hw = ho * wo
     yf = y.reshape(y.size)
     row_chunks = (ho + rows_per_task - 1) // rows_per_task
-    for task in prange(groups * blocks * n_img * row_chunks):
-        chunk = task % row_chunks
-        rest = task // row_chunks
+    if blocks_per_task == 0:
+        for task in prange(groups * blocks * n_img * row_chunks):
+            chunk = task % row_chunks
+            rest = task // row_chunks
+            n = rest % n_img
+            rest //= n_img
+            blk = rest % blocks
+            g = rest // blocks
+            acc_ptr = _tile_buffer(x)
+            for oh in range(chunk * rows_per_task,
+                            min(ho, (chunk + 1) * rows_per_task)):
+                _block_row(xq, offs, r_len, wp, init, block, yf, g, blk, n,
+                           oh, cg, kg, c_total, k_total, image, wq, hw, wo,
+                           acc_ptr)
+        return y
+    block_runs = (blocks + blocks_per_task - 1) // blocks_per_task
+    for task in prange(groups * n_img * row_chunks * block_runs):
+        run = task % block_runs
+        rest = task // block_runs
+        chunk = rest % row_chunks
+        rest //= row_chunks
         n = rest % n_img
-        rest //= n_img
-        blk = rest % blocks
-        g = rest // blocks
-        k0 = g * kg + blk * block
+        g = rest // n_img
         acc_ptr = _tile_buffer(x)
         for oh in range(chunk * rows_per_task,
                         min(ho, (chunk + 1) * rows_per_task)):
-            _row_tiles(xq, (n * c_total + g * cg) * hq * wq + oh * wq, offs,
-                       r_len, wp, k0 * r_len, init, k0, block, yf,
-                       (n * k_total + k0) * hw + oh * wo, hw, wo, acc_ptr)
+            for blk in range(run * blocks_per_task,
+                             min(blocks, (run + 1) * blocks_per_task)):
+                _block_row(xq, offs, r_len, wp, init, block, yf, g, blk, n,
+                           oh, cg, kg, c_total, k_total, image, wq, hw, wo,
+                           acc_ptr)
     return y
+
+
+def rows_outer(packed_bytes, filter_bytes):
+    """Whether a task runs its rows outside its channel blocks (each
+    packed input row read once for all the blocks, every block's filters
+    in turn) rather than a block outside its rows (the block's filters
+    read once, the whole packed input in turn): the first where the packed
+    input is the larger.  A stride-2 layer packs four times the input of
+    the stride-1 layer of the same output, and with the block-outer order
+    128@56^2/2 ran at half the speed of 128@28^2/1.  Xeon VM, inputs out
+    of cache, block-outer time over rows-outer (docs/performance.md
+    section AG): where this says rows, 3x3/2 64@56^2 1.17, 128@56^2 1.18 /
+    1.29 (batch 1 / 4), 256@28^2 x 4 1.13, the 7x7/2 stem 1.06 / 1.10,
+    3x3/1 64@56^2 1.04 / 1.03, 128@28^2 x 4 1.04, VGG-16's 64@224^2 1.10,
+    128@112^2 1.04, 256@56^2 1.02; where it says blocks, 256@14^2 x 1
+    (rows 0.82 of blocks), 512@28^2 (0.87), 256@28^2/2 (1.00)."""
+    return packed_bytes > filter_bytes
 
 
 def task_rows(ho, other_tasks, min_tasks):
@@ -387,15 +443,24 @@ def run(spec, x, w, bias):
     dh, dw = spec.dilation
     pt, _, pl, _ = spec.padding
     ho, wo = spec.out_hw
+    sh, sw = spec.stride
     block = NVEC * lanes_of(x.itemsize)
-    hq, wq = packed_geometry(ho, wo, kh, kw, 1, 1, dh, dw)
-    xq = _workspace.get("xq", (packed_size(x.shape, 1, 1, hq, wq, 0),),
-                        x.dtype)
+    hq, wq = packed_geometry(ho, wo, kh, kw, sh, sw, dh, dw)
+    packed = packed_size(x.shape, sh, sw, hq, wq, 0)
+    xq = _workspace.get("xq", (packed,), x.dtype)
     wp = _workspace.get("wp", (w.size,), x.dtype)
     init = (np.zeros(k_total, x.dtype) if bias is None
             else np.ascontiguousarray(bias))
     y = np.empty((n_img, k_total, ho, wo), x.dtype)
-    per = task_rows(ho, k_total // block * n_img,
-                    4 * _tuning.block_shape_threads())
-    return conv_channels(x, w.reshape(k_total, -1), init, dh, dw, pt, pl, kh,
-                         kw, groups, block, per, xq, wp, y)
+    threads = _tuning.block_shape_threads()
+    blocks = k_total // groups // block
+    if rows_outer(packed * x.itemsize, w.nbytes):
+        per = task_rows(ho, n_img * groups, 4 * threads)
+        runs = max(1, min(blocks, -(-4 * threads
+                                    // (-(-ho // per) * n_img * groups))))
+        return conv_channels(x, w.reshape(k_total, -1), init, sh, sw, dh, dw,
+                             pt, pl, kh, kw, groups, block, per, xq, wp, y,
+                             -(-blocks // runs))
+    per = task_rows(ho, blocks * n_img, 4 * threads)
+    return conv_channels(x, w.reshape(k_total, -1), init, sh, sw, dh, dw, pt,
+                         pl, kh, kw, groups, block, per, xq, wp, y, 0)

@@ -52,8 +52,9 @@ How it works
    the number of threads.  Problems of at most ``DirectTuning.serial_max_macs``
    multiply-adds run on one thread, where waking the pool costs more than
    it saves.
-5. **Channel tile.**  On AVX-512, stride-1 layers with rows at least 14
-   wide and enough output positions per byte of filters run a second
+5. **Channel tile.**  On AVX-512, layers of more than one tap with rows
+   at least 14 wide and enough output positions per byte of filters
+   (strided ones too, since stop 35) run a second
    tile, SIMD lanes over output channels
    (:mod:`kernels.cpu._direct_channels`): the same chains, the same bits.
    The packing stage lives in :mod:`kernels.cpu._direct_packing`, shared
