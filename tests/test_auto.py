@@ -481,15 +481,18 @@ def test_deep_strided_layers_go_to_im2col():
     t = dict(T, im2col_min_depth_strided=float("inf"))
     assert _choice((1, 512, 14, 14), (512, 512, 3, 3), stride=2,
                    t=t, cands=strided) == "direct"
-    # Through the public chooser with the CPU defaults (784 positions:
-    # above the AVX-512 floor of the next test).
+    # Through the public chooser with the CPU defaults: im2col where the
+    # CPU has a position floor of 0 (AVX2), direct on AVX-512 (next test).
+    from kernels.cpu._tuning import host_vector_bits
+    expected = "direct" if host_vector_bits() == 512 else "im2col"
     assert kernels.choose_algorithm((1, 256, 56, 56), (256, 256, 3, 3),
-                                    stride=(2, 2), padding=1) == "im2col"
+                                    stride=(2, 2), padding=1) == expected
 
 
 def test_strided_layers_with_few_positions_stay_direct():
-    # im2col_min_positions_strided: direct kept the lead on the Xeon VM's
-    # stride-2 3x3 layers with fewer than 392 output positions (N Ho Wo).
+    # im2col_min_positions_strided: with the pixel tile, direct kept the
+    # lead on the Xeon VM's stride-2 3x3 layers with fewer than 392 output
+    # positions (N Ho Wo).
     strided = ["direct", "im2col", "fft"]
     t = dict(T, im2col_min_depth_strided=576, im2col_min_positions_strided=392)
     w512 = (512, 512, 3, 3)
@@ -509,12 +512,13 @@ def test_strided_layers_with_few_positions_stay_direct():
                    cands=strided) == "im2col"
     assert _choice((2, 256, 28, 28), (256, 256, 3, 3), stride=2, t=t,
                    cands=strided, same=False) == "direct"
-    # The CPU default: the floor on AVX-512 only (on the Zen 3, AVX2, im2col
-    # won at 196 positions).
+    # The CPU default: no strided im2col on AVX-512, where direct's channel
+    # tile runs strided layers; no floor on AVX2 (on the Zen 3 im2col won
+    # at 196 positions).
     from kernels.cpu._tuning import host_vector_bits
     from kernels._choose import default_thresholds
     floor = default_thresholds()["im2col_min_positions_strided"]
-    assert floor == (392 if host_vector_bits() == 512 else 0)
+    assert floor == (float("inf") if host_vector_bits() == 512 else 0)
 
 
 def test_strided_kernels_larger_than_3x3_need_the_wide_floor():

@@ -294,17 +294,22 @@ AUTO_THRESHOLDS = {
     # (432) 1.04, 32 (288) 0.96 and 0.86 at batch 4.  Kernels larger than
     # 3x3 also need 96 input channels (IM2COL_STRIDED_WIDE_MIN_CHANNELS).
     "im2col_min_depth_strided": 576,
-    # ... and, on AVX-512, at least this many output positions (N Ho Wo).
-    # Xeon VM (2026-12-04, /tmp/s35/strided.py: 3x3/2 C = K, inputs out of
-    # cache, alternated in one process; im2col's time over direct's):
-    # 49 positions (512@14^2 x 1) 1.44, 98 (x 2) 1.23, 196 (x 4) 1.11,
-    # 256@28^2 x 1 1.25, 128@28^2 1.32, 256@14^2 1.34, 1024@14^2 1.29;
-    # 392 1.05 (256@28^2 x 2) and 0.97 (512@14^2 x 8); 784 1.00-1.06;
-    # 3136 0.97.  Inside ResNet-50's sequence (batch 1) direct ran its
-    # stride-2 3x3 layers on 14^2 and 7^2 outputs in 1.52 and 1.43 ms
-    # against im2col's 1.77 and 1.88.  On the Zen 3 im2col won at 196
-    # positions (256@28^2 x 1, 1.28x): no floor on AVX2.  Not calibrated.
-    "im2col_min_positions_strided": 392 if host_vector_bits() == 512 else 0,
+    # ... and at least this many output positions (N Ho Wo): none on
+    # AVX-512, where direct runs strided layers with its channel tile
+    # (stop 35).  Xeon VM, stride-2 3x3, C = K, inputs out of cache,
+    # alternated in one process, im2col's time over direct's (/tmp/s35/
+    # strided.py, three runs where repeated): 64@56^2 1.11, 1.05, 0.83,
+    # x 4 1.17; 128@56^2 0.91, 1.01, 1.09, x 4 1.11, 1.15, 1.13; 256@28^2
+    # 1.24, x 2 1.21, x 4 1.32, x 8 1.34; 512@14^2 (pixel tile: too many
+    # filter bytes per position for the channel tile) 1.16, x 4 1.28,
+    # x 8 1.08, x 16 1.07; 1024@14^2 1.05; 128@28^2 1.38; 256@14^2 1.50;
+    # 64@112^2 0.97, 0.94, 1.08.  Before the channel tile took strided
+    # layers, with the pixel tile, 392 (im2col's time over direct's: 49
+    # positions 1.44, 196 1.11-1.34, 392 0.97-1.05, 784 1.00-1.06).  On the
+    # Zen 3 (AVX2, no channel tile) im2col won at 196 positions (256@28^2,
+    # 1.28x): no floor there.  Not calibrated.
+    "im2col_min_positions_strided": (float("inf") if host_vector_bits() == 512
+                                     else 0),
     # ... unless the output has fewer positions (N Ho Wo) than one BLAS
     # piece (64 columns: one thread) and more multiply-adds than this.
     # MobileNet 1x1 convs at 7^2: im2col won 960 -> 160 (7.5e6: 0.32 vs
