@@ -42,7 +42,7 @@ from ._prefetch import LINE_BYTES, prefetch_at, prefetch_write_at
 from .direct import TILE_VECTORS, emit_fma_tile, tile_columns
 
 __all__ = ["matmul", "matmul_rows", "panel_width", "panel_width_of",
-           "buffer_size", "zero_padding"]
+           "buffer_size", "zero_padding", "first_tile_at"]
 
 # Rows of A per register tile: TILE_ROWS x TILE_VECTORS accumulators (12
 # of AVX2's 16 vector registers, 24 of AVX-512's 32).
@@ -214,6 +214,10 @@ def _last_tile_to(typingctx, tag, b, b0, b_step, a, a0, a_row, steps, c, c0,
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+# Winograd's tuple GEMMs (kernels/cpu/_winograd_gemm.py) run this tile too.
+first_tile_at = _first_tile_at
 
 
 @njit(cache=True, inline="always")

@@ -25,10 +25,10 @@ packed strips, the same kernel got 39-105.
 from __future__ import annotations
 
 import numpy as np
-from numba import carray, njit, prange
-from numba.extending import intrinsic
+from numba import njit, prange
 
-from .direct import TILE_VECTORS, fma_tile, stack_tile, tile_columns
+from ._panel_gemm import first_tile_at
+from .direct import TILE_VECTORS, tile_columns
 
 __all__ = ["TILE_ROWS", "strip_width", "pack", "packed_weights",
            "tuple_gemm", "block_gemm"]
@@ -71,54 +71,58 @@ def packed_weights(transformed, group):
     return packed
 
 
-@intrinsic
-def _tile_buffer(typingctx, x):
-    """Pointer to a stack buffer of TILE_ROWS x width elements."""
-    return stack_tile(x, TILE_ROWS)
+# One register tile's vectors of lanes (a strip's width).
+_VECTORS = (0,) * TILE_VECTORS
 
 
 @njit(cache=True, inline="always")
-def _tile(rows, uf, u0, offs, vf, v0, c, acc_ptr):
-    """:func:`fma_tile` for ``rows`` (1..TILE_ROWS, a run-time value) tiles."""
+def _tile_into(rows, uf, u0, width, vf, v0, c, out, o0, ldc):
+    """``out[o0 + q ldc + l] = sum_r vf[v0 + q c + r] uf[u0 + r width +
+    l]`` for ``q < rows`` (1..TILE_ROWS, a run-time value), ``l <
+    width``, ``r < c``: :func:`kernels.cpu._panel_gemm.first_tile_at`,
+    the im2col GEMM's tile, with U's strip as its panel and V's rows as
+    its A (sums from zero in registers, stored in place)."""
+    v = _VECTORS
     if rows == 6:
-        fma_tile(6, TILE_VECTORS, uf, u0, offs, vf, v0, c, acc_ptr)
+        first_tile_at((v, v, v, v, v, v), uf, u0, width, vf, v0, c, c, out,
+                      o0, ldc)
     elif rows == 5:
-        fma_tile(5, TILE_VECTORS, uf, u0, offs, vf, v0, c, acc_ptr)
+        first_tile_at((v, v, v, v, v), uf, u0, width, vf, v0, c, c, out, o0,
+                      ldc)
     elif rows == 4:
-        fma_tile(4, TILE_VECTORS, uf, u0, offs, vf, v0, c, acc_ptr)
+        first_tile_at((v, v, v, v), uf, u0, width, vf, v0, c, c, out, o0,
+                      ldc)
     elif rows == 3:
-        fma_tile(3, TILE_VECTORS, uf, u0, offs, vf, v0, c, acc_ptr)
+        first_tile_at((v, v, v), uf, u0, width, vf, v0, c, c, out, o0, ldc)
     elif rows == 2:
-        fma_tile(2, TILE_VECTORS, uf, u0, offs, vf, v0, c, acc_ptr)
+        first_tile_at((v, v), uf, u0, width, vf, v0, c, c, out, o0, ldc)
     else:
-        fma_tile(1, TILE_VECTORS, uf, u0, offs, vf, v0, c, acc_ptr)
+        first_tile_at((v,), uf, u0, width, vf, v0, c, c, out, o0, ldc)
 
 
 @njit(cache=True, inline="always")
-def _strip_product(vf, uf, strips, width, mm, p, strip, t_lo, t_hi, offs,
-                   acc_ptr):
+def _strip_product(vf, uf, strips, width, mm, mf, p, strip, t_lo, t_hi, c,
+                   acc):
     """mm[p, t_lo:t_hi, strip's channels] = V[p, t_lo:t_hi] @ U[p][:, strip].
 
     ``vf`` and ``uf`` are V (P, T, C) and the packed U (P, strips, C,
-    width) flattened; ``offs`` the C row starts of a strip."""
+    width) flattened, ``mf`` mm (P, T, K) flattened; a tile of a full
+    strip goes straight to its place in mm, one of the last, narrower
+    strip through ``acc`` (TILE_ROWS x width)."""
     n_tiles, k_total = mm.shape[1], mm.shape[2]
-    c = offs.shape[0]
     k0 = strip * width
     kw = min(width, k_total - k0)
     u0 = (p * strips + strip) * c * width
-    acc = carray(acc_ptr, (TILE_ROWS, width))
     for t0 in range(t_lo, t_hi, TILE_ROWS):
         rows = min(TILE_ROWS, t_hi - t0)
-        acc[:rows, :] = 0
-        _tile(rows, uf, u0, offs, vf, (p * n_tiles + t0) * c, c, acc_ptr)
-        for q in range(rows):
-            mm[p, t0 + q, k0:k0 + kw] = acc[q, :kw]
-
-
-@njit(cache=True, inline="always")
-def _strip_offsets(c, width):
-    """Start of row ``r`` of a packed strip, for r < c."""
-    return np.arange(c) * width
+        v0 = (p * n_tiles + t0) * c
+        if kw == width:
+            _tile_into(rows, uf, u0, width, vf, v0, c, mf,
+                       (p * n_tiles + t0) * k_total + k0, k_total)
+        else:
+            _tile_into(rows, uf, u0, width, vf, v0, c, acc, 0, width)
+            for q in range(rows):
+                mm[p, t0 + q, k0:k0 + kw] = acc[q * width:q * width + kw]
 
 
 @njit(parallel=True, cache=True)
@@ -128,15 +132,15 @@ def _tuple_gemm_kernel(v, up, mm, chunk):
     width = up.shape[3]
     vf = v.reshape(v.size)
     uf = up.reshape(up.size)
-    offs = _strip_offsets(c, width)
+    mf = mm.reshape(mm.size)
     chunks = (n_tiles + chunk - 1) // chunk
     for job in prange(n_planes * strips * chunks):
         p = job // (strips * chunks)
         strip = (job // chunks) % strips
         t_lo = (job % chunks) * chunk
-        acc_ptr = _tile_buffer(vf)
-        _strip_product(vf, uf, strips, width, mm, p, strip, t_lo,
-                       min(n_tiles, t_lo + chunk), offs, acc_ptr)
+        acc = np.empty(TILE_ROWS * width, v.dtype)
+        _strip_product(vf, uf, strips, width, mm, mf, p, strip, t_lo,
+                       min(n_tiles, t_lo + chunk), c, acc)
 
 
 def tuple_gemm(V, packed, out, min_jobs):
@@ -160,10 +164,10 @@ def block_gemm(v, up, mm):
     n_planes, n_tiles, c = v.shape
     vf = v.reshape(v.size)
     uf = up.reshape(up.size)
-    offs = _strip_offsets(c, up.shape[3])
-    acc_ptr = _tile_buffer(vf)
+    mf = mm.reshape(mm.size)
     strips, width = up.shape[1], up.shape[3]
+    acc = np.empty(TILE_ROWS * width, v.dtype)
     for p in range(n_planes):
         for strip in range(strips):
-            _strip_product(vf, uf, strips, width, mm, p, strip, 0, n_tiles,
-                           offs, acc_ptr)
+            _strip_product(vf, uf, strips, width, mm, mf, p, strip, 0,
+                           n_tiles, c, acc)
