@@ -7,19 +7,23 @@ one set per cache-sized block of tiles.  A BLAS call packs both operands
 every time; here U is packed once per weight array (:func:`pack`, kept
 with the transformed weights, :func:`packed_weights`) into strips of
 ``width`` output channels, each strip one contiguous (C, width) block,
-and the product runs on :func:`kernels.cpu.direct.fma_tile`, the direct
-kernel's register tile: ``TILE_ROWS`` tiles (broadcast from V) by
-``width`` channels of a strip (vector loads), accumulated over C in
-registers in the order c = 0, 1, ..., C - 1 (as a BLAS dot product does,
-and with the same fused multiply-adds).
+and the product runs on the im2col GEMM's register tile
+(:func:`kernels.cpu._panel_gemm.first_tile_at`, the strip as its panel):
+``TILE_ROWS`` tiles (broadcast from V) by ``width`` channels of a strip
+(vector loads, rows at a constant stride), accumulated over C from zero
+in registers in the order c = 0, 1, ..., C - 1 (as a BLAS dot product
+does, and with the same fused multiply-adds) and stored straight into M.
+Until stop 35 it ran direct's tile, which reads each row's place from a
+table and accumulates through a buffer: the same bits, 1.1-1.7x slower
+(section AG of docs/performance.md).
 
 Xeon VM (AVX-512), 2 threads, float32, staged GEMMs of ResNet-50's 3x3
 layers at batch 4, against NumPy's OpenBLAS called the same way (one
 single-threaded call per plane and chunk of tiles): 256@14^2 F(4,3)
 3.0 ms against 3.3, 512@7^2 F(2,3) 5.1-5.6 against 6.7, 512@7^2 F(4,3)
 (16 tiles per plane) 4.4-4.5 against 9.4; 100-120 GFLOP/s where
-OpenBLAS got 32-109.  With U read in place (rows K apart) instead of
-packed strips, the same kernel got 39-105.
+OpenBLAS got 32-109 (with direct's tile).  With U read in place (rows K
+apart) instead of packed strips, the same kernel got 39-105.
 """
 
 from __future__ import annotations
