@@ -613,7 +613,11 @@ def calibrate(path=None, write=True, progress=True, log=print):
         log("left at the default (not measured): " + ", ".join(defaults))
     log(f"calibration took {meta['seconds']} s")
     if write:
-        where = save_thresholds("cpu", thresholds, machine_key("cpu"), meta,
+        # Thresholds it did not measure are left out: the installed
+        # package's defaults apply to them, also after an upgrade.
+        where = save_thresholds("cpu", {k: v for k, v in thresholds.items()
+                                        if k not in defaults},
+                                machine_key("cpu"), meta,
                                 path or calibration_path())
         log(f"wrote {where}")
     else:

@@ -108,9 +108,20 @@ def _merged(entry, machine, defaults):
     thresholds = dict(defaults)
     for name, value in entry["thresholds"].items():
         if name in thresholds and isinstance(value, (int, float)) \
-                and not isinstance(value, bool):
+                and not isinstance(value, bool) \
+                and not _not_measured(entry, name):
             thresholds[name] = value
     return thresholds, None
+
+
+def _not_measured(entry, name):
+    """Whether the entry's meta says ``name`` was not measured: a default
+    of the package that wrote the file, which the installed package's
+    defaults replace (files from before 2026-12-04 stored them all)."""
+    meta = entry.get("meta")
+    table = meta.get("thresholds") if isinstance(meta, dict) else None
+    record = table.get(name) if isinstance(table, dict) else None
+    return isinstance(record, dict) and record.get("status") == "default"
 
 
 def load_thresholds(backend, defaults, machine):

@@ -551,6 +551,30 @@ def test_calibrate_writes_thresholds_that_auto_reads(tmp_path, monkeypatch):
     monkeypatch.setenv("CONVBENCH_CALIBRATION", str(path))
     assert thresholds_in_force("cpu") == thresholds
     assert set(thresholds) == set(default_thresholds("cpu"))
+    # What it did not measure is not in the file: the package's defaults
+    # apply to it, whatever they become.
+    import json
+    written = json.loads(path.read_text())["backends"]["cpu"]["thresholds"]
+    for name in ("im2col_min_out_channels", "winograd_min_macs",
+                 "im2col_min_positions_strided"):
+        assert name not in written
+
+
+def test_thresholds_a_calibration_did_not_measure_follow_the_defaults(
+        monkeypatch, tmp_path):
+    # Files written before 2026-12-04 stored the defaults of the day for
+    # thresholds they did not measure; their meta says so.
+    from kernels._calibration import save_thresholds
+    from kernels._choose import default_thresholds, machine_key, thresholds
+    path = _calibrated(monkeypatch, tmp_path, "")
+    default = default_thresholds("cpu")
+    old = {"winograd_min_macs": 123.0, "direct_max_macs": 7.0}
+    meta = {"thresholds": {
+        "winograd_min_macs": {"value": 123.0, "status": "default"},
+        "direct_max_macs": {"value": 7.0, "status": "pinned"}}}
+    save_thresholds("cpu", old, machine_key("cpu"), meta, path=path)
+    assert thresholds("cpu")["winograd_min_macs"] == default["winograd_min_macs"]
+    assert thresholds("cpu")["direct_max_macs"] == 7.0
 
 
 def test_calibrated_winograd_pixels_is_the_measured_crossover(monkeypatch):
