@@ -23,6 +23,7 @@ from . import _dispatch
 from ._calibration import load_thresholds
 from ._dispatch import ConvSpec
 from ._validation import int_tuple, normalise_padding
+from ._winograd_math import DEFAULT_TILE_BY_KERNEL
 
 __all__ = ["choose_algorithm", "choose_transposed_algorithm", "candidates",
            "default_thresholds", "thresholds", "NEUTRAL_THRESHOLDS"]
@@ -106,6 +107,13 @@ WINOGRAD_HALF_CHANNELS_MIN_PIXELS = 4096
 #: (section AF of docs/performance.md), while 512@14^2 at batch 8 ran it
 #: 1.17x faster.
 WINOGRAD_MACS_MIN_PIXELS = 196
+
+#: ... and only with at most this many bytes of filters per output
+#: position (N * Ho * Wo): a large U read for few tiles.  Xeon VM, direct's
+#: time over Winograd's (stop 35, tuple GEMMs on the panel tile): 512@14^2
+#: batch 1 (48 KiB a position) 0.59, 0.57, batch 2 (24 KiB) 0.96, 0.92,
+#: batch 4 (12 KiB) 1.16, 1.11; 512@28^2 batch 1 (12 KiB) 1.32.
+WINOGRAD_MACS_MAX_FILTER_BYTES_PER_POSITION = 12 * 1024
 
 #: A strided layer with a kernel larger than 3x3 goes to im2col only with
 #: at least this many input channels per group, whatever
@@ -206,6 +214,15 @@ def fft_min_area(cg, kg, t):
     return float(np.interp(x, xs, values))
 
 
+def _tiled_macs(macs, out_h, out_w, r):
+    """``macs`` times the share of the outputs that Winograd's default
+    tile for an r x r kernel computes which are real: a 14^2 map is
+    covered by 16^2 of F(4,3)'s outputs, so its multiply-adds count 0.77
+    of themselves."""
+    m = DEFAULT_TILE_BY_KERNEL[r]
+    return macs * (out_h * out_w) / (-(-out_h // m) * m * (-(-out_w // m) * m))
+
+
 def _model_choice(cands, spec, t):
     n, c, h, w = spec.x_shape
     k, cg, kh, kw = spec.w_shape
@@ -256,11 +273,11 @@ def _model_choice(cands, spec, t):
     # 153 (C = 64), K = 64 direct 109 vs 185 and 251 vs 294.  5x5 saves
     # more multiplications (F(4,5): 6.25x, F(4,3): 4x) and wins with half
     # as many: C = K = 64 at 56^2, winograd 1.95 ms, fft 2.58, direct 3.35.
-    # Large layers (winograd_min_macs over the batch) go to Winograd even
-    # below those pixel and position limits: with 128 channels or more the
-    # crossover on the AVX-512 Xeon VM followed the multiply-adds (direct's
-    # time over Winograd's: 512@28^2 x 1, 1.85e9, 1.27; x 8 1.50; 256@28^2
-    # x 4, 1.85e9, 1.19; 512@14^2 x 8 1.17; 4.6e8 layers 0.58-0.94).
+    # Large layers (winograd_min_macs over the batch, counted on the share
+    # of the tiles' outputs that are real) go to Winograd even below those
+    # pixel and position limits, where their filters are few bytes per
+    # output position: with 128 channels or more the crossover on the
+    # AVX-512 Xeon VM followed the multiply-adds (docs/auto.md).
     width = k * (kh - 1) // 2
     depth = c * (kh - 1) // 2
     if kh == 3 and h * w >= WINOGRAD_HALF_CHANNELS_MIN_PIXELS:
@@ -270,8 +287,12 @@ def _model_choice(cands, spec, t):
                and positions >= t["winograd_min_positions"]
                and (width >= 2 * t["winograd_min_channels"]
                     or positions >= WINOGRAD_NARROW_MIN_POSITIONS))
-    by_work = (n * macs >= t["winograd_min_macs"]
-               and h * w >= WINOGRAD_MACS_MIN_PIXELS)
+    by_work = (kh == kw and kh in DEFAULT_TILE_BY_KERNEL
+               and _tiled_macs(n * macs, out_h, out_w, kh)
+               >= t["winograd_min_macs"]
+               and h * w >= WINOGRAD_MACS_MIN_PIXELS
+               and c * k * area * np.dtype(spec.dtype).itemsize
+               <= WINOGRAD_MACS_MAX_FILTER_BYTES_PER_POSITION * positions)
     if ("winograd" in cands and kh == kw and kh in (3, 5) and groups == 1
             and depth >= t["winograd_min_channels"]
             and width >= t["winograd_min_channels"]

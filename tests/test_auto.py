@@ -441,6 +441,35 @@ def test_large_layers_go_to_winograd_below_the_size_limits():
     assert _choice((4, 64, 112, 112), (64, 64, 3, 3), t=t) == "direct"
 
 
+def test_the_work_rule_counts_real_outputs_and_bounds_filter_bytes():
+    # The Xeon VM's rule since the tuple GEMMs run the panel tile: 4e8
+    # multiply-adds over the batch, weighted by the share of F(4,3)'s
+    # outputs that are real, with at most 12 KiB of filters a position.
+    from kernels._choose import (WINOGRAD_MACS_MAX_FILTER_BYTES_PER_POSITION
+                                 as bound, _tiled_macs)
+    t = {**T, "winograd_min_channels": 128, "winograd_min_pixels": 1764,
+         "winograd_min_positions": 1936, "winograd_min_macs": 4e8}
+    w128, w256, w512 = ((c, c, 3, 3) for c in (128, 256, 512))
+    assert _choice((4, 128, 28, 28), w128, t=t) == "winograd"     # 4.6e8
+    assert _choice((2, 128, 28, 28), w128, t=t) == "direct"       # 2.3e8
+    assert _choice((1, 256, 28, 28), w256, t=t) == "winograd"     # 4.6e8
+    # 14^2 is covered by 16^2 of F(4,3)'s outputs: 4.6e8 counts 3.5e8 ...
+    assert _tiled_macs(4.6e8, 14, 14, 3) == pytest.approx(4.6e8 * 196 / 256)
+    assert _tiled_macs(4.6e8, 28, 28, 3) == 4.6e8
+    assert _choice((4, 256, 14, 14), w256, t=t) == "direct"
+    assert _choice((8, 256, 14, 14), w256, t=t) == "winograd"
+    # ... and filters of more than 12 KiB a position keep a layer out:
+    # 512@14^2 at batch 2 (24 KiB), at batch 4 (12 KiB) in.
+    assert bound == 12 * 1024
+    assert _choice((2, 512, 14, 14), w512, t=t) == "direct"
+    assert _choice((4, 512, 14, 14), w512, t=t) == "winograd"
+    assert _choice((1, 512, 28, 28), w512, t=t) == "winograd"
+    # float64 filters take twice the bytes: 512@14^2 x 4 is out.
+    spec64 = ConvSpec.from_config((4, 512, 14, 14), w512, (1, 1),
+                                  (1, 1, 1, 1), (1, 1), 1, np.float64)
+    assert _model_choice(ALL, spec64, t) == "direct"
+
+
 def test_neutral_thresholds_run_direct():
     assert _choice((1, 64, 56, 56), (64, 64, 7, 7),
                    t=NEUTRAL_THRESHOLDS) == "direct"

@@ -263,16 +263,24 @@ AUTO_THRESHOLDS = {
     # faster, at 1 x 13^2 (169) 1.11x.
     "winograd_min_positions": 128,
     # ... or, on maps of at least 14^2, at least this many multiply-adds
-    # over the batch (kernels._choose: WINOGRAD_MACS_MIN_PIXELS).  On the
+    # over the batch, weighted by the share of the default tile's outputs
+    # that are real (kernels._choose: WINOGRAD_MACS_MIN_PIXELS, _tiled_macs,
+    # and a bound on the filter bytes per output position).  On the
     # AVX-512 Xeon VM, with direct's channel tile, Winograd's crossover
-    # followed the multiply-adds once the channels were 128 or more:
-    # direct's time over Winograd's, alternated in one process, 512@28^2
-    # batch 1 (1.85e9) 1.27, batch 8 1.50; 256@28^2 batch 4 (1.85e9) 1.19;
-    # 256@56^2 batch 1 (1.85e9) 1.17; 512@14^2 batch 8 (3.7e9) 1.17;
-    # 4.6e8 (512@14^2, 256@28^2, 128@56^2 at batch 1) 0.58, 0.94, 0.80.
-    # Not measured on AVX2, where it is off (the pixel and position limits
-    # alone).
-    "winograd_min_macs": 1.0e9 if host_vector_bits() == 512 else float("inf"),
+    # followed the multiply-adds once the channels were 128 or more.
+    # 1e9 (2026-12-04): direct's time over Winograd's, alternated in one
+    # process, 512@28^2 batch 1 (1.85e9) 1.27, batch 8 1.50; 256@28^2
+    # batch 4 (1.85e9) 1.19; 256@56^2 batch 1 (1.85e9) 1.17; 512@14^2
+    # batch 8 (3.7e9) 1.17; 4.6e8 layers 0.58-0.94.  4e8 since the tuple
+    # GEMMs run the panel tile (stop 35, /tmp/s35/wd.py, inputs out of
+    # cache, two runs): 128@28^2 x 4 (4.6e8) 1.19, 1.29; 256@28^2 x 1
+    # (4.6e8) 1.16, 1.07; 128@56^2 1.09, 1.16; 512@14^2 x 4 1.16, 1.11;
+    # 512@28^2 and 256@56^2 x 1 1.32, 1.29; kept out: 256@14^2 x 4 1.01,
+    # 0.87 (14^2 counts 0.77: F(4,3) covers 16^2), 512@14^2 x 2 0.96, 0.92
+    # and x 1 0.59, 0.57 (the filter-bytes bound), 128@28^2 x 2 (2.3e8)
+    # 1.01, 1.11.  Not measured on AVX2, where it is off (the pixel and
+    # position limits alone).
+    "winograd_min_macs": 4.0e8 if host_vector_bits() == 512 else float("inf"),
     # im2col only when each group has at least this many output channels ...
     "im2col_min_out_channels": 8,
     # ... and kernels of at most this area (kH * kW); larger ones run
