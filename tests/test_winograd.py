@@ -758,6 +758,27 @@ def test_tunables_are_read_from_the_tuning_in_force():
         np.testing.assert_array_equal(winograd.conv2d(x, tw, b, padding=1), fused)
 
 
+def test_a_mid_sized_u_runs_fused_only_when_staging_would_leave_the_cache():
+    # U of 128 channels, F(4,3): 2.25 MiB, between fused_small_u_bytes and
+    # fused_max_u_bytes; the staged V and M of 49 tiles take 1.8 MB, of
+    # 784 tiles 29 MB.
+    tile = impl.tile_for((3, 3), 4)
+    rules = dict(fused_max_u_bytes=6 << 20, fused_small_u_bytes=1 << 20,
+                 fused_min_staged_bytes=16 << 20)
+    with _tuning.override(winograd=rules):
+        tuning = _tuning.current().winograd
+        assert impl._fused_blocks(tile, (7, 7), 1, 128, 128, 4, tuning) is None
+        assert impl._fused_blocks(tile, (28, 28), 1, 128, 128, 4,
+                                  tuning) is not None
+        # a U at most fused_small_u_bytes (64 channels: 0.56 MiB) runs fused
+        assert impl._fused_blocks(tile, (7, 7), 4, 64, 64, 4,
+                                  tuning) is not None
+    from kernels.cpu._tuning import host_vector_bits
+    small = _tuning.WinogradTuning().fused_small_u_bytes
+    assert small == ((1 << 20) if host_vector_bits() == 512
+                     else _tuning.WinogradTuning().fused_max_u_bytes)
+
+
 @pytest.mark.parametrize("n_img", [1, 2, 4, 8])
 @pytest.mark.parametrize("hw", [(7, 7), (14, 14), (28, 28), (56, 56), (13, 30)])
 @pytest.mark.parametrize("m", [2, 4])

@@ -424,6 +424,19 @@ class WinogradTuning:
     # (2-vCPU Zen 4, 1 MiB L2); 512@7^2's 16 MiB U stays staged (fused
     # 4.7-5.1 ms against 3.0 at batch 1).
     fused_max_u_bytes: int = 6 * 2**20
+    # On AVX-512, since the tuple GEMMs run the panel tile (stop 35), a U
+    # above this runs staged too unless the staged path's V and M would
+    # take at least fused_min_staged_bytes (then they leave the caches).
+    # Xeon VM, staged time over fused (/tmp/s35/fs.py, inputs out of
+    # cache, alternated in one process): U 2.25 MiB (128 channels, F(4,3))
+    # 49 tiles (V + M 1.8 MB) 0.90, 196 tiles (7.2 MB) 0.93 and 0.87, 392
+    # (14 MB) 0.95, 784 (29 MB, VGG-16's 128@112^2) 1.19; U 0.56 MiB (64
+    # channels) 1.13 at 196 and 784 tiles, 1.25 at 3136; U 9 MiB and more
+    # staged already (0.35-0.94).  Not measured on AVX2: the old rule.
+    fused_small_u_bytes: int = dataclasses.field(
+        default_factory=lambda: (1 << 20) if host_vector_bits() == 512
+        else 6 * 2**20)
+    fused_min_staged_bytes: int = 16 * 2**20
     # A U above this lets fewer tiles keep the larger tile (see
     # winograd.tile_for_problem).
     large_u_bytes: int = 4 * 2**20

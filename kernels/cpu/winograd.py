@@ -474,8 +474,10 @@ def _fused_blocks(tile, tiles_hw, n_img, nc, nk, itemsize, tuning, path=None):
     needs blocks of >= 8 tiles and a U below ``tuning.fused_max_u_bytes``
     (it then wins by 10-50%: ResNet's 64@56^2, 128@28^2, 256@14^2 with
     F(2,3)); deep layers with few tiles and large U (512@7^2) run staged,
-    where each tuple GEMM reads its U[p] once.  And >= 2 blocks per
-    thread."""
+    where each tuple GEMM reads its U[p] once.  A U above
+    ``tuning.fused_small_u_bytes`` (1 MiB on AVX-512) also runs staged
+    unless the staged V and M (all tiles' transforms) would take
+    ``tuning.fused_min_staged_bytes``.  And >= 2 blocks per thread."""
     if path == "staged":
         return None
     n_planes = tile.alpha_h * tile.alpha_w
@@ -486,7 +488,12 @@ def _fused_blocks(tile, tiles_hw, n_img, nc, nk, itemsize, tuning, path=None):
                            n_planes * (nc + nk) * itemsize, tuning.block_budget,
                            min_jobs, output_step(tile.m_w))
 
-    if n_planes * nc * nk * itemsize < tuning.fused_max_u_bytes:
+    u_bytes = n_planes * nc * nk * itemsize
+    staged_bytes = (n_planes * n_img * tiles_hw[0] * tiles_hw[1]
+                    * (nc + nk) * itemsize)
+    if u_bytes < tuning.fused_max_u_bytes and (
+            u_bytes <= tuning.fused_small_u_bytes
+            or staged_bytes >= tuning.fused_min_staged_bytes):
         # Four blocks per thread balance best; with few tiles (batch 1 at
         # 14^2: 49) two per thread keep the blocks at >= 8 tiles.
         for per_thread in (4, 2):
