@@ -108,12 +108,14 @@ WINOGRAD_HALF_CHANNELS_MIN_PIXELS = 4096
 #: 1.17x faster.
 WINOGRAD_MACS_MIN_PIXELS = 196
 
-#: ... and only with at most this many bytes of filters per output
-#: position (N * Ho * Wo): a large U read for few tiles.  Xeon VM, direct's
-#: time over Winograd's (stop 35, tuple GEMMs on the panel tile): 512@14^2
-#: batch 1 (48 KiB a position) 0.59, 0.57, batch 2 (24 KiB) 0.96, 0.92,
-#: batch 4 (12 KiB) 1.16, 1.11; 512@28^2 batch 1 (12 KiB) 1.32.
-WINOGRAD_MACS_MAX_FILTER_BYTES_PER_POSITION = 12 * 1024
+#: ... and only with at most this many filter elements per output
+#: position (N * Ho * Wo): a large U read for few tiles.  Xeon VM, float32,
+#: direct's time over Winograd's (stop 35, tuple GEMMs on the panel
+#: tile): 512@14^2 batch 1 (12288 elements, 48 KiB, a position) 0.59,
+#: 0.57, batch 2 (6144) 0.96, 0.92, batch 4 (3072) 1.16, 1.11; 512@28^2
+#: batch 1 (3072) 1.32.  Counted in elements, not bytes: the choice does
+#: not depend on the dtype (it is memoised without it).
+WINOGRAD_MACS_MAX_FILTER_ELEMENTS_PER_POSITION = 3072
 
 #: A strided layer with a kernel larger than 3x3 goes to im2col only with
 #: at least this many input channels per group, whatever
@@ -291,8 +293,8 @@ def _model_choice(cands, spec, t):
                and _tiled_macs(n * macs, out_h, out_w, kh)
                >= t["winograd_min_macs"]
                and h * w >= WINOGRAD_MACS_MIN_PIXELS
-               and c * k * area * np.dtype(spec.dtype).itemsize
-               <= WINOGRAD_MACS_MAX_FILTER_BYTES_PER_POSITION * positions)
+               and c * k * area
+               <= WINOGRAD_MACS_MAX_FILTER_ELEMENTS_PER_POSITION * positions)
     if ("winograd" in cands and kh == kw and kh in (3, 5) and groups == 1
             and depth >= t["winograd_min_channels"]
             and width >= t["winograd_min_channels"]

@@ -444,9 +444,10 @@ def test_large_layers_go_to_winograd_below_the_size_limits():
 def test_the_work_rule_counts_real_outputs_and_bounds_filter_bytes():
     # The Xeon VM's rule since the tuple GEMMs run the panel tile: 4e8
     # multiply-adds over the batch, weighted by the share of F(4,3)'s
-    # outputs that are real, with at most 12 KiB of filters a position.
-    from kernels._choose import (WINOGRAD_MACS_MAX_FILTER_BYTES_PER_POSITION
-                                 as bound, _tiled_macs)
+    # outputs that are real, with at most 3072 filter elements (12 KiB of
+    # float32) a position.
+    from kernels._choose import (
+        WINOGRAD_MACS_MAX_FILTER_ELEMENTS_PER_POSITION as bound, _tiled_macs)
     t = {**T, "winograd_min_channels": 128, "winograd_min_pixels": 1764,
          "winograd_min_positions": 1936, "winograd_min_macs": 4e8}
     w128, w256, w512 = ((c, c, 3, 3) for c in (128, 256, 512))
@@ -458,16 +459,17 @@ def test_the_work_rule_counts_real_outputs_and_bounds_filter_bytes():
     assert _tiled_macs(4.6e8, 28, 28, 3) == 4.6e8
     assert _choice((4, 256, 14, 14), w256, t=t) == "direct"
     assert _choice((8, 256, 14, 14), w256, t=t) == "winograd"
-    # ... and filters of more than 12 KiB a position keep a layer out:
-    # 512@14^2 at batch 2 (24 KiB), at batch 4 (12 KiB) in.
-    assert bound == 12 * 1024
+    # ... and more filter elements a position keep a layer out: 512@14^2
+    # at batch 2 (6144), at batch 4 (3072) in.
+    assert bound == 3072
     assert _choice((2, 512, 14, 14), w512, t=t) == "direct"
     assert _choice((4, 512, 14, 14), w512, t=t) == "winograd"
     assert _choice((1, 512, 28, 28), w512, t=t) == "winograd"
-    # float64 filters take twice the bytes: 512@14^2 x 4 is out.
+    # Counted in elements: the choice does not depend on the dtype (it is
+    # memoised without it).
     spec64 = ConvSpec.from_config((4, 512, 14, 14), w512, (1, 1),
                                   (1, 1, 1, 1), (1, 1), 1, np.float64)
-    assert _model_choice(ALL, spec64, t) == "direct"
+    assert _model_choice(ALL, spec64, t) == "winograd"
 
 
 def test_neutral_thresholds_run_direct():

@@ -265,7 +265,7 @@ AUTO_THRESHOLDS = {
     # ... or, on maps of at least 14^2, at least this many multiply-adds
     # over the batch, weighted by the share of the default tile's outputs
     # that are real (kernels._choose: WINOGRAD_MACS_MIN_PIXELS, _tiled_macs,
-    # and a bound on the filter bytes per output position).  On the
+    # and a bound on the filter elements per output position).  On the
     # AVX-512 Xeon VM, with direct's channel tile, Winograd's crossover
     # followed the multiply-adds once the channels were 128 or more.
     # 1e9 (2026-12-04): direct's time over Winograd's, alternated in one
@@ -277,7 +277,7 @@ AUTO_THRESHOLDS = {
     # (4.6e8) 1.16, 1.07; 128@56^2 1.09, 1.16; 512@14^2 x 4 1.16, 1.11;
     # 512@28^2 and 256@56^2 x 1 1.32, 1.29; kept out: 256@14^2 x 4 1.01,
     # 0.87 (14^2 counts 0.77: F(4,3) covers 16^2), 512@14^2 x 2 0.96, 0.92
-    # and x 1 0.59, 0.57 (the filter-bytes bound), 128@28^2 x 2 (2.3e8)
+    # and x 1 0.59, 0.57 (the filter-elements bound), 128@28^2 x 2 (2.3e8)
     # 1.01, 1.11.  Not measured on AVX2, where it is off (the pixel and
     # position limits alone).
     "winograd_min_macs": 4.0e8 if host_vector_bits() == 512 else float("inf"),
