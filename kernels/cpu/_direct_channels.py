@@ -341,6 +341,25 @@ def _block_row(xq, offs, r_len, wp, init, block, yf, g, blk, n, oh, cg, kg,
                (n * k_total + k0) * hw + oh * wo, hw, wo, acc_ptr)
 
 
+@njit(cache=True, inline="always")
+def _task_coords(task, runs_fastest, block_runs, row_chunks, n_img):
+    """(run of blocks, chunk of rows, image, group) of ``task``: the run
+    the fastest index where ``runs_fastest``, else the slowest but for
+    the group."""
+    if runs_fastest:
+        run = task % block_runs
+        rest = task // block_runs
+        chunk = rest % row_chunks
+        rest //= row_chunks
+        n = rest % n_img
+        return run, chunk, n, rest // n_img
+    chunk = task % row_chunks
+    rest = task // row_chunks
+    n = rest % n_img
+    rest //= n_img
+    return rest % block_runs, chunk, n, rest // block_runs
+
+
 @njit(cache=True, parallel=True)
 def conv_channels(x, w2, init, sh, sw, dh, dw, pt, pl, kh, kw, groups,
                   block, rows_per_task, xq, wp, y, blocks_per_task):
@@ -371,34 +390,18 @@ def conv_channels(x, w2, init, sh, sw, dh, dw, pt, pl, kh, kw, groups,
     hw = ho * wo
     yf = y.reshape(y.size)
     row_chunks = (ho + rows_per_task - 1) // rows_per_task
-    if blocks_per_task == 0:
-        for task in prange(groups * blocks * n_img * row_chunks):
-            chunk = task % row_chunks
-            rest = task // row_chunks
-            n = rest % n_img
-            rest //= n_img
-            blk = rest % blocks
-            g = rest // blocks
-            acc_ptr = _tile_buffer(x)
-            for oh in range(chunk * rows_per_task,
-                            min(ho, (chunk + 1) * rows_per_task)):
-                _block_row(xq, offs, r_len, wp, init, block, yf, g, blk, n,
-                           oh, cg, kg, c_total, k_total, image, wq, hw, wo,
-                           acc_ptr)
-        return y
-    block_runs = (blocks + blocks_per_task - 1) // blocks_per_task
+    # Blocks outside rows: runs of one block, the slowest index of a task
+    # but for the group; rows outside blocks: runs of blocks_per_task
+    # blocks, the fastest index.
+    per_run = max(1, blocks_per_task)
+    block_runs = (blocks + per_run - 1) // per_run
     for task in prange(groups * n_img * row_chunks * block_runs):
-        run = task % block_runs
-        rest = task // block_runs
-        chunk = rest % row_chunks
-        rest //= row_chunks
-        n = rest % n_img
-        g = rest // n_img
+        run, chunk, n, g = _task_coords(task, blocks_per_task > 0,
+                                        block_runs, row_chunks, n_img)
         acc_ptr = _tile_buffer(x)
         for oh in range(chunk * rows_per_task,
                         min(ho, (chunk + 1) * rows_per_task)):
-            for blk in range(run * blocks_per_task,
-                             min(blocks, (run + 1) * blocks_per_task)):
+            for blk in range(run * per_run, min(blocks, (run + 1) * per_run)):
                 _block_row(xq, offs, r_len, wp, init, block, yf, g, blk, n,
                            oh, cg, kg, c_total, k_total, image, wq, hw, wo,
                            acc_ptr)
