@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -67,6 +68,18 @@ def calibration_path():
 # time cost 11 us of the 21 us a choice took.
 _cache = {}
 _warned = set()
+
+# The file's state is looked at again at most this often (seconds): a
+# ``stat`` after every kernel costs ~8 us (the kernel has evicted what it
+# touches), and with the rest of the choice ~50 us of each call of a
+# ResNet-50 pass at batch 1, 5 % of it (docs/performance.md, section AH).
+# A file rewritten by another process is seen within this time;
+# :func:`save_thresholds` and a change of path are seen at once.
+RECHECK_SECONDS = 1.0
+
+# backend -> (path, defaults, machine, recheck time, thresholds) of the
+# last full lookup.
+_recent = {}
 
 
 def _file_state(path):
@@ -134,6 +147,18 @@ def load_thresholds(backend, defaults, machine):
     tuple of items too.
     """
     path = _path_text()
+    recent = _recent.get(backend)
+    if (recent is not None and recent[0] == path and recent[1] is defaults
+            and recent[2] is machine and time.monotonic() < recent[3]):
+        return recent[4]
+    thresholds = _looked_up(path, backend, defaults, machine)
+    _recent[backend] = (path, defaults, machine,
+                        time.monotonic() + RECHECK_SECONDS, thresholds)
+    return thresholds
+
+
+def _looked_up(path, backend, defaults, machine):
+    """:func:`load_thresholds` from the file at ``path`` as it is now."""
     state = _file_state(path)
     key = (path, state, backend, machine, defaults)
     hit = _cache.get(key)
@@ -171,4 +196,5 @@ def save_thresholds(backend, thresholds, machine, meta=None, path=None):
                       "meta": meta or {}}
     path.write_text(json.dumps({"format": FORMAT, "backends": table},
                                indent=2, sort_keys=True))
+    _recent.clear()
     return path

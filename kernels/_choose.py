@@ -431,7 +431,21 @@ def choose_algorithm(x_shape, w_shape, stride=(1, 1), padding=(0, 0, 0, 0),
 
 def choose_for_spec(spec, backend):
     """:func:`choose_algorithm` for a :class:`ConvSpec` (the front ends')."""
-    return _cached_choice(spec.config(), backend, _thresholds_in_force(backend))
+    thresholds = _thresholds_in_force(backend)
+    # The thresholds are the same object while nothing changed: one
+    # identity test instead of hashing their ~40 items for the lru cache.
+    recent = _recent_choices.get((spec, backend))
+    if recent is not None and recent[0] is thresholds:
+        return recent[1]
+    algorithm = _cached_choice(spec.config(), backend, thresholds)
+    if len(_recent_choices) >= 4096:
+        _recent_choices.clear()
+    _recent_choices[spec, backend] = (thresholds, algorithm)
+    return algorithm
+
+
+# (spec, backend) -> (thresholds, choice) of the last time it was asked.
+_recent_choices = {}
 
 
 def _candidates_or_raise(spec, backend):

@@ -278,10 +278,20 @@ def unregister_backend(name):
 
 def backend_tuning(backend):
     """The backend's ``_tuning`` module, or None when it has none."""
+    try:
+        return _tunings[backend]
+    except (KeyError, TypeError):
+        pass
     name = f"{_BACKEND_PACKAGES[check_backend(backend)]}._tuning"
-    if _find(name):
-        return importlib.import_module(name)
-    return None
+    tuning = importlib.import_module(name) if _find(name) else None
+    _tunings[backend] = tuning
+    return tuning
+
+
+# backend -> its _tuning module or None: "auto" asks on every call, and
+# ``import_module`` after a kernel took ~30 us of a ResNet-50 call at
+# batch 1 (docs/performance.md, section AH).
+_tunings = {}
 
 
 # --------------------------------------------------------------------------
@@ -329,6 +339,7 @@ def reload_registry():
     or a backend's files in a running process."""
     _loaded.clear()
     _import_errors.clear()
+    _tunings.clear()
     _find.cache_clear()
 
 

@@ -594,6 +594,52 @@ def test_a_format_2_calibration_file_is_ignored_with_a_warning(
         assert thresholds("cpu") == default_thresholds("cpu")
 
 
+def _fc_layer_choice():
+    """``auto``'s pick for a fully connected layer that ``T`` sends to
+    im2col and ``T`` with a larger ``direct_max_macs_fc`` keeps direct."""
+    return kernels.choose_algorithm((32, 256, 1, 1), (4096, 256, 1, 1))
+
+
+def _write_calibration(path, table):
+    # As another process would: straight to the file, not save_thresholds.
+    from kernels._choose import machine_key
+    path.write_text(json.dumps({"format": 3, "backends": {"cpu": {
+        "machine": machine_key("cpu"), "thresholds": table, "meta": {}}}}))
+
+
+@pytest.mark.skipif(not {"direct", "im2col"} <= set(BUILT),
+                    reason="needs direct and im2col")
+def test_a_saved_calibration_decides_the_next_choice(monkeypatch, tmp_path):
+    from kernels._calibration import save_thresholds
+    from kernels._choose import machine_key
+    path = tmp_path / "cal.json"
+    monkeypatch.setenv("CONVBENCH_CALIBRATION", str(path))
+    save_thresholds("cpu", T, machine_key("cpu"))
+    assert _fc_layer_choice() == "im2col"
+    save_thresholds("cpu", dict(T, direct_max_macs_fc=1e15), machine_key("cpu"))
+    assert _fc_layer_choice() == "direct"
+
+
+@pytest.mark.skipif(not {"direct", "im2col"} <= set(BUILT),
+                    reason="needs direct and im2col")
+def test_a_calibration_rewritten_elsewhere_is_seen_after_the_recheck_time(
+        monkeypatch, tmp_path):
+    from kernels import _calibration
+    path = tmp_path / "cal.json"
+    monkeypatch.setenv("CONVBENCH_CALIBRATION", str(path))
+    _write_calibration(path, T)
+    assert _fc_layer_choice() == "im2col"
+    _write_calibration(path, dict(T, direct_max_macs_fc=1e15))
+    later = _calibration.time.monotonic() + _calibration.RECHECK_SECONDS + 1
+    monkeypatch.setattr(_calibration.time, "monotonic", lambda: later)
+    assert _fc_layer_choice() == "direct"
+    # A new path is read at once, whatever the time.
+    other = tmp_path / "other.json"
+    _write_calibration(other, T)
+    monkeypatch.setenv("CONVBENCH_CALIBRATION", str(other))
+    assert _fc_layer_choice() == "im2col"
+
+
 # --------------------------------------------------------------------------
 # Calibration: what it could not pin down (synthetic times)
 # --------------------------------------------------------------------------
