@@ -133,6 +133,42 @@ def test_pack_input_holds_every_input_element_once_plus_zeros():
     np.testing.assert_array_equal(packed.reshape(expected.shape), expected)
 
 
+def _polyphase_reference(x, pad_top, pad_left, sh, sw, hq, wq):
+    """pack_input's layout from its definition: out[n, c, ph, pw, i, j] =
+    x[n, c, i*sh + ph - pad_top, j*sw + pw - pad_left], zero outside x."""
+    n_img, c_total, h, w = x.shape
+    out = np.zeros((n_img, c_total, sh, sw, hq, wq), x.dtype)
+    for ph in range(sh):
+        for pw in range(sw):
+            for i in range(hq):
+                r = i * sh + ph - pad_top
+                if not 0 <= r < h:
+                    continue
+                for j in range(wq):
+                    col = j * sw + pw - pad_left
+                    if 0 <= col < w:
+                        out[:, :, ph, pw, i, j] = x[:, :, r, col]
+    return out.reshape(-1)
+
+
+@pytest.mark.parametrize("sh, sw", [(1, 1), (2, 2), (1, 2), (2, 1), (3, 3),
+                                    (2, 3)])
+@pytest.mark.parametrize("pad_top, pad_left", [(0, 0), (1, 1), (2, 3)])
+@pytest.mark.parametrize("h, w, hq, wq", [(7, 9, 5, 6), (6, 8, 4, 4),
+                                          (3, 5, 6, 9), (9, 30, 3, 2)])
+def test_pack_input_fills_every_element_by_its_definition(
+        sh, sw, pad_top, pad_left, h, w, hq, wq):
+    """Every packed element, padding and phases past the input included
+    (the packing of whole planes, both column phases of stride 2 in one
+    loop); 70 planes, more than one packing task."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 35, h, w)).astype(np.float32)
+    packed = direct.pack_input(x, pad_top, pad_left, sh, sw, hq, wq, 3)
+    want = _polyphase_reference(x, pad_top, pad_left, sh, sw, hq, wq)
+    np.testing.assert_array_equal(packed[:want.size], want)
+    assert (packed[want.size:] == 0).all()
+
+
 def test_pack_input_long_rows_are_packed_in_pieces():
     """Rows longer than one packing piece (1-D signals) are filled piecewise."""
     n = 2 * _direct_packing._PACK_PIECE + 123
