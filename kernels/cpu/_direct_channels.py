@@ -79,8 +79,14 @@ COLS, NVEC = (14, 2) if VECTOR_BITS == 512 else (6, 2)
 # against the pixel tile (ratios, batch 1 / 4): none 64@56^2 1.11 / 1.04,
 # 128@28^2 1.10 / 1.12, 256@14^2 0.95 / 1.07; 4 ahead 1.10 / 1.14, 1.08 /
 # 1.17, 0.94 / 1.10; 8 ahead 1.15 / 1.14, 1.22 / 1.20, 0.97 / 1.12.
+# 24 ahead since strided layers run this tile (a channel's input is four
+# phase planes, 2.7 channels ahead is one phase set): ms 8 -> 24, inputs
+# and filters rotated, two runs (docs/performance.md section AH): 3x3/2
+# 128@56^2 1.22-1.26 -> 1.11-1.12, 256@28^2 1.17-1.23 -> 1.08-1.09,
+# 64@112^2 1.56-1.60 -> 1.25-1.27; stride-1 layers and VGG-16's within
+# 2 %.
 PREFETCH_TAPS = 32
-X_PREFETCH_TAPS = 8
+X_PREFETCH_TAPS = 24
 
 # Rows are covered by overlapping segments only where at least this share
 # of the computed outputs is distinct.
