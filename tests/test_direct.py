@@ -156,13 +156,14 @@ def _polyphase_reference(x, pad_top, pad_left, sh, sw, hq, wq):
 @pytest.mark.parametrize("pad_top, pad_left", [(0, 0), (1, 1), (2, 3)])
 @pytest.mark.parametrize("h, w, hq, wq", [(7, 9, 5, 6), (6, 8, 4, 4),
                                           (3, 5, 6, 9), (9, 30, 3, 2)])
+@pytest.mark.parametrize("planes", [(2, 35), (1, 1)])
 def test_pack_input_fills_every_element_by_its_definition(
-        sh, sw, pad_top, pad_left, h, w, hq, wq):
-    """Every packed element, padding and phases past the input included
-    (the packing of whole planes, both column phases of stride 2 in one
-    loop); 70 planes, more than one packing task."""
+        sh, sw, pad_top, pad_left, h, w, hq, wq, planes):
+    """Every packed element, padding and phases past the input included:
+    70 planes (whole planes per task, both column phases of stride 2 in
+    one loop, several tasks) and a single plane (runs of rows)."""
     rng = np.random.default_rng(7)
-    x = rng.standard_normal((2, 35, h, w)).astype(np.float32)
+    x = rng.standard_normal(planes + (h, w)).astype(np.float32)
     packed = direct.pack_input(x, pad_top, pad_left, sh, sw, hq, wq, 3)
     want = _polyphase_reference(x, pad_top, pad_left, sh, sw, hq, wq)
     np.testing.assert_array_equal(packed[:want.size], want)

@@ -23,6 +23,10 @@ __all__ = ["packed_geometry", "tap_offsets", "packed_size", "pack_into",
 # Packed input rows are filled in pieces of at most this many elements, so
 # that a long 1-D signal is packed by all threads.
 _PACK_PIECE = 16384
+# Whole input planes are packing tasks where there are at least this many
+# planes; a single plane (one channel, batch 1) is packed by runs of rows,
+# so that every thread takes part.
+_MIN_PLANE_TASKS = 2
 
 
 @njit(cache=True)
@@ -190,6 +194,14 @@ def pack_into(x, pad_top, pad_left, sh, sw, hq, wq, out):
             _pack_row(x_flat, h, w, out, task // pieces, j_lo,
                       min(wq, j_lo + _PACK_PIECE), pad_top, pad_left, sh, sw,
                       hq, wq)
+    elif x.shape[0] * x.shape[1] < _MIN_PLANE_TASKS:
+        # one plane: tasks are runs of rows
+        rows_per_task = _PACK_PIECE // wq
+        for task in prange((n_rows + rows_per_task - 1) // rows_per_task):
+            for row in range(task * rows_per_task,
+                             min(n_rows, (task + 1) * rows_per_task)):
+                _pack_row(x_flat, h, w, out, row, 0, wq, pad_top, pad_left,
+                          sh, sw, hq, wq)
     else:
         # short rows: tasks are runs of whole input planes
         planes = x.shape[0] * x.shape[1]
