@@ -341,6 +341,7 @@ def reload_registry():
     _import_errors.clear()
     _tunings.clear()
     _find.cache_clear()
+    importlib.invalidate_caches()     # files added since the last import
 
 
 @functools.lru_cache(maxsize=None)

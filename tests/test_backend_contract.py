@@ -93,6 +93,18 @@ def test_a_registered_backend_serves_the_public_api(fake_backend):
         kernels.conv2d(x, w, backend="nonesuch")
 
 
+def test_a_tuning_module_added_at_run_time_counts_after_reload(fake_backend):
+    # "auto" looks the backend's _tuning module up once; reload_registry,
+    # documented for changed backend files, must forget it.
+    from kernels._choose import NEUTRAL_THRESHOLDS, thresholds
+    name, _, directory = fake_backend
+    assert thresholds(name) == dict(NEUTRAL_THRESHOLDS)
+    (Path(directory) / "fakebackend" / "_tuning.py").write_text(
+        "AUTO_THRESHOLDS = {'direct_max_macs': 123.0}\n")
+    _dispatch.reload_registry()
+    assert thresholds(name)["direct_max_macs"] == 123.0
+
+
 def test_the_property_suite_passes_on_a_backend_written_from_the_contract(
         fake_backend):
     name, package, directory = fake_backend
