@@ -29,10 +29,11 @@ apart) instead of packed strips, the same kernel got 39-105.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import carray, njit, prange
+from numba.extending import intrinsic
 
 from ._panel_gemm import first_tile_at
-from .direct import TILE_VECTORS, tile_columns
+from .direct import TILE_VECTORS, stack_tile, tile_columns
 
 __all__ = ["TILE_ROWS", "strip_width", "pack", "packed_weights",
            "tuple_gemm", "block_gemm"]
@@ -77,6 +78,14 @@ def packed_weights(transformed, group):
 
 # One register tile's vectors of lanes (a strip's width).
 _VECTORS = (0,) * TILE_VECTORS
+
+
+@intrinsic
+def _tile_buffer(typingctx, x):
+    """Pointer to a stack buffer of TILE_ROWS x a strip's width (the
+    tiles of a last, narrower strip pass through it): no allocation per
+    job or block."""
+    return stack_tile(x, TILE_ROWS)
 
 
 @njit(cache=True, inline="always")
@@ -142,7 +151,7 @@ def _tuple_gemm_kernel(v, up, mm, chunk):
         p = job // (strips * chunks)
         strip = (job // chunks) % strips
         t_lo = (job % chunks) * chunk
-        acc = np.empty(TILE_ROWS * width, v.dtype)
+        acc = carray(_tile_buffer(vf), (TILE_ROWS * width,))
         _strip_product(vf, uf, strips, width, mm, mf, p, strip, t_lo,
                        min(n_tiles, t_lo + chunk), c, acc)
 
@@ -170,7 +179,7 @@ def block_gemm(v, up, mm):
     uf = up.reshape(up.size)
     mf = mm.reshape(mm.size)
     strips, width = up.shape[1], up.shape[3]
-    acc = np.empty(TILE_ROWS * width, v.dtype)
+    acc = carray(_tile_buffer(vf), (TILE_ROWS * width,))
     for p in range(n_planes):
         for strip in range(strips):
             _strip_product(vf, uf, strips, width, mm, mf, p, strip, 0,
