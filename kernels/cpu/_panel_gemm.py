@@ -380,6 +380,18 @@ def _prefetch_panel_part(rows, start, ld, steps, width, part, parts):
 
 
 @njit(cache=True, inline="always")
+def _prefetch_slice_part(b, start, length, part, parts):
+    """Ask for part ``part`` of ``parts`` of ``b[start : start + length]``
+    (a panel's slice in the gathered panels, contiguous), one request per
+    cache line: spread over the tiles of the slice before it, as
+    :func:`_prefetch_panel_part` does for a row-major B."""
+    line = LINE_BYTES // b.itemsize
+    lines = (length + line - 1) // line
+    for q in range(part * lines // parts, (part + 1) * lines // parts):
+        prefetch_at(b, start + q * line)
+
+
+@njit(cache=True, inline="always")
 def _prefetch_tile_rows(af, a0, rows, depth, steps):
     """Ask for ``af[a0 + q depth : + steps]``, ``q < rows`` (a register
     tile's block of A), one request per cache line: the next tile's
@@ -525,6 +537,10 @@ def _panel_gemm_kernel(a, tile_m0, tile_rows, b, rows, rows_off, rows_ld,
                             + next_p * panel, rows_ld, next_steps,
                             min(panel, cols - next_p * panel), t - t_lo,
                             t_hi - t_lo)
+                    elif next_steps > 0:
+                        _prefetch_slice_part(
+                            b, (next_p * groups * depth + g * depth + next_d0)
+                            * panel, next_steps * panel, t - t_lo, t_hi - t_lo)
                     a0 = (g * m_total + tile_m0[t]) * depth + d0
                     if p == p_lo and t + 1 < t_hi:
                         _prefetch_tile_rows(af, a0 + tile_rows[t] * depth,
