@@ -77,7 +77,8 @@ from . import geometry
 from ._validation import (ALGORITHMS, BACKENDS,
                           UnsupportedConfiguration)
 
-__all__ = ["ConvSpec", "TransposeSpec", "PoolSpec", "Kernel", "MODULES",
+__all__ = ["ConvSpec", "TransposeSpec", "PoolSpec", "Kernel", "NonFiniteInput",
+           "MODULES",
            "POOLING_OPS", "load", "find", "is_built", "built_algorithms",
            "unsupported_reason", "require_supported", "backends",
            "register_backend", "unregister_backend", "check_backend",
@@ -300,16 +301,28 @@ _tunings = {}
 
 @dataclass(frozen=True)
 class Kernel:
-    """An entry point and its applicability rule (see the module docstring)."""
+    """An entry point and its applicability rule (see the module docstring).
+
+    ``checks_finite_input``: ``run`` itself raises :class:`NonFiniteInput`,
+    before it returns anything, when its input ``x`` holds NaN or Inf (it
+    sees every element while packing it), so that the front end need not
+    pass over ``x`` first (see :func:`kernels._conv.run_conv2d`).
+    """
 
     run: Callable
     unsupported_reason: Optional[Callable] = None
+    checks_finite_input: bool = False
 
     def reason(self, spec):
         """None when ``run`` can compute ``spec``, else why not."""
         if self.unsupported_reason is None:
             return None
         return self.unsupported_reason(spec)
+
+
+class NonFiniteInput(Exception):
+    """Raised by a kernel with ``checks_finite_input`` when ``x`` holds NaN
+    or Inf; the front end then computes the problem with ``direct``."""
 
 
 POOLING_OPS = ("max_pool2d", "max_pool2d_with_indices", "max_pool2d_backward",

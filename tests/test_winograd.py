@@ -523,11 +523,54 @@ def test_padded_channels_last_copy(hw, dtype):
     strided = rng.standard_normal((2, 5, hw[0], 2 * hw[1])).astype(dtype)[..., ::2]
     top, left, rows, cols = 2, 1, hw[0] + 5, hw[1] + 4
     for x in (contiguous, strided):
-        xp = impl._padded_channels_last(x, (1, 3), top, left, rows, cols)
+        xp, finite = impl._padded_channels_last(x, (1, 3), top, left, rows, cols)
         expected = np.zeros((2, rows, cols, 3), dtype)
         expected[:, top:top + hw[0], left:left + hw[1]] = (
             x[:, 1:4].transpose(0, 2, 3, 1))
         np.testing.assert_array_equal(xp, expected)
+        assert finite is True
+
+
+@pytest.mark.parametrize("hw", [(32, 32), (31, 33)])
+@pytest.mark.parametrize("special", [np.nan, np.inf, -np.inf])
+def test_padded_channels_last_copy_sees_non_finite_input(hw, special):
+    """The copies report NaN/Inf in the channels they copy (anywhere: first
+    and last element of a plane, any image), and only there."""
+    rng = np.random.default_rng(22)
+    base = rng.standard_normal((2, 5) + hw).astype(np.float32)
+    rows, cols = hw[0] + 5, hw[1] + 4
+    for where, seen in [((0, 1, 0, 0), True), ((1, 3, -1, -1), True),
+                        ((1, 2, hw[0] // 2, 7), True), ((0, 0, 3, 3), False),
+                        ((1, 4, 0, 0), False)]:
+        contiguous = base.copy()
+        contiguous[where] = special
+        strided = np.repeat(contiguous, 2, axis=3)[..., ::2]
+        for x in (contiguous, strided):
+            _, finite = impl._padded_channels_last(x, (1, 3), 2, 1, rows, cols)
+            assert finite is not seen, where
+
+
+def test_front_end_leaves_the_finiteness_of_x_to_the_winograd_kernel(monkeypatch):
+    """The CPU Winograd kernel checks x while packing it: the front end
+    makes no pass of its own over x, and x with NaN in one group's channels
+    only still goes to direct (the same bits)."""
+    from kernels import _arrays
+    rng = np.random.default_rng(23)
+    x = rng.standard_normal((2, 8, 10, 10)).astype(np.float32)
+    w = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)
+    kernels.conv2d(x, w, padding=1, groups=2, algorithm="winograd")   # cached w
+    x_bad = x.copy()
+    x_bad[1, 6, 9, 9] = np.nan                  # the second group's channels
+    direct = kernels.conv2d(x_bad, w, padding=1, groups=2, algorithm="direct")
+    checked = []
+    real = _arrays.all_finite
+    monkeypatch.setattr(_arrays, "all_finite",
+                        lambda a: checked.append(a.shape) or real(a))
+    y = kernels.conv2d(x, w, padding=1, groups=2, algorithm="winograd")
+    assert_within_bound("winograd", y, x, w, padding=1, groups=2)
+    y_bad = kernels.conv2d(x_bad, w, padding=1, groups=2, algorithm="winograd")
+    np.testing.assert_array_equal(y_bad, direct)
+    assert x.shape not in checked
 
 
 @pytest.mark.parametrize("path", ["fused", "staged"])

@@ -51,7 +51,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 from numba import njit, prange
 
-from .._dispatch import Kernel
+from .._dispatch import Kernel, NonFiniteInput
 from .._weight_cache import transformed_weights
 from .._winograd_math import (Tile, TransformedWeights, requested_tile,
                               tile_counts, tile_for, transform_matrices,
@@ -249,9 +249,11 @@ def _run_blocks(mode, tile, dtype, n_img, tiles_hw, blocks, nk=0, xp=None,
 # --------------------------------------------------------------------------
 
 def _padded_channels_last(x, channels, top, left, rows, cols):
-    """Channels ``c0 .. c0 + nc - 1`` of x as (N, rows, cols, nc), x placed
-    at (top, left) and zeros around it: the zero padding plus the overhang
-    of partial edge tiles.  Channels innermost let the transforms run as
+    """(xp, finite): channels ``c0 .. c0 + nc - 1`` of x as (N, rows, cols,
+    nc), x placed at (top, left) and zeros around it: the zero padding plus
+    the overhang of partial edge tiles; and whether those channels of x
+    hold no NaN or Inf (seen while copying them, which spares the front end
+    a pass over x).  Channels innermost let the transforms run as
     unit-stride vector loops.  The result lives in the thread's workspace
     until the next call."""
     c0, nc = channels
@@ -259,16 +261,16 @@ def _padded_channels_last(x, channels, top, left, rows, cols):
     xp = _workspace.get("xp", (n_img, rows, cols, nc), x.dtype)
     if x.strides[3] == x.itemsize and x.strides[2] == W * x.itemsize:
         if x.strides[1] % _ALIASING_BYTES == 0:
-            _channels_last_rows(x, c0, top, left, xp)
+            finite = _channels_last_rows(x, c0, top, left, xp)
         else:
-            _channels_last_columns(x, c0, top, left, xp)
-        return xp
+            finite = _channels_last_columns(x, c0, top, left, xp)
+        return xp, finite
     xp[:, :top] = 0
     xp[:, top + H:] = 0
     xp[:, top:top + H, :left] = 0
     xp[:, top:top + H, left + W:] = 0
     xp[:, top:top + H, left:left + W] = x[:, c0:c0 + nc].transpose(0, 2, 3, 1)
-    return xp
+    return xp, bool(np.isfinite(xp).all())
 
 
 # Input planes whose stride is a multiple of this many bytes (power-of-two
@@ -303,13 +305,27 @@ def _padded_row(x, xp, job, top, left):
     return n, h, dst
 
 
+@njit(cache=True, inline="always")
+def _row_is_finite(dst):
+    """Whether a padded row (cols, nc), just written and still in L1,
+    holds no NaN or Inf: one pass of compares ORed together (an integer
+    reduction, which LLVM vectorises without fast-math)."""
+    flat = dst.reshape(dst.size)
+    bad = False
+    for e in range(flat.size):
+        bad |= not (abs(flat[e]) < np.inf)
+    return not bad
+
+
 @njit(parallel=True, cache=True)
 def _channels_last_columns(x, c0, top, left, xp):
     """xp[n, top + h, left + w, c] = x[n, c0 + c, h, w], zeros around it;
     one job per padded row, each writing one output column (all channels
-    of one pixel, unit stride) at a time."""
+    of one pixel, unit stride) at a time.  Returns whether those elements
+    of x are all finite."""
     n_img, rows, _, nc = xp.shape
     W = x.shape[3]
+    finite = np.ones(n_img * rows, np.bool_)
     for job in prange(n_img * rows):
         n, h, dst = _padded_row(x, xp, job, top, left)
         if h < 0:
@@ -319,14 +335,18 @@ def _channels_last_columns(x, c0, top, left, xp):
             column = dst[left + w]
             for c in range(nc):
                 column[c] = planes[c, w]
+        finite[job] = _row_is_finite(dst)
+    return finite.all()
 
 
 @njit(parallel=True, cache=True)
 def _channels_last_rows(x, c0, top, left, xp):
     """xp[n, top + h, left + w, c] = x[n, c0 + c, h, w], zeros around it;
-    one job per padded row, each reading whole rows of the planes."""
+    one job per padded row, each reading whole rows of the planes.
+    Returns whether those elements of x are all finite."""
     n_img, rows, _, nc = xp.shape
     W = x.shape[3]
+    finite = np.ones(n_img * rows, np.bool_)
     for job in prange(n_img * rows):
         n, h, dst = _padded_row(x, xp, job, top, left)
         if h < 0:
@@ -335,6 +355,8 @@ def _channels_last_rows(x, c0, top, left, xp):
             src = x[n, c0 + c, h]
             for w in range(W):
                 dst[left + w, c] = src[w]
+        finite[job] = _row_is_finite(dst)
+    return finite.all()
 
 
 def transform_input(x, tile, padding, out_hw, channels=None, out=None,
@@ -371,14 +393,15 @@ def transform_input(x, tile, padding, out_hw, channels=None, out=None,
                         n_img * tiles_hw[0] * tiles_hw[1], nc), x.dtype)
     blocks = _input_blocks(tile, tiles_hw, n_img, nc, x.itemsize,
                            _winograd_tuning(tuning))
-    return _input_stage(x, tile, padding, channels, tiles_hw, blocks, out)
+    xp, _ = _padded_channels_last(x, channels, padding[0], padding[2],
+                                  *_padded_hw(tile, tiles_hw))
+    return _input_stage(xp, tile, tiles_hw, blocks, out)
 
 
-def _input_stage(x, tile, padding, channels, tiles_hw, blocks, out):
-    """:func:`transform_input` with its tile counts and blocks worked out."""
-    xp = _padded_channels_last(x, channels, padding[0], padding[2],
-                               *_padded_hw(tile, tiles_hw))
-    _run_blocks(INPUT_ONLY, tile, x.dtype, x.shape[0], tiles_hw, blocks,
+def _input_stage(xp, tile, tiles_hw, blocks, out):
+    """:func:`transform_input` of the padded channels-last input ``xp``,
+    with its tile counts and blocks worked out."""
+    _run_blocks(INPUT_ONLY, tile, xp.dtype, xp.shape[0], tiles_hw, blocks,
                 xp=xp, v=out)
     return out
 
@@ -601,7 +624,7 @@ def _layout(tile, x_shape, cg, kg, padding, itemsize, tuning, path, threads):
 
 
 def conv2d_transformed(x, transformed, bias, padding, path=None,
-                       tuning=None):
+                       tuning=None, check_finite=False):
     """Stride-1 convolution of x with already transformed weights.
 
     ``path`` is ``"fused"`` (all stages per cache-sized block of tiles),
@@ -609,6 +632,8 @@ def conv2d_transformed(x, transformed, bias, padding, path=None,
     GEMMs, output transform) or None (fused when the blocks are big enough,
     see ``_fused_blocks``).  Groups run one after another.  ``tuning`` is
     a WinogradTuning (default ``_tuning.current().winograd``).
+    ``check_finite``: raise :class:`kernels._dispatch.NonFiniteInput` when
+    x holds NaN or Inf (found while packing it, before any transform).
     Returns (N, K, Ho, Wo) of x's dtype.
     """
     tuning = _winograd_tuning(tuning)
@@ -623,9 +648,13 @@ def conv2d_transformed(x, transformed, bias, padding, path=None,
     n_planes = tile.alpha_h * tile.alpha_w
     n_tiles = n_img * layout.tiles_hw[0] * layout.tiles_hw[1]
     for g in range(groups):
+        xp, finite = _padded_channels_last(x, (g * cg, cg), padding[0],
+                                           padding[2],
+                                           *_padded_hw(tile, layout.tiles_hw))
+        if check_finite and not finite:
+            raise NonFiniteInput("x holds NaN or Inf")
         if layout.fused_blocks is None:
-            V = _input_stage(x, tile, padding, (g * cg, cg), layout.tiles_hw,
-                             layout.input_blocks,
+            V = _input_stage(xp, tile, layout.tiles_hw, layout.input_blocks,
                              _workspace.get("V", (n_planes, n_tiles, cg), x.dtype))
             M = tuple_gemm(V, transformed.U[g],
                            out=_workspace.get("M", (n_planes, n_tiles, kg), x.dtype),
@@ -634,8 +663,6 @@ def conv2d_transformed(x, transformed, bias, padding, path=None,
                         layout.output_blocks, nk=kg, mm=M, y=y, bias=bias,
                         k0=g * kg)
             continue
-        xp = _padded_channels_last(x, (g * cg, cg), padding[0], padding[2],
-                                   *_padded_hw(tile, layout.tiles_hw))
         _run_blocks(FUSED, tile, x.dtype, n_img, layout.tiles_hw,
                     layout.fused_blocks, nk=kg, xp=xp,
                     up=packed_weights(transformed, g), y=y, bias=bias, k0=g * kg)
@@ -645,14 +672,14 @@ def conv2d_transformed(x, transformed, bias, padding, path=None,
     return y
 
 
-def conv2d(x, w, bias, stride, padding, dilation, groups):
+def conv2d(x, w, bias, stride, padding, dilation, groups, check_finite=False):
     """Winograd convolution (behind ``KERNELS[("conv2d", "winograd")]``).
 
     The tile is the one requested with :func:`use_tile`, else
     :func:`tile_for_problem`'s.  Transformed weights are kept in the
     shared :data:`kernels._weight_cache.transformed_weights` (kind
     ``"winograd"``, key (tile, groups)).  The tunables in force are read
-    once, here.
+    once, here.  ``check_finite`` as :func:`conv2d_transformed`.
     """
     tuning = _tuning.current().winograd
     reason, tile = _problem_tile(tuple(x.shape), tuple(w.shape), tuple(stride),
@@ -663,7 +690,8 @@ def conv2d(x, w, bias, stride, padding, dilation, groups):
     transformed = transformed_weights.get(
         w, "winograd", (tile, groups),
         lambda own: transform_weights(own, tile, groups))
-    return conv2d_transformed(x, transformed, bias, padding, tuning=tuning)
+    return conv2d_transformed(x, transformed, bias, padding, tuning=tuning,
+                              check_finite=check_finite)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -688,8 +716,9 @@ def _problem_tile(x_shape, w_shape, stride, padding, dilation, groups,
 # --------------------------------------------------------------------------
 
 def _run(spec, x, w, bias):
+    # x's finiteness is checked while it is packed (checks_finite_input).
     return conv2d(x, w, bias, spec.stride, spec.padding, spec.dilation,
-                  spec.groups)
+                  spec.groups, check_finite=True)
 
 
 def _unsupported(spec):
@@ -701,7 +730,8 @@ def _run_pretransformed(spec, x, transformed, bias):
 
 
 KERNELS = {
-    ("conv2d", "winograd"): Kernel(_run, _unsupported),
+    ("conv2d", "winograd"): Kernel(_run, _unsupported,
+                                   checks_finite_input=True),
     ("winograd_transform_weights", "winograd"): Kernel(transform_weights),
     ("conv2d_pretransformed", "winograd"): Kernel(_run_pretransformed),
     ("winograd_clear_workspace", "winograd"): Kernel(clear_workspace),
