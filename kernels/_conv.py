@@ -254,16 +254,24 @@ def run_conv2d(spec, x, w, bias, algorithm, backend):
     # filter is checked after the run, where the weight cache has its
     # finiteness on record (a pass over the filter saved on every call); a
     # non-finite filter (rare) costs one run more.
-    if kernel.checks_finite_input or _arrays.all_finite(x):
-        try:
-            with transformed_weights.watch() as fetched:
-                y = kernel.run(spec, x, w, bias)
-        except _dispatch.NonFiniteInput:
-            pass
-        else:
-            if fetched.finite if fetched.fetched else _arrays.all_finite(w):
-                return y
+    with transformed_weights.watch() as fetched:
+        y = run_if_finite(kernel, x, spec, x, w, bias)
+    if y is not None and (fetched.finite if fetched.fetched
+                          else _arrays.all_finite(w)):
+        return y
     return _dispatch.load("conv2d", backend, "direct").run(spec, x, w, bias)
+
+
+def run_if_finite(kernel, x, *args):
+    """``kernel.run(*args)``, or None when ``x`` holds NaN or Inf: found by
+    the kernel itself where it says so (``checks_finite_input``), else by a
+    pass over ``x`` first."""
+    if not (kernel.checks_finite_input or _arrays.all_finite(x)):
+        return None
+    try:
+        return kernel.run(*args)
+    except _dispatch.NonFiniteInput:
+        return None
 
 
 _CONV_DOC = """{dim}-D convolution (cross-correlation) of a batch, as ``torch.nn.functional.conv{nd}d``.
@@ -522,6 +530,7 @@ def convolve(in1, in2, mode="full", method="auto", backend="cpu"):
 
 
 __all__ = ["conv1d", "conv2d", "correlate", "convolve", "run_conv2d",
+           "run_if_finite",
            # for kernels.dask, which validates the same arguments:
            "ConvArgs", "conv_problem", "check_padding_mode", "NUMPY_PAD_MODE",
            "real_numeric", "scipy_result_dtype", "scipy_pads"]

@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _arrays, _dispatch
-from ._conv import run_conv2d
+from ._conv import run_conv2d, run_if_finite
 from ._dispatch import ConvSpec
 from ._validation import (UnsupportedConfiguration,
                           check_ndim, check_same_dtype, normalise_padding)
@@ -185,12 +185,14 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=None, *,
     padding4 = pads[0] + pads[1]
     spec = ConvSpec(tuple(x.shape), tuple(w.w_shape), (1, 1), padding4, (1, 1),
                     w.groups, x.dtype)
-    if 0 in x.shape or not _arrays.all_finite(x):
+    y = None
+    if 0 not in x.shape:
+        kernel = _dispatch.load("conv2d_pretransformed", backend, "winograd")
+        x_run = _arrays.contiguous(x)
+        y = run_if_finite(kernel, x_run, spec, x_run, w, bias)
+    if y is None:
         # The front-end's handling: empty results, non-finite input to direct.
         y = run_conv2d(spec, x, w.weights, bias, "winograd", backend)
-    else:
-        kernel = _dispatch.load("conv2d_pretransformed", backend, "winograd")
-        y = kernel.run(spec, _arrays.contiguous(x), w, bias)
     return y[0] if unbatched else y
 
 

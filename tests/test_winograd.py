@@ -573,6 +573,29 @@ def test_front_end_leaves_the_finiteness_of_x_to_the_winograd_kernel(monkeypatch
     assert x.shape not in checked
 
 
+def test_pretransformed_path_leaves_the_finiteness_of_x_to_the_kernel(monkeypatch):
+    """``kernels.winograd.conv2d`` with transformed weights makes no pass of
+    its own over x either; NaN/Inf in x still gives direct's bits."""
+    from kernels import _arrays
+    rng = np.random.default_rng(24)
+    x = rng.standard_normal((2, 6, 9, 11)).astype(np.float32)
+    w = rng.standard_normal((5, 6, 3, 3)).astype(np.float32)
+    tw = winograd.transform_weights(w)
+    checked = []
+    real = _arrays.all_finite
+    monkeypatch.setattr(_arrays, "all_finite",
+                        lambda a: checked.append(a.shape) or real(a))
+    y = winograd.conv2d(x, tw, padding=1)
+    assert_within_bound("winograd", y, x, w, padding=1)
+    assert x.shape not in checked
+    for special in (np.nan, np.inf):
+        x_bad = x.copy()
+        x_bad[1, 4, 0, 10] = special
+        np.testing.assert_array_equal(
+            winograd.conv2d(x_bad, tw, padding=1),
+            kernels.conv2d(x_bad, w, padding=1, algorithm="direct"))
+
+
 @pytest.mark.parametrize("path", ["fused", "staged"])
 def test_conv2d_transformed_sets_padding_only_outputs_to_the_bias(path):
     """With U the transform of no filter, the outputs whose window is all

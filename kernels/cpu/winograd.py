@@ -726,13 +726,15 @@ def _unsupported(spec):
 
 
 def _run_pretransformed(spec, x, transformed, bias):
-    return conv2d_transformed(x, transformed, bias, spec.padding)
+    return conv2d_transformed(x, transformed, bias, spec.padding,
+                              check_finite=True)
 
 
 KERNELS = {
     ("conv2d", "winograd"): Kernel(_run, _unsupported,
                                    checks_finite_input=True),
     ("winograd_transform_weights", "winograd"): Kernel(transform_weights),
-    ("conv2d_pretransformed", "winograd"): Kernel(_run_pretransformed),
+    ("conv2d_pretransformed", "winograd"): Kernel(_run_pretransformed,
+                                                  checks_finite_input=True),
     ("winograd_clear_workspace", "winograd"): Kernel(clear_workspace),
 }
