@@ -156,6 +156,12 @@ class WeightTransformCache:
         if stack:
             stack[-1].note(finite)
 
+    def note_checked(self, finite):
+        """Tell the innermost open :meth:`watch` that a kernel read a
+        filter itself, without this cache, and found it finite or not (so
+        that the front end makes no pass of its own over the filter)."""
+        self._note(bool(finite))
+
     def get(self, w, kind, key, transform):
         """``transform(copy of w)``, or the stored result for these bits.
 

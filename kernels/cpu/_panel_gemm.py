@@ -42,7 +42,8 @@ from ._prefetch import LINE_BYTES, prefetch_at, prefetch_write_at
 from .direct import TILE_VECTORS, emit_fma_tile, tile_columns
 
 __all__ = ["matmul", "matmul_rows", "panel_width", "panel_width_of",
-           "buffer_size", "zero_padding", "first_tile_at"]
+           "buffer_size", "zero_padding", "first_tile_at", "panel_tile",
+           "last_tile_to"]
 
 # Rows of A per register tile: TILE_ROWS x TILE_VECTORS accumulators (12
 # of AVX2's 16 vector registers, 24 of AVX-512's 32).
@@ -216,8 +217,12 @@ def _last_tile_to(typingctx, tag, b, b0, b_step, a, a0, a_row, steps, c, c0,
     return sig, codegen
 
 
-# Winograd's tuple GEMMs (kernels/cpu/_winograd_gemm.py) run this tile too.
+# Winograd's tuple GEMMs (kernels/cpu/_winograd_gemm.py and, with its
+# sums kept in a buffer between blocks of the reduction,
+# _winograd_streamed.py) run these tiles too.
 first_tile_at = _first_tile_at
+panel_tile = _panel_tile
+last_tile_to = _last_tile_to
 
 
 @njit(cache=True, inline="always")

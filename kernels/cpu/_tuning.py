@@ -445,6 +445,12 @@ class WinogradTuning:
     min_gemm_rows: int = 32
     # ... or than this with a U above large_u_bytes.
     min_gemm_rows_large_u: int = 16
+    # A problem that runs staged with at most this many tiles in the batch
+    # transforms its filters inside the tuple GEMMs' jobs instead of using
+    # the weight cache (winograd._streams_filters) ...
+    streamed_max_tiles: int = 64
+    # ... a block of this many input channels at a time.
+    streamed_c_block: int = 32
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ from .._winograd_math import (Tile, TransformedWeights, requested_tile,
                               tile_counts, tile_for, transform_matrices,
                               unsupported_reason)
 from ..geometry import conv_output_size
-from . import _blas, _tuning, _winograd_gemm
+from . import _blas, _tuning, _winograd_gemm, _winograd_streamed
 from ._winograd_blocks import (block_of_job, block_shape, job_count,
                                output_step)
 from ._winograd_gemm import packed_weights
@@ -67,7 +67,8 @@ from ._workspace import Workspace
 # Tile, tile_counts, tile_for and packed_weights are re-exported for the
 # stage functions' callers (tests, benchmarks); unsupported_reason for
 # kernels._dispatch.
-__all__ = ["Tile", "clear_workspace", "conv2d", "conv2d_transformed",
+__all__ = ["Tile", "clear_workspace", "conv2d", "conv2d_streamed",
+           "conv2d_transformed",
            "packed_weights", "tile_counts", "tile_for", "tile_for_problem",
            "transform_input", "transform_kernel", "transform_output",
            "transform_weights", "tuple_gemm", "unsupported_reason"]
@@ -676,10 +677,12 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, check_finite=False):
     """Winograd convolution (behind ``KERNELS[("conv2d", "winograd")]``).
 
     The tile is the one requested with :func:`use_tile`, else
-    :func:`tile_for_problem`'s.  Transformed weights are kept in the
-    shared :data:`kernels._weight_cache.transformed_weights` (kind
-    ``"winograd"``, key (tile, groups)).  The tunables in force are read
-    once, here.  ``check_finite`` as :func:`conv2d_transformed`.
+    :func:`tile_for_problem`'s.  Deep layers with few tiles transform
+    their filters inside the tuple GEMMs (:func:`conv2d_streamed`, the
+    rule in :func:`_streams_filters`); the others keep transformed
+    weights in the shared :data:`kernels._weight_cache.transformed_weights`
+    (kind ``"winograd"``, key (tile, groups)).  The tunables in force are
+    read once, here.  ``check_finite`` as :func:`conv2d_transformed`.
     """
     tuning = _tuning.current().winograd
     reason, tile = _problem_tile(tuple(x.shape), tuple(w.shape), tuple(stride),
@@ -687,11 +690,88 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, check_finite=False):
                                  x.itemsize, tuning, requested_tile())
     if reason is not None:
         raise ValueError(reason)
+    if _streams_filters(tile, tuple(x.shape), tuple(w.shape), groups,
+                        tuple(padding), x.itemsize, tuning,
+                        _tuning.block_shape_threads()):
+        return conv2d_streamed(x, w, bias, padding, groups, tile, tuning,
+                               check_finite)
     transformed = transformed_weights.get(
         w, "winograd", (tile, groups),
         lambda own: transform_weights(own, tile, groups))
     return conv2d_transformed(x, transformed, bias, padding, tuning=tuning,
                               check_finite=check_finite)
+
+
+@functools.lru_cache(maxsize=1024)
+def _streams_filters(tile, x_shape, w_shape, groups, padding, itemsize, tuning,
+                     threads):
+    """Whether a problem transforms its filters inside the tuple GEMMs
+    (:func:`conv2d_streamed`): a tile that path computes, whole strips of
+    output channels per group, a problem the cached path would run staged
+    (its U too large to stream through every block of tiles) and at most
+    ``tuning.streamed_max_tiles`` tiles in the batch, so that each U
+    element the cached path would read from memory serves few tiles.
+
+    With caches cold, as between a network's layers (Xeon VM, 2 threads,
+    512@7^2 x 4, F(4,3)): the cached path compared the filter with its
+    copy in 0.71 ms and ran its GEMMs in 1.74 (U, 38 MB, from memory);
+    the streamed GEMMs, transforms included, took 2.07 (section AJ of
+    docs/performance.md).  Kept per problem like :func:`_layout`."""
+    kg, cg = w_shape[0] // groups, w_shape[1]
+    if (not _winograd_streamed.streams(tile)
+            or kg % _winograd_streamed.strip_width(np.dtype(f"f{itemsize}"))):
+        return False
+    layout = _layout(tile, x_shape, cg, kg, padding, itemsize, tuning, None,
+                     threads)
+    n_tiles = x_shape[0] * layout.tiles_hw[0] * layout.tiles_hw[1]
+    return (layout.fused_blocks is None
+            and n_tiles <= tuning.streamed_max_tiles)
+
+
+def conv2d_streamed(x, w, bias, padding, groups, tile, tuning=None,
+                    check_finite=False):
+    """Stride-1 convolution with the filters transformed inside the tuple
+    GEMMs (:mod:`._winograd_streamed`): no weight cache, the staged path's
+    input and output transforms.
+
+    ``w`` (K, C // groups, r_h, r_w) C-contiguous; K // groups a multiple
+    of :func:`._winograd_streamed.strip_width` and ``tile`` one of
+    :data:`._winograd_streamed.STREAMED_TILES` (see :func:`_streams_filters`).
+    Raises :class:`kernels._dispatch.NonFiniteInput` when ``check_finite``
+    and x holds NaN or Inf, and always when w does (found while it is
+    transformed); otherwise tells the weight cache's open watch that the
+    filter was finite (:meth:`~kernels._weight_cache.WeightTransformCache.note_checked`).
+    Returns (N, K, Ho, Wo) of x's dtype.
+    """
+    tuning = _winograd_tuning(tuning)
+    n_img = x.shape[0]
+    K, cg = w.shape[:2]
+    kg = K // groups
+    layout = _layout(tile, tuple(x.shape), cg, kg, tuple(padding), x.itemsize,
+                     tuning, "staged", _tuning.block_shape_threads())
+    y = np.empty((n_img, K) + layout.out_hw, x.dtype)
+    n_planes = tile.alpha_h * tile.alpha_w
+    n_tiles = n_img * layout.tiles_hw[0] * layout.tiles_hw[1]
+    for g in range(groups):
+        xp, finite = _padded_channels_last(x, (g * cg, cg), padding[0],
+                                           padding[2],
+                                           *_padded_hw(tile, layout.tiles_hw))
+        if check_finite and not finite:
+            raise NonFiniteInput("x holds NaN or Inf")
+        V = _input_stage(xp, tile, layout.tiles_hw, layout.input_blocks,
+                         _workspace.get("V", (n_planes, n_tiles, cg), x.dtype))
+        M = _workspace.get("M", (n_planes, n_tiles, kg), x.dtype)
+        if not _winograd_streamed.streamed_gemm(tile, V, w[g * kg:(g + 1) * kg],
+                                                M, tuning.streamed_c_block):
+            raise NonFiniteInput("w holds NaN or Inf")
+        _run_blocks(OUTPUT_ONLY, tile, x.dtype, n_img, layout.tiles_hw,
+                    layout.output_blocks, nk=kg, mm=M, y=y, bias=bias,
+                    k0=g * kg)
+    transformed_weights.note_checked(True)
+    value = 0 if bias is None else bias[None, :, None, None]
+    for index in layout.bias_only:
+        y[index] = value
+    return y
 
 
 @functools.lru_cache(maxsize=1024)
