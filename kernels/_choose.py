@@ -47,6 +47,8 @@ NEUTRAL_THRESHOLDS = {
     "winograd_min_positions": 0,
     # (a rule added 2026-12-04: none in the tables before it)
     "winograd_min_macs": float("inf"),
+    # (a rule added 2026-12-05: none in the tables before it)
+    "winograd_deep_min_positions": float("inf"),
     "im2col_min_out_channels": float("inf"),
     "im2col_max_area": 0,
     "im2col_min_depth_strided": float("inf"),
@@ -116,6 +118,12 @@ WINOGRAD_MACS_MIN_PIXELS = 196
 #: batch 1 (3072) 1.32.  Counted in elements, not bytes: the choice does
 #: not depend on the dtype (it is memoised without it).
 WINOGRAD_MACS_MAX_FILTER_ELEMENTS_PER_POSITION = 3072
+
+#: Input and output channels (per group) from which a 3x3 stride-1 layer
+#: is *deep*: it runs Winograd from ``winograd_deep_min_positions`` output
+#: positions over the batch, whatever its map's pixels (see that
+#: threshold in the CPU's tuning).
+WINOGRAD_DEEP_MIN_CHANNELS = 256
 
 #: A strided layer with a kernel larger than 3x3 goes to im2col only with
 #: at least this many input channels per group, whatever
@@ -295,10 +303,16 @@ def _model_choice(cands, spec, t):
                and h * w >= WINOGRAD_MACS_MIN_PIXELS
                and c * k * area
                <= WINOGRAD_MACS_MAX_FILTER_ELEMENTS_PER_POSITION * positions)
+    # Deep 3x3 layers (WINOGRAD_DEEP_MIN_CHANNELS) with enough positions
+    # go to Winograd on maps of any size: with few tiles it transforms
+    # their filters inside its GEMMs instead of reading a large U
+    # (kernels/cpu/_winograd_streamed.py).
+    deep = (kh == 3 and min(c, k) >= WINOGRAD_DEEP_MIN_CHANNELS
+            and positions >= t["winograd_deep_min_positions"])
     if ("winograd" in cands and kh == kw and kh in (3, 5) and groups == 1
             and depth >= t["winograd_min_channels"]
             and width >= t["winograd_min_channels"]
-            and (by_size or by_work)):
+            and (by_size or by_work or deep)):
         return "winograd"
     # With few output channels the GEMM degenerates to matrix-vector
     # products, which the direct kernel's register tiles beat by 10x or more

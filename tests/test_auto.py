@@ -242,7 +242,8 @@ T = {"direct_max_macs": 2.0e6, "direct_max_macs_fc": 2.6e5,
      "fft_min_area_single": 200, "fft_min_area_few": 120,
      "fft_min_area_multi": 49, "winograd_min_channels": 16,
      "winograd_min_pixels": 196, "winograd_min_positions": 0,
-     "winograd_min_macs": float("inf"), "im2col_min_out_channels": 8,
+     "winograd_min_macs": float("inf"),
+     "winograd_deep_min_positions": float("inf"), "im2col_min_out_channels": 8,
      "im2col_max_area": 1, "im2col_min_depth_strided": 2304,
      "im2col_min_positions_strided": 0, "im2col_serial_max_macs": 1.6e7}
 
@@ -420,6 +421,25 @@ def test_winograd_needs_enough_pixels_per_image_and_over_the_batch():
     # Either limit alone holds Winograd back.
     assert _choice((8, 512, 7, 7), w, t={**t, "winograd_min_pixels": 196}) \
         == "direct"
+
+
+def test_deep_layers_go_to_winograd_from_their_own_positions():
+    """C and K >= 256 (WINOGRAD_DEEP_MIN_CHANNELS), 3x3: Winograd from
+    ``winograd_deep_min_positions`` output positions over the batch on
+    maps of any size (the Xeon VM's 196: 512@7^2 at batch 4, 256@14^2 at
+    batch 1), whatever the pixel and position limits of other layers."""
+    t = {**T, "winograd_min_pixels": 441, "winograd_min_positions": 576,
+         "winograd_deep_min_positions": 196}
+    w512, w256 = (512, 512, 3, 3), (256, 256, 3, 3)
+    assert _choice((4, 512, 7, 7), w512, t=T) == "direct"        # rule off
+    assert _choice((4, 512, 7, 7), w512, t=t) == "winograd"      # 196
+    assert _choice((2, 512, 7, 7), w512, t=t) == "direct"        # 98
+    assert _choice((1, 256, 14, 14), w256, t=t) == "winograd"
+    assert _choice((1, 256, 14, 14), w256, t=t, same=False) == "direct"  # 144
+    # Not deep: 128 channels, or 256 -> 128, or a 5x5 kernel.
+    assert _choice((4, 128, 7, 7), (128, 128, 3, 3), t=t) == "direct"
+    assert _choice((4, 256, 7, 7), (128, 256, 3, 3), t=t) == "direct"
+    assert _choice((4, 512, 7, 7), (512, 512, 5, 5), t=t) != "winograd"
 
 
 def test_large_layers_go_to_winograd_below_the_size_limits():

@@ -281,6 +281,18 @@ AUTO_THRESHOLDS = {
     # 1.01, 1.11.  Not measured on AVX2, where it is off (the pixel and
     # position limits alone).
     "winograd_min_macs": 4.0e8 if host_vector_bits() == 512 else float("inf"),
+    # ... or, for deep layers (C and K >= 256, kernels._choose:
+    # WINOGRAD_DEEP_MIN_CHANNELS), at least this many output positions on
+    # maps of any size, since Winograd transforms the filters of such
+    # layers inside its GEMMs when their tiles are few (2026-12-05, Xeon
+    # VM, caches cold: a 96 MB pass before each call, 15 alternated calls,
+    # direct's time over Winograd's): 512@7^2 batch 1 (49 positions)
+    # 0.70, batch 2 (98) 0.87, batch 4 (196) 1.35, batch 8 (392) 1.63;
+    # 256@14^2 batch 1 (196) 1.04-1.13, batch 4 1.14; 256@7^2 batch 4
+    # 1.03-1.17; 512@14^2 batch 1 1.06; 1024@7^2 batch 1 0.77.  Not
+    # measured on AVX2: off there.  Not calibrated (the calibration's
+    # Winograd probes have 64-128 channels).
+    "winograd_deep_min_positions": 196 if host_vector_bits() == 512 else float("inf"),
     # im2col only when each group has at least this many output channels ...
     "im2col_min_out_channels": 8,
     # ... and kernels of at most this area (kH * kW); larger ones run
