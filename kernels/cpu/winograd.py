@@ -646,27 +646,53 @@ def conv2d_transformed(x, transformed, bias, padding, path=None,
     layout = _layout(tile, tuple(x.shape), cg, kg, tuple(padding), x.itemsize,
                      tuning, path, _tuning.block_shape_threads())
     y = np.empty((n_img, K) + layout.out_hw, x.dtype)
-    n_planes = tile.alpha_h * tile.alpha_w
-    n_tiles = n_img * layout.tiles_hw[0] * layout.tiles_hw[1]
     for g in range(groups):
-        xp, finite = _padded_channels_last(x, (g * cg, cg), padding[0],
-                                           padding[2],
-                                           *_padded_hw(tile, layout.tiles_hw))
-        if check_finite and not finite:
-            raise NonFiniteInput("x holds NaN or Inf")
         if layout.fused_blocks is None:
-            V = _input_stage(xp, tile, layout.tiles_hw, layout.input_blocks,
-                             _workspace.get("V", (n_planes, n_tiles, cg), x.dtype))
-            M = tuple_gemm(V, transformed.U[g],
-                           out=_workspace.get("M", (n_planes, n_tiles, kg), x.dtype),
-                           packed=packed_weights(transformed, g))
-            _run_blocks(OUTPUT_ONLY, tile, x.dtype, n_img, layout.tiles_hw,
-                        layout.output_blocks, nk=kg, mm=M, y=y, bias=bias,
-                        k0=g * kg)
+            _staged_group(x, g, cg, kg, tile, layout, padding, check_finite,
+                          lambda g, V, M: tuple_gemm(
+                              V, transformed.U[g], out=M,
+                              packed=packed_weights(transformed, g)),
+                          y, bias)
             continue
+        xp = _group_channels_last(x, g, cg, tile, layout, padding,
+                                  check_finite)
         _run_blocks(FUSED, tile, x.dtype, n_img, layout.tiles_hw,
                     layout.fused_blocks, nk=kg, xp=xp,
                     up=packed_weights(transformed, g), y=y, bias=bias, k0=g * kg)
+    return _bias_only_set(y, layout, bias)
+
+
+def _group_channels_last(x, g, cg, tile, layout, padding, check_finite):
+    """Group ``g``'s channels of x, zero-padded and channels-last; raises
+    :class:`kernels._dispatch.NonFiniteInput` when ``check_finite`` and
+    they hold NaN or Inf (seen while copying)."""
+    xp, finite = _padded_channels_last(x, (g * cg, cg), padding[0], padding[2],
+                                       *_padded_hw(tile, layout.tiles_hw))
+    if check_finite and not finite:
+        raise NonFiniteInput("x holds NaN or Inf")
+    return xp
+
+
+def _staged_group(x, g, cg, kg, tile, layout, padding, check_finite, multiply,
+                  y, bias):
+    """Group ``g`` through the staged path: its input transform into V,
+    ``multiply(g, V, M)`` (the group's tuple GEMMs, into M), its output
+    transform into y's channels ``g kg ..``."""
+    n_img = x.shape[0]
+    n_planes = tile.alpha_h * tile.alpha_w
+    n_tiles = n_img * layout.tiles_hw[0] * layout.tiles_hw[1]
+    xp = _group_channels_last(x, g, cg, tile, layout, padding, check_finite)
+    V = _input_stage(xp, tile, layout.tiles_hw, layout.input_blocks,
+                     _workspace.get("V", (n_planes, n_tiles, cg), x.dtype))
+    M = _workspace.get("M", (n_planes, n_tiles, kg), x.dtype)
+    multiply(g, V, M)
+    _run_blocks(OUTPUT_ONLY, tile, x.dtype, n_img, layout.tiles_hw,
+                layout.output_blocks, nk=kg, mm=M, y=y, bias=bias, k0=g * kg)
+
+
+def _bias_only_set(y, layout, bias):
+    """y with the outputs whose window lies wholly in the padding set to
+    exactly the bias (:func:`_padding_only_outputs`)."""
     value = 0 if bias is None else bias[None, :, None, None]
     for index in layout.bias_only:
         y[index] = value
@@ -715,8 +741,8 @@ def _streams_filters(tile, x_shape, w_shape, groups, padding, itemsize, tuning,
     With caches cold, as between a network's layers (Xeon VM, 2 threads,
     512@7^2 x 4, F(4,3)): the cached path compared the filter with its
     copy in 0.71 ms and ran its GEMMs in 1.74 (U, 38 MB, from memory);
-    the streamed GEMMs, transforms included, took 2.07 (section AJ of
-    docs/performance.md).  Kept per problem like :func:`_layout`."""
+    whole calls took 2.94 ms streamed against 4.62 through the cache
+    (section AJ of docs/performance.md).  Kept per problem like :func:`_layout`."""
     kg, cg = w_shape[0] // groups, w_shape[1]
     if (not _winograd_streamed.streams(tile)
             or kg % _winograd_streamed.strip_width(np.dtype(f"f{itemsize}"))):
@@ -750,28 +776,17 @@ def conv2d_streamed(x, w, bias, padding, groups, tile, tuning=None,
     layout = _layout(tile, tuple(x.shape), cg, kg, tuple(padding), x.itemsize,
                      tuning, "staged", _tuning.block_shape_threads())
     y = np.empty((n_img, K) + layout.out_hw, x.dtype)
-    n_planes = tile.alpha_h * tile.alpha_w
-    n_tiles = n_img * layout.tiles_hw[0] * layout.tiles_hw[1]
-    for g in range(groups):
-        xp, finite = _padded_channels_last(x, (g * cg, cg), padding[0],
-                                           padding[2],
-                                           *_padded_hw(tile, layout.tiles_hw))
-        if check_finite and not finite:
-            raise NonFiniteInput("x holds NaN or Inf")
-        V = _input_stage(xp, tile, layout.tiles_hw, layout.input_blocks,
-                         _workspace.get("V", (n_planes, n_tiles, cg), x.dtype))
-        M = _workspace.get("M", (n_planes, n_tiles, kg), x.dtype)
-        if not _winograd_streamed.streamed_gemm(tile, V, w[g * kg:(g + 1) * kg],
-                                                M, tuning.streamed_c_block):
+
+    def multiply(g, V, M):
+        if not _winograd_streamed.streamed_gemm(
+                tile, V, w[g * kg:(g + 1) * kg], M, tuning.streamed_c_block):
             raise NonFiniteInput("w holds NaN or Inf")
-        _run_blocks(OUTPUT_ONLY, tile, x.dtype, n_img, layout.tiles_hw,
-                    layout.output_blocks, nk=kg, mm=M, y=y, bias=bias,
-                    k0=g * kg)
+
+    for g in range(groups):
+        _staged_group(x, g, cg, kg, tile, layout, padding, check_finite,
+                      multiply, y, bias)
     transformed_weights.note_checked(True)
-    value = 0 if bias is None else bias[None, :, None, None]
-    for index in layout.bias_only:
-        y[index] = value
-    return y
+    return _bias_only_set(y, layout, bias)
 
 
 @functools.lru_cache(maxsize=1024)
