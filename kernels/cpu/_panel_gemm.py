@@ -42,8 +42,8 @@ from ._prefetch import LINE_BYTES, prefetch_at, prefetch_write_at
 from .direct import TILE_VECTORS, emit_fma_tile, tile_columns
 
 __all__ = ["matmul", "matmul_rows", "panel_width", "panel_width_of",
-           "buffer_size", "zero_padding", "first_tile_at", "panel_tile",
-           "last_tile_to"]
+           "buffer_size", "zero_padding", "first_tile_rows",
+           "panel_tile_rows", "last_tile_rows"]
 
 # Rows of A per register tile: TILE_ROWS x TILE_VECTORS accumulators (12
 # of AVX2's 16 vector registers, 24 of AVX-512's 32).
@@ -217,12 +217,6 @@ def _last_tile_to(typingctx, tag, b, b0, b_step, a, a0, a_row, steps, c, c0,
     return sig, codegen
 
 
-# Winograd's tuple GEMMs (kernels/cpu/_winograd_gemm.py and, with its
-# sums kept in a buffer between blocks of the reduction,
-# _winograd_streamed.py) run these tiles too.
-first_tile_at = _first_tile_at
-panel_tile = _panel_tile
-last_tile_to = _last_tile_to
 
 
 @njit(cache=True, inline="always")
@@ -312,6 +306,80 @@ def _run_last_tile(rows, b, b0, b_step, af, a0, depth, steps, c, c0, out, o0,
     else:
         _last_tile_to((v,), b, b0, b_step, af, a0, depth, steps, c, c0, out,
                       o0, ldc)
+
+
+# Winograd's tuple GEMMs (kernels/cpu/_winograd_gemm.py and, with their
+# sums kept in a buffer between blocks of the reduction,
+# _winograd_streamed.py) run these tiles over a whole panel's width, on
+# register tiles of any number of rows: V's tiles come in runs of any
+# length.
+
+@njit(cache=True, inline="always")
+def first_tile_rows(rows, b, b0, b_step, a, a0, a_row, steps, c, c0, ldc):
+    """:func:`_first_tile_at` over a whole panel for a tile of ``rows``
+    (1..6, a run-time value) rows of A."""
+    v = _FULL
+    if rows == 6:
+        _first_tile_at((v, v, v, v, v, v), b, b0, b_step, a, a0, a_row, steps,
+                       c, c0, ldc)
+    elif rows == 5:
+        _first_tile_at((v, v, v, v, v), b, b0, b_step, a, a0, a_row, steps, c,
+                       c0, ldc)
+    elif rows == 4:
+        _first_tile_at((v, v, v, v), b, b0, b_step, a, a0, a_row, steps, c, c0,
+                       ldc)
+    elif rows == 3:
+        _first_tile_at((v, v, v), b, b0, b_step, a, a0, a_row, steps, c, c0,
+                       ldc)
+    elif rows == 2:
+        _first_tile_at((v, v), b, b0, b_step, a, a0, a_row, steps, c, c0, ldc)
+    else:
+        _first_tile_at((v,), b, b0, b_step, a, a0, a_row, steps, c, c0, ldc)
+
+
+@njit(cache=True, inline="always")
+def panel_tile_rows(rows, b, b0, b_step, a, a0, a_row, steps, c, c0):
+    """:func:`_panel_tile` (sums loaded from and stored to ``c``, rows one
+    panel apart) for a tile of ``rows`` (1..6) rows of A."""
+    v = _FULL
+    if rows == 6:
+        _panel_tile((v, v, v, v, v, v), b, b0, b_step, a, a0, a_row, steps, c,
+                    c0)
+    elif rows == 5:
+        _panel_tile((v, v, v, v, v), b, b0, b_step, a, a0, a_row, steps, c, c0)
+    elif rows == 4:
+        _panel_tile((v, v, v, v), b, b0, b_step, a, a0, a_row, steps, c, c0)
+    elif rows == 3:
+        _panel_tile((v, v, v), b, b0, b_step, a, a0, a_row, steps, c, c0)
+    elif rows == 2:
+        _panel_tile((v, v), b, b0, b_step, a, a0, a_row, steps, c, c0)
+    else:
+        _panel_tile((v,), b, b0, b_step, a, a0, a_row, steps, c, c0)
+
+
+@njit(cache=True, inline="always")
+def last_tile_rows(rows, b, b0, b_step, a, a0, a_row, steps, c, c0, out, o0,
+                   ldc):
+    """:func:`_last_tile_to` for a tile of ``rows`` (1..6) rows of A."""
+    v = _FULL
+    if rows == 6:
+        _last_tile_to((v, v, v, v, v, v), b, b0, b_step, a, a0, a_row, steps,
+                      c, c0, out, o0, ldc)
+    elif rows == 5:
+        _last_tile_to((v, v, v, v, v), b, b0, b_step, a, a0, a_row, steps, c,
+                      c0, out, o0, ldc)
+    elif rows == 4:
+        _last_tile_to((v, v, v, v), b, b0, b_step, a, a0, a_row, steps, c, c0,
+                      out, o0, ldc)
+    elif rows == 3:
+        _last_tile_to((v, v, v), b, b0, b_step, a, a0, a_row, steps, c, c0,
+                      out, o0, ldc)
+    elif rows == 2:
+        _last_tile_to((v, v), b, b0, b_step, a, a0, a_row, steps, c, c0, out,
+                      o0, ldc)
+    else:
+        _last_tile_to((v,), b, b0, b_step, a, a0, a_row, steps, c, c0, out, o0,
+                      ldc)
 
 
 @njit(cache=True, inline="always")

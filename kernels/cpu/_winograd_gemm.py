@@ -8,7 +8,7 @@ every time; here U is packed once per weight array (:func:`pack`, kept
 with the transformed weights, :func:`packed_weights`) into strips of
 ``width`` output channels, each strip one contiguous (C, width) block,
 and the product runs on the im2col GEMM's register tile
-(:func:`kernels.cpu._panel_gemm.first_tile_at`, the strip as its panel):
+(:func:`kernels.cpu._panel_gemm.first_tile_rows`, the strip as its panel):
 ``TILE_ROWS`` tiles (broadcast from V) by ``width`` channels of a strip
 (vector loads, rows at a constant stride), accumulated over C from zero
 in registers in the order c = 0, 1, ..., C - 1 (as a BLAS dot product
@@ -32,7 +32,7 @@ import numpy as np
 from numba import carray, njit, prange
 from numba.extending import intrinsic
 
-from ._panel_gemm import first_tile_at
+from ._panel_gemm import first_tile_rows
 from .direct import TILE_VECTORS, stack_tile, tile_columns
 
 __all__ = ["TILE_ROWS", "strip_width", "pack", "packed_weights",
@@ -76,41 +76,12 @@ def packed_weights(transformed, group):
     return packed
 
 
-# One register tile's vectors of lanes (a strip's width).
-_VECTORS = (0,) * TILE_VECTORS
-
-
 @intrinsic
 def _tile_buffer(typingctx, x):
     """Pointer to a stack buffer of TILE_ROWS x a strip's width (the
     tiles of a last, narrower strip pass through it): no allocation per
     job or block."""
     return stack_tile(x, TILE_ROWS)
-
-
-@njit(cache=True, inline="always")
-def _tile_into(rows, uf, u0, width, vf, v0, c, out, o0, ldc):
-    """``out[o0 + q ldc + l] = sum_r vf[v0 + q c + r] uf[u0 + r width +
-    l]`` for ``q < rows`` (1..TILE_ROWS, a run-time value), ``l <
-    width``, ``r < c``: :func:`kernels.cpu._panel_gemm.first_tile_at`,
-    the im2col GEMM's tile, with U's strip as its panel and V's rows as
-    its A (sums from zero in registers, stored in place)."""
-    v = _VECTORS
-    if rows == 6:
-        first_tile_at((v, v, v, v, v, v), uf, u0, width, vf, v0, c, c, out,
-                      o0, ldc)
-    elif rows == 5:
-        first_tile_at((v, v, v, v, v), uf, u0, width, vf, v0, c, c, out, o0,
-                      ldc)
-    elif rows == 4:
-        first_tile_at((v, v, v, v), uf, u0, width, vf, v0, c, c, out, o0,
-                      ldc)
-    elif rows == 3:
-        first_tile_at((v, v, v), uf, u0, width, vf, v0, c, c, out, o0, ldc)
-    elif rows == 2:
-        first_tile_at((v, v), uf, u0, width, vf, v0, c, c, out, o0, ldc)
-    else:
-        first_tile_at((v,), uf, u0, width, vf, v0, c, c, out, o0, ldc)
 
 
 @njit(cache=True, inline="always")
@@ -130,10 +101,10 @@ def _strip_product(vf, uf, strips, width, mm, mf, p, strip, t_lo, t_hi, c,
         rows = min(TILE_ROWS, t_hi - t0)
         v0 = (p * n_tiles + t0) * c
         if kw == width:
-            _tile_into(rows, uf, u0, width, vf, v0, c, mf,
-                       (p * n_tiles + t0) * k_total + k0, k_total)
+            first_tile_rows(rows, uf, u0, width, vf, v0, c, c, mf,
+                            (p * n_tiles + t0) * k_total + k0, k_total)
         else:
-            _tile_into(rows, uf, u0, width, vf, v0, c, acc, 0, width)
+            first_tile_rows(rows, uf, u0, width, vf, v0, c, c, acc, 0, width)
             for q in range(rows):
                 mm[p, t0 + q, k0:k0 + kw] = acc[q * width:q * width + kw]
 

@@ -20,7 +20,7 @@ job, one strip of ``width`` output channels, reads its filters once:
    against 0.80, alternated in one process), and asking for the next
    channels' taps ahead of the gathers 1.1-1.2x as long;
 2. multiplies V's rows by that block with the GEMM's register tile
-   (:func:`kernels.cpu._panel_gemm.first_tile_at` and its siblings),
+   (:func:`kernels.cpu._panel_gemm.first_tile_rows` and its siblings),
    accumulating over the blocks of input channels in the order c = 0, 1,
    ... (the sums of the cached path, on this U);
 3. puts the last block's sums straight into M.
@@ -50,7 +50,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .._winograd_math import transform_matrices
-from ._panel_gemm import first_tile_at, last_tile_to, panel_tile
+from ._panel_gemm import first_tile_rows, last_tile_rows, panel_tile_rows
 from .direct import TILE_VECTORS, VECTOR_BITS, lanes, tile_columns
 
 __all__ = ["STREAMED_TILES", "streams", "strip_width", "filter_tag",
@@ -305,66 +305,8 @@ def transform_strip(tag, w, strip, c_lo, nc, n_planes):
 
 
 # --------------------------------------------------------------------------
-# The GEMM: register tiles of 1..6 rows
+# The GEMM over a block of U
 # --------------------------------------------------------------------------
-
-_V = (0,) * TILE_VECTORS
-
-
-@njit(cache=True, inline="always")
-def _first(rows, b, b0, b_step, a, a0, a_row, steps, c, c0, ldc):
-    """:func:`first_tile_at` for ``rows`` (1..6) rows."""
-    v = _V
-    if rows == 6:
-        first_tile_at((v, v, v, v, v, v), b, b0, b_step, a, a0, a_row, steps, c, c0, ldc)
-    elif rows == 5:
-        first_tile_at((v, v, v, v, v), b, b0, b_step, a, a0, a_row, steps, c, c0, ldc)
-    elif rows == 4:
-        first_tile_at((v, v, v, v), b, b0, b_step, a, a0, a_row, steps, c, c0, ldc)
-    elif rows == 3:
-        first_tile_at((v, v, v), b, b0, b_step, a, a0, a_row, steps, c, c0, ldc)
-    elif rows == 2:
-        first_tile_at((v, v), b, b0, b_step, a, a0, a_row, steps, c, c0, ldc)
-    else:
-        first_tile_at((v,), b, b0, b_step, a, a0, a_row, steps, c, c0, ldc)
-
-
-@njit(cache=True, inline="always")
-def _more(rows, b, b0, b_step, a, a0, a_row, steps, c, c0):
-    """:func:`panel_tile` (sums loaded from and stored to the buffer ``c``,
-    rows one strip apart) for ``rows`` (1..6) rows."""
-    v = _V
-    if rows == 6:
-        panel_tile((v, v, v, v, v, v), b, b0, b_step, a, a0, a_row, steps, c, c0)
-    elif rows == 5:
-        panel_tile((v, v, v, v, v), b, b0, b_step, a, a0, a_row, steps, c, c0)
-    elif rows == 4:
-        panel_tile((v, v, v, v), b, b0, b_step, a, a0, a_row, steps, c, c0)
-    elif rows == 3:
-        panel_tile((v, v, v), b, b0, b_step, a, a0, a_row, steps, c, c0)
-    elif rows == 2:
-        panel_tile((v, v), b, b0, b_step, a, a0, a_row, steps, c, c0)
-    else:
-        panel_tile((v,), b, b0, b_step, a, a0, a_row, steps, c, c0)
-
-
-@njit(cache=True, inline="always")
-def _last(rows, b, b0, b_step, a, a0, a_row, steps, c, c0, out, o0, ldc):
-    """:func:`last_tile_to` for ``rows`` (1..6) rows."""
-    v = _V
-    if rows == 6:
-        last_tile_to((v, v, v, v, v, v), b, b0, b_step, a, a0, a_row, steps, c, c0, out, o0, ldc)
-    elif rows == 5:
-        last_tile_to((v, v, v, v, v), b, b0, b_step, a, a0, a_row, steps, c, c0, out, o0, ldc)
-    elif rows == 4:
-        last_tile_to((v, v, v, v), b, b0, b_step, a, a0, a_row, steps, c, c0, out, o0, ldc)
-    elif rows == 3:
-        last_tile_to((v, v, v), b, b0, b_step, a, a0, a_row, steps, c, c0, out, o0, ldc)
-    elif rows == 2:
-        last_tile_to((v, v), b, b0, b_step, a, a0, a_row, steps, c, c0, out, o0, ldc)
-    else:
-        last_tile_to((v,), b, b0, b_step, a, a0, a_row, steps, c, c0, out, o0, ldc)
-
 
 @njit(cache=True, inline="always")
 def _plane_stride(nc, width):
@@ -390,16 +332,16 @@ def _block_product(vf, ub, mb, mf, p, n_planes, n_tiles, c_total, c_lo, nc,
         m0 = (p * n_tiles + t0) * width
         o0 = (p * n_tiles + t0) * k_total + k0
         if first and last:
-            _first(rows, ub, b0, width, vf, a0, c_total, nc, mf, o0,
+            first_tile_rows(rows, ub, b0, width, vf, a0, c_total, nc, mf, o0,
                    k_total)
         elif first:
-            _first(rows, ub, b0, width, vf, a0, c_total, nc, mb, m0,
+            first_tile_rows(rows, ub, b0, width, vf, a0, c_total, nc, mb, m0,
                    width)
         elif last:
-            _last(rows, ub, b0, width, vf, a0, c_total, nc, mb, m0,
+            last_tile_rows(rows, ub, b0, width, vf, a0, c_total, nc, mb, m0,
                   mf, o0, k_total)
         else:
-            _more(rows, ub, b0, width, vf, a0, c_total, nc, mb, m0)
+            panel_tile_rows(rows, ub, b0, width, vf, a0, c_total, nc, mb, m0)
 
 
 @njit(parallel=True, cache=True)
