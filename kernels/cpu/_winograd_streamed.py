@@ -148,7 +148,8 @@ def _weighted_sum(builder, coefs, values, zero):
         if total is None:
             total = builder.fneg(term) if negate else term
         else:
-            total = builder.fsub(total, term) if negate else builder.fadd(total, term)
+            total = (builder.fsub(total, term) if negate
+                     else builder.fadd(total, term))
     return zero if total is None else total
 
 
@@ -252,16 +253,17 @@ def _transform_channel(typingctx, tag, w, w0, stride, dst, d0, plane, flag):
             # columns (G_h), as the cached transform.
             rows = [_transform_axis(builder, G_w, row, zero) for row in taps]
             for b in range(alpha_w):
-                column = _transform_axis(builder, G_h,
-                                         [rows[i][b] for i in range(r_h)], zero)
+                column = _transform_axis(
+                    builder, G_h, [rows[i][b] for i in range(r_h)], zero)
                 if b == b_all:
                     # Every tap enters this output: NaN/Inf in one makes
                     # it NaN/Inf, and it times 0 NaN.
                     bad = builder.fadd(bad, builder.fmul(column[a_all], zero))
                 for a, value in enumerate(column):
+                    plane_start = builder.mul(
+                        plane_v, ir.Constant(i64, a * alpha_w + b))
                     index = builder.add(d0_v, builder.add(
-                        builder.mul(plane_v, ir.Constant(i64, a * alpha_w + b)),
-                        ir.Constant(i64, v * n_lanes)))
+                        plane_start, ir.Constant(i64, v * n_lanes)))
                     builder.store(value, builder.bitcast(
                         builder.gep(dst_data, [index], inbounds=True),
                         vec.as_pointer()), align=align)
@@ -300,7 +302,8 @@ def transform_strip(tag, w, strip, c_lo, nc, n_planes):
     out = np.empty((n_planes, nc, width), w.dtype)
     for p in range(n_planes):
         for c in range(nc):
-            out[p, c, :] = block[p * plane + c * width:p * plane + (c + 1) * width]
+            start = p * plane + c * width
+            out[p, c, :] = block[start:start + width]
     return out, np.isfinite(flag.sum())
 
 
@@ -320,8 +323,8 @@ def _plane_stride(nc, width):
 
 
 @njit(cache=True, inline="always")
-def _block_product(vf, ub, mb, mf, p, n_planes, n_tiles, c_total, c_lo, nc,
-                   width, k0, k_total, first, last):
+def _block_product(vf, ub, mb, mf, p, n_tiles, c_total, c_lo, nc, width, k0,
+                   k_total, first, last):
     """Plane ``p``'s products of V's rows (input channels c_lo ..) by the
     block ``ub`` (P, nc, width): into M's strip directly (one block), the
     job's buffer ``mb`` (first, middle) or from it into M (last)."""
@@ -333,13 +336,13 @@ def _block_product(vf, ub, mb, mf, p, n_planes, n_tiles, c_total, c_lo, nc,
         o0 = (p * n_tiles + t0) * k_total + k0
         if first and last:
             first_tile_rows(rows, ub, b0, width, vf, a0, c_total, nc, mf, o0,
-                   k_total)
+                            k_total)
         elif first:
             first_tile_rows(rows, ub, b0, width, vf, a0, c_total, nc, mb, m0,
-                   width)
+                            width)
         elif last:
             last_tile_rows(rows, ub, b0, width, vf, a0, c_total, nc, mb, m0,
-                  mf, o0, k_total)
+                           mf, o0, k_total)
         else:
             panel_tile_rows(rows, ub, b0, width, vf, a0, c_total, nc, mb, m0)
 
@@ -365,8 +368,8 @@ def _streamed_kernel(tag, v, w, mm, c_block, finite):
             _transform_block(tag, wf, w0 + c_lo * taps, stride, ub, nc, taps,
                              width, flag)
             for p in range(n_planes):
-                _block_product(vf, ub, mb, mf, p, n_planes, n_tiles,
-                               c_total, c_lo, nc, width, strip * width, k_total, c_lo == 0,
+                _block_product(vf, ub, mb, mf, p, n_tiles, c_total, c_lo, nc,
+                               width, strip * width, k_total, c_lo == 0,
                                c_lo + nc == c_total)
         finite[strip, :] = flag
 
