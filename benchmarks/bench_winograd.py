@@ -3,6 +3,10 @@
 ``WinogradStages``    ResNet-50's 3x3 layers (batch 4, float32) per tile
                       m: input transform, tuple GEMMs, output transform,
                       the fused path and the whole call.
+``WinogradStreamed``  the same layers with the filters transformed inside
+                      the GEMM jobs (F(2,3), F(4,3)): the transforms, the
+                      GEMMs with them, the whole call, and the cached
+                      path's GEMMs beside them.
 ``WinogradVsPeers``   the same layers: winograd (default tile) against
                       im2col and torch.
 ``WinogradAccuracy``  per tile (m, r) and dtype: the observed error
@@ -96,6 +100,52 @@ class WinogradStages:
     def time_whole(self, layer, m):
         with winograd.use_tile(m):
             kernels.conv2d(self.x, self.w, padding=1, algorithm="winograd")
+
+
+class WinogradStreamed:
+    """The streamed path on a ResNet-50 layer, batch 4 (F(2,3) or F(4,3)):
+    the filters transformed inside the GEMM jobs alone (jobs with no
+    tiles), the GEMMs with those transforms, and the whole convolution,
+    beside the cached path's tuple GEMMs on the same V."""
+
+    params = [list(LAYERS), [2, 4]]
+    param_names = ["layer", "m"]
+    timeout = 300
+    number = 1
+    repeat = (3, 10, 20.0)
+    warmup_time = 0.0
+
+    def setup(self, layer, m):
+        from kernels.cpu import _winograd_streamed
+        self.streamed = _winograd_streamed
+        self.x, self.w = _layer_data(layer)
+        self.tile = winograd.tile_for((3, 3), m)
+        self.c_block = _tuning.current().winograd.streamed_c_block
+        self.V = impl.transform_input(self.x, self.tile, PADDING,
+                                      self.x.shape[2:])
+        self.no_tiles = np.empty(self.V.shape[:1] + (0,) + self.V.shape[2:],
+                                 self.V.dtype)
+        self.M = np.empty(self.V.shape[:2] + (self.w.shape[0],), self.V.dtype)
+        self.M0 = np.empty((self.V.shape[0], 0, self.w.shape[0]), self.V.dtype)
+        self.tw = winograd.transform_weights(self.w, m)
+        self.packed = impl.packed_weights(self.tw, 0)
+        for stage in (self.time_filter_transforms, self.time_streamed_gemm,
+                      self.time_cached_gemm, self.time_streamed_conv):
+            warm_up(lambda: stage(layer, m))
+
+    def time_filter_transforms(self, layer, m):
+        self.streamed.streamed_gemm(self.tile, self.no_tiles, self.w, self.M0,
+                                    self.c_block)
+
+    def time_streamed_gemm(self, layer, m):
+        self.streamed.streamed_gemm(self.tile, self.V, self.w, self.M,
+                                    self.c_block)
+
+    def time_cached_gemm(self, layer, m):
+        impl.tuple_gemm(self.V, self.tw.U[0], out=self.M, packed=self.packed)
+
+    def time_streamed_conv(self, layer, m):
+        impl.conv2d_streamed(self.x, self.w, None, PADDING, 1, self.tile)
 
 
 def _contenders(x, w):
