@@ -252,8 +252,11 @@ def test_rule_needs_whole_strips_and_a_streamed_tile():
     tuning = _tuning.current().winograd
     threads = _tuning.block_shape_threads()
     tile = tile_for((3, 3), 4)
-    assert not impl._streams_filters(tile, (4, 512, 7, 7), (96, 512, 3, 3), 1,
+    k = width(np.float32) + 8                  # a strip and a half-vector
+    assert not impl._streams_filters(tile, (4, 512, 7, 7), (k, 512, 3, 3), 1,
                                      (1, 1, 1, 1), 4, tuning, threads)
+    assert impl._streams_filters(tile, (4, 512, 7, 7), (k - 8, 512, 3, 3), 1,
+                                 (1, 1, 1, 1), 4, tuning, threads)
     tile5 = tile_for((5, 5), 4)
     assert not impl._streams_filters(tile5, (4, 512, 9, 9), (512, 512, 5, 5), 1,
                                      (2, 2, 2, 2), 4, tuning, threads)
