@@ -54,15 +54,21 @@ def _layer_data(layer, dtype=np.float32):
     return make_data((BATCH, c, hw, hw), (c, c, 3, 3), dtype)
 
 
-class WinogradStages:
-    """Each stage of F(m x m, 3 x 3) on a ResNet-50 layer, batch 4."""
+class _StageTimings:
+    """asv's settings of the stage benchmarks: one call a sample, warmed
+    up in setup (the first call compiles)."""
 
-    params = [list(LAYERS), [2, 4, 6]]
     param_names = ["layer", "m"]
     timeout = 300
     number = 1
     repeat = (3, 10, 20.0)
     warmup_time = 0.0
+
+
+class WinogradStages(_StageTimings):
+    """Each stage of F(m x m, 3 x 3) on a ResNet-50 layer, batch 4."""
+
+    params = [list(LAYERS), [2, 4, 6]]
 
     def setup(self, layer, m):
         self.x, self.w = _layer_data(layer)
@@ -102,18 +108,13 @@ class WinogradStages:
             kernels.conv2d(self.x, self.w, padding=1, algorithm="winograd")
 
 
-class WinogradStreamed:
+class WinogradStreamed(_StageTimings):
     """The streamed path on a ResNet-50 layer, batch 4 (F(2,3) or F(4,3)):
     the filters transformed inside the GEMM jobs alone (jobs with no
     tiles), the GEMMs with those transforms, and the whole convolution,
     beside the cached path's tuple GEMMs on the same V."""
 
     params = [list(LAYERS), [2, 4]]
-    param_names = ["layer", "m"]
-    timeout = 300
-    number = 1
-    repeat = (3, 10, 20.0)
-    warmup_time = 0.0
 
     def setup(self, layer, m):
         from kernels.cpu import _winograd_streamed
