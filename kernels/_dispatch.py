@@ -306,7 +306,10 @@ class Kernel:
     ``checks_finite_input``: ``run`` itself raises :class:`NonFiniteInput`,
     before it returns anything, when its input ``x`` holds NaN or Inf (it
     sees every element while packing it), so that the front end need not
-    pass over ``x`` first (see :func:`kernels._conv.run_conv2d`).
+    pass over ``x`` first (see :func:`kernels._conv.run_conv2d`).  Such a
+    kernel may raise it for a non-finite filter too, when it reads the
+    filter itself instead of through the weight cache (CPU Winograd's
+    streamed path); the front end then also runs direct.
     """
 
     run: Callable
@@ -321,8 +324,9 @@ class Kernel:
 
 
 class NonFiniteInput(Exception):
-    """Raised by a kernel with ``checks_finite_input`` when ``x`` holds NaN
-    or Inf; the front end then computes the problem with ``direct``."""
+    """Raised by a kernel with ``checks_finite_input`` when ``x`` (or a
+    filter it read itself) holds NaN or Inf; the front end then computes
+    the problem with ``direct``."""
 
 
 POOLING_OPS = ("max_pool2d", "max_pool2d_with_indices", "max_pool2d_backward",

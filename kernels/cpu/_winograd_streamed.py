@@ -51,9 +51,10 @@ from numba.extending import intrinsic
 
 from .._winograd_math import transform_matrices
 from ._panel_gemm import first_tile_rows, last_tile_rows, panel_tile_rows
+from ._winograd_unrolled import UNROLLED_TILES
 from .direct import TILE_VECTORS, VECTOR_BITS, lanes, tile_columns
 
-__all__ = ["STREAMED_TILES", "streams", "strip_width", "filter_tag",
+__all__ = ["streams", "strip_width", "filter_tag",
            "streamed_gemm", "transform_strip"]
 
 # Rows (tiles) of V per register tile, as the cached path's.
@@ -65,22 +66,21 @@ def strip_width(dtype):
     return tile_columns(dtype)
 
 
-# (m, r) of the square tiles F(m x m, r x r) this path computes: the 3x3
-# tiles of ResNet-style layers (tile_for_problem).
-STREAMED_TILES = ((2, 3), (4, 3))
-
-
 def streams(tile):
-    """Whether this path computes ``tile``."""
+    """Whether this path computes ``tile``: the square tiles whose
+    transforms are unrolled (F(2,3), F(4,3): :data:`UNROLLED_TILES`), the
+    3x3 tiles of ResNet-style layers, whose staged input and output
+    transforms are the fast ones."""
     return (tile.m_h == tile.m_w and tile.r_h == tile.r_w
-            and (tile.m_h, tile.r_h) in STREAMED_TILES)
+            and (tile.m_h, tile.r_h) in UNROLLED_TILES)
 
 
 def filter_tag(tile):
-    """The compile-time tag of ``tile``'s filter transform: a tuple whose
-    length is 1 + the tile's index in :data:`STREAMED_TILES` (a tuple
-    through a parallel loop must be flat)."""
-    return (0,) * (1 + STREAMED_TILES.index((tile.m_h, tile.r_h)))
+    """The compile-time tag of ``tile``'s filter transform: the tag of its
+    unrolled transforms (``winograd._tile_tag``), a tuple whose length is
+    the tile's code in :data:`UNROLLED_TILES` (a tuple through a parallel
+    loop must be flat)."""
+    return (0,) * UNROLLED_TILES[(tile.m_h, tile.r_h)]
 
 
 # --------------------------------------------------------------------------
@@ -170,13 +170,14 @@ def _transform_axis(builder, G, values, zero):
 
 def _row_of_all_taps(G):
     """A row of ``G`` without zeros: the output of the transform that
-    every tap enters (the tiles of STREAMED_TILES have one)."""
+    every tap enters (the tiles of :func:`streams` have one)."""
     return next(a for a in range(G.shape[0]) if np.all(G[a] != 0))
 
 
 def _tag_tile(tag):
     """(m_h, m_w, r_h, r_w) of a :func:`filter_tag`."""
-    m, r = STREAMED_TILES[tag.count - 1]
+    m, r = next(tile for tile, code in UNROLLED_TILES.items()
+                if code == tag.count)
     return m, m, r, r
 
 

@@ -761,8 +761,8 @@ def conv2d_streamed(x, w, bias, padding, groups, tile, tuning=None,
     input and output transforms.
 
     ``w`` (K, C // groups, r_h, r_w) C-contiguous; K // groups a multiple
-    of :func:`._winograd_streamed.strip_width` and ``tile`` one of
-    :data:`._winograd_streamed.STREAMED_TILES` (see :func:`_streams_filters`).
+    of :func:`._winograd_streamed.strip_width` and ``tile`` one that
+    :func:`._winograd_streamed.streams` (see :func:`_streams_filters`).
     Raises :class:`kernels._dispatch.NonFiniteInput` when ``check_finite``
     and x holds NaN or Inf, and always when w does (found while it is
     transformed); otherwise tells the weight cache's open watch that the
