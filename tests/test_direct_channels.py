@@ -41,6 +41,19 @@ def block(dtype):
     return dc.NVEC * dc.lanes_of(np.dtype(dtype).itemsize)
 
 
+def covers_well(wo):
+    """Whether the tile takes rows ``wo`` outputs wide (whole channel
+    blocks): rows of whole segments on one SIMD width overlap on another
+    (14 is two segments of AVX-512's tile, 14/18 covered on AVX2's)."""
+    return dc.tile_applies(wo, block(np.float32), 4)
+
+
+# Rows of whole segments (one, two) and rows whose last segment overlaps
+# another, on this machine's tile.
+ROW_WIDTHS = tuple(sorted({dc.COLS, 2 * dc.COLS} | {
+    wo for wo in (14, 24, 26, 28, 40, 41, 42, 56) if covers_well(wo)}))
+
+
 def spec_of(x, w, padding, dilation=(1, 1), groups=1, stride=(1, 1)):
     return ConvSpec(x.shape, w.shape, stride, padding, dilation, groups,
                     x.dtype)
@@ -98,8 +111,10 @@ def test_rule_takes_layers_of_several_taps_only():
     assert not dc.tile_for(spec_of(x, w1, (0, 0, 0, 0)), ON)
     # strided layers too (28 outputs a row) ...
     assert dc.tile_for(spec_of(x, w3, (1, 1, 1, 1), stride=(2, 2)), ON)
-    # ... while their rows stay at least COLS wide
-    assert not dc.tile_for(spec_of(x, w3, (1, 1, 1, 1), stride=(1, 5)), ON)
+    # ... while their rows stay at least COLS wide: the smallest column
+    # stride that leaves fewer outputs a row
+    sw = next(s for s in range(2, 57) if (56 + 2 - 3) // s + 1 < dc.COLS)
+    assert not dc.tile_for(spec_of(x, w3, (1, 1, 1, 1), stride=(1, sw)), ON)
     off = _tuning.DirectTuning(channel_tile_max_filter_bytes_per_position=0)
     assert not dc.tile_for(spec_of(x, w3, (1, 1, 1, 1)), off)
 
@@ -107,9 +122,10 @@ def test_rule_takes_layers_of_several_taps_only():
 def test_rule_bounds_the_filter_bytes_per_output_position():
     w256 = np.zeros((256, 256, 3, 3), np.float32)     # 2.25 MiB
     w512 = np.zeros((512, 512, 3, 3), np.float32)     # 9 MiB
-    one = np.zeros((1, 256, 14, 14), np.float32)      # 196 positions
-    one512 = np.zeros((1, 512, 14, 14), np.float32)
-    four512 = np.zeros((4, 512, 14, 14), np.float32)  # 784
+    # 7 x 28 maps: 196 positions in rows the tile covers on any SIMD width
+    one = np.zeros((1, 256, 7, 28), np.float32)       # 196 positions
+    one512 = np.zeros((1, 512, 7, 28), np.float32)
+    four512 = np.zeros((4, 512, 7, 28), np.float32)   # 784
     assert dc.tile_for(spec_of(one, w256, (1, 1, 1, 1)), ON)        # 12 KiB
     assert not dc.tile_for(spec_of(one512, w512, (1, 1, 1, 1)), ON)  # 48 KiB
     assert dc.tile_for(spec_of(four512, w512, (1, 1, 1, 1)), ON)    # 12 KiB
@@ -176,7 +192,8 @@ def test_task_rows_cover_every_row_once(ho, other_tasks):
 # --------------------------------------------------------------------------
 
 @over_dtypes
-@pytest.mark.parametrize("hw", [14, 28, 26, 41])
+@pytest.mark.parametrize("hw", sorted(set(ROW_WIDTHS) & {
+    dc.COLS, 2 * dc.COLS, 26, 41}))
 def test_rows_of_whole_and_overlapping_segments(dtype, hw, monkeypatch):
     rng = np.random.default_rng(hw)
     kb = block(dtype)
@@ -197,8 +214,9 @@ def test_groups_dilation_and_asymmetric_padding(dtype, monkeypatch):
 def test_without_bias_and_with_a_long_reduction(dtype, monkeypatch):
     rng = np.random.default_rng(4)
     kb = block(dtype)
-    x, w, _ = random_problem(rng, (1, 70, 16, 16), (kb, 70, 3, 3), dtype,
-                             bias=False)
+    # rows of whole segments: 2 COLS outputs (no padding left or right)
+    x, w, _ = random_problem(rng, (1, 70, 16, 2 * dc.COLS + 2),
+                             (kb, 70, 3, 3), dtype, bias=False)
     check_channel_tile(x, w, None, (1, 1, 0, 0), monkeypatch=monkeypatch)
 
 
@@ -208,7 +226,8 @@ def test_tasks_of_chunks_of_rows_and_of_whole_planes(dtype, monkeypatch):
     kb = block(dtype)
     # one block, one image: rows are split over tasks; many blocks and
     # images: a task takes a whole plane
-    for x_shape, k in (((1, 3, 30, 14), kb), ((5, 3, 9, 14), 4 * kb)):
+    for x_shape, k in (((1, 3, 30, dc.COLS), kb),
+                       ((5, 3, 9, dc.COLS), 4 * kb)):
         x, w, b = random_problem(rng, x_shape, (k, 3, 3, 3), dtype)
         check_channel_tile(x, w, b, (0, 0, 1, 1), monkeypatch=monkeypatch)
 
@@ -261,7 +280,7 @@ def channel_problems(draw):
     stride = (draw(st.sampled_from((1, 1, 2, 3))),
               draw(st.sampled_from((1, 1, 2, 3))))
     padding = tuple(draw(st.integers(0, 2)) for _ in range(4))
-    wo = draw(st.sampled_from((14, 24, 28, 40, 42, 56)))
+    wo = draw(st.sampled_from(ROW_WIDTHS))
     ho = draw(st.integers(1, 6))
     # the smallest input giving (ho, wo), plus up to stride - 1 columns
     # the last window leaves out
