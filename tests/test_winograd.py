@@ -550,6 +550,95 @@ def test_padded_channels_last_copy_sees_non_finite_input(hw, special):
             assert finite is not seen, where
 
 
+@st.composite
+def regions(draw):
+    """An input, its group's channels, and a region of its zero-padded
+    plane: inside it, overhanging any side, or wholly in the padding."""
+    dtype = draw(st.sampled_from(DTYPES))
+    n_img = draw(st.integers(1, 2))
+    c_total = draw(st.integers(1, 40))
+    c0 = draw(st.integers(0, c_total - 1))
+    nc = draw(st.integers(1, c_total - c0))
+    H, W = draw(st.integers(1, 20)), draw(st.integers(1, 40))
+    rows, cols = draw(st.integers(1, 12)), draw(st.integers(1, 45))
+    row0 = draw(st.integers(-rows - 2, H + 1))
+    col0 = draw(st.integers(-cols - 2, W + 1))
+    special = draw(st.sampled_from((None, np.nan, np.inf, -np.inf)))
+    where = (draw(st.integers(0, n_img - 1)), draw(st.integers(0, c_total - 1)),
+             draw(st.integers(0, H - 1)), draw(st.integers(0, W - 1)))
+    return dict(dtype=dtype, shape=(n_img, c_total, H, W), c0=c0, nc=nc,
+                n=draw(st.integers(0, n_img - 1)), row0=row0, col0=col0,
+                rows=rows, cols=cols, special=special, where=where,
+                seed=draw(st.integers(0, 2**32 - 1)))
+
+
+@settings(deadline=None)
+@given(case=regions())
+def test_region_copy_is_the_padded_input_under_a_block(case):
+    """A fused job's copy of its region (squares transposed in registers,
+    the last square of a row overlapping the one before it, the channels
+    past the last square one by one) is the zero-padded input there,
+    channels last; it reports NaN/Inf exactly when one lies in it."""
+    rng = np.random.default_rng(case["seed"])
+    x = rng.standard_normal(case["shape"]).astype(case["dtype"])
+    if case["special"] is not None:
+        x[case["where"]] = case["special"]
+    n, c0, nc = case["n"], case["c0"], case["nc"]
+    row0, col0, rows, cols = (case[k] for k in ("row0", "col0", "rows", "cols"))
+    H, W = x.shape[2:]
+    # the padded plane, margins wide enough for any region drawn
+    pad = max(rows, cols) + 3
+    padded = np.zeros((nc, H + 2 * pad, W + 2 * pad), x.dtype)
+    padded[:, pad:pad + H, pad:pad + W] = x[n, c0:c0 + nc]
+    expected = padded[:, pad + row0:pad + row0 + rows,
+                      pad + col0:pad + col0 + cols].transpose(1, 2, 0)
+    region = np.full((1, rows, cols, nc), 7, x.dtype)    # every element set
+    finite = impl._region_channels_last(x, n, c0, row0, col0, region)
+    np.testing.assert_array_equal(region[0], expected)
+    assert finite == bool(np.isfinite(expected).all())
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@over_dtypes
+def test_fused_jobs_reading_x_give_the_padded_copys_bits(dtype, groups):
+    """The fused path reads a C-contiguous x block by block and any other
+    x through the padded copy of the whole group: the same bits."""
+    rng = np.random.default_rng(25)
+    for x_shape, padding in (((2, 2 * groups * 9, 23, 30), (1, 1, 1, 1)),
+                             ((1, groups * 17, 12, 41), (2, 0, 0, 3))):
+        x = rng.standard_normal(x_shape).astype(dtype)
+        w = rng.standard_normal((4 * groups, x_shape[1] // groups, 3, 3)
+                                ).astype(dtype)
+        tw = winograd.transform_weights(w, groups=groups)
+        strided = np.repeat(x, 2, axis=3)[..., ::2]
+        assert not strided.flags.c_contiguous
+        y = impl.conv2d_transformed(x, tw, None, padding, path="fused")
+        top, bottom, left, right = padding
+        padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+        assert_within_bound("winograd", y, padded, w, groups=groups)
+        np.testing.assert_array_equal(
+            y, impl.conv2d_transformed(strided, tw, None, padding,
+                                       path="fused"))
+
+
+@pytest.mark.parametrize("special", [np.nan, np.inf])
+def test_fused_jobs_reading_x_see_non_finite_input(special):
+    """NaN/Inf anywhere in x (a corner, the middle, the last image) stops
+    the fused path when asked to check, as the padded copy does."""
+    rng = np.random.default_rng(26)
+    x = rng.standard_normal((2, 12, 20, 27)).astype(np.float32)
+    tw = winograd.transform_weights(
+        rng.standard_normal((16, 12, 3, 3)).astype(np.float32))
+    impl.conv2d_transformed(x, tw, None, (1, 1, 1, 1), path="fused",
+                            check_finite=True)
+    for where in ((0, 0, 0, 0), (1, 11, 19, 26), (1, 5, 9, 13)):
+        bad = x.copy()
+        bad[where] = special
+        with pytest.raises(kernels._dispatch.NonFiniteInput):
+            impl.conv2d_transformed(bad, tw, None, (1, 1, 1, 1), path="fused",
+                                    check_finite=True)
+
+
 def test_front_end_leaves_the_finiteness_of_x_to_the_winograd_kernel(monkeypatch):
     """The CPU Winograd kernel checks x while packing it: the front end
     makes no pass of its own over x, and x with NaN in one group's channels

@@ -19,10 +19,10 @@ the two tiles give the same bits.
 Stages (:func:`conv_channels`, one parallel call): pack the input as
 direct does (zero-padded polyphase planes: a strided layer's taps read
 contiguous pixels too) and the filters (:func:`pack_filters`: lanes x
-lanes squares transposed in registers, ``_transpose_square``); then tasks
-over (group, channel block, image, chunk of rows), channel block slowest
-so that a thread keeps one block of packed filters in L2 for all its
-images, or, where the packed input is larger than the filters
+lanes squares transposed in registers, :func:`._simd.transpose_square`);
+then tasks over (group, channel block, image, chunk of rows), channel
+block slowest so that a thread keeps one block of packed filters in L2
+for all its images, or, where the packed input is larger than the filters
 (:func:`rows_outer`), over (group, image, chunk of rows, run of channel
 blocks), each row computed for every block of the run in turn so that
 its packed input is read from L1 or L2 once for all of them.
@@ -56,9 +56,12 @@ import numpy as np
 from llvmlite import ir
 from numba import carray, njit, prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic
 
 from . import _prefetch, _tuning
+from ._simd import VECTOR_BITS, lanes_of
+from ._simd import lanes as _lanes
+from ._simd import transpose_square as _transpose_square
 from ._direct_packing import (pack_into, packed_geometry, packed_size,
                               tap_offsets)
 from ._workspace import Workspace
@@ -70,7 +73,6 @@ __all__ = ["COLS", "NVEC", "PREFETCH_TAPS", "X_PREFETCH_TAPS", "lanes_of",
 # Pixels and vectors of channels of the tile: 28 accumulators of
 # AVX-512's 32 registers (two more hold the tap's filter vectors); 12 of
 # AVX2's 16 (not measured there: the tile is off by default on AVX2).
-VECTOR_BITS = _tuning.host_vector_bits()
 COLS, NVEC = (14, 2) if VECTOR_BITS == 512 else (6, 2)
 
 # Taps ahead of the one being computed whose filter vectors, and input
@@ -91,22 +93,6 @@ X_PREFETCH_TAPS = 24
 # Rows are covered by overlapping segments only where at least this share
 # of the computed outputs is distinct.
 _MIN_EFFICIENCY = 0.85
-
-
-def lanes_of(itemsize):
-    """SIMD lanes for elements of ``itemsize`` bytes."""
-    return VECTOR_BITS // (8 * itemsize)
-
-
-def _lanes(a):  # pragma: no cover
-    """SIMD lanes of ``a``'s dtype, a constant in jitted code."""
-    raise NotImplementedError("only callable from jitted code")
-
-
-@overload(_lanes, inline="always")
-def _lanes_impl(a):
-    n = VECTOR_BITS // a.dtype.bitwidth
-    return lambda a: n
 
 
 def tile_applies(wo, kg, itemsize):
@@ -131,54 +117,6 @@ def tile_for(spec, tuning):
             and tile_applies(wo, spec.w_shape[0] // spec.groups, itemsize))
 
 
-@intrinsic
-def _transpose_square(typingctx, src, s0, s_stride, dst, d0, d_stride):
-    """``dst[d0 + j*d_stride + i] = src[s0 + i*s_stride + j]`` for ``i, j <
-    lanes``: a lanes x lanes block transposed in registers (lanes vector
-    loads, log2(lanes) stages of shuffles swapping off-diagonal blocks,
-    lanes vector stores)."""
-    dtype = src.dtype
-
-    def codegen(context, builder, signature, args):
-        src_v, s0_v, s_stride_v, dst_v, d0_v, d_stride_v = args
-        s_data = context.make_array(src)(context, builder, src_v).data
-        d_data = context.make_array(dst)(context, builder, dst_v).data
-        elem = context.get_value_type(dtype)
-        align = context.get_abi_sizeof(elem)
-        n = VECTOR_BITS // (8 * align)
-        vec = ir.VectorType(elem, n)
-        i64 = ir.IntType(64)
-
-        def at(data, base, stride, row):
-            index = builder.add(base, builder.mul(stride,
-                                                  ir.Constant(i64, row)))
-            ptr = builder.gep(data, [index], inbounds=True)
-            return builder.bitcast(ptr, vec.as_pointer())
-
-        def mask(values):
-            return ir.Constant(ir.VectorType(ir.IntType(32), n), values)
-
-        rows = [builder.load(at(s_data, s0_v, s_stride_v, i), align=align)
-                for i in range(n)]
-        m = 1
-        while m < n:
-            # swap the off-diagonal m x m blocks of every 2m x 2m block
-            for p in range(n):
-                if p & m:
-                    continue
-                q = p + m
-                low = [j if not j & m else n + j - m for j in range(n)]
-                high = [j + m if not j & m else n + j for j in range(n)]
-                rows[p], rows[q] = (
-                    builder.shuffle_vector(rows[p], rows[q], mask(low)),
-                    builder.shuffle_vector(rows[p], rows[q], mask(high)))
-            m *= 2
-        for j in range(n):
-            builder.store(rows[j], at(d_data, d0_v, d_stride_v, j),
-                          align=align)
-        return context.get_dummy_value()
-
-    return types.void(src, s0, s_stride, dst, d0, d_stride), codegen
 
 
 @njit(cache=True, inline="always")

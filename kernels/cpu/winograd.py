@@ -29,7 +29,8 @@ other tile runs, and bitwise equal to them.
 :func:`conv2d` runs them one of two ways.  *Fused*: one parallel job per
 block of tiles runs stages 2-4 for its block, whose V and M stay in the
 core's cache (ResNet's 64@56^2, 128@28^2, 256@14^2 layers: 20-35% faster
-than staged).  *Staged*: each stage over the whole batch, the GEMMs split over
+than staged); each job copies the input under its block from x itself,
+channels last, into a buffer of its own.  *Staged*: each stage over the whole batch, the GEMMs split over
 ``p`` (deep layers with few tiles and a large U, where every fused block
 would stream all of U).  In both, the tuple GEMMs run on the direct
 kernel's register tile over U packed once per weight array
@@ -62,6 +63,7 @@ from ._winograd_blocks import (block_of_job, block_shape, job_count,
                                output_step)
 from ._winograd_gemm import packed_weights
 from ._winograd_unrolled import UNROLLED_TILES, input_block, output_block
+from ._simd import lanes, transpose_square
 from ._workspace import Workspace
 
 # Tile, tile_counts, tile_for and packed_weights are re-exported for the
@@ -179,7 +181,8 @@ FUSED, INPUT_ONLY, OUTPUT_ONLY = 0, 1, 2
 
 @njit(parallel=True, cache=True)
 def _block_kernel(tag, mode, n_img, nk, xp, up, v, mm, y, bt_h, bt_w, at_h,
-                  at_w, bias, k0, tiles_h, tiles_w, rows, cols):
+                  at_w, bias, k0, tiles_h, tiles_w, rows, cols, x, c0, nc_x,
+                  top, left, finite):
     """One prange job per block of tiles, in one of three modes.
 
     ``FUSED``: all three stages per block; the block's V and M (alpha^2 x
@@ -194,8 +197,18 @@ def _block_kernel(tag, mode, n_img, nk, xp, up, v, mm, y, bt_h, bt_w, at_h,
     Numba optimizes a linked function again inside every caller: each
     tile's unrolled transforms are compiled into one parallel kernel per
     dtype, not two.
+
+    The input comes padded and channels last in ``xp``, or, where ``x``
+    (N, C, H, W) is not a placeholder, straight from channels ``c0 ..
+    c0 + nc_x - 1`` of x, padded by ``top`` and ``left``: each job then
+    copies the region its tiles read into a buffer of its own
+    (:func:`_region_channels_last`), which its input transform reads from
+    L1 and L2, and sets ``finite[job]`` to whether that region is free of
+    NaN and Inf.  No padded copy of the whole input is written and read
+    back through memory.
     """
-    nc = xp.shape[3]
+    from_x = x.shape[0] > 0
+    nc = nc_x if from_x else xp.shape[3]
     m_h, a_h = at_h.shape
     m_w, a_w = at_w.shape
     tiles = tiles_h * tiles_w
@@ -211,8 +224,16 @@ def _block_kernel(tag, mode, n_img, nk, xp, up, v, mm, y, bt_h, bt_w, at_h,
             mb = np.empty((a_h * a_w, nr * ns, nk), xp.dtype)
         if mode != OUTPUT_ONLY:
             half = _pass_scratch(tag, a_h, a_w, ns * nc, xp.dtype)
-            input_block(tag, xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h, m_w,
-                        half, vb, t0, row_stride)
+            if from_x:
+                region = np.empty((1, nr * m_h + a_h - m_h,
+                                   ns * m_w + a_w - m_w, nc), xp.dtype)
+                finite[job] = _region_channels_last(
+                    x, n, c0, ti0 * m_h - top, tj0 * m_w - left, region)
+                input_block(tag, region, 0, 0, nr, 0, ns, bt_h, bt_w, m_h,
+                            m_w, half, vb, t0, row_stride)
+            else:
+                input_block(tag, xp, n, ti0, nr, tj0, ns, bt_h, bt_w, m_h,
+                            m_w, half, vb, t0, row_stride)
         if mode == FUSED:
             _winograd_gemm.block_gemm(vb, up, mb)
         if mode != INPUT_ONLY:
@@ -232,17 +253,26 @@ def _tile_arguments(tile, dtype):
 
 
 def _run_blocks(mode, tile, dtype, n_img, tiles_hw, blocks, nk=0, xp=None,
-                up=None, v=None, mm=None, y=None, bias=None, k0=0):
+                up=None, v=None, mm=None, y=None, bias=None, k0=0,
+                source=None):
     """:func:`_block_kernel` in ``mode`` on the tiles of ``tile`` in
-    ``dtype``; the arrays the mode does not use (None) are placeholders."""
+    ``dtype``; the arrays the mode does not use (None) are placeholders.
+    ``source`` (x, c0, nc, top, left): the input read from x's channels
+    ``c0 .. c0 + nc - 1`` padded by ``top`` and ``left`` instead of
+    ``xp``; then returns whether they are all finite."""
     def given(a, ndim, readonly=False):
         return _placeholder(dtype, ndim, readonly) if a is None else a
 
     tag, BT_h, BT_w, AT_h, AT_w = _tile_arguments(tile, np.dtype(dtype))
+    x, c0, nc, top, left = source or (None, 0, 0, 0, 0)
+    finite = np.ones(job_count(n_img, *tiles_hw, *blocks) if source else 0,
+                     np.bool_)
     _block_kernel(tag, mode, n_img, nk, given(xp, 4),
                   given(up, 4, readonly=True), given(v, 3), given(mm, 3),
                   given(y, 4), BT_h, BT_w, AT_h, AT_w, given(bias, 1), k0,
-                  tiles_hw[0], tiles_hw[1], blocks[0], blocks[1])
+                  tiles_hw[0], tiles_hw[1], blocks[0], blocks[1],
+                  given(x, 4, readonly=True), c0, nc, top, left, finite)
+    return bool(finite.all())
 
 
 # --------------------------------------------------------------------------
@@ -308,8 +338,8 @@ def _padded_row(x, xp, job, top, left):
 
 @njit(cache=True, inline="always")
 def _row_is_finite(dst):
-    """Whether a padded row (cols, nc), just written and still in L1,
-    holds no NaN or Inf: one pass of compares ORed together (an integer
+    """Whether a padded row (cols, nc) (or any contiguous array), just
+    written and still in L1, holds no NaN or Inf: one pass of compares ORed together (an integer
     reduction, which LLVM vectorises without fast-math)."""
     flat = dst.reshape(dst.size)
     bad = False
@@ -418,6 +448,52 @@ def _input_blocks(tile, tiles_hw, n_img, nc, itemsize, tuning):
     return block_shape(tiles_hw[0], tiles_hw[1], n_img,
                        tile.alpha_h * tile.alpha_w * nc * itemsize,
                        tuning.transform_budget, 4 * _tuning.block_shape_threads())
+
+
+@njit(cache=True, inline="always")
+def _region_channels_last(x, n, c0, row0, col0, region):
+    """``region[0, i, j, c] = x[n, c0 + c, row0 + i, col0 + j]``, zero
+    where that is outside x: the padded input under one block of tiles,
+    channels last, for a job of :func:`_block_kernel`.  Each row of the
+    region (a few KiB, in L1) is written one plane row at a time and then
+    checked for NaN and Inf (:func:`_row_is_finite`); returns whether
+    every row was finite."""
+    _, rows, cols, nc = region.shape
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    j_lo = min(cols, max(0, -col0))         # region columns inside x
+    j_hi = max(j_lo, min(cols, W - col0))
+    n_lanes = lanes(region)
+    flat = x.reshape(x.size)
+    out = region.reshape(region.size)
+    plane = H * W
+    # channels in whole squares of lanes x lanes, columns too (the last
+    # square of a row overlapping the one before it)
+    squares = nc - nc % n_lanes if j_hi - j_lo >= n_lanes else 0
+    finite = True
+    for i in range(rows):
+        dst = region[0, i]
+        h = row0 + i
+        if h < 0 or h >= H:
+            dst[:, :] = 0
+            continue
+        dst[:j_lo, :] = 0
+        dst[j_hi:, :] = 0
+        src0 = ((n * C + c0) * H + h) * W + col0
+        d_row = i * cols * nc
+        for cb in range(0, squares, n_lanes):
+            j = j_lo
+            while j < j_hi:
+                # the last square of the row overlaps the one before it
+                j = min(j, j_hi - n_lanes)
+                transpose_square(flat, src0 + cb * plane + j, plane, out,
+                                 d_row + j * nc + cb, nc)
+                j += n_lanes
+        for c in range(squares, nc):
+            src = x[n, c0 + c, h]
+            for j in range(j_lo, j_hi):
+                dst[j, c] = src[col0 + j]
+        finite &= _row_is_finite(dst)
+    return finite
 
 
 # --------------------------------------------------------------------------
@@ -654,11 +730,8 @@ def conv2d_transformed(x, transformed, bias, padding, path=None,
                               packed=packed_weights(transformed, g)),
                           y, bias)
             continue
-        xp = _group_channels_last(x, g, cg, tile, layout, padding,
-                                  check_finite)
-        _run_blocks(FUSED, tile, x.dtype, n_img, layout.tiles_hw,
-                    layout.fused_blocks, nk=kg, xp=xp,
-                    up=packed_weights(transformed, g), y=y, bias=bias, k0=g * kg)
+        _fused_group(x, g, cg, kg, tile, layout, padding, check_finite,
+                     packed_weights(transformed, g), y, bias)
     return _bias_only_set(y, layout, bias)
 
 
@@ -671,6 +744,36 @@ def _group_channels_last(x, g, cg, tile, layout, padding, check_finite):
     if check_finite and not finite:
         raise NonFiniteInput("x holds NaN or Inf")
     return xp
+
+
+def _fused_group(x, g, cg, kg, tile, layout, padding, check_finite, up, y,
+                 bias):
+    """Group ``g`` through the fused path, into y's channels ``g kg ..``:
+    each job copies the padded input under its block of tiles from x
+    itself (a C-contiguous x; any other through a padded channels-last
+    copy of the whole group).  Raises
+    :class:`kernels._dispatch.NonFiniteInput` when ``check_finite`` and
+    the group's channels hold NaN or Inf.
+
+    Copying each block's region inside its job, where the core's cache
+    keeps it for the input transform, spares writing the whole padded
+    copy to memory and reading it back: the copy's time over this one's,
+    paired in one process with caches cold (Xeon VM, docs/performance.md
+    section AK), 64@56^2 batch 1 / 4 / 8 1.07 / 1.11 / 1.14, 64@112^2
+    1.08, 64@224^2 1.29, 128@112^2 1.11, 128@56^2 x 4 1.12.  The staged
+    path keeps the whole copy: its jobs' blocks are small (a region
+    overlaps its neighbours' by up to half), and reading x in them ran
+    128@28^2 x 4 in 2.00 ms against 1.91."""
+    args = (FUSED, tile, x.dtype, x.shape[0], layout.tiles_hw,
+            layout.fused_blocks)
+    if x.flags.c_contiguous:
+        finite = _run_blocks(*args, nk=kg, up=up, y=y, bias=bias, k0=g * kg,
+                             source=(x, g * cg, cg, padding[0], padding[2]))
+        if check_finite and not finite:
+            raise NonFiniteInput("x holds NaN or Inf")
+        return
+    xp = _group_channels_last(x, g, cg, tile, layout, padding, check_finite)
+    _run_blocks(*args, nk=kg, xp=xp, up=up, y=y, bias=bias, k0=g * kg)
 
 
 def _staged_group(x, g, cg, kg, tile, layout, padding, check_finite, multiply,
