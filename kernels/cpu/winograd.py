@@ -30,12 +30,13 @@ other tile runs, and bitwise equal to them.
 block of tiles runs stages 2-4 for its block, whose V and M stay in the
 core's cache (ResNet's 64@56^2, 128@28^2, 256@14^2 layers: 20-35% faster
 than staged); each job copies the input under its block from x itself,
-channels last, into a buffer of its own.  *Staged*: each stage over the whole batch, the GEMMs split over
-``p`` (deep layers with few tiles and a large U, where every fused block
-would stream all of U).  In both, the tuple GEMMs run on the direct
-kernel's register tile over U packed once per weight array
-(:mod:`._winograd_gemm`), inside Numba's parallel jobs: no BLAS call, and
-so no second thread pool beside Numba's.
+channels last, into a buffer of its own.  *Staged*: each stage over the
+whole batch, the GEMMs split over ``p`` (deep layers with few tiles and a
+large U, where every fused block would stream all of U).  In both, the
+tuple GEMMs run on the im2col GEMM's register tile (:mod:`._panel_gemm`)
+over U packed once per weight array (:mod:`._winograd_gemm`), inside
+Numba's parallel jobs: no BLAS call, and so no second thread pool beside
+Numba's.
 
 Only stride 1 and dilation 1 are supported, and inputs at least as large
 as the kernel; each kernel axis may have any size in
@@ -338,8 +339,8 @@ def _padded_row(x, xp, job, top, left):
 
 @njit(cache=True, inline="always")
 def _row_is_finite(dst):
-    """Whether a padded row (cols, nc) (or any contiguous array), just
-    written and still in L1, holds no NaN or Inf: one pass of compares ORed together (an integer
+    """Whether a padded row (cols, nc), just written and still in L1,
+    holds no NaN or Inf: one pass of compares ORed together (an integer
     reduction, which LLVM vectorises without fast-math)."""
     flat = dst.reshape(dst.size)
     bad = False
