@@ -52,7 +52,8 @@ from numba.extending import intrinsic
 from .._winograd_math import transform_matrices
 from ._panel_gemm import first_tile_rows, last_tile_rows, panel_tile_rows
 from ._winograd_unrolled import UNROLLED_TILES
-from .direct import TILE_VECTORS, VECTOR_BITS, lanes, tile_columns
+from ._simd import VECTOR_BITS, lanes_of
+from .direct import TILE_VECTORS, lanes, tile_columns
 
 __all__ = ["streams", "strip_width", "filter_tag",
            "streamed_gemm", "transform_strip"]
@@ -383,11 +384,6 @@ def streamed_gemm(tile, V, w, out, c_block):
     input channels per block.  Returns whether ``w`` was finite."""
     width = strip_width(w.dtype)
     strips = w.shape[0] // width
-    finite = np.empty((strips, lanes_of(w.dtype)), w.dtype)
+    finite = np.empty((strips, lanes_of(w.itemsize)), w.dtype)
     _streamed_kernel(filter_tag(tile), V, w, out, int(c_block), finite)
     return bool(np.isfinite(finite.sum()))
-
-
-def lanes_of(dtype):
-    """Elements per SIMD vector of ``dtype``."""
-    return tile_columns(dtype) // TILE_VECTORS

@@ -79,6 +79,7 @@ from numba.extending import intrinsic, overload
 from .._dispatch import ConvSpec, Kernel
 from . import _direct_channels, _tuning
 from ._prefetch import LINE_BYTES, prefetch_write_at
+from ._simd import VECTOR_BITS
 from ._direct_packing import (pack_input, pack_into, packed_geometry,
                               packed_size, tap_offsets)
 from ._workspace import Workspace
@@ -102,7 +103,6 @@ __all__ = ["conv2d", "pack_input", "tap_offsets", "packed_geometry",
 # 1.13-1.19 / 1.00, 128@28^2 1.20 / 1.06-1.07, 256@14^2 1.27-1.30 /
 # 1.16-1.18, 512@7^2 1.30-1.32 / 1.24-1.28).  Each output's chain of
 # multiply-adds is the same in any tile.
-VECTOR_BITS = _tuning.host_vector_bits()
 TILE_VECTORS = 4 if VECTOR_BITS == 512 else 2
 HALF_VECTORS = TILE_VECTORS // 2
 MAX_BLOCK = 6 if VECTOR_BITS == 512 else 4
