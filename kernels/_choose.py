@@ -49,6 +49,8 @@ NEUTRAL_THRESHOLDS = {
     "winograd_min_macs": float("inf"),
     # (a rule added 2026-12-05: none in the tables before it)
     "winograd_deep_min_positions": float("inf"),
+    # (a rule added 2026-12-05, stop 40: none in the tables before it)
+    "winograd_mid_min_positions": float("inf"),
     "im2col_min_out_channels": float("inf"),
     "im2col_max_area": 0,
     "im2col_min_depth_strided": float("inf"),
@@ -124,6 +126,13 @@ WINOGRAD_MACS_MAX_FILTER_ELEMENTS_PER_POSITION = 3072
 #: positions over the batch, whatever its map's pixels (see that
 #: threshold in the CPU's tuning).
 WINOGRAD_DEEP_MIN_CHANNELS = 256
+
+#: Input and output channels (per group) from which a 3x3 or 5x5
+#: stride-1 layer runs Winograd from ``winograd_mid_min_positions``
+#: output positions over the batch (on maps of ``winograd_min_pixels``),
+#: even below ``winograd_min_channels``: 64, ResNet's and VGG's first
+#: stage (see that threshold in the CPU's tuning).
+WINOGRAD_MID_MIN_CHANNELS = 64
 
 #: A strided layer with a kernel larger than 3x3 goes to im2col only with
 #: at least this many input channels per group, whatever
@@ -309,10 +318,18 @@ def _model_choice(cands, spec, t):
     # (kernels/cpu/_winograd_streamed.py).
     deep = (kh == 3 and min(c, k) >= WINOGRAD_DEEP_MIN_CHANNELS
             and positions >= t["winograd_deep_min_positions"])
+    # Layers of WINOGRAD_MID_MIN_CHANNELS or more (3x3 or 5x5) go to
+    # Winograd from their own number of positions, below the channel
+    # limit: on AVX-512 the limit is 128 (direct's channel tile wins on
+    # small maps) but 64-channel layers with many tiles run Winograd
+    # faster (winograd_mid_min_positions in the CPU's tuning).
+    mid = (min(c, k) >= WINOGRAD_MID_MIN_CHANNELS
+           and h * w >= t["winograd_min_pixels"]
+           and positions >= t["winograd_mid_min_positions"])
     if ("winograd" in cands and kh == kw and kh in (3, 5) and groups == 1
-            and depth >= t["winograd_min_channels"]
-            and width >= t["winograd_min_channels"]
-            and (by_size or by_work or deep)):
+            and (mid or (depth >= t["winograd_min_channels"]
+                         and width >= t["winograd_min_channels"]
+                         and (by_size or by_work or deep)))):
         return "winograd"
     # With few output channels the GEMM degenerates to matrix-vector
     # products, which the direct kernel's register tiles beat by 10x or more

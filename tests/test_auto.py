@@ -243,7 +243,8 @@ T = {"direct_max_macs": 2.0e6, "direct_max_macs_fc": 2.6e5,
      "fft_min_area_multi": 49, "winograd_min_channels": 16,
      "winograd_min_pixels": 196, "winograd_min_positions": 0,
      "winograd_min_macs": float("inf"),
-     "winograd_deep_min_positions": float("inf"), "im2col_min_out_channels": 8,
+     "winograd_deep_min_positions": float("inf"),
+     "winograd_mid_min_positions": float("inf"), "im2col_min_out_channels": 8,
      "im2col_max_area": 1, "im2col_min_depth_strided": 2304,
      "im2col_min_positions_strided": 0, "im2col_serial_max_macs": 1.6e7}
 
@@ -440,6 +441,37 @@ def test_deep_layers_go_to_winograd_from_their_own_positions():
     assert _choice((4, 128, 7, 7), (128, 128, 3, 3), t=t) == "direct"
     assert _choice((4, 256, 7, 7), (128, 256, 3, 3), t=t) == "direct"
     assert _choice((4, 512, 7, 7), (512, 512, 5, 5), t=t) != "winograd"
+
+
+def test_mid_layers_go_to_winograd_below_the_channel_limit():
+    """C and K >= 64 (WINOGRAD_MID_MIN_CHANNELS), 3x3 or 5x5: Winograd
+    from ``winograd_mid_min_positions`` output positions over the batch,
+    on maps of ``winograd_min_pixels``, whatever ``winograd_min_channels``
+    says (the Xeon VM's defaults: 128 channels, 1792 positions)."""
+    t = {**T, "winograd_min_channels": 128, "winograd_min_pixels": 49,
+         "winograd_min_positions": 128, "winograd_min_macs": 4e8,
+         "winograd_mid_min_positions": 1792}
+    w64 = (64, 64, 3, 3)
+    assert _choice((1, 64, 56, 56), w64, t={**t, "winograd_mid_min_positions":
+                                            float("inf")}) == "direct"
+    assert _choice((1, 64, 56, 56), w64, t=t) == "winograd"     # 3136
+    assert _choice((2, 64, 32, 32), w64, t=t) == "winograd"     # 2048
+    assert _choice((2, 64, 28, 28), w64, t=t) == "direct"       # 1568
+    assert _choice((1, 64, 56, 56), (128, 64, 3, 3), t=t) == "winograd"
+    assert _choice((1, 128, 56, 56), (64, 128, 3, 3), t=t) == "winograd"
+    assert _choice((1, 64, 28, 28), (128, 64, 3, 3), t=t) == "direct"
+    assert _choice((2, 64, 32, 32), (64, 64, 5, 5), t=t) == "winograd"
+    # Fewer channels on either side, groups, or a map under the pixel
+    # limit: not by this rule.  (Strided layers have no Winograd
+    # candidate.)
+    assert _choice((4, 32, 64, 64), (64, 32, 3, 3), t=t) == "direct"
+    assert _choice((4, 64, 64, 64), (32, 64, 3, 3), t=t) == "direct"
+    assert _choice((4, 64, 56, 56), (64, 32, 3, 3), groups=2, t=t) \
+        != "winograd"
+    assert _choice((16, 64, 14, 14), w64, t={**t, "winograd_min_pixels":
+                                             441}) == "direct"
+    # 7x7 has no Winograd tile here.
+    assert _choice((1, 64, 56, 56), (64, 64, 7, 7), t=t) != "winograd"
 
 
 def test_large_layers_go_to_winograd_below_the_size_limits():

@@ -293,6 +293,22 @@ AUTO_THRESHOLDS = {
     # measured on AVX2: off there.  Not calibrated (the calibration's
     # Winograd probes have 64-128 channels).
     "winograd_deep_min_positions": 196 if host_vector_bits() == 512 else float("inf"),
+    # ... or, for layers of 64 channels or more (3x3 or 5x5, C and K >=
+    # kernels._choose.WINOGRAD_MID_MIN_CHANNELS), at least this many
+    # output positions over the batch, below winograd_min_channels (128
+    # on AVX-512).  Since Winograd's fused jobs copy their own input
+    # region (stop 39), 64-channel layers with many tiles run it faster
+    # than direct's channel tile (2026-12-05, stop 40, Xeon VM, defaults,
+    # caches cold: a 32 MB pass before each call, 21 alternated calls,
+    # direct's time over Winograd's, median of the paired ratios):
+    # C = K = 64, 3x3: 28^2 x 2 (1568 positions) 1.00, 1.01; 32^2 x 2
+    # (2048) 1.23; 48^2 (2304) 1.30; 56^2 (3136) 1.17, 28^2 x 4 1.19;
+    # 56^2 x 2 1.28, x 4 1.43; 112^2 1.37; 224^2 1.55; below: 28^2 (784)
+    # 0.92, 14^2 x 4 (784) 0.73.  64 -> 128 at 56^2 1.23 (784: 0.85),
+    # 128 -> 64 at 56^2 1.13 (784: 0.67), 96 at 56^2 1.17, at 28^2 x 4
+    # 1.16; 5x5 64 at 32^2 x 2 (2048) 1.11, 56^2 1.10.  1792 is between
+    # 1568 and 2048.  Off on AVX2, where the channel limit is 64 already.
+    "winograd_mid_min_positions": 1792 if host_vector_bits() == 512 else float("inf"),
     # im2col only when each group has at least this many output channels ...
     "im2col_min_out_channels": 8,
     # ... and kernels of at most this area (kH * kW); larger ones run
