@@ -51,6 +51,8 @@ NEUTRAL_THRESHOLDS = {
     "winograd_deep_min_positions": float("inf"),
     # (a rule added 2026-12-05, stop 40: none in the tables before it)
     "winograd_mid_min_positions": float("inf"),
+    # (5x5 layers had half of winograd_min_channels before stop 40)
+    "winograd_min_channels_5x5": float("inf"),
     "im2col_min_out_channels": float("inf"),
     "im2col_max_area": 0,
     "im2col_min_depth_strided": float("inf"),
@@ -154,14 +156,18 @@ def machine_key(backend="cpu"):
 def _complete(table):
     """A backend's thresholds with every rule's: a table written before a
     rule existed gets the neutral value, except the fully connected and
-    pointwise limits (the general limit, the rule they refine) and the
-    FFT areas, which
+    pointwise limits (the general limit, the rule they refine), the 5x5
+    channel limit (half the 3x3 one, as before it existed) and the FFT
+    areas, which
     :func:`fft_min_area` interpolates between the points given."""
     if table is None:
         return dict(NEUTRAL_THRESHOLDS)
     out = dict(NEUTRAL_THRESHOLDS)
     for refined in ("direct_max_macs_fc", "direct_max_macs_pointwise"):
         out[refined] = table.get("direct_max_macs", out["direct_max_macs"])
+    # 5x5 layers had half the 3x3 channel limit before they had their own.
+    out["winograd_min_channels_5x5"] = table.get(
+        "winograd_min_channels", out["winograd_min_channels"]) / 2
     for name in FFT_AREA_CHANNELS:
         out[name] = None
     out.update(table)
@@ -290,21 +296,28 @@ def _model_choice(cands, spec, t):
     # (WINOGRAD_HALF_CHANNELS_MIN_PIXELS: the same layer at 64^2).
     # 3x3, U-Net 256^2 tiles at batch 4: K = 128 winograd 119 ms vs direct
     # 153 (C = 64), K = 64 direct 109 vs 185 and 251 vs 294.  5x5 saves
-    # more multiplications (F(4,5): 6.25x, F(4,3): 4x) and wins with half
-    # as many: C = K = 64 at 56^2, winograd 1.95 ms, fft 2.58, direct 3.35.
+    # more multiplications (F(4,5): 6.25x, F(4,3): 4x) and won with half
+    # as many on AVX2 and the Zen 4: C = K = 64 at 56^2, winograd 1.95 ms,
+    # fft 2.58, direct 3.35 (winograd_min_channels_5x5).
     # Large layers (winograd_min_macs over the batch, counted on the share
     # of the tiles' outputs that are real) go to Winograd even below those
     # pixel and position limits, where their filters are few bytes per
     # output position: with 128 channels or more the crossover on the
     # AVX-512 Xeon VM followed the multiply-adds (docs/auto.md).
-    width = k * (kh - 1) // 2
-    depth = c * (kh - 1) // 2
+    # 5x5 layers have a channel limit of their own, not calibrated (the
+    # calibration probes 3x3 layers): half the 3x3 default on AVX2, the
+    # same on AVX-512, where direct's channel tile ran 32-channel 5x5
+    # layers 1.6-2.5x faster than Winograd (winograd_min_channels_5x5).
+    min_channels = t["winograd_min_channels_5x5" if kh == 5
+                     else "winograd_min_channels"]
+    width = k
+    depth = c
     if kh == 3 and h * w >= WINOGRAD_HALF_CHANNELS_MIN_PIXELS:
         depth *= 2
     positions = n * out_h * out_w
     by_size = (h * w >= t["winograd_min_pixels"]
                and positions >= t["winograd_min_positions"]
-               and (width >= 2 * t["winograd_min_channels"]
+               and (width >= 2 * min_channels
                     or positions >= WINOGRAD_NARROW_MIN_POSITIONS))
     by_work = (kh == kw and kh in DEFAULT_TILE_BY_KERNEL
                and _tiled_macs(n * macs, out_h, out_w, kh)
@@ -327,8 +340,7 @@ def _model_choice(cands, spec, t):
            and h * w >= t["winograd_min_pixels"]
            and positions >= t["winograd_mid_min_positions"])
     if ("winograd" in cands and kh == kw and kh in (3, 5) and groups == 1
-            and (mid or (depth >= t["winograd_min_channels"]
-                         and width >= t["winograd_min_channels"]
+            and (mid or (depth >= min_channels and width >= min_channels
                          and (by_size or by_work or deep)))):
         return "winograd"
     # With few output channels the GEMM degenerates to matrix-vector

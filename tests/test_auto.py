@@ -241,7 +241,7 @@ T = {"direct_max_macs": 2.0e6, "direct_max_macs_fc": 2.6e5,
      "fft_1d_area_factor_single": 0.4,
      "fft_min_area_single": 200, "fft_min_area_few": 120,
      "fft_min_area_multi": 49, "winograd_min_channels": 16,
-     "winograd_min_pixels": 196, "winograd_min_positions": 0,
+     "winograd_min_channels_5x5": 8, "winograd_min_pixels": 196, "winograd_min_positions": 0,
      "winograd_min_macs": float("inf"),
      "winograd_deep_min_positions": float("inf"),
      "winograd_mid_min_positions": float("inf"), "im2col_min_out_channels": 8,
@@ -443,6 +443,27 @@ def test_deep_layers_go_to_winograd_from_their_own_positions():
     assert _choice((4, 512, 7, 7), (512, 512, 5, 5), t=t) != "winograd"
 
 
+def test_5x5_layers_have_their_own_channel_limit():
+    """``winograd_min_channels_5x5`` applies to 5x5 layers as
+    ``winograd_min_channels`` to 3x3 ones (both the floor and the narrow
+    rule's twice-as-many), whatever the 3x3 limit is."""
+    t = {**T, "winograd_min_channels": 64, "winograd_min_channels_5x5": 32,
+         "winograd_min_pixels": 49, "winograd_min_positions": 128}
+    assert _choice((1, 32, 56, 56), (64, 32, 5, 5), t=t) == "winograd"
+    assert _choice((1, 32, 56, 56), (64, 32, 3, 3), t=t) == "direct"
+    assert _choice((1, 16, 56, 56), (64, 16, 5, 5), t=t) == "direct"
+    # K under twice the limit needs the narrow rule's positions.
+    assert _choice((1, 32, 28, 28), (32, 32, 5, 5), t=t) == "direct"   # 784
+    assert _choice((1, 32, 28, 28), (64, 32, 5, 5), t=t) == "winograd"
+    # The AVX-512 defaults' kind: 128 for both; the 3x3 limit lowered (a
+    # calibration) leaves 5x5 layers where they were.
+    t = {**t, "winograd_min_channels_5x5": 128}
+    for c in (32, 64):
+        assert _choice((1, c, 56, 56), (c, c, 5, 5), t=t) == "direct"
+    assert _choice((1, 128, 28, 28), (256, 128, 5, 5), t=t) == "winograd"
+    assert _choice((1, 64, 56, 56), (64, 64, 3, 3), t=t) == "winograd"
+
+
 def test_mid_layers_go_to_winograd_below_the_channel_limit():
     """C and K >= 64 (WINOGRAD_MID_MIN_CHANNELS), 3x3 or 5x5: Winograd
     from ``winograd_mid_min_positions`` output positions over the batch,
@@ -540,6 +561,7 @@ def test_a_backend_table_without_the_new_rules_keeps_its_meaning():
     t = _complete(old)
     assert set(t) == set(NEUTRAL_THRESHOLDS)
     assert t["direct_max_macs_fc"] == 1e7
+    assert t["winograd_min_channels_5x5"] == 8     # half the 3x3 limit
     assert math.isinf(t["im2col_serial_max_macs"])
     assert fft_min_area(1, 1, t) == 289 and fft_min_area(64, 64, t) == 25
     assert 25 < fft_min_area(4, 4, t) < 289

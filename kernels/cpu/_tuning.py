@@ -234,6 +234,19 @@ AUTO_THRESHOLDS = {
     # sequence 1.06-1.08 against 1.12-1.60; `convbench calibrate` there:
     # 128, within noise (repeats at 64 and 128).
     "winograd_min_channels": 128 if host_vector_bits() == 512 else 64,
+    # ... and this many for 5x5 layers (not calibrated: the calibration
+    # probes 3x3 layers).  Half the 3x3 limit on AVX2, as it was until
+    # stop 40 (under AVX2 code generation on the Xeon VM Winograd ran
+    # 5x5 C = K = 64 at 28^2 1.37x, 32^2 x 2 1.77x, 56^2 2.01x direct's
+    # speed; 32 channels at 112^2 1.30x, 56^2 0.98x, 28^2 x 4 0.78x).  On
+    # AVX-512 the 3x3 default: direct's channel tile ran 5x5 32-channel
+    # layers faster at every size (direct's time over Winograd's, Xeon VM,
+    # caches cold, 21 alternated calls: 28^2 x 4 0.40, 56^2 0.49, 112^2
+    # 0.62), and 64-channel ones below ~2048 positions (28^2 0.78, 28^2
+    # x 2 0.92, 14^2 x 8 0.62; 32^2 x 2 1.11 and 56^2 1.10 go to Winograd
+    # by winograd_mid_min_positions).  With half of a calibrated 64 the
+    # 32-channel layers ran Winograd.
+    "winograd_min_channels_5x5": 128 if host_vector_bits() == 512 else 32,
     # ... on images of at least this many pixels (H * W) ...  From 8^2 up
     # F(4,3)'s 4x4 tiles cover the map without waste (7^2 computes 64
     # outputs for 49).  AVX2 Zen 3 (2026-12-03, `convbench sweep`, 5-7
