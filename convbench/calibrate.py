@@ -49,9 +49,9 @@ probe (a short interleaved sweep):
     side is a multiple of 4 (F(4,3) wastes none of it), batches 1 to 16.
 
 ``im2col_min_out_channels``, ``winograd_min_macs``,
-``winograd_deep_min_positions``, ``winograd_mid_min_positions`` and
-``im2col_min_positions_strided`` are not measured (they keep their
-defaults).  The
+``winograd_deep_min_positions``, ``winograd_mid_min_positions``,
+``winograd_min_channels_5x5`` and ``im2col_min_positions_strided`` are
+not measured (they keep their defaults).  The
 Winograd thresholds are measured against the algorithm the cost model
 would otherwise run on a 3 x 3 layer: im2col or direct, as
 ``im2col_max_area`` says (see ``_winograd_rivals``).
