@@ -320,7 +320,10 @@ AUTO_THRESHOLDS = {
     # 0.92, 14^2 x 4 (784) 0.73.  64 -> 128 at 56^2 1.23 (784: 0.85),
     # 128 -> 64 at 56^2 1.13 (784: 0.67), 96 at 56^2 1.17, at 28^2 x 4
     # 1.16; 5x5 64 at 32^2 x 2 (2048) 1.11, 56^2 1.10.  1792 is between
-    # 1568 and 2048.  Off on AVX2, where the channel limit is 64 already.
+    # 1568 and 2048.  float64 crosses later (the choice does not depend on
+    # the dtype): 64@56^2 0.97, 32^2 x 2 0.96, 28^2 x 2 0.86, 56^2 x 4
+    # 1.43, 112^2 1.38, 64 -> 128 at 56^2 1.13.  Off on AVX2, where the
+    # channel limit is 64 already.
     "winograd_mid_min_positions": 1792 if host_vector_bits() == 512 else float("inf"),
     # im2col only when each group has at least this many output channels ...
     "im2col_min_out_channels": 8,
