@@ -30,7 +30,7 @@ def lanes(a):  # pragma: no cover
 
 @overload(lanes, inline="always")
 def _lanes_impl(a):
-    n = VECTOR_BITS // a.dtype.bitwidth
+    n = lanes_of(a.dtype.bitwidth // 8)
     return lambda a: n
 
 
@@ -48,7 +48,7 @@ def transpose_square(typingctx, src, s0, s_stride, dst, d0, d_stride):
         d_data = context.make_array(dst)(context, builder, dst_v).data
         elem = context.get_value_type(dtype)
         align = context.get_abi_sizeof(elem)
-        n = VECTOR_BITS // (8 * align)
+        n = lanes_of(align)
         vec = ir.VectorType(elem, n)
         i64 = ir.IntType(64)
 

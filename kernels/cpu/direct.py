@@ -79,7 +79,7 @@ from numba.extending import intrinsic, overload
 from .._dispatch import ConvSpec, Kernel
 from . import _direct_channels, _tuning
 from ._prefetch import LINE_BYTES, prefetch_write_at
-from ._simd import VECTOR_BITS
+from ._simd import VECTOR_BITS, lanes_of
 from ._direct_packing import (pack_input, pack_into, packed_geometry,
                               packed_size, tap_offsets)
 from ._workspace import Workspace
@@ -110,7 +110,7 @@ MAX_BLOCK = 6 if VECTOR_BITS == 512 else 4
 
 def tile_columns(dtype):
     """Virtual outputs per tile (and per task) for ``dtype``."""
-    return TILE_VECTORS * VECTOR_BITS // (8 * np.dtype(dtype).itemsize)
+    return TILE_VECTORS * lanes_of(np.dtype(dtype).itemsize)
 
 
 # --------------------------------------------------------------------------
@@ -118,8 +118,9 @@ def tile_columns(dtype):
 # --------------------------------------------------------------------------
 
 def lanes(dtype):
-    """Elements of a Numba float type per SIMD vector."""
-    return VECTOR_BITS // dtype.bitwidth
+    """Elements of a Numba float type per SIMD vector (for code
+    generation; :func:`._simd.lanes` is the jitted form)."""
+    return lanes_of(dtype.bitwidth // 8)
 
 
 def stack_tile(x, rows):
