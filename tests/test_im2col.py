@@ -41,6 +41,16 @@ over_dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"
 # Helpers
 # --------------------------------------------------------------------------
 
+def packing(from_images):
+    """im2col's GEMM packs its panels from the images (stride 1, the
+    default) or multiplies gathered patches: both paths on demand."""
+    return _tuning.override(im2col=dict(pack_from_image=from_images))
+
+
+PACKINGS = pytest.mark.parametrize("from_images", [True, False],
+                                   ids=["from-images", "gathered"])
+
+
 @contextlib.contextmanager
 def scratch_limit(nbytes):
     previous = im2col.set_scratch_limit(nbytes)
@@ -142,14 +152,47 @@ CASES = {
 }
 
 
+@PACKINGS
 @over_dtypes
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-def test_matches_reference(case, bias, dtype):
+def test_matches_reference(case, bias, dtype, from_images):
     x_shape, w_shape, stride, padding, dilation, groups = CASES[case]
     x, w, b = random_problem(np.random.default_rng(len(case)), x_shape, w_shape,
                              dtype, bias)
-    check_conv(x, w, b, stride, padding, dilation, groups)
+    with packing(from_images):
+        check_conv(x, w, b, stride, padding, dilation, groups)
+
+
+@settings(deadline=None)
+@given(data=st.data())
+def test_packing_from_the_images_gives_the_gathered_bits(data):
+    """At stride 1 the GEMM's jobs copy their panels from the (padded)
+    images instead of a gathered patch matrix: the same panels, so the
+    same bits, on one image, on images merged into one GEMM (runs across
+    image boundaries), 1x1 layers (rows a plane apart) and any padding,
+    dilation and groups; within the bound of the reference."""
+    draw = data.draw
+    groups, c, k, kh, kw, dh, dw, _, _ = _draw_layer(draw, 4, 3)
+    pads = tuple(draw(st.integers(0, 3), label=f"pad{i}") for i in range(4))
+    h = draw(st.integers(max(1, dh * (kh - 1) + 1 - pads[0] - pads[1]), 30),
+             label="H")
+    wd = draw(st.integers(max(1, dw * (kw - 1) + 1 - pads[2] - pads[3]), 40),
+              label="W")
+    n = draw(st.integers(1, 4), label="N")
+    dtype = draw(st.sampled_from(DTYPES), label="dtype")
+    x, w, b = random_problem(np.random.default_rng(draw(st.integers(0, 2**32 - 1),
+                                                        label="seed")),
+                             (n, c, h, wd), (k, c // groups, kh, kw), dtype,
+                             draw(st.booleans(), label="bias"))
+    if draw(st.booleans(), label="read-only x"):
+        x.setflags(write=False)
+    args = ((1, 1), pads, (dh, dw), groups)
+    with packing(True):
+        packed = check_conv(x, w, b, *args)
+    with packing(False):
+        gathered = im2col.conv2d(x, w, b, *args)
+    np.testing.assert_array_equal(packed, gathered)
 
 
 def _draw_layer(draw, max_k_per_group, max_dilation):
@@ -197,8 +240,10 @@ def test_a_window_of_the_image_gives_the_same_bits(data):
         _window_problem(data.draw)
     limit = data.draw(st.sampled_from([None, 4096, 1 << 20]), label="limit")
     args = (stride, (0, 0, 0, 0), dilation, groups)
-    whole = im2col.conv2d(x, w, b, *args)
-    with (scratch_limit(limit) if limit else contextlib.nullcontext()):
+    with packing(data.draw(st.booleans(), label="whole from images")):
+        whole = im2col.conv2d(x, w, b, *args)
+    with (scratch_limit(limit) if limit else contextlib.nullcontext()), \
+            packing(data.draw(st.booleans(), label="window from images")):
         part = im2col.conv2d(np.ascontiguousarray(window), w, b, *args)
     np.testing.assert_array_equal(part, whole[:, :, r0:r1, c0:c1])
 
@@ -243,7 +288,7 @@ def test_random_configurations(data):
     seed = draw(st.integers(0, 2**32 - 1), label="seed")
     x, w, b = random_problem(np.random.default_rng(seed), (n, c, h, wd),
                              (k, c // groups, kh, kw), dtype, draw(st.booleans()))
-    with scratch_limit(limit):
+    with scratch_limit(limit), packing(draw(st.booleans(), label="from images")):
         check_conv(x, w, b, (sh, sw), pads, (dh, dw), groups)
 
 
@@ -681,6 +726,88 @@ def test_panel_gemm_from_rows_sums_as_from_panels(groups, m, depth, cols, extra,
     np.testing.assert_array_equal(flat[offset:].reshape(groups, depth, ld)[:, :, :cols], b)
 
 
+@settings(deadline=None, max_examples=60)
+@given(data=st.data(), dtype=st.sampled_from(DTYPES),
+       seed=st.integers(0, 2**32 - 1))
+def test_panel_gemm_from_an_image_sums_as_from_panels(data, dtype, seed):
+    """matmul_image packs B's panels from an image inside the GEMM's jobs:
+    B's element (r, c) at ``src[row(r) + o(c)]``, ``row`` a table or a
+    constant step, ``o`` walking output rows of ``width`` columns (images
+    ``image_stride`` apart, rows ``pitch`` apart, columns ``step``
+    apart) from position ``first``; panels span row and image
+    boundaries.  It must give the bits of matmul over the same B (built
+    here with NumPy indexing) in panels, on the one-block and the blocked
+    path, within the dot product's bound of the float64 product, and
+    leave the columns of ``out`` outside its slice alone."""
+    draw = data.draw
+    rng = np.random.default_rng(seed)
+    groups = draw(st.integers(1, 2), label="groups")
+    m = draw(st.integers(1, 13), label="M")
+    depth = draw(st.integers(1, 40), label="depth")
+    images = draw(st.integers(1, 3), label="images")
+    rows = draw(st.integers(1, 4), label="rows")
+    width = draw(st.integers(1, 40), label="width")
+    step = draw(st.integers(1, 2), label="step")
+    pitch = width * step + draw(st.integers(0, 5), label="pitch pad")
+    image_stride = rows * pitch + draw(st.integers(0, 7), label="image pad")
+    positions = rows * width
+    first = draw(st.integers(0, images * positions - 1), label="first")
+    cols = draw(st.integers(1, images * positions - first), label="cols")
+    base = draw(st.integers(0, 9), label="base")
+    span = (base + (images - 1) * image_stride + (rows - 1) * pitch
+            + (width - 1) * step + 1)
+    if draw(st.booleans(), label="row table"):
+        row_offsets = rng.integers(0, 3 * span, groups * depth).astype(np.int64)
+        row_step, row_of = 0, row_offsets
+    else:
+        row_step = span + draw(st.integers(0, 5), label="row step pad")
+        row_offsets = _panel_gemm.NO_OFFSETS
+        row_of = np.arange(groups * depth) * row_step
+    src = rng.standard_normal(int(row_of.max()) + span + 2).astype(dtype)
+    q = first + np.arange(cols)
+    image, p = np.divmod(q, positions)
+    ho, wo = np.divmod(p, width)
+    col_of = base + image * image_stride + ho * pitch + wo * step
+    b = src[row_of[:, None] + col_of[None, :]].reshape(groups, depth, cols)
+    a = rng.standard_normal((groups, m, depth)).astype(dtype)
+    geom = _panel_gemm.image_geometry(base, first, rows, width, image_stride,
+                                      pitch, step, row_step)
+    src_before = src.copy()
+    with pytest.MonkeyPatch.context() as patch:
+        if draw(st.booleans(), label="small blocks"):
+            patch.setattr(_panel_gemm, "_MIN_DEPTH_BLOCK", 8)
+            patch.setattr(_panel_gemm, "_B_BLOCK_BYTES", 1)
+        from_panels = _panel_gemm.matmul(a, to_panels(b), cols,
+                                         np.empty((groups, m, cols), dtype))
+        wide = np.full((groups, m, cols + 3), np.nan, dtype)
+        from_image = _panel_gemm.matmul_image(a, src, row_offsets, geom, cols,
+                                              wide[:, :, 1:cols + 1])
+    np.testing.assert_array_equal(from_image, from_panels)
+    assert np.isnan(wide[:, :, 0]).all() and np.isnan(wide[:, :, cols + 1:]).all()
+    np.testing.assert_array_equal(src, src_before)
+    exact = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    scale = np.matmul(np.abs(a).astype(np.float64), np.abs(b).astype(np.float64))
+    u = np.finfo(dtype).eps / 2
+    assert (np.abs(from_image - exact) <= depth * u * scale * (1 + 1e-6)).all()
+
+
+def test_panel_gemm_from_an_image_refuses_what_it_cannot_read():
+    a = np.ones((1, 2, 3), np.float32)
+    out = np.empty((1, 2, 4), np.float32)
+    src = np.ones(64, np.float32)
+    geom = _panel_gemm.image_geometry(0, 0, 1, 4, 0, 4, 1)
+    with pytest.raises(ValueError, match="src must be float32"):
+        _panel_gemm.matmul_image(a, src.astype(np.float64),
+                                 np.zeros(3, np.int64), geom, 4, out)
+    with pytest.raises(ValueError, match="row_offsets must hold 3"):
+        _panel_gemm.matmul_image(a, src, np.zeros(2, np.int64), geom, 4, out)
+    with pytest.raises(ValueError, match="image_geometry"):
+        _panel_gemm.matmul_image(a, src, np.zeros(3, np.int64), geom[:5], 4,
+                                 out)
+    _panel_gemm.matmul_image(a, src, np.array([0, 8, 16]), geom, 4, out)
+    np.testing.assert_array_equal(out, 3)
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3, 4])
 @pytest.mark.parametrize("b_weight", [1, 3])
 def test_job_split_divides_among_the_threads(threads, b_weight):
@@ -728,9 +855,9 @@ def test_panel_gemm_from_rows_refuses_rows_that_do_not_hold_b():
 
 @pytest.mark.parametrize("writeable", [True, False])
 def test_pointwise_im2col_reads_the_image_in_place_or_gathers(writeable):
-    """A 1x1 stride-1 layer multiplies straight from x (or, x read-only,
-    from the gathered patches): the reference's result within the bound,
-    and x untouched."""
+    """A 1x1 stride-1 layer multiplies straight from x (x read-only: from
+    a copy), or from gathered patches: the reference's result within the
+    bound, and x untouched."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 20, 9, 7)).astype(np.float32)
     w = rng.standard_normal((13, 20, 1, 1)).astype(np.float32)
@@ -738,7 +865,7 @@ def test_pointwise_im2col_reads_the_image_in_place_or_gathers(writeable):
     x.setflags(write=writeable)
     check_conv(x, w, bias)
     # a window of positions of one image (several chunks) reads x at an offset
-    with pytest.MonkeyPatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch, packing(False):
         patch.setattr(im2col, "plan_chunks", lambda n, positions, *a, **k: [
             im2col.Chunk(i, i + 1, p0, min(positions, p0 + 10))
             for i in range(n) for p0 in range(0, positions, 10)])

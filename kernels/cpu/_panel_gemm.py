@@ -24,8 +24,11 @@ half (quarter).  A job,
 (group, chunk of row tiles, chunk of panels), multiplies a register tile
 of up to ``TILE_ROWS`` rows of A, read in place, by one panel at a time
 (:func:`_panel_tile`), in blocks of the reduction sized for the caches
-(:func:`_panel_gemm_kernel`).  :func:`matmul_rows` takes B row-major
-instead (a 1x1 layer's image) and each job packs its panels as it goes.
+(:func:`_panel_gemm_kernel`).  :func:`matmul_image` takes B as a
+convolution's images instead (element (r, c) at a row's offset plus a
+column's, the columns in runs along output rows) and each job packs its
+panels from them as it goes, no patch matrix built; :func:`matmul_rows`
+is its case of a row-major B (a 1x1 layer's image).
 """
 
 from __future__ import annotations
@@ -39,9 +42,11 @@ from numba.np.numpy_support import as_dtype
 
 from . import _tuning
 from ._prefetch import LINE_BYTES, prefetch_at, prefetch_write_at
+from ._simd import copy_lanes, lanes
 from .direct import TILE_VECTORS, emit_fma_tile, tile_columns
 
-__all__ = ["matmul", "matmul_rows", "panel_width", "panel_width_of",
+__all__ = ["matmul", "matmul_rows", "matmul_image", "image_geometry",
+           "panel_width", "panel_width_of",
            "buffer_size", "zero_padding", "first_tile_rows",
            "panel_tile_rows", "last_tile_rows"]
 
@@ -413,43 +418,207 @@ def _run_edge_tile(rows, width, first, b, b0, b_step, af, a0, depth, steps,
         _run_tile(rows, _FULL, b, b0, b_step, af, a0, depth, steps, acc, c0)
 
 
+# B read from an image (matmul_image): element (r, c) at ``src[row(r) +
+# column_offset(c)]``, the column's offset given by ``geom``, an int64 array
+# of these entries:
+_GEOM_BASE = 0        # offset of the first image's element (0, 0)
+_GEOM_FIRST = 1       # flattened position of column 0 in its image
+_GEOM_ROWS = 2        # output rows per image (Ho)
+_GEOM_WIDTH = 3       # positions per output row (Wo)
+_GEOM_IMAGE = 4       # elements from one image to the next
+_GEOM_PITCH = 5       # elements from one output row's sources to the next
+_GEOM_STEP = 6        # elements from one output column's source to the next
+_GEOM_ROW_STEP = 7    # row(r) = r times this, or row_offsets[r] where it is 0
+GEOM_SIZE = 8
+
+
 @njit(cache=True, inline="always")
-def _pack_panel(rows, r0, ld, steps, width, buf, panel):
-    """``buf[r panel + l] = rows[r0 + r ld + l]`` for ``r < steps``, ``l <
+def _row_at(row_offsets, row_step, r):
+    """Offset of B's row ``r`` in its image: rows at a constant step (a
+    1x1 layer's channels: arithmetic, as before the table existed; the
+    table's load per row cost 64-deep 1x1 layers 3-8 %), or from the
+    table of a layer's taps."""
+    if row_step > 0:
+        return r * row_step
+    return row_offsets[r]
+
+
+@njit(cache=True, inline="always")
+def _seek(c, geom, at):
+    """``at[:3]`` = (image, output row, output column) of B's column
+    ``c``."""
+    q = geom[_GEOM_FIRST] + c
+    positions = geom[_GEOM_ROWS] * geom[_GEOM_WIDTH]
+    m = q // positions
+    p = q - m * positions
+    ho = p // geom[_GEOM_WIDTH]
+    at[0] = m
+    at[1] = ho
+    at[2] = p - ho * geom[_GEOM_WIDTH]
+
+
+@njit(cache=True, inline="always")
+def _take_runs(width, geom, at, runs):
+    """Split the ``width`` columns of B from ``at`` = (image, output row,
+    output column) on into runs that lie in one output row: run ``s`` is
+    lanes ``runs[3 s] .. + runs[3 s + 2]`` of a panel, read from ``runs[3
+    s + 1]`` on in steps of ``geom[_GEOM_STEP]``.  Returns the number of
+    runs; ``at`` moves to the column after them.  A panel's runs follow
+    from the one before it without a division: three 64-bit divisions per
+    panel cost a 64-deep 1x1 layer 4 % (Xeon VM).  (The position lives in
+    an array: carried through the jobs' loops as scalars it sent Numba's
+    parfor reduction analysis into endless recursion.)"""
+    row_len = geom[_GEOM_WIDTH]
+    m, ho, wo = at[0], at[1], at[2]
+    count = 0
+    lane = 0
+    while lane < width:
+        n = min(width - lane, row_len - wo)
+        runs[3 * count] = lane
+        runs[3 * count + 1] = (geom[_GEOM_BASE] + m * geom[_GEOM_IMAGE]
+                               + ho * geom[_GEOM_PITCH] + wo * geom[_GEOM_STEP])
+        runs[3 * count + 2] = n
+        count += 1
+        lane += n
+        wo += n
+        if wo == row_len:
+            wo = 0
+            ho += 1
+            if ho == geom[_GEOM_ROWS]:
+                ho = 0
+                m += 1
+    at[0] = m
+    at[1] = ho
+    at[2] = wo
+    return count
+
+
+@njit(cache=True, inline="always")
+def _runs_span(runs, n_runs, width, geom):
+    """(lo, hi) for :func:`_prefetch_panel_part`: the source offsets of a
+    panel's first and last columns, or of its first run's ends where the
+    two lie more than a few output rows apart (a panel across two
+    images)."""
+    step = geom[_GEOM_STEP]
+    lo = runs[1]
+    last = 3 * (n_runs - 1)
+    hi = runs[last + 1] + (runs[last + 2] - 1) * step
+    if hi < lo or hi - lo > 2 * (width * step + geom[_GEOM_PITCH]):
+        hi = lo + (runs[2] - 1) * step
+    return lo, hi
+
+
+# A job's record of the runs (``st``, int64): the runs' counts of its two
+# rows of runs, the next panel's source span (lo, hi), the position after
+# the runs taken (image, output row, column), the first panel's span.
+# Scalars carried through the jobs' loops instead cost the 6-row tile's
+# inner loop a register: a reload from the stack per step, 64-deep 1x1
+# layers 5-8 % slower (Xeon VM).
+_ST_SIZE = 9
+
+
+@njit(cache=True, inline="always")
+def _first_panel_runs(p_lo, cols, panel, geom, runs, st):
+    """The runs of a job's first panel into ``runs[0]`` (its count to
+    ``st[0]``, its span to ``st[7:9]``), the position after them to
+    ``st[4:7]``."""
+    width = min(panel, cols - p_lo * panel)
+    _seek(p_lo * panel, geom, st[4:])
+    st[0] = _take_runs(width, geom, st[4:], runs[0])
+    lo, hi = _runs_span(runs[0], st[0], width, geom)
+    st[7] = lo
+    st[8] = hi
+
+
+@njit(cache=True, inline="always")
+def _next_panel_runs(width, geom, runs, st, row):
+    """The next panel's runs (its ``width`` columns from the position in
+    ``st[4:7]``) into ``runs``, their count into ``st[row]`` and their
+    source span (:func:`_runs_span`) into ``st[2:4]``."""
+    n = _take_runs(width, geom, st[4:], runs)
+    st[row] = n
+    lo, hi = _runs_span(runs, n, width, geom)
+    st[2] = lo
+    st[3] = hi
+
+
+@njit(cache=True, inline="always")
+def _copy_run(src, s0, dst, d0, n, step):
+    """``dst[d0 + l] = src[s0 + l step]`` for ``l < n``."""
+    if step == 1:
+        # Whole vectors and a masked last one, at offsets (no slices): an
+        # LLVM-vectorised loop ends in a scalar one, up to 15 elements of a
+        # 40- or 24-column run.
+        v = lanes(dst)
+        for q in range(0, n, v):
+            copy_lanes(src, s0 + q, dst, d0 + q, n - q)
+    else:
+        for lane in range(n):
+            dst[d0 + lane] = src[s0 + lane * step]
+
+
+@njit(cache=True, inline="always")
+def _pack_panel(src, row_offsets, row_step, r0, steps, runs, n_runs, step,
+                width, buf, panel):
+    """``buf[r panel + l] = B[r0 + r, l]`` for ``r < steps``, ``l <
     width``, zero for the lanes past ``width`` that the tiles compute
-    (:func:`_edge_lanes`): one panel's slice of B copied from a row-major
-    B (rows ``ld`` apart) into the job's buffer, zero-padded as the
-    gather pads its last panel (its rows were asked for while the panel
-    before it computed: :func:`_prefetch_panel_part`)."""
-    lanes = _edge_lanes(width, panel)
+    (:func:`_edge_lanes`): one panel's slice of B copied from its image
+    (:func:`_take_runs`) into the job's buffer, zero-padded
+    as the gather pads its last panel (its rows were asked for while the
+    panel before it computed: :func:`_prefetch_panel_part`)."""
+    lanes_used = _edge_lanes(width, panel)
+    if n_runs == 1 and step == 1 and row_step > 0:
+        start = r0 * row_step + runs[1]
+        for r in range(steps):
+            src_row = src[start + r * row_step:]
+            dst = buf[r * panel:]
+            for lane in range(width):
+                dst[lane] = src_row[lane]
+            for lane in range(width, lanes_used):
+                dst[lane] = 0
+        return
+    if n_runs == 1 and step == 1:
+        first = runs[1]
+        for r in range(steps):
+            src_row = src[_row_at(row_offsets, row_step, r0 + r) + first:]
+            dst = buf[r * panel:]
+            for lane in range(width):
+                dst[lane] = src_row[lane]
+            for lane in range(width, lanes_used):
+                dst[lane] = 0
+        return
     for r in range(steps):
-        src = rows[r0 + r * ld:]
-        dst = buf[r * panel:]
-        for lane in range(width):
-            dst[lane] = src[lane]
-        for lane in range(width, lanes):
-            dst[lane] = 0
+        base = _row_at(row_offsets, row_step, r0 + r)
+        d0 = r * panel
+        for s in range(n_runs):
+            _copy_run(src, base + runs[3 * s + 1], buf, d0 + runs[3 * s],
+                      runs[3 * s + 2], step)
+        for lane in range(width, lanes_used):
+            buf[d0 + lane] = 0
 
 
 @njit(cache=True, inline="always")
-def _prefetch_panel_part(rows, start, ld, steps, width, part, parts):
-    """Ask for part ``part`` of ``parts`` of a panel's slice in a
-    row-major B: ``rows[start + r ld : + width]`` for the ``r`` in
+def _prefetch_panel_part(src, row_offsets, row_step, r0, steps, lo, hi, part,
+                         parts):
+    """Ask for part ``part`` of ``parts`` of a panel's slice in B's image:
+    ``src[row(r0 + r) + lo : + hi - lo + 1]`` for the ``r`` in
     ``[part steps // parts, (part + 1) steps // parts)``, one request per
-    cache line.  Spread over the tiles of the panel before it, the next
-    panel's rows arrive while those tiles compute, a few lines per tile:
-    each row's piece is a few lines, rows a plane apart, too many streams
-    for the hardware prefetcher.  Asking for the whole next panel while
-    packing this one (up to stop 34: 2 lines ahead in each row, Zen 3)
-    issued hundreds of requests at once; spread out, ResNet-50's 1x1
-    layers with their image out of cache ran 0.96-1.19x faster (Xeon,
+    cache line (``lo``, ``hi``: the offsets of the panel's first and last
+    sources, or the first run's ends where the panel spans images).
+    Spread over the tiles of the panel before it, the next panel's rows
+    arrive while those tiles compute, a few lines per tile: each row's
+    piece is a few lines, rows a plane apart, too many streams for the
+    hardware prefetcher.  Asking for the whole next panel while packing
+    this one (up to stop 34: 2 lines ahead in each row, Zen 3) issued
+    hundreds of requests at once; spread out, ResNet-50's 1x1 layers with
+    their image out of cache ran 0.96-1.19x faster (Xeon,
     docs/performance.md section AG)."""
-    line = LINE_BYTES // rows.itemsize
+    line = LINE_BYTES // src.itemsize
     for r in range(part * steps // parts, (part + 1) * steps // parts):
-        s = start + r * ld
-        for k in range(0, width, line):
-            prefetch_at(rows, s + k)
-        prefetch_at(rows, s + width - 1)
+        s = _row_at(row_offsets, row_step, r0 + r)
+        for k in range(lo, hi + 1, line):
+            prefetch_at(src, s + k)
+        prefetch_at(src, s + hi)
 
 
 @njit(cache=True, inline="always")
@@ -489,22 +658,24 @@ def _prefetch_tile_out(out, o0, rows, ldc, width):
 
 
 @njit(cache=True, inline="always")
-def _panel_source(b, rows, rows_off, rows_ld, buf, g, p, d0, steps, groups,
-                  depth, cols, panel):
+def _panel_source(b, src, row_offsets, geom, runs, n_runs, buf, g, p, d0,
+                  steps, groups, depth, cols, panel):
     """(array, offset) of panel ``p``'s rows ``d0 .. d0 + steps`` of group
-    ``g``'s B: in ``b``'s panels, or, when ``rows_ld`` > 0, packed from
-    the row-major ``rows`` into ``buf`` first."""
-    if rows_ld == 0:
+    ``g``'s B: in ``b``'s panels, or, when ``geom`` places B in an image,
+    packed from the image ``src`` (the panel's ``runs``) into ``buf``
+    first."""
+    if geom[_GEOM_WIDTH] == 0:
         return b, (p * groups * depth + g * depth + d0) * panel
     n0 = p * panel
-    _pack_panel(rows, rows_off + (g * depth + d0) * rows_ld + n0, rows_ld,
-                steps, min(panel, cols - n0), buf, panel)
+    _pack_panel(src, row_offsets, geom[_GEOM_ROW_STEP], g * depth + d0, steps,
+                runs, n_runs, geom[_GEOM_STEP], min(panel, cols - n0), buf,
+                panel)
     return buf, 0
 
 
 @njit(cache=True, inline="always")
-def _one_block_job(g, t_lo, t_hi, p_lo, p_hi, tile_m0, tile_rows, b, rows,
-                   rows_off, rows_ld, af, m_total, depth, groups, cols, out,
+def _one_block_job(g, t_lo, t_hi, p_lo, p_hi, tile_m0, tile_rows, b, src,
+                   row_offsets, geom, af, m_total, depth, groups, cols, out,
                    out_off, ldc, panel):
     """A job of :func:`_panel_gemm_kernel` whose reduction is one block:
     each tile's sums start from zero in registers and go straight to
@@ -514,19 +685,28 @@ def _one_block_job(g, t_lo, t_hi, p_lo, p_hi, tile_m0, tile_rows, b, rows,
     two multiply-adds per element read on a 64-deep 1x1 layer (ResNet-50's
     pointwise layers, which lost 0.3-0.6 ms each to torch).  The same
     chain of multiply-adds as the blocked path, so the same sums."""
+    from_image = geom[_GEOM_WIDTH] > 0
     tile = np.empty(TILE_ROWS * panel, af.dtype)
-    buf = np.empty(depth * panel if rows_ld else 0, af.dtype)
+    buf = np.empty(depth * panel if from_image else 0, af.dtype)
+    # The runs of panel p in row (p - p_lo) % 2 (see _ST_SIZE).
+    runs = np.empty((2, 3 * panel if from_image else 0), np.int64)
+    st = np.zeros(_ST_SIZE, np.int64)
+    if from_image:
+        _first_panel_runs(p_lo, cols, panel, geom, runs, st)
     for p in range(p_lo, p_hi):
-        src, b0 = _panel_source(b, rows, rows_off, rows_ld, buf, g, p, 0,
-                                depth, groups, depth, cols, panel)
+        cur = (p - p_lo) & 1
+        bp, b0 = _panel_source(b, src, row_offsets, geom, runs[cur], st[cur],
+                               buf, g, p, 0, depth, groups, depth, cols, panel)
         n0 = p * panel
         width = min(panel, cols - n0)
-        next_n0 = n0 + panel
+        if from_image and p + 1 < p_hi:
+            _next_panel_runs(min(panel, cols - n0 - panel), geom,
+                             runs[1 - cur], st, 1 - cur)
         for t in range(t_lo, t_hi):
-            if rows_ld and p + 1 < p_hi:
-                _prefetch_panel_part(
-                    rows, rows_off + g * depth * rows_ld + next_n0, rows_ld,
-                    depth, min(panel, cols - next_n0), t - t_lo, t_hi - t_lo)
+            if from_image and p + 1 < p_hi:
+                _prefetch_panel_part(src, row_offsets, geom[_GEOM_ROW_STEP],
+                                     g * depth, depth, st[2], st[3], t - t_lo,
+                                     t_hi - t_lo)
             a0 = (g * m_total + tile_m0[t]) * depth
             if p == p_lo and t + 1 < t_hi:
                 _prefetch_tile_rows(af, a0 + tile_rows[t] * depth,
@@ -536,16 +716,16 @@ def _one_block_job(g, t_lo, t_hi, p_lo, p_hi, tile_m0, tile_rows, b, rows,
                 _prefetch_tile_out(out, o0 + tile_rows[t] * ldc,
                                    tile_rows[t + 1], ldc, width)
             if width == panel:
-                _run_first_tile(tile_rows[t], _FULL, src, b0, panel, af, a0,
+                _run_first_tile(tile_rows[t], _FULL, bp, b0, panel, af, a0,
                                 depth, depth, out, o0, ldc)
             else:
-                _run_edge_tile(tile_rows[t], width, True, src,
+                _run_edge_tile(tile_rows[t], width, True, bp,
                                b0, panel, af, a0, depth, depth, tile, 0)
                 _store_rows(tile, tile_rows[t], width, panel, out, o0, ldc)
 
 
 @njit(parallel=True, cache=True)
-def _panel_gemm_kernel(a, tile_m0, tile_rows, b, rows, rows_off, rows_ld,
+def _panel_gemm_kernel(a, tile_m0, tile_rows, b, src, row_offsets, geom,
                        cols, out, out_off, ldc, t_jobs, p_jobs, depth_block):
     """out[g, m, :cols] = a[g, m] @ B[g] for every group and row; B is
     ``b`` in panels (module docstring), out's row (g, m) starts at
@@ -560,17 +740,18 @@ def _panel_gemm_kernel(a, tile_m0, tile_rows, b, rows, rows_off, rows_ld,
     job's own buffer, from where the next block reloads them exactly: the
     sums are those of one unbroken chain.
 
-    With ``rows_ld`` > 0, B is read from ``rows`` instead (row-major,
-    element (r, c) at ``rows[rows_off + r rows_ld + c]``): a job copies
-    each panel's slice into its own buffer just before its tiles use it,
-    where the gather would have copied every panel beforehand (a 1x1
-    layer's image is its own B)."""
+    Where ``geom`` places B in an image (:func:`matmul_image`), B is read
+    from ``src`` instead: a job copies each panel's slice into its own
+    buffer just before its tiles use it (:func:`_take_runs`,
+    :func:`_pack_panel`), where the gather would have copied every panel
+    beforehand."""
     groups, m_total, depth = a.shape
     panel = panel_width_of(b)
     af = a.reshape(a.size)
     n_tiles = tile_m0.shape[0]
     panels = (cols + panel - 1) // panel
     tile_size = TILE_ROWS * panel
+    from_image = geom[_GEOM_WIDTH] > 0
     for job in prange(groups * t_jobs * p_jobs):
         g = job // (t_jobs * p_jobs)
         ti = (job // p_jobs) % t_jobs
@@ -582,20 +763,28 @@ def _panel_gemm_kernel(a, tile_m0, tile_rows, b, rows, rows_off, rows_ld,
         n_p = p_hi - p_lo
         if depth <= depth_block:
             _one_block_job(g, t_lo, t_hi, p_lo, p_hi, tile_m0, tile_rows, b,
-                           rows, rows_off, rows_ld, af, m_total, depth, groups,
+                           src, row_offsets, geom, af, m_total, depth, groups,
                            cols, out, out_off, ldc, panel)
             continue
         # The first block writes every tile of acc, the last moves every
         # full-width one to out: acc is never zeroed, and only the last
         # panel's tiles (narrower than a panel) are copied.
         acc = np.empty((t_hi - t_lo) * n_p * tile_size, a.dtype)
-        buf = np.empty(depth_block * panel if rows_ld else 0, a.dtype)
+        buf = np.empty(depth_block * panel if from_image else 0, a.dtype)
+        runs = np.empty((2, 3 * panel if from_image else 0), np.int64)
+        st = np.zeros(_ST_SIZE, np.int64)
         for d0 in range(0, depth, depth_block):
             steps = min(depth, d0 + depth_block) - d0
             last = d0 + steps == depth
+            if from_image:
+                # Each pass over the job's panels works their runs out
+                # again from the first (no table of every panel's).
+                _first_panel_runs(p_lo, cols, panel, geom, runs, st)
             for p in range(p_lo, p_hi):
-                src, b0 = _panel_source(b, rows, rows_off, rows_ld, buf, g, p,
-                                        d0, steps, groups, depth, cols, panel)
+                cur = (p - p_lo) & 1
+                bp, b0 = _panel_source(b, src, row_offsets, geom, runs[cur],
+                                       st[cur], buf, g, p, d0, steps, groups,
+                                       depth, cols, panel)
                 n0 = p * panel
                 full = n0 + panel <= cols
                 # The slice packed next: the next panel's, or the first
@@ -603,13 +792,20 @@ def _panel_gemm_kernel(a, tile_m0, tile_rows, b, rows, rows_off, rows_ld,
                 next_p, next_d0 = (p + 1, d0) if p + 1 < p_hi else (
                     p_lo, d0 + depth_block)
                 next_steps = min(depth, next_d0 + depth_block) - next_d0
+                if from_image and next_steps > 0:
+                    if p + 1 < p_hi:
+                        _next_panel_runs(min(panel, cols - next_p * panel),
+                                         geom, runs[1 - cur], st, 1 - cur)
+                    else:
+                        st[2] = st[7]
+                        st[3] = st[8]
                 for t in range(t_lo, t_hi):
-                    if rows_ld and next_steps > 0:
-                        _prefetch_panel_part(
-                            rows, rows_off + (g * depth + next_d0) * rows_ld
-                            + next_p * panel, rows_ld, next_steps,
-                            min(panel, cols - next_p * panel), t - t_lo,
-                            t_hi - t_lo)
+                    if from_image and next_steps > 0:
+                        _prefetch_panel_part(src, row_offsets,
+                                             geom[_GEOM_ROW_STEP],
+                                             g * depth + next_d0, next_steps,
+                                             st[2], st[3], t - t_lo,
+                                             t_hi - t_lo)
                     elif next_steps > 0:
                         _prefetch_slice_part(
                             b, (next_p * groups * depth + g * depth + next_d0)
@@ -620,23 +816,23 @@ def _panel_gemm_kernel(a, tile_m0, tile_rows, b, rows, rows_off, rows_ld,
                                             tile_rows[t + 1], depth, steps)
                     c0 = ((t - t_lo) * n_p + p - p_lo) * tile_size
                     if not full:
-                        _run_edge_tile(tile_rows[t], cols - n0, d0 == 0, src,
+                        _run_edge_tile(tile_rows[t], cols - n0, d0 == 0, bp,
                                        b0, panel, af, a0, depth, steps, acc,
                                        c0)
                     elif d0 == 0:
-                        _run_first_tile(tile_rows[t], _FULL, src, b0, panel,
+                        _run_first_tile(tile_rows[t], _FULL, bp, b0, panel,
                                         af, a0, depth, steps, acc, c0, panel)
                     elif last:
                         if t + 1 < t_hi:
                             _prefetch_tile_out(
                                 out, out_off + (g * m_total + tile_m0[t + 1])
                                 * ldc + n0, tile_rows[t + 1], ldc, panel)
-                        _run_last_tile(tile_rows[t], src, b0, panel, af, a0,
+                        _run_last_tile(tile_rows[t], bp, b0, panel, af, a0,
                                        depth, steps, acc, c0, out,
                                        out_off + (g * m_total + tile_m0[t])
                                        * ldc + n0, ldc)
                     else:
-                        _run_tile(tile_rows[t], _FULL, src, b0, panel, af, a0,
+                        _run_tile(tile_rows[t], _FULL, bp, b0, panel, af, a0,
                                   depth, steps, acc, c0)
         if cols < p_hi * panel:
             p = p_hi - 1
@@ -733,7 +929,8 @@ def matmul(a, b, cols, out):
     if b.dtype != a.dtype or b.size < buffer_size(groups * depth, cols, a.dtype):
         raise ValueError(f"b is not a panel buffer of {groups * depth} rows "
                          f"and {cols} columns of {a.dtype}")
-    return _launch(a, b, np.empty(0, a.dtype), 0, 0, cols, out)
+    return _launch(a, b, np.empty(0, a.dtype), NO_OFFSETS, _NO_GEOMETRY,
+                   cols, out)
 
 
 def matmul_rows(a, rows, rows_off, rows_ld, cols, out):
@@ -763,11 +960,66 @@ def matmul_rows(a, rows, rows_off, rows_ld, cols, out):
         raise ValueError(f"rows does not hold {groups * depth} rows of {cols} "
                          f"columns of {a.dtype}, {rows_ld} apart from "
                          f"{rows_off}")
-    return _launch(a, np.empty(0, a.dtype), rows, rows_off, rows_ld, cols,
+    return _launch(a, np.empty(0, a.dtype), rows, NO_OFFSETS,
+                   image_geometry(rows_off, 0, 1, cols, 0, 0, 1, rows_ld), cols,
                    out)
 
 
-def _launch(a, b, rows, rows_off, rows_ld, cols, out):
+def image_geometry(base, first, rows, row_width, image_stride, pitch, step,
+                   row_step=0):
+    """The ``geom`` array of :func:`matmul_image`: column ``c`` of B is
+    output position ``q = first + c`` counted across images of ``rows``
+    output rows of ``row_width`` (image ``q // (rows row_width)``, output
+    row and column of the rest), read at ``base + image image_stride +
+    row pitch + column step`` in the source, plus ``r row_step`` for B's
+    row ``r`` where ``row_step`` > 0 (else the caller's ``row_offsets``)."""
+    geom = np.array([base, first, rows, row_width, image_stride, pitch,
+                     step, row_step], dtype=np.int64)
+    return geom
+
+
+def matmul_image(a, src, row_offsets, geom, cols, out):
+    """:func:`matmul` with B read from an image, each job packing its
+    panels as it goes (no gather, no panel buffer); the same sums, bit for
+    bit, as :func:`matmul` on the gathered panels.
+
+    B's element (r, c) is ``src[row(r) + o(c)]``, ``o`` the column offset
+    of ``geom`` (:func:`image_geometry`) and ``row(r)`` either ``r`` times
+    its ``row_step`` or ``row_offsets[r]``: for a convolution's patch
+    matrix, ``src`` the zero-padded images, ``row_offsets[(c, i, j)]`` the
+    offset of tap ``(i, j)`` of channel ``c`` and ``o`` the top-left input
+    of an output position.  The caller keeps every offset inside ``src``
+    (jitted code does not check).
+
+    Parameters
+    ----------
+    a : ndarray (G, M, D), C-contiguous
+    src : ndarray, 1-D, C-contiguous and writeable, dtype of ``a``
+    row_offsets : ndarray (G D,) of int64, or empty with a ``row_step``
+    geom : ndarray (:data:`GEOM_SIZE`,) of int64
+    cols : int
+    out : ndarray (G, M, cols), as for :func:`matmul`
+
+    Returns
+    -------
+    out
+    """
+    groups, _, depth = a.shape
+    if src.dtype != a.dtype:
+        raise ValueError(f"src must be {a.dtype}, got {src.dtype}")
+    if geom.shape != (GEOM_SIZE,) or geom[_GEOM_WIDTH] < 1:
+        raise ValueError("geom must come from image_geometry")
+    if geom[_GEOM_ROW_STEP] == 0 and row_offsets.shape != (groups * depth,):
+        raise ValueError(f"row_offsets must hold {groups * depth} offsets "
+                         "when geom has no row_step")
+    return _launch(a, np.empty(0, a.dtype), src, row_offsets, geom, cols, out)
+
+
+NO_OFFSETS = np.empty(0, np.int64)
+_NO_GEOMETRY = np.zeros(GEOM_SIZE, np.int64)
+
+
+def _launch(a, b, src, row_offsets, geom, cols, out):
     """Run :func:`_panel_gemm_kernel` on checked operands."""
     groups, n_rows, depth = a.shape
     if out.size == 0:
@@ -780,9 +1032,9 @@ def _launch(a, b, rows, rows_off, rows_ld, cols, out):
                       _B_BLOCK_BYTES // (panel_width(a.dtype) * a.itemsize))
     tile_m0, tile_rows, t_jobs, p_jobs = _launch_plan(
         groups, n_rows, depth, cols, a.dtype, depth_block,
-        _tuning.block_shape_threads(), rows_ld > 0)
-    _panel_gemm_kernel(np.ascontiguousarray(a), tile_m0, tile_rows, b, rows,
-                       rows_off, rows_ld, cols, out_flat, out_off, ldc,
+        _tuning.block_shape_threads(), geom[_GEOM_WIDTH] > 0)
+    _panel_gemm_kernel(np.ascontiguousarray(a), tile_m0, tile_rows, b, src,
+                       row_offsets, geom, cols, out_flat, out_off, ldc,
                        t_jobs, p_jobs, depth_block)
     return out
 

@@ -82,3 +82,60 @@ def transpose_square(typingctx, src, s0, s_stride, dst, d0, d_stride):
         return context.get_dummy_value()
 
     return types.void(src, s0, s_stride, dst, d0, d_stride), codegen
+
+
+@intrinsic
+def copy_lanes(typingctx, src, s0, dst, d0, n):
+    """``dst[d0 + l] = src[s0 + l]`` for ``l < min(n, lanes)``: one vector
+    load and store, masked where ``n`` is below the lanes (nothing past
+    ``n`` is read or written, so a run's last piece needs no scalar
+    loop)."""
+    dtype = src.dtype
+
+    def codegen(context, builder, signature, args):
+        src_v, s0_v, dst_v, d0_v, n_v = args
+        s_data = context.make_array(src)(context, builder, src_v).data
+        d_data = context.make_array(dst)(context, builder, dst_v).data
+        elem = context.get_value_type(dtype)
+        align = context.get_abi_sizeof(elem)
+        count = lanes_of(align)
+        vec = ir.VectorType(elem, count)
+        i32 = ir.IntType(32)
+        s_ptr = builder.bitcast(builder.gep(s_data, [s0_v], inbounds=True),
+                                vec.as_pointer())
+        d_ptr = builder.bitcast(builder.gep(d_data, [d0_v], inbounds=True),
+                                vec.as_pointer())
+        full = builder.icmp_signed(">=", n_v, ir.Constant(n_v.type, count))
+        with builder.if_else(full) as (whole, part):
+            with whole:
+                builder.store(builder.load(s_ptr, align=align), d_ptr,
+                              align=align)
+            with part:
+                # lane l is on where l < n
+                limit = builder.trunc(n_v, i32)
+                splat = builder.insert_element(
+                    ir.Constant(ir.VectorType(i32, count), None), limit,
+                    ir.Constant(i32, 0))
+                splat = builder.shuffle_vector(
+                    splat, ir.Constant(ir.VectorType(i32, count), None),
+                    ir.Constant(ir.VectorType(i32, count), [0] * count))
+                mask = builder.icmp_signed(
+                    "<", ir.Constant(ir.VectorType(i32, count),
+                                     list(range(count))), splat)
+                module = builder.module
+                ptr_t = vec.as_pointer()
+                suffix = f"v{count}f{8 * align}.p0v{count}f{8 * align}"
+                load_fn = module.declare_intrinsic(
+                    f"llvm.masked.load.{suffix}", (), ir.FunctionType(
+                        vec, [ptr_t, i32, mask.type, vec]))
+                store_fn = module.declare_intrinsic(
+                    f"llvm.masked.store.{suffix}", (), ir.FunctionType(
+                        ir.VoidType(), [vec, ptr_t, i32, mask.type]))
+                zero = ir.Constant(vec, None)
+                value = builder.call(load_fn, [s_ptr, ir.Constant(i32, align),
+                                               mask, zero])
+                builder.call(store_fn, [value, d_ptr,
+                                        ir.Constant(i32, align), mask])
+        return context.get_dummy_value()
+
+    return types.void(src, s0, dst, d0, n), codegen

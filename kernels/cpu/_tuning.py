@@ -452,6 +452,10 @@ class Im2colTuning:
     cache_target_bytes: int = 8 * 2**20
     # ... while the GEMM keeps at least this many columns.
     min_gemm_columns: int = 256
+    # The GEMM's jobs pack their panels from the (zero-padded) images
+    # instead of a gathered patch matrix, where one padded image fits the
+    # scratch limit.
+    pack_from_image: bool = True
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,20 @@ with ``W_g = w[g K/G : (g+1) K/G].reshape(K/G, C/G kH kW)`` and the patch
 matrix ``P_g[n]`` of shape ``(C/G kH kW, Ho Wo)`` whose column ``p`` holds
 the (zero-padded, strided, dilated) input window of output position ``p``.
 Row ``(c, i, j)`` of ``P`` is the input plane ``c`` shifted by the kernel
-tap ``(i, j)``, so building it is a strided copy, done by a Numba
-``prange`` kernel (:func:`fill_panels`).
+tap ``(i, j)``, so building it is a strided copy.
+
+At stride 1 ``P`` is never built (:func:`_gemm_from_images`): the GEMM's
+jobs copy each panel's slice of it straight from the images, zero-padded
+first where the layer pads (:func:`pad_images`), into a buffer in L1
+just before their register tiles use it
+(:func:`._panel_gemm.matmul_image`); a row of a panel is one or a few
+runs of an image row.  Built, ``P`` is 9x the image for a 3x3 layer,
+written to memory by the gather and read back by the GEMM: ResNet-50's
+3x3 layers at batch 4 ran 1.2-1.25x faster packed from the images
+(docs/performance.md section AM).  Strided layers (whose ``P`` is no
+larger than x, and whose runs would be strided copies), and images whose
+padded copy exceeds the scratch limit, are gathered chunk by chunk by a
+Numba ``prange`` kernel (:func:`fill_panels`).
 
 The product is this package's own register-tiled GEMM
 (:mod:`kernels.cpu._panel_gemm`), not a BLAS call: every output is one
@@ -23,7 +35,8 @@ the patch matrix in the GEMM's panels (one register tile wide), and the
 GEMM writes straight into ``y`` (a column slice of ``y[n]`` viewed as
 ``(G, K/G, Ho Wo)``).  All groups' patch matrices are stacked as one
 ``(C kH kW, cols)`` matrix: one gather and one GEMM call do every group.
-A 1x1, stride-1, unpadded convolution gathers each image as one long row.
+A 1x1, stride-1, unpadded convolution's image is its own ``P``: its rows
+are the channels, one long output row each.
 
 Bounded memory: the patch matrix is built in chunks of output positions
 (a contiguous range of the flattened ``(ho, wo)`` index, so a 1-D signal
@@ -36,12 +49,13 @@ gather has just written.  When whole images are small (deep layers, 7x7
 maps) several images share one chunk and one GEMM, whose result is then
 copied into ``y``: one wide GEMM is faster than many skinny ones.
 
-Both steps are ``prange`` kernels in Numba's one OpenMP team, so no other
+Every step is a ``prange`` kernel in Numba's one OpenMP team, so no other
 thread pool wakes beside them whichever library was imported first.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -434,6 +448,130 @@ def _add_bias(out, bias_stack):
 
 def _chunked_gemm(x, w_shape, w_stack, bias_stack, y, stride, padding, dilation,
                   tuning):
+    """Multiply the patches into y: packed by the GEMM's jobs from the
+    (padded) images at stride 1 where one padded image fits the scratch
+    limit, else gathered one chunk at a time."""
+    if (tuning.pack_from_image and tuple(stride) == (1, 1)
+            and _padded_bytes(x, padding) <= tuning.scratch_limit):
+        _gemm_from_images(x, w_shape, w_stack, bias_stack, y, stride, padding,
+                          dilation, tuning)
+    else:
+        _gathered_gemm(x, w_shape, w_stack, bias_stack, y, stride, padding,
+                       dilation, tuning)
+
+
+def _padded_bytes(x, padding):
+    """Bytes of one zero-padded image of x."""
+    _, c, h, w = x.shape
+    pt, pb, pl, pr = padding
+    return c * (h + pt + pb) * (w + pl + pr) * x.itemsize
+
+
+@njit(parallel=True, cache=True)
+def pad_images(x, n0, pt, pl, out):
+    """``out[m] = x[n0 + m]`` zero-padded by ``pt`` rows above and ``pl``
+    columns on the left (and whatever ``out``'s shape leaves below and on
+    the right), one (image, channel) plane per task."""
+    n_img, c, hp, wp = out.shape
+    h, w = x.shape[2], x.shape[3]
+    for task in prange(n_img * c):
+        m = task // c
+        ch = task - m * c
+        plane = out[m, ch]
+        src = x[n0 + m, ch]
+        for r in range(hp):
+            row = plane[r]
+            hi = r - pt
+            if hi < 0 or hi >= h:
+                for q in range(wp):
+                    row[q] = 0
+                continue
+            for q in range(pl):
+                row[q] = 0
+            part = row[pl:]
+            line = src[hi]
+            for q in range(w):
+                part[q] = line[q]
+            for q in range(pl + w, wp):
+                row[q] = 0
+
+
+@functools.lru_cache(maxsize=256)
+def _tap_offsets(c, kh, kw, dh, dw, plane_h, plane_w):
+    """Offset of patch row ``(c, i, j)`` in a (C, plane_h, plane_w) image:
+    the input under tap (i, j) of output position (0, 0)."""
+    taps = (np.arange(kh)[:, None] * dh * plane_w
+            + np.arange(kw)[None, :] * dw).ravel()
+    offsets = (np.arange(c)[:, None] * plane_h * plane_w
+               + taps[None, :]).ravel().astype(np.int64)
+    offsets.setflags(write=False)
+    return offsets
+
+
+def _gemm_from_images(x, w_shape, w_stack, bias_stack, y, stride, padding,
+                      dilation, tuning):
+    """im2col without a patch matrix: the GEMM's jobs copy each panel's
+    slice of it from the images (zero-padded first where the layer pads;
+    :func:`._panel_gemm.matmul_image`), in L1, where the gather wrote the
+    whole patch matrix to memory and the GEMM read it back.  The same
+    panels, so the same bits as :func:`_gathered_gemm`."""
+    n, c, h, w = x.shape
+    k, _, kh, kw = w_shape
+    groups, kg, _ = w_stack.shape
+    _, _, ho, wo = y.shape
+    sh, sw = stride
+    pt, pb, pl, pr = padding
+    positions = ho * wo
+    item = x.dtype.itemsize
+    padded = any(padding) or not x.flags.writeable
+    hp, wp = h + pt + pb, w + pl + pr
+    image = c * hp * wp
+    # Chunks of whole images: several where maps are small (one wider
+    # GEMM, as the gather merges them), as plan_chunks sizes them.
+    chunks = plan_chunks(n, positions, -(-image * item // positions),
+                         -(-image * item // positions) + k * item,
+                         tuning.scratch_limit, tuning.merge_below_positions,
+                         tuning.cache_target_bytes, tuning.min_gemm_columns)
+    per_chunk = chunks[0].n1 - chunks[0].n0
+    if per_chunk == 1:
+        chunks = [Chunk(m, m + 1, 0, positions) for m in range(n)]
+    source = (np.empty((per_chunk, c, hp, wp), x.dtype) if padded else None)
+    # A 1x1 layer's rows are its channels, a plane apart; others' taps
+    # come from a table.
+    pointwise = kh == kw == 1
+    offsets = (_panel_gemm.NO_OFFSETS if pointwise else
+               _tap_offsets(c, kh, kw, dilation[0], dilation[1], hp, wp))
+    merged = per_chunk > 1
+    result_buffer = np.empty(k * per_chunk * positions if merged else 0,
+                             dtype=x.dtype)
+    y_stack = y.reshape(n, groups, kg, positions)
+    x_flat = x.reshape(x.size)
+    for n0, n1, _, _ in chunks:
+        images = n1 - n0
+        if padded:
+            src = source[:images]
+            pad_images(x, n0, pt, pl, src)
+            flat, base = src.reshape(src.size), 0
+        else:
+            flat, base = x_flat, n0 * image
+        geom = _panel_gemm.image_geometry(base, 0, ho, wo, image, sh * wp, sw,
+                                          hp * wp if pointwise else 0)
+        cols = images * positions
+        if not merged:
+            out = y_stack[n0]
+            _panel_gemm.matmul_image(w_stack, flat, offsets, geom, cols, out)
+            _add_bias(out, bias_stack)
+        else:
+            result = result_buffer[:k * cols].reshape(groups, kg, cols)
+            _panel_gemm.matmul_image(w_stack, flat, offsets, geom, cols,
+                                     result)
+            _add_bias(result, bias_stack)
+            y[n0:n1].reshape(images, k, positions)[...] = result.reshape(
+                k, images, positions).transpose(1, 0, 2)
+
+
+def _gathered_gemm(x, w_shape, w_stack, bias_stack, y, stride, padding,
+                   dilation, tuning):
     """Gather the patches of one chunk at a time and multiply each into y."""
     n, c, _, _ = x.shape
     k, _, kh, kw = w_shape
@@ -448,16 +586,7 @@ def _chunked_gemm(x, w_shape, w_stack, bias_stack, y, stride, padding, dilation,
     chunks = plan_chunks(n, positions, rows * item, (rows + k) * item,
                          tuning.scratch_limit, tuning.merge_below_positions,
                          tuning.cache_target_bytes, tuning.min_gemm_columns)
-    # A 1x1, stride-1, unpadded layer's image is its own patch matrix,
-    # row-major: the GEMM's jobs pack their panels from it as they go
-    # (no gather, no patch buffer).  A read-only x would compile another
-    # specialisation of the GEMM kernel, so it is gathered.
-    rows_of_x = ((kh, kw, sh, sw) == (1, 1, 1, 1) and not any(padding)
-                 and x.flags.writeable)
-    x_flat = x.reshape(x.size) if rows_of_x else None
-    gathered = [ch for ch in chunks if not (rows_of_x and ch.n1 - ch.n0 == 1)]
-    max_cols = max(((ch.n1 - ch.n0) * (ch.p1 - ch.p0) for ch in gathered),
-                   default=0)
+    max_cols = max((ch.n1 - ch.n0) * (ch.p1 - ch.p0) for ch in chunks)
     patch_buffer = np.empty(_panel_gemm.buffer_size(rows, max_cols, x.dtype),
                             dtype=x.dtype)
     merged = chunks[0].n1 - chunks[0].n0 > 1
@@ -467,12 +596,6 @@ def _chunked_gemm(x, w_shape, w_stack, bias_stack, y, stride, padding, dilation,
 
     for n0, n1, p0, p1 in chunks:
         cols = (n1 - n0) * (p1 - p0)
-        if rows_of_x and n1 - n0 == 1:
-            out = y_stack[n0, :, :, p0:p1]
-            _panel_gemm.matmul_rows(w_stack, x_flat, n0 * rows * positions + p0,
-                                    positions, cols, out)
-            _add_bias(out, bias_stack)
-            continue
         patches = patch_buffer[:_panel_gemm.buffer_size(rows, cols, x.dtype)]
         _panel_gemm.zero_padding(patches, rows, cols)
         fill_panels(x, n0, n1, p0, p1, kh, kw, sh, sw, pt, pl, dh, dw, wo,
