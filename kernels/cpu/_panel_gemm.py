@@ -435,9 +435,8 @@ GEOM_SIZE = 8
 @njit(cache=True, inline="always")
 def _row_at(row_offsets, row_step, r):
     """Offset of B's row ``r`` in its image: rows at a constant step (a
-    1x1 layer's channels: arithmetic, as before the table existed; the
-    table's load per row cost 64-deep 1x1 layers 3-8 %), or from the
-    table of a layer's taps."""
+    1x1 layer's channels, a row-major B: no table to build or read), or
+    from the table of a layer's taps."""
     if row_step > 0:
         return r * row_step
     return row_offsets[r]
@@ -463,11 +462,10 @@ def _take_runs(width, geom, at, runs):
     output column) on into runs that lie in one output row: run ``s`` is
     lanes ``runs[3 s] .. + runs[3 s + 2]`` of a panel, read from ``runs[3
     s + 1]`` on in steps of ``geom[_GEOM_STEP]``.  Returns the number of
-    runs; ``at`` moves to the column after them.  A panel's runs follow
-    from the one before it without a division: three 64-bit divisions per
-    panel cost a 64-deep 1x1 layer 4 % (Xeon VM).  (The position lives in
-    an array: carried through the jobs' loops as scalars it sent Numba's
-    parfor reduction analysis into endless recursion.)"""
+    runs; ``at`` moves to the column after them, so that a panel's runs
+    follow from the one before it without a division.  (The position
+    lives in an array: carried through the jobs' loops as scalars it sent
+    Numba's parfor reduction analysis into endless recursion.)"""
     row_len = geom[_GEOM_WIDTH]
     m, ho, wo = at[0], at[1], at[2]
     count = 0
@@ -567,17 +565,9 @@ def _pack_panel(src, row_offsets, row_step, r0, steps, runs, n_runs, step,
     as the gather pads its last panel (its rows were asked for while the
     panel before it computed: :func:`_prefetch_panel_part`)."""
     lanes_used = _edge_lanes(width, panel)
-    if n_runs == 1 and step == 1 and row_step > 0:
-        start = r0 * row_step + runs[1]
-        for r in range(steps):
-            src_row = src[start + r * row_step:]
-            dst = buf[r * panel:]
-            for lane in range(width):
-                dst[lane] = src_row[lane]
-            for lane in range(width, lanes_used):
-                dst[lane] = 0
-        return
     if n_runs == 1 and step == 1:
+        # One run (a 1x1 layer's panels, wide maps' inner panels): LLVM's
+        # loop over the whole row, as before runs existed.
         first = runs[1]
         for r in range(steps):
             src_row = src[_row_at(row_offsets, row_step, r0 + r) + first:]

@@ -17,7 +17,7 @@ just before their register tiles use it
 (:func:`._panel_gemm.matmul_image`); a row of a panel is one or a few
 runs of an image row.  Built, ``P`` is 9x the image for a 3x3 layer,
 written to memory by the gather and read back by the GEMM: ResNet-50's
-3x3 layers at batch 4 ran 1.2-1.25x faster packed from the images
+3x3 layers at batch 4 ran 1.10-1.26x faster packed from the images
 (docs/performance.md section AM).  Strided layers (whose ``P`` is no
 larger than x, and whose runs would be strided copies), and images whose
 padded copy exceeds the scratch limit, are gathered chunk by chunk by a
