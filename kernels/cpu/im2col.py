@@ -462,8 +462,8 @@ def _chunked_gemm(x, w_shape, w_stack, bias_stack, y, stride, padding, dilation,
 
 
 # The padded images the GEMM packs from, kept between calls: a fresh 16 MB
-# copy of a 64 x 65536 signal cost 4096 page faults a call, 37-59 ms
-# instead of 8.6 where the allocator handed its pages back each time.
+# copy of a 64 x 65536 signal cost 4096 page faults a call, 37 ms instead
+# of 8.1 back to back, where the allocator handed its pages back each time.
 _workspace = Workspace()
 
 
@@ -539,12 +539,12 @@ def _gemm_from_images(x, w_shape, w_stack, bias_stack, y, stride, padding,
     hp, wp = h + pt + pb, w + pl + pr
     image = c * hp * wp
     # The GEMM's calls as the gather would size them (plan_chunks): a
-    # whole 1 x 65536 signal in one call kept each job's accumulators
-    # for all its panels (2 MB) between blocks of the reduction: 64
-    # channels, k = 3, 59 ms against the gathered 8.4.  A column costs
-    # its patches or its share of the padded image, whichever is more
-    # (a widely dilated kernel's patch matrix is the smaller), so merged
-    # images stay within the scratch limit.
+    # whole 1 x 65536 signal in one call made each job keep accumulators
+    # for all its panels (2 MB at 64 channels, k = 3) between blocks of
+    # the reduction, outside L2.  A column costs its patches or its share
+    # of the padded image, whichever is more (a widely dilated kernel's
+    # patch matrix is the smaller), so merged images stay within the
+    # scratch limit.
     column = max(c * kh * kw * item, -(-image * item // positions))
     chunks = plan_chunks(n, positions, column, column + k * item,
                          tuning.scratch_limit, tuning.merge_below_positions,
