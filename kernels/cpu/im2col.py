@@ -520,6 +520,26 @@ def _tap_offsets(c, kh, kw, dh, dw, plane_h, plane_w):
     return offsets
 
 
+def _multiply_chunk(gemm, y, y_stack, bias_stack, result_buffer, n0, n1, p0,
+                    p1):
+    """``gemm(out, cols)`` for the chunk (images ``n0:n1``, positions
+    ``p0:p1``), plus the bias: one image's straight into ``y``, merged
+    images' through ``result_buffer`` and a transpose into ``y``."""
+    groups, kg, positions = y_stack.shape[1:]
+    images = n1 - n0
+    cols = images * (p1 - p0)
+    if images == 1:
+        out = y_stack[n0, :, :, p0:p1]
+        gemm(out, cols)
+        _add_bias(out, bias_stack)
+        return
+    result = result_buffer[:groups * kg * cols].reshape(groups, kg, cols)
+    gemm(result, cols)
+    _add_bias(result, bias_stack)
+    y[n0:n1].reshape(images, groups * kg, positions)[...] = result.reshape(
+        groups * kg, images, positions).transpose(1, 0, 2)
+
+
 def _gemm_from_images(x, w_shape, w_stack, bias_stack, y, stride, padding,
                       dilation, tuning):
     """im2col without a patch matrix: the GEMM's jobs copy each panel's
@@ -574,18 +594,10 @@ def _gemm_from_images(x, w_shape, w_stack, bias_stack, y, stride, padding,
             flat, base = source[:images].reshape(images * image), 0
         geom = _panel_gemm.image_geometry(base, p0, ho, wo, image, sh * wp, sw,
                                           hp * wp if pointwise else 0)
-        cols = images * (p1 - p0)
-        if not merged:
-            out = y_stack[n0, :, :, p0:p1]
-            _panel_gemm.matmul_image(w_stack, flat, offsets, geom, cols, out)
-            _add_bias(out, bias_stack)
-        else:
-            result = result_buffer[:k * cols].reshape(groups, kg, cols)
-            _panel_gemm.matmul_image(w_stack, flat, offsets, geom, cols,
-                                     result)
-            _add_bias(result, bias_stack)
-            y[n0:n1].reshape(images, k, positions)[...] = result.reshape(
-                k, images, positions).transpose(1, 0, 2)
+        _multiply_chunk(
+            lambda out, cols: _panel_gemm.matmul_image(w_stack, flat, offsets,
+                                                       geom, cols, out),
+            y, y_stack, bias_stack, result_buffer, n0, n1, p0, p1)
 
 
 def _gathered_gemm(x, w_shape, w_stack, bias_stack, y, stride, padding,
@@ -618,17 +630,9 @@ def _gathered_gemm(x, w_shape, w_stack, bias_stack, y, stride, padding,
         _panel_gemm.zero_padding(patches, rows, cols)
         fill_panels(x, n0, n1, p0, p1, kh, kw, sh, sw, pt, pl, dh, dw, wo,
                     patches, rows, panel)
-        if n1 - n0 == 1:
-            out = y_stack[n0, :, :, p0:p1]
-            _panel_gemm.matmul(w_stack, patches, cols, out)
-            _add_bias(out, bias_stack)
-        else:
-            result = result_buffer[:k * cols].reshape(groups, kg, cols)
-            _panel_gemm.matmul(w_stack, patches, cols, result)
-            _add_bias(result, bias_stack)
-            images = n1 - n0
-            y[n0:n1].reshape(images, k, positions)[...] = result.reshape(
-                k, images, positions).transpose(1, 0, 2)
+        _multiply_chunk(
+            lambda out, cols: _panel_gemm.matmul(w_stack, patches, cols, out),
+            y, y_stack, bias_stack, result_buffer, n0, n1, p0, p1)
 
 
 KERNELS = {("conv2d", "im2col"): Kernel(_run)}
