@@ -7,7 +7,7 @@ channel tile is forced on with
 ``DirectTuning.channel_tile_max_filter_bytes_per_position``
 (it is off by default on AVX2 machines) and every test checks that it was
 taken.  Shapes reach: rows that are whole segments and rows whose last
-segment overlaps, groups, dilation, strides, asymmetric padding, bias or
+segment overlaps, rows split into column chunks among tasks, groups, dilation, strides, asymmetric padding, bias or
 none, tasks of whole planes and of chunks of rows, both task orders
 (channel blocks outside rows and rows outside blocks), float32 and
 float64.
@@ -158,7 +158,7 @@ def test_run_chooses_the_order_by_packed_input_and_filter_bytes(monkeypatch):
     real = dc.conv_channels
 
     def spy(*args):
-        seen.append(args[-1])               # blocks_per_task; 0: blocks outer
+        seen.append(args[-2])               # blocks_per_task; 0: blocks outer
         return real(*args)
 
     monkeypatch.setattr(dc, "conv_channels", spy)
@@ -185,6 +185,22 @@ def test_task_rows_cover_every_row_once(ho, other_tasks):
     else:
         # no more rows than its share among 8 tasks (rounded up)
         assert per <= -(-ho * other_tasks // 8)
+
+
+@pytest.mark.parametrize("wo", [dc.COLS, 2 * dc.MIN_TASK_COLS - 1,
+                                2 * dc.MIN_TASK_COLS, 1000, 65536])
+@pytest.mark.parametrize("other_tasks", [1, 2, 3, 8, 64])
+def test_task_cols_split_rows_only_for_want_of_tasks(wo, other_tasks):
+    cols = dc.task_cols(wo, other_tasks, 8)
+    chunks = max(1, wo // cols)              # as conv_channels cuts a row
+    if other_tasks >= 8 or wo < 2 * dc.MIN_TASK_COLS:
+        assert cols == wo                    # whole rows
+        return
+    assert cols % dc.COLS == 0 and dc.MIN_TASK_COLS <= cols <= wo // 2
+    # enough tasks with the others, and the last chunk (the rest of the
+    # row) no narrower than the others
+    assert chunks * other_tasks >= min(8, wo // dc.MIN_TASK_COLS)
+    assert wo - (chunks - 1) * cols >= cols
 
 
 # --------------------------------------------------------------------------
@@ -230,6 +246,29 @@ def test_tasks_of_chunks_of_rows_and_of_whole_planes(dtype, monkeypatch):
                        ((5, 3, 9, dc.COLS), 4 * kb)):
         x, w, b = random_problem(rng, x_shape, (k, 3, 3, 3), dtype)
         check_channel_tile(x, w, b, (0, 0, 1, 1), monkeypatch=monkeypatch)
+
+
+@over_dtypes
+@pytest.mark.parametrize("order", ["rows", "blocks"])
+@pytest.mark.parametrize("wo", [2 * dc.MIN_TASK_COLS, 997])
+def test_long_rows_split_into_column_chunks(dtype, order, wo, monkeypatch):
+    # One image of one row (a 1-D signal) and one channel block: the row
+    # is cut into column chunks, the last taking the rest of it (997: its
+    # last segment overlaps the one before).
+    seen = []
+    real = dc.conv_channels
+
+    def spy(*args):
+        seen.append(args[-1])               # cols_per_task
+        return real(*args)
+
+    monkeypatch.setattr(dc, "conv_channels", spy)
+    rng = np.random.default_rng(wo)
+    x, w, b = random_problem(rng, (1, 4, 1, wo + 4), (block(dtype), 4, 1, 5),
+                             dtype)
+    check_channel_tile(x, w, b, (0, 0, 0, 0), order=order,
+                       monkeypatch=monkeypatch)
+    assert seen and seen[0] < wo
 
 
 @over_dtypes
@@ -294,6 +333,7 @@ def channel_problems(draw):
                 dilation=dilation, stride=stride, groups=groups,
                 bias=draw(st.booleans()), dtype=dtype,
                 order=draw(st.sampled_from(("rows", "blocks"))),
+                split_rows=draw(st.booleans()),
                 seed=draw(st.integers(0, 2**32 - 1)))
 
 
@@ -301,6 +341,9 @@ def channel_problems(draw):
 @given(problem=channel_problems())
 def test_random_configurations_give_the_pixel_tiles_bits(problem):
     with pytest.MonkeyPatch.context() as monkeypatch:
+        if problem["split_rows"]:
+            # tasks of a single segment's columns where tasks are few
+            monkeypatch.setattr(dc, "MIN_TASK_COLS", dc.COLS)
         rng = np.random.default_rng(problem["seed"])
         x, w, b = random_problem(rng, problem["x_shape"], problem["w_shape"],
                                  problem["dtype"], problem["bias"])

@@ -25,11 +25,20 @@ block slowest so that a thread keeps one block of packed filters in L2
 for all its images, or, where the packed input is larger than the filters
 (:func:`rows_outer`), over (group, image, chunk of rows, run of channel
 blocks), each row computed for every block of the run in turn so that
-its packed input is read from L1 or L2 once for all of them.
-A row is covered by segments of ``COLS`` pixels, the last one ending at
-the row's end (it overlaps the one before where ``COLS`` does not divide
-the width: those outputs are computed and written twice, with the same
-bits).
+its packed input is read from L1 or L2 once for all of them.  Where
+those tasks are too few for the threads, or (rows outside blocks) a
+task's rows would read more than half the core's L2 of packed input,
+rows are also cut into chunks of columns (:func:`task_cols`): a 1-D
+signal is a single row, and with one or two channel blocks (32 or 64
+channels) it ran on one or two tasks.  1-D ``conv1d``, C = K, batch 1,
+caches cold, paired in one process (Xeon VM, docs/performance.md section
+AN), whole rows' time over chunks': 32 channels k = 3 / 9 at L = 1024
+1.11 / 1.25, 4096 1.48 / 1.63, 65536 1.74 / 1.84; 64 channels 1.02-1.25;
+128 and 256 channels and 2-D layers within 3 %.
+A row (or chunk) is covered by segments of ``COLS`` pixels, the last one
+ending at its end (it overlaps the one before where ``COLS`` does not
+divide the width: those outputs are computed and written twice, with the
+same bits).
 
 Where it is used (:func:`tile_for`,
 ``DirectTuning.channel_tile_max_filter_bytes_per_position``): layers
@@ -68,7 +77,8 @@ from ._workspace import Workspace
 
 __all__ = ["COLS", "NVEC", "PREFETCH_TAPS", "X_PREFETCH_TAPS", "lanes_of",
            "tile_applies", "tile_for", "pack_filters", "channel_tile",
-           "conv_channels", "task_rows", "run"]
+           "conv_channels", "task_rows", "task_cols", "MIN_TASK_COLS",
+           "input_bytes_per_column", "run"]
 
 # Pixels and vectors of channels of the tile: 28 accumulators of
 # AVX-512's 32 registers (two more hold the tap's filter vectors); 12 of
@@ -93,6 +103,10 @@ X_PREFETCH_TAPS = 24
 # Rows are covered by overlapping segments only where at least this share
 # of the computed outputs is distinct.
 _MIN_EFFICIENCY = 0.85
+
+# A task's columns when rows are split among tasks (:func:`task_cols`):
+# eight tiles.
+MIN_TASK_COLS = 8 * COLS
 
 
 def tile_applies(wo, kg, itemsize):
@@ -258,14 +272,15 @@ def _tile_buffer(typingctx, x):
 
 
 @njit(cache=True, inline="always")
-def _row_tiles(xq, x0, offs, n_taps, wp, w0, init, k0, block, y, y0, hw, wo,
-               acc_ptr):
-    """The tiles of one output row of ``block`` channels: ``COLS`` pixels
-    each, the last ending at the row's end."""
+def _row_tiles(xq, x0, offs, n_taps, wp, w0, init, k0, block, y, y0, hw,
+               col_lo, col_hi, acc_ptr):
+    """The tiles of columns ``col_lo .. col_hi - 1`` (at least ``COLS``)
+    of one output row of ``block`` channels: ``COLS`` pixels each, the
+    last ending at ``col_hi``."""
     acc = carray(acc_ptr, (COLS, block))
-    ow0 = 0
-    while ow0 < wo:
-        ow0 = min(ow0, wo - COLS)
+    ow0 = col_lo
+    while ow0 < col_hi:
+        ow0 = min(ow0, col_hi - COLS)
         channel_tile(xq, x0 + ow0, offs, n_taps, wp, w0, init, k0, acc_ptr)
         for q in range(block):
             dst = y0 + q * hw + ow0
@@ -276,13 +291,13 @@ def _row_tiles(xq, x0, offs, n_taps, wp, w0, init, k0, block, y, y0, hw, wo,
 
 @njit(cache=True, inline="always")
 def _block_row(xq, offs, r_len, wp, init, block, yf, g, blk, n, oh, cg, kg,
-               c_total, k_total, image, wq, hw, wo, acc_ptr):
-    """Output row ``oh`` of image ``n`` for channel block ``blk`` of group
-    ``g``."""
+               c_total, k_total, image, wq, hw, wo, col_lo, col_hi, acc_ptr):
+    """Columns ``col_lo .. col_hi - 1`` of output row ``oh`` of image
+    ``n`` for channel block ``blk`` of group ``g``."""
     k0 = g * kg + blk * block
     _row_tiles(xq, (n * c_total + g * cg) * image + oh * wq, offs, r_len, wp,
                k0 * r_len, init, k0, block, yf,
-               (n * k_total + k0) * hw + oh * wo, hw, wo, acc_ptr)
+               (n * k_total + k0) * hw + oh * wo, hw, col_lo, col_hi, acc_ptr)
 
 
 @njit(cache=True, inline="always")
@@ -306,15 +321,18 @@ def _task_coords(task, runs_fastest, block_runs, row_chunks, n_img):
 
 @njit(cache=True, parallel=True)
 def conv_channels(x, w2, init, sh, sw, dh, dw, pt, pl, kh, kw, groups,
-                  block, rows_per_task, xq, wp, y, blocks_per_task):
+                  block, rows_per_task, xq, wp, y, blocks_per_task,
+                  cols_per_task):
     """Direct convolution with channel tiles into ``y`` (N, K, Ho, Wo).
 
     ``w2`` is the filters as (K, R); ``init`` (K,) the bias or zeros;
     ``block`` the tile's channels; a task computes ``rows_per_task`` rows
-    (:func:`task_rows`); ``xq`` and ``wp`` are scratch for the packed
-    input and filters.  ``blocks_per_task`` 0: a task is one channel
-    block's rows (blocks outside rows); otherwise a task is a run of that
-    many blocks for its rows, row by row (:func:`rows_outer`).
+    (:func:`task_rows`) over ``cols_per_task`` columns (:func:`task_cols`:
+    ``Wo`` or fewer, the last task of a row taking the rest); ``xq`` and
+    ``wp`` are scratch for the packed input and filters.
+    ``blocks_per_task`` 0: a task is one channel block's rows (blocks
+    outside rows); otherwise a task is a run of that many blocks for its
+    rows, row by row (:func:`rows_outer`).
     """
     n_img, c_total = x.shape[0], x.shape[1]
     k_total, ho, wo = y.shape[1], y.shape[2], y.shape[3]
@@ -339,16 +357,21 @@ def conv_channels(x, w2, init, sh, sw, dh, dw, pt, pl, kh, kw, groups,
     # blocks, the fastest index.
     per_run = max(1, blocks_per_task)
     block_runs = (blocks + per_run - 1) // per_run
-    for task in prange(groups * n_img * row_chunks * block_runs):
-        run, chunk, n, g = _task_coords(task, blocks_per_task > 0,
+    # Column chunks are the fastest index: a row's chunks are neighbours.
+    col_chunks = max(1, wo // cols_per_task)
+    for task in prange(groups * n_img * row_chunks * block_runs * col_chunks):
+        run, chunk, n, g = _task_coords(task // col_chunks, blocks_per_task > 0,
                                         block_runs, row_chunks, n_img)
+        col_chunk = task % col_chunks
+        col_lo = col_chunk * cols_per_task
+        col_hi = wo if col_chunk == col_chunks - 1 else col_lo + cols_per_task
         acc_ptr = _tile_buffer(x)
         for oh in range(chunk * rows_per_task,
                         min(ho, (chunk + 1) * rows_per_task)):
             for blk in range(run * per_run, min(blocks, (run + 1) * per_run)):
                 _block_row(xq, offs, r_len, wp, init, block, yf, g, blk, n,
                            oh, cg, kg, c_total, k_total, image, wq, hw, wo,
-                           acc_ptr)
+                           col_lo, col_hi, acc_ptr)
     return y
 
 
@@ -377,6 +400,35 @@ def task_rows(ho, other_tasks, min_tasks):
     return -(-ho // chunks)
 
 
+def task_cols(wo, other_tasks, min_tasks, max_cols=None):
+    """Output columns per task: the whole row (``wo``), or a multiple of
+    ``COLS`` of at least ``MIN_TASK_COLS`` when the other tasks (channel
+    runs x row chunks x images x groups) are fewer than ``min_tasks`` or
+    the row is wider than ``max_cols``.  A 1-D signal is one row: at 32
+    channels (one channel block) its whole output was one task, run by
+    one thread."""
+    chunks = -(-min_tasks // max(other_tasks, 1))
+    if max_cols is not None:
+        chunks = max(chunks, -(-wo // max(max_cols, 1)))
+    chunks = min(chunks, wo // MIN_TASK_COLS)
+    if chunks <= 1:
+        return wo
+    return wo // chunks // COLS * COLS
+
+
+def input_bytes_per_column(spec, rows, itemsize):
+    """Bytes of packed input one output column of ``rows`` output rows
+    reads, over a group's channels."""
+    kh = spec.w_shape[2]
+    sh, sw = spec.stride
+    cg = spec.x_shape[1] // spec.groups
+    return cg * sw * (rows * sh + (kh - 1) * spec.dilation[0]) * itemsize
+
+
+# Packed input a task of rows outside blocks keeps for all its blocks:
+# half the core's L2.
+_TASK_INPUT_BYTES = _tuning._l2_bytes() // 2
+
 # Packed input and filters: scratch reused across calls (per Python thread).
 _workspace = Workspace()
 
@@ -402,12 +454,20 @@ def run(spec, x, w, bias):
     threads = _tuning.block_shape_threads()
     blocks = k_total // groups // block
     if rows_outer(packed * x.itemsize, w.nbytes):
+        # Rows split first, then columns (as far as tasks are wanted, and
+        # so that a task's packed input stays in L2 for all its blocks),
+        # then runs of blocks.
         per = task_rows(ho, n_img * groups, 4 * threads)
+        row_tasks = -(-ho // per) * n_img * groups
+        cols = task_cols(wo, row_tasks, 4 * threads,
+                         _TASK_INPUT_BYTES // input_bytes_per_column(
+                             spec, per, x.itemsize))
         runs = max(1, min(blocks, -(-4 * threads
-                                    // (-(-ho // per) * n_img * groups))))
+                                    // (row_tasks * max(1, wo // cols)))))
         return conv_channels(x, w.reshape(k_total, -1), init, sh, sw, dh, dw,
                              pt, pl, kh, kw, groups, block, per, xq, wp, y,
-                             -(-blocks // runs))
+                             -(-blocks // runs), cols)
     per = task_rows(ho, blocks * n_img, 4 * threads)
+    cols = task_cols(wo, blocks * -(-ho // per) * n_img * groups, 4 * threads)
     return conv_channels(x, w.reshape(k_total, -1), init, sh, sw, dh, dw, pt,
-                         pl, kh, kw, groups, block, per, xq, wp, y, 0)
+                         pl, kh, kw, groups, block, per, xq, wp, y, 0, cols)
