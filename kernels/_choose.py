@@ -453,6 +453,13 @@ def choose_algorithm(x_shape, w_shape, stride=(1, 1), padding=(0, 0, 0, 0),
     algorithm : str, or (str, dict) with ``measure=True``
         Always built for ``backend`` and able to compute the problem.
 
+    Notes
+    -----
+    Kernel rows or columns at the kernel's edges that only ever meet the
+    zero padding (:func:`kernels.geometry.live_taps`) are left out: the
+    choice is the one ``conv2d(..., algorithm="auto")`` makes for a finite
+    filter, which it computes over the live taps only.
+
     Examples
     --------
     >>> import kernels
@@ -465,6 +472,9 @@ def choose_algorithm(x_shape, w_shape, stride=(1, 1), padding=(0, 0, 0, 0),
     padding = _four_sided(padding, w_shape, stride, dilation)
     spec = ConvSpec.from_config(x_shape, w_shape, stride, padding, dilation,
                                 groups, dtype)
+    # conv2d computes a finite filter's live taps only (ConvSpec.live_taps)
+    if spec.live_taps is not None:
+        spec = spec.live_taps[1]
     if measure:
         times = _time_candidates(_candidates_or_raise(spec, backend), spec,
                                  backend)

@@ -172,6 +172,21 @@ def _plan_key(nsp, x, w, bias, stride, padding, dilation, groups,
             None if bias is None else (bias.shape, bias.dtype)) + plain
 
 
+class _Crop(NamedTuple):
+    """A problem over the kernel taps that meet the input
+    (:attr:`ConvSpec.live_taps`)."""
+
+    taps: tuple             # (first, last) live tap along H, then W
+    spec: ConvSpec          # the problem over the live taps
+
+    def take(self, w):
+        """The live taps of ``w``, C-contiguous and read-only."""
+        (h0, h1), (w0, w1) = self.taps
+        live = np.array(w[:, :, h0:h1 + 1, w0:w1 + 1], order="C")
+        live.setflags(write=False)
+        return live
+
+
 class _Plan(NamedTuple):
     """What :func:`_conv` derives from a validated call's arguments."""
 
@@ -181,6 +196,25 @@ class _Plan(NamedTuple):
     spec: ConvSpec          # the 2-D problem the kernels see
     algorithm: str
     backend: str
+    crop: object = None     # a _Crop, or None: every tap meets the input
+
+
+def _dead_tap_crop(spec, algorithm, backend):
+    """A :class:`_Crop` when kernel rows or columns at the kernel's edges
+    only ever meet the zero padding (:attr:`ConvSpec.live_taps`), else
+    None.  Their products are zeros (the caller checks that the filter is
+    finite), so the problem over the live taps has the same outputs: a 9
+    x 9 kernel padded by 4 over a one-row image does a ninth of the work.
+    A named ``algorithm`` keeps the whole kernel unless it supports both
+    problems (its errors do not depend on the crop)."""
+    live = spec.live_taps
+    if live is None:
+        return None
+    if algorithm != "auto" and any(
+            _dispatch.unsupported_reason("conv2d", backend, algorithm, s)
+            is not None for s in (spec, live[1])):
+        return None
+    return _Crop(*live)
 
 
 def _plan(nsp, p):
@@ -201,7 +235,7 @@ def _plan(nsp, p):
         spec = ConvSpec(x_shape, w_shape, p.stride, pads[0] + pads[1],
                         p.dilation, p.groups, p.dtype)
     return _Plan(p.unbatched, mode_pads, p.padding_mode, spec, p.algorithm,
-                 p.backend)
+                 p.backend, _dead_tap_crop(spec, p.algorithm, p.backend))
 
 
 def _conv(nsp, x, w, bias, *args):
@@ -223,6 +257,15 @@ def _conv(nsp, x, w, bias, *args):
     if nsp == 1:
         x = _arrays.reshape(x, spec.x_shape)
         w = _arrays.reshape(w, spec.w_shape)
+    if plan.crop is not None and type(w) is np.ndarray:
+        # The live taps' copy is kept in the weight cache (a stable array
+        # for the algorithms' own transforms), with the whole filter's
+        # finiteness on record.
+        with transformed_weights.watch() as fetched:
+            live = transformed_weights.get(w, "live_taps", plan.crop.taps,
+                                           plan.crop.take)
+        if fetched.finite:
+            w, spec = live, plan.crop.spec
     y = run_conv2d(spec, x, w, bias, plan.algorithm, plan.backend)
     if nsp == 1:
         y = _arrays.reshape(y, (y.shape[0], y.shape[1], y.shape[3]))

@@ -140,6 +140,41 @@ class ConvSpec:
         return (self.x_shape, self.w_shape, self.stride, self.padding,
                 self.dilation, self.groups)
 
+    @functools.cached_property
+    def live_taps(self):
+        """``(taps, spec)`` when leading or trailing kernel rows or columns
+        only ever meet the zero padding, else None: ``taps`` the (first,
+        last) live tap along H and along W (:func:`kernels.geometry.
+        live_taps`), ``spec`` the problem over them, with that much less
+        padding and the same outputs wherever the filter is finite (the
+        left-out products are zeros times weights; 0 * Inf is NaN).  A
+        9 x 9 kernel padded by 4 over a one-row image: a 1 x 9 kernel."""
+        if self.is_empty():
+            return None
+        taps, padding, kernel = [], [], []
+        for axis in range(2):
+            n, k = self.x_shape[2 + axis], self.w_shape[2 + axis]
+            lo, hi = self.padding[2 * axis], self.padding[2 * axis + 1]
+            d = self.dilation[axis]
+            live = geometry.live_taps(n, k, self.stride[axis], (lo, hi), d)
+            if live is None:                # every output is the bias
+                return None
+            first, last = live
+            # (a tap the stride skips may leave less padding than that)
+            if lo < first * d:
+                first = 0
+            if hi < (k - 1 - last) * d:
+                last = k - 1
+            taps.append((first, last))
+            padding += [lo - first * d, hi - (k - 1 - last) * d]
+            kernel.append(last - first + 1)
+        if tuple(kernel) == self.w_shape[2:]:
+            return None
+        spec = ConvSpec(self.x_shape, self.w_shape[:2] + tuple(kernel),
+                        self.stride, tuple(padding), self.dilation,
+                        self.groups, self.dtype)
+        return (tuple(taps), spec) if spec.out_hw == self.out_hw else None
+
     @classmethod
     def from_config(cls, x_shape, w_shape, stride=(1, 1), padding=(0, 0, 0, 0),
                     dilation=(1, 1), groups=1, dtype=np.float32):

@@ -25,6 +25,7 @@ from typing import Iterable, Sequence
 __all__ = [
     "effective_kernel_size",
     "conv_output_size",
+    "live_taps",
     "conv_transpose_output_size",
     "pool_output_size",
     "same_padding",
@@ -83,6 +84,38 @@ def conv_output_size(n: int, k: int, stride: int = 1, padding=0,
             f"kernel (dilated size {k_eff}) is larger than the padded input "
             f"(size {padded}); use a smaller kernel or dilation, or more padding")
     return (padded - k_eff) // stride + 1
+
+
+def live_taps(n: int, k: int, stride: int = 1, padding=0,
+              dilation: int = 1):
+    """``(first, last)``: the first and last kernel taps along one axis
+    that meet the input at some output, or None when none does.
+
+    Tap ``i`` of output ``o`` reads padded position ``o s + i d``, input
+    position ``o s + i d - p_lo``; taps before ``first`` and after ``last``
+    only ever meet the zero padding (a 9-tap kernel padded by 4 over a
+    one-row image: only tap 4 meets it).  ``padding`` is an int or
+    ``(p_lo, p_hi)``, as for :func:`conv_output_size`.
+
+    Examples
+    --------
+    >>> live_taps(1, 9, padding=4)
+    (4, 4)
+    >>> live_taps(224, 3, padding=1)
+    (0, 2)
+    """
+    out = conv_output_size(n, k, stride, padding, dilation)
+    lo = padding if isinstance(padding, int) else padding[0]
+    live = []
+    for i in range(k):
+        offset = i * dilation - lo          # input position at o = 0
+        # outputs o in [0, out) with 0 <= o s + offset < n
+        first_o = -(offset // stride) if offset < 0 else 0
+        last_o = (min(out - 1, (n - 1 - offset) // stride)
+                  if offset <= n - 1 else -1)
+        if first_o <= last_o:
+            live.append(i)
+    return (live[0], live[-1]) if live else None
 
 
 def conv_transpose_output_size(n: int, k: int, stride: int = 1, padding=0,

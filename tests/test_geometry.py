@@ -28,6 +28,22 @@ def windows_by_enumeration(n, k, stride, lo, hi, dilation):
     return count
 
 
+@given(n=st.integers(1, 40), k=kernels_, stride=strides, lo=pads, hi=pads,
+       dilation=dilations)
+def test_live_taps_are_those_that_meet_the_input(n, k, stride, lo, hi,
+                                                 dilation):
+    count = windows_by_enumeration(n, k, stride, lo, hi, dilation)
+    assume(count > 0)
+    # tap j of window i reads input position s i + d j - lo
+    meeting = [j for j in range(k)
+               if any(0 <= stride * i + dilation * j - lo < n
+                      for i in range(count))]
+    expected = (meeting[0], meeting[-1]) if meeting else None
+    assert geometry.live_taps(n, k, stride, (lo, hi), dilation) == expected
+    if lo == hi:
+        assert geometry.live_taps(n, k, stride, lo, dilation) == expected
+
+
 @given(n=sizes, k=kernels_, stride=strides, lo=pads, hi=pads, dilation=dilations)
 def test_conv_output_size_counts_the_windows(n, k, stride, lo, hi, dilation):
     count = windows_by_enumeration(n, k, stride, lo, hi, dilation)
