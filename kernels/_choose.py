@@ -26,7 +26,8 @@ from ._validation import int_tuple, normalise_padding
 from ._winograd_math import DEFAULT_TILE_BY_KERNEL
 
 __all__ = ["choose_algorithm", "choose_transposed_algorithm", "candidates",
-           "default_thresholds", "thresholds", "NEUTRAL_THRESHOLDS"]
+           "default_thresholds", "thresholds", "NEUTRAL_THRESHOLDS",
+           "one_d_fft_factor"]
 
 # For a backend without measured thresholds: direct whenever it is built
 # (the one algorithm every backend is expected to have), no fast
@@ -85,6 +86,33 @@ IM2COL_SERIAL_POSITIONS = 64
 #: sweeps: ~286; 1024^2 fft from k = 15 in every sweep: the default 197.
 FFT_SINGLE_SIZE_FACTORS = ((1 << 16, 575 / 197), (1 << 18, 286 / 197),
                            (1 << 20, 1.0))
+
+#: A 1-D problem with several channels reaches FFT at an area (kernel
+#: length) that falls further with the channels than the 2-D one, which is
+#: held beyond C*K = 4096, and rises on short signals, where FFT's fixed
+#: costs weigh more.  Its threshold (``fft_min_area`` times
+#: ``fft_1d_area_factor``, calibrated on 3 -> 16 channels, C*K = 48) is
+#: multiplied by a factor interpolated in log2(C*K) and log(factor)
+#: between these (C*K, factor) points, held at the ends, and by ``1 +
+#: ONE_D_FFT_FIXED_SAMPLES / (Lo sqrt(N))``.  Crossovers measured on the
+#: Xeon VM (2026-12-05, conv1d, C = K, batch 1, caches cold, 7 alternated
+#: calls; docs/performance.md section AN), the kernel length from which
+#: FFT beats direct and im2col, by signal length 1024 / 4096 / 16384 /
+#: 65536: 32 channels > 63 / ~70 / ~45 / ~40; 64: ~70 / ~26 / ~20 / -;
+#: 128: ~28 / ~12 / ~8 / -; 256: ~16 / ~8 / - / -.  The long-signal
+#: lengths 38, 16.8, 6.7 and 4.6 over the former threshold (28.4 at C*K =
+#: 1024, 14.8 from 4096 on) give the factors; the former threshold sent 64
+#: channels at k = 15 to FFT at 0.40-0.88x direct's speed and kept 256
+#: channels at k = 9 on direct at 1.17x FFT's time.
+ONE_D_FFT_CHANNEL_FACTORS = ((48, 1.0), (1024, 38 / 28.4), (4096, 16.8 / 14.8),
+                             (16384, 6.7 / 14.8), (65536, 4.6 / 14.8))
+
+#: Samples at which FFT's fixed costs double a 1-D threshold (see above):
+#: 4096 samples need 1.75x the long-signal length, 1024 4x.  A batch counts
+#: as the square root of its images: 4 x 4096 and 16 x 1024 samples of
+#: 128 channels at k = 9 ran FFT 0.86x and 0.92x direct's speed, one
+#: signal of 16384 1.13x; 64 channels at k = 21 0.92x and 1.08x, 1.04x.
+ONE_D_FFT_FIXED_SAMPLES = 3072
 
 #: Output positions (N * Ho * Wo) Winograd needs when its output channels
 #: only just pass ``winograd_min_channels`` (under twice it).  C = K = 64,
@@ -210,6 +238,16 @@ def single_channel_size_factor(pixels):
     return float(np.exp(np.interp(np.log2(max(pixels, 1)), xs, ys)))
 
 
+def one_d_fft_factor(cg, kg, n_img, out_len):
+    """Factor on a multi-channel 1-D problem's FFT area threshold (see
+    ``ONE_D_FFT_CHANNEL_FACTORS`` and ``ONE_D_FFT_FIXED_SAMPLES``)."""
+    xs = [np.log2(ck) for ck, _ in ONE_D_FFT_CHANNEL_FACTORS]
+    ys = [np.log(f) for _, f in ONE_D_FFT_CHANNEL_FACTORS]
+    channels = float(np.exp(np.interp(np.log2(max(cg * kg, 1)), xs, ys)))
+    samples = max(out_len, 1) * np.sqrt(max(n_img, 1))
+    return channels * (1 + ONE_D_FFT_FIXED_SAMPLES / samples)
+
+
 def fft_min_area(cg, kg, t):
     """Kernel area from which FFT is chosen, for ``cg`` input and ``kg``
     output channels per group, under thresholds ``t``.
@@ -261,9 +299,11 @@ def _model_choice(cands, spec, t):
     # conv1, 7x7/2: fft 2.1 ms against direct's 0.78).
     phase_area = area / (stride[0] * stride[1])
     fft_area = fft_min_area(cg, kg, t)
-    if h == 1 and kh == 1:
-        fft_area *= t["fft_1d_area_factor_single" if cg * kg == 1
-                      else "fft_1d_area_factor"]
+    if h == 1 and kh == 1 and cg * kg == 1:
+        fft_area *= t["fft_1d_area_factor_single"]
+    elif h == 1 and kh == 1:
+        fft_area *= t["fft_1d_area_factor"] * one_d_fft_factor(cg, kg, n,
+                                                                out_w)
     elif cg * kg == 1:
         fft_area *= single_channel_size_factor(h * w)
     if "fft" in cands and phase_area >= fft_area:

@@ -406,6 +406,48 @@ def test_one_dimensional_problems_reach_fft_at_a_shorter_kernel():
     assert _choice((4, 3, 256, 256), (16, 3, 7, 9), t=t) == "direct"
 
 
+def test_one_dimensional_fft_follows_the_channels_and_the_signal_length():
+    """Multi-channel 1-D problems: the FFT threshold falls with C*K past
+    the 2-D one's last point and rises on short signals (the crossovers
+    of ONE_D_FFT_CHANNEL_FACTORS, measured with the CPU defaults: 49
+    there is 37)."""
+    from kernels._choose import (ONE_D_FFT_CHANNEL_FACTORS,
+                                 ONE_D_FFT_FIXED_SAMPLES, one_d_fft_factor)
+    t = dict(T, fft_min_area_multi=37, fft_min_area_few=173)
+
+    def pick(c, k, length, n=1):
+        return _choice((n, c, 1, length), (c, c, 1, k), t=t)
+
+    # 64 channels: direct at k = 15 on any length measured (0.40-0.88x
+    # FFT's speed there), FFT at k = 31 from 4096 samples, not at 1024
+    assert [pick(64, 15, n) for n in (1024, 4096, 16384)] == ["direct"] * 3
+    assert pick(64, 31, 1024) == "direct"
+    assert pick(64, 31, 4096) == pick(64, 31, 16384) == "fft"
+    # 256 channels: FFT from k = 9 at 4096 samples (1.17x), not k = 5
+    assert pick(256, 9, 4096) == "fft" and pick(256, 5, 4096) == "direct"
+    # 128 channels at k = 9: FFT on one long signal (1.13x), not on a
+    # batch of as many samples (0.86x, 0.92x)
+    assert pick(128, 9, 16384) == "fft"
+    assert pick(128, 9, 4096, n=4) == pick(128, 9, 1024, n=16) == "direct"
+    # The factor: falling in C*K (held at the ends), rising as signals
+    # shorten, 1 + ONE_D_FFT_FIXED_SAMPLES / (L sqrt(N))
+    long_signal = 10**12
+    by_channels = [one_d_fft_factor(c, c, 1, long_signal)
+                   for c in (64, 128, 256, 512)]
+    assert by_channels == sorted(by_channels, reverse=True)
+    assert one_d_fft_factor(3, 16, 1, long_signal) == pytest.approx(
+        ONE_D_FFT_CHANNEL_FACTORS[0][1])
+    assert one_d_fft_factor(1024, 1024, 1, long_signal) == pytest.approx(
+        ONE_D_FFT_CHANNEL_FACTORS[-1][1])
+    base = one_d_fft_factor(64, 64, 1, long_signal)
+    assert one_d_fft_factor(64, 64, 1, ONE_D_FFT_FIXED_SAMPLES) == \
+        pytest.approx(2 * base)
+    assert one_d_fft_factor(64, 64, 4, ONE_D_FFT_FIXED_SAMPLES // 2) == \
+        pytest.approx(2 * base)
+    # 2-D problems and single channels are left as they were
+    assert _choice((1, 64, 56, 56), (64, 64, 7, 7), t=t) == "fft"
+
+
 def test_winograd_needs_enough_pixels_per_image_and_over_the_batch():
     # The Zen 3's calibrated rules: 7^2 maps qualify per image, but a
     # call needs 196 output positions over the batch (the tuple GEMMs'

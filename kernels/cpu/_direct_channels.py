@@ -427,7 +427,7 @@ def input_bytes_per_column(spec, rows, itemsize):
 
 # Packed input a task of rows outside blocks keeps for all its blocks:
 # half the core's L2.
-_TASK_INPUT_BYTES = _tuning._l2_bytes() // 2
+_TASK_INPUT_BYTES = _tuning.l2_bytes() // 2
 
 # Packed input and filters: scratch reused across calls (per Python thread).
 _workspace = Workspace()

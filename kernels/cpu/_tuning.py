@@ -37,7 +37,7 @@ from dataclasses import dataclass
 __all__ = ["AUTO_THRESHOLDS", "BlasTuning", "DirectTuning", "Im2colTuning",
            "WinogradTuning", "FFTTuning", "TransposedTuning", "CpuTuning",
            "current", "defaults", "override", "set_defaults",
-           "block_shape_threads", "host_vector_bits", "machine_key"]
+           "block_shape_threads", "host_vector_bits", "l2_bytes", "machine_key"]
 
 
 def block_shape_threads():
@@ -67,7 +67,7 @@ def host_vector_bits():
     return 512 if "+avx512f" in features else 256
 
 
-def _l2_bytes(default=1 << 20):
+def l2_bytes(default=1 << 20):
     """Per-core L2 cache size from Linux's sysfs, or ``default``."""
     for index in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
         try:
@@ -422,7 +422,7 @@ class DirectTuning:
     # 128@28^2 (0.6 MB of filters) and 64@56^2 ran 5-20 % slower in long
     # runs, hence the bound (Xeon VM, 2 MiB L2).  Half the core's L2.
     filter_bound_bytes: int = dataclasses.field(
-        default_factory=lambda: _l2_bytes() // 2)
+        default_factory=lambda: l2_bytes() // 2)
     # The channel tile (kernels.cpu._direct_channels) computes a parallel
     # call it applies to where the group's filters take at most this many
     # bytes per output position (images x pixels); 0 turns it off.  It
@@ -465,7 +465,7 @@ class WinogradTuning:
     # 512 KiB best on the 1 MiB-L2 Zen 4; on a 2 MiB-L2 Xeon 1 MiB blocks
     # ran 5.1-5.3 ms, 512 KiB 6.0-6.2 ms).
     block_budget: int = dataclasses.field(
-        default_factory=lambda: max(256 * 1024, min(4 << 20, _l2_bytes() // 2)))
+        default_factory=lambda: max(256 * 1024, min(4 << 20, l2_bytes() // 2)))
     # Transformed filters below this size run the fused path.  ResNet-50's
     # 256@14^2 with F(2,3) has U = 4 MiB: fused 0.73-0.75 ms against
     # staged 0.94-0.96 at batch 1, 3.0-3.7 against 4.5-4.7 at batch 4
