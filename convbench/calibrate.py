@@ -499,7 +499,8 @@ def measure_thresholds(progress=True, log=print):
     step("fft_min_area_multi", ["fft"],
          lambda r: _fft_area(built, (1, 64, 56, 56), 64, (3, 5, 7, 9, 11),
                              built, progress, r))
-    from kernels._choose import default_thresholds, fft_min_area
+    from kernels._choose import (default_thresholds, fft_min_area,
+                                 one_d_fft_factor)
     defaults = default_thresholds("cpu")
     # Later probes build on earlier thresholds as they will be applied.
     areas = in_force(thresholds, report, defaults)
@@ -511,7 +512,11 @@ def measure_thresholds(progress=True, log=print):
     step("fft_1d_area_factor", ["fft"],
          lambda r: _fft_1d_factor(built, (4, 3, 1, 10 ** 5), 16,
                                   (15, 23, 31, 47, 63, 95, 127),
-                                  fft_min_area(3, 16, areas), progress, r),
+                                  # the multi-channel 1-D factor as auto
+                                  # applies it at this probe (~1.01)
+                                  fft_min_area(3, 16, areas)
+                                  * one_d_fft_factor(3, 16, 4, 10 ** 5),
+                                  progress, r),
          rivals=["direct"])
     step("direct_max_macs", ["direct"], lambda r: _direct_macs(built, progress, r),
          rivals=["im2col", "winograd"])
