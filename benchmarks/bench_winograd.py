@@ -15,7 +15,8 @@
 
 Also a script::
 
-    python -m benchmarks.bench_winograd accuracy   # table of ERROR_CONSTANTS_BY_TILE
+    python -m benchmarks.bench_winograd accuracy [seeds] [part/parts]
+                                                   # table of ERROR_CONSTANTS_BY_TILE
     python -m benchmarks.bench_winograd speed      # stage split and ratios
 
 Timings of the script are interleaved medians (each repeat in a new
@@ -352,11 +353,14 @@ def _speed(layers=tuple(LAYERS), repeats=15):
                 print(f"  {name:22s} {seconds * 1e3:8.2f}")
 
 
-def _accuracy_table(seeds=60):
+def _accuracy_table(seeds=6000, part=0, parts=1):
+    """The table of observed constants; ``part`` of ``parts`` (0-based)
+    measures every ``parts``-th tile, for runs in separate processes."""
     print("| tile | alpha | float32 normwise c | float32 bits kept | float32 c (bound units, "
           "C=32) | float64 normwise c | documented c (f32 / f64) |")
     print("|---|---|---|---|---|---|---|")
-    for m, r in sorted(winograd.ERROR_CONSTANTS_BY_TILE, key=lambda t: (t[1], t[0])):
+    tiles = sorted(winograd.ERROR_CONSTANTS_BY_TILE, key=lambda t: (t[1], t[0]))
+    for m, r in tiles[part::parts]:
         a32 = measure_accuracy(m, r, np.float32, seeds)
         a64 = measure_accuracy(m, r, np.float64, seeds)
         doc = winograd.ERROR_CONSTANTS_BY_TILE[(m, r)]
@@ -369,6 +373,10 @@ def _accuracy_table(seeds=60):
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "speed"
     if what == "accuracy":
-        _accuracy_table()
+        # [seeds] [part/parts]
+        seeds = int(sys.argv[2]) if len(sys.argv) > 2 else 6000
+        part, parts = (map(int, sys.argv[3].split("/")) if len(sys.argv) > 3
+                       else (0, 1))
+        _accuracy_table(seeds, part, parts)
     else:
         _speed(tuple(sys.argv[2:]) or tuple(LAYERS))
