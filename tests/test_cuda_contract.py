@@ -299,6 +299,38 @@ def test_conv_device_arrays_in_device_array_out(algorithm):
 
 
 @requires_cuda
+@pytest.mark.parametrize("algorithm", ["auto", "direct", "im2col"])
+def test_kernel_taps_that_only_meet_padding_are_left_out_on_cuda(
+        algorithm, monkeypatch):
+    # The front end's live taps (kernels/_conv.py) on the CUDA backend: a
+    # 5 x 5 kernel padded by 2 over one row runs as 1 x 5 with host
+    # arrays; a NaN in a left-out row, or device arrays, keep the kernel.
+    from kernels import _conv
+    seen = []
+    real = _conv.run_conv2d
+
+    def spy(spec, *args):
+        seen.append(spec.w_shape[2:])
+        return real(spec, *args)
+
+    monkeypatch.setattr(_conv, "run_conv2d", spy)
+    rng = _rng(5)
+    x = rng.standard_normal((1, 3, 1, 17)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 5, 5)).astype(np.float32)
+    y = kernels.conv2d(x, w, padding=2, algorithm=algorithm, backend="cuda")
+    assert seen == [(1, 5)]
+    assert_within_bound("direct", np.asarray(_host(y)), x, w, padding=2)
+    y = kernels.conv2d(_device(x), _device(w), padding=2,
+                       algorithm=algorithm, backend="cuda")
+    assert seen[-1] == (5, 5)
+    assert_within_bound("direct", _host(y), x, w, padding=2)
+    w[1, 0, 0, 0] = np.nan
+    y = np.asarray(_host(kernels.conv2d(x, w, padding=2, algorithm=algorithm,
+                                        backend="cuda")))
+    assert seen[-1] == (5, 5) and np.isnan(y[0, 1]).all()
+
+
+@requires_cuda
 def test_conv_unbatched_1d_and_padding_mode_on_device():
     rng = _rng(2)
     x = rng.standard_normal((3, 12)).astype(np.float64)
