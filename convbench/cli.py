@@ -446,6 +446,11 @@ def _add_network_parser(sub):
                           "on its output, the same for kernels and torch "
                           "(a network's threads may fall asleep during it); "
                           "default none")
+    net.add_argument("--malloc-default", action="store_true",
+                     help="leave glibc malloc's thresholds alone in the "
+                          "workers (default: keep freed memory, as sweep "
+                          "does, so that no call page-faults a large output "
+                          "afresh)")
     net.add_argument("--no-per-layer", action="store_true",
                      help="skip timing every algorithm (and torch) on each "
                           "call inside the sequence")
@@ -980,7 +985,7 @@ def cmd_network(args, parser):
         args.network, batch=args.batch, rounds=args.rounds,
         algorithm=args.algorithm, dtype=args.dtype,
         settings=tuple(args.settings), per_layer=not args.no_per_layer,
-        between=args.between,
+        between=args.between, keep_freed_memory=not args.malloc_default,
         progress=lambda text: print(f"... {text}", file=sys.stderr,
                                     flush=True))
     print(format_comparison(result))

@@ -25,6 +25,14 @@ round.  So does torch, in a worker of its own, so that
 and lost: each kind of layer (kernel size and stride: ResNet-50's 7x7/2
 stem, 1x1, 3x3 /1 and /2, 1x1/2 downsampling) summed over its calls.
 
+Every worker keeps glibc malloc's freed memory by default, as ``convbench
+sweep`` does (:func:`convbench.machine.keep_freed_memory`): without it a
+layer's large output is mapped afresh and page-faulted on every call.
+VGG-16 at batch 8 (isolated workers, 3 rounds, two runs each, Xeon VM,
+2026-12-05): kernels 444-480 ms and torch 789-891 kept, against kernels
+502-913 and torch 993-1083 with malloc's defaults, which
+``keep_freed_memory=False`` (``--malloc-default``) restores.
+
 A network also works between its convolutions (normalisation,
 activation), and a library whose threads fall asleep then pays for
 waking them at its next call.  ``between="relu"`` makes each call a
@@ -77,6 +85,8 @@ class NetworkComparison:
     call_kinds: list = field(default_factory=list)
     # what each call does after its convolution (convbench._worker.BETWEEN)
     between: str = "none"
+    # workers kept glibc malloc's freed memory (machine.keep_freed_memory)
+    keep_freed_memory: bool = True
 
     def ratios(self, setting, peer="torch"):
         """Per round: peer's time / ours (above 1: ours is faster)."""
@@ -149,15 +159,17 @@ def layer_kind(case):
 def compare_network(name, batch=1, rounds=5, algorithm="auto",
                     algorithms=("direct", "im2col", "winograd", "fft"),
                     dtype="float32", settings=tuple(SETTINGS), per_layer=True,
-                    progress=None, between="none"):
+                    progress=None, between="none", keep_freed_memory=True):
     """Time network ``name`` through ``kernels`` and torch (see module doc).
 
-    ``progress(text)`` is called before each step.
+    ``progress(text)`` is called before each step.  ``keep_freed_memory``:
+    every worker keeps glibc malloc's freed memory (see module doc).
     """
     every = workloads.layer_cases(workloads.NETWORKS[name], batch)
     distinct = workloads.conv_layers(name, batch)     # for the count only
     result = NetworkComparison(name, batch, algorithm, len(every),
-                               len(distinct), rounds, dtype, between=between)
+                               len(distinct), rounds, dtype, between=between,
+                               keep_freed_memory=keep_freed_memory)
     for setting in settings:
         isolated, order = SETTINGS[setting]
         if progress:
@@ -165,7 +177,8 @@ def compare_network(name, batch=1, rounds=5, algorithm="auto",
         measured = worker_times([algorithm, "torch"], every, rounds,
                                 isolated=isolated, sequence=True,
                                 import_order=order, dtype=dtype,
-                                between=between)
+                                between=between,
+                                keep_freed_memory=keep_freed_memory)
         result.times[setting] = measured.times
         result.status[setting] = measured.status
     if per_layer:
@@ -174,13 +187,14 @@ def compare_network(name, batch=1, rounds=5, algorithm="auto",
         (result.per_layer, result.counts,
          result.sequence_rounds) = _per_layer(every, algorithms, rounds,
                                               dtype, whole=algorithm,
-                                              peer="torch", between=between)
+                                              peer="torch", between=between,
+                                              keep_freed_memory=keep_freed_memory)
         result.call_kinds = [layer_kind(c) for c in every]
     return result
 
 
 def _per_layer(every, algorithms, rounds, dtype, whole=None, peer=None,
-               between="none"):
+               between="none", keep_freed_memory=True):
     """({label: {algorithm: median s}}, {label: 1}, {name: rows}): every
     algorithm on every convolution of the network (``every``, in forward
     order), each call timed inside a run of the whole sequence with that
@@ -213,6 +227,7 @@ def _per_layer(every, algorithms, rounds, dtype, whole=None, peer=None,
     try:
         for a in names:
             workers[a] = Worker([a], every, dtype=dtype, between=between,
+                                keep_freed_memory=keep_freed_memory,
                                 weight_cache=(None if a == peer
                                               else PER_LAYER_WEIGHT_CACHE))
         ready = [a for a, w in workers.items() if w.status[a] is None]
@@ -254,7 +269,9 @@ def format_comparison(c):
              f"{c.rounds} rounds alternating kernels (algorithm="
              f"{c.algorithm!r}) and torch; median (min-max over rounds)"
              + ("; each call followed by a NumPy ReLU on its output"
-                if c.between == "relu" else "")]
+                if c.between == "relu" else "")
+             + ("" if c.keep_freed_memory
+                else "; glibc malloc's defaults (freed memory not kept)")]
     header = ("setting", f"kernels ms", "torch ms", "torch / kernels")
     rows = []
     for setting, times in c.times.items():

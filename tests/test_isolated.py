@@ -118,6 +118,33 @@ def test_network_comparison_on_lenet(monkeypatch):
     assert "by kind of layer" in text and "torch / auto" in text
 
 
+@pytest.mark.parametrize("keep", [True, False])
+def test_network_workers_keep_freed_memory_unless_told(monkeypatch, keep):
+    # Every worker of the comparison (settings and per-layer) is started
+    # with the flag; the table says when malloc's defaults were kept.
+    pytest.importorskip("torch")            # the comparison's peer
+    from convbench import network
+    seen = []
+    real_worker = network.Worker
+
+    def spy_worker(*args, **kwargs):
+        seen.append(kwargs.get("keep_freed_memory"))
+        return real_worker(*args, **kwargs)
+
+    real_times = network.worker_times
+
+    def spy_times(*args, **kwargs):
+        seen.append(kwargs.get("keep_freed_memory"))
+        return real_times(*args, **kwargs)
+
+    monkeypatch.setattr(network, "Worker", spy_worker)
+    monkeypatch.setattr(network, "worker_times", spy_times)
+    c = compare_network("lenet5", batch=1, rounds=1, algorithms=("direct",),
+                        settings=("isolated",), keep_freed_memory=keep)
+    assert seen and all(flag is keep for flag in seen)
+    assert ("freed memory not kept" in format_comparison(c)) is not keep
+
+
 def test_whole_over_best_takes_each_calls_fastest_in_the_same_round():
     from convbench.network import NetworkComparison
     c = NetworkComparison("net", 1, "auto", 2, 2, 2, "float32")
