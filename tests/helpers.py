@@ -405,3 +405,19 @@ def grouped_conv2d_problems(draw, max_size, max_channels, max_kernel,
     w_shape = (groups * k_g, c_g) + kernel
     return x_shape, w_shape, dict(stride=stride, padding=padding,
                                   dilation=dilation, groups=groups)
+
+
+def kernel_shapes_run(monkeypatch):
+    """A list that receives the kernel shape (kH, kW) of every problem
+    ``conv1d``/``conv2d`` hand to ``kernels._conv.run_conv2d`` (a spy):
+    the live taps' shape where the front end left taps out."""
+    from kernels import _conv
+    seen = []
+    real = _conv.run_conv2d
+
+    def spy(spec, *args):
+        seen.append(spec.w_shape[2:])
+        return real(spec, *args)
+
+    monkeypatch.setattr(_conv, "run_conv2d", spy)
+    return seen

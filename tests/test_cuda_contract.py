@@ -30,7 +30,7 @@ import pytest
 import kernels
 import reference
 from cuda_support import requires_cuda
-from helpers import assert_within_bound, normalised_config
+from helpers import assert_within_bound, kernel_shapes_run, normalised_config
 
 DTYPES = (np.float32, np.float64)
 
@@ -305,15 +305,7 @@ def test_kernel_taps_that_only_meet_padding_are_left_out_on_cuda(
     # The front end's live taps (kernels/_conv.py) on the CUDA backend: a
     # 5 x 5 kernel padded by 2 over one row runs as 1 x 5 with host
     # arrays; a NaN in a left-out row, or device arrays, keep the kernel.
-    from kernels import _conv
-    seen = []
-    real = _conv.run_conv2d
-
-    def spy(spec, *args):
-        seen.append(spec.w_shape[2:])
-        return real(spec, *args)
-
-    monkeypatch.setattr(_conv, "run_conv2d", spy)
+    seen = kernel_shapes_run(monkeypatch)
     rng = _rng(5)
     x = rng.standard_normal((1, 3, 1, 17)).astype(np.float32)
     w = rng.standard_normal((4, 3, 5, 5)).astype(np.float32)

@@ -17,11 +17,11 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import kernels
-from kernels import _conv, _dispatch
+from kernels import _dispatch
 from kernels._dispatch import ConvSpec
 
-from helpers import (assert_within_bound, normalised_config, random_array,
-                     supports)
+from helpers import (assert_within_bound, kernel_shapes_run, normalised_config,
+                     random_array, supports)
 
 CPU_ALGORITHMS = ("auto", "direct", "im2col", "winograd", "fft")
 
@@ -30,19 +30,6 @@ def spec_of(x_shape, w_shape, stride=(1, 1), padding=(0, 0, 0, 0),
             dilation=(1, 1), groups=1):
     return ConvSpec.from_config(x_shape, w_shape, stride, padding, dilation,
                                 groups)
-
-
-def live_shapes(monkeypatch):
-    """The kernel shapes conv2d hands to run_conv2d (a spy)."""
-    seen = []
-    real = _conv.run_conv2d
-
-    def spy(spec, *args):
-        seen.append(spec.w_shape[2:])
-        return real(spec, *args)
-
-    monkeypatch.setattr(_conv, "run_conv2d", spy)
-    return seen
 
 
 def test_a_one_row_image_keeps_the_middle_kernel_row():
@@ -152,7 +139,7 @@ def test_a_non_finite_tap_that_only_meets_padding_still_spreads(
     x = rng.standard_normal((1, 4, 1, 40)).astype(np.float32)
     w = rng.standard_normal((8, 4, 5, 5)).astype(np.float32)
     w[3, 1, 0, 2] = value                   # kernel row 0: padding only
-    seen = live_shapes(monkeypatch)
+    seen = kernel_shapes_run(monkeypatch)
     y = kernels.conv2d(x, w, padding=2, algorithm=algorithm)
     assert seen == [(5, 5)]
     assert np.isnan(y[0, 3]).all()
@@ -163,7 +150,7 @@ def test_the_live_taps_are_computed_and_follow_in_place_changes(monkeypatch):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 32, 1, 300)).astype(np.float32)
     w = rng.standard_normal((32, 32, 9, 9)).astype(np.float32)
-    seen = live_shapes(monkeypatch)
+    seen = kernel_shapes_run(monkeypatch)
     y = kernels.conv2d(x, w, padding=4)
     assert seen == [(1, 9)]
     assert_within_bound("direct", y, x, w, padding=4)
@@ -187,7 +174,7 @@ def test_a_named_algorithm_is_held_to_the_whole_kernel(monkeypatch):
                                         live) is None
     with pytest.raises(kernels.UnsupportedConfiguration, match="at least as large"):
         kernels.conv2d(x, w, padding=1, algorithm="winograd")
-    seen = live_shapes(monkeypatch)
+    seen = kernel_shapes_run(monkeypatch)
     y = kernels.conv2d(x, w, padding=1, algorithm="direct")
     assert seen == [(1, 3)]
     assert_within_bound("direct", y, x, w, padding=1)
