@@ -230,20 +230,24 @@ def candidates(spec, backend="cpu"):
             if _dispatch.unsupported_reason("conv2d", backend, a, spec) is None]
 
 
+def _log_log_factor(points, at):
+    """The factor at ``at`` of ``points`` ((x, factor), ...), interpolated
+    linearly in log2(x) and log(factor), held at the ends."""
+    xs = [np.log2(x) for x, _ in points]
+    ys = [np.log(f) for _, f in points]
+    return float(np.exp(np.interp(np.log2(max(at, 1)), xs, ys)))
+
+
 def single_channel_size_factor(pixels):
     """Factor on the single-channel FFT area threshold for an image of
     ``pixels`` (see ``FFT_SINGLE_SIZE_FACTORS``)."""
-    xs = [np.log2(p) for p, _ in FFT_SINGLE_SIZE_FACTORS]
-    ys = [np.log(f) for _, f in FFT_SINGLE_SIZE_FACTORS]
-    return float(np.exp(np.interp(np.log2(max(pixels, 1)), xs, ys)))
+    return _log_log_factor(FFT_SINGLE_SIZE_FACTORS, pixels)
 
 
 def one_d_fft_factor(cg, kg, n_img, out_len):
     """Factor on a multi-channel 1-D problem's FFT area threshold (see
     ``ONE_D_FFT_CHANNEL_FACTORS`` and ``ONE_D_FFT_FIXED_SAMPLES``)."""
-    xs = [np.log2(ck) for ck, _ in ONE_D_FFT_CHANNEL_FACTORS]
-    ys = [np.log(f) for _, f in ONE_D_FFT_CHANNEL_FACTORS]
-    channels = float(np.exp(np.interp(np.log2(max(cg * kg, 1)), xs, ys)))
+    channels = _log_log_factor(ONE_D_FFT_CHANNEL_FACTORS, cg * kg)
     samples = max(out_len, 1) * np.sqrt(max(n_img, 1))
     return channels * (1 + ONE_D_FFT_FIXED_SAMPLES / samples)
 
