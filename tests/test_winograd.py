@@ -914,9 +914,9 @@ def test_tunables_are_read_from_the_tuning_in_force():
 
 
 def test_a_mid_sized_u_runs_fused_only_when_staging_would_leave_the_cache():
-    # U of 128 channels, F(4,3): 2.25 MiB, between fused_small_u_bytes and
-    # fused_max_u_bytes; the staged V and M of 49 tiles take 1.8 MB, of
-    # 784 tiles 29 MB.
+    # U of 128 channels, F(4,3): 2.25 MiB, between fused_small_u_bytes (as
+    # before stop 43) and fused_max_u_bytes; the staged V and M of 49
+    # tiles take 1.8 MB, of 784 tiles 29 MB.
     tile = impl.tile_for((3, 3), 4)
     rules = dict(fused_max_u_bytes=6 << 20, fused_small_u_bytes=1 << 20,
                  fused_min_staged_bytes=16 << 20)
@@ -930,8 +930,13 @@ def test_a_mid_sized_u_runs_fused_only_when_staging_would_leave_the_cache():
                                   tuning) is not None
     from kernels.cpu._tuning import host_vector_bits
     small = _tuning.WinogradTuning().fused_small_u_bytes
-    assert small == ((1 << 20) if host_vector_bits() == 512
+    assert small == ((5 << 19) if host_vector_bits() == 512
                      else _tuning.WinogradTuning().fused_max_u_bytes)
+    # the defaults: 128 channels (U 2.25 MiB) run fused, 144 (2.85) staged
+    tuning = _tuning.WinogradTuning()
+    assert impl._fused_blocks(tile, (7, 7), 4, 128, 128, 4, tuning) is not None
+    staged_144 = impl._fused_blocks(tile, (7, 7), 4, 144, 144, 4, tuning) is None
+    assert staged_144 == (host_vector_bits() == 512)
 
 
 @pytest.mark.parametrize("n_img", [1, 2, 4, 8])

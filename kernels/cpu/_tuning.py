@@ -475,14 +475,18 @@ class WinogradTuning:
     # On AVX-512, since the tuple GEMMs run the panel tile (stop 35), a U
     # above this runs staged too unless the staged path's V and M would
     # take at least fused_min_staged_bytes (then they leave the caches).
-    # Xeon VM, staged time over fused (/tmp/s35/fs.py, inputs out of
-    # cache, alternated in one process): U 2.25 MiB (128 channels, F(4,3))
-    # 49 tiles (V + M 1.8 MB) 0.90, 196 tiles (7.2 MB) 0.93 and 0.87, 392
-    # (14 MB) 0.95, 784 (29 MB, VGG-16's 128@112^2) 1.19; U 0.56 MiB (64
-    # channels) 1.13 at 196 and 784 tiles, 1.25 at 3136; U 9 MiB and more
-    # staged already (0.35-0.94).  Not measured on AVX2: the old rule.
+    # 1 MiB until stop 43; since the fused jobs read x themselves (stop
+    # 40), a U of 2.25 MiB (128 channels, F(4,3)) runs fused faster with
+    # caches cold and no slower warm.  Xeon VM (docs/performance.md
+    # section AO), staged time over fused, alternated in one process,
+    # 21 calls, each after a 128 MB write and a 30 ms sleep / back to
+    # back: 128@28^2 at batch 1, 2, 4, 8 1.26 / 1.04, 1.13 / 1.04, 1.17
+    # and 1.16 / 0.94 and 0.98, 1.15 / 0.97; 112 and 96 channels at batch
+    # 4 1.11 / 1.00, 1.12 / 0.99; but 144, 160 and 192 channels (U 2.85,
+    # 3.5, 5.1 MiB) 0.90-1.04 / 0.65-0.84.  Not measured on AVX2: the old
+    # rule.
     fused_small_u_bytes: int = dataclasses.field(
-        default_factory=lambda: (1 << 20) if host_vector_bits() == 512
+        default_factory=lambda: (5 << 19) if host_vector_bits() == 512
         else 6 * 2**20)
     fused_min_staged_bytes: int = 16 * 2**20
     # A U above this lets fewer tiles keep the larger tile (see

@@ -576,7 +576,7 @@ def _fused_blocks(tile, tiles_hw, n_img, nc, nk, itemsize, tuning, path=None):
     (it then wins by 10-50%: ResNet's 64@56^2, 128@28^2, 256@14^2 with
     F(2,3)); deep layers with few tiles and large U (512@7^2) run staged,
     where each tuple GEMM reads its U[p] once.  A U above
-    ``tuning.fused_small_u_bytes`` (1 MiB on AVX-512) also runs staged
+    ``tuning.fused_small_u_bytes`` (2.5 MiB on AVX-512) also runs staged
     unless the staged V and M (all tiles' transforms) would take
     ``tuning.fused_min_staged_bytes``.  And >= 2 blocks per thread."""
     if path == "staged":
