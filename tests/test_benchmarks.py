@@ -171,3 +171,23 @@ def test_no_benchmark_method_raises_not_implemented(discovered):
     for name, bench in discovered.items():
         source = inspect.getsource(bench.func)
         assert "raise NotImplementedError" not in source, name
+
+
+def test_layer_table_times_each_contender_in_every_setting(capsys):
+    from benchmarks import layer_table
+    layer_table.main(["--rounds", "1", "--workload", "lenet5", "--layers", "0",
+                      "--contenders", "direct,im2col"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("## C1: x (64, 1, 32, 32)")
+    settings = [label for label, _ in layer_table.SETTINGS]
+    assert [line.split("  ")[1].strip() for line in lines[1:]] == settings
+    for line in lines[1:]:
+        assert "direct " in line and "im2col " in line
+
+
+def test_layer_table_rows_give_the_peer_over_each_contender():
+    from benchmarks import layer_table
+    row = layer_table.format_row("isolated", {"winograd": (2e-3, 1.5e-3),
+                                              "torch": (3e-3, 2.4e-3)})
+    assert "winograd 2.00 (1.50, min 1.60)" in row
+    assert row.rstrip().endswith("torch 3.00")
