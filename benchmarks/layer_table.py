@@ -25,7 +25,6 @@ in docs/performance.md, sections Y to AN), the same harness.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 
 from convbench.isolated import worker_times
@@ -46,8 +45,8 @@ def layer_rows(names, cases, case_index, rounds, settings=SETTINGS):
     for label, options in settings:
         times = worker_times(names, cases, rounds, case_index=case_index,
                              keep_freed_memory=True, **options)
-        rows.append((label, {n: (statistics.median(t), min(t))
-                             for n, t in times.times.items() if t}))
+        rows.append((label, {n: (t.median, t.min)
+                             for n, t in times.summary().items()}))
     return rows
 
 
