@@ -51,12 +51,12 @@ from numba.extending import intrinsic
 
 from .._winograd_math import transform_matrices
 from ._panel_gemm import first_tile_rows, last_tile_rows, panel_tile_rows
-from ._winograd_unrolled import UNROLLED_TILES
+from ._winograd_unrolled import UNROLLED_TILES, output_block
 from ._simd import VECTOR_BITS, lanes_of
 from .direct import TILE_VECTORS, lanes, tile_columns
 
 __all__ = ["streams", "strip_width", "filter_tag",
-           "streamed_gemm", "transform_strip"]
+           "streamed_conv", "streamed_gemm", "transform_strip"]
 
 # Rows (tiles) of V per register tile, as the cached path's.
 TILE_ROWS = 6
@@ -350,19 +350,26 @@ def _block_product(vf, ub, mb, mf, p, n_tiles, c_total, c_lo, nc, width, k0,
 
 
 @njit(parallel=True, cache=True)
-def _streamed_kernel(tag, v, w, mm, c_block, finite):
+def _streamed_kernel(tag, v, w, mm, c_block, finite, y, at, bias, k0, tiles_h,
+                     tiles_w):
+    """One prange job per strip of output channels.  With ``y`` a
+    placeholder (no images) the strip's sums go to M (``mm``); otherwise
+    they stay in the job's buffer, whose layout (P, T, width) is M's for
+    the strip alone, and the job's output transform reads them from
+    there into y's channels ``k0 + strip width ..``."""
     n_planes, n_tiles, c_total = v.shape
-    k_total = mm.shape[2]
+    k_total = w.shape[0]
     taps = w.shape[2] * w.shape[3]
     width = TILE_VECTORS * (finite.shape[1])
     stride = c_total * taps
+    fused = y.shape[0] > 0
     vf = v.reshape(v.size)
     wf = w.reshape(w.size)
     mf = mm.reshape(mm.size)
     for strip in prange(k_total // width):
         ub = np.empty(n_planes * _plane_stride(c_block, width), w.dtype)
-        mb = np.empty(n_planes * n_tiles * width if c_total > c_block else 1,
-                      w.dtype)
+        mb = np.empty(n_planes * n_tiles * width
+                      if fused or c_total > c_block else 1, w.dtype)
         flag = np.zeros(finite.shape[1], w.dtype)
         w0 = strip * width * stride
         for c_lo in range(0, c_total, c_block):
@@ -372,8 +379,29 @@ def _streamed_kernel(tag, v, w, mm, c_block, finite):
             for p in range(n_planes):
                 _block_product(vf, ub, mb, mf, p, n_tiles, c_total, c_lo, nc,
                                width, strip * width, k_total, c_lo == 0,
-                               c_lo + nc == c_total)
+                               c_lo + nc == c_total and not fused)
         finite[strip, :] = flag
+        if fused:
+            m_strip = mb.reshape((n_planes, n_tiles, width))
+            no_scratch = np.empty((0, 0, 0), w.dtype)   # unrolled tiles only
+            tiles = tiles_h * tiles_w
+            for n in range(y.shape[0]):
+                output_block(tag, m_strip, n * tiles, tiles_w, n, 0, tiles_h,
+                             0, tiles_w, at, at, bias, k0 + strip * width,
+                             no_scratch, no_scratch[0], y)
+
+
+def _placeholders(dtype):
+    """Empty arrays for the kernel's arguments that a mode does not use."""
+    return (np.empty((0, 0, 0), dtype), np.empty((0, 0, 0, 0), dtype),
+            np.empty(0, dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def _output_matrix(tile, dtype):
+    """A^T of ``tile`` (square) in ``dtype``, as the staged output
+    transform uses it."""
+    return transform_matrices(tile.m_h, tile.r_h, dtype)[0]
 
 
 def streamed_gemm(tile, V, w, out, c_block):
@@ -385,5 +413,25 @@ def streamed_gemm(tile, V, w, out, c_block):
     width = strip_width(w.dtype)
     strips = w.shape[0] // width
     finite = np.empty((strips, lanes_of(w.itemsize)), w.dtype)
-    _streamed_kernel(filter_tag(tile), V, w, out, int(c_block), finite)
+    _, no_y, no_bias = _placeholders(w.dtype)
+    _streamed_kernel(filter_tag(tile), V, w, out, int(c_block), finite, no_y,
+                     _output_matrix(tile, w.dtype), no_bias, 0, 0, 0)
+    return bool(np.isfinite(finite.sum()))
+
+
+def streamed_conv(tile, V, w, y, bias, k0, tiles_hw, c_block):
+    """:func:`streamed_gemm` followed by the output transform inside each
+    job: the strip's M (P x T x width, 295 KB for 256 channels at 14^2 x
+    4 with F(4,3)) goes from the job's buffer, in its core's cache, to
+    y's channels ``k0 + strip width ..`` (``y`` (N, K_all, Ho, Wo),
+    ``bias`` of K_all or None), instead of through a whole-batch M in
+    memory and a second parallel stage.  ``V`` holds the N images'
+    ``tiles_hw`` tiles each.  Returns whether ``w`` was finite."""
+    width = strip_width(w.dtype)
+    strips = w.shape[0] // width
+    finite = np.empty((strips, lanes_of(w.itemsize)), w.dtype)
+    no_mm, _, no_bias = _placeholders(w.dtype)
+    _streamed_kernel(filter_tag(tile), V, w, no_mm, int(c_block), finite, y,
+                     _output_matrix(tile, w.dtype),
+                     no_bias if bias is None else bias, int(k0), *tiles_hw)
     return bool(np.isfinite(finite.sum()))

@@ -864,7 +864,9 @@ def conv2d_streamed(x, w, bias, padding, groups, tile, tuning=None,
                     check_finite=False):
     """Stride-1 convolution with the filters transformed inside the tuple
     GEMMs (:mod:`._winograd_streamed`): no weight cache, the staged path's
-    input and output transforms.
+    input transform, and the output transform inside the GEMM's jobs
+    (:func:`._winograd_streamed.streamed_conv`: each strip's M stays in
+    its core's cache).
 
     ``w`` (K, C // groups, r_h, r_w) C-contiguous; K // groups a multiple
     of :func:`._winograd_streamed.strip_width` and ``tile`` one that
@@ -882,15 +884,17 @@ def conv2d_streamed(x, w, bias, padding, groups, tile, tuning=None,
     layout = _layout(tile, tuple(x.shape), cg, kg, tuple(padding), x.itemsize,
                      tuning, "staged", _tuning.block_shape_threads())
     y = np.empty((n_img, K) + layout.out_hw, x.dtype)
-
-    def multiply(g, V, M):
-        if not _winograd_streamed.streamed_gemm(
-                tile, V, w[g * kg:(g + 1) * kg], M, tuning.streamed_c_block):
-            raise NonFiniteInput("w holds NaN or Inf")
-
+    n_planes = tile.alpha_h * tile.alpha_w
+    n_tiles = n_img * layout.tiles_hw[0] * layout.tiles_hw[1]
     for g in range(groups):
-        _staged_group(x, g, cg, kg, tile, layout, padding, check_finite,
-                      multiply, y, bias)
+        xp = _group_channels_last(x, g, cg, tile, layout, padding,
+                                  check_finite)
+        V = _input_stage(xp, tile, layout.tiles_hw, layout.input_blocks,
+                         _workspace.get("V", (n_planes, n_tiles, cg), x.dtype))
+        if not _winograd_streamed.streamed_conv(
+                tile, V, w[g * kg:(g + 1) * kg], y, bias, g * kg,
+                layout.tiles_hw, tuning.streamed_c_block):
+            raise NonFiniteInput("w holds NaN or Inf")
     transformed_weights.note_checked(True)
     return _bias_only_set(y, layout, bias)
 
