@@ -122,9 +122,10 @@ class WinogradStreamed(_StageTimings):
         self.streamed = _winograd_streamed
         self.x, self.w = _layer_data(layer)
         self.tile = winograd.tile_for((3, 3), m)
-        self.c_block = _tuning.current().winograd.streamed_c_block
         self.V = impl.transform_input(self.x, self.tile, PADDING,
                                       self.x.shape[2:])
+        self.c_block = impl.streamed_c_block(_tuning.current().winograd,
+                                             self.V.shape[1])
         self.no_tiles = np.empty(self.V.shape[:1] + (0,) + self.V.shape[2:],
                                  self.V.dtype)
         self.M = np.empty(self.V.shape[:2] + (self.w.shape[0],), self.V.dtype)

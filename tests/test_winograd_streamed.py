@@ -6,7 +6,9 @@
   blocks of input channels of any size, and its NaN/Inf flag.
 * The streamed GEMMs against the cached path's GEMM on that same U: the
   same chains of multiply-adds, so the same bits, however the input
-  channels are split into blocks and the tiles into register tiles.
+  channels are split into blocks and the tiles into register tiles; with
+  the output transform inside the jobs, against the GEMM followed by the
+  staged output transform (the same bits).
 * End to end against ``reference.conv2d`` with the tile's documented
   error constant, through the front end: no weight cache, no pass of the
   front end's own over the filter, NaN/Inf in the filter to direct.
@@ -158,6 +160,46 @@ def test_streamed_gemm_equals_the_cached_gemm_on_its_u(dtype, m, n_tiles,
     expected = _winograd_gemm.tuple_gemm(
         V, _winograd_gemm.pack(U, width(dtype)), np.empty_like(M), 1)
     np.testing.assert_array_equal(M, expected)
+
+
+@over_dtypes
+@over_tiles
+@pytest.mark.parametrize("n_img, out_hw, channels, c_block, bias", [
+    (2, (9, 10), 40, 16, True), (1, (7, 7), 17, 32, False),
+    (3, (5, 6), 24, 8, True)])
+def test_streamed_conv_equals_the_gemm_then_the_output_transform(
+        dtype, m, n_img, out_hw, channels, c_block, bias):
+    """The output transform inside the GEMM's jobs (each strip's M from
+    the job's buffer) writes what :func:`streamed_gemm` followed by the
+    staged :func:`winograd.transform_output` writes, bit for bit: into
+    the channels from ``k0`` of a wider y (a group), with and without
+    bias, the other channels untouched."""
+    rng = np.random.default_rng(37)
+    tile = tile_for((3, 3), m)
+    P = tile.alpha_h * tile.alpha_w
+    K = 2 * width(dtype)
+    tiles_hw = impl.tile_counts(out_hw, tile)
+    n_tiles = n_img * tiles_hw[0] * tiles_hw[1]
+    w = rng.standard_normal((K, channels, 3, 3)).astype(dtype)
+    V = rng.standard_normal((P, n_tiles, channels)).astype(dtype)
+    b = rng.standard_normal(K + 5).astype(dtype) if bias else None
+    shape = (n_img, K + 5) + out_hw
+    y = np.full(shape, np.nan, dtype)
+    assert streamed.streamed_conv(tile, V, w, y, b, 3, tiles_hw, c_block)
+    M = np.empty((P, n_tiles, K), dtype)
+    assert streamed.streamed_gemm(tile, V, w, M, c_block)
+    expected = np.full(shape, np.nan, dtype)
+    impl.transform_output(M, tile, shape, bias=b, channels=(3, K),
+                          out=expected)
+    np.testing.assert_array_equal(y, expected)
+
+
+@pytest.mark.parametrize("n_tiles, expected", [(16, 32), (31, 32), (32, 64),
+                                               (64, 64)])
+def test_streamed_c_block_grows_with_the_tiles(n_tiles, expected):
+    """The documented rule: blocks of 32 input channels below 32 tiles in
+    the batch, of 64 from there."""
+    assert impl.streamed_c_block(_tuning.WinogradTuning(), n_tiles) == expected
 
 
 def test_streamed_gemm_reports_a_non_finite_filter():

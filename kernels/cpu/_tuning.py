@@ -501,8 +501,19 @@ class WinogradTuning:
     # transforms its filters inside the tuple GEMMs' jobs instead of using
     # the weight cache (winograd._streams_filters) ...
     streamed_max_tiles: int = 64
-    # ... a block of this many input channels at a time.
+    # ... a block of this many input channels at a time, or, with at
+    # least streamed_many_tiles tiles, of streamed_c_block_many: more
+    # tiles make more passes of the GEMM over each block, fewer tiles
+    # leave the filter transforms to dominate, which smaller blocks keep
+    # in L1.  Xeon VM, 2 threads, 31 alternated calls, time with 32
+    # channels over 64, back to back / each after a 30 ms sleep: 256@14^2
+    # x 4 (64 tiles) 1.01 / 1.08 (another run 1.04 / 1.05), 512@7^2 x 4
+    # 1.04 / 1.00 (1.21 / 1.03), x 8 1.01 / 1.09, 256@14^2 x 2 (32
+    # tiles) 1.06 / 1.06; but 256@14^2 x 1 (16 tiles) 0.99 / 0.98,
+    # 512@7^2 x 2 (8) 1.01 / 0.99 (docs/performance.md section AP).
     streamed_c_block: int = 32
+    streamed_c_block_many: int = 64
+    streamed_many_tiles: int = 32
 
 
 @dataclass(frozen=True)

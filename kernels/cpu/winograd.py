@@ -71,7 +71,7 @@ from ._workspace import Workspace
 # stage functions' callers (tests, benchmarks); unsupported_reason for
 # kernels._dispatch.
 __all__ = ["Tile", "clear_workspace", "conv2d", "conv2d_streamed",
-           "conv2d_transformed",
+           "conv2d_transformed", "streamed_c_block",
            "packed_weights", "tile_counts", "tile_for", "tile_for_problem",
            "transform_input", "transform_kernel", "transform_output",
            "transform_weights", "tuple_gemm", "unsupported_reason"]
@@ -893,10 +893,19 @@ def conv2d_streamed(x, w, bias, padding, groups, tile, tuning=None,
                          _workspace.get("V", (n_planes, n_tiles, cg), x.dtype))
         if not _winograd_streamed.streamed_conv(
                 tile, V, w[g * kg:(g + 1) * kg], y, bias, g * kg,
-                layout.tiles_hw, tuning.streamed_c_block):
+                layout.tiles_hw, streamed_c_block(tuning, n_tiles)):
             raise NonFiniteInput("w holds NaN or Inf")
     transformed_weights.note_checked(True)
     return _bias_only_set(y, layout, bias)
+
+
+def streamed_c_block(tuning, n_tiles):
+    """Input channels per block of :func:`conv2d_streamed`'s filter
+    transforms for ``n_tiles`` tiles in the batch (the rule in
+    :class:`kernels.cpu._tuning.WinogradTuning`)."""
+    if n_tiles >= tuning.streamed_many_tiles:
+        return tuning.streamed_c_block_many
+    return tuning.streamed_c_block
 
 
 @functools.lru_cache(maxsize=1024)
