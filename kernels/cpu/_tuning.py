@@ -505,12 +505,13 @@ class WinogradTuning:
     # least streamed_many_tiles tiles, of streamed_c_block_many: more
     # tiles make more passes of the GEMM over each block, fewer tiles
     # leave the filter transforms to dominate, which smaller blocks keep
-    # in L1.  Xeon VM, 2 threads, 31 alternated calls, time with 32
+    # closer.  Xeon VM, 2 threads, 21-41 alternated calls, time with 32
     # channels over 64, back to back / each after a 30 ms sleep: 256@14^2
-    # x 4 (64 tiles) 1.01 / 1.08 (another run 1.04 / 1.05), 512@7^2 x 4
-    # 1.04 / 1.00 (1.21 / 1.03), x 8 1.01 / 1.09, 256@14^2 x 2 (32
-    # tiles) 1.06 / 1.06; but 256@14^2 x 1 (16 tiles) 0.99 / 0.98,
-    # 512@7^2 x 2 (8) 1.01 / 0.99 (docs/performance.md section AP).
+    # x 4 (64 tiles) 1.04 / 1.05, 1.01 / 1.08, 512@7^2 x 8 (32) 1.01 /
+    # 1.09, 256@14^2 x 2 (32) 1.06 / 1.06; below 32 tiles 256@14^2 x 1
+    # (16) 0.99 / 0.98, 1.04 / 0.83, 512@7^2 x 2 (8) 1.01 / 0.99, x 1
+    # (4) 1.00 / 0.95, but 512@7^2 x 4 (16) 1.04-1.21 / 0.99-1.03
+    # (docs/performance.md section AP).
     streamed_c_block: int = 32
     streamed_c_block_many: int = 64
     streamed_many_tiles: int = 32
