@@ -421,8 +421,8 @@ def streamed_gemm(tile, V, w, out, c_block):
 
 def streamed_conv(tile, V, w, y, bias, k0, tiles_hw, c_block):
     """:func:`streamed_gemm` followed by the output transform inside each
-    job: the strip's M (P x T x width, 295 KB for 256 channels at 14^2 x
-    4 with F(4,3)) goes from the job's buffer, in its core's cache, to
+    job: the strip's M (P x T x width, 590 KB for 256@14^2 x 4 with
+    F(4,3) in float32) goes from the job's buffer, in its core's cache, to
     y's channels ``k0 + strip width ..`` (``y`` (N, K_all, Ho, Wo),
     ``bias`` of K_all or None), instead of through a whole-batch M in
     memory and a second parallel stage.  ``V`` holds the N images'
