@@ -391,8 +391,10 @@ def _streamed_kernel(tag, v, w, mm, c_block, finite, y, at, bias, k0, tiles_h,
                              no_scratch, no_scratch[0], y)
 
 
+@functools.lru_cache(maxsize=None)
 def _placeholders(dtype):
-    """Empty arrays for the kernel's arguments that a mode does not use."""
+    """Empty arrays for the kernel's arguments that a mode does not use
+    (made once per dtype: zero-sized, never written)."""
     return (np.empty((0, 0, 0), dtype), np.empty((0, 0, 0, 0), dtype),
             np.empty(0, dtype))
 

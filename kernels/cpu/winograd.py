@@ -784,16 +784,22 @@ def _staged_group(x, g, cg, kg, tile, layout, padding, check_finite, multiply,
     """Group ``g`` through the staged path: its input transform into V,
     ``multiply(g, V, M)`` (the group's tuple GEMMs, into M), its output
     transform into y's channels ``g kg ..``."""
-    n_img = x.shape[0]
-    n_planes = tile.alpha_h * tile.alpha_w
-    n_tiles = n_img * layout.tiles_hw[0] * layout.tiles_hw[1]
-    xp = _group_channels_last(x, g, cg, tile, layout, padding, check_finite)
-    V = _input_stage(xp, tile, layout.tiles_hw, layout.input_blocks,
-                     _workspace.get("V", (n_planes, n_tiles, cg), x.dtype))
-    M = _workspace.get("M", (n_planes, n_tiles, kg), x.dtype)
+    V = _staged_input(x, g, cg, tile, layout, padding, check_finite)
+    M = _workspace.get("M", V.shape[:2] + (kg,), x.dtype)
     multiply(g, V, M)
-    _run_blocks(OUTPUT_ONLY, tile, x.dtype, n_img, layout.tiles_hw,
+    _run_blocks(OUTPUT_ONLY, tile, x.dtype, x.shape[0], layout.tiles_hw,
                 layout.output_blocks, nk=kg, mm=M, y=y, bias=bias, k0=g * kg)
+
+
+def _staged_input(x, g, cg, tile, layout, padding, check_finite):
+    """Group ``g``'s V (alpha^2, tiles of the batch, cg) in the thread's
+    workspace: its padded channels-last copy, then the staged input
+    transform (for :func:`_staged_group` and :func:`conv2d_streamed`)."""
+    n_planes = tile.alpha_h * tile.alpha_w
+    n_tiles = x.shape[0] * layout.tiles_hw[0] * layout.tiles_hw[1]
+    xp = _group_channels_last(x, g, cg, tile, layout, padding, check_finite)
+    return _input_stage(xp, tile, layout.tiles_hw, layout.input_blocks,
+                        _workspace.get("V", (n_planes, n_tiles, cg), x.dtype))
 
 
 def _bias_only_set(y, layout, bias):
@@ -884,16 +890,13 @@ def conv2d_streamed(x, w, bias, padding, groups, tile, tuning=None,
     layout = _layout(tile, tuple(x.shape), cg, kg, tuple(padding), x.itemsize,
                      tuning, "staged", _tuning.block_shape_threads())
     y = np.empty((n_img, K) + layout.out_hw, x.dtype)
-    n_planes = tile.alpha_h * tile.alpha_w
-    n_tiles = n_img * layout.tiles_hw[0] * layout.tiles_hw[1]
+    c_block = streamed_c_block(
+        tuning, n_img * layout.tiles_hw[0] * layout.tiles_hw[1])
     for g in range(groups):
-        xp = _group_channels_last(x, g, cg, tile, layout, padding,
-                                  check_finite)
-        V = _input_stage(xp, tile, layout.tiles_hw, layout.input_blocks,
-                         _workspace.get("V", (n_planes, n_tiles, cg), x.dtype))
+        V = _staged_input(x, g, cg, tile, layout, padding, check_finite)
         if not _winograd_streamed.streamed_conv(
                 tile, V, w[g * kg:(g + 1) * kg], y, bias, g * kg,
-                layout.tiles_hw, streamed_c_block(tuning, n_tiles)):
+                layout.tiles_hw, c_block):
             raise NonFiniteInput("w holds NaN or Inf")
     transformed_weights.note_checked(True)
     return _bias_only_set(y, layout, bias)
