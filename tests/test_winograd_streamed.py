@@ -251,7 +251,7 @@ def test_front_end_streams_without_the_weight_cache_or_a_filter_pass(monkeypatch
     with _tuning.override(winograd=STAGED):
         tile = impl._problem_tile(x.shape, w.shape, (1, 1), (1, 1, 1, 1),
                                   (1, 1), 1, 4, _tuning.current().winograd,
-                                  None)[1]
+                                  None, _tuning.block_shape_threads())[1]
         assert impl._streams_filters(tile, x.shape, w.shape, 1, (1, 1, 1, 1), 4,
                                      _tuning.current().winograd,
                                      _tuning.block_shape_threads())
@@ -285,7 +285,7 @@ def test_rule_streams_deep_layers_with_few_tiles(shape, streams):
     w_shape = (C, C, 3, 3)
     tuning = _tuning.current().winograd
     tile = impl._problem_tile(shape, w_shape, (1, 1), (1, 1, 1, 1), (1, 1), 1,
-                              4, tuning, None)[1]
+                              4, tuning, None, _tuning.block_shape_threads())[1]
     assert impl._streams_filters(tile, shape, w_shape, 1, (1, 1, 1, 1), 4,
                                  tuning, _tuning.block_shape_threads()) is streams
 
@@ -302,3 +302,49 @@ def test_rule_needs_whole_strips_and_a_streamed_tile():
     tile5 = tile_for((5, 5), 4)
     assert not impl._streams_filters(tile5, (4, 512, 9, 9), (512, 512, 5, 5), 1,
                                      (2, 2, 2, 2), 4, tuning, threads)
+
+
+@pytest.mark.parametrize("shape, m", [
+    # 14^2 at batch 1: F(4,3)'s 16 tiles overhang to 16^2, F(2,3)'s 49
+    # cover 14^2; 16 (16 + 49) < 36 (16 + 16) with the filter term 16.
+    ((1, 256, 14, 14), 2),
+    ((1, 512, 14, 14), 2),
+    ((4, 512, 7, 7), 4),           # 36 (16 + 16) < 16 (64 + 16)
+    ((2, 256, 14, 14), 4),         # F(2,3)'s 98 tiles would not stream
+    ((1, 256, 28, 28), 4),         # nor its 196
+])
+def test_streamed_problems_take_the_tile_of_least_modelled_cost(shape, m):
+    C = shape[1]
+    tuning = _tuning.current().winograd
+    threads = _tuning.block_shape_threads()
+    tile = impl._problem_tile(shape, (C, C, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1),
+                              1, 4, tuning, None, threads)[1]
+    assert (tile.m_h, tile.m_w) == (m, m)
+    assert impl._streams_filters(tile, shape, (C, C, 3, 3), 1, (1, 1, 1, 1), 4,
+                                 tuning, threads)
+
+
+def test_filter_term_zero_keeps_the_larger_tile():
+    """The filter transforms are what tips 256@14^2 to F(2,3): without
+    them in the model the multiplies alone favour F(4,3)."""
+    shape, w_shape = (1, 256, 14, 14), (256, 256, 3, 3)
+    tuning = _tuning.current().winograd
+    no_filters = type(tuning)(**{**tuning.__dict__,
+                                 "streamed_filter_tiles": 0})
+    tile = impl._problem_tile(shape, w_shape, (1, 1), (1, 1, 1, 1), (1, 1), 1,
+                              4, no_filters, None,
+                              _tuning.block_shape_threads())[1]
+    assert tile.m_h == 4
+
+
+def test_front_end_runs_the_cheaper_streamed_tile():
+    """``kernels.conv2d`` on a problem the rule gives F(2,3) returns the
+    F(2,3) streamed path's bits, within Winograd's bound."""
+    rng = np.random.default_rng(37)
+    x = rng.standard_normal((1, 256, 14, 14)).astype(np.float32)
+    w = rng.standard_normal((256, 256, 3, 3)).astype(np.float32)
+    y = kernels.conv2d(x, w, padding=1, algorithm="winograd")
+    np.testing.assert_array_equal(
+        y, impl.conv2d_streamed(x, w, None, (1, 1, 1, 1), 1,
+                                tile_for((3, 3), 2)))
+    assert_within_bound("winograd", y, x, w, padding=1)

@@ -515,6 +515,16 @@ class WinogradTuning:
     streamed_c_block: int = 32
     streamed_c_block_many: int = 64
     streamed_many_tiles: int = 32
+    # Where both tiles would stream, F(2,3) replaces F(4,3) when
+    # alpha^2 (tiles + this) is smaller (winograd._cheaper_streamed_tile):
+    # the filter transforms cost about as much as this many tiles' tuple
+    # GEMMs.  Xeon VM, 2 threads, 15 shuffled calls in each of three
+    # processes, time of F(4,3) over F(2,3) cold / warm: 256@14^2 x 1
+    # (16 tiles against 49) 1.14 / 1.08, 1.14 / 1.08, 1.07 / 1.01; 512@14^2
+    # x 1 1.11 / 1.08, 0.99 / 1.08, 1.07 / 1.08; but 256@14^2 x 2 (32
+    # against 98) 0.96, 0.85, 0.95 / 0.99, 0.89, 0.93 and 512@7^2 x 4
+    # (16 against 64) 0.85-0.89 / 0.85-0.87: between 10.4 and 20.8 (section AQ).
+    streamed_filter_tiles: int = 16
 
 
 @dataclass(frozen=True)

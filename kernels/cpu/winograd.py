@@ -825,7 +825,8 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, check_finite=False):
     tuning = _tuning.current().winograd
     reason, tile = _problem_tile(tuple(x.shape), tuple(w.shape), tuple(stride),
                                  tuple(padding), tuple(dilation), groups,
-                                 x.itemsize, tuning, requested_tile())
+                                 x.itemsize, tuning, requested_tile(),
+                                 _tuning.block_shape_threads())
     if reason is not None:
         raise ValueError(reason)
     if _streams_filters(tile, tuple(x.shape), tuple(w.shape), groups,
@@ -913,9 +914,11 @@ def streamed_c_block(tuning, n_tiles):
 
 @functools.lru_cache(maxsize=1024)
 def _problem_tile(x_shape, w_shape, stride, padding, dilation, groups,
-                  itemsize, tuning, requested):
+                  itemsize, tuning, requested, threads):
     """(why Winograd cannot compute the problem, None) or (None, its tile),
-    kept per problem like :func:`_layout`."""
+    kept per problem like :func:`_layout`: :func:`tile_for_problem`'s,
+    or the smaller tile where both stream their filters and it costs less
+    (:func:`_cheaper_streamed_tile`)."""
     reason = unsupported_reason(x_shape, w_shape, stride, padding, dilation,
                                 groups)
     if reason is not None:
@@ -923,9 +926,39 @@ def _problem_tile(x_shape, w_shape, stride, padding, dilation, groups,
     if requested is not None:
         return None, tile_for(w_shape[2:], requested)
     out_hw = _output_hw(x_shape[2:], w_shape[2:], padding)
-    return None, tile_for_problem(w_shape[2:], out_hw, x_shape[0],
-                                  (w_shape[1], w_shape[0] // groups), itemsize,
-                                  tuning)
+    tile = tile_for_problem(w_shape[2:], out_hw, x_shape[0],
+                            (w_shape[1], w_shape[0] // groups), itemsize,
+                            tuning)
+    return None, _cheaper_streamed_tile(tile, x_shape, w_shape, groups,
+                                        padding, itemsize, tuning, threads)
+
+
+def _cheaper_streamed_tile(tile, x_shape, w_shape, groups, padding, itemsize,
+                           tuning, threads):
+    """``tile``, or m = 2 in its place where both would stream their
+    filters (:func:`_streams_filters`) and the smaller costs less.
+
+    A streamed call transforms every filter into alpha^2 planes on every
+    call, besides its tuple GEMMs (alpha^2 planes of the batch's tiles):
+    its cost is modelled as ``alpha^2 (tiles + tuning.streamed_filter_tiles)``.
+    The larger tile's GEMMs save less where its overhang wastes more
+    (14^2 maps: F(4,3)'s 16 tiles cover 16^2 outputs, F(2,3)'s 49 exactly
+    14^2) and its filter transforms cost 36/16 as much."""
+    small = tile._replace(m_h=min(tile.m_h, 2), m_w=min(tile.m_w, 2))
+    if small == tile:
+        return tile
+    args = (x_shape, w_shape, groups, padding, itemsize, tuning, threads)
+    if not (_streams_filters(tile, *args) and _streams_filters(small, *args)):
+        return tile
+    out_hw = _output_hw(x_shape[2:], w_shape[2:], padding)
+
+    def cost(t):
+        tiles_h, tiles_w = tile_counts(out_hw, t)
+        return (t.alpha_h * t.alpha_w
+                * (x_shape[0] * tiles_h * tiles_w
+                   + tuning.streamed_filter_tiles))
+
+    return small if cost(small) < cost(tile) else tile
 
 
 # --------------------------------------------------------------------------
