@@ -54,8 +54,17 @@ __all__ = ["matmul", "matmul_rows", "matmul_image", "image_geometry",
 # of AVX2's 16 vector registers, 24 of AVX-512's 32).
 TILE_ROWS = 6
 
-# Jobs wanted per thread, so that the last ones to finish are short.
+# Jobs wanted per thread, so that the last ones to finish are short ...
 _JOBS_PER_THREAD = 4
+# ... but one where the jobs pack B from rows or images (matmul_image):
+# every further run of tiles packs B again, and every further run of
+# panels reads A again.  Xeon VM, 2 threads, ResNet-50's twelve 1x1
+# shapes at batch 1, 31 alternated calls in each of two processes, time
+# with 4 a thread over 1, caches cold / warm: 2048 -> 512 @ 7^2 (8 runs
+# of tiles against 2) 1.30 / 1.21, 1.13 / 1.15; 1024 -> 256 @ 14^2
+# (runs of 2 x 4 against 1 x 2) 1.16 / 0.96, 1.18 / 0.93; the twelve
+# summed 1.04 and 1.04 cold (docs/performance.md section AQ).
+_JOBS_PER_THREAD_PACKING = 1
 # A tile's slice of a panel per block of the reduction: 16 KiB, half a
 # 32 KiB L1 (Zen 3, float32: 256 rows), and at least 128 rows, so that
 # reloading the accumulators is amortised.
@@ -841,7 +850,8 @@ def _job_split(groups, n_tiles, panels, depth_block, itemsize, threads, cols,
     ``_A_BLOCK_BYTES``, by ``p_jobs`` runs of panels.
 
     At least ``_JOBS_PER_THREAD`` jobs per thread where the problem has
-    them, and a multiple of the thread count where it can be: Numba's
+    them (``_JOBS_PER_THREAD_PACKING`` where the jobs pack B, ``b_weight``
+    above 1), and a multiple of the thread count where it can be: Numba's
     ``prange`` gives each thread an equal run of the jobs, and 7 jobs
     (128 x 512 @ 512 x 784, a ResNet-50 1x1 layer) left one of two
     threads 14 % more work than the other's mean, 9 jobs (2048 x 512 @
@@ -855,7 +865,8 @@ def _job_split(groups, n_tiles, panels, depth_block, itemsize, threads, cols,
     """
     tile_bytes = depth_block * TILE_ROWS * itemsize
     t_min = -(-n_tiles // max(1, _A_BLOCK_BYTES // tile_bytes))
-    wanted = min(_JOBS_PER_THREAD * threads, groups * n_tiles * panels)
+    per_thread = _JOBS_PER_THREAD if b_weight == 1 else _JOBS_PER_THREAD_PACKING
+    wanted = min(per_thread * threads, groups * n_tiles * panels)
     rows = n_tiles * TILE_ROWS
     best = None
     for t_jobs in range(t_min, min(n_tiles, t_min + wanted) + 1):
