@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 import kernels
 import reference
 from kernels import _threads
+from kernels._dispatch import ConvSpec
 from kernels.accuracy import error_bound
 from kernels.cpu import _panel_gemm, _tuning, im2col
 
@@ -899,3 +900,43 @@ def test_bias_on_overflowing_sums_gives_nan_and_inf_without_warnings(shape, kern
         y = kernels.conv2d(x, w, bias, algorithm="im2col")
     assert np.isnan(y[:, 0]).all()
     assert np.isposinf(y[:, 1]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, c, k, h, w, groups, with_bias", [
+    (1, 64, 256, 56, 56, 1, False),    # one call, many panels
+    (1, 2048, 512, 7, 7, 1, True),     # one panel, deep
+    (3, 32, 48, 24, 24, 1, True),      # one call per image
+    (2, 64, 32, 20, 30, 2, True),      # groups
+    (1, 16, 8, 1, 70000, 1, False),    # a long image in chunks
+])
+def test_pointwise_calls_kept_give_the_general_paths_bits(
+        monkeypatch, dtype, n, c, k, h, w, groups, with_bias):
+    """A 1x1 layer through its kept GEMM calls (im2col._pointwise_calls)
+    equals, bit for bit, the general path that works them out on every
+    call (the kept calls switched off)."""
+    rng = np.random.default_rng(41)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((k, c // groups, 1, 1)).astype(dtype)
+    bias = rng.standard_normal(k).astype(dtype) if with_bias else None
+    spec = ConvSpec(x.shape, wt.shape, (1, 1), (0, 0, 0, 0), (1, 1), groups,
+                    x.dtype)
+    tuning = _tuning.current().im2col
+    assert im2col._pointwise_calls(spec.x_shape, spec.w_shape, groups, x.dtype,
+                                   tuning, _tuning.block_shape_threads())
+    kept = im2col._run(spec, x, wt, bias)
+    monkeypatch.setattr(im2col, "_pointwise_calls", lambda *args: None)
+    np.testing.assert_array_equal(kept, im2col._run(spec, x, wt, bias))
+
+
+def test_pointwise_calls_leave_merged_images_to_the_general_path():
+    """Small images merge into one GEMM whose result is transposed into
+    y: no kept calls there."""
+    tuning = _tuning.current().im2col
+    threads = _tuning.block_shape_threads()
+    assert im2col._pointwise_calls((4, 2048, 7, 7), (512, 2048, 1, 1), 1,
+                                   np.dtype(np.float32), tuning,
+                                   threads) is None
+    assert im2col._pointwise_calls((1, 2048, 7, 7), (512, 2048, 1, 1), 1,
+                                   np.dtype(np.float32), tuning,
+                                   threads) is not None

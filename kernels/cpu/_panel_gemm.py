@@ -34,6 +34,7 @@ is its case of a row-major B (a 1x1 layer's image).
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange, types
@@ -46,6 +47,7 @@ from ._simd import copy_lanes, lanes
 from .direct import TILE_VECTORS, emit_fma_tile, tile_columns
 
 __all__ = ["matmul", "matmul_rows", "matmul_image", "image_geometry",
+           "ImageCall", "plan_image_call", "run_image_call",
            "panel_width", "panel_width_of",
            "buffer_size", "zero_padding", "first_tile_rows",
            "panel_tile_rows", "last_tile_rows"]
@@ -1029,8 +1031,7 @@ def _launch(a, b, src, row_offsets, geom, cols, out):
         out[...] = 0
         return out
     out_flat, out_off, ldc = _flat_rows(out)
-    depth_block = max(_MIN_DEPTH_BLOCK,
-                      _B_BLOCK_BYTES // (panel_width(a.dtype) * a.itemsize))
+    depth_block = _depth_block(a.dtype)
     tile_m0, tile_rows, t_jobs, p_jobs = _launch_plan(
         groups, n_rows, depth, cols, a.dtype, depth_block,
         _tuning.block_shape_threads(), geom[_GEOM_WIDTH] > 0)
@@ -1038,6 +1039,65 @@ def _launch(a, b, src, row_offsets, geom, cols, out):
                        row_offsets, geom, cols, out_flat, out_off, ldc,
                        t_jobs, p_jobs, depth_block)
     return out
+
+
+class ImageCall(NamedTuple):
+    """One :func:`matmul_image` call worked out in advance
+    (:func:`plan_image_call`), for callers that make the same call again
+    and again (:func:`run_image_call`)."""
+
+    geom: np.ndarray
+    cols: int
+    out_off: int
+    ldc: int
+    tile_m0: np.ndarray
+    tile_rows: np.ndarray
+    t_jobs: int
+    p_jobs: int
+    depth_block: int
+
+
+def plan_image_call(a_shape, dtype, geom, cols, out_off, ldc):
+    """The :class:`ImageCall` of ``matmul_image(a, src, NO_OFFSETS, geom,
+    cols, out)`` for an ``a`` of ``a_shape`` and an ``out`` whose row
+    ``(g, m)`` starts at element ``out_off + (g M + m) ldc`` of its
+    flattened C-contiguous base; ``geom`` with a ``row_step`` (B's rows a
+    constant step apart)."""
+    groups, n_rows, depth = a_shape
+    # (Writeable like image_geometry's: a read-only array is another
+    # Numba type, another compilation of the kernel.)
+    geom = np.array(geom, np.int64)
+    depth_block = _depth_block(dtype)
+    tile_m0, tile_rows, t_jobs, p_jobs = _launch_plan(
+        groups, n_rows, depth, cols, np.dtype(dtype), depth_block,
+        _tuning.block_shape_threads(), True)
+    return ImageCall(geom, cols, out_off, ldc, tile_m0, tile_rows, t_jobs,
+                     p_jobs, depth_block)
+
+
+def run_image_call(call, a, src, out_flat):
+    """:func:`matmul_image` as planned: ``a`` (G, M, D) C-contiguous,
+    ``src`` 1-D, C-contiguous and writeable, ``out_flat`` the 1-D base of
+    the output, all of one dtype and of the planned shapes (not checked:
+    a network's 1x1 layer spent ~10 us a call working out and checking
+    what its last call had)."""
+    _panel_gemm_kernel(a, call.tile_m0, call.tile_rows, _no_panels(a.dtype),
+                       src, NO_OFFSETS, call.geom, call.cols, out_flat,
+                       call.out_off, call.ldc, call.t_jobs, call.p_jobs,
+                       call.depth_block)
+
+
+@functools.lru_cache(maxsize=None)
+def _no_panels(dtype):
+    return np.empty(0, dtype)
+
+
+def _depth_block(dtype):
+    """Steps of the reduction per block: a tile's slice of a panel in
+    ``_B_BLOCK_BYTES``, and at least ``_MIN_DEPTH_BLOCK``."""
+    dtype = np.dtype(dtype)
+    return max(_MIN_DEPTH_BLOCK,
+               _B_BLOCK_BYTES // (panel_width(dtype) * dtype.itemsize))
 
 
 @functools.lru_cache(maxsize=1024)
