@@ -460,7 +460,9 @@ def _pointwise_calls(x_shape, w_shape, groups, dtype, tuning, threads):
     item = np.dtype(dtype).itemsize
     if not tuning.pack_from_image or c * positions * item > tuning.scratch_limit:
         return None
-    column = max(c * item, -(-c * positions * item // positions))
+    # _gemm_from_images' chunks: a column's patches and its share of the
+    # image are both c elements here.
+    column = c * item
     chunks = plan_chunks(n, positions, column, column + k * item,
                          tuning.scratch_limit, tuning.merge_below_positions,
                          tuning.cache_target_bytes, tuning.min_gemm_columns)
