@@ -412,13 +412,8 @@ def streamed_gemm(tile, V, w, out, c_block):
     strip of :func:`strip_width` output channels each; K a multiple of
     it).  ``V`` (P, T, C) and ``out`` (P, T, K) C-contiguous; ``c_block``
     input channels per block.  Returns whether ``w`` was finite."""
-    width = strip_width(w.dtype)
-    strips = w.shape[0] // width
-    finite = np.empty((strips, lanes_of(w.itemsize)), w.dtype)
     _, no_y, no_bias = _placeholders(w.dtype)
-    _streamed_kernel(filter_tag(tile), V, w, out, int(c_block), finite, no_y,
-                     _output_matrix(tile, w.dtype), no_bias, 0, 0, 0)
-    return bool(np.isfinite(finite.sum()))
+    return _run_strips(tile, V, w, out, c_block, no_y, no_bias, 0, (0, 0))
 
 
 def streamed_conv(tile, V, w, y, bias, k0, tiles_hw, c_block):
@@ -429,11 +424,16 @@ def streamed_conv(tile, V, w, y, bias, k0, tiles_hw, c_block):
     ``bias`` of K_all or None), instead of through a whole-batch M in
     memory and a second parallel stage.  ``V`` holds the N images'
     ``tiles_hw`` tiles each.  Returns whether ``w`` was finite."""
-    width = strip_width(w.dtype)
-    strips = w.shape[0] // width
-    finite = np.empty((strips, lanes_of(w.itemsize)), w.dtype)
     no_mm, _, no_bias = _placeholders(w.dtype)
-    _streamed_kernel(filter_tag(tile), V, w, no_mm, int(c_block), finite, y,
-                     _output_matrix(tile, w.dtype),
-                     no_bias if bias is None else bias, int(k0), *tiles_hw)
+    return _run_strips(tile, V, w, no_mm, c_block, y,
+                       no_bias if bias is None else bias, k0, tiles_hw)
+
+
+def _run_strips(tile, V, w, mm, c_block, y, bias, k0, tiles_hw):
+    """:func:`_streamed_kernel` over w's strips (into M, or through the
+    output transform into y); returns whether w was finite."""
+    strips = w.shape[0] // strip_width(w.dtype)
+    finite = np.empty((strips, lanes_of(w.itemsize)), w.dtype)
+    _streamed_kernel(filter_tag(tile), V, w, mm, int(c_block), finite, y,
+                     _output_matrix(tile, w.dtype), bias, int(k0), *tiles_hw)
     return bool(np.isfinite(finite.sum()))

@@ -460,12 +460,8 @@ def _pointwise_calls(x_shape, w_shape, groups, dtype, tuning, threads):
     item = np.dtype(dtype).itemsize
     if not tuning.pack_from_image or c * positions * item > tuning.scratch_limit:
         return None
-    # _gemm_from_images' chunks: a column's patches and its share of the
-    # image are both c elements here.
-    column = c * item
-    chunks = plan_chunks(n, positions, column, column + k * item,
-                         tuning.scratch_limit, tuning.merge_below_positions,
-                         tuning.cache_target_bytes, tuning.min_gemm_columns)
+    chunks = _image_chunks(x_shape, w_shape, (0, 0, 0, 0), positions, item,
+                           tuning)
     if any(ch.n1 - ch.n0 > 1 for ch in chunks):
         return None
     image = c * positions
@@ -477,6 +473,24 @@ def _pointwise_calls(x_shape, w_shape, groups, dtype, tuning, threads):
                                        image, positions, 1, positions),
             ch.p1 - ch.p0, ch.n0 * k * positions + ch.p0, positions)
         for ch in chunks)
+
+
+def _image_chunks(x_shape, w_shape, padding, positions, itemsize, tuning):
+    """The chunks of :func:`_gemm_from_images`: its GEMM's calls as the
+    gather would size them (:func:`plan_chunks`).  A whole 1 x 65536
+    signal in one call made each job keep accumulators for all its panels
+    (2 MB at 64 channels, k = 3) between blocks of the reduction, outside
+    L2.  A column costs its patches or its share of the padded image,
+    whichever is more (a widely dilated kernel's patch matrix is the
+    smaller), so merged images stay within the scratch limit."""
+    n, c, h, w = x_shape
+    k, _, kh, kw = w_shape
+    pt, pb, pl, pr = padding
+    image = c * (h + pt + pb) * (w + pl + pr)
+    column = max(c * kh * kw * itemsize, -(-image * itemsize // positions))
+    return plan_chunks(n, positions, column, column + k * itemsize,
+                       tuning.scratch_limit, tuning.merge_below_positions,
+                       tuning.cache_target_bytes, tuning.min_gemm_columns)
 
 
 def _run_pointwise(calls, spec, x, w, bias):
@@ -609,21 +623,11 @@ def _gemm_from_images(x, w_shape, w_stack, bias_stack, y, stride, padding,
     sh, sw = stride
     pt, pb, pl, pr = padding
     positions = ho * wo
-    item = x.dtype.itemsize
     padded = any(padding) or not x.flags.writeable
     hp, wp = h + pt + pb, w + pl + pr
     image = c * hp * wp
-    # The GEMM's calls as the gather would size them (plan_chunks): a
-    # whole 1 x 65536 signal in one call made each job keep accumulators
-    # for all its panels (2 MB at 64 channels, k = 3) between blocks of
-    # the reduction, outside L2.  A column costs its patches or its share
-    # of the padded image, whichever is more (a widely dilated kernel's
-    # patch matrix is the smaller), so merged images stay within the
-    # scratch limit.
-    column = max(c * kh * kw * item, -(-image * item // positions))
-    chunks = plan_chunks(n, positions, column, column + k * item,
-                         tuning.scratch_limit, tuning.merge_below_positions,
-                         tuning.cache_target_bytes, tuning.min_gemm_columns)
+    chunks = _image_chunks(x.shape, w_shape, padding, positions,
+                           x.dtype.itemsize, tuning)
     per_chunk = chunks[0].n1 - chunks[0].n0
     source = (_workspace.get("padded", (per_chunk, c, hp, wp), x.dtype)
               if padded else None)
