@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hypothesis import given, settings
+from numba import carray, njit
 from hypothesis import strategies as st
 
 from helpers import assert_within_bound
@@ -364,3 +365,28 @@ def test_pack_filters_puts_channels_fastest(dtype, c):
     for b in range(2):
         np.testing.assert_array_equal(
             packed[b], w[b * kb:(b + 1) * kb].reshape(kb, r_len).T)
+
+
+@njit
+def _store_one_tile(sums, y, y0, hw):
+    acc_ptr = dc._tile_buffer(y)
+    acc = carray(acc_ptr, sums.shape)
+    acc[:, :] = sums
+    dc.store_tile(acc_ptr, y, y0, hw)
+
+
+@over_dtypes
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_store_tile_writes_the_tiles_outputs_and_nothing_else(dtype, where):
+    # Each channel's COLS pixels land in its plane; the lanes past COLS of
+    # each transposed square (masked) write nothing, even at the end of y.
+    kb, hw = block(dtype), 40
+    rng = np.random.default_rng(11)
+    sums = rng.standard_normal((dc.COLS, kb)).astype(dtype)
+    y = np.full(kb * hw, np.nan, dtype)
+    y0 = 0 if where == "first" else hw - dc.COLS
+    _store_one_tile(sums, y, y0, hw)
+    expected = np.full(kb * hw, np.nan, dtype)
+    for q in range(kb):
+        expected[y0 + q * hw:y0 + q * hw + dc.COLS] = sums[:, q]
+    np.testing.assert_array_equal(y, expected)

@@ -63,22 +63,24 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import carray, njit, prange, types
+from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import _prefetch, _tuning
 from ._simd import VECTOR_BITS, lanes_of
 from ._simd import lanes as _lanes
+from ._simd import store_first_lanes as _store_first_lanes
 from ._simd import transpose_square as _transpose_square
+from ._simd import transposed as _transposed
 from ._direct_packing import (pack_into, packed_geometry, packed_size,
                               tap_offsets)
 from ._workspace import Workspace
 
 __all__ = ["COLS", "NVEC", "PREFETCH_TAPS", "X_PREFETCH_TAPS", "lanes_of",
            "tile_applies", "tile_for", "pack_filters", "channel_tile",
-           "conv_channels", "task_rows", "task_cols", "MIN_TASK_COLS",
-           "input_bytes_per_column", "run"]
+           "store_tile", "conv_channels", "task_rows", "task_cols",
+           "MIN_TASK_COLS", "input_bytes_per_column", "run"]
 
 # Pixels and vectors of channels of the tile: 28 accumulators of
 # AVX-512's 32 registers (two more hold the tap's filter vectors); 12 of
@@ -259,6 +261,53 @@ def channel_tile(typingctx, xq, x0, offs, n_taps, wp, w0, init, k0, acc):
 
 
 @intrinsic
+def store_tile(typingctx, acc, y, y0, hw):
+    """``y[y0 + q*hw + c] = acc[c*B + q]`` for ``c < COLS``, ``q < B =
+    NVEC * lanes``: the tile's sums, pixels major, written channel by
+    channel.  Each lanes x lanes square (lanes pixels of lanes channels;
+    rows past ``COLS`` are zeros, never stored) is transposed in
+    registers and each channel's run of pixels written with one vector
+    store, masked to its ``COLS`` pixels.  A scalar store per output
+    took 23 % of the 7x7/2 stem's time: Xeon VM, batch 1, float32, in one
+    process, scalar stores' time over these: the stem 1.30, 3x3 64@56^2
+    1.04-1.07, 64@224^2 1.06-1.07, 128@28^2, 128@56^2/2, 256@28^2/2 and
+    256@14^2 1.00-1.03 (docs/performance.md section AR).
+    """
+    dtype = y.dtype
+
+    def codegen(context, builder, signature, args):
+        acc_ptr, y_v, y0_v, hw_v = args
+        y_data = context.make_array(y)(context, builder, y_v).data
+        elem = context.get_value_type(dtype)
+        align = context.get_abi_sizeof(elem)
+        n_lanes = VECTOR_BITS // (8 * align)
+        width = NVEC * n_lanes
+        vec = ir.VectorType(elem, n_lanes)
+        i64 = ir.IntType(64)
+
+        def vector_at(base, index):
+            ptr = builder.gep(base, [index], inbounds=True)
+            return builder.bitcast(ptr, vec.as_pointer())
+
+        for v in range(NVEC):
+            for p0 in range(0, COLS, n_lanes):
+                count = min(n_lanes, COLS - p0)
+                rows = [builder.load(vector_at(acc_ptr, ir.Constant(
+                            i64, (p0 + i) * width + v * n_lanes)), align=align)
+                        if i < count else ir.Constant(vec, None)
+                        for i in range(n_lanes)]
+                for j, column in enumerate(_transposed(builder, rows)):
+                    channel = ir.Constant(i64, v * n_lanes + j)
+                    index = builder.add(builder.add(
+                        y0_v, builder.mul(channel, hw_v)), ir.Constant(i64, p0))
+                    _store_first_lanes(builder, column,
+                                       vector_at(y_data, index), count, align)
+        return context.get_dummy_value()
+
+    return types.void(acc, y, y0, hw), codegen
+
+
+@intrinsic
 def _tile_buffer(typingctx, x):
     """Pointer to a stack buffer for one tile's sums (the caller's frame:
     intrinsics are emitted inline)."""
@@ -277,15 +326,11 @@ def _row_tiles(xq, x0, offs, n_taps, wp, w0, init, k0, block, y, y0, hw,
     """The tiles of columns ``col_lo .. col_hi - 1`` (at least ``COLS``)
     of one output row of ``block`` channels: ``COLS`` pixels each, the
     last ending at ``col_hi``."""
-    acc = carray(acc_ptr, (COLS, block))
     ow0 = col_lo
     while ow0 < col_hi:
         ow0 = min(ow0, col_hi - COLS)
         channel_tile(xq, x0 + ow0, offs, n_taps, wp, w0, init, k0, acc_ptr)
-        for q in range(block):
-            dst = y0 + q * hw + ow0
-            for c in range(COLS):
-                y[dst + c] = acc[c, q]
+        store_tile(acc_ptr, y, y0 + ow0, hw)
         ow0 += COLS
 
 

@@ -13,7 +13,8 @@ from numba.extending import intrinsic, overload
 
 from . import _tuning
 
-__all__ = ["VECTOR_BITS", "lanes_of", "lanes", "transpose_square"]
+__all__ = ["VECTOR_BITS", "lanes_of", "lanes", "transpose_square",
+           "copy_lanes", "transposed", "store_first_lanes"]
 
 VECTOR_BITS = _tuning.host_vector_bits()
 
@@ -32,6 +33,50 @@ def lanes(a):  # pragma: no cover
 def _lanes_impl(a):
     n = lanes_of(a.dtype.bitwidth // 8)
     return lambda a: n
+
+
+def transposed(builder, rows):
+    """The columns of the square whose rows are ``rows`` (n LLVM vectors
+    of n lanes, n a power of two), emitted as log2(n) stages of shuffles
+    that swap the off-diagonal blocks."""
+    n = len(rows)
+    rows = list(rows)
+
+    def mask(values):
+        return ir.Constant(ir.VectorType(ir.IntType(32), n), values)
+
+    m = 1
+    while m < n:
+        # swap the off-diagonal m x m blocks of every 2m x 2m block
+        for p in range(n):
+            if p & m:
+                continue
+            q = p + m
+            low = [j if not j & m else n + j - m for j in range(n)]
+            high = [j + m if not j & m else n + j for j in range(n)]
+            rows[p], rows[q] = (
+                builder.shuffle_vector(rows[p], rows[q], mask(low)),
+                builder.shuffle_vector(rows[p], rows[q], mask(high)))
+        m *= 2
+    return rows
+
+
+def store_first_lanes(builder, value, ptr, count, align):
+    """Store lanes ``0 .. count - 1`` of the vector ``value`` at ``ptr``
+    (a pointer to the vector's type; ``count`` a Python int): one plain
+    store where ``count`` is all the lanes, else ``llvm.masked.store``
+    with a constant mask (nothing past ``count`` is written)."""
+    n = value.type.count
+    if count >= n:
+        builder.store(value, ptr, align=align)
+        return
+    i1, i32 = ir.IntType(1), ir.IntType(32)
+    mask = ir.Constant(ir.VectorType(i1, n), [int(l < count) for l in range(n)])
+    bits = 8 * align
+    store_fn = builder.module.declare_intrinsic(
+        f"llvm.masked.store.v{n}f{bits}.p0v{n}f{bits}", (), ir.FunctionType(
+            ir.VoidType(), [value.type, ptr.type, i32, mask.type]))
+    builder.call(store_fn, [value, ptr, ir.Constant(i32, align), mask])
 
 
 @intrinsic
@@ -58,24 +103,9 @@ def transpose_square(typingctx, src, s0, s_stride, dst, d0, d_stride):
             ptr = builder.gep(data, [index], inbounds=True)
             return builder.bitcast(ptr, vec.as_pointer())
 
-        def mask(values):
-            return ir.Constant(ir.VectorType(ir.IntType(32), n), values)
-
-        rows = [builder.load(at(s_data, s0_v, s_stride_v, i), align=align)
-                for i in range(n)]
-        m = 1
-        while m < n:
-            # swap the off-diagonal m x m blocks of every 2m x 2m block
-            for p in range(n):
-                if p & m:
-                    continue
-                q = p + m
-                low = [j if not j & m else n + j - m for j in range(n)]
-                high = [j + m if not j & m else n + j for j in range(n)]
-                rows[p], rows[q] = (
-                    builder.shuffle_vector(rows[p], rows[q], mask(low)),
-                    builder.shuffle_vector(rows[p], rows[q], mask(high)))
-            m *= 2
+        rows = transposed(builder, [
+            builder.load(at(s_data, s0_v, s_stride_v, i), align=align)
+            for i in range(n)])
         for j in range(n):
             builder.store(rows[j], at(d_data, d0_v, d_stride_v, j),
                           align=align)
