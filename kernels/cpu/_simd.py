@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from . import _tuning
@@ -169,3 +170,86 @@ def copy_lanes(typingctx, src, s0, dst, d0, n):
         return context.get_dummy_value()
 
     return types.void(src, s0, dst, d0, n), codegen
+
+
+def _columns_store(rows):
+    """The intrinsic ``store_columns_{rows}`` (see :func:`store_columns`)."""
+
+    @intrinsic
+    def store_columns_of(typingctx, src, r0, c0, add, a0, dst, d0, d_stride,
+                         count):
+        dtype = src.dtype
+
+        def codegen(context, builder, signature, args):
+            src_v, r0_v, c0_v, add_v, a0_v, dst_v, d0_v, stride_v, count_v = args
+            src_a = context.make_array(src)(context, builder, src_v)
+            width = cgutils.unpack_tuple(builder, src_a.shape, 2)[1]
+            add_data = context.make_array(add)(context, builder, add_v).data
+            d_data = context.make_array(dst)(context, builder, dst_v).data
+            elem = context.get_value_type(dtype)
+            align = context.get_abi_sizeof(elem)
+            n = lanes_of(align)
+            vec = ir.VectorType(elem, n)
+            part = ir.VectorType(elem, rows)
+            i32, i64 = ir.IntType(32), ir.IntType(64)
+
+            def vector_at(data, index, of=vec):
+                ptr = builder.gep(data, [index], inbounds=True)
+                return builder.bitcast(ptr, of.as_pointer())
+
+            shift = builder.load(vector_at(add_data, a0_v), align=align)
+            square = [builder.fadd(builder.load(vector_at(src_a.data, builder.add(
+                          builder.mul(builder.add(r0_v, ir.Constant(i64, b)),
+                                      width), c0_v)), align=align), shift)
+                      for b in range(rows)]
+            square += [ir.Constant(vec, ir.Undefined)] * (n - rows)
+            columns = transposed(builder, square)
+            whole = builder.icmp_signed(">=", count_v,
+                                        ir.Constant(count_v.type, rows))
+            with builder.if_else(whole) as (all_rows, some_rows):
+                with all_rows:
+                    for q, column in enumerate(columns):
+                        index = builder.add(d0_v, builder.mul(
+                            stride_v, ir.Constant(i64, q)))
+                        head = builder.shuffle_vector(
+                            column, column, ir.Constant(
+                                ir.VectorType(i32, rows), list(range(rows))))
+                        builder.store(head, vector_at(d_data, index, part),
+                                      align=align)
+                with some_rows:
+                    for q, column in enumerate(columns):
+                        index = builder.add(d0_v, builder.mul(
+                            stride_v, ir.Constant(i64, q)))
+                        for b in range(rows - 1):
+                            inside = builder.icmp_signed(
+                                ">", count_v, ir.Constant(count_v.type, b))
+                            with builder.if_then(inside):
+                                builder.store(
+                                    builder.extract_element(
+                                        column, ir.Constant(i32, b)),
+                                    builder.gep(d_data, [builder.add(
+                                        index, ir.Constant(i64, b))],
+                                        inbounds=True), align=align)
+            return context.get_dummy_value()
+
+        sig = types.void(src, r0, c0, add, a0, dst, d0, d_stride, count)
+        return sig, codegen
+
+    return store_columns_of
+
+
+_COLUMN_STORES = {}
+
+
+def store_columns(rows):
+    """An intrinsic ``f(src, r0, c0, add, a0, dst, d0, d_stride, count)``
+    that writes ``dst[d0 + q*d_stride + b] = src[r0 + b, c0 + q] +
+    add[a0 + q]`` for ``q < lanes`` and ``b < min(count, rows)``: ``rows``
+    rows of lanes channels of a 2-D C-contiguous scratch, each channel's
+    ``rows`` values written as one short vector (lanes x lanes squares
+    transposed in registers, the rows past ``rows`` undefined and never
+    stored).  A Winograd tile's output rows go to ``y`` so, a run of
+    ``m`` pixels a channel."""
+    if rows not in _COLUMN_STORES:
+        _COLUMN_STORES[rows] = _columns_store(rows)
+    return _COLUMN_STORES[rows]

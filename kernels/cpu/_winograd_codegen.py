@@ -20,6 +20,16 @@ What the generated code must respect, so that LLVM vectorizes it:
   destination: stores to alpha^2 planes of V or M at run-time distances
   need more run-time alias checks than LLVM's vectorizer allows.
 
+The output transform's scratch holds a tile's m x m outputs with channels
+fastest; y wants each channel's m pixels of a row side by side.  Each row
+of the tile goes to y as one short vector a channel
+(:func:`kernels.cpu._simd.store_columns`: lanes x lanes squares transposed
+in registers, the bias added on the way).  The former scalar copy of each
+output into a row buffer, then row by row into y, took 40 % of the
+transform: F(4,3), one thread, ~51 against 24-31 cycles a tile and
+channel at 64@56^2, 128@28^2 and 256@14^2 (docs/performance.md section
+AR).
+
 Each sum is evaluated in the order of the generic kernels (first along the
 tile's rows with the ``w`` matrix, then along its columns with the ``h``
 one, terms in index order), so the results are bitwise those of the
@@ -176,18 +186,25 @@ def _output_function(m, r):
         "    Ho, Wo = y.shape[2], y.shape[3]",
         "    nk = mm.shape[2]",
         "    has_bias = bias.shape[0] > 0",
-        "    zero = np.zeros(1, mm.dtype)[0]      # keeps sums in the data's dtype",
         f"    buf = np.empty(({m * m}, {run}), mm.dtype)",
-        f"    line = np.empty(({m}, nk, ns * {m}), mm.dtype)",
+        "    # bias or zeros: the sums get + 0 without a bias, as in the passes",
+        "    shifts = np.zeros(k0 + nk, mm.dtype)",
+        "    if has_bias:",
+        "        shifts[:] = bias[:k0 + nk]",
+        "    yf = y.reshape(y.size)",
+        "    plane = Ho * Wo",
+        "    tail = nk - nk % lanes(mm)",
         f"    col0 = tj0 * {m}",
-        f"    cols = min(ns * {m}, Wo - col0)",
     ]
     lines += _coefficient_locals(AT, "at")
     lines += [
         "    for rr in range(nr):",
         "        ti = ti0 + rr",
+        f"        rows = min({m}, Ho - ti * {m})",
         "        for s in range(ns):",
         "            t = t0 + rr * row_stride + s",
+        f"            col = col0 + s * {m}",
+        f"            count = min({m}, Wo - col)",
         f"            for c0 in range(0, nk, {run}):",
         f"                w = min({run}, nk - c0)",
     ]
@@ -197,25 +214,22 @@ def _output_function(m, r):
     lines += _nested_transform(
         AT, "at", "m",
         lambda ap, b, expr: f"buf[{ap * m + b}, c] = {expr}", 20)
-    # Tile (s) to the rows of the block's output line, channel-major.
-    for ap in range(m):
-        for b in range(m):
-            lines += [
-                f"                src = buf[{ap * m + b}]",
-                f"                dst = line[{ap}]",
-                "                for c in range(w):",
-                f"                    dst[c0 + c, s * {m} + {b}] = src[c]",
-            ]
+    # The tile's rows to y: each channel's m pixels of a row as one short
+    # vector (lanes channels at a time, transposed in registers); channels
+    # past the last whole vector one by one.
     lines += [
-        f"        rows = min({m}, Ho - ti * {m})",
-        "        for ap in range(rows):",
-        f"            row = ti * {m} + ap",
-        "            for k in range(nk):",
-        "                shift = bias[k0 + k] if has_bias else zero",
-        "                dst = y[n, k0 + k, row]",
-        "                src = line[ap, k]",
-        "                for j in range(cols):",
-        "                    dst[col0 + j] = src[j] + shift",
+        "                whole = min(w, tail - c0)",
+        "                for ap in range(rows):",
+        f"                    d0 = (((n * y.shape[1] + k0 + c0) * Ho + ti * {m} + ap)",
+        "                          * Wo + col)",
+        "                    for q0 in range(0, whole, lanes(mm)):",
+        f"                        store_columns_{m}(buf, ap * {m}, q0, shifts,",
+        "                                         k0 + c0 + q0, yf,",
+        "                                         d0 + q0 * plane, plane, count)",
+        "                    for q in range(max(whole, 0), w):",
+        "                        for b in range(count):",
+        f"                            yf[d0 + q * plane + b] = (buf[ap * {m} + b, q]",
+        "                                                      + shifts[k0 + c0 + q])",
     ]
     return name, lines
 
@@ -230,8 +244,10 @@ import numpy as np
 from numba import njit
 from numba.extending import overload
 
+from ._simd import lanes, store_columns
 from ._winograd_blocks import input_block_passes, output_block_passes
 
+{column_stores}
 '''
 
 # The dispatch by tile: the tile's code is the length of a tuple ``tag``,
@@ -320,7 +336,12 @@ def generate():
     table += [f"    ({m}, {r}): {i + 1}," for i, (m, r) in enumerate(UNROLLED_TILES)]
     table.append("}")
     exports = "__all__ = [\n" + "".join(f'    "{n}",\n' for n in names) + "]"
-    return (HEADER + exports + "\n\n" + "\n".join(table) + "\n\n\n"
+    stores = "\n".join(f"store_columns_{m} = store_columns({m})"
+                       for m in sorted({m for m, _ in UNROLLED_TILES}))
+    header = HEADER.replace("{column_stores}", "# A tile's output rows, a short "
+                            "vector per channel (see _simd.store_columns).\n"
+                            + stores + "\n")
+    return (header + exports + "\n\n" + "\n".join(table) + "\n\n\n"
             + "\n\n\n".join(_dispatch_functions() + chunks) + "\n")
 
 

@@ -8,7 +8,12 @@ import numpy as np
 from numba import njit
 from numba.extending import overload
 
+from ._simd import lanes, store_columns
 from ._winograd_blocks import input_block_passes, output_block_passes
+
+# A tile's output rows, a short vector per channel (see _simd.store_columns).
+store_columns_2 = store_columns(2)
+store_columns_4 = store_columns(4)
 
 __all__ = [
     "UNROLLED_TILES",
@@ -184,15 +189,22 @@ def output_block_m2_r3(mm, t0, row_stride, n, ti0, nr, tj0, ns, at, bias, k0, y)
     Ho, Wo = y.shape[2], y.shape[3]
     nk = mm.shape[2]
     has_bias = bias.shape[0] > 0
-    zero = np.zeros(1, mm.dtype)[0]      # keeps sums in the data's dtype
     buf = np.empty((4, 64), mm.dtype)
-    line = np.empty((2, nk, ns * 2), mm.dtype)
+    # bias or zeros: the sums get + 0 without a bias, as in the passes
+    shifts = np.zeros(k0 + nk, mm.dtype)
+    if has_bias:
+        shifts[:] = bias[:k0 + nk]
+    yf = y.reshape(y.size)
+    plane = Ho * Wo
+    tail = nk - nk % lanes(mm)
     col0 = tj0 * 2
-    cols = min(ns * 2, Wo - col0)
     for rr in range(nr):
         ti = ti0 + rr
+        rows = min(2, Ho - ti * 2)
         for s in range(ns):
             t = t0 + rr * row_stride + s
+            col = col0 + s * 2
+            count = min(2, Wo - col)
             for c0 in range(0, nk, 64):
                 w = min(64, nk - c0)
                 m0_0_ = mm[0, t, c0:c0 + w]
@@ -240,31 +252,18 @@ def output_block_m2_r3(mm, t0, row_stride, n, ti0, nr, tj0, ns, at, bias, k0, y)
                     buf[1, c] = h0_1 + h1_1 + h2_1
                     buf[2, c] = h1_0 - h2_0 + h3_0
                     buf[3, c] = h1_1 - h2_1 + h3_1
-                src = buf[0]
-                dst = line[0]
-                for c in range(w):
-                    dst[c0 + c, s * 2 + 0] = src[c]
-                src = buf[1]
-                dst = line[0]
-                for c in range(w):
-                    dst[c0 + c, s * 2 + 1] = src[c]
-                src = buf[2]
-                dst = line[1]
-                for c in range(w):
-                    dst[c0 + c, s * 2 + 0] = src[c]
-                src = buf[3]
-                dst = line[1]
-                for c in range(w):
-                    dst[c0 + c, s * 2 + 1] = src[c]
-        rows = min(2, Ho - ti * 2)
-        for ap in range(rows):
-            row = ti * 2 + ap
-            for k in range(nk):
-                shift = bias[k0 + k] if has_bias else zero
-                dst = y[n, k0 + k, row]
-                src = line[ap, k]
-                for j in range(cols):
-                    dst[col0 + j] = src[j] + shift
+                whole = min(w, tail - c0)
+                for ap in range(rows):
+                    d0 = (((n * y.shape[1] + k0 + c0) * Ho + ti * 2 + ap)
+                          * Wo + col)
+                    for q0 in range(0, whole, lanes(mm)):
+                        store_columns_2(buf, ap * 2, q0, shifts,
+                                         k0 + c0 + q0, yf,
+                                         d0 + q0 * plane, plane, count)
+                    for q in range(max(whole, 0), w):
+                        for b in range(count):
+                            yf[d0 + q * plane + b] = (buf[ap * 2 + b, q]
+                                                      + shifts[k0 + c0 + q])
 
 
 @njit(cache=True)
@@ -460,11 +459,15 @@ def output_block_m4_r3(mm, t0, row_stride, n, ti0, nr, tj0, ns, at, bias, k0, y)
     Ho, Wo = y.shape[2], y.shape[3]
     nk = mm.shape[2]
     has_bias = bias.shape[0] > 0
-    zero = np.zeros(1, mm.dtype)[0]      # keeps sums in the data's dtype
     buf = np.empty((16, 64), mm.dtype)
-    line = np.empty((4, nk, ns * 4), mm.dtype)
+    # bias or zeros: the sums get + 0 without a bias, as in the passes
+    shifts = np.zeros(k0 + nk, mm.dtype)
+    if has_bias:
+        shifts[:] = bias[:k0 + nk]
+    yf = y.reshape(y.size)
+    plane = Ho * Wo
+    tail = nk - nk % lanes(mm)
     col0 = tj0 * 4
-    cols = min(ns * 4, Wo - col0)
     at1_3 = at[1, 3]
     at1_4 = at[1, 4]
     at2_3 = at[2, 3]
@@ -473,8 +476,11 @@ def output_block_m4_r3(mm, t0, row_stride, n, ti0, nr, tj0, ns, at, bias, k0, y)
     at3_4 = at[3, 4]
     for rr in range(nr):
         ti = ti0 + rr
+        rows = min(4, Ho - ti * 4)
         for s in range(ns):
             t = t0 + rr * row_stride + s
+            col = col0 + s * 4
+            count = min(4, Wo - col)
             for c0 in range(0, nk, 64):
                 w = min(64, nk - c0)
                 m0_0_ = mm[0, t, c0:c0 + w]
@@ -590,76 +596,15 @@ def output_block_m4_r3(mm, t0, row_stride, n, ti0, nr, tj0, ns, at, bias, k0, y)
                     buf[13, c] = h1_1 - h2_1 + at3_3 * h3_1 + at3_4 * h4_1 + h5_1
                     buf[14, c] = h1_2 - h2_2 + at3_3 * h3_2 + at3_4 * h4_2 + h5_2
                     buf[15, c] = h1_3 - h2_3 + at3_3 * h3_3 + at3_4 * h4_3 + h5_3
-                src = buf[0]
-                dst = line[0]
-                for c in range(w):
-                    dst[c0 + c, s * 4 + 0] = src[c]
-                src = buf[1]
-                dst = line[0]
-                for c in range(w):
-                    dst[c0 + c, s * 4 + 1] = src[c]
-                src = buf[2]
-                dst = line[0]
-                for c in range(w):
-                    dst[c0 + c, s * 4 + 2] = src[c]
-                src = buf[3]
-                dst = line[0]
-                for c in range(w):
-                    dst[c0 + c, s * 4 + 3] = src[c]
-                src = buf[4]
-                dst = line[1]
-                for c in range(w):
-                    dst[c0 + c, s * 4 + 0] = src[c]
-                src = buf[5]
-                dst = line[1]
-                for c in range(w):
-                    dst[c0 + c, s * 4 + 1] = src[c]
-                src = buf[6]
-                dst = line[1]
-                for c in range(w):
-                    dst[c0 + c, s * 4 + 2] = src[c]
-                src = buf[7]
-                dst = line[1]
-                for c in range(w):
-                    dst[c0 + c, s * 4 + 3] = src[c]
-                src = buf[8]
-                dst = line[2]
-                for c in range(w):
-                    dst[c0 + c, s * 4 + 0] = src[c]
-                src = buf[9]
-                dst = line[2]
-                for c in range(w):
-                    dst[c0 + c, s * 4 + 1] = src[c]
-                src = buf[10]
-                dst = line[2]
-                for c in range(w):
-                    dst[c0 + c, s * 4 + 2] = src[c]
-                src = buf[11]
-                dst = line[2]
-                for c in range(w):
-                    dst[c0 + c, s * 4 + 3] = src[c]
-                src = buf[12]
-                dst = line[3]
-                for c in range(w):
-                    dst[c0 + c, s * 4 + 0] = src[c]
-                src = buf[13]
-                dst = line[3]
-                for c in range(w):
-                    dst[c0 + c, s * 4 + 1] = src[c]
-                src = buf[14]
-                dst = line[3]
-                for c in range(w):
-                    dst[c0 + c, s * 4 + 2] = src[c]
-                src = buf[15]
-                dst = line[3]
-                for c in range(w):
-                    dst[c0 + c, s * 4 + 3] = src[c]
-        rows = min(4, Ho - ti * 4)
-        for ap in range(rows):
-            row = ti * 4 + ap
-            for k in range(nk):
-                shift = bias[k0 + k] if has_bias else zero
-                dst = y[n, k0 + k, row]
-                src = line[ap, k]
-                for j in range(cols):
-                    dst[col0 + j] = src[j] + shift
+                whole = min(w, tail - c0)
+                for ap in range(rows):
+                    d0 = (((n * y.shape[1] + k0 + c0) * Ho + ti * 4 + ap)
+                          * Wo + col)
+                    for q0 in range(0, whole, lanes(mm)):
+                        store_columns_4(buf, ap * 4, q0, shifts,
+                                         k0 + c0 + q0, yf,
+                                         d0 + q0 * plane, plane, count)
+                    for q in range(max(whole, 0), w):
+                        for b in range(count):
+                            yf[d0 + q * plane + b] = (buf[ap * 4 + b, q]
+                                                      + shifts[k0 + c0 + q])
