@@ -50,6 +50,7 @@ probe (a short interleaved sweep):
 
 ``im2col_min_out_channels``, ``winograd_min_macs``,
 ``winograd_deep_min_positions``, ``winograd_mid_min_positions``,
+``winograd_narrow_min_positions``,
 ``winograd_min_channels_5x5`` and ``im2col_min_positions_strided`` are
 not measured (they keep their defaults).  The
 Winograd thresholds are measured against the algorithm the cost model

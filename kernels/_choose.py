@@ -52,6 +52,9 @@ NEUTRAL_THRESHOLDS = {
     "winograd_deep_min_positions": float("inf"),
     # (a rule added 2026-12-05, stop 40: none in the tables before it)
     "winograd_mid_min_positions": float("inf"),
+    # (a module constant, WINOGRAD_NARROW_MIN_POSITIONS, until stop 46:
+    # its value for the tables before it)
+    "winograd_narrow_min_positions": 1568,
     # (5x5 layers had half of winograd_min_channels before stop 40)
     "winograd_min_channels_5x5": float("inf"),
     "im2col_min_out_channels": float("inf"),
@@ -115,7 +118,9 @@ ONE_D_FFT_CHANNEL_FACTORS = ((48, 1.0), (1024, 38 / 28.4), (4096, 16.8 / 14.8),
 ONE_D_FFT_FIXED_SAMPLES = 3072
 
 #: Output positions (N * Ho * Wo) Winograd needs when its output channels
-#: only just pass ``winograd_min_channels`` (under twice it).  C = K = 64,
+#: only just pass ``winograd_min_channels`` (under twice it): the neutral
+#: value of the threshold ``winograd_narrow_min_positions`` and the CPU's
+#: default on AVX2 (on AVX-512: kernels/cpu/_tuning.py).  C = K = 64,
 #: 3x3, through ``kernels.conv2d``, direct's time over Winograd's (11
 #: shuffled rounds, Xeon VM, 2026-12-03, with the unrolled transforms and
 #: register-tile GEMMs): 14^2 (196 positions) 0.80, 28^2 (784) 0.92,
@@ -362,7 +367,7 @@ def _model_choice(cands, spec, t):
     by_size = (h * w >= t["winograd_min_pixels"]
                and positions >= t["winograd_min_positions"]
                and (width >= 2 * min_channels
-                    or positions >= WINOGRAD_NARROW_MIN_POSITIONS))
+                    or positions >= t["winograd_narrow_min_positions"]))
     by_work = (kh == kw and kh in DEFAULT_TILE_BY_KERNEL
                and _tiled_macs(n * macs, out_h, out_w, kh)
                >= t["winograd_min_macs"]

@@ -245,7 +245,8 @@ T = {"direct_max_macs": 2.0e6, "direct_max_macs_fc": 2.6e5,
      "winograd_min_positions": 0,
      "winograd_min_macs": float("inf"),
      "winograd_deep_min_positions": float("inf"),
-     "winograd_mid_min_positions": float("inf"), "im2col_min_out_channels": 8,
+     "winograd_mid_min_positions": float("inf"),
+     "winograd_narrow_min_positions": 1568, "im2col_min_out_channels": 8,
      "im2col_max_area": 1, "im2col_min_depth_strided": 2304,
      "im2col_min_positions_strided": 0, "im2col_serial_max_macs": 1.6e7}
 
@@ -505,6 +506,26 @@ def test_5x5_layers_have_their_own_channel_limit():
         assert _choice((1, c, 56, 56), (c, c, 5, 5), t=t) == "direct"
     assert _choice((1, 128, 28, 28), (256, 128, 5, 5), t=t) == "winograd"
     assert _choice((1, 64, 56, 56), (64, 64, 3, 3), t=t) == "winograd"
+
+
+def test_narrow_layers_go_to_winograd_from_their_own_positions():
+    """K at least ``winograd_min_channels`` but under twice it: Winograd
+    from ``winograd_narrow_min_positions`` output positions over the batch
+    (the Xeon VM's default 416, 1568 on AVX2 and in tables before it)."""
+    t = {**T, "winograd_min_channels": 128, "winograd_min_pixels": 49,
+         "winograd_min_positions": 128, "winograd_min_macs": 4e8,
+         "winograd_mid_min_positions": 1792,
+         "winograd_narrow_min_positions": 416}
+    w128 = (128, 128, 3, 3)
+    assert _choice((1, 128, 28, 28), w128, t=t) == "winograd"   # 784
+    assert _choice((1, 128, 21, 21), w128, t=t) == "winograd"   # 441
+    assert _choice((2, 128, 14, 14), w128, t=t) == "direct"     # 392
+    assert _choice((1, 128, 28, 28), w128, t={
+        **t, "winograd_narrow_min_positions": 1568}) == "direct"
+    # Twice the channel limit needs no more than winograd_min_positions.
+    assert _choice((2, 128, 14, 14), (256, 128, 3, 3), t=t) == "winograd"
+    # Under the channel limit the rule does not apply.
+    assert _choice((1, 96, 28, 28), (96, 96, 3, 3), t=t) == "direct"
 
 
 def test_mid_layers_go_to_winograd_below_the_channel_limit():

@@ -557,6 +557,7 @@ def test_calibrate_writes_thresholds_that_auto_reads(tmp_path, monkeypatch):
     written = json.loads(path.read_text())["backends"]["cpu"]["thresholds"]
     for name in ("im2col_min_out_channels", "winograd_min_macs",
                  "winograd_deep_min_positions", "winograd_mid_min_positions",
+                 "winograd_narrow_min_positions",
                  "winograd_min_channels_5x5", "im2col_min_positions_strided"):
         assert name not in written
 

@@ -263,7 +263,7 @@ AUTO_THRESHOLDS = {
     # keeping batch 1 and 2 direct): on the Zen 3, direct's time over
     # winograd's, paired in one process, 512 at 4 x 7^2 1.54, 3 x 7^2
     # 1.21, 2 x 7^2 1.01, 1 x 7^2 0.72; 256 at 4 x 7^2 1.59; 128 at 4 x
-    # 7^2 1.08 (64 channels stay direct: WINOGRAD_NARROW_MIN_POSITIONS).
+    # 7^2 1.08 (64 channels stay direct: winograd_narrow_min_positions).
     # On the Xeon VM, after the register-tile GEMMs (section V, stop 25),
     # 512 at 4 x 7^2 was a tie through kernels.conv2d: winograd 9.73 and
     # 8.79 ms against direct's 8.88 and 10.0 in two sweeps.
@@ -325,6 +325,20 @@ AUTO_THRESHOLDS = {
     # 1.43, 112^2 1.38, 64 -> 128 at 56^2 1.13.  Off on AVX2, where the
     # channel limit is 64 already.
     "winograd_mid_min_positions": 1792 if host_vector_bits() == 512 else float("inf"),
+    # ... and, for layers whose output channels only just pass
+    # winograd_min_channels (under twice it: 128-255 on AVX-512), at least
+    # this many output positions over the batch (N Ho Wo), unless the
+    # rules above send them to Winograd.  Since its output transform
+    # stores vectors (stop 46), Winograd runs 128-channel layers on
+    # small maps faster than direct's channel tile (Xeon VM, defaults,
+    # caches cold: a 32 MB pass before each call, 25 alternated calls,
+    # direct's time over Winograd's, median of the paired ratios): C = K
+    # = 128, 3x3: 28^2 (784 positions) 1.37, 21^2 (441) 1.10 and 1.30,
+    # 18^2 (324) 1.23, 14^2 x 2 (392) 1.00, 14^2 (196) 0.83; 14^2 x 4
+    # (784) 1.19, 7^2 x 16 1.57; 160 at 28^2 1.52.  416 is between 392
+    # and 441.  Not calibrated; 1568 (kernels._choose.
+    # WINOGRAD_NARROW_MIN_POSITIONS) on AVX2, not measured there since.
+    "winograd_narrow_min_positions": 416 if host_vector_bits() == 512 else 1568,
     # im2col only when each group has at least this many output channels ...
     "im2col_min_out_channels": 8,
     # ... and kernels of at most this area (kH * kW); larger ones run
