@@ -73,6 +73,7 @@ from ._simd import lanes as _lanes
 from ._simd import store_first_lanes as _store_first_lanes
 from ._simd import transpose_square as _transpose_square
 from ._simd import transposed as _transposed
+from ._simd import vector_pointer as _vector_pointer
 from ._direct_packing import (pack_into, packed_geometry, packed_size,
                               tap_offsets)
 from ._workspace import Workspace
@@ -211,8 +212,7 @@ def channel_tile(typingctx, xq, x0, offs, n_taps, wp, w0, init, k0, acc):
             return ir.Constant(i64, value)
 
         def vector_at(base, index):
-            ptr = builder.gep(base, [index], inbounds=True)
-            return builder.bitcast(ptr, vec.as_pointer())
+            return _vector_pointer(builder, base, index, vec)
 
         starts = [builder.load(vector_at(b_data, builder.add(
                       k0_v, const(v * n_lanes))), align=align)
@@ -286,8 +286,7 @@ def store_tile(typingctx, acc, y, y0, hw):
         i64 = ir.IntType(64)
 
         def vector_at(base, index):
-            ptr = builder.gep(base, [index], inbounds=True)
-            return builder.bitcast(ptr, vec.as_pointer())
+            return _vector_pointer(builder, base, index, vec)
 
         for v in range(NVEC):
             for p0 in range(0, COLS, n_lanes):
@@ -299,7 +298,8 @@ def store_tile(typingctx, acc, y, y0, hw):
                 for j, column in enumerate(_transposed(builder, rows)):
                     channel = ir.Constant(i64, v * n_lanes + j)
                     index = builder.add(builder.add(
-                        y0_v, builder.mul(channel, hw_v)), ir.Constant(i64, p0))
+                        y0_v, builder.mul(channel, hw_v)),
+                        ir.Constant(i64, p0))
                     _store_first_lanes(builder, column,
                                        vector_at(y_data, index), count, align)
         return context.get_dummy_value()

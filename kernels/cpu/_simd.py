@@ -1,8 +1,11 @@
 """The host's SIMD width and register-level helpers that kernels of
 different algorithms share: :func:`lanes` (a dtype's lanes, a constant in
-jitted code) and :func:`transpose_square` (a lanes x lanes block
+jitted code), :func:`transpose_square` (a lanes x lanes block
 transposed in registers: direct's channel tile packs its filters with it,
-Winograd's fused jobs their input channels last).
+Winograd's fused jobs their input channels last), and the IR pieces
+:func:`transposed` and :func:`store_first_lanes` with which direct's
+channel tile and :func:`store_columns` (Winograd's output rows) write
+sums held channels fastest as runs of pixels, one vector store a run.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from numba.extending import intrinsic, overload
 from . import _tuning
 
 __all__ = ["VECTOR_BITS", "lanes_of", "lanes", "transpose_square",
-           "copy_lanes", "transposed", "store_first_lanes"]
+           "copy_lanes", "transposed", "store_first_lanes", "store_columns",
+           "vector_pointer"]
 
 VECTOR_BITS = _tuning.host_vector_bits()
 
@@ -34,6 +38,12 @@ def lanes(a):  # pragma: no cover
 def _lanes_impl(a):
     n = lanes_of(a.dtype.bitwidth // 8)
     return lambda a: n
+
+
+def vector_pointer(builder, data, index, vec):
+    """A pointer of type ``vec*`` to element ``index`` of ``data``."""
+    return builder.bitcast(builder.gep(data, [index], inbounds=True),
+                           vec.as_pointer())
 
 
 def transposed(builder, rows):
@@ -72,7 +82,8 @@ def store_first_lanes(builder, value, ptr, count, align):
         builder.store(value, ptr, align=align)
         return
     i1, i32 = ir.IntType(1), ir.IntType(32)
-    mask = ir.Constant(ir.VectorType(i1, n), [int(l < count) for l in range(n)])
+    mask = ir.Constant(ir.VectorType(i1, n),
+                       [int(lane < count) for lane in range(n)])
     bits = 8 * align
     store_fn = builder.module.declare_intrinsic(
         f"llvm.masked.store.v{n}f{bits}.p0v{n}f{bits}", (), ir.FunctionType(
@@ -181,7 +192,8 @@ def _columns_store(rows):
         dtype = src.dtype
 
         def codegen(context, builder, signature, args):
-            src_v, r0_v, c0_v, add_v, a0_v, dst_v, d0_v, stride_v, count_v = args
+            (src_v, r0_v, c0_v, add_v, a0_v, dst_v, d0_v, stride_v,
+             count_v) = args
             src_a = context.make_array(src)(context, builder, src_v)
             width = cgutils.unpack_tuple(builder, src_a.shape, 2)[1]
             add_data = context.make_array(add)(context, builder, add_v).data
@@ -194,13 +206,15 @@ def _columns_store(rows):
             i32, i64 = ir.IntType(32), ir.IntType(64)
 
             def vector_at(data, index, of=vec):
-                ptr = builder.gep(data, [index], inbounds=True)
-                return builder.bitcast(ptr, of.as_pointer())
+                return vector_pointer(builder, data, index, of)
+
+            def row(b):
+                return builder.add(builder.mul(
+                    builder.add(r0_v, ir.Constant(i64, b)), width), c0_v)
 
             shift = builder.load(vector_at(add_data, a0_v), align=align)
-            square = [builder.fadd(builder.load(vector_at(src_a.data, builder.add(
-                          builder.mul(builder.add(r0_v, ir.Constant(i64, b)),
-                                      width), c0_v)), align=align), shift)
+            square = [builder.fadd(builder.load(
+                          vector_at(src_a.data, row(b)), align=align), shift)
                       for b in range(rows)]
             square += [ir.Constant(vec, ir.Undefined)] * (n - rows)
             columns = transposed(builder, square)
