@@ -70,6 +70,7 @@ from numba.extending import intrinsic
 from . import _prefetch, _tuning
 from ._simd import VECTOR_BITS, lanes_of
 from ._simd import lanes as _lanes
+from ._simd import simd_vector as _simd_vector
 from ._simd import store_first_lanes as _store_first_lanes
 from ._simd import transpose_square as _transpose_square
 from ._simd import transposed as _transposed
@@ -196,11 +197,8 @@ def channel_tile(typingctx, xq, x0, offs, n_taps, wp, w0, init, k0, acc):
         w_data = context.make_array(wp)(context, builder, wp_v).data
         b_data = context.make_array(init)(context, builder, init_v).data
         o_data = context.make_array(offs)(context, builder, offs_v).data
-        elem = context.get_value_type(dtype)
-        align = context.get_abi_sizeof(elem)
-        n_lanes = VECTOR_BITS // (8 * align)
+        vec, align, n_lanes = _simd_vector(context, dtype)
         width = NVEC * n_lanes
-        vec = ir.VectorType(elem, n_lanes)
         i32, i64 = ir.IntType(32), ir.IntType(64)
         fmuladd = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(vec, [vec, vec, vec]),
@@ -278,11 +276,8 @@ def store_tile(typingctx, acc, y, y0, hw):
     def codegen(context, builder, signature, args):
         acc_ptr, y_v, y0_v, hw_v = args
         y_data = context.make_array(y)(context, builder, y_v).data
-        elem = context.get_value_type(dtype)
-        align = context.get_abi_sizeof(elem)
-        n_lanes = VECTOR_BITS // (8 * align)
+        vec, align, n_lanes = _simd_vector(context, dtype)
         width = NVEC * n_lanes
-        vec = ir.VectorType(elem, n_lanes)
         i64 = ir.IntType(64)
 
         def vector_at(base, index):

@@ -19,7 +19,7 @@ from . import _tuning
 
 __all__ = ["VECTOR_BITS", "lanes_of", "lanes", "transpose_square",
            "copy_lanes", "transposed", "store_first_lanes", "store_columns",
-           "vector_pointer"]
+           "simd_vector", "vector_pointer"]
 
 VECTOR_BITS = _tuning.host_vector_bits()
 
@@ -38,6 +38,15 @@ def lanes(a):  # pragma: no cover
 def _lanes_impl(a):
     n = lanes_of(a.dtype.bitwidth // 8)
     return lambda a: n
+
+
+def simd_vector(context, dtype):
+    """``(vector type, element alignment in bytes, lanes)`` of one SIMD
+    register of ``dtype`` elements (a Numba type) in LLVM IR."""
+    elem = context.get_value_type(dtype)
+    align = context.get_abi_sizeof(elem)
+    n = lanes_of(align)
+    return ir.VectorType(elem, n), align, n
 
 
 def vector_pointer(builder, data, index, vec):
@@ -103,10 +112,7 @@ def transpose_square(typingctx, src, s0, s_stride, dst, d0, d_stride):
         src_v, s0_v, s_stride_v, dst_v, d0_v, d_stride_v = args
         s_data = context.make_array(src)(context, builder, src_v).data
         d_data = context.make_array(dst)(context, builder, dst_v).data
-        elem = context.get_value_type(dtype)
-        align = context.get_abi_sizeof(elem)
-        n = lanes_of(align)
-        vec = ir.VectorType(elem, n)
+        vec, align, n = simd_vector(context, dtype)
         i64 = ir.IntType(64)
 
         def at(data, base, stride, row):
@@ -138,10 +144,7 @@ def copy_lanes(typingctx, src, s0, dst, d0, n):
         src_v, s0_v, dst_v, d0_v, n_v = args
         s_data = context.make_array(src)(context, builder, src_v).data
         d_data = context.make_array(dst)(context, builder, dst_v).data
-        elem = context.get_value_type(dtype)
-        align = context.get_abi_sizeof(elem)
-        count = lanes_of(align)
-        vec = ir.VectorType(elem, count)
+        vec, align, count = simd_vector(context, dtype)
         i32 = ir.IntType(32)
         s_ptr = builder.bitcast(builder.gep(s_data, [s0_v], inbounds=True),
                                 vec.as_pointer())
@@ -198,11 +201,8 @@ def _columns_store(rows):
             width = cgutils.unpack_tuple(builder, src_a.shape, 2)[1]
             add_data = context.make_array(add)(context, builder, add_v).data
             d_data = context.make_array(dst)(context, builder, dst_v).data
-            elem = context.get_value_type(dtype)
-            align = context.get_abi_sizeof(elem)
-            n = lanes_of(align)
-            vec = ir.VectorType(elem, n)
-            part = ir.VectorType(elem, rows)
+            vec, align, n = simd_vector(context, dtype)
+            part = ir.VectorType(vec.element, rows)
             i32, i64 = ir.IntType(32), ir.IntType(64)
 
             def vector_at(data, index, of=vec):

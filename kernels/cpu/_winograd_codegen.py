@@ -188,9 +188,9 @@ def _output_function(m, r):
         "    has_bias = bias.shape[0] > 0",
         f"    buf = np.empty(({m * m}, {run}), mm.dtype)",
         "    # bias or zeros: the sums get + 0 without a bias, as in the passes",
-        "    shifts = np.zeros(k0 + nk, mm.dtype)",
+        "    shifts = np.zeros(nk, mm.dtype)",
         "    if has_bias:",
-        "        shifts[:] = bias[:k0 + nk]",
+        "        shifts[:] = bias[k0:k0 + nk]",
         "    yf = y.reshape(y.size)",
         "    plane = Ho * Wo",
         "    tail = nk - nk % lanes(mm)",
@@ -224,12 +224,12 @@ def _output_function(m, r):
         "                          * Wo + col)",
         "                    for q0 in range(0, whole, lanes(mm)):",
         f"                        store_columns_{m}(buf, ap * {m}, q0, shifts,",
-        "                                         k0 + c0 + q0, yf,",
+        "                                         c0 + q0, yf,",
         "                                         d0 + q0 * plane, plane, count)",
         "                    for q in range(max(whole, 0), w):",
         "                        for b in range(count):",
         f"                            yf[d0 + q * plane + b] = (buf[ap * {m} + b, q]",
-        "                                                      + shifts[k0 + c0 + q])",
+        "                                                      + shifts[c0 + q])",
     ]
     return name, lines
 

@@ -191,9 +191,9 @@ def output_block_m2_r3(mm, t0, row_stride, n, ti0, nr, tj0, ns, at, bias, k0, y)
     has_bias = bias.shape[0] > 0
     buf = np.empty((4, 64), mm.dtype)
     # bias or zeros: the sums get + 0 without a bias, as in the passes
-    shifts = np.zeros(k0 + nk, mm.dtype)
+    shifts = np.zeros(nk, mm.dtype)
     if has_bias:
-        shifts[:] = bias[:k0 + nk]
+        shifts[:] = bias[k0:k0 + nk]
     yf = y.reshape(y.size)
     plane = Ho * Wo
     tail = nk - nk % lanes(mm)
@@ -258,12 +258,12 @@ def output_block_m2_r3(mm, t0, row_stride, n, ti0, nr, tj0, ns, at, bias, k0, y)
                           * Wo + col)
                     for q0 in range(0, whole, lanes(mm)):
                         store_columns_2(buf, ap * 2, q0, shifts,
-                                         k0 + c0 + q0, yf,
+                                         c0 + q0, yf,
                                          d0 + q0 * plane, plane, count)
                     for q in range(max(whole, 0), w):
                         for b in range(count):
                             yf[d0 + q * plane + b] = (buf[ap * 2 + b, q]
-                                                      + shifts[k0 + c0 + q])
+                                                      + shifts[c0 + q])
 
 
 @njit(cache=True)
@@ -461,9 +461,9 @@ def output_block_m4_r3(mm, t0, row_stride, n, ti0, nr, tj0, ns, at, bias, k0, y)
     has_bias = bias.shape[0] > 0
     buf = np.empty((16, 64), mm.dtype)
     # bias or zeros: the sums get + 0 without a bias, as in the passes
-    shifts = np.zeros(k0 + nk, mm.dtype)
+    shifts = np.zeros(nk, mm.dtype)
     if has_bias:
-        shifts[:] = bias[:k0 + nk]
+        shifts[:] = bias[k0:k0 + nk]
     yf = y.reshape(y.size)
     plane = Ho * Wo
     tail = nk - nk % lanes(mm)
@@ -602,9 +602,9 @@ def output_block_m4_r3(mm, t0, row_stride, n, ti0, nr, tj0, ns, at, bias, k0, y)
                           * Wo + col)
                     for q0 in range(0, whole, lanes(mm)):
                         store_columns_4(buf, ap * 4, q0, shifts,
-                                         k0 + c0 + q0, yf,
+                                         c0 + q0, yf,
                                          d0 + q0 * plane, plane, count)
                     for q in range(max(whole, 0), w):
                         for b in range(count):
                             yf[d0 + q * plane + b] = (buf[ap * 4 + b, q]
-                                                      + shifts[k0 + c0 + q])
+                                                      + shifts[c0 + q])
