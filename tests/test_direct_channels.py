@@ -369,7 +369,7 @@ def test_pack_filters_puts_channels_fastest(dtype, c):
 
 @njit
 def _store_one_tile(sums, y, y0, hw):
-    acc_ptr = dc._tile_buffer(y)
+    acc_ptr = dc.channel_tile_buffer(y)
     acc = carray(acc_ptr, sums.shape)
     acc[:, :] = sums
     dc.store_tile(acc_ptr, y, y0, hw)

@@ -80,7 +80,8 @@ from ._direct_packing import (pack_into, packed_geometry, packed_size,
 from ._workspace import Workspace
 
 __all__ = ["COLS", "NVEC", "PREFETCH_TAPS", "X_PREFETCH_TAPS", "lanes_of",
-           "tile_applies", "tile_for", "pack_filters", "channel_tile",
+           "tile_applies", "tile_for", "pack_filters", "pack_block",
+           "channel_tile", "channel_tile_buffer",
            "store_tile", "conv_channels", "task_rows", "task_cols",
            "MIN_TASK_COLS", "input_bytes_per_column", "run"]
 
@@ -138,24 +139,31 @@ def tile_for(spec, tuning):
 
 
 @njit(cache=True, inline="always")
+def pack_block(flat, r_len, b, block, out, base):
+    """``out[base + r*block + q] = flat[(b*block + q)*r_len + r]``: block
+    ``b`` of the filters ``flat`` (K rows of ``r_len`` taps, flattened),
+    taps major, channels fastest.  Squares of lanes x lanes are
+    transposed in registers; the taps past the last whole square one by
+    one."""
+    lanes = _lanes(flat)
+    r_whole = r_len - r_len % lanes
+    for r0 in range(0, r_whole, lanes):
+        for q0 in range(0, block, lanes):
+            _transpose_square(flat, (b * block + q0) * r_len + r0, r_len,
+                              out, base + r0 * block + q0, block)
+    for r in range(r_whole, r_len):
+        for q in range(block):
+            out[base + r * block + q] = flat[(b * block + q) * r_len + r]
+
+
+@njit(cache=True, inline="always")
 def _pack_filters(w2, block, out):
     """``out[b, r, q] = w2[b*block + q, r]``: filters (K, R) as blocks of
-    ``block`` channels, taps major, channels fastest (flat ``out``).
-    Squares of lanes x lanes are transposed in registers; the taps past
-    the last whole square one by one."""
+    ``block`` channels, taps major, channels fastest (flat ``out``)."""
     k_total, r_len = w2.shape
-    lanes = _lanes(w2)
     flat = w2.reshape(w2.size)
-    r_whole = r_len - r_len % lanes
     for b in prange(k_total // block):
-        base = b * r_len * block
-        for r0 in range(0, r_whole, lanes):
-            for q0 in range(0, block, lanes):
-                _transpose_square(flat, (b * block + q0) * r_len + r0, r_len,
-                                  out, base + r0 * block + q0, block)
-        for r in range(r_whole, r_len):
-            for q in range(block):
-                out[base + r * block + q] = w2[b * block + q, r]
+        pack_block(flat, r_len, b, block, out, b * r_len * block)
 
 
 @njit(cache=True, parallel=True)
@@ -303,7 +311,7 @@ def store_tile(typingctx, acc, y, y0, hw):
 
 
 @intrinsic
-def _tile_buffer(typingctx, x):
+def channel_tile_buffer(typingctx, x):
     """Pointer to a stack buffer for one tile's sums (the caller's frame:
     intrinsics are emitted inline)."""
     dtype = x.dtype
@@ -405,7 +413,7 @@ def conv_channels(x, w2, init, sh, sw, dh, dw, pt, pl, kh, kw, groups,
         col_chunk = task % col_chunks
         col_lo = col_chunk * cols_per_task
         col_hi = wo if col_chunk == col_chunks - 1 else col_lo + cols_per_task
-        acc_ptr = _tile_buffer(x)
+        acc_ptr = channel_tile_buffer(x)
         for oh in range(chunk * rows_per_task,
                         min(ho, (chunk + 1) * rows_per_task)):
             for blk in range(run * per_run, min(blocks, (run + 1) * per_run)):

@@ -470,6 +470,14 @@ class Im2colTuning:
     # instead of a gathered patch matrix, where one padded image fits the
     # scratch limit.
     pack_from_image: bool = True
+    # 1x1 layers whose reduction (input channels per group) is at least
+    # this run their product with output channels in the lanes
+    # (kernels/cpu/_pointwise.py) where it applies; 0: never.  On AVX-512
+    # (Xeon VM, docs/performance.md section AS) it beat the panel GEMM on
+    # ResNet-50's 1x1 layers from 128 channels on, but not at 64 (0.94 -
+    # 1.02).  Off on AVX2, where it was not measured.
+    channel_lanes_min_depth: int = dataclasses.field(
+        default_factory=lambda: 256 if host_vector_bits() == 512 else 0)
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._dispatch import ConvSpec, Kernel
-from . import _panel_gemm, _tuning
+from . import _panel_gemm, _pointwise, _tuning
 from ._panel_gemm import panel_width_of
 from ._workspace import Workspace
 
@@ -419,6 +419,10 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, tuning=None):
 def _run(spec, x, w, bias, tuning=None):
     """The contract's entry: ``run(spec, x, w, bias)``."""
     tuning = tuning or _tuning.current().im2col
+    if _pointwise.applies(spec, tuning):
+        y = _pointwise.run(spec, x, w)
+        _add_bias(y, None if bias is None else bias.reshape(1, -1, 1, 1))
+        return y
     if x.flags.writeable and _is_pointwise(spec.w_shape, spec.stride,
                                            spec.padding):
         calls = _pointwise_calls(spec.x_shape, spec.w_shape, spec.groups,

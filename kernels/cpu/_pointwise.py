@@ -1,0 +1,195 @@
+"""im2col's product for 1x1 layers with output channels in the SIMD lanes.
+
+A 1x1 layer is the GEMM ``y[n] = W @ x[n]`` (W the filters as (K, C), an
+image as (C, H W)).  The panel GEMM (:mod:`kernels.cpu._panel_gemm`) puts
+output *positions* in its lanes: it broadcasts filter values and packs
+the image into panels of 64 columns (AVX-512, float32) on every call.  A
+7^2 map's 49 positions then fill 49 of a panel's 64 lanes and a 14^2
+map's last 4 a whole vector, and the packing is a copy of the image.
+Here the lanes hold *output channels*, as in direct's channel tile
+(:mod:`kernels.cpu._direct_channels`, whose register tile and stores this
+module runs): per input channel the tile loads ``NVEC`` vectors of
+filters and broadcasts ``COLS`` pixels read in place from ``x``, and each
+channel's ``COLS`` sums are written with one masked vector store.  A
+layer's positions are covered by segments of ``COLS`` pixels, the last
+one ending at the image's end (overlapping the one before, whose outputs
+it writes again with the same bits), so no lane is wasted on channels
+that are a multiple of the tile's ``NVEC x lanes``.
+
+The filters are packed on every call (filter values for ``lanes``
+consecutive output channels side by side, :func:`._direct_channels.
+pack_block`), by the task that uses them, just before its tiles: a
+network's filters come from memory on each call anyway, and a cached
+copy would cost a bit-for-bit comparison with the filter (as much
+memory traffic as packing it).
+
+**Same bits as the panel GEMM.**  Each output is the chain of fused
+multiply-adds over the input channels in increasing order, starting from
+zero, whatever its place; im2col adds the bias afterwards in both cases.
+So im2col's result does not depend on which product ran (the tests
+compare them bit for bit), and the choice may depend on the image's size
+without breaking im2col's windows-equal-the-whole guarantee.
+
+A task is (group, block of ``NVEC x lanes`` output channels, run of
+segments over all images): it packs its block's filters into its own
+part of a scratch buffer, then computes its segments, each over the whole
+reduction (the block's filters, ``C x 128`` bytes at float32, stay in L2
+while the image streams past).  A strided layer's positions are first
+copied into a compact image (:func:`_subsample`).
+
+Measured on the Xeon VM (AVX-512, 2 threads, float32, batch 1, inputs out
+of L2, paired in one process; docs/performance.md section AS), the panel
+GEMM's time over this one on ResNet-50's 1x1 layers: ``C -> K @ H^2``
+64 -> 64 @ 56^2 1.02, 64 -> 256 @ 56^2 0.94, 256 -> 64 @ 56^2 1.19,
+256 -> 128 @ 56^2 1.09, 512 -> 128 @ 28^2 1.16, 128 -> 512 @ 28^2 1.08,
+1024 -> 256 @ 14^2 1.30, 256 -> 1024 @ 14^2 1.38, 2048 -> 512 @ 7^2
+1.07, 512 -> 2048 @ 7^2 1.15.  With a 64-channel reduction the stores'
+transposes weigh more than the tile's 64 steps: those layers keep the
+panel GEMM (``Im2colTuning.channel_lanes_min_depth``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import config, get_thread_id, njit, prange
+
+from . import _tuning
+from ._direct_channels import (COLS, NVEC, X_PREFETCH_TAPS, channel_tile,
+                               channel_tile_buffer, lanes_of, pack_block,
+                               store_tile)
+from ._workspace import Workspace
+
+__all__ = ["applies", "block_channels", "task_chunks", "run"]
+
+# Images a run of segments reads, at most: half the core's L2.
+_RUN_BYTES = _tuning.l2_bytes() // 2
+
+# Tasks wanted per thread (as the panel GEMM's jobs): a thread's share
+# of tasks ends close to the others'.
+_TASKS_PER_THREAD = 4
+
+
+def block_channels(dtype):
+    """Output channels of one tile (``NVEC`` vectors of lanes)."""
+    return NVEC * lanes_of(np.dtype(dtype).itemsize)
+
+
+def applies(spec, tuning):
+    """Whether im2col runs ``spec`` (a :class:`kernels._dispatch.ConvSpec`)
+    with this product: a 1x1 unpadded kernel, output channels per group a
+    multiple of :func:`block_channels`, a reduction (input channels per
+    group) of at least ``tuning.channel_lanes_min_depth`` (0: never), and
+    at least ``COLS`` output positions per image."""
+    depth = tuning.channel_lanes_min_depth
+    k, cg, kh, kw = spec.w_shape
+    ho, wo = spec.out_hw
+    return (depth > 0 and kh == kw == 1 and not any(spec.padding)
+            and cg >= depth and (k // spec.groups)
+            % block_channels(spec.dtype) == 0
+            and ho * wo >= COLS)
+
+
+def task_chunks(groups, blocks, segments, threads):
+    """Runs of segments per (group, block): one, or more until there are
+    ``_TASKS_PER_THREAD`` tasks a thread (each run packs its block's
+    filters again), at most one per segment."""
+    wanted = -(-_TASKS_PER_THREAD * threads // (groups * blocks))
+    return max(1, min(segments, wanted))
+
+
+@njit(cache=True, parallel=True)
+def _subsample(x, sh, sw, out):
+    """``out[n, c] = x[n, c, ::sh, ::sw]``, flattened: a strided 1x1
+    layer's inputs as a compact image."""
+    n_img, c_total = x.shape[0], x.shape[1]
+    ho, wo = out.shape[2], out.shape[3]
+    for plane in prange(n_img * c_total):
+        n = plane // c_total
+        c = plane % c_total
+        for i in range(ho):
+            for j in range(wo):
+                out[n, c, i, j] = x[n, c, i * sh, j * sw]
+
+
+@njit(cache=True, parallel=True)
+def _pointwise_kernel(xf, wf, n_img, cg, kg, groups, hw, block, chunks,
+                      chunks_outer, wp, yf):
+    """``y[n, g kg + k, p] = sum_c w[g kg + k, c] x[n, g cg + c, p]`` over
+    ``c < cg`` in increasing order from zero, for (N, G cg, hw) images
+    ``xf`` and (G kg, cg) filters ``wf``, both flattened; ``wp`` holds
+    ``cg x block`` elements per thread."""
+    blocks = kg // block
+    segs = -(-hw // COLS)
+    segments = n_img * segs
+    # Input channel r's pixels are r planes on; the prefetches read
+    # X_PREFETCH_TAPS entries past the last.
+    offs = np.empty(cg + X_PREFETCH_TAPS, np.int64)
+    for r in range(cg):
+        offs[r] = r * hw
+    offs[cg:] = (cg - 1) * hw
+    zeros = np.zeros(groups * kg, xf.dtype)
+    for task in prange(groups * blocks * chunks):
+        if chunks_outer:
+            chunk = task // (groups * blocks)
+            g = task // blocks % groups
+            b = task % blocks
+        else:
+            g = task // (blocks * chunks)
+            b = (task // chunks) % blocks
+            chunk = task % chunks
+        s_lo = chunk * segments // chunks
+        s_hi = (chunk + 1) * segments // chunks
+        # The thread's own buffer, the same for all its tasks: written
+        # and read again while in L2.  (A buffer per task, all of them as
+        # large as the filters, left L2 between tasks: 2048 -> 512 @ 7^2
+        # ran as slowly as the panel GEMM.)
+        w0 = get_thread_id() * cg * block
+        k0 = g * kg + b * block
+        pack_block(wf, cg, g * blocks + b, block, wp, w0)
+        acc = channel_tile_buffer(xf)
+        for s in range(s_lo, s_hi):
+            n = s // segs
+            p0 = min((s % segs) * COLS, hw - COLS)
+            channel_tile(xf, (n * groups * cg + g * cg) * hw + p0, offs, cg,
+                         wp, w0, zeros, k0, acc)
+            store_tile(acc, yf, (n * groups * kg + k0) * hw + p0, hw)
+
+
+# Packed filters and compact images: scratch reused across calls (per
+# Python thread).
+_workspace = Workspace()
+
+
+def run(spec, x, w):
+    """The product of the 1x1 layer ``spec`` (:func:`applies`) for
+    C-contiguous ``x`` and ``w``: a new (N, K, Ho, Wo) array, no bias."""
+    n_img = x.shape[0]
+    k = w.shape[0]
+    groups = int(spec.groups)
+    ho, wo = spec.out_hw
+    sh, sw = spec.stride
+    if (sh, sw) != (1, 1) or x.shape[2:] != (ho, wo):
+        compact = _workspace.get("compact", (n_img, x.shape[1], ho, wo),
+                                 x.dtype)
+        _subsample(x, sh, sw, compact)
+        x = compact
+    cg, kg = x.shape[1] // groups, k // groups
+    block = block_channels(x.dtype)
+    blocks = kg // block
+    segments = n_img * -(-(ho * wo) // COLS)
+    chunks = task_chunks(groups, blocks, segments,
+                         _tuning.block_shape_threads())
+    # Where a group's images exceed half of L2, runs of segments small
+    # enough for it are the tasks' slowest index: a thread's run stays in
+    # L2 while it passes every block of filters.
+    runs_in_l2 = -(-n_img * ho * wo * cg * x.itemsize // _RUN_BYTES)
+    chunks_outer = runs_in_l2 > 1
+    if chunks_outer:
+        chunks = max(chunks, min(segments, runs_in_l2))
+    wp = _workspace.get("wp", (config.NUMBA_NUM_THREADS * cg * block,),
+                        x.dtype)
+    y = np.empty((n_img, k, ho, wo), x.dtype)
+    _pointwise_kernel(x.reshape(x.size), w.reshape(w.size), n_img, cg, kg,
+                      groups, ho * wo, block, chunks, chunks_outer, wp,
+                      y.reshape(y.size))
+    return y
