@@ -37,15 +37,18 @@ reduction (the block's filters, ``C x 128`` bytes at float32, stay in L2
 while the image streams past).  A strided layer's positions are first
 copied into a compact image (:func:`_subsample`).
 
-Measured on the Xeon VM (AVX-512, 2 threads, float32, batch 1, inputs out
-of L2, paired in one process; docs/performance.md section AS), the panel
-GEMM's time over this one on ResNet-50's 1x1 layers: ``C -> K @ H^2``
-64 -> 64 @ 56^2 1.02, 64 -> 256 @ 56^2 0.94, 256 -> 64 @ 56^2 1.19,
-256 -> 128 @ 56^2 1.09, 512 -> 128 @ 28^2 1.16, 128 -> 512 @ 28^2 1.08,
-1024 -> 256 @ 14^2 1.30, 256 -> 1024 @ 14^2 1.38, 2048 -> 512 @ 7^2
-1.07, 512 -> 2048 @ 7^2 1.15.  With a 64-channel reduction the stores'
-transposes weigh more than the tile's 64 steps: those layers keep the
-panel GEMM (``Im2colTuning.channel_lanes_min_depth``).
+Measured on the Xeon VM (AVX-512, 2 threads, float32, caches cold, 21
+shuffled calls each, docs/performance.md section AS), the panel GEMM's
+time over this product on ResNet-50's 1x1 layers of at least 256 input
+channels, ``C -> K @ H^2``, batch 1 / 4: 256 -> 64 @ 56^2 1.10 / 1.15,
+256 -> 128 @ 56^2 1.11 / 1.09, 512 -> 128 @ 28^2 1.09 / 1.21, 1024 ->
+256 @ 14^2 1.04 / 1.25, 256 -> 1024 @ 14^2 1.08 / 1.34, 2048 -> 512 @
+7^2 1.17 / 1.08, 512 -> 2048 @ 7^2 1.07 / 1.23, stride 2 256 -> 512 @
+56^2 1.02 / 1.13, 512 -> 1024 @ 28^2 1.18 / 1.19, 1024 -> 2048 @ 14^2
+1.14 / 1.11; summed 1.11 / 1.19.  With 64 or 128 input channels the
+stores' transposes weigh more against the tile's short reduction (64 ->
+64 @ 56^2 0.73, 64 -> 256 0.83, 128 -> 512 @ 28^2 0.89): those layers
+keep the panel GEMM (``Im2colTuning.channel_lanes_min_depth``).
 """
 
 from __future__ import annotations

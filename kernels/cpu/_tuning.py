@@ -473,9 +473,10 @@ class Im2colTuning:
     # 1x1 layers whose reduction (input channels per group) is at least
     # this run their product with output channels in the lanes
     # (kernels/cpu/_pointwise.py) where it applies; 0: never.  On AVX-512
-    # (Xeon VM, docs/performance.md section AS) it beat the panel GEMM on
-    # ResNet-50's 1x1 layers from 128 channels on, but not at 64 (0.94 -
-    # 1.02).  Off on AVX2, where it was not measured.
+    # (Xeon VM, docs/performance.md section AS), the panel GEMM's time
+    # over it on ResNet-50's 1x1 layers: 1.02-1.34 from 256 channels on,
+    # 0.89 at 128 (128 -> 512 @ 28^2), 0.73-0.83 at 64.  Off on AVX2,
+    # where it was not measured.
     channel_lanes_min_depth: int = dataclasses.field(
         default_factory=lambda: 256 if host_vector_bits() == 512 else 0)
 

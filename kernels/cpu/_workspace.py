@@ -16,10 +16,13 @@ __all__ = ["Workspace"]
 
 
 # Alignment of every buffer: a cache line, so that a kernel's vector
-# loads from the start of a buffer do not straddle two.  NumPy's large
-# arrays come from mmap 16 bytes past a page: direct's channel tile read
-# its packed filters (AVX-512: one 64-byte vector a load) 8-15 % slower
-# from them (docs/performance.md section AS).
+# loads from aligned offsets of a buffer do not straddle two lines.
+# NumPy's large arrays come from mmap 16 bytes past a page.  Xeon VM
+# (AVX-512: a 64-byte vector a load), buffers 16 bytes past a line over
+# aligned ones, caches cold, 25 alternated calls: direct's channel tile
+# (packed filters) on the 7x7/2 stem 1.038, 3x3/2 128@56^2 1.036; the
+# 1x1 product of kernels/cpu/_pointwise.py 1.071; Winograd 1.00
+# (docs/performance.md section AS).
 ALIGNMENT = 64
 
 
