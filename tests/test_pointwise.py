@@ -165,6 +165,18 @@ def test_where_the_product_applies():
     assert applies((1, 256, 1, COLS), (blk, 256, 1, 1))          # one segment
     assert not applies((1, 256, 1, COLS - 1), (blk, 256, 1, 1))  # under one
     assert not applies((1, 256, 1, COLS), (blk, 256, 1, 1), stride=(1, 2))
+    # a strided layer's compact copy within the scratch limit
+    copy = 256 * 7 * 7 * 4
+    tight = _tuning.Im2colTuning(channel_lanes_min_depth=256,
+                                 scratch_limit=copy)
+    assert applies((1, 256, 13, 13), (blk, 256, 1, 1), stride=(2, 2),
+                   tuning=tight)
+    assert not applies((1, 256, 14, 14), (blk, 256, 1, 1), stride=(2, 2),
+                       tuning=_tuning.Im2colTuning(channel_lanes_min_depth=256,
+                                                   scratch_limit=copy - 1))
+    assert applies((1, 256, 14, 14), (blk, 256, 1, 1),
+                   tuning=_tuning.Im2colTuning(channel_lanes_min_depth=256,
+                                               scratch_limit=1))
     off = _tuning.Im2colTuning(channel_lanes_min_depth=0)
     assert not applies((1, 4096, 7, 7), (blk, 4096, 1, 1), tuning=off)
 

@@ -34,8 +34,11 @@ A task is (group, block of ``NVEC x lanes`` output channels, run of
 segments over all images): it packs its block's filters into its own
 part of a scratch buffer, then computes its segments, each over the whole
 reduction (the block's filters, ``C x 128`` bytes at float32, stay in L2
-while the image streams past).  A strided layer's positions are first
-copied into a compact image (:func:`_subsample`).
+while the image streams past).  Where a group's images exceed half of
+L2, runs of segments that fit it are the tasks' slowest index instead,
+so that a thread's run stays in L2 while it passes every block.  A
+strided layer's positions are first copied into a compact image
+(:func:`_subsample`), within im2col's scratch limit.
 
 Measured on the Xeon VM (AVX-512, 2 threads, float32, caches cold, 21
 shuffled calls each, docs/performance.md section AS), the panel GEMM's
@@ -82,14 +85,19 @@ def applies(spec, tuning):
     with this product: a 1x1 unpadded kernel, output channels per group a
     multiple of :func:`block_channels`, a reduction (input channels per
     group) of at least ``tuning.channel_lanes_min_depth`` (0: never), and
-    at least ``COLS`` output positions per image."""
+    at least ``COLS`` output positions per image; a strided layer's
+    compact copy of its inputs within ``tuning.scratch_limit`` (larger
+    ones are gathered chunk by chunk)."""
     depth = tuning.channel_lanes_min_depth
     k, cg, kh, kw = spec.w_shape
     ho, wo = spec.out_hw
+    compact = (0 if spec.x_shape[2:] == (ho, wo) else
+               spec.x_shape[0] * spec.x_shape[1] * ho * wo
+               * np.dtype(spec.dtype).itemsize)
     return (depth > 0 and kh == kw == 1 and not any(spec.padding)
             and cg >= depth and (k // spec.groups)
             % block_channels(spec.dtype) == 0
-            and ho * wo >= COLS)
+            and ho * wo >= COLS and compact <= tuning.scratch_limit)
 
 
 def task_chunks(groups, blocks, segments, threads):
