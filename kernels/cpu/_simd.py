@@ -116,10 +116,8 @@ def transpose_square(typingctx, src, s0, s_stride, dst, d0, d_stride):
         i64 = ir.IntType(64)
 
         def at(data, base, stride, row):
-            index = builder.add(base, builder.mul(stride,
-                                                  ir.Constant(i64, row)))
-            ptr = builder.gep(data, [index], inbounds=True)
-            return builder.bitcast(ptr, vec.as_pointer())
+            return vector_pointer(builder, data, builder.add(
+                base, builder.mul(stride, ir.Constant(i64, row))), vec)
 
         rows = transposed(builder, [
             builder.load(at(s_data, s0_v, s_stride_v, i), align=align)
@@ -146,10 +144,8 @@ def copy_lanes(typingctx, src, s0, dst, d0, n):
         d_data = context.make_array(dst)(context, builder, dst_v).data
         vec, align, count = simd_vector(context, dtype)
         i32 = ir.IntType(32)
-        s_ptr = builder.bitcast(builder.gep(s_data, [s0_v], inbounds=True),
-                                vec.as_pointer())
-        d_ptr = builder.bitcast(builder.gep(d_data, [d0_v], inbounds=True),
-                                vec.as_pointer())
+        s_ptr = vector_pointer(builder, s_data, s0_v, vec)
+        d_ptr = vector_pointer(builder, d_data, d0_v, vec)
         full = builder.icmp_signed(">=", n_v, ir.Constant(n_v.type, count))
         with builder.if_else(full) as (whole, part):
             with whole:

@@ -420,9 +420,7 @@ def _run(spec, x, w, bias, tuning=None):
     """The contract's entry: ``run(spec, x, w, bias)``."""
     tuning = tuning or _tuning.current().im2col
     if _pointwise.applies(spec, tuning):
-        y = _pointwise.run(spec, x, w)
-        _add_bias(y, None if bias is None else bias.reshape(1, -1, 1, 1))
-        return y
+        return _add_channel_bias(_pointwise.run(spec, x, w), bias)
     if x.flags.writeable and _is_pointwise(spec.w_shape, spec.stride,
                                            spec.padding):
         calls = _pointwise_calls(spec.x_shape, spec.w_shape, spec.groups,
@@ -507,7 +505,12 @@ def _run_pointwise(calls, spec, x, w, bias):
     src, out = x.reshape(x.size), y.reshape(y.size)
     for call in calls:
         _panel_gemm.run_image_call(call, a, src, out)
-    _add_bias(y, None if bias is None else bias.reshape(1, k, 1, 1))
+    return _add_channel_bias(y, bias)
+
+
+def _add_channel_bias(y, bias):
+    """``y`` (N, K, Ho, Wo) plus ``bias`` (K,) or None, in place; ``y``."""
+    _add_bias(y, None if bias is None else bias.reshape(1, -1, 1, 1))
     return y
 
 
