@@ -147,6 +147,17 @@ class NetworkComparison:
                            t_sum + statistics.median(t))
         return kinds
 
+    def call_medians(self, name):
+        """Per call of the sequence, in forward order: the median of
+        ``name``'s seconds inside the sequence over the rounds of the
+        per-layer timing (None where it did not run in every round)."""
+        rows = self.sequence_rounds.get(name) or []
+        if not rows:
+            return []
+        return [None if any(row[i] is None for row in rows)
+                else statistics.median(row[i] for row in rows)
+                for i in range(len(rows[0]))]
+
 
 def layer_kind(case):
     """``"3x3/2"``: a convolution's kernel size and stride (``"1x1/1"``,
@@ -313,12 +324,18 @@ def format_comparison(c):
                           f"{t_all * 1e3:.3g}", f"{t_all / o_all:.2f}"))
             lines += _aligned(table, indent="  ")
         lines.append("per call inside the sequence (median ms of each "
-                     "algorithm; * fastest):")
-        for label, times in c.per_layer.items():
+                     "algorithm; * fastest; then the network's own "
+                     f"{c.algorithm} and torch, and torch / {c.algorithm}):")
+        ours = c.call_medians(c.algorithm)
+        theirs = c.call_medians("torch")
+        for i, (label, times) in enumerate(c.per_layer.items()):
             if not times:
                 continue
             fastest = min(times, key=times.get)
             cells = ", ".join(f"{a} {t * 1e3:.3g}{'*' if a == fastest else ''}"
                               for a, t in times.items())
+            if i < min(len(ours), len(theirs)) and ours[i] and theirs[i]:
+                cells += (f" | {c.algorithm} {ours[i] * 1e3:.3g}, torch "
+                          f"{theirs[i] * 1e3:.3g} ({theirs[i] / ours[i]:.2f})")
             lines.append(f"  {label}: {cells}")
     return "\n".join(lines)

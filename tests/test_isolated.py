@@ -281,3 +281,21 @@ def test_sweep_isolated_times_problems_of_every_op(tmp_path):
     timed = [r for r in rows if r["status"] == "ok"]
     assert {r["op"] for r in timed} == {p.op for p in _problems()}
     assert all(len(r["isolated_times_s"]) == 2 for r in timed)
+
+
+def test_call_medians_and_the_per_call_lines_show_ours_against_torch():
+    from convbench.network import NetworkComparison, format_comparison
+    c = NetworkComparison("net", 1, "auto", 2, 2, 3, "float32")
+    c.per_layer = {"a": {"direct": 1.0}, "b": {"direct": 2.0}}
+    c.counts = {"a": 1, "b": 1}
+    c.call_kinds = ["3x3/1", "1x1/1"]
+    c.sequence_rounds = {"auto": [[1.0, 4.0], [3.0, 8.0], [2.0, 6.0]],
+                         "torch": [[4.0, 1.0], [8.0, 1.0], [6.0, None]]}
+    assert c.call_medians("auto") == [2.0, 6.0]
+    assert c.call_medians("torch") == [6.0, None]
+    assert c.call_medians("fft") == []
+    lines = format_comparison(c).splitlines()
+    (a,) = [line for line in lines if line.startswith("  a:")]
+    (b,) = [line for line in lines if line.startswith("  b:")]
+    assert a.endswith("| auto 2e+03, torch 6e+03 (3.00)")
+    assert "torch" not in b
