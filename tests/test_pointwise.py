@@ -197,3 +197,43 @@ def test_workspace_buffers_start_on_a_cache_line(nbytes):
     assert b.ctypes.data % _workspace.ALIGNMENT == 0
     b[...] = 1.5
     assert (space.get("a", b.shape, np.float64) == 1.5).all()
+
+
+
+@over_dtypes
+@pytest.mark.parametrize("p_lo, p_hi", [(0, 14), (3, 61), (40, 90), (76, 90)])
+def test_a_runs_prefetch_asks_for_every_line_of_its_planes(monkeypatch, dtype,
+                                                           p_lo, p_hi):
+    """Before a run from memory, its pixels are asked for plane after
+    plane: every cache line of each plane's range, nothing outside it."""
+    hw, plane0, planes = 90, 2, 3
+    asked = []
+    monkeypatch.setattr(_pointwise, "prefetch_at",
+                        lambda a, i: asked.append(i))
+    x = np.ones(6 * hw, dtype)
+    _pointwise._prefetch_planes.py_func(x, p_lo, p_hi, plane0, planes, hw)
+    line = 64 // x.itemsize
+    for c in range(plane0, plane0 + planes):
+        seen = [i for i in asked if c * hw <= i < (c + 1) * hw]
+        assert set(seen) <= set(range(c * hw + p_lo, c * hw + p_hi))
+        # every run of `line` pixels holds a request: no line is skipped
+        gaps = np.diff(sorted(seen + [c * hw + p_lo - 1, c * hw + p_hi]))
+        assert gaps.max() <= line
+    assert all(plane0 * hw <= i < (plane0 + planes) * hw for i in asked)
+    # planes one after the other, each in address order
+    assert asked == sorted(asked)
+
+
+@pytest.mark.parametrize("runs, out", [(False, False), (True, False),
+                                       (False, True), (True, True)])
+def test_prefetches_change_no_bits(monkeypatch, runs, out):
+    """Asking for a run's lines and the next outputs changes no result."""
+    dtype = np.float32
+    x, wt, b = random_problem(np.random.default_rng(7), (2, 24, 9, 10),
+                              (2 * block(dtype), 24, 1, 1), dtype)
+    _, panel = both_products(x, wt, b)
+    monkeypatch.setattr(_pointwise, "_RUN_BYTES", 24 * 30 * x.itemsize)
+    monkeypatch.setattr(_pointwise, "_PREFETCH_RUNS", runs)
+    monkeypatch.setattr(_pointwise, "_PREFETCH_OUT", out)
+    lanes, _ = both_products(x, wt, b)
+    np.testing.assert_array_equal(lanes, panel)

@@ -63,6 +63,7 @@ from . import _tuning
 from ._direct_channels import (COLS, NVEC, X_PREFETCH_TAPS, channel_tile,
                                channel_tile_buffer, lanes_of, pack_block,
                                store_tile)
+from ._prefetch import prefetch_at, prefetch_write_at
 from ._workspace import Workspace
 
 __all__ = ["applies", "block_channels", "task_chunks", "run"]
@@ -73,6 +74,16 @@ _RUN_BYTES = _tuning.l2_bytes() // 2
 # Tasks wanted per thread (as the panel GEMM's jobs): a thread's share
 # of tasks ends close to the others'.
 _TASKS_PER_THREAD = 4
+
+# Whether a run of segments (images larger than L2) is asked for plane
+# after plane before its tiles read it, and a segment's output lines for
+# writing while the segment before computes; False for comparisons.  In
+# ResNet-50's sequence at batch 1 (each call's input out of cache), the
+# 256-channel 1x1 layers at 56^2 took 0.79-0.82 ms with both against
+# 0.91-0.96 without; single layers with caches cold / warm, seven
+# layers summed, 1.10 / 0.98 (docs/performance.md section AT).
+_PREFETCH_RUNS = True
+_PREFETCH_OUT = True
 
 
 def block_channels(dtype):
@@ -122,9 +133,22 @@ def _subsample(x, sh, sw, out):
                 out[n, c, i, j] = x[n, c, i * sh, j * sw]
 
 
+@njit(cache=True, inline="always")
+def _prefetch_planes(xf, p_lo, p_hi, plane0, planes, hw):
+    """Ask for every cache line of pixels ``p_lo .. p_hi`` of ``planes``
+    channel planes from ``plane0`` of ``xf`` (planes ``hw`` long), plane
+    after plane, in address order."""
+    line = 64 // xf.itemsize
+    for c in range(planes):
+        base = (plane0 + c) * hw
+        for q in range(p_lo, p_hi, line):
+            prefetch_at(xf, base + q)
+        prefetch_at(xf, base + p_hi - 1)
+
+
 @njit(cache=True, parallel=True)
 def _pointwise_kernel(xf, wf, n_img, cg, kg, groups, hw, block, chunks,
-                      chunks_outer, wp, yf):
+                      chunks_outer, prefetch_run, prefetch_out, wp, yf):
     """``y[n, g kg + k, p] = sum_c w[g kg + k, c] x[n, g cg + c, p]`` over
     ``c < cg`` in increasing order from zero, for (N, G cg, hw) images
     ``xf`` and (G kg, cg) filters ``wf``, both flattened; ``wp`` holds
@@ -156,11 +180,29 @@ def _pointwise_kernel(xf, wf, n_img, cg, kg, groups, hw, block, chunks,
         # ran as slowly as the panel GEMM.)
         w0 = get_thread_id() * cg * block
         k0 = g * kg + b * block
+        if prefetch_run and b == 0:
+            # The run comes from memory.  The tile reads a line of each of
+            # cg planes in turn, more streams than the hardware prefetcher
+            # follows; asked for plane after plane, in address order, the
+            # lines come at its pace (see _PREFETCH_RUNS).
+            for n in range(s_lo // segs, (s_hi - 1) // segs + 1):
+                lo = max(s_lo, n * segs) - n * segs
+                hi = min(s_hi, (n + 1) * segs) - n * segs
+                _prefetch_planes(xf, min(lo * COLS, hw - COLS),
+                                 min((hi - 1) * COLS, hw - COLS) + COLS,
+                                 (n * groups + g) * cg, cg, hw)
         pack_block(wf, cg, g * blocks + b, block, wp, w0)
         acc = channel_tile_buffer(xf)
         for s in range(s_lo, s_hi):
             n = s // segs
             p0 = min((s % segs) * COLS, hw - COLS)
+            if prefetch_out and s + 1 < s_hi:
+                # The next segment's outputs, to be written (_PREFETCH_OUT)
+                n1 = (s + 1) // segs
+                p1 = min(((s + 1) % segs) * COLS, hw - COLS)
+                o1 = (n1 * groups * kg + k0) * hw + p1 + COLS - 1
+                for q in range(block):
+                    prefetch_write_at(yf, o1 + q * hw)
             channel_tile(xf, (n * groups * cg + g * cg) * hw + p0, offs, cg,
                          wp, w0, zeros, k0, acc)
             store_tile(acc, yf, (n * groups * kg + k0) * hw + p0, hw)
@@ -201,6 +243,7 @@ def run(spec, x, w):
                         x.dtype)
     y = np.empty((n_img, k, ho, wo), x.dtype)
     _pointwise_kernel(x.reshape(x.size), w.reshape(w.size), n_img, cg, kg,
-                      groups, ho * wo, block, chunks, chunks_outer, wp,
+                      groups, ho * wo, block, chunks, chunks_outer,
+                      chunks_outer and _PREFETCH_RUNS, _PREFETCH_OUT, wp,
                       y.reshape(y.size))
     return y
