@@ -36,9 +36,14 @@ part of a scratch buffer, then computes its segments, each over the whole
 reduction (the block's filters, ``C x 128`` bytes at float32, stay in L2
 while the image streams past).  Where a group's images exceed half of
 L2, runs of segments that fit it are the tasks' slowest index instead,
-so that a thread's run stays in L2 while it passes every block.  A
-strided layer's positions are first copied into a compact image
-(:func:`_subsample`), within im2col's scratch limit.
+so that a thread's run stays in L2 while it passes every block; such a
+run comes from memory, and its first task asks for its lines plane
+after plane before computing (the tile reads a line of each of ``C``
+planes in turn, more streams than the hardware prefetcher follows).
+Every segment asks for the next one's output lines, to be written
+(``_PREFETCH_RUNS``, ``_PREFETCH_OUT``).  A strided layer's positions
+are first copied into a compact image (:func:`_subsample`), within
+im2col's scratch limit.
 
 Measured on the Xeon VM (AVX-512, 2 threads, float32, caches cold, 21
 shuffled calls each, docs/performance.md section AS), the panel GEMM's
@@ -75,13 +80,16 @@ _RUN_BYTES = _tuning.l2_bytes() // 2
 # of tasks ends close to the others'.
 _TASKS_PER_THREAD = 4
 
-# Whether a run of segments (images larger than L2) is asked for plane
-# after plane before its tiles read it, and a segment's output lines for
-# writing while the segment before computes; False for comparisons.  In
-# ResNet-50's sequence at batch 1 (each call's input out of cache), the
-# 256-channel 1x1 layers at 56^2 took 0.79-0.82 ms with both against
-# 0.91-0.96 without; single layers with caches cold / warm, seven
-# layers summed, 1.10 / 0.98 (docs/performance.md section AT).
+# Whether a run of segments (images larger than half of L2) is asked for
+# plane after plane before its tiles read it, and a segment's output
+# lines for writing while the segment before computes; False for
+# comparisons.  In ResNet-50's sequence at batch 1 (each call's input
+# out of cache; Xeon VM, two runs of 9 and 11 rounds), the 256-channel
+# 1x1 layers at 56^2 took 0.78-0.83 ms with both against 0.91-1.02
+# without, 256 -> 128 1.36-1.39 against 1.49-1.50; seven single layers
+# summed, the time without over the time with: caches cold (512 MB
+# written between calls) 1.10, L2 cold (32 MB) 0.99, warm 0.98
+# (docs/performance.md section AT).
 _PREFETCH_RUNS = True
 _PREFETCH_OUT = True
 
