@@ -199,7 +199,6 @@ def test_workspace_buffers_start_on_a_cache_line(nbytes):
     assert (space.get("a", b.shape, np.float64) == 1.5).all()
 
 
-
 @over_dtypes
 @pytest.mark.parametrize("p_lo, p_hi", [(0, 14), (3, 61), (40, 90), (76, 90)])
 def test_a_runs_prefetch_asks_for_every_line_of_its_planes(monkeypatch, dtype,
