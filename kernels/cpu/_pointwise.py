@@ -142,6 +142,14 @@ def _subsample(x, sh, sw, out):
 
 
 @njit(cache=True, inline="always")
+def _segment(s, segs, hw):
+    """(image, first position) of segment ``s`` of images of ``hw``
+    positions, ``segs`` segments each: the last one of an image ends at
+    its end."""
+    return s // segs, min((s % segs) * COLS, hw - COLS)
+
+
+@njit(cache=True, inline="always")
 def _prefetch_planes(xf, p_lo, p_hi, plane0, planes, hw):
     """Ask for every cache line of pixels ``p_lo .. p_hi`` of ``planes``
     channel planes from ``plane0`` of ``xf`` (planes ``hw`` long), plane
@@ -194,20 +202,17 @@ def _pointwise_kernel(xf, wf, n_img, cg, kg, groups, hw, block, chunks,
             # follows; asked for plane after plane, in address order, the
             # lines come at its pace (see _PREFETCH_RUNS).
             for n in range(s_lo // segs, (s_hi - 1) // segs + 1):
-                lo = max(s_lo, n * segs) - n * segs
-                hi = min(s_hi, (n + 1) * segs) - n * segs
-                _prefetch_planes(xf, min(lo * COLS, hw - COLS),
-                                 min((hi - 1) * COLS, hw - COLS) + COLS,
+                _, p_lo = _segment(max(s_lo, n * segs), segs, hw)
+                _, p_hi = _segment(min(s_hi, (n + 1) * segs) - 1, segs, hw)
+                _prefetch_planes(xf, p_lo, p_hi + COLS,
                                  (n * groups + g) * cg, cg, hw)
         pack_block(wf, cg, g * blocks + b, block, wp, w0)
         acc = channel_tile_buffer(xf)
         for s in range(s_lo, s_hi):
-            n = s // segs
-            p0 = min((s % segs) * COLS, hw - COLS)
+            n, p0 = _segment(s, segs, hw)
             if prefetch_out and s + 1 < s_hi:
                 # The next segment's outputs, to be written (_PREFETCH_OUT)
-                n1 = (s + 1) // segs
-                p1 = min(((s + 1) % segs) * COLS, hw - COLS)
+                n1, p1 = _segment(s + 1, segs, hw)
                 o1 = (n1 * groups * kg + k0) * hw + p1 + COLS - 1
                 for q in range(block):
                     prefetch_write_at(yf, o1 + q * hw)
