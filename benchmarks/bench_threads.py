@@ -154,10 +154,15 @@ class TrackImportOrder:
     ``libgomp``, which read no wait policy and spins for milliseconds
     after each torch call.  ``track_ms`` is our median time per call,
     ``track_speed_vs_torch`` torch's median over ours in the same worker
-    (contenders alternated in a new seeded order every round, 9 rounds).
-    Every algorithm should be within 10 % of itself across the two orders.
-    The worker is a fresh process (:mod:`convbench.isolated`): this module
-    has imported ``kernels`` first, which would decide the order here.
+    (contenders alternated in a new seeded order every round, 9 rounds),
+    ``track_over_other_order`` our time in this order over our time in the
+    other, round by round (median).  The two orders' workers run at once,
+    round by round (:func:`convbench.isolated.settings_times`), so that
+    the last is not the machine's drift between two runs.  Every
+    algorithm should be within 10 % of itself across the two orders.
+    The workers are fresh processes (:mod:`convbench.isolated`): this
+    module has imported ``kernels`` first, which would decide the order
+    here.
     """
 
     params = [["kernels-first", "torch-first"], ["64@56", "512@7"],
@@ -165,40 +170,51 @@ class TrackImportOrder:
     param_names = ["order", "layer", "algorithm"]
     timeout = 600
     rounds = 9
+    orders = {"kernels-first": ("kernels", "torch"),
+              "torch-first": ("torch", "kernels")}
 
     def setup_cache(self):
         if not _torch_importable():
             return None
-        from convbench.isolated import worker_times
+        from convbench.isolated import settings_times
         from convbench.workloads import ConvCase
         results = {}
-        for order in self.params[0]:
-            imports = tuple(order.split("-")[0:1]) + (
-                ("torch",) if order == "kernels-first" else ("kernels",))
-            for layer in self.params[1]:
-                c, s = _layer(layer)
-                case = ConvCase(layer, (4, c, s, s), (c, c, 3, 3), 1, 1, 1)
-                measured = worker_times(self.params[2] + ["torch"], [case],
-                                        self.rounds, isolated=False,
-                                        import_order=imports)
-                results[order, layer] = {
-                    name: float(np.median(t))
-                    for name, t in measured.times.items() if t}
+        for layer in self.params[1]:
+            c, s = _layer(layer)
+            case = ConvCase(layer, (4, c, s, s), (c, c, 3, 3), 1, 1, 1)
+            measured = settings_times(
+                self.params[2] + ["torch"], [case], self.rounds,
+                [dict(isolated=False, import_order=imports)
+                 for imports in self.orders.values()])
+            for order, times in zip(self.orders, measured):
+                results[order, layer] = {name: list(t)
+                                         for name, t in times.times.items()
+                                         if t}
         return results
 
     def setup(self, results, order, layer, algorithm):
         if results is None:
             raise NotImplementedError("torch is not installed")
         self.times = results[order, layer]
-        if algorithm not in self.times or "torch" not in self.times:
+        other, = (o for o in self.orders if o != order)
+        self.other = results[other, layer]
+        if not all(n in t for n in (algorithm, "torch")
+                   for t in (self.times, self.other)):
             raise NotImplementedError(f"{algorithm} did not run")
 
     def track_ms(self, results, order, layer, algorithm):
-        return self.times[algorithm] * 1e3
+        return float(np.median(self.times[algorithm])) * 1e3
 
     track_ms.unit = "ms"
 
     def track_speed_vs_torch(self, results, order, layer, algorithm):
-        return self.times["torch"] / self.times[algorithm]
+        return float(np.median(self.times["torch"])
+                     / np.median(self.times[algorithm]))
 
     track_speed_vs_torch.unit = "ratio"
+
+    def track_over_other_order(self, results, order, layer, algorithm):
+        return float(np.median([a / b for a, b in zip(
+            self.times[algorithm], self.other.get(algorithm, ()))]))
+
+    track_over_other_order.unit = "ratio"

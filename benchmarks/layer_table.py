@@ -19,6 +19,14 @@ network's layers.  Printed per setting: each contender's median time and
 torch's median over it, then torch's fastest round over the contender's
 (the spread between the two is the run's noise).
 
+The three settings run at once, round by round
+(:func:`convbench.isolated.settings_times`; until stop 48 one after the
+other), and a last line gives each contender's time with torch imported
+first over its time with ``kernels`` first, round by round: median
+(min-max).  That is issue 12's target 1 (within 10 %): the two settings'
+medians alone also carry the machine's drift between them (torch's own
+time moved by 0.87-1.20 between the two in section AR).
+
 Before stop 43 this was a script outside the repository (``table12.py``
 in docs/performance.md, sections Y to AN), the same harness.
 """
@@ -27,7 +35,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from convbench.isolated import worker_times
+import statistics
+
+from convbench.isolated import per_round_ratios, settings_times
 from convbench.workloads import workload
 
 SETTINGS = (
@@ -38,16 +48,33 @@ SETTINGS = (
 CONTENDERS = ("direct", "im2col", "winograd", "auto", "torch")
 
 
-def layer_rows(names, cases, case_index, rounds, settings=SETTINGS):
-    """[(setting, {name: (median s, fastest s)})] of one layer; contenders
-    that cannot run it are left out."""
-    rows = []
-    for label, options in settings:
-        times = worker_times(names, cases, rounds, case_index=case_index,
-                             keep_freed_memory=True, **options)
-        rows.append((label, {n: (t.median, t.min)
-                             for n, t in times.summary().items()}))
-    return rows
+def layer_times(names, cases, case_index, rounds, settings=SETTINGS):
+    """{setting: WorkerTimes} of one layer, the settings interleaved round
+    by round."""
+    times = settings_times(names, cases, rounds,
+                           [options for _, options in settings],
+                           case_index=case_index, keep_freed_memory=True)
+    return {label: t for (label, _), t in zip(settings, times)}
+
+
+def layer_rows(times):
+    """[(setting, {name: (median s, fastest s)})] of :func:`layer_times`;
+    contenders that cannot run the layer are left out."""
+    return [(label, {n: (s.median, s.min) for n, s in t.summary().items()})
+            for label, t in times.items()]
+
+
+def order_ratios(times, first="kernels first", then="torch first"):
+    """{name: [time in ``then`` over time in ``first``, per round]}."""
+    return {name: per_round_ratios(times[then], times[first], name)
+            for name in times[first].times}
+
+
+def format_ratios(ratios, label="torch first / kernels first, per round"):
+    """One line: ``name median (min-max)`` of each contender's ratios."""
+    cells = [f"{name} {statistics.median(r):.2f} ({min(r):.2f}-{max(r):.2f})"
+             for name, r in ratios.items() if r]
+    return f"  {label}: " + "  ".join(cells)
 
 
 def format_row(label, stats, peer="torch"):
@@ -78,8 +105,10 @@ def main(argv=None):
         case = cases[i]
         print(f"## {case.label}: x {tuple(case.x_shape)}, w "
               f"{tuple(case.w_shape)}", flush=True)
-        for label, stats in layer_rows(names, cases, i, args.rounds):
+        times = layer_times(names, cases, i, args.rounds)
+        for label, stats in layer_rows(times):
             print(format_row(label, stats), flush=True)
+        print(format_ratios(order_ratios(times)), flush=True)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,12 @@ call, in a new seeded order every round (:func:`convbench.timing.repeat_order`),
 so that a burst of noise hits every contender alike.  Only one worker
 computes at a time; the others sleep on their pipes.
 
-:func:`worker_times` is the one driver: ``isolated=True`` gives every
+:func:`worker_times` is the driver: ``isolated=True`` gives every
 contender its own worker; ``isolated=False`` puts them all in one worker
 that imports the libraries in ``import_order`` (the in-process figure a
-user who imports both sees, for either order).
+user who imports both sees, for either order).  :func:`settings_times`
+runs several such settings at once, round by round, so that they can be
+compared round by round (:func:`per_round_ratios`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from dataclasses import dataclass, field
 
 from .timing import repeat_order, summarize
 
-__all__ = ["Worker", "WorkerError", "WorkerTimes", "worker_times"]
+__all__ = ["Worker", "WorkerError", "WorkerTimes", "per_round_ratios",
+           "settings_times", "worker_times"]
 
 
 class WorkerError(RuntimeError):
@@ -190,29 +193,75 @@ def worker_times(contenders, cases, rounds, *, isolated=True, sequence=False,
     -------
     WorkerTimes
     """
+    setting = dict(isolated=isolated, import_order=import_order)
+    return settings_times(
+        contenders, cases, rounds, [setting], sequence=sequence,
+        case_index=case_index, calls=calls, dtype=dtype, seed=seed,
+        backend=backend, order_seed=order_seed,
+        keep_freed_memory=keep_freed_memory, python=python,
+        between=between)[0]
+
+
+def settings_times(contenders, cases, rounds, settings, *, sequence=False,
+                   case_index=None, calls=1, dtype="float32", seed=0,
+                   backend="cpu", order_seed=0, keep_freed_memory=False,
+                   python=sys.executable, between="none"):
+    """:func:`worker_times` in several settings at once, interleaved.
+
+    ``settings`` is a list of dicts with the keys ``isolated`` and
+    ``import_order`` of :func:`worker_times`.  Every setting's workers
+    start first; then each round runs every setting, settings in a new
+    seeded order (:func:`~convbench.timing.repeat_order` of their
+    indices, seed ``order_seed + 1``), and inside a setting every
+    contender in :func:`worker_times`' order.  So round ``r`` of one
+    setting and round ``r`` of another are timed within one round of each
+    other: their ratio compares the settings, not two moments of a
+    machine whose speed drifts (on the 2-vCPU VMs torch's own time moved
+    by more than 10 % between two settings timed one after the other,
+    which hid whether the import order mattered: issue 12, target 1).
+    Returns one :class:`WorkerTimes` per setting, in order.
+    """
     names = list(contenders)
     case = None if sequence else (case_index or 0)
     options = dict(dtype=dtype, seed=seed, backend=backend,
-                   import_order=import_order,
                    keep_freed_memory=keep_freed_memory, python=python,
                    between=between)
-    groups = [[n] for n in names] if isolated else [names]
-    workers = []
-    result = WorkerTimes()
+    workers, hosts, results = [], [], []
     try:
-        for group in groups:
-            workers.append(Worker(group, cases, **options))
-        host = {}
-        for worker in workers:
-            for name, reason in worker.status.items():
-                result.status[name] = reason
-                if reason is None:
-                    host[name] = worker
-                    result.times[name] = []
+        for setting in settings:
+            groups = ([[n] for n in names] if setting.get("isolated", True)
+                      else [names])
+            host, result = {}, WorkerTimes()
+            for group in groups:
+                worker = Worker(group, cases,
+                                import_order=setting.get("import_order", ()),
+                                **options)
+                workers.append(worker)
+                for name, reason in worker.status.items():
+                    result.status[name] = reason
+                    if reason is None:
+                        host[name] = worker
+                        result.times[name] = []
+            hosts.append(host)
+            results.append(result)
+        indices = list(range(len(settings)))
         for r in range(rounds):
-            for name in repeat_order(list(host), r, order_seed):
-                result.times[name].extend(host[name].time(name, case, calls))
+            if len(indices) > 1:
+                indices = repeat_order(range(len(settings)), r, order_seed + 1)
+            for i in indices:
+                for name in repeat_order(list(hosts[i]), r, order_seed):
+                    results[i].times[name].extend(
+                        hosts[i][name].time(name, case, calls))
     finally:
         for worker in workers:
             worker.close()
-    return result
+    return results
+
+
+def per_round_ratios(numerator, denominator, name):
+    """``numerator``'s time over ``denominator``'s for contender ``name``,
+    round by round (two :class:`WorkerTimes` of one
+    :func:`settings_times` run, one call a round); empty where either did
+    not run it."""
+    return [a / b for a, b in zip(numerator.times.get(name, ()),
+                                  denominator.times.get(name, ()))]

@@ -180,9 +180,25 @@ def test_layer_table_times_each_contender_in_every_setting(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("## C1: x (64, 1, 32, 32)")
     settings = [label for label, _ in layer_table.SETTINGS]
-    assert [line.split("  ")[1].strip() for line in lines[1:]] == settings
-    for line in lines[1:]:
+    assert [line.split("  ")[1].strip() for line in lines[1:4]] == settings
+    for line in lines[1:4]:
         assert "direct " in line and "im2col " in line
+    assert lines[4].startswith("  torch first / kernels first, per round: ")
+    assert "direct " in lines[4] and "im2col " in lines[4]
+
+
+def test_layer_table_order_ratios_pair_the_two_settings_round_by_round():
+    from benchmarks import layer_table
+    from convbench.isolated import WorkerTimes
+    first = WorkerTimes(times={"direct": [1.0, 2.0, 4.0], "torch": [1.0]})
+    then = WorkerTimes(times={"direct": [1.1, 1.0, 4.4], "torch": [0.5]})
+    times = {"isolated": WorkerTimes(), "kernels first": first,
+             "torch first": then}
+    ratios = layer_table.order_ratios(times)
+    assert ratios["direct"] == pytest.approx([1.1, 0.5, 1.1])
+    assert ratios["torch"] == pytest.approx([0.5])
+    line = layer_table.format_ratios(ratios)
+    assert "direct 1.10 (0.50-1.10)" in line and "torch 0.50 (0.50-0.50)" in line
 
 
 def test_layer_table_rows_give_the_peer_over_each_contender():
@@ -191,3 +207,30 @@ def test_layer_table_rows_give_the_peer_over_each_contender():
                                               "torch": (3e-3, 2.4e-3)})
     assert "winograd 2.00 (1.50, min 1.60)" in row
     assert row.rstrip().endswith("torch 3.00")
+
+
+def test_import_order_tracks_pair_the_two_orders_round_by_round(monkeypatch):
+    pytest.importorskip("torch")
+    from benchmarks import bench_threads
+    from convbench import isolated
+
+    def fake_settings_times(names, cases, rounds, settings, **options):
+        assert [s["import_order"] for s in settings] == [
+            ("kernels", "torch"), ("torch", "kernels")]
+        kf = {"direct": [1.0, 2.0, 3.0], "torch": [2.0, 2.0, 2.0]}
+        tf = {"direct": [1.5, 1.0, 3.3], "torch": [2.0, 4.0, 4.0]}
+        return [isolated.WorkerTimes(times=t) for t in (kf, tf)]
+
+    monkeypatch.setattr(isolated, "settings_times", fake_settings_times)
+    bench = bench_threads.TrackImportOrder()
+    results = bench.setup_cache()
+    args = (results, "torch-first", "64@56", "direct")
+    bench.setup(*args)
+    assert bench.track_ms(*args) == pytest.approx(1500.0)   # ms
+    assert bench.track_speed_vs_torch(*args) == pytest.approx(4.0 / 1.5)
+    assert bench.track_over_other_order(*args) == pytest.approx(1.1)
+    args = (results, "kernels-first", "64@56", "direct")
+    bench.setup(*args)
+    assert bench.track_over_other_order(*args) == pytest.approx(1 / 1.1)
+    with pytest.raises(NotImplementedError):
+        bench.setup(results, "kernels-first", "64@56", "winograd")

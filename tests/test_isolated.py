@@ -299,3 +299,72 @@ def test_call_medians_and_the_per_call_lines_show_ours_against_torch():
     (b,) = [line for line in lines if line.startswith("  b:")]
     assert a.endswith("| auto 2e+03, torch 6e+03 (3.00)")
     assert "torch" not in b
+
+
+class _RecordingWorker:
+    """Stands in for :class:`convbench.isolated.Worker`: records which
+    worker timed which contender, in order, and answers a fixed time."""
+
+    log = []
+
+    def __init__(self, contenders, cases, *, import_order=(), **options):
+        self.contenders = list(contenders)
+        self.import_order = tuple(import_order)
+        self.status = {name: None for name in self.contenders}
+
+    def time(self, name, case=None, calls=1, per_case=False):
+        assert name in self.contenders
+        self.log.append((self.import_order, name))
+        return [float(len(self.log))] * calls
+
+    def close(self):
+        pass
+
+
+def test_settings_run_interleaved_round_by_round(monkeypatch):
+    monkeypatch.setattr(isolated, "Worker", _RecordingWorker)
+    _RecordingWorker.log = []
+    settings = [dict(isolated=False, import_order=("kernels", "torch")),
+                dict(isolated=False, import_order=("torch", "kernels")),
+                dict(isolated=True)]
+    names = ["direct", "im2col", "torch"]
+    results = isolated.settings_times(names, CASES, 4, settings)
+    log = _RecordingWorker.log
+    assert len(log) == 4 * 3 * len(names)
+    orders = [s.get("import_order", ()) for s in settings]
+    firsts = []
+    for r in range(4):
+        block = log[r * 9:(r + 1) * 9]          # one round: every setting
+        runs = [block[i * 3:(i + 1) * 3] for i in range(3)]
+        seen = [run[0][0] for run in runs]
+        assert sorted(seen) == sorted(orders)   # each setting once a round
+        for run in runs:                        # a setting's calls together
+            assert {o for o, _ in run} == {run[0][0]}
+            assert sorted(n for _, n in run) == sorted(names)
+        firsts.append(seen[0])
+    assert len(set(firsts)) > 1                 # the settings' order moves
+    for result in results:
+        assert {n: len(t) for n, t in result.times.items()} == {
+            n: 4 for n in names}
+    # each setting's times are its own calls, in round order
+    kf = [float(i + 1) for i, (o, n) in enumerate(log)
+          if o == orders[0] and n == "direct"]
+    assert results[0].times["direct"] == kf
+
+
+def test_one_setting_keeps_the_contenders_order_of_worker_times(monkeypatch):
+    from convbench import isolated
+    from convbench.timing import repeat_order
+    monkeypatch.setattr(isolated, "Worker", _RecordingWorker)
+    _RecordingWorker.log = []
+    names = ["direct", "im2col", "winograd"]
+    worker_times(names, CASES, 3, isolated=True, order_seed=5)
+    expected = [n for r in range(3) for n in repeat_order(names, r, 5)]
+    assert [n for _, n in _RecordingWorker.log] == expected
+
+
+def test_per_round_ratios_pair_rounds_and_skip_missing_contenders():
+    a = isolated.WorkerTimes(times={"direct": [2.0, 3.0]})
+    b = isolated.WorkerTimes(times={"direct": [1.0, 6.0], "im2col": [1.0]})
+    assert isolated.per_round_ratios(a, b, "direct") == [2.0, 0.5]
+    assert isolated.per_round_ratios(a, b, "im2col") == []
