@@ -14,6 +14,12 @@ three settings, each with rounds alternating the two:
 ``torch-first``    both in one process, ``import torch`` first (the order
                    a user comparing the two usually writes).
 
+The settings run at once, round by round
+(:func:`convbench.isolated.settings_times`; one after the other until
+stop 48, when this VM's speed moved between them: `auto`'s pass took
+32-48 ms in one run and 57-71 ms an hour later), so that a slow phase of
+the machine hits every setting alike.
+
 It also runs the network's sequence with each algorithm (each in its own
 worker process, kernels only), times every call inside it, and sums, over
 the network, the fastest algorithm's median per call: the "per-layer
@@ -46,7 +52,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from . import workloads
-from .isolated import Worker, worker_times
+from .isolated import Worker, settings_times
 from .timing import repeat_order
 
 __all__ = ["NetworkComparison", "compare_network", "format_comparison",
@@ -181,17 +187,20 @@ def compare_network(name, batch=1, rounds=5, algorithm="auto",
     result = NetworkComparison(name, batch, algorithm, len(every),
                                len(distinct), rounds, dtype, between=between,
                                keep_freed_memory=keep_freed_memory)
-    for setting in settings:
-        isolated, order = SETTINGS[setting]
+    settings = list(settings)
+    if settings:
         if progress:
-            progress(f"{name} batch {batch}: {setting}")
-        measured = worker_times([algorithm, "torch"], every, rounds,
-                                isolated=isolated, sequence=True,
-                                import_order=order, dtype=dtype,
-                                between=between,
-                                keep_freed_memory=keep_freed_memory)
-        result.times[setting] = measured.times
-        result.status[setting] = measured.status
+            progress(f"{name} batch {batch}: {', '.join(settings)}, "
+                     f"interleaved")
+        measured = settings_times(
+            [algorithm, "torch"], every, rounds,
+            [dict(isolated=SETTINGS[s][0], import_order=SETTINGS[s][1])
+             for s in settings],
+            sequence=True, dtype=dtype, between=between,
+            keep_freed_memory=keep_freed_memory)
+        for setting, times in zip(settings, measured):
+            result.times[setting] = times.times
+            result.status[setting] = times.status
     if per_layer:
         if progress:
             progress(f"{name} batch {batch}: every algorithm per layer")

@@ -92,6 +92,7 @@ def test_network_comparison_on_lenet(monkeypatch):
                         algorithms=("direct", "im2col"),
                         settings=("isolated", "torch-first"))
     assert set(c.times) == {"isolated", "torch-first"}
+    assert all(set(t) == {"auto", "torch"} for t in c.times.values())
     assert c.layers == 3 and c.distinct == 3
     for setting in c.times:
         assert len(c.ratios(setting)) == 2
@@ -131,14 +132,14 @@ def test_network_workers_keep_freed_memory_unless_told(monkeypatch, keep):
         seen.append(kwargs.get("keep_freed_memory"))
         return real_worker(*args, **kwargs)
 
-    real_times = network.worker_times
+    real_times = network.settings_times
 
     def spy_times(*args, **kwargs):
         seen.append(kwargs.get("keep_freed_memory"))
         return real_times(*args, **kwargs)
 
     monkeypatch.setattr(network, "Worker", spy_worker)
-    monkeypatch.setattr(network, "worker_times", spy_times)
+    monkeypatch.setattr(network, "settings_times", spy_times)
     c = compare_network("lenet5", batch=1, rounds=1, algorithms=("direct",),
                         settings=("isolated",), keep_freed_memory=keep)
     assert seen and all(flag is keep for flag in seen)
@@ -368,3 +369,24 @@ def test_per_round_ratios_pair_rounds_and_skip_missing_contenders():
     b = isolated.WorkerTimes(times={"direct": [1.0, 6.0], "im2col": [1.0]})
     assert isolated.per_round_ratios(a, b, "direct") == [2.0, 0.5]
     assert isolated.per_round_ratios(a, b, "im2col") == []
+
+
+def test_network_settings_run_in_one_interleaved_run(monkeypatch):
+    from convbench import network
+    calls = []
+
+    def fake_settings_times(names, cases, rounds, settings, **options):
+        calls.append([(s["isolated"], tuple(s["import_order"]))
+                      for s in settings])
+        assert options["sequence"] is True
+        return [isolated.WorkerTimes(times={n: [1.0 + i] * rounds
+                                            for n in names})
+                for i, _ in enumerate(settings)]
+
+    monkeypatch.setattr(network, "settings_times", fake_settings_times)
+    c = compare_network("lenet5", rounds=2, per_layer=False,
+                        settings=("torch-first", "isolated"))
+    assert calls == [[network.SETTINGS["torch-first"],
+                      network.SETTINGS["isolated"]]]
+    assert c.times["torch-first"]["auto"] == [1.0, 1.0]
+    assert c.times["isolated"]["torch"] == [2.0, 2.0]
