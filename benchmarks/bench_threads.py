@@ -215,6 +215,6 @@ class TrackImportOrder:
 
     def track_over_other_order(self, results, order, layer, algorithm):
         return float(np.median([a / b for a, b in zip(
-            self.times[algorithm], self.other.get(algorithm, ()))]))
+            self.times[algorithm], self.other[algorithm])]))
 
     track_over_other_order.unit = "ratio"

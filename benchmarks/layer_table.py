@@ -33,9 +33,8 @@ in docs/performance.md, sections Y to AN), the same harness.
 from __future__ import annotations
 
 import argparse
-import sys
-
 import statistics
+import sys
 
 from convbench.isolated import per_round_ratios, settings_times
 from convbench.workloads import workload

@@ -16,7 +16,7 @@ three settings, each with rounds alternating the two:
 
 The settings run at once, round by round
 (:func:`convbench.isolated.settings_times`; one after the other until
-stop 48, when this VM's speed moved between them: `auto`'s pass took
+stop 48, when this VM's speed moved between them: ``auto``'s pass took
 32-48 ms in one run and 57-71 ms an hour later), so that a slow phase of
 the machine hits every setting alike.
 

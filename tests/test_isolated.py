@@ -354,7 +354,6 @@ def test_settings_run_interleaved_round_by_round(monkeypatch):
 
 
 def test_one_setting_keeps_the_contenders_order_of_worker_times(monkeypatch):
-    from convbench import isolated
     from convbench.timing import repeat_order
     monkeypatch.setattr(isolated, "Worker", _RecordingWorker)
     _RecordingWorker.log = []
