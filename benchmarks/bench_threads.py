@@ -26,6 +26,7 @@ import kernels  # noqa: F401  (first: sets OMP_WAIT_POLICY before OpenMP loads)
 from kernels import _threads
 from kernels.cpu import im2col
 
+from convbench.network import SETTINGS as NETWORK_SETTINGS
 from convbench.timing import make_inputs
 
 # ResNet-50 3x3 layers, batch 1, one image per GEMM: "channels@size".
@@ -170,8 +171,7 @@ class TrackImportOrder:
     param_names = ["order", "layer", "algorithm"]
     timeout = 600
     rounds = 9
-    orders = {"kernels-first": ("kernels", "torch"),
-              "torch-first": ("torch", "kernels")}
+    orders = {name: NETWORK_SETTINGS[name][1] for name in params[0]}
 
     def setup_cache(self):
         if not _torch_importable():

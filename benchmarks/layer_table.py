@@ -37,13 +37,13 @@ import statistics
 import sys
 
 from convbench.isolated import per_round_ratios, settings_times
+from convbench.network import SETTINGS as NETWORK_SETTINGS
 from convbench.workloads import workload
 
-SETTINGS = (
-    ("isolated", dict(isolated=True)),
-    ("kernels first", dict(isolated=False, import_order=("kernels", "torch"))),
-    ("torch first", dict(isolated=False, import_order=("torch", "kernels"))),
-)
+# The network report's three settings, labelled "kernels first" etc.
+SETTINGS = tuple((name.replace("-", " "),
+                  dict(isolated=isolated, import_order=order))
+                 for name, (isolated, order) in NETWORK_SETTINGS.items())
 CONTENDERS = ("direct", "im2col", "winograd", "auto", "torch")
 
 

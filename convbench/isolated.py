@@ -244,11 +244,8 @@ def settings_times(contenders, cases, rounds, settings, *, sequence=False,
                         result.times[name] = []
             hosts.append(host)
             results.append(result)
-        indices = list(range(len(settings)))
         for r in range(rounds):
-            if len(indices) > 1:
-                indices = repeat_order(range(len(settings)), r, order_seed + 1)
-            for i in indices:
+            for i in repeat_order(range(len(settings)), r, order_seed + 1):
                 for name in repeat_order(list(hosts[i]), r, order_seed):
                     results[i].times[name].extend(
                         hosts[i][name].time(name, case, calls))

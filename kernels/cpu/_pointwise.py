@@ -68,7 +68,7 @@ from . import _tuning
 from ._direct_channels import (COLS, NVEC, X_PREFETCH_TAPS, channel_tile,
                                channel_tile_buffer, lanes_of, pack_block,
                                store_tile)
-from ._prefetch import prefetch_at, prefetch_write_at
+from ._prefetch import LINE_BYTES, prefetch_at, prefetch_write_at
 from ._workspace import Workspace
 
 __all__ = ["applies", "block_channels", "task_chunks", "run"]
@@ -154,7 +154,7 @@ def _prefetch_planes(xf, p_lo, p_hi, plane0, planes, hw):
     """Ask for every cache line of pixels ``p_lo .. p_hi`` of ``planes``
     channel planes from ``plane0`` of ``xf`` (planes ``hw`` long), plane
     after plane, in address order."""
-    line = 64 // xf.itemsize
+    line = LINE_BYTES // xf.itemsize
     for c in range(planes):
         base = (plane0 + c) * hw
         for q in range(p_lo, p_hi, line):
