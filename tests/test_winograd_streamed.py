@@ -290,6 +290,31 @@ def test_rule_streams_deep_layers_with_few_tiles(shape, streams):
                                  tuning, _tuning.block_shape_threads()) is streams
 
 
+@pytest.mark.parametrize("w_shape", [(128, 128, 3, 3), (64, 256, 3, 3)])
+def test_rule_streams_fused_problems_whose_u_leaves_the_cache(w_shape):
+    """28^2 at batch 1 (49 tiles, F(4,3)) runs fused through the cache;
+    it streams where its U is above the bound and every thread has a
+    strip of output channels (K = 128: two strips; K = 64: one)."""
+    shape = (1, w_shape[1], 28, 28)
+    tile = tile_for((3, 3), 4)
+    base = _tuning.current().winograd
+    u_bytes = 36 * w_shape[0] * w_shape[1] * 4
+    strips = w_shape[0] // width(np.float32)
+
+    def streams(bound, threads):
+        tuning = type(base)(**{**base.__dict__,
+                               "streamed_min_fused_u_bytes": bound})
+        layout = impl._layout(tile, shape, w_shape[1], w_shape[0],
+                              (1, 1, 1, 1), 4, tuning, None, threads)
+        assert layout.fused_blocks is not None
+        return impl._streams_filters(tile, shape, w_shape, 1, (1, 1, 1, 1),
+                                     4, tuning, threads)
+
+    assert streams(u_bytes - 1, 2) is (strips >= 2)
+    assert streams(u_bytes - 1, 1)
+    assert not streams(u_bytes, 1)
+
+
 def test_rule_needs_whole_strips_and_a_streamed_tile():
     tuning = _tuning.current().winograd
     threads = _tuning.block_shape_threads()

@@ -524,6 +524,16 @@ class WinogradTuning:
     # transforms its filters inside the tuple GEMMs' jobs instead of using
     # the weight cache (winograd._streams_filters) ...
     streamed_max_tiles: int = 64
+    # ... and so does a problem the cached path would run fused, with as
+    # few tiles, a U larger than this (the core's L2: a network's other
+    # layers evict it between calls) and a strip of output channels for
+    # every thread.  ResNet-50's 128@28^2 at batch 1 (49 tiles, U 2.25
+    # MiB, 2 strips), inside the network's sequence, Xeon VM: the three
+    # calls summed 0.82-0.88x the cached path's time in five processes;
+    # 64@56^2 (196 tiles) streamed took 1.4x its cached time
+    # (docs/performance.md section AW).
+    streamed_min_fused_u_bytes: int = dataclasses.field(
+        default_factory=l2_bytes)
     # ... a block of this many input channels at a time, or, with at
     # least streamed_many_tiles tiles, of streamed_c_block_many: more
     # tiles make more passes of the GEMM over each block, fewer tiles

@@ -846,25 +846,37 @@ def _streams_filters(tile, x_shape, w_shape, groups, padding, itemsize, tuning,
                      threads):
     """Whether a problem transforms its filters inside the tuple GEMMs
     (:func:`conv2d_streamed`): a tile that path computes, whole strips of
-    output channels per group, a problem the cached path would run staged
-    (its U too large to stream through every block of tiles) and at most
-    ``tuning.streamed_max_tiles`` tiles in the batch, so that each U
-    element the cached path would read from memory serves few tiles.
+    output channels per group, at most ``tuning.streamed_max_tiles``
+    tiles in the batch, so that each U element the cached path would
+    read from memory serves few tiles, and either a problem the cached
+    path would run staged (its U too large to stream through every block
+    of tiles) or one it would run fused with a U larger than
+    ``tuning.streamed_min_fused_u_bytes`` (so out of the core's cache
+    whenever other layers ran in between) and a strip for every thread.
 
     With caches cold, as between a network's layers (Xeon VM, 2 threads,
     512@7^2 x 4, F(4,3)): the cached path compared the filter with its
     copy in 0.71 ms and ran its GEMMs in 1.74 (U, 38 MB, from memory);
     whole calls took 2.94 ms streamed against 4.62 through the cache
-    (section AJ of docs/performance.md).  Kept per problem like :func:`_layout`."""
+    (section AJ of docs/performance.md).  Fused: ResNet-50's 128@28^2 at
+    batch 1 (49 tiles, U 2.25 MiB, two strips) inside the network's
+    sequence, five processes, the three calls summed: 2.08-2.41 ms
+    streamed against 2.53-2.87 through the cache (section AW).  Kept per
+    problem like :func:`_layout`."""
     kg, cg = w_shape[0] // groups, w_shape[1]
-    if (not _winograd_streamed.streams(tile)
-            or kg % _winograd_streamed.strip_width(np.dtype(f"f{itemsize}"))):
+    strip = _winograd_streamed.strip_width(np.dtype(f"f{itemsize}"))
+    if not _winograd_streamed.streams(tile) or kg % strip:
         return False
     layout = _layout(tile, x_shape, cg, kg, padding, itemsize, tuning, None,
                      threads)
     n_tiles = x_shape[0] * layout.tiles_hw[0] * layout.tiles_hw[1]
-    return (layout.fused_blocks is None
-            and n_tiles <= tuning.streamed_max_tiles)
+    if n_tiles > tuning.streamed_max_tiles:
+        return False
+    if layout.fused_blocks is None:
+        return True
+    u_bytes = tile.alpha_h * tile.alpha_w * cg * kg * itemsize
+    return (u_bytes > tuning.streamed_min_fused_u_bytes
+            and kg // strip >= threads)
 
 
 def conv2d_streamed(x, w, bias, padding, groups, tile, tuning=None,
