@@ -223,16 +223,53 @@ def test_a_runs_prefetch_asks_for_every_line_of_its_planes(monkeypatch, dtype,
     assert asked == sorted(asked)
 
 
-@pytest.mark.parametrize("runs, out", [(False, False), (True, False),
-                                       (False, True), (True, True)])
-def test_prefetches_change_no_bits(monkeypatch, runs, out):
-    """Asking for a run's lines and the next outputs changes no result."""
+@pytest.mark.parametrize("runs, out, filters", [
+    (False, False, False), (True, False, False), (False, True, False),
+    (False, False, True), (True, True, True)])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_prefetches_change_no_bits(monkeypatch, runs, out, filters, groups):
+    """Asking for a run's lines, the next outputs and the next task's
+    filters changes no result."""
     dtype = np.float32
     x, wt, b = random_problem(np.random.default_rng(7), (2, 24, 9, 10),
-                              (2 * block(dtype), 24, 1, 1), dtype)
-    _, panel = both_products(x, wt, b)
+                              (2 * groups * block(dtype), 24 // groups, 1, 1),
+                              dtype)
+    _, panel = both_products(x, wt, b, groups=groups)
     monkeypatch.setattr(_pointwise, "_RUN_BYTES", 24 * 30 * x.itemsize)
     monkeypatch.setattr(_pointwise, "_PREFETCH_RUNS", runs)
     monkeypatch.setattr(_pointwise, "_PREFETCH_OUT", out)
-    lanes, _ = both_products(x, wt, b)
+    monkeypatch.setattr(_pointwise, "_PREFETCH_FILTERS", filters)
+    lanes, _ = both_products(x, wt, b, groups=groups)
     np.testing.assert_array_equal(lanes, panel)
+
+
+@pytest.mark.parametrize("chunks_outer", [False, True])
+@pytest.mark.parametrize("groups, blocks, chunks", [
+    (1, 16, 1), (1, 4, 3), (2, 3, 2), (3, 1, 4)])
+def test_a_task_asks_for_the_filters_the_next_task_packs(chunks_outer, groups,
+                                                         blocks, chunks):
+    """The lines asked for cover exactly the rows of filters the next task
+    packs (``pack_block`` of its group's block), none where that task
+    packs the same block or there is no next task; and the tasks cover
+    every (group, block, run) once."""
+    cg, width, line = 40, 32, 16
+    kg = blocks * width
+    n_tasks = groups * blocks * chunks
+    coords = [_pointwise._task_coords.py_func(t, chunks_outer, groups,
+                                              blocks, chunks)
+              for t in range(n_tasks)]
+    assert sorted(coords) == [(g, b, c) for g in range(groups)
+                              for b in range(blocks) for c in range(chunks)]
+    for task in range(n_tasks):
+        first, lines = _pointwise._next_filters.py_func(
+            task, n_tasks, chunks_outer, groups, blocks, chunks, kg, cg,
+            width, line)
+        if task + 1 == n_tasks or coords[task + 1][:2] == coords[task][:2]:
+            assert lines == 0
+            continue
+        g1, b1, _ = coords[task + 1]
+        rows = g1 * blocks + b1          # pack_block's block of the filters
+        packed = np.arange(rows * width * cg, (rows + 1) * width * cg)
+        asked = first + line * np.arange(lines)
+        assert asked[0] == packed[0]
+        assert asked[-1] <= packed[-1] < asked[-1] + line

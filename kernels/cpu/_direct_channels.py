@@ -180,15 +180,17 @@ def pack_filters(w, block):
     return out
 
 
-def _emit_prefetch(builder, data, index):
+def _emit_prefetch(builder, data, index, locality=3):
     """A read prefetch of ``data[index]`` where this llvmlite can emit one
     (an address outside the array is harmless: a prefetch never faults)."""
     if _prefetch.AVAILABLE:
-        _prefetch.emit_prefetch(builder, builder.gep(data, [index]))
+        _prefetch.emit_prefetch(builder, builder.gep(data, [index]),
+                                locality=locality)
 
 
 @intrinsic
-def channel_tile(typingctx, xq, x0, offs, n_taps, wp, w0, init, k0, acc):
+def channel_tile(typingctx, xq, x0, offs, n_taps, wp, w0, init, k0, acc,
+                 far, far0, far_lines):
     """The channel tile: for ``c < COLS`` and ``q < B = NVEC * lanes``::
 
         acc[c, q] = init[k0+q] + sum_r wp[w0 + r*B + q] * xq[x0 + offs[r] + c]
@@ -196,18 +198,27 @@ def channel_tile(typingctx, xq, x0, offs, n_taps, wp, w0, init, k0, acc):
     over the taps ``r < n_taps`` in increasing order with ``llvm.fmuladd``;
     ``acc`` points to a (COLS, B) buffer.  ``offs`` holds
     ``X_PREFETCH_TAPS`` entries past the last tap (read for prefetches
-    only)."""
+    only).  At tap ``r < far_lines`` it also asks for the cache line at
+    ``far[far0 + r * line]`` into L2 (a later task's data, one line a
+    tap so that the requests spread over the tile's multiply-adds;
+    ``far_lines`` 0: none)."""
     dtype = xq.dtype
 
     def codegen(context, builder, signature, args):
-        xq_v, x0_v, offs_v, n_taps_v, wp_v, w0_v, init_v, k0_v, acc_ptr = args
+        (xq_v, x0_v, offs_v, n_taps_v, wp_v, w0_v, init_v, k0_v, acc_ptr,
+         far_v, far0_v, far_lines_v) = args
         x_data = context.make_array(xq)(context, builder, xq_v).data
         w_data = context.make_array(wp)(context, builder, wp_v).data
         b_data = context.make_array(init)(context, builder, init_v).data
         o_data = context.make_array(offs)(context, builder, offs_v).data
+        f_data = context.make_array(far)(context, builder, far_v).data
+        far0_v = context.cast(builder, far0_v, signature.args[10], types.int64)
+        far_lines_v = context.cast(builder, far_lines_v, signature.args[11],
+                                   types.int64)
         vec, align, n_lanes = _simd_vector(context, dtype)
         width = NVEC * n_lanes
         i32, i64 = ir.IntType(32), ir.IntType(64)
+        far_step = _prefetch.LINE_BYTES // align
         fmuladd = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(vec, [vec, vec, vec]),
             "llvm.fmuladd.v%d%s" % (n_lanes, "f32" if align == 4 else "f64"))
@@ -241,6 +252,9 @@ def channel_tile(typingctx, xq, x0, offs, n_taps, wp, w0, init, k0, acc):
                 inbounds=True)))
             for c in (0, COLS - 1):
                 _emit_prefetch(builder, x_data, builder.add(x_ahead, const(c)))
+            with builder.if_then(builder.icmp_signed("<", r, far_lines_v)):
+                _emit_prefetch(builder, f_data, builder.add(
+                    far0_v, builder.mul(r, const(far_step))), locality=2)
             x_base = builder.add(x0_v, builder.load(
                 builder.gep(o_data, [r], inbounds=True)))
             ws = [builder.load(vector_at(w_data, builder.add(
@@ -262,7 +276,8 @@ def channel_tile(typingctx, xq, x0, offs, n_taps, wp, w0, init, k0, acc):
                     acc_ptr, const(c * width + v * n_lanes)), align=align)
         return context.get_dummy_value()
 
-    sig = types.void(xq, x0, offs, n_taps, wp, w0, init, k0, acc)
+    sig = types.void(xq, x0, offs, n_taps, wp, w0, init, k0, acc, far, far0,
+                     far_lines)
     return sig, codegen
 
 
@@ -332,7 +347,8 @@ def _row_tiles(xq, x0, offs, n_taps, wp, w0, init, k0, block, y, y0, hw,
     ow0 = col_lo
     while ow0 < col_hi:
         ow0 = min(ow0, col_hi - COLS)
-        channel_tile(xq, x0 + ow0, offs, n_taps, wp, w0, init, k0, acc_ptr)
+        channel_tile(xq, x0 + ow0, offs, n_taps, wp, w0, init, k0, acc_ptr,
+                     xq, 0, 0)
         store_tile(acc_ptr, y, y0 + ow0, hw)
         ow0 += COLS
 

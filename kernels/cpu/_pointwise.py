@@ -40,10 +40,11 @@ so that a thread's run stays in L2 while it passes every block; such a
 run comes from memory, and its first task asks for its lines plane
 after plane before computing (the tile reads a line of each of ``C``
 planes in turn, more streams than the hardware prefetcher follows).
-Every segment asks for the next one's output lines, to be written
-(``_PREFETCH_RUNS``, ``_PREFETCH_OUT``).  A strided layer's positions
-are first copied into a compact image (:func:`_subsample`), within
-im2col's scratch limit.
+Every segment asks for the next one's output lines, to be written, and
+for its share of the filters the thread's next task packs, into L2
+(``_PREFETCH_RUNS``, ``_PREFETCH_OUT``, ``_PREFETCH_FILTERS``).  A
+strided layer's positions are first copied into a compact image
+(:func:`_subsample`), within im2col's scratch limit.
 
 Measured on the Xeon VM (AVX-512, 2 threads, float32, caches cold, 21
 shuffled calls each, docs/performance.md section AS), the panel GEMM's
@@ -92,6 +93,17 @@ _TASKS_PER_THREAD = 4
 # (docs/performance.md section AT).
 _PREFETCH_RUNS = True
 _PREFETCH_OUT = True
+# Whether a task asks for the next task's block of filters (into L2,
+# a line per tap of its tiles) while it computes, so that the next
+# packing reads them from L2; False for comparisons.  Packing 2048 x 512
+# filters took 0.18 ms of a 0.56 ms call (7^2, 2 threads).  In
+# ResNet-50's sequence at batch 1 (Xeon VM model 207, three processes of
+# 15 alternated passes), the time without over the time with: 512 ->
+# 2048 @ 7^2 1.15-1.16, 2048 -> 512 @ 7^2 1.05-1.10, 1024 -> 2048 @
+# 14^2/2 1.10-1.14, 256 -> 1024 @ 14^2 1.04-1.05, 1024 -> 256 @ 14^2
+# 1.01-1.02; the 28^2 and 56^2 layers 0.97-1.03 (docs/performance.md
+# section AW).
+_PREFETCH_FILTERS = True
 
 
 def block_channels(dtype):
@@ -162,9 +174,34 @@ def _prefetch_planes(xf, p_lo, p_hi, plane0, planes, hw):
         prefetch_at(xf, base + p_hi - 1)
 
 
+@njit(cache=True, inline="always")
+def _task_coords(task, chunks_outer, groups, blocks, chunks):
+    """(group, block, run of segments) of ``task``."""
+    if chunks_outer:
+        return task // blocks % groups, task % blocks, task // (groups * blocks)
+    return task // (blocks * chunks), (task // chunks) % blocks, task % chunks
+
+
+@njit(cache=True, inline="always")
+def _next_filters(task, n_tasks, chunks_outer, groups, blocks, chunks, kg, cg,
+                  block, line):
+    """(first element, cache lines) of the filters the task after ``task``
+    packs (its block's ``block`` rows of ``cg``, contiguous in the (G kg,
+    cg) filters), or (0, 0) where it packs the same block or there is
+    none."""
+    if task + 1 >= n_tasks:
+        return 0, 0
+    g, b, _ = _task_coords(task, chunks_outer, groups, blocks, chunks)
+    g1, b1, _ = _task_coords(task + 1, chunks_outer, groups, blocks, chunks)
+    if g1 == g and b1 == b:
+        return 0, 0
+    return (g1 * kg + b1 * block) * cg, -(-block * cg // line)
+
+
 @njit(cache=True, parallel=True)
 def _pointwise_kernel(xf, wf, n_img, cg, kg, groups, hw, block, chunks,
-                      chunks_outer, prefetch_run, prefetch_out, wp, yf):
+                      chunks_outer, prefetch_run, prefetch_out,
+                      prefetch_filters, wp, yf):
     """``y[n, g kg + k, p] = sum_c w[g kg + k, c] x[n, g cg + c, p]`` over
     ``c < cg`` in increasing order from zero, for (N, G cg, hw) images
     ``xf`` and (G kg, cg) filters ``wf``, both flattened; ``wp`` holds
@@ -179,15 +216,19 @@ def _pointwise_kernel(xf, wf, n_img, cg, kg, groups, hw, block, chunks,
         offs[r] = r * hw
     offs[cg:] = (cg - 1) * hw
     zeros = np.zeros(groups * kg, xf.dtype)
-    for task in prange(groups * blocks * chunks):
-        if chunks_outer:
-            chunk = task // (groups * blocks)
-            g = task // blocks % groups
-            b = task % blocks
-        else:
-            g = task // (blocks * chunks)
-            b = (task // chunks) % blocks
-            chunk = task % chunks
+    line = LINE_BYTES // xf.itemsize
+    n_tasks = groups * blocks * chunks
+    for task in prange(n_tasks):
+        g, b, chunk = _task_coords(task, chunks_outer, groups, blocks, chunks)
+        # The next task (this thread's, as prange hands out runs of
+        # tasks) packs the filters of its block: where that block is
+        # another, its rows (contiguous in wf) are asked for a line per
+        # tap while this task computes.
+        far0, far_total = 0, 0
+        if prefetch_filters:
+            far0, far_total = _next_filters(task, n_tasks, chunks_outer,
+                                            groups, blocks, chunks, kg, cg,
+                                            block, line)
         s_lo = chunk * segments // chunks
         s_hi = (chunk + 1) * segments // chunks
         # The thread's own buffer, the same for all its tasks: written
@@ -216,8 +257,12 @@ def _pointwise_kernel(xf, wf, n_img, cg, kg, groups, hw, block, chunks,
                 o1 = (n1 * groups * kg + k0) * hw + p1 + COLS - 1
                 for q in range(block):
                     prefetch_write_at(yf, o1 + q * hw)
+            # this segment's share of the next block's lines
+            f_lo = (s - s_lo) * far_total // (s_hi - s_lo)
+            f_hi = (s + 1 - s_lo) * far_total // (s_hi - s_lo)
             channel_tile(xf, (n * groups * cg + g * cg) * hw + p0, offs, cg,
-                         wp, w0, zeros, k0, acc)
+                         wp, w0, zeros, k0, acc, wf, far0 + f_lo * line,
+                         min(f_hi - f_lo, cg))
             store_tile(acc, yf, (n * groups * kg + k0) * hw + p0, hw)
 
 
@@ -257,6 +302,6 @@ def run(spec, x, w):
     y = np.empty((n_img, k, ho, wo), x.dtype)
     _pointwise_kernel(x.reshape(x.size), w.reshape(w.size), n_img, cg, kg,
                       groups, ho * wo, block, chunks, chunks_outer,
-                      chunks_outer and _PREFETCH_RUNS, _PREFETCH_OUT, wp,
-                      y.reshape(y.size))
+                      chunks_outer and _PREFETCH_RUNS, _PREFETCH_OUT,
+                      _PREFETCH_FILTERS, wp, y.reshape(y.size))
     return y

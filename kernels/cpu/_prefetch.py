@@ -87,19 +87,19 @@ def _prefetch_codegen(context, builder, signature, args, write=False):
     return context.get_dummy_value()
 
 
-def emit_prefetch(builder, ptr, write=False):
+def emit_prefetch(builder, ptr, write=False, locality=3):
     """Emit ``llvm.prefetch`` of the LLVM pointer ``ptr`` into every cache
-    level, for reading or for writing where ``write`` (for intrinsics that
-    build their own loops; check :data:`AVAILABLE` first)."""
+    level (``locality`` 3; 2 leaves L1 out), for reading or for writing
+    where ``write`` (for intrinsics that build their own loops; check
+    :data:`AVAILABLE` first)."""
     i8p = ir.IntType(8).as_pointer()
     i32 = ir.IntType(32)
     fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
     fn = cgutils.get_or_insert_function(builder.module, fnty,
                                         "llvm.prefetch.p0")
-    # (address, rw = read or write, locality = keep in all levels, data
-    # cache)
+    # (address, rw = read or write, locality, data cache)
     builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, int(write)),
-                      ir.Constant(i32, 3), ir.Constant(i32, 1)])
+                      ir.Constant(i32, locality), ir.Constant(i32, 1)])
 
 
 @njit(cache=True, inline="always")
