@@ -529,7 +529,7 @@ class WinogradTuning:
     # layers evict it between calls) and a strip of output channels for
     # every thread.  ResNet-50's 128@28^2 at batch 1 (49 tiles, U 2.25
     # MiB, 2 strips), inside the network's sequence, Xeon VM: the three
-    # calls summed 0.82-0.88x the cached path's time in five processes;
+    # calls summed 0.77-0.88x the cached path's time in five processes;
     # 64@56^2 (196 tiles) streamed took 1.4x its cached time
     # (docs/performance.md section AW).
     streamed_min_fused_u_bytes: int = dataclasses.field(

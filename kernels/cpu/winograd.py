@@ -860,7 +860,7 @@ def _streams_filters(tile, x_shape, w_shape, groups, padding, itemsize, tuning,
     whole calls took 2.94 ms streamed against 4.62 through the cache
     (section AJ of docs/performance.md).  Fused: ResNet-50's 128@28^2 at
     batch 1 (49 tiles, U 2.25 MiB, two strips) inside the network's
-    sequence, five processes, the three calls summed: 2.08-2.41 ms
+    sequence, five processes, the three calls summed: 1.97-2.41 ms
     streamed against 2.53-2.87 through the cache (section AW).  Kept per
     problem like :func:`_layout`."""
     kg, cg = w_shape[0] // groups, w_shape[1]
