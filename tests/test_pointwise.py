@@ -262,8 +262,8 @@ def test_a_task_asks_for_the_filters_the_next_task_packs(chunks_outer, groups,
                               for b in range(blocks) for c in range(chunks)]
     for task in range(n_tasks):
         first, lines = _pointwise._next_filters.py_func(
-            task, n_tasks, chunks_outer, groups, blocks, chunks, kg, cg,
-            width, line)
+            task, *coords[task][:2], n_tasks, chunks_outer, groups, blocks,
+            chunks, kg, cg, width, line)
         if task + 1 == n_tasks or coords[task + 1][:2] == coords[task][:2]:
             assert lines == 0
             continue

@@ -183,15 +183,14 @@ def _task_coords(task, chunks_outer, groups, blocks, chunks):
 
 
 @njit(cache=True, inline="always")
-def _next_filters(task, n_tasks, chunks_outer, groups, blocks, chunks, kg, cg,
-                  block, line):
+def _next_filters(task, g, b, n_tasks, chunks_outer, groups, blocks, chunks,
+                  kg, cg, block, line):
     """(first element, cache lines) of the filters the task after ``task``
-    packs (its block's ``block`` rows of ``cg``, contiguous in the (G kg,
-    cg) filters), or (0, 0) where it packs the same block or there is
-    none."""
+    (of group ``g``, block ``b``) packs (its block's ``block`` rows of
+    ``cg``, contiguous in the (G kg, cg) filters), or (0, 0) where it
+    packs the same block or there is none."""
     if task + 1 >= n_tasks:
         return 0, 0
-    g, b, _ = _task_coords(task, chunks_outer, groups, blocks, chunks)
     g1, b1, _ = _task_coords(task + 1, chunks_outer, groups, blocks, chunks)
     if g1 == g and b1 == b:
         return 0, 0
@@ -226,9 +225,9 @@ def _pointwise_kernel(xf, wf, n_img, cg, kg, groups, hw, block, chunks,
         # tap while this task computes.
         far0, far_total = 0, 0
         if prefetch_filters:
-            far0, far_total = _next_filters(task, n_tasks, chunks_outer,
-                                            groups, blocks, chunks, kg, cg,
-                                            block, line)
+            far0, far_total = _next_filters(task, g, b, n_tasks,
+                                            chunks_outer, groups, blocks,
+                                            chunks, kg, cg, block, line)
         s_lo = chunk * segments // chunks
         s_hi = (chunk + 1) * segments // chunks
         # The thread's own buffer, the same for all its tasks: written

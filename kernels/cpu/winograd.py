@@ -567,6 +567,11 @@ def _output_blocks(tile, tiles_hw, n_img, nk, itemsize, tuning):
 # Fused or staged: the blocks of the fused path
 # --------------------------------------------------------------------------
 
+def _u_bytes(tile, nc, nk, itemsize):
+    """Bytes of a group's transformed filters U (alpha^2 planes of nc x nk)."""
+    return tile.alpha_h * tile.alpha_w * nc * nk * itemsize
+
+
 def _fused_blocks(tile, tiles_hw, n_img, nc, nk, itemsize, tuning, path=None):
     """Blocks of the fused kernel, or None for the staged path.
 
@@ -589,7 +594,7 @@ def _fused_blocks(tile, tiles_hw, n_img, nc, nk, itemsize, tuning, path=None):
                            n_planes * (nc + nk) * itemsize, tuning.block_budget,
                            min_jobs, output_step(tile.m_w))
 
-    u_bytes = n_planes * nc * nk * itemsize
+    u_bytes = _u_bytes(tile, nc, nk, itemsize)
     staged_bytes = (n_planes * n_img * tiles_hw[0] * tiles_hw[1]
                     * (nc + nk) * itemsize)
     if u_bytes < tuning.fused_max_u_bytes and (
@@ -634,7 +639,7 @@ def tile_for_problem(kernel_hw, out_hw, n_img, channels=(0, 0), itemsize=4,
     tile = tile_for(kernel_hw)
     tiles_h, tiles_w = tile_counts(out_hw, tile)
     n_tiles = n_img * tiles_h * tiles_w
-    u_bytes = tile.alpha_h * tile.alpha_w * channels[0] * channels[1] * itemsize
+    u_bytes = _u_bytes(tile, channels[0], channels[1], itemsize)
     short = n_tiles < (tuning.min_gemm_rows_large_u
                        if u_bytes > tuning.large_u_bytes
                        else tuning.min_gemm_rows)
@@ -874,8 +879,8 @@ def _streams_filters(tile, x_shape, w_shape, groups, padding, itemsize, tuning,
         return False
     if layout.fused_blocks is None:
         return True
-    u_bytes = tile.alpha_h * tile.alpha_w * cg * kg * itemsize
-    return (u_bytes > tuning.streamed_min_fused_u_bytes
+    return (_u_bytes(tile, cg, kg, itemsize)
+            > tuning.streamed_min_fused_u_bytes
             and kg // strip >= threads)
 
 
