@@ -26,7 +26,8 @@ from ._validation import int_tuple, normalise_padding
 from ._winograd_math import DEFAULT_TILE_BY_KERNEL
 
 __all__ = ["choose_algorithm", "choose_transposed_algorithm", "candidates",
-           "default_thresholds", "thresholds", "NEUTRAL_THRESHOLDS",
+           "default_thresholds", "thresholds", "thresholds_key",
+           "NEUTRAL_THRESHOLDS",
            "one_d_fft_factor"]
 
 # For a backend without measured thresholds: direct whenever it is built
@@ -227,6 +228,13 @@ def _thresholds_in_force(backend):
 def thresholds(backend="cpu"):
     """The thresholds in force: defaults, or this machine's calibration."""
     return dict(_thresholds_in_force(backend))
+
+
+def thresholds_key(backend="cpu"):
+    """The thresholds in force as sorted ``(name, value)`` items: the same
+    object while they do not change (what a cache of choices made under
+    them compares by identity)."""
+    return _thresholds_in_force(backend)
 
 
 def candidates(spec, backend="cpu"):

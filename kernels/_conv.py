@@ -7,12 +7,13 @@ follow ``scipy.signal.correlate/convolve`` for 1-D and 2-D inputs.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
 
 from . import _arrays, _dispatch
-from ._choose import choose_for_spec
+from ._choose import choose_for_spec, thresholds_key
 from ._dispatch import ConvSpec, check_backend
 from ._validation import (ALGORITHMS, FLOAT_DTYPES, MIXING_ALGORITHMS,
                           PADDING_MODES,
@@ -272,24 +273,97 @@ def _conv(nsp, x, w, bias, *args):
     return y[0] if plan.unbatched else y
 
 
+class _Prepared(NamedTuple):
+    """A problem's kernel, resolved once (:func:`_prepared`)."""
+
+    token: tuple            # what it was made under (_runner_token)
+    algorithm: str          # "auto" resolved
+    kernel: object          # the _dispatch.Kernel
+    run: object             # run(x, w, bias) for C-contiguous arrays
+
+
+# Resolved kernels and their prepared runners, by (spec, algorithm,
+# backend): "auto"'s choice, the kernel's lookup and the kernel's own
+# planning (block shapes, workspace sizes, tiles) done once per problem
+# and tunables.  ResNet-50 at batch 1 (Xeon VM, 2 threads): the Python
+# between a call's launches, with caches cold after the kernels before
+# it, took 80-320 us a call, and where it exceeded ~100 us the OpenMP
+# workers fell asleep and the next launch woke them
+# (docs/performance.md section AX).
+_PREPARED = {}
+_MAX_PREPARED = 1024
+
+
+def _runner_token(backend):
+    """What a prepared runner depends on besides its problem: "auto"'s
+    thresholds and the backend's tunables in force (each the same object
+    while nothing changed) and the thread count that fixes block shapes."""
+    tuning = _dispatch.backend_tuning(backend)
+    current = getattr(tuning, "current", None)
+    threads = getattr(tuning, "block_shape_threads", None)
+    return (thresholds_key(backend),
+            None if current is None else current(),
+            None if threads is None else threads())
+
+
+def _same_token(a, b):
+    return a[0] is b[0] and a[1] is b[1] and a[2] == b[2]
+
+
+# Whether run_conv2d keeps prepared runners; False for comparisons (each
+# call then resolves "auto", looks the kernel up and calls its ``run``).
+_PREPARE = True
+
+
+def _prepared(spec, algorithm, backend):
+    """The :class:`_Prepared` of a problem under the tunables in force:
+    kept, or resolved (raising what the dispatch raises) and kept."""
+    token = _runner_token(backend)
+    key = (spec, algorithm, backend)
+    entry = _PREPARED.get(key)
+    if (entry is not None and _same_token(entry.token, token)
+            and _dispatch.find("conv2d", backend, entry.algorithm)
+            is entry.kernel):
+        return entry
+    entry = _resolved(spec, algorithm, backend, prepare=True)._replace(
+        token=token)
+    if len(_PREPARED) >= _MAX_PREPARED:
+        _PREPARED.clear()
+    _PREPARED[key] = entry
+    return entry
+
+
+def _resolved(spec, algorithm, backend, prepare=False):
+    """A :class:`_Prepared` made afresh (no token): the kernel's prepared
+    runner where ``prepare`` and it has one, else its ``run``."""
+    if algorithm == "auto":
+        resolved = choose_for_spec(spec, backend)
+        kernel = _dispatch.load("conv2d", backend, resolved)
+    else:
+        resolved = algorithm
+        kernel = _dispatch.require_supported("conv2d", backend, algorithm,
+                                             spec)
+    run = kernel.prepare(spec) if prepare and kernel.prepare else None
+    if run is None:
+        run = functools.partial(kernel.run, spec)
+    return _Prepared(None, resolved, kernel, run)
+
+
 def run_conv2d(spec, x, w, bias, algorithm, backend):
     """Dispatch a validated problem; x and w may be any views.
 
     Resolves ``"auto"``, answers empty problems, makes the arrays
     contiguous and sends non-finite input of the tile-mixing algorithms
     to ``direct`` (their transforms would spread NaN to every output of a
-    tile).
+    tile).  The kernel runs in its prepared form (:func:`_prepared`).
     """
-    if algorithm == "auto":
-        algorithm = choose_for_spec(spec, backend)
-        kernel = _dispatch.load("conv2d", backend, algorithm)
-    else:
-        kernel = _dispatch.require_supported("conv2d", backend, algorithm, spec)
+    entry = (_prepared(spec, algorithm, backend) if _PREPARE
+             else _resolved(spec, algorithm, backend))
     if spec.is_empty():
         return _arrays.filled(spec.out_shape, spec.dtype, bias, like=x)
     x, w, bias = (_arrays.contiguous(a) for a in (x, w, bias))
-    if algorithm not in MIXING_ALGORITHMS:
-        return kernel.run(spec, x, w, bias)
+    if entry.algorithm not in MIXING_ALGORITHMS:
+        return entry.run(x, w, bias)
     # Their transforms would spread NaN/Inf to every output of a tile: such
     # input goes to direct.  A kernel that packs x anyway checks it there
     # (a pass over x from memory saved: 0.55 ms of a 3.5 ms Winograd call
@@ -298,23 +372,30 @@ def run_conv2d(spec, x, w, bias, algorithm, backend):
     # finiteness on record (a pass over the filter saved on every call); a
     # non-finite filter (rare) costs one run more.
     with transformed_weights.watch() as fetched:
-        y = run_if_finite(kernel, x, spec, x, w, bias)
+        y = _run_checked(entry.kernel, entry.run, x, w, bias)
     if y is not None and (fetched.finite if fetched.fetched
                           else _arrays.all_finite(w)):
         return y
     return _dispatch.load("conv2d", backend, "direct").run(spec, x, w, bias)
 
 
-def run_if_finite(kernel, x, *args):
-    """``kernel.run(*args)``, or None when ``x`` holds NaN or Inf: found by
+def _run_checked(kernel, run, x, *args):
+    """``run(x, *args)``, or None when ``x`` holds NaN or Inf: found by
     the kernel itself where it says so (``checks_finite_input``), else by a
     pass over ``x`` first."""
     if not (kernel.checks_finite_input or _arrays.all_finite(x)):
         return None
     try:
-        return kernel.run(*args)
+        return run(x, *args)
     except _dispatch.NonFiniteInput:
         return None
+
+
+def run_if_finite(kernel, x, *args):
+    """``kernel.run(*args)``, or None when ``x`` holds NaN or Inf: found by
+    the kernel itself where it says so (``checks_finite_input``), else by a
+    pass over ``x`` first."""
+    return _run_checked(kernel, lambda _, *rest: kernel.run(*rest), x, *args)
 
 
 _CONV_DOC = """{dim}-D convolution (cross-correlation) of a batch, as ``torch.nn.functional.conv{nd}d``.

@@ -345,11 +345,21 @@ class Kernel:
     kernel may raise it for a non-finite filter too, when it reads the
     filter itself instead of through the weight cache (CPU Winograd's
     streamed path); the front end then also runs direct.
+
+    ``prepare``: optional; ``prepare(spec)`` returns ``run``'s work for
+    that one problem as a callable ``(x, w, bias) -> y`` (or None: no
+    prepared form), with whatever ``run`` would work out from the shapes
+    and the tunables in force done once.  The front end keeps it while
+    the tunables and ``"auto"``'s thresholds stay the same objects
+    (:func:`kernels._conv.run_conv2d`): a network calls each layer's
+    shapes again and again, and between its kernels' launches the
+    planning in Python ran with caches cold.
     """
 
     run: Callable
     unsupported_reason: Optional[Callable] = None
     checks_finite_input: bool = False
+    prepare: Optional[Callable] = None
 
     def reason(self, spec):
         """None when ``run`` can compute ``spec``, else why not."""

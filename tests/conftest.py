@@ -102,6 +102,17 @@ def _package_default_thresholds(tmp_path_factory):
         os.environ["CONVBENCH_CALIBRATION"] = old
 
 
+@pytest.fixture(autouse=True)
+def _fresh_prepared_runners():
+    """Each test starts without the front end's prepared runners
+    (:func:`kernels._conv._prepared`): tests replace kernels' module
+    internals with monkeypatch, which a runner prepared in an earlier
+    test (the same problem and tunables) would not see."""
+    from kernels import _conv
+    _conv._PREPARED.clear()
+    yield
+
+
 def pytest_report_header(config):
     import kernels
     from helpers import backends_under_test

@@ -64,13 +64,13 @@ def both_tiles(x, w, b, padding, dilation=(1, 1), groups=1, monkeypatch=None,
                stride=(1, 1)):
     """(channel tile's y, pixel tile's y), checking which tile ran."""
     taken = []
-    real_run = dc.run
+    real_prepare = dc.prepare
 
     def spy(*args):
         taken.append(True)
-        return real_run(*args)
+        return real_prepare(*args)
 
-    monkeypatch.setattr(dc, "run", spy)
+    monkeypatch.setattr(dc, "prepare", spy)
     with _tuning.override(direct=FORCED):
         y_channel = direct.conv2d(x, w, b, stride, padding, dilation, groups)
     assert taken, "the channel tile was not taken"

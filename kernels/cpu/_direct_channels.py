@@ -83,7 +83,7 @@ __all__ = ["COLS", "NVEC", "PREFETCH_TAPS", "X_PREFETCH_TAPS", "lanes_of",
            "tile_applies", "tile_for", "pack_filters", "pack_block",
            "channel_tile", "channel_tile_buffer",
            "store_tile", "conv_channels", "task_rows", "task_cols",
-           "MIN_TASK_COLS", "input_bytes_per_column", "run"]
+           "MIN_TASK_COLS", "input_bytes_per_column", "run", "prepare"]
 
 # Pixels and vectors of channels of the tile: 28 accumulators of
 # AVX-512's 32 registers (two more hold the tap's filter vectors); 12 of
@@ -500,24 +500,27 @@ _workspace = Workspace()
 def run(spec, x, w, bias):
     """Direct convolution of C-contiguous ``x`` and ``w`` with the channel
     tile (where :func:`tile_for`); returns a new (N, K, Ho, Wo) array."""
-    n_img = x.shape[0]
-    k_total, _, kh, kw = w.shape
+    return prepare(spec)(x, w, bias)
+
+
+def prepare(spec):
+    """:func:`run` for the problem ``spec`` as a callable ``(x, w, bias)
+    -> y``, its geometry and tasks worked out once."""
+    n_img, c_total = spec.x_shape[:2]
+    k_total, _, kh, kw = spec.w_shape
     groups = int(spec.groups)
     dh, dw = spec.dilation
     pt, _, pl, _ = spec.padding
     ho, wo = spec.out_hw
     sh, sw = spec.stride
-    block = NVEC * lanes_of(x.itemsize)
+    dtype = np.dtype(spec.dtype)
+    block = NVEC * lanes_of(dtype.itemsize)
     hq, wq = packed_geometry(ho, wo, kh, kw, sh, sw, dh, dw)
-    packed = packed_size(x.shape, sh, sw, hq, wq, 0)
-    xq = _workspace.get("xq", (packed,), x.dtype)
-    wp = _workspace.get("wp", (w.size,), x.dtype)
-    init = (np.zeros(k_total, x.dtype) if bias is None
-            else np.ascontiguousarray(bias))
-    y = np.empty((n_img, k_total, ho, wo), x.dtype)
+    packed = packed_size(spec.x_shape, sh, sw, hq, wq, 0)
+    w_size = math.prod(spec.w_shape)
     threads = _tuning.block_shape_threads()
     blocks = k_total // groups // block
-    if rows_outer(packed * x.itemsize, w.nbytes):
+    if rows_outer(packed * dtype.itemsize, w_size * dtype.itemsize):
         # Rows split first, then columns (as far as tasks are wanted, and
         # so that a task's packed input stays in L2 for all its blocks),
         # then runs of blocks.
@@ -525,13 +528,25 @@ def run(spec, x, w, bias):
         row_tasks = -(-ho // per) * n_img * groups
         cols = task_cols(wo, row_tasks, 4 * threads,
                          _TASK_INPUT_BYTES // input_bytes_per_column(
-                             spec, per, x.itemsize))
+                             spec, per, dtype.itemsize))
         runs = max(1, min(blocks, -(-4 * threads
                                     // (row_tasks * max(1, wo // cols)))))
+        blocks_per_task = -(-blocks // runs)
+    else:
+        per = task_rows(ho, blocks * n_img, 4 * threads)
+        cols = task_cols(wo, blocks * -(-ho // per) * n_img * groups,
+                         4 * threads)
+        blocks_per_task = 0
+    zeros = np.zeros(k_total, dtype)
+    out_shape = (n_img, k_total, ho, wo)
+
+    def channel_tiles(x, w, bias):
+        xq = _workspace.get("xq", (packed,), dtype)
+        wp = _workspace.get("wp", (w_size,), dtype)
+        init = zeros if bias is None else np.ascontiguousarray(bias)
+        y = np.empty(out_shape, dtype)
         return conv_channels(x, w.reshape(k_total, -1), init, sh, sw, dh, dw,
                              pt, pl, kh, kw, groups, block, per, xq, wp, y,
-                             -(-blocks // runs), cols)
-    per = task_rows(ho, blocks * n_img, 4 * threads)
-    cols = task_cols(wo, blocks * -(-ho // per) * n_img * groups, 4 * threads)
-    return conv_channels(x, w.reshape(k_total, -1), init, sh, sw, dh, dw, pt,
-                         pl, kh, kw, groups, block, per, xq, wp, y, 0, cols)
+                             blocks_per_task, cols)
+
+    return channel_tiles

@@ -72,7 +72,7 @@ from ._direct_channels import (COLS, NVEC, X_PREFETCH_TAPS, channel_tile,
 from ._prefetch import LINE_BYTES, prefetch_at, prefetch_write_at
 from ._workspace import Workspace
 
-__all__ = ["applies", "block_channels", "task_chunks", "run"]
+__all__ = ["applies", "block_channels", "task_chunks", "run", "prepare"]
 
 # Images a run of segments reads, at most: half the core's L2.
 _RUN_BYTES = _tuning.l2_bytes() // 2
@@ -273,18 +273,24 @@ _workspace = Workspace()
 def run(spec, x, w):
     """The product of the 1x1 layer ``spec`` (:func:`applies`) for
     C-contiguous ``x`` and ``w``: a new (N, K, Ho, Wo) array, no bias."""
-    n_img = x.shape[0]
-    k = w.shape[0]
+    return prepare(spec)(x, w)
+
+
+def prepare(spec):
+    """:func:`run` for the problem ``spec`` as a callable ``(x, w) -> y``,
+    its tasks' shapes worked out once (the prefetch switches are read on
+    every call)."""
+    n_img, c_total = spec.x_shape[:2]
+    k = spec.w_shape[0]
     groups = int(spec.groups)
     ho, wo = spec.out_hw
     sh, sw = spec.stride
-    if (sh, sw) != (1, 1) or x.shape[2:] != (ho, wo):
-        compact = _workspace.get("compact", (n_img, x.shape[1], ho, wo),
-                                 x.dtype)
-        _subsample(x, sh, sw, compact)
-        x = compact
-    cg, kg = x.shape[1] // groups, k // groups
-    block = block_channels(x.dtype)
+    dtype = np.dtype(spec.dtype)
+    compact = None
+    if (sh, sw) != (1, 1) or tuple(spec.x_shape[2:]) != (ho, wo):
+        compact = (n_img, c_total, ho, wo)
+    cg, kg = c_total // groups, k // groups
+    block = block_channels(dtype)
     blocks = kg // block
     segments = n_img * -(-(ho * wo) // COLS)
     chunks = task_chunks(groups, blocks, segments,
@@ -292,15 +298,25 @@ def run(spec, x, w):
     # Where a group's images exceed half of L2, runs of segments small
     # enough for it are the tasks' slowest index: a thread's run stays in
     # L2 while it passes every block of filters.
-    runs_in_l2 = -(-n_img * ho * wo * cg * x.itemsize // _RUN_BYTES)
+    runs_in_l2 = -(-n_img * ho * wo * cg * dtype.itemsize // _RUN_BYTES)
     chunks_outer = runs_in_l2 > 1
     if chunks_outer:
         chunks = max(chunks, min(segments, runs_in_l2))
-    wp = _workspace.get("wp", (config.NUMBA_NUM_THREADS * cg * block,),
-                        x.dtype)
-    y = np.empty((n_img, k, ho, wo), x.dtype)
-    _pointwise_kernel(x.reshape(x.size), w.reshape(w.size), n_img, cg, kg,
-                      groups, ho * wo, block, chunks, chunks_outer,
-                      chunks_outer and _PREFETCH_RUNS, _PREFETCH_OUT,
-                      _PREFETCH_FILTERS, wp, y.reshape(y.size))
-    return y
+    wp_shape = (config.NUMBA_NUM_THREADS * cg * block,)
+    out_shape = (n_img, k, ho, wo)
+    hw = ho * wo
+
+    def product(x, w):
+        if compact is not None:
+            x_c = _workspace.get("compact", compact, dtype)
+            _subsample(x, sh, sw, x_c)
+            x = x_c
+        wp = _workspace.get("wp", wp_shape, dtype)
+        y = np.empty(out_shape, dtype)
+        _pointwise_kernel(x.reshape(x.size), w.reshape(w.size), n_img, cg,
+                          kg, groups, hw, block, chunks, chunks_outer,
+                          chunks_outer and _PREFETCH_RUNS, _PREFETCH_OUT,
+                          _PREFETCH_FILTERS, wp, y.reshape(y.size))
+        return y
+
+    return product

@@ -55,7 +55,7 @@ from ._winograd_unrolled import UNROLLED_TILES, output_block
 from ._simd import VECTOR_BITS, lanes_of
 from .direct import TILE_VECTORS, lanes, tile_columns
 
-__all__ = ["streams", "strip_width", "filter_tag",
+__all__ = ["streams", "strip_width", "filter_tag", "prepare_conv",
            "streamed_conv", "streamed_gemm", "transform_strip"]
 
 # Rows (tiles) of V per register tile, as the cached path's.
@@ -413,7 +413,8 @@ def streamed_gemm(tile, V, w, out, c_block):
     it).  ``V`` (P, T, C) and ``out`` (P, T, K) C-contiguous; ``c_block``
     input channels per block.  Returns whether ``w`` was finite."""
     _, no_y, no_bias = _placeholders(w.dtype)
-    return _run_strips(tile, V, w, out, c_block, no_y, no_bias, 0, (0, 0))
+    return _strips_runner(tile, w.dtype, w.shape[0], int(c_block), (0, 0))(
+        V, w, out, no_y, no_bias, 0)
 
 
 def streamed_conv(tile, V, w, y, bias, k0, tiles_hw, c_block):
@@ -424,16 +425,38 @@ def streamed_conv(tile, V, w, y, bias, k0, tiles_hw, c_block):
     ``bias`` of K_all or None), instead of through a whole-batch M in
     memory and a second parallel stage.  ``V`` holds the N images'
     ``tiles_hw`` tiles each.  Returns whether ``w`` was finite."""
-    no_mm, _, no_bias = _placeholders(w.dtype)
-    return _run_strips(tile, V, w, no_mm, c_block, y,
-                       no_bias if bias is None else bias, k0, tiles_hw)
+    return prepare_conv(tile, w.dtype, w.shape[0], tiles_hw, c_block)(
+        V, w, y, bias, k0)
 
 
-def _run_strips(tile, V, w, mm, c_block, y, bias, k0, tiles_hw):
-    """:func:`_streamed_kernel` over w's strips (into M, or through the
-    output transform into y); returns whether w was finite."""
-    strips = w.shape[0] // strip_width(w.dtype)
-    finite = np.empty((strips, lanes_of(w.itemsize)), w.dtype)
-    _streamed_kernel(filter_tag(tile), V, w, mm, int(c_block), finite, y,
-                     _output_matrix(tile, w.dtype), bias, int(k0), *tiles_hw)
-    return bool(np.isfinite(finite.sum()))
+def prepare_conv(tile, dtype, k, tiles_hw, c_block):
+    """:func:`streamed_conv` for ``k`` output channels, its constant
+    arguments worked out once: a callable ``(V, w, y, bias, k0) ->
+    finite``."""
+    run = _strips_runner(tile, np.dtype(dtype), k, int(c_block),
+                         tuple(tiles_hw))
+    no_mm, _, no_bias = _placeholders(np.dtype(dtype))
+
+    def conv(V, w, y, bias, k0):
+        return run(V, w, no_mm, y, no_bias if bias is None else bias, k0)
+
+    return conv
+
+
+def _strips_runner(tile, dtype, k, c_block, tiles_hw):
+    """:func:`_streamed_kernel` over the strips of ``k`` output channels
+    (into M, or through the output transform into y), its constant
+    arguments worked out once: a callable ``(V, w, mm, y, bias, k0) ->
+    whether w was finite``."""
+    shape = (k // strip_width(dtype), lanes_of(dtype.itemsize))
+    tag = filter_tag(tile)
+    a_t = _output_matrix(tile, dtype)
+    tiles_h, tiles_w = tiles_hw
+
+    def run(V, w, mm, y, bias, k0):
+        finite = np.empty(shape, dtype)
+        _streamed_kernel(tag, V, w, mm, c_block, finite, y, a_t, bias,
+                         int(k0), tiles_h, tiles_w)
+        return bool(np.isfinite(finite.sum()))
+
+    return run

@@ -522,19 +522,32 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, tuning=None):
 
 def _run(spec, x, w, bias, tuning=None):
     """The contract's entry: ``run(spec, x, w, bias)``."""
+    return _prepare(spec, tuning)(x, w, bias)
+
+
+def _prepare(spec, tuning=None):
+    """The contract's ``prepare``: the channel tile's prepared form
+    (:func:`._direct_channels.prepare`) where it applies, else the pixel
+    tile's driver with its arguments worked out once."""
     tuning = tuning or _tuning.current().direct
     serial = spec.macs <= tuning.serial_max_macs
     if not serial and _direct_channels.tile_for(spec, tuning):
-        return _direct_channels.run(spec, x, w, bias)
-    has_bias = bias is not None
-    b = np.ascontiguousarray(bias) if has_bias else np.zeros(1, x.dtype)
+        return _direct_channels.prepare(spec)
     sh, sw = spec.stride
     dh, dw = spec.dilation
     pt, _, pl, _ = spec.padding
     ho, wo = spec.out_hw
+    groups = int(spec.groups)
     driver = _direct_serial if serial else _direct_parallel
-    return run_driver(driver, x, w, b, has_bias, sh, sw, dh, dw, pt, pl, ho,
-                      wo, int(spec.groups), tuning)
+    no_bias = np.zeros(1, spec.dtype)
+
+    def pixel_tile(x, w, bias):
+        has_bias = bias is not None
+        b = np.ascontiguousarray(bias) if has_bias else no_bias
+        return run_driver(driver, x, w, b, has_bias, sh, sw, dh, dw, pt, pl,
+                          ho, wo, groups, tuning)
+
+    return pixel_tile
 
 
-KERNELS = {("conv2d", "direct"): Kernel(_run)}
+KERNELS = {("conv2d", "direct"): Kernel(_run, prepare=_prepare)}

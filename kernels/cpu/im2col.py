@@ -421,6 +421,35 @@ def _run(spec, x, w, bias, tuning=None):
     tuning = tuning or _tuning.current().im2col
     if _pointwise.applies(spec, tuning):
         return _add_channel_bias(_pointwise.run(spec, x, w), bias)
+    return _run_gemm(spec, x, w, bias, tuning)
+
+
+def _prepare(spec):
+    """The contract's ``prepare``: the lanes product's prepared form
+    (:func:`._pointwise.prepare`) where it applies, the kept GEMM calls of
+    other 1x1 layers, else :func:`_run` with the tunables in force."""
+    tuning = _tuning.current().im2col
+    if _pointwise.applies(spec, tuning):
+        product = _pointwise.prepare(spec)
+        return lambda x, w, bias: _add_channel_bias(product(x, w), bias)
+    calls = None
+    if _is_pointwise(spec.w_shape, spec.stride, spec.padding):
+        calls = _pointwise_calls(spec.x_shape, spec.w_shape, spec.groups,
+                                 np.dtype(spec.dtype), tuning,
+                                 _tuning.block_shape_threads())
+    if calls is None:
+        return lambda x, w, bias: _run_gemm(spec, x, w, bias, tuning)
+
+    def pointwise_gemm(x, w, bias):
+        if x.flags.writeable:
+            return _run_pointwise(calls, spec, x, w, bias)
+        return _run_gemm(spec, x, w, bias, tuning)
+
+    return pointwise_gemm
+
+
+def _run_gemm(spec, x, w, bias, tuning):
+    """:func:`_run` for a problem the lanes product does not compute."""
     if x.flags.writeable and _is_pointwise(spec.w_shape, spec.stride,
                                            spec.padding):
         calls = _pointwise_calls(spec.x_shape, spec.w_shape, spec.groups,
@@ -701,4 +730,4 @@ def _gathered_gemm(x, w_shape, w_stack, bias_stack, y, stride, padding,
             y, y_stack, bias_stack, result_buffer, n0, n1, p0, p1)
 
 
-KERNELS = {("conv2d", "im2col"): Kernel(_run)}
+KERNELS = {("conv2d", "im2col"): Kernel(_run, prepare=_prepare)}

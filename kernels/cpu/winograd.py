@@ -71,7 +71,7 @@ from ._workspace import Workspace
 # stage functions' callers (tests, benchmarks); unsupported_reason for
 # kernels._dispatch.
 __all__ = ["Tile", "clear_workspace", "conv2d", "conv2d_streamed",
-           "conv2d_transformed", "streamed_c_block",
+           "conv2d_transformed", "prepare_streamed", "streamed_c_block",
            "packed_weights", "tile_counts", "tile_for", "tile_for_problem",
            "transform_input", "transform_kernel", "transform_output",
            "transform_weights", "tuple_gemm", "unsupported_reason"]
@@ -261,19 +261,34 @@ def _run_blocks(mode, tile, dtype, n_img, tiles_hw, blocks, nk=0, xp=None,
     ``source`` (x, c0, nc, top, left): the input read from x's channels
     ``c0 .. c0 + nc - 1`` padded by ``top`` and ``left`` instead of
     ``xp``; then returns whether they are all finite."""
-    def given(a, ndim, readonly=False):
-        return _placeholder(dtype, ndim, readonly) if a is None else a
+    return _blocks_runner(mode, tile, np.dtype(dtype), n_img, tuple(tiles_hw),
+                          tuple(blocks), nk, k0)(xp, up, v, mm, y, bias,
+                                                 source)
 
-    tag, BT_h, BT_w, AT_h, AT_w = _tile_arguments(tile, np.dtype(dtype))
-    x, c0, nc, top, left = source or (None, 0, 0, 0, 0)
-    finite = np.ones(job_count(n_img, *tiles_hw, *blocks) if source else 0,
-                     np.bool_)
-    _block_kernel(tag, mode, n_img, nk, given(xp, 4),
-                  given(up, 4, readonly=True), given(v, 3), given(mm, 3),
-                  given(y, 4), BT_h, BT_w, AT_h, AT_w, given(bias, 1), k0,
-                  tiles_hw[0], tiles_hw[1], blocks[0], blocks[1],
-                  given(x, 4, readonly=True), c0, nc, top, left, finite)
-    return bool(finite.all())
+
+@functools.lru_cache(maxsize=1024)
+def _blocks_runner(mode, tile, dtype, n_img, tiles_hw, blocks, nk, k0):
+    """:func:`_run_blocks` for one mode and problem, its constant
+    arguments worked out once: a callable ``(xp, up, v, mm, y, bias,
+    source) -> finite``."""
+    tag, BT_h, BT_w, AT_h, AT_w = _tile_arguments(tile, dtype)
+    jobs = job_count(n_img, *tiles_hw, *blocks)
+    no_1, no_3, no_4 = (_placeholder(dtype, nd) for nd in (1, 3, 4))
+    no_source = (_placeholder(dtype, 4, True), 0, 0, 0, 0)
+    no_up = no_source[0]
+
+    def run(xp, up, v, mm, y, bias, source):
+        x, c0, nc, top, left = source or no_source
+        finite = np.ones(jobs if source else 0, np.bool_)
+        _block_kernel(tag, mode, n_img, nk, no_4 if xp is None else xp,
+                      no_up if up is None else up, no_3 if v is None else v,
+                      no_3 if mm is None else mm, no_4 if y is None else y,
+                      BT_h, BT_w, AT_h, AT_w, no_1 if bias is None else bias,
+                      k0, tiles_hw[0], tiles_hw[1], blocks[0], blocks[1], x,
+                      c0, nc, top, left, finite)
+        return bool(finite.all())
+
+    return run
 
 
 # --------------------------------------------------------------------------
@@ -901,23 +916,65 @@ def conv2d_streamed(x, w, bias, padding, groups, tile, tuning=None,
     filter was finite (:meth:`~kernels._weight_cache.WeightTransformCache.note_checked`).
     Returns (N, K, Ho, Wo) of x's dtype.
     """
+    return prepare_streamed(tuple(x.shape), tuple(w.shape), tuple(padding),
+                            groups, tile, x.dtype, tuning, check_finite)(
+        np.ascontiguousarray(x), w, bias)
+
+
+def prepare_streamed(x_shape, w_shape, padding, groups, tile, dtype,
+                     tuning=None, check_finite=False):
+    """:func:`conv2d_streamed` for one problem, worked out once: a
+    callable ``(x, w, bias) -> y`` for C-contiguous ``x`` and ``w``."""
     tuning = _winograd_tuning(tuning)
-    n_img = x.shape[0]
-    K, cg = w.shape[:2]
+    dtype = np.dtype(dtype)
+    n_img = x_shape[0]
+    K, cg = w_shape[:2]
     kg = K // groups
-    layout = _layout(tile, tuple(x.shape), cg, kg, tuple(padding), x.itemsize,
-                     tuning, "staged", _tuning.block_shape_threads())
-    y = np.empty((n_img, K) + layout.out_hw, x.dtype)
-    c_block = streamed_c_block(
-        tuning, n_img * layout.tiles_hw[0] * layout.tiles_hw[1])
-    for g in range(groups):
-        V = _staged_input(x, g, cg, tile, layout, padding, check_finite)
-        if not _winograd_streamed.streamed_conv(
-                tile, V, w[g * kg:(g + 1) * kg], y, bias, g * kg,
-                layout.tiles_hw, c_block):
-            raise NonFiniteInput("w holds NaN or Inf")
-    transformed_weights.note_checked(True)
-    return _bias_only_set(y, layout, bias)
+    layout = _layout(tile, x_shape, cg, kg, padding, dtype.itemsize, tuning,
+                     "staged", _tuning.block_shape_threads())
+    out_shape = (n_img, K) + layout.out_hw
+    staged_input = _prepare_staged_input(x_shape, cg, tile, layout, padding,
+                                         dtype, check_finite)
+    conv = _winograd_streamed.prepare_conv(
+        tile, dtype, kg, layout.tiles_hw, streamed_c_block(
+            tuning, n_img * layout.tiles_hw[0] * layout.tiles_hw[1]))
+
+    def streamed(x, w, bias):
+        y = np.empty(out_shape, dtype)
+        for g in range(groups):
+            if not conv(staged_input(x, g), w[g * kg:(g + 1) * kg], y, bias,
+                        g * kg):
+                raise NonFiniteInput("w holds NaN or Inf")
+        transformed_weights.note_checked(True)
+        return _bias_only_set(y, layout, bias)
+
+    return streamed
+
+
+def _prepare_staged_input(x_shape, cg, tile, layout, padding, dtype,
+                          check_finite):
+    """:func:`_staged_input` for C-contiguous inputs of ``x_shape``,
+    worked out once: a callable ``(x, g) -> V``."""
+    n_img, _, H, W = x_shape
+    xp_shape = (n_img,) + _padded_hw(tile, layout.tiles_hw) + (cg,)
+    v_shape = (tile.alpha_h * tile.alpha_w,
+               n_img * layout.tiles_hw[0] * layout.tiles_hw[1], cg)
+    # as _padded_channels_last chooses for a C-contiguous x
+    copy = (_channels_last_rows if H * W * dtype.itemsize % _ALIASING_BYTES
+            == 0 else _channels_last_columns)
+    transform = _blocks_runner(INPUT_ONLY, tile, dtype, n_img, layout.tiles_hw,
+                               layout.input_blocks, 0, 0)
+    top, left = padding[0], padding[2]
+
+    def staged_input(x, g):
+        xp = _workspace.get("xp", xp_shape, dtype)
+        if not copy(x, g * cg, top, left, xp) and check_finite:
+            raise NonFiniteInput("x holds NaN or Inf")
+        v = _workspace.get("V", v_shape, dtype)
+        transform(xp, None, v, None, None, None, None)
+        return v
+
+    return staged_input
 
 
 def streamed_c_block(tuning, n_tiles):
@@ -988,6 +1045,42 @@ def _run(spec, x, w, bias):
                   spec.groups, check_finite=True)
 
 
+def _prepare(spec):
+    """The contract's ``prepare``: the tile, and whether the filters
+    stream, worked out once; the streamed path prepared
+    (:func:`prepare_streamed`), the cached one through the weight cache.
+    A :func:`use_tile` entered since runs the problem afresh."""
+    tuning = _tuning.current().winograd
+    threads = _tuning.block_shape_threads()
+    requested = requested_tile()
+    x_shape, w_shape = tuple(spec.x_shape), tuple(spec.w_shape)
+    padding, groups = tuple(spec.padding), int(spec.groups)
+    dtype = np.dtype(spec.dtype)
+    reason, tile = _problem_tile(x_shape, w_shape, tuple(spec.stride),
+                                 padding, tuple(spec.dilation), groups,
+                                 dtype.itemsize, tuning, requested, threads)
+    if reason is not None:
+        return None
+    if _streams_filters(tile, x_shape, w_shape, groups, padding,
+                        dtype.itemsize, tuning, threads):
+        prepared = prepare_streamed(x_shape, w_shape, padding, groups, tile,
+                                    dtype, tuning, check_finite=True)
+    else:
+        def prepared(x, w, bias):
+            transformed = transformed_weights.get(
+                w, "winograd", (tile, groups),
+                lambda own: transform_weights(own, tile, groups))
+            return conv2d_transformed(x, transformed, bias, padding,
+                                      tuning=tuning, check_finite=True)
+
+    def run(x, w, bias):
+        if requested_tile() != requested:
+            return _run(spec, x, w, bias)
+        return prepared(x, w, bias)
+
+    return run
+
+
 def _unsupported(spec):
     return unsupported_reason(*spec.config())
 
@@ -999,7 +1092,8 @@ def _run_pretransformed(spec, x, transformed, bias):
 
 KERNELS = {
     ("conv2d", "winograd"): Kernel(_run, _unsupported,
-                                   checks_finite_input=True),
+                                   checks_finite_input=True,
+                                   prepare=_prepare),
     ("winograd_transform_weights", "winograd"): Kernel(transform_weights),
     ("conv2d_pretransformed", "winograd"): Kernel(_run_pretransformed,
                                                   checks_finite_input=True),
