@@ -198,6 +198,7 @@ class _Plan(NamedTuple):
     algorithm: str
     backend: str
     crop: object = None     # a _Crop, or None: every tap meets the input
+    prepared: object = None  # [the spec's _Prepared or None] (run_conv2d)
 
 
 def _dead_tap_crop(spec, algorithm, backend):
@@ -236,7 +237,8 @@ def _plan(nsp, p):
         spec = ConvSpec(x_shape, w_shape, p.stride, pads[0] + pads[1],
                         p.dilation, p.groups, p.dtype)
     return _Plan(p.unbatched, mode_pads, p.padding_mode, spec, p.algorithm,
-                 p.backend, _dead_tap_crop(spec, p.algorithm, p.backend))
+                 p.backend, _dead_tap_crop(spec, p.algorithm, p.backend),
+                 [None])
 
 
 def _conv(nsp, x, w, bias, *args):
@@ -267,7 +269,8 @@ def _conv(nsp, x, w, bias, *args):
                                            plan.crop.take)
         if fetched.finite:
             w, spec = live, plan.crop.spec
-    y = run_conv2d(spec, x, w, bias, plan.algorithm, plan.backend)
+    y = run_conv2d(spec, x, w, bias, plan.algorithm, plan.backend,
+                   plan.prepared if spec is plan.spec else None)
     if nsp == 1:
         y = _arrays.reshape(y, (y.shape[0], y.shape[1], y.shape[3]))
     return y[0] if plan.unbatched else y
@@ -315,18 +318,26 @@ def _same_token(a, b):
 _PREPARE = True
 
 
-def _prepared(spec, algorithm, backend):
+def _prepared(spec, algorithm, backend, slot=None):
     """The :class:`_Prepared` of a problem under the tunables in force:
-    kept, or resolved (raising what the dispatch raises) and kept."""
+    kept, or resolved (raising what the dispatch raises) and kept; in
+    ``slot`` (a one-item list a front end keeps with its plan: no lookup
+    by spec) where given, else in :data:`_PREPARED`."""
     token = _runner_token(backend)
-    key = (spec, algorithm, backend)
-    entry = _PREPARED.get(key)
+    if slot is not None:
+        entry = slot[0]
+    else:
+        key = (spec, algorithm, backend)
+        entry = _PREPARED.get(key)
     if (entry is not None and _same_token(entry.token, token)
             and _dispatch.find("conv2d", backend, entry.algorithm)
             is entry.kernel):
         return entry
     entry = _resolved(spec, algorithm, backend, prepare=True)._replace(
         token=token)
+    if slot is not None:
+        slot[0] = entry
+        return entry
     if len(_PREPARED) >= _MAX_PREPARED:
         _PREPARED.clear()
     _PREPARED[key] = entry
@@ -349,19 +360,22 @@ def _resolved(spec, algorithm, backend, prepare=False):
     return _Prepared(None, resolved, kernel, run)
 
 
-def run_conv2d(spec, x, w, bias, algorithm, backend):
+def run_conv2d(spec, x, w, bias, algorithm, backend, slot=None):
     """Dispatch a validated problem; x and w may be any views.
 
     Resolves ``"auto"``, answers empty problems, makes the arrays
     contiguous and sends non-finite input of the tile-mixing algorithms
     to ``direct`` (their transforms would spread NaN to every output of a
-    tile).  The kernel runs in its prepared form (:func:`_prepared`).
+    tile).  The kernel runs in its prepared form (:func:`_prepared`; kept
+    in ``slot`` where given).
     """
-    entry = (_prepared(spec, algorithm, backend) if _PREPARE
+    entry = (_prepared(spec, algorithm, backend, slot) if _PREPARE
              else _resolved(spec, algorithm, backend))
     if spec.is_empty():
         return _arrays.filled(spec.out_shape, spec.dtype, bias, like=x)
-    x, w, bias = (_arrays.contiguous(a) for a in (x, w, bias))
+    x = _arrays.contiguous(x)
+    w = _arrays.contiguous(w)
+    bias = _arrays.contiguous(bias)
     if entry.algorithm not in MIXING_ALGORITHMS:
         return entry.run(x, w, bias)
     # Their transforms would spread NaN/Inf to every output of a tile: such

@@ -110,6 +110,7 @@ def _fresh_prepared_runners():
     test (the same problem and tunables) would not see."""
     from kernels import _conv
     _conv._PREPARED.clear()
+    _conv._PLANS.clear()        # each plan keeps its problem's runner
     yield
 
 

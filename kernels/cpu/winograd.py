@@ -71,7 +71,8 @@ from ._workspace import Workspace
 # stage functions' callers (tests, benchmarks); unsupported_reason for
 # kernels._dispatch.
 __all__ = ["Tile", "clear_workspace", "conv2d", "conv2d_streamed",
-           "conv2d_transformed", "prepare_streamed", "streamed_c_block",
+           "conv2d_transformed", "prepare_streamed", "prepare_transformed",
+           "streamed_c_block",
            "packed_weights", "tile_counts", "tile_for", "tile_for_problem",
            "transform_input", "transform_kernel", "transform_output",
            "transform_weights", "tuple_gemm", "unsupported_reason"]
@@ -734,26 +735,70 @@ def conv2d_transformed(x, transformed, bias, padding, path=None,
     x holds NaN or Inf (found while packing it, before any transform).
     Returns (N, K, Ho, Wo) of x's dtype.
     """
+    return prepare_transformed(
+        tuple(x.shape), transformed.w_shape, transformed.groups,
+        transformed.tile, tuple(padding), x.dtype, path, tuning,
+        check_finite)(x, transformed, bias)
+
+
+def prepare_transformed(x_shape, w_shape, groups, tile, padding, dtype,
+                        path=None, tuning=None, check_finite=False):
+    """:func:`conv2d_transformed` for one problem (x of ``x_shape``,
+    filters of ``w_shape`` transformed for ``tile``), its layout and
+    block runners worked out once: a callable ``(x, transformed, bias)
+    -> y``.
+
+    On the fused path each job copies the padded input under its block of
+    tiles from a C-contiguous x itself (any other x goes through a padded
+    channels-last copy of the whole group).  Copying each block's region
+    inside its job, where the core's cache keeps it for the input
+    transform, spares writing the whole padded copy to memory and reading
+    it back: the copy's time over this one's, paired in one process with
+    caches cold (Xeon VM, docs/performance.md section AK), 64@56^2 batch
+    1 / 4 / 8 1.07 / 1.11 / 1.14, 64@112^2 1.08, 64@224^2 1.29, 128@112^2
+    1.11, 128@56^2 x 4 1.12.  The staged path keeps the whole copy: its
+    input jobs' blocks are small (1 x 3 tiles at 128@28^2 batch 1: a
+    region of 6 x 14 pixels for 4 x 12 outputs), and reading x in them
+    ran, paired the same way, 0.94x to 1.03x on ResNet-50's staged layers
+    (128@28^2, 256@14^2, 512@7^2, batch 1 and 4), 1.06-1.08x only on
+    128@56^2 and 256@56^2."""
     tuning = _winograd_tuning(tuning)
-    tile = transformed.tile
-    n_img = x.shape[0]
-    K, cg = transformed.w_shape[:2]
-    groups = transformed.groups
+    dtype = np.dtype(dtype)
+    n_img = x_shape[0]
+    K, cg = w_shape[:2]
     kg = K // groups
-    layout = _layout(tile, tuple(x.shape), cg, kg, tuple(padding), x.itemsize,
-                     tuning, path, _tuning.block_shape_threads())
-    y = np.empty((n_img, K) + layout.out_hw, x.dtype)
-    for g in range(groups):
-        if layout.fused_blocks is None:
-            _staged_group(x, g, cg, kg, tile, layout, padding, check_finite,
-                          lambda g, V, M: tuple_gemm(
-                              V, transformed.U[g], out=M,
-                              packed=packed_weights(transformed, g)),
-                          y, bias)
-            continue
-        _fused_group(x, g, cg, kg, tile, layout, padding, check_finite,
-                     packed_weights(transformed, g), y, bias)
-    return _bias_only_set(y, layout, bias)
+    layout = _layout(tile, x_shape, cg, kg, padding, dtype.itemsize, tuning,
+                     path, _tuning.block_shape_threads())
+    out_shape = (n_img, K) + layout.out_hw
+    fused = layout.fused_blocks is not None
+    blocks = [_blocks_runner(FUSED, tile, dtype, n_img, layout.tiles_hw,
+                             layout.fused_blocks, kg, g * kg)
+              for g in range(groups)] if fused else None
+    top, left = padding[0], padding[2]
+
+    def run(x, transformed, bias):
+        y = np.empty(out_shape, dtype)
+        for g in range(groups):
+            if not fused:
+                _staged_group(x, g, cg, kg, tile, layout, padding,
+                              check_finite,
+                              lambda g, V, M: tuple_gemm(
+                                  V, transformed.U[g], out=M,
+                                  packed=packed_weights(transformed, g)),
+                              y, bias)
+                continue
+            up = packed_weights(transformed, g)
+            if x.flags.c_contiguous:
+                if not blocks[g](None, up, None, None, y, bias,
+                                 (x, g * cg, cg, top, left)) and check_finite:
+                    raise NonFiniteInput("x holds NaN or Inf")
+                continue
+            xp = _group_channels_last(x, g, cg, tile, layout, padding,
+                                      check_finite)
+            blocks[g](xp, up, None, None, y, bias, None)
+        return _bias_only_set(y, layout, bias)
+
+    return run
 
 
 def _group_channels_last(x, g, cg, tile, layout, padding, check_finite):
@@ -765,38 +810,6 @@ def _group_channels_last(x, g, cg, tile, layout, padding, check_finite):
     if check_finite and not finite:
         raise NonFiniteInput("x holds NaN or Inf")
     return xp
-
-
-def _fused_group(x, g, cg, kg, tile, layout, padding, check_finite, up, y,
-                 bias):
-    """Group ``g`` through the fused path, into y's channels ``g kg ..``:
-    each job copies the padded input under its block of tiles from x
-    itself (a C-contiguous x; any other through a padded channels-last
-    copy of the whole group).  Raises
-    :class:`kernels._dispatch.NonFiniteInput` when ``check_finite`` and
-    the group's channels hold NaN or Inf.
-
-    Copying each block's region inside its job, where the core's cache
-    keeps it for the input transform, spares writing the whole padded
-    copy to memory and reading it back: the copy's time over this one's,
-    paired in one process with caches cold (Xeon VM, docs/performance.md
-    section AK), 64@56^2 batch 1 / 4 / 8 1.07 / 1.11 / 1.14, 64@112^2
-    1.08, 64@224^2 1.29, 128@112^2 1.11, 128@56^2 x 4 1.12.  The staged
-    path keeps the whole copy: its input jobs' blocks are small (1 x 3
-    tiles at 128@28^2 batch 1: a region of 6 x 14 pixels for 4 x 12
-    outputs), and reading x in them ran, paired the same way, 0.94x to
-    1.03x on ResNet-50's staged layers (128@28^2, 256@14^2, 512@7^2,
-    batch 1 and 4), 1.06-1.08x only on 128@56^2 and 256@56^2."""
-    args = (FUSED, tile, x.dtype, x.shape[0], layout.tiles_hw,
-            layout.fused_blocks)
-    if x.flags.c_contiguous:
-        finite = _run_blocks(*args, nk=kg, up=up, y=y, bias=bias, k0=g * kg,
-                             source=(x, g * cg, cg, padding[0], padding[2]))
-        if check_finite and not finite:
-            raise NonFiniteInput("x holds NaN or Inf")
-        return
-    xp = _group_channels_last(x, g, cg, tile, layout, padding, check_finite)
-    _run_blocks(*args, nk=kg, xp=xp, up=up, y=y, bias=bias, k0=g * kg)
 
 
 def _staged_group(x, g, cg, kg, tile, layout, padding, check_finite, multiply,
@@ -1066,12 +1079,14 @@ def _prepare(spec):
         prepared = prepare_streamed(x_shape, w_shape, padding, groups, tile,
                                     dtype, tuning, check_finite=True)
     else:
+        with_transformed = prepare_transformed(
+            x_shape, w_shape, groups, tile, padding, dtype, tuning=tuning,
+            check_finite=True)
+
         def prepared(x, w, bias):
-            transformed = transformed_weights.get(
+            return with_transformed(x, transformed_weights.get(
                 w, "winograd", (tile, groups),
-                lambda own: transform_weights(own, tile, groups))
-            return conv2d_transformed(x, transformed, bias, padding,
-                                      tuning=tuning, check_finite=True)
+                lambda own: transform_weights(own, tile, groups)), bias)
 
     def run(x, w, bias):
         if requested_tile() != requested:
