@@ -290,9 +290,8 @@ class _Prepared(NamedTuple):
 # planning (block shapes, workspace sizes, tiles) done once per problem
 # and tunables.  ResNet-50 at batch 1 (Xeon VM, 2 threads): the Python
 # between a call's launches, with caches cold after the kernels before
-# it, took 80-320 us a call, and where it exceeded ~100 us the OpenMP
-# workers fell asleep and the next launch woke them
-# (docs/performance.md section AX).
+# it, took 80-320 us a call, gaps that outlast the OpenMP workers' spin;
+# kept, a pass ran 1.015-1.027x faster (docs/performance.md section AX).
 _PREPARED = {}
 _MAX_PREPARED = 1024
 
