@@ -308,11 +308,7 @@ def _padded_channels_last(x, channels, top, left, rows, cols):
     n_img, _, H, W = x.shape
     xp = _workspace.get("xp", (n_img, rows, cols, nc), x.dtype)
     if x.strides[3] == x.itemsize and x.strides[2] == W * x.itemsize:
-        if x.strides[1] % _ALIASING_BYTES == 0:
-            finite = _channels_last_rows(x, c0, top, left, xp)
-        else:
-            finite = _channels_last_columns(x, c0, top, left, xp)
-        return xp, finite
+        return xp, _channels_last_copy(x.strides[1])(x, c0, top, left, xp)
     xp[:, :top] = 0
     xp[:, top + H:] = 0
     xp[:, top:top + H, :left] = 0
@@ -332,6 +328,14 @@ def _padded_channels_last(x, channels, top, left, rows, cols):
 # 0.70 row by row and 1.06 with NumPy's copy; 512@7^2 x 4 0.039 against
 # 0.13 and 0.10; 64@570^2 24 ms against 38 and 57).
 _ALIASING_BYTES = 4096
+
+
+def _channels_last_copy(plane_bytes):
+    """The copy for planes ``plane_bytes`` apart: row by row where they
+    alias (see _ALIASING_BYTES), else a column at a time."""
+    if plane_bytes % _ALIASING_BYTES == 0:
+        return _channels_last_rows
+    return _channels_last_columns
 
 
 @njit(cache=True, inline="always")
@@ -853,25 +857,46 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, check_finite=False):
     rule in :func:`_streams_filters`); the others keep transformed
     weights in the shared :data:`kernels._weight_cache.transformed_weights`
     (kind ``"winograd"``, key (tile, groups)).  The tunables in force are
-    read once, here.  ``check_finite`` as :func:`conv2d_transformed`.
+    read once (:func:`_planned`).  ``check_finite`` as
+    :func:`conv2d_transformed`.
     """
-    tuning = _tuning.current().winograd
-    reason, tile = _problem_tile(tuple(x.shape), tuple(w.shape), tuple(stride),
-                                 tuple(padding), tuple(dilation), groups,
-                                 x.itemsize, tuning, requested_tile(),
-                                 _tuning.block_shape_threads())
+    reason, planned = _planned(tuple(x.shape), tuple(w.shape), tuple(stride),
+                               tuple(padding), tuple(dilation), groups,
+                               x.dtype, check_finite)
     if reason is not None:
         raise ValueError(reason)
-    if _streams_filters(tile, tuple(x.shape), tuple(w.shape), groups,
-                        tuple(padding), x.itemsize, tuning,
-                        _tuning.block_shape_threads()):
-        return conv2d_streamed(x, w, bias, padding, groups, tile, tuning,
-                               check_finite)
-    transformed = transformed_weights.get(
-        w, "winograd", (tile, groups),
-        lambda own: transform_weights(own, tile, groups))
-    return conv2d_transformed(x, transformed, bias, padding, tuning=tuning,
-                              check_finite=check_finite)
+    return planned(x, w, bias)
+
+
+def _planned(x_shape, w_shape, stride, padding, dilation, groups, dtype,
+             check_finite):
+    """(why Winograd cannot compute the problem, None) or (None, a callable
+    ``(x, w, bias) -> y``): the tile and the path (streamed, or cached in
+    the weight cache) chosen under the tunables and requested tile in
+    force, and that path prepared (:func:`prepare_streamed`,
+    :func:`prepare_transformed`)."""
+    tuning = _tuning.current().winograd
+    threads = _tuning.block_shape_threads()
+    dtype = np.dtype(dtype)
+    reason, tile = _problem_tile(x_shape, w_shape, stride, padding, dilation,
+                                 groups, dtype.itemsize, tuning,
+                                 requested_tile(), threads)
+    if reason is not None:
+        return reason, None
+    if _streams_filters(tile, x_shape, w_shape, groups, padding,
+                        dtype.itemsize, tuning, threads):
+        return None, prepare_streamed(x_shape, w_shape, padding, groups, tile,
+                                      dtype, tuning, check_finite)
+    with_transformed = prepare_transformed(x_shape, w_shape, groups, tile,
+                                           padding, dtype, tuning=tuning,
+                                           check_finite=check_finite)
+
+    def cached(x, w, bias):
+        return with_transformed(x, transformed_weights.get(
+            w, "winograd", (tile, groups),
+            lambda own: transform_weights(own, tile, groups)), bias)
+
+    return None, cached
 
 
 @functools.lru_cache(maxsize=1024)
@@ -931,13 +956,13 @@ def conv2d_streamed(x, w, bias, padding, groups, tile, tuning=None,
     """
     return prepare_streamed(tuple(x.shape), tuple(w.shape), tuple(padding),
                             groups, tile, x.dtype, tuning, check_finite)(
-        np.ascontiguousarray(x), w, bias)
+        x, w, bias)
 
 
 def prepare_streamed(x_shape, w_shape, padding, groups, tile, dtype,
                      tuning=None, check_finite=False):
     """:func:`conv2d_streamed` for one problem, worked out once: a
-    callable ``(x, w, bias) -> y`` for C-contiguous ``x`` and ``w``."""
+    callable ``(x, w, bias) -> y`` (``w`` C-contiguous)."""
     tuning = _winograd_tuning(tuning)
     dtype = np.dtype(dtype)
     n_img = x_shape[0]
@@ -953,6 +978,7 @@ def prepare_streamed(x_shape, w_shape, padding, groups, tile, dtype,
             tuning, n_img * layout.tiles_hw[0] * layout.tiles_hw[1]))
 
     def streamed(x, w, bias):
+        x = np.ascontiguousarray(x)
         y = np.empty(out_shape, dtype)
         for g in range(groups):
             if not conv(staged_input(x, g), w[g * kg:(g + 1) * kg], y, bias,
@@ -972,9 +998,7 @@ def _prepare_staged_input(x_shape, cg, tile, layout, padding, dtype,
     xp_shape = (n_img,) + _padded_hw(tile, layout.tiles_hw) + (cg,)
     v_shape = (tile.alpha_h * tile.alpha_w,
                n_img * layout.tiles_hw[0] * layout.tiles_hw[1], cg)
-    # as _padded_channels_last chooses for a C-contiguous x
-    copy = (_channels_last_rows if H * W * dtype.itemsize % _ALIASING_BYTES
-            == 0 else _channels_last_columns)
+    copy = _channels_last_copy(H * W * dtype.itemsize)
     transform = _blocks_runner(INPUT_ONLY, tile, dtype, n_img, layout.tiles_hw,
                                layout.input_blocks, 0, 0)
     top, left = padding[0], padding[2]
@@ -1059,39 +1083,20 @@ def _run(spec, x, w, bias):
 
 
 def _prepare(spec):
-    """The contract's ``prepare``: the tile, and whether the filters
-    stream, worked out once; the streamed path prepared
-    (:func:`prepare_streamed`), the cached one through the weight cache.
-    A :func:`use_tile` entered since runs the problem afresh."""
-    tuning = _tuning.current().winograd
-    threads = _tuning.block_shape_threads()
+    """The contract's ``prepare``: :func:`_planned` once; a
+    :func:`use_tile` entered since runs the problem afresh."""
     requested = requested_tile()
-    x_shape, w_shape = tuple(spec.x_shape), tuple(spec.w_shape)
-    padding, groups = tuple(spec.padding), int(spec.groups)
-    dtype = np.dtype(spec.dtype)
-    reason, tile = _problem_tile(x_shape, w_shape, tuple(spec.stride),
-                                 padding, tuple(spec.dilation), groups,
-                                 dtype.itemsize, tuning, requested, threads)
+    reason, planned = _planned(tuple(spec.x_shape), tuple(spec.w_shape),
+                               tuple(spec.stride), tuple(spec.padding),
+                               tuple(spec.dilation), int(spec.groups),
+                               spec.dtype, True)
     if reason is not None:
         return None
-    if _streams_filters(tile, x_shape, w_shape, groups, padding,
-                        dtype.itemsize, tuning, threads):
-        prepared = prepare_streamed(x_shape, w_shape, padding, groups, tile,
-                                    dtype, tuning, check_finite=True)
-    else:
-        with_transformed = prepare_transformed(
-            x_shape, w_shape, groups, tile, padding, dtype, tuning=tuning,
-            check_finite=True)
-
-        def prepared(x, w, bias):
-            return with_transformed(x, transformed_weights.get(
-                w, "winograd", (tile, groups),
-                lambda own: transform_weights(own, tile, groups)), bias)
 
     def run(x, w, bias):
         if requested_tile() != requested:
             return _run(spec, x, w, bias)
-        return prepared(x, w, bias)
+        return planned(x, w, bias)
 
     return run
 
