@@ -4,7 +4,7 @@ Run::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \\
         python -m benchmarks.layer_table [--rounds 7] [--workload resnet50-3x3]
-        [--contenders direct,im2col,winograd,auto,torch]
+        [--contenders direct,im2col,winograd,auto,torch] [--control]
 
 For each layer of the workload (default: ResNet-50's 3x3 stride-1 layers
 at batch 4) the contenders run in worker processes
@@ -27,6 +27,13 @@ first over its time with ``kernels`` first, round by round: median
 medians alone also carry the machine's drift between them (torch's own
 time moved by 0.87-1.20 between the two in section AR).
 
+``--control`` adds a fourth setting, ``kernels first again``: a second
+worker set up exactly as ``kernels first``, and a line with its times
+over ``kernels first``'s, round by round.  The two differ in nothing but
+the process, so that line is the harness's own noise floor for target 1:
+an import-order ratio no further from 1 than the control's says nothing
+about import order.
+
 Before stop 43 this was a script outside the repository (``table12.py``
 in docs/performance.md, sections Y to AN), the same harness.
 """
@@ -37,6 +44,7 @@ import statistics
 import sys
 
 from convbench.isolated import per_round_ratios, settings_times
+from convbench.network import CONTROL_SETTINGS
 from convbench.network import SETTINGS as NETWORK_SETTINGS
 from convbench.workloads import workload
 
@@ -45,6 +53,10 @@ SETTINGS = tuple((name.replace("-", " "),
                   dict(isolated=isolated, import_order=order))
                  for name, (isolated, order) in NETWORK_SETTINGS.items())
 CONTENDERS = ("direct", "im2col", "winograd", "auto", "torch")
+# --control's setting: "kernels first" again, in a worker of its own.
+CONTROL = ("kernels first again",
+           dict(isolated=CONTROL_SETTINGS["kernels-first-again"][0],
+                import_order=CONTROL_SETTINGS["kernels-first-again"][1]))
 
 
 def layer_times(names, cases, case_index, rounds, settings=SETTINGS):
@@ -95,6 +107,9 @@ def main(argv=None):
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
     parser.add_argument("--layers", default=None,
                         help="comma-separated layer indices (default: all)")
+    parser.add_argument("--control", action="store_true",
+                        help="add a second 'kernels first' worker and print "
+                             "its times over the first's (the noise floor)")
     args = parser.parse_args(argv)
     cases = workload(args.workload)
     names = args.contenders.split(",")
@@ -104,10 +119,15 @@ def main(argv=None):
         case = cases[i]
         print(f"## {case.label}: x {tuple(case.x_shape)}, w "
               f"{tuple(case.w_shape)}", flush=True)
-        times = layer_times(names, cases, i, args.rounds)
+        settings = SETTINGS + ((CONTROL,) if args.control else ())
+        times = layer_times(names, cases, i, args.rounds, settings)
         for label, stats in layer_rows(times):
             print(format_row(label, stats), flush=True)
         print(format_ratios(order_ratios(times)), flush=True)
+        if args.control:
+            print(format_ratios(order_ratios(times, then=CONTROL[0]),
+                                f"{CONTROL[0]} / kernels first, per round"),
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -416,7 +416,7 @@ def _add_check_parser(sub):
 def _add_network_parser(sub):
     from . import workloads
     from ._worker import BETWEEN
-    from .network import SETTINGS
+    from .network import CONTROL_SETTINGS, SETTINGS
     net = sub.add_parser(
         "network", help="a whole network's conv layers in sequence: kernels "
                         "against torch, in one process and in separate ones",
@@ -440,7 +440,10 @@ def _add_network_parser(sub):
                           "(default auto)")
     net.add_argument("--settings", type=_name_list, default=list(SETTINGS),
                      metavar="S,...",
-                     help=f"any of: {', '.join(SETTINGS)} (default: all)")
+                     help=f"any of: {', '.join(SETTINGS)} (default: "
+                          f"these three), and {', '.join(CONTROL_SETTINGS)} "
+                          f"(kernels-first in a second worker: the spread "
+                          f"of two identical settings)")
     net.add_argument("--between", choices=BETWEEN, default="none",
                      help="work after each convolution: relu = a NumPy ReLU "
                           "on its output, the same for kernels and torch "
@@ -972,11 +975,13 @@ def cmd_calibrate(args, parser):
 
 def cmd_network(args, parser):
     import kernels
-    from .network import SETTINGS, compare_network, format_comparison
+    from .network import (CONTROL_SETTINGS, SETTINGS, compare_network,
+                          format_comparison)
+    known = [*SETTINGS, *CONTROL_SETTINGS]
     for s in args.settings:
-        if s not in SETTINGS:
+        if s not in known:
             parser.error(f"argument --settings: unknown setting {s!r}; "
-                         f"choose from {', '.join(SETTINGS)}")
+                         f"choose from {', '.join(known)}")
     if args.algorithm not in ("auto",) + tuple(kernels.ALGORITHMS):
         parser.error(f"argument --algorithm: unknown algorithm "
                      f"{args.algorithm!r}; choose from auto, "

@@ -187,6 +187,18 @@ def test_layer_table_times_each_contender_in_every_setting(capsys):
     assert "direct " in lines[4] and "im2col " in lines[4]
 
 
+def test_layer_table_control_adds_a_second_kernels_first_worker(capsys):
+    from benchmarks import layer_table
+    layer_table.main(["--rounds", "1", "--workload", "lenet5", "--layers", "0",
+                      "--contenders", "direct", "--control"])
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.strip() for line in lines[1:5]]
+    assert rows[3].startswith("kernels first again direct ")
+    assert lines[5].startswith("  torch first / kernels first, per round: ")
+    assert lines[6].startswith(
+        "  kernels first again / kernels first, per round: direct ")
+
+
 def test_layer_table_order_ratios_pair_the_two_settings_round_by_round():
     from benchmarks import layer_table
     from convbench.isolated import WorkerTimes

@@ -214,6 +214,29 @@ def test_network_command_says_what_runs_between_calls(capsys):
     assert "each call followed by a NumPy ReLU on its output" in out
 
 
+def test_network_control_setting_is_kernels_first_in_its_own_worker(
+        monkeypatch, capsys):
+    # Asked for by name, the control runs as kernels-first does (one
+    # worker for both, kernels imported first) and gets its own row.
+    pytest.importorskip("torch")
+    from convbench import network
+    from convbench.cli import main
+    seen = []
+    real_times = network.settings_times
+
+    def spy_times(names, cases, rounds, settings, **kwargs):
+        seen.extend(settings)
+        return real_times(names, cases, rounds, settings, **kwargs)
+
+    monkeypatch.setattr(network, "settings_times", spy_times)
+    assert main(["network", "lenet5", "--rounds", "1", "--settings",
+                 "kernels-first,kernels-first-again", "--no-per-layer"]) == 0
+    assert seen == [dict(isolated=False, import_order=("kernels", "torch"))] * 2
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("kernels-first")]
+    assert rows == ["kernels-first", "kernels-first-again"]
+
+
 def test_network_command_rejects_unknown_settings(capsys):
     from convbench.cli import main
     with pytest.raises(SystemExit) as exc:
