@@ -17,7 +17,10 @@ does.  One call per round after the other contenders ran is a cold call:
 caches hold the others' data and the pool has slept, as between a
 network's layers.  Printed per setting: each contender's median time and
 torch's median over it, then torch's fastest round over the contender's
-(the spread between the two is the run's noise).
+(the spread between the two is the run's noise), then the median over
+rounds of torch's time over the contender's in the same round (the two
+calls adjacent: a slow phase of the machine hits both, as in ``convbench
+network``'s ratios; issue 12's target 2 by this one since stop 53).
 
 The three settings run at once, round by round
 (:func:`convbench.isolated.settings_times`; until stop 48 one after the
@@ -68,11 +71,22 @@ def layer_times(names, cases, case_index, rounds, settings=SETTINGS):
     return {label: t for (label, _), t in zip(settings, times)}
 
 
-def layer_rows(times):
-    """[(setting, {name: (median s, fastest s)})] of :func:`layer_times`;
-    contenders that cannot run the layer are left out."""
-    return [(label, {n: (s.median, s.min) for n, s in t.summary().items()})
-            for label, t in times.items()]
+def layer_rows(times, peer="torch"):
+    """[(setting, {name: (median s, fastest s, paired)})] of
+    :func:`layer_times`, ``paired`` the median over rounds of the peer's
+    time over the contender's in the same round (None for the peer, or
+    without it); contenders that cannot run the layer are left out."""
+    rows = []
+    for label, t in times.items():
+        stats = {}
+        for name, s in t.summary().items():
+            ratios = ([] if name == peer
+                      else [p / o for o, p in zip(t.times[name],
+                                                  t.times.get(peer, ()))])
+            stats[name] = (s.median, s.min,
+                           statistics.median(ratios) if ratios else None)
+        rows.append((label, stats))
+    return rows
 
 
 def order_ratios(times, first="kernels first", then="torch first"):
@@ -89,13 +103,15 @@ def format_ratios(ratios, label="torch first / kernels first, per round"):
 
 
 def format_row(label, stats, peer="torch"):
-    """One line: ``name median-ms (peer/name by median, by fastest)``."""
+    """One line: ``name median-ms (peer/name by median, by fastest, round
+    by round)`` of :func:`layer_rows`' stats."""
     cells = []
-    for name, (median, fastest) in stats.items():
+    for name, (median, fastest, paired) in stats.items():
         cell = f"{name} {median * 1e3:.2f}"
         if peer in stats and name != peer:
             cell += (f" ({stats[peer][0] / median:.2f},"
-                     f" min {stats[peer][1] / fastest:.2f})")
+                     f" min {stats[peer][1] / fastest:.2f}")
+            cell += f", round {paired:.2f})" if paired is not None else ")"
         cells.append(cell)
     return f"  {label:14s} " + "  ".join(cells)
 

@@ -215,10 +215,24 @@ def test_layer_table_order_ratios_pair_the_two_settings_round_by_round():
 
 def test_layer_table_rows_give_the_peer_over_each_contender():
     from benchmarks import layer_table
-    row = layer_table.format_row("isolated", {"winograd": (2e-3, 1.5e-3),
-                                              "torch": (3e-3, 2.4e-3)})
-    assert "winograd 2.00 (1.50, min 1.60)" in row
+    row = layer_table.format_row("isolated",
+                                 {"winograd": (2e-3, 1.5e-3, 1.4),
+                                  "torch": (3e-3, 2.4e-3, None)})
+    assert "winograd 2.00 (1.50, min 1.60, round 1.40)" in row
     assert row.rstrip().endswith("torch 3.00")
+
+
+def test_layer_table_rows_pair_the_peer_with_each_contender_per_round():
+    # Round by round torch/winograd is 3, 1, 4, 1, 3 (median 3), while
+    # the medians alone give 8 / 3.
+    from benchmarks import layer_table
+    from convbench.isolated import WorkerTimes
+    t = WorkerTimes(times={"winograd": [1.0, 4.0, 2.0, 8.0, 3.0],
+                           "torch": [3.0, 4.0, 8.0, 8.0, 9.0]})
+    [(label, stats)] = layer_table.layer_rows({"kernels first": t})
+    assert label == "kernels first"
+    assert stats["winograd"] == pytest.approx((3.0, 1.0, 3.0))
+    assert stats["torch"] == (8.0, 3.0, None)
 
 
 def test_import_order_tracks_pair_the_two_orders_round_by_round(monkeypatch):
