@@ -289,6 +289,28 @@ def test_strided_layers_in_either_task_order(dtype, order, stride,
                        monkeypatch=monkeypatch)
 
 
+@over_dtypes
+@pytest.mark.parametrize("threads", [1, 2])
+def test_blocks_outside_rows_pack_each_threads_blocks(dtype, threads,
+                                                      monkeypatch):
+    # Blocks outside rows: each thread packs the block of its task into
+    # its own scratch, once for its run of tasks of that block.  Three
+    # images of two groups of three blocks: a thread's run crosses
+    # blocks and groups (on one thread it passes all six), and with two
+    # threads one block's tasks may be split between them.
+    import numba
+    rng = np.random.default_rng(threads)
+    kb = block(dtype)
+    x, w, b = random_problem(rng, (3, 8, 6, 28), (6 * kb, 4, 3, 3), dtype)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        check_channel_tile(x, w, b, (1, 1, 1, 1), groups=2, order="blocks",
+                           monkeypatch=monkeypatch)
+    finally:
+        numba.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("order", ["rows", "blocks"])
 def test_strided_dilated_grouped_layers(order, monkeypatch):
     rng = np.random.default_rng(8)

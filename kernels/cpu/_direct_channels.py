@@ -18,14 +18,21 @@ the two tiles give the same bits.
 
 Stages (:func:`conv_channels`, one parallel call): pack the input as
 direct does (zero-padded polyphase planes: a strided layer's taps read
-contiguous pixels too) and the filters (:func:`pack_filters`: lanes x
-lanes squares transposed in registers, :func:`._simd.transpose_square`);
-then tasks over (group, channel block, image, chunk of rows), channel
-block slowest so that a thread keeps one block of packed filters in L2
-for all its images, or, where the packed input is larger than the filters
-(:func:`rows_outer`), over (group, image, chunk of rows, run of channel
-blocks), each row computed for every block of the run in turn so that
-its packed input is read from L1 or L2 once for all of them.  Where
+contiguous pixels too); then tasks over (group, channel block, image,
+chunk of rows), channel block slowest so that a thread keeps one block
+of packed filters in L2 for all its images, or, where the packed input
+is larger than the filters (:func:`rows_outer`), over (group, image,
+chunk of rows, run of channel blocks), each row computed for every block
+of the run in turn so that its packed input is read from L1 or L2 once
+for all of them.  Filters are packed (:func:`pack_block`: lanes x lanes
+squares transposed in registers, :func:`._simd.transpose_square`) all
+before the tasks where rows are outside blocks, and, where blocks are
+outside rows, by each thread into its own part of the scratch, a block
+when its run of tasks reaches it: written and read again while in L2,
+with no parallel step of its own before the tasks.  ResNet-50's
+256@28^2/2 at batch 1 (filters 2.25 MiB) ran 1.10-1.16x faster inside
+the network's sequence, VGG-16's 512@28^2 layers 1.06-1.12x through
+direct (docs/performance.md section AY).  Where
 those tasks are too few for the threads, or (rows outside blocks) a
 task's rows would read more than half the core's L2 of packed input,
 rows are also cut into chunks of columns (:func:`task_cols`): a 1-D
@@ -63,7 +70,7 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import config, get_thread_id, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -354,14 +361,16 @@ def _row_tiles(xq, x0, offs, n_taps, wp, w0, init, k0, block, y, y0, hw,
 
 
 @njit(cache=True, inline="always")
-def _block_row(xq, offs, r_len, wp, init, block, yf, g, blk, n, oh, cg, kg,
-               c_total, k_total, image, wq, hw, wo, col_lo, col_hi, acc_ptr):
+def _block_row(xq, offs, r_len, wp, w0, init, block, yf, g, blk, n, oh, cg,
+               kg, c_total, k_total, image, wq, hw, wo, col_lo, col_hi,
+               acc_ptr):
     """Columns ``col_lo .. col_hi - 1`` of output row ``oh`` of image
-    ``n`` for channel block ``blk`` of group ``g``."""
+    ``n`` for channel block ``blk`` of group ``g``, its packed filters at
+    ``wp[w0:]``."""
     k0 = g * kg + blk * block
     _row_tiles(xq, (n * c_total + g * cg) * image + oh * wq, offs, r_len, wp,
-               k0 * r_len, init, k0, block, yf,
-               (n * k_total + k0) * hw + oh * wo, hw, col_lo, col_hi, acc_ptr)
+               w0, init, k0, block, yf, (n * k_total + k0) * hw + oh * wo,
+               hw, col_lo, col_hi, acc_ptr)
 
 
 @njit(cache=True, inline="always")
@@ -389,14 +398,18 @@ def conv_channels(x, w2, init, sh, sw, dh, dw, pt, pl, kh, kw, groups,
                   cols_per_task):
     """Direct convolution with channel tiles into ``y`` (N, K, Ho, Wo).
 
-    ``w2`` is the filters as (K, R); ``init`` (K,) the bias or zeros;
-    ``block`` the tile's channels; a task computes ``rows_per_task`` rows
-    (:func:`task_rows`) over ``cols_per_task`` columns (:func:`task_cols`:
-    ``Wo`` or fewer, the last task of a row taking the rest); ``xq`` and
-    ``wp`` are scratch for the packed input and filters.
-    ``blocks_per_task`` 0: a task is one channel block's rows (blocks
-    outside rows); otherwise a task is a run of that many blocks for its
-    rows, row by row (:func:`rows_outer`).
+    ``w2`` is the filters as (K, R), C-contiguous; ``init`` (K,) the bias
+    or zeros; ``block`` the tile's channels; a task computes
+    ``rows_per_task`` rows (:func:`task_rows`) over ``cols_per_task``
+    columns (:func:`task_cols`: ``Wo`` or fewer, the last task of a row
+    taking the rest); ``xq`` and ``wp`` are scratch for the packed input
+    and filters.  ``blocks_per_task`` 0: a task is one channel block's
+    rows (blocks outside rows), and each thread packs the block it
+    computes into its own ``R x block`` elements of ``wp`` (at least
+    ``NUMBA_NUM_THREADS`` of them), once for its run of tasks of that
+    block; otherwise a task is a run of that many blocks for its rows,
+    row by row (:func:`rows_outer`), and ``wp`` holds all the filters,
+    packed before the tasks.
     """
     n_img, c_total = x.shape[0], x.shape[1]
     k_total, ho, wo = y.shape[1], y.shape[2], y.shape[3]
@@ -404,7 +417,9 @@ def conv_channels(x, w2, init, sh, sw, dh, dw, pt, pl, kh, kw, groups,
     kg = k_total // groups
     hq, wq = packed_geometry(ho, wo, kh, kw, sh, sw, dh, dw)
     pack_into(x, pt, pl, sh, sw, hq, wq, xq)
-    _pack_filters(w2, block, wp)
+    per_thread = blocks_per_task == 0
+    if not per_thread:
+        _pack_filters(w2, block, wp)
     taps = tap_offsets(cg, kh, kw, sh, sw, dh, dw, hq, wq)
     image = sh * sw * hq * wq           # a channel's polyphase planes
     r_len = taps.shape[0]
@@ -423,18 +438,34 @@ def conv_channels(x, w2, init, sh, sw, dh, dw, pt, pl, kh, kw, groups,
     block_runs = (blocks + per_run - 1) // per_run
     # Column chunks are the fastest index: a row's chunks are neighbours.
     col_chunks = max(1, wo // cols_per_task)
+    flat = w2.reshape(w2.size)
+    # The block packed in each thread's part of wp (per_thread only).
+    packed = np.full(wp.size // (r_len * block) if per_thread else 0, -1,
+                     np.int64)
     for task in prange(groups * n_img * row_chunks * block_runs * col_chunks):
         run, chunk, n, g = _task_coords(task // col_chunks, blocks_per_task > 0,
                                         block_runs, row_chunks, n_img)
         col_chunk = task % col_chunks
         col_lo = col_chunk * cols_per_task
         col_hi = wo if col_chunk == col_chunks - 1 else col_lo + cols_per_task
+        w0 = 0
+        if per_thread:
+            # The thread's own part of wp, written and read again while
+            # in L2; packed again only where its previous task (prange
+            # hands a thread a run of tasks) had another block.
+            tid = get_thread_id()
+            w0 = tid * r_len * block
+            if packed[tid] != g * blocks + run:
+                pack_block(flat, r_len, g * blocks + run, block, wp, w0)
+                packed[tid] = g * blocks + run
         acc_ptr = channel_tile_buffer(x)
         for oh in range(chunk * rows_per_task,
                         min(ho, (chunk + 1) * rows_per_task)):
             for blk in range(run * per_run, min(blocks, (run + 1) * per_run)):
-                _block_row(xq, offs, r_len, wp, init, block, yf, g, blk, n,
-                           oh, cg, kg, c_total, k_total, image, wq, hw, wo,
+                if not per_thread:
+                    w0 = (g * kg + blk * block) * r_len
+                _block_row(xq, offs, r_len, wp, w0, init, block, yf, g, blk,
+                           n, oh, cg, kg, c_total, k_total, image, wq, hw, wo,
                            col_lo, col_hi, acc_ptr)
     return y
 
@@ -537,6 +568,8 @@ def prepare(spec):
         cols = task_cols(wo, blocks * -(-ho // per) * n_img * groups,
                          4 * threads)
         blocks_per_task = 0
+        # Each thread packs the blocks it computes (conv_channels).
+        w_size = config.NUMBA_NUM_THREADS * w_size // k_total * block
     zeros = np.zeros(k_total, dtype)
     out_shape = (n_img, k_total, ho, wo)
 
