@@ -30,7 +30,7 @@ before the tasks where rows are outside blocks, and, where blocks are
 outside rows, by each thread into its own part of the scratch, a block
 when its run of tasks reaches it: written and read again while in L2,
 with no parallel step of its own before the tasks.  ResNet-50's
-256@28^2/2 at batch 1 (filters 2.25 MiB) ran 1.10-1.16x faster inside
+256@28^2/2 at batch 1 (filters 2.25 MiB) ran 1.12-1.17x faster inside
 the network's sequence, VGG-16's 512@28^2 layers 1.06-1.12x through
 direct (docs/performance.md section AY).  Where
 those tasks are too few for the threads, or (rows outside blocks) a
