@@ -385,14 +385,14 @@ def run_conv2d(spec, x, w, bias, algorithm, backend, slot=None):
     # finiteness on record (a pass over the filter saved on every call); a
     # non-finite filter (rare) costs one run more.
     with transformed_weights.watch() as fetched:
-        y = _run_checked(entry.kernel, entry.run, x, w, bias)
+        y = run_if_finite(entry.kernel, entry.run, x, w, bias)
     if y is not None and (fetched.finite if fetched.fetched
                           else _arrays.all_finite(w)):
         return y
     return _dispatch.load("conv2d", backend, "direct").run(spec, x, w, bias)
 
 
-def _run_checked(kernel, run, x, *args):
+def run_if_finite(kernel, run, x, *args):
     """``run(x, *args)``, or None when ``x`` holds NaN or Inf: found by
     the kernel itself where it says so (``checks_finite_input``), else by a
     pass over ``x`` first."""
@@ -403,12 +403,6 @@ def _run_checked(kernel, run, x, *args):
     except _dispatch.NonFiniteInput:
         return None
 
-
-def run_if_finite(kernel, x, *args):
-    """``kernel.run(*args)``, or None when ``x`` holds NaN or Inf: found by
-    the kernel itself where it says so (``checks_finite_input``), else by a
-    pass over ``x`` first."""
-    return _run_checked(kernel, lambda _, *rest: kernel.run(*rest), x, *args)
 
 
 _CONV_DOC = """{dim}-D convolution (cross-correlation) of a batch, as ``torch.nn.functional.conv{nd}d``.

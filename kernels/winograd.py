@@ -33,6 +33,8 @@ True
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import _arrays, _dispatch
@@ -189,7 +191,8 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=None, *,
     if 0 not in x.shape:
         kernel = _dispatch.load("conv2d_pretransformed", backend, "winograd")
         x_run = _arrays.contiguous(x)
-        y = run_if_finite(kernel, x_run, spec, x_run, w, bias)
+        y = run_if_finite(kernel, functools.partial(kernel.run, spec),
+                          x_run, w, bias)
     if y is None:
         # The front-end's handling: empty results, non-finite input to direct.
         y = run_conv2d(spec, x, w.weights, bias, "winograd", backend)

@@ -418,17 +418,15 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, tuning=None):
 
 def _run(spec, x, w, bias, tuning=None):
     """The contract's entry: ``run(spec, x, w, bias)``."""
-    tuning = tuning or _tuning.current().im2col
-    if _pointwise.applies(spec, tuning):
-        return _add_channel_bias(_pointwise.run(spec, x, w), bias)
-    return _run_gemm(spec, x, w, bias, tuning)
+    return _prepare(spec, tuning)(x, w, bias)
 
 
-def _prepare(spec):
+def _prepare(spec, tuning=None):
     """The contract's ``prepare``: the lanes product's prepared form
     (:func:`._pointwise.prepare`) where it applies, the kept GEMM calls of
-    other 1x1 layers, else :func:`_run` with the tunables in force."""
-    tuning = _tuning.current().im2col
+    other 1x1 layers, else the general GEMM path (:func:`_run_gemm`)
+    with the tunables in force."""
+    tuning = tuning or _tuning.current().im2col
     if _pointwise.applies(spec, tuning):
         product = _pointwise.prepare(spec)
         return lambda x, w, bias: _add_channel_bias(product(x, w), bias)
@@ -449,13 +447,8 @@ def _prepare(spec):
 
 
 def _run_gemm(spec, x, w, bias, tuning):
-    """:func:`_run` for a problem the lanes product does not compute."""
-    if x.flags.writeable and _is_pointwise(spec.w_shape, spec.stride,
-                                           spec.padding):
-        calls = _pointwise_calls(spec.x_shape, spec.w_shape, spec.groups,
-                                 x.dtype, tuning, _tuning.block_shape_threads())
-        if calls is not None:
-            return _run_pointwise(calls, spec, x, w, bias)
+    """The general GEMM path: a problem neither the lanes product nor
+    kept 1x1 calls (:func:`_prepare`) compute."""
     stride, padding, dilation, groups = (spec.stride, spec.padding,
                                          spec.dilation, spec.groups)
     k, cg, kh, kw = w.shape
